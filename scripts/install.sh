@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up fasttorrent on a fresh Debian machine with Python 3.11+ and gcc:
+# the Debian packages the interop tests use, then the package itself (editable,
+# so the compiled core lands next to its sources) with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+deb_pkgs=(opentracker aria2 transmission-cli)
+missing=()
+for p in "${deb_pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    else
+        echo "install.sh: not root or no apt-get; the interop tests need: ${missing[*]}" >&2
+    fi
+fi
+# A stale in-place build of the core would shadow a fresh one.
+rm -f torrent/_fast*.so torrent/_fast.c
+"$PY" -m pip install -q --disable-pip-version-check -e '.[test]'

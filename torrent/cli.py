@@ -1,0 +1,253 @@
+"""The ``fasttorrent`` command line: parses flags, calls the Python API, maps errors to exit codes.
+
+Exit codes (also in the README):
+
+    0 done / success           1 internal error (a bug of ours)
+    2 usage error              3 invalid torrent
+    4 disk full                5 other I/O or permission error
+    6 incomplete               7 interrupted (SIGINT / SIGTERM)
+    8 local resource exhausted
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .errors import FastTorrentError, Incomplete, Interrupted, UsageError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_INTERRUPTED = Interrupted.exit_code
+EXIT_INTERNAL = 1
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def _rate(n: float, seconds: float) -> str:
+    return f"{n / seconds / 1e6:.1f} MB/s" if seconds > 0 else "-"
+
+
+def _workers_arg(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1024, got {n}")
+    return n
+
+
+def _size_arg(s: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = s.strip().upper().removesuffix("B").removesuffix("I")
+    u = t[-1:] if t[-1:] in units else ""
+    try:
+        v = int(float(t[: len(t) - len(u)]) * units[u])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {s!r}")
+    return v
+
+
+def _default_workers() -> int:
+    from .sysinfo import available_cpus
+
+    return available_cpus()
+
+
+def _load(path: str) -> Any:
+    from . import metainfo
+
+    return metainfo.load(path)
+
+
+# -- info -------------------------------------------------------------------
+def cmd_info(a: argparse.Namespace) -> int:
+    meta = _load(a.torrent)
+    d = meta.to_json_dict()
+    if a.json:
+        print(json.dumps(d, ensure_ascii=False))
+        return 0
+    out = [
+        f"name:         {d['name']}",
+        f"info hash:    {d['info_hash']}" + ("  (hybrid v1+v2, read as v1)" if d.get("hybrid") else ""),
+        f"size:         {_human_size(d['total_size'])} ({d['total_size']} bytes)",
+        f"pieces:       {d['num_pieces']} x {_human_size(d['piece_length'])}",
+        f"private:      {'yes' if d['private'] else 'no'}",
+    ]
+    for t, tier in enumerate(d["trackers"]):
+        out.append(f"tracker tier {t}: " + " ".join(tier))
+    files = d["files"]
+    out.append(f"files:        {sum(1 for f in files if not f.get('pad'))}")
+    for f in files:
+        if not f.get("pad"):
+            out.append(f"  {f['length']:>15}  {f['path']}")
+    print("\n".join(out))
+    return 0
+
+
+# -- create -----------------------------------------------------------------
+def cmd_create(a: argparse.Namespace) -> int:
+    from .create import create_torrent
+
+    if os.path.isdir(a.output):
+        raise UsageError(f"-o {a.output}: is a directory")
+    data = create_torrent(
+        a.path,
+        piece_length=a.piece_length,
+        trackers=[[u] for u in a.tracker],
+        private=a.private,
+        workers=a.workers or _default_workers(),
+        comment=a.comment,
+    )
+    tmp = a.output + ".part"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, a.output)
+    except OSError as e:
+        from .storage import os_error
+
+        raise os_error(e, f"writing {a.output}") from None
+    if not a.quiet:
+        from . import metainfo
+
+        meta = metainfo.parse(data)
+        print(f"{a.output}: {meta.info_hash_hex}  {meta.num_pieces} pieces x "
+              f"{_human_size(meta.piece_length)}, {_human_size(meta.total_size)}")
+    return 0
+
+
+# -- verify -----------------------------------------------------------------
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .verify import verify_data
+
+    meta = _load(a.torrent)
+    if not os.path.isdir(a.dir):
+        raise UsageError(f"{a.dir}: not a directory")
+    rep = verify_data(meta, a.dir, workers=a.workers or _default_workers())
+    if a.json:
+        d = rep.to_json_dict()
+        d["info_hash"] = meta.info_hash_hex
+        print(json.dumps(d))
+    else:
+        print(f"{rep.pieces_ok}/{rep.pieces_total} pieces good, {rep.pieces_bad} bad, "
+              f"{rep.pieces_missing} missing; {_human_size(rep.bytes_checked)} checked in "
+              f"{rep.seconds:.2f} s ({_rate(rep.bytes_checked, rep.seconds)}, "
+              f"{len(rep.workers)} worker(s))")
+        for f in rep.files:
+            if f["complete"]:
+                continue
+            why = []
+            if not f["exists"]:
+                why.append("missing file")
+            if f["bad_pieces"]:
+                why.append("bad pieces " + ", ".join(map(str, f["bad_pieces"])))
+            if f["missing_pieces"] and f["exists"]:
+                why.append("missing pieces " + ", ".join(map(str, f["missing_pieces"])))
+            print(f"incomplete: {f['path']}: {'; '.join(why) or 'short file'}")
+    if not rep.complete:
+        raise Incomplete(f"incomplete: {rep.pieces_bad} bad and {rep.pieces_missing} missing "
+                         f"of {rep.pieces_total} pieces")
+    return 0
+
+
+# -- demo -------------------------------------------------------------------
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(size=a.size, workers=a.workers, keep=a.keep)
+
+
+# -- parser -----------------------------------------------------------------
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "info": cmd_info,
+    "create": cmd_create,
+    "verify": cmd_verify,
+    "demo": cmd_demo,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fasttorrent",
+                                description="A multi-core BitTorrent downloader for servers.")
+    p.add_argument("--version", action="version", version=f"fasttorrent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("info", help="show what a .torrent holds")
+    s.add_argument("torrent")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    s = sub.add_parser("create", help="make a .torrent from a file or directory")
+    s.add_argument("path")
+    s.add_argument("-o", "--output", required=True, help="the .torrent to write")
+    s.add_argument("--piece-length", type=_size_arg, default=None,
+                   help="bytes per piece (power of two >= 16K; default: automatic)")
+    s.add_argument("--tracker", action="append", default=[], metavar="URL",
+                   help="announce URL (repeatable: one tier each)")
+    s.add_argument("--private", action="store_true", help="set the private flag (BEP 27)")
+    s.add_argument("--comment", default=None)
+    s.add_argument("--workers", type=_workers_arg, default=None,
+                   help="hashing processes (default: the CPUs this process may use)")
+    s.add_argument("-q", "--quiet", action="store_true")
+
+    s = sub.add_parser("verify", help="check data on disk against a .torrent")
+    s.add_argument("torrent")
+    s.add_argument("dir", help="the directory the download was written into")
+    s.add_argument("--workers", type=_workers_arg, default=None,
+                   help="hashing processes (default: the CPUs this process may use)")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    s = sub.add_parser("demo", help="the main job on a generated payload, nothing to set up")
+    s.add_argument("--size", type=_size_arg, default=256 << 20, help="payload size (default 256M)")
+    s.add_argument("--workers", type=_workers_arg, default=None)
+    s.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    return p
+
+
+def _internal_error(exc: BaseException) -> int:
+    fd, path = tempfile.mkstemp(prefix="fasttorrent-crash-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exception(exc, file=f)
+    print(f"fasttorrent: internal error (a bug in fasttorrent): {exc.__class__.__name__}: "
+          f"{exc}; details in {path}", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return COMMANDS[a.command](a)
+    except FastTorrentError as e:
+        msg = str(e).replace("\n", " ")
+        print(f"fasttorrent: {msg}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("fasttorrent: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - the last line of defence: a bug of ours
+        return _internal_error(e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""File layout and piece I/O: map the torrent's byte space onto files, read and write pieces.
+
+Theory of operation
+-------------------
+A torrent's pieces cover the concatenation of its files (pad files included,
+BEP 47).  :class:`Layout` maps a byte range of that space onto file segments
+with a bisect over the file offsets.  :class:`Storage` opens files lazily and
+keeps at most :data:`MAX_OPEN_FILES` descriptors (a torrent may list 100,000
+files; the default ``RLIMIT_NOFILE`` is 1,024).  Reads and writes use
+``os.preadv`` / ``os.pwrite`` at explicit offsets and loop on short transfers,
+so several processes can share the files without sharing file positions.
+
+Pad files are never opened: reads see zeros (that is what their digest
+covers), writes skip them.
+
+Errors are translated here, at the I/O boundary: ``ENOSPC``/``EDQUOT`` become
+:class:`~torrent.errors.DiskFull`, every other ``OSError`` a
+:class:`~torrent.errors.StorageError` naming the file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .errors import DiskFull, InvalidTorrent, StorageError
+
+__all__ = [
+    "FileSpan",
+    "Layout",
+    "Storage",
+    "MAX_OPEN_FILES",
+    "layout_for",
+    "check_output_paths",
+    "check_free_space",
+]
+
+#: Descriptors kept open at once.  Well under the usual 1,024 soft limit so the
+#: sockets of a worker's peers always have room.
+MAX_OPEN_FILES = 128
+
+_ENOSPC = (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """One file of the torrent's byte space."""
+
+    path: str  # absolute path on disk (unused for pad files)
+    rel: str  # path relative to the output directory, '/'-separated
+    length: int
+    offset: int  # first byte in the torrent's byte space
+    pad: bool = False
+
+
+def os_error(exc: OSError, what: str) -> Exception:
+    """Translate an OSError at the I/O boundary into our error types."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _ENOSPC:
+        return DiskFull(f"disk full while {what}: {reason}")
+    return StorageError(f"{what}: {reason}")
+
+
+class Layout:
+    """Maps byte ranges of the torrent's concatenated space onto file segments."""
+
+    __slots__ = ("spans", "piece_length", "total_size", "_offsets")
+
+    def __init__(self, spans: Sequence[FileSpan], piece_length: int, total_size: int) -> None:
+        self.spans = tuple(spans)
+        self.piece_length = piece_length
+        self.total_size = total_size
+        self._offsets = [s.offset for s in self.spans]
+
+    @property
+    def num_pieces(self) -> int:
+        return -(-self.total_size // self.piece_length)
+
+    def piece_size(self, index: int) -> int:
+        start = index * self.piece_length
+        return min(self.piece_length, self.total_size - start)
+
+    def segments(self, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+        """Yield ``(span_index, file_offset, range_offset, seg_length)`` covering the range.
+
+        Zero-length files are skipped: they hold no bytes of any piece.
+        """
+        end = start + length
+        i = max(0, bisect.bisect_right(self._offsets, start) - 1)
+        pos = start
+        spans = self.spans
+        while pos < end and i < len(spans):
+            s = spans[i]
+            s_end = s.offset + s.length
+            if s_end > pos:
+                seg_end = min(end, s_end)
+                yield i, pos - s.offset, pos - start, seg_end - pos
+                pos = seg_end
+            i += 1
+
+    def pieces_of_span(self, i: int) -> range:
+        """The pieces holding any byte of span ``i`` (empty for a zero-length file)."""
+        s = self.spans[i]
+        if s.length == 0:
+            return range(0)
+        first = s.offset // self.piece_length
+        last = (s.offset + s.length - 1) // self.piece_length
+        return range(first, last + 1)
+
+
+def layout_for(meta: object, outdir: str) -> Layout:
+    """The :class:`Layout` of a parsed torrent (``torrent.metainfo.Metainfo``) under ``outdir``."""
+    root = os.path.abspath(outdir)
+    spans = [
+        FileSpan(
+            path=os.path.join(root, *f.path.split("/")),
+            rel=f.path,
+            length=f.length,
+            offset=f.offset,
+            pad=f.pad,
+        )
+        for f in meta.files  # type: ignore[attr-defined]
+    ]
+    return Layout(spans, meta.piece_length, meta.total_size)  # type: ignore[attr-defined]
+
+
+def check_output_paths(layout: Layout, outdir: str) -> None:
+    """Refuse a layout that would write outside ``outdir`` or two files to one path.
+
+    The metainfo parser already rejects ``..``, absolute and empty components;
+    this guards the filesystem side: a symlink already inside the output
+    directory that leads outside it, and paths that collide (including on a
+    case-insensitive filesystem, where ``A`` and ``a`` are one file).
+
+    Raises:
+        InvalidTorrent: two files on one path.
+        StorageError: a path that resolves outside the output directory.
+    """
+    root = os.path.realpath(outdir)
+    seen: dict[str, str] = {}
+    for s in layout.spans:
+        if s.pad:
+            continue
+        key = s.rel.casefold()
+        if key in seen:
+            raise InvalidTorrent(
+                f"invalid torrent: info.files: two files on one path: {seen[key]!r} and {s.rel!r}"
+            )
+        seen[key] = s.rel
+        real = os.path.realpath(s.path)
+        if real != root and not real.startswith(root + os.sep):
+            raise StorageError(
+                f"refusing to write {s.rel!r}: a symlink in the output directory leads outside it"
+            )
+
+
+def check_free_space(layout: Layout, outdir: str) -> None:
+    """Raise :class:`DiskFull` when the output filesystem cannot hold what is still missing."""
+    need = 0
+    for s in layout.spans:
+        if s.pad:
+            continue
+        try:
+            have = os.stat(s.path).st_blocks * 512
+        except OSError:
+            have = 0
+        need += max(0, s.length - have)
+    probe = outdir
+    while not os.path.isdir(probe):
+        parent = os.path.dirname(probe) or "."
+        if parent == probe:
+            break
+        probe = parent
+    try:
+        st = os.statvfs(probe)
+    except OSError as e:
+        raise os_error(e, f"checking free space in {outdir}") from None
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise DiskFull(
+            f"disk full: {outdir} has {free} bytes free, the torrent needs {need} more"
+        )
+
+
+class Storage:
+    """Reads and writes ranges of the torrent's byte space to its files.
+
+    One instance per process; descriptors are opened lazily and cached (LRU,
+    :data:`MAX_OPEN_FILES`).  ``writable=False`` never creates anything.
+    """
+
+    def __init__(self, layout: Layout, *, writable: bool = False) -> None:
+        self.layout = layout
+        self.writable = writable
+        self._fds: OrderedDict[int, int] = OrderedDict()
+        self._dirty: set[int] = set()
+
+    # -- descriptors -------------------------------------------------------
+    def _fd(self, i: int) -> int | None:
+        fd = self._fds.get(i)
+        if fd is not None:
+            self._fds.move_to_end(i)
+            return fd
+        span = self.layout.spans[i]
+        if self.writable:
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                os.makedirs(os.path.dirname(span.path), exist_ok=True)
+                fd = os.open(span.path, flags, 0o644)
+            except OSError as e:
+                raise os_error(e, f"opening {span.rel}") from None
+        else:
+            try:
+                fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+            except OSError as e:
+                if e.errno in (errno.ENOTDIR, errno.EISDIR):
+                    return None
+                raise os_error(e, f"opening {span.rel}") from None
+        self._fds[i] = fd
+        while len(self._fds) > MAX_OPEN_FILES:
+            old, ofd = self._fds.popitem(last=False)
+            if old in self._dirty:
+                self._sync_fd(old, ofd)
+            os.close(ofd)
+        return fd
+
+    def close(self) -> None:
+        for i, fd in list(self._fds.items()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+        self._dirty.clear()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------
+    def read_into(self, start: int, buf: memoryview) -> bool:
+        """Fill ``buf`` with the bytes at ``start``; return False if any are missing.
+
+        Missing bytes (absent or short files) are zero-filled; pad files read
+        as zeros, as BEP 47 defines them.
+        """
+        complete = True
+        for i, foff, roff, n in self.layout.segments(start, len(buf)):
+            span = self.layout.spans[i]
+            dst = buf[roff : roff + n]
+            if span.pad:
+                dst[:] = bytes(n)
+                continue
+            fd = self._fd(i)
+            if fd is None:
+                dst[:] = bytes(n)
+                complete = False
+                continue
+            got = 0
+            while got < n:
+                try:
+                    r = os.preadv(fd, [dst[got:]], foff + got)
+                except OSError as e:
+                    raise os_error(e, f"reading {span.rel}") from None
+                if r == 0:
+                    dst[got:] = bytes(n - got)
+                    complete = False
+                    break
+                got += r
+        return complete
+
+    # -- writing -----------------------------------------------------------
+    def write(self, start: int, data: memoryview) -> None:
+        """Write ``data`` at ``start`` (pad files skipped), looping on short writes."""
+        for i, foff, roff, n in self.layout.segments(start, len(data)):
+            span = self.layout.spans[i]
+            if span.pad:
+                continue
+            fd = self._fd(i)
+            assert fd is not None  # writable storage always opens
+            src = data[roff : roff + n]
+            done = 0
+            while done < n:
+                try:
+                    w = os.pwrite(fd, src[done:], foff + done)
+                except OSError as e:
+                    raise os_error(e, f"writing {span.rel}") from None
+                if w == 0:
+                    raise DiskFull(f"disk full while writing {span.rel}: wrote 0 bytes")
+                done += w
+            self._dirty.add(i)
+
+    def _sync_fd(self, i: int, fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            raise os_error(e, f"flushing {self.layout.spans[i].rel}") from None
+        self._dirty.discard(i)
+
+    def sync(self) -> None:
+        """``fdatasync`` every file written since the last sync."""
+        for i in list(self._dirty):
+            fd = self._fds.get(i)
+            if fd is not None:
+                self._sync_fd(i, fd)
+        self._dirty.clear()
+
+    def create_files(self) -> None:
+        """Create every (non-pad) file at its full length, sparse, so sizes are final."""
+        for i, span in enumerate(self.layout.spans):
+            if span.pad:
+                continue
+            fd = self._fd(i)
+            assert fd is not None
+            try:
+                if os.fstat(fd).st_size != span.length:
+                    os.ftruncate(fd, span.length)
+            except OSError as e:
+                raise os_error(e, f"sizing {span.rel}") from None
