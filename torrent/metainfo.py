@@ -1,0 +1,571 @@
+"""Reading, validating and building .torrent metainfo (BEP 3, 12, 27, 47, 52).
+
+Theory of operation
+-------------------
+:func:`parse` decodes the file with the strict decoder of
+:mod:`torrent.bencoding` (bounded, no duplicate keys, byte spans of the
+top-level values), then checks every field the downloader relies on and turns
+it into a frozen :class:`Metainfo`. Whatever is wrong raises
+:class:`~torrent.errors.InvalidTorrent` with a one-line message naming the
+field, e.g. ``invalid torrent: info.piece length: must be an integer between
+16 KiB and 256 MiB, got 1000``.
+
+The info-hash is SHA-1 over the exact bytes of the ``info`` value as they sit
+in the file (never a re-encoding: real torrents carry unsorted and unknown
+keys, and peers and trackers know the torrent by the hash of those bytes).
+
+Rules, and why:
+
+- ``piece length``: an integer from 16 KiB (one request block, BEP 3's de
+  facto minimum) to 256 MiB (bounds the per-piece buffer in the shared-memory
+  arena). BEP 3 does not require a power of two and old torrents exist
+  without one, so v1 torrents may have any length in range; hybrids must use
+  a power of two (BEP 52).
+- ``pieces``: a byte string of 20-byte SHA-1 digests, exactly
+  ``ceil(total_size / piece length)`` of them. A torrent of total size 0 is
+  refused (there is nothing to download and no piece to verify).
+- exactly one of ``length`` (single file) or ``files`` (multi-file, a
+  non-empty list); lengths are non-negative integers.
+- Paths are **rejected, not sanitised**: a path component ``..``, ``.`` or
+  empty, one containing ``/``, ``\\`` or NUL, or a drive letter (``C:``)
+  refuses the whole torrent, as does a ``name`` breaking the same rules.
+  Renaming files silently would produce a download other clients could not
+  seed from the same directory; refusing is the safe, explainable choice.
+  Two files with the same path, or a file whose path is a directory of
+  another file (``a/b`` and ``a/b/c``), are refused too. Pad files are never
+  written, so they are exempt (libtorrent reuses ``.pad/N`` paths).
+- Names and paths must be UTF-8; ``name.utf-8`` / ``path.utf-8`` win when
+  present and valid (the convention of BitComet-era torrents).
+- Pad files (BEP 47): ``attr`` containing ``p``, or a first path component
+  ``.pad`` (libtorrent's convention). They count in sizes and offsets, as in
+  libtorrent, and are never written to disk.
+- Trackers (BEP 12): tiers in file order from ``announce-list``; when it has
+  no usable URL, ``announce``. URLs must be strings (anything else refuses
+  the torrent), but URLs with a scheme we cannot speak (anything but http,
+  https, udp), or not UTF-8, are dropped silently: a torrent is still usable
+  through its other trackers. Duplicate URLs keep their first place.
+- ``private`` (BEP 27): an integer when present; 1 means private.
+- BEP 52: ``meta version`` 2 with ``pieces`` is a hybrid, read through its v1
+  part (``file tree`` stays in ``info_bytes``, top-level ``piece layers`` is
+  kept raw); ``meta version`` 2 without ``pieces`` is v2-only, not supported
+  yet. Consistency between the v1 and v2 halves of a hybrid is not checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torrent import bencoding
+from torrent.bencoding import BencodeError
+from torrent.errors import InvalidTorrent
+
+__all__ = [
+    "FileEntry",
+    "Metainfo",
+    "parse",
+    "load",
+    "build",
+    "MAX_TORRENT_SIZE",
+    "MIN_PIECE_LENGTH",
+    "MAX_PIECE_LENGTH",
+    "SHA1_LEN",
+    "TRACKER_SCHEMES",
+]
+
+# Largest .torrent file read. The biggest real ones (10**5 files, or v2 piece
+# layers) are tens of MB; the bound keeps a hostile file to one bounded read.
+MAX_TORRENT_SIZE = bencoding.MAX_INPUT
+
+# One request block (BEP 3 clients request 16 KiB); smaller pieces would make
+# every piece a partial block and are not produced by any current client.
+MIN_PIECE_LENGTH = 16 * 1024
+
+# Upper bound on piece length: a piece is assembled whole in one shared-memory
+# slot, so this bounds the slot size. libtorrent creates at most 128 MiB
+# pieces by default; 256 MiB leaves room for hand-made torrents.
+MAX_PIECE_LENGTH = 256 * 1024 * 1024
+
+# BEP 3: 'pieces' is a concatenation of 20-byte SHA-1 digests.
+SHA1_LEN = 20
+
+# Tracker URL schemes we can announce to (BEP 3 http(s), BEP 15 udp).
+TRACKER_SCHEMES = ("http://", "https://", "udp://")
+
+# BEP 47 pad-file marker in 'attr', and libtorrent's directory for pad files.
+_PAD_ATTR = "p"
+_PAD_DIR = ".pad"
+
+_DRIVE_RE = re.compile(r"[A-Za-z]:")
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file of the torrent.
+
+    Attributes:
+        path: relative to the output directory, '/'-separated, exactly as
+            written in the torrent; for multi-file torrents it starts with
+            the torrent name.
+        length: size in bytes.
+        offset: byte offset of the file's first byte in the torrent's
+            concatenated byte space.
+        pad: BEP 47 pad file: counted in sizes and offsets, never written.
+        attr: the BEP 47 attribute string ('p' pad, 'x' executable, 'h'
+            hidden, 'l' symlink), "" when absent.
+    """
+
+    path: str
+    length: int
+    offset: int
+    pad: bool
+    attr: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Metainfo:
+    """A validated torrent. Build it with :func:`parse` or :func:`load`.
+
+    Attributes:
+        info_hash: SHA-1 of the exact info bytes (the v1 info-hash, also for
+            hybrids).
+        name: the torrent's name (file name, or top directory).
+        piece_length: bytes per piece (the last piece may be shorter).
+        piece_hashes: concatenated 20-byte SHA-1 digests, one per piece.
+        num_pieces: number of pieces.
+        total_size: sum of all file lengths, pad files included.
+        files: every file in torrent order, pad files included.
+        trackers: tiers of tracker URLs in file order (BEP 12).
+        private: BEP 27 private flag.
+        multi_file: the torrent has a 'files' list.
+        hybrid: BEP 52 v1+v2 hybrid (read through its v1 part).
+        info_bytes: the exact bencoded info dict from the file.
+        comment, created_by, creation_date: informational, None if absent.
+        piece_layers: a hybrid's raw bencoded top-level 'piece layers', if any.
+    """
+
+    info_hash: bytes
+    name: str
+    piece_length: int
+    piece_hashes: bytes
+    num_pieces: int
+    total_size: int
+    files: tuple[FileEntry, ...]
+    trackers: tuple[tuple[str, ...], ...]
+    private: bool
+    multi_file: bool
+    hybrid: bool
+    info_bytes: bytes
+    comment: str | None = None
+    created_by: str | None = None
+    creation_date: int | None = None
+    piece_layers: bytes | None = None
+
+    @property
+    def info_hash_hex(self) -> str:
+        """The info-hash as 40 lowercase hex digits."""
+        return self.info_hash.hex()
+
+    def piece_size(self, index: int) -> int:
+        """Size of piece ``index`` in bytes (the last one may be short).
+
+        Raises:
+            IndexError: index out of range.
+        """
+        if not 0 <= index < self.num_pieces:
+            raise IndexError(f"piece {index} out of range 0..{self.num_pieces - 1}")
+        if index == self.num_pieces - 1:
+            return self.total_size - self.piece_length * index
+        return self.piece_length
+
+    def piece_hash(self, index: int) -> bytes:
+        """The expected 20-byte SHA-1 digest of piece ``index``.
+
+        Raises:
+            IndexError: index out of range.
+        """
+        if not 0 <= index < self.num_pieces:
+            raise IndexError(f"piece {index} out of range 0..{self.num_pieces - 1}")
+        return self.piece_hashes[index * SHA1_LEN : (index + 1) * SHA1_LEN]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The object `fasttorrent info --json` prints."""
+        files: list[dict[str, Any]] = []
+        for f in self.files:
+            entry: dict[str, Any] = {"path": f.path, "length": f.length}
+            if f.pad:
+                entry["pad"] = True
+            files.append(entry)
+        return {
+            "info_hash": self.info_hash_hex,
+            "name": self.name,
+            "total_size": self.total_size,
+            "piece_length": self.piece_length,
+            "num_pieces": self.num_pieces,
+            "private": self.private,
+            "trackers": [list(tier) for tier in self.trackers],
+            "files": files,
+            "hybrid": self.hybrid,
+            "multi_file": self.multi_file,
+        }
+
+
+def _bad(field: str, why: str) -> InvalidTorrent:
+    return InvalidTorrent(f"invalid torrent: {field}: {why}")
+
+
+def _is_int(value: object) -> bool:
+    # bencode has no booleans; bencode.py never returns one, but build() callers might.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(raw: bytes | str) -> str:
+    """A bounded repr for error messages (a path component can be megabytes)."""
+    return repr(raw[:60]) + ("..." if len(raw) > 60 else "")
+
+
+def _text(d: dict[bytes, Any], key: bytes, field: str) -> str:
+    """A UTF-8 name or path component list entry: prefer '<key>.utf-8' when valid."""
+    alt = d.get(key + b".utf-8")
+    if isinstance(alt, bytes):
+        try:
+            return alt.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    raw = d.get(key)
+    if raw is None:
+        raise _bad(field, "missing")
+    if not isinstance(raw, bytes):
+        raise _bad(field, f"must be a byte string, got {type(raw).__name__}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _bad(field, f"not valid UTF-8 at byte {exc.start}: {_short(raw)}") from None
+
+
+def _check_component(comp: str, field: str) -> None:
+    """Refuse a path component that could escape or confuse the output directory."""
+    if comp in ("", ".", ".."):
+        raise _bad(field, f"unsafe path component {comp!r}")
+    for ch, what in (("/", "'/'"), ("\\", "'\\'"), ("\0", "NUL")):
+        if ch in comp:
+            raise _bad(field, f"path component contains {what}: {_short(comp)}")
+    if _DRIVE_RE.match(comp):
+        raise _bad(field, f"path component is a drive letter: {_short(comp)}")
+
+
+def _optional_text(d: dict[bytes, Any], key: bytes) -> str | None:
+    """An informational string: lenient (wrong type -> None, bad UTF-8 replaced)."""
+    for k in (key + b".utf-8", key):
+        v = d.get(k)
+        if isinstance(v, bytes):
+            return v.decode("utf-8", "replace")
+    return None
+
+
+def _trackers(top: dict[bytes, Any]) -> tuple[tuple[str, ...], ...]:
+    seen: set[str] = set()
+
+    def usable(raw: object, field: str) -> str | None:
+        if not isinstance(raw, bytes):
+            raise _bad(field, f"must be a string, got {type(raw).__name__}")
+        try:
+            url = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+        if not url.lower().startswith(TRACKER_SCHEMES) or url in seen:
+            return None
+        seen.add(url)
+        return url
+
+    tiers: list[tuple[str, ...]] = []
+    announce_list = top.get(b"announce-list")
+    if announce_list is not None:
+        if not isinstance(announce_list, list):
+            raise _bad("announce-list", "must be a list of tiers")
+        for t, tier in enumerate(announce_list):
+            if not isinstance(tier, list):
+                raise _bad(f"announce-list[{t}]", "must be a list of URLs")
+            urls = [usable(u, f"announce-list[{t}][{i}]") for i, u in enumerate(tier)]
+            kept = tuple(u for u in urls if u is not None)
+            if kept:
+                tiers.append(kept)
+    announce = top.get(b"announce")
+    if announce is not None:
+        url = usable(announce, "announce")
+        if not tiers and url is not None:
+            tiers.append((url,))
+    return tuple(tiers)
+
+
+def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bool]:
+    has_length = b"length" in info
+    has_files = b"files" in info
+    if has_length == has_files:
+        raise _bad("info", "must have exactly one of 'length' (one file) or 'files' (several)")
+    if has_length:
+        length = info[b"length"]
+        if not _is_int(length) or length < 0:
+            raise _bad("info.length", f"must be a non-negative integer, got {length!r}")
+        attr = info.get(b"attr")
+        attr_s = attr.decode("ascii", "replace") if isinstance(attr, bytes) else ""
+        return (FileEntry(name, length, 0, _PAD_ATTR in attr_s, attr_s),), False
+
+    raw_files = info[b"files"]
+    if not isinstance(raw_files, list) or not raw_files:
+        raise _bad("info.files", "must be a non-empty list")
+    entries: list[FileEntry] = []
+    offset = 0
+    real_paths: dict[tuple[str, ...], int] = {}
+    for i, f in enumerate(raw_files):
+        field = f"info.files[{i}]"
+        if not isinstance(f, dict):
+            raise _bad(field, "must be a dict")
+        length = f.get(b"length")
+        if not _is_int(length) or length < 0:
+            raise _bad(f"{field}.length", f"must be a non-negative integer, got {length!r}")
+        path = f.get(b"path.utf-8")
+        key = "path.utf-8"
+        if not _valid_path_list(path):
+            path, key = f.get(b"path"), "path"
+        if not isinstance(path, list) or not path:
+            raise _bad(f"{field}.path", "must be a non-empty list of strings")
+        comps: list[str] = []
+        for j, comp in enumerate(path):
+            cfield = f"{field}.{key}[{j}]"
+            if not isinstance(comp, bytes):
+                raise _bad(cfield, f"must be a byte string, got {type(comp).__name__}")
+            try:
+                text = comp.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _bad(cfield, f"not valid UTF-8 at byte {exc.start}: {_short(comp)}") from None
+            _check_component(text, cfield)
+            comps.append(text)
+        attr = f.get(b"attr")
+        attr_s = attr.decode("ascii", "replace") if isinstance(attr, bytes) else ""
+        pad = _PAD_ATTR in attr_s or comps[0] == _PAD_DIR
+        if not pad:
+            t = tuple(comps)
+            if t in real_paths:
+                raise _bad(f"{field}.path", f"same path as info.files[{real_paths[t]}]")
+            real_paths[t] = i
+        entries.append(FileEntry("/".join([name, *comps]), length, offset, pad, attr_s))
+        offset += length
+    # A file whose path is a directory of another file cannot be created.
+    dirs: dict[tuple[str, ...], int] = {}
+    for t, i in real_paths.items():
+        for k in range(1, len(t)):
+            dirs.setdefault(t[:k], i)
+    for t, i in real_paths.items():
+        if t in dirs:
+            raise _bad(
+                f"info.files[{i}].path",
+                f"{'/'.join(t)!r} is a file and a directory of info.files[{dirs[t]}]",
+            )
+    return tuple(entries), True
+
+
+def _valid_path_list(path: object) -> bool:
+    """True when a 'path.utf-8' candidate is a non-empty list of UTF-8 byte strings."""
+    if not isinstance(path, list) or not path:
+        return False
+    for comp in path:
+        if not isinstance(comp, bytes):
+            return False
+        try:
+            comp.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def parse(data: bytes) -> Metainfo:
+    """Validate a .torrent file's bytes and return its :class:`Metainfo`.
+
+    Args:
+        data: the whole file.
+
+    Returns:
+        The validated metainfo.
+
+    Raises:
+        InvalidTorrent: malformed bencode, a missing or bad field (named in
+            the message), unsafe paths, or a v2-only torrent.
+    """
+    if len(data) > MAX_TORRENT_SIZE:
+        raise InvalidTorrent(
+            f"invalid torrent: file is {len(data)} bytes, more than {MAX_TORRENT_SIZE}"
+        )
+    try:
+        top, spans = bencoding.decode_with_spans(data, max_size=MAX_TORRENT_SIZE)
+    except BencodeError as exc:
+        raise InvalidTorrent(f"invalid torrent: not valid bencode: {exc}") from None
+    if not isinstance(top, dict):
+        raise InvalidTorrent("invalid torrent: top level must be a dict")
+    info = top.get(b"info")
+    info_span = spans.info
+    if not isinstance(info, dict) or info_span is None:
+        raise _bad("info", "missing or not a dict")
+    info_bytes = bytes(data[info_span[0] : info_span[1]])
+
+    hybrid = False
+    if b"meta version" in info:
+        version = info[b"meta version"]
+        if version != 2 or not _is_int(version):
+            raise _bad("info.meta version", f"unsupported version {version!r}")
+        if b"pieces" not in info:
+            raise InvalidTorrent("invalid torrent: v2-only torrents are not supported yet")
+        hybrid = True
+
+    name = _text(info, b"name", "info.name")
+    _check_component(name, "info.name")
+
+    piece_length = info.get(b"piece length")
+    if (
+        not _is_int(piece_length)
+        or not MIN_PIECE_LENGTH <= piece_length <= MAX_PIECE_LENGTH
+        or (hybrid and piece_length & (piece_length - 1))
+    ):
+        rule = "a power of two" if hybrid else "an integer"
+        raise _bad(
+            "info.piece length", f"must be {rule} between 16 KiB and 256 MiB, got {piece_length!r}"
+        )
+
+    pieces = info.get(b"pieces")
+    if not isinstance(pieces, bytes):
+        raise _bad("info.pieces", "missing or not a byte string")
+    if len(pieces) % SHA1_LEN:
+        raise _bad("info.pieces", f"length {len(pieces)} is not a multiple of {SHA1_LEN}")
+
+    files, multi_file = _files(info, name)
+    total = sum(f.length for f in files)
+    if total == 0:
+        raise _bad("info.files" if multi_file else "info.length", "empty torrent (total size 0)")
+    expected = -(-total // piece_length)
+    num_pieces = len(pieces) // SHA1_LEN
+    if num_pieces != expected:
+        raise _bad(
+            "info.pieces",
+            f"has {num_pieces} hashes, but {total} bytes in pieces of {piece_length}"
+            f" need {expected}",
+        )
+
+    private = info.get(b"private", 0)
+    if not _is_int(private):
+        raise _bad("info.private", f"must be an integer, got {type(private).__name__}")
+
+    creation_date = top.get(b"creation date")
+    layers_span = spans.top.get(b"piece layers") if hybrid else None
+    return Metainfo(
+        info_hash=hashlib.sha1(info_bytes).digest(),
+        name=name,
+        piece_length=piece_length,
+        piece_hashes=pieces,
+        num_pieces=num_pieces,
+        total_size=total,
+        files=files,
+        trackers=_trackers(top),
+        private=private == 1,
+        multi_file=multi_file,
+        hybrid=hybrid,
+        info_bytes=info_bytes,
+        comment=_optional_text(top, b"comment"),
+        created_by=_optional_text(top, b"created by"),
+        creation_date=creation_date if _is_int(creation_date) else None,
+        piece_layers=bytes(data[layers_span[0] : layers_span[1]]) if layers_span else None,
+    )
+
+
+def load(path: str | os.PathLike[str]) -> Metainfo:
+    """Read and parse a .torrent file, reading at most MAX_TORRENT_SIZE + 1 bytes.
+
+    Raises:
+        InvalidTorrent: the file is missing, unreadable, too big, or invalid.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TORRENT_SIZE + 1)
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise InvalidTorrent(f"invalid torrent: cannot read {os.fspath(path)!r}: {reason}") from None
+    if len(data) > MAX_TORRENT_SIZE:
+        raise InvalidTorrent(
+            f"invalid torrent: {os.fspath(path)!r} is larger than {MAX_TORRENT_SIZE} bytes"
+        )
+    return parse(data)
+
+
+def build(
+    *,
+    name: str,
+    files: Sequence[tuple[str, int]] | None,
+    length: int | None,
+    piece_length: int,
+    piece_hashes: bytes,
+    trackers: Sequence[Sequence[str]] = (),
+    private: bool = False,
+    created_by: str = "fasttorrent",
+    creation_date: int | None = None,
+    comment: str | None = None,
+) -> bytes:
+    """Encode a v1 .torrent; the result is checked with :func:`parse`.
+
+    Args:
+        name: the file name (single file) or top directory (multi-file).
+        files: multi-file: ``(relative '/'-separated path, length)`` in torrent
+            order, without the name prefix; None for a single file.
+        length: single file: its size; None for multi-file.
+        piece_length: bytes per piece.
+        piece_hashes: concatenated SHA-1 digests of the pieces.
+        trackers: tiers of tracker URLs; written as 'announce' (first URL) and,
+            when there is more than one URL, 'announce-list'.
+        private: set the BEP 27 private flag.
+        created_by, creation_date, comment: informational fields (omitted when
+            None; no creation date by default so builds are reproducible).
+
+    Returns:
+        The .torrent bytes (canonical bencoding).
+
+    Raises:
+        ValueError: both or neither of ``files`` and ``length``.
+        InvalidTorrent: the torrent would be invalid (unsafe path, wrong number
+            of hashes, ...); the message names the field as :func:`parse` does.
+    """
+    if (files is None) == (length is None):
+        raise ValueError("build() needs exactly one of files= or length=")
+    info: dict[bytes, Any] = {
+        b"name": name,
+        b"piece length": piece_length,
+        b"pieces": piece_hashes,
+    }
+    if files is not None:
+        info[b"files"] = [
+            {b"length": size, b"path": path.split("/")} for path, size in files
+        ]
+    else:
+        info[b"length"] = length
+    if private:
+        info[b"private"] = 1
+    top: dict[bytes, Any] = {b"info": info}
+    tiers = [list(t) for t in trackers if t]
+    urls = [u for t in tiers for u in t]
+    if urls:
+        top[b"announce"] = urls[0]
+        if len(urls) > 1:
+            top[b"announce-list"] = tiers
+    if created_by:
+        top[b"created by"] = created_by
+    if creation_date is not None:
+        top[b"creation date"] = creation_date
+    if comment is not None:
+        top[b"comment"] = comment
+    try:
+        out = bencoding.encode(top)
+    except (BencodeError, UnicodeEncodeError) as exc:
+        raise InvalidTorrent(f"invalid torrent: cannot encode: {exc}") from None
+    parse(out)
+    return out
