@@ -37,16 +37,16 @@ from typing import Any
 import bencodepy
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_INPUT",
+    "MAX_INT_DIGITS",
+    "MAX_LENGTH_DIGITS",
     "BencodeError",
     "Spans",
-    "scan",
     "decode",
     "decode_with_spans",
     "encode",
-    "MAX_DEPTH",
-    "MAX_INT_DIGITS",
-    "MAX_LENGTH_DIGITS",
-    "MAX_INPUT",
+    "scan",
 ]
 
 # Deepest nesting of lists/dicts accepted. A v1 torrent nests 5 deep

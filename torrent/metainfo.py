@@ -65,16 +65,16 @@ from torrent.bencoding import BencodeError
 from torrent.errors import InvalidTorrent
 
 __all__ = [
-    "FileEntry",
-    "Metainfo",
-    "parse",
-    "load",
-    "build",
+    "MAX_PIECE_LENGTH",
     "MAX_TORRENT_SIZE",
     "MIN_PIECE_LENGTH",
-    "MAX_PIECE_LENGTH",
     "SHA1_LEN",
     "TRACKER_SCHEMES",
+    "FileEntry",
+    "Metainfo",
+    "build",
+    "load",
+    "parse",
 ]
 
 # Largest .torrent file read. The biggest real ones (10**5 files, or v2 piece
@@ -325,9 +325,9 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bo
         field = f"info.files[{i}]"
         if not isinstance(f, dict):
             raise _bad(field, "must be a dict")
-        length = f.get(b"length")
-        if not _is_int(length) or length < 0:
-            raise _bad(f"{field}.length", f"must be a non-negative integer, got {length!r}")
+        flen: Any = f.get(b"length")
+        if not _is_int(flen) or flen < 0:
+            raise _bad(f"{field}.length", f"must be a non-negative integer, got {flen!r}")
         path = f.get(b"path.utf-8")
         key = "path.utf-8"
         if not _valid_path_list(path):
@@ -353,8 +353,8 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bo
             if t in real_paths:
                 raise _bad(f"{field}.path", f"same path as info.files[{real_paths[t]}]")
             real_paths[t] = i
-        entries.append(FileEntry("/".join([name, *comps]), length, offset, pad, attr_s))
-        offset += length
+        entries.append(FileEntry("/".join([name, *comps]), flen, offset, pad, attr_s))
+        offset += flen
     # A file whose path is a directory of another file cannot be created.
     dirs: dict[tuple[str, ...], int] = {}
     for t, i in real_paths.items():
@@ -424,7 +424,7 @@ def parse(data: bytes) -> Metainfo:
     name = _text(info, b"name", "info.name")
     _check_component(name, "info.name")
 
-    piece_length = info.get(b"piece length")
+    piece_length: Any = info.get(b"piece length")
     if (
         not _is_int(piece_length)
         or not MIN_PIECE_LENGTH <= piece_length <= MAX_PIECE_LENGTH
@@ -491,7 +491,9 @@ def load(path: str | os.PathLike[str]) -> Metainfo:
             data = f.read(MAX_TORRENT_SIZE + 1)
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
-        raise InvalidTorrent(f"invalid torrent: cannot read {os.fspath(path)!r}: {reason}") from None
+        raise InvalidTorrent(
+            f"invalid torrent: cannot read {os.fspath(path)!r}: {reason}"
+        ) from None
     if len(data) > MAX_TORRENT_SIZE:
         raise InvalidTorrent(
             f"invalid torrent: {os.fspath(path)!r} is larger than {MAX_TORRENT_SIZE} bytes"
@@ -543,9 +545,7 @@ def build(
         b"pieces": piece_hashes,
     }
     if files is not None:
-        info[b"files"] = [
-            {b"length": size, b"path": path.split("/")} for path, size in files
-        ]
+        info[b"files"] = [{b"length": size, b"path": path.split("/")} for path, size in files]
     else:
         info[b"length"] = length
     if private:
