@@ -1,0 +1,91 @@
+"""The BitTorrent peer wire protocol (BEP 3), sans-IO: bytes and ``now`` in, events out.
+
+- :mod:`.messages`: message classes, framing (``frame``/``encode``), ``decode``
+  and the bounded :class:`FrameReader`.
+- :mod:`.handshake`: the 68-byte handshake and peer ids.
+- :mod:`.peer`: :class:`PeerProtocol`, the per-connection state machine.
+"""
+
+from __future__ import annotations
+
+from .handshake import (
+    DHT_BIT,
+    EXTENSION_BIT,
+    FAST_BIT,
+    HANDSHAKE_LENGTH,
+    Handshake,
+    encode_handshake,
+    make_peer_id,
+    parse_handshake,
+)
+from .messages import (
+    BLOCK_SIZE,
+    MAX_REQUEST_LENGTH,
+    FrameReader,
+    LocalProtocolError,
+    Message,
+    decode,
+    encode,
+    frame,
+    max_message_length,
+)
+from .peer import (
+    IDLE_TIMEOUT,
+    KEEPALIVE_INTERVAL,
+    MAX_OUTSTANDING_REQUESTS,
+    MAX_PEER_REQUESTS,
+    BitfieldReceived,
+    BlockReceived,
+    CancelReceived,
+    Choked,
+    ConnectionClosed,
+    Event,
+    HandshakeReceived,
+    HaveReceived,
+    PeerInterested,
+    PeerNotInterested,
+    PeerProtocol,
+    PeerState,
+    RequestReceived,
+    RequestsCancelled,
+    Unchoked,
+)
+
+__all__ = [
+    "BLOCK_SIZE",
+    "DHT_BIT",
+    "EXTENSION_BIT",
+    "FAST_BIT",
+    "HANDSHAKE_LENGTH",
+    "IDLE_TIMEOUT",
+    "KEEPALIVE_INTERVAL",
+    "MAX_OUTSTANDING_REQUESTS",
+    "MAX_PEER_REQUESTS",
+    "MAX_REQUEST_LENGTH",
+    "BitfieldReceived",
+    "BlockReceived",
+    "CancelReceived",
+    "Choked",
+    "ConnectionClosed",
+    "Event",
+    "FrameReader",
+    "Handshake",
+    "HandshakeReceived",
+    "HaveReceived",
+    "LocalProtocolError",
+    "Message",
+    "PeerInterested",
+    "PeerNotInterested",
+    "PeerProtocol",
+    "PeerState",
+    "RequestReceived",
+    "RequestsCancelled",
+    "Unchoked",
+    "decode",
+    "encode",
+    "encode_handshake",
+    "frame",
+    "make_peer_id",
+    "max_message_length",
+    "parse_handshake",
+]
