@@ -249,7 +249,9 @@ def _text(d: dict[bytes, Any], key: bytes, field: str) -> str:
 
 def _check_component(comp: str, field: str) -> None:
     """Refuse a path component that could escape or confuse the output directory."""
-    if comp in ("", ".", ".."):
+    if not comp:
+        raise _bad(field, "empty path component")
+    if comp in (".", ".."):
         raise _bad(field, f"unsafe path component {comp!r}")
     for ch, what in (("/", "'/'"), ("\\", "'\\'"), ("\0", "NUL")):
         if ch in comp:
