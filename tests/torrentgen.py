@@ -191,7 +191,9 @@ def bad_cases() -> list[BadCase]:
         ("announce-list-tier-not-list", s, _set((b"announce-list",), [b"http://x/"]), False, "announce-list[0]"),
         ("announce-list-url-not-string", s, _set((b"announce-list",), [[b"http://x/", 5]]), False, "announce-list[0][1]"),
     ]  # fmt: skip
-    out = [BadCase(id, _mutated(base, mutate, fix), field) for id, base, mutate, fix, field in cases]
+    out = [
+        BadCase(id, _mutated(base, mutate, fix), field) for id, base, mutate, fix, field in cases
+    ]
     # Inputs encode() refuses to produce: write them by hand.
     good = bencoding.encode(base_single())
     out += [
