@@ -1,0 +1,357 @@
+"""Pure-Python twins of the kernels in :mod:`torrent._fast`.
+
+Same names, same results, same exception types for the same inputs: the parity
+tests (``tests/test_fast_parity.py``) hold the two to that. This module is the
+readable specification of each kernel and a fallback where the extension is not
+built; it is not meant to be fast.
+
+Argument checks happen in the order the compiled module does them: each
+argument is converted in declaration order (a buffer is acquired, an integer
+is range-checked as a C ``Py_ssize_t``), then the body checks the bounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from typing import Any
+
+__all__ = [
+    "DIGEST_SIZE",
+    "MAX_BLOCKS",
+    "BlockMap",
+    "availability_add",
+    "available_backends",
+    "backend",
+    "bitfield_count",
+    "bitfield_spare_ok",
+    "copy_block",
+    "read_u32",
+    "scan_frame",
+    "sha1",
+    "sha1_pieces",
+    "verify_pieces",
+]
+
+# A SHA-1 digest is 20 bytes; BEP 3 "pieces" is their concatenation.
+DIGEST_SIZE = 20
+
+# Bound on blocks per piece slot, checked before the bitmap is allocated: 2**20
+# blocks of 16 KiB is a 16 GiB piece, far beyond any torrent in use, so a
+# corrupt or hostile piece length cannot make us allocate without limit.
+MAX_BLOCKS = 1 << 20
+
+# BEP 3 length prefixes are 4-byte big-endian unsigned integers.
+_PREFIX = 4
+
+# The C types the compiled twin converts integer arguments to.
+_SSIZE_MIN, _SSIZE_MAX = -(1 << 63), (1 << 63) - 1
+_INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
+_UINT16_MAX = 0xFFFF
+
+# Item formats a byte buffer may have (struct syntax, byte order prefix removed).
+_BYTE_FORMATS = ("B", "c")
+
+
+def _ssize(value: Any) -> int:
+    """Convert like Cython's ``Py_ssize_t`` argument: TypeError, OverflowError."""
+    i = operator.index(value)
+    if not _SSIZE_MIN <= i <= _SSIZE_MAX:
+        raise OverflowError("Python int too large to convert to C ssize_t")
+    return i
+
+
+def _int64(value: Any) -> int:
+    i = operator.index(value)
+    if not _SSIZE_MIN <= i <= _SSIZE_MAX:
+        raise OverflowError("Python int too large to convert to C int64")
+    return i
+
+
+def _bytes_view(buf: Any, *, writable: bool = False) -> memoryview:
+    """Acquire ``buf`` like a ``const unsigned char[::1]`` (or writable) memoryview."""
+    if buf is None:
+        raise TypeError("buffer must not be None")
+    mv = memoryview(buf)  # TypeError: not a buffer
+    if writable and mv.readonly:
+        raise BufferError("underlying buffer is not writable")
+    if not mv.c_contiguous:
+        raise BufferError("underlying buffer is not C-contiguous")
+    if mv.ndim != 1:
+        raise ValueError(f"Buffer has wrong number of dimensions (expected 1, got {mv.ndim})")
+    if mv.format.lstrip("@=<>!") not in _BYTE_FORMATS:
+        raise ValueError(f"Buffer dtype mismatch, expected bytes but got {mv.format!r}")
+    return mv.cast("B") if mv.format != "B" else mv
+
+
+# --------------------------------------------------------------------- hashing
+
+
+def backend() -> str:
+    """Return the SHA-1 backend of this twin: always ``"hashlib"``."""
+    return "hashlib"
+
+
+def available_backends() -> tuple[str, ...]:
+    """Return ``("hashlib",)``."""
+    return ("hashlib",)
+
+
+def _check_piece_length(piece_length: int) -> None:
+    if piece_length <= 0:
+        raise ValueError(f"piece_length must be positive, got {piece_length}")
+
+
+def _pieces(mv: memoryview, piece_length: int) -> list[memoryview]:
+    return [mv[off : off + piece_length] for off in range(0, len(mv), piece_length)]
+
+
+def sha1(buf: Any) -> bytes:
+    """Return the SHA-1 digest of ``buf``."""
+    return hashlib.sha1(_bytes_view(buf)).digest()
+
+
+def sha1_pieces(buf: Any, piece_length: int) -> bytes:
+    """Concatenated digests of consecutive pieces of ``buf`` (the last may be short).
+
+    Raises:
+        ValueError: ``piece_length`` is not positive.
+    """
+    mv = _bytes_view(buf)
+    piece_length = _ssize(piece_length)
+    _check_piece_length(piece_length)
+    return b"".join(hashlib.sha1(p).digest() for p in _pieces(mv, piece_length))
+
+
+def verify_pieces(buf: Any, piece_length: int, digests: Any) -> bytes:
+    """One byte per piece of ``buf``: 1 if its SHA-1 matches ``digests``, else 0.
+
+    Raises:
+        ValueError: ``piece_length`` is not positive, or ``digests`` does not
+            hold exactly 20 bytes per piece.
+    """
+    mv = _bytes_view(buf)
+    piece_length = _ssize(piece_length)
+    dv = _bytes_view(digests)
+    _check_piece_length(piece_length)
+    pieces = _pieces(mv, piece_length)
+    if len(dv) != DIGEST_SIZE * len(pieces):
+        raise ValueError(
+            f"digests holds {len(dv)} bytes, expected {DIGEST_SIZE} per piece "
+            f"for {len(pieces)} pieces ({DIGEST_SIZE * len(pieces)})"
+        )
+    want = bytes(dv)
+    return bytes(
+        hashlib.sha1(p).digest() == want[DIGEST_SIZE * k : DIGEST_SIZE * (k + 1)]
+        for k, p in enumerate(pieces)
+    )
+
+
+# -------------------------------------------------------------- block assembly
+
+
+def _check_span(what: str, size: int, offset: int, length: int) -> None:
+    if offset < 0 or offset > size or length > size - offset:
+        raise ValueError(f"{what} span [{offset}, {offset}+{length}) is outside its {size} bytes")
+
+
+def copy_block(dst: Any, dst_offset: int, src: Any, src_offset: int, length: int) -> None:
+    """Copy ``src[src_offset:src_offset+length]`` into ``dst`` at ``dst_offset``.
+
+    Raises:
+        ValueError: ``length`` is negative or a span falls outside its buffer.
+    """
+    dv = _bytes_view(dst, writable=True)
+    dst_offset = _ssize(dst_offset)
+    sv = _bytes_view(src)
+    src_offset = _ssize(src_offset)
+    length = _ssize(length)
+    if length < 0:
+        raise ValueError(f"length must not be negative, got {length}")
+    _check_span("dst", len(dv), dst_offset, length)
+    _check_span("src", len(sv), src_offset, length)
+    # bytes() first: overlapping spans copy as if through a temporary
+    dv[dst_offset : dst_offset + length] = bytes(sv[src_offset : src_offset + length])
+
+
+class BlockMap:
+    """Which blocks of one piece slot have arrived; says when the piece is full.
+
+    Raises:
+        ValueError: ``nblocks`` is not in 1..MAX_BLOCKS.
+    """
+
+    __slots__ = ("_have", "_count")
+
+    def __init__(self, nblocks: int) -> None:
+        nblocks = _ssize(nblocks)
+        if nblocks < 1 or nblocks > MAX_BLOCKS:
+            raise ValueError(f"nblocks must be in 1..{MAX_BLOCKS}, got {nblocks}")
+        self._have = bytearray(nblocks)
+        self._count = 0
+
+    def _check(self, i: Any) -> int:
+        i = _ssize(i)
+        if i < 0 or i >= len(self._have):
+            raise IndexError(f"block {i} out of range 0..{len(self._have) - 1}")
+        return i
+
+    def set(self, i: int) -> bool:
+        """Mark block ``i`` present; return True if it was missing."""
+        i = self._check(i)
+        if self._have[i]:
+            return False
+        self._have[i] = 1
+        self._count += 1
+        return True
+
+    def has(self, i: int) -> bool:
+        """Return whether block ``i`` is present."""
+        return self._have[self._check(i)] != 0
+
+    def clear(self) -> None:
+        """Forget every block."""
+        self._have[:] = bytes(len(self._have))
+        self._count = 0
+
+    def missing(self) -> list[int]:
+        """Return the indices of the missing blocks, ascending."""
+        return [i for i, b in enumerate(self._have) if not b]
+
+    @property
+    def nblocks(self) -> int:
+        """Blocks in the piece."""
+        return len(self._have)
+
+    @property
+    def count(self) -> int:
+        """Blocks present."""
+        return self._count
+
+    @property
+    def full(self) -> bool:
+        """True when every block is present."""
+        return self._count == len(self._have)
+
+    def __len__(self) -> int:
+        return len(self._have)
+
+    def __repr__(self) -> str:
+        return f"BlockMap(nblocks={len(self._have)}, count={self._count})"
+
+
+# ------------------------------------------------------------------- bitfields
+
+
+def _check_bitfield(nbytes: int, nbits: int) -> None:
+    if nbits < 0:
+        raise ValueError(f"nbits must not be negative, got {nbits}")
+    if nbytes < (nbits + 7) // 8:
+        raise ValueError(f"a bitfield of {nbits} bits needs {(nbits + 7) // 8} bytes, got {nbytes}")
+
+
+def _bit(bits: memoryview, i: int) -> bool:
+    # BEP 3: the high bit of the first byte is piece 0
+    return bool(bits[i >> 3] & (0x80 >> (i & 7)))
+
+
+def bitfield_count(bits: Any, nbits: int) -> int:
+    """Count the set bits among the first ``nbits`` of a BEP 3 bitfield (MSB first).
+
+    Raises:
+        ValueError: ``nbits`` is negative or ``bits`` is too short.
+    """
+    bv = _bytes_view(bits)
+    nbits = _ssize(nbits)
+    _check_bitfield(len(bv), nbits)
+    return sum(1 for i in range(nbits) if _bit(bv, i))
+
+
+def bitfield_spare_ok(bits: Any, nbits: int) -> bool:
+    """Return True if every bit of ``bits`` past the first ``nbits`` is zero.
+
+    Raises:
+        ValueError: ``nbits`` is negative or ``bits`` is too short.
+    """
+    bv = _bytes_view(bits)
+    nbits = _ssize(nbits)
+    _check_bitfield(len(bv), nbits)
+    return not any(_bit(bv, i) for i in range(nbits, 8 * len(bv)))
+
+
+def _count_view(counts: Any) -> tuple[memoryview, int, int]:
+    """Return a typed view of ``counts`` and the range of its items."""
+    mv = memoryview(counts)  # TypeError: not a buffer
+    fmt = mv.format.lstrip("@=")
+    if mv.ndim != 1 or not mv.c_contiguous:
+        raise TypeError("counts must be a one-dimensional contiguous buffer")
+    if mv.readonly:
+        raise TypeError("counts must be a writable buffer")
+    if fmt == "H" and mv.itemsize == 2:
+        return mv.cast("B").cast("H"), 0, _UINT16_MAX
+    if fmt in ("i", "l") and mv.itemsize == 4:
+        return mv.cast("B").cast("i"), _INT32_MIN, _INT32_MAX
+    raise TypeError(f"counts must hold uint16 ('H') or int32 ('i') items, not {fmt!r}")
+
+
+def availability_add(counts: Any, bits: Any, nbits: int, delta: int) -> None:
+    """Add ``delta`` to ``counts[i]`` for every set bit ``i < nbits``; all or nothing.
+
+    Raises:
+        TypeError: ``counts`` is not a writable contiguous uint16 / int32 buffer.
+        ValueError: ``nbits`` is negative, or ``counts`` / ``bits`` too short.
+        OverflowError: ``delta`` is outside int32, or a count would overflow.
+    """
+    bv = _bytes_view(bits)
+    nbits = _ssize(nbits)
+    delta = _int64(delta)
+    if not _INT32_MIN <= delta <= _INT32_MAX:
+        raise OverflowError(f"delta {delta} is outside the int32 range")
+    _check_bitfield(len(bv), nbits)
+    cv, lo, hi = _count_view(counts)
+    if len(cv) < nbits:
+        raise ValueError(f"counts has {len(cv)} items, fewer than nbits={nbits}")
+    have = [i for i in range(nbits) if _bit(bv, i)]
+    for i in have:
+        if not lo <= cv[i] + delta <= hi:
+            raise OverflowError(f"count of piece {i} would leave [{lo}, {hi}] with delta {delta}")
+    for i in have:
+        cv[i] += delta
+
+
+# --------------------------------------------------------------------- framing
+
+
+def read_u32(buf: Any, pos: int) -> int:
+    """Return the big-endian unsigned 32-bit integer at ``buf[pos:pos+4]``.
+
+    Raises:
+        ValueError: the four bytes are not all inside ``buf``.
+    """
+    mv = _bytes_view(buf)
+    pos = _ssize(pos)
+    if pos < 0 or pos > len(mv) - _PREFIX:
+        raise ValueError(f"cannot read 4 bytes at {pos} from a buffer of {len(mv)}")
+    return int.from_bytes(mv[pos : pos + _PREFIX], "big")
+
+
+def scan_frame(buf: Any, start: int, end: int, max_len: int) -> int:
+    """Body length of the BEP 3 message at ``buf[start:end]``, -1 if incomplete, -2 if too long.
+
+    Raises:
+        ValueError: not ``0 <= start <= end <= len(buf)``, or ``max_len < 0``.
+    """
+    mv = _bytes_view(buf)
+    start, end, max_len = _ssize(start), _ssize(end), _ssize(max_len)
+    if start < 0 or start > end or end > len(mv):
+        raise ValueError(f"need 0 <= start <= end <= {len(mv)}, got start={start} end={end}")
+    if max_len < 0:
+        raise ValueError(f"max_len must not be negative, got {max_len}")
+    if end - start < _PREFIX:
+        return -1
+    length = int.from_bytes(mv[start : start + _PREFIX], "big")
+    if length > max_len:
+        return -2
+    if end - start - _PREFIX < length:
+        return -1
+    return length
