@@ -46,7 +46,8 @@ Time
 "something was received/sent". :meth:`PeerProtocol.is_idle` and
 :meth:`PeerProtocol.needs_keepalive` turn those marks into timestamps using the
 ``now`` they are given, so their precision is the caller's polling period
-(poll every few seconds; the limits are a minute or two).
+(poll every few seconds; the limits are a minute or two). Errors lean the safe
+way: a keep-alive may go out early, an idle peer may be dropped late.
 """
 
 from __future__ import annotations
@@ -274,6 +275,7 @@ class PeerProtocol:
         "_peer_requests",
         "_reader",
         "_received_mark",
+        "_sent_checked",
         "_sent_mark",
         "_state",
         "_we_sent_message",
@@ -352,6 +354,7 @@ class PeerProtocol:
         self._received_mark = False
         self._last_sent = now
         self._sent_mark = False
+        self._sent_checked = now  # when needs_keepalive last looked
 
     # --- state ------------------------------------------------------------------
     @property
@@ -766,13 +769,18 @@ class PeerProtocol:
     def needs_keepalive(self, now: float, interval: float = KEEPALIVE_INTERVAL) -> bool:
         """Whether nothing was sent for ``interval`` seconds; then send_keepalive()."""
         if self._sent_mark:
+            # Something was sent since the previous check; assume the earliest
+            # time it could have been, so an error only makes keep-alives early.
             self._sent_mark = False
-            self._last_sent = now
+            self._last_sent = self._sent_checked
+        self._sent_checked = now
         return now - self._last_sent >= interval
 
     def is_idle(self, now: float, limit: float = IDLE_TIMEOUT) -> bool:
         """Whether nothing was received for ``limit`` seconds (BEP 3 two-minute rule)."""
         if self._received_mark:
+            # Something arrived since the previous check; assume the latest time
+            # it could have been, so an error only makes us slower to drop a peer.
             self._received_mark = False
             self._last_received = now
         return now - self._last_received >= limit

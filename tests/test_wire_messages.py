@@ -1,0 +1,250 @@
+"""Peer wire messages: round trips, chunking invariance, bounds, bad lengths."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torrent.errors import RemoteProtocolError
+from torrent.wire.messages import (
+    BITFIELD,
+    BLOCK_SIZE,
+    CANCEL,
+    CHOKE,
+    HAVE,
+    INTERESTED,
+    MAX_REQUEST_LENGTH,
+    MAX_UNKNOWN_MESSAGE_LENGTH,
+    NOT_INTERESTED,
+    PIECE,
+    PORT,
+    REQUEST,
+    UNCHOKE,
+    Bitfield,
+    Cancel,
+    Choke,
+    FrameReader,
+    Have,
+    Interested,
+    KeepAlive,
+    LocalProtocolError,
+    Message,
+    NotInterested,
+    Piece,
+    Port,
+    Request,
+    Unchoke,
+    Unknown,
+    decode,
+    encode,
+    frame,
+    max_message_length,
+)
+
+NUM_PIECES = 100  # bitfield of 13 bytes, 4 spare bits
+
+# One of every message kind, with the exact bytes BEP 3 prescribes.
+CASES: list[tuple[Message, bytes]] = [
+    (KeepAlive(), b"\x00\x00\x00\x00"),
+    (Choke(), b"\x00\x00\x00\x01\x00"),
+    (Unchoke(), b"\x00\x00\x00\x01\x01"),
+    (Interested(), b"\x00\x00\x00\x01\x02"),
+    (NotInterested(), b"\x00\x00\x00\x01\x03"),
+    (Have(0x01020304), b"\x00\x00\x00\x05\x04\x01\x02\x03\x04"),
+    (Bitfield(b"\xa5" * 12 + b"\xf0"), b"\x00\x00\x00\x0e\x05" + b"\xa5" * 12 + b"\xf0"),
+    (Request(1, 16384, 16384), b"\x00\x00\x00\x0d\x06" + struct.pack(">III", 1, 16384, 16384)),
+    (Piece(7, 32768, b"block-data"), b"\x00\x00\x00\x13\x07" + struct.pack(">II", 7, 32768)
+     + b"block-data"),
+    (Piece(2, 0, b""), b"\x00\x00\x00\x09\x07" + struct.pack(">II", 2, 0)),
+    (Cancel(1, 16384, 16384), b"\x00\x00\x00\x0d\x08" + struct.pack(">III", 1, 16384, 16384)),
+    (Port(6881), b"\x00\x00\x00\x03\x09\x1a\xe1"),
+    (Unknown(20, b"d1:md11:ut_metadatai1eee"), b"\x00\x00\x00\x19\x14d1:md11:ut_metadatai1eee"),
+]
+STREAM = b"".join(raw for _, raw in CASES)
+MESSAGES = [msg for msg, _ in CASES]
+
+
+@pytest.mark.parametrize(("msg", "raw"), CASES, ids=[type(m).__name__ for m, _ in CASES])
+def test_encode_and_decode_round_trip(msg: Message, raw: bytes) -> None:
+    assert encode(msg) == raw
+    if raw[3] != 0:  # everything but the keep-alive has an id and a body
+        assert decode(raw[4], raw[5:]) == msg
+        assert decode(raw[4], memoryview(raw)[5:]) == msg
+
+
+def test_frame_reader_whole_bytewise_and_with_trailing_data() -> None:
+    whole = FrameReader(NUM_PIECES)
+    assert whole.feed(STREAM) == MESSAGES
+    assert whole.buffered == 0
+
+    bytewise = FrameReader(NUM_PIECES)
+    got: list[Message] = []
+    for i in range(len(STREAM)):
+        # Copy each result: block views are only valid until the next feed.
+        got += [_own(m) for m in bytewise.feed(STREAM[i:i + 1])]
+    assert got == MESSAGES
+    assert bytewise.buffered == 0
+
+    trailing = FrameReader(NUM_PIECES)
+    partial = encode(Piece(3, 0, b"x" * 100))[:50]
+    assert trailing.feed(STREAM + partial) == MESSAGES
+    assert trailing.buffered == 50
+    assert trailing.feed(encode(Piece(3, 0, b"x" * 100))[50:]) == [Piece(3, 0, b"x" * 100)]
+    assert trailing.buffered == 0
+
+
+def test_feed_of_nothing_returns_nothing() -> None:
+    reader = FrameReader(NUM_PIECES)
+    assert reader.feed(b"") == []
+    assert reader.feed(b"\x00\x00") == []
+    assert reader.feed(b"") == []
+    assert reader.feed(b"\x00\x00") == [KeepAlive()]
+
+
+def _own(msg: Message) -> Message:
+    """A copy of ``msg`` that does not point into a receive buffer."""
+    if isinstance(msg, Piece):
+        return Piece(msg.index, msg.begin, bytes(msg.data))
+    return msg
+
+
+message_strategy = st.one_of(
+    st.sampled_from([KeepAlive(), Choke(), Unchoke(), Interested(), NotInterested()]),
+    st.builds(Have, st.integers(0, NUM_PIECES - 1)),
+    st.builds(Bitfield, st.binary(min_size=13, max_size=13)),
+    st.builds(Request, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+              st.integers(0, 2**32 - 1)),
+    st.builds(Cancel, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+              st.integers(0, 2**32 - 1)),
+    st.builds(Piece, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+              st.binary(max_size=300)),
+    st.builds(Port, st.integers(0, 65535)),
+    st.builds(Unknown, st.integers(PORT + 1, 255), st.binary(max_size=50)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msgs=st.lists(message_strategy, max_size=20), data=st.data())
+def test_frame_reader_random_splits_give_the_same_messages(
+    msgs: list[Message], data: st.DataObject
+) -> None:
+    stream = b"".join(encode(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    reader = FrameReader(NUM_PIECES)
+    got: list[Message] = []
+    prev = 0
+    for cut in [*cuts, len(stream)]:
+        chunk = stream[prev:cut]
+        # Hand in a mutable buffer, as a BufferedProtocol would.
+        got += [_own(m) for m in reader.feed(bytearray(chunk))]
+        prev = cut
+    assert got == msgs
+    assert reader.buffered == 0
+    # encode(decode(b)) == b for canonical input
+    assert b"".join(encode(m) for m in got) == stream
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_frame_reader_never_raises_anything_but_remote_protocol_error(junk: bytes) -> None:
+    reader = FrameReader(NUM_PIECES)
+    try:
+        reader.feed(junk)
+    except RemoteProtocolError:
+        pass
+    assert reader.buffered <= max_message_length(NUM_PIECES) + 4
+
+
+def test_oversized_prefix_rejected_from_the_four_prefix_bytes_alone() -> None:
+    too_big = max_message_length(NUM_PIECES) + 1
+    reader = FrameReader(NUM_PIECES)
+    with pytest.raises(RemoteProtocolError, match="length prefix"):
+        reader.feed(struct.pack(">I", too_big))
+    # ... also when the prefix trickles in one byte at a time
+    reader = FrameReader(NUM_PIECES)
+    prefix = struct.pack(">I", 2**32 - 1)
+    for b in prefix[:3]:
+        assert reader.feed(bytes([b])) == []
+    with pytest.raises(RemoteProtocolError, match="length prefix"):
+        reader.feed(prefix[3:])
+
+
+def test_prefix_at_the_bound_is_buffered_not_rejected() -> None:
+    limit = max_message_length(NUM_PIECES)
+    assert limit == 1 + MAX_UNKNOWN_MESSAGE_LENGTH
+    reader = FrameReader(NUM_PIECES)
+    assert reader.feed(struct.pack(">IB", limit, 200) + b"x" * 10) == []
+    assert reader.buffered == 15
+
+
+def test_max_message_length_grows_with_a_huge_bitfield() -> None:
+    pieces = 16 * 1024 * 1024  # a 2 MiB bitfield
+    assert max_message_length(pieces) == 1 + pieces // 8
+    assert max_message_length(1) == 1 + MAX_UNKNOWN_MESSAGE_LENGTH
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "length"),
+    [
+        (PIECE, 9 + MAX_REQUEST_LENGTH + 1),  # a block bigger than any we request
+        (BITFIELD, 1 + 13 + 1),  # longer than 100 pieces need
+        (HAVE, 6),
+        (CHOKE, 2),
+        (REQUEST, 14),
+    ],
+)
+def test_per_id_bound_rejected_from_the_id_byte(msg_id: int, length: int) -> None:
+    # split after the id, so nothing of the body has been seen
+    for chunks in ([struct.pack(">IB", length, msg_id)],
+                   [struct.pack(">I", length), bytes([msg_id])]):
+        reader = FrameReader(NUM_PIECES)
+        with pytest.raises(RemoteProtocolError, match="at most"):
+            for chunk in chunks:
+                reader.feed(chunk)
+
+
+def test_largest_block_is_accepted() -> None:
+    block = bytes(range(256)) * (BLOCK_SIZE // 256)
+    reader = FrameReader(NUM_PIECES)
+    assert reader.feed(encode(Piece(5, 0, block))) == [Piece(5, 0, block)]
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "payload", "needs"),
+    [
+        (CHOKE, b"\x00", "0 bytes"),
+        (UNCHOKE, b"\x00", "0 bytes"),
+        (INTERESTED, b"\x00", "0 bytes"),
+        (NOT_INTERESTED, b"\x00\x00", "0 bytes"),
+        (HAVE, b"\x00\x00\x00", "4 bytes"),
+        (HAVE, b"\x00" * 5, "4 bytes"),
+        (REQUEST, b"\x00" * 11, "12 bytes"),
+        (REQUEST, b"\x00" * 13, "12 bytes"),
+        (CANCEL, b"\x00" * 8, "12 bytes"),
+        (PORT, b"\x00", "2 bytes"),
+        (PIECE, b"\x00" * 7, "at least 8"),
+    ],
+)
+def test_wrong_payload_length_per_id(msg_id: int, payload: bytes, needs: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=needs):
+        decode(msg_id, payload)
+    # and through the stream reader (a too-long one already fails at its id byte)
+    with pytest.raises(RemoteProtocolError, match="message"):
+        FrameReader(NUM_PIECES).feed(frame(msg_id, payload))
+
+
+def test_piece_data_is_a_view_not_a_copy() -> None:
+    raw = bytearray(encode(Piece(1, 0, b"abcd")))
+    (msg,) = FrameReader(NUM_PIECES).feed(raw)
+    assert isinstance(msg, Piece)
+    assert isinstance(msg.data, memoryview)
+    raw[-1] = ord("z")  # the view tracks the receive buffer: hence the ownership rule
+    assert bytes(msg.data) == b"abcz"
+
+
+def test_encode_rejects_a_non_message() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode(Message())

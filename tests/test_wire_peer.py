@@ -1,0 +1,543 @@
+"""The per-peer state machine: handshake, protocol rules, requests, timers."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from torrent.errors import RemoteProtocolError
+from torrent.wire.handshake import (
+    HANDSHAKE_LENGTH,
+    PSTR,
+    Handshake,
+    encode_handshake,
+    make_peer_id,
+    parse_handshake,
+)
+from torrent.wire.messages import (
+    BLOCK_SIZE,
+    MAX_REQUEST_LENGTH,
+    Bitfield,
+    Cancel,
+    Choke,
+    Have,
+    Interested,
+    KeepAlive,
+    LocalProtocolError,
+    NotInterested,
+    Piece,
+    Port,
+    Request,
+    Unchoke,
+    Unknown,
+    encode,
+    frame,
+)
+from torrent.wire.peer import (
+    IDLE_TIMEOUT,
+    KEEPALIVE_INTERVAL,
+    MAX_OUTSTANDING_REQUESTS,
+    MAX_PEER_REQUESTS,
+    MAX_RECENTLY_CANCELLED,
+    BitfieldReceived,
+    BlockReceived,
+    CancelReceived,
+    Choked,
+    ConnectionClosed,
+    HandshakeReceived,
+    HaveReceived,
+    PeerInterested,
+    PeerNotInterested,
+    PeerProtocol,
+    PeerState,
+    RequestReceived,
+    RequestsCancelled,
+    Unchoked,
+)
+
+INFO_HASH = bytes(range(20))
+OUR_ID = b"-FT0100-ourpeeridxyz"
+THEIR_ID = b"-LT2110-theirpeerid0"
+PIECE_LEN = 2 * BLOCK_SIZE
+NUM_PIECES = 10  # a 2-byte bitfield with 6 spare bits
+LAST_PIECE_SIZE = 20_000
+TOTAL = (NUM_PIECES - 1) * PIECE_LEN + LAST_PIECE_SIZE
+THEIR_HANDSHAKE = encode_handshake(INFO_HASH, THEIR_ID)
+
+
+def new_peer(*, now: float = 0.0, **kw: object) -> PeerProtocol:
+    kw.setdefault("we_initiated", True)
+    return PeerProtocol(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LEN, TOTAL, now=now, **kw)  # type: ignore[arg-type]
+
+
+def active_peer(*, now: float = 0.0, unchoked: bool = False) -> PeerProtocol:
+    """A peer past the handshake (both ways); optionally the peer unchoked us."""
+    p = new_peer(now=now)
+    assert len(p.handshake()) == HANDSHAKE_LENGTH
+    assert p.receive_data(THEIR_HANDSHAKE) == [HandshakeReceived(THEIR_ID, bytes(8))]
+    if unchoked:
+        assert p.receive_data(encode(Unchoke())) == [Unchoked()]
+    return p
+
+
+def recv(p: PeerProtocol, *msgs: object) -> list[object]:
+    """Feed encoded messages; copy block data (it is only valid until the next call)."""
+    events = p.receive_data(b"".join(encode(m) for m in msgs))  # type: ignore[arg-type]
+    return [BlockReceived(e.index, e.begin, bytes(e.data)) if isinstance(e, BlockReceived) else e
+            for e in events]
+
+
+# --- handshake ------------------------------------------------------------------------
+def test_handshake_bytes_and_parse_round_trip() -> None:
+    raw = encode_handshake(INFO_HASH, THEIR_ID)
+    assert len(raw) == 68
+    assert raw[:20] == b"\x13" + PSTR
+    assert parse_handshake(raw) == Handshake(bytes(8), INFO_HASH, THEIR_ID)
+
+
+def test_handshake_reserved_bits() -> None:
+    reserved = bytearray(8)
+    reserved[5] |= 0x10
+    reserved[7] |= 0x05
+    hs = parse_handshake(encode_handshake(INFO_HASH, THEIR_ID, bytes(reserved)))
+    assert hs.supports_extensions and hs.supports_fast and hs.supports_dht
+    plain = parse_handshake(encode_handshake(INFO_HASH, THEIR_ID))
+    assert not (plain.supports_extensions or plain.supports_fast or plain.supports_dht)
+
+
+def test_parse_handshake_rejects_wrong_pstr() -> None:
+    raw = bytearray(encode_handshake(INFO_HASH, THEIR_ID))
+    raw[1:20] = b"BitTorrent Protocol"
+    with pytest.raises(RemoteProtocolError, match="handshake"):
+        parse_handshake(bytes(raw))
+
+
+def test_make_peer_id_is_azureus_style_and_uses_the_injected_source() -> None:
+    a = make_peer_id(randbytes=random.Random(1).randbytes)
+    b = make_peer_id(randbytes=random.Random(1).randbytes)
+    c = make_peer_id(randbytes=random.Random(2).randbytes)
+    assert a == b != c
+    assert len(a) == 20 and a.startswith(b"-FT0100-")
+    assert all(chr(x).isalnum() or chr(x) in "-_" for x in a[8:])  # URL-safe for trackers
+    assert make_peer_id(b"-XX9999-").startswith(b"-XX9999-")
+    with pytest.raises(LocalProtocolError):
+        make_peer_id(b"-short-")
+
+
+@pytest.mark.parametrize("chunk", [68 + 1000, 1, 7])
+def test_handshake_then_messages_in_any_chunking(chunk: int) -> None:
+    p = new_peer(we_initiated=False)
+    stream = THEIR_HANDSHAKE + encode(Bitfield(b"\xff\xc0")) + encode(Have(3)) + encode(Unchoke())
+    events: list[object] = []
+    for i in range(0, len(stream), chunk):
+        events += p.receive_data(stream[i:i + chunk])
+    assert events == [HandshakeReceived(THEIR_ID, bytes(8)), BitfieldReceived(b"\xff\xc0"),
+                      Unchoked()]
+    assert p.state is PeerState.ACTIVE
+    assert p.peer_id == THEIR_ID
+    assert p.peer_is_seed and p.peer_piece_count == NUM_PIECES
+
+
+def test_acceptor_answers_after_receiving_the_handshake() -> None:
+    p = new_peer(we_initiated=False)
+    assert p.receive_data(THEIR_HANDSHAKE) == [HandshakeReceived(THEIR_ID, bytes(8))]
+    assert parse_handshake(p.handshake()).peer_id == OUR_ID
+    assert p.send_interested() == encode(Interested())
+
+
+def test_wrong_info_hash_is_a_peer_error() -> None:
+    p = new_peer()
+    with pytest.raises(RemoteProtocolError, match="info-hash"):
+        p.receive_data(encode_handshake(b"\xee" * 20, THEIR_ID))
+    assert p.state is PeerState.CLOSED
+
+
+def test_connected_to_self() -> None:
+    p = new_peer()
+    with pytest.raises(RemoteProtocolError, match="connected to self"):
+        p.receive_data(encode_handshake(INFO_HASH, OUR_ID))
+
+
+def test_unexpected_peer_id() -> None:
+    p = new_peer(expect_peer_id=b"-XX0000-000000000000")
+    with pytest.raises(RemoteProtocolError, match="differs"):
+        p.receive_data(THEIR_HANDSHAKE)
+    ok = new_peer(expect_peer_id=THEIR_ID)
+    assert ok.receive_data(THEIR_HANDSHAKE) == [HandshakeReceived(THEIR_ID, bytes(8))]
+
+
+def test_non_bittorrent_stream_rejected_from_its_first_byte() -> None:
+    p = new_peer()
+    with pytest.raises(RemoteProtocolError, match="not send a BitTorrent handshake"):
+        p.receive_data(b"G")  # e.g. "GET / HTTP/1.1", or an encrypted stream
+
+
+def test_eof_during_handshake_closes() -> None:
+    p = new_peer()
+    assert p.receive_data(THEIR_HANDSHAKE[:30]) == []
+    assert p.receive_data(b"") == [ConnectionClosed()]
+    assert p.state is PeerState.CLOSED
+
+
+# --- states -------------------------------------------------------------------------------
+def test_state_transitions() -> None:
+    p = new_peer()
+    assert p.state is PeerState.AWAIT_HANDSHAKE
+    p.receive_data(THEIR_HANDSHAKE)
+    assert p.state is PeerState.ACTIVE
+    assert p.receive_data(b"") == [ConnectionClosed()]
+    assert p.state is PeerState.CLOSED
+    with pytest.raises(LocalProtocolError, match="closed"):
+        p.receive_data(encode(Choke()))
+
+
+@pytest.mark.parametrize(
+    ("start", "target"),
+    [
+        (PeerState.ACTIVE, PeerState.AWAIT_HANDSHAKE),
+        (PeerState.CLOSED, PeerState.ACTIVE),
+        (PeerState.CLOSED, PeerState.CLOSED),
+        (PeerState.ACTIVE, PeerState.ACTIVE),
+    ],
+)
+def test_illegal_transition_raises_our_bug_error(start: PeerState, target: PeerState) -> None:
+    p = new_peer()
+    if start is not PeerState.AWAIT_HANDSHAKE:
+        p._transition(PeerState.ACTIVE)
+    if start is PeerState.CLOSED:
+        p._transition(PeerState.CLOSED)
+    assert p.state is start
+    with pytest.raises(LocalProtocolError, match="illegal"):
+        p._transition(target)
+
+
+def test_sending_before_the_handshake_is_our_bug() -> None:
+    p = new_peer()
+    with pytest.raises(LocalProtocolError):
+        p.send_interested()
+    p.handshake()
+    with pytest.raises(LocalProtocolError):  # theirs is not in yet
+        p.send_interested()
+    with pytest.raises(LocalProtocolError):
+        p.handshake()  # twice
+
+
+def test_bad_geometry_is_refused() -> None:
+    with pytest.raises(ValueError):
+        PeerProtocol(INFO_HASH, OUR_ID, NUM_PIECES + 1, PIECE_LEN, TOTAL, we_initiated=True, now=0)
+
+
+# --- protocol rules, one test each ---------------------------------------------------------------
+def test_bitfield_not_first_message() -> None:
+    p = active_peer()
+    recv(p, Have(1))
+    with pytest.raises(RemoteProtocolError, match="first message"):
+        recv(p, Bitfield(b"\xff\xc0"))
+    assert p.state is PeerState.CLOSED
+
+
+def test_keepalive_before_bitfield_is_fine() -> None:
+    p = active_peer()
+    assert recv(p, KeepAlive(), Bitfield(b"\x80\x40")) == [BitfieldReceived(b"\x80\x40")]
+    assert p.peer_has(0) and p.peer_has(9) and not p.peer_has(1)
+    assert p.peer_piece_count == 2
+
+
+@pytest.mark.parametrize("bits", [b"\xff", b"\xff\xc0\x00"])
+def test_bitfield_wrong_length(bits: bytes) -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="bitfield|at most"):
+        recv(p, Bitfield(bits))
+
+
+def test_bitfield_spare_bits_set() -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="spare bits"):
+        recv(p, Bitfield(b"\xff\xe0"))  # bit 10 does not exist
+
+
+def test_have_index_out_of_range() -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="have for piece 10"):
+        recv(p, Have(NUM_PIECES))
+
+
+def test_have_is_reported_once() -> None:
+    p = active_peer()
+    assert recv(p, Have(4), Have(4), Have(5)) == [HaveReceived(4), HaveReceived(5)]
+    assert p.peer_piece_count == 2
+
+
+def test_unrequested_block() -> None:
+    p = active_peer(unchoked=True)
+    with pytest.raises(RemoteProtocolError, match="did not request"):
+        recv(p, Piece(0, 0, b"x" * BLOCK_SIZE))
+
+
+def test_block_of_the_wrong_length() -> None:
+    p = active_peer(unchoked=True)
+    p.send_request(0, 0, BLOCK_SIZE, now=1.0)
+    with pytest.raises(RemoteProtocolError, match="we requested 16384"):
+        recv(p, Piece(0, 0, b"x" * 100))
+
+
+def test_block_index_out_of_range() -> None:
+    p = active_peer(unchoked=True)
+    with pytest.raises(RemoteProtocolError, match="the torrent has 10"):
+        recv(p, Piece(NUM_PIECES, 0, b"x"))
+
+
+def test_block_beyond_the_piece() -> None:
+    p = active_peer(unchoked=True)
+    with pytest.raises(RemoteProtocolError, match="which has 20000 bytes"):
+        recv(p, Piece(NUM_PIECES - 1, 16384, b"x" * 4000))
+
+
+def test_request_index_out_of_range() -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="the torrent has 10"):
+        recv(p, Request(NUM_PIECES, 0, BLOCK_SIZE))
+
+
+def test_request_beyond_the_piece() -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="which has 20000 bytes"):
+        recv(p, Request(NUM_PIECES - 1, BLOCK_SIZE, BLOCK_SIZE))
+
+
+def test_request_of_zero_length() -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="zero-length"):
+        recv(p, Request(0, 0, 0))
+
+
+def test_request_too_long() -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="largest request"):
+        recv(p, Request(0, 0, MAX_REQUEST_LENGTH + 1))
+
+
+def test_unknown_and_port_messages_are_ignored() -> None:
+    p = active_peer()
+    assert p.receive_data(frame(20, b"d1:md11:ut_metadatai1eee") + encode(Port(6881))
+                          + frame(200, b"")) == []
+    assert recv(p, Unknown(13, b"\x00\x00\x00\x01")) == []  # BEP 6 suggest: not negotiated
+    assert p.state is PeerState.ACTIVE
+
+
+def test_oversized_prefix_rejected_before_buffering() -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="length prefix"):
+        p.receive_data(struct.pack(">I", 64 * 1024 * 1024))
+    assert p.state is PeerState.CLOSED
+
+
+def test_flags_follow_the_peer() -> None:
+    p = active_peer()
+    assert (p.peer_choking, p.peer_interested) == (True, False)
+    assert recv(p, Unchoke(), Unchoke(), Interested()) == [Unchoked(), PeerInterested()]
+    assert (p.peer_choking, p.peer_interested) == (False, True)
+    assert recv(p, NotInterested(), Choke(), Choke()) == [PeerNotInterested(), Choked()]
+    assert (p.peer_choking, p.peer_interested) == (True, False)
+
+
+# --- our requests ---------------------------------------------------------------------------------
+def test_request_and_block() -> None:
+    p = active_peer(unchoked=True)
+    assert p.send_request(2, BLOCK_SIZE, BLOCK_SIZE, now=5.0) == encode(
+        Request(2, BLOCK_SIZE, BLOCK_SIZE))
+    assert p.outstanding_requests == [(2, BLOCK_SIZE, BLOCK_SIZE)]
+    block = bytes(range(256)) * 64
+    assert recv(p, Piece(2, BLOCK_SIZE, block)) == [BlockReceived(2, BLOCK_SIZE, block)]
+    assert p.num_outstanding == 0
+
+
+def test_block_data_is_a_view_into_the_received_buffer() -> None:
+    p = active_peer(unchoked=True)
+    p.send_request(0, 0, 4, now=0.0)
+    (ev,) = p.receive_data(encode(Piece(0, 0, b"abcd")))
+    assert isinstance(ev, BlockReceived)
+    assert isinstance(ev.data, memoryview) and ev.data == b"abcd"
+
+
+def test_choke_cancels_outstanding_requests() -> None:
+    p = active_peer(unchoked=True)
+    for begin in (0, BLOCK_SIZE):
+        p.send_request(1, begin, BLOCK_SIZE, now=1.0)
+    events = recv(p, Choke())
+    assert events == [Choked(), RequestsCancelled(((1, 0, BLOCK_SIZE), (1, BLOCK_SIZE, BLOCK_SIZE)))]
+    assert p.num_outstanding == 0
+    with pytest.raises(LocalProtocolError, match="chokes us"):
+        p.send_request(1, 0, BLOCK_SIZE, now=2.0)
+    # a block that crossed the choke on the wire is dropped silently
+    assert recv(p, Piece(1, 0, b"x" * BLOCK_SIZE)) == []
+    assert p.ignored_blocks == 1
+
+
+def test_request_while_choked_is_our_bug() -> None:
+    p = active_peer()
+    with pytest.raises(LocalProtocolError, match="chokes us"):
+        p.send_request(0, 0, BLOCK_SIZE, now=0.0)
+
+
+@pytest.mark.parametrize(
+    ("index", "begin", "length"),
+    [(NUM_PIECES, 0, BLOCK_SIZE), (0, 0, 0), (0, 0, MAX_REQUEST_LENGTH + 1),
+     (NUM_PIECES - 1, BLOCK_SIZE, BLOCK_SIZE), (0, -1, 10)],
+)
+def test_invalid_request_of_ours_is_our_bug(index: int, begin: int, length: int) -> None:
+    p = active_peer(unchoked=True)
+    with pytest.raises(LocalProtocolError, match="invalid request"):
+        p.send_request(index, begin, length, now=0.0)
+
+
+def test_duplicate_and_too_many_requests_are_our_bug() -> None:
+    p = active_peer(unchoked=True)
+    p.send_request(0, 0, BLOCK_SIZE, now=0.0)
+    with pytest.raises(LocalProtocolError, match="already requested"):
+        p.send_request(0, 0, BLOCK_SIZE, now=0.0)
+    p2 = _peer_with_many_pieces()
+    for i in range(MAX_OUTSTANDING_REQUESTS):
+        p2.send_request(i, 0, BLOCK_SIZE, now=0.0)
+    with pytest.raises(LocalProtocolError, match="outstanding"):
+        p2.send_request(MAX_OUTSTANDING_REQUESTS, 0, BLOCK_SIZE, now=0.0)
+
+
+def _peer_with_many_pieces(n: int = 1000) -> PeerProtocol:
+    p = PeerProtocol(INFO_HASH, OUR_ID, n, BLOCK_SIZE, n * BLOCK_SIZE, we_initiated=True, now=0.0)
+    p.handshake()
+    p.receive_data(THEIR_HANDSHAKE + encode(Unchoke()))
+    return p
+
+
+def test_timeouts_reissue() -> None:
+    p = active_peer(unchoked=True)
+    p.send_request(0, 0, BLOCK_SIZE, now=10.0)
+    p.send_request(0, BLOCK_SIZE, BLOCK_SIZE, now=20.0)
+    p.send_request(1, 0, BLOCK_SIZE, now=30.0)
+    assert p.timed_out_requests(now=39.0, timeout=30.0) == []
+    assert p.timed_out_requests(now=50.0, timeout=30.0) == [(0, 0, BLOCK_SIZE),
+                                                            (0, BLOCK_SIZE, BLOCK_SIZE)]
+    assert p.timed_out_requests(now=50.0, timeout=30.0) == []  # forgotten
+    assert p.outstanding_requests == [(1, 0, BLOCK_SIZE)]
+    # a slow block for a timed-out request is not a protocol error
+    assert recv(p, Piece(0, 0, b"x" * BLOCK_SIZE)) == []
+    # ... and a re-request of it is a fresh request
+    p.send_request(0, BLOCK_SIZE, BLOCK_SIZE, now=51.0)
+    assert recv(p, Piece(0, BLOCK_SIZE, b"y" * BLOCK_SIZE)) == [
+        BlockReceived(0, BLOCK_SIZE, b"y" * BLOCK_SIZE)]
+
+
+def test_cancelled_then_arrived_block_is_ignored_once() -> None:
+    p = active_peer(unchoked=True)
+    p.send_request(3, 0, BLOCK_SIZE, now=0.0)
+    assert p.send_cancel(3, 0, BLOCK_SIZE) == encode(Cancel(3, 0, BLOCK_SIZE))
+    assert p.num_outstanding == 0
+    assert recv(p, Piece(3, 0, b"x" * BLOCK_SIZE)) == []
+    with pytest.raises(RemoteProtocolError, match="did not request"):
+        recv(p, Piece(3, 0, b"x" * BLOCK_SIZE))  # a second copy is not in flight
+
+
+def test_recently_cancelled_memory_is_bounded() -> None:
+    p = _peer_with_many_pieces()
+    for i in range(MAX_RECENTLY_CANCELLED + 1):
+        p.send_request(i, 0, BLOCK_SIZE, now=0.0)
+        p.send_cancel(i, 0, BLOCK_SIZE)
+    assert recv(p, Piece(MAX_RECENTLY_CANCELLED, 0, b"x" * BLOCK_SIZE)) == []
+    with pytest.raises(RemoteProtocolError, match="did not request"):
+        recv(p, Piece(0, 0, b"x" * BLOCK_SIZE))  # the oldest was forgotten
+
+
+# --- the peer's requests -------------------------------------------------------------------------
+def test_peer_requests_while_we_choke_are_dropped() -> None:
+    p = active_peer()
+    assert recv(p, Interested(), Request(0, 0, BLOCK_SIZE)) == [PeerInterested()]
+    assert p.dropped_peer_requests == 1 and p.peer_requests == []
+
+
+def test_peer_request_queue_bound() -> None:
+    p = _peer_with_many_pieces()
+    p.send_unchoke()
+    events = recv(p, *[Request(i, 0, BLOCK_SIZE) for i in range(MAX_PEER_REQUESTS + 5)])
+    assert len(events) == MAX_PEER_REQUESTS
+    assert events[0] == RequestReceived(0, 0, BLOCK_SIZE)
+    assert len(p.peer_requests) == MAX_PEER_REQUESTS
+    assert p.dropped_peer_requests == 5
+    # serving one frees a slot
+    assert p.send_piece(0, 0, b"z" * BLOCK_SIZE) == encode(Piece(0, 0, b"z" * BLOCK_SIZE))
+    assert recv(p, Request(999, 0, BLOCK_SIZE)) == [RequestReceived(999, 0, BLOCK_SIZE)]
+
+
+def test_peer_cancel_and_our_choke_discard_its_requests() -> None:
+    p = active_peer()
+    p.send_unchoke()
+    assert recv(p, Request(0, 0, BLOCK_SIZE), Request(0, 0, BLOCK_SIZE), Request(1, 0, 10)) == [
+        RequestReceived(0, 0, BLOCK_SIZE), RequestReceived(1, 0, 10)]
+    assert recv(p, Cancel(0, 0, BLOCK_SIZE), Cancel(5, 0, 1)) == [CancelReceived(0, 0, BLOCK_SIZE)]
+    assert not p.is_request_pending(0, 0, BLOCK_SIZE)
+    with pytest.raises(LocalProtocolError, match="not a pending request"):
+        p.send_piece(0, 0, b"x" * BLOCK_SIZE)
+    assert p.is_request_pending(1, 0, 10)
+    p.send_choke()
+    assert p.peer_requests == []
+    with pytest.raises(LocalProtocolError):
+        p.send_piece(1, 0, b"x" * 10)
+
+
+def test_bitfield_must_be_our_first_message() -> None:
+    p = active_peer()
+    assert p.send_bitfield(b"\x00\x40") == encode(Bitfield(b"\x00\x40"))
+    with pytest.raises(LocalProtocolError, match="first"):
+        p.send_bitfield(b"\x00\x40")
+    q = active_peer()
+    with pytest.raises(LocalProtocolError, match="spare bits"):
+        q.send_bitfield(b"\x00\x20")
+    q.send_have(1)
+    with pytest.raises(LocalProtocolError, match="first"):
+        q.send_bitfield(b"\x00\x40")
+    with pytest.raises(LocalProtocolError):
+        q.send_have(NUM_PIECES)
+
+
+# --- timers -------------------------------------------------------------------------------------
+def test_keepalive_timer() -> None:
+    p = active_peer(now=100.0)
+    assert not p.needs_keepalive(now=100.0 + KEEPALIVE_INTERVAL - 1)
+    assert p.needs_keepalive(now=100.0 + KEEPALIVE_INTERVAL)
+    assert p.send_keepalive() == b"\x00\x00\x00\x00"
+    assert not p.needs_keepalive(now=100.0 + KEEPALIVE_INTERVAL + 1)  # just sent
+    assert p.needs_keepalive(now=100.0 + 2 * KEEPALIVE_INTERVAL + 1)
+
+
+def test_idle_two_minute_rule() -> None:
+    p = new_peer(now=0.0)
+    assert not p.is_idle(now=IDLE_TIMEOUT - 1)
+    assert p.is_idle(now=IDLE_TIMEOUT)  # no handshake for two minutes
+    p.receive_data(THEIR_HANDSHAKE)
+    assert not p.is_idle(now=IDLE_TIMEOUT + 1)  # something arrived since the last check
+    p.receive_data(encode(KeepAlive()))
+    assert not p.is_idle(now=2 * IDLE_TIMEOUT)
+    assert p.is_idle(now=3 * IDLE_TIMEOUT)
+
+
+# --- two machines back to back -------------------------------------------------------------------
+def test_two_machines_exchange_a_block() -> None:
+    leecher = new_peer(we_initiated=True)
+    seeder = PeerProtocol(INFO_HASH, THEIR_ID, NUM_PIECES, PIECE_LEN, TOTAL,
+                          we_initiated=False, now=0.0)
+    assert seeder.receive_data(leecher.handshake()) == [HandshakeReceived(OUR_ID, bytes(8))]
+    to_leecher = seeder.handshake() + seeder.send_bitfield(b"\xff\xc0")
+    assert leecher.receive_data(to_leecher) == [HandshakeReceived(THEIR_ID, bytes(8)),
+                                                BitfieldReceived(b"\xff\xc0")]
+    assert seeder.receive_data(leecher.send_interested()) == [PeerInterested()]
+    assert leecher.receive_data(seeder.send_unchoke()) == [Unchoked()]
+    last = NUM_PIECES - 1
+    req = leecher.send_request(last, BLOCK_SIZE, LAST_PIECE_SIZE - BLOCK_SIZE, now=1.0)
+    assert seeder.receive_data(req) == [RequestReceived(last, BLOCK_SIZE, LAST_PIECE_SIZE - BLOCK_SIZE)]
+    data = b"\x5a" * (LAST_PIECE_SIZE - BLOCK_SIZE)
+    (block,) = leecher.receive_data(seeder.send_piece(last, BLOCK_SIZE, data))
+    assert block == BlockReceived(last, BLOCK_SIZE, data)
+    assert seeder.peer_requests == [] and leecher.num_outstanding == 0
+    assert leecher.receive_data(seeder.send_have(0)) == []  # already in its bitfield
