@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+import socket
 import struct
+import warnings
+from pathlib import Path
 
 import pytest
+from conftest import require_module
 
 from torrent.errors import RemoteProtocolError
 from torrent.wire.handshake import (
@@ -541,3 +546,73 @@ def test_two_machines_exchange_a_block() -> None:
     assert block == BlockReceived(last, BLOCK_SIZE, data)
     assert seeder.peer_requests == [] and leecher.num_outstanding == 0
     assert leecher.receive_data(seeder.send_have(0)) == []  # already in its bitfield
+
+
+# --- against a real libtorrent seed on 127.0.0.1 -------------------------------------------------
+def test_download_every_block_from_a_libtorrent_seed(tmp_path: Path) -> None:
+    lt = require_module("libtorrent")
+    piece_len = 2 * BLOCK_SIZE
+    size = 3 * piece_len + 1000  # a short last piece: one short block
+    content = hashlib.shake_256(b"wire").digest(size)
+    (tmp_path / "f.bin").write_bytes(content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # file_storage API, still works
+        fs = lt.file_storage()
+        lt.add_files(fs, str(tmp_path / "f.bin"))
+        ct = lt.create_torrent(fs, piece_len)
+        lt.set_piece_hashes(ct, str(tmp_path))
+        ti = lt.torrent_info(lt.bencode(ct.generate()))
+    ses = lt.session({
+        "listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False,
+        "enable_upnp": False, "enable_natpmp": False,
+        "enable_outgoing_utp": False, "enable_incoming_utp": False,
+    })
+    atp = lt.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = str(tmp_path)
+    handle = ses.add_torrent(atp)
+    for _ in range(200):  # wait for the check of the seed's data, ~0.5 s, bounded
+        if handle.status().is_seeding:
+            break
+        ses.wait_for_alert(100)
+        ses.pop_alerts()
+    assert handle.status().is_seeding
+    info_hash = ti.info_hash().to_bytes()
+
+    p = PeerProtocol(info_hash, make_peer_id(), ti.num_pieces(), piece_len, size,
+                     we_initiated=True, now=0.0)
+    events: list[object] = []
+    with socket.create_connection(("127.0.0.1", ses.listen_port()), timeout=10) as sock:
+
+        def pump_until(kind: type) -> None:
+            while not any(isinstance(e, kind) for e in events):
+                data = sock.recv(65536)
+                assert data, f"libtorrent closed the connection; events so far: {events}"
+                for e in p.receive_data(data):
+                    if isinstance(e, BlockReceived):  # copy: the view dies on the next call
+                        e = BlockReceived(e.index, e.begin, bytes(e.data))
+                    events.append(e)
+
+        sock.sendall(p.handshake())
+        pump_until(HandshakeReceived)
+        hs = events[0]
+        assert isinstance(hs, HandshakeReceived) and hs.peer_id.startswith(b"-LT")
+        assert parse_handshake(b"\x13" + PSTR + hs.reserved + info_hash + hs.peer_id) \
+            .supports_extensions  # libtorrent announces BEP 10; we do not, so it sends none
+        sock.sendall(p.send_interested())
+        pump_until(Unchoked)
+        assert p.peer_is_seed  # its bitfield said so
+        blocks = [(i, b, min(BLOCK_SIZE, p.piece_size(i) - b))
+                  for i in range(ti.num_pieces()) for b in range(0, p.piece_size(i), BLOCK_SIZE)]
+        sock.sendall(b"".join(p.send_request(i, b, n, now=1.0) for i, b, n in blocks))
+        received: dict[tuple[int, int], bytes] = {}
+        while len(received) < len(blocks):
+            pump_until(BlockReceived)
+            for e in events:
+                if isinstance(e, BlockReceived):
+                    received[(e.index, e.begin)] = bytes(e.data)
+            events[:] = [e for e in events if not isinstance(e, BlockReceived)]
+        assert p.num_outstanding == 0
+    got = b"".join(received[(i, b)] for i, b, _n in blocks)
+    assert got == content
+    ses.remove_torrent(handle)
