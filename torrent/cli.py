@@ -51,6 +51,16 @@ def _workers_arg(s: str) -> int:
     return n
 
 
+def _port_arg(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {s!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {n}")
+    return n
+
+
 def _size_arg(s: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     t = s.strip().upper().removesuffix("B").removesuffix("I")
@@ -167,6 +177,81 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return 0
 
 
+# -- download ---------------------------------------------------------------
+def _peers_arg(values: list[str]) -> list[tuple[str, int]]:
+    from .coordinator import parse_peer
+
+    out = []
+    for v in values:
+        for item in v.split(","):
+            if item.strip():
+                out.append(parse_peer(item))
+    return out
+
+
+class _Status:
+    """A live status line on a terminal; plain log lines every few seconds otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.width = 0
+
+    def line(self, text: str) -> None:
+        import time
+
+        if self.quiet:
+            return
+        if self.tty:
+            pad = max(0, self.width - len(text))
+            sys.stderr.write("\r" + text + " " * pad)
+            sys.stderr.flush()
+            self.width = len(text)
+        else:
+            now = time.monotonic()
+            if now - self.last >= 5:
+                self.last = now
+                print(text, file=sys.stderr, flush=True)
+
+    def log(self, text: str) -> None:
+        if self.quiet:
+            return
+        self.end()
+        print(text, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty and self.width:
+            sys.stderr.write("\n")
+            self.width = 0
+
+
+def cmd_download(a: argparse.Namespace) -> int:
+    from .coordinator import download
+
+    peers = _peers_arg(a.peer)
+    st = _Status(a.quiet or a.json)
+    try:
+        res = download(a.torrent, a.output, workers=a.workers, peers=peers, port=a.port,
+                       bind=a.bind, max_peers=a.max_peers, stall_timeout=a.stall_timeout,
+                       recheck=a.recheck, use_trackers=not a.no_trackers, log=st.log,
+                       status_line=st.line)
+    except FastTorrentError as e:
+        st.end()
+        r = getattr(e, "result", None)
+        if a.json and r is not None:
+            print(json.dumps(r.to_json_dict()))
+        raise
+    st.end()
+    if a.json:
+        print(json.dumps(res.to_json_dict()))
+    elif not a.quiet:
+        print(f"done: {_human_size(res.bytes_downloaded)} in {res.seconds:.2f} s "
+              f"({_rate(res.bytes_downloaded, res.seconds)}), {len(res.workers)} worker(s), "
+              f"{res.pieces_resumed} pieces resumed, {res.hash_failures} hash failures")
+    return 0
+
+
 # -- demo -------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -180,6 +265,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "create": cmd_create,
     "verify": cmd_verify,
     "demo": cmd_demo,
+    "download": cmd_download,
 }
 
 
@@ -213,6 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=_workers_arg, default=None,
                    help="hashing processes (default: the CPUs this process may use)")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    s = sub.add_parser("download", help="download a torrent")
+    s.add_argument("torrent")
+    s.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="directory the torrent's files are written under")
+    s.add_argument("--workers", type=_workers_arg, default=None,
+                   help="worker processes (default: the CPUs this process may use)")
+    s.add_argument("--peer", action="append", default=[], metavar="HOST:PORT[,...]",
+                   help="connect to this peer (repeatable; comma lists accepted)")
+    s.add_argument("--port", type=_port_arg, default=0, help="TCP port for incoming peers")
+    s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    s.add_argument("--max-peers", type=_workers_arg, default=200)
+    s.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
+                   help="give up after S seconds without data (exit 6)")
+    s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
+    s.add_argument("--no-trackers", action="store_true", help="use only --peer peers")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
+    s.add_argument("-q", "--quiet", action="store_true")
 
     s = sub.add_parser("demo", help="the main job on a generated payload, nothing to set up")
     s.add_argument("--size", type=_size_arg, default=256 << 20, help="payload size (default 256M)")

@@ -137,8 +137,21 @@ def _worker_main(wid: int, layout: Layout, digests: bytes | None,
 _ERRORS = {c.__name__: c for c in (StorageError,)}
 
 
+def chunk_ranges(layout: Layout, pieces: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive ``pieces`` (sorted), cut into chunks of about CHUNK_BYTES."""
+    per = max(1, CHUNK_BYTES // layout.piece_length)
+    out: list[tuple[int, int]] = []
+    for i in pieces:
+        if out and out[-1][1] == i and i - out[-1][0] < per:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
 def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
-                progress: Callable[[int, int], None] | None = None) -> HashResult:
+                progress: Callable[[int, int], None] | None = None,
+                ranges: list[tuple[int, int]] | None = None) -> HashResult:
     """Hash every piece of ``layout`` with ``workers`` processes.
 
     Args:
@@ -147,6 +160,8 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
             compute digests (create mode).
         workers: processes to use (1 runs in this process).
         progress: called with ``(bytes_done, bytes_total)`` after each chunk.
+        ranges: only these ``(first, end)`` piece ranges (default: all, in chunks);
+            the status of pieces outside them stays PIECE_BAD.
 
     Returns:
         A :class:`HashResult` with per-piece status or digests and per-worker stats.
@@ -157,7 +172,7 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
     n = layout.num_pieces
     status = bytearray(n)
     dig = bytearray(20 * n)
-    chunks = _chunks(layout)
+    chunks = _chunks(layout) if ranges is None else ranges
     workers = max(1, min(workers, len(chunks)))
     stats = [WorkerStats(w) for w in range(workers)]
     t0 = time.perf_counter()

@@ -1,0 +1,671 @@
+"""The coordinator: owns the torrent's global state and divides the work between workers.
+
+Theory of operation
+-------------------
+The coordinator (the CLI's process) checks the output directory, resumes
+from the journal, creates the shared arena, spawns one worker per core and
+then only moves small control messages:
+
+- **Peers** from ``--peer`` and the trackers are handed out, each to exactly
+  one worker (the one with the fewest), and retried with a backoff when a
+  connection fails.  A worker that dies gives its peers to the others.
+- **Pieces** are leased.  A worker asks for pieces when its lease runs low;
+  it gets free pieces that its own peers have, starting from its own region
+  of the piece space (worker ``w`` of ``N`` starts at ``w/N`` of it, so the
+  workers write different parts of the files).  When no free piece is left,
+  the coordinator *steals* half of the lease of the worker holding the most
+  and gives it to the idle one.  When nothing is left to steal it sends
+  pieces in flight elsewhere as an endgame lease; the first verified copy
+  counts, the others are cancelled.
+- **Records**: verified pieces are broadcast to every worker (HAVE, cancel
+  duplicates); flushed pieces (:class:`~torrent.ipc.Durable`) are appended to
+  the resume journal.
+
+The download ends when every piece is verified and durable (exit 0), when
+no usable peer was seen for ``stall_timeout`` seconds (:class:`Incomplete`),
+on SIGINT/SIGTERM (:class:`Interrupted`, after the workers flushed), or on a
+fatal worker error such as a full disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import errors, ipc, metainfo
+from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
+from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
+from .journal import Journal, journal_path
+from .shm import Arena, plan_slots
+from .storage import Storage, check_free_space, check_output_paths, layout_for
+from .sysinfo import available_cpus
+from .wire.handshake import make_peer_id
+from .worker import WorkerConfig, worker_main
+
+__all__ = ["download", "DownloadResult", "parse_peer"]
+
+#: Delay before retrying a peer whose connection failed, doubling each time.
+PEER_RETRY_BASE = 2.0
+PEER_RETRY_MAX = 60.0
+#: Connection attempts per peer before it is given up.
+PEER_MAX_ATTEMPTS = 8
+#: How long workers get to flush and exit after Stop before they are killed.
+WORKER_EXIT_TIMEOUT = 15.0
+#: How often the progress display is refreshed.
+PROGRESS_INTERVAL = 0.5
+#: Default maximum number of connected peers (over all workers).
+DEFAULT_MAX_PEERS = 200
+
+
+@dataclass(slots=True)
+class PeerRecord:
+    host: str
+    port: int
+    worker: int | None = None
+    attempts: int = 0
+    retry_at: float = 0.0
+    connected: bool = False
+    banned: bool = False
+    last_reason: str = ""
+    source: str = "manual"
+
+
+@dataclass(slots=True)
+class WorkerHandle:
+    wid: int
+    proc: Any
+    conn: Any
+    alive: bool = True
+    avail: bytearray = field(default_factory=bytearray)
+    leased: set[int] = field(default_factory=set)
+    peers: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+    steals: int = 0
+    pieces_first: int = 0
+    cursor: int = 0
+    waiting_steal: bool = False
+
+
+@dataclass(slots=True)
+class DownloadResult:
+    info_hash: str
+    complete: bool
+    bytes_downloaded: int
+    seconds: float
+    pieces_total: int
+    pieces_resumed: int
+    workers: list[dict[str, Any]]
+    peers: list[dict[str, Any]]
+    hash_failures: int
+    banned_peers: list[str]
+    duplicate_pieces: int
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "info_hash": self.info_hash,
+            "complete": self.complete,
+            "bytes_downloaded": self.bytes_downloaded,
+            "seconds": round(self.seconds, 6),
+            "rate_bytes_per_s": round(self.bytes_downloaded / self.seconds) if self.seconds else 0,
+            "pieces_total": self.pieces_total,
+            "pieces_resumed": self.pieces_resumed,
+            "duplicate_pieces": self.duplicate_pieces,
+            "hash_failures": self.hash_failures,
+            "banned_peers": self.banned_peers,
+            "workers": self.workers,
+            "peers": self.peers,
+        }
+
+
+def parse_peer(s: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 as ``[addr]:port``) -> (host, port); raises UsageError."""
+    s = s.strip()
+    host, sep, port = s.rpartition(":")
+    if not sep or not host:
+        raise UsageError(f"--peer {s!r}: expected HOST:PORT")
+    host = host.strip("[]")
+    try:
+        p = int(port)
+    except ValueError:
+        raise UsageError(f"--peer {s!r}: port is not a number") from None
+    if not 1 <= p <= 65535:
+        raise UsageError(f"--peer {s!r}: port out of range")
+    return host, p
+
+
+def _free_port(bind: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((bind, 0))
+        return int(s.getsockname()[1])
+
+
+def _bits_from(indices: Sequence[int] | set[int], n: int) -> bytes:
+    b = bytearray(-(-n // 8))
+    for i in indices:
+        b[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(b)
+
+
+class Coordinator:
+    def __init__(self, meta: Any, outdir: str, *, workers: int, peers: list[tuple[str, int]],
+                 port: int, bind: str, max_peers: int, stall_timeout: float, recheck: bool,
+                 use_trackers: bool, arena_bytes: int | None, progress: Callable[[str], None] | None,
+                 status_line: Callable[[str], None] | None, request_timeout: float | None) -> None:
+        self.meta = meta
+        self.outdir = os.path.abspath(outdir)
+        self.nworkers = workers
+        self.manual_peers = peers
+        self.port = port
+        self.bind = bind
+        self.max_peers = max_peers
+        self.stall_timeout = stall_timeout
+        self.recheck = recheck
+        self.use_trackers = use_trackers
+        self.arena_bytes = arena_bytes
+        self.log = progress or (lambda s: None)
+        self.status_line = status_line
+        self.request_timeout = request_timeout
+        n = meta.num_pieces
+        self.state = bytearray(n)  # 0 free, 1 leased, 2 verified
+        self.owner = [-1] * n
+        self.durable = bytearray(n)
+        self.verified = 0
+        self.durable_count = 0
+        self.resumed = 0
+        self.duplicates = 0
+        self.workers: list[WorkerHandle] = []
+        self.peers: dict[tuple[str, int], PeerRecord] = {}
+        self.peer_id = make_peer_id()
+        self.journal: Journal | None = None
+        self.arena: Arena | None = None
+        self.done_event: asyncio.Event | None = None
+        self.fatal: FastTorrentError | None = None
+        self.interrupted = False
+        self.last_progress = time.monotonic()
+        self.start_time = time.monotonic()
+        self.endgame_dups: dict[int, set[int]] = {}
+        self.warnings: list[str] = []
+
+    # -- set-up --------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check the output directory, resume, create the files.  Before any worker."""
+        meta = self.meta
+        layout = layout_for(meta, self.outdir)
+        try:
+            os.makedirs(self.outdir, exist_ok=True)
+        except OSError as e:
+            from .storage import os_error
+
+            raise os_error(e, f"creating {self.outdir}") from None
+        check_output_paths(layout, self.outdir)
+        existed = any(os.path.exists(s.path) for s in layout.spans if not s.pad)
+        journal = Journal(journal_path(self.outdir, meta.info_hash), meta.info_hash,
+                          meta.num_pieces, meta.piece_length)
+        recorded = None if self.recheck else journal.read()
+        sizes_ok = all(s.pad or (os.path.isfile(s.path) and os.path.getsize(s.path) == s.length)
+                       for s in layout.spans)
+        check_free_space(layout, self.outdir)
+        done: set[int] = set()
+        if recorded is not None and sizes_ok:
+            done = set(recorded)
+            rest = [i for i in range(meta.num_pieces) if i not in done]
+            if rest:
+                self.log(f"resume: {len(done)} pieces in the journal; checking the other "
+                         f"{len(rest)}")
+                res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
+                                  ranges=chunk_ranges(layout, rest))
+                done.update(i for i in rest if res.status[i] == PIECE_GOOD)
+        elif existed:
+            self.log("checking existing data (full recheck)")
+            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers)
+            done = {i for i, s in enumerate(res.status) if s == PIECE_GOOD}
+        with Storage(layout, writable=True) as st:
+            st.create_files()
+        journal.open(done)
+        self.journal = journal
+        for i in done:
+            self.state[i] = 2
+            self.durable[i] = 1
+        self.verified = self.durable_count = self.resumed = len(done)
+
+    # -- workers -------------------------------------------------------------------
+    def start_workers(self) -> None:
+        meta = self.meta
+        slots = plan_slots(meta.piece_length, self.nworkers, self.arena_bytes)
+        self.arena = Arena.create(meta.piece_length, slots * self.nworkers)
+        if self.port == 0 and self.nworkers:
+            self.port = _free_port(self.bind)
+        ctx = mp.get_context("spawn")
+        done_bits = bytes(_bits_from([i for i in range(meta.num_pieces) if self.state[i] == 2],
+                                     meta.num_pieces))
+        n = meta.num_pieces
+        for w in range(self.nworkers):
+            parent, child = ctx.Pipe(duplex=True)
+            cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, arena_name=self.arena.name,
+                               slot_size=meta.piece_length, arena_slots=slots * self.nworkers,
+                               first_slot=w * slots, nslots=slots, port=self.port,
+                               bind=self.bind, peer_id=self.peer_id, done=done_bits,
+                               **({"request_timeout": self.request_timeout}
+                                  if self.request_timeout else {}))
+            proc = ctx.Process(target=worker_main, args=(cfg, child), daemon=True,
+                               name=f"fasttorrent-worker-{w}")
+            proc.start()
+            child.close()
+            h = WorkerHandle(w, proc, parent, avail=bytearray(-(-n // 8)),
+                             cursor=(w * n) // self.nworkers)
+            self.workers.append(h)
+
+    def send(self, h: WorkerHandle, msg: Any) -> None:
+        if not h.alive:
+            return
+        try:
+            h.conn.send(msg)
+        except (BrokenPipeError, OSError):
+            self.worker_died(h)
+
+    def on_worker_message(self, h: WorkerHandle) -> None:
+        try:
+            while h.alive and h.conn.poll():
+                self.handle(h, h.conn.recv())
+        except (EOFError, OSError):
+            self.worker_died(h)
+
+    def handle(self, h: WorkerHandle, msg: Any) -> None:
+        t = type(msg)
+        if t is ipc.Verified:
+            new = []
+            for i in msg.pieces:
+                if self.state[i] != 2:
+                    self.state[i] = 2
+                    self.owner[i] = h.wid
+                    self.verified += 1
+                    h.pieces_first += 1
+                    new.append(i)
+                else:
+                    self.duplicates += 1
+                h.leased.discard(i)
+                for other in self.workers:
+                    other.leased.discard(i)
+            if new:
+                self.last_progress = time.monotonic()
+                done = ipc.PiecesDone(tuple(new))
+                for o in self.workers:
+                    if o is not h:
+                        self.send(o, done)
+        elif t is ipc.Durable:
+            fresh = [i for i in msg.pieces if not self.durable[i]]
+            for i in fresh:
+                self.durable[i] = 1
+            self.durable_count += len(fresh)
+            if self.journal is not None:
+                self.journal.append(fresh)
+            self._check_done()
+        elif t is ipc.NeedPieces:
+            self.lease(h, msg.count)
+        elif t is ipc.Released:
+            for i in msg.pieces:
+                if self.state[i] == 1 and self.owner[i] == h.wid:
+                    self.state[i] = 0
+                    self.owner[i] = -1
+                h.leased.discard(i)
+            for thief in self.workers:
+                if thief.waiting_steal and thief.alive:
+                    thief.waiting_steal = False
+                    got = self.lease(thief, len(msg.pieces) or 1, steal_ok=False)
+                    thief.steals += got
+        elif t is ipc.Availability:
+            h.avail = bytearray(msg.bits)
+        elif t is ipc.PeerClosed:
+            self.peer_closed(h, msg)
+        elif t is ipc.Stats:
+            if msg.stats.get("blocks", 0) != h.stats.get("blocks", 0):
+                self.last_progress = time.monotonic()  # bytes are flowing
+            h.stats = msg.stats
+        elif t is ipc.Ready:
+            pass
+        elif t is ipc.Fatal:
+            cls = getattr(errors, msg.kind, StorageError)
+            if not (isinstance(cls, type) and issubclass(cls, FastTorrentError)):
+                cls = StorageError
+            self.fatal = cls(msg.message)
+            self._finish()
+
+    def _gettable(self, h: WorkerHandle, i: int) -> bool:
+        return bool(h.avail[i >> 3] & (0x80 >> (i & 7)))
+
+    def lease(self, h: WorkerHandle, count: int, *, steal_ok: bool = True) -> int:
+        n = self.meta.num_pieces
+        state = self.state
+        out: list[int] = []
+        # Spread the tail: never take more than a fair share of what is left.
+        free_total = state.count(0)
+        alive = sum(1 for w in self.workers if w.alive) or 1
+        count = max(1, min(count, -(-free_total // alive))) if free_total else count
+        i = h.cursor
+        for _ in range(n):
+            if state[i] == 0 and self._gettable(h, i):
+                state[i] = 1
+                self.owner[i] = h.wid
+                out.append(i)
+                if len(out) >= count:
+                    i = (i + 1) % n
+                    break
+            i = (i + 1) % n
+        h.cursor = i
+        if out:
+            h.leased.update(out)
+            self.send(h, ipc.Lease(tuple(out)))
+            return len(out)
+        if steal_ok:
+            victims = [v for v in self.workers
+                       if v is not h and v.alive
+                       and sum(1 for p in v.leased if self._gettable(h, p)) > 1]
+            if victims:
+                v = max(victims, key=lambda v: len(v.leased))
+                h.waiting_steal = True
+                self.send(v, ipc.Steal(len(v.leased) // 2))
+                return 0
+        # Endgame: pieces in flight at other workers that this one's peers have.
+        dups = []
+        for p in range(n):
+            if state[p] == 1 and self.owner[p] != h.wid and self._gettable(h, p):
+                holders = self.endgame_dups.setdefault(p, set())
+                if h.wid not in holders and len(holders) < 1:
+                    holders.add(h.wid)
+                    dups.append(p)
+                    if len(dups) >= count:
+                        break
+        self.send(h, ipc.Lease(tuple(dups), endgame=True))
+        return 0
+
+    def worker_died(self, h: WorkerHandle) -> None:
+        if not h.alive:
+            return
+        h.alive = False
+        try:
+            asyncio.get_running_loop().remove_reader(h.conn.fileno())
+        except (OSError, ValueError, RuntimeError):
+            pass
+        if self.done_event is not None and self.done_event.is_set():
+            return
+        self.warnings.append(f"worker {h.wid} died (exit code {h.proc.exitcode}); "
+                             "its peers and pieces go to the others")
+        self.log(self.warnings[-1])
+        for i in range(self.meta.num_pieces):
+            if self.state[i] == 1 and self.owner[i] == h.wid:
+                self.state[i] = 0
+                self.owner[i] = -1
+        h.leased.clear()
+        for rec in self.peers.values():
+            if rec.worker == h.wid:
+                rec.worker = None
+                rec.connected = False
+                rec.retry_at = 0.0
+        if not any(w.alive for w in self.workers):
+            self.fatal = StorageError("every worker process died")
+            self._finish()
+            return
+        self.assign_peers()
+
+    # -- peers -----------------------------------------------------------------------
+    def add_peers(self, addrs: Sequence[tuple[str, int]], source: str) -> None:
+        for host, port in addrs:
+            key = (host, port)
+            if key not in self.peers and not (port == self.port and host in (self.bind, "127.0.0.1")):
+                self.peers[key] = PeerRecord(host, port, source=source)
+        self.assign_peers()
+
+    def assign_peers(self) -> None:
+        now = time.monotonic()
+        alive = [w for w in self.workers if w.alive]
+        if not alive or self.verified == self.meta.num_pieces:
+            return
+        active = sum(1 for r in self.peers.values() if r.worker is not None)
+        for rec in self.peers.values():
+            if active >= self.max_peers:
+                break
+            if rec.worker is not None or rec.banned or rec.attempts >= PEER_MAX_ATTEMPTS:
+                continue
+            if rec.retry_at > now:
+                continue
+            w = min(alive, key=lambda w: (w.peers, w.wid))
+            rec.worker = w.wid
+            rec.attempts += 1
+            w.peers += 1
+            active += 1
+            self.send(w, ipc.Connect(rec.host, rec.port))
+
+    def peer_closed(self, h: WorkerHandle, msg: ipc.PeerClosed) -> None:
+        rec = self.peers.get((msg.host, msg.port))
+        if rec is None:
+            return  # an incoming peer
+        if rec.worker == h.wid:
+            rec.worker = None
+            h.peers = max(0, h.peers - 1)
+        rec.last_reason = msg.reason
+        if msg.connected:
+            rec.connected = True
+            rec.attempts = 0
+        if msg.banned:
+            rec.banned = True
+        delay = min(PEER_RETRY_MAX, PEER_RETRY_BASE * 2 ** max(0, rec.attempts - 1))
+        rec.retry_at = time.monotonic() + delay
+
+    # -- the run -----------------------------------------------------------------------
+    def _check_done(self) -> None:
+        n = self.meta.num_pieces
+        if self.verified == n and self.durable_count == n:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.done_event is not None:
+            self.done_event.set()
+
+    def _stalled(self) -> bool:
+        if not self.stall_timeout:
+            return False
+        return time.monotonic() - self.last_progress > self.stall_timeout
+
+    def _status(self) -> str:
+        n = self.meta.num_pieces
+        el = time.monotonic() - self.start_time
+        rate = sum(w.stats.get("rate", 0.0) for w in self.workers if w.alive)
+        left = (n - self.verified) * self.meta.piece_length
+        eta = f"{left / rate:.0f}s" if rate > 1 else "-"
+        conn = sum(w.stats.get("connected", 0) for w in self.workers if w.alive)
+        per = " ".join(f"w{w.wid}:{w.stats.get('rate', 0) / 1e6:.0f}MB/s/{w.stats.get('connected', 0)}p"
+                       for w in self.workers if w.alive)
+        return (f"{100 * self.verified / n:5.1f}%  {rate / 1e6:7.1f} MB/s  ETA {eta:>6}  "
+                f"peers {conn}  [{per}]  {el:.0f}s")
+
+    async def run(self) -> DownloadResult:
+        loop = asyncio.get_running_loop()
+        self.done_event = asyncio.Event()
+        n = self.meta.num_pieces
+        if self.verified == n:
+            return self.result(True)
+        self.start_workers()
+        for h in self.workers:
+            loop.add_reader(h.conn.fileno(), self.on_worker_message, h)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal)
+            except (NotImplementedError, RuntimeError):
+                pass
+        self.add_peers(self.manual_peers, "manual")
+        tracker_task = None
+        if self.use_trackers and self.meta.trackers:
+            tracker_task = loop.create_task(self._trackers())
+        last_status = 0.0
+        try:
+            while not self.done_event.is_set():
+                try:
+                    await asyncio.wait_for(self.done_event.wait(), PROGRESS_INTERVAL)
+                except asyncio.TimeoutError:
+                    pass
+                for h in self.workers:
+                    if h.alive and not h.proc.is_alive():
+                        self.on_worker_message(h)  # drain what it said last
+                        self.worker_died(h)
+                self.assign_peers()
+                now = time.monotonic()
+                if self.status_line is not None and now - last_status >= PROGRESS_INTERVAL:
+                    self.status_line(self._status())
+                    last_status = now
+                if self._stalled():
+                    break
+        finally:
+            if tracker_task is not None:
+                tracker_task.cancel()
+            await self.stop_workers()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        return self.result(self.verified == n and self.durable_count == n)
+
+    def _on_signal(self) -> None:
+        self.interrupted = True
+        self._finish()
+
+    async def _trackers(self) -> None:
+        from .tracker.client import TrackerRunner  # noqa: F401 - wired in run_trackers
+
+        await run_trackers(self)
+
+    async def stop_workers(self) -> None:
+        for h in self.workers:
+            self.send(h, ipc.Stop())
+        deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
+        while time.monotonic() < deadline and any(h.proc.is_alive() for h in self.workers):
+            await asyncio.sleep(0.05)
+        for h in self.workers:
+            # Drain the last Verified / Durable / Stats each worker sent.
+            try:
+                while h.conn.poll():
+                    msg = h.conn.recv()
+                    if type(msg) is not ipc.Fatal or self.fatal is None:
+                        self.handle(h, msg)
+            except (EOFError, OSError):
+                pass
+            if h.proc.is_alive():
+                h.proc.kill()
+            h.proc.join(timeout=5)
+            try:
+                asyncio.get_running_loop().remove_reader(h.conn.fileno())
+            except (OSError, ValueError):
+                pass
+            h.conn.close()
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
+        if self.journal is not None:
+            self.journal.close()
+
+    def result(self, complete: bool) -> DownloadResult:
+        ws = []
+        for h in self.workers:
+            s = h.stats
+            ws.append({"worker": h.wid, "alive": h.alive, "peers": s.get("peers", 0),
+                       "pieces": h.pieces_first, "pieces_verified": s.get("pieces", 0),
+                       "bytes": s.get("bytes", 0), "steals": h.steals,
+                       "released": s.get("released", 0),
+                       "hash_failures": s.get("hash_failures", 0),
+                       "endgame": s.get("endgame", False)})
+        banned = sorted({b for h in self.workers for b in h.stats.get("banned", [])})
+        peers = [{"host": r.host, "port": r.port, "source": r.source, "connected": r.connected,
+                  "banned": r.banned, "last_reason": r.last_reason} for r in self.peers.values()]
+        return DownloadResult(
+            info_hash=self.meta.info_hash_hex,
+            complete=complete,
+            bytes_downloaded=sum(w["bytes"] for w in ws),
+            seconds=time.monotonic() - self.start_time,
+            pieces_total=self.meta.num_pieces,
+            pieces_resumed=self.resumed,
+            workers=ws,
+            peers=peers,
+            hash_failures=sum(w["hash_failures"] for w in ws),
+            banned_peers=banned,
+            duplicate_pieces=self.duplicates,
+        )
+
+
+async def run_trackers(coord: Coordinator) -> None:
+    """Announce to the torrent's trackers (BEP 12 tiers) and feed the peers to the coordinator."""
+    from .tracker import client as tc
+
+    await tc.run_for_coordinator(coord)
+
+
+def download(torrent: str, outdir: str, *, workers: int | None = None,
+             peers: Sequence[tuple[str, int]] = (), port: int = 0, bind: str = "0.0.0.0",
+             max_peers: int = DEFAULT_MAX_PEERS, stall_timeout: float = 120.0,
+             recheck: bool = False, use_trackers: bool = True,
+             arena_bytes: int | None = None, log: Callable[[str], None] | None = None,
+             status_line: Callable[[str], None] | None = None,
+             request_timeout: float | None = None) -> DownloadResult:
+    """Download ``torrent`` into ``outdir`` with one worker process per core.
+
+    Args:
+        torrent: path of the .torrent.
+        outdir: files are written under it at the paths ``fasttorrent info`` lists.
+        workers: worker processes (default: the CPUs this process may use).
+        peers: peers to connect to directly, besides the trackers'.
+        port: the TCP port to accept peers on (0: a free one).
+        bind: the address to listen on and connect from.
+        max_peers: connected peers at most, over all workers.
+        stall_timeout: give up after this many seconds without a verified piece.
+        recheck: ignore the resume journal and hash what is on disk.
+        use_trackers: announce to the torrent's trackers.
+
+    Returns:
+        A :class:`DownloadResult`; ``complete`` is True only when every piece
+        is verified, written and flushed.
+
+    Raises:
+        InvalidTorrent, UsageError, DiskFull, StorageError, ResourceExhausted:
+            see :mod:`torrent.errors`.
+        Incomplete: stalled (the result is attached as ``.result``).
+        Interrupted: SIGINT / SIGTERM; state saved.
+    """
+    meta = metainfo.load(torrent)
+    nworkers = workers or available_cpus()
+    coord = Coordinator(meta, outdir, workers=nworkers, peers=list(peers), port=port, bind=bind,
+                        max_peers=max_peers, stall_timeout=stall_timeout, recheck=recheck,
+                        use_trackers=use_trackers, arena_bytes=arena_bytes, progress=log,
+                        status_line=status_line, request_timeout=request_timeout)
+    coord.prepare()
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    res = runner(coord.run())
+    if coord.fatal is not None:
+        raise coord.fatal
+    if coord.interrupted:
+        e = Interrupted(f"interrupted: {coord.verified}/{meta.num_pieces} pieces verified; "
+                        "state saved, run again to resume")
+        e.result = res  # type: ignore[attr-defined]
+        raise e
+    if not res.complete:
+        tried = ", ".join(f"{r.host}:{r.port} ({r.last_reason or 'no answer'})"
+                          for r in list(coord.peers.values())[:5]) or "none"
+        more = len(coord.peers) - 5
+        e2 = Incomplete(
+            f"incomplete: {coord.verified}/{meta.num_pieces} pieces after no progress for "
+            f"{stall_timeout:.0f} s; peers tried: {tried}" + (f" and {more} more" if more > 0 else "")
+            + ("; " + "; ".join(coord.warnings[-3:]) if coord.warnings else ""))
+        e2.result = res  # type: ignore[attr-defined]
+        raise e2
+    return res

@@ -1,0 +1,101 @@
+"""Control messages between the coordinator and its workers (small; never block data).
+
+Every message is a frozen NamedTuple sent pickled over the worker's duplex
+pipe.  They are per lease, per batch of pieces or per peer, never per block:
+a block never crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = [
+    "Lease", "Connect", "Steal", "PiecesDone", "Stop",
+    "Ready", "Availability", "NeedPieces", "Verified", "Durable", "Released",
+    "PeerClosed", "Stats", "Fatal",
+]
+
+# -- coordinator -> worker ----------------------------------------------------
+
+
+class Lease(NamedTuple):
+    """Pieces this worker may fetch; ``endgame``: they may also be in flight elsewhere."""
+
+    pieces: tuple[int, ...]
+    endgame: bool = False
+
+
+class Connect(NamedTuple):
+    """Connect out to this peer (it is this worker's alone)."""
+
+    host: str
+    port: int
+
+
+class Steal(NamedTuple):
+    """Give back up to ``count`` unstarted leased pieces (answered by :class:`Released`)."""
+
+    count: int
+
+
+class PiecesDone(NamedTuple):
+    """Pieces verified by some worker: send HAVE, cancel duplicates, drop from the lease."""
+
+    pieces: tuple[int, ...]
+
+
+class Stop(NamedTuple):
+    """Flush, report final stats and exit."""
+
+
+# -- worker -> coordinator ----------------------------------------------------
+
+
+class Ready(NamedTuple):
+    worker: int
+
+
+class Availability(NamedTuple):
+    """Pieces newly available from this worker's peers (``bits``: a full bitfield), or lost."""
+
+    bits: bytes
+
+
+class NeedPieces(NamedTuple):
+    count: int
+
+
+class Verified(NamedTuple):
+    """Pieces verified and written (not yet flushed); ``hash_fail``: failures seen."""
+
+    pieces: tuple[int, ...]
+
+
+class Durable(NamedTuple):
+    """Pieces whose data was fdatasync'ed: safe to record in the journal."""
+
+    pieces: tuple[int, ...]
+
+
+class Released(NamedTuple):
+    pieces: tuple[int, ...]
+
+
+class PeerClosed(NamedTuple):
+    host: str
+    port: int
+    reason: str
+    banned: bool
+    connected: bool
+
+
+class Stats(NamedTuple):
+    worker: int
+    stats: dict
+
+
+class Fatal(NamedTuple):
+    """An error that stops the download: the exception's class name and message."""
+
+    kind: str
+    message: str

@@ -1,0 +1,114 @@
+"""The resume journal: which pieces are verified *and* durably on disk.
+
+Theory of operation
+-------------------
+The journal lives beside the data, in ``OUTDIR/.fasttorrent/<info-hash>.resume``.
+It is a fixed header followed by append-only 8-byte records:
+
+    header:  b"FTJ1" | info_hash (20) | num_pieces (u32 LE) | piece_length (u64 LE)
+    record:  piece index (u32 LE) | crc32(info_hash + index bytes) (u32 LE)
+
+A piece is appended only after its bytes were written *and* ``fdatasync``ed
+(the worker flushes a batch, then reports it; the coordinator appends the
+batch and ``fsync``s the journal).  So a record never names a piece whose
+data could be lost by a crash.  A torn tail (a partial record after SIGKILL
+or power loss) or a record whose checksum is wrong ends the readable part:
+everything after it is ignored, which only costs a recheck of those pieces.
+
+On start the journal is trusted when the header matches this torrent and
+every file exists at its full length; otherwise the caller does a full
+recheck.  ``--recheck`` ignores it.  Pieces not in the journal are always
+checked against the disk before being fetched, so a piece written but not
+yet recorded when the process died is found, not downloaded again.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+from .storage import os_error
+
+__all__ = ["Journal", "journal_path", "MAGIC"]
+
+MAGIC = b"FTJ1"
+_HEADER = struct.Struct("<4s20sIQ")
+_RECORD = struct.Struct("<II")
+
+
+def journal_path(outdir: str, info_hash: bytes) -> str:
+    return os.path.join(outdir, ".fasttorrent", info_hash.hex() + ".resume")
+
+
+def _crc(info_hash: bytes, index: int) -> int:
+    return zlib.crc32(info_hash + index.to_bytes(4, "little"))
+
+
+class Journal:
+    """Append-only record of durable verified pieces."""
+
+    def __init__(self, path: str, info_hash: bytes, num_pieces: int, piece_length: int) -> None:
+        self.path = path
+        self.info_hash = info_hash
+        self.num_pieces = num_pieces
+        self.piece_length = piece_length
+        self._fd: int | None = None
+
+    def header(self) -> bytes:
+        return _HEADER.pack(MAGIC, self.info_hash, self.num_pieces, self.piece_length)
+
+    def read(self) -> set[int] | None:
+        """The recorded pieces, or None when there is no journal for this torrent."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return None  # unreadable: costs a recheck, never fatal
+        if len(data) < _HEADER.size or data[: _HEADER.size] != self.header():
+            return None
+        done: set[int] = set()
+        end = len(data) - (len(data) - _HEADER.size) % _RECORD.size
+        for off in range(_HEADER.size, end, _RECORD.size):
+            index, crc = _RECORD.unpack_from(data, off)
+            if index >= self.num_pieces or crc != _crc(self.info_hash, index):
+                break  # corrupt from here on: ignore the rest
+            done.add(index)
+        return done
+
+    def open(self, done: set[int] | None) -> None:
+        """Start a fresh journal holding ``done`` (rewritten compactly, atomically)."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        body = bytearray(self.header())
+        for i in sorted(done or ()):
+            body += _RECORD.pack(i, _crc(self.info_hash, i))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, body)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as e:
+            raise os_error(e, f"writing the resume journal {self.path}") from None
+
+    def append(self, pieces: list[int]) -> None:
+        """Record durable pieces (their data already flushed), then fsync the journal."""
+        if not pieces or self._fd is None:
+            return
+        rec = b"".join(_RECORD.pack(i, _crc(self.info_hash, i)) for i in pieces)
+        try:
+            os.write(self._fd, rec)
+            os.fsync(self._fd)
+        except OSError as e:
+            raise os_error(e, "writing the resume journal") from None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,214 @@
+"""Per-worker block picker: which 16 KiB blocks to request from which peer (sans-IO).
+
+Theory of operation
+-------------------
+The coordinator leases pieces to a worker; this picker decides, inside the
+lease, what each of the worker's peers is asked for:
+
+1. blocks still unrequested in pieces already in flight (finish what was
+   started: a slot is busy until its piece is complete), preferring pieces
+   this peer already works on;
+2. then a new piece, rarest first among the leased pieces the peer has
+   (availability counted over this worker's peers), lowest index on ties, as
+   long as a free slot is available (free slots bound what is in flight);
+3. in endgame (the lease is empty and the coordinator has nothing left to
+   give), blocks already requested from another peer, at most once more each,
+   so a slow peer cannot hold the tail back.
+
+A block is requested from one peer at a time outside endgame.  Blocks of a
+peer that chokes, times out or disconnects go back to the front of their
+piece's pending list.  Peers are any hashable objects with a ``has`` method.
+No I/O and no clock here; the worker calls in with what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+
+__all__ = ["BLOCK_SIZE", "Picker", "PieceDL", "block_count"]
+
+#: The block size every client uses (BEP 3 recommends 2^14; larger requests
+#: are refused by most peers, libtorrent included).
+BLOCK_SIZE = 16384
+
+
+def block_count(piece_size: int) -> int:
+    return -(-piece_size // BLOCK_SIZE)
+
+
+class PieceDL:
+    """A piece in flight in this worker: its slot and the state of its blocks."""
+
+    __slots__ = ("index", "size", "nblocks", "pending", "owner", "outstanding", "dups",
+                 "received", "slot", "senders", "parole")
+
+    def __init__(self, index: int, size: int, slot: object) -> None:
+        self.index = index
+        self.size = size
+        self.nblocks = block_count(size)
+        # Stack of unrequested blocks; pop() yields the lowest block first.
+        self.pending: list[int] = list(range(self.nblocks - 1, -1, -1))
+        self.owner: Hashable | None = None
+        self.outstanding: dict[int, Hashable] = {}
+        self.dups: dict[int, Hashable] = {}
+        self.received = 0
+        self.slot = slot
+        self.senders: dict[int, Hashable] = {}  # block -> peer that delivered it
+        self.parole: Hashable | None = None  # only this peer may serve it (after a failure)
+
+    def block_length(self, b: int) -> int:
+        return min(BLOCK_SIZE, self.size - b * BLOCK_SIZE)
+
+
+class Picker:
+    """Block requests inside this worker's lease."""
+
+    def __init__(self, num_pieces: int, piece_length: int, total_size: int) -> None:
+        self.num_pieces = num_pieces
+        self.piece_length = piece_length
+        self.total_size = total_size
+        self.availability = [0] * num_pieces
+        self.unstarted: set[int] = set()  # leased, not yet in flight
+        self.active: dict[int, PieceDL] = {}
+        self.endgame = False
+
+    # -- lease ---------------------------------------------------------------
+    def piece_size(self, i: int) -> int:
+        return min(self.piece_length, self.total_size - i * self.piece_length)
+
+    def add_lease(self, pieces: Iterable[int]) -> None:
+        for i in pieces:
+            if i not in self.active:
+                self.unstarted.add(i)
+
+    def release(self, n: int) -> list[int]:
+        """Give back up to ``n`` unstarted pieces (the highest indices) for another worker."""
+        out = sorted(self.unstarted)[-n:] if n > 0 else []
+        self.unstarted.difference_update(out)
+        return out
+
+    def drop(self, index: int) -> PieceDL | None:
+        """Forget a piece verified elsewhere; returns its in-flight state to cancel, if any."""
+        self.unstarted.discard(index)
+        return self.active.pop(index, None)
+
+    # -- availability --------------------------------------------------------
+    def add_availability(self, pieces: Iterable[int], delta: int) -> None:
+        av = self.availability
+        for i in pieces:
+            av[i] += delta
+
+    # -- picking -------------------------------------------------------------
+    def pick(self, peer: Hashable, has: Callable[[int], bool], want: int,
+             alloc_slot: Callable[[], object | None]) -> list[tuple[int, int, int]]:
+        """Up to ``want`` requests ``(index, begin, length)`` for ``peer``; marks them outstanding."""
+        out: list[tuple[int, int, int]] = []
+        if want <= 0:
+            return out
+        # 1. pieces in flight with unrequested blocks, this peer's own first
+        for pd in sorted(self.active.values(), key=lambda p: p.owner is not peer):
+            if not pd.pending or not has(pd.index):
+                continue
+            if pd.parole is not None and pd.parole is not peer:
+                continue
+            self._take(pd, peer, want - len(out), out)
+            if len(out) >= want:
+                return out
+        # 2. new pieces, rarest first
+        while len(out) < want and self.unstarted:
+            cands = [i for i in self.unstarted if has(i)]
+            if not cands:
+                break
+            av = self.availability
+            i = min(cands, key=lambda k: (av[k], k))
+            slot = alloc_slot()
+            if slot is None:
+                break
+            self.unstarted.discard(i)
+            pd = PieceDL(i, self.piece_size(i), slot)
+            pd.owner = peer
+            self.active[i] = pd
+            self._take(pd, peer, want - len(out), out)
+        # 3. endgame: duplicate requests of blocks another peer holds
+        if len(out) < want and self.endgame and not self.unstarted:
+            for pd in self.active.values():
+                if pd.parole is not None or not has(pd.index):
+                    continue
+                for b, holder in pd.outstanding.items():
+                    if holder is peer or b in pd.dups:
+                        continue
+                    pd.dups[b] = peer
+                    out.append((pd.index, b * BLOCK_SIZE, pd.block_length(b)))
+                    if len(out) >= want:
+                        return out
+        return out
+
+    @staticmethod
+    def _take(pd: PieceDL, peer: Hashable, n: int, out: list[tuple[int, int, int]]) -> None:
+        pending = pd.pending
+        base = pd.index
+        while n > 0 and pending:
+            b = pending.pop()
+            pd.outstanding[b] = peer
+            out.append((base, b * BLOCK_SIZE, pd.block_length(b)))
+            n -= 1
+
+    # -- outcomes ------------------------------------------------------------
+    def block_arrived(self, pd: PieceDL, b: int, peer: Hashable) -> list[tuple[Hashable, int]]:
+        """A block was stored.  Returns other peers whose duplicate request to cancel."""
+        cancels: list[tuple[Hashable, int]] = []
+        holder = pd.outstanding.pop(b, None)
+        dup = pd.dups.pop(b, None)
+        if holder is not None and holder is not peer:
+            cancels.append((holder, b))
+        if dup is not None and dup is not peer:
+            cancels.append((dup, b))
+        pd.senders[b] = peer
+        pd.received += 1
+        return cancels
+
+    def block_lost(self, index: int, begin: int, peer: Hashable) -> None:
+        """A request to ``peer`` will not be served (choke, timeout, cancel, disconnect)."""
+        pd = self.active.get(index)
+        if pd is None:
+            return
+        b = begin // BLOCK_SIZE
+        if pd.dups.get(b) is peer:
+            del pd.dups[b]
+        if pd.outstanding.get(b) is peer:
+            del pd.outstanding[b]
+            dup = pd.dups.pop(b, None)
+            if dup is not None:
+                pd.outstanding[b] = dup  # the duplicate request becomes the primary
+            else:
+                pd.pending.append(b)  # re-request it first
+
+    def peer_gone(self, peer: Hashable) -> None:
+        for pd in self.active.values():
+            for b in [b for b, p in pd.outstanding.items() if p is peer]:
+                self.block_lost(pd.index, b * BLOCK_SIZE, peer)
+            for b in [b for b, p in pd.dups.items() if p is peer]:
+                del pd.dups[b]
+            if pd.owner is peer:
+                pd.owner = None
+            if pd.parole is peer:
+                pd.parole = None
+
+    def finish(self, index: int) -> PieceDL | None:
+        """The piece left the picker (verified, or failed and about to be retried)."""
+        return self.active.pop(index, None)
+
+    def retry(self, pd: PieceDL, parole: Hashable | None) -> None:
+        """A piece failed its hash: fetch it again in the same slot, from ``parole`` alone if set."""
+        pd.pending = list(range(pd.nblocks - 1, -1, -1))
+        pd.outstanding.clear()
+        pd.dups.clear()
+        pd.received = 0
+        pd.senders = {}
+        pd.parole = parole
+        pd.owner = parole
+        self.active[pd.index] = pd
+
+    @property
+    def idle(self) -> bool:
+        return not self.unstarted and not self.active

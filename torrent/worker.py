@@ -1,0 +1,580 @@
+"""A download worker: one process, one event loop (uvloop), its own peers and leased pieces.
+
+Theory of operation
+-------------------
+The coordinator spawns one worker per core.  A worker attaches the shared
+arena and uses its own run of piece slots; it connects to the peers the
+coordinator gives it (each peer belongs to exactly one worker) and accepts
+incoming ones on the shared ``SO_REUSEPORT`` port.  Its :class:`Picker`
+chooses blocks inside its lease; when the lease runs low it asks the
+coordinator for more (:class:`~torrent.ipc.NeedPieces`), and gives pieces
+back when asked to (:class:`~torrent.ipc.Steal`).
+
+A block is copied once from the receive buffer into its slot by the native
+core.  A full slot goes to this worker's single I/O thread, which hashes it
+(native SHA-1, GIL released) and, if good, ``pwrite``s it; the event loop
+keeps receiving meanwhile.  Good pieces are reported as
+:class:`~torrent.ipc.Verified`; every :data:`FLUSH_INTERVAL` the I/O thread
+``fdatasync``s the files and the batch is reported as
+:class:`~torrent.ipc.Durable`, which the coordinator journals.
+
+A failed piece is fetched again.  If one peer sent all of it, that peer is
+banned; otherwise the CRC32 of every block of the bad copy is kept with its
+sender and the piece is refetched from one of them alone ("parole"); when a
+good copy arrives, the senders whose blocks differ from it are the proven
+culprits and are banned.  An honest peer is never banned.
+
+The worker exits when told to stop, and by itself when its control pipe
+reaches EOF (the coordinator died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import socket
+import time
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+from . import _fast, ipc
+from .errors import FastTorrentError
+from .picker import BLOCK_SIZE, Picker, PieceDL
+from .shm import Arena
+from .storage import Storage, layout_for
+from .wire import peer as wp
+
+__all__ = ["Worker", "worker_main", "WorkerConfig"]
+
+#: Seconds between fdatasync batches (and Durable reports).  Longer batches
+#: mean fewer flushes; shorter ones mean less refetching after a crash.
+FLUSH_INTERVAL = 1.0
+#: The worker's housekeeping tick.
+TICK = 0.25
+#: A request unanswered this long is re-issued elsewhere (libtorrent's
+#: request_timeout is 60 s; loopback and LAN peers answer in milliseconds,
+#: and a peer silently dropping requests must not stall the tail).
+REQUEST_TIMEOUT = 10.0
+#: Request pipeline per peer: rate x PIPELINE_SECONDS / 16 KiB, clamped to
+#: [MIN_DEPTH, MAX_DEPTH] (libtorrent: 3 s, [2, 500]).  Slow start at INITIAL_DEPTH.
+PIPELINE_SECONDS = 3.0
+MIN_DEPTH = 4
+MAX_DEPTH = 500
+INITIAL_DEPTH = 64
+#: Ask the coordinator for more pieces when fewer unstarted leased pieces remain.
+LOW_WATER = 4
+#: Connect timeout for outgoing peers.
+CONNECT_TIMEOUT = 10.0
+
+
+class WorkerConfig:
+    """What a worker needs from the coordinator (pickled once at spawn)."""
+
+    def __init__(self, *, wid: int, meta: Any, outdir: str, arena_name: str, slot_size: int,
+                 arena_slots: int, first_slot: int, nslots: int, port: int, bind: str,
+                 peer_id: bytes, done: bytes, max_rate: int = 0,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
+        self.wid = wid
+        self.meta = meta
+        self.outdir = outdir
+        self.arena_name = arena_name
+        self.slot_size = slot_size
+        self.arena_slots = arena_slots
+        self.first_slot = first_slot
+        self.nslots = nslots
+        self.port = port
+        self.bind = bind
+        self.peer_id = peer_id
+        self.done = done  # bitfield of pieces already verified (resume)
+        self.max_rate = max_rate
+        self.request_timeout = request_timeout
+
+
+class Slot:
+    __slots__ = ("index", "view", "blocks")
+
+    def __init__(self, index: int, view: memoryview, nblocks: int) -> None:
+        self.index = index
+        self.view = view
+        self.blocks = _fast.BlockMap(nblocks)
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig, conn: Any) -> None:
+        self.cfg = cfg
+        self.wid = cfg.wid
+        self.meta = cfg.meta
+        self.peer_id = cfg.peer_id
+        self.conn = conn
+        self.loop = asyncio.get_running_loop()
+        m = self.meta
+        self.picker = Picker(m.num_pieces, m.piece_length, m.total_size)
+        self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
+        self.arena = Arena.attach(cfg.arena_name, cfg.slot_size, cfg.arena_slots)
+        nb = -(-m.piece_length // BLOCK_SIZE)
+        self.free_slots = [Slot(cfg.first_slot + k, self.arena.slot(cfg.first_slot + k), nb)
+                           for k in range(cfg.nslots)]
+        self.storage = Storage(layout_for(m, cfg.outdir), writable=True)
+        self.io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"io{cfg.wid}")
+        self.peers: set[Any] = set()
+        self.banned: set[str] = set()
+        self.need_pending = False
+        self.last_need = 0.0
+        self.written: list[int] = []  # verified and written, not yet flushed
+        self.verified_batch: list[int] = []
+        self.avail = bytearray(len(cfg.done))
+        self.avail_dirty = False
+        self.stop_event = asyncio.Event()
+        self.failed_crcs: dict[int, list[tuple[Any, int]]] = {}  # piece -> [(sender, crc)]
+        self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
+                                      "blocks": 0, "steals": 0, "released": 0,
+                                      "hash_failures": 0, "banned": [], "endgame": False}
+        self.fatal: tuple[str, str] | None = None
+        self.server: asyncio.base_events.Server | None = None
+        self._last_flush = time.monotonic()
+
+    # -- control pipe ----------------------------------------------------------
+    def send(self, msg: Any) -> None:
+        try:
+            self.conn.send(msg)
+        except (BrokenPipeError, OSError):
+            self.stop_event.set()
+
+    def on_control(self) -> None:
+        try:
+            while self.conn.poll():
+                self.handle(self.conn.recv())
+        except (EOFError, OSError):
+            self.stop_event.set()  # the coordinator is gone: stop by ourselves
+
+    def handle(self, msg: Any) -> None:
+        t = type(msg)
+        if t is ipc.Lease:
+            self.need_pending = False
+            self.picker.add_lease(p for p in msg.pieces if not self._has(p))
+            if msg.endgame or not msg.pieces:
+                self.picker.endgame = True
+                self.stats["endgame"] = True
+            self.pump_all()
+        elif t is ipc.Connect:
+            if msg.host not in self.banned:
+                self.loop.create_task(self.connect(msg.host, msg.port))
+        elif t is ipc.Steal:
+            out = self.picker.release(msg.count)
+            self.stats["released"] += len(out)
+            self.send(ipc.Released(tuple(out)))
+        elif t is ipc.PiecesDone:
+            for i in msg.pieces:
+                self._mark_have(i)
+                pd = self.picker.drop(i)
+                if pd is not None:
+                    self._abandon(pd)
+            self.broadcast_haves(msg.pieces)
+        elif t is ipc.Stop:
+            self.stop_event.set()
+
+    # -- peers -------------------------------------------------------------------
+    async def connect(self, host: str, port: int) -> None:
+        from .net.peer import PeerConn
+
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: PeerConn(self, (host, port), True),
+                                            host, port),
+                CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as e:
+            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
+            self.send(ipc.PeerClosed(host, port, f"connect failed: {reason}", False, False))
+
+    def peer_connected(self, pc: Any) -> None:
+        if pc.addr[0] in self.banned:
+            pc.abort("banned")
+            return
+        self.peers.add(pc)
+        pc.depth = INITIAL_DEPTH
+        self.stats["peers"] += 1
+
+    def peer_handshaken(self, pc: Any, events: Iterable[Any]) -> None:
+        if any(self.have):
+            pc.write(pc.proto.send_bitfield(bytes(self.have)))
+
+    def peer_lost(self, pc: Any) -> None:
+        if pc not in self.peers:
+            return
+        self.peers.discard(pc)
+        self.picker.peer_gone(pc)
+        if pc.active:
+            self._availability(pc.proto.peer_bitfield, -1)
+        banned = pc.addr[0] in self.banned
+        self.send(ipc.PeerClosed(pc.addr[0], pc.addr[1], pc.close_reason, banned, True))
+        self.pump_all()
+
+    def _availability(self, bits: bytes, delta: int) -> None:
+        pieces = _bits_to_indices(bits)
+        self.picker.add_availability(pieces, delta)
+        if delta > 0:
+            for i in pieces:
+                if not self.avail[i >> 3] & (0x80 >> (i & 7)):
+                    self.avail[i >> 3] |= 0x80 >> (i & 7)
+                    self.avail_dirty = True
+        else:
+            av = self.picker.availability
+            for i in pieces:
+                if av[i] <= 0 and self.avail[i >> 3] & (0x80 >> (i & 7)):
+                    self.avail[i >> 3] &= ~(0x80 >> (i & 7)) & 0xFF
+                    self.avail_dirty = True
+
+    def on_events(self, pc: Any, events: list[Any]) -> None:
+        for ev in events:
+            t = type(ev)
+            if t is wp.Unchoked:
+                self.pump(pc)
+            elif t is wp.HaveReceived:
+                self.picker.add_availability((ev.index,), 1)
+                i = ev.index
+                if not self.avail[i >> 3] & (0x80 >> (i & 7)):
+                    self.avail[i >> 3] |= 0x80 >> (i & 7)
+                    self.avail_dirty = True
+                self._interest(pc)
+                self.pump(pc)
+            elif t is wp.BitfieldReceived:
+                self._availability(ev.bits, 1)
+                self._interest(pc)
+            elif t is wp.RequestsCancelled:
+                for i, b, _ln in ev.requests:
+                    self.picker.block_lost(i, b, pc)
+                self.pump_all()
+            elif t is wp.Choked:
+                pass
+
+    def _interest(self, pc: Any) -> None:
+        if pc.proto.am_interested or self.complete:
+            return
+        bits = pc.proto.peer_bitfield
+        for k, byte in enumerate(bits):
+            if byte & ~self.have[k] & 0xFF:
+                pc.write(pc.proto.send_interested())
+                return
+
+    @property
+    def complete(self) -> bool:
+        return all(b == 0xFF for b in self.have[:-1]) and self._last_full()
+
+    def _last_full(self) -> bool:
+        n = self.meta.num_pieces
+        spare = (-n) & 7
+        return self.have[-1] == (0xFF << spare) & 0xFF
+
+    def _has(self, i: int) -> bool:
+        return bool(self.have[i >> 3] & (0x80 >> (i & 7)))
+
+    def _mark_have(self, i: int) -> None:
+        self.have[i >> 3] |= 0x80 >> (i & 7)
+
+    # -- requests ----------------------------------------------------------------
+    def alloc_slot(self) -> Slot | None:
+        return self.free_slots.pop() if self.free_slots else None
+
+    def pump(self, pc: Any) -> None:
+        proto = pc.proto
+        if pc.closed or not pc.active or proto.peer_choking or not proto.am_interested:
+            return
+        want = pc.depth - proto.num_outstanding
+        if want <= 0:
+            return
+        reqs = self.picker.pick(pc, proto.peer_has, want, self.alloc_slot)
+        if reqs:
+            pc.send_requests(reqs, time.monotonic())
+        if len(self.picker.unstarted) < LOW_WATER:
+            self.ask_for_pieces()
+
+    def pump_all(self) -> None:
+        for pc in list(self.peers):
+            self.pump(pc)
+
+    def ask_for_pieces(self) -> None:
+        if self.need_pending or not self.peers:
+            return
+        now = time.monotonic()
+        if self.picker.endgame and now - self.last_need < 1.0:
+            return  # nothing was left last time: ask at most once a second
+        self.need_pending = True
+        self.last_need = now
+        self.send(ipc.NeedPieces(max(LOW_WATER, 2 * self.cfg.nslots)))
+
+    # -- blocks --------------------------------------------------------------------
+    def on_block(self, pc: Any, index: int, begin: int, buf: bytearray, off: int,
+                 length: int) -> None:
+        pd = self.picker.active.get(index)
+        if pd is None:
+            return  # the piece was finished elsewhere meanwhile
+        b = begin >> 14
+        if begin & (BLOCK_SIZE - 1) or b >= pd.nblocks or length != pd.block_length(b):
+            pc.abort(f"block ({index}, {begin}, {length}) does not match any request",
+                     strike=True)
+            return
+        slot = pd.slot
+        if not slot.blocks.set(b):
+            return  # an endgame duplicate that lost the race
+        _fast.copy_block(slot.view, begin, buf, off, length)
+        self.stats["blocks"] += 1
+        pc.last_block_at = time.monotonic()
+        for other, ob in self.picker.block_arrived(pd, b, pc):
+            if not other.closed and other.active:
+                other.write(other.proto.send_cancel(index, ob * BLOCK_SIZE, pd.block_length(ob)))
+        if slot.blocks.full:
+            self.picker.finish(index)
+            fut = self.loop.run_in_executor(self.io, self._hash_and_write, pd)
+            fut.add_done_callback(lambda f, pd=pd: self._piece_checked(pd, f))
+        else:
+            self.pump(pc)
+
+    def _hash_and_write(self, pd: PieceDL) -> bool:
+        """I/O thread: verify the slot, write it if good.  Returns the verdict."""
+        m = self.meta
+        view = pd.slot.view[: pd.size]
+        i = pd.index
+        ok = _fast.verify_pieces(view, m.piece_length, m.piece_hashes[i * 20 : i * 20 + 20])[0]
+        if ok:
+            self.storage.write(i * m.piece_length, view)
+        return bool(ok)
+
+    def _piece_checked(self, pd: PieceDL, fut: Any) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            if isinstance(exc, FastTorrentError):
+                self.fatal = (exc.__class__.__name__, str(exc))
+                self.send(ipc.Fatal(*self.fatal))
+                self.stop_event.set()
+                return
+            raise exc
+        i = pd.index
+        if fut.result():
+            self._smart_ban(pd)
+            if self._has(i):
+                self._release_slot(pd)  # an endgame duplicate: the other copy won
+                return
+            self._mark_have(i)
+            self.stats["pieces"] += 1
+            self.stats["bytes"] += pd.size
+            self.written.append(i)
+            self.verified_batch.append(i)
+            self._release_slot(pd)
+            self.broadcast_haves((i,))
+        else:
+            self.stats["hash_failures"] += 1
+            self._hash_failed(pd)
+        self.pump_all()
+
+    def _release_slot(self, pd: PieceDL) -> None:
+        slot = pd.slot
+        slot.blocks.clear()
+        self.free_slots.append(slot)
+
+    def _abandon(self, pd: PieceDL) -> None:
+        """A piece verified elsewhere: cancel what we asked for and free its slot."""
+        for b, holder in list(pd.outstanding.items()) + list(pd.dups.items()):
+            if not holder.closed and holder.active:
+                holder.write(holder.proto.send_cancel(pd.index, b * BLOCK_SIZE,
+                                                      pd.block_length(b)))
+        self._release_slot(pd)
+
+    def _hash_failed(self, pd: PieceDL) -> None:
+        senders = set(pd.senders.values())
+        if len(senders) == 1:
+            (culprit,) = senders
+            self.ban(culprit, f"sent piece {pd.index}, which failed its hash check")
+            self.failed_crcs.pop(pd.index, None)
+            parole = None
+        else:
+            view = pd.slot.view
+            crcs = self.failed_crcs.setdefault(pd.index, [])
+            for b, sender in pd.senders.items():
+                start = b * BLOCK_SIZE
+                crcs.append((sender, b, zlib.crc32(view[start : start + pd.block_length(b)])))
+            live = [p for p in senders if not p.closed]
+            parole = live[0] if live else None
+        pd.slot.blocks.clear()
+        self.picker.retry(pd, parole)
+
+    def _smart_ban(self, pd: PieceDL) -> None:
+        """A good copy arrived: ban the senders whose earlier blocks differ from it."""
+        bad = self.failed_crcs.pop(pd.index, None)
+        if not bad:
+            return
+        view = pd.slot.view
+        for sender, b, crc in bad:
+            start = b * BLOCK_SIZE
+            if zlib.crc32(view[start : start + pd.block_length(b)]) != crc:
+                self.ban(sender, f"sent a corrupt block of piece {pd.index}")
+
+    def ban(self, pc: Any, why: str) -> None:
+        host = pc.addr[0] if pc.addr[0] != "127.0.0.1" else f"{pc.addr[0]}:{pc.addr[1]}"
+        # On loopback every peer shares 127.0.0.1: ban the address:port there,
+        # the host elsewhere (a banned host might reconnect from another port).
+        self.banned.add(host)
+        self.stats["banned"].append(f"{pc.addr[0]}:{pc.addr[1]}")
+        pc.abort(f"banned: {why}")
+
+    def broadcast_haves(self, pieces: Iterable[int]) -> None:
+        pieces = tuple(pieces)
+        for pc in list(self.peers):
+            if pc.active and not pc.closed:
+                pc.write(b"".join(pc.proto.send_have(i) for i in pieces))
+                if self.complete and pc.proto.am_interested:
+                    pc.write(pc.proto.send_not_interested())
+
+    # -- housekeeping -----------------------------------------------------------
+    def tick(self) -> None:
+        now = time.monotonic()
+        for pc in list(self.peers):
+            if pc.closed or not pc.active:
+                continue
+            # pipeline depth from the measured rate (bytes per second over the tick)
+            rate = pc._window_bytes / TICK
+            pc._window_bytes = 0
+            pc.rate = 0.7 * pc.rate + 0.3 * rate
+            target = int(pc.rate * PIPELINE_SECONDS / BLOCK_SIZE)
+            pc.depth = max(MIN_DEPTH, min(MAX_DEPTH, max(pc.depth, target)
+                                          if pc.rate > 0 else pc.depth))
+            for i, b, _ln in pc.proto.timed_out_requests(now, self.cfg.request_timeout):
+                self.picker.block_lost(i, b, pc)
+            if pc.proto.needs_keepalive(now):
+                pc.write(pc.proto.send_keepalive())
+            if pc.proto.is_idle(now, wp.IDLE_TIMEOUT):
+                pc.abort("idle for two minutes")
+        if self.verified_batch:
+            self.send(ipc.Verified(tuple(self.verified_batch)))
+            self.verified_batch = []
+        if self.avail_dirty:
+            self.avail_dirty = False
+            self.send(ipc.Availability(bytes(self.avail)))
+        if self.written and now - self._last_flush >= FLUSH_INTERVAL:
+            self.flush()
+        if len(self.picker.unstarted) < LOW_WATER:
+            self.ask_for_pieces()
+        self.pump_all()
+        self.send(ipc.Stats(self.wid, self._stats()))
+
+    def flush(self) -> None:
+        batch, self.written = self.written, []
+        self._last_flush = time.monotonic()
+
+        def done(f: Any) -> None:
+            exc = f.exception()
+            if exc is not None:
+                self.fatal = (exc.__class__.__name__, str(exc))
+                self.send(ipc.Fatal(*self.fatal))
+                self.stop_event.set()
+            else:
+                self.send(ipc.Durable(tuple(batch)))
+
+        self.loop.run_in_executor(self.io, self.storage.sync).add_done_callback(done)
+
+    def _stats(self) -> dict[str, Any]:
+        s = dict(self.stats)
+        s["connected"] = sum(1 for p in self.peers if p.active)
+        s["rate"] = sum(p.rate for p in self.peers)
+        s["slots_free"] = len(self.free_slots)
+        return s
+
+    async def run(self) -> None:
+        self.loop.add_reader(self.conn.fileno(), self.on_control)
+        if self.cfg.port:
+            from .net.peer import PeerConn
+
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.cfg.bind, self.cfg.port))
+            sock.listen(64)
+            self.server = await self.loop.create_server(
+                lambda: _Incoming(self), sock=sock)
+        self.send(ipc.Ready(self.wid))
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    await asyncio.wait_for(self.stop_event.wait(), TICK)
+                except asyncio.TimeoutError:
+                    pass
+                self.tick()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for pc in list(self.peers):
+            pc.abort("shutting down")
+        if self.verified_batch:
+            self.send(ipc.Verified(tuple(self.verified_batch)))
+            self.verified_batch = []
+        if self.written and self.fatal is None:
+            batch, self.written = self.written, []
+            try:
+                await self.loop.run_in_executor(self.io, self.storage.sync)
+                self.send(ipc.Durable(tuple(batch)))
+            except FastTorrentError as e:
+                self.send(ipc.Fatal(e.__class__.__name__, str(e)))
+        self.send(ipc.Stats(self.wid, self._stats()))
+        self.io.shutdown(wait=True)
+        self.storage.close()
+        self.free_slots.clear()
+        self.picker.active.clear()
+        try:
+            self.loop.remove_reader(self.conn.fileno())
+        except (OSError, ValueError):
+            pass
+        self.arena.close()
+
+
+def _Incoming(worker: Worker) -> Any:
+    from .net.peer import PeerConn
+
+    class _In(PeerConn):
+        def connection_made(self, transport: Any) -> None:
+            peer = transport.get_extra_info("peername") or ("?", 0)
+            self.addr = (peer[0], peer[1])
+            super().connection_made(transport)
+
+    return _In(worker, ("?", 0), False)
+
+
+def _bits_to_indices(bits: bytes) -> list[int]:
+    out = []
+    for k, byte in enumerate(bits):
+        if byte:
+            base = k * 8
+            for j in range(8):
+                if byte & (0x80 >> j):
+                    out.append(base + j)
+    return out
+
+
+def worker_main(cfg: WorkerConfig, conn: Any) -> None:
+    """Entry point of a worker process (spawned by the coordinator)."""
+    # The coordinator handles SIGINT/SIGTERM and tells us to stop; a Ctrl-C
+    # that reaches the whole process group must not kill us mid-write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None  # type: ignore[assignment]
+
+    async def main() -> None:
+        w = Worker(cfg, conn)
+        await w.run()
+
+    try:
+        if uvloop is not None:
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+    except FastTorrentError as e:
+        try:
+            conn.send(ipc.Fatal(e.__class__.__name__, str(e)))
+        except OSError:
+            pass
