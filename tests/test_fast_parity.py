@@ -171,7 +171,21 @@ def test_hash_kernel_errors_match(n: int, piece_length: int, dlen_delta: int) ->
         assert result[0] == "raised"
 
 
-@pytest.mark.parametrize("name", ["sha1", "bitfield_count"])
+BUFFER_CALLS: dict[str, Callable[[Any], tuple[Any, ...]]] = {
+    "sha1": lambda b: (b,),
+    "sha1_pieces": lambda b: (b, 3),
+    "verify_pieces": lambda b: (b"abc", 3, b),
+    "bitfield_count": lambda b: (b, 0),
+    "bitfield_spare_ok": lambda b: (b, 0),
+    "availability_add": lambda b: (array("H"), b, 0, 1),
+    "scan_frame": lambda b: (b, 0, 0, 0),
+    "read_u32": lambda b: (b, 0),
+    "copy_block-dst": lambda b: (b, 0, b"", 0, 0),
+    "copy_block-src": lambda b: (bytearray(4), 0, b, 0, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUFFER_CALLS))
 @pytest.mark.parametrize(
     "bad",
     [
@@ -185,8 +199,15 @@ def test_hash_kernel_errors_match(n: int, piece_length: int, dlen_delta: int) ->
     ids=["none", "int", "str", "int-array", "strided", "2d"],
 )
 def test_non_byte_buffers_are_rejected_alike(name: str, bad: Any) -> None:
-    args = (bad,) if name == "sha1" else (bad, 0)
-    assert both(name, *args)[0] == "raised"
+    assert both(name.split("-")[0], *BUFFER_CALLS[name](bad))[0] == "raised"
+
+
+def test_argument_conversion_order_matches() -> None:
+    # a float offset is reported before a bad buffer, in both modules
+    assert both("copy_block", b"readonly", 0.5, b"", 0, 0) == ("raised", TypeError)
+    assert both("copy_block", b"readonly", 0, b"", 0, 0) == ("raised", BufferError)
+    assert both("scan_frame", None, 0, 0, 1 << 64) == ("raised", OverflowError)
+    assert both("read_u32", array("i", [7]), 0) == ("raised", ValueError)
 
 
 def test_float_and_huge_integer_arguments_are_rejected_alike() -> None:
@@ -367,9 +388,9 @@ def test_bitfield_count_and_spare_bits_match(bits: bytes, nbits: int) -> None:
     count = both("bitfield_count", bits, nbits)
     spare = both("bitfield_spare_ok", bits, nbits)
     if count[0] == "ok":
-        expected = sum(bin(b).count("1") for b in bits[: nbits // 8])
+        expected = sum((b).bit_count() for b in bits[: nbits // 8])
         if nbits % 8:
-            expected += bin(bits[nbits // 8] >> (8 - nbits % 8)).count("1")
+            expected += (bits[nbits // 8] >> (8 - nbits % 8)).bit_count()
         assert count[1] == expected
         # MSB first: the spare bits are the low bits of the last used byte
         spare_mask = [0xFF >> (nbits % 8)] if nbits % 8 else []

@@ -13,7 +13,11 @@ above): that is only sound because of those entry checks.
 
 Buffers are taken as ``const unsigned char[::1]`` typed memoryviews, so
 ``bytes``, ``bytearray``, ``memoryview``, ``mmap`` and shared memory all work,
-read-only or not.
+read-only or not. The kernels called once per peer message (:func:`copy_block`,
+:func:`scan_frame`, :func:`read_u32`) acquire a bare ``Py_buffer`` instead,
+with the same rules (:func:`_acquire_bytes`): a typed memoryview allocates an
+object per call, which cost more than the 16 KiB copy itself (see
+``bench/test_bench_kernels.py``).
 
 Hashing releases the GIL for inputs of :data:`_HASH_NOGIL_MIN` bytes or more, and
 the batch kernels (:func:`sha1_pieces`, :func:`verify_pieces`) release it once
@@ -22,7 +26,14 @@ is hashed on another thread. SHA-1 itself lives in ``_sha1.h`` (libcrypto
 loaded with ``dlopen`` at import, else SHA-NI, else portable C).
 """
 
-from cpython.buffer cimport PyBUF_FORMAT, PyBUF_STRIDES, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS,
+    PyBUF_FORMAT,
+    PyBUF_STRIDES,
+    PyBUF_WRITABLE,
+    PyBuffer_Release,
+    PyObject_GetBuffer,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
@@ -127,6 +138,32 @@ def _set_backend(str name) -> None:
         raise ValueError(f"unknown SHA-1 backend {name!r}; expected one of {_BACKEND_NAMES}")
     if ft_sha1_set_backend(_BACKEND_NAMES.index(name)) != 0:
         raise ValueError(f"SHA-1 backend {name!r} is not available on this machine")
+
+
+# ------------------------------------------------------------ buffer acquisition
+
+cdef int _acquire_bytes(object obj, Py_buffer *view, bint writable) except -1:
+    """Fill ``view`` like a ``const unsigned char[::1]`` argument, without an object.
+
+    The same rules and exception types as a typed memoryview argument (and the
+    pure twin): TypeError if ``obj`` has no buffer, BufferError if it is not
+    writable (when asked) or not C-contiguous, ValueError unless it is
+    one-dimensional with byte items. On success the caller must release it.
+    """
+    if obj is None:
+        raise TypeError("a bytes-like object is required, not 'NoneType'")
+    PyObject_GetBuffer(obj, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
+                       | (PyBUF_WRITABLE if writable else 0))
+    cdef const char *fmt = view.format
+    if fmt is not NULL and fmt[0] in b"@=<>!":
+        fmt += 1
+    if view.ndim != 1:
+        PyBuffer_Release(view)
+        raise ValueError(f"Buffer has wrong number of dimensions (expected 1, got {view.ndim})")
+    if fmt is not NULL and not ((fmt[0] == b"B" or fmt[0] == b"c") and fmt[1] == 0):
+        PyBuffer_Release(view)
+        raise ValueError("Buffer dtype mismatch: expected a buffer of bytes")
+    return 0
 
 
 # ---------------------------------------------------------------------- hashing
@@ -258,8 +295,7 @@ cdef int _check_span(str what, Py_ssize_t size, Py_ssize_t offset, Py_ssize_t le
     return 0
 
 
-def copy_block(unsigned char[::1] dst not None, Py_ssize_t dst_offset,
-               const unsigned char[::1] src not None, Py_ssize_t src_offset,
+def copy_block(object dst, Py_ssize_t dst_offset, object src, Py_ssize_t src_offset,
                Py_ssize_t length) -> None:
     """Copy ``src[src_offset:src_offset+length]`` to ``dst[dst_offset:...]``.
 
@@ -274,19 +310,29 @@ def copy_block(unsigned char[::1] dst not None, Py_ssize_t dst_offset,
         length: how many bytes, not negative.
 
     Raises:
+        TypeError: ``dst`` or ``src`` is not a buffer.
+        BufferError: ``dst`` is read-only, or a buffer is not contiguous.
         ValueError: ``length`` is negative or a span falls outside its buffer.
     """
-    if length < 0:
-        raise ValueError(f"length must not be negative, got {length}")
-    _check_span("dst", dst.shape[0], dst_offset, length)
-    _check_span("src", src.shape[0], src_offset, length)
-    cdef unsigned char *d = &dst[0] + dst_offset
-    cdef const unsigned char *s = &src[0] + src_offset
-    if length >= _COPY_NOGIL_MIN:
-        with nogil:
-            memmove(d, s, <size_t>length)
-    else:
-        memmove(d, s, <size_t>length)
+    cdef Py_buffer d
+    cdef Py_buffer s
+    _acquire_bytes(dst, &d, True)
+    try:
+        _acquire_bytes(src, &s, False)
+        try:
+            if length < 0:
+                raise ValueError(f"length must not be negative, got {length}")
+            _check_span("dst", d.len, dst_offset, length)
+            _check_span("src", s.len, src_offset, length)
+            if length >= _COPY_NOGIL_MIN:
+                with nogil:
+                    memmove(<char *>d.buf + dst_offset, <char *>s.buf + src_offset, <size_t>length)
+            else:
+                memmove(<char *>d.buf + dst_offset, <char *>s.buf + src_offset, <size_t>length)
+        finally:
+            PyBuffer_Release(&s)
+    finally:
+        PyBuffer_Release(&d)
 
 
 cdef class BlockMap:
@@ -524,19 +570,27 @@ cdef inline uint32_t _be32(const unsigned char *p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
-def read_u32(const unsigned char[::1] buf not None, Py_ssize_t pos) -> int:
+def read_u32(object buf, Py_ssize_t pos) -> int:
     """Return the big-endian unsigned 32-bit integer at ``buf[pos:pos+4]``.
 
     Raises:
+        TypeError, BufferError, ValueError: ``buf`` is not a contiguous byte
+            buffer (as for :func:`copy_block`).
         ValueError: the four bytes are not all inside ``buf``.
     """
-    if pos < 0 or pos > buf.shape[0] - _PREFIX:
-        raise ValueError(f"cannot read 4 bytes at {pos} from a buffer of {buf.shape[0]}")
-    return _be32(&buf[pos])
+    cdef Py_buffer view
+    cdef uint32_t value
+    _acquire_bytes(buf, &view, False)
+    try:
+        if pos < 0 or pos > view.len - _PREFIX:
+            raise ValueError(f"cannot read 4 bytes at {pos} from a buffer of {view.len}")
+        value = _be32(<const unsigned char *>view.buf + pos)
+    finally:
+        PyBuffer_Release(&view)
+    return value
 
 
-def scan_frame(const unsigned char[::1] buf not None, Py_ssize_t start, Py_ssize_t end,
-               Py_ssize_t max_len) -> int:
+def scan_frame(object buf, Py_ssize_t start, Py_ssize_t end, Py_ssize_t max_len) -> int:
     """Find the BEP 3 message at ``buf[start:end]``: 4-byte big-endian length, then body.
 
     The length prefix is checked against ``max_len`` as soon as its 4 bytes are
@@ -554,17 +608,25 @@ def scan_frame(const unsigned char[::1] buf not None, Py_ssize_t start, Py_ssize
         yet, or -2 if the length prefix exceeds ``max_len``.
 
     Raises:
+        TypeError, BufferError, ValueError: ``buf`` is not a contiguous byte
+            buffer (as for :func:`copy_block`).
         ValueError: not ``0 <= start <= end <= len(buf)``, or ``max_len < 0``.
     """
-    if start < 0 or start > end or end > buf.shape[0]:
-        raise ValueError(f"need 0 <= start <= end <= {buf.shape[0]}, got start={start} end={end}")
-    if max_len < 0:
-        raise ValueError(f"max_len must not be negative, got {max_len}")
-    if end - start < _PREFIX:
-        return -1
-    cdef int64_t length = _be32(&buf[start])
-    if length > max_len:
-        return -2
-    if end - start - _PREFIX < length:
-        return -1
-    return length
+    cdef Py_buffer view
+    cdef int64_t length
+    _acquire_bytes(buf, &view, False)
+    try:
+        if start < 0 or start > end or end > view.len:
+            raise ValueError(f"need 0 <= start <= end <= {view.len}, got start={start} end={end}")
+        if max_len < 0:
+            raise ValueError(f"max_len must not be negative, got {max_len}")
+        if end - start < _PREFIX:
+            return -1
+        length = _be32(<const unsigned char *>view.buf + start)
+        if length > max_len:
+            return -2
+        if end - start - _PREFIX < length:
+            return -1
+        return length
+    finally:
+        PyBuffer_Release(&view)

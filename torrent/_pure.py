@@ -5,9 +5,11 @@ tests (``tests/test_fast_parity.py``) hold the two to that. This module is the
 readable specification of each kernel and a fallback where the extension is not
 built; it is not meant to be fast.
 
-Argument checks happen in the order the compiled module does them: each
-argument is converted in declaration order (a buffer is acquired, an integer
-is range-checked as a C ``Py_ssize_t``), then the body checks the bounds.
+Argument checks happen in the order the compiled module does them: integer
+arguments are range-checked as a C ``Py_ssize_t`` and buffers acquired in the
+order the compiled signature converts them (typed memoryview and integer
+arguments in declaration order; the ``object`` buffers of the per-message
+kernels afterwards, in the body), then the bounds are checked.
 """
 
 from __future__ import annotations
@@ -161,11 +163,9 @@ def copy_block(dst: Any, dst_offset: int, src: Any, src_offset: int, length: int
     Raises:
         ValueError: ``length`` is negative or a span falls outside its buffer.
     """
+    dst_offset, src_offset, length = _ssize(dst_offset), _ssize(src_offset), _ssize(length)
     dv = _bytes_view(dst, writable=True)
-    dst_offset = _ssize(dst_offset)
     sv = _bytes_view(src)
-    src_offset = _ssize(src_offset)
-    length = _ssize(length)
     if length < 0:
         raise ValueError(f"length must not be negative, got {length}")
     _check_span("dst", len(dv), dst_offset, length)
@@ -328,8 +328,8 @@ def read_u32(buf: Any, pos: int) -> int:
     Raises:
         ValueError: the four bytes are not all inside ``buf``.
     """
-    mv = _bytes_view(buf)
     pos = _ssize(pos)
+    mv = _bytes_view(buf)
     if pos < 0 or pos > len(mv) - _PREFIX:
         raise ValueError(f"cannot read 4 bytes at {pos} from a buffer of {len(mv)}")
     return int.from_bytes(mv[pos : pos + _PREFIX], "big")
@@ -341,8 +341,8 @@ def scan_frame(buf: Any, start: int, end: int, max_len: int) -> int:
     Raises:
         ValueError: not ``0 <= start <= end <= len(buf)``, or ``max_len < 0``.
     """
-    mv = _bytes_view(buf)
     start, end, max_len = _ssize(start), _ssize(end), _ssize(max_len)
+    mv = _bytes_view(buf)
     if start < 0 or start > end or end > len(mv):
         raise ValueError(f"need 0 <= start <= end <= {len(mv)}, got start={start} end={end}")
     if max_len < 0:
