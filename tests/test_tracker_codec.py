@@ -36,16 +36,16 @@ def compact(*peers: tuple[str, int]) -> bytes:
 
 
 def url(base: str = "http://t.example/announce", **kw: object) -> str:
-    args: dict[str, object] = dict(
-        info_hash=IH,
-        peer_id=PID,
-        port=6881,
-        uploaded=1,
-        downloaded=2,
-        left=3,
-        event=None,
-        numwant=50,
-    )
+    args: dict[str, object] = {
+        "info_hash": IH,
+        "peer_id": PID,
+        "port": 6881,
+        "uploaded": 1,
+        "downloaded": 2,
+        "left": 3,
+        "event": None,
+        "numwant": 50,
+    }
     args.update(kw)
     return th.build_announce_url(base, **args)  # type: ignore[arg-type]
 

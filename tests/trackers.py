@@ -39,7 +39,7 @@ import ipaddress
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 import bencodepy
@@ -176,6 +176,17 @@ class _TestTracker:
             if not ok:
                 raise AssertionError(f"{len(self._requests)} announces arrived, expected {n}")
             return list(self._requests)
+
+    def wait_until(self, predicate: Any, timeout: float = 10.0) -> None:
+        """Block until ``predicate()`` is true (re-checked whenever the tracker
+        receives something); AssertionError on timeout."""
+        with self._cond:
+            if not self._cond.wait_for(predicate, timeout):
+                raise AssertionError("condition not reached before the timeout")
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _record(self, rec: AnnounceRecord) -> list[Peer]:
         """Log the announce, update the swarm; return the peers to answer with."""
@@ -355,8 +366,7 @@ class _UDPServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         for reply in self.owner._on_datagram(data, addr):
@@ -402,6 +412,12 @@ class UDPTestTracker(_TestTracker):
         return [udpc.encode(real)]
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> list[bytes]:
+        try:
+            return self._answer(data, addr)
+        finally:
+            self._notify()
+
+    def _answer(self, data: bytes, addr: tuple[str, int]) -> list[bytes]:
         self.datagrams += 1
         if self.dropped < self.drop_first:
             self.dropped += 1
