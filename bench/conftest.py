@@ -7,6 +7,7 @@ collects ``tests/`` only (``testpaths`` in pyproject.toml).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ _THROUGHPUT: dict[str, tuple[float, int]] = {}
 
 
 @pytest.fixture
-def record_mbps(request: pytest.FixtureRequest, benchmark) -> Callable[[int], float | None]:  # type: ignore[no-untyped-def]
+def record_mbps(request: pytest.FixtureRequest, benchmark: Any) -> Callable[[int], float | None]:
     """Return ``record(nbytes)``: after the benchmark ran, note its MB/s (10**6 bytes/s)."""
 
     def record(nbytes: int) -> float | None:
@@ -36,4 +37,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("throughput (MB/s = 10**6 bytes/s, at the median time)")
     width = max(len(name) for name in _THROUGHPUT)
     for name, (mbps, nbytes) in sorted(_THROUGHPUT.items()):
-        terminalreporter.write_line(f"{name:<{width}}  {mbps:10.1f} MB/s  ({nbytes} bytes per call)")
+        terminalreporter.write_line(
+            f"{name:<{width}}  {mbps:10.1f} MB/s  ({nbytes} bytes per call)"
+        )

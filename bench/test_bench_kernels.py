@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,9 @@ BIG = 64 * MiB  # large enough that per-call overhead is noise
 BLOCK = 16 * 1024  # BEP 3: the request size every client uses
 
 # Big buffers are timed a fixed number of rounds: each call takes tens of ms.
-HEAVY = {"rounds": 8, "iterations": 1, "warmup_rounds": 1}
+HEAVY: dict[str, Any] = {"rounds": 8, "iterations": 1, "warmup_rounds": 1}
+
+Recorder = Callable[[int], "float | None"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def backend_named(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.mark.parametrize(
     "backend_named", ["hashlib", "openssl", "sha-ni", "portable"], indirect=True
 )
-def test_sha1_64mib(benchmark, record_mbps, data: bytes, backend_named: str) -> None:  # type: ignore[no-untyped-def]
+def test_sha1_64mib(benchmark: Any, record_mbps: Recorder, data: bytes, backend_named: str) -> None:
     benchmark.group = "sha1 64 MiB"
     if backend_named == "hashlib":
         digest = benchmark.pedantic(lambda: hashlib.sha1(data).digest(), **HEAVY)
@@ -61,15 +64,16 @@ def _python_verify(buf: bytes, piece_length: int, digests: bytes) -> bytes:
     """What verification costs without the kernel: a Python loop over hashlib."""
     view = memoryview(buf)
     return bytes(
-        hashlib.sha1(view[off : off + piece_length]).digest()
-        == digests[20 * k : 20 * k + 20]
+        hashlib.sha1(view[off : off + piece_length]).digest() == digests[20 * k : 20 * k + 20]
         for k, off in enumerate(range(0, len(buf), piece_length))
     )
 
 
 @pytest.mark.parametrize("piece_length", [MiB, 256 * 1024], ids=["1MiB", "256KiB"])
 @pytest.mark.parametrize("impl", ["fast", "python-hashlib-loop"])
-def test_verify_pieces_64mib(benchmark, record_mbps, data: bytes, piece_length: int, impl: str) -> None:  # type: ignore[no-untyped-def]
+def test_verify_pieces_64mib(
+    benchmark: Any, record_mbps: Recorder, data: bytes, piece_length: int, impl: str
+) -> None:
     benchmark.group = f"verify_pieces 64 MiB / {piece_length // 1024} KiB pieces"
     digests = _fast.sha1_pieces(data, piece_length)
     fn: Callable[[bytes, int, bytes], bytes] = (
@@ -81,7 +85,7 @@ def test_verify_pieces_64mib(benchmark, record_mbps, data: bytes, piece_length: 
 
 
 @pytest.mark.parametrize("impl", ["fast", "slice-assignment"])
-def test_copy_block_16kib(benchmark, record_mbps, impl: str) -> None:  # type: ignore[no-untyped-def]
+def test_copy_block_16kib(benchmark: Any, record_mbps: Recorder, impl: str) -> None:
     benchmark.group = "copy one 16 KiB block into a piece slot"
     slot = bytearray(4 * MiB)
     recv = bytearray(os.urandom(BLOCK + 13))  # payload at offset 13, after the header
@@ -99,7 +103,7 @@ def test_copy_block_16kib(benchmark, record_mbps, impl: str) -> None:  # type: i
 
 
 @pytest.mark.parametrize("impl", ["fast", "pure"])
-def test_scan_frame(benchmark, record_mbps, impl: str) -> None:  # type: ignore[no-untyped-def]
+def test_scan_frame(benchmark: Any, record_mbps: Recorder, impl: str) -> None:
     benchmark.group = "scan_frame: one piece message header"
     # a whole 'piece' message (id 7, index, begin, 16 KiB block) in a receive buffer
     body = b"\x07" + bytes(8) + bytes(BLOCK)

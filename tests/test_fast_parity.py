@@ -224,6 +224,7 @@ def test_mmap_and_shared_memory_buffers() -> None:
         assert _fast.sha1_pieces(mm, 16384) == _pure.sha1_pieces(data, 16384)
     shm = shared_memory.SharedMemory(create=True, size=len(data))
     try:
+        assert shm.buf is not None
         shm.buf[: len(data)] = data
         view = shm.buf[: len(data)]
         digests = _fast.sha1_pieces(view, 16384)
@@ -256,7 +257,7 @@ def test_hash_kernels_release_the_gil(kernel: str) -> None:
         "sha1_pieces": lambda: _fast.sha1_pieces(buf, piece),
         "sha1": lambda: _fast.sha1(buf),
     }
-    state = {"done": False, "result": None}
+    state: dict[str, Any] = {"done": False, "result": None}
 
     def hash_it() -> None:
         state["result"] = calls[kernel]()
@@ -306,7 +307,10 @@ def test_copy_block_matches(
     assert fast == pure
     assert dst_fast == dst_pure
     if fast[0] == "ok":
-        assert dst_fast[dst_offset : dst_offset + length] == src_bytes[src_offset : src_offset + length]
+        assert (
+            dst_fast[dst_offset : dst_offset + length]
+            == src_bytes[src_offset : src_offset + length]
+        )
 
 
 @pytest.mark.parametrize("dst_offset,src_offset", [(0, 5), (5, 0), (3, 3)])
@@ -388,9 +392,9 @@ def test_bitfield_count_and_spare_bits_match(bits: bytes, nbits: int) -> None:
     count = both("bitfield_count", bits, nbits)
     spare = both("bitfield_spare_ok", bits, nbits)
     if count[0] == "ok":
-        expected = sum((b).bit_count() for b in bits[: nbits // 8])
+        expected = sum(bin(b).count("1") for b in bits[: nbits // 8])
         if nbits % 8:
-            expected += (bits[nbits // 8] >> (8 - nbits % 8)).bit_count()
+            expected += bin(bits[nbits // 8] >> (8 - nbits % 8)).count("1")
         assert count[1] == expected
         # MSB first: the spare bits are the low bits of the last used byte
         spare_mask = [0xFF >> (nbits % 8)] if nbits % 8 else []
@@ -425,8 +429,11 @@ def test_availability_add_matches(
 ) -> None:
     lo, hi = COUNT_TYPES[typecode]
     bits = data.draw(st.binary(min_size=0, max_size=14))
-    start = data.draw(st.lists(st.sampled_from([lo, lo + 1, 0, 5, hi - 1, hi]), min_size=ncounts,
-                               max_size=ncounts))
+    start = data.draw(
+        st.lists(
+            st.sampled_from([lo, lo + 1, 0, 5, hi - 1, hi]), min_size=ncounts, max_size=ncounts
+        )
+    )
     fast, pure = array(typecode, start), array(typecode, start)
     a = outcome(_fast.availability_add, fast, bits, nbits, delta)
     b = outcome(_pure.availability_add, pure, bits, nbits, delta)
@@ -477,7 +484,9 @@ def frame(body: bytes) -> bytes:
     max_len=st.integers(0, 45),
     garbage=st.binary(max_size=6),
 )
-def test_scan_frame_is_chunking_invariant(bodies: list[bytes], max_len: int, garbage: bytes) -> None:
+def test_scan_frame_is_chunking_invariant(
+    bodies: list[bytes], max_len: int, garbage: bytes
+) -> None:
     """Feed the stream one byte more at a time: the answer depends only on what is there."""
     stream = b"".join(frame(b) for b in bodies) + garbage
     buf = bytearray(stream)

@@ -181,7 +181,7 @@ class BlockMap:
         ValueError: ``nblocks`` is not in 1..MAX_BLOCKS.
     """
 
-    __slots__ = ("_have", "_count")
+    __slots__ = ("_count", "_have")
 
     def __init__(self, nblocks: int) -> None:
         nblocks = _ssize(nblocks)
