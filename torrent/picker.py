@@ -100,7 +100,7 @@ class Picker:
 
     # -- picking -------------------------------------------------------------
     def pick(self, peer: Hashable, has: Callable[[int], bool], want: int,
-             alloc_slot: Callable[[], object | None]) -> list[tuple[int, int, int]]:
+             alloc_slot: Callable[[int], object | None]) -> list[tuple[int, int, int]]:
         """Up to ``want`` requests ``(index, begin, length)`` for ``peer``; marks them outstanding."""
         out: list[tuple[int, int, int]] = []
         if want <= 0:
@@ -121,7 +121,7 @@ class Picker:
                 break
             av = self.availability
             i = min(cands, key=lambda k: (av[k], k))
-            slot = alloc_slot()
+            slot = alloc_slot(i)
             if slot is None:
                 break
             self.unstarted.discard(i)

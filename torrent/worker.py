@@ -275,8 +275,16 @@ class Worker:
         self.have[i >> 3] |= 0x80 >> (i & 7)
 
     # -- requests ----------------------------------------------------------------
-    def alloc_slot(self) -> Slot | None:
-        return self.free_slots.pop() if self.free_slots else None
+    def alloc_slot(self, index: int) -> Slot | None:
+        """A free slot for piece ``index``, its block map sized to that piece."""
+        if not self.free_slots:
+            return None
+        slot = self.free_slots.pop()
+        nb = -(-self.picker.piece_size(index) // BLOCK_SIZE)
+        if slot.blocks.nblocks != nb:
+            slot.blocks = _fast.BlockMap(nb)
+        slot.index = index
+        return slot
 
     def pump(self, pc: Any) -> None:
         proto = pc.proto

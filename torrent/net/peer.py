@@ -28,7 +28,7 @@ from .. import _fast
 from ..errors import RemoteProtocolError
 from ..wire import peer as wp
 from ..wire.handshake import HANDSHAKE_LENGTH
-from ..wire.messages import LocalProtocolError, max_message_length
+from ..wire.messages import LocalProtocolError, frame_bounds, max_message_length
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -65,6 +65,7 @@ class PeerConn(asyncio.BufferedProtocol):
         self._start = 0
         self._end = 0
         self._max = max_message_length(meta.num_pieces)
+        self._bounds = frame_bounds(meta.num_pieces)
         self.active = False
         self.closed = False
         self.close_reason = ""
@@ -147,6 +148,13 @@ class PeerConn(asyncio.BufferedProtocol):
                 if n == -2:
                     raise RemoteProtocolError(
                         f"message length {_fast.read_u32(buf, pos)} exceeds the bound {mx}")
+                if end - pos >= 5:
+                    # Check the bound of this message id before buffering its body.
+                    ln = _fast.read_u32(buf, pos)
+                    if ln > self._bounds[buf[pos + 4]]:
+                        raise RemoteProtocolError(
+                            f"message id {buf[pos + 4]} with length {ln} exceeds its bound "
+                            f"{self._bounds[buf[pos + 4]]}")
                 break
             if n and buf[pos + 4] == _PIECE and n >= 9:
                 index, begin = _HDR.unpack_from(buf, pos + 5)

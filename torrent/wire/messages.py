@@ -253,7 +253,7 @@ def bitfield_length(num_pieces: int) -> int:
     return (num_pieces + 7) >> 3
 
 
-def _frame_bounds(num_pieces: int) -> tuple[int, ...]:
+def frame_bounds(num_pieces: int) -> tuple[int, ...]:
     """The largest legal frame length (id byte + payload) for each of the 256 ids."""
     bounds = [1 + MAX_UNKNOWN_MESSAGE_LENGTH] * 256
     for msg_id, payload_len in _FIXED_PAYLOAD.items():
@@ -402,7 +402,7 @@ class FrameReader:
 
     def __init__(self, num_pieces: int) -> None:
         self._max = max_message_length(num_pieces)
-        self._bounds = _frame_bounds(num_pieces)
+        self._bounds = frame_bounds(num_pieces)
         # The bytes of one incomplete frame carried over from the last feed().
         # Replaced (never cleared in place) once complete, because decoded
         # Piece data may still be a view into it.

@@ -74,6 +74,7 @@ from .messages import (
     Request,
     Unchoke,
     bitfield_length,
+    decode,
     encode,
 )
 
@@ -784,6 +785,65 @@ class PeerProtocol:
             self._received_mark = False
             self._last_received = now
         return now - self._last_received >= limit
+
+    # --- the hot path: frames split by the caller -----------------------------------
+    def accept_block(self, index: int, begin: int, length: int) -> bool:
+        """A ``piece`` message framed by the caller (the native scanner), payload not copied.
+
+        Returns:
+            True: we requested this block; the caller stores it from its buffer.
+            False: a late block of an abandoned request; ignore it.
+
+        Raises:
+            RemoteProtocolError: a block we never requested, or of the wrong length.
+        """
+        if self._state is not PeerState.ACTIVE:
+            raise LocalProtocolError(f"accept_block in state {self._state.name}")
+        self._received_mark = True
+        self._first_message = False
+        key = (index, begin)
+        entry = self._outstanding.pop(key, None)
+        if entry is not None:
+            if entry[0] == length:
+                return True
+            self._transition(PeerState.CLOSED)
+            raise RemoteProtocolError(
+                f"peer sent {length} bytes for block {key}; we requested {entry[0]}")
+        try:
+            self._check_block("block", index, begin, length)
+        except RemoteProtocolError:
+            self._transition(PeerState.CLOSED)
+            raise
+        if key in self._cancelled:
+            del self._cancelled[key]
+            self.ignored_blocks += 1
+            return False
+        self._transition(PeerState.CLOSED)
+        raise RemoteProtocolError(
+            f"peer sent block (piece {index}, offset {begin}) we did not request")
+
+    def receive_frame(self, msg_id: int, payload: bytes | memoryview) -> list[Event]:
+        """One complete message other than ``piece``, framed by the caller.
+
+        Args:
+            msg_id: the message id, or -1 for a keep-alive.
+            payload: the bytes after the id (valid for this call only).
+
+        Raises:
+            RemoteProtocolError: a malformed or out-of-place message.
+        """
+        if self._state is not PeerState.ACTIVE:
+            raise LocalProtocolError(f"receive_frame in state {self._state.name}")
+        self._received_mark = True
+        if msg_id < 0:
+            return []
+        events: list[Event] = []
+        try:
+            self._handle(decode(msg_id, payload), events)
+        except RemoteProtocolError:
+            self._transition(PeerState.CLOSED)
+            raise
+        return events
 
     def cancel_all(self) -> list[Block]:
         """Forget and return every outstanding request (on disconnect, to re-issue)."""
