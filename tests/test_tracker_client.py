@@ -267,9 +267,12 @@ def test_udp_swarm_and_dispatch_on_uvloop() -> None:
         c = await announce(h, params(), http_timeout=5)
         return a, b, c
 
-    with UDPTestTracker() as ut, HTTPTestTracker(peers=PEERS) as ht:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            a, b, c = runner.run(both(ut.announce_url, ht.announce_url))
+    with (
+        UDPTestTracker() as ut,
+        HTTPTestTracker(peers=PEERS) as ht,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        a, b, c = runner.run(both(ut.announce_url, ht.announce_url))
     assert a.peers == () and b.peers == (("127.0.0.1", 7001),)
     assert c.peers == tuple(PEERS)
 
