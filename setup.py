@@ -6,6 +6,7 @@ extensions = [
     Extension(
         "torrent._fast",
         ["torrent/_fast.pyx"],
+        depends=["torrent/_sha1.h"],
         extra_compile_args=["-O3"],
         libraries=["dl"],
     ),
