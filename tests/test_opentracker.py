@@ -9,13 +9,16 @@ CI=true, where it fails (see conftest.require_binary).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import require_binary
 
@@ -47,18 +50,64 @@ def _free_port() -> int:
     raise RuntimeError("no port free for both TCP and UDP")
 
 
-def _wait_accepting(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"opentracker exited with {proc.returncode}: {out}")
+def _listening(proc: subprocess.Popen[bytes], port: int) -> bool:
+    """True once *our* opentracker (the child of ``timeout``) listens on ``port``.
+
+    Checking the owner, not just that the port accepts, matters: the port was
+    free a moment ago, but another test running at the same time may take it,
+    and then a plain connect would succeed against the wrong server.
+    """
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children()]
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for p in procs
+            for c in p.net_connections(kind="tcp")
+        )
+    except psutil.Error:
+        return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop ``timeout`` and opentracker, its child.
+
+    SIGTERM to ``timeout`` is forwarded to opentracker, which ``timeout`` then
+    reaps. SIGKILL would leave opentracker running (``timeout`` cannot forward
+    it), so the fallback kills the whole process group, which
+    ``start_new_session`` made ours alone.
+    """
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            proc.wait(5)
             return
-        except OSError:
-            time.sleep(0.05)  # polling a port for readiness, bounded by START_TIMEOUT
-    raise RuntimeError(f"opentracker did not accept connections within {START_TIMEOUT}s")
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def _start(binary: str, tdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start opentracker on a free port; retry on another port if it cannot bind."""
+    last = "not started"
+    for _ in range(3):
+        port = _free_port()
+        cmd = ["timeout", "120", binary, "-f", str(tdir / "ot.conf")]
+        cmd += ["-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
+        with open(tdir / "ot.log", "wb") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tdir, start_new_session=True
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _listening(proc, port):
+                return proc, port
+            time.sleep(0.05)  # polling for readiness, bounded by START_TIMEOUT
+        _stop(proc)
+        out = (tdir / "ot.log").read_text(errors="replace")
+        last = f"opentracker exited with {proc.returncode}: {out[-500:]}"
+    raise RuntimeError(last)
 
 
 @pytest.fixture
@@ -73,18 +122,11 @@ def opentracker(tmp_path: Path) -> Iterator[int]:
     os.chmod(tdir, 0o755)
     os.chmod(tdir / "wl.txt", 0o644)
     os.chmod(tdir / "ot.conf", 0o644)
-    port = _free_port()
-    cmd = ["timeout", "120", binary, "-f", str(tdir / "ot.conf")]
-    cmd += ["-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tdir)
+    proc, port = _start(binary, tdir)
     try:
-        _wait_accepting(port, proc)
         yield port
     finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
+        _stop(proc)
 
 
 def params(peer_id: bytes, port: int, info_hash: bytes = IH) -> AnnounceParams:

@@ -462,7 +462,10 @@ def test_runner_tier_fallback_with_dead_slow_and_lying_trackers() -> None:
             [[refused, liar.announce_url], [slow.announce_url, good.announce_url]],
             rng=NoShuffle(),
         )
-        clock, log, warnings, got = FakeClock(), [], [], []
+        clock = FakeClock()
+        log: list[Any] = []
+        warnings: list[str] = []
+        got: list[Any] = []
         stop = asyncio.Event()
         runner = TrackerRunner(ts, clock=clock, sleep=clock.sleep, on_warning=warnings.append)
 
@@ -490,7 +493,9 @@ def test_runner_tier_fallback_with_dead_slow_and_lying_trackers() -> None:
 def test_runner_backoff_uses_the_injected_clock() -> None:
     dead = f"http://127.0.0.1:{closed_port(socket.SOCK_STREAM)}/announce"
     ts = TrackerSet([[dead]], backoff_base=15, backoff_cap=3600)
-    clock, log, warnings = FakeClock(), [], []
+    clock = FakeClock()
+    log: list[Any] = []
+    warnings: list[str] = []
     stop = asyncio.Event()
 
     def on_warning(w: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import struct
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import bencodepy
@@ -111,7 +112,7 @@ def test_percent_encoding_of_all_256_byte_values() -> None:
         {"compact": 2},
     ],
 )
-def test_url_rejects_bad_arguments(bad: dict[str, object]) -> None:
+def test_url_rejects_bad_arguments(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         url(**bad)
 
@@ -429,7 +430,7 @@ def test_http_bounds_checked_before_buffering() -> None:
 
 # --------------------------------------------------------------------------- UDP messages
 
-ALL_UDP = [
+ALL_UDP: list[tu.UDPMessage] = [
     tu.ConnectRequest(0xDEADBEEF),
     tu.ConnectResponse(1, 0x0123456789ABCDEF),
     tu.AnnounceRequest(

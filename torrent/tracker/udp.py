@@ -56,6 +56,7 @@ __all__ = [
     "ErrorResponse",
     "UDPAnnounce",
     "UDPEvent",
+    "UDPMessage",
     "decode_request",
     "decode_response",
     "encode",
