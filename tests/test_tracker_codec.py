@@ -673,3 +673,36 @@ def test_udp_session_random_datagrams(datagrams: list[bytes], seed: int) -> None
             s.receive(d, 1.0)
         except TrackerError:
             break
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(1, 50))
+def test_http_reader_random_bytes_only_raise_tracker_error(data: bytes, step: int) -> None:
+    r = th.HTTPResponseReader(max_body=100, max_header=200)
+    try:
+        for i in range(0, len(data), step):
+            r.feed(data[i : i + step])
+        r.feed_eof()
+    except TrackerError:
+        return
+    assert r.complete and r.status is not None and len(r.body) <= 100
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(1, 400), max_size=10), st.booleans())
+def test_http_reader_is_chunking_invariant(body: bytes, cuts: list[int], chunked: bool) -> None:
+    if chunked:
+        parts = [body[i : i + 7] for i in range(0, len(body), 7)]
+        payload = b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    else:
+        payload = body
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    raw = head + payload
+    r = th.HTTPResponseReader()
+    pos = 0
+    for cut in sorted(set(cuts)):
+        r.feed(raw[pos:cut])
+        pos = max(pos, cut)
+    r.feed(raw[pos:])
+    assert r.complete and r.body == body
