@@ -92,6 +92,7 @@ class WorkerHandle:
     pieces_first: int = 0
     cursor: int = 0
     waiting_steal: bool = False
+    waiting_need: int = 0  # pieces asked for that could not be served yet
 
 
 @dataclass(slots=True)
@@ -319,10 +320,14 @@ class Coordinator:
             for thief in self.workers:
                 if thief.waiting_steal and thief.alive:
                     thief.waiting_steal = False
-                    got = self.lease(thief, len(msg.pieces) or 1, steal_ok=False)
+                    got = self.lease(thief, max(thief.waiting_need, len(msg.pieces), 1),
+                                     steal_ok=False)
                     thief.steals += got
+            self.serve_waiting()
         elif t is ipc.Availability:
             h.avail = bytearray(msg.bits)
+            if h.waiting_need:
+                self.lease(h, h.waiting_need)
         elif t is ipc.PeerClosed:
             self.peer_closed(h, msg)
         elif t is ipc.Stats:
@@ -341,8 +346,22 @@ class Coordinator:
     def _gettable(self, h: WorkerHandle, i: int) -> bool:
         return bool(h.avail[i >> 3] & (0x80 >> (i & 7)))
 
+    def serve_waiting(self) -> None:
+        """Pieces became free (released, or a worker died): serve whoever waits for some."""
+        for w in self.workers:
+            if w.alive and w.waiting_need and not w.waiting_steal:
+                self.lease(w, w.waiting_need)
+
     def lease(self, h: WorkerHandle, count: int, *, steal_ok: bool = True) -> int:
+        """Answer a worker's :class:`~torrent.ipc.NeedPieces`.
+
+        Free pieces its peers have, else a steal from the worker holding the
+        most, else (nothing free, nothing to steal) an endgame lease.  A
+        worker whose peers have none of the free pieces waits (no answer)
+        until its availability or the free set changes.
+        """
         n = self.meta.num_pieces
+        h.waiting_need = 0
         state = self.state
         out: list[int] = []
         # Spread the tail: never take more than a fair share of what is left.
@@ -364,6 +383,9 @@ class Coordinator:
             h.leased.update(out)
             self.send(h, ipc.Lease(tuple(out)))
             return len(out)
+        if free_total:
+            h.waiting_need = count  # free pieces exist, but not at this worker's peers
+            return 0
         if steal_ok:
             victims = [v for v in self.workers
                        if v is not h and v.alive
@@ -371,7 +393,8 @@ class Coordinator:
             if victims:
                 v = max(victims, key=lambda v: len(v.leased))
                 h.waiting_steal = True
-                self.send(v, ipc.Steal(len(v.leased) // 2))
+                h.waiting_need = count
+                self.send(v, ipc.Steal(max(1, len(v.leased) // 2)))
                 return 0
         # Endgame: pieces in flight at other workers that this one's peers have.
         dups = []
@@ -404,6 +427,7 @@ class Coordinator:
                 self.state[i] = 0
                 self.owner[i] = -1
         h.leased.clear()
+        self.serve_waiting()
         for rec in self.peers.values():
             if rec.worker == h.wid:
                 rec.worker = None

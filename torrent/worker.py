@@ -31,7 +31,6 @@ reaches EOF (the coordinator died).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import signal
 import socket
@@ -64,10 +63,17 @@ PIPELINE_SECONDS = 3.0
 MIN_DEPTH = 4
 MAX_DEPTH = 500
 INITIAL_DEPTH = 64
-#: Ask the coordinator for more pieces when fewer unstarted leased pieces remain.
+#: Ask the coordinator for more pieces when fewer unstarted leased pieces
+#: remain than this many per slot... in practice: a lease of 2 x slots is
+#: asked for when fewer than `slots` are left, so a peer never waits on the
+#: coordinator round trip.
 LOW_WATER = 4
+#: Refill a peer's request pipeline only when at least this many requests fit:
+#: fewer, larger writes (a request is 17 bytes; a write is a syscall).
+REFILL_BATCH = 16
 #: Connect timeout for outgoing peers.
 CONNECT_TIMEOUT = 10.0
+_DEBUG = bool(os.environ.get("FASTTORRENT_DEBUG"))
 
 
 class WorkerConfig:
@@ -118,7 +124,17 @@ class Worker:
         self.free_slots = [Slot(cfg.first_slot + k, self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
         self.storage = Storage(layout_for(m, cfg.outdir), writable=True)
-        self.io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"io{cfg.wid}")
+        # The native I/O thread (see torrent/_fast.pyx): verifies and writes
+        # full slots and flushes files without the GIL, waking us via an eventfd.
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.iot = _fast.IOThread(self.efd)
+        # fdatasync runs on a thread of its own: on this machine's disk a flush of
+        # one second of downloading takes longer than a second, and queued behind
+        # it, verification and writes would stall the download.
+        self.sync_iot = _fast.IOThread(self.efd)
+        self.in_io: dict[int, tuple[PieceDL, list[int]]] = {}  # piece -> (state, pinned spans)
+        self.syncs: dict[int, tuple[list[int], list[int]]] = {}  # job -> (pieces, pinned)
+        self._sync_seq = 0
         self.peers: set[Any] = set()
         self.banned: set[str] = set()
         self.need_pending = False
@@ -135,6 +151,7 @@ class Worker:
         self.fatal: tuple[str, str] | None = None
         self.server: asyncio.base_events.Server | None = None
         self._last_flush = time.monotonic()
+        self.low_water = max(LOW_WATER, cfg.nslots)
 
     # -- control pipe ----------------------------------------------------------
     def send(self, msg: Any) -> None:
@@ -291,12 +308,12 @@ class Worker:
         if pc.closed or not pc.active or proto.peer_choking or not proto.am_interested:
             return
         want = pc.depth - proto.num_outstanding
-        if want <= 0:
+        if want < min(REFILL_BATCH, pc.depth):
             return
         reqs = self.picker.pick(pc, proto.peer_has, want, self.alloc_slot)
         if reqs:
             pc.send_requests(reqs, time.monotonic())
-        if len(self.picker.unstarted) < LOW_WATER:
+        if len(self.picker.unstarted) < self.low_water:
             self.ask_for_pieces()
 
     def pump_all(self) -> None:
@@ -335,32 +352,65 @@ class Worker:
                 other.write(other.proto.send_cancel(index, ob * BLOCK_SIZE, pd.block_length(ob)))
         if slot.blocks.full:
             self.picker.finish(index)
-            fut = self.loop.run_in_executor(self.io, self._hash_and_write, pd)
-            fut.add_done_callback(lambda f, pd=pd: self._piece_checked(pd, f))
-        else:
-            self.pump(pc)
+            self.submit_piece(pd)
+        # The connection pumps once after the whole read (see PeerConn.buffer_updated):
+        # one write of many requests instead of a 17-byte write per block.
 
-    def _hash_and_write(self, pd: PieceDL) -> bool:
-        """I/O thread: verify the slot, write it if good.  Returns the verdict."""
+    def submit_piece(self, pd: PieceDL) -> None:
+        """Hand a full slot to the native I/O thread: verify, then write if good."""
         m = self.meta
-        view = pd.slot.view[: pd.size]
         i = pd.index
-        ok = _fast.verify_pieces(view, m.piece_length, m.piece_hashes[i * 20 : i * 20 + 20])[0]
-        if ok:
-            self.storage.write(i * m.piece_length, view)
-        return bool(ok)
+        try:
+            segs, pinned = self.storage.write_segments(i * m.piece_length, pd.size)
+        except FastTorrentError as e:
+            self._fatal(e.__class__.__name__, str(e))
+            return
+        self.in_io[i] = (pd, pinned)
+        self.iot.submit_piece(i, pd.slot.view, pd.size, m.piece_hashes[i * 20 : i * 20 + 20],
+                              segs)
 
-    def _piece_checked(self, pd: PieceDL, fut: Any) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            if isinstance(exc, FastTorrentError):
-                self.fatal = (exc.__class__.__name__, str(exc))
-                self.send(ipc.Fatal(*self.fatal))
-                self.stop_event.set()
-                return
-            raise exc
+    def _fatal(self, kind: str, message: str) -> None:
+        if self.fatal is None:
+            self.fatal = (kind, message)
+            self.send(ipc.Fatal(kind, message))
+        self.stop_event.set()
+
+    def on_io_done(self) -> None:
+        try:
+            os.eventfd_read(self.efd)
+        except BlockingIOError:
+            pass
+        self._collect(self.iot.completed() + self.sync_iot.completed())
+
+    def _collect(self, outcomes: list[tuple[int, int, int]]) -> None:
+        for jid, status, err in outcomes:
+            if jid < 0:
+                pieces, pinned = self.syncs.pop(jid)
+                self.storage.unpin(pinned)
+                if status == _fast.JOB_OK:
+                    self.send(ipc.Durable(tuple(pieces)))
+                else:
+                    self._io_error(err, "flushing files")
+                continue
+            pd, pinned = self.in_io.pop(jid)
+            self.storage.unpin(pinned)
+            if status == _fast.JOB_IO_ERROR:
+                self._io_error(err, f"writing piece {jid}")
+                self._release_slot(pd)
+                continue
+            self._piece_checked(pd, status == _fast.JOB_OK)
+        if outcomes:
+            self.pump_all()
+
+    def _io_error(self, err: int, what: str) -> None:
+        from .storage import os_error
+
+        exc = os_error(OSError(err, os.strerror(err)), what)
+        self._fatal(exc.__class__.__name__, str(exc))
+
+    def _piece_checked(self, pd: PieceDL, good: bool) -> None:
         i = pd.index
-        if fut.result():
+        if good:
             self._smart_ban(pd)
             if self._has(i):
                 self._release_slot(pd)  # an endgame duplicate: the other copy won
@@ -375,7 +425,6 @@ class Worker:
         else:
             self.stats["hash_failures"] += 1
             self._hash_failed(pd)
-        self.pump_all()
 
     def _release_slot(self, pd: PieceDL) -> None:
         slot = pd.slot
@@ -430,7 +479,8 @@ class Worker:
     def broadcast_haves(self, pieces: Iterable[int]) -> None:
         pieces = tuple(pieces)
         for pc in list(self.peers):
-            if pc.active and not pc.closed:
+            if pc.active and not pc.closed and not pc.proto.peer_is_seed:
+                # a seed has every piece: a HAVE tells it nothing (libtorrent skips them too)
                 pc.write(b"".join(pc.proto.send_have(i) for i in pieces))
                 if self.complete and pc.proto.am_interested:
                     pc.write(pc.proto.send_not_interested())
@@ -462,25 +512,28 @@ class Worker:
             self.send(ipc.Availability(bytes(self.avail)))
         if self.written and now - self._last_flush >= FLUSH_INTERVAL:
             self.flush()
-        if len(self.picker.unstarted) < LOW_WATER:
+        if len(self.picker.unstarted) < self.low_water:
             self.ask_for_pieces()
         self.pump_all()
         self.send(ipc.Stats(self.wid, self._stats()))
+        if _DEBUG:
+            import sys
+            print(f"w{self.wid} t={now:.2f} slots={len(self.free_slots)} unstarted="
+                  f"{len(self.picker.unstarted)} active={len(self.picker.active)} peers=" + " ".join(
+                      f"[{p.addr[1]} out={p.proto.num_outstanding} d={p.depth} "
+                      f"r={p.rate / 1e6:.0f} ch={int(p.proto.peer_choking)}]" for p in self.peers),
+                  file=sys.stderr, flush=True)
 
     def flush(self) -> None:
+        """fdatasync what was written (natively, after the writes queued before it)."""
+        if self.syncs:
+            return  # one flush at a time; the next one takes everything since
         batch, self.written = self.written, []
         self._last_flush = time.monotonic()
-
-        def done(f: Any) -> None:
-            exc = f.exception()
-            if exc is not None:
-                self.fatal = (exc.__class__.__name__, str(exc))
-                self.send(ipc.Fatal(*self.fatal))
-                self.stop_event.set()
-            else:
-                self.send(ipc.Durable(tuple(batch)))
-
-        self.loop.run_in_executor(self.io, self.storage.sync).add_done_callback(done)
+        fds, pinned = self.storage.pin_dirty()
+        self._sync_seq -= 1
+        self.syncs[self._sync_seq] = (batch, pinned)
+        self.sync_iot.submit_sync(self._sync_seq, fds)
 
     def _stats(self) -> dict[str, Any]:
         s = dict(self.stats)
@@ -491,6 +544,7 @@ class Worker:
 
     async def run(self) -> None:
         self.loop.add_reader(self.conn.fileno(), self.on_control)
+        self.loop.add_reader(self.efd, self.on_io_done)
         if self.cfg.port:
             from .net.peer import PeerConn
 
@@ -517,18 +571,23 @@ class Worker:
             self.server.close()
         for pc in list(self.peers):
             pc.abort("shutting down")
+        # Let queued pieces finish (they are verified data), then flush and report.
+        self.loop.remove_reader(self.efd)
+        self._collect(self.iot.close())
+        self._collect(self.sync_iot.close())
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
             self.verified_batch = []
         if self.written and self.fatal is None:
+            # pieces verified by the last outcomes: flush them synchronously
             batch, self.written = self.written, []
             try:
-                await self.loop.run_in_executor(self.io, self.storage.sync)
+                self.storage.sync()
                 self.send(ipc.Durable(tuple(batch)))
             except FastTorrentError as e:
                 self.send(ipc.Fatal(e.__class__.__name__, str(e)))
         self.send(ipc.Stats(self.wid, self._stats()))
-        self.io.shutdown(wait=True)
+        os.close(self.efd)
         self.storage.close()
         self.free_slots.clear()
         self.picker.active.clear()
@@ -567,6 +626,9 @@ def worker_main(cfg: WorkerConfig, conn: Any) -> None:
     # The coordinator handles SIGINT/SIGTERM and tells us to stop; a Ctrl-C
     # that reaches the whole process group must not kill us mid-write.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import sys as _sys
+    if os.environ.get("FT_SWITCH"):
+        _sys.setswitchinterval(float(os.environ["FT_SWITCH"]))
     try:
         import uvloop
     except ImportError:

@@ -101,6 +101,8 @@ class PeerConn(asyncio.BufferedProtocol):
                 if not self._handshake():
                     return
             self._frames()
+            if not self.closed:
+                self.worker.pump(self)
         except RemoteProtocolError as e:
             self.abort(f"protocol error: {e}", strike=True)
         except LocalProtocolError as e:  # a bug of ours: drop the peer, keep the download
