@@ -45,7 +45,10 @@ class PiecesDone(NamedTuple):
 
 
 class Stop(NamedTuple):
-    """Flush, report final stats and exit."""
+    """Finish queued writes, report final stats and exit; ``flush``: fdatasync first
+    (not needed once the download is complete: the journal is then removed)."""
+
+    flush: bool = True
 
 
 # -- worker -> coordinator ----------------------------------------------------

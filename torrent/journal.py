@@ -108,6 +108,15 @@ class Journal:
         except OSError as e:
             raise os_error(e, "writing the resume journal") from None
 
+    def remove(self) -> None:
+        """The download is complete: the journal (and its folder, if empty) goes."""
+        self.close()
+        try:
+            os.unlink(self.path)
+            os.rmdir(os.path.dirname(self.path))
+        except OSError:
+            pass
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -135,6 +135,7 @@ class Worker:
         self.in_io: dict[int, tuple[PieceDL, list[int]]] = {}  # piece -> (state, pinned spans)
         self.syncs: dict[int, tuple[list[int], list[int]]] = {}  # job -> (pieces, pinned)
         self._sync_seq = 0
+        self.flush_on_stop = True
         self.peers: set[Any] = set()
         self.banned: set[str] = set()
         self.need_pending = False
@@ -191,6 +192,7 @@ class Worker:
                     self._abandon(pd)
             self.broadcast_haves(msg.pieces)
         elif t is ipc.Stop:
+            self.flush_on_stop = msg.flush
             self.stop_event.set()
 
     # -- peers -------------------------------------------------------------------
@@ -259,6 +261,9 @@ class Worker:
                 self.pump(pc)
             elif t is wp.BitfieldReceived:
                 self._availability(ev.bits, 1)
+                if self.avail_dirty:  # tell the coordinator now: it leases by availability
+                    self.avail_dirty = False
+                    self.send(ipc.Availability(bytes(self.avail)))
                 self._interest(pc)
             elif t is wp.RequestsCancelled:
                 for i, b, _ln in ev.requests:
@@ -574,11 +579,14 @@ class Worker:
         # Let queued pieces finish (they are verified data), then flush and report.
         self.loop.remove_reader(self.efd)
         self._collect(self.iot.close())
-        self._collect(self.sync_iot.close())
+        if self.flush_on_stop:
+            self._collect(self.sync_iot.close())
+        # else: a flush still running is left to finish on its own; the
+        # process exits without waiting for it (worker_main: os._exit).
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
             self.verified_batch = []
-        if self.written and self.fatal is None:
+        if self.written and self.fatal is None and self.flush_on_stop:
             # pieces verified by the last outcomes: flush them synchronously
             batch, self.written = self.written, []
             try:
@@ -648,3 +656,6 @@ def worker_main(cfg: WorkerConfig, conn: Any) -> None:
             conn.send(ipc.Fatal(e.__class__.__name__, str(e)))
         except OSError:
             pass
+    # Everything this worker owes the coordinator was sent synchronously; exit
+    # without waiting for a flush thread still inside fdatasync (see shutdown).
+    os._exit(0)
