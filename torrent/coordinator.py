@@ -61,6 +61,8 @@ PEER_MAX_ATTEMPTS = 8
 WORKER_EXIT_TIMEOUT = 15.0
 #: How often the progress display is refreshed.
 PROGRESS_INTERVAL = 0.5
+#: How long the final tracker announces ('completed', 'stopped') may take.
+TRACKER_STOP_TIMEOUT = 6.0
 #: Default maximum number of connected peers (over all workers).
 DEFAULT_MAX_PEERS = 200
 
@@ -194,6 +196,7 @@ class Coordinator:
         self.start_time = time.monotonic()
         self.endgame_dups: dict[int, set[int]] = {}
         self.warnings: list[str] = []
+        self.tracker_runner: Any = None
 
     # -- set-up --------------------------------------------------------------------
     def prepare(self) -> None:
@@ -420,9 +423,8 @@ class Coordinator:
             pass
         if self.done_event is not None and self.done_event.is_set():
             return
-        self.warnings.append(f"worker {h.wid} died (exit code {h.proc.exitcode}); "
-                             "its peers and pieces go to the others")
-        self.log(self.warnings[-1])
+        self.warn(f"worker {h.wid} died (exit code {h.proc.exitcode}); "
+                  "its peers and pieces go to the others")
         for i in range(self.meta.num_pieces):
             if self.state[i] == 1 and self.owner[i] == h.wid:
                 self.state[i] = 0
@@ -529,8 +531,9 @@ class Coordinator:
                 pass
         self.add_peers(self.manual_peers, "manual")
         tracker_task = None
+        tracker_stop = asyncio.Event()
         if self.use_trackers and self.meta.trackers:
-            tracker_task = loop.create_task(self._trackers())
+            tracker_task = loop.create_task(run_trackers(self, tracker_stop))
         last_status = 0.0
         try:
             while not self.done_event.is_set():
@@ -550,9 +553,21 @@ class Coordinator:
                 if self._stalled():
                     break
         finally:
-            if tracker_task is not None:
-                tracker_task.cancel()
             await self.stop_workers()
+            if tracker_task is not None:
+                # 'completed' (if we are) and 'stopped', bounded by the runner's stop timeout
+                if self.tracker_runner is not None and self.verified == n:
+                    runner = self.tracker_runner
+                    runner.completed(final=True)
+                    deadline = time.monotonic() + TRACKER_STOP_TIMEOUT / 2
+                    while runner.trackers.completed_pending and time.monotonic() < deadline \
+                            and not tracker_task.done():
+                        await asyncio.sleep(0.02)
+                tracker_stop.set()
+                try:
+                    await asyncio.wait_for(tracker_task, TRACKER_STOP_TIMEOUT)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)
@@ -567,10 +582,10 @@ class Coordinator:
         self.interrupted = True
         self._finish()
 
-    async def _trackers(self) -> None:
-        from .tracker.client import TrackerRunner  # noqa: F401 - wired in run_trackers
-
-        await run_trackers(self)
+    def warn(self, text: str) -> None:
+        """A problem that does not stop the download (a tracker, a worker)."""
+        self.warnings.append(text)
+        self.log(f"warning: {text}")
 
     async def stop_workers(self) -> None:
         complete = self.verified == self.meta.num_pieces
@@ -630,11 +645,33 @@ class Coordinator:
         )
 
 
-async def run_trackers(coord: Coordinator) -> None:
-    """Announce to the torrent's trackers (BEP 12 tiers) and feed the peers to the coordinator."""
-    from .tracker import client as tc
+async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
+    """Announce to the torrent's trackers (BEP 12 tiers) and feed the peers to the coordinator.
 
-    await tc.run_for_coordinator(coord)
+    Only the torrent's own trackers are used (there is no DHT or PEX), which is
+    what BEP 27 asks of private torrents.  A dead, slow or lying tracker is a
+    warning; the download goes on with the other tiers and the ``--peer`` peers.
+    """
+    from .tracker.client import TrackerRunner, make_announce_fn
+    from .tracker.multitracker import TrackerSet
+
+    try:
+        ts = TrackerSet(coord.meta.trackers)
+    except ValueError as e:
+        coord.warn(f"trackers: {e}")
+        return
+    runner = TrackerRunner(ts, on_warning=coord.warn)
+    coord.tracker_runner = runner
+    m = coord.meta
+
+    def stats() -> tuple[int, int, int]:
+        left = max(0, m.total_size - coord.verified * m.piece_length)
+        done = sum(w.stats.get("bytes", 0) for w in coord.workers)
+        return 0, done, left
+
+    fn = make_announce_fn(info_hash=m.info_hash, peer_id=coord.peer_id, port=coord.port,
+                          stats=stats)
+    await runner.run(fn, lambda peers: coord.add_peers(list(peers), "tracker"), stop)
 
 
 def download(torrent: str, outdir: str, *, workers: int | None = None,

@@ -25,6 +25,7 @@ yet recorded when the process died is found, not downloaded again.
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import zlib
 
@@ -35,6 +36,13 @@ __all__ = ["Journal", "journal_path", "MAGIC"]
 MAGIC = b"FTJ1"
 _HEADER = struct.Struct("<4s20sIQ")
 _RECORD = struct.Struct("<II")
+
+
+def _fault(name: str) -> int | None:
+    """Test-only fault injection: ``FASTTORRENT_FAULT=name:N`` (see tests/test_resume.py)."""
+    spec = os.environ.get("FASTTORRENT_FAULT", "")
+    kind, _, n = spec.partition(":")
+    return int(n) if kind == name and n.isdigit() else None
 
 
 def journal_path(outdir: str, info_hash: bytes) -> str:
@@ -54,6 +62,7 @@ class Journal:
         self.num_pieces = num_pieces
         self.piece_length = piece_length
         self._fd: int | None = None
+        self.count = 0  # records in the journal
 
     def header(self) -> bytes:
         return _HEADER.pack(MAGIC, self.info_hash, self.num_pieces, self.piece_length)
@@ -93,6 +102,7 @@ class Journal:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
+            self.count = len(done or ())
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except OSError as e:
             raise os_error(e, f"writing the resume journal {self.path}") from None
@@ -102,11 +112,20 @@ class Journal:
         if not pieces or self._fd is None:
             return
         rec = b"".join(_RECORD.pack(i, _crc(self.info_hash, i)) for i in pieces)
+        self.count += len(pieces)
+        torn_at = _fault("kill-in-journal")
+        if torn_at is not None and self.count >= torn_at:
+            # die in the middle of a record, as a power cut would
+            os.write(self._fd, rec[: len(rec) - _RECORD.size // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             os.write(self._fd, rec)
             os.fsync(self._fd)
         except OSError as e:
             raise os_error(e, "writing the resume journal") from None
+        kill_at = _fault("kill-after-journal")
+        if kill_at is not None and self.count >= kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def remove(self) -> None:
         """The download is complete: the journal (and its folder, if empty) goes."""

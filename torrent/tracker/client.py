@@ -366,9 +366,9 @@ class TrackerRunner:
         self.stop_timeout = stop_timeout
         self._poke = asyncio.Event()
 
-    def completed(self) -> None:
-        """The download completed: announce ``completed`` soon (once)."""
-        self.trackers.set_completed(self.clock())
+    def completed(self, *, final: bool = False) -> None:
+        """The download completed: announce ``completed`` soon (once); ``final``: now."""
+        self.trackers.set_completed(self.clock(), final=final)
         self._poke.set()
 
     async def _until(self, aw: Awaitable[object], stop_event: asyncio.Event, *, poke: bool) -> bool:

@@ -177,6 +177,11 @@ class TrackerSet:
     # ------------------------------------------------------------ inspection
 
     @property
+    def completed_pending(self) -> bool:
+        """A 'completed' announce is owed and not yet answered."""
+        return self._completed_pending
+
+    @property
     def tiers(self) -> tuple[tuple[str, ...], ...]:
         """The current order: tiers, and trackers within each tier."""
         return tuple(tuple(t.url for t in tier) for tier in self._tiers)
@@ -273,11 +278,14 @@ class TrackerSet:
         t.last_error = str(error)
         return f"tracker {t.url} failed ({error}); next try in {delay:.0f}s"
 
-    def set_completed(self, now: float) -> None:
+    def set_completed(self, now: float, *, final: bool = False) -> None:
         """The download completed: send ``completed`` once, as soon as the
-        last answer's min interval allows."""
+        last answer's min interval allows (``final``: at once, because we are
+        about to leave; 'stopped' follows right after)."""
         self._completed_pending = True
-        if self._last_success_at is not None:
+        if final:
+            self._next_round = now
+        elif self._last_success_at is not None:
             soon = max(now, self._last_success_at + self._min_interval)
             self._next_round = min(self._next_round, soon)
 
