@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""A libtorrent seeder process for the integration tests (loopback only, bounded lifetime).
+
+Adds the torrent over the data in --save-path, lets libtorrent check it (a
+seeder with partial data serves just the pieces it has), writes --ready
+(JSON: pid, port, pieces it has) and serves until --lifetime passes, its
+parent exits, or --stop-file appears.  DHT, LSD, UPnP, NAT-PMP and uTP are
+off; it listens on 127.0.0.1 only.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import libtorrent as lt
+
+
+def settings(port: int, upload_limit: int) -> dict:
+    return {
+        "listen_interfaces": f"127.0.0.1:{port}",
+        "outgoing_interfaces": "127.0.0.1",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "dht_bootstrap_nodes": "",
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "upload_rate_limit": upload_limit,
+        "download_rate_limit": 0,
+        "user_agent": "fasttorrent-test-seed",
+        "alert_mask": lt.alert.category_t.error_notification
+        | lt.alert.category_t.status_notification,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--torrent", required=True)
+    ap.add_argument("--save-path", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--ready", required=True)
+    ap.add_argument("--lifetime", type=float, default=120)
+    ap.add_argument("--upload-limit", type=int, default=0)
+    ap.add_argument("--stop-file")
+    a = ap.parse_args()
+    end = time.monotonic() + a.lifetime
+    parent = os.getppid()
+    ses = lt.session(settings(a.port, a.upload_limit))
+    atp = lt.add_torrent_params()
+    atp.ti = lt.torrent_info(a.torrent)
+    atp.save_path = a.save_path
+    atp.flags &= ~lt.torrent_flags.auto_managed
+    atp.flags &= ~lt.torrent_flags.paused
+    h = ses.add_torrent(atp)
+    ready = False
+    while time.monotonic() < end:
+        if os.getppid() != parent or (a.stop_file and os.path.exists(a.stop_file)):
+            break
+        ses.wait_for_alert(100)
+        ses.pop_alerts()
+        st = h.status()
+        if not ready and st.state not in (lt.torrent_status.checking_files,
+                                          lt.torrent_status.checking_resume_data) \
+                and st.has_metadata and st.state != lt.torrent_status.allocating:
+            if st.state in (lt.torrent_status.seeding, lt.torrent_status.finished,
+                            lt.torrent_status.downloading):
+                pieces = [i for i, v in enumerate(st.pieces) if v]
+                tmp = a.ready + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump({"pid": os.getpid(), "port": a.port, "pieces": pieces}, f)
+                os.replace(tmp, a.ready)
+                ready = True
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
