@@ -235,7 +235,7 @@ def cmd_download(a: argparse.Namespace) -> int:
         res = download(a.torrent, a.output, workers=a.workers, peers=peers, port=a.port,
                        bind=a.bind, max_peers=a.max_peers, stall_timeout=a.stall_timeout,
                        recheck=a.recheck, use_trackers=not a.no_trackers, log=st.log,
-                       status_line=st.line)
+                       status_line=st.line, download_limit=a.download_limit or 0)
     except FastTorrentError as e:
         st.end()
         r = getattr(e, "result", None)
@@ -311,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port_arg, default=0, help="TCP port for incoming peers")
     s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
     s.add_argument("--max-peers", type=_workers_arg, default=200)
+    s.add_argument("--download-limit", type=_size_arg, default=None, metavar="RATE",
+                   help="bytes per second, e.g. 50M (default: unlimited)")
     s.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
                    help="give up after S seconds without data (exit 6)")
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")

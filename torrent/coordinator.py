@@ -161,7 +161,8 @@ class Coordinator:
     def __init__(self, meta: Any, outdir: str, *, workers: int, peers: list[tuple[str, int]],
                  port: int, bind: str, max_peers: int, stall_timeout: float, recheck: bool,
                  use_trackers: bool, arena_bytes: int | None, progress: Callable[[str], None] | None,
-                 status_line: Callable[[str], None] | None, request_timeout: float | None) -> None:
+                 status_line: Callable[[str], None] | None, request_timeout: float | None,
+                 download_limit: int = 0) -> None:
         self.meta = meta
         self.outdir = os.path.abspath(outdir)
         self.nworkers = workers
@@ -176,6 +177,7 @@ class Coordinator:
         self.log = progress or (lambda s: None)
         self.status_line = status_line
         self.request_timeout = request_timeout
+        self.download_limit = download_limit
         n = meta.num_pieces
         self.state = bytearray(n)  # 0 free, 1 leased, 2 verified
         self.owner = [-1] * n
@@ -257,6 +259,8 @@ class Coordinator:
                                slot_size=meta.piece_length, arena_slots=slots * self.nworkers,
                                first_slot=w * slots, nslots=slots, port=self.port,
                                bind=self.bind, peer_id=self.peer_id, done=done_bits,
+                               max_rate=-(-self.download_limit // self.nworkers)
+                               if self.download_limit else 0,
                                **({"request_timeout": self.request_timeout}
                                   if self.request_timeout else {}))
             proc = ctx.Process(target=worker_main, args=(cfg, child), daemon=True,
@@ -680,7 +684,8 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
              recheck: bool = False, use_trackers: bool = True,
              arena_bytes: int | None = None, log: Callable[[str], None] | None = None,
              status_line: Callable[[str], None] | None = None,
-             request_timeout: float | None = None) -> DownloadResult:
+             request_timeout: float | None = None,
+             download_limit: int = 0) -> DownloadResult:
     """Download ``torrent`` into ``outdir`` with one worker process per core.
 
     Args:
@@ -694,6 +699,7 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
         stall_timeout: give up after this many seconds without a verified piece.
         recheck: ignore the resume journal and hash what is on disk.
         use_trackers: announce to the torrent's trackers.
+        download_limit: bytes per second over all workers (0: unlimited).
 
     Returns:
         A :class:`DownloadResult`; ``complete`` is True only when every piece
@@ -710,7 +716,8 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
     coord = Coordinator(meta, outdir, workers=nworkers, peers=list(peers), port=port, bind=bind,
                         max_peers=max_peers, stall_timeout=stall_timeout, recheck=recheck,
                         use_trackers=use_trackers, arena_bytes=arena_bytes, progress=log,
-                        status_line=status_line, request_timeout=request_timeout)
+                        status_line=status_line, request_timeout=request_timeout,
+                        download_limit=download_limit)
     coord.prepare()
     try:
         import uvloop

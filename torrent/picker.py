@@ -32,6 +32,9 @@ __all__ = ["BLOCK_SIZE", "Picker", "PieceDL", "block_count"]
 BLOCK_SIZE = 16384
 
 
+_NO_CANCELS: list = []  # shared, never mutated
+
+
 def block_count(piece_size: int) -> int:
     return -(-piece_size // BLOCK_SIZE)
 
@@ -156,15 +159,19 @@ class Picker:
     # -- outcomes ------------------------------------------------------------
     def block_arrived(self, pd: PieceDL, b: int, peer: Hashable) -> list[tuple[Hashable, int]]:
         """A block was stored.  Returns other peers whose duplicate request to cancel."""
-        cancels: list[tuple[Hashable, int]] = []
         holder = pd.outstanding.pop(b, None)
+        pd.senders[b] = peer
+        pd.received += 1
+        if not pd.dups:  # the common case: no endgame duplicate of this piece
+            if holder is None or holder is peer:
+                return _NO_CANCELS
+            return [(holder, b)]
+        cancels: list[tuple[Hashable, int]] = []
         dup = pd.dups.pop(b, None)
         if holder is not None and holder is not peer:
             cancels.append((holder, b))
         if dup is not None and dup is not peer:
             cancels.append((dup, b))
-        pd.senders[b] = peer
-        pd.received += 1
         return cancels
 
     def block_lost(self, index: int, begin: int, peer: Hashable) -> None:

@@ -72,7 +72,7 @@ class PeerConn(asyncio.BufferedProtocol):
         # transfer accounting (read by the worker's tick)
         self.bytes_in = 0
         self.blocks_in = 0
-        self.last_block_at = time.monotonic()
+        self.last_read_at = time.monotonic()
         self.rate = 0.0
         self._window_bytes = 0
         self.depth = 0  # request pipeline target, set by the worker
@@ -96,6 +96,9 @@ class PeerConn(asyncio.BufferedProtocol):
         self._end += nbytes
         self.bytes_in += nbytes
         self._window_bytes += nbytes
+        limiter = self.worker.limiter
+        if limiter is not None:
+            limiter.consume(nbytes)
         try:
             if not self.active:
                 if not self._handshake():
@@ -162,7 +165,6 @@ class PeerConn(asyncio.BufferedProtocol):
                 index, begin = _HDR.unpack_from(buf, pos + 5)
                 length = n - 9
                 if proto.accept_block(index, begin, length):
-                    self.blocks_in += 1
                     worker.on_block(self, index, begin, buf, pos + 13, length)
             elif n:
                 events = proto.receive_frame(buf[pos + 4], view[pos + 5 : pos + 4 + n])
@@ -172,6 +174,7 @@ class PeerConn(asyncio.BufferedProtocol):
                 proto.receive_frame(-1, b"")  # keep-alive
             pos += 4 + n
         self._start = pos
+        self.last_read_at = time.monotonic()
 
     # -- sending ----------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -179,9 +182,15 @@ class PeerConn(asyncio.BufferedProtocol):
             self.transport.write(data)
 
     def send_requests(self, reqs: list[tuple[int, int, int]], now: float) -> None:
-        proto = self.proto
-        out = [proto.send_request(i, b, ln, now) for i, b, ln in reqs]
-        self.write(b"".join(out))
+        self.write(self.proto.send_requests(reqs, now))
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def abort(self, reason: str, *, strike: bool = False) -> None:
         if self.closed:

@@ -53,6 +53,7 @@ way: a keep-alive may go out early, an idle peer may be dropped late.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import struct
 from enum import IntEnum
 from typing import Final
 
@@ -132,6 +133,9 @@ KEEPALIVE_INTERVAL: Final = 60.0
 IDLE_TIMEOUT: Final = 120.0
 
 Block = tuple[int, int, int]  # (index, begin, length)
+
+# A whole request frame: length 13, id 6 (BEP 3), index, begin, length.
+_REQUEST_FRAME: Final = struct.Struct(">IBIII")
 
 
 class PeerState(IntEnum):
@@ -712,6 +716,36 @@ class PeerProtocol:
         self._cancelled.pop(key, None)
         self._outstanding[key] = (length, now)
         return encode(Request(index, begin, length))
+
+    def send_requests(self, blocks: list[Block], now: float) -> bytes:
+        """Request many blocks at once (the hot path's batch form of :meth:`send_request`).
+
+        The picker only hands out valid, distinct blocks; the checks of
+        :meth:`send_request` that cannot fail for them are skipped, the rest kept.
+
+        Raises:
+            LocalProtocolError: the peer chokes us, a block is already
+                outstanding, or too many would be.
+        """
+        self._check_can_send("request")
+        if self.peer_choking:
+            raise LocalProtocolError("cannot request while the peer chokes us")
+        outstanding = self._outstanding
+        if len(outstanding) + len(blocks) > MAX_OUTSTANDING_REQUESTS:
+            raise LocalProtocolError(
+                f"more than {MAX_OUTSTANDING_REQUESTS} requests outstanding to one peer")
+        cancelled = self._cancelled
+        pack = _REQUEST_FRAME.pack
+        out = []
+        for index, begin, length in blocks:
+            key = (index, begin)
+            if key in outstanding:
+                raise LocalProtocolError(f"block {key} is already requested from this peer")
+            if cancelled:
+                cancelled.pop(key, None)
+            outstanding[key] = (length, now)
+            out.append(pack(13, 6, index, begin, length))
+        return b"".join(out)
 
     def send_cancel(self, index: int, begin: int, length: int) -> bytes:
         """Withdraw a request (endgame); a block that still arrives is ignored."""
