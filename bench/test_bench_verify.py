@@ -69,7 +69,7 @@ def _read_and_hash(p: Payload) -> bytes:
     """The one-process baseline: read chunks from the file, hashlib each piece."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    out = []
+    out: list[bytes] = []
     with open(p.path, "rb", buffering=0) as f:
         while True:
             n = f.readinto(buf)

@@ -466,7 +466,7 @@ def test_parole_ends_when_the_paroled_peer_leaves() -> None:
 
 
 def test_retry_without_parole_is_open_to_anyone() -> None:
-    p, pd, a, b = _failed_piece()
+    p, pd, _, b = _failed_piece()
     p.retry(pd, parole=None)
     assert pick(p, b, 10) == blocks(0, 0, 1, 2, 3)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +17,7 @@ from torrent.errors import DiskFull, InvalidTorrent, StorageError
 from torrent.storage import FileSpan, Layout, Storage, check_free_space, check_output_paths
 
 
-def make_layout(root: Path | str, files: list[tuple[str, int] | tuple[str, int, bool]],
+def make_layout(root: Path | str, files: Sequence[tuple[Any, ...]],
                 piece_length: int = 16) -> Layout:
     """Spans from ``(rel, length[, pad])`` in torrent order, under ``root``."""
     spans = []
@@ -30,7 +32,7 @@ def make_layout(root: Path | str, files: list[tuple[str, int] | tuple[str, int, 
 
 
 # a(10) | empty(0) | pad(6) | b(20): 36 bytes, pieces of 16
-MIXED = [("t/a", 10), ("t/empty", 0), ("t/.pad/6", 6, True), ("t/b", 20)]
+MIXED: list[tuple[Any, ...]] = [("t/a", 10), ("t/empty", 0), ("t/.pad/6", 6, True), ("t/b", 20)]
 
 
 # -- Layout --------------------------------------------------------------------------------
