@@ -11,7 +11,6 @@ test takes seconds; slow seeders are made with libtorrent's upload limit.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -59,10 +58,12 @@ def seeders(tmp_path: Path) -> Iterator[StartSeeders]:
     workdir = tmp_path / "seedwork"
     workdir.mkdir()
 
-    def start(torrent: Path, save_paths: list[Path], upload_limits: list[int] | None = None
-              ) -> list[Seeder]:
-        got = start_seeders(str(torrent), [str(p) for p in save_paths], str(workdir),
-                            upload_limits=upload_limits)
+    def start(
+        torrent: Path, save_paths: list[Path], upload_limits: list[int] | None = None
+    ) -> list[Seeder]:
+        got = start_seeders(
+            str(torrent), [str(p) for p in save_paths], str(workdir), upload_limits=upload_limits
+        )
         started.extend(got)
         return got
 
@@ -71,8 +72,15 @@ def seeders(tmp_path: Path) -> Iterator[StartSeeders]:
         s.stop()
 
 
-def download(torrent: Path, out: Path, peers: list[Seeder] | list[str], *extra: str,
-             workers: int = 2, json_out: bool = True, **kw: Any) -> RunResult:
+def download(
+    torrent: Path,
+    out: Path,
+    peers: list[Seeder] | list[str],
+    *extra: str,
+    workers: int = 2,
+    json_out: bool = True,
+    **kw: Any,
+) -> RunResult:
     args = ["download", str(torrent), "-o", str(out), "--workers", str(workers), "--no-trackers"]
     for p in peers:
         args += ["--peer", p if isinstance(p, str) else p.addr]
@@ -84,21 +92,32 @@ def download(torrent: Path, out: Path, peers: list[Seeder] | list[str], *extra: 
 
 
 def info_files(torrent: Path) -> list[dict[str, Any]]:
-    r = subprocess.run([*CLI, "info", str(torrent), "--json"], capture_output=True, text=True,
-                       timeout=30, check=True)
+    r = subprocess.run(
+        [*CLI, "info", str(torrent), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return json.loads(r.stdout)["files"]  # type: ignore[no-any-return]
 
 
 def assert_downloaded(torrent: Path, src: Path, out: Path) -> None:
     """Every file at the path ``info --json`` lists, bit-exact; no pad file, nothing else."""
-    want = {f["path"]: (src / f["path"]).read_bytes()
-            for f in info_files(torrent) if not f.get("pad")}
+    want = {
+        f["path"]: (src / f["path"]).read_bytes() for f in info_files(torrent) if not f.get("pad")
+    }
     got = tree_bytes(out)
     assert sorted(got) == sorted(want), "files on disk differ from the torrent's file list"
     for path, data in want.items():
         assert got[path] == data, f"{path}: content differs"
-    r = subprocess.run([*CLI, "verify", str(torrent), str(out), "--workers", "1"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*CLI, "verify", str(torrent), str(out), "--workers", "1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -132,8 +151,9 @@ def four_mib(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_single_file_two_seeders(single: tuple[Path, Path], seeders: StartSeeders,
-                                 tmp_path: Path, workers: int) -> None:
+def test_single_file_two_seeders(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path, workers: int
+) -> None:
     torrent, src = single
     peers = seeders(torrent, [src, src])
     out = tmp_path / "out"
@@ -144,13 +164,18 @@ def test_single_file_two_seeders(single: tuple[Path, Path], seeders: StartSeeder
     assert all(p["connected"] for p in j["peers"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "coordinator.lease() starts endgame as soon as no piece is free (a 64-slot worker leases "
-    "every piece at once) and duplicates pieces still unstarted or already verified at the "
-    "other worker (Verified is only sent each 0.25 s tick): one worker fetches everything, "
-    "the other's copies are all duplicates"))
-def test_two_workers_share_the_work(single: tuple[Path, Path], seeders: StartSeeders,
-                                    tmp_path: Path) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "coordinator.lease() starts endgame as soon as no piece is free (a 64-slot worker leases "
+        "every piece at once) and duplicates pieces still unstarted or already verified at the "
+        "other worker (Verified is only sent each 0.25 s tick): one worker fetches everything, "
+        "the other's copies are all duplicates"
+    ),
+)
+def test_two_workers_share_the_work(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
     torrent, src = single
     peers = seeders(torrent, [src, src])
     j = assert_ok(download(torrent, tmp_path / "out", peers, workers=2))
@@ -173,8 +198,9 @@ TREE = {
 
 
 @pytest.mark.parametrize("v1_only", [True, False], ids=["v1", "hybrid"])
-def test_multi_file_libtorrent_torrent(seeders: StartSeeders, tmp_path: Path,
-                                       v1_only: bool) -> None:
+def test_multi_file_libtorrent_torrent(
+    seeders: StartSeeders, tmp_path: Path, v1_only: bool
+) -> None:
     src = tmp_path / "src"
     write_tree(src / "album", TREE, seed=2)
     torrent = lt_create(src, "album", tmp_path / "m.torrent", 32768, v1_only=v1_only)
@@ -193,8 +219,9 @@ def test_multi_file_libtorrent_torrent(seeders: StartSeeders, tmp_path: Path,
 # ----------------------------------------------------------------------------- 3. partial and slow
 
 
-def test_partial_seeders_and_a_slow_one(four_mib: tuple[Path, Path], seeders: StartSeeders,
-                                        tmp_path: Path) -> None:
+def test_partial_seeders_and_a_slow_one(
+    four_mib: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
     torrent, src = four_mib
     n = 65
     first, second = tmp_path / "first_half", tmp_path / "second_half"
@@ -208,9 +235,10 @@ def test_partial_seeders_and_a_slow_one(four_mib: tuple[Path, Path], seeders: St
     assert_downloaded(torrent, src, out)
 
 
-def test_fast_worker_steals_from_slow_one(four_mib: tuple[Path, Path], seeders: StartSeeders,
-                                          tmp_path: Path) -> None:
-    torrent, src = four_mib
+def test_fast_worker_steals_from_slow_one(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
+    torrent, src = single
     # One peer per worker (the coordinator gives each new peer to the worker
     # with the fewest): one worker is fed at 2 MB/s, the other at 100 KB/s.
     # (An unlimited seeder on loopback would finish before the slow one unchokes.)
@@ -219,15 +247,16 @@ def test_fast_worker_steals_from_slow_one(four_mib: tuple[Path, Path], seeders: 
     j = assert_ok(download(torrent, out, [fast, slow]))
     assert_downloaded(torrent, src, out)
     assert sum(w["steals"] for w in j["workers"]) > 0, j["workers"]
-    # 4 MiB at 100 KB/s would take 40 s: the fast worker did most of it
+    # 2 MiB at 100 KB/s would take 20 s: the fast worker did most of it
     assert j["workers"][0]["pieces"] > j["pieces_total"] // 2, j["workers"]
 
 
 # ----------------------------------------------------------------------------- 4. fewer peers
 
 
-def test_fewer_peers_than_workers(single: tuple[Path, Path], seeders: StartSeeders,
-                                  tmp_path: Path) -> None:
+def test_fewer_peers_than_workers(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
     torrent, src = single
     (peer,) = seeders(torrent, [src])
     out = tmp_path / "out"
@@ -247,8 +276,9 @@ def _first_bytes_written(path: Path) -> bool:
         return False
 
 
-def test_worker_killed_mid_download(single: tuple[Path, Path], seeders: StartSeeders,
-                                    tmp_path: Path) -> None:
+def test_worker_killed_mid_download(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
     torrent, src = single
     # 2 MiB at 2 x 300 KB/s: about 3.5 s, time enough to kill a worker mid-way
     peers = seeders(torrent, [src, src], upload_limits=[300_000, 300_000])
@@ -272,14 +302,17 @@ def test_worker_killed_mid_download(single: tuple[Path, Path], seeders: StartSee
     assert j["complete"] is True
     assert_downloaded(torrent, src, out)
     assert j["workers"][1]["alive"] is False
-    assert not psutil.pid_exists(killed["pid"]) or \
-        psutil.Process(killed["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(killed["pid"])
+        or psutil.Process(killed["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
     # the survivor took over the dead worker's peer and pieces
     assert j["workers"][0]["pieces"] > 0
 
 
-def test_worker_killed_is_reported(single: tuple[Path, Path], seeders: StartSeeders,
-                                   tmp_path: Path) -> None:
+def test_worker_killed_is_reported(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
     """Without --json the coordinator warns that the worker died, names it, and goes on."""
     torrent, src = single
     peers = seeders(torrent, [src, src], upload_limits=[300_000, 300_000])
@@ -303,11 +336,16 @@ def test_worker_killed_is_reported(single: tuple[Path, Path], seeders: StartSeed
     assert_downloaded(torrent, src, out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "coordinator.worker_died() sets alive=False when a worker exits after Stop at the normal "
-    "end, so every worker reads alive: false in --json and a dead one cannot be told apart"))
-def test_json_alive_means_did_not_die(single: tuple[Path, Path], seeders: StartSeeders,
-                                      tmp_path: Path) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "coordinator.worker_died() sets alive=False when a worker exits after Stop at the normal "
+        "end, so every worker reads alive: false in --json and a dead one cannot be told apart"
+    ),
+)
+def test_json_alive_means_did_not_die(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
     torrent, src = single
     (peer,) = seeders(torrent, [src])
     j = assert_ok(download(torrent, tmp_path / "out", [peer], workers=1))
@@ -325,17 +363,31 @@ def closed_port() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "coordinator.run() leaves its loop on a stall (line 589, `if self._stalled(): break`) "
-    "without setting done_event, so stop_workers() sees the stopped workers' EOF as deaths "
-    "and worker_died() raises StorageError('every worker process died'): exit 5, not 6"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "coordinator.run() leaves its loop on a stall (line 589, `if self._stalled(): break`) "
+        "without setting done_event, so stop_workers() sees the stopped workers' EOF as deaths "
+        "and worker_died() raises StorageError('every worker process died'): exit 5, not 6"
+    ),
+)
 @pytest.mark.parametrize("json_out", [False, True], ids=["text", "json"])
-def test_stall_exits_6_naming_the_peer(single: tuple[Path, Path], tmp_path: Path,
-                                       closed_port: int, json_out: bool) -> None:
+def test_stall_exits_6_naming_the_peer(
+    single: tuple[Path, Path], tmp_path: Path, closed_port: int, json_out: bool
+) -> None:
     torrent, _src = single
     addr = f"127.0.0.1:{closed_port}"
-    res = download(torrent, tmp_path / "out", [addr], "--stall-timeout", "2", "-q",
-                   workers=1, json_out=json_out, timeout=30)
+    res = download(
+        torrent,
+        tmp_path / "out",
+        [addr],
+        "--stall-timeout",
+        "2",
+        "-q",
+        workers=1,
+        json_out=json_out,
+        timeout=30,
+    )
     assert res.returncode == 6, res.describe()
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.describe()
@@ -344,7 +396,8 @@ def test_stall_exits_6_naming_the_peer(single: tuple[Path, Path], tmp_path: Path
         j = res.json
         assert j["complete"] is False and j["pieces_total"] == 65
         assert [(p["host"], p["port"], p["connected"]) for p in j["peers"]] == [
-            ("127.0.0.1", closed_port, False)]
+            ("127.0.0.1", closed_port, False)
+        ]
     else:
         assert res.stdout == ""
 
@@ -356,8 +409,13 @@ def test_stall_exits_6_naming_the_peer(single: tuple[Path, Path], tmp_path: Path
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, timeout=10)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     if r.returncode != 0:
         if IN_CI:
             pytest.fail(f"cannot mount a tmpfs in CI: {r.stderr}")
@@ -365,14 +423,22 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True, timeout=10)
 
 
-def test_disk_full_exits_4_at_once(four_mib: tuple[Path, Path], small_tmpfs: Path,
-                                   closed_port: int) -> None:
+def test_disk_full_exits_4_at_once(
+    four_mib: tuple[Path, Path], small_tmpfs: Path, closed_port: int
+) -> None:
     torrent, _src = four_mib
-    res = download(torrent, small_tmpfs / "out", [f"127.0.0.1:{closed_port}"], "-q",
-                   workers=1, json_out=False, timeout=30)
+    res = download(
+        torrent,
+        small_tmpfs / "out",
+        [f"127.0.0.1:{closed_port}"],
+        "-q",
+        workers=1,
+        json_out=False,
+        timeout=30,
+    )
     assert res.returncode == 4, res.describe()
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "disk full" in lines[0], res.describe()
@@ -383,15 +449,21 @@ def test_disk_full_exits_4_at_once(four_mib: tuple[Path, Path], small_tmpfs: Pat
 # ----------------------------------------------------------------------------- 8. SIGTERM + resume
 
 
-def test_sigterm_saves_state_and_resume_completes(four_mib: tuple[Path, Path],
-                                                  seeders: StartSeeders,
-                                                  tmp_path: Path) -> None:
+def test_sigterm_saves_state_and_resume_completes(
+    four_mib: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
     torrent, src = four_mib
     (slow,) = seeders(torrent, [src], upload_limits=[250_000])
     out = tmp_path / "out"
-    info_hash = json.loads(subprocess.run([*CLI, "info", str(torrent), "--json"],
-                                          capture_output=True, text=True, timeout=30,
-                                          check=True).stdout)["info_hash"]
+    info_hash = json.loads(
+        subprocess.run(
+            [*CLI, "info", str(torrent), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    )["info_hash"]
     journal = out / ".fasttorrent" / f"{info_hash}.resume"
 
     def term_once_journaled(live: Live) -> None:
@@ -424,20 +496,24 @@ def test_sigterm_saves_state_and_resume_completes(four_mib: tuple[Path, Path],
 
 
 def test_missing_torrent_exits_3(tmp_path: Path) -> None:
-    res = run_cli(["download", str(tmp_path / "nope.torrent"), "-o", str(tmp_path / "out"),
-                   "--no-trackers"], timeout=30)
+    res = run_cli(
+        ["download", str(tmp_path / "nope.torrent"), "-o", str(tmp_path / "out"), "--no-trackers"],
+        timeout=30,
+    )
     assert_clean_after(res)
     assert res.returncode == 3, res.describe()
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("bad", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "host:port",
-                                 ":6881"])
+@pytest.mark.parametrize(
+    "bad", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", "host:port", ":6881"]
+)
 def test_bad_peer_exits_2(single: tuple[Path, Path], tmp_path: Path, bad: str) -> None:
     torrent, _src = single
-    res = run_cli(["download", str(torrent), "-o", str(tmp_path / "out"), "--peer", bad],
-                  timeout=30)
+    res = run_cli(
+        ["download", str(torrent), "-o", str(tmp_path / "out"), "--peer", bad], timeout=30
+    )
     assert_clean_after(res)
     assert res.returncode == 2, res.describe()
     assert "Traceback" not in res.stderr and "--peer" in res.stderr
@@ -450,21 +526,30 @@ def _hand_made(tmp_path: Path, name: bytes, files: list[tuple[list[bytes], int]]
     piece = 16384
     total = sum(n for _, n in files)
     hashes = b"".join(hashlib.sha1(bytes([k])).digest() for k in range(-(-total // piece)))
-    info = {b"name": name, b"piece length": piece, b"pieces": hashes,
-            b"files": [{b"path": p, b"length": n} for p, n in files]}
+    info = {
+        b"name": name,
+        b"piece length": piece,
+        b"pieces": hashes,
+        b"files": [{b"path": p, b"length": n} for p, n in files],
+    }
     t = tmp_path / "hand.torrent"
     t.write_bytes(bencoding.encode({b"info": info}))
     return t
 
 
-@pytest.mark.parametrize("path", [[b"..", b"escape.txt"], [b"a", b"..", b"..", b"x"],
-                                  [b"/etc", b"passwd"]], ids=["dotdot", "deep", "absolute"])
+@pytest.mark.parametrize(
+    "path",
+    [[b"..", b"escape.txt"], [b"a", b"..", b"..", b"x"], [b"/etc", b"passwd"]],
+    ids=["dotdot", "deep", "absolute"],
+)
 def test_path_traversal_torrent_exits_3(tmp_path: Path, path: list[bytes]) -> None:
     torrent = _hand_made(tmp_path, b"top", [([b"ok.bin"], 100), (path, 100)])
     out = tmp_path / "out"
     out.mkdir()
-    res = run_cli(["download", str(torrent), "-o", str(out), "--no-trackers",
-                   "--peer", "127.0.0.1:1"], timeout=30)
+    res = run_cli(
+        ["download", str(torrent), "-o", str(out), "--no-trackers", "--peer", "127.0.0.1:1"],
+        timeout=30,
+    )
     assert_clean_after(res)
     assert res.returncode == 3, res.describe()
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -481,8 +566,10 @@ def test_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (out / "top").symlink_to(elsewhere)
-    res = run_cli(["download", str(torrent), "-o", str(out), "--no-trackers",
-                   "--peer", "127.0.0.1:1"], timeout=30)
+    res = run_cli(
+        ["download", str(torrent), "-o", str(out), "--no-trackers", "--peer", "127.0.0.1:1"],
+        timeout=30,
+    )
     assert_clean_after(res)
     assert res.returncode in (3, 5), res.describe()
     lines = res.stderr.strip().splitlines()

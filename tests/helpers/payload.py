@@ -37,16 +37,16 @@ from torrent import metainfo
 __all__ = [
     "CLI",
     "RunResult",
+    "assert_clean_after",
     "ft_create",
     "lt_create",
     "partial_copy",
     "pieces_of",
     "run_cli",
     "shm_segments",
+    "start_seeders",
     "tree_bytes",
     "write_tree",
-    "assert_clean_after",
-    "start_seeders",
 ]
 
 #: Every fasttorrent run in these tests is bounded by this (seconds): a hung
@@ -124,11 +124,22 @@ def partial_copy(torrent: Path, src_root: Path, dst_root: Path, keep: Iterable[i
                     fh.write(bytes(hi - lo))
 
 
-def ft_create(path: Path, out: Path, piece_length: str = "64K",
-              trackers: Iterable[str] = ()) -> Path:
+def ft_create(
+    path: Path, out: Path, piece_length: str = "64K", trackers: Iterable[str] = ()
+) -> Path:
     """``fasttorrent create PATH -o OUT --piece-length PL [--tracker URL]...``."""
-    cmd = [*CLI, "create", str(path), "-o", str(out), "--piece-length", piece_length, "-q",
-           "--workers", "1"]
+    cmd = [
+        *CLI,
+        "create",
+        str(path),
+        "-o",
+        str(out),
+        "--piece-length",
+        piece_length,
+        "-q",
+        "--workers",
+        "1",
+    ]
     for t in trackers:
         cmd += ["--tracker", t]
     subprocess.run(cmd, check=True, timeout=RUN_TIMEOUT, capture_output=True)
@@ -167,8 +178,9 @@ _LIMITED_SEED = (
 )
 
 
-def start_seeders(torrent: str, save_paths: list[str], workdir: str,
-                  upload_limits: list[int] | None = None) -> list[Any]:
+def start_seeders(
+    torrent: str, save_paths: list[str], workdir: str, upload_limits: list[int] | None = None
+) -> list[Any]:
     """:func:`helpers.swarm.start_seeders`, with the upload limits honoured on loopback."""
     from helpers import swarm
 
@@ -178,11 +190,29 @@ def start_seeders(torrent: str, save_paths: list[str], workdir: str,
         ready = os.path.join(workdir, f"seed{k}-{port}.ready")
         lim = (upload_limits or [0] * len(save_paths))[k]
         p = subprocess.Popen(
-            ["timeout", str(int(swarm.SEED_LIFETIME) + 5), sys.executable, "-c", _LIMITED_SEED,
-             swarm.HERE, "--torrent", torrent, "--save-path", sp, "--port", str(port),
-             "--ready", ready, "--lifetime", str(swarm.SEED_LIFETIME),
-             "--upload-limit", str(lim)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                "timeout",
+                str(int(swarm.SEED_LIFETIME) + 5),
+                sys.executable,
+                "-c",
+                _LIMITED_SEED,
+                swarm.HERE,
+                "--torrent",
+                torrent,
+                "--save-path",
+                sp,
+                "--port",
+                str(port),
+                "--ready",
+                ready,
+                "--lifetime",
+                str(swarm.SEED_LIFETIME),
+                "--upload-limit",
+                str(lim),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         procs.append((p, port, ready))
     seeders = []
     deadline = time.monotonic() + swarm.READY_TIMEOUT
@@ -251,8 +281,10 @@ class RunResult:
         return json.loads(lines[0])  # type: ignore[no-any-return]
 
     def describe(self) -> str:
-        return (f"exit {self.returncode} after {self.seconds:.1f} s\n$ {' '.join(self.args)}\n"
-                f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}")
+        return (
+            f"exit {self.returncode} after {self.seconds:.1f} s\n$ {' '.join(self.args)}\n"
+            f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
+        )
 
 
 class Live:
@@ -280,8 +312,13 @@ class Live:
         return out
 
 
-def run_cli(args: list[str], *, timeout: float = RUN_TIMEOUT, env: dict[str, str] | None = None,
-            during: Callable[[Live], None] | None = None) -> RunResult:
+def run_cli(
+    args: list[str],
+    *,
+    timeout: float = RUN_TIMEOUT,
+    env: dict[str, str] | None = None,
+    during: Callable[[Live], None] | None = None,
+) -> RunResult:
     """Run ``fasttorrent ARGS``, watching its process tree; killed (and failed) at ``timeout``.
 
     ``during(live)`` is called on every poll while the process runs.
@@ -292,8 +329,14 @@ def run_cli(args: list[str], *, timeout: float = RUN_TIMEOUT, env: dict[str, str
     full_env.pop("FASTTORRENT_FAULT", None)
     full_env.update(env or {})
     t0 = time.monotonic()
-    popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=full_env, start_new_session=True)
+    popen = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )
     live = Live(popen, t0)
     desc: dict[int, psutil.Process] = {}
     segs: set[str] = set()
@@ -304,8 +347,10 @@ def run_cli(args: list[str], *, timeout: float = RUN_TIMEOUT, env: dict[str, str
     def pump(name: str, stream: Any) -> None:
         out[name] = stream.read()
 
-    readers = [threading.Thread(target=pump, args=(n, s), daemon=True)
-               for n, s in (("stdout", popen.stdout), ("stderr", popen.stderr))]
+    readers = [
+        threading.Thread(target=pump, args=(n, s), daemon=True)
+        for n, s in (("stdout", popen.stdout), ("stderr", popen.stderr))
+    ]
     for r in readers:
         r.start()
     try:
@@ -328,8 +373,16 @@ def run_cli(args: list[str], *, timeout: float = RUN_TIMEOUT, env: dict[str, str
         for r in readers:
             r.join(10)
     seconds = time.monotonic() - t0
-    return RunResult(argv, popen.returncode, out.get("stdout", ""), out.get("stderr", ""),
-                     seconds, desc, segs, shm_segments() - before)
+    return RunResult(
+        argv,
+        popen.returncode,
+        out.get("stdout", ""),
+        out.get("stderr", ""),
+        seconds,
+        desc,
+        segs,
+        shm_segments() - before,
+    )
 
 
 def _mapped_anywhere() -> set[str]:
