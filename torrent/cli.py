@@ -252,6 +252,29 @@ def cmd_download(a: argparse.Namespace) -> int:
     return 0
 
 
+# -- seed -------------------------------------------------------------------
+def cmd_seed(a: argparse.Namespace) -> int:
+    from .coordinator import seed
+
+    st = _Status(a.quiet)
+
+    def ready(port: int) -> None:
+        # one machine-readable line, so scripts can find a port chosen by us
+        print(f"seeding on port {port}", flush=True)
+
+    try:
+        seed(a.torrent, a.dir, workers=a.workers, peers=_peers_arg(a.peer), port=a.port,
+             bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers, log=st.log,
+             ready=ready)
+    except FastTorrentError as e:
+        st.end()
+        r = getattr(e, "result", None)
+        if a.json and r is not None:
+            print(json.dumps(r.to_json_dict()))
+        raise
+    return 0
+
+
 # -- demo -------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -266,6 +289,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": cmd_verify,
     "demo": cmd_demo,
     "download": cmd_download,
+    "seed": cmd_seed,
 }
 
 
@@ -317,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after S seconds without data (exit 6)")
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
     s.add_argument("--no-trackers", action="store_true", help="use only --peer peers")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
+    s.add_argument("-q", "--quiet", action="store_true")
+
+    s = sub.add_parser("seed", help="serve a torrent's data until stopped (SIGINT/SIGTERM)")
+    s.add_argument("torrent")
+    s.add_argument("dir", help="the directory holding the data (as a download writes it)")
+    s.add_argument("--port", type=_port_arg, default=0, help="TCP port (default: a free one)")
+    s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    s.add_argument("--workers", type=_workers_arg, default=None,
+                   help="worker processes (default: the CPUs this process may use)")
+    s.add_argument("--peer", action="append", default=[], metavar="HOST:PORT[,...]",
+                   help="connect out to this peer (repeatable; comma lists accepted)")
+    s.add_argument("--skip-check", action="store_true",
+                   help="trust the data instead of hashing it first")
+    s.add_argument("--no-trackers", action="store_true", help="do not announce")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     s.add_argument("-q", "--quiet", action="store_true")
 

@@ -110,6 +110,7 @@ class DownloadResult:
     hash_failures: int
     banned_peers: list[str]
     duplicate_pieces: int
+    bytes_uploaded: int = 0
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +122,7 @@ class DownloadResult:
             "pieces_total": self.pieces_total,
             "pieces_resumed": self.pieces_resumed,
             "duplicate_pieces": self.duplicate_pieces,
+            "bytes_uploaded": self.bytes_uploaded,
             "hash_failures": self.hash_failures,
             "banned_peers": self.banned_peers,
             "workers": self.workers,
@@ -162,7 +164,7 @@ class Coordinator:
                  port: int, bind: str, max_peers: int, stall_timeout: float, recheck: bool,
                  use_trackers: bool, arena_bytes: int | None, progress: Callable[[str], None] | None,
                  status_line: Callable[[str], None] | None, request_timeout: float | None,
-                 download_limit: int = 0) -> None:
+                 download_limit: int = 0, seeding: bool = False) -> None:
         self.meta = meta
         self.outdir = os.path.abspath(outdir)
         self.nworkers = workers
@@ -178,6 +180,7 @@ class Coordinator:
         self.status_line = status_line
         self.request_timeout = request_timeout
         self.download_limit = download_limit
+        self.seeding = seeding  # serve only: no journal, never done by itself
         n = meta.num_pieces
         self.state = bytearray(n)  # 0 free, 1 leased, 2 verified
         self.owner = [-1] * n
@@ -199,6 +202,9 @@ class Coordinator:
         self.endgame_dups: dict[int, set[int]] = {}
         self.warnings: list[str] = []
         self.tracker_runner: Any = None
+        self.on_ready: Callable[[int], None] | None = None
+        self.stopping = False
+        self.ready_count = 0
 
     # -- set-up --------------------------------------------------------------------
     def prepare(self) -> None:
@@ -261,6 +267,7 @@ class Coordinator:
                                bind=self.bind, peer_id=self.peer_id, done=done_bits,
                                max_rate=-(-self.download_limit // self.nworkers)
                                if self.download_limit else 0,
+                               writable=not self.seeding,
                                **({"request_timeout": self.request_timeout}
                                   if self.request_timeout else {}))
             proc = ctx.Process(target=worker_main, args=(cfg, child), daemon=True,
@@ -343,7 +350,9 @@ class Coordinator:
                 self.last_progress = time.monotonic()  # bytes are flowing
             h.stats = msg.stats
         elif t is ipc.Ready:
-            pass
+            self.ready_count += 1
+            if self.ready_count == self.nworkers and self.on_ready is not None:
+                self.on_ready(self.port)
         elif t is ipc.Fatal:
             cls = getattr(errors, msg.kind, StorageError)
             if not (isinstance(cls, type) and issubclass(cls, FastTorrentError)):
@@ -425,8 +434,8 @@ class Coordinator:
             asyncio.get_running_loop().remove_reader(h.conn.fileno())
         except (OSError, ValueError, RuntimeError):
             pass
-        if self.done_event is not None and self.done_event.is_set():
-            return
+        if self.stopping or (self.done_event is not None and self.done_event.is_set()):
+            return  # it exited because we told it to
         self.warn(f"worker {h.wid} died (exit code {h.proc.exitcode}); "
                   "its peers and pieces go to the others")
         for i in range(self.meta.num_pieces):
@@ -457,7 +466,7 @@ class Coordinator:
     def assign_peers(self) -> None:
         now = time.monotonic()
         alive = [w for w in self.workers if w.alive]
-        if not alive or self.verified == self.meta.num_pieces:
+        if not alive or (self.verified == self.meta.num_pieces and not self.seeding):
             return
         active = sum(1 for r in self.peers.values() if r.worker is not None)
         for rec in self.peers.values():
@@ -495,8 +504,29 @@ class Coordinator:
         # Complete once every piece is verified and written: the journal exists
         # for crash recovery and is removed at the end, so the last flush need
         # not be waited for (no client fsyncs a finished download).
-        if self.verified == self.meta.num_pieces:
+        if self.verified == self.meta.num_pieces and not self.seeding:
             self._finish()
+
+    def prepare_seed(self, check: bool) -> None:
+        """Seeding: hash the data (all cores) unless told not to; serve the good pieces."""
+        meta = self.meta
+        layout = layout_for(meta, self.outdir)
+        check_output_paths(layout, self.outdir)
+        if check:
+            self.log(f"checking {meta.total_size / 2**20:.0f} MiB of data")
+            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers)
+            good = [i for i, st in enumerate(res.status) if st == PIECE_GOOD]
+        else:
+            good = list(range(meta.num_pieces))
+        for i in good:
+            self.state[i] = 2
+        self.verified = self.resumed = len(good)
+        if not good:
+            raise Incomplete(f"nothing to seed: none of the {meta.num_pieces} pieces is in "
+                             f"{self.outdir}")
+        if len(good) < meta.num_pieces:
+            self.warn(f"seeding {len(good)} of {meta.num_pieces} pieces: the rest are "
+                      "missing or bad")
 
     def _finish(self) -> None:
         if self.done_event is not None:
@@ -523,9 +553,12 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self.done_event = asyncio.Event()
         n = self.meta.num_pieces
-        if self.verified == n:
+        if self.verified == n and not self.seeding:
             return self.result(True)
         self.start_workers()
+        if self.seeding:
+            self.log(f"seeding {self.meta.name} ({self.meta.info_hash_hex}) on "
+                     f"{self.bind}:{self.port} with {self.nworkers} worker(s)")
         for h in self.workers:
             loop.add_reader(h.conn.fileno(), self.on_worker_message, h)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -560,7 +593,7 @@ class Coordinator:
             await self.stop_workers()
             if tracker_task is not None:
                 # 'completed' (if we are) and 'stopped', bounded by the runner's stop timeout
-                if self.tracker_runner is not None and self.verified == n:
+                if self.tracker_runner is not None and self.verified == n and not self.seeding:
                     runner = self.tracker_runner
                     runner.completed(final=True)
                     deadline = time.monotonic() + TRACKER_STOP_TIMEOUT / 2
@@ -578,7 +611,7 @@ class Coordinator:
                 except (NotImplementedError, RuntimeError):
                     pass
         complete = self.verified == n
-        if complete and self.journal is not None:
+        if complete and self.journal is not None and not self.seeding:
             self.journal.remove()
         return self.result(complete)
 
@@ -592,6 +625,7 @@ class Coordinator:
         self.log(f"warning: {text}")
 
     async def stop_workers(self) -> None:
+        self.stopping = True
         complete = self.verified == self.meta.num_pieces
         for h in self.workers:
             self.send(h, ipc.Stop(flush=not complete))
@@ -630,6 +664,7 @@ class Coordinator:
                        "bytes": s.get("bytes", 0), "steals": h.steals,
                        "released": s.get("released", 0),
                        "hash_failures": s.get("hash_failures", 0),
+                       "uploaded": s.get("uploaded", 0),
                        "endgame": s.get("endgame", False)})
         banned = sorted({b for h in self.workers for b in h.stats.get("banned", [])})
         peers = [{"host": r.host, "port": r.port, "source": r.source, "connected": r.connected,
@@ -646,6 +681,7 @@ class Coordinator:
             hash_failures=sum(w["hash_failures"] for w in ws),
             banned_peers=banned,
             duplicate_pieces=self.duplicates,
+            bytes_uploaded=sum(w["uploaded"] for w in ws),
         )
 
 
@@ -744,3 +780,47 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
         e2.result = res  # type: ignore[attr-defined]
         raise e2
     return res
+
+
+def seed(torrent: str, directory: str, *, workers: int | None = None,
+         peers: Sequence[tuple[str, int]] = (), port: int = 0, bind: str = "0.0.0.0",
+         max_peers: int = DEFAULT_MAX_PEERS, check: bool = True, use_trackers: bool = True,
+         log: Callable[[str], None] | None = None,
+         status_line: Callable[[str], None] | None = None,
+         ready: Callable[[int], None] | None = None) -> DownloadResult:
+    """Serve the data in ``directory`` until SIGINT/SIGTERM (then :class:`Interrupted`).
+
+    Args:
+        torrent: path of the .torrent.
+        directory: holds the files at the paths ``fasttorrent info`` lists.
+        workers: worker processes (default: the CPUs this process may use).
+        peers: peers to connect out to (some clients ignore loopback peers from
+            a tracker and must be dialled).
+        port: TCP port to accept peers on (0: a free one, reported to ``ready``).
+        check: hash the data first (all cores) and serve only good pieces.
+        ready: called with the listening port once the workers serve.
+
+    Raises:
+        Interrupted: stopped by a signal (the normal end of seeding).
+        InvalidTorrent, StorageError, Incomplete (no good piece at all), ...
+    """
+    meta = metainfo.load(torrent)
+    nworkers = workers or available_cpus()
+    coord = Coordinator(meta, directory, workers=nworkers, peers=list(peers), port=port,
+                        bind=bind, max_peers=max_peers, stall_timeout=0, recheck=False,
+                        use_trackers=use_trackers, arena_bytes=None, progress=log,
+                        status_line=status_line, request_timeout=None, seeding=True)
+    coord.prepare_seed(check)
+    coord.on_ready = ready
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    res = runner(coord.run())
+    if coord.fatal is not None:
+        raise coord.fatal
+    e = Interrupted(f"stopped: uploaded {res.bytes_uploaded} bytes")
+    e.result = res  # type: ignore[attr-defined]
+    raise e

@@ -68,6 +68,17 @@ INITIAL_DEPTH = 64
 #: asked for when fewer than `slots` are left, so a peer never waits on the
 #: coordinator round trip.
 LOW_WATER = 4
+#: Peers we upload to at once (BEP 3 choking: the best by rate, plus one
+#: optimistic unchoke).  A server has bandwidth to spare; 8 keeps each
+#: unchoked peer's share large enough to be worth its while.
+UPLOAD_SLOTS = 8
+#: Seconds between choking rounds (BEP 3 / libtorrent: 10 s, so rates settle).
+CHOKE_INTERVAL = 10.0
+#: Every this many rounds the optimistic unchoke moves to another peer (30 s).
+OPTIMISTIC_ROUNDS = 3
+#: Bytes queued in a connection's transport before we stop reading blocks from
+#: disk for it; resume_writing() resumes.  1 MiB is ~64 blocks in flight.
+SEND_HIGH_WATER = 1 << 20
 #: Refill a peer's request pipeline only when at least this many requests fit:
 #: fewer, larger writes (a request is 17 bytes; a write is a syscall).
 REFILL_BATCH = 16
@@ -82,7 +93,7 @@ class WorkerConfig:
     def __init__(self, *, wid: int, meta: Any, outdir: str, arena_name: str, slot_size: int,
                  arena_slots: int, first_slot: int, nslots: int, port: int, bind: str,
                  peer_id: bytes, done: bytes, max_rate: int = 0,
-                 request_timeout: float = REQUEST_TIMEOUT) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, writable: bool = True) -> None:
         self.wid = wid
         self.meta = meta
         self.outdir = outdir
@@ -97,6 +108,7 @@ class WorkerConfig:
         self.done = done  # bitfield of pieces already verified (resume)
         self.max_rate = max_rate
         self.request_timeout = request_timeout
+        self.writable = writable  # False when only seeding: never create or change files
 
 
 class RateLimiter:
@@ -164,7 +176,7 @@ class Worker:
         nb = -(-m.piece_length // BLOCK_SIZE)
         self.free_slots = [Slot(cfg.first_slot + k, self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
-        self.storage = Storage(layout_for(m, cfg.outdir), writable=True)
+        self.storage = Storage(layout_for(m, cfg.outdir), writable=cfg.writable)
         # The native I/O thread (see torrent/_fast.pyx): verifies and writes
         # full slots and flushes files without the GIL, waking us via an eventfd.
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -179,6 +191,11 @@ class Worker:
         self.flush_on_stop = True
         self.blocks = 0  # blocks stored (a plain attribute: counted per block)
         self.limiter = RateLimiter(self, cfg.max_rate) if cfg.max_rate > 0 else None
+        self.unchoked: set[Any] = set()
+        self.optimistic: Any = None
+        self.choke_rounds = 0
+        self.next_choke = time.monotonic() + CHOKE_INTERVAL
+        self.uploaded = 0
         self.peers: set[Any] = set()
         self.banned: set[str] = set()
         self.need_pending = False
@@ -269,6 +286,9 @@ class Worker:
         if pc not in self.peers:
             return
         self.peers.discard(pc)
+        self.unchoked.discard(pc)
+        if self.optimistic is pc:
+            self.optimistic = None
         self.picker.peer_gone(pc)
         if pc.active:
             self._availability(pc.proto.peer_bitfield, -1)
@@ -314,8 +334,80 @@ class Worker:
                 for i, b, _ln in ev.requests:
                     self.picker.block_lost(i, b, pc)
                 self.pump_all()
-            elif t is wp.Choked:
-                pass
+            elif t is wp.RequestReceived:
+                self.serve(pc)
+            elif t is wp.PeerInterested:
+                if pc not in self.unchoked and len(self.unchoked) < UPLOAD_SLOTS:
+                    self._unchoke(pc)
+            elif t is wp.PeerNotInterested:
+                if pc in self.unchoked:
+                    self._choke(pc)
+
+    # -- uploading -------------------------------------------------------------------
+    def _unchoke(self, pc: Any) -> None:
+        self.unchoked.add(pc)
+        pc.write(pc.proto.send_unchoke())
+
+    def _choke(self, pc: Any) -> None:
+        self.unchoked.discard(pc)
+        if not pc.closed and pc.active:
+            pc.write(pc.proto.send_choke())
+
+    def serve(self, pc: Any) -> None:
+        """Send queued blocks the peer asked for, as long as its transport has room.
+
+        Each block is read with one pread straight into the frame that is
+        written (header + data in one buffer): one copy from the page cache,
+        one into the socket.
+        """
+        proto = pc.proto
+        tr = pc.transport
+        if tr is None or pc.closed:
+            return
+        pl = self.meta.piece_length
+        while tr.get_write_buffer_size() < SEND_HIGH_WATER:
+            blk = proto.next_request()
+            if blk is None:
+                return
+            index, begin, length = blk
+            if not self._has(index):
+                continue  # never announced: an honest peer does not ask; drop it
+            frame = bytearray(13 + length)
+            wp.pack_piece_header(frame, index, begin, length)
+            try:
+                self.storage.read_into(index * pl + begin, memoryview(frame)[13:])
+            except FastTorrentError as e:
+                self._fatal(e.__class__.__name__, str(e))
+                return
+            tr.write(frame)
+            pc.uploaded += length
+            pc._up_window += length
+            self.uploaded += length
+
+    def choke_round(self, now: float) -> None:
+        """BEP 3 choking: unchoke the best peers by rate, plus one optimistic unchoke.
+
+        While downloading, "best" is the rate they send to us (tit-for-tat);
+        once complete, the rate we upload to them, which rotates the slots
+        between the fastest takers.
+        """
+        self.next_choke = now + CHOKE_INTERVAL
+        self.choke_rounds += 1
+        cands = [p for p in self.peers if p.active and not p.closed and p.proto.peer_interested]
+        seeding = self.complete
+        cands.sort(key=lambda p: p.up_rate if seeding else p.rate, reverse=True)
+        keep = set(cands[: UPLOAD_SLOTS - 1])
+        rest = [p for p in cands if p not in keep]
+        if self.choke_rounds % OPTIMISTIC_ROUNDS == 0 or self.optimistic not in rest:
+            self.optimistic = rest[self.choke_rounds % len(rest)] if rest else None
+        if self.optimistic is not None:
+            keep.add(self.optimistic)
+        for p in list(self.unchoked):
+            if p not in keep:
+                self._choke(p)
+        for p in keep:
+            if p not in self.unchoked:
+                self._unchoke(p)
 
     def _interest(self, pc: Any) -> None:
         if pc.proto.am_interested or self.complete:
@@ -371,7 +463,7 @@ class Worker:
             self.pump(pc)
 
     def ask_for_pieces(self) -> None:
-        if self.need_pending or not self.peers:
+        if self.need_pending or not self.peers or self.complete:
             return
         now = time.monotonic()
         if self.picker.endgame and now - self.last_need < 1.0:
@@ -550,6 +642,8 @@ class Worker:
             # pipeline depth from the measured rate (bytes per second over the tick)
             rate = pc._window_bytes / TICK
             pc._window_bytes = 0
+            pc.up_rate = 0.7 * pc.up_rate + 0.3 * (pc._up_window / TICK)
+            pc._up_window = 0
             pc.rate = 0.7 * pc.rate + 0.3 * rate
             target = int(pc.rate * PIPELINE_SECONDS / BLOCK_SIZE)
             pc.depth = max(MIN_DEPTH, min(MAX_DEPTH, max(pc.depth, target)
@@ -560,6 +654,8 @@ class Worker:
                 pc.write(pc.proto.send_keepalive())
             if pc.proto.is_idle(now, wp.IDLE_TIMEOUT):
                 pc.abort("idle for two minutes")
+        if now >= self.next_choke:
+            self.choke_round(now)
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
             self.verified_batch = []
@@ -594,6 +690,7 @@ class Worker:
     def _stats(self) -> dict[str, Any]:
         s = dict(self.stats)
         s["blocks"] = self.blocks
+        s["uploaded"] = self.uploaded
         s["connected"] = sum(1 for p in self.peers if p.active)
         s["rate"] = sum(p.rate for p in self.peers)
         s["slots_free"] = len(self.free_slots)

@@ -39,6 +39,8 @@ __all__ = ["PeerConn", "RECV_BUFFER"]
 #: blocks, so the per-read Python work is spread thin; it must also hold the
 #: largest message we accept (a bitfield of 200,000 pieces is 25 KB).
 RECV_BUFFER = 1 << 20
+#: Transport write buffer high-water mark (uploading: see Worker.serve).
+SEND_BUFFER_HIGH = 1 << 20
 #: Free tail below which the buffer is compacted before the next read.
 _MIN_TAIL = 64 << 10
 
@@ -76,14 +78,26 @@ class PeerConn(asyncio.BufferedProtocol):
         self.rate = 0.0
         self._window_bytes = 0
         self.depth = 0  # request pipeline target, set by the worker
+        self.uploaded = 0
+        self.up_rate = 0.0
+        self._up_window = 0
         self.strikes = 0
 
     # -- asyncio callbacks --------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        # resume_writing() fires when the queued upload drains below the low mark
+        transport.set_write_buffer_limits(high=SEND_BUFFER_HIGH, low=SEND_BUFFER_HIGH // 2)
         if self.outgoing:
             transport.write(self.proto.handshake())
         self.worker.peer_connected(self)
+
+    def pause_writing(self) -> None:
+        pass  # serve() checks the transport's buffer size itself
+
+    def resume_writing(self) -> None:
+        if not self.closed and self.active:
+            self.worker.serve(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if len(self._buf) - self._end < _MIN_TAIL:

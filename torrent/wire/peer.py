@@ -134,6 +134,20 @@ IDLE_TIMEOUT: Final = 120.0
 
 Block = tuple[int, int, int]  # (index, begin, length)
 
+# The first 13 bytes of a piece frame: length, id 7 (BEP 3), index, begin.
+_PIECE_HEADER: Final = struct.Struct(">IBII")
+
+
+def piece_header(index: int, begin: int, length: int) -> bytes:
+    """The 13 bytes that precede ``length`` bytes of block data in a ``piece`` frame."""
+    return _PIECE_HEADER.pack(9 + length, 7, index, begin)
+
+
+def pack_piece_header(buf: bytearray, index: int, begin: int, length: int) -> None:
+    """Write :func:`piece_header` into the first 13 bytes of ``buf``."""
+    _PIECE_HEADER.pack_into(buf, 0, 9 + length, 7, index, begin)
+
+
 # A whole request frame: length 13, id 6 (BEP 3), index, begin, length.
 _REQUEST_FRAME: Final = struct.Struct(">IBIII")
 
@@ -768,6 +782,21 @@ class PeerProtocol:
             raise LocalProtocolError(f"block {block} is not a pending request of the peer")
         del self._peer_requests[block]
         return encode(Piece(index, begin, data))
+
+    def next_request(self) -> Block | None:
+        """Take the peer's oldest queued request to serve it (the hot path of uploading).
+
+        The caller sends the block with :func:`piece_header` + the data. None
+        when nothing is queued (or we choke the peer: its requests were dropped).
+        """
+        reqs = self._peer_requests
+        if not reqs or self.am_choking:
+            return None
+        block = next(iter(reqs))
+        del reqs[block]
+        self._we_sent_message = True
+        self._sent_mark = True
+        return block
 
     def send_keepalive(self) -> bytes:
         """A keep-alive frame."""
