@@ -279,7 +279,7 @@ def cmd_seed(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(size=a.size, workers=a.workers, keep=a.keep)
+    return run_demo(size=a.size, workers=a.workers, seeders=a.seeders, keep=a.keep)
 
 
 # -- parser -----------------------------------------------------------------
@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the main job on a generated payload, nothing to set up")
     s.add_argument("--size", type=_size_arg, default=256 << 20, help="payload size (default 256M)")
     s.add_argument("--workers", type=_workers_arg, default=None)
+    s.add_argument("--seeders", type=_workers_arg, default=2, help="local seeders (default 2)")
     s.add_argument("--keep", action="store_true", help="keep the temporary directory")
     return p
 

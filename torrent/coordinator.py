@@ -61,6 +61,8 @@ PEER_MAX_ATTEMPTS = 8
 WORKER_EXIT_TIMEOUT = 15.0
 #: How often the progress display is refreshed.
 PROGRESS_INTERVAL = 0.5
+#: Pieces per endgame lease: the tail is short, and each one may be fetched twice.
+ENDGAME_BATCH = 2
 #: How long the final tracker announces ('completed', 'stopped') may take.
 TRACKER_STOP_TIMEOUT = 6.0
 #: Default maximum number of connected peers (over all workers).
@@ -413,7 +415,9 @@ class Coordinator:
                 h.waiting_need = count
                 self.send(v, ipc.Steal(max(1, len(v.leased) // 2)))
                 return 0
-        # Endgame: pieces in flight at other workers that this one's peers have.
+        # Endgame: pieces in flight at other workers that this one's peers have,
+        # a few at a time (each is a whole piece fetched twice), each at most once more.
+        count = min(count, ENDGAME_BATCH)
         dups = []
         for p in range(n):
             if state[p] == 1 and self.owner[p] != h.wid and self._gettable(h, p):

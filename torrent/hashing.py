@@ -22,6 +22,7 @@ import os
 import queue
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 from . import _fast
@@ -104,12 +105,18 @@ class _Hasher:
 
 
 def _worker_main(wid: int, layout: Layout, digests: bytes | None,
-                 tasks: mp.Queue, results: mp.Queue, parent: int) -> None:
+                 tasks: mp.Queue, results: mp.Queue, parent: int, start: Any) -> None:
     try:
         h = _Hasher(layout, digests)
     except FastTorrentError as e:
         results.put(("error", wid, e.__class__.__name__, str(e)))
         return
+    # Start pulling only when every worker is up: a worker that finished
+    # starting first would otherwise drain a small queue on its own.
+    results.put(("ready", wid))
+    while not start.wait(_PARENT_POLL_S):
+        if os.getppid() != parent:
+            return
     t_busy = 0.0
     try:
         while True:
@@ -212,14 +219,15 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
             tasks.put(c)
         for _ in range(workers):
             tasks.put(None)
+        start = ctx.Event()
         procs = [ctx.Process(target=_worker_main,
-                             args=(w, layout, digests, tasks, results, os.getpid()),
+                             args=(w, layout, digests, tasks, results, os.getpid(), start),
                              daemon=True, name=f"fasttorrent-hash-{w}")
                  for w in range(workers)]
         for p in procs:
             p.start()
         try:
-            finished = 0
+            finished = ready = 0
             while finished < workers:
                 try:
                     msg = results.get(timeout=_PARENT_POLL_S)
@@ -230,7 +238,11 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
                             f"hash worker {dead[0].name} died (exit code {dead[0].exitcode})")
                     continue
                 kind = msg[0]
-                if kind == "ok":
+                if kind == "ready":
+                    ready += 1
+                    if ready == workers:
+                        start.set()
+                elif kind == "ok":
                     record(msg[1], msg[2], msg[3], msg[4], msg[5])
                 elif kind == "done":
                     finished += 1

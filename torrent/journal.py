@@ -89,12 +89,12 @@ class Journal:
 
     def open(self, done: set[int] | None) -> None:
         """Start a fresh journal holding ``done`` (rewritten compactly, atomically)."""
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
         body = bytearray(self.header())
         for i in sorted(done or ()):
             body += _RECORD.pack(i, _crc(self.info_hash, i))
         try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 os.write(fd, body)

@@ -160,6 +160,8 @@ class Picker:
     def block_arrived(self, pd: PieceDL, b: int, peer: Hashable) -> list[tuple[Hashable, int]]:
         """A block was stored.  Returns other peers whose duplicate request to cancel."""
         holder = pd.outstanding.pop(b, None)
+        if holder is None and b in pd.pending:
+            pd.pending.remove(b)  # it timed out and was queued again, then arrived after all
         pd.senders[b] = peer
         pd.received += 1
         if not pd.dups:  # the common case: no endgame duplicate of this piece

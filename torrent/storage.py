@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import errno
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -225,6 +226,9 @@ class Storage:
                 if e.errno in (errno.ENOTDIR, errno.EISDIR):
                     return None
                 raise os_error(e, f"opening {span.rel}") from None
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.close(fd)  # a directory where the file should be: missing data
+                return None
         self._fds[i] = fd
         if len(self._fds) > MAX_OPEN_FILES:
             for old in list(self._fds):

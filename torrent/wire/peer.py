@@ -114,14 +114,15 @@ MAX_OUTSTANDING_REQUESTS: Final = 500
 # abandoned requests; the oldest are forgotten first.
 MAX_RECENTLY_CANCELLED: Final = MAX_OUTSTANDING_REQUESTS
 
-# Requests a peer may have queued with us. 250 x 16 KiB = 4 MiB queued per peer,
-# enough to keep ~1.3 MiB/s flowing to it over a 3 s round of disk reads; uTorrent
-# advertises reqq=255 (BEP 10) and clients keep their queues at or under the
-# advertised depth. Beyond it we *drop* the request silently instead of
-# disconnecting: we advertise no reqq (no BEP 10 yet), so an honest peer can
-# overshoot, and a dropped request costs it only a timeout and re-request
-# (libtorrent does the same beyond max_allowed_in_request_queue).
-MAX_PEER_REQUESTS: Final = 250
+# Requests a peer may have queued with us: 2000, as libtorrent's
+# high_performance_seed() allows (max_allowed_in_request_queue).  A fast
+# downloader keeps up to 500 requests outstanding per peer (libtorrent's
+# max_out_request_queue, and ours), and a queue shorter than its pipeline
+# silently drops the excess, which it only notices after a request timeout.
+# Only (index, begin, length) tuples are queued, never data: 2000 are ~200 KB.
+# Beyond the bound a request is dropped silently, as libtorrent does: we
+# advertise no limit (no BEP 10 yet), so an honest peer may overshoot.
+MAX_PEER_REQUESTS: Final = 2000
 
 # BEP 3: "Keepalives are generally sent once every two minutes"; peers drop a
 # connection silent for two minutes (libtorrent's peer_timeout is 120 s). We send
