@@ -278,9 +278,6 @@ def test_verify_two_workers_share_the_work(big: tuple[Path, Path]) -> None:
     assert all(w["bytes"] == w["pieces"] * MiB for w in d["workers"])
 
 
-@pytest.mark.xfail(strict=False, reason="hashing bug (timing-dependent, ~25-40% of runs here): "
-                   "chunks are queued before the spawned workers are up, and the first worker "
-                   "to finish importing drains the queue; the other hashes nothing")
 def test_verify_two_workers_both_hash(big: tuple[Path, Path]) -> None:
     t, data = big
     r = run("verify", str(t), str(data), "--json", "--workers", "2", cwd=data)

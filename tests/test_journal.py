@@ -217,8 +217,6 @@ def test_open_failure_is_a_storage_error(tmp_path: Path) -> None:
         j.open({1})
 
 
-@pytest.mark.xfail(strict=True, reason="journal bug: Journal.open() calls os.makedirs outside its "
-                   "try block, so an untranslated OSError escapes (exit 1, 'internal error')")
 def test_journal_folder_blocked_by_a_file_is_a_storage_error(tmp_path: Path) -> None:
     (tmp_path / ".fasttorrent").write_bytes(b"not a folder")
     with pytest.raises(StorageError, match="resume journal"):

@@ -566,8 +566,6 @@ def test_every_block_is_pending_outstanding_or_received(bits: list[str], avail: 
         assert len(p.active) <= slots
 
 
-@pytest.mark.xfail(strict=True, reason="picker bug: block_arrived() leaves a block re-queued by "
-                   "block_lost() in pd.pending, so a late block is requested a second time")
 def test_a_late_block_after_a_timeout_is_not_requested_again() -> None:
     """A request times out (block_lost), then the block arrives anyway: it is stored, so
     nobody should be asked for it again."""

@@ -121,9 +121,6 @@ def test_read_only_storage_creates_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="storage bug: Storage._fd treats EISDIR from os.open as "
-                   "missing, but on Linux O_RDONLY opens a directory fine and preadv then fails "
-                   "with EISDIR -> StorageError (verify exits 5 instead of 6)")
 def test_a_directory_where_a_file_should_be_reads_as_missing(tmp_path: Path) -> None:
     lay = make_layout(tmp_path, [("a", 8)])
     (tmp_path / "a").mkdir()

@@ -61,6 +61,11 @@ PEER_MAX_ATTEMPTS = 8
 WORKER_EXIT_TIMEOUT = 15.0
 #: How often the progress display is refreshed.
 PROGRESS_INTERVAL = 0.5
+#: Start-up affinity: a worker leases outside its region before every worker
+#: has reported its peers' pieces only after this long.
+LEASE_GRACE = 1.0
+#: A piece leased to another worker this long ago may be duplicated in endgame.
+ENDGAME_MIN_AGE = 2.0
 #: Pieces per endgame lease: the tail is short, and each one may be fetched twice.
 ENDGAME_BATCH = 2
 #: How long the final tracker announces ('completed', 'stopped') may take.
@@ -88,6 +93,7 @@ class WorkerHandle:
     proc: Any
     conn: Any
     alive: bool = True
+    died: bool = False  # exited without being told to
     avail: bytearray = field(default_factory=bytearray)
     leased: set[int] = field(default_factory=set)
     peers: int = 0
@@ -97,6 +103,8 @@ class WorkerHandle:
     cursor: int = 0
     waiting_steal: bool = False
     waiting_need: int = 0  # pieces asked for that could not be served yet
+    avail_seen: bool = False  # has reported its peers' pieces at least once
+    asked: bool = False  # has asked for pieces at least once (a peer unchoked it)
 
 
 @dataclass(slots=True)
@@ -186,6 +194,7 @@ class Coordinator:
         n = meta.num_pieces
         self.state = bytearray(n)  # 0 free, 1 leased, 2 verified
         self.owner = [-1] * n
+        self.leased_at = [0.0] * n  # when each piece was last leased (endgame age)
         self.durable = bytearray(n)
         self.verified = 0
         self.durable_count = 0
@@ -327,6 +336,7 @@ class Coordinator:
                 self.journal.append(fresh)
             self._check_done()
         elif t is ipc.NeedPieces:
+            h.asked = True
             self.lease(h, msg.count)
         elif t is ipc.Released:
             for i in msg.pieces:
@@ -343,8 +353,8 @@ class Coordinator:
             self.serve_waiting()
         elif t is ipc.Availability:
             h.avail = bytearray(msg.bits)
-            if h.waiting_need:
-                self.lease(h, h.waiting_need)
+            h.avail_seen = True
+            self.serve_waiting()
         elif t is ipc.PeerClosed:
             self.peer_closed(h, msg)
         elif t is ipc.Stats:
@@ -380,6 +390,7 @@ class Coordinator:
         until its availability or the free set changes.
         """
         n = self.meta.num_pieces
+        now = time.monotonic()
         h.waiting_need = 0
         state = self.state
         out: list[int] = []
@@ -387,23 +398,37 @@ class Coordinator:
         free_total = state.count(0)
         alive = sum(1 for w in self.workers if w.alive) or 1
         count = max(1, min(count, -(-free_total // alive))) if free_total else count
-        i = h.cursor
-        for _ in range(n):
+        # Affinity at the start: until every worker with peers is downloading
+        # (has asked for pieces) or LEASE_GRACE has passed, a worker leases only
+        # in its own region, so the first worker to get going cannot take the
+        # whole torrent before the others have started.
+        lo, hi = 0, n
+        if now - self.start_time < LEASE_GRACE and not all(
+                o.asked for o in self.workers if o.alive and o.peers and o is not h):
+            alive_ids = [w.wid for w in self.workers if w.alive]
+            k, m = alive_ids.index(h.wid), len(alive_ids)
+            lo, hi = k * n // m, (k + 1) * n // m
+        span = hi - lo
+        start = h.cursor if lo <= h.cursor < hi else lo
+        for k in range(span):
+            i = lo + (start - lo + k) % span
             if state[i] == 0 and self._gettable(h, i):
                 state[i] = 1
                 self.owner[i] = h.wid
+                self.leased_at[i] = now
                 out.append(i)
                 if len(out) >= count:
-                    i = (i + 1) % n
                     break
-            i = (i + 1) % n
-        h.cursor = i
+        if out:
+            h.cursor = (out[-1] + 1) % n
         if out:
             h.leased.update(out)
             self.send(h, ipc.Lease(tuple(out)))
             return len(out)
         if free_total:
-            h.waiting_need = count  # free pieces exist, but not at this worker's peers
+            # free pieces exist, but not at this worker's peers (or not in its
+            # region yet): wait for availability, freed pieces or the grace period
+            h.waiting_need = count
             return 0
         if steal_ok:
             victims = [v for v in self.workers
@@ -415,12 +440,16 @@ class Coordinator:
                 h.waiting_need = count
                 self.send(v, ipc.Steal(max(1, len(v.leased) // 2)))
                 return 0
-        # Endgame: pieces in flight at other workers that this one's peers have,
-        # a few at a time (each is a whole piece fetched twice), each at most once more.
+        # Endgame: pieces another worker has held for a while (its peers are slow)
+        # and this one's peers have, a few at a time (each is a whole piece
+        # fetched twice), each at most once more.  Pieces that move at normal
+        # speed finish long before ENDGAME_MIN_AGE: no piece of a healthy
+        # download is fetched twice.
         count = min(count, ENDGAME_BATCH)
         dups = []
         for p in range(n):
-            if state[p] == 1 and self.owner[p] != h.wid and self._gettable(h, p):
+            if state[p] == 1 and self.owner[p] != h.wid and self._gettable(h, p) \
+                    and now - self.leased_at[p] >= ENDGAME_MIN_AGE:
                 holders = self.endgame_dups.setdefault(p, set())
                 if h.wid not in holders and len(holders) < 1:
                     holders.add(h.wid)
@@ -440,6 +469,7 @@ class Coordinator:
             pass
         if self.stopping or (self.done_event is not None and self.done_event.is_set()):
             return  # it exited because we told it to
+        h.died = True
         self.warn(f"worker {h.wid} died (exit code {h.proc.exitcode}); "
                   "its peers and pieces go to the others")
         for i in range(self.meta.num_pieces):
@@ -587,6 +617,7 @@ class Coordinator:
                         self.on_worker_message(h)  # drain what it said last
                         self.worker_died(h)
                 self.assign_peers()
+                self.serve_waiting()
                 now = time.monotonic()
                 if self.status_line is not None and now - last_status >= PROGRESS_INTERVAL:
                     self.status_line(self._status())
@@ -663,7 +694,7 @@ class Coordinator:
         ws = []
         for h in self.workers:
             s = h.stats
-            ws.append({"worker": h.wid, "alive": h.alive, "peers": s.get("peers", 0),
+            ws.append({"worker": h.wid, "alive": not h.died, "peers": s.get("peers", 0),
                        "pieces": h.pieces_first, "pieces_verified": s.get("pieces", 0),
                        "bytes": s.get("bytes", 0), "steals": h.steals,
                        "released": s.get("released", 0),

@@ -547,6 +547,10 @@ class Worker:
                 self._release_slot(pd)
                 continue
             self._piece_checked(pd, status == _fast.JOB_OK)
+        if self.verified_batch:
+            # at once, not at the next tick: the coordinator leases and steals by it
+            self.send(ipc.Verified(tuple(self.verified_batch)))
+            self.verified_batch = []
         if outcomes:
             self.pump_all()
 
