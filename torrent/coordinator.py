@@ -588,6 +588,8 @@ class Coordinator:
         self.done_event = asyncio.Event()
         n = self.meta.num_pieces
         if self.verified == n and not self.seeding:
+            if self.journal is not None:
+                self.journal.remove()  # nothing left to resume
             return self.result(True)
         self.start_workers()
         if self.seeding:

@@ -238,7 +238,7 @@ class Worker:
                 self.stats["endgame"] = True
             self.pump_all()
         elif t is ipc.Connect:
-            if msg.host not in self.banned:
+            if _ban_key(msg.host, msg.port) not in self.banned:
                 self.loop.create_task(self.connect(msg.host, msg.port))
         elif t is ipc.Steal:
             out = self.picker.release(msg.count)
@@ -269,7 +269,7 @@ class Worker:
             self.send(ipc.PeerClosed(host, port, f"connect failed: {reason}", False, False))
 
     def peer_connected(self, pc: Any) -> None:
-        if pc.addr[0] in self.banned:
+        if _ban_key(*pc.addr) in self.banned:
             pc.abort("banned")
             return
         self.peers.add(pc)
@@ -292,7 +292,7 @@ class Worker:
         self.picker.peer_gone(pc)
         if pc.active:
             self._availability(pc.proto.peer_bitfield, -1)
-        banned = pc.addr[0] in self.banned
+        banned = _ban_key(*pc.addr) in self.banned
         self.send(ipc.PeerClosed(pc.addr[0], pc.addr[1], pc.close_reason, banned, True))
         self.pump_all()
 
@@ -621,10 +621,7 @@ class Worker:
                 self.ban(sender, f"sent a corrupt block of piece {pd.index}")
 
     def ban(self, pc: Any, why: str) -> None:
-        host = pc.addr[0] if pc.addr[0] != "127.0.0.1" else f"{pc.addr[0]}:{pc.addr[1]}"
-        # On loopback every peer shares 127.0.0.1: ban the address:port there,
-        # the host elsewhere (a banned host might reconnect from another port).
-        self.banned.add(host)
+        self.banned.add(_ban_key(*pc.addr))
         self.stats["banned"].append(f"{pc.addr[0]}:{pc.addr[1]}")
         pc.abort(f"banned: {why}")
 
@@ -771,6 +768,12 @@ def _Incoming(worker: Worker) -> Any:
             super().connection_made(transport)
 
     return _In(worker, ("?", 0), False)
+
+
+def _ban_key(host: str, port: int) -> str:
+    """What a ban covers: the host, but host:port on loopback, where every peer is 127.x
+    (a test swarm or several clients on one machine) and only the port tells them apart."""
+    return f"{host}:{port}" if host.startswith("127.") or host == "::1" else host
 
 
 def _bits_to_indices(bits: bytes) -> list[int]:
