@@ -367,30 +367,17 @@ def test_recheck_refetches_a_piece_corrupted_after_it_was_journaled(payload: Pay
     assert result["pieces_resumed"] == payload.n - 1
 
 
-def _complete_copy(payload: Payload, tmp_path: Path) -> tuple[Path, int, dict[str, Any], TestPeer]:
+def test_complete_data_is_checked_and_nothing_requested(payload: Payload,
+                                                        tmp_path: Path) -> None:
     out = tmp_path / "out"
     shutil.copytree(payload.root, out)
     with TestPeer(payload.torrent, payload.root) as peer:
         rc, result, err = download(payload, out, [peer.addr])
     assert rc == 0, err
-    return out, rc, result, peer
-
-
-def test_complete_data_is_checked_and_nothing_requested(payload: Payload,
-                                                        tmp_path: Path) -> None:
-    out, _rc, result, peer = _complete_copy(payload, tmp_path)
     assert peer.requests == []
     assert peer.connections == 0
     assert result["complete"] is True
     assert result["pieces_resumed"] == payload.n
     assert result["bytes_downloaded"] == 0
     assert_same_files(payload, out)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "torrent/coordinator.py Coordinator.run(): when prepare() found every piece, run() "
-    "returns before the journal.remove() at its end, so the journal prepare() just wrote "
-    "stays in OUTDIR/.fasttorrent"))
-def test_complete_data_leaves_no_journal(payload: Payload, tmp_path: Path) -> None:
-    out, _rc, _result, _peer = _complete_copy(payload, tmp_path)
-    assert not (out / ".fasttorrent").exists()
+    assert not (out / ".fasttorrent").exists()  # no journal left behind
