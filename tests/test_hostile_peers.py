@@ -18,7 +18,6 @@ tests mean something only if it misbehaves exactly as advertised.
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import struct
@@ -30,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import require_module
 from helpers.testpeer import OVERSIZED_LENGTH, GatedRelay, TestPeer
+
 from torrent import metainfo
 from torrent.create import create_torrent
 from torrent.wire.handshake import HANDSHAKE_LENGTH, encode_handshake, make_peer_id
@@ -86,7 +85,7 @@ def download(torrent: str, out: Path, peers: list[str]) -> tuple[int, dict[str, 
            "--bind", "127.0.0.1"]
     for p in peers:
         cmd += ["--peer", p]
-    proc = subprocess.run(cmd, capture_output=True, timeout=DOWNLOAD_TIMEOUT)
+    proc = subprocess.run(cmd, capture_output=True, timeout=DOWNLOAD_TIMEOUT, check=False)
     out_text = proc.stdout.decode()
     result = json.loads(out_text) if out_text.strip() else {}
     return proc.returncode, result, proc.stderr.decode()
@@ -260,7 +259,7 @@ def test_corrupt_blocks_ban_the_liar_not_the_honest_seeder(swarm: dict[str, Any]
 def test_oversized_length_prefix_is_refused_before_the_body(swarm: dict[str, Any],
                                                             tmp_path: Path) -> None:
     hostile = TestPeer(swarm["torrent"], swarm["src"], oversized_prefix=True)
-    result, relay = run_with_hostile(swarm, tmp_path, hostile, hostile.closed_after_prefix)
+    result, _relay = run_with_hostile(swarm, tmp_path, hostile, hostile.closed_after_prefix)
     assert hostile.prefix_sent.is_set()
     # It hung up while the 2 GiB body was still owed: nothing was buffered for it.
     assert hostile.closed_after_prefix.is_set()
@@ -273,7 +272,7 @@ def test_oversized_length_prefix_is_refused_before_the_body(swarm: dict[str, Any
 @pytest.mark.parametrize("mode", ["length", "spare"])
 def test_bad_bitfield_drops_the_peer(swarm: dict[str, Any], tmp_path: Path, mode: str) -> None:
     hostile = TestPeer(swarm["torrent"], swarm["src"], bad_bitfield=mode)
-    result, relay = run_with_hostile(swarm, tmp_path, hostile, hostile.remote_closed)
+    result, _relay = run_with_hostile(swarm, tmp_path, hostile, hostile.remote_closed)
     reason = peer_entry(result, hostile.port)["last_reason"]
     assert "bitfield" in reason, reason
     assert ("spare bits" if mode == "spare" else "byte bitfield") in reason, reason
@@ -283,7 +282,7 @@ def test_bad_bitfield_drops_the_peer(swarm: dict[str, Any], tmp_path: Path, mode
 def test_unrequested_block_drops_the_peer(swarm: dict[str, Any], tmp_path: Path) -> None:
     # The hostile peer lacks piece 64 and sends a block of it: it cannot have been requested.
     hostile = TestPeer(swarm["torrent"], swarm["src"], has=range(64), unrequested_block=True)
-    result, relay = run_with_hostile(swarm, tmp_path, hostile, hostile.remote_closed)
+    result, _relay = run_with_hostile(swarm, tmp_path, hostile, hostile.remote_closed)
     assert hostile.unrequested_sent.is_set()
     reason = peer_entry(result, hostile.port)["last_reason"]
     assert "did not request" in reason and "piece 64" in reason, reason
@@ -292,7 +291,7 @@ def test_unrequested_block_drops_the_peer(swarm: dict[str, Any], tmp_path: Path)
 def test_silent_peer_does_not_hold_up_the_download(swarm: dict[str, Any],
                                                    tmp_path: Path) -> None:
     hostile = TestPeer(swarm["torrent"], swarm["src"], silent=True)
-    result, relay = run_with_hostile(swarm, tmp_path, hostile, hostile.handshake_received,
+    result, _relay = run_with_hostile(swarm, tmp_path, hostile, hostile.handshake_received,
                                      expect_closed=True)
     assert hostile.handshakes >= 1  # it was connected to and sent our handshake
     assert hostile.requests == []

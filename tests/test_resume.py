@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import require_module
 from helpers.testpeer import TestPeer
+
 from torrent import metainfo
 from torrent.create import create_torrent
 from torrent.journal import MAGIC, Journal, journal_path
@@ -165,7 +165,7 @@ def download(payload: Payload, out: Path, peers: list[str],
              *extra: str) -> tuple[int, dict[str, Any], str]:
     """Run a download to its end (no fault); return (exit code, --json result, stderr)."""
     proc = subprocess.run(download_cmd(payload, out, peers, *extra), capture_output=True,
-                          timeout=DOWNLOAD_TIMEOUT, env=clean_env())
+                          timeout=DOWNLOAD_TIMEOUT, env=clean_env(), check=False)
     text = proc.stdout.decode()
     return proc.returncode, (json.loads(text) if text.strip() else {}), proc.stderr.decode()
 

@@ -65,7 +65,7 @@ from torrent.wire.messages import (
     encode,
 )
 
-__all__ = ["GatedRelay", "TestPeer", "BAD_BITFIELD_MODES", "OVERSIZED_LENGTH"]
+__all__ = ["BAD_BITFIELD_MODES", "OVERSIZED_LENGTH", "GatedRelay", "TestPeer"]
 
 #: The length prefix the ``oversized_prefix`` mode announces: 2 GiB, far over
 #: any bound a client may accept (BEP 3 frames; see torrent.wire.messages).
