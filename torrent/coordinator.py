@@ -162,6 +162,20 @@ def _free_port(bind: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _file_stats(layout: Any) -> list[tuple[int, int]]:
+    """(size, mtime_ns) of every non-pad file, (0, 0) for a missing one."""
+    out = []
+    for sp in layout.spans:
+        if sp.pad:
+            continue
+        try:
+            st = os.stat(sp.path)
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((0, 0))
+    return out
+
+
 def _bits_from(indices: Sequence[int] | set[int], n: int) -> bytes:
     b = bytearray(-(-n // 8))
     for i in indices:
@@ -239,6 +253,18 @@ class Coordinator:
         done: set[int] = set()
         if recorded is not None and sizes_ok:
             done = set(recorded)
+            if journal.seal_table is not None:
+                # Files changed since the last run ended lose their records.
+                files = [(k, sp) for k, sp in enumerate(layout.spans) if not sp.pad]
+                now_stats = _file_stats(layout)
+                if len(journal.seal_table) != len(now_stats):
+                    done = set()
+                else:
+                    for (k, _sp), then, now in zip(files, journal.seal_table, now_stats):
+                        if then != now:
+                            self.log(f"resume: {layout.spans[k].rel} changed since the last "
+                                     "run; checking its pieces")
+                            done.difference_update(layout.pieces_of_span(k))
             rest = [i for i in range(meta.num_pieces) if i not in done]
             if rest:
                 self.log(f"resume: {len(done)} pieces in the journal; checking the other "
@@ -648,8 +674,16 @@ class Coordinator:
                 except (NotImplementedError, RuntimeError):
                     pass
         complete = self.verified == n
-        if complete and self.journal is not None and not self.seeding:
-            self.journal.remove()
+        if self.journal is not None and not self.seeding:
+            if complete:
+                self.journal.remove()
+            else:
+                # the workers flushed what they wrote: record the files as they are now
+                try:
+                    self.journal.seal(_file_stats(layout_for(self.meta, self.outdir)))
+                except FastTorrentError as e:
+                    self.warn(str(e))
+                self.journal.close()
         return self.result(complete)
 
     def _on_signal(self) -> None:
@@ -689,8 +723,6 @@ class Coordinator:
         if self.arena is not None:
             self.arena.close()
             self.arena = None
-        if self.journal is not None:
-            self.journal.close()
 
     def result(self, complete: bool) -> DownloadResult:
         ws = []

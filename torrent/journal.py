@@ -17,7 +17,14 @@ everything after it is ignored, which only costs a recheck of those pieces.
 
 On start the journal is trusted when the header matches this torrent and
 every file exists at its full length; otherwise the caller does a full
-recheck.  ``--recheck`` ignores it.  Pieces not in the journal are always
+recheck.  A run that ends without completing (stall, signal, error) appends
+a *seal*: a marker record followed by every file's size and mtime (ns).  On
+the next start a seal that is still the journal's last entry must match the
+files: a file changed since (edited, truncated, replaced) loses its pieces'
+records, which are then checked from disk.  After a crash there is no seal;
+the records are still sound (each was written after its data was flushed),
+but a file edited between the crash and the restart is only caught by
+``--recheck``.  ``--recheck`` ignores it.  Pieces not in the journal are always
 checked against the disk before being fetched, so a piece written but not
 yet recorded when the process died is found, not downloaded again.
 """
@@ -36,6 +43,12 @@ __all__ = ["Journal", "journal_path", "MAGIC"]
 MAGIC = b"FTJ1"
 _HEADER = struct.Struct("<4s20sIQ")
 _RECORD = struct.Struct("<II")
+#: The index that marks a seal record; a real piece index is always smaller.
+SEAL = 0xFFFFFFFF
+_STAT = struct.Struct("<QQ")  # size, mtime_ns
+_COUNT = struct.Struct("<I")
+#: Files in a seal at most (the metainfo parser's own bound is far below).
+MAX_SEAL_FILES = 10_000_000
 
 
 def _fault(name: str) -> int | None:
@@ -63,6 +76,9 @@ class Journal:
         self.piece_length = piece_length
         self._fd: int | None = None
         self.count = 0  # records in the journal
+        #: after read(): the files' (size, mtime_ns) from a seal that is the
+        #: journal's last entry, else None
+        self.seal_table: list[tuple[int, int]] | None = None
 
     def header(self) -> bytes:
         return _HEADER.pack(MAGIC, self.info_hash, self.num_pieces, self.piece_length)
@@ -79,13 +95,45 @@ class Journal:
         if len(data) < _HEADER.size or data[: _HEADER.size] != self.header():
             return None
         done: set[int] = set()
-        end = len(data) - (len(data) - _HEADER.size) % _RECORD.size
-        for off in range(_HEADER.size, end, _RECORD.size):
+        self.seal_table = None
+        off = _HEADER.size
+        while off + _RECORD.size <= len(data):
             index, crc = _RECORD.unpack_from(data, off)
+            if index == SEAL and crc == _crc(self.info_hash, SEAL):
+                table = self._read_seal(data, off + _RECORD.size)
+                if table is None:
+                    break  # a torn seal: the records before it still count
+                self.seal_table, off = table
+                continue
             if index >= self.num_pieces or crc != _crc(self.info_hash, index):
                 break  # corrupt from here on: ignore the rest
             done.add(index)
+            self.seal_table = None  # records after a seal: that seal is stale
+            off += _RECORD.size
         return done
+
+    @staticmethod
+    def _read_seal(data: bytes, off: int) -> tuple[list[tuple[int, int]], int] | None:
+        if off + _COUNT.size > len(data):
+            return None
+        (n,) = _COUNT.unpack_from(data, off)
+        off += _COUNT.size
+        if n > MAX_SEAL_FILES or off + n * _STAT.size > len(data):
+            return None
+        table = [_STAT.unpack_from(data, off + k * _STAT.size) for k in range(n)]
+        return table, off + n * _STAT.size
+
+    def seal(self, stats: list[tuple[int, int]]) -> None:
+        """Append the files' (size, mtime_ns), in file order: see the module docstring."""
+        if self._fd is None:
+            return
+        body = _RECORD.pack(SEAL, _crc(self.info_hash, SEAL)) + _COUNT.pack(len(stats))
+        body += b"".join(_STAT.pack(size, mtime) for size, mtime in stats)
+        try:
+            os.write(self._fd, body)
+            os.fsync(self._fd)
+        except OSError as e:
+            raise os_error(e, "writing the resume journal") from None
 
     def open(self, done: set[int] | None) -> None:
         """Start a fresh journal holding ``done`` (rewritten compactly, atomically)."""

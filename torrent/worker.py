@@ -82,6 +82,9 @@ SEND_HIGH_WATER = 1 << 20
 #: Refill a peer's request pipeline only when at least this many requests fit:
 #: fewer, larger writes (a request is 17 bytes; a write is a syscall).
 REFILL_BATCH = 16
+#: A connection that has not completed the handshake this long after it was
+#: made is dropped (libtorrent: handshake_timeout 10 s; we are a little laxer).
+HANDSHAKE_TIMEOUT = 20.0
 #: Connect timeout for outgoing peers.
 CONNECT_TIMEOUT = 10.0
 _DEBUG = bool(os.environ.get("FASTTORRENT_DEBUG"))
@@ -638,7 +641,11 @@ class Worker:
     def tick(self) -> None:
         now = time.monotonic()
         for pc in list(self.peers):
-            if pc.closed or not pc.active:
+            if pc.closed:
+                continue
+            if not pc.active:
+                if now - pc.created_at > HANDSHAKE_TIMEOUT:
+                    pc.abort(f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s")
                 continue
             # pipeline depth from the measured rate (bytes per second over the tick)
             rate = pc._window_bytes / TICK
@@ -789,9 +796,12 @@ def _bits_to_indices(bits: bytes) -> list[int]:
 
 def worker_main(cfg: WorkerConfig, conn: Any) -> None:
     """Entry point of a worker process (spawned by the coordinator)."""
-    # The coordinator handles SIGINT/SIGTERM and tells us to stop; a Ctrl-C
-    # that reaches the whole process group must not kill us mid-write.
+    # The coordinator handles SIGINT/SIGTERM and tells us to stop; a Ctrl-C or
+    # a SIGTERM sent to the whole process group (a terminal, systemd, a job
+    # control `kill %1`) must not kill us mid-write.  If the coordinator itself
+    # is killed we exit on our own: EOF on the control pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import sys as _sys
     if os.environ.get("FT_SWITCH"):
         _sys.setswitchinterval(float(os.environ["FT_SWITCH"]))

@@ -30,6 +30,8 @@ def settings(port: int, upload_limit: int) -> dict:
         "enable_incoming_utp": False,
         "allow_multiple_connections_per_ip": True,
         "upload_rate_limit": upload_limit,
+        # libtorrent exempts local peers from rate limits unless told otherwise
+        "ignore_limits_on_local_network": False,
         "download_rate_limit": 0,
         "user_agent": "fasttorrent-test-seed",
         "alert_mask": lt.alert.category_t.error_notification

@@ -28,7 +28,7 @@ from .. import _fast
 from ..errors import RemoteProtocolError
 from ..wire import peer as wp
 from ..wire.handshake import HANDSHAKE_LENGTH
-from ..wire.messages import LocalProtocolError, frame_bounds, max_message_length
+from ..wire.messages import LocalProtocolError, frame_bounds, max_message_length, message_name
 
 if TYPE_CHECKING:
     from ..worker import Worker
@@ -70,6 +70,7 @@ class PeerConn(asyncio.BufferedProtocol):
         self._bounds = frame_bounds(meta.num_pieces)
         self.active = False
         self.closed = False
+        self.created_at = time.monotonic()
         self.close_reason = ""
         # transfer accounting (read by the worker's tick)
         self.bytes_in = 0
@@ -172,8 +173,8 @@ class PeerConn(asyncio.BufferedProtocol):
                     ln = _fast.read_u32(buf, pos)
                     if ln > self._bounds[buf[pos + 4]]:
                         raise RemoteProtocolError(
-                            f"message id {buf[pos + 4]} with length {ln} exceeds its bound "
-                            f"{self._bounds[buf[pos + 4]]}")
+                            f"{message_name(buf[pos + 4])} message of length {ln} exceeds its "
+                            f"bound {self._bounds[buf[pos + 4]]}")
                 break
             if n and buf[pos + 4] == _PIECE and n >= 9:
                 index, begin = _HDR.unpack_from(buf, pos + 5)

@@ -244,6 +244,11 @@ _FIXED_PAYLOAD: Final = {
 }
 
 
+def message_name(msg_id: int) -> str:
+    """A message id's BEP 3 name, for error messages."""
+    return _name(msg_id)
+
+
 def _name(msg_id: int) -> str:
     return _NAMES.get(msg_id, f"unknown (id {msg_id})")
 
