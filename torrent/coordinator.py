@@ -66,8 +66,6 @@ PROGRESS_INTERVAL = 0.5
 LEASE_GRACE = 1.0
 #: A piece leased to another worker this long ago may be duplicated in endgame.
 ENDGAME_MIN_AGE = 2.0
-#: Pieces per endgame lease: the tail is short, and each one may be fetched twice.
-ENDGAME_BATCH = 2
 #: How long the final tracker announces ('completed', 'stopped') may take.
 TRACKER_STOP_TIMEOUT = 6.0
 #: Default maximum number of connected peers (over all workers).
@@ -100,6 +98,7 @@ class WorkerHandle:
     stats: dict[str, Any] = field(default_factory=dict)
     steals: int = 0
     pieces_first: int = 0
+    endgame_pieces: int = 0  # verified first while leased to another worker
     cursor: int = 0
     waiting_steal: bool = False
     waiting_need: int = 0  # pieces asked for that could not be served yet
@@ -336,6 +335,8 @@ class Coordinator:
             new = []
             for i in msg.pieces:
                 if self.state[i] != 2:
+                    if self.owner[i] not in (-1, h.wid):
+                        h.endgame_pieces += 1  # taken over from a slower worker
                     self.state[i] = 2
                     self.owner[i] = h.wid
                     self.verified += 1
@@ -464,14 +465,18 @@ class Coordinator:
                 v = max(victims, key=lambda v: len(v.leased))
                 h.waiting_steal = True
                 h.waiting_need = count
-                self.send(v, ipc.Steal(max(1, len(v.leased) // 2)))
+                # Take a share in proportion to speed: half between equals, little
+                # for a thief much slower than its victim (it would hold the tail).
+                tr = float(h.stats.get("rate", 0.0))
+                vr = float(v.stats.get("rate", 0.0))
+                share = tr / (tr + vr) if tr + vr > 0 else 0.5
+                self.send(v, ipc.Steal(max(1, int(len(v.leased) * share))))
                 return 0
         # Endgame: pieces another worker has held for a while (its peers are slow)
-        # and this one's peers have, a few at a time (each is a whole piece
-        # fetched twice), each at most once more.  Pieces that move at normal
+        # and this one's peers have, as many as it asked for, each at most once
+        # more (each is a whole piece fetched twice).  Pieces that move at normal
         # speed finish long before ENDGAME_MIN_AGE: no piece of a healthy
         # download is fetched twice.
-        count = min(count, ENDGAME_BATCH)
         dups = []
         for p in range(n):
             if state[p] == 1 and self.owner[p] != h.wid and self._gettable(h, p) \
@@ -730,6 +735,7 @@ class Coordinator:
             s = h.stats
             ws.append({"worker": h.wid, "alive": not h.died, "peers": s.get("peers", 0),
                        "pieces": h.pieces_first, "pieces_verified": s.get("pieces", 0),
+                       "endgame_pieces": h.endgame_pieces,
                        "bytes": s.get("bytes", 0), "steals": h.steals,
                        "released": s.get("released", 0),
                        "hash_failures": s.get("hash_failures", 0),

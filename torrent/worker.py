@@ -469,8 +469,8 @@ class Worker:
         if self.need_pending or not self.peers or self.complete:
             return
         now = time.monotonic()
-        if self.picker.endgame and now - self.last_need < 1.0:
-            return  # nothing was left last time: ask at most once a second
+        if self.picker.endgame and now - self.last_need < TICK:
+            return  # nothing was left last time: ask at most once a tick
         self.need_pending = True
         self.last_need = now
         self.send(ipc.NeedPieces(max(LOW_WATER, 2 * self.cfg.nslots)))
