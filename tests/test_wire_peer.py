@@ -463,7 +463,7 @@ def test_peer_requests_while_we_choke_are_dropped() -> None:
 
 
 def test_peer_request_queue_bound() -> None:
-    p = _peer_with_many_pieces()
+    p = _peer_with_many_pieces(MAX_PEER_REQUESTS + 1000)
     p.send_unchoke()
     events = recv(p, *[Request(i, 0, BLOCK_SIZE) for i in range(MAX_PEER_REQUESTS + 5)])
     assert len(events) == MAX_PEER_REQUESTS
@@ -472,7 +472,8 @@ def test_peer_request_queue_bound() -> None:
     assert p.dropped_peer_requests == 5
     # serving one frees a slot
     assert p.send_piece(0, 0, b"z" * BLOCK_SIZE) == encode(Piece(0, 0, b"z" * BLOCK_SIZE))
-    assert recv(p, Request(999, 0, BLOCK_SIZE)) == [RequestReceived(999, 0, BLOCK_SIZE)]
+    last = MAX_PEER_REQUESTS + 999
+    assert recv(p, Request(last, 0, BLOCK_SIZE)) == [RequestReceived(last, 0, BLOCK_SIZE)]
 
 
 def test_peer_cancel_and_our_choke_discard_its_requests() -> None:
