@@ -789,6 +789,15 @@ async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     await runner.run(fn, lambda peers: coord.add_peers(list(peers), "tracker"), stop)
 
 
+def _run_loop(coro: Any) -> Any:
+    """Run the coordinator's loop on uvloop (asyncio where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def download(torrent: str, outdir: str, *, workers: int | None = None,
              peers: Sequence[tuple[str, int]] = (), port: int = 0, bind: str = "0.0.0.0",
              max_peers: int = DEFAULT_MAX_PEERS, stall_timeout: float = 120.0,
@@ -830,13 +839,7 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
                         status_line=status_line, request_timeout=request_timeout,
                         download_limit=download_limit)
     coord.prepare()
-    try:
-        import uvloop
-
-        runner: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    res = runner(coord.run())
+    res = _run_loop(coord.run())
     if coord.fatal is not None:
         raise coord.fatal
     if coord.interrupted:
@@ -887,13 +890,7 @@ def seed(torrent: str, directory: str, *, workers: int | None = None,
                         status_line=status_line, request_timeout=None, seeding=True)
     coord.prepare_seed(check)
     coord.on_ready = ready
-    try:
-        import uvloop
-
-        runner: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    res = runner(coord.run())
+    res = _run_loop(coord.run())
     if coord.fatal is not None:
         raise coord.fatal
     e = Interrupted(f"stopped: uploaded {res.bytes_uploaded} bytes")

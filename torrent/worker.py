@@ -272,6 +272,9 @@ class Worker:
             self.send(ipc.PeerClosed(host, port, f"connect failed: {reason}", False, False))
 
     def peer_connected(self, pc: Any) -> None:
+        if _DEBUG:
+            import sys
+            print(f"w{self.wid} pid={os.getpid()} connected {pc.addr}", file=sys.stderr, flush=True)
         if _ban_key(*pc.addr) in self.banned:
             pc.abort("banned")
             return
@@ -296,6 +299,9 @@ class Worker:
         if pc.active:
             self._availability(pc.proto.peer_bitfield, -1)
         banned = _ban_key(*pc.addr) in self.banned
+        if _DEBUG:
+            import sys
+            print(f"w{self.wid} lost {pc.addr}: {pc.close_reason}", file=sys.stderr, flush=True)
         self.send(ipc.PeerClosed(pc.addr[0], pc.addr[1], pc.close_reason, banned, True))
         self.pump_all()
 

@@ -165,79 +165,13 @@ def lt_create(parent: Path, name: str, out: Path, piece_size: int, *, v1_only: b
 
 # ----------------------------------------------------------------------------- seeders
 
-#: Runs tests/helpers/lt_seed.py with libtorrent's rate limits applied to
-#: loopback peers too.  lt_seed.py leaves ``ignore_limits_on_local_network``
-#: at its default (True), so its ``--upload-limit`` does nothing for a peer on
-#: 127.0.0.1; this wrapper can go once lt_seed.py sets it to False itself.
-_LIMITED_SEED = (
-    "import sys; sys.path.insert(0, sys.argv[1]); import lt_seed; "
-    "base = lt_seed.settings; "
-    "lt_seed.settings = lambda port, lim: {**base(port, lim), "
-    "'ignore_limits_on_local_network': False}; "
-    "sys.argv = sys.argv[1:]; sys.exit(lt_seed.main())"
-)
-
-
 def start_seeders(
     torrent: str, save_paths: list[str], workdir: str, upload_limits: list[int] | None = None
 ) -> list[Any]:
-    """:func:`helpers.swarm.start_seeders`, with the upload limits honoured on loopback."""
+    """:func:`helpers.swarm.start_seeders` (upload limits hold on loopback too)."""
     from helpers import swarm
 
-    procs = []
-    for k, sp in enumerate(save_paths):
-        port = swarm.free_port()
-        ready = os.path.join(workdir, f"seed{k}-{port}.ready")
-        lim = (upload_limits or [0] * len(save_paths))[k]
-        p = subprocess.Popen(
-            [
-                "timeout",
-                str(int(swarm.SEED_LIFETIME) + 5),
-                sys.executable,
-                "-c",
-                _LIMITED_SEED,
-                swarm.HERE,
-                "--torrent",
-                torrent,
-                "--save-path",
-                sp,
-                "--port",
-                str(port),
-                "--ready",
-                ready,
-                "--lifetime",
-                str(swarm.SEED_LIFETIME),
-                "--upload-limit",
-                str(lim),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        procs.append((p, port, ready))
-    seeders = []
-    deadline = time.monotonic() + swarm.READY_TIMEOUT
-    try:
-        for p, port, ready in procs:
-            while not os.path.exists(ready):
-                if p.poll() is not None:
-                    err = p.stderr.read().decode() if p.stderr else ""
-                    raise RuntimeError(f"seeder exited: {err}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("seeder did not become ready")
-                time.sleep(0.05)  # polling for readiness, bounded by READY_TIMEOUT
-            with open(ready) as f:
-                info = json.load(f)
-            seeders.append(swarm.Seeder(p, port, info["pieces"]))
-    except BaseException:
-        for p, _port, _ready in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(10)
-        raise
-    return seeders
-
-
-# ----------------------------------------------------------------------------- runs
+    return swarm.start_seeders(torrent, save_paths, workdir, upload_limits)
 
 
 def shm_segments() -> set[str]:
