@@ -617,3 +617,28 @@ def test_download_every_block_from_a_libtorrent_seed(tmp_path: Path) -> None:
     got = b"".join(received[(i, b)] for i, b, _n in blocks)
     assert got == content
     ses.remove_torrent(handle)
+
+
+def test_block_requested_again_after_a_choke_may_arrive_twice() -> None:
+    """Seen with libtorrent: blocks already queued when it choked still come, and the
+    same blocks asked for again after the unchoke come a second time.  The second
+    copy is a late one, not an unrequested block (which would end the connection)."""
+    p = active_peer(unchoked=True)
+    p.send_request(0, 0, BLOCK_SIZE, now=0.0)
+    events = recv(p, Choke())
+    assert RequestsCancelled(((0, 0, BLOCK_SIZE),)) in events
+    recv(p, Unchoke())
+    p.send_requests([(0, 0, BLOCK_SIZE)], now=1.0)
+    block = b"q" * BLOCK_SIZE
+    assert recv(p, Piece(0, 0, block)) == [BlockReceived(0, 0, block)]
+    assert recv(p, Piece(0, 0, block)) == []  # the second copy: ignored
+    assert p.ignored_blocks == 1
+    # the fast path used by the worker behaves the same
+    p.send_requests([(0, BLOCK_SIZE, BLOCK_SIZE)], now=2.0)
+    recv(p, Choke())
+    recv(p, Unchoke())
+    p.send_requests([(0, BLOCK_SIZE, BLOCK_SIZE)], now=3.0)
+    assert p.accept_block(0, BLOCK_SIZE, BLOCK_SIZE) is True
+    assert p.accept_block(0, BLOCK_SIZE, BLOCK_SIZE) is False
+    with pytest.raises(RemoteProtocolError, match="did not request"):
+        p.accept_block(1, 0, BLOCK_SIZE)

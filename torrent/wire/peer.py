@@ -728,7 +728,9 @@ class PeerProtocol:
                 and 0 < length <= MAX_REQUEST_LENGTH
                 and begin + length <= self.piece_size(index)):
             raise LocalProtocolError(f"invalid request ({index}, {begin}, {length})")
-        self._cancelled.pop(key, None)
+        # A key still in _cancelled stays there: the copy asked for before the
+        # cancel (or choke, or timeout) may yet arrive as well as the new one,
+        # and the second of the two must be ignored, not taken as unrequested.
         self._outstanding[key] = (length, now)
         return encode(Request(index, begin, length))
 
@@ -749,15 +751,13 @@ class PeerProtocol:
         if len(outstanding) + len(blocks) > MAX_OUTSTANDING_REQUESTS:
             raise LocalProtocolError(
                 f"more than {MAX_OUTSTANDING_REQUESTS} requests outstanding to one peer")
-        cancelled = self._cancelled
         pack = _REQUEST_FRAME.pack
         out = []
         for index, begin, length in blocks:
             key = (index, begin)
             if key in outstanding:
                 raise LocalProtocolError(f"block {key} is already requested from this peer")
-            if cancelled:
-                cancelled.pop(key, None)
+            # as in send_request: a key in _cancelled stays there (two copies may come)
             outstanding[key] = (length, now)
             out.append(pack(13, 6, index, begin, length))
         return b"".join(out)
