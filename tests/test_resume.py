@@ -222,13 +222,16 @@ def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
             except psutil.NoSuchProcess:
                 kids = []
             for k in kids:
-                if k.pid not in run.procs:
-                    run.procs[k.pid] = k
-                    try:
-                        if "--multiprocessing-fork" in k.cmdline():
-                            run.workers.add(k.pid)
-                    except psutil.NoSuchProcess:
-                        pass
+                run.procs.setdefault(k.pid, k)
+                if k.pid in run.workers:
+                    continue
+                # Checked on every poll: just after fork a child still shows
+                # its parent's command line, until it execs the spawn stub.
+                try:
+                    if "--multiprocessing-fork" in k.cmdline():
+                        run.workers.add(k.pid)
+                except psutil.Error:
+                    pass
             for pid in [proc.pid, *(k.pid for k in kids)]:
                 run.segments |= _segments_of(pid)
             time.sleep(POLL)
