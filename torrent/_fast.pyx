@@ -669,6 +669,18 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t c_write "write" (int fd, const void *buf, size_t count)
     int c_fdatasync "fdatasync" (int fd)
 
+cdef extern from "<fcntl.h>" nogil:
+    struct flock:
+        short l_type
+        short l_whence
+        long long l_start
+        long long l_len
+        int l_pid
+    int F_OFD_SETLKW
+    int F_WRLCK
+    int F_UNLCK
+    int c_fcntl "fcntl" (int fd, int cmd, ...)
+
 cdef extern from "<errno.h>" nogil:
     int errno
     int EINTR
@@ -731,7 +743,28 @@ cdef int _write_all(int fd, const unsigned char *p, long long n, long long off) 
     return 0
 
 
-cdef void _run_job(ft_job *j) noexcept nogil:
+cdef void _file_lock(int fd, short kind) noexcept nogil:
+    """Take or drop an open-file-description lock on byte 0 of ``fd`` (advisory).
+
+    Two worker processes writing one file contend for its inode lock inside
+    the kernel, and the loser *spins* there (measured: 13 % of all CPU in a
+    2-worker download of one file).  Taking this lock first makes the loser
+    sleep instead.  Each process opens the file itself, so the locks of two
+    processes exclude each other, and the kernel drops them if a process
+    dies.  Where OFD locks are unsupported the call fails and writes go on
+    unserialized, as before.
+    """
+    cdef flock fl
+    memset(&fl, 0, sizeof(fl))
+    fl.l_type = kind
+    fl.l_whence = 0  # SEEK_SET
+    fl.l_start = 0
+    fl.l_len = 1
+    while c_fcntl(fd, F_OFD_SETLKW, &fl) != 0 and errno == EINTR:
+        pass
+
+
+cdef void _run_job(ft_job *j, int lock_writes) noexcept nogil:
     cdef unsigned char d[_DIGEST]
     cdef int k, e
     if j.kind == _JOB_PIECE:
@@ -740,8 +773,12 @@ cdef void _run_job(ft_job *j) noexcept nogil:
             j.status = 0
             return
         for k in range(j.nseg):
+            if lock_writes:
+                _file_lock(j.segs[k].fd, F_WRLCK)
             e = _write_all(j.segs[k].fd, j.buf + j.segs[k].buf_off, j.segs[k].length,
                            j.segs[k].file_off)
+            if lock_writes:
+                _file_lock(j.segs[k].fd, F_UNLCK)
             if e:
                 j.status = 2
                 j.err = e
@@ -764,6 +801,7 @@ ctypedef struct ft_io:
     ft_job *done
     int notify_fd
     int stop
+    int lock_writes
 
 
 cdef class IOThread:
@@ -772,6 +810,8 @@ cdef class IOThread:
     Args:
         notify_fd: an eventfd (``os.eventfd(0)``) the thread signals after each
             finished job; the owner reads it and then calls :meth:`completed`.
+        lock_writes: serialize each file write with other processes' through an
+            OFD lock on the file (several workers writing the same files).
     """
 
     cdef ft_io *_io
@@ -780,11 +820,12 @@ cdef class IOThread:
     cdef bint _closed
     cdef Py_ssize_t _pending
 
-    def __cinit__(self, int notify_fd):
+    def __cinit__(self, int notify_fd, bint lock_writes=False):
         self._io = <ft_io *>calloc(1, sizeof(ft_io))
         if self._io is NULL:
             raise MemoryError()
         self._io.notify_fd = notify_fd
+        self._io.lock_writes = lock_writes
         pthread_mutex_init(&self._io.mu, NULL)
         pthread_cond_init(&self._io.cv, NULL)
         if pthread_create(&self._thread, NULL, _io_main, <void *>self._io) != 0:
@@ -975,7 +1016,7 @@ cdef void *_io_main(void *arg) noexcept nogil:
         if io.head is NULL:
             io.tail = NULL
         pthread_mutex_unlock(&io.mu)
-        _run_job(j)
+        _run_job(j, io.lock_writes)
         pthread_mutex_lock(&io.mu)
         j.next = io.done
         io.done = j

@@ -304,6 +304,7 @@ class Coordinator:
                                max_rate=-(-self.download_limit // self.nworkers)
                                if self.download_limit else 0,
                                writable=not self.seeding,
+                               lock_writes=self.nworkers > 1,
                                **({"request_timeout": self.request_timeout}
                                   if self.request_timeout else {}))
             proc = ctx.Process(target=worker_main, args=(cfg, child), daemon=True,

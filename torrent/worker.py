@@ -96,7 +96,8 @@ class WorkerConfig:
     def __init__(self, *, wid: int, meta: Any, outdir: str, arena_name: str, slot_size: int,
                  arena_slots: int, first_slot: int, nslots: int, port: int, bind: str,
                  peer_id: bytes, done: bytes, max_rate: int = 0,
-                 request_timeout: float = REQUEST_TIMEOUT, writable: bool = True) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, writable: bool = True,
+                 lock_writes: bool = False) -> None:
         self.wid = wid
         self.meta = meta
         self.outdir = outdir
@@ -112,6 +113,7 @@ class WorkerConfig:
         self.max_rate = max_rate
         self.request_timeout = request_timeout
         self.writable = writable  # False when only seeding: never create or change files
+        self.lock_writes = lock_writes  # several workers write the same files
 
 
 class RateLimiter:
@@ -183,7 +185,7 @@ class Worker:
         # The native I/O thread (see torrent/_fast.pyx): verifies and writes
         # full slots and flushes files without the GIL, waking us via an eventfd.
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.iot = _fast.IOThread(self.efd)
+        self.iot = _fast.IOThread(self.efd, lock_writes=cfg.lock_writes)
         # fdatasync runs on a thread of its own: on this machine's disk a flush of
         # one second of downloading takes longer than a second, and queued behind
         # it, verification and writes would stall the download.
