@@ -1,0 +1,123 @@
+"""The native I/O thread (torrent._fast.IOThread): verify, write, flush, without the GIL."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import multiprocessing as mp
+import os
+import select
+from pathlib import Path
+
+import pytest
+
+from torrent import _fast
+
+PIECE = 64 * 1024
+
+
+def wait_all(t: _fast.IOThread, efd: int, n: int) -> list[tuple[int, int, int]]:
+    """Collect ``n`` outcomes, waking on the eventfd (bounded: 10 s per wait)."""
+    out: list[tuple[int, int, int]] = []
+    while len(out) < n:
+        ready, _, _ = select.select([efd], [], [], 10)
+        assert ready, f"only {len(out)} of {n} jobs finished"
+        os.eventfd_read(efd)
+        out += t.completed()
+    return out
+
+
+def test_verify_write_and_sync(tmp_path: Path) -> None:
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    t = _fast.IOThread(efd)
+    data = bytearray(os.urandom(PIECE))
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        good = hashlib.sha1(data).digest()
+        # one piece split over two places in the file (as across two files)
+        t.submit_piece(7, data, PIECE, good, [(fd, 100, 0, 1000), (fd, 5000, 1000, PIECE - 1000)])
+        t.submit_piece(8, data, PIECE, b"\0" * 20, [(fd, 0, 0, 10)])
+        t.submit_sync(-1, [fd])
+        outcomes = wait_all(t, efd, 3)
+        assert outcomes == [(7, _fast.JOB_OK, 0), (8, _fast.JOB_BAD, 0), (-1, _fast.JOB_OK, 0)]
+        assert t.pending == 0
+        body = (tmp_path / "f").read_bytes()
+        assert body[100:1100] == data[:1000]
+        assert body[5000:] == data[1000:]
+        assert body[:10] == b"\0" * 10  # the bad piece wrote nothing
+    finally:
+        assert t.close() == []
+        os.close(fd)
+        os.close(efd)
+
+
+def test_write_error_is_reported_with_errno(tmp_path: Path) -> None:
+    t = _fast.IOThread(-1)
+    data = bytes(PIECE)
+    rd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT)
+    try:
+        t.submit_piece(1, data, PIECE, hashlib.sha1(data).digest(), [(rd, 0, 0, PIECE)])
+        assert t.close() == [(1, _fast.JOB_IO_ERROR, errno.EBADF)]
+    finally:
+        os.close(rd)
+
+
+def test_arguments_are_checked_and_closed_thread_refuses() -> None:
+    t = _fast.IOThread(-1)
+    data = bytes(PIECE)
+    digest = hashlib.sha1(data).digest()
+    with pytest.raises(ValueError, match="outside the piece"):
+        t.submit_piece(1, data, PIECE, digest, [(3, 0, PIECE - 10, 11)])
+    with pytest.raises(ValueError, match="outside the buffer"):
+        t.submit_piece(1, data, PIECE + 1, digest, [])
+    with pytest.raises(ValueError, match="20 bytes"):
+        t.submit_piece(1, data, PIECE, b"short", [])
+    with pytest.raises(TypeError):
+        t.submit_piece(1, None, 0, digest, [])  # type: ignore[arg-type]
+    assert t.pending == 0
+    t.close()
+    with pytest.raises(ValueError, match="closed"):
+        t.submit_piece(1, data, PIECE, digest, [])
+    with pytest.raises(ValueError, match="closed"):
+        t.submit_sync(-1, [])
+
+
+def test_submitted_buffer_stays_acquired_until_collected() -> None:
+    t = _fast.IOThread(-1)
+    buf = bytearray(PIECE)
+    t.submit_piece(1, buf, PIECE, b"\1" * 20, [])
+    with pytest.raises(BufferError):
+        buf.extend(b"x")  # a bytearray with an exported buffer cannot be resized
+    assert t.close() == [(1, _fast.JOB_BAD, 0)]
+    buf.extend(b"x")  # released once collected
+
+
+def _writer(path: str, start: int, count: int, seed: int) -> None:
+    efd = os.eventfd(0)
+    t = _fast.IOThread(efd, lock_writes=True)
+    fd = os.open(path, os.O_RDWR)
+    bufs = []
+    for k in range(count):
+        data = bytes([seed]) * PIECE
+        bufs.append(data)
+        i = start + k
+        t.submit_piece(i, data, PIECE, hashlib.sha1(data).digest(), [(fd, i * PIECE, 0, PIECE)])
+    outs = t.close()
+    assert all(st == _fast.JOB_OK for _, st, _ in outs) and len(outs) == count
+    os._exit(0)
+
+
+def test_two_processes_writing_one_file_with_locks(tmp_path: Path) -> None:
+    path = tmp_path / "shared.bin"
+    n = 64
+    with open(path, "wb") as f:
+        f.truncate(2 * n * PIECE)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), w * n, n, w + 1)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    body = path.read_bytes()
+    assert body == b"\1" * (n * PIECE) + b"\2" * (n * PIECE)
