@@ -9,6 +9,8 @@ N libtorrent seeders on 127.0.0.1 (DHT/LSD/UPnP/NAT-PMP/uTP off, several
 connections per IP allowed), then runs the downloaders *interleaved*
 (run 1 of every client, then run 2, ...), each into a fresh directory, and
 counts a run only if the output is byte-identical to the payload (``cmp``).
+Between runs (untimed) the output is deleted and ``sync`` flushes what is
+still dirty, so one run's writeback does not slow down the next.
 
 Per run it records wall time (spawn to exit), CPU seconds of the whole process
 tree (``wait4`` rusage: the client and every descendant it reaped), peak PSS
@@ -265,6 +267,7 @@ def main() -> int:
     src = os.path.join(work, "src")
     log(f"payload {a.size} in {a.files} file(s) under {src}")
     payload = make_payload(src, size, a.files)
+    os.sync()  # a payload still being written back would slow the first runs down
     target = payload[0] if a.files == 1 else os.path.dirname(payload[0]).rsplit("/dir", 1)[0]
     torrent = os.path.join(work, "bench.torrent")
     subprocess.run(["fasttorrent", "create", target, "-o", torrent, "--piece-length", str(piece), "-q"],
@@ -292,6 +295,9 @@ def main() -> int:
                         r["seeders_cpu"] = seeders_cpu(seeds) - s0
                         ok = r["exit"] == 0 and same_tree(payload, src, out)
                         shutil.rmtree(out, ignore_errors=True)
+                        # Flush what this run left dirty (untimed), so that its
+                        # writeback does not land in the next client's run.
+                        os.sync()
                         row = {"kind": "run", "client": label, "seeders": ns, "run": run, "ok": ok,
                                "rate": size / r["wall"], "cpu_per_gib": r["cpu"] / (size / 2**30),
                                **{k: v for k, v in r.items() if k != "stderr"}}
