@@ -7,7 +7,8 @@
 Makes a deterministic payload and its torrent (``fasttorrent create``), starts
 N libtorrent seeders on 127.0.0.1 (DHT/LSD/UPnP/NAT-PMP/uTP off, several
 connections per IP allowed), then runs the downloaders *interleaved*
-(run 1 of every client, then run 2, ...), each into a fresh directory, and
+(run 1 of every client, then run 2, ..., the order rotated each run, after
+one untimed warm-up download), each into a fresh directory, and
 counts a run only if the output is byte-identical to the payload (``cmp``).
 Between runs (untimed) the output is deleted and ``sync`` flushes what is
 still dirty, so one run's writeback does not slow down the next.
@@ -250,6 +251,8 @@ def main() -> int:
     ap.add_argument("--clients", default="ft1,ft2,lt-default,lt-fast",
                     help="comma list of " + ", ".join(CLIENTS) + " or LABEL=COMMAND")
     ap.add_argument("--timeout", type=float, default=600, help="per run")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="skip the untimed warm-up download after the seeders start")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="JSONL results (default bench/results/...)")
     a = ap.parse_args()
@@ -283,8 +286,21 @@ def main() -> int:
                                          lifetime=a.runs * len(clients) * a.timeout + 120)
             log(f"{ns} seeder(s) ready: {peers}")
             try:
+                if a.warmup:
+                    # Seeders just started are slower for a run or so (their disk
+                    # cache fills): one untimed download, not recorded.
+                    label, tmpl = clients[-1]
+                    out = os.path.join(work, "out-warmup")
+                    os.makedirs(out, exist_ok=True)
+                    run_client(tmpl.format(torrent=torrent, out=out, peers=peers,
+                                           python=sys.executable, here=HERE), a.timeout)
+                    shutil.rmtree(out, ignore_errors=True)
+                    os.sync()
+                    log(f"warm-up run ({label}) done")
                 for run in range(a.runs):
-                    for label, tmpl in clients:
+                    # rotate the order, so no client is always first after another
+                    order = clients[run % len(clients):] + clients[:run % len(clients)]
+                    for label, tmpl in order:
                         out = os.path.join(work, f"out-{label}-{run}")
                         shutil.rmtree(out, ignore_errors=True)
                         os.makedirs(out)
