@@ -17,6 +17,7 @@ With one worker the same loop runs in this process (no spawn cost).
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing as mp
 import os
 import queue
@@ -36,6 +37,9 @@ __all__ = ["CHUNK_BYTES", "PIECE_GOOD", "PIECE_BAD", "PIECE_MISSING", "WorkerSta
 #: round trip, a few syscalls) is noise next to ~10 ms of hashing; small
 #: enough that two workers finish within one chunk of each other.
 CHUNK_BYTES = 16 << 20
+
+#: Prefault the mapping in one call rather than a fault per page (Linux).
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 PIECE_BAD = 0
 PIECE_GOOD = 1
@@ -81,11 +85,49 @@ class _Hasher:
         per = max(1, CHUNK_BYTES // layout.piece_length)
         self.buf = bytearray(per * layout.piece_length)
 
+    def _mapped(self, start: int, length: int) -> tuple[mmap.mmap, memoryview] | None:
+        """The range mapped straight from the page cache, when it lies in one whole file.
+
+        Hashing from a mapping saves the copy into our buffer: with several
+        workers, memory bandwidth is what runs out first (measured: 2 workers
+        went from 1.38x to ~1.8x one worker).  Anything else (a range over
+        several files, a short or missing file) is read with preadv instead.
+        """
+        segs = list(self.layout.segments(start, length))
+        if len(segs) != 1:
+            return None
+        i, foff, _roff, n = segs[0]
+        span = self.layout.spans[i]
+        if span.pad:
+            return None
+        fd = self.storage._fd(i)
+        if fd is None:
+            return None
+        try:
+            if os.fstat(fd).st_size < foff + n:
+                return None
+            base = foff - foff % mmap.ALLOCATIONGRANULARITY
+            m = mmap.mmap(fd, foff + n - base, flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                          prot=mmap.PROT_READ, offset=base)
+        except (OSError, ValueError):
+            return None
+        return m, memoryview(m)[foff - base : foff - base + n]
+
     def run(self, first: int, end: int) -> tuple[bytes, int]:
         lay = self.layout
         pl = lay.piece_length
         start = first * pl
         length = min(lay.total_size, end * pl) - start
+        mapped = self._mapped(start, length)
+        if mapped is not None:
+            m, view = mapped
+            try:
+                if self.digests is None:
+                    return _fast.sha1_pieces(view, pl), length
+                return _fast.verify_pieces(view, pl, self.digests[first * 20 : end * 20]), length
+            finally:
+                view.release()
+                m.close()
         view = memoryview(self.buf)[:length]
         complete = self.storage.read_into(start, view)
         if self.digests is None:
