@@ -1,0 +1,122 @@
+"""``fasttorrent seed``: real downloaders fetch bit-exact from it.
+
+libtorrent's own downloader (PyPI bindings, loopback-only settings, the
+benchmark's bench/clients/lt_download.py) and fasttorrent's downloader fetch a
+multi-file torrent from two `fasttorrent seed` processes; a mixed swarm of a
+libtorrent seeder and a fasttorrent seeder serves fasttorrent. SIGINT stops a
+seeder cleanly (exit 7, `--json` summary with the bytes it uploaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_module
+from helpers.payload import ft_create, write_tree
+from helpers.swarm import start_seeders
+
+ROOT = Path(__file__).resolve().parent.parent
+LT_DOWNLOAD = ROOT / "bench" / "clients" / "lt_download.py"
+TREE = {"a.bin": 700_001, "sub/b.bin": 1_300_000, "sub/c/d.bin": 65_536, "e.txt": 10}
+#: Every process here is bounded: a download by this, a seeder by the fixture.
+RUN_TIMEOUT = 60
+
+
+class SeedProc:
+    def __init__(self, torrent: Path, data: Path, workers: int = 1) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "torrent", "seed", str(torrent), str(data), "--bind",
+             "127.0.0.1", "--workers", str(workers), "--no-trackers", "--json", "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "seeding on port P", after the data check
+        assert line.startswith("seeding on port "), line + self.proc.stderr.read()  # type: ignore[union-attr]
+        self.port = int(line.split()[-1])
+        self.addr = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> tuple[int, dict, str]:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, json.loads(out.strip().splitlines()[-1]), err
+
+
+@pytest.fixture
+def swarm(tmp_path: Path) -> Iterator[tuple[Path, Path, list[SeedProc]]]:
+    src = tmp_path / "src" / "tree"
+    write_tree(src, TREE)
+    torrent = ft_create(src, tmp_path / "t.torrent", piece_length="32K")
+    seeds: list[SeedProc] = []
+    try:
+        seeds = [SeedProc(torrent, src.parent), SeedProc(torrent, src.parent, workers=2)]
+        yield torrent, src, seeds
+    finally:
+        for s in seeds:
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait()
+
+
+def same_tree(a: Path, b: Path) -> None:
+    for rel in TREE:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_libtorrent_downloads_from_fasttorrent_seeders(
+        swarm: tuple[Path, Path, list[SeedProc]], tmp_path: Path) -> None:
+    require_module("libtorrent")
+    torrent, src, seeds = swarm
+    out = tmp_path / "lt"
+    r = subprocess.run([sys.executable, str(LT_DOWNLOAD), "--peers",
+                        ",".join(s.addr for s in seeds), "--timeout", str(RUN_TIMEOUT - 10),
+                        str(torrent), str(out)], capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    same_tree(src, out / "tree")
+    uploaded = 0
+    for s in seeds:
+        rc, summary, err = s.stop()
+        assert rc == 7, err
+        assert "Traceback" not in err
+        uploaded += summary["bytes_uploaded"]
+    assert uploaded >= sum(TREE.values())
+
+
+def test_fasttorrent_downloads_from_a_mixed_swarm(
+        swarm: tuple[Path, Path, list[SeedProc]], tmp_path: Path) -> None:
+    require_module("libtorrent")
+    torrent, src, seeds = swarm
+    (lt_seed,) = start_seeders(str(torrent), [str(src.parent)], str(tmp_path))
+    try:
+        out = tmp_path / "ft"
+        r = subprocess.run([sys.executable, "-m", "torrent", "download", str(torrent), "-o",
+                            str(out), "--no-trackers", "--json", "--peer", lt_seed.addr,
+                            "--peer", seeds[0].addr], capture_output=True, text=True,
+                           timeout=RUN_TIMEOUT)
+        assert r.returncode == 0, r.stderr
+        j = json.loads(r.stdout)
+        assert j["complete"] and j["hash_failures"] == 0
+        same_tree(src, out / "tree")
+        assert {p["port"] for p in j["peers"] if p["connected"]} == {lt_seed.port, seeds[0].port}
+    finally:
+        lt_seed.stop()
+
+
+def test_seed_refuses_missing_data(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "tree"
+    write_tree(src, TREE)
+    torrent = ft_create(src, tmp_path / "t.torrent", piece_length="32K")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, "-m", "torrent", "seed", str(torrent), str(empty),
+                        "--bind", "127.0.0.1", "--no-trackers"], capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT)
+    assert r.returncode == 6, r.stderr
+    assert "nothing to seed" in r.stderr and "Traceback" not in r.stderr
+    assert os.listdir(empty) == []  # seeding never creates files
