@@ -18,7 +18,6 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
     "DiskFull",
     "FastTorrentError",
     "Incomplete",
@@ -29,4 +28,5 @@ __all__ = [
     "StorageError",
     "TrackerError",
     "UsageError",
+    "__version__",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 from . import __version__
 from .errors import FastTorrentError, Incomplete, Interrupted, UsageError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 EXIT_INTERRUPTED = Interrupted.exit_code
 EXIT_INTERNAL = 1

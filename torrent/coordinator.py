@@ -34,7 +34,6 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from .sysinfo import available_cpus
 from .wire.handshake import make_peer_id
 from .worker import WorkerConfig, worker_main
 
-__all__ = ["download", "DownloadResult", "parse_peer"]
+__all__ = ["DownloadResult", "download", "parse_peer"]
 
 #: Delay before retrying a peer whose connection failed, doubling each time.
 PEER_RETRY_BASE = 2.0
@@ -365,7 +364,7 @@ class Coordinator:
             self._check_done()
         elif t is ipc.NeedPieces:
             h.asked = True
-            self.lease(h, msg.count)
+            self.lease(h, msg.wanted)
         elif t is ipc.Released:
             for i in msg.pieces:
                 if self.state[i] == 1 and self.owner[i] == h.wid:
@@ -644,7 +643,7 @@ class Coordinator:
             while not self.done_event.is_set():
                 try:
                     await asyncio.wait_for(self.done_event.wait(), PROGRESS_INTERVAL)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 for h in self.workers:
                     if h.alive and not h.proc.is_alive():
@@ -672,7 +671,7 @@ class Coordinator:
                 tracker_stop.set()
                 try:
                     await asyncio.wait_for(tracker_task, TRACKER_STOP_TIMEOUT)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
+                except (TimeoutError, asyncio.CancelledError):
                     pass
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:

@@ -12,7 +12,7 @@ from .errors import StorageError, UsageError
 from .hashing import hash_pieces
 from .storage import FileSpan, Layout, os_error
 
-__all__ = ["create_torrent", "auto_piece_length", "MIN_AUTO_PIECE", "MAX_AUTO_PIECE"]
+__all__ = ["MAX_AUTO_PIECE", "MIN_AUTO_PIECE", "auto_piece_length", "create_torrent"]
 
 #: Bounds of the automatic piece length.  256 KiB keeps per-piece overhead
 #: (HAVE messages, bitfield size, picker work) low on small torrents; 16 MiB is

@@ -51,7 +51,11 @@ def make_payload(path: str, size: int, *, seed: int = 1) -> None:
 
 def _start_seeder(torrent: str, data_dir: str, workdir: str, k: int) -> tuple[Any, int]:
     """A ``fasttorrent seed`` process on 127.0.0.1; returns it and its port."""
-    log = open(os.path.join(workdir, f"seed{k}.log"), "w+")
+    with open(os.path.join(workdir, f"seed{k}.log"), "w+") as log:
+        return _spawn_seeder(torrent, data_dir, log)
+
+
+def _spawn_seeder(torrent: str, data_dir: str, log: Any) -> tuple[Any, int]:
     p = subprocess.Popen(
         [sys.executable, "-m", "torrent", "seed", torrent, data_dir, "--bind", "127.0.0.1",
          "--workers", "1", "--skip-check", "--no-trackers", "-q"],

@@ -13,18 +13,18 @@ Anything else that escapes is a bug of ours (exit 1).
 from __future__ import annotations
 
 __all__ = [
-    "FastTorrentError",
-    "UsageError",
-    "InvalidTorrent",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
     "DiskFull",
-    "StorageError",
+    "FastTorrentError",
     "Incomplete",
     "Interrupted",
-    "ResourceExhausted",
+    "InvalidTorrent",
     "RemoteProtocolError",
+    "ResourceExhausted",
+    "StorageError",
     "TrackerError",
-    "EXIT_OK",
-    "EXIT_INTERNAL",
+    "UsageError",
 ]
 
 EXIT_OK = 0

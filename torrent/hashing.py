@@ -23,15 +23,22 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import _fast
 from .errors import FastTorrentError, StorageError
 from .storage import Layout, Storage
 
-__all__ = ["CHUNK_BYTES", "PIECE_GOOD", "PIECE_BAD", "PIECE_MISSING", "WorkerStats",
-           "HashResult", "hash_pieces"]
+__all__ = [
+    "CHUNK_BYTES",
+    "PIECE_BAD",
+    "PIECE_GOOD",
+    "PIECE_MISSING",
+    "HashResult",
+    "WorkerStats",
+    "hash_pieces",
+]
 
 #: Bytes read and hashed per task.  Big enough that per-task overhead (a queue
 #: round trip, a few syscalls) is noise next to ~10 ms of hashing; small

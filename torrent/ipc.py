@@ -10,9 +10,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = [
-    "Lease", "Connect", "Steal", "PiecesDone", "Stop",
-    "Ready", "Availability", "NeedPieces", "Verified", "Durable", "Released",
-    "PeerClosed", "Stats", "Fatal",
+    "Availability",
+    "Connect",
+    "Durable",
+    "Fatal",
+    "Lease",
+    "NeedPieces",
+    "PeerClosed",
+    "PiecesDone",
+    "Ready",
+    "Released",
+    "Stats",
+    "Steal",
+    "Stop",
+    "Verified",
 ]
 
 # -- coordinator -> worker ----------------------------------------------------
@@ -33,9 +44,9 @@ class Connect(NamedTuple):
 
 
 class Steal(NamedTuple):
-    """Give back up to ``count`` unstarted leased pieces (answered by :class:`Released`)."""
+    """Give back up to ``wanted`` unstarted leased pieces (answered by :class:`Released`)."""
 
-    count: int
+    wanted: int
 
 
 class PiecesDone(NamedTuple):
@@ -65,7 +76,7 @@ class Availability(NamedTuple):
 
 
 class NeedPieces(NamedTuple):
-    count: int
+    wanted: int
 
 
 class Verified(NamedTuple):

@@ -38,7 +38,7 @@ import zlib
 
 from .storage import os_error
 
-__all__ = ["Journal", "journal_path", "MAGIC"]
+__all__ = ["MAGIC", "Journal", "journal_path"]
 
 MAGIC = b"FTJ1"
 _HEADER = struct.Struct("<4s20sIQ")

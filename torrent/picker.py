@@ -23,7 +23,8 @@ No I/O and no clock here; the worker calls in with what happened.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["BLOCK_SIZE", "Picker", "PieceDL", "block_count"]
 
@@ -42,22 +43,33 @@ def block_count(piece_size: int) -> int:
 class PieceDL:
     """A piece in flight in this worker: its slot and the state of its blocks."""
 
-    __slots__ = ("index", "size", "nblocks", "pending", "owner", "outstanding", "dups",
-                 "received", "slot", "senders", "parole")
+    __slots__ = (
+        "dups",
+        "index",
+        "nblocks",
+        "outstanding",
+        "owner",
+        "parole",
+        "pending",
+        "received",
+        "senders",
+        "size",
+        "slot",
+    )
 
-    def __init__(self, index: int, size: int, slot: object) -> None:
+    def __init__(self, index: int, size: int, slot: Any) -> None:
         self.index = index
         self.size = size
         self.nblocks = block_count(size)
         # Stack of unrequested blocks; pop() yields the lowest block first.
         self.pending: list[int] = list(range(self.nblocks - 1, -1, -1))
-        self.owner: Hashable | None = None
-        self.outstanding: dict[int, Hashable] = {}
-        self.dups: dict[int, Hashable] = {}
+        self.owner: Any | None = None
+        self.outstanding: dict[int, Any] = {}
+        self.dups: dict[int, Any] = {}
         self.received = 0
         self.slot = slot
-        self.senders: dict[int, Hashable] = {}  # block -> peer that delivered it
-        self.parole: Hashable | None = None  # only this peer may serve it (after a failure)
+        self.senders: dict[int, Any] = {}  # block -> peer that delivered it
+        self.parole: Any | None = None  # only this peer may serve it (after a failure)
 
     def block_length(self, b: int) -> int:
         return min(BLOCK_SIZE, self.size - b * BLOCK_SIZE)
@@ -102,8 +114,8 @@ class Picker:
             av[i] += delta
 
     # -- picking -------------------------------------------------------------
-    def pick(self, peer: Hashable, has: Callable[[int], bool], want: int,
-             alloc_slot: Callable[[int], object | None]) -> list[tuple[int, int, int]]:
+    def pick(self, peer: Any, has: Callable[[int], bool], want: int,
+             alloc_slot: Callable[[int], Any]) -> list[tuple[int, int, int]]:
         """Up to ``want`` requests ``(index, begin, length)`` for ``peer``; marks them outstanding."""
         out: list[tuple[int, int, int]] = []
         if want <= 0:
@@ -147,7 +159,7 @@ class Picker:
         return out
 
     @staticmethod
-    def _take(pd: PieceDL, peer: Hashable, n: int, out: list[tuple[int, int, int]]) -> None:
+    def _take(pd: PieceDL, peer: Any, n: int, out: list[tuple[int, int, int]]) -> None:
         pending = pd.pending
         base = pd.index
         while n > 0 and pending:
@@ -157,7 +169,7 @@ class Picker:
             n -= 1
 
     # -- outcomes ------------------------------------------------------------
-    def block_arrived(self, pd: PieceDL, b: int, peer: Hashable) -> list[tuple[Hashable, int]]:
+    def block_arrived(self, pd: PieceDL, b: int, peer: Any) -> list[tuple[Any, int]]:
         """A block was stored.  Returns other peers whose duplicate request to cancel."""
         holder = pd.outstanding.pop(b, None)
         if holder is None and b in pd.pending:
@@ -168,7 +180,7 @@ class Picker:
             if holder is None or holder is peer:
                 return _NO_CANCELS
             return [(holder, b)]
-        cancels: list[tuple[Hashable, int]] = []
+        cancels: list[tuple[Any, int]] = []
         dup = pd.dups.pop(b, None)
         if holder is not None and holder is not peer:
             cancels.append((holder, b))
@@ -176,7 +188,7 @@ class Picker:
             cancels.append((dup, b))
         return cancels
 
-    def block_lost(self, index: int, begin: int, peer: Hashable) -> None:
+    def block_lost(self, index: int, begin: int, peer: Any) -> None:
         """A request to ``peer`` will not be served (choke, timeout, cancel, disconnect)."""
         pd = self.active.get(index)
         if pd is None:
@@ -192,7 +204,7 @@ class Picker:
             else:
                 pd.pending.append(b)  # re-request it first
 
-    def peer_gone(self, peer: Hashable) -> None:
+    def peer_gone(self, peer: Any) -> None:
         for pd in self.active.values():
             for b in [b for b, p in pd.outstanding.items() if p is peer]:
                 self.block_lost(pd.index, b * BLOCK_SIZE, peer)
@@ -207,7 +219,7 @@ class Picker:
         """The piece left the picker (verified, or failed and about to be retried)."""
         return self.active.pop(index, None)
 
-    def retry(self, pd: PieceDL, parole: Hashable | None) -> None:
+    def retry(self, pd: PieceDL, parole: Any | None) -> None:
         """A piece failed its hash: fetch it again in the same slot, from ``parole`` alone if set."""
         pd.pending = list(range(pd.nblocks - 1, -1, -1))
         pd.outstanding.clear()

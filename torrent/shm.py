@@ -31,7 +31,7 @@ from multiprocessing import resource_tracker, shared_memory
 
 from .errors import ResourceExhausted
 
-__all__ = ["Arena", "plan_slots", "DEFAULT_ARENA_BYTES", "MIN_SLOTS", "MAX_SLOTS", "SHM_DIR"]
+__all__ = ["DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MIN_SLOTS", "SHM_DIR", "Arena", "plan_slots"]
 
 SHM_DIR = "/dev/shm"
 #: Default arena size.  At 1 GB/s a 1 MiB piece spends about 1 ms in flight per

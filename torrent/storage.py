@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from .errors import DiskFull, InvalidTorrent, StorageError
 
 __all__ = [
+    "MAX_OPEN_FILES",
     "FileSpan",
     "Layout",
     "Storage",
-    "MAX_OPEN_FILES",
-    "layout_for",
-    "check_output_paths",
     "check_free_space",
+    "check_output_paths",
+    "layout_for",
 ]
 
 #: Descriptors kept open at once.  Well under the usual 1,024 soft limit so the
@@ -69,7 +69,7 @@ def os_error(exc: OSError, what: str) -> Exception:
 class Layout:
     """Maps byte ranges of the torrent's concatenated space onto file segments."""
 
-    __slots__ = ("spans", "piece_length", "total_size", "_offsets")
+    __slots__ = ("_offsets", "piece_length", "spans", "total_size")
 
     def __init__(self, spans: Sequence[FileSpan], piece_length: int, total_size: int) -> None:
         self.spans = tuple(spans)

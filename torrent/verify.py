@@ -10,7 +10,7 @@ from typing import Any
 from .hashing import PIECE_BAD, PIECE_GOOD, PIECE_MISSING, hash_pieces
 from .storage import layout_for
 
-__all__ = ["VerifyReport", "verify_data", "MAX_LISTED_PIECES"]
+__all__ = ["MAX_LISTED_PIECES", "VerifyReport", "verify_data"]
 
 #: Piece indices listed per file and in total in a report; a wholly missing
 #: 4 TB torrent would otherwise print millions of numbers.

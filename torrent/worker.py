@@ -46,7 +46,7 @@ from .shm import Arena
 from .storage import Storage, layout_for
 from .wire import peer as wp
 
-__all__ = ["Worker", "worker_main", "WorkerConfig"]
+__all__ = ["Worker", "WorkerConfig", "worker_main"]
 
 #: Seconds between fdatasync batches (and Durable reports).  Longer batches
 #: mean fewer flushes; shorter ones mean less refetching after a crash.
@@ -161,7 +161,7 @@ class RateLimiter:
 
 
 class Slot:
-    __slots__ = ("index", "view", "blocks")
+    __slots__ = ("blocks", "index", "view")
 
     def __init__(self, index: int, view: memoryview, nblocks: int) -> None:
         self.index = index
@@ -214,7 +214,7 @@ class Worker:
         self.avail = bytearray(len(cfg.done))
         self.avail_dirty = False
         self.stop_event = asyncio.Event()
-        self.failed_crcs: dict[int, list[tuple[Any, int]]] = {}  # piece -> [(sender, crc)]
+        self.failed_crcs: dict[int, list[tuple[Any, int, int]]] = {}  # piece -> [(sender, block, crc)]
         self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
                                       "blocks": 0, "steals": 0, "released": 0,
                                       "hash_failures": 0, "banned": [], "endgame": False}
@@ -250,7 +250,7 @@ class Worker:
             if _ban_key(msg.host, msg.port) not in self.banned:
                 self.loop.create_task(self.connect(msg.host, msg.port))
         elif t is ipc.Steal:
-            out = self.picker.release(msg.count)
+            out = self.picker.release(msg.wanted)
             self.stats["released"] += len(out)
             self.send(ipc.Released(tuple(out)))
         elif t is ipc.PiecesDone:
@@ -273,7 +273,7 @@ class Worker:
                 self.loop.create_connection(lambda: PeerConn(self, (host, port), True),
                                             host, port),
                 CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             reason = "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
             self.send(ipc.PeerClosed(host, port, f"connect failed: {reason}", False, False))
 
@@ -726,7 +726,6 @@ class Worker:
         self.loop.add_reader(self.conn.fileno(), self.on_control)
         self.loop.add_reader(self.efd, self.on_io_done)
         if self.cfg.port:
-            from .net.peer import PeerConn
 
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -740,7 +739,7 @@ class Worker:
             while not self.stop_event.is_set():
                 try:
                     await asyncio.wait_for(self.stop_event.wait(), TICK)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self.tick()
         finally:

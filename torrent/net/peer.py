@@ -33,7 +33,7 @@ from ..wire.messages import LocalProtocolError, frame_bounds, max_message_length
 if TYPE_CHECKING:
     from ..worker import Worker
 
-__all__ = ["PeerConn", "RECV_BUFFER"]
+__all__ = ["RECV_BUFFER", "PeerConn"]
 
 #: Receive buffer per connection.  One read of up to this much carries ~60
 #: blocks, so the per-read Python work is spread thin; it must also hold the

@@ -52,8 +52,8 @@ way: a keep-alive may go out early, an idle peer may be dropped late.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import struct
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
