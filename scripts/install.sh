@@ -22,3 +22,5 @@ fi
 # A stale in-place build of the core would shadow a fresh one.
 rm -f torrent/_fast*.so torrent/_fast.c
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+# pyenv puts new console scripts (fasttorrent) on PATH only after a rehash
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
