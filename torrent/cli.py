@@ -41,24 +41,24 @@ def _rate(n: float, seconds: float) -> str:
     return f"{n / seconds / 1e6:.1f} MB/s" if seconds > 0 else "-"
 
 
-def _workers_arg(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not 1 <= n <= 1024:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 1024, got {n}")
-    return n
+def _int_arg(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]."""
+
+    def parse(s: str) -> int:
+        try:
+            n = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {n}")
+        return n
+
+    return parse
 
 
-def _port_arg(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port: {s!r}") from None
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {n}")
-    return n
+#: Worker processes, peers and seeders: at least one, and a sane bound.
+_workers_arg = _int_arg(1, 1024)
+_port_arg = _int_arg(0, 65535)
 
 
 def _size_arg(s: str) -> int:
