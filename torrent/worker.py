@@ -180,6 +180,7 @@ class Worker:
         m = self.meta
         self.picker = Picker(m.num_pieces, m.piece_length, m.total_size)
         self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
+        self.have_count = _fast.bitfield_count(self.have, m.num_pieces)
         self.arena = Arena.attach(cfg.arena_name, cfg.slot_size, cfg.arena_slots)
         nb = -(-m.piece_length // BLOCK_SIZE)
         self.free_slots = [Slot(cfg.first_slot + k, self.arena.slot(cfg.first_slot + k), nb)
@@ -435,18 +436,18 @@ class Worker:
 
     @property
     def complete(self) -> bool:
-        return all(b == 0xFF for b in self.have[:-1]) and self._last_full()
-
-    def _last_full(self) -> bool:
-        n = self.meta.num_pieces
-        spare = (-n) & 7
-        return self.have[-1] == (0xFF << spare) & 0xFF
+        # a counter, not a scan: this is asked per verified piece, and a scan of
+        # a 200,000-piece bitfield each time would make a download quadratic
+        return self.have_count == self.meta.num_pieces
 
     def _has(self, i: int) -> bool:
         return bool(self.have[i >> 3] & (0x80 >> (i & 7)))
 
     def _mark_have(self, i: int) -> None:
-        self.have[i >> 3] |= 0x80 >> (i & 7)
+        mask = 0x80 >> (i & 7)
+        if not self.have[i >> 3] & mask:
+            self.have[i >> 3] |= mask
+            self.have_count += 1
 
     # -- requests ----------------------------------------------------------------
     def alloc_slot(self, index: int) -> Slot | None:
