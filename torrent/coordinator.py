@@ -478,7 +478,9 @@ class Coordinator:
         # speed finish long before ENDGAME_MIN_AGE: no piece of a healthy
         # download is fetched twice.
         dups = []
-        for p in range(n):
+        # (only the other workers' leases: small sets, not a scan of every piece)
+        held = sorted(p for v in self.workers if v is not h and v.alive for p in v.leased)
+        for p in held:
             if state[p] == 1 and self.owner[p] != h.wid and self._gettable(h, p) \
                     and now - self.leased_at[p] >= ENDGAME_MIN_AGE:
                 holders = self.endgame_dups.setdefault(p, set())
