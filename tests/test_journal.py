@@ -251,3 +251,18 @@ def test_any_truncation_yields_a_prefix(tmp_path: Path, initial: set[int],
         assert got is None
     else:
         assert got == set(order[: (cut - HEADER) // RECORD])
+
+
+def test_oversized_journal_is_not_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More bytes than any run could write: damage (or not ours); read() refuses it (a recheck)."""
+    import torrent.journal as jm
+
+    monkeypatch.setattr(jm, "MAX_SEAL_BYTES", 64)
+    j = make(tmp_path)
+    j.open({0, 1})
+    j.close()
+    assert make(tmp_path).read() == {0, 1}
+    limit = 36 + 8 * NUM * jm.MAX_JOURNAL_RUNS + 64
+    with open(j.path, "ab") as f:
+        f.write(b"\0" * limit)
+    assert make(tmp_path).read() is None

@@ -49,6 +49,9 @@ _STAT = struct.Struct("<QQ")  # size, mtime_ns
 _COUNT = struct.Struct("<I")
 #: Files in a seal at most (the metainfo parser's own bound is far below).
 MAX_SEAL_FILES = 10_000_000
+#: Bounds on what read() loads: records of this many runs' worth, plus seals.
+MAX_JOURNAL_RUNS = 64
+MAX_SEAL_BYTES = 64 << 20
 
 
 def _fault(name: str) -> int | None:
@@ -85,9 +88,14 @@ class Journal:
 
     def read(self) -> set[int] | None:
         """The recorded pieces, or None when there is no journal for this torrent."""
+        # A journal holds each piece once per run and a seal per stop; more than
+        # this is damage (or not ours), which only costs a recheck.
+        limit = _HEADER.size + _RECORD.size * self.num_pieces * MAX_JOURNAL_RUNS + MAX_SEAL_BYTES
         try:
             with open(self.path, "rb") as f:
-                data = f.read()
+                data = f.read(limit + 1)
+            if len(data) > limit:
+                return None
         except FileNotFoundError:
             return None
         except OSError:
