@@ -67,6 +67,9 @@ LEASE_GRACE = 1.0
 ENDGAME_MIN_AGE = 2.0
 #: How long the final tracker announces ('completed', 'stopped') may take.
 TRACKER_STOP_TIMEOUT = 6.0
+#: Peer addresses remembered at most (from trackers and --peer): bounds the
+#: table the coordinator walks every half second.
+MAX_KNOWN_PEERS = 10_000
 #: Default maximum number of connected peers (over all workers).
 DEFAULT_MAX_PEERS = 200
 
@@ -526,6 +529,8 @@ class Coordinator:
     def add_peers(self, addrs: Sequence[tuple[str, int]], source: str) -> None:
         for host, port in addrs:
             key = (host, port)
+            if len(self.peers) >= MAX_KNOWN_PEERS:
+                break  # trackers keep answering; the first MAX_KNOWN_PEERS are plenty
             if key not in self.peers and not (port == self.port and host in (self.bind, "127.0.0.1")):
                 self.peers[key] = PeerRecord(host, port, source=source)
         self.assign_peers()
