@@ -275,14 +275,11 @@ def _first_bytes_written(path: Path) -> bool:
         return False
 
 
-def test_worker_killed_mid_download(
-    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
-) -> None:
-    torrent, src = single
+def _download_killing_worker(torrent: Path, src: Path, out: Path, seeders: StartSeeders,
+                             victim: int, *, json_out: bool) -> tuple[RunResult, dict[str, int]]:
+    """Download from two slow seeders and SIGKILL worker ``victim`` once data is flowing."""
     # 2 MiB at 2 x 300 KB/s: about 3.5 s, time enough to kill a worker mid-way
     peers = seeders(torrent, [src, src], upload_limits=[300_000, 300_000])
-    out = tmp_path / "out"
-
     killed: dict[str, int] = {}
 
     def kill_one(live: Live) -> None:
@@ -291,10 +288,18 @@ def test_worker_killed_mid_download(
         ws = live.workers()
         if len(ws) == 2 and (_first_bytes_written(out / "payload.bin") or live.elapsed > 3):
             ws.sort(key=lambda p: (p.create_time(), p.pid))  # spawn order = worker id
-            killed["pid"] = ws[1].pid
-            ws[1].send_signal(signal.SIGKILL)
+            killed["pid"] = ws[victim].pid
+            ws[victim].send_signal(signal.SIGKILL)
 
-    res = download(torrent, out, peers, during=kill_one)
+    return download(torrent, out, peers, json_out=json_out, during=kill_one), killed
+
+
+def test_worker_killed_mid_download(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
+    torrent, src = single
+    out = tmp_path / "out"
+    res, killed = _download_killing_worker(torrent, src, out, seeders, 1, json_out=True)
     assert killed, "the download ended before a worker could be killed"
     assert res.returncode == 0, res.describe()
     j = res.json
@@ -315,20 +320,8 @@ def test_worker_killed_is_reported(
 ) -> None:
     """Without --json the coordinator warns that the worker died, names it, and goes on."""
     torrent, src = single
-    peers = seeders(torrent, [src, src], upload_limits=[300_000, 300_000])
     out = tmp_path / "out"
-    killed: dict[str, int] = {}
-
-    def kill_one(live: Live) -> None:
-        if killed:
-            return
-        ws = live.workers()
-        if len(ws) == 2 and (_first_bytes_written(out / "payload.bin") or live.elapsed > 3):
-            ws.sort(key=lambda p: (p.create_time(), p.pid))
-            killed["pid"] = ws[0].pid
-            ws[0].send_signal(signal.SIGKILL)
-
-    res = download(torrent, out, peers, json_out=False, during=kill_one)
+    res, killed = _download_killing_worker(torrent, src, out, seeders, 0, json_out=False)
     assert res.returncode == 0, res.describe()
     assert killed, "the download ended before a worker could be killed"
     assert "worker 0 died" in res.stderr, res.describe()

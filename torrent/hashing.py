@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _fast
-from .errors import FastTorrentError, StorageError
+from .errors import DiskFull, FastTorrentError, StorageError
 from .storage import Layout, Storage
 
 __all__ = [
@@ -190,7 +190,8 @@ def _worker_main(wid: int, layout: Layout, digests: bytes | None,
     results.put(("done", wid))
 
 
-_ERRORS = {c.__name__: c for c in (StorageError,)}
+#: Error types a hash worker may report back by name (the rest: StorageError).
+_ERRORS = {c.__name__: c for c in (StorageError, DiskFull)}
 
 
 def chunk_ranges(layout: Layout, pieces: list[int]) -> list[tuple[int, int]]:

@@ -232,4 +232,5 @@ class Picker:
 
     @property
     def idle(self) -> bool:
+        """Nothing leased and nothing in flight."""
         return not self.unstarted and not self.active

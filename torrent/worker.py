@@ -161,10 +161,11 @@ class RateLimiter:
 
 
 class Slot:
-    __slots__ = ("blocks", "index", "view")
+    """A piece slot in the shared arena and the block map of the piece it holds."""
 
-    def __init__(self, index: int, view: memoryview, nblocks: int) -> None:
-        self.index = index
+    __slots__ = ("blocks", "view")
+
+    def __init__(self, view: memoryview, nblocks: int) -> None:
         self.view = view
         self.blocks = _fast.BlockMap(nblocks)
 
@@ -183,7 +184,7 @@ class Worker:
         self.have_count = _fast.bitfield_count(self.have, m.num_pieces)
         self.arena = Arena.attach(cfg.arena_name, cfg.slot_size, cfg.arena_slots)
         nb = -(-m.piece_length // BLOCK_SIZE)
-        self.free_slots = [Slot(cfg.first_slot + k, self.arena.slot(cfg.first_slot + k), nb)
+        self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
         self.storage = Storage(layout_for(m, cfg.outdir), writable=cfg.writable)
         # The native I/O thread (see torrent/_fast.pyx): verifies and writes
@@ -458,7 +459,6 @@ class Worker:
         nb = -(-self.picker.piece_size(index) // BLOCK_SIZE)
         if slot.blocks.nblocks != nb:
             slot.blocks = _fast.BlockMap(nb)
-        slot.index = index
         return slot
 
     def pump(self, pc: Any) -> None:
@@ -500,8 +500,7 @@ class Worker:
             return  # the piece was finished elsewhere meanwhile
         b = begin >> 14
         if begin & 0x3FFF or b >= pd.nblocks or length != pd.block_length(b):
-            pc.abort(f"block ({index}, {begin}, {length}) does not match any request",
-                     strike=True)
+            pc.abort(f"block ({index}, {begin}, {length}) does not match any request")
             return
         slot = pd.slot
         if not slot.blocks.set(b):

@@ -73,16 +73,12 @@ class PeerConn(asyncio.BufferedProtocol):
         self.created_at = time.monotonic()
         self.close_reason = ""
         # transfer accounting (read by the worker's tick)
-        self.bytes_in = 0
-        self.blocks_in = 0
-        self.last_read_at = time.monotonic()
         self.rate = 0.0
         self._window_bytes = 0
         self.depth = 0  # request pipeline target, set by the worker
         self.uploaded = 0
         self.up_rate = 0.0
         self._up_window = 0
-        self.strikes = 0
 
     # -- asyncio callbacks --------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -109,7 +105,6 @@ class PeerConn(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
-        self.bytes_in += nbytes
         self._window_bytes += nbytes
         limiter = self.worker.limiter
         if limiter is not None:
@@ -122,7 +117,7 @@ class PeerConn(asyncio.BufferedProtocol):
             if not self.closed:
                 self.worker.pump(self)
         except RemoteProtocolError as e:
-            self.abort(f"protocol error: {e}", strike=True)
+            self.abort(f"protocol error: {e}")
         except LocalProtocolError as e:  # a bug of ours: drop the peer, keep the download
             self.abort(f"internal error: {e}")
         if self._start == self._end:
@@ -189,7 +184,6 @@ class PeerConn(asyncio.BufferedProtocol):
                 proto.receive_frame(-1, b"")  # keep-alive
             pos += 4 + n
         self._start = pos
-        self.last_read_at = time.monotonic()
 
     # -- sending ----------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -207,12 +201,10 @@ class PeerConn(asyncio.BufferedProtocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    def abort(self, reason: str, *, strike: bool = False) -> None:
+    def abort(self, reason: str) -> None:
         if self.closed:
             return
         self.close_reason = reason
-        if strike:
-            self.strikes += 1
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
