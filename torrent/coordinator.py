@@ -102,7 +102,7 @@ class WorkerHandle:
     pieces_first: int = 0
     endgame_pieces: int = 0  # verified first while leased to another worker
     cursor: int = 0
-    waiting_steal: bool = False
+    steal_from: int = -1  # the worker asked to give this one pieces (-1: none)
     waiting_need: int = 0  # pieces asked for that could not be served yet
     avail_seen: bool = False  # has reported its peers' pieces at least once
     asked: bool = False  # has asked for pieces at least once (a peer unchoked it)
@@ -375,10 +375,11 @@ class Coordinator:
                     self.owner[i] = -1
                 h.leased.discard(i)
             for thief in self.workers:
-                if thief.waiting_steal and thief.alive:
-                    thief.waiting_steal = False
-                    got = self.lease(thief, max(thief.waiting_need, len(msg.pieces), 1),
-                                     steal_ok=False)
+                if thief.steal_from == h.wid and thief.alive:
+                    thief.steal_from = -1
+                    # the released pieces were sized for this thief (by speed): all of them
+                    got = self.lease(thief, max(len(msg.pieces), 1), steal_ok=False,
+                                     fair_share=False)
                     thief.steals += got
             self.serve_waiting()
         elif t is ipc.Availability:
@@ -408,10 +409,11 @@ class Coordinator:
     def serve_waiting(self) -> None:
         """Pieces became free (released, or a worker died): serve whoever waits for some."""
         for w in self.workers:
-            if w.alive and w.waiting_need and not w.waiting_steal:
+            if w.alive and w.waiting_need and w.steal_from < 0:
                 self.lease(w, w.waiting_need)
 
-    def lease(self, h: WorkerHandle, count: int, *, steal_ok: bool = True) -> int:
+    def lease(self, h: WorkerHandle, count: int, *, steal_ok: bool = True,
+              fair_share: bool = True) -> int:
         """Answer a worker's :class:`~torrent.ipc.NeedPieces`.
 
         Free pieces its peers have, else a steal from the worker holding the
@@ -427,7 +429,8 @@ class Coordinator:
         # Spread the tail: never take more than a fair share of what is left.
         free_total = state.count(0)
         alive = sum(1 for w in self.workers if w.alive) or 1
-        count = max(1, min(count, -(-free_total // alive))) if free_total else count
+        if free_total and fair_share:
+            count = max(1, min(count, -(-free_total // alive)))
         # Affinity at the start: until every worker with peers is downloading
         # (has asked for pieces) or LEASE_GRACE has passed, a worker leases only
         # in its own region, so the first worker to get going cannot take the
@@ -466,7 +469,7 @@ class Coordinator:
                        and sum(1 for p in v.leased if self._gettable(h, p)) > 1]
             if victims:
                 v = max(victims, key=lambda v: len(v.leased))
-                h.waiting_steal = True
+                h.steal_from = v.wid
                 h.waiting_need = count
                 # Take a share in proportion to speed: half between equals, little
                 # for a thief much slower than its victim (it would hold the tail).
@@ -513,6 +516,9 @@ class Coordinator:
                 self.state[i] = 0
                 self.owner[i] = -1
         h.leased.clear()
+        for w in self.workers:
+            if w.steal_from == h.wid:
+                w.steal_from = -1  # its answer will never come: serve the thief below
         self.serve_waiting()
         for rec in self.peers.values():
             if rec.worker == h.wid:
