@@ -686,6 +686,7 @@ cdef extern from "<errno.h>" nogil:
     int EINTR
     int EAGAIN
     int ENOSPC
+    int EINVAL
 
 cdef extern from "<stdlib.h>" nogil:
     void *calloc(size_t n, size_t size)
@@ -706,8 +707,15 @@ cdef enum:
     _MAX_SEGMENTS = 65536
 MAX_SEGMENTS = _MAX_SEGMENTS
 
+# Alignment of O_DIRECT transfers (file offset, length and memory address):
+# the page size, which covers every logical block size in use (512 or 4096).
+cdef enum:
+    _DIRECT_ALIGN = 4096
+DIRECT_ALIGN = _DIRECT_ALIGN
+
 ctypedef struct ft_seg:
     int fd
+    int dfd              # the same file opened with O_DIRECT, or -1
     long long file_off
     long long buf_off
     long long length
@@ -764,6 +772,41 @@ cdef void _file_lock(int fd, short kind) noexcept nogil:
         pass
 
 
+cdef int _write_seg(ft_seg *sg, const unsigned char *p) noexcept nogil:
+    """Write one segment; its page-aligned middle through the O_DIRECT descriptor.
+
+    The middle -- the whole pages of the file the segment covers, when the
+    memory is aligned the same way -- goes straight from the slot to the
+    device: no page-cache page is allocated and filled, which measured here
+    costs ~2 CPU s per GiB written (fresh guest memory) against ~0.1 s.  The
+    partial pages at either end go through the page cache as before; no page
+    is written both ways.  A descriptor that refuses direct I/O (EINVAL: a
+    filesystem without it, an alignment it does not take) makes that part
+    fall back to a plain write.
+    """
+    cdef long long off = sg.file_off
+    cdef long long n = sg.length
+    cdef long long head, mid
+    cdef int e
+    if sg.dfd >= 0 and n >= _DIRECT_ALIGN:
+        head = (-off) & (_DIRECT_ALIGN - 1)
+        if (<size_t>(p + head)) & (_DIRECT_ALIGN - 1) == 0:
+            mid = (n - head) & ~(<long long>_DIRECT_ALIGN - 1)
+            if mid > 0:
+                if head:
+                    e = _write_all(sg.fd, p, head, off)
+                    if e:
+                        return e
+                e = _write_all(sg.dfd, p + head, mid, off + head)
+                if e == EINVAL:
+                    e = _write_all(sg.fd, p + head, mid, off + head)
+                if e:
+                    return e
+                head += mid
+                return _write_all(sg.fd, p + head, n - head, off + head)
+    return _write_all(sg.fd, p, n, off)
+
+
 cdef void _run_job(ft_job *j, int lock_writes) noexcept nogil:
     cdef unsigned char d[_DIGEST]
     cdef int k, e
@@ -775,8 +818,7 @@ cdef void _run_job(ft_job *j, int lock_writes) noexcept nogil:
         for k in range(j.nseg):
             if lock_writes:
                 _file_lock(j.segs[k].fd, F_WRLCK)
-            e = _write_all(j.segs[k].fd, j.buf + j.segs[k].buf_off, j.segs[k].length,
-                           j.segs[k].file_off)
+            e = _write_seg(&j.segs[k], j.buf + j.segs[k].buf_off)
             if lock_writes:
                 _file_lock(j.segs[k].fd, F_UNLCK)
             if e:
@@ -861,7 +903,9 @@ cdef class IOThread:
             length: the piece's size.
             digest: its expected 20-byte SHA-1.
             segments: ``(fd, file_offset, buf_offset, length)`` tuples, inside
-                ``buf[:length]``; pad files are simply left out.
+                ``buf[:length]``; pad files are simply left out.  A fifth item,
+                the same file opened with ``O_DIRECT`` (or -1), lets the
+                segment's whole pages bypass the page cache.
         """
         if self._closed:
             raise ValueError("the I/O thread is closed")
@@ -882,17 +926,23 @@ cdef class IOThread:
         cdef ft_job *j = <ft_job *>calloc(1, sizeof(ft_job))
         cdef ft_seg *segs = <ft_seg *>calloc(max(nseg, 1), sizeof(ft_seg))
         cdef Py_ssize_t k
-        cdef long long fd, foff, boff, ln
+        cdef long long fd, foff, boff, ln, dfd
         try:
             if j is NULL or segs is NULL:
                 raise MemoryError()
             if length < 0 or length > view.len:
                 raise ValueError(f"length {length} outside the buffer of {view.len} bytes")
             for k in range(nseg):
-                fd, foff, boff, ln = segments[k]
-                if fd < 0 or foff < 0 or boff < 0 or ln < 0 or boff + ln > length:
+                seg = segments[k]
+                if len(seg) == 5:
+                    fd, foff, boff, ln, dfd = seg
+                else:
+                    fd, foff, boff, ln = seg
+                    dfd = -1
+                if fd < 0 or foff < 0 or boff < 0 or ln < 0 or boff + ln > length or dfd < -1:
                     raise ValueError(f"segment {segments[k]!r} outside the piece")
                 segs[k].fd = <int>fd
+                segs[k].dfd = <int>dfd
                 segs[k].file_off = foff
                 segs[k].buf_off = boff
                 segs[k].length = ln
@@ -926,6 +976,7 @@ cdef class IOThread:
             raise MemoryError()
         for k in range(n):
             segs[k].fd = <int>fds[k]
+            segs[k].dfd = -1
         j.id = job_id
         j.kind = _JOB_SYNC
         j.nseg = <int>n

@@ -235,7 +235,8 @@ def cmd_download(a: argparse.Namespace) -> int:
         res = download(a.torrent, a.output, workers=a.workers, peers=peers, port=a.port,
                        bind=a.bind, max_peers=a.max_peers, stall_timeout=a.stall_timeout,
                        recheck=a.recheck, use_trackers=not a.no_trackers, log=st.log,
-                       status_line=st.line, download_limit=a.download_limit or 0)
+                       status_line=st.line, download_limit=a.download_limit or 0,
+                       direct_io=not a.no_direct_io)
     except FastTorrentError as e:
         st.end()
         r = getattr(e, "result", None)
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after S seconds without data (exit 6)")
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
     s.add_argument("--no-trackers", action="store_true", help="use only --peer peers")
+    s.add_argument("--no-direct-io", action="store_true",
+                   help="write through the page cache instead of O_DIRECT")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     s.add_argument("-q", "--quiet", action="store_true")
 

@@ -189,7 +189,7 @@ class Coordinator:
                  port: int, bind: str, max_peers: int, stall_timeout: float, recheck: bool,
                  use_trackers: bool, arena_bytes: int | None, progress: Callable[[str], None] | None,
                  status_line: Callable[[str], None] | None, request_timeout: float | None,
-                 download_limit: int = 0, seeding: bool = False) -> None:
+                 download_limit: int = 0, seeding: bool = False, direct_io: bool = True) -> None:
         self.meta = meta
         self.outdir = os.path.abspath(outdir)
         self.nworkers = workers
@@ -206,6 +206,7 @@ class Coordinator:
         self.request_timeout = request_timeout
         self.download_limit = download_limit
         self.seeding = seeding  # serve only: no journal, never done by itself
+        self.direct_io = direct_io
         n = meta.num_pieces
         self.state = bytearray(n)  # 0 free, 1 leased, 2 verified
         self.owner = [-1] * n
@@ -305,7 +306,7 @@ class Coordinator:
                                bind=self.bind, peer_id=self.peer_id, done=done_bits,
                                max_rate=-(-self.download_limit // self.nworkers)
                                if self.download_limit else 0,
-                               writable=not self.seeding,
+                               writable=not self.seeding, direct_io=self.direct_io,
                                lock_writes=self.nworkers > 1,
                                **({"request_timeout": self.request_timeout}
                                   if self.request_timeout else {}))
@@ -818,7 +819,7 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
              arena_bytes: int | None = None, log: Callable[[str], None] | None = None,
              status_line: Callable[[str], None] | None = None,
              request_timeout: float | None = None,
-             download_limit: int = 0) -> DownloadResult:
+             download_limit: int = 0, direct_io: bool = True) -> DownloadResult:
     """Download ``torrent`` into ``outdir`` with one worker process per core.
 
     Args:
@@ -833,6 +834,8 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
         recheck: ignore the resume journal and hash what is on disk.
         use_trackers: announce to the torrent's trackers.
         download_limit: bytes per second over all workers (0: unlimited).
+        direct_io: write whole pages of verified pieces with ``O_DIRECT``
+            (bypassing the page cache; see docs/ARCHITECTURE.md).
 
     Returns:
         A :class:`DownloadResult`; ``complete`` is True only when every piece
@@ -850,7 +853,7 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
                         max_peers=max_peers, stall_timeout=stall_timeout, recheck=recheck,
                         use_trackers=use_trackers, arena_bytes=arena_bytes, progress=log,
                         status_line=status_line, request_timeout=request_timeout,
-                        download_limit=download_limit)
+                        download_limit=download_limit, direct_io=direct_io)
     coord.prepare()
     res = _run_loop(coord.run())
     if coord.fatal is not None:

@@ -192,12 +192,18 @@ class Storage:
 
     One instance per process; descriptors are opened lazily and cached (LRU,
     :data:`MAX_OPEN_FILES`).  ``writable=False`` never creates anything.
+    With ``direct=True`` (writable only) :meth:`write_segments` also hands out
+    a second descriptor of each file opened with ``O_DIRECT``, through which
+    the native writer sends whole aligned pages (see ``_fast.IOThread``); a
+    filesystem that refuses ``O_DIRECT`` turns it off for this storage.
     """
 
-    def __init__(self, layout: Layout, *, writable: bool = False) -> None:
+    def __init__(self, layout: Layout, *, writable: bool = False, direct: bool = False) -> None:
         self.layout = layout
         self.writable = writable
+        self.direct = direct and writable and hasattr(os, "O_DIRECT")
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._dfds: dict[int, int] = {}  # span index -> its O_DIRECT descriptor
         self._dirty: set[int] = set()
         # Descriptors handed to the native I/O thread: never closed by the LRU
         # while a job may still use them (span index -> pin count).
@@ -240,13 +246,36 @@ class Storage:
                 if old in self._dirty:
                     self._sync_fd(old, ofd)
                 os.close(ofd)
+                dfd = self._dfds.pop(old, None)
+                if dfd is not None:
+                    os.close(dfd)
         return fd
+
+    def _direct_fd(self, i: int) -> int:
+        """The O_DIRECT descriptor of span ``i`` (opened after :meth:`_fd`), or -1."""
+        dfd = self._dfds.get(i)
+        if dfd is not None:
+            return dfd
+        flags = os.O_RDWR | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            dfd = os.open(self.layout.spans[i].path, flags)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                self.direct = False  # this filesystem does not do direct I/O
+                return -1
+            raise os_error(e, f"opening {self.layout.spans[i].rel}") from None
+        self._dfds[i] = dfd
+        return dfd
 
     def write_segments(self, start: int, length: int) -> tuple[list[tuple[int, int, int, int]],
                                                              list[int]]:
         """For a native writer: ``(fd, file_offset, range_offset, length)`` per non-pad
-        segment of the range, and the span indices now pinned (see :meth:`unpin`)."""
-        segs = []
+        segment of the range, and the span indices now pinned (see :meth:`unpin`).
+
+        With ``direct`` on, each tuple has a fifth item: the file's ``O_DIRECT``
+        descriptor, or -1.
+        """
+        segs: list = []
         spans = []
         for i, foff, roff, n in self.layout.segments(start, length):
             if self.layout.spans[i].pad:
@@ -255,7 +284,10 @@ class Storage:
             spans.append(i)
             fd = self._fd(i)
             assert fd is not None  # writable storage always opens
-            segs.append((fd, foff, roff, n))
+            if self.direct:
+                segs.append((fd, foff, roff, n, self._direct_fd(i)))
+            else:
+                segs.append((fd, foff, roff, n))
             self._dirty.add(i)
         return segs, spans
 
@@ -276,12 +308,13 @@ class Storage:
                 self._pins.pop(i, None)
 
     def close(self) -> None:
-        for i, fd in list(self._fds.items()):
+        for fd in list(self._fds.values()) + list(self._dfds.values()):
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._fds.clear()
+        self._dfds.clear()
         self._dirty.clear()
 
     def __enter__(self) -> Storage:

@@ -100,7 +100,7 @@ class WorkerConfig:
                  arena_slots: int, first_slot: int, nslots: int, port: int, bind: str,
                  peer_id: bytes, done: bytes, max_rate: int = 0,
                  request_timeout: float = REQUEST_TIMEOUT, writable: bool = True,
-                 lock_writes: bool = False) -> None:
+                 lock_writes: bool = False, direct_io: bool = True) -> None:
         self.wid = wid
         self.meta = meta
         self.outdir = outdir
@@ -117,6 +117,7 @@ class WorkerConfig:
         self.request_timeout = request_timeout
         self.writable = writable  # False when only seeding: never create or change files
         self.lock_writes = lock_writes  # several workers write the same files
+        self.direct_io = direct_io  # whole pages bypass the page cache (Storage)
 
 
 class RateLimiter:
@@ -186,7 +187,8 @@ class Worker:
         nb = -(-m.piece_length // BLOCK_SIZE)
         self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
-        self.storage = Storage(layout_for(m, cfg.outdir), writable=cfg.writable)
+        self.storage = Storage(layout_for(m, cfg.outdir), writable=cfg.writable,
+                               direct=cfg.direct_io)
         # The native I/O thread (see torrent/_fast.pyx): verifies and writes
         # full slots and flushes files without the GIL, waking us via an eventfd.
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
