@@ -119,6 +119,17 @@ def test_availability_changes_move_the_choice() -> None:
     assert pick(p, Peer("a", "1111"), 1) == blocks(3, 0)
 
 
+def test_order_follows_changes_between_picks() -> None:
+    """The pick order is cached between picks: new leases, availability changes and
+    pieces a peer lacked must all show up in the next choice."""
+    p = setup_picker("2222", "**..")
+    a, lacks = Peer("a", "1111"), Peer("lacks", "0111")
+    assert pick(p, lacks, 4) == blocks(1, 0, 1, 2, 3)  # skips 0, which it lacks
+    p.add_lease([2, 3])
+    p.add_availability([3], -1)  # piece 3 becomes the rarest
+    assert [i for i, _ in pick(p, a, 12)[::4]] == [3, 0, 2]
+
+
 # -- what a peer is asked for ----------------------------------------------------------------
 
 

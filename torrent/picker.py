@@ -86,6 +86,11 @@ class Picker:
         self.unstarted: set[int] = set()  # leased, not yet in flight
         self.active: dict[int, PieceDL] = {}
         self.endgame = False
+        # ``unstarted`` in pick order, rarest and lowest last (pop() takes the
+        # next); rebuilt only when the lease or the availability changed, and
+        # it may hold pieces no longer unstarted, which pick() skips.
+        self._order: list[int] = []
+        self._order_dirty = False
 
     # -- lease ---------------------------------------------------------------
     def piece_size(self, i: int) -> int:
@@ -95,6 +100,7 @@ class Picker:
         for i in pieces:
             if i not in self.active:
                 self.unstarted.add(i)
+                self._order_dirty = True
 
     def release(self, n: int) -> list[int]:
         """Give back up to ``n`` unstarted pieces (the highest indices) for another worker."""
@@ -112,6 +118,8 @@ class Picker:
         av = self.availability
         for i in pieces:
             av[i] += delta
+        if self.unstarted:
+            self._order_dirty = True
 
     # -- picking -------------------------------------------------------------
     def pick(self, peer: Any, has: Callable[[int], bool], want: int,
@@ -129,21 +137,34 @@ class Picker:
             self._take(pd, peer, want - len(out), out)
             if len(out) >= want:
                 return out
-        # 2. new pieces, rarest first
-        while len(out) < want and self.unstarted:
-            cands = [i for i in self.unstarted if has(i)]
-            if not cands:
-                break
-            av = self.availability
-            i = min(cands, key=lambda k: (av[k], k))
-            slot = alloc_slot(i)
-            if slot is None:
-                break
-            self.unstarted.discard(i)
-            pd = PieceDL(i, self.piece_size(i), slot)
-            pd.owner = peer
-            self.active[i] = pd
-            self._take(pd, peer, want - len(out), out)
+        # 2. new pieces, rarest first (lowest index on ties)
+        if len(out) < want and self.unstarted:
+            if self._order_dirty:
+                av = self.availability
+                self._order = sorted(self.unstarted, key=lambda k: (av[k], k), reverse=True)
+                self._order_dirty = False
+            order = self._order
+            unstarted = self.unstarted
+            skipped: list[int] = []  # pieces this peer lacks, put back in order below
+            while len(out) < want and order:
+                i = order[-1]
+                if i not in unstarted:
+                    order.pop()  # started, released or verified meanwhile
+                    continue
+                if not has(i):
+                    skipped.append(order.pop())
+                    continue
+                slot = alloc_slot(i)
+                if slot is None:
+                    break
+                order.pop()
+                unstarted.discard(i)
+                pd = PieceDL(i, self.piece_size(i), slot)
+                pd.owner = peer
+                self.active[i] = pd
+                self._take(pd, peer, want - len(out), out)
+            if skipped:
+                order.extend(reversed(skipped))
         # 3. endgame: duplicate requests of blocks another peer holds
         if len(out) < want and self.endgame and not self.unstarted:
             for pd in self.active.values():

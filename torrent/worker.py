@@ -521,6 +521,14 @@ class Worker:
         # The connection pumps once after the whole read (see PeerConn.buffer_updated):
         # one write of many requests instead of a 17-byte write per block.
 
+    def blocks_taken(self, n: int, full: list[PieceDL]) -> None:
+        """``n`` blocks were stored by the native fast path; ``full`` lists the pieces it filled."""
+        self.blocks += n
+        while full:
+            pd = full.pop()
+            self.picker.finish(pd.index)
+            self.submit_piece(pd)
+
     def submit_piece(self, pd: PieceDL) -> None:
         """Hand a full slot to the native I/O thread: verify, then write if good."""
         m = self.meta

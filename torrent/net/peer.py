@@ -155,9 +155,19 @@ class PeerConn(asyncio.BufferedProtocol):
         end = self._end
         mx = self._max
         scan = _fast.scan_frame
+        take = _fast.take_blocks
         proto = self.proto
         worker = self.worker
+        active = worker.picker.active
+        full: list = []
         while not self.closed:
+            # the run of plain blocks natively; anything else, one message at a time below
+            pos, taken = take(buf, pos, end, proto.request_table, active, self, full)
+            if taken:
+                proto.blocks_taken()
+                worker.blocks_taken(taken, full)
+                if self.closed:
+                    break
             n = scan(buf, pos, end, mx)
             if n < 0:
                 if n == -2:

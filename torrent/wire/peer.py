@@ -886,6 +886,23 @@ class PeerProtocol:
         raise RemoteProtocolError(
             f"peer sent block (piece {index}, offset {begin}) we did not request")
 
+    @property
+    def request_table(self) -> dict[tuple[int, int], tuple[int, float]]:
+        """Our outstanding requests, ``{(index, begin): (length, sent_at)}``, live.
+
+        For the native block fast path (``_fast.take_blocks``), which removes
+        the entries of the blocks it takes and then calls :meth:`blocks_taken`.
+        Nothing else may change it.
+        """
+        return self._outstanding
+
+    def blocks_taken(self) -> None:
+        """Blocks were accepted through :attr:`request_table` (as by :meth:`accept_block`)."""
+        if self._state is not PeerState.ACTIVE:
+            raise LocalProtocolError(f"blocks_taken in state {self._state.name}")
+        self._received_mark = True
+        self._first_message = False
+
     def receive_frame(self, msg_id: int, payload: bytes | memoryview) -> list[Event]:
         """One complete message other than ``piece``, framed by the caller.
 
