@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -71,6 +72,31 @@ def _size_arg(s: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {s!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {s!r}")
+    return v
+
+
+def _flag_size(flag: str, s: str | None) -> int:
+    """``s`` as a size (as :func:`_size_arg`), 0 for None; a one-line UsageError naming ``flag``."""
+    if s is None:
+        return 0
+    try:
+        return _size_arg(s)
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{flag}: {e}") from None
+    except OverflowError:  # "inf"
+        raise UsageError(f"{flag}: not a size: {s!r}") from None
+
+
+def _flag_limit(flag: str, s: str | None) -> float | None:
+    """A seeding limit: None when not given, else a finite number >= 0 (UsageError)."""
+    if s is None:
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise UsageError(f"{flag}: not a number: {s!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise UsageError(f"{flag}: must be a finite number >= 0, got {s!r}")
     return v
 
 
@@ -230,12 +256,16 @@ def cmd_download(a: argparse.Namespace) -> int:
     from .coordinator import download
 
     peers = _peers_arg(a.peer)
+    seed_time = _flag_limit("--seed-time", a.seed_time)
+    seed_ratio = _flag_limit("--seed-ratio", a.seed_ratio)
+    upload_limit = _flag_size("--upload-limit", a.upload_limit)
     st = _Status(a.quiet or a.json)
     try:
         res = download(a.torrent, a.output, workers=a.workers, peers=peers, port=a.port,
                        bind=a.bind, max_peers=a.max_peers, stall_timeout=a.stall_timeout,
                        recheck=a.recheck, use_trackers=not a.no_trackers, log=st.log,
                        status_line=st.line, download_limit=a.download_limit or 0,
+                       upload_limit=upload_limit, seed_time=seed_time, seed_ratio=seed_ratio,
                        direct_io=not a.no_direct_io)
     except FastTorrentError as e:
         st.end()
@@ -249,7 +279,10 @@ def cmd_download(a: argparse.Namespace) -> int:
     elif not a.quiet:
         print(f"done: {_human_size(res.bytes_downloaded)} in {res.seconds:.2f} s "
               f"({_rate(res.bytes_downloaded, res.seconds)}), {len(res.workers)} worker(s), "
-              f"{res.pieces_resumed} pieces resumed, {res.hash_failures} hash failures")
+              f"{res.pieces_resumed} pieces resumed, {res.hash_failures} hash failures"
+              + (f"; seeded {res.seed_seconds:.0f} s, uploaded "
+                 f"{_human_size(res.bytes_uploaded)} (stopped by {res.seed_stop})"
+                 if res.seed_stop else ""))
     return 0
 
 
@@ -257,6 +290,7 @@ def cmd_download(a: argparse.Namespace) -> int:
 def cmd_seed(a: argparse.Namespace) -> int:
     from .coordinator import seed
 
+    upload_limit = _flag_size("--upload-limit", a.upload_limit)
     st = _Status(a.quiet)
 
     def ready(port: int) -> None:
@@ -266,7 +300,7 @@ def cmd_seed(a: argparse.Namespace) -> int:
     try:
         seed(a.torrent, a.dir, workers=a.workers, peers=_peers_arg(a.peer), port=a.port,
              bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers, log=st.log,
-             ready=ready)
+             ready=ready, upload_limit=upload_limit)
     except FastTorrentError as e:
         st.end()
         r = getattr(e, "result", None)
@@ -338,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-peers", type=_workers_arg, default=200)
     s.add_argument("--download-limit", type=_size_arg, default=None, metavar="RATE",
                    help="bytes per second, e.g. 50M (default: unlimited)")
+    s.add_argument("--upload-limit", default=None, metavar="RATE",
+                   help="bytes per second uploaded, e.g. 10M (default: unlimited)")
+    s.add_argument("--seed-time", default=None, metavar="S",
+                   help="once complete, keep serving peers for S seconds (default: no "
+                        "seeding after completion)")
+    s.add_argument("--seed-ratio", default=None, metavar="R",
+                   help="once complete, keep serving peers until R x the torrent's size is "
+                        "uploaded; with --seed-time, the first limit reached ends the run "
+                        "(exit 0; Ctrl-C/SIGTERM while seeding also exits 0)")
     s.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
                    help="give up after S seconds without data (exit 6)")
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
@@ -358,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connect out to this peer (repeatable; comma lists accepted)")
     s.add_argument("--skip-check", action="store_true",
                    help="trust the data instead of hashing it first")
+    s.add_argument("--upload-limit", default=None, metavar="RATE",
+                   help="bytes per second uploaded, e.g. 10M (default: unlimited)")
     s.add_argument("--no-trackers", action="store_true", help="do not announce")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     s.add_argument("-q", "--quiet", action="store_true")

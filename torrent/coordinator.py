@@ -25,11 +25,21 @@ The download ends when every piece is verified and durable (exit 0), when
 no usable peer was seen for ``stall_timeout`` seconds (:class:`Incomplete`),
 on SIGINT/SIGTERM (:class:`Interrupted`, after the workers flushed), or on a
 fatal worker error such as a full disk.
+
+**Seeding after the download** (``seed_time`` / ``seed_ratio``): once every
+piece is verified, the workers simply keep serving (they upload all along);
+the coordinator announces ``completed`` and, instead of stopping, waits until
+the first limit is reached: seconds since completion, or bytes uploaded in
+this run / torrent size (the workers report their uploads every tick).  Then
+the workers are stopped with ``drain`` so that the peers receive the blocks
+already sent.  A signal in this phase ends it early; the download is
+complete, so it is not an interruption.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -49,7 +59,7 @@ from .sysinfo import available_cpus
 from .wire.handshake import make_peer_id
 from .worker import WorkerConfig, worker_main
 
-__all__ = ["DownloadResult", "download", "parse_peer"]
+__all__ = ["DownloadResult", "check_seed_limit", "download", "parse_peer", "seed"]
 
 #: Delay before retrying a peer whose connection failed, doubling each time.
 PEER_RETRY_BASE = 2.0
@@ -122,6 +132,8 @@ class DownloadResult:
     banned_peers: list[str]
     duplicate_pieces: int
     bytes_uploaded: int = 0
+    seed_seconds: float = 0.0  # seeding after completion (seed_time / seed_ratio)
+    seed_stop: str | None = None  # what ended it: "time", "ratio" or "interrupted"
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +146,9 @@ class DownloadResult:
             "pieces_resumed": self.pieces_resumed,
             "duplicate_pieces": self.duplicate_pieces,
             "bytes_uploaded": self.bytes_uploaded,
+            "uploaded_bytes": self.bytes_uploaded,
+            "seed_seconds": round(self.seed_seconds, 6),
+            "seed_stop": self.seed_stop,
             "hash_failures": self.hash_failures,
             "banned_peers": self.banned_peers,
             "workers": self.workers,
@@ -155,6 +170,12 @@ def parse_peer(s: str) -> tuple[str, int]:
     if not 1 <= p <= 65535:
         raise UsageError(f"--peer {s!r}: port out of range")
     return host, p
+
+
+def check_seed_limit(name: str, value: float | None) -> None:
+    """A seeding limit is None (no limit) or a finite number >= 0; else UsageError."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def _free_port(bind: str) -> int:
@@ -189,7 +210,9 @@ class Coordinator:
                  port: int, bind: str, max_peers: int, stall_timeout: float, recheck: bool,
                  use_trackers: bool, arena_bytes: int | None, progress: Callable[[str], None] | None,
                  status_line: Callable[[str], None] | None, request_timeout: float | None,
-                 download_limit: int = 0, seeding: bool = False, direct_io: bool = True) -> None:
+                 download_limit: int = 0, seeding: bool = False,
+                 seed_time: float | None = None, seed_ratio: float | None = None,
+                 upload_limit: int = 0, direct_io: bool = True) -> None:
         self.meta = meta
         self.outdir = os.path.abspath(outdir)
         self.nworkers = workers
@@ -207,6 +230,16 @@ class Coordinator:
         self.download_limit = download_limit
         self.seeding = seeding  # serve only: no journal, never done by itself
         self.direct_io = direct_io
+        self.upload_limit = upload_limit
+        # Seeding after the download: stop at the first limit given (None: no limit).
+        self.seed_time = seed_time
+        self.seed_ratio = seed_ratio
+        self.seed_after = not seeding and (seed_time is not None or seed_ratio is not None)
+        self.seed_started: float | None = None  # when the seeding phase began
+        self.seed_ended: float | None = None
+        self.seed_stop: str | None = None
+        self._seed_timer: asyncio.TimerHandle | None = None
+        self._completed_told = False  # 'completed' handed to the tracker runner
         n = meta.num_pieces
         self.state = bytearray(n)  # 0 free, 1 leased, 2 verified
         self.owner = [-1] * n
@@ -306,6 +339,8 @@ class Coordinator:
                                bind=self.bind, peer_id=self.peer_id, done=done_bits,
                                max_rate=-(-self.download_limit // self.nworkers)
                                if self.download_limit else 0,
+                               max_up_rate=-(-self.upload_limit // self.nworkers)
+                               if self.upload_limit else 0,
                                writable=not self.seeding, direct_io=self.direct_io,
                                lock_writes=self.nworkers > 1,
                                **({"request_timeout": self.request_timeout}
@@ -393,6 +428,8 @@ class Coordinator:
             if msg.stats.get("blocks", 0) != h.stats.get("blocks", 0):
                 self.last_progress = time.monotonic()  # bytes are flowing
             h.stats = msg.stats
+            if self.seed_started is not None:
+                self._check_seed_limits()
         elif t is ipc.Ready:
             self.ready_count += 1
             if self.ready_count == self.nworkers and self.on_ready is not None:
@@ -545,7 +582,8 @@ class Coordinator:
     def assign_peers(self) -> None:
         now = time.monotonic()
         alive = [w for w in self.workers if w.alive]
-        if not alive or (self.verified == self.meta.num_pieces and not self.seeding):
+        if not alive or (self.verified == self.meta.num_pieces and not self.seeding
+                         and self.seed_started is None):
             return
         active = sum(1 for r in self.peers.values() if r.worker is not None)
         for rec in self.peers.values():
@@ -584,7 +622,46 @@ class Coordinator:
         # for crash recovery and is removed at the end, so the last flush need
         # not be waited for (no client fsyncs a finished download).
         if self.verified == self.meta.num_pieces and not self.seeding:
-            self._finish()
+            if self.seed_after:
+                self._start_seeding()
+            else:
+                self._finish()
+
+    # -- seeding after the download ------------------------------------------------
+    def _start_seeding(self) -> None:
+        """Complete: keep serving until the first of seed_time / seed_ratio is reached."""
+        if self.seed_started is not None:
+            return
+        self.seed_started = time.monotonic()
+        limits = []
+        if self.seed_ratio is not None:
+            limits.append(f"ratio {self.seed_ratio:g}")
+        if self.seed_time is not None:
+            limits.append(f"{self.seed_time:g} s")
+            self._seed_timer = asyncio.get_running_loop().call_later(
+                self.seed_time, self._check_seed_limits)
+        self.log(f"download complete; seeding until {' or '.join(limits)}")
+        if self.tracker_runner is not None and self.resumed < self.meta.num_pieces:
+            self.tracker_runner.completed()  # 'completed' now, not when we leave
+            self._completed_told = True
+        self._check_seed_limits()
+
+    def uploaded(self) -> int:
+        """Bytes uploaded in this run, as the workers last reported."""
+        return sum(int(w.stats.get("uploaded", 0)) for w in self.workers)
+
+    def _check_seed_limits(self) -> None:
+        if self.seed_started is None or self.seed_stop is not None:
+            return
+        if self.seed_ratio is not None and \
+                self.uploaded() >= self.seed_ratio * self.meta.total_size:
+            self.seed_stop = "ratio"
+        elif self.seed_time is not None and \
+                time.monotonic() - self.seed_started >= self.seed_time:
+            self.seed_stop = "time"
+        else:
+            return
+        self._finish()
 
     def prepare_seed(self, check: bool) -> None:
         """Seeding: hash the data (all cores) unless told not to; serve the good pieces."""
@@ -612,13 +689,18 @@ class Coordinator:
             self.done_event.set()
 
     def _stalled(self) -> bool:
-        if not self.stall_timeout:
+        if not self.stall_timeout or self.seed_started is not None:
             return False
         return time.monotonic() - self.last_progress > self.stall_timeout
 
     def _status(self) -> str:
         n = self.meta.num_pieces
         el = time.monotonic() - self.start_time
+        if self.seed_started is not None:
+            up = self.uploaded()
+            return (f"seeding: uploaded {up / 2**20:.1f} MiB (ratio "
+                    f"{up / max(1, self.meta.total_size):.2f})  "
+                    f"{time.monotonic() - self.seed_started:.0f}s")
         rate = sum(w.stats.get("rate", 0.0) for w in self.workers if w.alive)
         left = (n - self.verified) * self.meta.piece_length
         eta = f"{left / rate:.0f}s" if rate > 1 else "-"
@@ -632,7 +714,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self.done_event = asyncio.Event()
         n = self.meta.num_pieces
-        if self.verified == n and not self.seeding:
+        if self.verified == n and not self.seeding and not self.seed_after:
             if self.journal is not None:
                 self.journal.remove()  # nothing left to resume
             return self.result(True)
@@ -652,6 +734,7 @@ class Coordinator:
         tracker_stop = asyncio.Event()
         if self.use_trackers and self.meta.trackers:
             tracker_task = loop.create_task(run_trackers(self, tracker_stop))
+        self._check_done()  # complete from the start (resumed): seed right away
         last_status = 0.0
         try:
             while not self.done_event.is_set():
@@ -669,14 +752,23 @@ class Coordinator:
                 if self.status_line is not None and now - last_status >= PROGRESS_INTERVAL:
                     self.status_line(self._status())
                     last_status = now
+                if self.seed_started is not None:
+                    self._check_seed_limits()
                 if self._stalled():
                     break
         finally:
+            if self._seed_timer is not None:
+                self._seed_timer.cancel()
+            if self.seed_started is not None:
+                self.seed_ended = time.monotonic()
             await self.stop_workers()
             if tracker_task is not None:
-                # 'completed' (if we are) and 'stopped', bounded by the runner's stop timeout
-                if self.tracker_runner is not None and self.verified == n and not self.seeding:
-                    runner = self.tracker_runner
+                # 'completed' (if we are and it was not sent yet) and 'stopped', bounded
+                # by the runner's stop timeout
+                runner = self.tracker_runner
+                if runner is not None and self.verified == n and not self.seeding \
+                        and self.resumed < n \
+                        and (not self._completed_told or runner.trackers.completed_pending):
                     runner.completed(final=True)
                     deadline = time.monotonic() + TRACKER_STOP_TIMEOUT / 2
                     while runner.trackers.completed_pending and time.monotonic() < deadline \
@@ -707,6 +799,8 @@ class Coordinator:
 
     def _on_signal(self) -> None:
         self.interrupted = True
+        if self.seed_started is not None and self.seed_stop is None:
+            self.seed_stop = "interrupted"
         self._finish()
 
     def warn(self, text: str) -> None:
@@ -717,8 +811,10 @@ class Coordinator:
     async def stop_workers(self) -> None:
         self.stopping = True
         complete = self.verified == self.meta.num_pieces
+        # A seeding limit reached: the peers get the blocks already sent to them.
+        drain = self.seed_stop in ("time", "ratio")
         for h in self.workers:
-            self.send(h, ipc.Stop(flush=not complete))
+            self.send(h, ipc.Stop(flush=not complete, drain=drain))
         deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
         while time.monotonic() < deadline and any(h.proc.is_alive() for h in self.workers):
             await asyncio.sleep(0.05)
@@ -771,6 +867,9 @@ class Coordinator:
             banned_peers=banned,
             duplicate_pieces=self.duplicates,
             bytes_uploaded=sum(w["uploaded"] for w in ws),
+            seed_seconds=((self.seed_ended or time.monotonic()) - self.seed_started
+                          if self.seed_started is not None else 0.0),
+            seed_stop=self.seed_stop,
         )
 
 
@@ -796,7 +895,7 @@ async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     def stats() -> tuple[int, int, int]:
         left = max(0, m.total_size - coord.verified * m.piece_length)
         done = sum(w.stats.get("bytes", 0) for w in coord.workers)
-        return 0, done, left
+        return coord.uploaded(), done, left
 
     fn = make_announce_fn(info_hash=m.info_hash, peer_id=coord.peer_id, port=coord.port,
                           stats=stats)
@@ -819,7 +918,9 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
              arena_bytes: int | None = None, log: Callable[[str], None] | None = None,
              status_line: Callable[[str], None] | None = None,
              request_timeout: float | None = None,
-             download_limit: int = 0, direct_io: bool = True) -> DownloadResult:
+             download_limit: int = 0, upload_limit: int = 0,
+             seed_time: float | None = None,
+             seed_ratio: float | None = None, direct_io: bool = True) -> DownloadResult:
     """Download ``torrent`` into ``outdir`` with one worker process per core.
 
     Args:
@@ -836,6 +937,13 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
         download_limit: bytes per second over all workers (0: unlimited).
         direct_io: write whole pages of verified pieces with ``O_DIRECT``
             (bypassing the page cache; see docs/ARCHITECTURE.md).
+        upload_limit: bytes per second uploaded over all workers (0: unlimited).
+        seed_time: once complete, keep serving peers for this many seconds.
+        seed_ratio: once complete, keep serving peers until the bytes uploaded
+            in this run reach this multiple of the torrent's size.  With both,
+            the first limit reached ends the run; with neither (the default),
+            nothing is seeded after completion.  SIGINT/SIGTERM while seeding
+            ends it early and returns normally (the download is complete).
 
     Returns:
         A :class:`DownloadResult`; ``complete`` is True only when every piece
@@ -847,18 +955,21 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
         Incomplete: stalled (the result is attached as ``.result``).
         Interrupted: SIGINT / SIGTERM; state saved.
     """
+    check_seed_limit("seed_time", seed_time)
+    check_seed_limit("seed_ratio", seed_ratio)
     meta = metainfo.load(torrent)
     nworkers = workers or available_cpus()
     coord = Coordinator(meta, outdir, workers=nworkers, peers=list(peers), port=port, bind=bind,
                         max_peers=max_peers, stall_timeout=stall_timeout, recheck=recheck,
                         use_trackers=use_trackers, arena_bytes=arena_bytes, progress=log,
                         status_line=status_line, request_timeout=request_timeout,
-                        download_limit=download_limit, direct_io=direct_io)
+                        download_limit=download_limit, upload_limit=upload_limit,
+                        seed_time=seed_time, seed_ratio=seed_ratio, direct_io=direct_io)
     coord.prepare()
     res = _run_loop(coord.run())
     if coord.fatal is not None:
         raise coord.fatal
-    if coord.interrupted:
+    if coord.interrupted and not (res.complete and coord.seed_started is not None):
         e = Interrupted(f"interrupted: {coord.verified}/{meta.num_pieces} pieces verified; "
                         "state saved, run again to resume")
         e.result = res  # type: ignore[attr-defined]
@@ -881,7 +992,7 @@ def seed(torrent: str, directory: str, *, workers: int | None = None,
          max_peers: int = DEFAULT_MAX_PEERS, check: bool = True, use_trackers: bool = True,
          log: Callable[[str], None] | None = None,
          status_line: Callable[[str], None] | None = None,
-         ready: Callable[[int], None] | None = None) -> DownloadResult:
+         ready: Callable[[int], None] | None = None, upload_limit: int = 0) -> DownloadResult:
     """Serve the data in ``directory`` until SIGINT/SIGTERM (then :class:`Interrupted`).
 
     Args:
@@ -893,6 +1004,7 @@ def seed(torrent: str, directory: str, *, workers: int | None = None,
         port: TCP port to accept peers on (0: a free one, reported to ``ready``).
         check: hash the data first (all cores) and serve only good pieces.
         ready: called with the listening port once the workers serve.
+        upload_limit: bytes per second uploaded over all workers (0: unlimited).
 
     Raises:
         Interrupted: stopped by a signal (the normal end of seeding).
@@ -903,7 +1015,8 @@ def seed(torrent: str, directory: str, *, workers: int | None = None,
     coord = Coordinator(meta, directory, workers=nworkers, peers=list(peers), port=port,
                         bind=bind, max_peers=max_peers, stall_timeout=0, recheck=False,
                         use_trackers=use_trackers, arena_bytes=None, progress=log,
-                        status_line=status_line, request_timeout=None, seeding=True)
+                        status_line=status_line, request_timeout=None, seeding=True,
+                        upload_limit=upload_limit)
     coord.prepare_seed(check)
     coord.on_ready = ready
     res = _run_loop(coord.run())

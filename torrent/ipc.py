@@ -57,9 +57,12 @@ class PiecesDone(NamedTuple):
 
 class Stop(NamedTuple):
     """Finish queued writes, report final stats and exit; ``flush``: fdatasync first
-    (not needed once the download is complete: the journal is then removed)."""
+    (not needed once the download is complete: the journal is then removed);
+    ``drain``: first let the peers receive the blocks already sent to them (the
+    end of seeding, a limit reached)."""
 
     flush: bool = True
+    drain: bool = False
 
 
 # -- worker -> coordinator ----------------------------------------------------

@@ -36,7 +36,7 @@ import signal
 import socket
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _fast, ipc
@@ -100,7 +100,8 @@ class WorkerConfig:
                  arena_slots: int, first_slot: int, nslots: int, port: int, bind: str,
                  peer_id: bytes, done: bytes, max_rate: int = 0,
                  request_timeout: float = REQUEST_TIMEOUT, writable: bool = True,
-                 lock_writes: bool = False, direct_io: bool = True) -> None:
+                 lock_writes: bool = False, max_up_rate: int = 0,
+                 direct_io: bool = True) -> None:
         self.wid = wid
         self.meta = meta
         self.outdir = outdir
@@ -117,6 +118,7 @@ class WorkerConfig:
         self.request_timeout = request_timeout
         self.writable = writable  # False when only seeding: never create or change files
         self.lock_writes = lock_writes  # several workers write the same files
+        self.max_up_rate = max_up_rate  # bytes/s this worker uploads at most (0: unlimited)
         self.direct_io = direct_io  # whole pages bypass the page cache (Storage)
 
 
@@ -161,6 +163,135 @@ class RateLimiter:
             self.handle.cancel()
 
 
+#: A stop after seeding (its limit reached) first lets the blocks already
+#: written reach the peers, at most this long: a peer must not lose the last
+#: blocks it was sent because we closed the connection under them.
+DRAIN_TIMEOUT = 5.0
+#: How often the drain looks at the send queues (a bounded wait, not a spin).
+DRAIN_POLL = 0.02
+
+
+class TokenBucket:
+    """A token bucket, sans-IO: ``rate`` bytes per second, at most ``burst`` saved up.
+
+    The clock (seconds, monotonic) is injected, so the arithmetic is tested
+    with a fake one.  A sender asks :meth:`ready`, sends one whole block and
+    :meth:`consume`s it: the bucket may run into debt by up to one block, so a
+    rate below the block size still moves, and over time no more than
+    ``burst + rate x t`` (plus that one block) leaves.  :meth:`wait` says how
+    long until it is ready again.
+    """
+
+    __slots__ = ("_stamp", "burst", "clock", "rate", "tokens")
+
+    #: Ready when less than this many bytes short: after sleeping exactly
+    #: :meth:`wait`, rounding may leave the bucket a hair below zero, and a
+    #: clock of limited resolution would never make up for it.
+    SLACK = 1.0
+
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0 or not burst >= 0:
+            raise ValueError(f"token bucket: rate {rate} must be > 0 and burst {burst} >= 0")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.clock = clock
+        self.tokens = float(burst)  # starts full
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        if now > self._stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+
+    def ready(self) -> bool:
+        """Whether a block may be sent now (the bucket is not in debt)."""
+        self._refill()
+        return self.tokens > -self.SLACK
+
+    def consume(self, n: int) -> None:
+        """``n`` bytes were sent."""
+        self._refill()
+        self.tokens -= n
+
+    def wait(self) -> float:
+        """Seconds until :meth:`ready` holds again (0.0 if it holds now)."""
+        self._refill()
+        return 0.0 if self.tokens > -self.SLACK else -self.tokens / self.rate
+
+
+class UploadLimiter:
+    """``--upload-limit`` / N workers, over all of one worker's connections.
+
+    :meth:`Worker.serve` asks :meth:`may_send` before each block and reports it
+    with :meth:`sent`.  When the bucket is empty, serving stops (the requests
+    wait in each peer's queue, bounded by the wire protocol) and one timer,
+    never more than one, serves the peers again once the bucket has refilled;
+    each round starts with the next peer, so no peer starves the others.
+    """
+
+    #: Burst allowance, in seconds of the rate (as the download limiter's).
+    BURST = 0.25
+    #: Shortest wait once empty: a bucket a rounding error short of ready
+    #: must not arm a timer after every block.
+    MIN_WAIT = 0.005
+
+    def __init__(self, worker: Worker, rate: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.worker = worker
+        self.bucket = TokenBucket(rate, rate * self.BURST, clock)
+        self.handle: asyncio.TimerHandle | None = None
+        self.turn = 0
+
+    def may_send(self) -> bool:
+        if self.bucket.ready():
+            return True
+        if self.handle is None:
+            self.handle = self.worker.loop.call_later(max(self.MIN_WAIT, self.bucket.wait()),
+                                                      self._resume)
+        return False
+
+    def sent(self, n: int) -> None:
+        self.bucket.consume(n)
+
+    def _resume(self) -> None:
+        self.handle = None
+        peers = [p for p in self.worker.peers if p.active and not p.closed]
+        if not peers:
+            return
+        k = self.turn % len(peers)
+        self.turn += 1
+        for pc in peers[k:] + peers[:k]:
+            self.worker.serve(pc)
+            if self.handle is not None:
+                return  # empty again: the others go first next round
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+def _unsent(pc: Any) -> int:
+    """Bytes written to ``pc`` that the peer has not yet received (our buffer + the kernel's)."""
+    tr = pc.transport
+    if tr is None or pc.closed:
+        return 0
+    n = tr.get_write_buffer_size()
+    sock = tr.get_extra_info("socket")
+    if sock is not None:
+        import fcntl
+        import struct
+        import termios
+
+        try:  # TIOCOUTQ (SIOCOUTQ): sent but not yet acknowledged by the peer
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        except (OSError, ValueError):
+            pass
+    return n
+
+
 class Slot:
     """A piece slot in the shared arena and the block map of the piece it holds."""
 
@@ -201,9 +332,11 @@ class Worker:
         self.syncs: dict[int, tuple[list[int], list[int]]] = {}  # job -> (pieces, pinned)
         self._sync_seq = 0
         self.flush_on_stop = True
+        self.drain_on_stop = False
         self._verified_timer: asyncio.TimerHandle | None = None
         self.blocks = 0  # blocks stored (a plain attribute: counted per block)
         self.limiter = RateLimiter(self, cfg.max_rate) if cfg.max_rate > 0 else None
+        self.up_limiter = UploadLimiter(self, cfg.max_up_rate) if cfg.max_up_rate > 0 else None
         self.unchoked: set[Any] = set()
         self.optimistic: Any = None
         self.choke_rounds = 0
@@ -266,6 +399,7 @@ class Worker:
             self.broadcast_haves(msg.pieces)
         elif t is ipc.Stop:
             self.flush_on_stop = msg.flush
+            self.drain_on_stop = msg.drain
             self.stop_event.set()
 
     # -- peers -------------------------------------------------------------------
@@ -381,10 +515,13 @@ class Worker:
         """
         proto = pc.proto
         tr = pc.transport
-        if tr is None or pc.closed:
-            return
+        if tr is None or pc.closed or self.stop_event.is_set():
+            return  # stopping: a drain must not start new blocks
         pl = self.meta.piece_length
+        up = self.up_limiter
         while tr.get_write_buffer_size() < SEND_HIGH_WATER:
+            if up is not None and not up.may_send():
+                return  # the limiter serves us again once its bucket refilled
             blk = proto.next_request()
             if blk is None:
                 return
@@ -399,6 +536,8 @@ class Worker:
                 self._fatal(e.__class__.__name__, str(e))
                 return
             tr.write(frame)
+            if up is not None:
+                up.sent(length)
             pc.uploaded += length
             pc._up_window += length
             self.uploaded += length
@@ -758,8 +897,12 @@ class Worker:
     async def shutdown(self) -> None:
         if self.limiter is not None:
             self.limiter.close()
+        if self.up_limiter is not None:
+            self.up_limiter.close()
         if self.server is not None:
             self.server.close()
+        if self.drain_on_stop:
+            await self._drain()
         for pc in list(self.peers):
             pc.abort("shutting down")
         # Let queued pieces finish (they are verified data), then flush and report.
@@ -790,6 +933,13 @@ class Worker:
         except (OSError, ValueError):
             pass
         self.arena.close()
+
+
+    async def _drain(self) -> None:
+        """Wait (at most DRAIN_TIMEOUT) until the peers received every block we wrote."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline and any(_unsent(pc) for pc in list(self.peers)):
+            await asyncio.sleep(DRAIN_POLL)
 
 
 def _Incoming(worker: Worker) -> Any:
