@@ -437,6 +437,17 @@ def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr and "required" in r.stderr
 
 
+@pytest.mark.parametrize("args", [("download", "t.torrent", "-o", "out", "--download-limit", "inf"),
+                                  ("download", "t.torrent", "-o", "out", "--workers", "0"),
+                                  ("demo", "--size", "lots"),
+                                  ("bogus",)])
+def test_bad_arguments_are_one_line_usage_errors(tmp_path: Path, args: tuple[str, ...]) -> None:
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], r.stderr
+
+
 def test_demo(tmp_path: Path) -> None:
     exe = require_binary("fasttorrent")
     (tmp_path / "tmp").mkdir()

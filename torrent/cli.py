@@ -19,7 +19,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import FastTorrentError, Incomplete, Interrupted, UsageError
@@ -68,7 +68,7 @@ def _size_arg(s: str) -> int:
     u = t[-1:] if t[-1:] in units else ""
     try:
         v = int(float(t[: len(t) - len(u)]) * units[u])
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf"
         raise argparse.ArgumentTypeError(f"not a size: {s!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {s!r}")
@@ -328,8 +328,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``fasttorrent download: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fasttorrent",
+    p = _Parser(prog="fasttorrent",
                                 description="A multi-core BitTorrent downloader for servers.")
     p.add_argument("--version", action="version", version=f"fasttorrent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
