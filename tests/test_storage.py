@@ -434,3 +434,22 @@ def test_direct_storage_falls_back_where_the_filesystem_refuses_it(
         assert segs == [(segs[0][0], 0, 0, 100, -1)]  # no direct descriptor
         segs, _ = s.write_segments(0, 100)
         assert segs == [(segs[0][0], 0, 0, 100)]  # plain segments from then on
+
+
+@pytest.mark.parametrize(("start", "sizes"), [(0, [4, 6]), (2, [3, 3, 2]), (8, [10, 8, 10]),
+                                              (30, [6])])
+def test_read_run_into_matches_read_into(tmp_path: Path, start: int, sizes: list[int]) -> None:
+    """One preadv where the run lies in one file; across files, pads and a missing
+    file, the same bytes and the same completeness as read_into."""
+    lay = make_layout(tmp_path, MIXED)
+    payload = bytes(range(1, 37))
+    with Storage(lay, writable=True) as s:
+        s.write(0, memoryview(payload))
+    (tmp_path / "t" / "b").write_bytes(payload[16:30])  # b is short: its tail is missing
+    with Storage(lay) as s:
+        bufs = [memoryview(bytearray(n)) for n in sizes]
+        ok = s.read_run_into(start, bufs)
+        whole = bytearray(sum(sizes))
+        ok_whole = s.read_into(start, memoryview(whole))
+    assert b"".join(bytes(b) for b in bufs) == bytes(whole)
+    assert ok == ok_whole

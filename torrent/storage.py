@@ -43,6 +43,8 @@ __all__ = [
 #: Descriptors kept open at once.  Well under the usual 1,024 soft limit so the
 #: sockets of a worker's peers always have room.
 MAX_OPEN_FILES = 128
+#: Buffers per preadv() at most (IOV_MAX is 1024 on Linux).
+_MAX_IOV = 1024
 
 _ENOSPC = (errno.ENOSPC, errno.EDQUOT)
 
@@ -353,6 +355,30 @@ class Storage:
                     complete = False
                     break
                 got += r
+        return complete
+
+    def read_run_into(self, start: int, bufs: list[memoryview]) -> bool:
+        """Fill ``bufs``, in order, with the consecutive bytes from ``start``.
+
+        One ``preadv`` when the range lies in one file and is read whole (the
+        common case: a run of blocks requested in order); otherwise
+        :meth:`read_into` buffer by buffer.  Returns False if any byte was missing.
+        """
+        total = sum(len(b) for b in bufs)
+        segs = list(self.layout.segments(start, total))
+        if len(segs) == 1 and len(bufs) <= _MAX_IOV and not self.layout.spans[segs[0][0]].pad:
+            i, foff, _roff, _n = segs[0]
+            fd = self._fd(i)
+            if fd is not None:
+                try:
+                    if os.preadv(fd, bufs, foff) == total:
+                        return True
+                except OSError as e:
+                    raise os_error(e, f"reading {self.layout.spans[i].rel}") from None
+        complete = True
+        for b in bufs:
+            complete = self.read_into(start, b) and complete
+            start += len(b)
         return complete
 
     # -- writing -----------------------------------------------------------

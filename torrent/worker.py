@@ -79,6 +79,8 @@ OPTIMISTIC_ROUNDS = 3
 #: Bytes queued in a connection's transport before we stop reading blocks from
 #: disk for it; resume_writing() resumes.  1 MiB is ~64 blocks in flight.
 SEND_HIGH_WATER = 1 << 20
+#: Blocks answered per write when uploading (see Worker.serve): 1 MiB.
+SERVE_BATCH = 64
 #: Refill a peer's request pipeline only when at least this many requests fit:
 #: fewer, larger writes (a request is 17 bytes; a send on loopback runs the
 #: receiver's TCP path inline, ~10 % of a worker's time at 16 per write).
@@ -509,9 +511,12 @@ class Worker:
     def serve(self, pc: Any) -> None:
         """Send queued blocks the peer asked for, as long as its transport has room.
 
-        Each block is read with one pread straight into the frame that is
-        written (header + data in one buffer): one copy from the page cache,
-        one into the socket.
+        Up to :data:`SERVE_BATCH` blocks go out per write: their frames are
+        laid out in one buffer, the data of each run of consecutive blocks is
+        read with one ``preadv`` straight into the frames (one copy from the
+        page cache), and the buffer is written with one call (one copy into
+        the socket).  A write per block cost a send() per 16 KiB: a quarter
+        of a seeding worker's time.
         """
         proto = pc.proto
         tr = pc.transport
@@ -520,27 +525,50 @@ class Worker:
         pl = self.meta.piece_length
         up = self.up_limiter
         while tr.get_write_buffer_size() < SEND_HIGH_WATER:
-            if up is not None and not up.may_send():
-                return  # the limiter serves us again once its bucket refilled
-            blk = proto.next_request()
-            if blk is None:
+            blocks = []
+            while len(blocks) < SERVE_BATCH:
+                if up is not None and not up.may_send():
+                    break  # the limiter serves us again once its bucket refilled
+                blk = proto.next_request()
+                if blk is None:
+                    break
+                if not self._has(blk[0]):
+                    continue  # never announced: an honest peer does not ask; drop it
+                blocks.append(blk)
+                if up is not None:
+                    up.sent(blk[2])
+            if not blocks:
                 return
-            index, begin, length = blk
-            if not self._has(index):
-                continue  # never announced: an honest peer does not ask; drop it
-            frame = bytearray(13 + length)
-            wp.pack_piece_header(frame, index, begin, length)
+            buf = bytearray(sum(13 + ln for _i, _b, ln in blocks))
+            view = memoryview(buf)
+            pos = 0
+            run: list[memoryview] = []
+            run_start = run_end = -1
             try:
-                self.storage.read_into(index * pl + begin, memoryview(frame)[13:])
+                for index, begin, length in blocks:
+                    wp.pack_piece_header(view[pos : pos + 13], index, begin, length)
+                    start = index * pl + begin
+                    if start != run_end:
+                        if run:
+                            self.storage.read_run_into(run_start, run)
+                        run, run_start = [], start
+                    run.append(view[pos + 13 : pos + 13 + length])
+                    run_end = start + length
+                    pos += 13 + length
+                self.storage.read_run_into(run_start, run)
             except FastTorrentError as e:
                 self._fatal(e.__class__.__name__, str(e))
                 return
-            tr.write(frame)
-            if up is not None:
-                up.sent(length)
-            pc.uploaded += length
-            pc._up_window += length
-            self.uploaded += length
+            finally:
+                run.clear()
+                view.release()
+            tr.write(buf)
+            n = pos - 13 * len(blocks)
+            pc.uploaded += n
+            pc._up_window += n
+            self.uploaded += n
+            if len(blocks) < SERVE_BATCH:
+                return  # the queue is empty, or the limiter stopped us
 
     def choke_round(self, now: float) -> None:
         """BEP 3 choking: unchoke the best peers by rate, plus one optimistic unchoke.
