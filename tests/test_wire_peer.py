@@ -235,11 +235,23 @@ def test_bad_geometry_is_refused() -> None:
 
 
 # --- protocol rules, one test each ---------------------------------------------------------------
-def test_bitfield_not_first_message() -> None:
+def test_a_later_bitfield_counts_as_haves_of_the_new_pieces() -> None:
+    """aria2 sends a fresh bitfield instead of many HAVEs: only new pieces are reported,
+    and no piece is ever taken away."""
     p = active_peer()
     recv(p, Have(1))
-    with pytest.raises(RemoteProtocolError, match="first message"):
-        recv(p, Bitfield(b"\xff\xc0"))
+    assert recv(p, Bitfield(b"\x60\x40")) == [HaveReceived(2), HaveReceived(9)]
+    assert recv(p, Bitfield(b"\x00\x00")) == []  # clearing bits does nothing
+    assert [p.peer_has(i) for i in range(NUM_PIECES)] == \
+        [False, True, True] + [False] * 6 + [True]
+    assert p.peer_piece_count == 3 and p.state is PeerState.ACTIVE
+
+
+def test_a_later_bitfield_is_checked_like_the_first() -> None:
+    p = active_peer()
+    recv(p, Have(1))
+    with pytest.raises(RemoteProtocolError, match="spare bits"):
+        recv(p, Bitfield(b"\xff\xff"))
     assert p.state is PeerState.CLOSED
 
 

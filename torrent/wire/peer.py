@@ -597,9 +597,10 @@ class PeerProtocol:
             self._first_message = False
 
     def _receive_bitfield(self, bits: bytes, events: list[Event]) -> None:
-        if not self._first_message:
-            raise RemoteProtocolError(
-                "peer sent a bitfield that was not its first message (BEP 3)")
+        # BEP 3 sends the bitfield first only; aria2 also sends a fresh one later
+        # instead of many HAVEs when that is shorter.  A later bitfield is taken
+        # as those HAVEs (bits are never cleared), checked like the first.
+        late = not self._first_message
         self._first_message = False
         expected = len(self._peer_bits)
         if len(bits) != expected:
@@ -609,6 +610,17 @@ class PeerProtocol:
         spare = (-self.num_pieces) & 7
         if bits[-1] & ((1 << spare) - 1):
             raise RemoteProtocolError("peer sent a bitfield with spare bits set (BEP 3)")
+        if late:
+            mine = self._peer_bits
+            for k, byte in enumerate(bits):
+                new = byte & ~mine[k] & 0xFF
+                if new:
+                    mine[k] |= new
+                    for j in range(8):
+                        if new & (0x80 >> j):
+                            self._peer_count += 1
+                            events.append(HaveReceived(k * 8 + j))
+            return
         self._peer_bits[:] = bits
         self._peer_count = int.from_bytes(bits, "big").bit_count()
         events.append(BitfieldReceived(bits))
