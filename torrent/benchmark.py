@@ -283,6 +283,15 @@ def _cpu_seconds(pids: Sequence[int]) -> float:
     return t / _CLK_TCK
 
 
+def _child_env() -> dict[str, str]:
+    """This environment, with this very ``torrent`` package first on the path, so that
+    ``python -m torrent`` in a child runs the same code as this process."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
 @dataclass(eq=False)
 class Proc:
     """A started process, leader of its own session (so its whole tree can be found and killed)."""
@@ -314,7 +323,7 @@ class Processes:
         own session."""
         cmd = ["timeout", "-s", "INT", "-k", str(int(STOP_GRACE)), str(max(1, int(timeout))),
                *argv]
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=_child_env(),
                              stdout=stdout if stdout is not None else subprocess.DEVNULL,
                              stderr=stderr if stderr is not None else subprocess.DEVNULL,
                              cwd=cwd, start_new_session=True, text=True)
