@@ -946,7 +946,8 @@ def summarize(rows: Sequence[dict[str, Any]], *, compare_seeding: bool) -> list[
                      wall_median=statistics.median(r["wall"] for r in ok),
                      cpu_per_gib_median=statistics.median(r["cpu_per_gib"] for r in ok),
                      peak_pss_max=max(r["peak_pss"] for r in ok),
-                     seeders_cpu_median=statistics.median(r["seeders_cpu"] for r in ok))
+                     seeders_cpu_per_gib_median=statistics.median(
+                         r["seeders_cpu"] / (r["rate"] * r["wall"] / 2**30) for r in ok))
         out.append(e)
     for e in out:
         if compare_seeding:
@@ -966,22 +967,24 @@ def summarize(rows: Sequence[dict[str, Any]], *, compare_seeding: bool) -> list[
 def markdown(doc: dict[str, Any]) -> str:
     """The Markdown report: parameters, versions, and one table row per client."""
     p, v = doc["params"], doc["versions"]
+    kinds = " and ".join(SEEDER_KINDS) if p["seeders"] == "compare-seeding" else p["seeders"]
     lines = [f"# fasttorrent bench, {p['time']}", "",
              (f"{_size_label(p['size'])} in {p['files']} file(s), {_size_label(p['piece'])} "
-             f"pieces, {'/'.join(map(str, p['num_seeders']))} {p['seeders']} seeder(s), "
+             f"pieces, {'/'.join(map(str, p['num_seeders']))} {kinds} seeder(s), "
              f"{p['runs']} run(s) per client, on 127.0.0.1."), "",
              ("| client | seeders | valid/runs | MB/s median (min-max) | CPU s/GiB | "
-              "peak PSS MiB | vs reference |"), "|---|---|---|---|---|---|---|"]
+              "peak PSS MiB | seeders' CPU s/GiB | vs reference |"), "|---|---|---|---|---|---|---|---|"]
     for e in doc["summary"]:
         seeders = f"{e['seeders']} {e['seeder_kind']}"
         if not e["valid"]:
-            lines.append(f"| {e['client']} | {seeders} | 0/{e['runs']} | - | - | - | - |")
+            lines.append(f"| {e['client']} | {seeders} | 0/{e['runs']} | - | - | - | - | - |")
             continue
         ratio = f"{e['ratio']:.2f}x {e['reference']}" if e["ratio"] is not None else "-"
         lines.append(
             f"| {e['client']} | {seeders} | {e['valid']}/{e['runs']} | "
             f"{e['mbps_median']:.1f} ({e['mbps_min']:.1f}-{e['mbps_max']:.1f}) | "
-            f"{e['cpu_per_gib_median']:.2f} | {e['peak_pss_max'] / 2**20:.0f} | {ratio} |")
+            f"{e['cpu_per_gib_median']:.2f} | {e['peak_pss_max'] / 2**20:.0f} | "
+            f"{e['seeders_cpu_per_gib_median']:.2f} | {ratio} |")
     lines += ["", "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()
                                             if val is not None), ""]
     return "\n".join(lines)
