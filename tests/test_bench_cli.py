@@ -3,7 +3,7 @@
 Each bench here is small (8 MiB, one run per client) and bounded by
 :data:`BENCH_TIMEOUT`; the downloads run against real seeders (``fasttorrent
 seed`` or libtorrent), and every run must have been checked bit-exact. The
-interrupt test sends SIGINT while a download is in flight and checks that no
+interrupt test sends SIGINT (and SIGTERM) while a download is in flight and checks that no
 process the bench started, no temporary directory and no ``/dev/shm`` segment
 outlives it.
 """
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import require_binary, require_module
 
 #: Bound of one whole bench run (payload, seeders, every client, reports).
@@ -150,7 +151,8 @@ def _shm_mapped(pid: int) -> set[str]:
         return set()
 
 
-def test_bench_sigint_mid_run_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_bench_interrupt_mid_run_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> None:
     psutil = require_module("psutil")
     require_module("libtorrent")
     results = tmp_path / "results"
@@ -188,7 +190,7 @@ def test_bench_sigint_mid_run_leaves_nothing(tmp_path: Path) -> None:
             except psutil.Error:
                 continue
             shm |= _shm_mapped(c.pid)
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         code = p.wait(timeout=60)
     finally:
         if p.poll() is None:
@@ -198,7 +200,9 @@ def test_bench_sigint_mid_run_leaves_nothing(tmp_path: Path) -> None:
     text = "".join(err)
     assert code == 7, text[-3000:]
     assert "Traceback" not in text
-    assert text.strip().splitlines()[-1] == "fasttorrent: bench: interrupted"
+    assert text.strip().splitlines()[-1] == (
+        "fasttorrent: bench: interrupted" if sig == signal.SIGINT
+        else "fasttorrent: bench: stopped by SIGTERM")
     left = []
     for pid, created in seen.items():
         try:

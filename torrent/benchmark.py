@@ -363,7 +363,18 @@ class Processes:
                 self.live.remove(p)
 
     def stop_all(self) -> None:
+        """Stop every group, including one whose start an interrupt cut short (a child
+        of ours leading its own session that never made it into :attr:`live`)."""
         self.stop(list(self.live))
+        me = str(os.getpid())
+        for name in os.listdir("/proc"):
+            f = _stat_fields(int(name)) if name.isdigit() else None
+            if f is not None and len(f) > 3 and f[1] == me and f[3] == name:
+                pid = int(name)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
 
 
 # -- seeders ----------------------------------------------------------------------------
