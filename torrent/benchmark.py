@@ -427,7 +427,8 @@ def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: s
     while len(ports) < len(pending):
         failed = time.monotonic() > deadline
         waiting = [(p, ready) for p, _, ready in pending if p not in ports]
-        streams = {p.popen.stdout: p for p, ready in waiting if not ready}
+        streams = {p.popen.stdout: p for p, ready in waiting
+                   if not ready and p.popen.stdout is not None}
         readable = select.select(list(streams), [], [], 0.02)[0] if streams else []
         if not streams:
             time.sleep(0.02)
