@@ -99,6 +99,8 @@ DEFAULT_TIMEOUT = 600.0
 SEEDER_LIFETIME_MARGIN = 600.0
 #: Bytes compared at a time when checking an output against the payload.
 _CMP_CHUNK = 1 << 20
+#: Smallest piece length a torrent may have (a 16 KiB block).
+MIN_PIECE = 16 << 10
 #: The torrent's name for a multi-file payload (its top directory).
 MULTI_NAME = "payload"
 SINGLE_NAME = "payload.bin"
@@ -1091,6 +1093,8 @@ def run_from_args(a: argparse.Namespace) -> int:
 
     if a.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if a.piece < MIN_PIECE or a.piece & (a.piece - 1):
+        raise UsageError(f"--piece must be a power of two of at least {MIN_PIECE}, got {a.piece}")
     clients_text = a.clients
     if a.compare_seeding and clients_text is None:
         clients_text = "lt-default"
