@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up fasttorrent on a fresh Debian machine with Python 3.11+ and gcc:
 # the Debian packages the interop tests use, then the package itself (editable,
-# so the compiled core lands next to its sources) with its test extras.
+# so the compiled core lands next to its sources) with its test and bench extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,6 +21,6 @@ if ((${#missing[@]})); then
 fi
 # A stale in-place build of the core would shadow a fresh one.
 rm -f torrent/_fast*.so torrent/_fast.c
-"$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+"$PY" -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 # pyenv puts new console scripts (fasttorrent) on PATH only after a rehash
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi

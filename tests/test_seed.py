@@ -1,7 +1,7 @@
 """``fasttorrent seed``: real downloaders fetch bit-exact from it.
 
 libtorrent's own downloader (PyPI bindings, loopback-only settings, the
-benchmark's bench/clients/lt_download.py) and fasttorrent's downloader fetch a
+benchmark's torrent/benchclients/lt_download.py) and fasttorrent's downloader fetch a
 multi-file torrent from two `fasttorrent seed` processes; a mixed swarm of a
 libtorrent seeder and a fasttorrent seeder serves fasttorrent. SIGINT stops a
 seeder cleanly (exit 7, `--json` summary with the bytes it uploaded).
@@ -22,8 +22,6 @@ from conftest import require_module
 from helpers.payload import ft_create, write_tree
 from helpers.swarm import start_seeders
 
-ROOT = Path(__file__).resolve().parent.parent
-LT_DOWNLOAD = ROOT / "bench" / "clients" / "lt_download.py"
 TREE = {"a.bin": 700_001, "sub/b.bin": 1_300_000, "sub/c/d.bin": 65_536, "e.txt": 10}
 #: Every process here is bounded: a download by this, a seeder by the fixture.
 RUN_TIMEOUT = 60
@@ -73,7 +71,7 @@ def test_libtorrent_downloads_from_fasttorrent_seeders(
     require_module("libtorrent")
     torrent, src, seeds = swarm
     out = tmp_path / "lt"
-    r = subprocess.run([sys.executable, str(LT_DOWNLOAD), "--peers",
+    r = subprocess.run([sys.executable, "-m", "torrent.benchclients.lt_download", "--peers",
                         ",".join(s.addr for s in seeds), "--timeout", str(RUN_TIMEOUT - 10),
                         str(torrent), str(out)], capture_output=True, text=True,
                        timeout=RUN_TIMEOUT)

@@ -317,6 +317,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(size=a.size, workers=a.workers, seeders=a.seeders, keep=a.keep)
 
 
+# -- bench ------------------------------------------------------------------
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .benchmark import run_from_args
+
+    return run_from_args(a)
+
+
 # -- parser -----------------------------------------------------------------
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": cmd_info,
@@ -325,6 +332,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "download": cmd_download,
     "seed": cmd_seed,
+    "bench": cmd_bench,
 }
 
 
@@ -419,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=_workers_arg, default=None)
     s.add_argument("--seeders", type=_workers_arg, default=2, help="local seeders (default 2)")
     s.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+    from .benchmark import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="compare downloaders on a local swarm"))
     return p
 
 

@@ -10,9 +10,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-#: The seeder script, shared with the benchmarks.
-LT_SEED = os.path.join(os.path.dirname(os.path.dirname(HERE)), "bench", "clients", "lt_seed.py")
+#: The seeder module, shared with ``fasttorrent bench``.
+LT_SEED = "torrent.benchclients.lt_seed"
 #: Every seeder exits by itself after this long, even if the test runner dies.
 SEED_LIFETIME = 180.0
 #: How long a seeder may take to check its data and become ready.
@@ -55,7 +54,7 @@ def start_seeders(torrent: str, save_paths: list[str], workdir: str,
         lim = (upload_limits or [0] * len(save_paths))[k]
         p = subprocess.Popen(
             ["timeout", str(int(SEED_LIFETIME) + 5), sys.executable,
-             LT_SEED, "--torrent", torrent, "--save-path", sp,
+             "-m", LT_SEED, "--torrent", torrent, "--save-path", sp,
              "--port", str(port), "--ready", ready, "--lifetime", str(SEED_LIFETIME),
              "--upload-limit", str(lim)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
 """Download one torrent with libtorrent (PyPI bindings) from given peers; exit 0 when done.
 
-    lt_download.py [--profile default|fast] [--port N] --peers ip:port,... TORRENT OUTDIR
+    python -m torrent.benchclients.lt_download [--profile default|fast] [--port N]
+        --peers ip:port,... [--timeout S] TORRENT OUTDIR
 
 Loopback-only settings (DHT, LSD, UPnP, NAT-PMP, uTP off; bound to
 127.0.0.1; several connections per IP allowed, since every seeder is on

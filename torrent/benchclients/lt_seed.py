@@ -1,11 +1,15 @@
-#!/usr/bin/env python3
-"""A libtorrent seeder process for the integration tests (loopback only, bounded lifetime).
+"""A libtorrent seeder process for ``fasttorrent bench`` and the integration tests.
+
+    python -m torrent.benchclients.lt_seed --torrent T --save-path DIR --ready FILE
+        [--port P] [--lifetime S] [--upload-limit BPS] [--stop-file F] [--peer HOST:PORT]...
 
 Adds the torrent over the data in --save-path, lets libtorrent check it (a
 seeder with partial data serves just the pieces it has), writes --ready
-(JSON: pid, port, pieces it has) and serves until --lifetime passes, its
-parent exits, or --stop-file appears.  DHT, LSD, UPnP, NAT-PMP and uTP are
-off; it listens on 127.0.0.1 only.
+(JSON: pid, port it listens on, pieces it has), dials every --peer (for
+clients that drop loopback peers handed out by a tracker and must be dialled),
+and serves until --lifetime passes, its parent exits, or --stop-file appears.
+DHT, LSD, UPnP, NAT-PMP and uTP are off; it listens on 127.0.0.1 only (port 0:
+a free one, reported in --ready).  Needs libtorrent (PyPI bindings).
 """
 
 import argparse
@@ -43,11 +47,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--torrent", required=True)
     ap.add_argument("--save-path", required=True)
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--ready", required=True)
     ap.add_argument("--lifetime", type=float, default=120)
     ap.add_argument("--upload-limit", type=int, default=0)
     ap.add_argument("--stop-file")
+    ap.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                    help="dial this peer once the data is checked (repeatable)")
     a = ap.parse_args()
     end = time.monotonic() + a.lifetime
     parent = os.getppid()
@@ -73,9 +79,13 @@ def main() -> int:
                 pieces = [i for i, v in enumerate(st.pieces) if v]
                 tmp = a.ready + ".tmp"
                 with open(tmp, "w") as f:
-                    json.dump({"pid": os.getpid(), "port": a.port, "pieces": pieces}, f)
+                    json.dump({"pid": os.getpid(), "port": ses.listen_port(),
+                               "pieces": pieces}, f)
                 os.replace(tmp, a.ready)
                 ready = True
+                for peer in a.peer:
+                    host, port = peer.rsplit(":", 1)
+                    h.connect_peer((host, int(port)))
     return 0
 
 

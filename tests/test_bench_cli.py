@@ -1,0 +1,219 @@
+"""``fasttorrent bench``: real clients on a small loopback swarm, the reports they leave.
+
+Each bench here is small (8 MiB, one run per client) and bounded by
+:data:`BENCH_TIMEOUT`; the downloads run against real seeders (``fasttorrent
+seed`` or libtorrent), and every run must have been checked bit-exact. The
+interrupt test sends SIGINT (and SIGTERM) while a download is in flight and checks that no
+process the bench started, no temporary directory and no ``/dev/shm`` segment
+outlives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_binary, require_module
+
+#: Bound of one whole bench run (payload, seeders, every client, reports).
+BENCH_TIMEOUT = 240
+#: Bound of one download inside a bench.
+RUN_TIMEOUT = "60"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def bench(tmp_path: Path, *args: str, pre: str = "") -> tuple[subprocess.CompletedProcess[str],
+                                                                dict[str, Any], Path]:
+    """Run ``fasttorrent bench ARGS`` into tmp_path/results; return it, its JSON, its base."""
+    results = tmp_path / "results"
+    argv = ["bench", "--size", "8M", "--runs", "1", "--num-seeders", "2", "--timeout",
+            RUN_TIMEOUT, "--results", str(results), *args]
+    code = f"{pre}import sys\nfrom torrent.cli import main\nsys.exit(main({argv!r}))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=BENCH_TIMEOUT, env=_env(), check=False)
+    docs = sorted(results.glob("*.json")) if results.exists() else []
+    assert r.returncode == 0 and len(docs) == 1, r.stderr[-3000:]
+    return r, json.loads(docs[0].read_text()), docs[0].with_suffix("")
+
+
+def check_doc(doc: dict[str, Any], clients: list[str], seeder_kind: str | None) -> None:
+    """Every client ran once, verified, with sane measures; versions are there."""
+    assert sorted(r["client"] for r in doc["runs"]) == sorted(clients)
+    for r in doc["runs"]:
+        assert r["ok"] is True, r
+        assert r["exit"] == 0
+        assert r["rate"] > 0 and r["wall"] > 0
+        assert r["cpu"] > 0 and r["peak_pss"] > 0
+        assert seeder_kind is None or r["seeder_kind"] == seeder_kind
+    for e in doc["summary"]:
+        assert e["valid"] == e["runs"] == 1
+        assert 0 < e["mbps_min"] <= e["mbps_median"] <= e["mbps_max"]
+        assert e["cpu_per_gib_median"] > 0
+    v = doc["versions"]
+    for key in ("fasttorrent", "python", "kernel", "cpu", "libtorrent"):
+        assert v[key], key
+
+
+def test_bench_fasttorrent_seeders_all_reports(tmp_path: Path) -> None:
+    require_module("libtorrent")
+    require_module("matplotlib")
+    require_binary("transmission-cli")
+    clients = ["ft1", "ft2", "lt-default", "transmission"]
+    r, doc, base = bench(tmp_path, "--clients", ",".join(clients))
+    check_doc(doc, clients, "fasttorrent")
+    assert doc["params"]["size"] == 8 << 20 and doc["params"]["files"] == 1
+    assert doc["versions"]["transmission-cli"].startswith("transmission-cli")
+    by = {e["client"]: e for e in doc["summary"]}
+    best = max(("ft1", "ft2"), key=lambda c: by[c]["mbps_median"])
+    assert by[best]["ratio"] == 1.0 and by["lt-default"]["reference"] == best
+    assert by["transmission"]["ratio"] > 0
+    # transmission was dialled by per-run seeders; their start-up is not its time
+    (tr,) = [x for x in doc["runs"] if x["client"] == "transmission"]
+    assert 0 < tr["dial_wait"] < tr["wall_raw"]
+    md = base.with_suffix(".md").read_text()
+    for c in clients:
+        assert f"| {c} | 2 fasttorrent | 1/1 |" in md
+    assert doc["versions"]["transmission-cli"] in md
+    assert base.with_suffix(".png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "run 4/4" in r.stderr and "MB/s" in r.stderr
+    assert r.stdout.count("| ft1 |") == 1
+
+
+def test_bench_libtorrent_seeders_multifile(tmp_path: Path) -> None:
+    require_module("libtorrent")
+    require_binary("aria2c")
+    clients = ["ft2", "lt-fast", "aria2"]
+    _, doc, _ = bench(tmp_path, "--seeders", "libtorrent", "--files", "7", "--no-warmup",
+                      "--clients", ",".join(clients))
+    check_doc(doc, clients, "libtorrent")
+    assert doc["params"]["files"] == 7 and doc["params"]["seeders"] == "libtorrent"
+    assert doc["versions"]["aria2c"].startswith("aria2 version")
+
+
+def test_bench_compare_seeding_without_matplotlib(tmp_path: Path) -> None:
+    """lt-default from both seeder kinds; with matplotlib hidden the chart is skipped."""
+    require_module("libtorrent")
+    r, doc, base = bench(tmp_path, "--compare-seeding", "--no-warmup",
+                         pre="import sys\nsys.modules['matplotlib'] = None\n")
+    check_doc(doc, ["lt-default@fasttorrent", "lt-default@libtorrent"], None)
+    kinds = {x["client"]: x["seeder_kind"] for x in doc["runs"]}
+    assert kinds == {"lt-default@fasttorrent": "fasttorrent",
+                     "lt-default@libtorrent": "libtorrent"}
+    by = {e["client"]: e for e in doc["summary"]}
+    assert by["lt-default@fasttorrent"]["ratio"] == 1.0
+    assert by["lt-default@libtorrent"]["reference"] == "lt-default@fasttorrent"
+    assert not base.with_suffix(".png").exists()
+    skipped = [ln for ln in r.stdout.splitlines() if "chart skipped" in ln]
+    assert len(skipped) == 1 and "matplotlib" in skipped[0]
+
+
+def _one_line_error(argv: list[str], env: dict[str, str]) -> str:
+    r = subprocess.run([sys.executable, "-m", "torrent", "bench", *argv], capture_output=True,
+                       text=True, timeout=60, env=env, check=False)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_bench_unknown_or_missing_client_is_a_usage_error(tmp_path: Path) -> None:
+    line = _one_line_error(["--clients", "ft1,nosuchclient", "--results", str(tmp_path)], _env())
+    assert "unknown client 'nosuchclient'" in line
+    # a client whose program is not on PATH: named, so an error (not silently left out)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    line = _one_line_error(["--clients", "aria2", "--results", str(tmp_path)],
+                           dict(_env(), PATH=str(bare)))
+    assert "aria2c" in line and "not installed" in line
+    assert not any(tmp_path.glob("*.json"))
+
+
+def _shm_mapped(pid: int) -> set[str]:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return {ln.split("/dev/shm/", 1)[1].split()[0] for ln in f if "/dev/shm/" in ln}
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_bench_interrupt_mid_run_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> None:
+    psutil = require_module("psutil")
+    require_module("libtorrent")
+    results = tmp_path / "results"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "torrent", "bench", "--size", "64M", "--runs", "3",
+         "--num-seeders", "2", "--clients", "ft1,ft2", "--timeout", RUN_TIMEOUT,
+         "--no-warmup", "--results", str(results)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(p.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    seen: dict[int, float] = {}  # pid -> create time, every descendant ever seen
+    shm: set[str] = set()
+    try:
+        top = psutil.Process(p.pid)
+        end = time.monotonic() + BENCH_TIMEOUT
+        downloading = False
+        while time.monotonic() < end and p.poll() is None and not downloading:
+            for c in top.children(recursive=True):
+                try:
+                    seen.setdefault(c.pid, c.create_time())
+                    cmd = c.cmdline()
+                except psutil.Error:
+                    continue
+                shm |= _shm_mapped(c.pid)
+                # a download in flight after a first run was reported
+                downloading = downloading or (
+                    "download" in cmd and any("run 1/" in ln for ln in err))
+            time.sleep(0.05)
+        assert downloading, "".join(err)[-3000:]
+        time.sleep(0.3)  # well inside the run: the arena exists, pieces are moving
+        for c in top.children(recursive=True):
+            try:
+                seen.setdefault(c.pid, c.create_time())
+            except psutil.Error:
+                continue
+            shm |= _shm_mapped(c.pid)
+        p.send_signal(sig)
+        code = p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    reader.join(10)
+    text = "".join(err)
+    assert code == 7, text[-3000:]
+    assert "Traceback" not in text
+    assert text.strip().splitlines()[-1] == (
+        "fasttorrent: bench: interrupted" if sig == signal.SIGINT
+        else "fasttorrent: bench: stopped by SIGTERM")
+    left = []
+    for pid, created in seen.items():
+        try:
+            q = psutil.Process(pid)
+            # a zombie is dead already (waiting for whichever reaper adopted it)
+            if q.create_time() == created and q.status() != psutil.STATUS_ZOMBIE:
+                left.append((pid, q.status(), q.cmdline()[:6]))
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"processes left behind: {left}"
+    assert len(seen) >= 3  # seeders and a download were running
+    work = [ln.split()[3].rstrip(";") for ln in text.splitlines() if ln.startswith("bench: work dir")]
+    assert len(work) == 1 and not os.path.exists(work[0])
+    assert not [n for n in shm if os.path.exists(f"/dev/shm/{n}")]

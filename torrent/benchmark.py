@@ -1,0 +1,1110 @@
+"""``fasttorrent bench``: whole downloads by several clients from one loopback swarm.
+
+    fasttorrent bench [--size 1G] [--files N] [--piece 1M] [--seeders fasttorrent|libtorrent]
+                      [--num-seeders 4] [--runs 5] [--clients ft1,ft2,lt-default,...]
+                      [--results DIR] [--timeout S] [--keep] [--compare-seeding]
+
+Theory of operation
+-------------------
+1. *Payload.*  A deterministic pseudo-random payload (one file, or ``--files N``
+   files of uneven sizes under ``payload/``, straddling piece boundaries) and
+   its torrent (no trackers) in a fresh temporary directory.
+2. *Seeders.*  ``--num-seeders`` long-lived seeders of one kind on 127.0.0.1:
+   ``fasttorrent seed`` processes (one worker each) or libtorrent seeders
+   (:mod:`torrent.benchclients.lt_seed`).  With ``--compare-seeding`` both
+   kinds run side by side and every client downloads from each in turn.
+3. *Clients and how they find the seeders.*  ``ftK`` is ``fasttorrent download
+   --workers K`` and ``lt-default`` / ``lt-fast`` libtorrent's downloader
+   (default settings / ``high_performance_seed()``); these are given the
+   seeders' addresses.  aria2c takes no peer addresses, so it is pointed
+   (``--bt-tracker``) at a tracker inside this process that hands out the
+   seeders (the torrent itself stays trackerless).  transmission-cli drops
+   loopback peers that a tracker hands out, so it has to be dialled: once its
+   port listens, ``--num-seeders`` extra seeders of the same kind are started
+   for that run with ``--peer`` set to it.  The time from its port listening
+   until the first of them serves is the seeders' start-up, not
+   transmission's, and is subtracted from its time (recorded as
+   ``dial_wait``).  Transmission never exits by itself: its torrent-done
+   script (``-f``) only creates a marker file; this process sees it and sends
+   SIGINT to transmission's process group, upon which it closes its files and
+   exits.  aria2c exits by itself (``--seed-time=0``).  Every
+   client has DHT, LPD/LSD, PEX, UPnP/NAT-PMP off and is bound to 127.0.0.1.
+4. *Runs.*  One untimed warm-up download per seeder set, then the runs
+   interleaved (run 1 of every client, then run 2, ..., the order rotated each
+   run), each into a fresh directory.  A run counts only if the client exited
+   0 and every file is byte-identical to the payload.  Between runs (untimed)
+   the output is deleted and ``sync`` flushes what is still dirty.
+5. *Measures.*  Wall time from spawn to exit; CPU of the client's whole
+   process tree from ``wait4`` (the client and every descendant it reaped);
+   peak PSS of the tree (every process in the client's session, sampled from
+   ``/proc`` every :data:`SAMPLE_INTERVAL`; a shared arena is counted once,
+   split between the processes that map it); the seeders' CPU meanwhile.
+6. *Report.*  Per client: median and min-max MB/s, CPU s/GiB, peak PSS,
+   and the ratio to the fastest fasttorrent configuration in the same seeder
+   set (with ``--compare-seeding``: to the same client served by fasttorrent
+   seeders).  JSON (raw runs, summary, versions), a Markdown table, and a PNG
+   chart when matplotlib is installed (extra ``bench``).
+7. *Bounds and cleanup.*  Every process runs in its own session under
+   ``timeout`` (so it ends even if this process is killed), is stopped with
+   SIGINT, then SIGKILL after :data:`STOP_GRACE`; on Ctrl-C / SIGTERM every
+   group is stopped, the temporary directory removed (unless ``--keep``) and
+   any ``/dev/shm`` segment that a killed process had mapped is unlinked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import select
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TextIO
+
+from .errors import Interrupted, StorageError, UsageError
+
+__all__ = ["BenchConfig", "add_arguments", "parse_clients", "run_bench", "run_from_args"]
+
+#: How long a seeder may take to start serving (it trusts its data: no hashing).
+SEEDER_START_TIMEOUT = 120.0
+#: Peak PSS sampling period; shorter steals more CPU from the client measured.
+SAMPLE_INTERVAL = 0.1
+#: Every this many PSS samples, the /dev/shm segments mapped are noted too.
+SHM_SCAN_EVERY = 10
+#: After SIGINT, how long a process group gets to exit before SIGKILL (a
+#: fasttorrent download unlinks its shared-memory arena on the way out).
+STOP_GRACE = 10.0
+#: How often the harness looks for transmission's torrent-done marker.
+DONE_POLL = 0.02
+#: How long transmission-cli may take to open its listening port.
+LISTEN_TIMEOUT = 30.0
+#: Default bound of one download.
+DEFAULT_TIMEOUT = 600.0
+#: Extra lifetime of the long-lived seeders beyond the longest possible bench.
+SEEDER_LIFETIME_MARGIN = 600.0
+#: Bytes compared at a time when checking an output against the payload.
+_CMP_CHUNK = 1 << 20
+#: Smallest piece length a torrent may have (a 16 KiB block).
+MIN_PIECE = 16 << 10
+#: The torrent's name for a multi-file payload (its top directory).
+MULTI_NAME = "payload"
+SINGLE_NAME = "payload.bin"
+SHM_DIR = "/dev/shm"
+
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SEEDER_KINDS = ("fasttorrent", "libtorrent")
+#: Accepted spellings of the external clients.
+ALIASES = {"aria2c": "aria2", "transmission-cli": "transmission"}
+
+
+def parse_size(s: str) -> int:
+    """``1G``, ``512M``, ``64KiB``, ``1000`` -> bytes; argparse-friendly errors."""
+    t = s.strip().upper().removesuffix("B").removesuffix("I")
+    u = t[-1:] if t[-1:] in UNITS else ""
+    try:
+        v = int(float(t[: len(t) - len(u)]) * UNITS[u])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {s!r}")
+    return v
+
+
+def _positive_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not 1 <= n <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100000, got {n}")
+    return n
+
+
+def _log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- clients ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClientSpec:
+    """One downloader configuration: ``kind`` is ft, lt, aria2, transmission or custom."""
+
+    label: str
+    kind: str
+    workers: int = 0  # ft: --workers
+    profile: str = ""  # lt: default | fast
+    template: str = ""  # custom: a shell command with {torrent} {out} {peers} {port} {python}
+
+
+def _have_libtorrent() -> bool:
+    return importlib.util.find_spec("libtorrent") is not None
+
+
+def _known(name: str) -> ClientSpec | None:
+    name = ALIASES.get(name, name)
+    if name.startswith("ft") and name[2:].isdigit() and 1 <= int(name[2:]) <= 1024:
+        return ClientSpec(name, "ft", workers=int(name[2:]))
+    if name in ("lt-default", "lt-fast"):
+        return ClientSpec(name, "lt", profile=name[3:])
+    if name in ("aria2", "transmission"):
+        return ClientSpec(name, name)
+    return None
+
+
+def _missing_part(spec: ClientSpec) -> str | None:
+    """What is not installed for this client to run, or None."""
+    if spec.kind == "lt" and not _have_libtorrent():
+        return "the libtorrent Python module (pip install libtorrent)"
+    if spec.kind == "aria2" and shutil.which("aria2c") is None:
+        return "aria2c (apt-get install aria2)"
+    if spec.kind == "transmission" and shutil.which("transmission-cli") is None:
+        return "transmission-cli (apt-get install transmission-cli)"
+    return None
+
+
+def default_clients(cpus: int) -> list[ClientSpec]:
+    """ft1..ftN for N = ``cpus``, then lt-default, lt-fast, aria2, transmission where installed."""
+    names = [f"ft{k}" for k in range(1, cpus + 1)]
+    names += ["lt-default", "lt-fast", "aria2", "transmission"]
+    out = []
+    for n in names:
+        spec = _known(n)
+        if spec is not None and _missing_part(spec) is None:
+            out.append(spec)
+    return out
+
+
+def parse_clients(text: str | None, cpus: int, *, allow_custom: bool = True) -> list[ClientSpec]:
+    """The ``--clients`` list; the defaults when None.
+
+    Raises:
+        UsageError: an unknown name, one named twice, or one that is not installed.
+    """
+    if text is None:
+        return default_clients(cpus)
+    out: list[ClientSpec] = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        label, eq, cmd = item.partition("=")
+        if eq and allow_custom:
+            if not label or not cmd:
+                raise UsageError(f"--clients: {item!r}: expected LABEL=COMMAND")
+            spec = ClientSpec(label, "custom", template=cmd)
+        else:
+            known = _known(item)
+            if known is None:
+                raise UsageError(f"--clients: unknown client {item!r} (known: ftN for N workers, "
+                                 "lt-default, lt-fast, aria2, transmission)")
+            missing = _missing_part(known)
+            if missing is not None:
+                raise UsageError(f"--clients: {item} needs {missing}, which is not installed")
+            spec = known
+        if any(s.label == spec.label for s in out):
+            raise UsageError(f"--clients: {spec.label} named twice")
+        out.append(spec)
+    if not out:
+        raise UsageError("--clients: no client named")
+    return out
+
+
+# -- processes --------------------------------------------------------------------------
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 on), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 2:].decode("ascii", "replace").split()
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every live process in session ``sid`` (each started process leads its own session)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            f = _stat_fields(int(name))
+            if f is not None and len(f) > 3 and f[3] == str(sid) and f[0] != "Z":
+                out.append(int(name))
+    return out
+
+
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for ln in f:
+                if ln.startswith("Pss:"):
+                    return int(ln.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _shm_names(pid: int) -> set[str]:
+    out = set()
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for ln in f:
+                i = ln.find(SHM_DIR + "/")
+                if i >= 0:
+                    out.add(ln[i + len(SHM_DIR) + 1:].strip().removesuffix(" (deleted)"))
+    except OSError:
+        pass
+    return out
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    t = 0
+    for pid in pids:
+        f = _stat_fields(pid)
+        if f is not None and len(f) > 12:
+            t += int(f[11]) + int(f[12])
+    return t / _CLK_TCK
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with this very ``torrent`` package first on the path, so that
+    ``python -m torrent`` in a child runs the same code as this process."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass(eq=False)
+class Proc:
+    """A started process, leader of its own session (so its whole tree can be found and killed)."""
+
+    popen: subprocess.Popen[Any]
+    name: str
+    shm: set[str] = field(default_factory=set)
+    reaped: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def note_shm(self) -> None:
+        for pid in session_pids(self.pid):
+            self.shm |= _shm_names(pid)
+
+
+class Processes:
+    """Every process group the bench started; each is stopped once, all of them at the end."""
+
+    def __init__(self) -> None:
+        self.live: list[Proc] = []
+        self._lock = threading.Lock()
+
+    def spawn(self, argv: Sequence[str], name: str, *, timeout: float, stdout: Any = None,
+              stderr: Any = None, cwd: str | None = None) -> Proc:
+        """Start ``argv`` under ``timeout`` (SIGINT at ``timeout`` s, SIGKILL later) in its
+        own session."""
+        cmd = ["timeout", "-s", "INT", "-k", str(int(STOP_GRACE)), str(max(1, int(timeout))),
+               *argv]
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=_child_env(),
+                             stdout=stdout if stdout is not None else subprocess.DEVNULL,
+                             stderr=stderr if stderr is not None else subprocess.DEVNULL,
+                             cwd=cwd, start_new_session=True, text=True)
+        proc = Proc(p, name)
+        with self._lock:
+            self.live.append(proc)
+        return proc
+
+    @staticmethod
+    def _signal(proc: Proc, sig: int) -> None:
+        if proc.pid > 1:  # never a broadcast, whatever happened to the Popen
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+
+    def stop(self, procs: Sequence[Proc], grace: float = STOP_GRACE) -> None:
+        """SIGINT to each group, SIGKILL to what is left after ``grace``; reap; sweep /dev/shm."""
+        procs = [p for p in procs if p in self.live]
+        for p in procs:
+            if not p.reaped and p.popen.poll() is None:
+                p.note_shm()
+            self._signal(p, signal.SIGINT)
+        end = time.monotonic() + grace
+        for p in procs:
+            while session_pids(p.pid) and time.monotonic() < end:
+                time.sleep(0.05)
+            self._signal(p, signal.SIGKILL)
+            if not p.reaped:
+                with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
+                    p.popen.wait(grace)
+            if p.popen.stdout is not None:
+                p.popen.stdout.close()
+            for name in p.shm:
+                # mapped by a process of this group, all of which are gone now
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(SHM_DIR, name))
+            with self._lock:
+                self.live.remove(p)
+
+    def stop_all(self) -> None:
+        """Stop every group, including one whose start an interrupt cut short (a child
+        of ours leading its own session that never made it into :attr:`live`)."""
+        self.stop(list(self.live))
+        me = str(os.getpid())
+        for name in os.listdir("/proc"):
+            f = _stat_fields(int(name)) if name.isdigit() else None
+            if f is not None and len(f) > 3 and f[1] == me and f[3] == name:
+                pid = int(name)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
+
+# -- seeders ----------------------------------------------------------------------------
+@dataclass(eq=False)
+class Seeder:
+    proc: Proc
+    port: int
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: str, workdir: str,
+                  lifetime: float, dial: str | None = None,
+                  on_ready: Callable[[], None] | None = None) -> list[Seeder]:
+    """Start ``n`` seeders of ``kind`` on 127.0.0.1 and wait until each serves.
+
+    Args:
+        dial: a HOST:PORT every seeder connects out to once it serves.
+        on_ready: called as each seeder is seen serving.
+
+    Raises:
+        StorageError: a seeder exited or did not start in time (its log names why).
+    """
+    pending: list[tuple[Proc, str, str]] = []
+    for _ in range(n):
+        fd, logpath = tempfile.mkstemp(prefix=f"seed-{kind}-", suffix=".log", dir=workdir)
+        with os.fdopen(fd, "w") as log:
+            if kind == "fasttorrent":
+                argv = [sys.executable, "-m", "torrent", "seed", torrent, data_dir, "--bind",
+                        "127.0.0.1", "--workers", "1", "--skip-check", "--no-trackers", "-q"]
+                if dial:
+                    argv += ["--peer", dial]
+                p = procs.spawn(argv, f"{kind} seeder", timeout=lifetime,
+                                stdout=subprocess.PIPE, stderr=log)
+                pending.append((p, logpath, ""))
+            else:
+                ready = logpath.removesuffix(".log") + ".ready"
+                argv = [sys.executable, "-m", "torrent.benchclients.lt_seed", "--torrent",
+                        torrent, "--save-path", data_dir, "--ready", ready, "--lifetime",
+                        str(lifetime)]
+                if dial:
+                    argv += ["--peer", dial]
+                p = procs.spawn(argv, f"{kind} seeder", timeout=lifetime + STOP_GRACE,
+                                stderr=log)
+                pending.append((p, logpath, ready))
+    ports: dict[Proc, int] = {}
+    deadline = time.monotonic() + SEEDER_START_TIMEOUT
+    while len(ports) < len(pending):
+        failed = time.monotonic() > deadline
+        waiting = [(p, ready) for p, _, ready in pending if p not in ports]
+        streams = {p.popen.stdout: p for p, ready in waiting
+                   if not ready and p.popen.stdout is not None}
+        readable = select.select(list(streams), [], [], 0.02)[0] if streams else []
+        if not streams:
+            time.sleep(0.02)
+        for stream in readable:
+            p = streams[stream]
+            line = stream.readline()
+            if line.startswith("seeding on port "):
+                ports[p] = int(line.split()[-1])
+                if on_ready:
+                    on_ready()
+            elif not line:
+                failed = True
+        for p, ready in waiting:
+            if ready:
+                try:
+                    with open(ready) as f:
+                        ports[p] = int(json.load(f)["port"])
+                    if on_ready:
+                        on_ready()
+                except (OSError, ValueError, KeyError):
+                    failed = failed or p.popen.poll() is not None
+        if failed:
+            logpath = next(lp for p, lp, _ in pending if p not in ports)
+            with open(logpath, errors="replace") as f:
+                why = " ".join(f.read().split())[-300:]
+            raise StorageError(f"bench: a {kind} seeder did not start: {why or 'no output'}")
+    return [Seeder(p, ports[p]) for p, _, _ in pending]
+
+
+class LoopbackTracker:
+    """A minimal HTTP tracker on 127.0.0.1 that hands out :attr:`peers` (for aria2c)."""
+
+    def __init__(self) -> None:
+        self.peers: list[tuple[str, int]] = []
+        tracker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                from .bencoding import encode
+
+                compact = b"".join(socket.inet_aton(h) + p.to_bytes(2, "big")
+                                   for h, p in tracker.peers)
+                body = encode({"interval": 1800, "min interval": 1800, "peers": compact})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/announce"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- payload ----------------------------------------------------------------------------
+def make_payload(root: str, size: int, files: int) -> tuple[str, list[str]]:
+    """Write the payload under ``root``; return the path to make the torrent of and the
+    files' paths relative to ``root`` (where a client writes them under its output dir)."""
+    from .demo import make_payload as gen
+
+    if files == 1:
+        gen(os.path.join(root, SINGLE_NAME), size)
+        return os.path.join(root, SINGLE_NAME), [SINGLE_NAME]
+    # uneven sizes, so files straddle piece boundaries; every file at least one byte
+    weights = [1 + (i * 7919) % 13 for i in range(files)]
+    spare = size - files
+    rels, left = [], size
+    for i, w in enumerate(weights):
+        n = left if i == files - 1 else 1 + spare * w // sum(weights)
+        left -= n
+        rel = os.path.join(MULTI_NAME, f"dir{i % 10}", f"file{i:05d}.bin")
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        gen(os.path.join(root, rel), n, seed=i + 1)
+        rels.append(rel)
+    return os.path.join(root, MULTI_NAME), rels
+
+
+def same_files(src_root: str, out_root: str, rels: Sequence[str]) -> bool:
+    """Whether every payload file under ``out_root`` is byte-identical to the one under
+    ``src_root``."""
+    for rel in rels:
+        try:
+            with open(os.path.join(src_root, rel), "rb") as fa, \
+                    open(os.path.join(out_root, rel), "rb") as fb:
+                while True:
+                    x = fa.read(_CMP_CHUNK)
+                    if x != fb.read(_CMP_CHUNK):
+                        return False
+                    if not x:
+                        break
+        except OSError:
+            return False
+    return True
+
+
+# -- versions ---------------------------------------------------------------------------
+def _first_line(argv: list[str]) -> str | None:
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (r.stdout or r.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def versions() -> dict[str, Any]:
+    """Versions of every client and of the machine, for the report."""
+    from . import __version__
+    from .sysinfo import available_cpus
+
+    v: dict[str, Any] = {"fasttorrent": __version__, "python": platform.python_version(),
+                         "kernel": platform.release(), "machine": platform.machine(),
+                         "cpus": available_cpus(), "cpu": platform.processor() or None}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        v["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f
+                         if ln.startswith("model name")), v["cpu"])
+    for dist in ("libtorrent", "uvloop", "matplotlib"):
+        try:
+            v[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            v[dist] = None
+    v["aria2c"] = _first_line(["aria2c", "--version"])
+    v["transmission-cli"] = _first_line(["transmission-cli", "--version"])
+    return v
+
+
+# -- one run ----------------------------------------------------------------------------
+@dataclass
+class RunContext:
+    procs: Processes
+    torrent: str
+    peers: list[Seeder]
+    seeder_kind: str
+    num_seeders: int
+    data_dir: str
+    workdir: str
+    timeout: float
+    tracker: LoopbackTracker | None
+    extra_fmt: dict[str, str] = field(default_factory=dict)
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (from /proc/net/tcp, no connection)."""
+    want = f"0100007F:{port:04X}"
+    with contextlib.suppress(OSError), open("/proc/net/tcp") as f:
+        for ln in f:
+            parts = ln.split()
+            if len(parts) > 3 and parts[1] == want and parts[3] == "0A":
+                return True
+    return False
+
+
+def _transmission_setup(scratch: str, out: str, port: int) -> tuple[str, str, str]:
+    """Write transmission's own config dir (loopback only) and its torrent-done script,
+    which only leaves a marker file: this process sees it and stops transmission."""
+    cfg = os.path.join(scratch, "cfg")
+    os.makedirs(cfg)
+    settings = {
+        "bind-address-ipv4": "127.0.0.1", "bind-address-ipv6": "::1",
+        "dht-enabled": False, "lpd-enabled": False, "pex-enabled": False,
+        "utp-enabled": False, "port-forwarding-enabled": False, "blocklist-enabled": False,
+        "peer-port": port, "peer-port-random-on-start": False,
+        "encryption": 0,  # prefer plaintext (fasttorrent does not speak MSE)
+        "speed-limit-down-enabled": False, "speed-limit-up-enabled": False,
+        "alt-speed-enabled": False, "download-dir": out, "incomplete-dir-enabled": False,
+        "rename-partial-files": False, "start-added-torrents": True, "message-level": 1,
+    }
+    with open(os.path.join(cfg, "settings.json"), "w") as f:
+        json.dump(settings, f, indent=1)
+    marker = os.path.join(scratch, "torrent-done")
+    done = os.path.join(scratch, "done.sh")
+    with open(done, "w") as f:
+        f.write(f"#!/bin/sh\n: > {shlex.quote(marker)}\n")
+    os.chmod(done, 0o755)
+    return cfg, done, marker
+
+
+def _stop_when_done(marker: str, proc: Proc, stop: threading.Event) -> None:
+    """SIGINT to ``proc``'s group once ``marker`` exists (transmission finished its torrent)."""
+    while not stop.is_set():
+        if os.path.exists(marker):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGINT)
+            return
+        stop.wait(DONE_POLL)
+
+
+def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: str,
+                 done: str) -> list[str]:
+    peers = ",".join(s.addr for s in ctx.peers)
+    if spec.kind == "ft":
+        return [sys.executable, "-m", "torrent", "download", ctx.torrent, "-o", out, "--peer",
+                peers, "--no-trackers", "-q", "--workers", str(spec.workers), "--bind",
+                "127.0.0.1", "--port", str(port)]
+    if spec.kind == "lt":
+        return [sys.executable, "-m", "torrent.benchclients.lt_download", "--profile",
+                spec.profile, "--port", str(port), "--peers", peers, "--timeout",
+                str(int(ctx.timeout)), ctx.torrent, out]
+    if spec.kind == "aria2":
+        assert ctx.tracker is not None
+        return ["aria2c", "--no-conf=true", f"--dir={out}", "--seed-time=0",
+                "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false", f"--listen-port={port}",
+                "--interface=127.0.0.1", "--disable-ipv6=true", "--file-allocation=none",
+                "--summary-interval=0", "--console-log-level=warn", "--quiet=true",
+                "--bt-save-metadata=false", "--max-overall-upload-limit=0",
+                "--max-overall-download-limit=0", "--bt-max-peers=0",
+                f"--bt-tracker={ctx.tracker.url}", ctx.torrent]
+    if spec.kind == "transmission":
+        return ["transmission-cli", "-g", cfg, "-w", out, "-p", str(port), "-D", "-U", "-M",
+                "-et", "-f", done, ctx.torrent]
+    cmd = spec.template.format(torrent=ctx.torrent, out=out, peers=peers, port=port,
+                               python=sys.executable, **ctx.extra_fmt)
+    return ["sh", "-c", cmd]
+
+
+def run_client(spec: ClientSpec, ctx: RunContext, out: str, scratch: str) -> dict[str, Any]:
+    """One timed download of ``spec`` into ``out`` (empty); the measures, not yet verified."""
+    port = free_port()
+    cfg = done = marker = ""
+    if spec.kind == "transmission":
+        cfg, done, marker = _transmission_setup(scratch, out, port)
+    argv = _client_argv(spec, ctx, out, port, cfg, done)
+    if ctx.tracker is not None:
+        ctx.tracker.peers = [("127.0.0.1", s.port) for s in ctx.peers]
+    errpath = os.path.join(scratch, "client.err")
+    dialers: list[Seeder] = []
+    peak = 0
+    dial_wait = 0.0
+    stop = threading.Event()
+    seed_pids = [pid for s in ctx.peers for pid in session_pids(s.proc.pid)]
+    seed_cpu0 = _cpu_seconds(seed_pids)
+    with open(errpath, "w+") as err:
+        t0 = time.perf_counter()
+        proc = ctx.procs.spawn(argv, spec.label, timeout=ctx.timeout, stderr=err, cwd=scratch)
+        if marker:
+            threading.Thread(target=_stop_when_done, args=(marker, proc, stop),
+                             daemon=True).start()
+
+        def sample() -> None:
+            nonlocal peak
+            k = 0
+            while not stop.is_set():
+                pids = session_pids(proc.pid)
+                peak = max(peak, sum(_pss(pid) for pid in pids))
+                if k % SHM_SCAN_EVERY == 0:
+                    for pid in pids:
+                        proc.shm |= _shm_names(pid)
+                k += 1
+                stop.wait(SAMPLE_INTERVAL)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        try:
+            if spec.kind == "transmission":
+                dialers, dial_wait = _dial_in(ctx, proc, port)
+            _, status, ru = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            proc.reaped = True
+            proc.popen.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            stop.set()
+            th.join()
+            ctx.procs.stop([proc] + [d.proc for d in dialers])
+        seed_pids = [pid for s in ctx.peers for pid in session_pids(s.proc.pid)]
+        seed_cpu = _cpu_seconds(seed_pids) - seed_cpu0
+        err.seek(0)
+        tail = err.read()[-2000:]
+    return {"exit": proc.popen.returncode, "wall": wall - dial_wait, "wall_raw": wall,
+            "dial_wait": dial_wait, "cpu_user": ru.ru_utime, "cpu_sys": ru.ru_stime,
+            "cpu": ru.ru_utime + ru.ru_stime, "peak_pss": peak, "seeders_cpu": seed_cpu,
+            "stderr": tail}
+
+
+def _dial_in(ctx: RunContext, proc: Proc, port: int) -> tuple[list[Seeder], float]:
+    """Once the client listens on ``port``, start seeders that dial it; return them and the
+    time from listening until the first one served."""
+    end = time.monotonic() + LISTEN_TIMEOUT
+    while not _listening(port):
+        if proc.popen.poll() is not None or time.monotonic() > end:
+            return [], 0.0
+        time.sleep(0.01)
+    t_listen = time.perf_counter()
+    first: list[float] = []
+    dialers = start_seeders(ctx.procs, ctx.seeder_kind, ctx.num_seeders, ctx.torrent,
+                            ctx.data_dir, ctx.workdir, ctx.timeout,
+                            dial=f"127.0.0.1:{port}", on_ready=lambda: first.append(
+                                time.perf_counter()))
+    return dialers, (first[0] - t_listen) if first else 0.0
+
+
+# -- the bench --------------------------------------------------------------------------
+@dataclass
+class BenchConfig:
+    """What to measure; see :func:`add_arguments` for the meaning of each field."""
+
+    size: int = 1 << 30
+    files: int = 1
+    piece: int = 1 << 20
+    seeder_kind: str = "fasttorrent"
+    num_seeders: list[int] = field(default_factory=lambda: [4])
+    runs: int = 5
+    clients: list[ClientSpec] = field(default_factory=list)
+    results: str = "bench-results"
+    timeout: float = DEFAULT_TIMEOUT
+    keep: bool = False
+    compare_seeding: bool = False
+    warmup: bool = True
+    workdir: str | None = None
+    #: the results' file name without extension (default: a time stamp and the parameters)
+    base: str | None = None
+    #: also write one JSON line per run as it ends (header first)
+    jsonl: bool = False
+    extra_fmt: dict[str, str] = field(default_factory=dict)
+
+
+def _size_label(n: int) -> str:
+    for unit, mult in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n % mult == 0:
+            return f"{n // mult}{unit}"
+    return str(n)
+
+
+def _seeder_sets(cfg: BenchConfig) -> list[tuple[str, int]]:
+    kinds = list(SEEDER_KINDS) if cfg.compare_seeding else [cfg.seeder_kind]
+    return [(k, n) for n in cfg.num_seeders for k in kinds]
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (and SIGHUP) raise :class:`Interrupted` like Ctrl-C does, so cleanup runs."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(f"bench: stopped by {signal.Signals(signum).name}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
+    """Run the whole bench; write the reports; return the JSON document written.
+
+    Raises:
+        Interrupted: SIGINT / SIGTERM (everything started is stopped and removed first).
+        StorageError: a seeder did not start, or the results cannot be written.
+    """
+    from .create import create_torrent
+    from .sysinfo import available_cpus
+
+    out = out or sys.stdout
+    if cfg.files > cfg.size:
+        raise UsageError(f"--files {cfg.files}: more files than bytes in --size")
+    cpus = available_cpus()
+    clients = cfg.clients or default_clients(cpus)
+    sets = _seeder_sets(cfg)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    mode = "compare-seeding" if cfg.compare_seeding else cfg.seeder_kind
+    base = cfg.base or os.path.join(
+        cfg.results, f"bench-{stamp}-{_size_label(cfg.size)}-{cfg.files}f-"
+        f"{_size_label(cfg.piece)}-{mode}-s{'_'.join(map(str, cfg.num_seeders))}")
+    try:
+        os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"bench: cannot create {os.path.dirname(base)}: {e.strerror}") from None
+    params = {"size": cfg.size, "files": cfg.files, "piece": cfg.piece, "seeders": mode,
+              "num_seeders": cfg.num_seeders, "runs": cfg.runs, "timeout": cfg.timeout,
+              "clients": [c.label for c in clients], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    doc: dict[str, Any] = {"params": params, "versions": versions(), "runs": [], "summary": []}
+    procs = Processes()
+    tracker: LoopbackTracker | None = None
+    work = cfg.workdir or tempfile.mkdtemp(prefix="fasttorrent-bench-")
+    os.makedirs(work, exist_ok=True)
+    _log(f"work dir {work}; results {base}.*")
+    jsonl = open(base + ".jsonl", "w") if cfg.jsonl else None  # noqa: SIM115 - closed below
+    try:
+        with _terminate_as_interrupt():
+            if jsonl:
+                jsonl.write(json.dumps({"kind": "header", **params,
+                                        "versions": doc["versions"]}) + "\n")
+            src = os.path.join(work, "src")
+            os.makedirs(src, exist_ok=True)
+            t = time.perf_counter()
+            target, rels = make_payload(src, cfg.size, cfg.files)
+            tdata = create_torrent(target, piece_length=cfg.piece, workers=cpus)
+            torrent = os.path.join(work, "bench.torrent")
+            with open(torrent, "wb") as f:
+                f.write(tdata)
+            os.sync()  # a payload still being written back would slow the first runs down
+            _log(f"payload {_size_label(cfg.size)} in {cfg.files} file(s), torrent made in "
+                 f"{time.perf_counter() - t:.1f} s")
+            if any(c.kind == "aria2" for c in clients):
+                tracker = LoopbackTracker()
+            total = cfg.runs * len(clients) * len(sets)
+            lifetime = total * cfg.timeout + SEEDER_LIFETIME_MARGIN
+            seeders: dict[tuple[str, int], list[Seeder]] = {}
+            done = 0
+            for n in cfg.num_seeders:
+                group = [(k, m) for k, m in sets if m == n]
+                for key in group:
+                    seeders[key] = start_seeders(procs, key[0], n, torrent, src, work, lifetime)
+                    _log(f"{n} {key[0]} seeder(s) on "
+                         + ", ".join(s.addr for s in seeders[key]))
+                jobs = [(c, key) for c in clients for key in group]
+                if cfg.warmup:
+                    # Seeders just started are slower for a run or so (their caches
+                    # fill): one untimed download per seeder set, not recorded.
+                    warm = next((c for c in clients if c.kind == "ft"), clients[0])
+                    for key in group:
+                        _one_run(cfg, procs, tracker, torrent, src, work, rels, warm, key,
+                                 seeders[key], run=-1)
+                        _log(f"warm-up ({warm.label} from {key[0]} seeders) done")
+                for run in range(cfg.runs):
+                    # rotate the order, so no client always follows the same other one
+                    r = run % len(jobs)
+                    for spec, key in jobs[r:] + jobs[:r]:
+                        row = _one_run(cfg, procs, tracker, torrent, src, work, rels, spec,
+                                       key, seeders[key], run=run)
+                        done += 1
+                        doc["runs"].append(row)
+                        if jsonl:
+                            jsonl.write(json.dumps({"kind": "run", **row}) + "\n")
+                            jsonl.flush()
+                        _log(f"run {done}/{total} {row['client']}: "
+                             f"{'OK ' if row['ok'] else 'BAD'} {row['wall']:6.2f} s "
+                             f"{row['rate'] / 1e6:8.1f} MB/s  cpu {row['cpu']:5.2f} s  "
+                             f"pss {row['peak_pss'] / 2**20:5.0f} MiB"
+                             + ("" if row["ok"] else f"  exit {row['exit']}"))
+                procs.stop([s.proc for key in group for s in seeders.pop(key)])
+    except KeyboardInterrupt:
+        raise Interrupted("bench: interrupted") from None
+    finally:
+        with _terminate_as_interrupt():  # a second signal must not skip the cleanup
+            procs.stop_all()
+            if tracker is not None:
+                tracker.close()
+            if jsonl:
+                jsonl.close()
+            if cfg.keep or cfg.workdir:
+                _log(f"kept {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    doc["summary"] = summarize(doc["runs"], compare_seeding=cfg.compare_seeding)
+    md = markdown(doc)
+    try:
+        with open(base + ".json", "w") as f:
+            json.dump(doc, f, indent=1)
+        with open(base + ".md", "w") as f:
+            f.write(md)
+    except OSError as e:
+        raise StorageError(f"bench: cannot write {base}: {e.strerror}") from None
+    chart = write_chart(doc, base + ".png")
+    print(md, file=out)
+    print(f"results: {base}.json, {base}.md" + (f", {base}.png" if chart else ""), file=out)
+    if not chart:
+        print("chart skipped: matplotlib is not installed (pip install 'fasttorrent[bench]')",
+              file=out)
+    return doc
+
+
+def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None, torrent: str,
+             src: str, work: str, rels: Sequence[str], spec: ClientSpec, key: tuple[str, int],
+             peers: list[Seeder], run: int) -> dict[str, Any]:
+    rundir = tempfile.mkdtemp(prefix=f"run-{spec.label}-", dir=work)
+    try:
+        outdir = os.path.join(rundir, "out")
+        scratch = os.path.join(rundir, "scratch")
+        os.makedirs(outdir)
+        os.makedirs(scratch)
+        ctx = RunContext(procs, torrent, peers, key[0], key[1], src, work, cfg.timeout, tracker,
+                         cfg.extra_fmt)
+        r = run_client(spec, ctx, outdir, scratch)
+        ok = r["exit"] == 0 and same_files(src, outdir, rels)
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+        # flush what this run left dirty (untimed), so its writeback does not
+        # land in the next client's run
+        os.sync()
+    label = f"{spec.label}@{key[0]}" if cfg.compare_seeding else spec.label
+    row: dict[str, Any] = {"client": label, "kind": spec.kind, "seeders": key[1],
+                           "seeder_kind": key[0], "run": run, "ok": ok,
+                           "rate": cfg.size / r["wall"] if r["wall"] > 0 else 0.0,
+                           "cpu_per_gib": r["cpu"] / (cfg.size / 2**30),
+                           **{k: v for k, v in r.items() if k != "stderr"}}
+    if spec.kind == "ft":
+        row["workers"] = spec.workers
+    if not ok:
+        row["stderr"] = r["stderr"]
+    return row
+
+
+# -- reports ----------------------------------------------------------------------------
+def summarize(rows: Sequence[dict[str, Any]], *, compare_seeding: bool) -> list[dict[str, Any]]:
+    """One entry per (seeders, client): medians over the verified runs, and the ratio to
+    the reference (the fastest fasttorrent configuration in the same seeder set; with
+    compare_seeding, the same client served by fasttorrent seeders)."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["seeders"], r["client"]), []).append(r)
+    out = []
+    for (ns, client), rs in groups.items():
+        ok = [r for r in rs if r["ok"]]
+        e: dict[str, Any] = {"client": client, "kind": rs[0]["kind"], "seeders": ns,
+                             "seeder_kind": rs[0]["seeder_kind"], "runs": len(rs),
+                             "valid": len(ok), "workers": rs[0].get("workers")}
+        if ok:
+            rates = [r["rate"] / 1e6 for r in ok]
+            e.update(mbps_median=statistics.median(rates), mbps_min=min(rates),
+                     mbps_max=max(rates),
+                     wall_median=statistics.median(r["wall"] for r in ok),
+                     cpu_per_gib_median=statistics.median(r["cpu_per_gib"] for r in ok),
+                     peak_pss_max=max(r["peak_pss"] for r in ok),
+                     seeders_cpu_per_gib_median=statistics.median(
+                         r["seeders_cpu"] / (r["rate"] * r["wall"] / 2**30) for r in ok))
+        out.append(e)
+    for e in out:
+        if compare_seeding:
+            base = e["client"].rsplit("@", 1)[0]
+            refs = [x for x in out if x["seeders"] == e["seeders"]
+                    and x["client"] == f"{base}@fasttorrent"]
+        else:
+            refs = [x for x in out if x["seeders"] == e["seeders"] and x["kind"] == "ft"]
+        best = max((x for x in refs if "mbps_median" in x), key=lambda x: x["mbps_median"],
+                   default=None)
+        e["reference"] = best["client"] if best else None
+        e["ratio"] = (e["mbps_median"] / best["mbps_median"]
+                      if best and "mbps_median" in e and best["mbps_median"] > 0 else None)
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The Markdown report: parameters, versions, and one table row per client."""
+    p, v = doc["params"], doc["versions"]
+    kinds = " and ".join(SEEDER_KINDS) if p["seeders"] == "compare-seeding" else p["seeders"]
+    lines = [f"# fasttorrent bench, {p['time']}", "",
+             (f"{_size_label(p['size'])} in {p['files']} file(s), {_size_label(p['piece'])} "
+             f"pieces, {'/'.join(map(str, p['num_seeders']))} {kinds} seeder(s), "
+             f"{p['runs']} run(s) per client, on 127.0.0.1."), "",
+             ("| client | seeders | valid/runs | MB/s median (min-max) | CPU s/GiB | "
+              "peak PSS MiB | seeders' CPU s/GiB | vs reference |"), "|---|---|---|---|---|---|---|---|"]
+    for e in doc["summary"]:
+        seeders = f"{e['seeders']} {e['seeder_kind']}"
+        if not e["valid"]:
+            lines.append(f"| {e['client']} | {seeders} | 0/{e['runs']} | - | - | - | - | - |")
+            continue
+        ratio = f"{e['ratio']:.2f}x {e['reference']}" if e["ratio"] is not None else "-"
+        lines.append(
+            f"| {e['client']} | {seeders} | {e['valid']}/{e['runs']} | "
+            f"{e['mbps_median']:.1f} ({e['mbps_min']:.1f}-{e['mbps_max']:.1f}) | "
+            f"{e['cpu_per_gib_median']:.2f} | {e['peak_pss_max'] / 2**20:.0f} | "
+            f"{e['seeders_cpu_per_gib_median']:.2f} | {ratio} |")
+    lines += ["", "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()
+                                            if val is not None), ""]
+    return "\n".join(lines)
+
+
+def write_chart(doc: dict[str, Any], path: str) -> bool:
+    """A PNG: rate per client (median, min-max whiskers) and rate vs fasttorrent workers.
+
+    Returns False, writing nothing, when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [e for e in doc["summary"] if e["valid"]]
+    ft = sorted((e for e in rows if e["kind"] == "ft" and e["workers"]),
+                key=lambda e: (e["seeders"], e["workers"]))
+    fig, axes = plt.subplots(1, 2 if ft else 1, figsize=(12 if ft else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
+    labels = [f"{e['client']}\n({e['seeders']} seeders)" if len(doc["params"]["num_seeders"]) > 1
+              else e["client"] for e in rows]
+    med = [e["mbps_median"] for e in rows]
+    lo = [e["mbps_median"] - e["mbps_min"] for e in rows]
+    hi = [e["mbps_max"] - e["mbps_median"] for e in rows]
+    colors = ["tab:blue" if e["kind"] == "ft" else "tab:gray" for e in rows]
+    ax.bar(range(len(rows)), med, yerr=[lo, hi], capsize=4, color=colors)
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("MB/s (median, min-max)")
+    ax.set_title("Download rate per client")
+    if ft:
+        ax2 = axes[0][1]
+        for ns in sorted({e["seeders"] for e in ft}):
+            es = [e for e in ft if e["seeders"] == ns]
+            ws = [e["workers"] for e in es]
+            ax2.errorbar(ws, [e["mbps_median"] for e in es],
+                         yerr=[[e["mbps_median"] - e["mbps_min"] for e in es],
+                               [e["mbps_max"] - e["mbps_median"] for e in es]],
+                         marker="o", capsize=4, label=f"{ns} seeders")
+        ax2.set_xticks(sorted({e["workers"] for e in ft}))
+        ax2.set_xlabel("fasttorrent --workers")
+        ax2.set_ylabel("MB/s")
+        ax2.set_ylim(bottom=0)
+        ax2.set_title("fasttorrent rate vs workers")
+        ax2.legend(fontsize=8)
+    p = doc["params"]
+    fig.suptitle(f"{_size_label(p['size'])}, {p['files']} file(s), {p['seeders']} seeders, "
+                 f"{p['runs']} run(s)", fontsize=10)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise StorageError(f"bench: cannot write {path}: {e.strerror}") from None
+    finally:
+        plt.close(fig)
+    return True
+
+
+# -- command line -----------------------------------------------------------------------
+def add_arguments(s: argparse.ArgumentParser) -> None:
+    """The ``fasttorrent bench`` flags."""
+    s.add_argument("--size", type=parse_size, default=1 << 30, help="payload size (default 1G)")
+    s.add_argument("--files", type=_positive_int, default=1,
+                   help="payload files (default 1; more: uneven sizes under payload/)")
+    s.add_argument("--piece", type=parse_size, default=1 << 20, help="piece length (default 1M)")
+    s.add_argument("--seeders", choices=SEEDER_KINDS, default="fasttorrent",
+                   help="the seeders' kind (default fasttorrent: `fasttorrent seed` processes)")
+    s.add_argument("--num-seeders", type=_positive_int, default=4, metavar="N",
+                   help="seeder processes (default 4)")
+    s.add_argument("--runs", type=_positive_int, default=5, help="runs per client (default 5)")
+    s.add_argument("--clients", default=None, metavar="LIST",
+                   help="comma list of ftN (N workers), lt-default, lt-fast, aria2, "
+                        "transmission (default: ft1..ftN for N = the CPUs this process may "
+                        "use, then the others where installed)")
+    s.add_argument("--results", default="bench-results", metavar="DIR",
+                   help="where the JSON, Markdown and PNG go (default ./bench-results)")
+    s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"bound of one download (default {DEFAULT_TIMEOUT:.0f})")
+    s.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    s.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the untimed warm-up download")
+    s.add_argument("--compare-seeding", action="store_true",
+                   help="each client fetches from fasttorrent and from libtorrent seeders, "
+                        "interleaved (default client: lt-default)")
+
+
+def run_from_args(a: argparse.Namespace) -> int:
+    """``fasttorrent bench``: check the flags, run, report; the exit code."""
+    from .sysinfo import available_cpus
+
+    if a.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if a.piece < MIN_PIECE or a.piece & (a.piece - 1):
+        raise UsageError(f"--piece must be a power of two of at least {MIN_PIECE}, got {a.piece}")
+    clients_text = a.clients
+    if a.compare_seeding and clients_text is None:
+        clients_text = "lt-default"
+    clients = parse_clients(clients_text, available_cpus(), allow_custom=False)
+    if (a.compare_seeding or a.seeders == "libtorrent") and not _have_libtorrent():
+        raise UsageError("libtorrent seeders need the libtorrent Python module "
+                         "(pip install libtorrent), which is not installed")
+    cfg = BenchConfig(size=a.size, files=a.files, piece=a.piece, seeder_kind=a.seeders,
+                      num_seeders=[a.num_seeders], runs=a.runs, clients=clients,
+                      results=a.results, timeout=a.timeout, keep=a.keep,
+                      compare_seeding=a.compare_seeding, warmup=a.warmup)
+    doc = run_bench(cfg)
+    return 0 if all(e["valid"] for e in doc["summary"]) else 6
