@@ -39,8 +39,7 @@ from torrent.picker import BLOCK_SIZE
 from torrent.wire.handshake import PEER_ID_PREFIX
 from torrent.worker import TokenBucket, UploadLimiter
 
-ROOT = Path(__file__).resolve().parent.parent
-LT_DOWNLOAD = ROOT / "bench" / "clients" / "lt_download.py"
+LT_DOWNLOAD = "torrent.benchclients.lt_download"
 TREE = {"a.bin": 1_500_001, "sub/b.bin": 1_200_000, "sub/c.bin": 65_536, "d.txt": 10}
 SIZE = sum(TREE.values())
 #: Bound on every process these tests start (seconds).
@@ -227,7 +226,7 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
 
 
 def lt_fetch(torrent: Path, out: Path, port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(LT_DOWNLOAD), "--peers", f"127.0.0.1:{port}",
+    return subprocess.run([sys.executable, "-m", LT_DOWNLOAD, "--peers", f"127.0.0.1:{port}",
                            "--timeout", str(RUN_TIMEOUT - 10), str(torrent), str(out)],
                           check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT)
 

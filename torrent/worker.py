@@ -495,7 +495,9 @@ class Worker:
                     self.picker.block_lost(i, b, pc)
                 self.pump_all()
             elif t is wp.RequestReceived:
-                self.serve(pc)
+                # answered once the whole read is framed (PeerConn.buffer_updated):
+                # one write for all the requests it carried, not one per request
+                pc.serve_pending = True
             elif t is wp.PeerInterested:
                 if pc not in self.unchoked and len(self.unchoked) < UPLOAD_SLOTS:
                     self._unchoke(pc)

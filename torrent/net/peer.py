@@ -77,6 +77,7 @@ class PeerConn(asyncio.BufferedProtocol):
         self._window_bytes = 0
         self.depth = 0  # request pipeline target, set by the worker
         self.uploaded = 0
+        self.serve_pending = False  # requests arrived in this read: serve after framing
         self.up_rate = 0.0
         self._up_window = 0
 
@@ -115,6 +116,9 @@ class PeerConn(asyncio.BufferedProtocol):
                     return
             self._frames()
             if not self.closed:
+                if self.serve_pending:
+                    self.serve_pending = False
+                    self.worker.serve(self)
                 self.worker.pump(self)
         except RemoteProtocolError as e:
             self.abort(f"protocol error: {e}")
