@@ -39,7 +39,11 @@ def test_verify_write_and_sync(tmp_path: Path) -> None:
         t.submit_piece(8, data, PIECE, b"\0" * 20, [(fd, 0, 0, 10)])
         t.submit_sync(-1, [fd])
         outcomes = wait_all(t, efd, 3)
-        assert outcomes == [(7, _fast.JOB_OK, 0), (8, _fast.JOB_BAD, 0), (-1, _fast.JOB_OK, 0)]
+        assert sorted(outcomes) == [(-1, _fast.JOB_OK, 0), (7, _fast.JOB_OK, 0),
+                                    (8, _fast.JOB_BAD, 0)]
+        # a bad piece may finish early (it is never written), but a sync never
+        # finishes before the writes submitted ahead of it
+        assert outcomes.index((7, _fast.JOB_OK, 0)) < outcomes.index((-1, _fast.JOB_OK, 0))
         assert t.pending == 0
         body = (tmp_path / "f").read_bytes()
         assert body[100:1100] == data[:1000]
@@ -189,3 +193,48 @@ def test_segments_with_a_bad_direct_descriptor_are_refused() -> None:
             t.submit_piece(1, bytearray(10), 10, b"\0" * 20, [(1, 0, 0, 10, -2)])
     finally:
         t.close()
+
+
+def test_many_jobs_through_both_stages(tmp_path: Path) -> None:
+    """Good and bad pieces interleaved with syncs: every good piece written once at its
+    place, no bad one written, each sync finished after the writes submitted before it."""
+    import random
+
+    rnd = random.Random(7)
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    t = _fast.IOThread(efd)
+    n, size = 200, 4096
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    os.ftruncate(fd, n * size)
+    good = {}
+    order = []
+    try:
+        for i in range(n):
+            data = bytes([i % 251 + 1]) * size
+            ok = rnd.random() < 0.7
+            digest = hashlib.sha1(data).digest() if ok else b"\1" * 20
+            t.submit_piece(i, data, size, digest, [(fd, i * size, 0, size)])
+            order.append(i)
+            if ok:
+                good[i] = data
+            if i % 50 == 49:
+                t.submit_sync(-i, [fd])
+                order.append(-i)
+        outcomes = wait_all(t, efd, len(order))
+        pos = {jid: k for k, (jid, _s, _e) in enumerate(outcomes)}
+        assert sorted(pos) == sorted(order)
+        for jid, status, _e in outcomes:
+            if jid >= 0:
+                assert status == (_fast.JOB_OK if jid in good else _fast.JOB_BAD)
+            else:
+                assert status == _fast.JOB_OK
+                assert all(pos[g] < pos[jid] for g in good if g < -jid)
+        body = (tmp_path / "f").read_bytes()
+        for i in range(n):
+            expect = good.get(i, bytes(size))
+            assert body[i * size : (i + 1) * size] == expect
+    finally:
+        assert t.close() == []
+        os.close(fd)
+        os.close(efd)
+

@@ -909,14 +909,20 @@ cdef int _write_seg(ft_seg *sg, const unsigned char *p) noexcept nogil:
     return _write_all(sg.fd, p, n, off)
 
 
-cdef void _run_job(ft_job *j, int lock_writes) noexcept nogil:
+cdef bint _hash_ok(ft_job *j) noexcept nogil:
+    """Stage 1 of a piece job: does the slot match its digest?  (Sets status 0 if not.)"""
     cdef unsigned char d[_DIGEST]
+    ft_sha1(j.buf, <size_t>j.length, d)
+    if memcmp(d, j.digest, _DIGEST) != 0:
+        j.status = 0
+        return False
+    return True
+
+
+cdef void _write_job(ft_job *j, int lock_writes) noexcept nogil:
+    """Stage 2: write a verified piece's segments, or fdatasync a sync job's files."""
     cdef int k, e
     if j.kind == _JOB_PIECE:
-        ft_sha1(j.buf, <size_t>j.length, d)
-        if memcmp(d, j.digest, _DIGEST) != 0:
-            j.status = 0
-            return
         for k in range(j.nseg):
             if lock_writes:
                 _file_lock(j.segs[k].fd, F_WRLCK)
@@ -939,17 +945,29 @@ cdef void _run_job(ft_job *j, int lock_writes) noexcept nogil:
 
 ctypedef struct ft_io:
     pthread_mutex_t mu
-    pthread_cond_t cv
-    ft_job *head
+    pthread_cond_t cv     # work for the hash stage, or stop
+    pthread_cond_t cv2    # work for the write stage, or stop2
+    ft_job *head          # submitted, not yet hashed
     ft_job *tail
+    ft_job *head2         # hashed and good (or a sync job), not yet written
+    ft_job *tail2
     ft_job *done
     int notify_fd
-    int stop
+    int stop              # set by close(): the hash stage drains its queue and ends
+    int stop2             # set by the hash stage when it ends: so does the write stage
     int lock_writes
 
 
 cdef class IOThread:
-    """A native thread that verifies and writes piece slots, and flushes files, without the GIL.
+    """Native threads that verify and write piece slots, and flush files, without the GIL.
+
+    Two stages, each a pthread: one hashes the submitted slots, the other
+    writes the good ones and runs the syncs, in submission order.  While a
+    write waits on the device (an ``O_DIRECT`` write of 1 MiB takes about
+    as long as hashing it), the next piece is already being hashed: one
+    thread doing both in turn measured as the bottleneck of a one-worker
+    download, with a third of the machine idle.  A bad piece finishes in
+    the hash stage, possibly before good pieces submitted ahead of it.
 
     Args:
         notify_fd: an eventfd (``os.eventfd(0)``) the thread signals after each
@@ -960,6 +978,7 @@ cdef class IOThread:
 
     cdef ft_io *_io
     cdef pthread_t _thread
+    cdef pthread_t _writer
     cdef bint _started
     cdef bint _closed
     cdef Py_ssize_t _pending
@@ -972,7 +991,16 @@ cdef class IOThread:
         self._io.lock_writes = lock_writes
         pthread_mutex_init(&self._io.mu, NULL)
         pthread_cond_init(&self._io.cv, NULL)
+        pthread_cond_init(&self._io.cv2, NULL)
+        if pthread_create(&self._writer, NULL, _write_main, <void *>self._io) != 0:
+            raise OSError("cannot start the I/O thread")
         if pthread_create(&self._thread, NULL, _io_main, <void *>self._io) != 0:
+            with nogil:
+                pthread_mutex_lock(&self._io.mu)
+                self._io.stop2 = 1
+                pthread_cond_signal(&self._io.cv2)
+                pthread_mutex_unlock(&self._io.mu)
+                pthread_join(self._writer, NULL)
             raise OSError("cannot start the I/O thread")
         self._started = True
 
@@ -1119,7 +1147,8 @@ cdef class IOThread:
                 io.stop = 1
                 pthread_cond_signal(&io.cv)
                 pthread_mutex_unlock(&io.mu)
-                pthread_join(self._thread, NULL)
+                pthread_join(self._thread, NULL)  # the hash stage stops the write stage
+                pthread_join(self._writer, NULL)
             self._started = False
 
     def close(self) -> list:
@@ -1141,6 +1170,7 @@ cdef class IOThread:
             j = nx
         pthread_mutex_destroy(&self._io.mu)
         pthread_cond_destroy(&self._io.cv)
+        pthread_cond_destroy(&self._io.cv2)
         free(self._io)
         self._io = NULL
 
@@ -1153,27 +1183,66 @@ cdef void _free_job(ft_job *j) noexcept:
     free(j)
 
 
-cdef void *_io_main(void *arg) noexcept nogil:
-    cdef ft_io *io = <ft_io *>arg  # freed only after this thread is joined
-    cdef ft_job *j
+cdef void _finish(ft_io *io, ft_job *j) noexcept nogil:
+    """Hand a finished job to the owner: onto the done list, and a wake-up."""
     cdef unsigned long long one = 1
+    pthread_mutex_lock(&io.mu)
+    j.next = io.done
+    io.done = j
+    pthread_mutex_unlock(&io.mu)
+    if io.notify_fd >= 0:
+        c_write(io.notify_fd, &one, sizeof(one))
+
+
+cdef void *_io_main(void *arg) noexcept nogil:
+    """The hash stage: a bad piece is finished here, a good one (or a sync) goes on."""
+    cdef ft_io *io = <ft_io *>arg  # freed only after both threads are joined
+    cdef ft_job *j
     while True:
         pthread_mutex_lock(&io.mu)
         while io.head is NULL and not io.stop:
             pthread_cond_wait(&io.cv, &io.mu)
         j = io.head
-        if j is NULL:  # stopping and drained
+        if j is NULL:  # stopping and drained: so is the write stage, after its queue
+            io.stop2 = 1
+            pthread_cond_signal(&io.cv2)
             pthread_mutex_unlock(&io.mu)
             break
         io.head = j.next
         if io.head is NULL:
             io.tail = NULL
         pthread_mutex_unlock(&io.mu)
-        _run_job(j, io.lock_writes)
+        if j.kind == _JOB_PIECE and not _hash_ok(j):
+            _finish(io, j)
+            continue
         pthread_mutex_lock(&io.mu)
-        j.next = io.done
-        io.done = j
+        j.next = NULL
+        if io.tail2 is NULL:
+            io.head2 = io.tail2 = j
+        else:
+            io.tail2.next = j
+            io.tail2 = j
+        pthread_cond_signal(&io.cv2)
         pthread_mutex_unlock(&io.mu)
-        if io.notify_fd >= 0:
-            c_write(io.notify_fd, &one, sizeof(one))
+    return NULL
+
+
+cdef void *_write_main(void *arg) noexcept nogil:
+    """The write stage: writes verified pieces and runs syncs, in submission order."""
+    cdef ft_io *io = <ft_io *>arg
+    cdef ft_job *j
+    while True:
+        pthread_mutex_lock(&io.mu)
+        while io.head2 is NULL and not io.stop2:
+            pthread_cond_wait(&io.cv2, &io.mu)
+        j = io.head2
+        if j is NULL:
+            pthread_mutex_unlock(&io.mu)
+            break
+        io.head2 = j.next
+        if io.head2 is NULL:
+            io.tail2 = NULL
+        pthread_mutex_unlock(&io.mu)
+        _write_job(j, io.lock_writes)
+        _finish(io, j)
     return NULL
