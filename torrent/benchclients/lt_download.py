@@ -3,7 +3,7 @@
     python -m torrent.benchclients.lt_download [--profile default|fast] [--port N]
         --peers ip:port,... [--timeout S] TORRENT OUTDIR
 
-Loopback-only settings (DHT, LSD, UPnP, NAT-PMP, uTP off; bound to
+Loopback-only settings (DHT, LSD, UPnP, NAT-PMP, uTP and encryption off; bound to
 127.0.0.1; several connections per IP allowed, since every seeder is on
 127.0.0.1).  "fast" is libtorrent's own high_performance_seed() pack.  Exits
 once every piece passed libtorrent's hash check and the torrent was removed
@@ -25,6 +25,10 @@ def settings(port: int, profile: str) -> dict:
         "enable_natpmp": False, "dht_bootstrap_nodes": "",
         "enable_outgoing_utp": False, "enable_incoming_utp": False,
         "allow_multiple_connections_per_ip": True,
+        # TCP without encryption (the benchmark swarm's rules): libtorrent would
+        # otherwise try an encrypted handshake first with every new peer
+        "out_enc_policy": int(lt.enc_policy.disabled),
+        "in_enc_policy": int(lt.enc_policy.disabled),
         "upload_rate_limit": 0, "download_rate_limit": 0,
         "alert_mask": lt.alert.category_t.error_notification
         | lt.alert.category_t.status_notification,

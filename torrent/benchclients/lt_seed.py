@@ -8,7 +8,7 @@ seeder with partial data serves just the pieces it has), writes --ready
 (JSON: pid, port it listens on, pieces it has), dials every --peer (for
 clients that drop loopback peers handed out by a tracker and must be dialled),
 and serves until --lifetime passes, its parent exits, or --stop-file appears.
-DHT, LSD, UPnP, NAT-PMP and uTP are off; it listens on 127.0.0.1 only (port 0:
+DHT, LSD, UPnP, NAT-PMP, uTP and encryption are off; it listens on 127.0.0.1 only (port 0:
 a free one, reported in --ready).  Needs libtorrent (PyPI bindings).
 """
 
@@ -33,6 +33,10 @@ def settings(port: int, upload_limit: int) -> dict:
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
         "allow_multiple_connections_per_ip": True,
+        # TCP without encryption (the benchmark swarm's rules): libtorrent would
+        # otherwise try an encrypted handshake first with every new peer
+        "out_enc_policy": int(lt.enc_policy.disabled),
+        "in_enc_policy": int(lt.enc_policy.disabled),
         "upload_rate_limit": upload_limit,
         # libtorrent exempts local peers from rate limits unless told otherwise
         "ignore_limits_on_local_network": False,
