@@ -195,14 +195,15 @@ def test_segments_with_a_bad_direct_descriptor_are_refused() -> None:
         t.close()
 
 
-def test_many_jobs_through_both_stages(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writers", [1, 2, 5])
+def test_many_jobs_through_both_stages(tmp_path: Path, writers: int) -> None:
     """Good and bad pieces interleaved with syncs: every good piece written once at its
     place, no bad one written, each sync finished after the writes submitted before it."""
     import random
 
     rnd = random.Random(7)
     efd = os.eventfd(0, os.EFD_CLOEXEC)
-    t = _fast.IOThread(efd)
+    t = _fast.IOThread(efd, writers=writers)
     n, size = 200, 4096
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     os.ftruncate(fd, n * size)
@@ -238,3 +239,23 @@ def test_many_jobs_through_both_stages(tmp_path: Path) -> None:
         os.close(fd)
         os.close(efd)
 
+
+
+@pytest.mark.parametrize("writers", [0, _fast.MAX_WRITERS + 1])
+def test_writer_count_is_bounded(writers: int) -> None:
+    with pytest.raises(ValueError, match="writers"):
+        _fast.IOThread(-1, writers=writers)
+
+
+def test_busy_seconds_count_both_stages(tmp_path: Path) -> None:
+    t = _fast.IOThread(-1)
+    data = os.urandom(PIECE)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        assert t.busy_seconds == (0.0, 0.0)
+        t.submit_piece(1, data, PIECE, hashlib.sha1(data).digest(), [(fd, 0, 0, PIECE)])
+        assert t.close() == [(1, _fast.JOB_OK, 0)]
+        hashing, writing = t.busy_seconds
+        assert hashing > 0 and writing > 0
+    finally:
+        os.close(fd)

@@ -765,6 +765,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_destroy(pthread_cond_t *c)
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
     int pthread_cond_signal(pthread_cond_t *c)
+    int pthread_cond_broadcast(pthread_cond_t *c)
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t c_pwrite "pwrite" (int fd, const void *buf, size_t count, long long offset)
@@ -790,9 +791,31 @@ cdef extern from "<errno.h>" nogil:
     int ENOSPC
     int EINVAL
 
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int CLOCK_MONOTONIC
+    int clock_gettime(int clk, timespec *ts)
+
+
+cdef inline long long _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
 cdef extern from "<stdlib.h>" nogil:
     void *calloc(size_t n, size_t size)
     void free(void *p)
+
+# Writer threads per IOThread: two keep a second write queued at the device
+# while one completes (its CPU part -- pinning pages, the virtio kick -- runs
+# while the other waits), which measured faster than one on this VM.
+cdef enum:
+    _WRITERS = 2
+    _MAX_WRITERS = 16
+MAX_WRITERS = _MAX_WRITERS
 
 # Job kinds and piece outcomes (the values completed() reports).
 cdef enum:
@@ -956,34 +979,45 @@ ctypedef struct ft_io:
     int stop              # set by close(): the hash stage drains its queue and ends
     int stop2             # set by the hash stage when it ends: so does the write stage
     int lock_writes
+    long long hash_ns     # time the hash stage spent hashing
+    int writing           # jobs a writer has taken and not finished
+    int wbarrier          # a sync waits for ``writing`` to drain: writers take no new job
+    pthread_cond_t cv3    # ``writing`` went down
+    long long write_ns    # time the write stage spent writing and syncing
 
 
 cdef class IOThread:
     """Native threads that verify and write piece slots, and flush files, without the GIL.
 
-    Two stages, each a pthread: one hashes the submitted slots, the other
-    writes the good ones and runs the syncs, in submission order.  While a
-    write waits on the device (an ``O_DIRECT`` write of 1 MiB takes about
-    as long as hashing it), the next piece is already being hashed: one
-    thread doing both in turn measured as the bottleneck of a one-worker
-    download, with a third of the machine idle.  A bad piece finishes in
-    the hash stage, possibly before good pieces submitted ahead of it.
+    Two stages of pthreads: one thread hashes the submitted slots in order,
+    ``writers`` threads write the good ones and run the syncs.  While a write
+    waits on the device (an ``O_DIRECT`` write of 1 MiB takes about as long
+    as hashing it), the next piece is already being hashed: one thread doing
+    both in turn measured as the bottleneck of a one-worker download, with a
+    third of the machine idle; a second writer keeps the device busy while
+    the first one's request completes.  Jobs may finish out of submission
+    order (a bad piece in the hash stage, writes side by side), but a sync
+    starts only after every write submitted before it has finished.
 
     Args:
         notify_fd: an eventfd (``os.eventfd(0)``) the thread signals after each
             finished job; the owner reads it and then calls :meth:`completed`.
         lock_writes: serialize each file write with other processes' through an
             OFD lock on the file (several workers writing the same files).
+        writers: write threads, 1 to :data:`MAX_WRITERS`.
     """
 
     cdef ft_io *_io
     cdef pthread_t _thread
-    cdef pthread_t _writer
+    cdef pthread_t _writers[_MAX_WRITERS]
+    cdef int _nwriters
     cdef bint _started
     cdef bint _closed
     cdef Py_ssize_t _pending
 
-    def __cinit__(self, int notify_fd, bint lock_writes=False):
+    def __cinit__(self, int notify_fd, bint lock_writes=False, int writers=_WRITERS):
+        if writers < 1 or writers > _MAX_WRITERS:
+            raise ValueError(f"writers must be in 1..{_MAX_WRITERS}, got {writers}")
         self._io = <ft_io *>calloc(1, sizeof(ft_io))
         if self._io is NULL:
             raise MemoryError()
@@ -992,17 +1026,35 @@ cdef class IOThread:
         pthread_mutex_init(&self._io.mu, NULL)
         pthread_cond_init(&self._io.cv, NULL)
         pthread_cond_init(&self._io.cv2, NULL)
-        if pthread_create(&self._writer, NULL, _write_main, <void *>self._io) != 0:
-            raise OSError("cannot start the I/O thread")
+        pthread_cond_init(&self._io.cv3, NULL)
+        cdef int k
+        for k in range(writers):
+            if pthread_create(&self._writers[k], NULL, _write_main, <void *>self._io) != 0:
+                self._stop_writers()
+                raise OSError("cannot start the I/O thread")
+            self._nwriters += 1
         if pthread_create(&self._thread, NULL, _io_main, <void *>self._io) != 0:
-            with nogil:
-                pthread_mutex_lock(&self._io.mu)
-                self._io.stop2 = 1
-                pthread_cond_signal(&self._io.cv2)
-                pthread_mutex_unlock(&self._io.mu)
-                pthread_join(self._writer, NULL)
+            self._stop_writers()
             raise OSError("cannot start the I/O thread")
         self._started = True
+
+    cdef void _stop_writers(self) noexcept:
+        """Stop and join the writers directly (only when the hash stage never started)."""
+        cdef int k
+        with nogil:
+            pthread_mutex_lock(&self._io.mu)
+            self._io.stop2 = 1
+            pthread_cond_broadcast(&self._io.cv2)
+            pthread_mutex_unlock(&self._io.mu)
+        for k in range(self._nwriters):
+            with nogil:
+                pthread_join(self._writers[k], NULL)
+        self._nwriters = 0
+
+    @property
+    def busy_seconds(self) -> tuple:
+        """``(hashing, writing)``: seconds each stage has spent working so far."""
+        return self._io.hash_ns / 1e9, self._io.write_ns / 1e9
 
     @property
     def pending(self) -> int:
@@ -1141,6 +1193,7 @@ cdef class IOThread:
 
     cdef void _join(self) noexcept:
         cdef ft_io *io = self._io
+        cdef int k
         if self._started:
             with nogil:
                 pthread_mutex_lock(&io.mu)
@@ -1148,7 +1201,10 @@ cdef class IOThread:
                 pthread_cond_signal(&io.cv)
                 pthread_mutex_unlock(&io.mu)
                 pthread_join(self._thread, NULL)  # the hash stage stops the write stage
-                pthread_join(self._writer, NULL)
+            for k in range(self._nwriters):
+                with nogil:
+                    pthread_join(self._writers[k], NULL)
+            self._nwriters = 0
             self._started = False
 
     def close(self) -> list:
@@ -1171,6 +1227,7 @@ cdef class IOThread:
         pthread_mutex_destroy(&self._io.mu)
         pthread_cond_destroy(&self._io.cv)
         pthread_cond_destroy(&self._io.cv2)
+        pthread_cond_destroy(&self._io.cv3)
         free(self._io)
         self._io = NULL
 
@@ -1198,6 +1255,8 @@ cdef void *_io_main(void *arg) noexcept nogil:
     """The hash stage: a bad piece is finished here, a good one (or a sync) goes on."""
     cdef ft_io *io = <ft_io *>arg  # freed only after both threads are joined
     cdef ft_job *j
+    cdef long long t0
+    cdef bint ok
     while True:
         pthread_mutex_lock(&io.mu)
         while io.head is NULL and not io.stop:
@@ -1205,14 +1264,17 @@ cdef void *_io_main(void *arg) noexcept nogil:
         j = io.head
         if j is NULL:  # stopping and drained: so is the write stage, after its queue
             io.stop2 = 1
-            pthread_cond_signal(&io.cv2)
+            pthread_cond_broadcast(&io.cv2)
             pthread_mutex_unlock(&io.mu)
             break
         io.head = j.next
         if io.head is NULL:
             io.tail = NULL
         pthread_mutex_unlock(&io.mu)
-        if j.kind == _JOB_PIECE and not _hash_ok(j):
+        t0 = _now_ns()
+        ok = j.kind != _JOB_PIECE or _hash_ok(j)
+        io.hash_ns += _now_ns() - t0  # written by this thread only; read racily for stats
+        if not ok:
             _finish(io, j)
             continue
         pthread_mutex_lock(&io.mu)
@@ -1228,12 +1290,15 @@ cdef void *_io_main(void *arg) noexcept nogil:
 
 
 cdef void *_write_main(void *arg) noexcept nogil:
-    """The write stage: writes verified pieces and runs syncs, in submission order."""
+    """A writer: writes verified pieces; a sync runs once the writes taken before it are done."""
     cdef ft_io *io = <ft_io *>arg
     cdef ft_job *j
+    cdef long long t0
     while True:
         pthread_mutex_lock(&io.mu)
-        while io.head2 is NULL and not io.stop2:
+        while (io.head2 is NULL or io.wbarrier) and not io.stop2:
+            pthread_cond_wait(&io.cv2, &io.mu)
+        while io.wbarrier:  # stopping: the sync ahead goes first
             pthread_cond_wait(&io.cv2, &io.mu)
         j = io.head2
         if j is NULL:
@@ -1242,7 +1307,20 @@ cdef void *_write_main(void *arg) noexcept nogil:
         io.head2 = j.next
         if io.head2 is NULL:
             io.tail2 = NULL
+        if j.kind == _JOB_SYNC:
+            io.wbarrier = 1
+            while io.writing > 0:
+                pthread_cond_wait(&io.cv3, &io.mu)
+            io.wbarrier = 0
+            pthread_cond_broadcast(&io.cv2)
+        io.writing += 1
         pthread_mutex_unlock(&io.mu)
+        t0 = _now_ns()
         _write_job(j, io.lock_writes)
+        pthread_mutex_lock(&io.mu)
+        io.write_ns += _now_ns() - t0
+        io.writing -= 1
+        pthread_cond_broadcast(&io.cv3)
+        pthread_mutex_unlock(&io.mu)
         _finish(io, j)
     return NULL

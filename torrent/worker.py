@@ -886,7 +886,7 @@ class Worker:
         self.send(ipc.Stats(self.wid, self._stats()))
         if _DEBUG:
             import sys
-            print(f"w{self.wid} t={now:.2f} slots={len(self.free_slots)} unstarted="
+            print(f"w{self.wid} t={now:.2f} slots={len(self.free_slots)} io={self.iot.pending} busy={self.iot.busy_seconds[0]:.2f}/{self.iot.busy_seconds[1]:.2f} unstarted="
                   f"{len(self.picker.unstarted)} active={len(self.picker.active)} peers=" + " ".join(
                       f"[{p.addr[1]} out={p.proto.num_outstanding} d={p.depth} "
                       f"r={p.rate / 1e6:.0f} ch={int(p.proto.peer_choking)}]" for p in self.peers),
