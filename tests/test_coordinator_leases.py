@@ -71,7 +71,7 @@ def test_a_steal_whose_victim_dies_is_served_from_the_freed_pieces() -> None:
 
 def test_a_steal_is_answered_by_its_victim_only() -> None:
     c, (w0, w1, w2) = coordinator(3)
-    lease_to(c, w0, range(0, 10))  # w0 holds the most: it is the victim
+    lease_to(c, w0, range(10))  # w0 holds the most: it is the victim
     lease_to(c, w1, range(10, N))
     c.handle(w2, ipc.NeedPieces(N))
     assert [m for m in w0.conn.sent if isinstance(m, ipc.Steal)]

@@ -392,9 +392,9 @@ def test_bitfield_count_and_spare_bits_match(bits: bytes, nbits: int) -> None:
     count = both("bitfield_count", bits, nbits)
     spare = both("bitfield_spare_ok", bits, nbits)
     if count[0] == "ok":
-        expected = sum(bin(b).count("1") for b in bits[: nbits // 8])
+        expected = sum(b.bit_count() for b in bits[: nbits // 8])
         if nbits % 8:
-            expected += bin(bits[nbits // 8] >> (8 - nbits % 8)).count("1")
+            expected += (bits[nbits // 8] >> (8 - nbits % 8)).bit_count()
         assert count[1] == expected
         # MSB first: the spare bits are the low bits of the last used byte
         spare_mask = [0xFF >> (nbits % 8)] if nbits % 8 else []
