@@ -24,3 +24,6 @@ rm -f torrent/_fast*.so torrent/_fast.c
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 # pyenv puts new console scripts (fasttorrent) on PATH only after a rehash
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+# Byte-compile the package now (as a wheel install does): every worker process
+# imports it, and with PYTHONDONTWRITEBYTECODE set nothing would ever be cached.
+"$PY" -m compileall -q torrent >/dev/null
