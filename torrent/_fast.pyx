@@ -1093,12 +1093,7 @@ cdef class IOThread:
         cdef ft_io *io = self._io
         with nogil:
             pthread_mutex_lock(&io.mu)
-            j.next = NULL
-            if io.tail is NULL:
-                io.head = io.tail = j
-            else:
-                io.tail.next = j
-                io.tail = j
+            _enqueue(&io.head, &io.tail, j)
             pthread_cond_signal(&io.cv)
             pthread_mutex_unlock(&io.mu)
         self._pending += 1
@@ -1268,6 +1263,16 @@ cdef void _free_job(ft_job *j) noexcept:
     free(j)
 
 
+cdef inline void _enqueue(ft_job **head, ft_job **tail, ft_job *j) noexcept nogil:
+    """Append ``j`` to the queue ``head``..``tail`` (the caller holds the mutex)."""
+    j.next = NULL
+    if tail[0] is NULL:
+        head[0] = j
+    else:
+        tail[0].next = j
+    tail[0] = j
+
+
 cdef void _finish(ft_io *io, ft_job *j) noexcept nogil:
     """Hand a finished job to the owner: onto the done list, and a wake-up."""
     cdef unsigned long long one = 1
@@ -1306,12 +1311,7 @@ cdef void *_io_main(void *arg) noexcept nogil:
             _finish(io, j)
             continue
         pthread_mutex_lock(&io.mu)
-        j.next = NULL
-        if io.tail2 is NULL:
-            io.head2 = io.tail2 = j
-        else:
-            io.tail2.next = j
-            io.tail2 = j
+        _enqueue(&io.head2, &io.tail2, j)
         pthread_cond_signal(&io.cv2)
         pthread_mutex_unlock(&io.mu)
     return NULL

@@ -15,24 +15,12 @@ import time
 
 import libtorrent as lt
 
+from torrent.benchclients._lt import add_torrent, loopback_settings
+
 
 def settings(port: int, profile: str) -> dict:
     s = dict(lt.high_performance_seed()) if profile == "fast" else {}
-    s.update({
-        "listen_interfaces": f"127.0.0.1:{port}",
-        "outgoing_interfaces": "127.0.0.1",
-        "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
-        "enable_natpmp": False, "dht_bootstrap_nodes": "",
-        "enable_outgoing_utp": False, "enable_incoming_utp": False,
-        "allow_multiple_connections_per_ip": True,
-        # TCP without encryption (the benchmark swarm's rules): libtorrent would
-        # otherwise try an encrypted handshake first with every new peer
-        "out_enc_policy": int(lt.enc_policy.disabled),
-        "in_enc_policy": int(lt.enc_policy.disabled),
-        "upload_rate_limit": 0, "download_rate_limit": 0,
-        "alert_mask": lt.alert.category_t.error_notification
-        | lt.alert.category_t.status_notification,
-    })
+    s.update(loopback_settings(port))
     return s
 
 
@@ -47,12 +35,7 @@ def main() -> int:
     a = ap.parse_args()
     end = time.monotonic() + a.timeout
     ses = lt.session(settings(a.port, a.profile))
-    atp = lt.add_torrent_params()
-    atp.ti = lt.torrent_info(a.torrent)
-    atp.save_path = a.outdir
-    atp.flags &= ~lt.torrent_flags.auto_managed
-    atp.flags &= ~lt.torrent_flags.paused
-    h = ses.add_torrent(atp)
+    h = add_torrent(ses, a.torrent, a.outdir)
     for p in filter(None, a.peers.split(",")):
         host, port = p.rsplit(":", 1)
         h.connect_peer((host, int(port)))

@@ -20,31 +20,18 @@ import time
 
 import libtorrent as lt
 
+from torrent.benchclients._lt import add_torrent, loopback_settings
+
 
 def settings(port: int, upload_limit: int) -> dict:
-    return {
-        "listen_interfaces": f"127.0.0.1:{port}",
-        "outgoing_interfaces": "127.0.0.1",
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        "dht_bootstrap_nodes": "",
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        "allow_multiple_connections_per_ip": True,
-        # TCP without encryption (the benchmark swarm's rules): libtorrent would
-        # otherwise try an encrypted handshake first with every new peer
-        "out_enc_policy": int(lt.enc_policy.disabled),
-        "in_enc_policy": int(lt.enc_policy.disabled),
+    s = loopback_settings(port)
+    s.update({
         "upload_rate_limit": upload_limit,
         # libtorrent exempts local peers from rate limits unless told otherwise
         "ignore_limits_on_local_network": False,
-        "download_rate_limit": 0,
         "user_agent": "fasttorrent-test-seed",
-        "alert_mask": lt.alert.category_t.error_notification
-        | lt.alert.category_t.status_notification,
-    }
+    })
+    return s
 
 
 def main() -> int:
@@ -62,12 +49,7 @@ def main() -> int:
     end = time.monotonic() + a.lifetime
     parent = os.getppid()
     ses = lt.session(settings(a.port, a.upload_limit))
-    atp = lt.add_torrent_params()
-    atp.ti = lt.torrent_info(a.torrent)
-    atp.save_path = a.save_path
-    atp.flags &= ~lt.torrent_flags.auto_managed
-    atp.flags &= ~lt.torrent_flags.paused
-    h = ses.add_torrent(atp)
+    h = add_torrent(ses, a.torrent, a.save_path)
     ready = False
     while time.monotonic() < end:
         if os.getppid() != parent or (a.stop_file and os.path.exists(a.stop_file)):
