@@ -453,3 +453,14 @@ def test_read_run_into_matches_read_into(tmp_path: Path, start: int, sizes: list
         ok_whole = s.read_into(start, memoryview(whole))
     assert b"".join(bytes(b) for b in bufs) == bytes(whole)
     assert ok == ok_whole
+
+
+def test_alignment_places_a_range_as_its_first_real_file_lies_on_disk(tmp_path: Path) -> None:
+    # a(10) | empty(0) | pad(6) | b(20): piece 0 starts in a at file offset 0; a range
+    # starting at 12 starts in the pad, so b (file offset 0, range offset 4) decides
+    lay = make_layout(tmp_path, MIXED)
+    with Storage(lay, writable=True) as s:
+        assert s.alignment(0, 16, 8) == 0
+        assert s.alignment(3, 10, 8) == 3  # a's byte 3 must sit at buffer offset = 3 (mod 8)
+        assert s.alignment(12, 10, 8) == (0 - 4) % 8
+        assert s.alignment(10, 6, 8) == 0  # only pad: nothing to align

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, ipc, metainfo
+from ._fast import DIRECT_ALIGN
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path
@@ -323,8 +324,12 @@ class Coordinator:
     # -- workers -------------------------------------------------------------------
     def start_workers(self) -> None:
         meta = self.meta
-        slots = plan_slots(meta.piece_length, self.nworkers, self.arena_bytes)
-        self.arena = Arena.create(meta.piece_length, slots * self.nworkers)
+        # Several files: a slot has one page of slack, so that a piece can sit in it
+        # aligned like its file (its whole pages then go out with O_DIRECT straight
+        # from the slot; see Worker.alloc_slot).
+        slot_size = meta.piece_length + (DIRECT_ALIGN if len(meta.files) > 1 else 0)
+        slots = plan_slots(slot_size, self.nworkers, self.arena_bytes)
+        self.arena = Arena.create(slot_size, slots * self.nworkers)
         if self.port == 0 and self.nworkers:
             self.port = _free_port(self.bind)
         ctx = mp.get_context("spawn")
@@ -334,7 +339,7 @@ class Coordinator:
         for w in range(self.nworkers):
             parent, child = ctx.Pipe(duplex=True)
             cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, arena_name=self.arena.name,
-                               slot_size=meta.piece_length, arena_slots=slots * self.nworkers,
+                               slot_size=slot_size, arena_slots=slots * self.nworkers,
                                first_slot=w * slots, nslots=slots, port=self.port,
                                bind=self.bind, peer_id=self.peer_id, done=done_bits,
                                max_rate=-(-self.download_limit // self.nworkers)

@@ -357,6 +357,14 @@ class Storage:
                 got += r
         return complete
 
+    def alignment(self, start: int, length: int, align: int) -> int:
+        """Where in an ``align``-aligned buffer the range must start for its first
+        non-pad file's bytes to be aligned in memory as in that file (0 if none)."""
+        for i, foff, roff, _n in self.layout.segments(start, length):
+            if not self.layout.spans[i].pad:
+                return (foff - roff) % align
+        return 0
+
     def read_run_into(self, start: int, bufs: list[memoryview]) -> bool:
         """Fill ``bufs``, in order, with the consecutive bytes from ``start``.
 

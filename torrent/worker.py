@@ -299,11 +299,17 @@ def _unsent(pc: Any) -> int:
 
 
 class Slot:
-    """A piece slot in the shared arena and the block map of the piece it holds."""
+    """A piece slot in the shared arena and the block map of the piece it holds.
 
-    __slots__ = ("blocks", "view")
+    ``raw`` is the whole slot; ``view`` is where the current piece lies in it
+    (all of it, or -- multi-file torrents -- the piece's bytes shifted so that
+    they are aligned in memory as in their file; see :meth:`Worker.alloc_slot`).
+    """
+
+    __slots__ = ("blocks", "raw", "view")
 
     def __init__(self, view: memoryview, nblocks: int) -> None:
+        self.raw = view
         self.view = view
         self.blocks = _fast.BlockMap(nblocks)
 
@@ -638,9 +644,16 @@ class Worker:
         if not self.free_slots:
             return None
         slot = self.free_slots.pop()
-        nb = -(-self.picker.piece_size(index) // BLOCK_SIZE)
+        size = self.picker.piece_size(index)
+        nb = -(-size // BLOCK_SIZE)
         if slot.blocks.nblocks != nb:
             slot.blocks = _fast.BlockMap(nb)
+        if len(slot.raw) > self.meta.piece_length:
+            # the slot has a page of slack: place the piece so that its first file's
+            # bytes are aligned in memory as on disk (O_DIRECT straight from the slot)
+            shift = self.storage.alignment(index * self.meta.piece_length, size,
+                                           _fast.DIRECT_ALIGN)
+            slot.view = slot.raw[shift : shift + size]
         return slot
 
     def pump(self, pc: Any) -> None:
