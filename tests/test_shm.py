@@ -21,7 +21,7 @@ import pytest
 
 from torrent import shm
 from torrent.errors import ResourceExhausted
-from torrent.shm import MAX_SLOTS, MIN_SLOTS, SHM_DIR, Arena, plan_slots
+from torrent.shm import MAX_SLOT_BYTES, MAX_SLOTS, MIN_SLOTS, SHM_DIR, Arena, plan_slots
 
 MiB = 1 << 20
 #: How long the resource tracker may take to unlink a dead coordinator's segment.
@@ -63,7 +63,9 @@ def free_shm(monkeypatch: pytest.MonkeyPatch, nbytes: int) -> None:
 @pytest.mark.parametrize(
     ("free", "piece", "workers", "budget", "expected"),
     [
-        (64 << 30, MiB, 2, None, MAX_SLOTS),  # default 256 MiB budget: 128 per worker, capped
+        (64 << 30, MiB, 2, None, 64),  # default 256 MiB budget: 128 per worker, 64 MiB cap
+        (64 << 30, MiB // 4, 1, None, 256),  # small pieces: more slots, the same 64 MiB
+        (64 << 30, 16384, 1, None, MAX_SLOTS),  # tiny pieces: the count cap
         (64 << 30, 16 * MiB, 2, None, 8),  # 256 MiB / (16 MiB x 2)
         (64 << 30, MiB, 1, 10 * MiB, 10),  # the budget binds
         (64 << 30, MiB, 4, MiB, MIN_SLOTS),  # a tiny budget still gets the minimum
@@ -77,6 +79,7 @@ def test_plan_slots_bounds(monkeypatch: pytest.MonkeyPatch, free: int, piece: in
     per = plan_slots(piece, workers, budget)
     assert per == expected
     assert MIN_SLOTS <= per <= MAX_SLOTS
+    assert per <= 64 or per * piece <= MAX_SLOT_BYTES
     assert per * piece * workers <= free  # never more than /dev/shm holds
 
 

@@ -31,17 +31,24 @@ from multiprocessing import resource_tracker, shared_memory
 
 from .errors import ResourceExhausted
 
-__all__ = ["DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MIN_SLOTS", "SHM_DIR", "Arena", "plan_slots"]
+__all__ = ["DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MAX_SLOT_BYTES", "MIN_SLOTS", "SHM_DIR", "Arena",
+           "plan_slots"]
 
 SHM_DIR = "/dev/shm"
 #: Default arena size.  At 1 GB/s a 1 MiB piece spends about 1 ms in flight per
 #: peer; 64 slots per worker cover a deep request pipeline to several peers
 #: with room for pieces waiting on the hash/write thread.
 DEFAULT_ARENA_BYTES = 256 << 20
-#: Slots per worker: at least two (one filling while one is hashed), at most
-#: 64 (beyond that, more in-flight pieces only add memory, not speed).
+#: Slots per worker: at least two (one filling while one is hashed).  Up to
+#: BASE_SLOTS whatever the piece size (64 slots of 1 MiB: more in-flight data
+#: only adds memory, not speed); small pieces get more, up to MAX_SLOT_BYTES
+#: and MAX_SLOTS, so a worker keeps as many bytes in flight as with 1 MiB
+#: pieces (64 slots of 256 KiB were 16 MiB: measured, all of them queued for
+#: I/O while the peers idled).
 MIN_SLOTS = 2
-MAX_SLOTS = 64
+BASE_SLOTS = 64
+MAX_SLOTS = 256
+MAX_SLOT_BYTES = 64 << 20
 #: Share of the free space in /dev/shm the arena may take; other programs live there too.
 SHM_SHARE = 0.5
 
@@ -63,7 +70,8 @@ def plan_slots(piece_length: int, workers: int, arena_bytes: int | None = None) 
     budget = arena_bytes if arena_bytes is not None else DEFAULT_ARENA_BYTES
     free = int(shm_free_bytes() * SHM_SHARE)
     usable = min(budget, free)
-    per = min(MAX_SLOTS, usable // (piece_length * workers))
+    cap = min(MAX_SLOTS, max(BASE_SLOTS, MAX_SLOT_BYTES // piece_length))
+    per = min(cap, usable // (piece_length * workers))
     # A small budget still gets the minimum as long as /dev/shm can hold it.
     if per < MIN_SLOTS and MIN_SLOTS * piece_length * workers <= free:
         per = MIN_SLOTS
