@@ -170,6 +170,17 @@ def test_single_file_two_seeders(
         assert j["duplicate_pieces"] == 0, j["workers"]
 
 
+def test_plain_writes_on_request(
+    single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
+) -> None:
+    """--no-direct-io: the same download through the page cache only."""
+    torrent, src = single
+    peers = seeders(torrent, [src])
+    out = tmp_path / "out"
+    assert_ok(download(torrent, out, peers, "--no-direct-io", workers=1))
+    assert_downloaded(torrent, src, out)
+
+
 # ----------------------------------------------------------------------------- 2. multi file
 
 TREE = {
