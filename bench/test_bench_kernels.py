@@ -112,3 +112,72 @@ def test_scan_frame(benchmark: Any, record_mbps: Recorder, impl: str) -> None:
     length = benchmark(mod.scan_frame, buf, 0, len(buf), 1 << 17)
     assert length == len(body)
     record_mbps(4 + len(body))  # bytes framed per call
+
+
+# -- the block fast path: one 1 MiB piece (64 blocks) out of a receive buffer ----------
+
+PIECE_BLOCKS = 64
+
+
+def _piece_setup() -> tuple[Any, ...]:
+    """A picker with one 1 MiB piece in flight to ``peer``, its 64 requests outstanding
+    in a PeerProtocol, and a receive buffer holding the 64 piece messages."""
+    import struct
+
+    from torrent.picker import Picker
+    from torrent.wire.handshake import encode_handshake
+    from torrent.wire.messages import Unchoke, encode
+    from torrent.wire.peer import PeerProtocol
+    from torrent.worker import Slot
+
+    piece = PIECE_BLOCKS * BLOCK
+    picker = Picker(1, piece, piece)
+    picker.add_lease([0])
+    info_hash = b"\1" * 20
+    proto = PeerProtocol(info_hash, b"\2" * 20, 1, piece, piece, now=0.0, we_initiated=True)
+    proto.handshake()
+    proto.receive_data(encode_handshake(info_hash, b"\3" * 20))
+    proto.receive_data(encode(Unchoke()))
+    peer = object()
+    reqs = picker.pick(peer, lambda i: True, PIECE_BLOCKS,
+                       lambda i: Slot(memoryview(bytearray(piece)), PIECE_BLOCKS))
+    proto.send_requests(reqs, 0.0)
+    block = os.urandom(BLOCK)
+    buf = bytearray(b"".join(struct.pack(">IBII", 9 + BLOCK, 7, 0, b * BLOCK) + block
+                             for b in range(PIECE_BLOCKS)))
+    return (buf, proto, picker, peer), {}
+
+
+def _take_native(buf: bytearray, proto: Any, picker: Any, peer: Any) -> None:
+    full: list = []
+    pos, taken = _fast.take_blocks(buf, 0, len(buf), proto.request_table, picker.active,
+                                   peer, full)
+    assert taken == PIECE_BLOCKS and full
+
+
+def _take_python(buf: bytearray, proto: Any, picker: Any, peer: Any) -> None:
+    """What the Python path does per block (PeerConn._frames + Worker.on_block)."""
+    import struct
+
+    hdr = struct.Struct(">II")
+    pos, end = 0, len(buf)
+    while pos < end:
+        n = _fast.scan_frame(buf, pos, end, 1 << 17)
+        index, begin = hdr.unpack_from(buf, pos + 5)
+        length = n - 9
+        if proto.accept_block(index, begin, length):
+            pd = picker.active[index]
+            b = begin >> 14
+            if pd.slot.blocks.set(b):
+                _fast.copy_block(pd.slot.view, begin, buf, pos + 13, length)
+                picker.block_arrived(pd, b, peer)
+        pos += 4 + n
+    assert picker.active[0].slot.blocks.full
+
+
+@pytest.mark.parametrize("impl", ["take_blocks", "python"])
+def test_take_one_piece(benchmark: Any, record_mbps: Recorder, impl: str) -> None:
+    benchmark.group = "receive path: 64 piece messages (1 MiB) into their slot"
+    fn = _take_native if impl == "take_blocks" else _take_python
+    benchmark.pedantic(fn, setup=_piece_setup, rounds=200, warmup_rounds=5)
+    record_mbps(PIECE_BLOCKS * BLOCK)
