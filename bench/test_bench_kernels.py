@@ -150,7 +150,7 @@ def _piece_setup() -> tuple[Any, ...]:
 
 def _take_native(buf: bytearray, proto: Any, picker: Any, peer: Any) -> None:
     full: list = []
-    pos, taken = _fast.take_blocks(buf, 0, len(buf), proto.request_table, picker.active,
+    _pos, taken = _fast.take_blocks(buf, 0, len(buf), proto.request_table, picker.active,
                                    peer, full)
     assert taken == PIECE_BLOCKS and full
 
