@@ -31,6 +31,7 @@ from helpers.payload import (
     partial_copy,
     run_cli,
     start_seeders,
+    torrent_info,
     tree_bytes,
     write_tree,
 )
@@ -92,14 +93,7 @@ def download(
 
 
 def info_files(torrent: Path) -> list[dict[str, Any]]:
-    r = subprocess.run(
-        [*CLI, "info", str(torrent), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return json.loads(r.stdout)["files"]  # type: ignore[no-any-return]
+    return torrent_info(torrent)["files"]  # type: ignore[no-any-return]
 
 
 def assert_downloaded(torrent: Path, src: Path, out: Path) -> None:

@@ -9,10 +9,8 @@ opentracker (whitelist-only, started as in tests/test_opentracker.py).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +18,12 @@ from typing import Any
 import pytest
 from conftest import require_binary, require_module
 from helpers.payload import (
-    CLI,
     RunResult,
     assert_clean_after,
     ft_create,
     run_cli,
     start_seeders,
+    torrent_info,
     tree_bytes,
     write_tree,
 )
@@ -68,16 +66,6 @@ def seeders(tmp_path: Path) -> Iterator[Callable[..., list[Seeder]]]:
     for s in started:
         s.stop()
 
-
-def info(torrent: Path) -> dict[str, Any]:
-    r = subprocess.run(
-        [*CLI, "info", str(torrent), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
 def fetch(torrent: Path, out: Path, *extra: str) -> RunResult:
@@ -139,7 +127,7 @@ def test_download_via_test_tracker(kind: str, payload: Path, seeders: Any, tmp_p
         assert events[0] == "started", events
         assert "completed" in events and events[-1] == "stopped", events
         assert all(r.transport == kind for r in mine)
-        ih = bytes.fromhex(info(torrent)["info_hash"])
+        ih = bytes.fromhex(torrent_info(torrent)["info_hash"])
         assert all(r.info_hash == ih for r in mine)
         completed = next(r for r in mine if r.event == "completed")
         assert completed.left == 0 and mine[0].left > 0
@@ -207,11 +195,11 @@ def test_download_via_opentracker(
     # The info-hash does not depend on the announce URL (it is outside the info
     # dict): learn it from a first torrent, whitelist it, then name the tracker.
     probe = ft_create(payload / "data.bin", tmp_path / "probe.torrent", "32K")
-    ih = info(probe)["info_hash"]
+    ih = torrent_info(probe)["info_hash"]
     port = opentracker(ih)
     url = f"{kind}://127.0.0.1:{port}/announce"
     torrent = ft_create(payload / "data.bin", tmp_path / "t.torrent", "32K", trackers=[url])
-    assert info(torrent)["info_hash"] == ih
+    assert torrent_info(torrent)["info_hash"] == ih
     seeders(torrent, payload, 2)
     wait_for_seeds(port, ih, 2)
     out = tmp_path / "out"
@@ -243,7 +231,7 @@ def test_dead_first_tier_then_working_second(
             "32K",
             trackers=[dead, tracker.announce_url],
         )
-        assert info(torrent)["trackers"] == [[dead], [tracker.announce_url]]
+        assert torrent_info(torrent)["trackers"] == [[dead], [tracker.announce_url]]
         seeders(torrent, payload, 2)
         seeders_announced(tracker, 2)
         out = tmp_path / "out"

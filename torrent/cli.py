@@ -252,6 +252,14 @@ class _Status:
             self.width = 0
 
 
+def _failed(st: _Status, as_json: bool, e: FastTorrentError) -> None:
+    """End the status line; with --json, print the partial result a failure carries."""
+    st.end()
+    r = getattr(e, "result", None)
+    if as_json and r is not None:
+        print(json.dumps(r.to_json_dict()))
+
+
 def cmd_download(a: argparse.Namespace) -> int:
     from .coordinator import download
 
@@ -268,10 +276,7 @@ def cmd_download(a: argparse.Namespace) -> int:
                        upload_limit=upload_limit, seed_time=seed_time, seed_ratio=seed_ratio,
                        direct_io=not a.no_direct_io)
     except FastTorrentError as e:
-        st.end()
-        r = getattr(e, "result", None)
-        if a.json and r is not None:
-            print(json.dumps(r.to_json_dict()))
+        _failed(st, a.json, e)
         raise
     st.end()
     if a.json:
@@ -302,10 +307,7 @@ def cmd_seed(a: argparse.Namespace) -> int:
              bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers, log=st.log,
              ready=ready, upload_limit=upload_limit)
     except FastTorrentError as e:
-        st.end()
-        r = getattr(e, "result", None)
-        if a.json and r is not None:
-            print(json.dumps(r.to_json_dict()))
+        _failed(st, a.json, e)
         raise
     return 0
 

@@ -339,7 +339,7 @@ class Worker:
         # fdatasync runs on a thread of its own: on this machine's disk a flush of
         # one second of downloading takes longer than a second, and queued behind
         # it, verification and writes would stall the download.
-        self.sync_iot = _fast.IOThread(self.efd)
+        self.sync_iot = _fast.IOThread(self.efd, writers=1)  # syncs only, one at a time
         self.in_io: dict[int, tuple[PieceDL, list[int]]] = {}  # piece -> (state, pinned spans)
         self.syncs: dict[int, tuple[list[int], list[int]]] = {}  # job -> (pieces, pinned)
         self._sync_seq = 0
@@ -478,6 +478,14 @@ class Worker:
                     self.avail_dirty = True
 
     def on_events(self, pc: Any, events: list[Any]) -> None:
+        """Carry out one message's events (from PeerConn._frames).
+
+        The connection pumps requests once after the whole read (see
+        PeerConn.buffer_updated); HAVEs only note availability here and ask for
+        one interest check at the end, so a later bitfield announcing thousands
+        of pieces costs one scan of the peer's bitfield, not one per piece.
+        """
+        haves = False
         for ev in events:
             t = type(ev)
             if t is wp.Unchoked:
@@ -488,8 +496,7 @@ class Worker:
                 if not self.avail[i >> 3] & (0x80 >> (i & 7)):
                     self.avail[i >> 3] |= 0x80 >> (i & 7)
                     self.avail_dirty = True
-                self._interest(pc)
-                self.pump(pc)
+                haves = True
             elif t is wp.BitfieldReceived:
                 self._availability(ev.bits, 1)
                 if self.avail_dirty:  # tell the coordinator now: it leases by availability
@@ -510,6 +517,8 @@ class Worker:
             elif t is wp.PeerNotInterested:
                 if pc in self.unchoked:
                     self._choke(pc)
+        if haves:
+            self._interest(pc)
 
     # -- uploading -------------------------------------------------------------------
     def _unchoke(self, pc: Any) -> None:

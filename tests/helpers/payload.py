@@ -75,6 +75,13 @@ def _cli() -> list[str]:
 CLI = _cli()
 
 
+def torrent_info(torrent: Path) -> dict[str, Any]:
+    """``fasttorrent info --json`` of ``torrent``."""
+    r = subprocess.run([*CLI, "info", str(torrent), "--json"], capture_output=True, text=True,
+                       timeout=30, check=True)
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
 # ----------------------------------------------------------------------------- payloads
 
 

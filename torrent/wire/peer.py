@@ -52,6 +52,7 @@ way: a keep-alive may go out early, an idle peer may be dropped late.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -134,6 +135,9 @@ KEEPALIVE_INTERVAL: Final = 60.0
 IDLE_TIMEOUT: Final = 120.0
 
 Block = tuple[int, int, int]  # (index, begin, length)
+
+# A byte with any bit set (where a later bitfield announces new pieces).
+_NONZERO_BYTE: Final = re.compile(rb"[^\x00]")
 
 # The first 13 bytes of a piece frame: length, id 7 (BEP 3), index, begin.
 _PIECE_HEADER: Final = struct.Struct(">IBII")
@@ -611,15 +615,19 @@ class PeerProtocol:
         if bits[-1] & ((1 << spare) - 1):
             raise RemoteProtocolError("peer sent a bitfield with spare bits set (BEP 3)")
         if late:
-            mine = self._peer_bits
-            for k, byte in enumerate(bits):
-                new = byte & ~mine[k] & 0xFF
-                if new:
-                    mine[k] |= new
-                    for j in range(8):
-                        if new & (0x80 >> j):
-                            self._peer_count += 1
-                            events.append(HaveReceived(k * 8 + j))
+            # whole-bitfield integer arithmetic and a regex scan for the bytes that
+            # changed: a repeated bitfield costs C time, not a Python loop per byte
+            have = int.from_bytes(self._peer_bits, "big")
+            new = int.from_bytes(bits, "big") & ~have
+            if not new:
+                return
+            self._peer_bits[:] = (have | new).to_bytes(expected, "big")
+            self._peer_count += new.bit_count()
+            changed = new.to_bytes(expected, "big")
+            for m in _NONZERO_BYTE.finditer(changed):
+                k = m.start()
+                byte = changed[k]
+                events.extend(HaveReceived(k * 8 + j) for j in range(8) if byte & (0x80 >> j))
             return
         self._peer_bits[:] = bits
         self._peer_count = int.from_bytes(bits, "big").bit_count()
