@@ -1,8 +1,7 @@
 """Seeding after a download (``--seed-time``, ``--seed-ratio``) and ``--upload-limit``.
 
-- The upload token bucket (:class:`torrent.worker.TokenBucket`) runs on a
-  fake clock: burst, debt, refill, the long-run rate; the worker's
-  :class:`~torrent.worker.UploadLimiter` arms one timer, never a spin.
+- The token bucket and the throttle behind ``--upload-limit`` are tested
+  on an injected clock in test_choker.py.
 - End to end, with real libtorrent peers on 127.0.0.1: fasttorrent downloads
   from a libtorrent seeder while a libtorrent downloader fetches from it and
   exits 0 by itself once it uploaded ``ratio x size``; ``--seed-time`` ends
@@ -37,7 +36,7 @@ from trackers import HTTPTestTracker
 
 from torrent.picker import BLOCK_SIZE
 from torrent.wire.handshake import PEER_ID_PREFIX
-from torrent.worker import TokenBucket, UploadLimiter
+from torrent.choker import BURST
 
 LT_DOWNLOAD = "torrent.benchclients.lt_download"
 TREE = {"a.bin": 1_500_001, "sub/b.bin": 1_200_000, "sub/c.bin": 65_536, "d.txt": 10}
@@ -46,124 +45,6 @@ SIZE = sum(TREE.values())
 RUN_TIMEOUT = 90
 #: How long fasttorrent may take to start listening.
 LISTEN_TIMEOUT = 30.0
-
-
-# -- the token bucket, on a fake clock ------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_bucket_starts_full_and_goes_into_debt_by_one_block() -> None:
-    clock = FakeClock()
-    b = TokenBucket(rate=1000, burst=500, clock=clock)
-    assert b.ready() and b.wait() == 0.0
-    b.consume(400)
-    assert b.ready()  # 100 left
-    b.consume(BLOCK_SIZE)  # a whole block goes out: debt
-    assert not b.ready()
-    debt = BLOCK_SIZE - 100
-    assert b.wait() == pytest.approx(debt / 1000)
-    clock.now += debt / 1000 / 2
-    assert not b.ready()
-    assert b.wait() == pytest.approx(debt / 1000 / 2)
-    clock.now += debt / 1000 / 2
-    assert b.ready()
-
-
-def test_bucket_refill_is_capped_at_the_burst() -> None:
-    clock = FakeClock()
-    b = TokenBucket(rate=1000, burst=500, clock=clock)
-    b.consume(500)
-    clock.now += 3600  # an hour idle saves up no more than the burst
-    b.consume(500)
-    assert b.ready()
-    b.consume(1)
-    assert not b.ready()
-    assert b.wait() == pytest.approx(0.001)
-
-
-def test_bucket_ignores_a_clock_that_steps_back() -> None:
-    clock = FakeClock()
-    b = TokenBucket(rate=1000, burst=0, clock=clock)
-    b.consume(1000)
-    clock.now -= 5
-    assert b.wait() == pytest.approx(1.0)
-    clock.now += 5 + 1.0
-    assert b.ready()
-
-
-@pytest.mark.parametrize("rate", [1000, 100_000, 10 << 20])
-def test_bucket_long_run_rate(rate: int) -> None:
-    """A sender that sends a block whenever allowed and otherwise sleeps exactly wait():
-    over T seconds it sends rate x T, give or take the burst and one block."""
-    clock = FakeClock()
-    burst = rate * UploadLimiter.BURST
-    b = TokenBucket(rate=rate, burst=burst, clock=clock)
-    start = clock.now
-    seconds = 50.0
-    sent = wakeups = 0
-    while clock.now - start < seconds:
-        if b.ready():
-            b.consume(BLOCK_SIZE)
-            sent += BLOCK_SIZE
-        else:
-            w = b.wait()
-            assert w > 0  # never "not ready, wait 0": that would be a spin
-            clock.now += w
-            wakeups += 1
-    elapsed = clock.now - start
-    assert sent <= burst + rate * elapsed + BLOCK_SIZE
-    assert sent >= rate * elapsed - BLOCK_SIZE
-    assert wakeups <= sent // BLOCK_SIZE + 1  # at most one wake-up per block sent
-
-
-def test_bucket_rejects_a_zero_rate() -> None:
-    with pytest.raises(ValueError):
-        TokenBucket(rate=0, burst=10)
-    with pytest.raises(ValueError):
-        TokenBucket(rate=float("nan"), burst=10)
-
-
-def test_upload_limiter_arms_one_timer_for_the_refill() -> None:
-    """Empty bucket: no sending, one timer (however often it is asked) due when the bucket
-    is ready again; when it fires, every peer is served, the next one first each round."""
-    loop = asyncio.new_event_loop()
-    try:
-        clock = FakeClock()
-        served: list[str] = []
-        peers = [SimpleNamespace(name=n, active=True, closed=False) for n in "abc"]
-        host = SimpleNamespace(loop=loop, peers=peers, serve=lambda pc: served.append(pc.name))
-        lim = UploadLimiter(host, 64 << 10, clock=clock)  # type: ignore[arg-type]
-        assert lim.may_send()
-        lim.sent(64 << 10)  # the 16 KiB burst and 48 KiB of debt
-        t0 = loop.time()
-        assert not lim.may_send()
-        handle = lim.handle
-        assert handle is not None
-        for _ in range(100):
-            assert not lim.may_send()
-        assert lim.handle is handle  # one timer, not one per call
-        expected = (48 << 10) / (64 << 10)
-        assert handle.when() - t0 == pytest.approx(expected, abs=0.05)
-        clock.now += expected
-        lim._resume()  # what the timer does when it fires
-        lim._resume()
-        assert served == ["a", "b", "c", "b", "c", "a"]
-        assert lim.may_send()  # refilled
-        lim.sent(1 << 20)
-        assert not lim.may_send()
-        again = lim.handle
-        assert again is not None and again is not handle
-        lim.close()
-        assert again.cancelled() and lim.handle is None
-    finally:
-        loop.close()
 
 
 # -- end to end ------------------------------------------------------------------------------
@@ -375,7 +256,7 @@ def test_seed_upload_limit_serves_libtorrent(payload: tuple[Path, Path],
     assert j["uploaded_bytes"] >= SIZE
     # No more than the burst, plus one block of debt, plus the limit per second can
     # have left: a lower bound on the time (a busy machine only makes it longer).
-    assert elapsed >= (SIZE - limit * UploadLimiter.BURST - BLOCK_SIZE) / limit
+    assert elapsed >= (SIZE - limit * BURST - BLOCK_SIZE) / limit
 
 
 BAD = [

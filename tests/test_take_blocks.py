@@ -13,7 +13,7 @@ import pytest
 
 from torrent import _fast
 from torrent.picker import BLOCK_SIZE, Picker
-from torrent.worker import Slot
+from torrent.picker import Slot
 
 PIECE = 4 * BLOCK_SIZE
 

@@ -1,10 +1,18 @@
-"""Peer wire messages: round trips, chunking invariance, bounds, bad lengths."""
+"""Peer wire messages and the framer: round trips, chunking invariance, bounds, bad lengths.
+
+The framer under test is the production one (``framing.next_frame`` over a
+``ReceiveBuffer``, decoded through the message table), driven as
+``PeerProtocol.next_event`` drives it; the whole receive path, handshake and
+block fast path included, is tested in test_wire_peer.py and
+test_receive_parity.py.
+"""
 
 from __future__ import annotations
 
 import struct
 
 import pytest
+from helpers.framereader import FrameReader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +34,6 @@ from torrent.wire.messages import (
     Bitfield,
     Cancel,
     Choke,
-    FrameReader,
     Have,
     Interested,
     KeepAlive,
@@ -45,6 +52,7 @@ from torrent.wire.messages import (
 )
 
 NUM_PIECES = 100  # bitfield of 13 bytes, 4 spare bits
+
 
 # One of every message kind, with the exact bytes BEP 3 prescribes.
 CASES: list[tuple[Message, bytes]] = [
@@ -237,11 +245,12 @@ def test_wrong_payload_length_per_id(msg_id: int, payload: bytes, needs: str) ->
 
 
 def test_piece_data_is_a_view_not_a_copy() -> None:
-    raw = bytearray(encode(Piece(1, 0, b"abcd")))
-    (msg,) = FrameReader(NUM_PIECES).feed(raw)
+    reader = FrameReader(NUM_PIECES)
+    (msg,) = reader.feed(encode(Piece(1, 0, b"abcd")))
     assert isinstance(msg, Piece)
     assert isinstance(msg.data, memoryview)
-    raw[-1] = ord("z")  # the view tracks the receive buffer: hence the ownership rule
+    # the view tracks the receive buffer: hence the ownership rule
+    reader.rb.buf[reader.rb.end - 1] = ord("z")
     assert bytes(msg.data) == b"abcz"
 
 

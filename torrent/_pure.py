@@ -32,6 +32,7 @@ __all__ = [
     "scan_frame",
     "sha1",
     "sha1_pieces",
+    "take_blocks",
     "verify_pieces",
 ]
 
@@ -355,3 +356,83 @@ def scan_frame(buf: Any, start: int, end: int, max_len: int) -> int:
     if end - start - _PREFIX < length:
         return -1
     return length
+
+
+# ------------------------------------------------------------ the block fast path
+
+_BLOCK = 16384  # BEP 3's request size; the fast path takes only whole aligned blocks
+_PIECE_ID = 7  # BEP 3 piece message
+_PIECE_HDR = 13  # length prefix, id, index, begin
+
+
+def take_blocks(buf: Any, pos: int, end: int, outstanding: dict[Any, Any],
+                active: dict[int, Any], peer: Any, full: list[Any]) -> tuple[int, int]:
+    """Take the plain ``piece`` messages at ``buf[pos:end]``; the twin of ``_fast.take_blocks``.
+
+    A message is *plain* when all of these hold, and taking it does what the
+    slow path (``PeerProtocol.accept_block`` then ``Picker.store_block``)
+    would do for it, in one step:
+
+    - it is a whole ``piece`` frame of one block (9 < length <= 9 + 16 KiB);
+    - ``(index, begin)`` is in ``outstanding`` (the peer's request table,
+      ``{(index, begin): (length, sent_at)}``) with this very length;
+    - the piece is in ``active`` (``{index: PieceDL}``), has no endgame
+      duplicate request (``pd.dups`` empty), and block ``begin // 16 KiB``
+      is outstanding to ``peer`` (``pd.outstanding[b] is peer``);
+    - the block is aligned, not received yet, and of the piece's block size.
+
+    Taking it: the request leaves ``outstanding`` and ``pd.outstanding``, the
+    block is copied into ``pd.slot.view`` at ``begin``, its bit is set in
+    ``pd.slot.blocks``, ``pd.senders[b] = peer`` and ``pd.received += 1``.
+    Taking stops at the first message that is not plain (left for the slow
+    path) and after a piece becomes full (appended to ``full``).
+
+    Returns:
+        ``(pos, taken)``: where the first message not taken starts, and how
+        many blocks were taken.
+
+    Raises:
+        ValueError: not ``0 <= pos <= end <= len(buf)``.
+    """
+    pos, end = _ssize(pos), _ssize(end)
+    mv = _bytes_view(buf)
+    if pos < 0 or pos > end or end > len(mv):
+        raise ValueError(f"need 0 <= pos <= end <= {len(mv)}, got pos={pos} end={end}")
+    taken = 0
+    while end - pos >= _PIECE_HDR:
+        n = int.from_bytes(mv[pos : pos + 4], "big")
+        if mv[pos + 4] != _PIECE_ID or n < 9 or n > 9 + _BLOCK or end - pos - _PREFIX < n:
+            break
+        index = int.from_bytes(mv[pos + 5 : pos + 9], "big")
+        begin = int.from_bytes(mv[pos + 9 : pos + 13], "big")
+        length = n - 9
+        if begin & (_BLOCK - 1) or length == 0:
+            break
+        key = (index, begin)
+        entry = outstanding.get(key)
+        if entry is None or entry[0] != length:
+            break
+        pd = active.get(index)
+        if pd is None or pd.dups:
+            break
+        b = begin // _BLOCK
+        if pd.outstanding.get(b) is not peer:
+            break
+        bm = pd.slot.blocks
+        if b >= bm.nblocks or bm.has(b) or length != min(_BLOCK, pd.size - begin):
+            break
+        sv = _bytes_view(pd.slot.view, writable=True)
+        if begin + length > len(sv):
+            break
+        sv[begin : begin + length] = mv[pos + _PIECE_HDR : pos + _PIECE_HDR + length]
+        del outstanding[key]
+        del pd.outstanding[b]
+        bm.set(b)
+        pd.senders[b] = peer
+        pd.received += 1
+        taken += 1
+        pos += _PREFIX + n
+        if bm.full:
+            full.append(pd)
+            break
+    return pos, taken

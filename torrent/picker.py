@@ -17,8 +17,15 @@ lease, what each of the worker's peers is asked for:
 
 A block is requested from one peer at a time outside endgame.  Blocks of a
 peer that chokes, times out or disconnects go back to the front of their
-piece's pending list.  Peers are any hashable objects with a ``has`` method.
-No I/O and no clock here; the worker calls in with what happened.
+piece's pending list.  Peers are any hashable objects.  No I/O and no clock
+here; the worker calls in with what happened.
+
+Storing a block: the wire layer accepts a block only if it was requested
+from that peer with that length (``PeerProtocol.accept_block``); the picker
+then stores it in its piece's slot (:meth:`Picker.store_block`).  The plain
+case of both steps together is the ``take_blocks`` kernel, which reads and
+writes the :class:`PieceDL` and :class:`Slot` fields named in their
+docstrings; the parity tests run every stream with and without it.
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["BLOCK_SIZE", "Picker", "PieceDL", "block_count"]
+from . import _speedups as _k
+from .errors import RemoteProtocolError
+from .wire.messages import BLOCK_SIZE
 
-#: The block size every client uses (BEP 3 recommends 2^14; larger requests
-#: are refused by most peers, libtorrent included).
-BLOCK_SIZE = 16384
+__all__ = ["BLOCK_SIZE", "Picker", "PieceDL", "Slot", "block_count"]
 
 
 _NO_CANCELS: list = []  # shared, never mutated
@@ -40,8 +47,30 @@ def block_count(piece_size: int) -> int:
     return -(-piece_size // BLOCK_SIZE)
 
 
+class Slot:
+    """A piece slot in the shared arena and the block map of the piece it holds.
+
+    ``raw`` is the whole slot; ``view`` is where the current piece lies in it
+    (all of it, or -- multi-file torrents -- the piece's bytes shifted so that
+    they are aligned in memory as in their file; see ``Worker.alloc_slot``).
+    The block fast path copies into ``view`` and sets bits in ``blocks``.
+    """
+
+    __slots__ = ("blocks", "raw", "view")
+
+    def __init__(self, view: memoryview, nblocks: int) -> None:
+        self.raw = view
+        self.view = view
+        self.blocks = _k.BlockMap(nblocks)
+
+
 class PieceDL:
-    """A piece in flight in this worker: its slot and the state of its blocks."""
+    """A piece in flight in this worker: its slot and the state of its blocks.
+
+    The block fast path reads ``size``, ``dups``, ``outstanding`` and ``slot``
+    and, for a block it takes, removes it from ``outstanding`` and records it
+    in ``senders`` and ``received``, as :meth:`Picker.store_block` does.
+    """
 
     __slots__ = (
         "dups",
@@ -190,6 +219,33 @@ class Picker:
             n -= 1
 
     # -- outcomes ------------------------------------------------------------
+    def store_block(self, index: int, begin: int, data: Any,
+                    peer: Any) -> tuple[PieceDL, list[tuple[Any, int]]] | None:
+        """Store a block the wire layer accepted from ``peer`` (the slow path).
+
+        Returns:
+            None when there is nothing to store (the piece was finished or
+            dropped meanwhile, or an endgame duplicate lost the race); else the
+            piece and the other peers whose duplicate request to cancel.  The
+            caller finishes the piece when ``pd.slot.blocks.full``.
+
+        Raises:
+            RemoteProtocolError: the block does not fit the piece's geometry.
+        """
+        pd = self.active.get(index)
+        if pd is None:
+            return None  # finished or dropped meanwhile
+        b = begin >> 14
+        length = len(data)
+        if begin & (BLOCK_SIZE - 1) or b >= pd.nblocks or length != pd.block_length(b):
+            raise RemoteProtocolError(
+                f"block ({index}, {begin}, {length}) does not match any request")
+        slot = pd.slot
+        if not slot.blocks.set(b):
+            return None  # an endgame duplicate that lost the race
+        _k.copy_block(slot.view, begin, data, 0, length)
+        return pd, self.block_arrived(pd, b, peer)
+
     def block_arrived(self, pd: PieceDL, b: int, peer: Any) -> list[tuple[Any, int]]:
         """A block was stored.  Returns other peers whose duplicate request to cancel."""
         holder = pd.outstanding.pop(b, None)

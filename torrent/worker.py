@@ -31,20 +31,25 @@ reaches EOF (the coordinator died).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
-import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from . import _fast, ipc
-from .errors import FastTorrentError
-from .picker import BLOCK_SIZE, Picker, PieceDL
+from . import _speedups as _k
+from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
+from .errors import FastTorrentError, RemoteProtocolError
+from .net.peer import PeerConn
+from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
-from .storage import Storage, layout_for
+from .storage import Storage, layout_for, os_error
 from .wire import peer as wp
+from .wire.framing import Framer, ReceiveBuffer
+from .wire.messages import LocalProtocolError, pack_piece_header
 
 __all__ = ["Worker", "WorkerConfig", "worker_main"]
 
@@ -68,14 +73,6 @@ INITIAL_DEPTH = 64
 #: asked for when fewer than `slots` are left, so a peer never waits on the
 #: coordinator round trip.
 LOW_WATER = 4
-#: Peers we upload to at once (BEP 3 choking: the best by rate, plus one
-#: optimistic unchoke).  A server has bandwidth to spare; 8 keeps each
-#: unchoked peer's share large enough to be worth its while.
-UPLOAD_SLOTS = 8
-#: Seconds between choking rounds (BEP 3 / libtorrent: 10 s, so rates settle).
-CHOKE_INTERVAL = 10.0
-#: Every this many rounds the optimistic unchoke moves to another peer (30 s).
-OPTIMISTIC_ROUNDS = 3
 #: Bytes queued in a connection's transport before we stop reading blocks from
 #: disk for it; resume_writing() resumes.  1 MiB is ~64 blocks in flight.
 SEND_HIGH_WATER = 1 << 20
@@ -96,7 +93,8 @@ VERIFIED_DELAY = 0.05
 HANDSHAKE_TIMEOUT = 20.0
 #: Connect timeout for outgoing peers.
 CONNECT_TIMEOUT = 10.0
-_DEBUG = bool(os.environ.get("FASTTORRENT_DEBUG"))
+
+log = logging.getLogger(__name__)
 
 
 class WorkerConfig:
@@ -128,47 +126,6 @@ class WorkerConfig:
         self.direct_io = direct_io  # whole pages bypass the page cache (Storage)
 
 
-class RateLimiter:
-    """Token bucket over all of one worker's connections (``--download-limit`` / N workers).
-
-    Reading stops (``pause_reading`` on every peer) when the bucket is empty and
-    resumes when the refill timer has put bytes back; the kernel's socket
-    buffers and TCP flow control then slow the senders down.
-    """
-
-    #: Refill period; a smaller one smooths the rate at a little CPU cost.
-    PERIOD = 0.05
-    #: Burst allowance, in seconds of the rate.
-    BURST = 0.25
-
-    def __init__(self, worker: Worker, rate: int) -> None:
-        self.worker = worker
-        self.rate = rate
-        self.tokens = rate * self.BURST
-        self.paused = False
-        self.handle: asyncio.TimerHandle | None = None
-        self._tick()
-
-    def consume(self, n: int) -> None:
-        self.tokens -= n
-        if self.tokens <= 0 and not self.paused:
-            self.paused = True
-            for pc in self.worker.peers:
-                pc.pause()
-
-    def _tick(self) -> None:
-        self.tokens = min(self.rate * self.BURST, self.tokens + self.rate * self.PERIOD)
-        if self.paused and self.tokens > 0:
-            self.paused = False
-            for pc in self.worker.peers:
-                pc.resume()
-        self.handle = self.worker.loop.call_later(self.PERIOD, self._tick)
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-
-
 #: A stop after seeding (its limit reached) first lets the blocks already
 #: written reach the peers, at most this long: a peer must not lose the last
 #: blocks it was sent because we closed the connection under them.
@@ -177,141 +134,73 @@ DRAIN_TIMEOUT = 5.0
 DRAIN_POLL = 0.02
 
 
-class TokenBucket:
-    """A token bucket, sans-IO: ``rate`` bytes per second, at most ``burst`` saved up.
+class Peer:
+    """The worker's side of one connection: its protocol state, pipeline and rates.
 
-    The clock (seconds, monotonic) is injected, so the arithmetic is tested
-    with a fake one.  A sender asks :meth:`ready`, sends one whole block and
-    :meth:`consume`s it: the bucket may run into debt by up to one block, so a
-    rate below the block size still moves, and over time no more than
-    ``burst + rate x t`` (plus that one block) leaves.  :meth:`wait` says how
-    long until it is ready again.
+    It is the connection's :class:`~torrent.net.peer.ConnectionHandler` and
+    the key the picker records as the holder of a request and the sender of
+    a block.  The connection (``conn``) is the socket; everything it reports
+    goes to the worker, which owns the policy.
     """
 
-    __slots__ = ("_stamp", "burst", "clock", "rate", "tokens")
+    __slots__ = ("_counted", "_rate_seen", "_up_window", "active", "conn", "created_at",
+                 "depth", "proto", "rate", "serve_pending", "up_rate", "uploaded", "worker")
 
-    #: Ready when less than this many bytes short: after sleeping exactly
-    #: :meth:`wait`, rounding may leave the bucket a hair below zero, and a
-    #: clock of limited resolution would never make up for it.
-    SLACK = 1.0
-
-    def __init__(self, rate: float, burst: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if not rate > 0 or not burst >= 0:
-            raise ValueError(f"token bucket: rate {rate} must be > 0 and burst {burst} >= 0")
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.clock = clock
-        self.tokens = float(burst)  # starts full
-        self._stamp = clock()
-
-    def _refill(self) -> None:
-        now = self.clock()
-        if now > self._stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-
-    def ready(self) -> bool:
-        """Whether a block may be sent now (the bucket is not in debt)."""
-        self._refill()
-        return self.tokens > -self.SLACK
-
-    def consume(self, n: int) -> None:
-        """``n`` bytes were sent."""
-        self._refill()
-        self.tokens -= n
-
-    def wait(self) -> float:
-        """Seconds until :meth:`ready` holds again (0.0 if it holds now)."""
-        self._refill()
-        return 0.0 if self.tokens > -self.SLACK else -self.tokens / self.rate
-
-
-class UploadLimiter:
-    """``--upload-limit`` / N workers, over all of one worker's connections.
-
-    :meth:`Worker.serve` asks :meth:`may_send` before each block and reports it
-    with :meth:`sent`.  When the bucket is empty, serving stops (the requests
-    wait in each peer's queue, bounded by the wire protocol) and one timer,
-    never more than one, serves the peers again once the bucket has refilled;
-    each round starts with the next peer, so no peer starves the others.
-    """
-
-    #: Burst allowance, in seconds of the rate (as the download limiter's).
-    BURST = 0.25
-    #: Shortest wait once empty: a bucket a rounding error short of ready
-    #: must not arm a timer after every block.
-    MIN_WAIT = 0.005
-
-    def __init__(self, worker: Worker, rate: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, worker: Worker, conn: PeerConn, now: float) -> None:
+        m = worker.meta
         self.worker = worker
-        self.bucket = TokenBucket(rate, rate * self.BURST, clock)
-        self.handle: asyncio.TimerHandle | None = None
-        self.turn = 0
+        self.conn = conn
+        self.proto = wp.PeerProtocol(m.info_hash, worker.peer_id, m.num_pieces, m.piece_length,
+                                     m.total_size, we_initiated=conn.outgoing, now=now,
+                                     framer=worker.framer)
+        self.proto.attach_store(worker.picker.active, self)
+        self.active = False  # handshake done
+        self.created_at = now
+        self.depth = INITIAL_DEPTH  # request pipeline target, set by the tick
+        self.rate = 0.0  # bytes/s received, smoothed
+        self.up_rate = 0.0  # bytes/s sent, smoothed
+        self.uploaded = 0
+        self._up_window = 0  # bytes sent since the last tick
+        self._rate_seen = 0  # rb.received at the last tick
+        self._counted = 0  # rb.received at the last read (download limit)
+        self.serve_pending = False  # requests arrived in this read: serve after framing
 
-    def may_send(self) -> bool:
-        if self.bucket.ready():
-            return True
-        if self.handle is None:
-            self.handle = self.worker.loop.call_later(max(self.MIN_WAIT, self.bucket.wait()),
-                                                      self._resume)
-        return False
+    # -- ConnectionHandler ------------------------------------------------------
+    @property
+    def rb(self) -> ReceiveBuffer:
+        return self.proto.rb
 
-    def sent(self, n: int) -> None:
-        self.bucket.consume(n)
+    def data_received(self) -> None:
+        self.worker.on_data(self)
 
-    def _resume(self) -> None:
-        self.handle = None
-        peers = [p for p in self.worker.peers if p.active and not p.closed]
-        if not peers:
-            return
-        k = self.turn % len(peers)
-        self.turn += 1
-        for pc in peers[k:] + peers[:k]:
-            self.worker.serve(pc)
-            if self.handle is not None:
-                return  # empty again: the others go first next round
+    def writable(self) -> None:
+        if self.active:
+            self.worker.serve(self)
 
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
+    def lost(self, reason: str) -> None:
+        self.worker.peer_lost(self)
 
+    # -- for the worker ------------------------------------------------------------
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.conn.addr
 
-def _unsent(pc: Any) -> int:
-    """Bytes written to ``pc`` that the peer has not yet received (our buffer + the kernel's)."""
-    tr = pc.transport
-    if tr is None or pc.closed:
-        return 0
-    n = tr.get_write_buffer_size()
-    sock = tr.get_extra_info("socket")
-    if sock is not None:
-        import fcntl
-        import struct
-        import termios
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
 
-        try:  # TIOCOUTQ (SIOCOUTQ): sent but not yet acknowledged by the peer
-            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
-        except (OSError, ValueError):
-            pass
-    return n
+    @property
+    def close_reason(self) -> str:
+        return self.conn.close_reason
 
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.conn.write(data)
 
-class Slot:
-    """A piece slot in the shared arena and the block map of the piece it holds.
+    def abort(self, reason: str) -> None:
+        self.conn.abort(reason)
 
-    ``raw`` is the whole slot; ``view`` is where the current piece lies in it
-    (all of it, or -- multi-file torrents -- the piece's bytes shifted so that
-    they are aligned in memory as in their file; see :meth:`Worker.alloc_slot`).
-    """
-
-    __slots__ = ("blocks", "raw", "view")
-
-    def __init__(self, view: memoryview, nblocks: int) -> None:
-        self.raw = view
-        self.view = view
-        self.blocks = _fast.BlockMap(nblocks)
+    def __repr__(self) -> str:
+        return f"Peer({self.addr[0]}:{self.addr[1]})"
 
 
 class Worker:
@@ -322,10 +211,12 @@ class Worker:
         self.peer_id = cfg.peer_id
         self.conn = conn
         self.loop = asyncio.get_running_loop()
+        now = self.loop.time()
         m = self.meta
         self.picker = Picker(m.num_pieces, m.piece_length, m.total_size)
+        self.framer = Framer(m.num_pieces)  # the framing limits, shared by every connection
         self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
-        self.have_count = _fast.bitfield_count(self.have, m.num_pieces)
+        self.have_count = _k.bitfield_count(self.have, m.num_pieces)
         self.arena = Arena.attach(cfg.arena_name, cfg.slot_size, cfg.arena_slots)
         nb = -(-m.piece_length // BLOCK_SIZE)
         self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
@@ -346,16 +237,17 @@ class Worker:
         self.flush_on_stop = True
         self.drain_on_stop = False
         self._verified_timer: asyncio.TimerHandle | None = None
-        self.blocks = 0  # blocks stored (a plain attribute: counted per block)
-        self.limiter = RateLimiter(self, cfg.max_rate) if cfg.max_rate > 0 else None
-        self.up_limiter = UploadLimiter(self, cfg.max_up_rate) if cfg.max_up_rate > 0 else None
-        self.unchoked: set[Any] = set()
-        self.optimistic: Any = None
-        self.choke_rounds = 0
-        self.next_choke = time.monotonic() + CHOKE_INTERVAL
+        self.blocks = 0  # blocks stored
+        # --download-limit / --upload-limit shares: one throttle each, one timer each
+        self.down = (Throttle(cfg.max_rate, now=now, min_wait=DOWNLOAD_MIN_WAIT)
+                     if cfg.max_rate > 0 else None)
+        self.up = Throttle(cfg.max_up_rate, now=now) if cfg.max_up_rate > 0 else None
+        self._down_timer: asyncio.TimerHandle | None = None
+        self._up_timer: asyncio.TimerHandle | None = None
+        self.choker: Choker[Peer] = Choker(now=now)
         self.uploaded = 0
         self._serve_buffers: list[bytearray] = []  # reused upload buffers (see serve)
-        self.peers: set[Any] = set()
+        self.peers: set[Peer] = set()
         self.banned: set[str] = set()
         self.need_pending = False
         self.last_need = 0.0
@@ -364,13 +256,13 @@ class Worker:
         self.avail = bytearray(len(cfg.done))
         self.avail_dirty = False
         self.stop_event = asyncio.Event()
-        self.failed_crcs: dict[int, list[tuple[Any, int, int]]] = {}  # piece -> [(sender, block, crc)]
+        self.failed_crcs: dict[int, list[tuple[Peer, int, int]]] = {}  # piece -> [(sender, block, crc)]
         self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
                                       "blocks": 0, "steals": 0, "released": 0,
                                       "hash_failures": 0, "banned": [], "endgame": False}
         self.fatal: tuple[str, str] | None = None
         self.server: asyncio.base_events.Server | None = None
-        self._last_flush = time.monotonic()
+        self._last_flush = now
         self.low_water = max(LOW_WATER, cfg.nslots)
 
     # -- control pipe ----------------------------------------------------------
@@ -417,49 +309,47 @@ class Worker:
 
     # -- peers -------------------------------------------------------------------
     async def connect(self, host: str, port: int) -> None:
-        from .net.peer import PeerConn
-
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: PeerConn(self, (host, port), True),
+                self.loop.create_connection(lambda: PeerConn(self.accept, (host, port), True),
                                             host, port),
                 CONNECT_TIMEOUT)
         except (TimeoutError, OSError) as e:
             reason = "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
             self.send(ipc.PeerClosed(host, port, f"connect failed: {reason}", False, False))
 
-    def peer_connected(self, pc: Any) -> None:
-        if _DEBUG:
-            import sys
-            print(f"w{self.wid} pid={os.getpid()} connected {pc.addr}", file=sys.stderr, flush=True)
-        if _ban_key(*pc.addr) in self.banned:
-            pc.abort("banned")
-            return
-        self.peers.add(pc)
-        pc.depth = INITIAL_DEPTH
+    def accept(self, conn: PeerConn) -> Peer | None:
+        """A connection was made (either way): its handler, or None if refused."""
+        log.debug("w%d connected %s", self.wid, conn.addr)
+        if _ban_key(*conn.addr) in self.banned:
+            return None
+        peer = Peer(self, conn, self.loop.time())
+        self.peers.add(peer)
         self.stats["peers"] += 1
-        if self.limiter is not None and self.limiter.paused:
-            pc.pause()
+        if conn.outgoing:
+            conn.write(peer.proto.handshake())
+        if self.down is not None and self.down.paused:
+            conn.pause()
+        return peer
 
-    def peer_handshaken(self, pc: Any, events: Iterable[Any]) -> None:
+    def _handshaken(self, peer: Peer) -> None:
+        if not peer.proto.we_initiated:
+            peer.write(peer.proto.handshake())  # answered once its info-hash checked out
+        peer.active = True
         if any(self.have):
-            pc.write(pc.proto.send_bitfield(bytes(self.have)))
+            peer.write(peer.proto.send_bitfield(bytes(self.have)))
 
-    def peer_lost(self, pc: Any) -> None:
-        if pc not in self.peers:
+    def peer_lost(self, peer: Peer) -> None:
+        if peer not in self.peers:
             return
-        self.peers.discard(pc)
-        self.unchoked.discard(pc)
-        if self.optimistic is pc:
-            self.optimistic = None
-        self.picker.peer_gone(pc)
-        if pc.active:
-            self._availability(pc.proto.peer_bitfield, -1)
-        banned = _ban_key(*pc.addr) in self.banned
-        if _DEBUG:
-            import sys
-            print(f"w{self.wid} lost {pc.addr}: {pc.close_reason}", file=sys.stderr, flush=True)
-        self.send(ipc.PeerClosed(pc.addr[0], pc.addr[1], pc.close_reason, banned, True))
+        self.peers.discard(peer)
+        self.choker.gone(peer)
+        self.picker.peer_gone(peer)
+        if peer.active:
+            self._availability(peer.proto.peer_bitfield, -1)
+        banned = _ban_key(*peer.addr) in self.banned
+        log.debug("w%d lost %s: %s", self.wid, peer.addr, peer.close_reason)
+        self.send(ipc.PeerClosed(peer.addr[0], peer.addr[1], peer.close_reason, banned, True))
         self.pump_all()
 
     def _availability(self, bits: bytes, delta: int) -> None:
@@ -477,60 +367,137 @@ class Worker:
                     self.avail[i >> 3] &= ~(0x80 >> (i & 7)) & 0xFF
                     self.avail_dirty = True
 
-    def on_events(self, pc: Any, events: list[Any]) -> None:
-        """Carry out one message's events (from PeerConn._frames).
+    # -- receiving: one read at a time -----------------------------------------------
+    def on_data(self, peer: Peer) -> None:
+        """Bytes arrived from ``peer``: carry out every event they complete, in order.
 
-        The connection pumps requests once after the whole read (see
-        PeerConn.buffer_updated); HAVEs only note availability here and ask for
-        one interest check at the end, so a later bitfield announcing thousands
-        of pieces costs one scan of the peer's bitfield, not one per piece.
+        Per read, not per block: the plain blocks come as one
+        :class:`~torrent.wire.peer.BlocksTaken` per run.  Requests are
+        answered and the pipeline refilled once, after the whole read (one
+        write of many requests instead of a 17-byte write per block); HAVEs
+        only note availability and ask for one interest check at the end, so a
+        later bitfield announcing thousands of pieces costs one scan of the
+        peer's bitfield, not one per piece.
         """
+        down = self.down
+        if down is not None:
+            received = peer.rb.received
+            delay = down.consume(received - peer._counted, self.loop.time(), peer)
+            peer._counted = received
+            if delay is not None:
+                self._pause_reading(delay)
+        proto = peer.proto
         haves = False
-        for ev in events:
-            t = type(ev)
-            if t is wp.Unchoked:
-                self.pump(pc)
-            elif t is wp.HaveReceived:
-                self.picker.add_availability((ev.index,), 1)
-                i = ev.index
-                if not self.avail[i >> 3] & (0x80 >> (i & 7)):
-                    self.avail[i >> 3] |= 0x80 >> (i & 7)
-                    self.avail_dirty = True
-                haves = True
-            elif t is wp.BitfieldReceived:
-                self._availability(ev.bits, 1)
-                if self.avail_dirty:  # tell the coordinator now: it leases by availability
-                    self.avail_dirty = False
-                    self.send(ipc.Availability(bytes(self.avail)))
-                self._interest(pc)
-            elif t is wp.RequestsCancelled:
-                for i, b, _ln in ev.requests:
-                    self.picker.block_lost(i, b, pc)
-                self.pump_all()
-            elif t is wp.RequestReceived:
-                # answered once the whole read is framed (PeerConn.buffer_updated):
-                # one write for all the requests it carried, not one per request
-                pc.serve_pending = True
-            elif t is wp.PeerInterested:
-                if pc not in self.unchoked and len(self.unchoked) < UPLOAD_SLOTS:
-                    self._unchoke(pc)
-            elif t is wp.PeerNotInterested:
-                if pc in self.unchoked:
-                    self._choke(pc)
+        try:
+            while not peer.closed:
+                ev = proto.next_event()
+                if ev is None:
+                    break
+                t = type(ev)
+                if t is wp.BlocksTaken:
+                    self.blocks += ev.count  # type: ignore[attr-defined]
+                    if ev.full is not None:  # type: ignore[attr-defined]
+                        self._piece_full(ev.full)  # type: ignore[attr-defined]
+                elif t is wp.BlockReceived:
+                    self._store(peer, ev)  # type: ignore[arg-type]
+                elif t is wp.HaveReceived:
+                    self._have(ev.index)  # type: ignore[attr-defined]
+                    haves = True
+                else:
+                    self._on_event(peer, ev)
+        except RemoteProtocolError as e:
+            peer.abort(f"protocol error: {e}")
+        except LocalProtocolError as e:  # a bug of ours: drop the peer, keep the download
+            peer.abort(f"internal error: {e}")
+        if peer.closed:
+            return
         if haves:
-            self._interest(pc)
+            self._interest(peer)
+        if peer.serve_pending:
+            peer.serve_pending = False
+            self.serve(peer)
+        self.pump(peer)
+
+    def _on_event(self, peer: Peer, ev: wp.Event) -> None:
+        t = type(ev)
+        if t is wp.Unchoked:
+            self.pump(peer)
+        elif t is wp.HandshakeReceived:
+            self._handshaken(peer)
+        elif t is wp.BitfieldReceived:
+            self._availability(ev.bits, 1)  # type: ignore[attr-defined]
+            if self.avail_dirty:  # tell the coordinator now: it leases by availability
+                self.avail_dirty = False
+                self.send(ipc.Availability(bytes(self.avail)))
+            self._interest(peer)
+        elif t is wp.RequestsCancelled:
+            for i, b, _ln in ev.requests:  # type: ignore[attr-defined]
+                self.picker.block_lost(i, b, peer)
+            self.pump_all()
+        elif t is wp.RequestReceived:
+            # answered once the whole read is framed (on_data): one write for all
+            # the requests it carried, not one per request
+            peer.serve_pending = True
+        elif t is wp.PeerInterested:
+            if self.choker.interested(peer):
+                peer.write(peer.proto.send_unchoke())
+        elif t is wp.PeerNotInterested:
+            if self.choker.not_interested(peer):
+                peer.write(peer.proto.send_choke())
+
+    def _have(self, i: int) -> None:
+        self.picker.add_availability((i,), 1)
+        if not self.avail[i >> 3] & (0x80 >> (i & 7)):
+            self.avail[i >> 3] |= 0x80 >> (i & 7)
+            self.avail_dirty = True
+
+    def _store(self, peer: Peer, ev: wp.BlockReceived) -> None:
+        """A block the fast path left to the slow one (e.g. an endgame duplicate)."""
+        out = self.picker.store_block(ev.index, ev.begin, ev.data, peer)
+        if out is None:
+            return
+        pd, cancels = out
+        self.blocks += 1
+        for other, ob in cancels:
+            if not other.closed and other.active:
+                other.write(other.proto.send_cancel(pd.index, ob * BLOCK_SIZE,
+                                                    pd.block_length(ob)))
+        if pd.slot.blocks.full:
+            self._piece_full(pd)
+
+    def _piece_full(self, pd: Any) -> None:
+        self.picker.finish(pd.index)
+        self.submit_piece(pd)
+
+    # -- rate limits ---------------------------------------------------------------
+    def _pause_reading(self, delay: float) -> None:
+        for p in self.peers:
+            p.conn.pause()
+        self._down_timer = self.loop.call_later(delay, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._down_timer = None
+        delay = self.down.resume(self.loop.time())  # type: ignore[union-attr]
+        if delay is not None:
+            self._down_timer = self.loop.call_later(delay, self._resume_reading)
+            return
+        for p in self.peers:
+            p.conn.resume()
+
+    def _resume_serving(self) -> None:
+        self._up_timer = None
+        up = self.up
+        delay = up.resume(self.loop.time())  # type: ignore[union-attr]
+        if delay is not None:
+            self._up_timer = self.loop.call_later(delay, self._resume_serving)
+            return
+        for p in up.rotate([p for p in self.peers if p.active and not p.closed]):  # type: ignore[union-attr]
+            self.serve(p)
+            if up.paused:  # type: ignore[union-attr]
+                return  # empty again: the others go first next round
 
     # -- uploading -------------------------------------------------------------------
-    def _unchoke(self, pc: Any) -> None:
-        self.unchoked.add(pc)
-        pc.write(pc.proto.send_unchoke())
-
-    def _choke(self, pc: Any) -> None:
-        self.unchoked.discard(pc)
-        if not pc.closed and pc.active:
-            pc.write(pc.proto.send_choke())
-
-    def serve(self, pc: Any) -> None:
+    def serve(self, peer: Peer) -> None:
         """Send queued blocks the peer asked for, as long as its transport has room.
 
         Up to :data:`SERVE_BATCH` blocks go out per write: their frames are
@@ -540,17 +507,17 @@ class Worker:
         the socket).  A write per block cost a send() per 16 KiB: a quarter
         of a seeding worker's time.
         """
-        proto = pc.proto
-        tr = pc.transport
-        if tr is None or pc.closed or self.stop_event.is_set():
+        proto = peer.proto
+        conn = peer.conn
+        if conn.closed or self.stop_event.is_set():
             return  # stopping: a drain must not start new blocks
         pl = self.meta.piece_length
-        up = self.up_limiter
-        while tr.get_write_buffer_size() < SEND_HIGH_WATER:
+        up = self.up
+        while conn.write_buffer_size() < SEND_HIGH_WATER:
             blocks = []
             while len(blocks) < SERVE_BATCH:
-                if up is not None and not up.may_send():
-                    break  # the limiter serves us again once its bucket refilled
+                if up is not None and up.paused:
+                    break  # the throttle's timer serves us again
                 blk = proto.next_request()
                 if blk is None:
                     break
@@ -558,7 +525,9 @@ class Worker:
                     continue  # never announced: an honest peer does not ask; drop it
                 blocks.append(blk)
                 if up is not None:
-                    up.sent(blk[2])
+                    delay = up.consume(blk[2], self.loop.time(), peer)
+                    if delay is not None:
+                        self._up_timer = self.loop.call_later(delay, self._resume_serving)
             if not blocks:
                 return
             size = sum(13 + ln for _i, _b, ln in blocks)
@@ -570,7 +539,7 @@ class Worker:
             run_start = run_end = -1
             try:
                 for index, begin, length in blocks:
-                    wp.pack_piece_header(view[pos : pos + 13], index, begin, length)
+                    pack_piece_header(view[pos : pos + 13], index, begin, length)
                     start = index * pl + begin
                     if start != run_end:
                         if run:
@@ -585,51 +554,43 @@ class Worker:
                 return
             finally:
                 run.clear()
-            tr.write(view[:pos])
+            conn.write(view[:pos])
             view.release()
-            if tr.get_write_buffer_size() == 0 and len(pool) < SERVE_POOL:
+            if conn.write_buffer_size() == 0 and len(pool) < SERVE_POOL:
                 # all of it went to the socket: the buffer is free again (else the
                 # transport holds a view of it until it is sent, and it is let go)
                 pool.append(buf)
             n = pos - 13 * len(blocks)
-            pc.uploaded += n
-            pc._up_window += n
+            peer.uploaded += n
+            peer._up_window += n
             self.uploaded += n
             if len(blocks) < SERVE_BATCH:
-                return  # the queue is empty, or the limiter stopped us
+                return  # the queue is empty, or the throttle stopped us
 
     def choke_round(self, now: float) -> None:
-        """BEP 3 choking: unchoke the best peers by rate, plus one optimistic unchoke.
+        """BEP 3 choking (torrent/choker.py): the best by rate plus an optimistic unchoke.
 
         While downloading, "best" is the rate they send to us (tit-for-tat);
         once complete, the rate we upload to them, which rotates the slots
         between the fastest takers.
         """
-        self.next_choke = now + CHOKE_INTERVAL
-        self.choke_rounds += 1
-        cands = [p for p in self.peers if p.active and not p.closed and p.proto.peer_interested]
         seeding = self.complete
-        cands.sort(key=lambda p: p.up_rate if seeding else p.rate, reverse=True)
-        keep = set(cands[: UPLOAD_SLOTS - 1])
-        rest = [p for p in cands if p not in keep]
-        if self.choke_rounds % OPTIMISTIC_ROUNDS == 0 or self.optimistic not in rest:
-            self.optimistic = rest[self.choke_rounds % len(rest)] if rest else None
-        if self.optimistic is not None:
-            keep.add(self.optimistic)
-        for p in list(self.unchoked):
-            if p not in keep:
-                self._choke(p)
-        for p in keep:
-            if p not in self.unchoked:
-                self._unchoke(p)
+        cands = [(p, p.up_rate if seeding else p.rate) for p in self.peers
+                 if p.active and not p.closed and p.proto.peer_interested]
+        choke, unchoke = self.choker.round(now, cands)
+        for p in choke:
+            if not p.closed and p.active:
+                p.write(p.proto.send_choke())
+        for p in unchoke:
+            p.write(p.proto.send_unchoke())
 
-    def _interest(self, pc: Any) -> None:
-        if pc.proto.am_interested or self.complete:
+    def _interest(self, peer: Peer) -> None:
+        if peer.proto.am_interested or self.complete:
             return
-        bits = pc.proto.peer_bitfield
+        bits = peer.proto.peer_bitfield
         for k, byte in enumerate(bits):
             if byte & ~self.have[k] & 0xFF:
-                pc.write(pc.proto.send_interested())
+                peer.write(peer.proto.send_interested())
                 return
 
     @property
@@ -656,7 +617,7 @@ class Worker:
         size = self.picker.piece_size(index)
         nb = -(-size // BLOCK_SIZE)
         if slot.blocks.nblocks != nb:
-            slot.blocks = _fast.BlockMap(nb)
+            slot.blocks = _k.BlockMap(nb)
         if len(slot.raw) > self.meta.piece_length:
             # the slot has a page of slack: place the piece so that its first file's
             # bytes are aligned in memory as on disk (O_DIRECT straight from the slot)
@@ -665,72 +626,34 @@ class Worker:
             slot.view = slot.raw[shift : shift + size]
         return slot
 
-    def pump(self, pc: Any) -> None:
-        proto = pc.proto
-        if pc.closed or not pc.active or proto.peer_choking or not proto.am_interested:
+    def pump(self, peer: Peer) -> None:
+        proto = peer.proto
+        if peer.closed or not peer.active or proto.peer_choking or not proto.am_interested:
             return
-        want = pc.depth - proto.num_outstanding
-        if want < min(REFILL_BATCH, pc.depth):
+        want = peer.depth - proto.num_outstanding
+        if want < min(REFILL_BATCH, peer.depth):
             return
-        reqs = self.picker.pick(pc, proto.peer_has, want, self.alloc_slot)
+        reqs = self.picker.pick(peer, proto.peer_has, want, self.alloc_slot)
         if reqs:
-            pc.send_requests(reqs, time.monotonic())
+            peer.write(proto.send_requests(reqs, self.loop.time()))
         if len(self.picker.unstarted) < self.low_water:
             self.ask_for_pieces()
 
     def pump_all(self) -> None:
-        for pc in list(self.peers):
-            self.pump(pc)
+        for peer in list(self.peers):
+            self.pump(peer)
 
     def ask_for_pieces(self) -> None:
         if self.need_pending or not self.peers or self.complete:
             return
-        now = time.monotonic()
+        now = self.loop.time()
         if self.picker.endgame and now - self.last_need < TICK:
             return  # nothing was left last time: ask at most once a tick
         self.need_pending = True
         self.last_need = now
         self.send(ipc.NeedPieces(max(LOW_WATER, 2 * self.cfg.nslots)))
 
-    # -- blocks --------------------------------------------------------------------
-    def on_block(self, pc: Any, index: int, begin: int, buf: bytearray, off: int,
-                 length: int) -> None:
-        """A requested block arrived in ``pc``'s receive buffer at ``off``: copy it to its slot.
-
-        Runs once per 16 KiB block (65,536 times per GiB): keep it lean.
-        """
-        pd = self.picker.active.get(index)
-        if pd is None:
-            return  # the piece was finished elsewhere meanwhile
-        b = begin >> 14
-        if begin & 0x3FFF or b >= pd.nblocks or length != pd.block_length(b):
-            pc.abort(f"block ({index}, {begin}, {length}) does not match any request")
-            return
-        slot = pd.slot
-        if not slot.blocks.set(b):
-            return  # an endgame duplicate that lost the race
-        _fast.copy_block(slot.view, begin, buf, off, length)
-        self.blocks += 1
-        cancels = self.picker.block_arrived(pd, b, pc)
-        if cancels:
-            for other, ob in cancels:
-                if not other.closed and other.active:
-                    other.write(other.proto.send_cancel(index, ob * BLOCK_SIZE,
-                                                        pd.block_length(ob)))
-        if slot.blocks.full:
-            self.picker.finish(index)
-            self.submit_piece(pd)
-        # The connection pumps once after the whole read (see PeerConn.buffer_updated):
-        # one write of many requests instead of a 17-byte write per block.
-
-    def blocks_taken(self, n: int, full: list[PieceDL]) -> None:
-        """``n`` blocks were stored by the native fast path; ``full`` lists the pieces it filled."""
-        self.blocks += n
-        while full:
-            pd = full.pop()
-            self.picker.finish(pd.index)
-            self.submit_piece(pd)
-
+    # -- verify and write --------------------------------------------------------------
     def submit_piece(self, pd: PieceDL) -> None:
         """Hand a full slot to the native I/O thread: verify, then write if good."""
         m = self.meta
@@ -788,8 +711,6 @@ class Worker:
             self.verified_batch = []
 
     def _io_error(self, err: int, what: str) -> None:
-        from .storage import os_error
-
         exc = os_error(OSError(err, os.strerror(err)), what)
         self._fatal(exc.__class__.__name__, str(exc))
 
@@ -853,46 +774,47 @@ class Worker:
             if zlib.crc32(view[start : start + pd.block_length(b)]) != crc:
                 self.ban(sender, f"sent a corrupt block of piece {pd.index}")
 
-    def ban(self, pc: Any, why: str) -> None:
-        self.banned.add(_ban_key(*pc.addr))
-        self.stats["banned"].append(f"{pc.addr[0]}:{pc.addr[1]}")
-        pc.abort(f"banned: {why}")
+    def ban(self, peer: Peer, why: str) -> None:
+        self.banned.add(_ban_key(*peer.addr))
+        self.stats["banned"].append(f"{peer.addr[0]}:{peer.addr[1]}")
+        peer.abort(f"banned: {why}")
 
     def broadcast_haves(self, pieces: Iterable[int]) -> None:
         pieces = tuple(pieces)
-        for pc in list(self.peers):
-            if pc.active and not pc.closed and not pc.proto.peer_is_seed:
+        for peer in list(self.peers):
+            if peer.active and not peer.closed and not peer.proto.peer_is_seed:
                 # a seed has every piece: a HAVE tells it nothing (libtorrent skips them too)
-                pc.write(b"".join(pc.proto.send_have(i) for i in pieces))
-                if self.complete and pc.proto.am_interested:
-                    pc.write(pc.proto.send_not_interested())
+                peer.write(b"".join(peer.proto.send_have(i) for i in pieces))
+                if self.complete and peer.proto.am_interested:
+                    peer.write(peer.proto.send_not_interested())
 
     # -- housekeeping -----------------------------------------------------------
     def tick(self) -> None:
-        now = time.monotonic()
-        for pc in list(self.peers):
-            if pc.closed:
+        now = self.loop.time()
+        for peer in list(self.peers):
+            if peer.closed:
                 continue
-            if not pc.active:
-                if now - pc.created_at > HANDSHAKE_TIMEOUT:
-                    pc.abort(f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s")
+            if not peer.active:
+                if now - peer.created_at > HANDSHAKE_TIMEOUT:
+                    peer.abort(f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s")
                 continue
             # pipeline depth from the measured rate (bytes per second over the tick)
-            rate = pc._window_bytes / TICK
-            pc._window_bytes = 0
-            pc.up_rate = 0.7 * pc.up_rate + 0.3 * (pc._up_window / TICK)
-            pc._up_window = 0
-            pc.rate = 0.7 * pc.rate + 0.3 * rate
-            target = int(pc.rate * PIPELINE_SECONDS / BLOCK_SIZE)
-            pc.depth = max(MIN_DEPTH, min(MAX_DEPTH, max(pc.depth, target)
-                                          if pc.rate > 0 else pc.depth))
-            for i, b, _ln in pc.proto.timed_out_requests(now, self.cfg.request_timeout):
-                self.picker.block_lost(i, b, pc)
-            if pc.proto.needs_keepalive(now):
-                pc.write(pc.proto.send_keepalive())
-            if pc.proto.is_idle(now, wp.IDLE_TIMEOUT):
-                pc.abort("idle for two minutes")
-        if now >= self.next_choke:
+            received = peer.rb.received
+            rate = (received - peer._rate_seen) / TICK
+            peer._rate_seen = received
+            peer.up_rate = 0.7 * peer.up_rate + 0.3 * (peer._up_window / TICK)
+            peer._up_window = 0
+            peer.rate = 0.7 * peer.rate + 0.3 * rate
+            target = int(peer.rate * PIPELINE_SECONDS / BLOCK_SIZE)
+            peer.depth = max(MIN_DEPTH, min(MAX_DEPTH, max(peer.depth, target)
+                                            if peer.rate > 0 else peer.depth))
+            for i, b, _ln in peer.proto.timed_out_requests(now, self.cfg.request_timeout):
+                self.picker.block_lost(i, b, peer)
+            if peer.proto.needs_keepalive(now):
+                peer.write(peer.proto.send_keepalive())
+            if peer.proto.is_idle(now, wp.IDLE_TIMEOUT):
+                peer.abort("idle for two minutes")
+        if self.choker.due(now):
             self.choke_round(now)
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
@@ -906,20 +828,21 @@ class Worker:
             self.ask_for_pieces()
         self.pump_all()
         self.send(ipc.Stats(self.wid, self._stats()))
-        if _DEBUG:
-            import sys
-            print(f"w{self.wid} t={now:.2f} slots={len(self.free_slots)} io={self.iot.pending} busy={self.iot.busy_seconds[0]:.2f}/{self.iot.busy_seconds[1]:.2f} unstarted="
-                  f"{len(self.picker.unstarted)} active={len(self.picker.active)} peers=" + " ".join(
-                      f"[{p.addr[1]} out={p.proto.num_outstanding} d={p.depth} "
-                      f"r={p.rate / 1e6:.0f} ch={int(p.proto.peer_choking)}]" for p in self.peers),
-                  file=sys.stderr, flush=True)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("w%d t=%.2f slots=%d io=%d busy=%.2f/%.2f unstarted=%d active=%d "
+                      "peers=%s", self.wid, now, len(self.free_slots), self.iot.pending,
+                      self.iot.busy_seconds[0], self.iot.busy_seconds[1],
+                      len(self.picker.unstarted), len(self.picker.active),
+                      " ".join(f"[{p.addr[1]} out={p.proto.num_outstanding} d={p.depth} "
+                               f"r={p.rate / 1e6:.0f} ch={int(p.proto.peer_choking)}]"
+                               for p in self.peers))
 
     def flush(self) -> None:
         """fdatasync what was written (natively, after the writes queued before it)."""
         if self.syncs:
             return  # one flush at a time; the next one takes everything since
         batch, self.written = self.written, []
-        self._last_flush = time.monotonic()
+        self._last_flush = self.loop.time()
         fds, pinned = self.storage.pin_dirty()
         self._sync_seq -= 1
         self.syncs[self._sync_seq] = (batch, pinned)
@@ -938,14 +861,13 @@ class Worker:
         self.loop.add_reader(self.conn.fileno(), self.on_control)
         self.loop.add_reader(self.efd, self.on_io_done)
         if self.cfg.port:
-
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.cfg.bind, self.cfg.port))
             sock.listen(64)
-            self.server = await self.loop.create_server(
-                lambda: _Incoming(self), sock=sock)
+            self.server = await self.loop.create_server(lambda: PeerConn(self.accept),
+                                                        sock=sock)
         self.send(ipc.Ready(self.wid))
         try:
             while not self.stop_event.is_set():
@@ -958,16 +880,15 @@ class Worker:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        if self.limiter is not None:
-            self.limiter.close()
-        if self.up_limiter is not None:
-            self.up_limiter.close()
+        for timer in (self._down_timer, self._up_timer, self._verified_timer):
+            if timer is not None:
+                timer.cancel()
         if self.server is not None:
             self.server.close()
         if self.drain_on_stop:
             await self._drain()
-        for pc in list(self.peers):
-            pc.abort("shutting down")
+        for peer in list(self.peers):
+            peer.abort("shutting down")
         # Let queued pieces finish (they are verified data), then flush and report.
         self.loop.remove_reader(self.efd)
         self._collect(self.iot.close())
@@ -997,24 +918,11 @@ class Worker:
             pass
         self.arena.close()
 
-
     async def _drain(self) -> None:
         """Wait (at most DRAIN_TIMEOUT) until the peers received every block we wrote."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while time.monotonic() < deadline and any(_unsent(pc) for pc in list(self.peers)):
+        deadline = self.loop.time() + DRAIN_TIMEOUT
+        while self.loop.time() < deadline and any(p.conn.unsent() for p in list(self.peers)):
             await asyncio.sleep(DRAIN_POLL)
-
-
-def _Incoming(worker: Worker) -> Any:
-    from .net.peer import PeerConn
-
-    class _In(PeerConn):
-        def connection_made(self, transport: Any) -> None:
-            peer = transport.get_extra_info("peername") or ("?", 0)
-            self.addr = (peer[0], peer[1])
-            super().connection_made(transport)
-
-    return _In(worker, ("?", 0), False)
 
 
 def _ban_key(host: str, port: int) -> str:
@@ -1042,9 +950,9 @@ def worker_main(cfg: WorkerConfig, conn: Any) -> None:
     # is killed we exit on our own: EOF on the control pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    import sys as _sys
-    if os.environ.get("FT_SWITCH"):
-        _sys.setswitchinterval(float(os.environ["FT_SWITCH"]))
+    if os.environ.get("FASTTORRENT_DEBUG"):
+        # the per-tick state of this worker on stderr (see Worker.tick)
+        logging.basicConfig(level=logging.DEBUG, format="%(message)s")
     try:
         import uvloop
     except ImportError:

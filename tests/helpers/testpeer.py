@@ -56,7 +56,6 @@ from torrent.wire.messages import (
     BLOCK_SIZE,
     Bitfield,
     Cancel,
-    FrameReader,
     Interested,
     Piece,
     Request,
@@ -64,6 +63,8 @@ from torrent.wire.messages import (
     bitfield_length,
     encode,
 )
+
+from .framereader import FrameReader
 
 __all__ = ["BAD_BITFIELD_MODES", "OVERSIZED_LENGTH", "GatedRelay", "TestPeer"]
 

@@ -2,130 +2,111 @@
 
 Theory of operation
 -------------------
-A thin :class:`asyncio.BufferedProtocol`: uvloop reads straight into this
-connection's receive buffer (no ``bytes`` object per read); the native frame
-scanner (:func:`torrent._fast.scan_frame`) walks the complete messages, each
-length checked against :func:`~torrent.wire.messages.max_message_length`
-before anything more is buffered.  A ``piece`` message is handed to the
-worker with its position in the buffer so the block is copied once, by the
-native core, into its piece slot; every other message goes through the
-sans-IO :class:`~torrent.wire.peer.PeerProtocol`, whose events the worker
-carries out.  Policy (what to request, when to give up) lives in the worker
-and the picker, not here.
-
-Buffer ownership: bytes between ``_start`` and ``_end`` are unconsumed; the
-buffer is compacted only between reads, never while a message view is alive.
+A thin :class:`asyncio.BufferedProtocol`.  When the connection is made it
+asks its owner's ``accept`` callback for a :class:`ConnectionHandler` (the
+owner's per-peer object; ``None`` refuses the connection).  From then on
+uvloop reads straight into the handler's receive buffer
+(:class:`~torrent.wire.framing.ReceiveBuffer`: no ``bytes`` object per
+read), and each read, each drained send queue and the end of the
+connection are reported to the handler.  Framing, the block fast path and
+every protocol rule live in :mod:`torrent.wire`; policy (what to request,
+when to give up) in the worker and the picker.  This module knows neither:
+it depends only on the small :class:`ConnectionHandler` interface, so the
+owner and the adapter never import each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import struct
-import time
-from typing import TYPE_CHECKING, Any
+import termios
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from .. import _fast
-from ..errors import RemoteProtocolError
-from ..wire import peer as wp
-from ..wire.handshake import HANDSHAKE_LENGTH
-from ..wire.messages import LocalProtocolError, frame_bounds, max_message_length, message_name
+from ..wire.framing import ReceiveBuffer
 
-if TYPE_CHECKING:
-    from ..worker import Worker
+__all__ = ["SEND_BUFFER_HIGH", "Accept", "ConnectionHandler", "PeerConn"]
 
-__all__ = ["RECV_BUFFER", "PeerConn"]
-
-#: Receive buffer per connection.  One read of up to this much carries ~60
-#: blocks, so the per-read Python work is spread thin; it must also hold the
-#: largest message we accept (a bitfield of 200,000 pieces is 25 KB).
-RECV_BUFFER = 1 << 20
-#: Transport write buffer high-water mark (uploading: see Worker.serve).
+#: Transport write buffer high-water mark: past it the owner stops queueing
+#: uploads for this peer until :meth:`ConnectionHandler.writable` (1 MiB is
+#: ~64 blocks in flight).
 SEND_BUFFER_HIGH = 1 << 20
-#: Free tail below which the buffer is compacted before the next read.
-_MIN_TAIL = 64 << 10
 
-_PIECE = 7
-_HDR = struct.Struct(">II")
-_REQ = struct.Struct(">IBIII")
+
+class ConnectionHandler(Protocol):
+    """What a connection reports to: the owner's object for this peer."""
+
+    @property
+    def rb(self) -> ReceiveBuffer:
+        """The buffer the socket reads into."""
+        ...
+
+    def data_received(self) -> None:
+        """Bytes arrived in :attr:`rb`."""
+
+    def writable(self) -> None:
+        """The send queue drained below half of :data:`SEND_BUFFER_HIGH`."""
+
+    def lost(self, reason: str) -> None:
+        """The connection is gone (called exactly once, after :meth:`PeerConn.abort` too)."""
+
+
+#: Called when a connection is made (its ``addr`` known): the handler, or None to refuse it.
+Accept = Callable[["PeerConn"], "ConnectionHandler | None"]
 
 
 class PeerConn(asyncio.BufferedProtocol):
-    """One TCP connection to a peer, owned by one worker."""
+    """One TCP connection to a peer.
 
-    def __init__(self, worker: Worker, addr: tuple[str, int], outgoing: bool) -> None:
-        self.worker = worker
-        self.addr = addr
+    Args:
+        accept: see :data:`Accept`.
+        addr: the peer's address (outgoing); incoming ones read it from the socket.
+        outgoing: we dialled it.
+    """
+
+    def __init__(self, accept: Accept, addr: tuple[str, int] | None = None,
+                 outgoing: bool = False) -> None:
+        self._accept = accept
+        self.addr: tuple[str, int] = addr or ("?", 0)
         self.outgoing = outgoing
-        meta = worker.meta
-        self.proto = wp.PeerProtocol(meta.info_hash, worker.peer_id, meta.num_pieces,
-                                     meta.piece_length, meta.total_size,
-                                     we_initiated=outgoing, now=time.monotonic())
         self.transport: asyncio.Transport | None = None
-        size = max(RECV_BUFFER, max_message_length(meta.num_pieces) + 4 + _MIN_TAIL)
-        self._buf = bytearray(size)
-        self._view = memoryview(self._buf)
-        self._start = 0
-        self._end = 0
-        self._max = max_message_length(meta.num_pieces)
-        self._bounds = frame_bounds(meta.num_pieces)
-        self.active = False
         self.closed = False
-        self.created_at = time.monotonic()
         self.close_reason = ""
-        # transfer accounting (read by the worker's tick)
-        self.rate = 0.0
-        self._window_bytes = 0
-        self.depth = 0  # request pipeline target, set by the worker
-        self.uploaded = 0
-        self.serve_pending = False  # requests arrived in this read: serve after framing
-        self.up_rate = 0.0
-        self._up_window = 0
+        self._handler: ConnectionHandler | None = None
+        self._rb: ReceiveBuffer | None = None
 
     # -- asyncio callbacks --------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if not self.outgoing:
+            peer = transport.get_extra_info("peername") or ("?", 0)
+            self.addr = (peer[0], peer[1])
         # resume_writing() fires when the queued upload drains below the low mark
         transport.set_write_buffer_limits(high=SEND_BUFFER_HIGH, low=SEND_BUFFER_HIGH // 2)
-        if self.outgoing:
-            transport.write(self.proto.handshake())
-        self.worker.peer_connected(self)
+        handler = self._accept(self)
+        if handler is None:
+            self.closed = True
+            self.close_reason = "refused"
+            transport.abort()
+            return
+        self._handler = handler
+        self._rb = handler.rb
 
     def pause_writing(self) -> None:
-        pass  # serve() checks the transport's buffer size itself
+        pass  # the owner checks write_buffer_size() itself before queueing more
 
     def resume_writing(self) -> None:
-        if not self.closed and self.active:
-            self.worker.serve(self)
+        if not self.closed and self._handler is not None:
+            self._handler.writable()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if len(self._buf) - self._end < _MIN_TAIL:
-            n = self._end - self._start
-            self._buf[:n] = self._view[self._start : self._end]
-            self._start, self._end = 0, n
-        return self._view[self._end :]
+        return self._rb.get_buffer(sizehint)  # type: ignore[union-attr]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._end += nbytes
-        self._window_bytes += nbytes
-        limiter = self.worker.limiter
-        if limiter is not None:
-            limiter.consume(nbytes)
-        try:
-            if not self.active:
-                if not self._handshake():
-                    return
-            self._frames()
-            if not self.closed:
-                if self.serve_pending:
-                    self.serve_pending = False
-                    self.worker.serve(self)
-                self.worker.pump(self)
-        except RemoteProtocolError as e:
-            self.abort(f"protocol error: {e}")
-        except LocalProtocolError as e:  # a bug of ours: drop the peer, keep the download
-            self.abort(f"internal error: {e}")
-        if self._start == self._end:
-            self._start = self._end = 0
+        self._rb.updated(nbytes)  # type: ignore[union-attr]
+        if not self.closed:
+            self._handler.data_received()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.abort("closed by peer")
@@ -134,92 +115,53 @@ class PeerConn(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
             self.closed = True
-            self.close_reason = self.close_reason or (f"connection lost: {exc}" if exc
-                                                      else "connection closed")
-            self.worker.peer_lost(self)
+            self.close_reason = (f"connection lost: {exc}" if exc else "connection closed")
+            if self._handler is not None:
+                self._handler.lost(self.close_reason)
 
-    # -- receiving ------------------------------------------------------------
-    def _handshake(self) -> bool:
-        if self._end - self._start < HANDSHAKE_LENGTH:
-            # Let the machine reject a non-BitTorrent stream from its first bytes.
-            return False
-        hs = bytes(self._view[self._start : self._start + HANDSHAKE_LENGTH])
-        self._start += HANDSHAKE_LENGTH
-        events = self.proto.receive_data(hs)
-        if not self.outgoing:
-            self.transport.write(self.proto.handshake())  # type: ignore[union-attr]
-        self.active = True
-        self.worker.peer_handshaken(self, events)
-        return True
-
-    def _frames(self) -> None:
-        buf = self._buf
-        view = self._view
-        pos = self._start
-        end = self._end
-        mx = self._max
-        scan = _fast.scan_frame
-        take = _fast.take_blocks
-        proto = self.proto
-        worker = self.worker
-        active = worker.picker.active
-        full: list = []
-        while not self.closed:
-            # the run of plain blocks natively; anything else, one message at a time below
-            pos, taken = take(buf, pos, end, proto.request_table, active, self, full)
-            if taken:
-                proto.blocks_taken()
-                worker.blocks_taken(taken, full)
-                if self.closed:
-                    break
-            n = scan(buf, pos, end, mx)
-            if n < 0:
-                if n == -2:
-                    raise RemoteProtocolError(
-                        f"message length {_fast.read_u32(buf, pos)} exceeds the bound {mx}")
-                if end - pos >= 5:
-                    # Check the bound of this message id before buffering its body.
-                    ln = _fast.read_u32(buf, pos)
-                    if ln > self._bounds[buf[pos + 4]]:
-                        raise RemoteProtocolError(
-                            f"{message_name(buf[pos + 4])} message of length {ln} exceeds its "
-                            f"bound {self._bounds[buf[pos + 4]]}")
-                break
-            if n and buf[pos + 4] == _PIECE and n >= 9:
-                index, begin = _HDR.unpack_from(buf, pos + 5)
-                length = n - 9
-                if proto.accept_block(index, begin, length):
-                    worker.on_block(self, index, begin, buf, pos + 13, length)
-            elif n:
-                events = proto.receive_frame(buf[pos + 4], view[pos + 5 : pos + 4 + n])
-                if events:
-                    worker.on_events(self, events)
-            else:
-                proto.receive_frame(-1, b"")  # keep-alive
-            pos += 4 + n
-        self._start = pos
-
-    # -- sending ----------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    # -- the owner's calls --------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes to send (dropped once closed)."""
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def send_requests(self, reqs: list[tuple[int, int, int]], now: float) -> None:
-        self.write(self.proto.send_requests(reqs, now))
+    def write_buffer_size(self) -> int:
+        """Bytes queued in the transport, not yet handed to the kernel."""
+        tr = self.transport
+        return tr.get_write_buffer_size() if tr is not None and not self.closed else 0
+
+    def unsent(self) -> int:
+        """Bytes written that the peer has not received yet (our queue and the kernel's)."""
+        tr = self.transport
+        if tr is None or self.closed:
+            return 0
+        n = tr.get_write_buffer_size()
+        sock = tr.get_extra_info("socket")
+        if sock is not None:
+            try:  # TIOCOUTQ (SIOCOUTQ): sent but not yet acknowledged by the peer
+                n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                                    b"\0" * 4))[0]
+            except (OSError, ValueError):
+                pass
+        return n
 
     def pause(self) -> None:
+        """Stop reading (a download limit)."""
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
     def resume(self) -> None:
+        """Read again."""
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     def abort(self, reason: str) -> None:
+        """Drop the connection now; the handler hears :meth:`ConnectionHandler.lost` once."""
         if self.closed:
             return
         self.close_reason = reason
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-        self.worker.peer_lost(self)
+        if self._handler is not None:
+            self._handler.lost(reason)

@@ -1,9 +1,12 @@
 """The BitTorrent peer wire protocol (BEP 3), sans-IO: bytes and ``now`` in, events out.
 
-- :mod:`.messages`: message classes, framing (``frame``/``encode``), ``decode``
-  and the bounded :class:`FrameReader`.
+- :mod:`.messages`: one class per message, the table of ids with their
+  bounds, ``frame``/``encode``/``decode``.
+- :mod:`.framing`: the receive buffer a connection reads into, and the
+  framer that checks every length against its bound before buffering.
 - :mod:`.handshake`: the 68-byte handshake and peer ids.
-- :mod:`.peer`: :class:`PeerProtocol`, the per-connection state machine.
+- :mod:`.peer`: :class:`PeerProtocol`, the per-connection state machine and
+  the one receive path (``next_event``), block fast path included.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from .handshake import (
     make_peer_id,
     parse_handshake,
 )
+from .framing import ReceiveBuffer
 from .messages import (
     BLOCK_SIZE,
     MAX_REQUEST_LENGTH,
-    FrameReader,
+    MESSAGE_TYPES,
     LocalProtocolError,
     Message,
     decode,
@@ -36,6 +40,7 @@ from .peer import (
     MAX_PEER_REQUESTS,
     BitfieldReceived,
     BlockReceived,
+    BlocksTaken,
     CancelReceived,
     Choked,
     ConnectionClosed,
@@ -62,13 +67,14 @@ __all__ = [
     "MAX_OUTSTANDING_REQUESTS",
     "MAX_PEER_REQUESTS",
     "MAX_REQUEST_LENGTH",
+    "MESSAGE_TYPES",
     "BitfieldReceived",
     "BlockReceived",
+    "BlocksTaken",
     "CancelReceived",
     "Choked",
     "ConnectionClosed",
     "Event",
-    "FrameReader",
     "Handshake",
     "HandshakeReceived",
     "HaveReceived",
@@ -78,6 +84,7 @@ __all__ = [
     "PeerNotInterested",
     "PeerProtocol",
     "PeerState",
+    "ReceiveBuffer",
     "RequestReceived",
     "RequestsCancelled",
     "Unchoked",

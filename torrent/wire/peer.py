@@ -3,10 +3,29 @@
 Theory of operation
 -------------------
 One :class:`PeerProtocol` per TCP connection. It does no I/O and reads no
-clock: the caller feeds it received bytes (:meth:`PeerProtocol.receive_data`)
-and gets events back; it calls ``send_*`` methods and writes the bytes they
-return; it passes ``now`` (a monotonic clock) where time matters and asks the
-machine what has timed out. The model is python-hyper/h11.
+clock. Received bytes land in its :class:`~torrent.wire.framing.ReceiveBuffer`
+(``proto.rb``): the network adapter lets the socket read straight into it,
+a test copies them in with :meth:`PeerProtocol.receive_data`. Either way
+:meth:`PeerProtocol.next_event` is the one receive path: it frames the
+buffer (every length checked against its bound before the body is
+buffered), runs the block fast path and the message handlers, and returns
+one event at a time until it needs more data (``None``). Handling each
+event before asking for the next keeps everything in stream order. The
+caller calls ``send_*`` methods and writes the bytes they return; it passes
+``now`` (a monotonic clock) where time matters and asks the machine what
+has timed out. The model is python-hyper/h11 (``next_event``).
+
+The block fast path: once the owner attached its table of pieces in flight
+(:meth:`PeerProtocol.attach_store`), the run of plain ``piece`` messages at
+the front of the buffer is taken by the ``take_blocks`` kernel (native, or
+its pure twin) -- request forgotten, block copied into its slot, bit set,
+sender credited -- and reported as one :class:`BlocksTaken` per run: no
+Python call per block. Anything else (a late, unrequested or duplicate
+block; any other message) stops the kernel and goes through
+:meth:`PeerProtocol.accept_block` and the handlers, the one home of every
+rule; a block accepted there is reported as :class:`BlockReceived` for the
+owner to store. ``fast_path=False`` turns the kernel off; the parity tests
+run the same streams both ways and compare every piece of state.
 
 Connection states (:class:`PeerState`), changed only by ``_transition``::
 
@@ -17,7 +36,7 @@ Connection states (:class:`PeerState`), changed only by ``_transition``::
 Inside ACTIVE the four BEP 3 flags (am_choking, am_interested, peer_choking,
 peer_interested) start as choked / not interested on both sides.
 
-Errors: a peer that breaks a rule makes ``receive_data`` raise
+Errors: a peer that breaks a rule makes ``next_event`` raise
 :class:`~torrent.errors.RemoteProtocolError` (the caller drops it; the machine
 moves to CLOSED). Using the API against the rules (sending before the
 handshake, requesting while choked, an illegal state change) raises
@@ -36,13 +55,13 @@ recently abandoned requests; any other unrequested block is a protocol error.
 
 Buffer ownership
 ----------------
-:class:`BlockReceived` ``data`` is a memoryview that may point into the buffer
-passed to ``receive_data`` (no copy). It is valid until the next
-``receive_data`` call: copy it into its piece slot before then.
+:class:`BlockReceived` ``data`` is a memoryview into the receive buffer (no
+copy). It is valid until the next read into the buffer: store it before
+asking for more data.
 
 Time
 ----
-``receive_data`` and most ``send_*`` methods take no ``now``: they only mark
+``next_event`` and most ``send_*`` methods take no ``now``: they only mark
 "something was received/sent". :meth:`PeerProtocol.is_idle` and
 :meth:`PeerProtocol.needs_keepalive` turn those marks into timestamps using the
 ``now`` they are given, so their precision is the caller's polling period
@@ -54,27 +73,30 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
+from .. import _speedups as _k
 from ..errors import RemoteProtocolError
+from .framing import Framer, ReceiveBuffer, next_frame
 from .handshake import HANDSHAKE_LENGTH, check_handshake_prefix, encode_handshake, parse_handshake
 from .messages import (
     MAX_REQUEST_LENGTH,
     Bitfield,
     Cancel,
     Choke,
-    FrameReader,
     Have,
     Interested,
-    KeepAlive,
     LocalProtocolError,
     Message,
     NotInterested,
     Piece,
+    Port,
     Request,
     Unchoke,
+    Unknown,
     bitfield_length,
     decode,
     encode,
@@ -88,6 +110,7 @@ __all__ = [
     "MAX_RECENTLY_CANCELLED",
     "BitfieldReceived",
     "BlockReceived",
+    "BlocksTaken",
     "CancelReceived",
     "Choked",
     "ConnectionClosed",
@@ -139,20 +162,6 @@ Block = tuple[int, int, int]  # (index, begin, length)
 # A byte with any bit set (where a later bitfield announces new pieces).
 _NONZERO_BYTE: Final = re.compile(rb"[^\x00]")
 
-# The first 13 bytes of a piece frame: length, id 7 (BEP 3), index, begin.
-_PIECE_HEADER: Final = struct.Struct(">IBII")
-
-
-def piece_header(index: int, begin: int, length: int) -> bytes:
-    """The 13 bytes that precede ``length`` bytes of block data in a ``piece`` frame."""
-    return _PIECE_HEADER.pack(9 + length, 7, index, begin)
-
-
-def pack_piece_header(buf: bytearray, index: int, begin: int, length: int) -> None:
-    """Write :func:`piece_header` into the first 13 bytes of ``buf``."""
-    _PIECE_HEADER.pack_into(buf, 0, 9 + length, 7, index, begin)
-
-
 # A whole request frame: length 13, id 6 (BEP 3), index, begin, length.
 _REQUEST_FRAME: Final = struct.Struct(">IBIII")
 
@@ -175,7 +184,7 @@ _TRANSITIONS: Final = {
 # --- events ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Base class of what :meth:`PeerProtocol.receive_data` returns."""
+    """Base class of what :meth:`PeerProtocol.next_event` returns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +231,26 @@ class PeerNotInterested(Event):
 
 @dataclass(frozen=True, slots=True)
 class BlockReceived(Event):
-    """A block we requested. ``data`` is valid until the next ``receive_data``."""
+    """A block we requested, for the owner to store (the slow path).
+
+    ``data`` is a view into the receive buffer, valid until the next read.
+    """
 
     index: int
     begin: int
     data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksTaken(Event):
+    """The fast path stored ``count`` blocks; ``full`` is a piece it completed, or None.
+
+    ``full`` is the owner's piece object (a ``PieceDL``) from the table given
+    to :meth:`PeerProtocol.attach_store`.
+    """
+
+    count: int
+    full: object | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +303,10 @@ class PeerProtocol:
         now: the current monotonic time.
         expect_peer_id: the peer id a tracker announced for this address, if
             any; a different one in the handshake is a protocol error.
+        framer: the torrent's framing limits (shared by its connections);
+            built from ``num_pieces`` when not given.
+        fast_path: take plain blocks with the ``take_blocks`` kernel once a
+            store is attached (off: every block goes through the slow path).
 
     Raises:
         ValueError: the geometry is inconsistent (a bug of the caller).
@@ -287,8 +315,13 @@ class PeerProtocol:
     __slots__ = (
         "_cancelled",
         "_first_message",
+        "_active",
+        "_events",
+        "_fast",
+        "_framer",
+        "_full",
         "_handshake_sent",
-        "_hs_buf",
+        "_key",
         "_last_piece",
         "_last_piece_size",
         "_last_received",
@@ -297,7 +330,6 @@ class PeerProtocol:
         "_peer_bits",
         "_peer_count",
         "_peer_requests",
-        "_reader",
         "_received_mark",
         "_sent_checked",
         "_sent_mark",
@@ -316,6 +348,7 @@ class PeerProtocol:
         "peer_interested",
         "peer_reserved",
         "piece_length",
+        "rb",
         "total_size",
         "we_initiated",
     )
@@ -331,6 +364,8 @@ class PeerProtocol:
         we_initiated: bool,
         now: float,
         expect_peer_id: bytes | None = None,
+        framer: Framer | None = None,
+        fast_path: bool = True,
     ) -> None:
         if len(info_hash) != 20 or len(our_peer_id) != 20:
             raise ValueError("info_hash and our_peer_id must be 20 bytes")
@@ -356,8 +391,17 @@ class PeerProtocol:
         self.peer_interested = False
 
         self._state = PeerState.AWAIT_HANDSHAKE
-        self._hs_buf = bytearray()  # bounded: at most HANDSHAKE_LENGTH bytes
-        self._reader = FrameReader(num_pieces)
+        self._framer = framer if framer is not None else Framer(num_pieces)
+        # The receive buffer: starts small, grows with the peer's pipeline, and
+        # always holds the largest frame the framer admits.
+        self.rb = ReceiveBuffer(self._framer.max_len + 4)
+        # Events of the last message not yet returned (a choke makes two, a
+        # late bitfield one per new piece): bounded by what one frame can say.
+        self._events: deque[Event] = deque()
+        self._fast = fast_path
+        self._active: dict[int, Any] | None = None  # the owner's pieces in flight
+        self._key: object = None  # how the owner's pieces name this peer
+        self._full: list[Any] = []  # the fast path's completed piece (at most one)
         self._handshake_sent = False
         self._first_message = True  # no message received yet (bitfield allowed)
         self._we_sent_message = False  # any message sent after the handshake
@@ -444,52 +488,105 @@ class PeerProtocol:
         if len(cancelled) > MAX_RECENTLY_CANCELLED:
             del cancelled[next(iter(cancelled))]
 
-    # --- receiving ---------------------------------------------------------------------
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Feed bytes received from the peer; ``b""`` means EOF.
+    # --- receiving: the one receive path ---------------------------------------------
+    def attach_store(self, active: dict[int, Any], key: object) -> None:
+        """Turn on the block fast path.
 
         Args:
-            data: the received bytes. Block data in the events may point into
-                it: it must stay unchanged until the next call.
+            active: the owner's pieces in flight, ``{index: PieceDL}`` (the
+                picker's table; see ``take_blocks`` for the fields it uses).
+            key: the object the owner's pieces record as this peer (the holder
+                of a request, the sender of a block).
+        """
+        self._active = active
+        self._key = key
 
-        Returns:
-            The events, in order.
+    def next_event(self) -> Event | None:
+        """The next event from the bytes in :attr:`rb`, or None when it needs more.
 
         Raises:
             RemoteProtocolError: the peer broke the protocol; drop it. The
                 machine is then CLOSED.
             LocalProtocolError: called after the connection was closed.
         """
+        if self._events:
+            return self._events.popleft()
+        if self._state is PeerState.CLOSED:
+            raise LocalProtocolError("next_event called on a closed peer connection")
+        try:
+            return self._next()
+        except RemoteProtocolError:
+            if self._state is not PeerState.CLOSED:  # accept_block may have closed it
+                self._transition(PeerState.CLOSED)
+            raise
+
+    def _next(self) -> Event | None:
+        rb = self.rb
+        if self._state is PeerState.AWAIT_HANDSHAKE:
+            if rb.end - rb.start < HANDSHAKE_LENGTH:
+                # reject a non-BitTorrent stream from its first byte
+                check_handshake_prefix(rb.view[rb.start : rb.end])
+                return None
+            self._received_mark = True
+            ev = self._receive_handshake(rb.view[rb.start : rb.start + HANDSHAKE_LENGTH])
+            rb.start += HANDSHAKE_LENGTH
+            return ev
+        active = self._active
+        framer = self._framer
+        events = self._events
+        while True:
+            if active is not None and self._fast:
+                pos, taken = _k.take_blocks(rb.buf, rb.start, rb.end, self._outstanding,
+                                            active, self._key, self._full)
+                if taken:
+                    rb.start = pos
+                    self._received_mark = True
+                    self._first_message = False
+                    full = self._full
+                    return BlocksTaken(taken, full.pop() if full else None)
+            n = next_frame(rb, framer)
+            if n < 0:
+                return None
+            start = rb.start
+            rb.start = start + 4 + n
+            self._received_mark = True
+            if n == 0:
+                continue  # a keep-alive: only refreshes the idle timer
+            buf = rb.buf
+            msg = decode(buf[start + 4], rb.view[start + 5 : start + 4 + n])
+            _HANDLERS.get(type(msg), PeerProtocol._on_other)(self, msg, events)
+            if events:
+                return events.popleft()
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Copy received bytes in and return every event they complete; ``b""`` is EOF.
+
+        The same path as a socket read into :attr:`rb` followed by
+        :meth:`next_event` until it returns None (for tests and callers
+        without a socket). Block data in the events points into :attr:`rb`:
+        it is valid until the next call.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (the machine is CLOSED).
+            LocalProtocolError: called after the connection was closed.
+        """
         if self._state is PeerState.CLOSED:
             raise LocalProtocolError("receive_data called on a closed peer connection")
         if not data:
-            self._transition(PeerState.CLOSED)
-            return [ConnectionClosed()]
-        self._received_mark = True
-        events: list[Event] = []
-        try:
-            if self._state is PeerState.AWAIT_HANDSHAKE:
-                data = self._receive_handshake(data, events)
-                if not data:
-                    return events
-            for msg in self._reader.feed(data):
-                self._handle(msg, events)
-        except RemoteProtocolError:
-            self._transition(PeerState.CLOSED)
-            raise
-        return events
+            return [self.receive_eof()]
+        self.rb.feed(data)
+        out: list[Event] = []
+        while (ev := self.next_event()) is not None:
+            out.append(ev)
+        return out
 
-    def _receive_handshake(
-        self, data: bytes | bytearray | memoryview, events: list[Event]
-    ) -> memoryview:
-        buf = self._hs_buf
-        take = HANDSHAKE_LENGTH - len(buf)
-        view = memoryview(data)
-        buf += view[:take]
-        check_handshake_prefix(buf)  # reject a non-BitTorrent stream from its first byte
-        if len(buf) < HANDSHAKE_LENGTH:
-            return view[len(view):]
-        hs = parse_handshake(buf)
+    def receive_eof(self) -> ConnectionClosed:
+        """The peer closed the connection."""
+        self._transition(PeerState.CLOSED)
+        return ConnectionClosed()
+
+    def _receive_handshake(self, data: memoryview) -> Event:
+        hs = parse_handshake(data)
         if hs.info_hash != self.info_hash:
             raise RemoteProtocolError(
                 f"peer handshake is for info-hash {hs.info_hash.hex()}, "
@@ -501,10 +598,8 @@ class PeerProtocol:
                 f"peer id {hs.peer_id!r} differs from the one announced ({self.expect_peer_id!r})")
         self.peer_id = hs.peer_id
         self.peer_reserved = hs.reserved
-        self._hs_buf = bytearray()
         self._transition(PeerState.ACTIVE)
-        events.append(HandshakeReceived(hs.peer_id, hs.reserved))
-        return view[take:]
+        return HandshakeReceived(hs.peer_id, hs.reserved)
 
     def _check_block(self, what: str, index: int, begin: int, length: int) -> None:
         if index >= self.num_pieces:
@@ -516,91 +611,75 @@ class PeerProtocol:
                 f"peer sent a {what} for bytes {begin}..{begin + length} of piece {index}, "
                 f"which has {size} bytes")
 
-    def _handle(self, msg: Message, events: list[Event]) -> None:
-        # Ordered by frequency: blocks dominate a download.
-        if isinstance(msg, Piece):
-            self._first_message = False
-            key = (msg.index, msg.begin)
-            entry = self._outstanding.pop(key, None)
-            data = msg.data
-            if entry is not None and entry[0] == len(data):
-                events.append(BlockReceived(msg.index, msg.begin, data))
-                return
-            if entry is not None:
-                raise RemoteProtocolError(
-                    f"peer sent {len(data)} bytes for block {key}; we requested {entry[0]}")
-            self._check_block("block", msg.index, msg.begin, len(data))
-            if key in self._cancelled:
-                del self._cancelled[key]
-                self.ignored_blocks += 1
-                return
-            raise RemoteProtocolError(
-                f"peer sent block (piece {msg.index}, offset {msg.begin}) we did not request")
-        if isinstance(msg, Have):
-            self._first_message = False
-            index = msg.index
-            if index >= self.num_pieces:
-                raise RemoteProtocolError(
-                    f"peer sent have for piece {index}; the torrent has {self.num_pieces}")
-            bits = self._peer_bits
-            mask = 0x80 >> (index & 7)
-            if not bits[index >> 3] & mask:
-                bits[index >> 3] |= mask
-                self._peer_count += 1
-                events.append(HaveReceived(index))
-            return
-        if isinstance(msg, Request):
-            self._first_message = False
-            self._receive_request(msg, events)
-            return
-        if isinstance(msg, Cancel):
-            self._first_message = False
-            block = (msg.index, msg.begin, msg.length)
-            if block in self._peer_requests:
-                del self._peer_requests[block]
-                events.append(CancelReceived(*block))
-            return
-        if isinstance(msg, Choke):
-            self._first_message = False
-            if not self.peer_choking:
-                self.peer_choking = True
-                events.append(_CHOKED)
-            if self._outstanding:
-                # BEP 3 without BEP 6: a choke discards every pending request.
-                lost = self.outstanding_requests
-                self._outstanding = {}
-                for index, begin, _length in lost:
-                    self._forget((index, begin))
-                events.append(RequestsCancelled(tuple(lost)))
-            return
-        if isinstance(msg, Unchoke):
-            self._first_message = False
-            if self.peer_choking:
-                self.peer_choking = False
-                events.append(_UNCHOKED)
-            return
-        if isinstance(msg, Interested):
-            self._first_message = False
-            if not self.peer_interested:
-                self.peer_interested = True
-                events.append(_PEER_INTERESTED)
-            return
-        if isinstance(msg, NotInterested):
-            self._first_message = False
-            if self.peer_interested:
-                self.peer_interested = False
-                events.append(_PEER_NOT_INTERESTED)
-            return
-        if isinstance(msg, Bitfield):
-            self._receive_bitfield(msg.bits, events)
-            return
-        # KeepAlive: only refreshes the idle timer (already marked), and does not
-        # count as the first message. Port (BEP 5) and Unknown: ignored, but they
-        # are messages, so a bitfield after them is out of place.
-        if not isinstance(msg, KeepAlive):
-            self._first_message = False
+    # --- message handlers: one per message class (see _HANDLERS) ---------------------
+    def _on_piece(self, msg: Piece, events: deque[Event]) -> None:
+        if self.accept_block(msg.index, msg.begin, len(msg.data)):
+            events.append(BlockReceived(msg.index, msg.begin, msg.data))
 
-    def _receive_bitfield(self, bits: bytes, events: list[Event]) -> None:
+    def _on_have(self, msg: Have, events: deque[Event]) -> None:
+        self._first_message = False
+        index = msg.index
+        if index >= self.num_pieces:
+            raise RemoteProtocolError(
+                f"peer sent have for piece {index}; the torrent has {self.num_pieces}")
+        bits = self._peer_bits
+        mask = 0x80 >> (index & 7)
+        if not bits[index >> 3] & mask:
+            bits[index >> 3] |= mask
+            self._peer_count += 1
+            events.append(HaveReceived(index))
+
+    def _on_request(self, msg: Request, events: deque[Event]) -> None:
+        self._first_message = False
+        self._receive_request(msg, events)
+
+    def _on_cancel(self, msg: Cancel, events: deque[Event]) -> None:
+        self._first_message = False
+        block = (msg.index, msg.begin, msg.length)
+        if block in self._peer_requests:
+            del self._peer_requests[block]
+            events.append(CancelReceived(*block))
+
+    def _on_choke(self, msg: Choke, events: deque[Event]) -> None:
+        self._first_message = False
+        if not self.peer_choking:
+            self.peer_choking = True
+            events.append(_CHOKED)
+        if self._outstanding:
+            # BEP 3 without BEP 6: a choke discards every pending request.
+            lost = self.outstanding_requests
+            self._outstanding.clear()  # in place: the fast path holds this table
+            for index, begin, _length in lost:
+                self._forget((index, begin))
+            events.append(RequestsCancelled(tuple(lost)))
+
+    def _on_unchoke(self, msg: Unchoke, events: deque[Event]) -> None:
+        self._first_message = False
+        if self.peer_choking:
+            self.peer_choking = False
+            events.append(_UNCHOKED)
+
+    def _on_interested(self, msg: Interested, events: deque[Event]) -> None:
+        self._first_message = False
+        if not self.peer_interested:
+            self.peer_interested = True
+            events.append(_PEER_INTERESTED)
+
+    def _on_not_interested(self, msg: NotInterested, events: deque[Event]) -> None:
+        self._first_message = False
+        if self.peer_interested:
+            self.peer_interested = False
+            events.append(_PEER_NOT_INTERESTED)
+
+    def _on_bitfield(self, msg: Bitfield, events: deque[Event]) -> None:
+        self._receive_bitfield(msg.bits, events)
+
+    def _on_other(self, msg: Message, events: deque[Event]) -> None:
+        # Port (BEP 5; no DHT yet) and Unknown ids: ignored, but they are
+        # messages, so a bitfield after them is out of place.
+        self._first_message = False
+
+    def _receive_bitfield(self, bits: bytes, events: deque[Event]) -> None:
         # BEP 3 sends the bitfield first only; aria2 also sends a fresh one later
         # instead of many HAVEs when that is shorter.  A later bitfield is taken
         # as those HAVEs (bits are never cleared), checked like the first.
@@ -633,7 +712,7 @@ class PeerProtocol:
         self._peer_count = int.from_bytes(bits, "big").bit_count()
         events.append(BitfieldReceived(bits))
 
-    def _receive_request(self, msg: Request, events: list[Event]) -> None:
+    def _receive_request(self, msg: Request, events: deque[Event]) -> None:
         index, begin, length = msg.index, msg.begin, msg.length
         if length == 0:
             raise RemoteProtocolError(f"peer sent a zero-length request for piece {index}")
@@ -906,49 +985,19 @@ class PeerProtocol:
         raise RemoteProtocolError(
             f"peer sent block (piece {index}, offset {begin}) we did not request")
 
-    @property
-    def request_table(self) -> dict[tuple[int, int], tuple[int, float]]:
-        """Our outstanding requests, ``{(index, begin): (length, sent_at)}``, live.
 
-        For the native block fast path (``_fast.take_blocks``), which removes
-        the entries of the blocks it takes and then calls :meth:`blocks_taken`.
-        Nothing else may change it.
-        """
-        return self._outstanding
-
-    def blocks_taken(self) -> None:
-        """Blocks were accepted through :attr:`request_table` (as by :meth:`accept_block`)."""
-        if self._state is not PeerState.ACTIVE:
-            raise LocalProtocolError(f"blocks_taken in state {self._state.name}")
-        self._received_mark = True
-        self._first_message = False
-
-    def receive_frame(self, msg_id: int, payload: bytes | memoryview) -> list[Event]:
-        """One complete message other than ``piece``, framed by the caller.
-
-        Args:
-            msg_id: the message id, or -1 for a keep-alive.
-            payload: the bytes after the id (valid for this call only).
-
-        Raises:
-            RemoteProtocolError: a malformed or out-of-place message.
-        """
-        if self._state is not PeerState.ACTIVE:
-            raise LocalProtocolError(f"receive_frame in state {self._state.name}")
-        self._received_mark = True
-        if msg_id < 0:
-            return []
-        events: list[Event] = []
-        try:
-            self._handle(decode(msg_id, payload), events)
-        except RemoteProtocolError:
-            self._transition(PeerState.CLOSED)
-            raise
-        return events
-
-    def cancel_all(self) -> list[Block]:
-        """Forget and return every outstanding request (on disconnect, to re-issue)."""
-        lost = self.outstanding_requests
-        self._outstanding = {}
-        return lost
-
+#: The handler of each message class: a new message is a row here (and in
+#: ``messages.MESSAGE_TYPES``) plus its method above.
+_HANDLERS: Final[dict[type[Message], Any]] = {
+    Piece: PeerProtocol._on_piece,
+    Have: PeerProtocol._on_have,
+    Request: PeerProtocol._on_request,
+    Cancel: PeerProtocol._on_cancel,
+    Choke: PeerProtocol._on_choke,
+    Unchoke: PeerProtocol._on_unchoke,
+    Interested: PeerProtocol._on_interested,
+    NotInterested: PeerProtocol._on_not_interested,
+    Bitfield: PeerProtocol._on_bitfield,
+    Port: PeerProtocol._on_other,
+    Unknown: PeerProtocol._on_other,
+}

@@ -1,0 +1,59 @@
+"""The kernels the rest of the package uses: the compiled ones, or their pure twins.
+
+:mod:`torrent._fast` (Cython) and :mod:`torrent._pure` (Python) export the
+same kernels with the same results; the parity tests hold them to it.  This
+module chooses once, at import:
+
+- ``FASTTORRENT_PURE=1`` in the environment forces the pure twins (CI runs
+  the wire and picker tests once that way, so both implementations are
+  driven by the same tests);
+- otherwise the compiled module, or the pure twins where it is not built.
+
+Everything outside the two kernel modules imports kernels from here.  The
+native I/O thread (:mod:`torrent._io`) has no twin and is imported directly.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "IMPLEMENTATION",
+    "BlockMap",
+    "availability_add",
+    "bitfield_count",
+    "bitfield_spare_ok",
+    "copy_block",
+    "read_u32",
+    "scan_frame",
+    "sha1",
+    "sha1_pieces",
+    "take_blocks",
+    "verify_pieces",
+]
+
+#: The environment switch that forces the pure twins.
+PURE_ENV = "FASTTORRENT_PURE"
+
+if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    from . import _pure as _impl
+else:
+    try:
+        from . import _fast as _impl  # type: ignore[no-redef]
+    except ImportError:  # not built (a source checkout without the compiler step)
+        from . import _pure as _impl  # type: ignore[no-redef]
+
+#: "native" or "pure": which implementation was chosen.
+IMPLEMENTATION = "pure" if _impl.__name__.endswith("_pure") else "native"
+
+BlockMap = _impl.BlockMap
+availability_add = _impl.availability_add
+bitfield_count = _impl.bitfield_count
+bitfield_spare_ok = _impl.bitfield_spare_ok
+copy_block = _impl.copy_block
+read_u32 = _impl.read_u32
+scan_frame = _impl.scan_frame
+sha1 = _impl.sha1
+sha1_pieces = _impl.sha1_pieces
+take_blocks = _impl.take_blocks
+verify_pieces = _impl.verify_pieces
