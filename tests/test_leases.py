@@ -297,6 +297,17 @@ def test_a_steal_whose_victim_dies_is_served_from_the_freed_pieces() -> None:
     assert show(t) == "........1111...."
 
 
+def test_an_endgame_copy_lost_with_its_worker_may_be_made_again() -> None:
+    t = setup("vv0123", ALL, ALL, ALL, ALL)
+    assert fmt(t.need(1, 1, now=9.0)) == ["1 endgame 2"]
+    assert fmt(t.need(2, 1, now=9.0)) == ["2 endgame 3"]  # 2 has its extra holder
+    t.worker_died(1, now=9.5)  # piece 3 is free again, piece 2's copy is lost
+    assert show(t) == "vv0.23"
+    assert fmt(t.need(3, 1, now=9.5)) == ["3 lease 3"]
+    assert fmt(t.need(3, 1, now=9.5)) == ["3 endgame 2"]
+    check(t)
+
+
 def test_a_stopping_worker_is_only_marked_dead() -> None:
     t = setup("0011", ALL, ALL)
     assert t.worker_died(0, now=1.0, reclaim=False) == []

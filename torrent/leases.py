@@ -252,8 +252,8 @@ class LeaseTable:
         """Worker ``wid`` is gone.
 
         With ``reclaim`` (it died on its own), its leased pieces become free,
-        the thieves waiting on its answer stop waiting and every waiting
-        worker is served.  Without (the download is being stopped), it is only
+        its endgame copies no longer count as extra holders, the thieves
+        waiting on its answer stop waiting and every waiting worker is served.  Without (the download is being stopped), it is only
         marked dead.
         """
         w = self.workers[wid]
@@ -269,6 +269,8 @@ class LeaseTable:
         for o in self.workers:
             if o.steal_from == wid:
                 o.steal_from = -1  # its answer will never come: served below
+        for holders in self.endgame_dups.values():
+            holders.discard(wid)  # its copies are lost: another worker may take them
         return self.serve_waiting(now)
 
     def serve_waiting(self, now: float) -> list[Send]:
