@@ -308,6 +308,13 @@ def test_an_endgame_copy_lost_with_its_worker_may_be_made_again() -> None:
     check(t)
 
 
+def test_a_dead_worker_gets_nothing() -> None:
+    # its last request, read from its pipe after its death, during start-up
+    t = setup("........", ALL, ALL, asked=False)
+    t.worker_died(0, now=0.1, reclaim=False)
+    assert t.need(0, 4, now=0.2) == [] and show(t) == "........"
+
+
 def test_a_stopping_worker_is_only_marked_dead() -> None:
     t = setup("0011", ALL, ALL)
     assert t.worker_died(0, now=1.0, reclaim=False) == []
@@ -335,7 +342,7 @@ def test_any_sequence_of_events_keeps_the_invariants(events: list[tuple[str, int
     for kind, w, arg in events:
         now += 0.5
         if kind == "need":
-            out = t.need(w, arg, now) if t.workers[w].alive else []
+            out = t.need(w, arg, now)
         elif kind == "avail":
             out = t.availability(w, arg.to_bytes(2, "big"), now)
         elif kind == "release":

@@ -181,9 +181,12 @@ class LeaseTable:
 
         Returns:
             A lease to it, a steal sent to a victim, an endgame lease to it,
-            or nothing (it waits; see :meth:`serve_waiting`).
+            or nothing (it waits; see :meth:`serve_waiting`, or it is dead:
+            a request read from its pipe after its death gets nothing).
         """
         w = self.workers[wid]
+        if not w.alive:
+            return []  # nobody would ever free what it was given
         w.asked = True
         out: list[Send] = []
         self._lease(w, count, now, out)
