@@ -118,6 +118,14 @@ def test_the_affinity_ends_with_the_grace_period() -> None:
     check(t)
 
 
+def test_the_grace_period_runs_from_start() -> None:
+    t = setup("........", "**  ****", ALL, asked=False)
+    t.start(100.0)  # the workers started late (after a long resume check)
+    assert fmt(t.need(0, 4, now=100.0 + LEASE_GRACE - 0.01)) == ["0 lease 0 1"]
+    assert fmt(t.need(0, 4, now=100.0 + LEASE_GRACE - 0.01)) == []  # waits
+    assert fmt(t.serve_waiting(now=100.0 + LEASE_GRACE)) == ["0 lease 4 5 6"]
+
+
 def test_the_affinity_ends_once_every_other_worker_with_peers_has_asked() -> None:
     t = setup("........", "**  ****", "    ****", "        ", asked=False)
     t.set_peers(2, 0)  # no peers: it cannot ask, and does not hold the others back

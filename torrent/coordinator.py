@@ -244,7 +244,7 @@ class Coordinator:
         self.last_progress = time.monotonic()
         self.start_time = time.monotonic()
         # piece states and leases: every lease / steal / endgame decision
-        self.leases = LeaseTable(n, workers, started_at=self.start_time)
+        self.leases = LeaseTable(n, workers)
         self.warnings: list[str] = []
         self.tracker_runner: Any = None
         self.on_ready: Callable[[int], None] | None = None
@@ -347,6 +347,8 @@ class Coordinator:
             proc.start()
             child.close()
             self.workers.append(WorkerHandle(w, proc, parent))
+        # the start-up affinity runs from here, not from before the resume check
+        self.leases.start(time.monotonic())
 
     def send(self, h: WorkerHandle, msg: Any) -> None:
         if not h.alive:
