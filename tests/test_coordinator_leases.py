@@ -1,8 +1,11 @@
-"""The coordinator's lease / steal / death bookkeeping, driven directly (no processes).
+"""The coordinator carries out the lease table's decisions (no processes).
 
 Each worker handle's pipe is replaced by a recorder of the control messages
-the coordinator sends; the scenarios are what real downloads hit only by
-timing (a steal whose victim dies before it answers).
+the coordinator sends.  The lease logic itself is tested in
+tests/test_leases.py; these check that the coordinator feeds it the workers'
+messages, sends what it returns to the right worker, and reports its counts
+in the result.  The scenarios are what real downloads hit only by timing (a
+steal whose victim dies before it answers).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from torrent import ipc
 from torrent.coordinator import Coordinator, WorkerHandle
+from torrent.leases import PieceState
 
 N = 16  # pieces
 
@@ -29,17 +33,18 @@ class Pipe:
 
 def coordinator(workers: int) -> tuple[Coordinator, list[WorkerHandle]]:
     meta = SimpleNamespace(num_pieces=N, piece_length=16384, total_size=N * 16384,
-                           info_hash=b"\1" * 20, trackers=())
+                           info_hash=b"\1" * 20, info_hash_hex="01" * 20, trackers=())
     c = Coordinator(meta, "/nonexistent", workers=workers, peers=[], port=0, bind="127.0.0.1",
                     max_peers=10, stall_timeout=0, recheck=False, use_trackers=False,
                     arena_bytes=None, progress=None, status_line=None, request_timeout=None)
     hs = []
     for w in range(workers):
-        h = WorkerHandle(w, SimpleNamespace(exitcode=-9), Pipe(), avail=bytearray(b"\xff\xff"),
-                         cursor=w * N // workers)
+        h = WorkerHandle(w, SimpleNamespace(exitcode=-9), Pipe())
         h.peers = 1
-        h.asked = True
+        c.leases.set_peers(w, 1)
         hs.append(h)
+        # every worker's peers have every piece
+        c.handle(h, ipc.Availability(b"\xff" * (N // 8)))
     c.workers = hs
     return c, hs
 
@@ -47,13 +52,21 @@ def coordinator(workers: int) -> tuple[Coordinator, list[WorkerHandle]]:
 def lease_to(c: Coordinator, h: WorkerHandle, pieces: range) -> None:
     """As if ``h`` had been leased ``pieces`` earlier."""
     for p in pieces:
-        c.state[p] = 1
-        c.owner[p] = h.wid
-    h.leased.update(pieces)
+        c.leases.state[p] = PieceState.LEASED
+        c.leases.owner[p] = h.wid
+    c.leases.workers[h.wid].leased.update(pieces)
+    c.leases.workers[h.wid].asked = True
 
 
 def leases(h: WorkerHandle) -> list[ipc.Lease]:
     return [m for m in h.conn.sent if isinstance(m, ipc.Lease)]
+
+
+def test_a_need_is_answered_with_a_lease_to_the_worker_that_asked() -> None:
+    c, (w0, w1) = coordinator(2)
+    c.leases.start(-10.0)  # the start-up affinity is over
+    c.handle(w1, ipc.NeedPieces(3))
+    assert leases(w1) == [ipc.Lease((8, 9, 10))] and w0.conn.sent == []
 
 
 def test_a_steal_whose_victim_dies_is_served_from_the_freed_pieces() -> None:
@@ -66,7 +79,8 @@ def test_a_steal_whose_victim_dies_is_served_from_the_freed_pieces() -> None:
     got = [p for lease in leases(w1) for p in lease.pieces]
     assert got, "the thief must not wait forever for an answer that cannot come"
     assert not any(lease.endgame for lease in leases(w1))
-    assert all(c.owner[p] == 1 for p in got)
+    assert all(c.leases.owner[p] == 1 for p in got)
+    assert c.warnings and "worker 0 died" in c.warnings[0]
 
 
 def test_a_steal_is_answered_by_its_victim_only() -> None:
@@ -79,7 +93,21 @@ def test_a_steal_is_answered_by_its_victim_only() -> None:
     victim, other = w0, w1
     c.handle(other, ipc.Released(()))  # not the one asked: the thief keeps waiting
     assert leases(w2) == [] or all(not lease.pieces for lease in leases(w2))
-    give = sorted(victim.leased)[-2:]
+    give = sorted(c.leases.workers[victim.wid].leased)[-2:]
     c.handle(victim, ipc.Released(tuple(give)))
     assert sorted(p for lease in leases(w2) for p in lease.pieces) == give
-    assert w2.steals == 2
+    assert c.result(False).workers[2]["steals"] == 2
+
+
+def test_verified_pieces_are_announced_to_the_others_and_counted() -> None:
+    c, (w0, w1, w2) = coordinator(3)
+    lease_to(c, w0, range(4))
+    c.handle(w0, ipc.Verified((0, 1)))
+    assert c.verified == 2
+    assert w1.conn.sent == w2.conn.sent == [ipc.PiecesDone((0, 1))] and w0.conn.sent == []
+    c.handle(w1, ipc.Verified((1,)))  # a late endgame copy
+    assert c.duplicates == 1 and w0.conn.sent == []
+    res = c.result(False)
+    assert res.duplicate_pieces == 1
+    assert [w["pieces"] for w in res.workers] == [2, 0, 0]
+    assert [w["endgame_pieces"] for w in res.workers] == [0, 0, 0]

@@ -13,10 +13,12 @@ then only moves small control messages:
   it gets free pieces that its own peers have, starting from its own region
   of the piece space (worker ``w`` of ``N`` starts at ``w/N`` of it, so the
   workers write different parts of the files).  When no free piece is left,
-  the coordinator *steals* half of the lease of the worker holding the most
+  the coordinator *steals* part of the lease of the worker holding the most
   and gives it to the idle one.  When nothing is left to steal it sends
   pieces in flight elsewhere as an endgame lease; the first verified copy
-  counts, the others are cancelled.
+  counts, the others are cancelled.  Every such decision is made by
+  :class:`~torrent.leases.LeaseTable` (sans-IO); the coordinator only sends
+  the messages it returns.
 - **Records**: verified pieces are broadcast to every worker (HAVE, cancel
   duplicates); flushed pieces (:class:`~torrent.ipc.Durable`) are appended to
   the resume journal.
@@ -54,6 +56,7 @@ from ._fast import DIRECT_ALIGN
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path
+from .leases import LeaseTable, Send
 from .shm import Arena, plan_slots
 from .storage import Storage, check_free_space, check_output_paths, layout_for
 from .sysinfo import available_cpus
@@ -71,11 +74,6 @@ PEER_MAX_ATTEMPTS = 8
 WORKER_EXIT_TIMEOUT = 15.0
 #: How often the progress display is refreshed.
 PROGRESS_INTERVAL = 0.5
-#: Start-up affinity: a worker leases outside its region before every worker
-#: has reported its peers' pieces only after this long.
-LEASE_GRACE = 1.0
-#: A piece leased to another worker this long ago may be duplicated in endgame.
-ENDGAME_MIN_AGE = 2.0
 #: How long the final tracker announces ('completed', 'stopped') may take.
 TRACKER_STOP_TIMEOUT = 6.0
 #: Peer addresses remembered at most (from trackers and --peer): bounds the
@@ -105,18 +103,8 @@ class WorkerHandle:
     conn: Any
     alive: bool = True
     died: bool = False  # exited without being told to
-    avail: bytearray = field(default_factory=bytearray)
-    leased: set[int] = field(default_factory=set)
     peers: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
-    steals: int = 0
-    pieces_first: int = 0
-    endgame_pieces: int = 0  # verified first while leased to another worker
-    cursor: int = 0
-    steal_from: int = -1  # the worker asked to give this one pieces (-1: none)
-    waiting_need: int = 0  # pieces asked for that could not be served yet
-    avail_seen: bool = False  # has reported its peers' pieces at least once
-    asked: bool = False  # has asked for pieces at least once (a peer unchoked it)
 
 
 @dataclass(slots=True)
@@ -242,14 +230,9 @@ class Coordinator:
         self._seed_timer: asyncio.TimerHandle | None = None
         self._completed_told = False  # 'completed' handed to the tracker runner
         n = meta.num_pieces
-        self.state = bytearray(n)  # 0 free, 1 leased, 2 verified
-        self.owner = [-1] * n
-        self.leased_at = [0.0] * n  # when each piece was last leased (endgame age)
         self.durable = bytearray(n)
-        self.verified = 0
         self.durable_count = 0
         self.resumed = 0
-        self.duplicates = 0
         self.workers: list[WorkerHandle] = []
         self.peers: dict[tuple[str, int], PeerRecord] = {}
         self.peer_id = make_peer_id()
@@ -260,12 +243,23 @@ class Coordinator:
         self.interrupted = False
         self.last_progress = time.monotonic()
         self.start_time = time.monotonic()
-        self.endgame_dups: dict[int, set[int]] = {}
+        # piece states and leases: every lease / steal / endgame decision
+        self.leases = LeaseTable(n, workers)
         self.warnings: list[str] = []
         self.tracker_runner: Any = None
         self.on_ready: Callable[[int], None] | None = None
         self.stopping = False
         self.ready_count = 0
+
+    @property
+    def verified(self) -> int:
+        """Pieces verified so far (resumed ones included)."""
+        return self.leases.num_verified
+
+    @property
+    def duplicates(self) -> int:
+        """Pieces verified again after their first copy (endgame)."""
+        return self.leases.duplicates
 
     # -- set-up --------------------------------------------------------------------
     def prepare(self) -> None:
@@ -316,10 +310,10 @@ class Coordinator:
             st.create_files()
         journal.open(done)
         self.journal = journal
+        self.leases.mark_have(done)
         for i in done:
-            self.state[i] = 2
             self.durable[i] = 1
-        self.verified = self.durable_count = self.resumed = len(done)
+        self.durable_count = self.resumed = len(done)
 
     # -- workers -------------------------------------------------------------------
     def start_workers(self) -> None:
@@ -333,9 +327,7 @@ class Coordinator:
         if self.port == 0 and self.nworkers:
             self.port = _free_port(self.bind)
         ctx = mp.get_context("spawn")
-        done_bits = bytes(_bits_from([i for i in range(meta.num_pieces) if self.state[i] == 2],
-                                     meta.num_pieces))
-        n = meta.num_pieces
+        done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
         for w in range(self.nworkers):
             parent, child = ctx.Pipe(duplex=True)
             cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, arena_name=self.arena.name,
@@ -354,9 +346,9 @@ class Coordinator:
                                name=f"fasttorrent-worker-{w}")
             proc.start()
             child.close()
-            h = WorkerHandle(w, proc, parent, avail=bytearray(-(-n // 8)),
-                             cursor=(w * n) // self.nworkers)
-            self.workers.append(h)
+            self.workers.append(WorkerHandle(w, proc, parent))
+        # the start-up affinity runs from here, not from before the resume check
+        self.leases.start(time.monotonic())
 
     def send(self, h: WorkerHandle, msg: Any) -> None:
         if not h.alive:
@@ -373,31 +365,19 @@ class Coordinator:
         except (EOFError, OSError):
             self.worker_died(h)
 
+    def carry_out(self, actions: list[Send]) -> None:
+        """Send what the lease table decided, in order."""
+        for a in actions:
+            self.send(self.workers[a.worker], a.msg)
+
     def handle(self, h: WorkerHandle, msg: Any) -> None:
         t = type(msg)
         if t is ipc.Verified:
-            new = []
-            for i in msg.pieces:
-                if self.state[i] != 2:
-                    if self.owner[i] not in (-1, h.wid):
-                        h.endgame_pieces += 1  # taken over from a slower worker
-                    self.state[i] = 2
-                    self.owner[i] = h.wid
-                    self.verified += 1
-                    h.pieces_first += 1
-                    new.append(i)
-                else:
-                    self.duplicates += 1
-                h.leased.discard(i)
-                for other in self.workers:
-                    other.leased.discard(i)
+            new, done = self.leases.verified(h.wid, msg.pieces)
             if new:
                 self.last_progress = time.monotonic()
                 self._check_done()
-                done = ipc.PiecesDone(tuple(new))
-                for o in self.workers:
-                    if o is not h:
-                        self.send(o, done)
+                self.carry_out(done)
         elif t is ipc.Durable:
             fresh = [i for i in msg.pieces if not self.durable[i]]
             for i in fresh:
@@ -407,32 +387,18 @@ class Coordinator:
                 self.journal.append(fresh)
             self._check_done()
         elif t is ipc.NeedPieces:
-            h.asked = True
-            self.lease(h, msg.wanted)
+            self.carry_out(self.leases.need(h.wid, msg.wanted, time.monotonic()))
         elif t is ipc.Released:
-            for i in msg.pieces:
-                if self.state[i] == 1 and self.owner[i] == h.wid:
-                    self.state[i] = 0
-                    self.owner[i] = -1
-                h.leased.discard(i)
-            for thief in self.workers:
-                if thief.steal_from == h.wid and thief.alive:
-                    thief.steal_from = -1
-                    # the released pieces were sized for this thief (by speed): all of them
-                    got = self.lease(thief, max(len(msg.pieces), 1), steal_ok=False,
-                                     fair_share=False)
-                    thief.steals += got
-            self.serve_waiting()
+            self.carry_out(self.leases.released(h.wid, msg.pieces, time.monotonic()))
         elif t is ipc.Availability:
-            h.avail = bytearray(msg.bits)
-            h.avail_seen = True
-            self.serve_waiting()
+            self.carry_out(self.leases.availability(h.wid, msg.bits, time.monotonic()))
         elif t is ipc.PeerClosed:
             self.peer_closed(h, msg)
         elif t is ipc.Stats:
             if msg.stats.get("blocks", 0) != h.stats.get("blocks", 0):
                 self.last_progress = time.monotonic()  # bytes are flowing
             h.stats = msg.stats
+            self.leases.set_rate(h.wid, float(msg.stats.get("rate", 0.0)))  # sizes steals
             if self.seed_started is not None:
                 self._check_seed_limits()
         elif t is ipc.Ready:
@@ -446,100 +412,9 @@ class Coordinator:
             self.fatal = cls(msg.message)
             self._finish()
 
-    def _gettable(self, h: WorkerHandle, i: int) -> bool:
-        return bool(h.avail[i >> 3] & (0x80 >> (i & 7)))
-
     def serve_waiting(self) -> None:
-        """Pieces became free (released, or a worker died): serve whoever waits for some."""
-        for w in self.workers:
-            if w.alive and w.waiting_need and w.steal_from < 0:
-                self.lease(w, w.waiting_need)
-
-    def lease(self, h: WorkerHandle, count: int, *, steal_ok: bool = True,
-              fair_share: bool = True) -> int:
-        """Answer a worker's :class:`~torrent.ipc.NeedPieces`.
-
-        Free pieces its peers have, else a steal from the worker holding the
-        most, else (nothing free, nothing to steal) an endgame lease.  A
-        worker whose peers have none of the free pieces waits (no answer)
-        until its availability or the free set changes.
-        """
-        n = self.meta.num_pieces
-        now = time.monotonic()
-        h.waiting_need = 0
-        state = self.state
-        out: list[int] = []
-        # Spread the tail: never take more than a fair share of what is left.
-        free_total = state.count(0)
-        alive = sum(1 for w in self.workers if w.alive) or 1
-        if free_total and fair_share:
-            count = max(1, min(count, -(-free_total // alive)))
-        # Affinity at the start: until every worker with peers is downloading
-        # (has asked for pieces) or LEASE_GRACE has passed, a worker leases only
-        # in its own region, so the first worker to get going cannot take the
-        # whole torrent before the others have started.
-        lo, hi = 0, n
-        if now - self.start_time < LEASE_GRACE and not all(
-                o.asked for o in self.workers if o.alive and o.peers and o is not h):
-            alive_ids = [w.wid for w in self.workers if w.alive]
-            k, m = alive_ids.index(h.wid), len(alive_ids)
-            lo, hi = k * n // m, (k + 1) * n // m
-        span = hi - lo
-        start = h.cursor if lo <= h.cursor < hi else lo
-        for k in range(span):
-            i = lo + (start - lo + k) % span
-            if state[i] == 0 and self._gettable(h, i):
-                state[i] = 1
-                self.owner[i] = h.wid
-                self.leased_at[i] = now
-                out.append(i)
-                if len(out) >= count:
-                    break
-        if out:
-            h.cursor = (out[-1] + 1) % n
-        if out:
-            h.leased.update(out)
-            self.send(h, ipc.Lease(tuple(out)))
-            return len(out)
-        if free_total:
-            # free pieces exist, but not at this worker's peers (or not in its
-            # region yet): wait for availability, freed pieces or the grace period
-            h.waiting_need = count
-            return 0
-        if steal_ok:
-            victims = [v for v in self.workers
-                       if v is not h and v.alive
-                       and sum(1 for p in v.leased if self._gettable(h, p)) > 1]
-            if victims:
-                v = max(victims, key=lambda v: len(v.leased))
-                h.steal_from = v.wid
-                h.waiting_need = count
-                # Take a share in proportion to speed: half between equals, little
-                # for a thief much slower than its victim (it would hold the tail).
-                tr = float(h.stats.get("rate", 0.0))
-                vr = float(v.stats.get("rate", 0.0))
-                share = tr / (tr + vr) if tr + vr > 0 else 0.5
-                self.send(v, ipc.Steal(max(1, int(len(v.leased) * share))))
-                return 0
-        # Endgame: pieces another worker has held for a while (its peers are slow)
-        # and this one's peers have, as many as it asked for, each at most once
-        # more (each is a whole piece fetched twice).  Pieces that move at normal
-        # speed finish long before ENDGAME_MIN_AGE: no piece of a healthy
-        # download is fetched twice.
-        dups = []
-        # (only the other workers' leases: small sets, not a scan of every piece)
-        held = sorted(p for v in self.workers if v is not h and v.alive for p in v.leased)
-        for p in held:
-            if state[p] == 1 and self.owner[p] != h.wid and self._gettable(h, p) \
-                    and now - self.leased_at[p] >= ENDGAME_MIN_AGE:
-                holders = self.endgame_dups.setdefault(p, set())
-                if h.wid not in holders and len(holders) < 1:
-                    holders.add(h.wid)
-                    dups.append(p)
-                    if len(dups) >= count:
-                        break
-        self.send(h, ipc.Lease(tuple(dups), endgame=True))
-        return 0
+        """Serve the workers waiting for pieces (the start-up grace period may be over)."""
+        self.carry_out(self.leases.serve_waiting(time.monotonic()))
 
     def worker_died(self, h: WorkerHandle) -> None:
         if not h.alive:
@@ -550,19 +425,13 @@ class Coordinator:
         except (OSError, ValueError, RuntimeError):
             pass
         if self.stopping or (self.done_event is not None and self.done_event.is_set()):
+            self.leases.worker_died(h.wid, time.monotonic(), reclaim=False)
             return  # it exited because we told it to
         h.died = True
         self.warn(f"worker {h.wid} died (exit code {h.proc.exitcode}); "
                   "its peers and pieces go to the others")
-        for i in range(self.meta.num_pieces):
-            if self.state[i] == 1 and self.owner[i] == h.wid:
-                self.state[i] = 0
-                self.owner[i] = -1
-        h.leased.clear()
-        for w in self.workers:
-            if w.steal_from == h.wid:
-                w.steal_from = -1  # its answer will never come: serve the thief below
-        self.serve_waiting()
+        # its leases go back to the others, thieves waiting on it are served
+        self.carry_out(self.leases.worker_died(h.wid, time.monotonic()))
         for rec in self.peers.values():
             if rec.worker == h.wid:
                 rec.worker = None
@@ -602,6 +471,7 @@ class Coordinator:
             rec.worker = w.wid
             rec.attempts += 1
             w.peers += 1
+            self.leases.set_peers(w.wid, w.peers)
             active += 1
             self.send(w, ipc.Connect(rec.host, rec.port))
 
@@ -612,6 +482,7 @@ class Coordinator:
         if rec.worker == h.wid:
             rec.worker = None
             h.peers = max(0, h.peers - 1)
+            self.leases.set_peers(h.wid, h.peers)
         rec.last_reason = msg.reason
         if msg.connected:
             rec.connected = True
@@ -679,9 +550,8 @@ class Coordinator:
             good = [i for i, st in enumerate(res.status) if st == PIECE_GOOD]
         else:
             good = list(range(meta.num_pieces))
-        for i in good:
-            self.state[i] = 2
-        self.verified = self.resumed = len(good)
+        self.leases.mark_have(good)
+        self.resumed = len(good)
         if not good:
             raise Incomplete(f"nothing to seed: none of the {meta.num_pieces} pieces is in "
                              f"{self.outdir}")
@@ -848,10 +718,11 @@ class Coordinator:
         ws = []
         for h in self.workers:
             s = h.stats
+            lw = self.leases.workers[h.wid]
             ws.append({"worker": h.wid, "alive": not h.died, "peers": s.get("peers", 0),
-                       "pieces": h.pieces_first, "pieces_verified": s.get("pieces", 0),
-                       "endgame_pieces": h.endgame_pieces,
-                       "bytes": s.get("bytes", 0), "steals": h.steals,
+                       "pieces": lw.pieces_first, "pieces_verified": s.get("pieces", 0),
+                       "endgame_pieces": lw.endgame_pieces,
+                       "bytes": s.get("bytes", 0), "steals": lw.steals,
                        "released": s.get("released", 0),
                        "hash_failures": s.get("hash_failures", 0),
                        "uploaded": s.get("uploaded", 0),
