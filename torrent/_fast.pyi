@@ -1,9 +1,10 @@
 """Type stub for the compiled kernels in torrent/_fast.pyx (twins in torrent/_pure.py).
 
+``take_blocks`` has no twin: it is a shortcut over the Python path it stops in front of.
 The native I/O thread is in torrent/_io.pyx (stub: torrent/_io.pyi).
 """
 
-from typing import Final
+from typing import Any, Final
 
 from typing_extensions import Buffer
 
@@ -21,6 +22,7 @@ __all__ = [
     "scan_frame",
     "sha1",
     "sha1_pieces",
+    "take_blocks",
     "verify_pieces",
 ]
 
@@ -55,3 +57,5 @@ def bitfield_spare_ok(bits: Buffer, nbits: int) -> bool: ...
 def availability_add(counts: Buffer, bits: Buffer, nbits: int, delta: int) -> None: ...
 def read_u32(buf: Buffer, pos: int) -> int: ...
 def scan_frame(buf: Buffer, start: int, end: int, max_len: int) -> int: ...
+def take_blocks(buf: Buffer, pos: int, end: int, outstanding: dict[Any, Any],
+                active: dict[Any, Any], peer: object, full: list[Any]) -> tuple[int, int]: ...

@@ -76,6 +76,7 @@ __all__ = [
     "scan_frame",
     "sha1",
     "sha1_pieces",
+    "take_blocks",
     "verify_pieces",
 ]
 
