@@ -1,15 +1,21 @@
-"""Build the native core, torrent._fast, from torrent/_fast.pyx (Cython 3)."""
+"""Build the native core (Cython 3): torrent._fast, the kernels (torrent/_fast.pyx),
+and torrent._io, the native I/O thread (torrent/_io.pyx)."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+# Both modules compile in the SHA-1 header and the shared buffer helpers.
+DEPENDS = ["torrent/_sha1.h", "torrent/_buffers.pxi"]
+
+
+def native(name: str, source: str) -> Extension:
+    """One extension module, built with the flags every module of the core shares."""
+    return Extension(name, [source], depends=DEPENDS, extra_compile_args=["-O3"],
+                     libraries=["dl"])
+
+
 extensions = [
-    Extension(
-        "torrent._fast",
-        ["torrent/_fast.pyx"],
-        depends=["torrent/_sha1.h"],
-        extra_compile_args=["-O3"],
-        libraries=["dl"],
-    ),
+    native("torrent._fast", "torrent/_fast.pyx"),
+    native("torrent._io", "torrent/_io.pyx"),
 ]
 
 setup(

@@ -19,8 +19,8 @@ if ((${#missing[@]})); then
         echo "install.sh: not root or no apt-get; the interop tests need: ${missing[*]}" >&2
     fi
 fi
-# A stale in-place build of the core would shadow a fresh one.
-rm -f torrent/_fast*.so torrent/_fast.c
+# A stale in-place build of the core (either module) would shadow a fresh one.
+rm -f torrent/_fast*.so torrent/_fast.c torrent/_io*.so torrent/_io.c
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 # pyenv puts new console scripts (fasttorrent) on PATH only after a rehash
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi

@@ -1,4 +1,4 @@
-"""The native I/O thread (torrent._fast.IOThread): verify, write, flush, without the GIL."""
+"""The native I/O thread (torrent._io.IOThread): verify, write, flush, without the GIL."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from torrent import _fast
+from torrent import _io
 
 PIECE = 64 * 1024
 
 
-def wait_all(t: _fast.IOThread, efd: int, n: int) -> list[tuple[int, int, int]]:
+def wait_all(t: _io.IOThread, efd: int, n: int) -> list[tuple[int, int, int]]:
     """Collect ``n`` outcomes, waking on the eventfd (bounded: 10 s per wait)."""
     out: list[tuple[int, int, int]] = []
     while len(out) < n:
@@ -29,7 +29,7 @@ def wait_all(t: _fast.IOThread, efd: int, n: int) -> list[tuple[int, int, int]]:
 
 def test_verify_write_and_sync(tmp_path: Path) -> None:
     efd = os.eventfd(0, os.EFD_CLOEXEC)
-    t = _fast.IOThread(efd)
+    t = _io.IOThread(efd)
     data = bytearray(os.urandom(PIECE))
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
@@ -39,11 +39,11 @@ def test_verify_write_and_sync(tmp_path: Path) -> None:
         t.submit_piece(8, data, PIECE, b"\0" * 20, [(fd, 0, 0, 10)])
         t.submit_sync(-1, [fd])
         outcomes = wait_all(t, efd, 3)
-        assert sorted(outcomes) == [(-1, _fast.JOB_OK, 0), (7, _fast.JOB_OK, 0),
-                                    (8, _fast.JOB_BAD, 0)]
+        assert sorted(outcomes) == [(-1, _io.JOB_OK, 0), (7, _io.JOB_OK, 0),
+                                    (8, _io.JOB_BAD, 0)]
         # a bad piece may finish early (it is never written), but a sync never
         # finishes before the writes submitted ahead of it
-        assert outcomes.index((7, _fast.JOB_OK, 0)) < outcomes.index((-1, _fast.JOB_OK, 0))
+        assert outcomes.index((7, _io.JOB_OK, 0)) < outcomes.index((-1, _io.JOB_OK, 0))
         assert t.pending == 0
         body = (tmp_path / "f").read_bytes()
         assert body[100:1100] == data[:1000]
@@ -56,18 +56,18 @@ def test_verify_write_and_sync(tmp_path: Path) -> None:
 
 
 def test_write_error_is_reported_with_errno(tmp_path: Path) -> None:
-    t = _fast.IOThread(-1)
+    t = _io.IOThread(-1)
     data = bytes(PIECE)
     rd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT)
     try:
         t.submit_piece(1, data, PIECE, hashlib.sha1(data).digest(), [(rd, 0, 0, PIECE)])
-        assert t.close() == [(1, _fast.JOB_IO_ERROR, errno.EBADF)]
+        assert t.close() == [(1, _io.JOB_IO_ERROR, errno.EBADF)]
     finally:
         os.close(rd)
 
 
 def test_arguments_are_checked_and_closed_thread_refuses() -> None:
-    t = _fast.IOThread(-1)
+    t = _io.IOThread(-1)
     data = bytes(PIECE)
     digest = hashlib.sha1(data).digest()
     with pytest.raises(ValueError, match="outside the piece"):
@@ -87,18 +87,18 @@ def test_arguments_are_checked_and_closed_thread_refuses() -> None:
 
 
 def test_submitted_buffer_stays_acquired_until_collected() -> None:
-    t = _fast.IOThread(-1)
+    t = _io.IOThread(-1)
     buf = bytearray(PIECE)
     t.submit_piece(1, buf, PIECE, b"\1" * 20, [])
     with pytest.raises(BufferError):
         buf.extend(b"x")  # a bytearray with an exported buffer cannot be resized
-    assert t.close() == [(1, _fast.JOB_BAD, 0)]
+    assert t.close() == [(1, _io.JOB_BAD, 0)]
     buf.extend(b"x")  # released once collected
 
 
 def _writer(path: str, start: int, count: int, seed: int) -> None:
     efd = os.eventfd(0)
-    t = _fast.IOThread(efd, lock_writes=True)
+    t = _io.IOThread(efd, lock_writes=True)
     fd = os.open(path, os.O_RDWR)
     bufs = []
     for k in range(count):
@@ -107,7 +107,7 @@ def _writer(path: str, start: int, count: int, seed: int) -> None:
         i = start + k
         t.submit_piece(i, data, PIECE, hashlib.sha1(data).digest(), [(fd, i * PIECE, 0, PIECE)])
     outs = t.close()
-    assert all(st == _fast.JOB_OK for _, st, _ in outs) and len(outs) == count
+    assert all(st == _io.JOB_OK for _, st, _ in outs) and len(outs) == count
     os._exit(0)
 
 
@@ -137,14 +137,14 @@ def test_direct_descriptor_gets_exactly_the_whole_aligned_pages(tmp_path: Path) 
     """
     import mmap
 
-    align = _fast.DIRECT_ALIGN
+    align = _io.DIRECT_ALIGN
     size = 16 * align
     buf = mmap.mmap(-1, size)  # page-aligned memory, like an arena slot
     data = os.urandom(size)
     buf[:] = data
     plain_path, direct_path = tmp_path / "plain", tmp_path / "direct"
     efd = os.eventfd(0, os.EFD_CLOEXEC)
-    t = _fast.IOThread(efd)
+    t = _io.IOThread(efd)
     fd = os.open(plain_path, os.O_RDWR | os.O_CREAT)
     os.ftruncate(fd, 4 * size)
     try:
@@ -161,7 +161,7 @@ def test_direct_descriptor_gets_exactly_the_whole_aligned_pages(tmp_path: Path) 
                  (3 * size + 1, 10 * align + 7, 3 * align), (2 * size, 15 * align, 1000),
                  (2 * size + align + 10, 14 * align, align)]
         t.submit_piece(1, buf, size, digest, [(fd, fo, bo, n, dfd) for fo, bo, n in cases])
-        assert wait_all(t, efd, 1) == [(1, _fast.JOB_OK, 0)]
+        assert wait_all(t, efd, 1) == [(1, _io.JOB_OK, 0)]
         plain = plain_path.read_bytes()
         with open(direct_path, "rb") as f:
             direct = f.read()
@@ -189,7 +189,7 @@ def test_direct_descriptor_gets_exactly_the_whole_aligned_pages(tmp_path: Path) 
 
 
 def test_segments_with_a_bad_direct_descriptor_are_refused() -> None:
-    t = _fast.IOThread(-1)
+    t = _io.IOThread(-1)
     try:
         with pytest.raises(ValueError):
             t.submit_piece(1, bytearray(10), 10, b"\0" * 20, [(1, 0, 0, 10, -2)])
@@ -205,7 +205,7 @@ def test_many_jobs_through_both_stages(tmp_path: Path, writers: int) -> None:
 
     rnd = random.Random(7)
     efd = os.eventfd(0, os.EFD_CLOEXEC)
-    t = _fast.IOThread(efd, writers=writers)
+    t = _io.IOThread(efd, writers=writers)
     n, size = 200, 4096
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     os.ftruncate(fd, n * size)
@@ -228,9 +228,9 @@ def test_many_jobs_through_both_stages(tmp_path: Path, writers: int) -> None:
         assert sorted(pos) == sorted(order)
         for jid, status, _e in outcomes:
             if jid >= 0:
-                assert status == (_fast.JOB_OK if jid in good else _fast.JOB_BAD)
+                assert status == (_io.JOB_OK if jid in good else _io.JOB_BAD)
             else:
-                assert status == _fast.JOB_OK
+                assert status == _io.JOB_OK
                 assert all(pos[g] < pos[jid] for g in good if g < -jid)
         body = (tmp_path / "f").read_bytes()
         for i in range(n):
@@ -243,20 +243,20 @@ def test_many_jobs_through_both_stages(tmp_path: Path, writers: int) -> None:
 
 
 
-@pytest.mark.parametrize("writers", [0, _fast.MAX_WRITERS + 1])
+@pytest.mark.parametrize("writers", [0, _io.MAX_WRITERS + 1])
 def test_writer_count_is_bounded(writers: int) -> None:
     with pytest.raises(ValueError, match="writers"):
-        _fast.IOThread(-1, writers=writers)
+        _io.IOThread(-1, writers=writers)
 
 
 def test_busy_seconds_count_both_stages(tmp_path: Path) -> None:
-    t = _fast.IOThread(-1)
+    t = _io.IOThread(-1)
     data = os.urandom(PIECE)
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
         assert t.busy_seconds == (0.0, 0.0)
         t.submit_piece(1, data, PIECE, hashlib.sha1(data).digest(), [(fd, 0, 0, PIECE)])
-        assert t.close() == [(1, _fast.JOB_OK, 0)]
+        assert t.close() == [(1, _io.JOB_OK, 0)]
         hashing, writing = t.busy_seconds
         assert hashing > 0 and writing > 0
     finally:

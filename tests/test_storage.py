@@ -390,14 +390,14 @@ def test_direct_storage_writes_pieces_bit_exact_through_the_native_writer(tmp_pa
     import mmap
     import select
 
-    from torrent import _fast
+    from torrent import _io
 
     piece = 64 * 1024
     lay = make_layout(tmp_path, [("d/a", 3 * piece + 1234), ("d/b", piece - 1234)], piece)
     data = os.urandom(lay.total_size)
     slot = mmap.mmap(-1, piece)
     efd = os.eventfd(0, os.EFD_CLOEXEC)
-    t = _fast.IOThread(efd)
+    t = _io.IOThread(efd)
     with Storage(lay, writable=True, direct=True) as s:
         s.create_files(preallocate=True)
         for i in range(4):
@@ -408,7 +408,7 @@ def test_direct_storage_writes_pieces_bit_exact_through_the_native_writer(tmp_pa
             t.submit_piece(i, slot, len(chunk), hashlib.sha1(chunk).digest(), segs)
             assert select.select([efd], [], [], 10)[0]
             os.eventfd_read(efd)
-            assert t.completed() == [(i, _fast.JOB_OK, 0)]
+            assert t.completed() == [(i, _io.JOB_OK, 0)]
             s.unpin(pinned)
     t.close()
     os.close(efd)

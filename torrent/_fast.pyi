@@ -1,6 +1,10 @@
-"""Type stub for the compiled kernels in torrent/_fast.pyx (twins in torrent/_pure.py)."""
+"""Type stub for the compiled kernels in torrent/_fast.pyx (twins in torrent/_pure.py).
 
-from typing import Final
+``take_blocks`` has no twin: it is a shortcut over the Python path it stops in front of.
+The native I/O thread is in torrent/_io.pyx (stub: torrent/_io.pyi).
+"""
+
+from typing import Any, Final
 
 from typing_extensions import Buffer
 
@@ -18,6 +22,7 @@ __all__ = [
     "scan_frame",
     "sha1",
     "sha1_pieces",
+    "take_blocks",
     "verify_pieces",
 ]
 
@@ -47,23 +52,10 @@ class BlockMap:
     def full(self) -> bool: ...
     def __len__(self) -> int: ...
 
-JOB_BAD: Final[int]
-JOB_OK: Final[int]
-JOB_IO_ERROR: Final[int]
-MAX_SEGMENTS: Final[int]
-
-class IOThread:
-    def __init__(self, notify_fd: int, lock_writes: bool = False) -> None: ...
-    @property
-    def pending(self) -> int: ...
-    def submit_piece(self, job_id: int, buf: Buffer, length: int, digest: Buffer,
-                     segments: list[tuple[int, int, int, int]]) -> None: ...
-    def submit_sync(self, job_id: int, fds: list[int]) -> None: ...
-    def completed(self) -> list[tuple[int, int, int]]: ...
-    def close(self) -> list[tuple[int, int, int]]: ...
-
 def bitfield_count(bits: Buffer, nbits: int) -> int: ...
 def bitfield_spare_ok(bits: Buffer, nbits: int) -> bool: ...
 def availability_add(counts: Buffer, bits: Buffer, nbits: int, delta: int) -> None: ...
 def read_u32(buf: Buffer, pos: int) -> int: ...
 def scan_frame(buf: Buffer, start: int, end: int, max_len: int) -> int: ...
+def take_blocks(buf: Buffer, pos: int, end: int, outstanding: dict[Any, Any],
+                active: dict[Any, Any], peer: object, full: list[Any]) -> tuple[int, int]: ...

@@ -1,5 +1,6 @@
 /*
- * _sha1.h -- the SHA-1 backends behind torrent._fast (BEP 3 piece hashes).
+ * _sha1.h -- the SHA-1 backends behind torrent._fast and torrent._io (BEP 3
+ * piece hashes). Each module compiles its own copy, with its own backend state.
  *
  * Theory of operation
  * -------------------
@@ -50,6 +51,15 @@ enum { FT_SHA1_OPENSSL = 0, FT_SHA1_SHANI = 1, FT_SHA1_PORTABLE = 2, FT_SHA1_NBA
 
 #define FT_SHA1_DIGEST_SIZE 20 /* FIPS 180-4 */
 #define FT_SHA1_BLOCK_SIZE 64  /* FIPS 180-4: 512-bit message blocks */
+
+/* The backend accessors below are for the module that reports and switches
+ * backends (torrent._fast); another module including this header only to hash
+ * (torrent._io) leaves them unused, which is not worth a warning. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FT_SHA1_MAYBE_UNUSED __attribute__((unused))
+#else
+#define FT_SHA1_MAYBE_UNUSED
+#endif
 
 typedef void (*ft_sha1_compress_fn)(uint32_t st[5], const unsigned char *p, size_t nblocks);
 
@@ -410,15 +420,15 @@ static void ft_sha1_setup(void)
         ft_sha1_backend = FT_SHA1_SHANI;
 }
 
-static int ft_sha1_available(int backend)
+FT_SHA1_MAYBE_UNUSED static int ft_sha1_available(int backend)
 {
     return backend >= 0 && backend < FT_SHA1_NBACKENDS && ft_sha1_ok[backend];
 }
 
-static int ft_sha1_get_backend(void) { return ft_sha1_backend; }
+FT_SHA1_MAYBE_UNUSED static int ft_sha1_get_backend(void) { return ft_sha1_backend; }
 
 /* Returns 0 on success, -1 if that backend is not available here. */
-static int ft_sha1_set_backend(int backend)
+FT_SHA1_MAYBE_UNUSED static int ft_sha1_set_backend(int backend)
 {
     if (!ft_sha1_available(backend))
         return -1;
@@ -426,6 +436,6 @@ static int ft_sha1_set_backend(int backend)
     return 0;
 }
 
-static const char *ft_sha1_openssl_path(void) { return ft_ossl.path ? ft_ossl.path : ""; }
+FT_SHA1_MAYBE_UNUSED static const char *ft_sha1_openssl_path(void) { return ft_ossl.path ? ft_ossl.path : ""; }
 
 #endif /* FT_SHA1_H */

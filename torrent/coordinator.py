@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, ipc, metainfo
-from ._fast import DIRECT_ALIGN
+from ._io import DIRECT_ALIGN
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path

@@ -196,7 +196,7 @@ class Storage:
     :data:`MAX_OPEN_FILES`).  ``writable=False`` never creates anything.
     With ``direct=True`` (writable only) :meth:`write_segments` also hands out
     a second descriptor of each file opened with ``O_DIRECT``, through which
-    the native writer sends whole aligned pages (see ``_fast.IOThread``); a
+    the native writer sends whole aligned pages (see ``_io.IOThread``); a
     filesystem that refuses ``O_DIRECT`` turns it off for this storage.
     """
 

@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from . import _fast, ipc
+from . import _io, ipc
 from . import _speedups as _k
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import FastTorrentError, RemoteProtocolError
@@ -223,14 +223,14 @@ class Worker:
                            for k in range(cfg.nslots)]
         self.storage = Storage(layout_for(m, cfg.outdir), writable=cfg.writable,
                                direct=cfg.direct_io)
-        # The native I/O thread (see torrent/_fast.pyx): verifies and writes
+        # The native I/O thread (see torrent/_io.pyx): verifies and writes
         # full slots and flushes files without the GIL, waking us via an eventfd.
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.iot = _fast.IOThread(self.efd, lock_writes=cfg.lock_writes)
+        self.iot = _io.IOThread(self.efd, lock_writes=cfg.lock_writes)
         # fdatasync runs on a thread of its own: on this machine's disk a flush of
         # one second of downloading takes longer than a second, and queued behind
         # it, verification and writes would stall the download.
-        self.sync_iot = _fast.IOThread(self.efd, writers=1)  # syncs only, one at a time
+        self.sync_iot = _io.IOThread(self.efd, writers=1)  # syncs only, one at a time
         self.in_io: dict[int, tuple[PieceDL, list[int]]] = {}  # piece -> (state, pinned spans)
         self.syncs: dict[int, tuple[list[int], list[int]]] = {}  # job -> (pieces, pinned)
         self._sync_seq = 0
@@ -622,7 +622,7 @@ class Worker:
             # the slot has a page of slack: place the piece so that its first file's
             # bytes are aligned in memory as on disk (O_DIRECT straight from the slot)
             shift = self.storage.alignment(index * self.meta.piece_length, size,
-                                           _fast.DIRECT_ALIGN)
+                                           _io.DIRECT_ALIGN)
             slot.view = slot.raw[shift : shift + size]
         return slot
 
@@ -685,18 +685,18 @@ class Worker:
             if jid < 0:
                 pieces, pinned = self.syncs.pop(jid)
                 self.storage.unpin(pinned)
-                if status == _fast.JOB_OK:
+                if status == _io.JOB_OK:
                     self.send(ipc.Durable(tuple(pieces)))
                 else:
                     self._io_error(err, "flushing files")
                 continue
             pd, pinned = self.in_io.pop(jid)
             self.storage.unpin(pinned)
-            if status == _fast.JOB_IO_ERROR:
+            if status == _io.JOB_IO_ERROR:
                 self._io_error(err, f"writing piece {jid}")
                 self._release_slot(pd)
                 continue
-            self._piece_checked(pd, status == _fast.JOB_OK)
+            self._piece_checked(pd, status == _io.JOB_OK)
         if self.verified_batch and self._verified_timer is None:
             # soon, not at the next tick (the coordinator leases and steals by it),
             # but batched: one pipe message per piece cost 11 % of a worker's time
