@@ -1,7 +1,9 @@
-"""The native block fast path (``_fast.take_blocks``): what it takes and where it stops.
+"""The block fast path (``take_blocks``): what it takes and where it stops.
 
-Everything it does not take must be left exactly as it was, for the Python
-path (``PeerProtocol.accept_block`` / ``Worker.on_block``) to handle.
+Everything it does not take must be left exactly as it was, for the slow
+path (``PeerProtocol.accept_block`` / ``Picker.store_block``) to handle.
+Every test runs on the compiled kernel and on its pure twin (each with its
+own ``BlockMap``).
 """
 
 from __future__ import annotations
@@ -9,11 +11,25 @@ from __future__ import annotations
 import os
 import struct
 
+from types import ModuleType
+
 import pytest
 
-from torrent import _fast
-from torrent.picker import BLOCK_SIZE, Picker
-from torrent.picker import Slot
+from torrent import _fast, _pure
+from torrent import picker as picker_mod
+from torrent.picker import BLOCK_SIZE, Picker, Slot
+
+KERNEL: ModuleType = _fast
+
+
+@pytest.fixture(autouse=True, params=["native", "pure"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Run each test on one implementation; the picker's slots get its BlockMap."""
+    global KERNEL
+    k = _fast if request.param == "native" else _pure
+    monkeypatch.setattr(picker_mod, "_k", k)
+    monkeypatch.setattr(__import__(__name__), "KERNEL", k)
+    return k
 
 PIECE = 4 * BLOCK_SIZE
 
@@ -42,7 +58,7 @@ class Setup:
         return frame(i, b * BLOCK_SIZE, self.data[start : start + BLOCK_SIZE])
 
     def take(self, buf: bytes, peer: object | None = None, pos: int = 0) -> tuple[int, int]:
-        return _fast.take_blocks(bytearray(buf), pos, len(buf), self.table, self.picker.active,
+        return KERNEL.take_blocks(bytearray(buf), pos, len(buf), self.table, self.picker.active,
                                  peer or self.a, self.full)
 
 
@@ -122,4 +138,4 @@ def test_a_short_last_piece_takes_its_short_last_block() -> None:
 def test_span_outside_the_buffer_is_refused() -> None:
     s = Setup()
     with pytest.raises(ValueError):
-        _fast.take_blocks(bytearray(10), 0, 11, s.table, s.picker.active, s.a, s.full)
+        KERNEL.take_blocks(bytearray(10), 0, 11, s.table, s.picker.active, s.a, s.full)
