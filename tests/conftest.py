@@ -36,3 +36,11 @@ def require_binary(name: str) -> str:
             pytest.fail(f"{name} is required in CI but is not installed")
         pytest.skip(f"{name} not installed")
     return path  # type: ignore[return-value]
+
+
+@pytest.fixture
+def tests_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Child processes (torrent/launch.py takes the environment along) can import test modules."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    old = os.environ.get("PYTHONPATH", "")
+    monkeypatch.setenv("PYTHONPATH", here + (os.pathsep + old if old else ""))

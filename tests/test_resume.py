@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 from conftest import require_module
+from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
 from helpers.testpeer import TestPeer
 
 from torrent import metainfo
@@ -61,7 +62,7 @@ SEED_RATE = 2 << 20
 SLOW_BLOCK_DELAY = 0.05
 #: Upper bound of one download subprocess; a normal one takes about a second.
 DOWNLOAD_TIMEOUT = 60
-#: How long the processes and the shared memory of a killed run may take to go.
+#: How long the processes (and so the shared memory) of a killed run may take to go.
 CLEANUP_TIMEOUT = 10.0
 #: Poll period while watching a running download.
 POLL = 0.02
@@ -175,11 +176,12 @@ class KilledRun:
     returncode: int
     stderr: str
     procs: dict[int, Any] = field(default_factory=dict)  # pid -> psutil.Process (descendants)
-    workers: set[int] = field(default_factory=set)  # pids of multiprocessing workers
-    segments: set[str] = field(default_factory=set)  # /dev/shm/psm_* paths it mapped
+    workers: set[int] = field(default_factory=set)  # pids of the download workers
+    arenas: set[int] = field(default_factory=set)  # inodes of the arena memfds it mapped
+    shm_files: set[str] = field(default_factory=set)  # /dev/shm paths it mapped (none expected)
 
-    def leftovers(self) -> tuple[list[int], list[str]]:
-        """Descendant processes still running and segments still in /dev/shm."""
+    def leftovers(self) -> tuple[list[int], set[int]]:
+        """Descendant processes still running, and processes still holding the arena."""
         import psutil
 
         alive = []
@@ -189,10 +191,10 @@ class KilledRun:
                     alive.append(pid)
             except psutil.NoSuchProcess:
                 pass
-        return alive, [s for s in self.segments if os.path.exists(s)]
+        return alive, arena_holders(self.arenas)
 
 
-def _segments_of(pid: int) -> set[str]:
+def _shm_files_of(pid: int) -> set[str]:
     try:
         with open(f"/proc/{pid}/maps") as f:
             lines = f.read().splitlines()
@@ -201,13 +203,13 @@ def _segments_of(pid: int) -> set[str]:
     out = set()
     for line in lines:
         path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-        if path.startswith("/dev/shm/psm_"):
+        if path.startswith(SHM_DIR + "/"):
             out.add(path.removesuffix(" (deleted)"))
     return out
 
 
 def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
-    """Run a download with ``FASTTORRENT_FAULT``, watching its processes and segments."""
+    """Run a download with ``FASTTORRENT_FAULT``, watching its processes and shared memory."""
     psutil = require_module("psutil")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=clean_env(fault))
@@ -226,14 +228,15 @@ def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
                 if k.pid in run.workers:
                     continue
                 # Checked on every poll: just after fork a child still shows
-                # its parent's command line, until it execs the spawn stub.
+                # its parent's command line, until it execs the interpreter.
                 try:
-                    if "--multiprocessing-fork" in k.cmdline():
+                    if all(s in " ".join(k.cmdline()) for s in WORKER_CMDLINE):
                         run.workers.add(k.pid)
                 except psutil.Error:
                     pass
             for pid in [proc.pid, *(k.pid for k in kids)]:
-                run.segments |= _segments_of(pid)
+                run.arenas |= arena_inodes(pid)
+                run.shm_files |= _shm_files_of(pid)
             time.sleep(POLL)
     finally:
         if proc.poll() is None:
@@ -246,15 +249,16 @@ def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
 
 def assert_cleaned_up(run: KilledRun) -> None:
     assert run.workers, "no worker process was seen while the download ran"
-    assert run.segments, "no shared-memory segment was seen while the download ran"
+    assert run.arenas, "no shared-memory arena was seen while the download ran"
+    assert not run.shm_files, f"the download mapped files in {SHM_DIR}: {run.shm_files}"
     deadline = time.monotonic() + CLEANUP_TIMEOUT
     while True:
-        alive, segments = run.leftovers()
-        if not alive and not segments:
+        alive, holders = run.leftovers()
+        if not alive and not holders:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"{CLEANUP_TIMEOUT} s after the kill: processes {alive} "
-                                 f"and segments {segments} remain")
+                                 f"remain and {holders} still hold the arena")
         time.sleep(POLL)
 
 

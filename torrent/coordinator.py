@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import multiprocessing as mp
 import os
 import signal
 import socket
@@ -57,11 +56,12 @@ from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, Usa
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path
 from .leases import LeaseTable, Send
+from .launch import start_child
 from .shm import Arena, plan_slots
 from .storage import Storage, check_free_space, check_output_paths, layout_for
 from .sysinfo import available_cpus
 from .wire.handshake import make_peer_id
-from .worker import WorkerConfig, worker_main
+from .worker import WorkerConfig
 
 __all__ = ["DownloadResult", "check_seed_limit", "download", "parse_peer", "seed"]
 
@@ -326,11 +326,10 @@ class Coordinator:
         self.arena = Arena.create(slot_size, slots * self.nworkers)
         if self.port == 0 and self.nworkers:
             self.port = _free_port(self.bind)
-        ctx = mp.get_context("spawn")
         done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
+        configs = []
         for w in range(self.nworkers):
-            parent, child = ctx.Pipe(duplex=True)
-            cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, arena_name=self.arena.name,
+            cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, arena_fd=self.arena.fd,
                                slot_size=slot_size, arena_slots=slots * self.nworkers,
                                first_slot=w * slots, nslots=slots, port=self.port,
                                bind=self.bind, peer_id=self.peer_id, done=done_bits,
@@ -342,11 +341,29 @@ class Coordinator:
                                lock_writes=self.nworkers > 1,
                                **({"request_timeout": self.request_timeout}
                                   if self.request_timeout else {}))
-            proc = ctx.Process(target=worker_main, args=(cfg, child), daemon=True,
-                               name=f"fasttorrent-worker-{w}")
-            proc.start()
-            child.close()
-            self.workers.append(WorkerHandle(w, proc, parent))
+            # A fresh interpreter (torrent/launch.py): never a re-import of the
+            # caller's main module, whatever the caller is.
+            try:
+                proc, conn = start_child("torrent.worker:worker_main",
+                                         name=f"fasttorrent-worker-{w}",
+                                         pass_fds=(self.arena.fd,))
+            except OSError as e:
+                for h in self.workers:
+                    h.conn.close()  # EOF: they exit by themselves
+                    h.proc.join(WORKER_EXIT_TIMEOUT)
+                self.workers.clear()
+                self.arena.close()
+                self.arena = None
+                raise errors.ResourceExhausted(
+                    f"cannot start worker {w}: {e.strerror or e}") from None
+            self.workers.append(WorkerHandle(w, proc, conn))
+            configs.append(cfg)
+        # Sent once every worker started, so that they start up side by side.
+        for h, cfg in zip(self.workers, configs):
+            try:
+                h.conn.send(cfg)
+            except OSError:
+                pass  # it died starting: the liveness check in run() reports it
         # the start-up affinity runs from here, not from before the resume check
         self.leases.start(time.monotonic())
 

@@ -3,14 +3,19 @@
 Theory of operation
 -------------------
 The piece space is cut into chunks of whole pieces of about
-:data:`CHUNK_BYTES`.  ``N`` worker processes (spawned, so nothing of the
-parent's state leaks in) pull chunk indices from one queue, read each chunk
-straight from the files into their own reusable buffer with ``preadv``, and
-hand the buffer to the native core (:mod:`torrent._fast`), which hashes the
+:data:`CHUNK_BYTES`.  ``N`` worker processes (fresh interpreters started by
+:mod:`torrent.launch`, so nothing of the parent's state leaks in and the
+caller's main module is never re-imported) each get chunk indices over their
+own control connection, read each chunk straight from the files into their
+own reusable buffer with ``preadv`` (or hash it from a mapping of the file),
+and hand it to the native core (:mod:`torrent._fast`), which hashes the
 whole batch with the GIL released.  Only chunk indices go to the workers and
 only one status byte (or one 20-byte digest) per piece comes back: no piece
-data is ever pickled between processes.  Pulling from a shared queue balances
-the load by itself when files are unevenly cached.
+data is ever pickled between processes.  Each worker has at most
+:data:`TASKS_IN_FLIGHT` chunks at a time and gets the next one when it
+returns one, which balances the load by itself when files are unevenly
+cached.  A worker exits when its connection reaches EOF: when the parent is
+done with it, or dies.
 
 With one worker the same loop runs in this process (no spawn cost).
 """
@@ -18,16 +23,16 @@ With one worker the same loop runs in this process (no spawn cost).
 from __future__ import annotations
 
 import mmap
-import multiprocessing as mp
 import os
-import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from multiprocessing.connection import Connection, wait
+from typing import Any, cast
 
 from . import _fast
-from .errors import DiskFull, FastTorrentError, StorageError
+from .errors import DiskFull, FastTorrentError, ResourceExhausted, StorageError
+from .launch import Child, start_child
 from .storage import Layout, Storage
 
 __all__ = [
@@ -52,9 +57,12 @@ PIECE_BAD = 0
 PIECE_GOOD = 1
 PIECE_MISSING = 2
 
-#: How often an idle worker checks that its parent is still alive, so it never
-#: outlives a killed parent.
-_PARENT_POLL_S = 1.0
+#: Chunks a worker holds at a time: one being hashed and one waiting, so it
+#: never idles for a round trip, and the last chunks still go to whichever
+#: worker is free.
+TASKS_IN_FLIGHT = 2
+#: How long finished workers get to exit before they are killed.
+_EXIT_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -153,41 +161,38 @@ class _Hasher:
         self.storage.close()
 
 
-def _worker_main(wid: int, layout: Layout, digests: bytes | None,
-                 tasks: mp.Queue, results: mp.Queue, parent: int, start: Any) -> None:
+def _worker_main(arg: tuple[int, Layout, bytes | None], conn: Connection) -> None:
+    """A hash worker (started by :func:`hash_pieces` through :mod:`torrent.launch`).
+
+    It returns (and its process exits) when the connection reaches EOF or
+    breaks: the parent is done with it, was interrupted, or died.
+    """
+    wid, layout, digests = arg
     try:
         h = _Hasher(layout, digests)
     except FastTorrentError as e:
-        results.put(("error", wid, e.__class__.__name__, str(e)))
+        _send(conn, ("error", wid, e.__class__.__name__, str(e)))
         return
-    # Start pulling only when every worker is up: a worker that finished
-    # starting first would otherwise drain a small queue on its own.
-    results.put(("ready", wid))
-    while not start.wait(_PARENT_POLL_S):
-        if os.getppid() != parent:
-            return
     t_busy = 0.0
     try:
+        if not _send(conn, ("ready", wid)):
+            return
         while True:
             try:
-                task = tasks.get(timeout=_PARENT_POLL_S)
-            except queue.Empty:
-                if os.getppid() != parent:
-                    return
-                continue
-            if task is None:
-                break
+                task = conn.recv()
+            except (EOFError, OSError):
+                return
             t0 = time.perf_counter()
             try:
                 out, nbytes = h.run(*task)
             except FastTorrentError as e:
-                results.put(("error", wid, e.__class__.__name__, str(e)))
+                _send(conn, ("error", wid, e.__class__.__name__, str(e)))
                 return
             t_busy += time.perf_counter() - t0
-            results.put(("ok", wid, task[0], out, nbytes, t_busy))
+            if not _send(conn, ("ok", wid, task[0], out, nbytes, t_busy)):
+                return
     finally:
         h.close()
-    results.put(("done", wid))
 
 
 #: Error types a hash worker may report back by name (the rest: StorageError).
@@ -262,50 +267,75 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
         finally:
             h.close()
     else:
-        ctx = mp.get_context("spawn")
-        tasks: mp.Queue = ctx.Queue()
-        results: mp.Queue = ctx.Queue()
-        for c in chunks:
-            tasks.put(c)
-        for _ in range(workers):
-            tasks.put(None)
-        start = ctx.Event()
-        procs = [ctx.Process(target=_worker_main,
-                             args=(w, layout, digests, tasks, results, os.getpid(), start),
-                             daemon=True, name=f"fasttorrent-hash-{w}")
-                 for w in range(workers)]
-        for p in procs:
-            p.start()
-        try:
-            finished = ready = 0
-            while finished < workers:
+        _hash_in_children(layout, digests, chunks, workers, record)
+    return HashResult(status=status, digests=dig, bytes_read=done_bytes,
+                      seconds=time.perf_counter() - t0, workers=stats)
+
+
+def _hash_in_children(layout: Layout, digests: bytes | None, chunks: list[tuple[int, int]],
+                      workers: int, record: Callable[[int, int, bytes, int, float], None]) -> None:
+    """Hash ``chunks`` in ``workers`` child processes, calling ``record`` per chunk done."""
+    children: list[tuple[Child, Connection]] = []
+    try:
+        for w in range(workers):
+            try:
+                children.append(start_child("torrent.hashing:_worker_main",
+                                            name=f"fasttorrent-hash-{w}"))
+            except OSError as e:
+                raise ResourceExhausted(f"cannot start hash worker {w}: "
+                                        f"{e.strerror or e}") from None
+        for w, (_proc, conn) in enumerate(children):
+            _send(conn, (w, layout, digests))
+        todo = list(reversed(chunks))
+        busy = [0] * workers  # chunks each worker holds
+        ready = 0
+        wid_of = {id(conn): w for w, (_proc, conn) in enumerate(children)}
+        while ready < workers or todo or any(busy):
+            for ready_conn in wait([c for _p, c in children]):
+                conn = cast(Connection, ready_conn)
+                w = wid_of[id(conn)]
                 try:
-                    msg = results.get(timeout=_PARENT_POLL_S)
-                except queue.Empty:
-                    dead = [p for p in procs if p.exitcode not in (None, 0)]
-                    if dead:
-                        raise StorageError(
-                            f"hash worker {dead[0].name} died (exit code {dead[0].exitcode})")
-                    continue
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    proc = children[w][0]
+                    proc.join(_EXIT_TIMEOUT_S)
+                    raise StorageError(f"hash worker {proc.name} died (exit code "
+                                       f"{proc.exitcode})") from None
                 kind = msg[0]
                 if kind == "ready":
                     ready += 1
-                    if ready == workers:
-                        start.set()
+                    if ready < workers:
+                        continue
+                    # Hand out work only once every worker is up: the first one
+                    # up would otherwise take a small job all by itself.
+                    for _ in range(TASKS_IN_FLIGHT):
+                        for k, (_p, c) in enumerate(children):
+                            if todo:
+                                _send(c, todo.pop())
+                                busy[k] += 1
                 elif kind == "ok":
+                    busy[w] -= 1
                     record(msg[1], msg[2], msg[3], msg[4], msg[5])
-                elif kind == "done":
-                    finished += 1
+                    if todo:
+                        _send(conn, todo.pop())
+                        busy[w] += 1
                 else:
                     cls = _ERRORS.get(msg[2], StorageError)
                     raise cls(msg[3])
-        finally:
-            for p in procs:
-                p.join(timeout=2)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
-            tasks.close()
-            results.close()
-    return HashResult(status=status, digests=dig, bytes_read=done_bytes,
-                      seconds=time.perf_counter() - t0, workers=stats)
+    finally:
+        for _proc, conn in children:
+            conn.close()  # EOF: the worker exits
+        for proc, _conn in children:
+            proc.join(_EXIT_TIMEOUT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _send(conn: Connection, msg: Any) -> bool:
+    """Send ``msg``; False if the other side is gone (its EOF is read, and reported, next)."""
+    try:
+        conn.send(msg)
+    except OSError:
+        return False
+    return True

@@ -2,39 +2,56 @@
 
 Theory of operation
 -------------------
-The coordinator creates one POSIX shared-memory segment holding
-``workers * slots_per_worker`` piece slots and unlinks it when the run ends;
-workers attach by name, each using only its own run of slots (so no two
-processes ever write one slot, and no locking is needed).  A received block
-is copied once, by the native core, from a connection's receive buffer into
-its piece's slot; the full slot is hashed in place and written to disk from
-there.
+The coordinator creates one anonymous shared-memory file
+(``memfd_create``) holding ``workers * slots_per_worker`` piece slots,
+reserves its pages and maps it.  Each worker inherits the descriptor (at
+the same number: :func:`torrent.launch.start_child` passes it), maps it and
+closes its copy of the descriptor; it then uses only its own run of slots,
+so no two processes ever write one slot and no locking is needed.  A
+received block is copied once, by the native core, from a connection's
+receive buffer into its piece's slot; the full slot is hashed in place and
+written to disk from there.
 
-Lifecycle rules (Python 3.11, spawn start method):
+Lifecycle rules:
 
-- Workers share the coordinator's resource tracker.  A worker closes its
-  mapping but never unlinks or unregisters it; the coordinator unlinks once.
-  If the coordinator is SIGKILLed, the resource tracker (which outlives it)
-  unlinks the segment, so none is left in ``/dev/shm``.
-- ``close()`` fails while memoryviews into the mapping are alive: every slot
-  view is released first (:meth:`Arena.close`).
-- A full ``/dev/shm`` would raise SIGBUS on first touch.  The arena is sized
-  from the free space (:func:`plan_slots`) and its pages are reserved up front
-  with ``posix_fallocate``, so a shortage is a clear
-  :class:`~torrent.errors.ResourceExhausted` at start-up instead.
+- The segment has no name: nothing appears in ``/dev/shm``, nothing is
+  unlinked, nothing can leak.  The kernel frees it when the last descriptor
+  and the last mapping are gone, that is when the last process of the run
+  exits, however it ends (normal exit, Ctrl-C, a SIGKILL of the whole
+  process group, the OOM killer).  A named POSIX segment outlived a SIGKILL
+  of the whole group: the resource tracker that would have unlinked it died
+  with it.
+- ``close()`` releases every slot view handed out, then unmaps and closes
+  the descriptor.  A view derived from a slot and still held elsewhere keeps
+  the mapping alive until it goes (at the latest, with the process).
+- Slots start on a :data:`SLOT_ALIGN` boundary (the mapping starts on a page
+  and the slot stride is rounded up): the I/O thread writes whole pages with
+  ``O_DIRECT`` straight from a slot.
+
+Sizing: memfd pages are shared memory ("Shmem" in ``/proc/meminfo``) charged
+to the memory cgroup, but they do not live in ``/dev/shm`` and its size
+limit does not apply to them (the kernel's internal tmpfs has none; a
+container's 64 MiB ``/dev/shm`` no longer matters).  What bounds the arena is
+memory: :func:`plan_slots` takes at most :data:`MEMORY_SHARE` of
+:func:`torrent.sysinfo.available_memory` (``MemAvailable``, and the headroom
+under the cgroup's limit).  :meth:`Arena.create` then reserves every page
+with ``posix_fallocate``, so a shortage is a clear
+:class:`~torrent.errors.ResourceExhausted` at start-up instead of a SIGBUS,
+or an OOM kill, on first touch in the middle of a download.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from multiprocessing import resource_tracker, shared_memory
 
+from ._io import DIRECT_ALIGN
 from .errors import ResourceExhausted
+from .sysinfo import available_memory
 
-__all__ = ["DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MAX_SLOT_BYTES", "MIN_SLOTS", "SHM_DIR", "Arena",
-           "plan_slots"]
+__all__ = ["DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MAX_SLOT_BYTES", "MEMORY_SHARE", "MIN_SLOTS",
+           "SLOT_ALIGN", "Arena", "arena_free_bytes", "plan_slots", "slot_stride"]
 
-SHM_DIR = "/dev/shm"
 #: Default arena size.  At 1 GB/s a 1 MiB piece spends about 1 ms in flight per
 #: peer; 64 slots per worker cover a deep request pipeline to several peers
 #: with room for pieces waiting on the hash/write thread.
@@ -49,113 +66,167 @@ MIN_SLOTS = 2
 BASE_SLOTS = 64
 MAX_SLOTS = 256
 MAX_SLOT_BYTES = 64 << 20
-#: Share of the free space in /dev/shm the arena may take; other programs live there too.
-SHM_SHARE = 0.5
+#: Share of the available memory the arena may take; the page cache and other
+#: programs need the rest.
+MEMORY_SHARE = 0.5
+#: Every slot starts at a multiple of this: the O_DIRECT alignment.
+SLOT_ALIGN = DIRECT_ALIGN
+#: The segment's name in /proc/PID/maps and /proc/PID/fd ("/memfd:NAME (deleted)").
+MEMFD_NAME = "fasttorrent-arena"
 
 
-def shm_free_bytes() -> int:
-    try:
-        st = os.statvfs(SHM_DIR)
-    except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize
+def slot_stride(slot_size: int) -> int:
+    """Distance between two slots: ``slot_size`` rounded up to :data:`SLOT_ALIGN`."""
+    return -(-slot_size // SLOT_ALIGN) * SLOT_ALIGN
 
 
-def plan_slots(piece_length: int, workers: int, arena_bytes: int | None = None) -> int:
-    """Slots per worker that fit the budget and the free space in /dev/shm.
+def arena_free_bytes() -> tuple[int, str] | None:
+    """Memory the arena may come from, and what bounds it; None when unknown.
+
+    See :func:`torrent.sysinfo.available_memory`.
+    """
+    return available_memory()
+
+
+def plan_slots(slot_size: int, workers: int, arena_bytes: int | None = None) -> int:
+    """Slots per worker that fit the budget and :data:`MEMORY_SHARE` of the available memory.
+
+    Args:
+        slot_size: bytes of one slot (a piece, plus any slack).
+        workers: worker processes, each getting the same number of slots.
+        arena_bytes: the budget (default :data:`DEFAULT_ARENA_BYTES`).
+
+    Returns:
+        Slots per worker, between :data:`MIN_SLOTS` and :data:`MAX_SLOTS`.
 
     Raises:
-        ResourceExhausted: not even :data:`MIN_SLOTS` per worker fit.
+        ResourceExhausted: not even :data:`MIN_SLOTS` per worker fit in memory.
     """
+    stride = slot_stride(slot_size)
     budget = arena_bytes if arena_bytes is not None else DEFAULT_ARENA_BYTES
-    free = int(shm_free_bytes() * SHM_SHARE)
-    usable = min(budget, free)
-    cap = min(MAX_SLOTS, max(BASE_SLOTS, MAX_SLOT_BYTES // piece_length))
-    per = min(cap, usable // (piece_length * workers))
-    # A small budget still gets the minimum as long as /dev/shm can hold it.
-    if per < MIN_SLOTS and MIN_SLOTS * piece_length * workers <= free:
+    avail = arena_free_bytes()
+    # Memory unknown (no /proc): the budget alone; the reservation still checks.
+    free = avail[0] if avail is not None else budget
+    usable = budget if avail is None else min(budget, int(free * MEMORY_SHARE))
+    cap = min(MAX_SLOTS, max(BASE_SLOTS, MAX_SLOT_BYTES // stride))
+    per = min(cap, usable // (stride * workers))
+    # A small budget or a tight machine still gets the minimum as long as it fits.
+    need = MIN_SLOTS * stride * workers
+    if per < MIN_SLOTS and need <= free:
         per = MIN_SLOTS
     if per < MIN_SLOTS:
-        need = MIN_SLOTS * piece_length * workers
+        what = avail[1] if avail is not None else "memory"
         raise ResourceExhausted(
-            f"shared memory: {SHM_DIR} has {shm_free_bytes() >> 20} MiB free, "
-            f"{workers} worker(s) x {MIN_SLOTS} slots of {piece_length >> 10} KiB need "
-            f"{need >> 20} MiB (use fewer --workers or free {SHM_DIR})")
+            f"shared memory: {free >> 20} MiB free ({what}), "
+            f"{workers} worker(s) x {MIN_SLOTS} slots of {slot_size >> 10} KiB need "
+            f"{need >> 20} MiB (use fewer --workers or free some memory)")
     return int(per)
 
 
 class Arena:
-    """A shared-memory segment of equal piece slots."""
+    """An anonymous shared-memory segment of equal, aligned piece slots."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, slot_size: int, nslots: int,
+    def __init__(self, fd: int | None, mm: mmap.mmap, slot_size: int, nslots: int,
                  owner: bool) -> None:
-        self._shm = shm
+        self._fd = fd
+        self._mm: mmap.mmap | None = mm
+        self._base: memoryview | None = memoryview(mm)
         self.slot_size = slot_size
+        self.stride = slot_stride(slot_size)
         self.nslots = nslots
         self.owner = owner
         self._views: list[memoryview] = []
 
     @property
-    def name(self) -> str:
-        return self._shm.name
+    def fd(self) -> int:
+        """The segment's descriptor, to pass to the workers (creator only, until closed)."""
+        if self._fd is None:
+            raise ValueError("the arena has no descriptor (attached, or closed)")
+        return self._fd
 
     @classmethod
     def create(cls, slot_size: int, nslots: int) -> Arena:
-        """Create and reserve the segment (coordinator side)."""
-        size = slot_size * nslots
+        """Create, reserve and map the segment (coordinator side).
+
+        Raises:
+            ResourceExhausted: more than the available memory, no descriptor
+                left, or the pages cannot be reserved.
+        """
+        size = slot_stride(slot_size) * nslots
+        avail = arena_free_bytes()
+        if avail is not None and size > avail[0]:
+            raise ResourceExhausted(f"shared memory: {size >> 20} MiB wanted, only "
+                                    f"{avail[0] >> 20} MiB free ({avail[1]})")
         try:
-            shm = shared_memory.SharedMemory(create=True, size=size)
+            fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC)
         except OSError as e:
-            raise ResourceExhausted(f"shared memory: cannot create {size >> 20} MiB: "
+            raise ResourceExhausted(f"shared memory: cannot create a segment: "
                                     f"{e.strerror}") from None
         try:
-            os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]
+            os.ftruncate(fd, size)
+            # Take every page now: a shortage fails here, with a message,
+            # instead of with SIGBUS when a block first lands in a slot.
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as e:
-            shm.close()
-            shm.unlink()
-            raise ResourceExhausted(f"shared memory: cannot reserve {size >> 20} MiB in "
-                                    f"{SHM_DIR}: {e.strerror}") from None
-        except AttributeError:
-            pass
-        return cls(shm, slot_size, nslots, owner=True)
+            os.close(fd)
+            raise ResourceExhausted(f"shared memory: cannot reserve {size >> 20} MiB: "
+                                    f"{e.strerror}") from None
+        return cls(fd, mm, slot_size, nslots, owner=True)
 
     @classmethod
-    def attach(cls, name: str, slot_size: int, nslots: int) -> Arena:
-        """Attach to the coordinator's segment (worker side)."""
+    def attach(cls, fd: int, slot_size: int, nslots: int) -> Arena:
+        """Map the segment behind ``fd`` (worker side); ``fd`` is closed once mapped.
+
+        Raises:
+            ResourceExhausted: ``fd`` is not a segment of that size.
+        """
+        size = slot_stride(slot_size) * nslots
         try:
-            shm = shared_memory.SharedMemory(name=name)
+            try:
+                if os.fstat(fd).st_size < size:
+                    raise ResourceExhausted(f"shared memory: descriptor {fd} holds less than "
+                                            f"{size >> 20} MiB")
+                mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)  # the mapping keeps the segment alive
         except OSError as e:
-            raise ResourceExhausted(f"shared memory: cannot attach {name}: {e.strerror}") from None
-        # Python 3.11 registers an attached segment with the (shared) resource
-        # tracker as if we owned it; the registration is a set entry, and the
-        # coordinator's unlink() removes it, so nothing more to do here.
-        return cls(shm, slot_size, nslots, owner=False)
+            raise ResourceExhausted(f"shared memory: cannot map descriptor {fd}: "
+                                    f"{e.strerror}") from None
+        return cls(None, mm, slot_size, nslots, owner=False)
 
     def slot(self, i: int) -> memoryview:
-        """A writable view of slot ``i``; released by :meth:`close`."""
+        """A writable view of slot ``i`` (it starts on a :data:`SLOT_ALIGN` boundary).
+
+        Raises:
+            IndexError: ``i`` is not a slot.
+            ValueError: the arena is closed.
+        """
         if not 0 <= i < self.nslots:
             raise IndexError(f"slot {i} out of range 0..{self.nslots - 1}")
-        buf = self._shm.buf
-        assert buf is not None
-        v = buf[i * self.slot_size : (i + 1) * self.slot_size]
+        if self._base is None:
+            raise ValueError("the arena is closed")
+        v = self._base[i * self.stride : i * self.stride + self.slot_size]
         self._views.append(v)
         return v
 
     def close(self) -> None:
-        """Release every slot view and unmap; the owner also unlinks the segment."""
+        """Release every slot view, unmap, close the descriptor.  Twice is harmless."""
         for v in self._views:
             v.release()
         self._views.clear()
-        try:
-            self._shm.close()
-        except BufferError:
-            pass  # a caller still holds a view; the mapping goes with the process
-        if self.owner:
+        if self._base is not None:
+            self._base.release()
+            self._base = None
+        if self._mm is not None:
             try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                try:
-                    resource_tracker.unregister(self._shm._name, "shared_memory")  # type: ignore[attr-defined]
-                except Exception:  # noqa: BLE001 - best effort on an already-gone segment
-                    pass
-            self.owner = False
+                self._mm.close()
+            except BufferError:
+                pass  # a caller still holds a derived view; the mapping goes with it
+            self._mm = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.owner = False

@@ -100,7 +100,7 @@ log = logging.getLogger(__name__)
 class WorkerConfig:
     """What a worker needs from the coordinator (pickled once at spawn)."""
 
-    def __init__(self, *, wid: int, meta: Any, outdir: str, arena_name: str, slot_size: int,
+    def __init__(self, *, wid: int, meta: Any, outdir: str, arena_fd: int, slot_size: int,
                  arena_slots: int, first_slot: int, nslots: int, port: int, bind: str,
                  peer_id: bytes, done: bytes, max_rate: int = 0,
                  request_timeout: float = REQUEST_TIMEOUT, writable: bool = True,
@@ -109,7 +109,7 @@ class WorkerConfig:
         self.wid = wid
         self.meta = meta
         self.outdir = outdir
-        self.arena_name = arena_name
+        self.arena_fd = arena_fd  # the arena's memfd, inherited at this number
         self.slot_size = slot_size
         self.arena_slots = arena_slots
         self.first_slot = first_slot
@@ -217,7 +217,7 @@ class Worker:
         self.framer = Framer(m.num_pieces)  # the framing limits, shared by every connection
         self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
         self.have_count = _k.bitfield_count(self.have, m.num_pieces)
-        self.arena = Arena.attach(cfg.arena_name, cfg.slot_size, cfg.arena_slots)
+        self.arena = Arena.attach(cfg.arena_fd, cfg.slot_size, cfg.arena_slots)
         nb = -(-m.piece_length // BLOCK_SIZE)
         self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
@@ -943,7 +943,7 @@ def _bits_to_indices(bits: bytes) -> list[int]:
 
 
 def worker_main(cfg: WorkerConfig, conn: Any) -> None:
-    """Entry point of a worker process (spawned by the coordinator)."""
+    """Entry point of a worker process (started by the coordinator with torrent.launch)."""
     # The coordinator handles SIGINT/SIGTERM and tells us to stop; a Ctrl-C or
     # a SIGTERM sent to the whole process group (a terminal, systemd, a job
     # control `kill %1`) must not kill us mid-write.  If the coordinator itself

@@ -8,8 +8,9 @@
   BEP 47 pad files).
 - Runs: :func:`run_cli` runs ``fasttorrent`` as a real subprocess, bounded by
   a timeout, and watches it while it runs: every descendant process (the
-  workers, the resource tracker) and every ``/dev/shm/psm_*`` segment they
-  map is recorded, so a test can assert that none outlives the run.  A
+  workers) and every ``/dev/shm`` segment they map is recorded (the arena is
+  an anonymous memfd, so there should be none), so a test can assert that
+  none outlives the run.  A
   ``during`` hook sees the live process tree (to kill a worker or send
   SIGTERM at the right moment).
 """
@@ -32,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
 from torrent import metainfo
 
 __all__ = [
@@ -55,10 +57,9 @@ RUN_TIMEOUT = 60.0
 #: How often a running download is sampled for descendants and shm segments.
 #: Short enough to see workers that live well under a second.
 POLL = 0.02
-#: How long processes of a finished run may take to disappear (the resource
-#: tracker exits once its last client closed the pipe).
+#: How long processes of a finished run may take to disappear (a worker exits
+#: when its control connection reaches EOF).
 REAP_TIMEOUT = 5.0
-SHM_DIR = "/dev/shm"
 SHM_PREFIX = "psm_"
 
 
@@ -190,12 +191,12 @@ def shm_segments() -> set[str]:
 
 
 def _mapped_segments(p: psutil.Process) -> set[str]:
+    """Names of the ``/dev/shm`` files ``p`` maps (any name: the arena should map none)."""
     out = set()
     with contextlib.suppress(psutil.Error, OSError):
         for m in p.memory_maps(grouped=True):
-            base = os.path.basename(m.path.split(" (deleted)")[0])
-            if m.path.startswith(SHM_DIR + "/") and base.startswith(SHM_PREFIX):
-                out.add(base)
+            if m.path.startswith(SHM_DIR + "/"):
+                out.add(os.path.basename(m.path.split(" (deleted)")[0]))
     return out
 
 
@@ -210,10 +211,12 @@ class RunResult:
     seconds: float
     #: Every descendant process seen while it ran (pid -> psutil.Process).
     descendants: dict[int, psutil.Process] = field(default_factory=dict)
-    #: psm_* segments mapped by the run's processes.
+    #: /dev/shm segments mapped by the run's processes.
     segments: set[str] = field(default_factory=set)
     #: psm_* segments that appeared during the run (may include other runs').
     new_segments: set[str] = field(default_factory=set)
+    #: Inodes of the arena memfds the run's processes mapped.
+    arenas: set[int] = field(default_factory=set)
 
     @property
     def json(self) -> dict[str, Any]:
@@ -242,13 +245,13 @@ class Live:
         return time.monotonic() - self.started
 
     def workers(self) -> list[psutil.Process]:
-        """The worker processes (spawned children running spawn_main, not the tracker)."""
+        """The download worker processes (``python -m torrent.launch fasttorrent-worker-N``)."""
         out = []
         with contextlib.suppress(psutil.Error):
             for c in self.proc.children():
                 with contextlib.suppress(psutil.Error):
                     cmd = " ".join(c.cmdline())
-                    if "spawn_main" in cmd and "resource_tracker" not in cmd:
+                    if all(s in cmd for s in WORKER_CMDLINE):
                         out.append(c)
         return out
 
@@ -281,6 +284,7 @@ def run_cli(
     live = Live(popen, t0)
     desc: dict[int, psutil.Process] = {}
     segs: set[str] = set()
+    arenas: set[int] = set()
     import threading
 
     out: dict[str, str] = {}
@@ -302,7 +306,9 @@ def run_cli(
                 for c in live.proc.children(recursive=True):
                     desc.setdefault(c.pid, c)
                     segs |= _mapped_segments(c)
+                    arenas |= arena_inodes(c.pid)
                 segs |= _mapped_segments(live.proc)
+                arenas |= arena_inodes(live.proc.pid)
             if during is not None:
                 during(live)
             time.sleep(POLL)  # sampling the process tree, bounded by `timeout`
@@ -323,11 +329,12 @@ def run_cli(
         desc,
         segs,
         shm_segments() - before,
+        arenas,
     )
 
 
 def assert_clean_after(res: RunResult) -> None:
-    """No process of the run is left, and no psm_* segment it created remains."""
+    """No process of the run is left, and no /dev/shm segment it mapped remains."""
     deadline = time.monotonic() + REAP_TIMEOUT
     left: list[psutil.Process] = []
     while True:
@@ -339,8 +346,8 @@ def assert_clean_after(res: RunResult) -> None:
         with contextlib.suppress(psutil.Error):
             p.kill()
     assert not left, f"processes of the run outlived it: {[p.pid for p in left]}\n" + res.describe()
-    # Every segment the run's processes mapped must be gone (the resource
-    # tracker may take a moment after a SIGKILL).  Other segments that
+    # Every /dev/shm segment the run's processes mapped must be gone (the
+    # arena is a memfd: there should have been none).  Other segments that
     # appeared meanwhile are not counted: tests running at the same time
     # (other files, other engineers) create and remove their own.
     leaked: set[str] = set()
@@ -348,8 +355,10 @@ def assert_clean_after(res: RunResult) -> None:
         leaked = {s for s in res.segments if os.path.exists(os.path.join(SHM_DIR, s))}
         if not leaked or time.monotonic() > deadline:
             break
-        time.sleep(0.05)  # polling for the tracker's unlink, bounded by REAP_TIMEOUT
+        time.sleep(0.05)  # polling for an unlink, bounded by REAP_TIMEOUT
     assert not leaked, f"shared memory left in {SHM_DIR}: {sorted(leaked)}\n" + res.describe()
+    holders = arena_holders(res.arenas) if res.arenas else set()
+    assert not holders, f"the run's arena is still held by {sorted(holders)}\n" + res.describe()
 
 
 def _still_running(p: psutil.Process) -> bool:

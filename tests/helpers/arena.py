@@ -1,0 +1,61 @@
+"""The shared-memory arena seen from outside: which processes map or hold it (no psutil).
+
+The arena (torrent/shm.py) is an anonymous memfd: it shows as
+``/memfd:fasttorrent-arena (deleted)`` in ``/proc/PID/maps`` and in the
+links of ``/proc/PID/fd``, with its inode.  The kernel frees it when no
+process maps it and no descriptor refers to it, so "nothing holds these
+inodes" is how a test checks that a run's arena is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+__all__ = ["ARENA_TAG", "SHM_DIR", "WORKER_CMDLINE", "arena_holders", "arena_inodes"]
+
+SHM_DIR = "/dev/shm"
+#: The command line of a download worker (torrent/launch.py).
+WORKER_CMDLINE = ("torrent.launch", "fasttorrent-worker-")
+
+#: How the arena shows in /proc/PID/maps and in fd links.
+ARENA_TAG = "/memfd:fasttorrent-arena"
+
+
+def arena_inodes(pid: int) -> set[int]:
+    """Inodes of the arena segments process ``pid`` maps (empty if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    out = set()
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith(ARENA_TAG):
+            out.add(int(fields[4]))
+    return out
+
+
+def arena_holders(inodes: set[int]) -> set[int]:
+    """Pids of every process on the machine that still maps or holds open one of ``inodes``.
+
+    The kernel frees a memfd when nothing maps it and no descriptor refers to
+    it: an empty answer means the segments are gone.
+    """
+    holders = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if arena_inodes(pid) & inodes:
+            holders.add(pid)
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    path = f"/proc/{pid}/fd/{fd}"
+                    if os.readlink(path).startswith(ARENA_TAG) and os.stat(path).st_ino in inodes:
+                        holders.add(pid)
+                        break
+    return holders
