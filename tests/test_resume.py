@@ -145,12 +145,12 @@ def journal_of(payload: Payload, out: Path) -> Journal:
                    m.piece_length)
 
 
-def clean_env(fault: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FASTTORRENT_FAULT", "FASTTORRENT_DEBUG")}
-    if fault is not None:
-        env["FASTTORRENT_FAULT"] = fault
-    return env
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "FASTTORRENT_DEBUG"}
+
+
+#: Runs the CLI with a fault patched into the journal (the package has no fault hooks).
+FAULTRUN = str(Path(__file__).resolve().parent / "helpers" / "faultrun.py")
 
 
 def download_cmd(payload: Payload, out: Path, peers: list[str], *extra: str) -> list[str]:
@@ -209,10 +209,13 @@ def _shm_files_of(pid: int) -> set[str]:
 
 
 def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
-    """Run a download with ``FASTTORRENT_FAULT``, watching its processes and shared memory."""
+    """Run a download with ``fault`` injected (helpers/faultrun.py), watching its processes
+    and shared memory."""
+    assert cmd[1:3] == ["-m", "torrent"]
+    cmd = [cmd[0], FAULTRUN, fault, *cmd[3:]]
     psutil = require_module("psutil")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(fault))
+                            env=clean_env())
     run = KilledRun(0, "")
     deadline = time.monotonic() + DOWNLOAD_TIMEOUT
     try:

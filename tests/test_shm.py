@@ -31,7 +31,7 @@ from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
 from helpers.testpeer import TestPeer
 
 from torrent import metainfo, shm, sysinfo
-from torrent._fast import DIRECT_ALIGN
+from torrent._io import DIRECT_ALIGN
 from torrent.create import create_torrent
 from torrent.errors import ResourceExhausted
 from torrent.launch import start_child

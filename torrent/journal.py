@@ -54,13 +54,6 @@ MAX_JOURNAL_RUNS = 64
 MAX_SEAL_BYTES = 64 << 20
 
 
-def _fault(name: str) -> int | None:
-    """Test-only fault injection: ``FASTTORRENT_FAULT=name:N`` (see tests/test_resume.py)."""
-    spec = os.environ.get("FASTTORRENT_FAULT", "")
-    kind, _, n = spec.partition(":")
-    return int(n) if kind == name and n.isdigit() else None
-
-
 def journal_path(outdir: str, info_hash: bytes) -> str:
     return os.path.join(outdir, ".fasttorrent", info_hash.hex() + ".resume")
 
@@ -169,19 +162,11 @@ class Journal:
             return
         rec = b"".join(_RECORD.pack(i, _crc(self.info_hash, i)) for i in pieces)
         self.count += len(pieces)
-        torn_at = _fault("kill-in-journal")
-        if torn_at is not None and self.count >= torn_at:
-            # die in the middle of a record, as a power cut would
-            os.write(self._fd, rec[: len(rec) - _RECORD.size // 2])
-            os.kill(os.getpid(), signal.SIGKILL)
         try:
             os.write(self._fd, rec)
             os.fsync(self._fd)
         except OSError as e:
             raise os_error(e, "writing the resume journal") from None
-        kill_at = _fault("kill-after-journal")
-        if kill_at is not None and self.count >= kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def remove(self) -> None:
         """The download is complete: the journal (and its folder, if empty) goes."""
