@@ -1,7 +1,7 @@
 """``fasttorrent seed``: real downloaders fetch bit-exact from it.
 
 libtorrent's own downloader (PyPI bindings, loopback-only settings, the
-benchmark's torrent/benchclients/lt_download.py) and fasttorrent's downloader fetch a
+benchmark's torrent/tools/benchclients/lt_download.py) and fasttorrent's downloader fetch a
 multi-file torrent from two `fasttorrent seed` processes; a mixed swarm of a
 libtorrent seeder and a fasttorrent seeder serves fasttorrent. SIGINT stops a
 seeder cleanly (exit 7, `--json` summary with the bytes it uploaded).
@@ -71,7 +71,7 @@ def test_libtorrent_downloads_from_fasttorrent_seeders(
     require_module("libtorrent")
     torrent, src, seeds = swarm
     out = tmp_path / "lt"
-    r = subprocess.run([sys.executable, "-m", "torrent.benchclients.lt_download", "--peers",
+    r = subprocess.run([sys.executable, "-m", "torrent.tools.benchclients.lt_download", "--peers",
                         ",".join(s.addr for s in seeds), "--timeout", str(RUN_TIMEOUT - 10),
                         str(torrent), str(out)], capture_output=True, text=True, check=False,
                        timeout=RUN_TIMEOUT)

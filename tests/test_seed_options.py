@@ -39,7 +39,7 @@ from torrent.picker import BLOCK_SIZE
 from torrent.wire.handshake import PEER_ID_PREFIX
 from torrent.worker import TokenBucket, UploadLimiter
 
-LT_DOWNLOAD = "torrent.benchclients.lt_download"
+LT_DOWNLOAD = "torrent.tools.benchclients.lt_download"
 TREE = {"a.bin": 1_500_001, "sub/b.bin": 1_200_000, "sub/c.bin": 65_536, "d.txt": 10}
 SIZE = sum(TREE.values())
 #: Bound on every process these tests start (seconds).

@@ -314,14 +314,14 @@ def cmd_seed(a: argparse.Namespace) -> int:
 
 # -- demo -------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     return run_demo(size=a.size, workers=a.workers, seeders=a.seeders, keep=a.keep)
 
 
 # -- bench ------------------------------------------------------------------
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .benchmark import run_from_args
+    from .tools.bench import run_from_args
 
     return run_from_args(a)
 
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeders", type=_workers_arg, default=2, help="local seeders (default 2)")
     s.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
-    from .benchmark import add_arguments as add_bench_arguments
+    from .tools.bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(sub.add_parser("bench", help="compare downloaders on a local swarm"))
     return p

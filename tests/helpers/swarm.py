@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 #: The seeder module, shared with ``fasttorrent bench``.
-LT_SEED = "torrent.benchclients.lt_seed"
+LT_SEED = "torrent.tools.benchclients.lt_seed"
 #: Every seeder exits by itself after this long, even if the test runner dies.
 SEED_LIFETIME = 180.0
 #: How long a seeder may take to check its data and become ready.

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import metainfo
-from .create import create_torrent
-from .errors import StorageError
-from .sysinfo import available_cpus
-from .verify import verify_data
+from .. import metainfo
+from ..create import create_torrent
+from ..errors import StorageError
+from ..sysinfo import available_cpus
+from ..verify import verify_data
 
 __all__ = ["make_payload", "run_demo"]
 
@@ -82,8 +82,8 @@ def run_demo(*, size: int, workers: int | None = None, seeders: int = 2, keep: b
     the multi-process engine (live progress on a terminal), verifies the
     result against the payload, prints a summary and removes everything.
     """
-    from .cli import _Status
-    from .coordinator import download
+    from ..cli import _Status
+    from ..coordinator import download
 
     workers = workers or available_cpus()
     root = tempfile.mkdtemp(prefix="fasttorrent-demo-")

@@ -11,7 +11,7 @@ Theory of operation
    its torrent (no trackers) in a fresh temporary directory.
 2. *Seeders.*  ``--num-seeders`` long-lived seeders of one kind on 127.0.0.1:
    ``fasttorrent seed`` processes (one worker each) or libtorrent seeders
-   (:mod:`torrent.benchclients.lt_seed`).  With ``--compare-seeding`` both
+   (:mod:`torrent.tools.benchclients.lt_seed`).  With ``--compare-seeding`` both
    kinds run side by side and every client downloads from each in turn.
 3. *Clients and how they find the seeders.*  ``ftK`` is ``fasttorrent download
    --workers K`` and ``lt-default`` / ``lt-fast`` libtorrent's downloader
@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
-from .errors import Interrupted, StorageError, UsageError
+from ..errors import Interrupted, StorageError, UsageError
 
 __all__ = ["BenchConfig", "add_arguments", "parse_clients", "run_bench", "run_from_args"]
 
@@ -289,7 +289,7 @@ def _child_env() -> dict[str, str]:
     """This environment, with this very ``torrent`` package first on the path, so that
     ``python -m torrent`` in a child runs the same code as this process."""
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
@@ -416,7 +416,7 @@ def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: s
                 pending.append((p, logpath, ""))
             else:
                 ready = logpath.removesuffix(".log") + ".ready"
-                argv = [sys.executable, "-m", "torrent.benchclients.lt_seed", "--torrent",
+                argv = [sys.executable, "-m", "torrent.tools.benchclients.lt_seed", "--torrent",
                         torrent, "--save-path", data_dir, "--ready", ready, "--lifetime",
                         str(lifetime)]
                 if dial:
@@ -469,7 +469,7 @@ class LoopbackTracker:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                from .bencoding import encode
+                from ..bencoding import encode
 
                 compact = b"".join(socket.inet_aton(h) + p.to_bytes(2, "big")
                                    for h, p in tracker.peers)
@@ -552,8 +552,8 @@ def _first_line(argv: list[str]) -> str | None:
 
 def versions() -> dict[str, Any]:
     """Versions of every client and of the machine, for the report."""
-    from . import __version__
-    from .sysinfo import available_cpus
+    from .. import __version__
+    from ..sysinfo import available_cpus
 
     v: dict[str, Any] = {"fasttorrent": __version__, "python": platform.python_version(),
                          "kernel": platform.release(), "machine": platform.machine(),
@@ -640,7 +640,7 @@ def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: st
                 peers, "--no-trackers", "-q", "--workers", str(spec.workers), "--bind",
                 "127.0.0.1", "--port", str(port)]
     if spec.kind == "lt":
-        return [sys.executable, "-m", "torrent.benchclients.lt_download", "--profile",
+        return [sys.executable, "-m", "torrent.tools.benchclients.lt_download", "--profile",
                 spec.profile, "--port", str(port), "--peers", peers, "--timeout",
                 str(int(ctx.timeout)), ctx.torrent, out]
     if spec.kind == "aria2":
@@ -795,8 +795,8 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
         Interrupted: SIGINT / SIGTERM (everything started is stopped and removed first).
         StorageError: a seeder did not start, or the results cannot be written.
     """
-    from .create import create_torrent
-    from .sysinfo import available_cpus
+    from ..create import create_torrent
+    from ..sysinfo import available_cpus
 
     out = out or sys.stdout
     if cfg.files > cfg.size:
@@ -1089,7 +1089,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 
 def run_from_args(a: argparse.Namespace) -> int:
     """``fasttorrent bench``: check the flags, run, report; the exit code."""
-    from .sysinfo import available_cpus
+    from ..sysinfo import available_cpus
 
     if a.timeout <= 0:
         raise UsageError("--timeout must be positive")
