@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from torrent.errors import FastTorrentError
 from torrent.sysinfo import available_cpus
-from torrent.tools.bench import BenchConfig, parse_clients, parse_size, run_bench
+from torrent.tools.bench import BenchConfig, parse_clients, run_bench
+from torrent.units import parse_size
 
 
 def main() -> int:
@@ -48,7 +49,7 @@ def main() -> int:
     try:
         size, piece = parse_size(a.size), parse_size(a.piece)
         counts = [int(x) for x in a.seeders.split(",") if x.strip()]
-    except (ValueError, argparse.ArgumentTypeError) as e:
+    except ValueError as e:
         ap.error(str(e))
     if not counts or min(counts) < 1 or a.files < 1 or a.runs < 1:
         ap.error("--seeders, --files and --runs must be positive")

@@ -32,10 +32,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import require_module
 from helpers.payload import ft_create, tree_bytes, write_tree
-from helpers.swarm import Seeder, free_port, start_seeders
+from helpers.swarm import Seeder, start_seeders
 from trackers import HTTPTestTracker
 
 from torrent.picker import BLOCK_SIZE
+from torrent.ports import free_port
 from torrent.wire.handshake import PEER_ID_PREFIX
 from torrent.worker import TokenBucket, UploadLimiter
 

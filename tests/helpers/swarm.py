@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+from torrent.ports import free_port
 
 #: The seeder module, shared with ``fasttorrent bench``.
 LT_SEED = "torrent.tools.benchclients.lt_seed"
@@ -16,12 +17,6 @@ LT_SEED = "torrent.tools.benchclients.lt_seed"
 SEED_LIFETIME = 180.0
 #: How long a seeder may take to check its data and become ready.
 READY_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -77,6 +77,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
 from ..errors import Interrupted, StorageError, UsageError
+from ..ports import free_port
+from ..units import size_arg
 
 __all__ = ["BenchConfig", "add_arguments", "parse_clients", "run_bench", "run_from_args"]
 
@@ -106,23 +108,9 @@ MULTI_NAME = "payload"
 SINGLE_NAME = "payload.bin"
 SHM_DIR = "/dev/shm"
 
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 SEEDER_KINDS = ("fasttorrent", "libtorrent")
 #: Accepted spellings of the external clients.
 ALIASES = {"aria2c": "aria2", "transmission-cli": "transmission"}
-
-
-def parse_size(s: str) -> int:
-    """``1G``, ``512M``, ``64KiB``, ``1000`` -> bytes; argparse-friendly errors."""
-    t = s.strip().upper().removesuffix("B").removesuffix("I")
-    u = t[-1:] if t[-1:] in UNITS else ""
-    try:
-        v = int(float(t[: len(t) - len(u)]) * UNITS[u])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {s!r}")
-    return v
 
 
 def _positive_int(s: str) -> int:
@@ -137,12 +125,6 @@ def _positive_int(s: str) -> int:
 
 def _log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- clients ----------------------------------------------------------------------------
@@ -1062,10 +1044,10 @@ def write_chart(doc: dict[str, Any], path: str) -> bool:
 # -- command line -----------------------------------------------------------------------
 def add_arguments(s: argparse.ArgumentParser) -> None:
     """The ``fasttorrent bench`` flags."""
-    s.add_argument("--size", type=parse_size, default=1 << 30, help="payload size (default 1G)")
+    s.add_argument("--size", type=size_arg, default=1 << 30, help="payload size (default 1G)")
     s.add_argument("--files", type=_positive_int, default=1,
                    help="payload files (default 1; more: uneven sizes under payload/)")
-    s.add_argument("--piece", type=parse_size, default=1 << 20, help="piece length (default 1M)")
+    s.add_argument("--piece", type=size_arg, default=1 << 20, help="piece length (default 1M)")
     s.add_argument("--seeders", choices=SEEDER_KINDS, default="fasttorrent",
                    help="the seeders' kind (default fasttorrent: `fasttorrent seed` processes)")
     s.add_argument("--num-seeders", type=_positive_int, default=4, metavar="N",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import metainfo
+from ..console import Status
 from ..create import create_torrent
 from ..errors import StorageError
 from ..sysinfo import available_cpus
@@ -82,7 +83,6 @@ def run_demo(*, size: int, workers: int | None = None, seeders: int = 2, keep: b
     the multi-process engine (live progress on a terminal), verifies the
     result against the payload, prints a summary and removes everything.
     """
-    from ..cli import _Status
     from ..coordinator import download
 
     workers = workers or available_cpus()
@@ -112,7 +112,7 @@ def run_demo(*, size: int, workers: int | None = None, seeders: int = 2, keep: b
         out(f"seeders: {seeders} fasttorrent seed processes on "
             + ", ".join(f"127.0.0.1:{port}" for _, port in peers))
         dl_dir = os.path.join(root, "download")
-        st = _Status(False)
+        st = Status(False)
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self0 = resource.getrusage(resource.RUSAGE_SELF)
         res = download(tpath, dl_dir, workers=workers, peers=peers, bind="127.0.0.1",
