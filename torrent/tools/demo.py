@@ -8,70 +8,25 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 
 from .. import metainfo
 from ..console import Status
 from ..create import create_torrent
-from ..errors import StorageError
 from ..sysinfo import available_cpus
 from ..verify import verify_data
+from .payload import same_files, write_file
+from .procs import Processes
+from .seeders import start_seeders
 
-__all__ = ["make_payload", "run_demo"]
+__all__ = ["run_demo"]
 
-#: How long a local seeder may take to start listening.
+#: How long the local seeders may take to start serving (they trust their data).
 SEEDER_START_TIMEOUT = 30.0
-#: Bytes generated per write when making a payload.
-_GEN_CHUNK = 4 << 20
-
-
-def make_payload(path: str, size: int, *, seed: int = 1) -> None:
-    """Write ``size`` deterministic pseudo-random bytes to ``path`` (cheap: one block repeated
-    with a per-block counter, so no two pieces are alike)."""
-    import random
-
-    rnd = random.Random(seed)
-    block = bytearray(rnd.randbytes(_GEN_CHUNK))
-    with open(path, "wb") as f:
-        left, n = size, 0
-        while left > 0:
-            block[:8] = n.to_bytes(8, "little")
-            for k in range(0, _GEN_CHUNK, 1 << 16):  # vary every 64 KiB
-                block[k : k + 8] = (n * 1000 + k).to_bytes(8, "little")
-            take = min(left, _GEN_CHUNK)
-            f.write(memoryview(block)[:take])
-            left -= take
-            n += 1
-
-
-def _start_seeder(torrent: str, data_dir: str, workdir: str, k: int) -> tuple[Any, int]:
-    """A ``fasttorrent seed`` process on 127.0.0.1; returns it and its port."""
-    with open(os.path.join(workdir, f"seed{k}.log"), "w+") as log:
-        return _spawn_seeder(torrent, data_dir, log)
-
-
-def _spawn_seeder(torrent: str, data_dir: str, log: Any) -> tuple[Any, int]:
-    p = subprocess.Popen(
-        [sys.executable, "-m", "torrent", "seed", torrent, data_dir, "--bind", "127.0.0.1",
-         "--workers", "1", "--skip-check", "--no-trackers", "-q"],
-        stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-    assert p.stdout is not None
-    deadline = time.monotonic() + SEEDER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if line.startswith("seeding on port "):
-            return p, int(line.split()[-1])
-        if not line and p.poll() is not None:
-            break
-    p.kill()
-    log.seek(0)
-    raise StorageError(f"demo: a local seeder did not start: {log.read().strip()[-300:]}")
+#: The payload's file name (and the torrent's name).
+PAYLOAD_NAME = "demo.bin"
 
 
 def run_demo(*, size: int, workers: int | None = None, seeders: int = 2, keep: bool = False,
@@ -87,13 +42,13 @@ def run_demo(*, size: int, workers: int | None = None, seeders: int = 2, keep: b
 
     workers = workers or available_cpus()
     root = tempfile.mkdtemp(prefix="fasttorrent-demo-")
-    procs: list[Any] = []
+    procs = Processes()
     try:
         data_dir = os.path.join(root, "seed")
         os.makedirs(data_dir)
-        payload = os.path.join(data_dir, "demo.bin")
+        payload = os.path.join(data_dir, PAYLOAD_NAME)
         t = time.perf_counter()
-        make_payload(payload, size)
+        write_file(payload, size)
         out(f"payload: {size / 2**20:.0f} MiB generated in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
         tdata = create_torrent(payload, workers=workers, piece_length=1 << 20)
@@ -104,13 +59,12 @@ def run_demo(*, size: int, workers: int | None = None, seeders: int = 2, keep: b
         meta = metainfo.parse(tdata)
         out(f"create: {meta.num_pieces} pieces, info hash {meta.info_hash_hex}, "
             f"{size / dt / 1e6:.0f} MB/s on {workers} worker(s)")
-        peers = []
-        for k in range(seeders):
-            p, port = _start_seeder(tpath, data_dir, root, k)
-            procs.append(p)
-            peers.append(("127.0.0.1", port))
+        # no lifetime bound: they serve until this demo stops them, however long it runs
+        started = start_seeders(procs, "fasttorrent", seeders, tpath, data_dir, root,
+                                lifetime=None, timeout=SEEDER_START_TIMEOUT, who="demo")
+        peers = [("127.0.0.1", s.port) for s in started]
         out(f"seeders: {seeders} fasttorrent seed processes on "
-            + ", ".join(f"127.0.0.1:{port}" for _, port in peers))
+            + ", ".join(s.addr for s in started))
         dl_dir = os.path.join(root, "download")
         st = Status(False)
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -128,32 +82,14 @@ def run_demo(*, size: int, workers: int | None = None, seeders: int = 2, keep: b
             "counted), " + ", ".join(f"worker {w['worker']}: {w['pieces']} pieces"
                                      for w in res.workers))
         rep = verify_data(meta, dl_dir, workers=workers)
-        same = _same_file(payload, os.path.join(dl_dir, "demo.bin"))
+        same = same_files(data_dir, dl_dir, [PAYLOAD_NAME])
         out(f"verify: {rep.pieces_ok}/{rep.pieces_total} pieces good, "
             f"{rep.bytes_checked / rep.seconds / 1e6:.0f} MB/s; identical to the payload: "
             f"{'yes' if same else 'NO'}")
         return 0 if rep.complete and same else 6
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        procs.stop_all()
         if keep:
             out(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-
-
-def _same_file(a: str, b: str) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x = fa.read(1 << 20)
-            if x != fb.read(1 << 20):
-                return False
-            if not x:
-                return True
