@@ -4,7 +4,7 @@
     python bench/swarm_bench.py --size 4G --piece 1M --seeders 4 --runs 5
     python bench/swarm_bench.py --size 1G --seeders 1,4 --clients ft1,ft2,lt-default,lt-fast
 
-The harness lives in the package (:mod:`torrent.benchmark`, also reachable as
+The harness lives in the package (:mod:`torrent.tools.bench`, also reachable as
 ``fasttorrent bench``); this script keeps the older command line: ``--seeders``
 is a comma list of seeder *counts* (libtorrent seeders), ``--clients`` also
 takes ``LABEL=COMMAND`` (a shell command with ``{torrent}``, ``{out}``,
@@ -23,9 +23,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from torrent.benchmark import BenchConfig, parse_clients, parse_size, run_bench
 from torrent.errors import FastTorrentError
 from torrent.sysinfo import available_cpus
+from torrent.tools.bench import BenchConfig, parse_clients, run_bench
+from torrent.units import parse_size
 
 
 def main() -> int:
@@ -48,7 +49,7 @@ def main() -> int:
     try:
         size, piece = parse_size(a.size), parse_size(a.piece)
         counts = [int(x) for x in a.seeders.split(",") if x.strip()]
-    except (ValueError, argparse.ArgumentTypeError) as e:
+    except ValueError as e:
         ap.error(str(e))
     if not counts or min(counts) < 1 or a.files < 1 or a.runs < 1:
         ap.error("--seeders, --files and --runs must be positive")

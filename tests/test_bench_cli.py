@@ -143,6 +143,22 @@ def test_bench_unknown_or_missing_client_is_a_usage_error(tmp_path: Path) -> Non
     assert not any(tmp_path.glob("*.json"))
 
 
+@pytest.mark.parametrize(("flag", "value", "why"), [
+    ("--size", "inf", "not a size: 'inf'"),
+    ("--size", "nan", "not a size: 'nan'"),
+    ("--size", "lots", "not a size: 'lots'"),
+    ("--size", "-1G", "must be positive: '-1G'"),
+    ("--size", "0", "must be positive: '0'"),
+    ("--size", "1e300", "too large: '1e300'"),
+    ("--piece", "inf", "not a size: 'inf'"),
+])
+def test_bench_bad_size_is_a_usage_error(tmp_path: Path, flag: str, value: str,
+                                         why: str) -> None:
+    line = _one_line_error([f"{flag}={value}", "--results", str(tmp_path)], _env())
+    assert line.startswith("fasttorrent bench: error: ") and flag in line and why in line
+    assert list(tmp_path.iterdir()) == []  # refused before anything ran
+
+
 def _shm_mapped(pid: int) -> set[str]:
     try:
         with open(f"/proc/{pid}/maps") as f:

@@ -34,7 +34,8 @@ from helpers.clients import (
     wait_verified,
 )
 from helpers.payload import RunResult, assert_clean_after, ft_create, run_cli, write_tree
-from helpers.swarm import free_port
+
+from torrent.ports import free_port
 
 #: One file, 8 MiB and a short last piece.
 SINGLE = {"one.bin": (8 << 20) + 12_345}

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 from conftest import require_binary
 
 from torrent.errors import TrackerError
+from torrent.ports import free_port
 from torrent.tracker.client import announce_http, announce_udp
 from torrent.tracker.common import AnnounceParams, AnnounceResult
 
@@ -34,20 +34,6 @@ PID2 = b"-FT0001-opentracker2"
 #: Upper bound on opentracker's start-up (it binds at once; this is slack for
 #: a loaded CI machine).
 START_TIMEOUT = 10.0
-
-
-def _free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (opentracker uses both)."""
-    for _ in range(50):
-        with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(port)
-    raise RuntimeError("no port free for both TCP and UDP")
 
 
 def _listening(proc: subprocess.Popen[bytes], port: int) -> bool:
@@ -92,7 +78,7 @@ def _start(binary: str, tdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Start opentracker on a free port; retry on another port if it cannot bind."""
     last = "not started"
     for _ in range(3):
-        port = _free_port()
+        port = free_port(udp=True)  # opentracker serves both on one port
         cmd = ["timeout", "120", binary, "-f", str(tdir / "ot.conf")]
         cmd += ["-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
         with open(tdir / "ot.log", "wb") as log:

@@ -9,7 +9,7 @@ the injected fault fires: the kill is always mid-download, whatever the
 machine's speed, and the slow peer is normally still sending blocks when it
 comes.  (libtorrent's upload limit cannot do this job on loopback: it exempts
 local peers unless ``ignore_limits_on_local_network`` is off, which
-torrent/benchclients/lt_seed.py now sets.)  The restart then runs against a
+torrent/tools/benchclients/lt_seed.py now sets.)  The restart then runs against a
 TestPeer with all the data, which records every request: a piece recorded in
 the journal must never be asked for again.
 

@@ -1,7 +1,7 @@
 """``fasttorrent seed``: real downloaders fetch bit-exact from it.
 
 libtorrent's own downloader (PyPI bindings, loopback-only settings, the
-benchmark's torrent/benchclients/lt_download.py) and fasttorrent's downloader fetch a
+benchmark's torrent/tools/benchclients/lt_download.py) and fasttorrent's downloader fetch a
 multi-file torrent from two `fasttorrent seed` processes; a mixed swarm of a
 libtorrent seeder and a fasttorrent seeder serves fasttorrent. SIGINT stops a
 seeder cleanly (exit 7, `--json` summary with the bytes it uploaded).
@@ -9,9 +9,9 @@ seeder cleanly (exit 7, `--json` summary with the bytes it uploaded).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_module
+from helpers.clients import FasttorrentSeed
 from helpers.payload import ft_create, write_tree
 from helpers.swarm import start_seeders
 
@@ -27,38 +28,17 @@ TREE = {"a.bin": 700_001, "sub/b.bin": 1_300_000, "sub/c/d.bin": 65_536, "e.txt"
 RUN_TIMEOUT = 60
 
 
-class SeedProc:
-    def __init__(self, torrent: Path, data: Path, workers: int = 1) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "torrent", "seed", str(torrent), str(data), "--bind",
-             "127.0.0.1", "--workers", str(workers), "--no-trackers", "--json", "-q"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "seeding on port P", after the data check
-        assert line.startswith("seeding on port "), line + self.proc.stderr.read()  # type: ignore[union-attr]
-        self.port = int(line.split()[-1])
-        self.addr = f"127.0.0.1:{self.port}"
-
-    def stop(self) -> tuple[int, dict, str]:
-        self.proc.send_signal(signal.SIGINT)
-        out, err = self.proc.communicate(timeout=30)
-        return self.proc.returncode, json.loads(out.strip().splitlines()[-1]), err
-
-
 @pytest.fixture
-def swarm(tmp_path: Path) -> Iterator[tuple[Path, Path, list[SeedProc]]]:
+def swarm(tmp_path: Path) -> Iterator[tuple[Path, Path, list[FasttorrentSeed]]]:
+    """Two ``fasttorrent seed`` processes (one and two workers) over a multi-file torrent;
+    killed when the test ends, pass or fail."""
     src = tmp_path / "src" / "tree"
     write_tree(src, TREE)
     torrent = ft_create(src, tmp_path / "t.torrent", piece_length="32K")
-    seeds: list[SeedProc] = []
-    try:
-        seeds = [SeedProc(torrent, src.parent), SeedProc(torrent, src.parent, workers=2)]
+    with contextlib.ExitStack() as stack:
+        seeds = [stack.enter_context(FasttorrentSeed(torrent, src.parent)),
+                 stack.enter_context(FasttorrentSeed(torrent, src.parent, workers=2))]
         yield torrent, src, seeds
-    finally:
-        for s in seeds:
-            if s.proc.poll() is None:
-                s.proc.kill()
-                s.proc.wait()
 
 
 def same_tree(a: Path, b: Path) -> None:
@@ -67,11 +47,11 @@ def same_tree(a: Path, b: Path) -> None:
 
 
 def test_libtorrent_downloads_from_fasttorrent_seeders(
-        swarm: tuple[Path, Path, list[SeedProc]], tmp_path: Path) -> None:
+        swarm: tuple[Path, Path, list[FasttorrentSeed]], tmp_path: Path) -> None:
     require_module("libtorrent")
     torrent, src, seeds = swarm
     out = tmp_path / "lt"
-    r = subprocess.run([sys.executable, "-m", "torrent.benchclients.lt_download", "--peers",
+    r = subprocess.run([sys.executable, "-m", "torrent.tools.benchclients.lt_download", "--peers",
                         ",".join(s.addr for s in seeds), "--timeout", str(RUN_TIMEOUT - 10),
                         str(torrent), str(out)], capture_output=True, text=True, check=False,
                        timeout=RUN_TIMEOUT)
@@ -79,15 +59,13 @@ def test_libtorrent_downloads_from_fasttorrent_seeders(
     same_tree(src, out / "tree")
     uploaded = 0
     for s in seeds:
-        rc, summary, err = s.stop()
-        assert rc == 7, err
-        assert "Traceback" not in err
+        summary = s.stop_summary()  # exit 7, no traceback, its --json summary
         uploaded += summary["bytes_uploaded"]
     assert uploaded >= sum(TREE.values())
 
 
 def test_fasttorrent_downloads_from_a_mixed_swarm(
-        swarm: tuple[Path, Path, list[SeedProc]], tmp_path: Path) -> None:
+        swarm: tuple[Path, Path, list[FasttorrentSeed]], tmp_path: Path) -> None:
     require_module("libtorrent")
     torrent, src, seeds = swarm
     (lt_seed,) = start_seeders(str(torrent), [str(src.parent)], str(tmp_path))

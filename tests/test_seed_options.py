@@ -15,7 +15,6 @@ Every process is bounded (timeouts, kill in ``finally``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -26,19 +25,20 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from conftest import require_module
+from helpers.clients import FasttorrentSeed
 from helpers.payload import ft_create, tree_bytes, write_tree
-from helpers.swarm import Seeder, free_port, start_seeders
+from helpers.swarm import Seeder, start_seeders
 from trackers import HTTPTestTracker
 
-from torrent.picker import BLOCK_SIZE
-from torrent.wire.handshake import PEER_ID_PREFIX
 from torrent.choker import BURST
+from torrent.picker import BLOCK_SIZE
+from torrent.ports import free_port
+from torrent.wire.handshake import PEER_ID_PREFIX
 
-LT_DOWNLOAD = "torrent.benchclients.lt_download"
+LT_DOWNLOAD = "torrent.tools.benchclients.lt_download"
 TREE = {"a.bin": 1_500_001, "sub/b.bin": 1_200_000, "sub/c.bin": 65_536, "d.txt": 10}
 SIZE = sum(TREE.values())
 #: Bound on every process these tests start (seconds).
@@ -229,30 +229,13 @@ def test_seed_upload_limit_serves_libtorrent(payload: tuple[Path, Path],
     require_module("libtorrent")
     src, torrent = payload
     limit = 1 << 20
-    seeder = subprocess.Popen(
-        [sys.executable, "-m", "torrent", "seed", str(torrent), str(src.parent), "--bind",
-         "127.0.0.1", "--workers", "1", "--no-trackers", "--json", "-q",
-         "--upload-limit", "1M"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    watchdog = threading.Timer(RUN_TIMEOUT * 2, seeder.kill)
-    watchdog.start()
-    try:
-        assert seeder.stdout is not None
-        line = seeder.stdout.readline()
-        assert line.startswith("seeding on port "), line + seeder.stderr.read()  # type: ignore[union-attr]
-        port = int(line.split()[-1])
+    with FasttorrentSeed(torrent, src.parent, extra=["--upload-limit", "1M"]) as seeder:
         t0 = time.monotonic()
-        lt = lt_fetch(torrent, tmp_path / "lt", port)
+        lt = lt_fetch(torrent, tmp_path / "lt", seeder.port)
         elapsed = time.monotonic() - t0
         assert lt.returncode == 0, lt.stderr
-        seeder.send_signal(signal.SIGINT)
-        rc, out, err = finish(seeder)
-    finally:
-        watchdog.cancel()
-        kill(seeder)
+        j = seeder.stop_summary()  # exit 7, no traceback, its --json summary
     assert tree_bytes(tmp_path / "lt" / "tree") == tree_bytes(src)
-    assert rc == 7, err
-    j = json.loads(out.strip().splitlines()[-1])
     assert j["uploaded_bytes"] >= SIZE
     # No more than the burst, plus one block of debt, plus the limit per second can
     # have left: a lower bound on the time (a busy machine only makes it longer).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-
 from types import ModuleType
 
 import pytest

@@ -22,7 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from .console import Status
 from .errors import FastTorrentError, Incomplete, Interrupted, UsageError
+from .units import parse_size, size_arg
 
 __all__ = ["build_parser", "main"]
 
@@ -62,29 +64,15 @@ _workers_arg = _int_arg(1, 1024)
 _port_arg = _int_arg(0, 65535)
 
 
-def _size_arg(s: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = s.strip().upper().removesuffix("B").removesuffix("I")
-    u = t[-1:] if t[-1:] in units else ""
-    try:
-        v = int(float(t[: len(t) - len(u)]) * units[u])
-    except (ValueError, OverflowError):  # OverflowError: "inf"
-        raise argparse.ArgumentTypeError(f"not a size: {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {s!r}")
-    return v
-
-
 def _flag_size(flag: str, s: str | None) -> int:
-    """``s`` as a size (as :func:`_size_arg`), 0 for None; a one-line UsageError naming ``flag``."""
+    """``s`` as a size (:func:`~torrent.units.parse_size`), 0 for None; a one-line UsageError
+    naming ``flag``."""
     if s is None:
         return 0
     try:
-        return _size_arg(s)
-    except argparse.ArgumentTypeError as e:
+        return parse_size(s)
+    except ValueError as e:
         raise UsageError(f"{flag}: {e}") from None
-    except OverflowError:  # "inf"
-        raise UsageError(f"{flag}: not a size: {s!r}") from None
 
 
 def _flag_limit(flag: str, s: str | None) -> float | None:
@@ -215,44 +203,7 @@ def _peers_arg(values: list[str]) -> list[tuple[str, int]]:
     return out
 
 
-class _Status:
-    """A live status line on a terminal; plain log lines every few seconds otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-        self.width = 0
-
-    def line(self, text: str) -> None:
-        import time
-
-        if self.quiet:
-            return
-        if self.tty:
-            pad = max(0, self.width - len(text))
-            sys.stderr.write("\r" + text + " " * pad)
-            sys.stderr.flush()
-            self.width = len(text)
-        else:
-            now = time.monotonic()
-            if now - self.last >= 5:
-                self.last = now
-                print(text, file=sys.stderr, flush=True)
-
-    def log(self, text: str) -> None:
-        if self.quiet:
-            return
-        self.end()
-        print(text, file=sys.stderr, flush=True)
-
-    def end(self) -> None:
-        if self.tty and self.width:
-            sys.stderr.write("\n")
-            self.width = 0
-
-
-def _failed(st: _Status, as_json: bool, e: FastTorrentError) -> None:
+def _failed(st: Status, as_json: bool, e: FastTorrentError) -> None:
     """End the status line; with --json, print the partial result a failure carries."""
     st.end()
     r = getattr(e, "result", None)
@@ -267,7 +218,7 @@ def cmd_download(a: argparse.Namespace) -> int:
     seed_time = _flag_limit("--seed-time", a.seed_time)
     seed_ratio = _flag_limit("--seed-ratio", a.seed_ratio)
     upload_limit = _flag_size("--upload-limit", a.upload_limit)
-    st = _Status(a.quiet or a.json)
+    st = Status(a.quiet or a.json)
     try:
         res = download(a.torrent, a.output, workers=a.workers, peers=peers, port=a.port,
                        bind=a.bind, max_peers=a.max_peers, stall_timeout=a.stall_timeout,
@@ -296,7 +247,7 @@ def cmd_seed(a: argparse.Namespace) -> int:
     from .coordinator import seed
 
     upload_limit = _flag_size("--upload-limit", a.upload_limit)
-    st = _Status(a.quiet)
+    st = Status(a.quiet)
 
     def ready(port: int) -> None:
         # one machine-readable line, so scripts can find a port chosen by us
@@ -314,14 +265,14 @@ def cmd_seed(a: argparse.Namespace) -> int:
 
 # -- demo -------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .tools.demo import run_demo
 
     return run_demo(size=a.size, workers=a.workers, seeders=a.seeders, keep=a.keep)
 
 
 # -- bench ------------------------------------------------------------------
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .benchmark import run_from_args
+    from .tools.bench import run_from_args
 
     return run_from_args(a)
 
@@ -359,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("create", help="make a .torrent from a file or directory")
     s.add_argument("path")
     s.add_argument("-o", "--output", required=True, help="the .torrent to write")
-    s.add_argument("--piece-length", type=_size_arg, default=None,
+    s.add_argument("--piece-length", type=size_arg, default=None,
                    help="bytes per piece (power of two >= 16K; default: automatic)")
     s.add_argument("--tracker", action="append", default=[], metavar="URL",
                    help="announce URL (repeatable: one tier each)")
@@ -387,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port_arg, default=0, help="TCP port for incoming peers")
     s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
     s.add_argument("--max-peers", type=_workers_arg, default=200)
-    s.add_argument("--download-limit", type=_size_arg, default=None, metavar="RATE",
+    s.add_argument("--download-limit", type=size_arg, default=None, metavar="RATE",
                    help="bytes per second, e.g. 50M (default: unlimited)")
     s.add_argument("--upload-limit", default=None, metavar="RATE",
                    help="bytes per second uploaded, e.g. 10M (default: unlimited)")
@@ -425,12 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true")
 
     s = sub.add_parser("demo", help="the main job on a generated payload, nothing to set up")
-    s.add_argument("--size", type=_size_arg, default=256 << 20, help="payload size (default 256M)")
+    s.add_argument("--size", type=size_arg, default=256 << 20, help="payload size (default 256M)")
     s.add_argument("--workers", type=_workers_arg, default=None)
     s.add_argument("--seeders", type=_workers_arg, default=2, help="local seeders (default 2)")
     s.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
-    from .benchmark import add_arguments as add_bench_arguments
+    from .tools.bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(sub.add_parser("bench", help="compare downloaders on a local swarm"))
     return p
@@ -460,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
-    except Exception as e:  # noqa: BLE001 - the last line of defence: a bug of ours
+    except Exception as e:
         return _internal_error(e)
 
 

@@ -44,7 +44,6 @@ import asyncio
 import math
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,8 +54,9 @@ from ._io import DIRECT_ALIGN
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path
-from .leases import LeaseTable, Send
 from .launch import start_child
+from .leases import LeaseTable, Send
+from .ports import free_port as _free_port
 from .shm import Arena, plan_slots
 from .storage import Storage, check_free_space, check_output_paths, layout_for
 from .sysinfo import available_cpus
@@ -165,12 +165,6 @@ def check_seed_limit(name: str, value: float | None) -> None:
     """A seeding limit is None (no limit) or a finite number >= 0; else UsageError."""
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise UsageError(f"{name} must be a finite number >= 0, got {value}")
-
-
-def _free_port(bind: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((bind, 0))
-        return int(s.getsockname()[1])
 
 
 def _file_stats(layout: Any) -> list[tuple[int, int]]:

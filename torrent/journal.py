@@ -32,7 +32,6 @@ yet recorded when the process died is found, not downloaded again.
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import zlib
 

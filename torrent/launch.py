@@ -166,7 +166,7 @@ if __name__ == "__main__":
         code = _main(sys.argv[1:])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
-    except BaseException:  # noqa: BLE001 - a bug of ours: report it, exit non-zero
+    except BaseException:
         import traceback
 
         traceback.print_exc()

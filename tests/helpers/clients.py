@@ -51,6 +51,7 @@ import psutil
 
 from helpers.payload import CLI, run_cli
 from torrent import metainfo
+from torrent.tools.seeders import SEEDING_LINE, ft_seed_command
 
 __all__ = [
     "ClientProcess",
@@ -247,17 +248,17 @@ class ClientProcess:
 
 
 class FasttorrentSeed(ClientProcess):
-    """``fasttorrent seed`` on 127.0.0.1, dialling ``peers``; ready once it serves."""
+    """``fasttorrent seed`` on 127.0.0.1 (checking its data, ``--json``), dialling ``peers``;
+    ready once it serves.  ``extra``: more flags (e.g. ``--upload-limit``)."""
 
     def __init__(self, torrent: Path, data_dir: Path, peers: Sequence[str] = (),
-                 workers: int = 1) -> None:
-        argv = [*CLI, "seed", str(torrent), str(data_dir), "--bind", "127.0.0.1",
-                "--workers", str(workers), "--no-trackers", "--json", "-q"]
-        for p in peers:
-            argv += ["--peer", p]
+                 workers: int = 1, extra: Sequence[str] = ()) -> None:
+        argv = ft_seed_command(str(torrent), str(data_dir), workers=workers, peers=peers,
+                               skip_check=False, as_json=True, extra=extra, cli=CLI)
         super().__init__("fasttorrent seed", argv)
         try:
-            self.port = int(self.wait_for(r"^seeding on port (\d+)$", READY_TIMEOUT).group(1))
+            self.port = int(self.wait_for(SEEDING_LINE.pattern, READY_TIMEOUT).group(1))
+            self.addr = f"127.0.0.1:{self.port}"
         except BaseException:
             self.kill()
             raise

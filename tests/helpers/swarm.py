@@ -1,27 +1,25 @@
-"""Start real libtorrent seeders on 127.0.0.1 for integration tests (bounded lifetimes)."""
+"""Start real libtorrent seeders on 127.0.0.1 for integration tests (bounded lifetimes).
+
+The seeder command, its ready file and the bounded wait until it serves are
+the tools' (:mod:`torrent.tools.seeders`).
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 
-#: The seeder module, shared with ``fasttorrent bench``.
-LT_SEED = "torrent.benchclients.lt_seed"
+from torrent.ports import free_port
+from torrent.tools.seeders import Starting, lt_seed_command, wait_serving
+
+__all__ = ["Seeder", "start_seeders"]
+
 #: Every seeder exits by itself after this long, even if the test runner dies.
 SEED_LIFETIME = 180.0
 #: How long a seeder may take to check its data and become ready.
 READY_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -47,29 +45,25 @@ class Seeder:
 def start_seeders(torrent: str, save_paths: list[str], workdir: str,
                   upload_limits: list[int] | None = None) -> list[Seeder]:
     """Start one libtorrent seeder per save path; wait until each has checked its data."""
-    procs = []
-    for k, sp in enumerate(save_paths):
-        port = free_port()
-        ready = os.path.join(workdir, f"seed{k}-{port}.ready")
-        lim = (upload_limits or [0] * len(save_paths))[k]
-        p = subprocess.Popen(
-            ["timeout", str(int(SEED_LIFETIME) + 5), sys.executable,
-             "-m", LT_SEED, "--torrent", torrent, "--save-path", sp,
-             "--port", str(port), "--ready", ready, "--lifetime", str(SEED_LIFETIME),
-             "--upload-limit", str(lim)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        procs.append((p, port, ready))
-    seeders = []
-    deadline = time.monotonic() + READY_TIMEOUT
-    for p, port, ready in procs:
-        while not os.path.exists(ready):
-            if p.poll() is not None:
-                raise RuntimeError(f"seeder exited: {p.stderr.read().decode()}")  # type: ignore[union-attr]
-            if time.monotonic() > deadline:
-                p.kill()
-                raise RuntimeError("seeder did not become ready")
-            time.sleep(0.05)
-        with open(ready) as f:
-            info = json.load(f)
-        seeders.append(Seeder(p, port, info["pieces"]))
-    return seeders
+    started: list[tuple[Starting, int]] = []
+    try:
+        for k, sp in enumerate(save_paths):
+            port = free_port()
+            ready = os.path.join(workdir, f"seed{k}-{port}.ready")
+            log = os.path.join(workdir, f"seed{k}-{port}.log")
+            lim = (upload_limits or [0] * len(save_paths))[k]
+            argv = lt_seed_command(torrent, sp, ready, lifetime=SEED_LIFETIME, port=port,
+                                   upload_limit=lim)
+            with open(log, "w") as err:
+                p = subprocess.Popen(["timeout", str(int(SEED_LIFETIME) + 5), *argv],
+                                     stdout=subprocess.DEVNULL, stderr=err)
+            started.append((Starting(p, "libtorrent", log, ready), port))
+        serving = wait_serving([s for s, _ in started], timeout=READY_TIMEOUT, who="test")
+    except BaseException:
+        for s, _ in started:
+            with contextlib.suppress(ProcessLookupError):
+                s.popen.kill()
+            s.popen.wait()
+        raise
+    return [Seeder(s.popen, port, list(sv.pieces or ()))
+            for (s, port), sv in zip(started, serving, strict=True)]

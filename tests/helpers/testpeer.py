@@ -145,7 +145,7 @@ class _LoopServer:
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
-        except BaseException as e:  # noqa: BLE001 - reported by start()
+        except BaseException as e:
             self._error = e
             self._ready.set()
         finally:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from .framing import ReceiveBuffer
 from .handshake import (
     DHT_BIT,
     EXTENSION_BIT,
@@ -21,7 +22,6 @@ from .handshake import (
     make_peer_id,
     parse_handshake,
 )
-from .framing import ReceiveBuffer
 from .messages import (
     BLOCK_SIZE,
     MAX_REQUEST_LENGTH,

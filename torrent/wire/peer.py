@@ -313,11 +313,11 @@ class PeerProtocol:
     """
 
     __slots__ = (
-        "_cancelled",
-        "_first_message",
         "_active",
+        "_cancelled",
         "_events",
         "_fast",
+        "_first_message",
         "_framer",
         "_full",
         "_handshake_sent",

@@ -1,6 +1,6 @@
 """A libtorrent seeder process for ``fasttorrent bench`` and the integration tests.
 
-    python -m torrent.benchclients.lt_seed --torrent T --save-path DIR --ready FILE
+    python -m torrent.tools.benchclients.lt_seed --torrent T --save-path DIR --ready FILE
         [--port P] [--lifetime S] [--upload-limit BPS] [--stop-file F] [--peer HOST:PORT]...
 
 Adds the torrent over the data in --save-path, lets libtorrent check it (a
@@ -20,7 +20,7 @@ import time
 
 import libtorrent as lt
 
-from torrent.benchclients._lt import add_torrent, loopback_settings
+from torrent.tools.benchclients._lt import add_torrent, loopback_settings
 
 
 def settings(port: int, upload_limit: int) -> dict:
@@ -57,21 +57,20 @@ def main() -> int:
         ses.wait_for_alert(100)
         ses.pop_alerts()
         st = h.status()
-        if not ready and st.state not in (lt.torrent_status.checking_files,
-                                          lt.torrent_status.checking_resume_data) \
-                and st.has_metadata and st.state != lt.torrent_status.allocating:
-            if st.state in (lt.torrent_status.seeding, lt.torrent_status.finished,
-                            lt.torrent_status.downloading):
-                pieces = [i for i, v in enumerate(st.pieces) if v]
-                tmp = a.ready + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump({"pid": os.getpid(), "port": ses.listen_port(),
-                               "pieces": pieces}, f)
-                os.replace(tmp, a.ready)
-                ready = True
-                for peer in a.peer:
-                    host, port = peer.rsplit(":", 1)
-                    h.connect_peer((host, int(port)))
+        # ready once its data is checked (seeding, or downloading: it has some pieces)
+        if not ready and st.has_metadata and st.state in (
+                lt.torrent_status.seeding, lt.torrent_status.finished,
+                lt.torrent_status.downloading):
+            pieces = [i for i, v in enumerate(st.pieces) if v]
+            tmp = a.ready + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"pid": os.getpid(), "port": ses.listen_port(),
+                           "pieces": pieces}, f)
+            os.replace(tmp, a.ready)
+            ready = True
+            for peer in a.peer:
+                host, port = peer.rsplit(":", 1)
+                h.connect_peer((host, int(port)))
     return 0
 
 

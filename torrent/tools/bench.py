@@ -11,7 +11,7 @@ Theory of operation
    its torrent (no trackers) in a fresh temporary directory.
 2. *Seeders.*  ``--num-seeders`` long-lived seeders of one kind on 127.0.0.1:
    ``fasttorrent seed`` processes (one worker each) or libtorrent seeders
-   (:mod:`torrent.benchclients.lt_seed`).  With ``--compare-seeding`` both
+   (:mod:`torrent.tools.benchclients.lt_seed`).  With ``--compare-seeding`` both
    kinds run side by side and every client downloads from each in turn.
 3. *Clients and how they find the seeders.*  ``ftK`` is ``fasttorrent download
    --workers K`` and ``lt-default`` / ``lt-fast`` libtorrent's downloader
@@ -46,9 +46,10 @@ Theory of operation
    chart when matplotlib is installed (extra ``bench``).
 7. *Bounds and cleanup.*  Every process runs in its own session under
    ``timeout`` (so it ends even if this process is killed), is stopped with
-   SIGINT, then SIGKILL after :data:`STOP_GRACE`; on Ctrl-C / SIGTERM every
-   group is stopped, the temporary directory removed (unless ``--keep``) and
-   any ``/dev/shm`` segment that a killed process had mapped is unlinked.
+   SIGINT, then SIGKILL after :data:`~torrent.tools.procs.STOP_GRACE`; on
+   Ctrl-C / SIGTERM every group is stopped, the temporary directory removed
+   (unless ``--keep``) and any ``/dev/shm`` segment that a killed process had
+   mapped is unlinked (:mod:`torrent.tools.procs`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ import importlib.util
 import json
 import os
 import platform
-import select
 import shlex
 import shutil
 import signal
@@ -71,12 +71,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO
 
-from .errors import Interrupted, StorageError, UsageError
+from ..errors import Interrupted, StorageError, UsageError
+from ..ports import free_port
+from ..units import size_arg
+from .payload import make_payload, same_files
+from .procs import Proc, Processes, cpu_seconds, pss, session_pids, shm_names
+from .seeders import SEEDER_KINDS, Seeder, start_seeders
 
 __all__ = ["BenchConfig", "add_arguments", "parse_clients", "run_bench", "run_from_args"]
 
@@ -86,9 +91,6 @@ SEEDER_START_TIMEOUT = 120.0
 SAMPLE_INTERVAL = 0.1
 #: Every this many PSS samples, the /dev/shm segments mapped are noted too.
 SHM_SCAN_EVERY = 10
-#: After SIGINT, how long a process group gets to exit before SIGKILL (a
-#: fasttorrent download unlinks its shared-memory arena on the way out).
-STOP_GRACE = 10.0
 #: How often the harness looks for transmission's torrent-done marker.
 DONE_POLL = 0.02
 #: How long transmission-cli may take to open its listening port.
@@ -97,32 +99,11 @@ LISTEN_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 600.0
 #: Extra lifetime of the long-lived seeders beyond the longest possible bench.
 SEEDER_LIFETIME_MARGIN = 600.0
-#: Bytes compared at a time when checking an output against the payload.
-_CMP_CHUNK = 1 << 20
 #: Smallest piece length a torrent may have (a 16 KiB block).
 MIN_PIECE = 16 << 10
-#: The torrent's name for a multi-file payload (its top directory).
-MULTI_NAME = "payload"
-SINGLE_NAME = "payload.bin"
-SHM_DIR = "/dev/shm"
 
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-SEEDER_KINDS = ("fasttorrent", "libtorrent")
 #: Accepted spellings of the external clients.
 ALIASES = {"aria2c": "aria2", "transmission-cli": "transmission"}
-
-
-def parse_size(s: str) -> int:
-    """``1G``, ``512M``, ``64KiB``, ``1000`` -> bytes; argparse-friendly errors."""
-    t = s.strip().upper().removesuffix("B").removesuffix("I")
-    u = t[-1:] if t[-1:] in UNITS else ""
-    try:
-        v = int(float(t[: len(t) - len(u)]) * UNITS[u])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {s!r}")
-    return v
 
 
 def _positive_int(s: str) -> int:
@@ -137,12 +118,6 @@ def _positive_int(s: str) -> int:
 
 def _log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- clients ----------------------------------------------------------------------------
@@ -227,239 +202,6 @@ def parse_clients(text: str | None, cpus: int, *, allow_custom: bool = True) -> 
     return out
 
 
-# -- processes --------------------------------------------------------------------------
-def _stat_fields(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (field 3 on), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].decode("ascii", "replace").split()
-
-
-def session_pids(sid: int) -> list[int]:
-    """Every live process in session ``sid`` (each started process leads its own session)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            f = _stat_fields(int(name))
-            if f is not None and len(f) > 3 and f[3] == str(sid) and f[0] != "Z":
-                out.append(int(name))
-    return out
-
-
-def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for ln in f:
-                if ln.startswith("Pss:"):
-                    return int(ln.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _shm_names(pid: int) -> set[str]:
-    out = set()
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            for ln in f:
-                i = ln.find(SHM_DIR + "/")
-                if i >= 0:
-                    out.add(ln[i + len(SHM_DIR) + 1:].strip().removesuffix(" (deleted)"))
-    except OSError:
-        pass
-    return out
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    t = 0
-    for pid in pids:
-        f = _stat_fields(pid)
-        if f is not None and len(f) > 12:
-            t += int(f[11]) + int(f[12])
-    return t / _CLK_TCK
-
-
-def _child_env() -> dict[str, str]:
-    """This environment, with this very ``torrent`` package first on the path, so that
-    ``python -m torrent`` in a child runs the same code as this process."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
-
-
-@dataclass(eq=False)
-class Proc:
-    """A started process, leader of its own session (so its whole tree can be found and killed)."""
-
-    popen: subprocess.Popen[Any]
-    name: str
-    shm: set[str] = field(default_factory=set)
-    reaped: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def note_shm(self) -> None:
-        for pid in session_pids(self.pid):
-            self.shm |= _shm_names(pid)
-
-
-class Processes:
-    """Every process group the bench started; each is stopped once, all of them at the end."""
-
-    def __init__(self) -> None:
-        self.live: list[Proc] = []
-        self._lock = threading.Lock()
-
-    def spawn(self, argv: Sequence[str], name: str, *, timeout: float, stdout: Any = None,
-              stderr: Any = None, cwd: str | None = None) -> Proc:
-        """Start ``argv`` under ``timeout`` (SIGINT at ``timeout`` s, SIGKILL later) in its
-        own session."""
-        cmd = ["timeout", "-s", "INT", "-k", str(int(STOP_GRACE)), str(max(1, int(timeout))),
-               *argv]
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=_child_env(),
-                             stdout=stdout if stdout is not None else subprocess.DEVNULL,
-                             stderr=stderr if stderr is not None else subprocess.DEVNULL,
-                             cwd=cwd, start_new_session=True, text=True)
-        proc = Proc(p, name)
-        with self._lock:
-            self.live.append(proc)
-        return proc
-
-    @staticmethod
-    def _signal(proc: Proc, sig: int) -> None:
-        if proc.pid > 1:  # never a broadcast, whatever happened to the Popen
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-
-    def stop(self, procs: Sequence[Proc], grace: float = STOP_GRACE) -> None:
-        """SIGINT to each group, SIGKILL to what is left after ``grace``; reap; sweep /dev/shm."""
-        procs = [p for p in procs if p in self.live]
-        for p in procs:
-            if not p.reaped and p.popen.poll() is None:
-                p.note_shm()
-            self._signal(p, signal.SIGINT)
-        end = time.monotonic() + grace
-        for p in procs:
-            while session_pids(p.pid) and time.monotonic() < end:
-                time.sleep(0.05)
-            self._signal(p, signal.SIGKILL)
-            if not p.reaped:
-                with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
-                    p.popen.wait(grace)
-            if p.popen.stdout is not None:
-                p.popen.stdout.close()
-            for name in p.shm:
-                # mapped by a process of this group, all of which are gone now
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(SHM_DIR, name))
-            with self._lock:
-                self.live.remove(p)
-
-    def stop_all(self) -> None:
-        """Stop every group, including one whose start an interrupt cut short (a child
-        of ours leading its own session that never made it into :attr:`live`)."""
-        self.stop(list(self.live))
-        me = str(os.getpid())
-        for name in os.listdir("/proc"):
-            f = _stat_fields(int(name)) if name.isdigit() else None
-            if f is not None and len(f) > 3 and f[1] == me and f[3] == name:
-                pid = int(name)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-
-
-# -- seeders ----------------------------------------------------------------------------
-@dataclass(eq=False)
-class Seeder:
-    proc: Proc
-    port: int
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
-def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: str, workdir: str,
-                  lifetime: float, dial: str | None = None,
-                  on_ready: Callable[[], None] | None = None) -> list[Seeder]:
-    """Start ``n`` seeders of ``kind`` on 127.0.0.1 and wait until each serves.
-
-    Args:
-        dial: a HOST:PORT every seeder connects out to once it serves.
-        on_ready: called as each seeder is seen serving.
-
-    Raises:
-        StorageError: a seeder exited or did not start in time (its log names why).
-    """
-    pending: list[tuple[Proc, str, str]] = []
-    for _ in range(n):
-        fd, logpath = tempfile.mkstemp(prefix=f"seed-{kind}-", suffix=".log", dir=workdir)
-        with os.fdopen(fd, "w") as log:
-            if kind == "fasttorrent":
-                argv = [sys.executable, "-m", "torrent", "seed", torrent, data_dir, "--bind",
-                        "127.0.0.1", "--workers", "1", "--skip-check", "--no-trackers", "-q"]
-                if dial:
-                    argv += ["--peer", dial]
-                p = procs.spawn(argv, f"{kind} seeder", timeout=lifetime,
-                                stdout=subprocess.PIPE, stderr=log)
-                pending.append((p, logpath, ""))
-            else:
-                ready = logpath.removesuffix(".log") + ".ready"
-                argv = [sys.executable, "-m", "torrent.benchclients.lt_seed", "--torrent",
-                        torrent, "--save-path", data_dir, "--ready", ready, "--lifetime",
-                        str(lifetime)]
-                if dial:
-                    argv += ["--peer", dial]
-                p = procs.spawn(argv, f"{kind} seeder", timeout=lifetime + STOP_GRACE,
-                                stderr=log)
-                pending.append((p, logpath, ready))
-    ports: dict[Proc, int] = {}
-    deadline = time.monotonic() + SEEDER_START_TIMEOUT
-    while len(ports) < len(pending):
-        failed = time.monotonic() > deadline
-        waiting = [(p, ready) for p, _, ready in pending if p not in ports]
-        streams = {p.popen.stdout: p for p, ready in waiting
-                   if not ready and p.popen.stdout is not None}
-        readable = select.select(list(streams), [], [], 0.02)[0] if streams else []
-        if not streams:
-            time.sleep(0.02)
-        for stream in readable:
-            p = streams[stream]
-            line = stream.readline()
-            if line.startswith("seeding on port "):
-                ports[p] = int(line.split()[-1])
-                if on_ready:
-                    on_ready()
-            elif not line:
-                failed = True
-        for p, ready in waiting:
-            if ready:
-                try:
-                    with open(ready) as f:
-                        ports[p] = int(json.load(f)["port"])
-                    if on_ready:
-                        on_ready()
-                except (OSError, ValueError, KeyError):
-                    failed = failed or p.popen.poll() is not None
-        if failed:
-            logpath = next(lp for p, lp, _ in pending if p not in ports)
-            with open(logpath, errors="replace") as f:
-                why = " ".join(f.read().split())[-300:]
-            raise StorageError(f"bench: a {kind} seeder did not start: {why or 'no output'}")
-    return [Seeder(p, ports[p]) for p, _, _ in pending]
-
-
 class LoopbackTracker:
     """A minimal HTTP tracker on 127.0.0.1 that hands out :attr:`peers` (for aria2c)."""
 
@@ -469,7 +211,7 @@ class LoopbackTracker:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                from .bencoding import encode
+                from ..bencoding import encode
 
                 compact = b"".join(socket.inet_aton(h) + p.to_bytes(2, "big")
                                    for h, p in tracker.peers)
@@ -497,47 +239,6 @@ class LoopbackTracker:
         self.server.server_close()
 
 
-# -- payload ----------------------------------------------------------------------------
-def make_payload(root: str, size: int, files: int) -> tuple[str, list[str]]:
-    """Write the payload under ``root``; return the path to make the torrent of and the
-    files' paths relative to ``root`` (where a client writes them under its output dir)."""
-    from .demo import make_payload as gen
-
-    if files == 1:
-        gen(os.path.join(root, SINGLE_NAME), size)
-        return os.path.join(root, SINGLE_NAME), [SINGLE_NAME]
-    # uneven sizes, so files straddle piece boundaries; every file at least one byte
-    weights = [1 + (i * 7919) % 13 for i in range(files)]
-    spare = size - files
-    rels, left = [], size
-    for i, w in enumerate(weights):
-        n = left if i == files - 1 else 1 + spare * w // sum(weights)
-        left -= n
-        rel = os.path.join(MULTI_NAME, f"dir{i % 10}", f"file{i:05d}.bin")
-        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
-        gen(os.path.join(root, rel), n, seed=i + 1)
-        rels.append(rel)
-    return os.path.join(root, MULTI_NAME), rels
-
-
-def same_files(src_root: str, out_root: str, rels: Sequence[str]) -> bool:
-    """Whether every payload file under ``out_root`` is byte-identical to the one under
-    ``src_root``."""
-    for rel in rels:
-        try:
-            with open(os.path.join(src_root, rel), "rb") as fa, \
-                    open(os.path.join(out_root, rel), "rb") as fb:
-                while True:
-                    x = fa.read(_CMP_CHUNK)
-                    if x != fb.read(_CMP_CHUNK):
-                        return False
-                    if not x:
-                        break
-        except OSError:
-            return False
-    return True
-
-
 # -- versions ---------------------------------------------------------------------------
 def _first_line(argv: list[str]) -> str | None:
     if shutil.which(argv[0]) is None:
@@ -552,8 +253,8 @@ def _first_line(argv: list[str]) -> str | None:
 
 def versions() -> dict[str, Any]:
     """Versions of every client and of the machine, for the report."""
-    from . import __version__
-    from .sysinfo import available_cpus
+    from .. import __version__
+    from ..sysinfo import available_cpus
 
     v: dict[str, Any] = {"fasttorrent": __version__, "python": platform.python_version(),
                          "kernel": platform.release(), "machine": platform.machine(),
@@ -640,7 +341,7 @@ def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: st
                 peers, "--no-trackers", "-q", "--workers", str(spec.workers), "--bind",
                 "127.0.0.1", "--port", str(port)]
     if spec.kind == "lt":
-        return [sys.executable, "-m", "torrent.benchclients.lt_download", "--profile",
+        return [sys.executable, "-m", "torrent.tools.benchclients.lt_download", "--profile",
                 spec.profile, "--port", str(port), "--peers", peers, "--timeout",
                 str(int(ctx.timeout)), ctx.torrent, out]
     if spec.kind == "aria2":
@@ -676,7 +377,7 @@ def run_client(spec: ClientSpec, ctx: RunContext, out: str, scratch: str) -> dic
     dial_wait = 0.0
     stop = threading.Event()
     seed_pids = [pid for s in ctx.peers for pid in session_pids(s.proc.pid)]
-    seed_cpu0 = _cpu_seconds(seed_pids)
+    seed_cpu0 = cpu_seconds(seed_pids)
     with open(errpath, "w+") as err:
         t0 = time.perf_counter()
         proc = ctx.procs.spawn(argv, spec.label, timeout=ctx.timeout, stderr=err, cwd=scratch)
@@ -689,10 +390,10 @@ def run_client(spec: ClientSpec, ctx: RunContext, out: str, scratch: str) -> dic
             k = 0
             while not stop.is_set():
                 pids = session_pids(proc.pid)
-                peak = max(peak, sum(_pss(pid) for pid in pids))
+                peak = max(peak, sum(pss(pid) for pid in pids))
                 if k % SHM_SCAN_EVERY == 0:
                     for pid in pids:
-                        proc.shm |= _shm_names(pid)
+                        proc.shm |= shm_names(pid)
                 k += 1
                 stop.wait(SAMPLE_INTERVAL)
 
@@ -710,7 +411,7 @@ def run_client(spec: ClientSpec, ctx: RunContext, out: str, scratch: str) -> dic
             th.join()
             ctx.procs.stop([proc] + [d.proc for d in dialers])
         seed_pids = [pid for s in ctx.peers for pid in session_pids(s.proc.pid)]
-        seed_cpu = _cpu_seconds(seed_pids) - seed_cpu0
+        seed_cpu = cpu_seconds(seed_pids) - seed_cpu0
         err.seek(0)
         tail = err.read()[-2000:]
     return {"exit": proc.popen.returncode, "wall": wall - dial_wait, "wall_raw": wall,
@@ -730,9 +431,9 @@ def _dial_in(ctx: RunContext, proc: Proc, port: int) -> tuple[list[Seeder], floa
     t_listen = time.perf_counter()
     first: list[float] = []
     dialers = start_seeders(ctx.procs, ctx.seeder_kind, ctx.num_seeders, ctx.torrent,
-                            ctx.data_dir, ctx.workdir, ctx.timeout,
-                            dial=f"127.0.0.1:{port}", on_ready=lambda: first.append(
-                                time.perf_counter()))
+                            ctx.data_dir, ctx.workdir, lifetime=ctx.timeout,
+                            timeout=SEEDER_START_TIMEOUT, dial=f"127.0.0.1:{port}",
+                            on_ready=lambda: first.append(time.perf_counter()), who="bench")
     return dialers, (first[0] - t_listen) if first else 0.0
 
 
@@ -795,8 +496,8 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
         Interrupted: SIGINT / SIGTERM (everything started is stopped and removed first).
         StorageError: a seeder did not start, or the results cannot be written.
     """
-    from .create import create_torrent
-    from .sysinfo import available_cpus
+    from ..create import create_torrent
+    from ..sysinfo import available_cpus
 
     out = out or sys.stdout
     if cfg.files > cfg.size:
@@ -822,7 +523,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     work = cfg.workdir or tempfile.mkdtemp(prefix="fasttorrent-bench-")
     os.makedirs(work, exist_ok=True)
     _log(f"work dir {work}; results {base}.*")
-    jsonl = open(base + ".jsonl", "w") if cfg.jsonl else None  # noqa: SIM115 - closed below
+    jsonl = open(base + ".jsonl", "w") if cfg.jsonl else None
     try:
         with _terminate_as_interrupt():
             if jsonl:
@@ -848,7 +549,9 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
             for n in cfg.num_seeders:
                 group = [(k, m) for k, m in sets if m == n]
                 for key in group:
-                    seeders[key] = start_seeders(procs, key[0], n, torrent, src, work, lifetime)
+                    seeders[key] = start_seeders(procs, key[0], n, torrent, src, work,
+                                                 lifetime=lifetime, timeout=SEEDER_START_TIMEOUT,
+                                                 who="bench")
                     _log(f"{n} {key[0]} seeder(s) on "
                          + ", ".join(s.addr for s in seeders[key]))
                 jobs = [(c, key) for c in clients for key in group]
@@ -1062,10 +765,10 @@ def write_chart(doc: dict[str, Any], path: str) -> bool:
 # -- command line -----------------------------------------------------------------------
 def add_arguments(s: argparse.ArgumentParser) -> None:
     """The ``fasttorrent bench`` flags."""
-    s.add_argument("--size", type=parse_size, default=1 << 30, help="payload size (default 1G)")
+    s.add_argument("--size", type=size_arg, default=1 << 30, help="payload size (default 1G)")
     s.add_argument("--files", type=_positive_int, default=1,
                    help="payload files (default 1; more: uneven sizes under payload/)")
-    s.add_argument("--piece", type=parse_size, default=1 << 20, help="piece length (default 1M)")
+    s.add_argument("--piece", type=size_arg, default=1 << 20, help="piece length (default 1M)")
     s.add_argument("--seeders", choices=SEEDER_KINDS, default="fasttorrent",
                    help="the seeders' kind (default fasttorrent: `fasttorrent seed` processes)")
     s.add_argument("--num-seeders", type=_positive_int, default=4, metavar="N",
@@ -1089,7 +792,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 
 def run_from_args(a: argparse.Namespace) -> int:
     """``fasttorrent bench``: check the flags, run, report; the exit code."""
-    from .sysinfo import available_cpus
+    from ..sysinfo import available_cpus
 
     if a.timeout <= 0:
         raise UsageError("--timeout must be positive")

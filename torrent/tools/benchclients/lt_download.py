@@ -1,6 +1,6 @@
 """Download one torrent with libtorrent (PyPI bindings) from given peers; exit 0 when done.
 
-    python -m torrent.benchclients.lt_download [--profile default|fast] [--port N]
+    python -m torrent.tools.benchclients.lt_download [--profile default|fast] [--port N]
         --peers ip:port,... [--timeout S] TORRENT OUTDIR
 
 Loopback-only settings (DHT, LSD, UPnP, NAT-PMP, uTP and encryption off; bound to
@@ -15,7 +15,7 @@ import time
 
 import libtorrent as lt
 
-from torrent.benchclients._lt import add_torrent, loopback_settings
+from torrent.tools.benchclients._lt import add_torrent, loopback_settings
 
 
 def settings(port: int, profile: str) -> dict:
