@@ -391,6 +391,8 @@ def test_close_delimited_body_and_interim_response(mode: str) -> None:
         (b"HTTP/1.1 200 OK\r\n", "closed the connection"),
         (b"SSH-2.0-OpenSSH\r\n\r\n", "status line"),
         (b"HTTP/1.1 2x0 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1 050 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1 600 OK\r\n\r\n", "status line"),
         (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "header line"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", "Content-Length"),

@@ -8,8 +8,8 @@ announce body.
 
 Holds for every input:
 - nothing but ``TrackerError`` escapes;
-- a complete response has a 3-digit status that is not 1xx (interim answers
-  are skipped) and a body within ``MAX_RESPONSE_SIZE``;
+- a complete response has a status from 200 to 599 (interim 1xx answers are
+  skipped, anything outside 100..599 is refused: RFC 9110 §15) and a body within ``MAX_RESPONSE_SIZE``;
 - an announce result keeps at most ``MAX_PEERS_PER_RESPONSE`` peers, unique,
   each a canonical address or host name with a port 1..65535; interval,
   min interval and tracker id within their bounds; tracker text cut to
@@ -73,7 +73,7 @@ def TestOneInput(data: bytes) -> None:
         return
     if not reader.complete:
         return
-    check(reader.status is not None and 200 <= reader.status <= 999, f"status {reader.status}")
+    check(reader.status is not None and 200 <= reader.status <= 599, f"status {reader.status}")
     check(len(reader.body) <= MAX_RESPONSE_SIZE, "body over its bound")
     check(len(reader.reason) <= MAX_MESSAGE_LENGTH, "reason not cut")
     check_body(reader.body)

@@ -514,6 +514,8 @@ class HTTPResponseReader:
             or not status_line[0].startswith(b"HTTP/1.")
             or len(status_line[1]) != 3
             or not status_line[1].isdigit()
+            # RFC 9110 §15: "Values outside the range 100..599 are invalid" ("050" is not 50)
+            or not 100 <= int(status_line[1]) <= 599
         ):
             raise TrackerError(f"tracker sent a bad HTTP status line {lines[0][:60]!r}")
         status = int(status_line[1])
