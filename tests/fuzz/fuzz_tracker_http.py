@@ -9,7 +9,8 @@ announce body.
 Holds for every input:
 - nothing but ``TrackerError`` escapes;
 - a complete response has a status from 200 to 599 (interim 1xx answers are
-  skipped, anything outside 100..599 is refused: RFC 9110 §15) and a body within ``MAX_RESPONSE_SIZE``;
+  skipped, anything outside 100..599 is refused: RFC 9110 §15) and a body
+  within ``MAX_RESPONSE_SIZE``;
 - an announce result keeps at most ``MAX_PEERS_PER_RESPONSE`` peers, unique,
   each a canonical address or host name with a port 1..65535; interval,
   min interval and tracker id within their bounds; tracker text cut to
