@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .console import Status
 from .errors import FastTorrentError, Incomplete, Interrupted, UsageError
+from .options import DEFAULT_MAX_PEERS, DEFAULT_STALL_TIMEOUT, Options
 from .units import parse_size, size_arg
 
 __all__ = ["build_parser", "main"]
@@ -214,18 +215,16 @@ def _failed(st: Status, as_json: bool, e: FastTorrentError) -> None:
 def cmd_download(a: argparse.Namespace) -> int:
     from .coordinator import download
 
-    peers = _peers_arg(a.peer)
-    seed_time = _flag_limit("--seed-time", a.seed_time)
-    seed_ratio = _flag_limit("--seed-ratio", a.seed_ratio)
-    upload_limit = _flag_size("--upload-limit", a.upload_limit)
+    opts = Options(
+        workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port, bind=a.bind,
+        max_peers=a.max_peers, stall_timeout=a.stall_timeout, recheck=a.recheck,
+        use_trackers=not a.no_trackers, download_limit=a.download_limit or 0,
+        upload_limit=_flag_size("--upload-limit", a.upload_limit),
+        seed_time=_flag_limit("--seed-time", a.seed_time),
+        seed_ratio=_flag_limit("--seed-ratio", a.seed_ratio), direct_io=not a.no_direct_io)
     st = Status(a.quiet or a.json)
     try:
-        res = download(a.torrent, a.output, workers=a.workers, peers=peers, port=a.port,
-                       bind=a.bind, max_peers=a.max_peers, stall_timeout=a.stall_timeout,
-                       recheck=a.recheck, use_trackers=not a.no_trackers, log=st.log,
-                       status_line=st.line, download_limit=a.download_limit or 0,
-                       upload_limit=upload_limit, seed_time=seed_time, seed_ratio=seed_ratio,
-                       direct_io=not a.no_direct_io)
+        res = download(a.torrent, a.output, opts, log=st.log, status_line=st.line)
     except FastTorrentError as e:
         _failed(st, a.json, e)
         raise
@@ -246,7 +245,9 @@ def cmd_download(a: argparse.Namespace) -> int:
 def cmd_seed(a: argparse.Namespace) -> int:
     from .coordinator import seed
 
-    upload_limit = _flag_size("--upload-limit", a.upload_limit)
+    opts = Options(workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port,
+                   bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers,
+                   upload_limit=_flag_size("--upload-limit", a.upload_limit))
     st = Status(a.quiet)
 
     def ready(port: int) -> None:
@@ -254,9 +255,7 @@ def cmd_seed(a: argparse.Namespace) -> int:
         print(f"seeding on port {port}", flush=True)
 
     try:
-        seed(a.torrent, a.dir, workers=a.workers, peers=_peers_arg(a.peer), port=a.port,
-             bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers, log=st.log,
-             ready=ready, upload_limit=upload_limit)
+        seed(a.torrent, a.dir, opts, log=st.log, ready=ready)
     except FastTorrentError as e:
         _failed(st, a.json, e)
         raise
@@ -337,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connect to this peer (repeatable; comma lists accepted)")
     s.add_argument("--port", type=_port_arg, default=0, help="TCP port for incoming peers")
     s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
-    s.add_argument("--max-peers", type=_workers_arg, default=200)
+    s.add_argument("--max-peers", type=_workers_arg, default=DEFAULT_MAX_PEERS)
     s.add_argument("--download-limit", type=size_arg, default=None, metavar="RATE",
                    help="bytes per second, e.g. 50M (default: unlimited)")
     s.add_argument("--upload-limit", default=None, metavar="RATE",
@@ -349,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="once complete, keep serving peers until R x the torrent's size is "
                         "uploaded; with --seed-time, the first limit reached ends the run "
                         "(exit 0; Ctrl-C/SIGTERM while seeding also exits 0)")
-    s.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
+    s.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT, metavar="S",
                    help="give up after S seconds without data (exit 6)")
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
     s.add_argument("--no-trackers", action="store_true", help="use only --peer peers")

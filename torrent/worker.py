@@ -37,6 +37,7 @@ import signal
 import socket
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from . import _io, ipc
@@ -44,6 +45,7 @@ from . import _speedups as _k
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import FastTorrentError, RemoteProtocolError
 from .net.peer import PeerConn
+from .options import Options
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
@@ -58,10 +60,6 @@ __all__ = ["Worker", "WorkerConfig", "worker_main"]
 FLUSH_INTERVAL = 1.0
 #: The worker's housekeeping tick.
 TICK = 0.25
-#: A request unanswered this long is re-issued elsewhere (libtorrent's
-#: request_timeout is 60 s; loopback and LAN peers answer in milliseconds,
-#: and a peer silently dropping requests must not stall the tail).
-REQUEST_TIMEOUT = 10.0
 #: Request pipeline per peer: rate x PIPELINE_SECONDS / 16 KiB, clamped to
 #: [MIN_DEPTH, MAX_DEPTH] (libtorrent: 3 s, [2, 500]).  Slow start at INITIAL_DEPTH.
 PIPELINE_SECONDS = 3.0
@@ -97,33 +95,40 @@ CONNECT_TIMEOUT = 10.0
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig:
-    """What a worker needs from the coordinator (pickled once at spawn)."""
+    """What a worker needs from the coordinator (pickled once, at start).
 
-    def __init__(self, *, wid: int, meta: Any, outdir: str, arena_fd: int, slot_size: int,
-                 arena_slots: int, first_slot: int, nslots: int, port: int, bind: str,
-                 peer_id: bytes, done: bytes, max_rate: int = 0,
-                 request_timeout: float = REQUEST_TIMEOUT, writable: bool = True,
-                 lock_writes: bool = False, max_up_rate: int = 0,
-                 direct_io: bool = True) -> None:
-        self.wid = wid
-        self.meta = meta
-        self.outdir = outdir
-        self.arena_fd = arena_fd  # the arena's memfd, inherited at this number
-        self.slot_size = slot_size
-        self.arena_slots = arena_slots
-        self.first_slot = first_slot
-        self.nslots = nslots
-        self.port = port
-        self.bind = bind
-        self.peer_id = peer_id
-        self.done = done  # bitfield of pieces already verified (resume)
-        self.max_rate = max_rate
-        self.request_timeout = request_timeout
-        self.writable = writable  # False when only seeding: never create or change files
-        self.lock_writes = lock_writes  # several workers write the same files
-        self.max_up_rate = max_up_rate  # bytes/s this worker uploads at most (0: unlimited)
-        self.direct_io = direct_io  # whole pages bypass the page cache (Storage)
+    The run's settings travel whole, as ``options``; the rest is this
+    worker's share of the run: its id, its slots in the arena, the port
+    chosen for the run, the pieces already verified.
+    """
+
+    wid: int
+    meta: Any
+    outdir: str
+    options: Options
+    arena_fd: int  # the arena's memfd, inherited at this number
+    slot_size: int
+    arena_slots: int
+    first_slot: int
+    nslots: int
+    port: int  # the listening port of every worker (SO_REUSEPORT); 0: none
+    peer_id: bytes
+    done: bytes  # bitfield of pieces already verified (resume)
+    writable: bool = True  # False when only seeding: never create or change files
+    lock_writes: bool = False  # several workers write the same files
+    workers: int = 1  # worker processes in the run (the rate limits are split evenly)
+
+    @property
+    def max_rate(self) -> int:
+        """Bytes/s this worker downloads at most (0: unlimited)."""
+        return -(-self.options.download_limit // self.workers)
+
+    @property
+    def max_up_rate(self) -> int:
+        """Bytes/s this worker uploads at most (0: unlimited)."""
+        return -(-self.options.upload_limit // self.workers)
 
 
 #: A stop after seeding (its limit reached) first lets the blocks already
@@ -222,7 +227,7 @@ class Worker:
         self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
         self.storage = Storage(layout_for(m, cfg.outdir), writable=cfg.writable,
-                               direct=cfg.direct_io)
+                               direct=cfg.options.direct_io)
         # The native I/O thread (see torrent/_io.pyx): verifies and writes
         # full slots and flushes files without the GIL, waking us via an eventfd.
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -808,7 +813,7 @@ class Worker:
             target = int(peer.rate * PIPELINE_SECONDS / BLOCK_SIZE)
             peer.depth = max(MIN_DEPTH, min(MAX_DEPTH, max(peer.depth, target)
                                             if peer.rate > 0 else peer.depth))
-            for i, b, _ln in peer.proto.timed_out_requests(now, self.cfg.request_timeout):
+            for i, b, _ln in peer.proto.timed_out_requests(now, self.cfg.options.request_timeout):
                 self.picker.block_lost(i, b, peer)
             if peer.proto.needs_keepalive(now):
                 peer.write(peer.proto.send_keepalive())
@@ -864,7 +869,7 @@ class Worker:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.cfg.bind, self.cfg.port))
+            sock.bind((self.cfg.options.bind, self.cfg.port))
             sock.listen(64)
             self.server = await self.loop.create_server(lambda: PeerConn(self.accept),
                                                         sock=sock)
