@@ -654,3 +654,26 @@ def test_block_requested_again_after_a_choke_may_arrive_twice() -> None:
     assert p.accept_block(0, BLOCK_SIZE, BLOCK_SIZE) is False
     with pytest.raises(RemoteProtocolError, match="did not request"):
         p.accept_block(1, 0, BLOCK_SIZE)
+
+
+def test_block_views_stay_valid_for_the_whole_call() -> None:
+    """A frame cut by the end of the buffer must not move the bytes of the blocks before it.
+
+    The buffer is only compacted or regrown between reads: a block view handed
+    out in this call stays valid until the next one, even when a later frame
+    in the same call does not fit.
+    """
+    p = active_peer(unchoked=True)
+    where = [(0, 0), (0, BLOCK_SIZE), (1, 0), (1, BLOCK_SIZE)]
+    for i, begin in where:
+        p.send_request(i, begin, BLOCK_SIZE, now=1.0)
+    blocks = [bytes([0x11 * (k + 1)]) * BLOCK_SIZE for k in range(4)]
+    frames = [encode(Piece(i, begin, blocks[k])) for k, (i, begin) in enumerate(where)]
+    # three whole frames and most of a fourth, which runs past the end of the buffer
+    # (it grows to the next power of two that holds what was fed: 64 KiB)
+    chunk = frames[0] + frames[1] + frames[2] + frames[3][:16000]
+    assert len(chunk) <= 64 << 10 < len(chunk) - 16000 + len(frames[3])
+    events = p.receive_data(chunk)
+    assert [bytes(e.data) for e in events if isinstance(e, BlockReceived)] == blocks[:3]
+    (last,) = p.receive_data(frames[3][16000:])
+    assert isinstance(last, BlockReceived) and bytes(last.data) == blocks[3]

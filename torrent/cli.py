@@ -110,7 +110,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         return 0
     out = [
         f"name:         {d['name']}",
-        f"info hash:    {d['info_hash']}" + ("  (hybrid v1+v2, read as v1)" if d.get("hybrid") else ""),
+        f"info hash:    {d['info_hash']}"
+        + ("  (hybrid v1+v2, read as v1)" if d.get("hybrid") else ""),
         f"size:         {_human_size(d['total_size'])} ({d['total_size']} bytes)",
         f"pieces:       {d['num_pieces']} x {_human_size(d['piece_length'])}",
         f"private:      {'yes' if d['private'] else 'no'}",

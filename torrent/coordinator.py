@@ -273,7 +273,8 @@ class Coordinator:
                 if len(journal.seal_table) != len(now_stats):
                     done = set()
                 else:
-                    for (k, _sp), then, now in zip(files, journal.seal_table, now_stats):
+                    for (k, _sp), then, now in zip(files, journal.seal_table, now_stats,
+                                                   strict=True):
                         if then != now:
                             self.log(f"resume: {layout.spans[k].rel} changed since the last "
                                      "run; checking its pieces")
@@ -336,7 +337,7 @@ class Coordinator:
             self.workers.append(WorkerHandle(w, proc, conn))
             configs.append(cfg)
         # Sent once every worker started, so that they start up side by side.
-        for h, cfg in zip(self.workers, configs):
+        for h, cfg in zip(self.workers, configs, strict=True):
             try:
                 h.conn.send(cfg)
             except OSError:
@@ -575,8 +576,8 @@ class Coordinator:
         left = (n - self.verified) * self.meta.piece_length
         eta = f"{left / rate:.0f}s" if rate > 1 else "-"
         conn = sum(w.stats.get("connected", 0) for w in self.workers if w.alive)
-        per = " ".join(f"w{w.wid}:{w.stats.get('rate', 0) / 1e6:.0f}MB/s/{w.stats.get('connected', 0)}p"
-                       for w in self.workers if w.alive)
+        per = " ".join(f"w{w.wid}:{w.stats.get('rate', 0) / 1e6:.0f}MB/s/"
+                       f"{w.stats.get('connected', 0)}p" for w in self.workers if w.alive)
         return (f"{100 * self.verified / n:5.1f}%  {rate / 1e6:7.1f} MB/s  ETA {eta:>6}  "
                 f"peers {conn}  [{per}]  {el:.0f}s")
 
@@ -823,7 +824,7 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     meta = metainfo.load(torrent)
     coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line)
     coord.prepare()
-    res = _run_loop(coord.run())
+    res: DownloadResult = _run_loop(coord.run())
     if coord.fatal is not None:
         raise coord.fatal
     if coord.interrupted and not (res.complete and coord.seed_started is not None):

@@ -261,7 +261,8 @@ class Worker:
         self.avail = bytearray(len(cfg.done))
         self.avail_dirty = False
         self.stop_event = asyncio.Event()
-        self.failed_crcs: dict[int, list[tuple[Peer, int, int]]] = {}  # piece -> [(sender, block, crc)]
+        # piece -> [(sender, block, crc)] of a copy that failed its hash (smart ban)
+        self.failed_crcs: dict[int, list[tuple[Peer, int, int]]] = {}
         self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
                                       "blocks": 0, "steals": 0, "released": 0,
                                       "hash_failures": 0, "banned": [], "endgame": False}
@@ -519,7 +520,7 @@ class Worker:
         pl = self.meta.piece_length
         up = self.up
         while conn.write_buffer_size() < SEND_HIGH_WATER:
-            blocks = []
+            blocks: list[tuple[int, int, int]] = []
             while len(blocks) < SERVE_BATCH:
                 if up is not None and up.paused:
                     break  # the throttle's timer serves us again
@@ -537,7 +538,8 @@ class Worker:
                 return
             size = sum(13 + ln for _i, _b, ln in blocks)
             pool = self._serve_buffers
-            buf = pool.pop() if pool and size <= SERVE_BUFFER else bytearray(max(size, SERVE_BUFFER))
+            buf = (pool.pop() if pool and size <= SERVE_BUFFER
+                   else bytearray(max(size, SERVE_BUFFER)))
             view = memoryview(buf)
             pos = 0
             run: list[memoryview] = []
@@ -602,7 +604,7 @@ class Worker:
     def complete(self) -> bool:
         # a counter, not a scan: this is asked per verified piece, and a scan of
         # a 200,000-piece bitfield each time would make a download quadratic
-        return self.have_count == self.meta.num_pieces
+        return bool(self.have_count == self.meta.num_pieces)
 
     def _has(self, i: int) -> bool:
         return bool(self.have[i >> 3] & (0x80 >> (i & 7)))

@@ -72,7 +72,8 @@ class ReceiveBuffer:
         limit: the size reads alone may grow it to.
     """
 
-    __slots__ = ("_grow", "_limit", "buf", "end", "received", "start", "transform", "view")
+    __slots__ = ("_grow", "_limit", "_want", "buf", "end", "received", "start", "transform",
+                 "view")
 
     def __init__(self, max_frame: int, *, initial: int = INITIAL_RECV_BUFFER,
                  limit: int = RECV_BUFFER_LIMIT) -> None:
@@ -82,6 +83,7 @@ class ReceiveBuffer:
         self.end = 0
         self._limit = max(limit, max_frame + MIN_READ)  # a largest frame always fits
         self._grow = False  # the last read filled every free byte
+        self._want = 0  # the incomplete frame at ``start`` needs this many bytes in all
         self.received = 0  # bytes received in all (read by rate meters)
         self.transform: Transform | None = None
 
@@ -129,8 +131,10 @@ class ReceiveBuffer:
             self._grow = False
             if len(self.buf) < self._limit:
                 self._resize(min(self._limit, len(self.buf) * 2))
-        if len(self.buf) - self.end < MIN_READ:
-            self._make_room(MIN_READ, self._limit)
+        need = max(MIN_READ, self._want - (self.end - self.start))
+        self._want = 0
+        if len(self.buf) - self.end < need:
+            self._make_room(need, self._limit)
         return self.view[self.end :]
 
     def updated(self, nbytes: int) -> None:
@@ -154,6 +158,7 @@ class ReceiveBuffer:
             return
         if self.start == self.end:
             self.start = self.end = 0
+        self._want = 0
         self._make_room(n, max(self._limit, self.end - self.start + n))
         end = self.end
         self.view[end : end + n] = data
@@ -163,13 +168,15 @@ class ReceiveBuffer:
         self.received += n
 
     def reserve_frame(self, total: int) -> None:
-        """Make sure a frame of ``total`` bytes starting at ``start`` will fit.
+        """Note that the frame starting at ``start`` is ``total`` bytes long.
 
         Called by the framer once the frame's length was checked against its
-        bound, so the growth is bounded too.
+        bound (so the growth is bounded too).  The room is made by the next
+        :meth:`get_buffer`, between reads: never while views handed out for
+        this read's frames may still be in use.
         """
         if self.start + total > len(self.buf):
-            self._make_room(total - (self.end - self.start), self._limit)
+            self._want = total
 
 
 class Framer:

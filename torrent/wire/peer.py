@@ -516,7 +516,7 @@ class PeerProtocol:
         try:
             return self._next()
         except RemoteProtocolError:
-            if self._state is not PeerState.CLOSED:  # accept_block may have closed it
+            if self.state is not PeerState.CLOSED:  # accept_block may have closed it
                 self._transition(PeerState.CLOSED)
             raise
 
