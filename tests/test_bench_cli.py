@@ -230,6 +230,7 @@ def test_bench_interrupt_mid_run_leaves_nothing(tmp_path: Path, sig: signal.Sign
             pass
     assert not left, f"processes left behind: {left}"
     assert len(seen) >= 3  # seeders and a download were running
-    work = [ln.split()[3].rstrip(";") for ln in text.splitlines() if ln.startswith("bench: work dir")]
+    work = [ln.split()[3].rstrip(";") for ln in text.splitlines()
+            if ln.startswith("bench: work dir")]
     assert len(work) == 1 and not os.path.exists(work[0])
     assert not [n for n in shm if os.path.exists(f"/dev/shm/{n}")]

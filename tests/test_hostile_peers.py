@@ -214,7 +214,7 @@ def test_testpeer_corrupts_one_block_per_piece(swarm: dict[str, Any]) -> None:
             c.close()
     start = 2 * PIECE_LEN
     assert got[0] != data[start : start + 16384]  # the first block sent is damaged
-    assert sum(x != y for x, y in zip(got[0], data[start : start + 16384])) == 1
+    assert sum(x != y for x, y in zip(got[0], data[start : start + 16384], strict=True)) == 1
     assert got[1] == data[start + 16384 : start + 32768]  # the second is not
     assert peer.corrupted == [(2, 0)]
 

@@ -92,7 +92,8 @@ def readme_example(torrent: Path, out: Path, port: int, marker: Path) -> str:
         from torrent.coordinator import download
         from torrent import metainfo
         meta = metainfo.load({str(torrent)!r})
-        result = download({str(torrent)!r}, {str(out)!r}, workers=2, peers=[("127.0.0.1", {port})], bind="127.0.0.1")
+        result = download({str(torrent)!r}, {str(out)!r}, workers=2,
+                          peers=[("127.0.0.1", {port})], bind="127.0.0.1")
         print(result.to_json_dict())
         """)
 

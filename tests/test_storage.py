@@ -329,7 +329,7 @@ def test_pinned_descriptors_survive_lru_pressure(tmp_path: Path,
         for i in range(2, 6):  # pressure: open four more files
             s.write(i * 8, memoryview(b"x" * 8))
         # the native writer may still use the pinned descriptors
-        for fd, foff, roff, n in segs:
+        for fd, foff, _roff, n in segs:
             os.fstat(fd)
             os.pwrite(fd, b"P" * n, foff)
         assert s._fds[0] == fds[0] and s._fds[1] == fds[1]

@@ -265,7 +265,7 @@ def test_keepalive_before_bitfield_is_fine() -> None:
 @pytest.mark.parametrize("bits", [b"\xff", b"\xff\xc0\x00"])
 def test_bitfield_wrong_length(bits: bytes) -> None:
     p = active_peer()
-    with pytest.raises(RemoteProtocolError, match="bitfield|at most"):
+    with pytest.raises(RemoteProtocolError, match=r"bitfield|at most"):
         recv(p, Bitfield(bits))
 
 
@@ -384,7 +384,8 @@ def test_choke_cancels_outstanding_requests() -> None:
     for begin in (0, BLOCK_SIZE):
         p.send_request(1, begin, BLOCK_SIZE, now=1.0)
     events = recv(p, Choke())
-    assert events == [Choked(), RequestsCancelled(((1, 0, BLOCK_SIZE), (1, BLOCK_SIZE, BLOCK_SIZE)))]
+    cancelled = ((1, 0, BLOCK_SIZE), (1, BLOCK_SIZE, BLOCK_SIZE))
+    assert events == [Choked(), RequestsCancelled(cancelled)]
     assert p.num_outstanding == 0
     with pytest.raises(LocalProtocolError, match="chokes us"):
         p.send_request(1, 0, BLOCK_SIZE, now=2.0)
@@ -553,7 +554,8 @@ def test_two_machines_exchange_a_block() -> None:
     assert leecher.receive_data(seeder.send_unchoke()) == [Unchoked()]
     last = NUM_PIECES - 1
     req = leecher.send_request(last, BLOCK_SIZE, LAST_PIECE_SIZE - BLOCK_SIZE, now=1.0)
-    assert seeder.receive_data(req) == [RequestReceived(last, BLOCK_SIZE, LAST_PIECE_SIZE - BLOCK_SIZE)]
+    expected = RequestReceived(last, BLOCK_SIZE, LAST_PIECE_SIZE - BLOCK_SIZE)
+    assert seeder.receive_data(req) == [expected]
     data = b"\x5a" * (LAST_PIECE_SIZE - BLOCK_SIZE)
     (block,) = leecher.receive_data(seeder.send_piece(last, BLOCK_SIZE, data))
     assert block == BlockReceived(last, BLOCK_SIZE, data)

@@ -7,7 +7,7 @@ a block never crosses a process boundary.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "Availability",
@@ -108,7 +108,7 @@ class PeerClosed(NamedTuple):
 
 class Stats(NamedTuple):
     worker: int
-    stats: dict
+    stats: dict[str, Any]
 
 
 class Fatal(NamedTuple):

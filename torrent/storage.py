@@ -27,6 +27,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from .errors import DiskFull, InvalidTorrent, StorageError
 
@@ -47,6 +48,10 @@ MAX_OPEN_FILES = 128
 _MAX_IOV = 1024
 
 _ENOSPC = (errno.ENOSPC, errno.EDQUOT)
+
+#: ``(fd, file_offset, range_offset, length)``, with ``direct`` on also the
+#: file's ``O_DIRECT`` descriptor or -1 (see :meth:`Storage.write_segments`).
+_WriteSegment: TypeAlias = tuple[int, int, int, int] | tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,15 +274,14 @@ class Storage:
         self._dfds[i] = dfd
         return dfd
 
-    def write_segments(self, start: int, length: int) -> tuple[list[tuple[int, int, int, int]],
-                                                             list[int]]:
+    def write_segments(self, start: int, length: int) -> tuple[list[_WriteSegment], list[int]]:
         """For a native writer: ``(fd, file_offset, range_offset, length)`` per non-pad
         segment of the range, and the span indices now pinned (see :meth:`unpin`).
 
         With ``direct`` on, each tuple has a fifth item: the file's ``O_DIRECT``
         descriptor, or -1.
         """
-        segs: list = []
+        segs: list[_WriteSegment] = []
         spans = []
         for i, foff, roff, n in self.layout.segments(start, length):
             if self.layout.spans[i].pad:

@@ -690,7 +690,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"pieces, {'/'.join(map(str, p['num_seeders']))} {kinds} seeder(s), "
              f"{p['runs']} run(s) per client, on 127.0.0.1."), "",
              ("| client | seeders | valid/runs | MB/s median (min-max) | CPU s/GiB | "
-              "peak PSS MiB | seeders' CPU s/GiB | vs reference |"), "|---|---|---|---|---|---|---|---|"]
+              "peak PSS MiB | seeders' CPU s/GiB | vs reference |"),
+             "|---|---|---|---|---|---|---|---|"]
     for e in doc["summary"]:
         seeders = f"{e['seeders']} {e['seeder_kind']}"
         if not e["valid"]:
