@@ -33,7 +33,7 @@ from conftest import require_module
 from helpers.testpeer import OVERSIZED_LENGTH, GatedRelay, TestPeer
 
 from torrent import metainfo
-from torrent.create import create_torrent
+from torrent.creator import create_torrent
 from torrent.wire.handshake import HANDSHAKE_LENGTH, encode_handshake, make_peer_id
 from torrent.wire.messages import (
     BITFIELD,

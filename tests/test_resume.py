@@ -42,7 +42,7 @@ from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
 from helpers.testpeer import TestPeer
 
 from torrent import metainfo
-from torrent.create import create_torrent
+from torrent.creator import create_torrent
 from torrent.journal import MAGIC, Journal, journal_path
 from torrent.storage import Storage, layout_for
 

@@ -129,7 +129,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 # -- create -----------------------------------------------------------------
 def cmd_create(a: argparse.Namespace) -> int:
-    from .create import create_torrent
+    from .creator import create_torrent
 
     if os.path.isdir(a.output):
         raise UsageError(f"-o {a.output}: is a directory")
@@ -161,7 +161,7 @@ def cmd_create(a: argparse.Namespace) -> int:
 
 # -- verify -----------------------------------------------------------------
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .verify import verify_data
+    from .verifier import verify_data
 
     meta = _load(a.torrent)
     if not os.path.isdir(a.dir):

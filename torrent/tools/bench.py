@@ -496,7 +496,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
         Interrupted: SIGINT / SIGTERM (everything started is stopped and removed first).
         StorageError: a seeder did not start, or the results cannot be written.
     """
-    from ..create import create_torrent
+    from ..creator import create_torrent
     from ..sysinfo import available_cpus
 
     out = out or sys.stdout
