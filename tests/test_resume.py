@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 from conftest import require_module
 from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
+from helpers.storagewrite import write
 from helpers.testpeer import TestPeer
 
 from torrent import metainfo
@@ -121,7 +122,7 @@ def partial_seeder(payload: Payload, tmp_path_factory: pytest.TempPathFactory) -
 def zero_pieces(meta: Any, root: Path, pieces: Any) -> None:
     with Storage(layout_for(meta, str(root)), writable=True) as st:
         for i in pieces:
-            st.write(i * meta.piece_length, memoryview(bytes(meta.piece_size(i))))
+            write(st, i * meta.piece_length, memoryview(bytes(meta.piece_size(i))))
 
 
 def flip_byte(meta: Any, root: Path, piece: int) -> None:
@@ -130,7 +131,7 @@ def flip_byte(meta: Any, root: Path, piece: int) -> None:
         at = piece * meta.piece_length + meta.piece_size(piece) // 2
         st.read_into(at, memoryview(buf))
         buf[0] ^= 0xFF
-        st.write(at, memoryview(buf))
+        write(st, at, memoryview(buf))
 
 
 def assert_same_files(payload: Payload, out: Path) -> None:

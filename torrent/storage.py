@@ -394,26 +394,6 @@ class Storage:
         return complete
 
     # -- writing -----------------------------------------------------------
-    def write(self, start: int, data: memoryview) -> None:
-        """Write ``data`` at ``start`` (pad files skipped), looping on short writes."""
-        for i, foff, roff, n in self.layout.segments(start, len(data)):
-            span = self.layout.spans[i]
-            if span.pad:
-                continue
-            fd = self._fd(i)
-            assert fd is not None  # writable storage always opens
-            src = data[roff : roff + n]
-            done = 0
-            while done < n:
-                try:
-                    w = os.pwrite(fd, src[done:], foff + done)
-                except OSError as e:
-                    raise os_error(e, f"writing {span.rel}") from None
-                if w == 0:
-                    raise DiskFull(f"disk full while writing {span.rel}: wrote 0 bytes")
-                done += w
-            self._dirty.add(i)
-
     def _sync_fd(self, i: int, fd: int) -> None:
         try:
             os.fdatasync(fd)

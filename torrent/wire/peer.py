@@ -886,7 +886,7 @@ class PeerProtocol:
     def next_request(self) -> Block | None:
         """Take the peer's oldest queued request to serve it (the hot path of uploading).
 
-        The caller sends the block with :func:`piece_header` + the data. None
+        The caller sends the block (``messages.pack_piece_header`` + the data). None
         when nothing is queued (or we choke the peer: its requests were dropped).
         """
         reqs = self._peer_requests
