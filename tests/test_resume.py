@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 from conftest import require_module
-from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
+from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes, shm_files
 from helpers.storagewrite import write
 from helpers.testpeer import TestPeer
 
@@ -195,20 +195,6 @@ class KilledRun:
         return alive, arena_holders(self.arenas)
 
 
-def _shm_files_of(pid: int) -> set[str]:
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return set()
-    out = set()
-    for line in lines:
-        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-        if path.startswith(SHM_DIR + "/"):
-            out.add(path.removesuffix(" (deleted)"))
-    return out
-
-
 def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
     """Run a download with ``fault`` injected (helpers/faultrun.py), watching its processes
     and shared memory."""
@@ -240,7 +226,7 @@ def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
                     pass
             for pid in [proc.pid, *(k.pid for k in kids)]:
                 run.arenas |= arena_inodes(pid)
-                run.shm_files |= _shm_files_of(pid)
+                run.shm_files |= shm_files(pid)
             time.sleep(POLL)
     finally:
         if proc.poll() is None:

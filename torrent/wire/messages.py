@@ -30,6 +30,7 @@ normal fate is to be copied once into its piece slot anyway).
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import ClassVar, Final
@@ -174,6 +175,21 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class _Packed(Message):
+    """A message whose payload is its fields, in order, packed by ``STRUCT``."""
+
+    STRUCT: ClassVar[struct.Struct]
+
+    def payload(self) -> bytes:
+        return self.STRUCT.pack(*(getattr(self, f.name) for f in dataclasses.fields(self)))
+
+    @classmethod
+    def decode_payload(cls, payload: bytes | memoryview) -> Message:
+        _exact(cls.NAME, payload, cls.STRUCT.size)
+        return cls(*cls.STRUCT.unpack_from(payload))
+
+
+@dataclass(frozen=True, slots=True)
 class KeepAlive(Message):
     """A zero-length frame: "I am still here" (BEP 3)."""
 
@@ -217,22 +233,15 @@ class NotInterested(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Have(Message):
+class Have(_Packed):
     """The sender has completed and verified piece ``index`` (BEP 3)."""
 
     ID: ClassVar[int] = HAVE
     NAME: ClassVar[str] = "have"
     FIXED: ClassVar[int | None] = 4
+    STRUCT: ClassVar[struct.Struct] = _U32
 
     index: int
-
-    def payload(self) -> bytes:
-        return _U32.pack(self.index)
-
-    @classmethod
-    def decode_payload(cls, payload: bytes | memoryview) -> Message:
-        _exact(cls.NAME, payload, 4)
-        return cls(_U32.unpack_from(payload)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,24 +266,17 @@ class Bitfield(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Request(Message):
+class Request(_Packed):
     """Ask for ``length`` bytes of piece ``index`` from offset ``begin`` (BEP 3)."""
 
     ID: ClassVar[int] = REQUEST
     NAME: ClassVar[str] = "request"
     FIXED: ClassVar[int | None] = 12
+    STRUCT: ClassVar[struct.Struct] = _U32X3
 
     index: int
     begin: int
     length: int
-
-    def payload(self) -> bytes:
-        return _U32X3.pack(self.index, self.begin, self.length)
-
-    @classmethod
-    def decode_payload(cls, payload: bytes | memoryview) -> Message:
-        _exact(cls.NAME, payload, 12)
-        return cls(*_U32X3.unpack_from(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,43 +312,29 @@ class Piece(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Cancel(Message):
+class Cancel(_Packed):
     """Withdraw an earlier :class:`Request` (BEP 3); used in endgame."""
 
     ID: ClassVar[int] = CANCEL
     NAME: ClassVar[str] = "cancel"
     FIXED: ClassVar[int | None] = 12
+    STRUCT: ClassVar[struct.Struct] = _U32X3
 
     index: int
     begin: int
     length: int
 
-    def payload(self) -> bytes:
-        return _U32X3.pack(self.index, self.begin, self.length)
-
-    @classmethod
-    def decode_payload(cls, payload: bytes | memoryview) -> Message:
-        _exact(cls.NAME, payload, 12)
-        return cls(*_U32X3.unpack_from(payload))
-
 
 @dataclass(frozen=True, slots=True)
-class Port(Message):
+class Port(_Packed):
     """The sender's DHT node listens on UDP ``port`` (BEP 5)."""
 
     ID: ClassVar[int] = PORT
     NAME: ClassVar[str] = "port"
     FIXED: ClassVar[int | None] = 2
+    STRUCT: ClassVar[struct.Struct] = _U16
 
     port: int
-
-    def payload(self) -> bytes:
-        return _U16.pack(self.port)
-
-    @classmethod
-    def decode_payload(cls, payload: bytes | memoryview) -> Message:
-        _exact(cls.NAME, payload, 2)
-        return cls(_U16.unpack_from(payload)[0])
 
 
 @dataclass(frozen=True, slots=True)
