@@ -679,3 +679,41 @@ def test_block_views_stay_valid_for_the_whole_call() -> None:
     assert [bytes(e.data) for e in events if isinstance(e, BlockReceived)] == blocks[:3]
     (last,) = p.receive_data(frames[3][16000:])
     assert isinstance(last, BlockReceived) and bytes(last.data) == blocks[3]
+
+
+def _xor(view: memoryview) -> None:
+    """A stand-in stream cipher: rewrites the bytes in place, as RC4 would."""
+    for k in range(len(view)):
+        view[k] ^= 0x5A
+
+
+def test_a_transform_under_the_framer_sees_every_byte_once_in_place() -> None:
+    """The receive buffer's transform (where MSE's RC4 goes) runs on each read's bytes in
+    place before framing: the protocol sees the plain stream, from the handshake on, however
+    the ciphertext is split, and whether it arrives by feed() or by a socket-style read."""
+    plain = THEIR_HANDSHAKE + encode(Unchoke()) + encode(Have(3)) + encode(Interested())
+    cipher = bytes(b ^ 0x5A for b in plain)
+    expected = [HandshakeReceived(THEIR_ID, bytes(8)), Unchoked(), HaveReceived(3),
+                PeerInterested()]
+    for step in (1, 7, len(cipher)):
+        p = new_peer()
+        p.handshake()
+        p.rb.transform = _xor
+        got: list[object] = []
+        for i in range(0, len(cipher), step):
+            chunk = cipher[i : i + step]
+            if (i // step) % 2:  # alternate: copied in, then read into the free tail
+                p.rb.feed(chunk)
+            else:
+                tail = p.rb.get_buffer(-1)
+                tail[: len(chunk)] = chunk
+                p.rb.updated(len(chunk))
+            while (ev := p.next_event()) is not None:
+                got.append(ev)
+        assert got == expected, step
+
+
+def test_pure_twin_block_size_is_the_protocol_block_size() -> None:
+    from torrent import _pure
+
+    assert _pure._BLOCK == BLOCK_SIZE
