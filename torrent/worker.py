@@ -50,7 +50,7 @@ from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
 from .wire import peer as wp
-from .wire.framing import Framer, ReceiveBuffer
+from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
 
 __all__ = ["Worker", "WorkerConfig", "worker_main"]
@@ -89,6 +89,13 @@ VERIFIED_DELAY = 0.05
 #: A connection that has not completed the handshake this long after it was
 #: made is dropped (libtorrent: handshake_timeout 10 s; we are a little laxer).
 HANDSHAKE_TIMEOUT = 20.0
+#: What the receive buffers of one worker may grow to beyond their first 4 KiB
+#: each (torrent/wire/framing.py): 64 fast peers reading 1 MiB at a time.  A
+#: frame that needs more drops its connection; idle buffers shrink back.
+RECV_BUDGET = 64 << 20
+#: A peer sending less than this (bytes/s) with nothing pending gets its
+#: receive buffer shrunk back to the first few KiB (and the budget refunded).
+SHRINK_BELOW_RATE = 64 << 10
 #: Connect timeout for outgoing peers.
 CONNECT_TIMEOUT = 10.0
 
@@ -157,7 +164,7 @@ class Peer:
         self.conn = conn
         self.proto = wp.PeerProtocol(m.info_hash, worker.peer_id, m.num_pieces, m.piece_length,
                                      m.total_size, we_initiated=conn.outgoing, now=now,
-                                     framer=worker.framer)
+                                     framer=worker.framer, recv_budget=worker.recv_budget)
         self.proto.attach_store(worker.picker.active, self)
         self.active = False  # handshake done
         self.created_at = now
@@ -183,6 +190,7 @@ class Peer:
             self.worker.serve(self)
 
     def lost(self, reason: str) -> None:
+        self.proto.rb.release()
         self.worker.peer_lost(self)
 
     # -- for the worker ------------------------------------------------------------
@@ -220,6 +228,7 @@ class Worker:
         m = self.meta
         self.picker = Picker(m.num_pieces, m.piece_length, m.total_size)
         self.framer = Framer(m.num_pieces)  # the framing limits, shared by every connection
+        self.recv_budget = RecvBudget(RECV_BUDGET)
         self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
         self.have_count = _k.bitfield_count(self.have, m.num_pieces)
         self.arena = Arena.attach(cfg.arena_fd, cfg.slot_size, cfg.arena_slots)
@@ -812,6 +821,8 @@ class Worker:
             peer.up_rate = 0.7 * peer.up_rate + 0.3 * (peer._up_window / TICK)
             peer._up_window = 0
             peer.rate = 0.7 * peer.rate + 0.3 * rate
+            if peer.rate < SHRINK_BELOW_RATE:
+                peer.rb.shrink()  # an idle peer's buffer back to a few KiB
             target = int(peer.rate * PIPELINE_SECONDS / BLOCK_SIZE)
             peer.depth = max(MIN_DEPTH, min(MAX_DEPTH, max(peer.depth, target)
                                             if peer.rate > 0 else peer.depth))

@@ -80,7 +80,7 @@ from typing import Any, Final
 
 from .. import _speedups as _k
 from ..errors import RemoteProtocolError
-from .framing import Framer, ReceiveBuffer, next_frame
+from .framing import Framer, ReceiveBuffer, RecvBudget, next_frame
 from .handshake import HANDSHAKE_LENGTH, check_handshake_prefix, encode_handshake, parse_handshake
 from .messages import (
     MAX_REQUEST_LENGTH,
@@ -307,6 +307,7 @@ class PeerProtocol:
             built from ``num_pieces`` when not given.
         fast_path: take plain blocks with the ``take_blocks`` kernel once a
             store is attached (off: every block goes through the slow path).
+        recv_budget: the owner's bound on the growth of all its receive buffers.
 
     Raises:
         ValueError: the geometry is inconsistent (a bug of the caller).
@@ -366,6 +367,7 @@ class PeerProtocol:
         expect_peer_id: bytes | None = None,
         framer: Framer | None = None,
         fast_path: bool = True,
+        recv_budget: RecvBudget | None = None,
     ) -> None:
         if len(info_hash) != 20 or len(our_peer_id) != 20:
             raise ValueError("info_hash and our_peer_id must be 20 bytes")
@@ -394,7 +396,7 @@ class PeerProtocol:
         self._framer = framer if framer is not None else Framer(num_pieces)
         # The receive buffer: starts small, grows with the peer's pipeline, and
         # always holds the largest frame the framer admits.
-        self.rb = ReceiveBuffer(self._framer.max_len + 4)
+        self.rb = ReceiveBuffer(self._framer.max_len + 4, budget=recv_budget)
         # Events of the last message not yet returned (a choke makes two, a
         # late bitfield one per new piece): bounded by what one frame can say.
         self._events: deque[Event] = deque()
