@@ -691,6 +691,8 @@ class Worker:
                     self._io_error(err, "flushing files")
                 continue
             pd, pinned = self.in_io.pop(jid)
+            if status == _io.JOB_OK:
+                self.storage.mark_dirty(pinned)  # for the next flush (see mark_dirty)
             self.storage.unpin(pinned)
             if status == _io.JOB_IO_ERROR:
                 self._io_error(err, f"writing piece {jid}")
