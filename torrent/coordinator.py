@@ -379,7 +379,15 @@ class Coordinator:
                 self.durable[i] = 1
             self.durable_count += len(fresh)
             if self.journal is not None:
-                self.journal.append(fresh)
+                try:
+                    self.journal.append(fresh)
+                except FastTorrentError as e:
+                    # the journal's disk is full (or failing): stop with that error;
+                    # these pieces are on disk, and the next start finds them there
+                    if self.fatal is None:
+                        self.fatal = e
+                    self._finish()
+                    return
             self._check_done()
         elif t is ipc.NeedPieces:
             self.carry_out(self.leases.need(h.wid, msg.wanted, time.monotonic()))

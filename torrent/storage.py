@@ -305,6 +305,14 @@ class Storage:
         self._dirty.clear()
         return [self._fds[i] for i in spans], spans
 
+    def mark_dirty(self, spans: list[int]) -> None:
+        """A native write to ``spans`` finished: the next :meth:`pin_dirty` includes them.
+
+        :meth:`write_segments` marks them too, but a flush taken while the
+        write was still in flight cleared that mark before the bytes landed.
+        """
+        self._dirty.update(spans)
+
     def unpin(self, spans: list[int]) -> None:
         for i in spans:
             c = self._pins.get(i, 0) - 1

@@ -43,7 +43,7 @@ from typing import Any
 from . import _io, ipc
 from . import _speedups as _k
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
-from .errors import FastTorrentError, RemoteProtocolError
+from .errors import DiskFull, FastTorrentError, RemoteProtocolError
 from .net.peer import PeerConn
 from .options import Options
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
@@ -707,6 +707,8 @@ class Worker:
                     self._io_error(err, "flushing files")
                 continue
             pd, pinned = self.in_io.pop(jid)
+            if status == _io.JOB_OK:
+                self.storage.mark_dirty(pinned)  # for the next flush (see mark_dirty)
             self.storage.unpin(pinned)
             if status == _io.JOB_IO_ERROR:
                 self._io_error(err, f"writing piece {jid}")
@@ -917,8 +919,10 @@ class Worker:
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
             self.verified_batch = []
-        if self.written and self.fatal is None and self.flush_on_stop:
-            # pieces verified by the last outcomes: flush them synchronously
+        if self.written and self.flush_on_stop and \
+                (self.fatal is None or self.fatal[0] == DiskFull.__name__):
+            # pieces verified by the last outcomes: flush them synchronously (on a
+            # full disk too: what was written is flushed and recorded, or not recorded)
             batch, self.written = self.written, []
             try:
                 self.storage.sync()
