@@ -65,7 +65,7 @@ from conftest import IN_CI
 from helpers.testpeer import GatedRelay, TestPeer
 
 from torrent import metainfo
-from torrent.create import create_torrent
+from torrent.creator import create_torrent
 from torrent.errors import DiskFull, StorageError
 from torrent.hashing import PIECE_GOOD, hash_pieces
 from torrent.journal import Journal, journal_path
