@@ -56,7 +56,8 @@ INITIAL_RECV_BUFFER: Final = 4 << 10
 #: spread thin; measured, larger reads gained nothing on loopback.
 RECV_BUFFER_LIMIT: Final = 1 << 20
 #: Free tail below which the buffer is compacted (or grown) before a read: a
-#: read smaller than this would cost a system call for too few bytes.
+#: read smaller than this would cost a system call for too few bytes (half
+#: the buffer while it is smaller than twice this).
 MIN_READ: Final = 16 << 10
 
 #: Rewrites bytes in place as they arrive (a stream cipher), before framing.
@@ -129,8 +130,12 @@ class ReceiveBuffer:
             self._grow = False
             if len(self.buf) < self._limit:
                 self._resize(min(self._limit, len(self.buf) * 2))
-        if len(self.buf) - self.end < MIN_READ:
-            self._make_room(MIN_READ, self._limit)
+        # A small free tail is compacted (or grown) first; but a new connection's
+        # small buffer is read into as it is: growing is for a peer that fills
+        # it (above), not for one that has sent nothing yet or a few bytes.
+        need = min(MIN_READ, len(self.buf) >> 1)
+        if len(self.buf) - self.end < need:
+            self._make_room(need, self._limit)
         return self.view[self.end :]
 
     def updated(self, nbytes: int) -> None:
