@@ -55,13 +55,13 @@ from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path
 from .launch import start_child
 from .leases import LeaseTable, Send
-from .options import Options
+from .options import Options, default_max_connections
 from .ports import free_port as _free_port
 from .shm import Arena, plan_slots
 from .storage import Storage, check_free_space, check_output_paths, layout_for
-from .sysinfo import available_cpus
+from .sysinfo import available_cpus, fd_limit
 from .wire.handshake import make_peer_id
-from .worker import WorkerConfig
+from .worker import DIAL_BUDGET, WorkerConfig
 
 __all__ = ["Coordinator", "DownloadResult", "download", "parse_peer", "seed"]
 
@@ -92,6 +92,7 @@ class PeerRecord:
     banned: bool = False
     last_reason: str = ""
     source: str = "manual"
+    dialing: bool = False  # handed to its worker, neither Dialled nor PeerClosed yet
 
 
 @dataclass(slots=True)
@@ -102,6 +103,7 @@ class WorkerHandle:
     alive: bool = True
     died: bool = False  # exited without being told to
     peers: int = 0
+    dialing: int = 0  # dials handed out and not answered (at most DIAL_BUDGET)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,6 +197,7 @@ class Coordinator:
     def __init__(self, meta: Any, outdir: str, opts: Options, *, seeding: bool = False,
                  log: Callable[[str], None] | None = None,
                  status_line: Callable[[str], None] | None = None) -> None:
+        opts = _resolve_connections(opts)  # a caller of ours that left it unset
         if opts.workers is None:
             raise ValueError("Coordinator needs a resolved worker count")
         self.meta = meta
@@ -233,6 +236,7 @@ class Coordinator:
         self.on_ready: Callable[[int], None] | None = None
         self.stopping = False
         self.ready_count = 0
+        self._dials_freed = False  # a worker has room for dials again: assign peers
 
     @property
     def verified(self) -> int:
@@ -359,6 +363,11 @@ class Coordinator:
                 self.handle(h, h.conn.recv())
         except (EOFError, OSError):
             self.worker_died(h)
+        if self._dials_freed:
+            # once per batch of messages, not per answered dial: assign_peers
+            # walks the peer table
+            self._dials_freed = False
+            self.assign_peers()
 
     def carry_out(self, actions: list[Send]) -> None:
         """Send what the lease table decided, in order."""
@@ -397,6 +406,10 @@ class Coordinator:
             self.carry_out(self.leases.availability(h.wid, msg.bits, time.monotonic()))
         elif t is ipc.PeerClosed:
             self.peer_closed(h, msg)
+        elif t is ipc.Dialled:
+            rec = self.peers.get((msg.host, msg.port))
+            if rec is not None and rec.worker == h.wid:
+                self._dial_answered(h, rec)
         elif t is ipc.Stats:
             if msg.stats.get("blocks", 0) != h.stats.get("blocks", 0):
                 self.last_progress = time.monotonic()  # bytes are flowing
@@ -435,10 +448,12 @@ class Coordinator:
                   "its peers and pieces go to the others")
         # its leases go back to the others, thieves waiting on it are served
         self.carry_out(self.leases.worker_died(h.wid, time.monotonic()))
+        h.dialing = 0
         for rec in self.peers.values():
             if rec.worker == h.wid:
                 rec.worker = None
                 rec.connected = False
+                rec.dialing = False
                 rec.retry_at = 0.0
         if not any(w.alive for w in self.workers):
             self.fatal = StorageError("every worker process died")
@@ -464,17 +479,25 @@ class Coordinator:
                          and self.seed_started is None):
             return
         active = sum(1 for r in self.peers.values() if r.worker is not None)
+        # the workers cannot hold more connections than max_connections in all
+        limit = min(self.opts.max_peers, self.opts.max_connections or self.opts.max_peers)
         for rec in self.peers.values():
-            if active >= self.opts.max_peers:
+            if active >= limit:
                 break
             if rec.worker is not None or rec.banned or rec.attempts >= PEER_MAX_ATTEMPTS:
                 continue
             if rec.retry_at > now:
                 continue
-            w = min(alive, key=lambda w: (w.peers, w.wid))
+            # never more dials at a worker than it can queue (its DIAL_BUDGET)
+            room = [w for w in alive if w.dialing < DIAL_BUDGET]
+            if not room:
+                break
+            w = min(room, key=lambda w: (w.peers, w.wid))
             rec.worker = w.wid
             rec.attempts += 1
+            rec.dialing = True
             w.peers += 1
+            w.dialing += 1
             self.leases.set_peers(w.wid, w.peers)
             active += 1
             self.send(w, ipc.Connect(rec.host, rec.port))
@@ -484,6 +507,8 @@ class Coordinator:
         if rec is None:
             return  # an incoming peer
         if rec.worker == h.wid:
+            if rec.dialing:
+                self._dial_answered(h, rec)
             rec.worker = None
             h.peers = max(0, h.peers - 1)
             self.leases.set_peers(h.wid, h.peers)
@@ -495,6 +520,15 @@ class Coordinator:
             rec.banned = True
         delay = min(PEER_RETRY_MAX, PEER_RETRY_BASE * 2 ** max(0, rec.attempts - 1))
         rec.retry_at = time.monotonic() + delay
+
+    def _dial_answered(self, h: WorkerHandle, rec: PeerRecord) -> None:
+        """A dial handed to ``h`` is over (connected, or failed)."""
+        if not rec.dialing:
+            return
+        rec.dialing = False
+        h.dialing = max(0, h.dialing - 1)
+        if h.dialing <= DIAL_BUDGET // 2:
+            self._dials_freed = True  # hand out a batch, not one dial per answer
 
     # -- the run -----------------------------------------------------------------------
     def _check_done(self) -> None:
@@ -730,7 +764,14 @@ class Coordinator:
                        "released": s.get("released", 0),
                        "hash_failures": s.get("hash_failures", 0),
                        "uploaded": s.get("uploaded", 0),
-                       "endgame": s.get("endgame", False)})
+                       "endgame": s.get("endgame", False),
+                       # the connection limits at work (torrent/worker.py)
+                       "refused": s.get("refused", 0),
+                       "handshake_timeouts": s.get("handshake_timeouts", 0),
+                       "peak_connections": s.get("peak_connections", 0),
+                       "peak_half_open": s.get("peak_half_open", 0),
+                       "peak_dialing": s.get("peak_dialing", 0),
+                       "peak_dial_queue": s.get("peak_dial_queue", 0)})
         banned = sorted({b for h in self.workers for b in h.stats.get("banned", [])})
         peers = [{"host": r.host, "port": r.port, "source": r.source, "connected": r.connected,
                   "banned": r.banned, "last_reason": r.last_reason} for r in self.peers.values()]
@@ -792,9 +833,18 @@ def _run_loop(coro: Any) -> Any:
 
 
 def _resolve(options: Options | None, overrides: dict[str, Any]) -> Options:
+    """The run's options with the machine-dependent defaults filled in, once."""
     opts = (options or Options()).replace(**overrides) if overrides else (options or Options())
     if opts.workers is None:
         opts = opts.replace(workers=available_cpus())
+    return _resolve_connections(opts)
+
+
+def _resolve_connections(opts: Options) -> Options:
+    """``max_connections`` from the fd limit when not given (``opts.workers`` resolved)."""
+    if opts.max_connections is None:
+        opts = opts.replace(max_connections=default_max_connections(
+            opts.workers or 1, fd_limit()))
     return opts
 
 

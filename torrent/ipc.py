@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "Availability",
     "Connect",
+    "Dialled",
     "Durable",
     "Fatal",
     "Lease",
@@ -96,6 +97,15 @@ class Durable(NamedTuple):
 
 class Released(NamedTuple):
     pieces: tuple[int, ...]
+
+
+class Dialled(NamedTuple):
+    """The connection to a peer handed out by :class:`Connect` is up: its dial is over
+    (the coordinator hands a worker no more dials than it can hold; see
+    :data:`torrent.worker.DIAL_BUDGET`)."""
+
+    host: str
+    port: int
 
 
 class PeerClosed(NamedTuple):

@@ -16,7 +16,18 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["DEFAULT_MAX_PEERS", "DEFAULT_STALL_TIMEOUT", "REQUEST_TIMEOUT", "Options"]
+__all__ = [
+    "DEFAULT_MAX_HALF_OPEN",
+    "DEFAULT_MAX_PEERS",
+    "DEFAULT_STALL_TIMEOUT",
+    "FD_RESERVE",
+    "HANDSHAKE_TIMEOUT",
+    "MAX_CONNECTIONS_CAP",
+    "REQUEST_TIMEOUT",
+    "Options",
+    "default_max_connections",
+    "share",
+]
 
 #: Default maximum number of connected peers (over all workers).
 DEFAULT_MAX_PEERS = 200
@@ -26,6 +37,46 @@ DEFAULT_STALL_TIMEOUT = 120.0
 #: request_timeout is 60 s; loopback and LAN peers answer in milliseconds,
 #: and a peer silently dropping requests must not stall the tail).
 REQUEST_TIMEOUT = 10.0
+#: The default cap on connections over all workers, when the fd limit allows
+#: more: every connection may come to hold a receive buffer of up to 1 MiB
+#: and a share of the worker's time, and a bulk download gains nothing past a
+#: few hundred peers (libtorrent's connections_limit is 200, Transmission's
+#: peer-limit-global 200; a server seeding to many peers can raise it).
+MAX_CONNECTIONS_CAP = 1000
+#: Descriptors a worker keeps for other things than peers: its data files
+#: (torrent/storage.py keeps at most MAX_OPEN_FILES = 128 open, twice over
+#: with the O_DIRECT ones), its control pipe, eventfd, listening socket and
+#: the loop's own; the rest of the fd limit may go to connections.
+FD_RESERVE = 2 * 128 + 64
+#: Connections still in their handshake (accepted or dialled, no valid
+#: handshake yet) at most, over all workers; past it, incoming ones are
+#: refused at once.  An honest peer handshakes within a round trip, so
+#: hundreds at a time only happen in a flood, and each one costs a receive
+#: buffer (4-16 KiB) and a connection object until the handshake time-out.
+DEFAULT_MAX_HALF_OPEN = 256
+#: A connection without a valid handshake this long after it was made is
+#: dropped: libtorrent's handshake_timeout, 10 s.  A handshake takes one round
+#: trip (a few with encryption), so 10 s is ample even over a satellite link,
+#: and it is how long a connection that sends nothing, or trickles bytes,
+#: holds a descriptor and a buffer: 20 s (the earlier value) let a flood hold
+#: twice as many.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def default_max_connections(workers: int, fd_soft_limit: int) -> int:
+    """The default connection cap over ``workers`` worker processes.
+
+    Each worker is a process with its own descriptor table, so each may use
+    its ``fd_soft_limit`` less :data:`FD_RESERVE` for peers; the total is
+    capped at :data:`MAX_CONNECTIONS_CAP`, and is at least one per worker.
+    """
+    per_worker = max(1, fd_soft_limit - FD_RESERVE)
+    return max(workers, min(MAX_CONNECTIONS_CAP, workers * per_worker))
+
+
+def share(total: int, workers: int, wid: int) -> int:
+    """Worker ``wid``'s part of a per-run ``total`` split evenly (at least 1)."""
+    return max(1, total // workers + (1 if wid < total % workers else 0))
 
 
 def _finite_non_negative(name: str, value: float | None) -> None:
@@ -55,6 +106,15 @@ class Options:
         seed_ratio: once complete, serve until uploaded = ratio x the torrent's size.
         direct_io: write whole pages of verified pieces with ``O_DIRECT``.
         check: (seeding) hash the data first and serve only good pieces.
+        max_connections: open connections at most (incoming, outgoing and
+            half-open), over all workers, split evenly between them; None:
+            from the fd limit (:func:`default_max_connections`), resolved
+            once by :func:`~torrent.coordinator.download` /
+            :func:`~torrent.coordinator.seed`.
+        max_half_open: connections still in their handshake at most, over all
+            workers (split evenly); past it, incoming ones are refused.
+        handshake_timeout: drop a connection without a valid handshake this
+            many seconds after it was made.
     """
 
     workers: int | None = None
@@ -73,6 +133,9 @@ class Options:
     seed_ratio: float | None = None
     direct_io: bool = True
     check: bool = True
+    max_connections: int | None = None
+    max_half_open: int = DEFAULT_MAX_HALF_OPEN
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
@@ -93,6 +156,13 @@ class Options:
         for name in ("download_limit", "upload_limit"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise UsageError(f"max_connections must be at least 1, got {self.max_connections}")
+        if self.max_half_open < 1:
+            raise UsageError(f"max_half_open must be at least 1, got {self.max_half_open}")
+        if not (math.isfinite(self.handshake_timeout) and self.handshake_timeout > 0):
+            raise UsageError(f"handshake_timeout must be a positive number, "
+                             f"got {self.handshake_timeout!r}")
         if self.arena_bytes is not None and self.arena_bytes <= 0:
             raise UsageError(f"arena_bytes must be positive, got {self.arena_bytes}")
 

@@ -36,6 +36,7 @@ import os
 import signal
 import socket
 import zlib
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ from . import _speedups as _k
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import DiskFull, FastTorrentError, RemoteProtocolError
 from .net.peer import PeerConn
-from .options import Options
+from .options import MAX_CONNECTIONS_CAP, Options, share
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
@@ -53,7 +54,8 @@ from .wire import peer as wp
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
 
-__all__ = ["Worker", "WorkerConfig", "worker_main"]
+__all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "MAX_DIALS", "Worker", "WorkerConfig",
+           "worker_main"]
 
 #: Seconds between fdatasync batches (and Durable reports).  Longer batches
 #: mean fewer flushes; shorter ones mean less refetching after a crash.
@@ -86,9 +88,6 @@ SERVE_POOL = 4
 REFILL_BATCH = 16
 #: Verified pieces are reported to the coordinator at most this late (batched).
 VERIFIED_DELAY = 0.05
-#: A connection that has not completed the handshake this long after it was
-#: made is dropped (libtorrent: handshake_timeout 10 s; we are a little laxer).
-HANDSHAKE_TIMEOUT = 20.0
 #: What the receive buffers of one worker may grow to beyond their first 4 KiB
 #: each (torrent/wire/framing.py): 64 fast peers reading 1 MiB at a time.  A
 #: frame that needs more drops its connection; idle buffers shrink back.
@@ -98,6 +97,19 @@ RECV_BUDGET = 64 << 20
 SHRINK_BELOW_RATE = 64 << 10
 #: Connect timeout for outgoing peers.
 CONNECT_TIMEOUT = 10.0
+#: Outgoing connection attempts in flight per worker (TCP connects not yet
+#: answered).  A tracker may hand out thousands of addresses, most of them
+#: dead: refused ones go by at once, silent ones hold their slot for
+#: CONNECT_TIMEOUT, and never more than this many sockets wait on the
+#: network (libtorrent paces with connection_speed, 30 attempts a second).
+MAX_DIALS = 16
+#: Candidates waiting per worker for a dial slot or a free connection.  The
+#: coordinator keeps the peer table (MAX_KNOWN_PEERS) and hands a worker at
+#: most DIAL_BUDGET dials at once, so this queue stays under its bound; past
+#: it a candidate is handed back (PeerClosed "dial queue full").
+DIAL_QUEUE_LIMIT = 64
+#: Dials the coordinator may have outstanding at one worker: in flight and queued.
+DIAL_BUDGET = MAX_DIALS + DIAL_QUEUE_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +148,16 @@ class WorkerConfig:
     def max_up_rate(self) -> int:
         """Bytes/s this worker uploads at most (0: unlimited)."""
         return -(-self.options.upload_limit // self.workers)
+
+    @property
+    def max_connections(self) -> int:
+        """Connections this worker holds at most (its share of ``max_connections``)."""
+        return share(self.options.max_connections or MAX_CONNECTIONS_CAP, self.workers, self.wid)
+
+    @property
+    def max_half_open(self) -> int:
+        """Connections in their handshake this worker holds at most (its share)."""
+        return share(self.options.max_half_open, self.workers, self.wid)
 
 
 #: A stop after seeding (its limit reached) first lets the blocks already
@@ -263,6 +285,13 @@ class Worker:
         self._serve_buffers: list[bytearray] = []  # reused upload buffers (see serve)
         self.peers: set[Peer] = set()
         self.banned: set[str] = set()
+        # Connection limits (see accept and _dial_next): every connection counts,
+        # dials in flight included; half-open ones have no valid handshake yet.
+        self.max_connections = cfg.max_connections
+        self.max_half_open = cfg.max_half_open
+        self.half_open = 0  # peers in self.peers without a handshake
+        self.dialing = 0  # outgoing TCP connects in flight (at most MAX_DIALS)
+        self.dial_queue: deque[tuple[str, int]] = deque()  # at most DIAL_QUEUE_LIMIT
         self.need_pending = False
         self.last_need = 0.0
         self.written: list[int] = []  # verified and written, not yet flushed
@@ -274,7 +303,10 @@ class Worker:
         self.failed_crcs: dict[int, list[tuple[Peer, int, int]]] = {}
         self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
                                       "blocks": 0, "steals": 0, "released": 0,
-                                      "hash_failures": 0, "banned": [], "endgame": False}
+                                      "hash_failures": 0, "banned": [], "endgame": False,
+                                      "refused": 0, "handshake_timeouts": 0,
+                                      "peak_connections": 0, "peak_half_open": 0,
+                                      "peak_dialing": 0, "peak_dial_queue": 0}
         self.fatal: tuple[str, str] | None = None
         self.server: asyncio.base_events.Server | None = None
         self._last_flush = now
@@ -304,8 +336,10 @@ class Worker:
                 self.stats["endgame"] = True
             self.pump_all()
         elif t is ipc.Connect:
-            if _ban_key(msg.host, msg.port) not in self.banned:
-                self.loop.create_task(self.connect(msg.host, msg.port))
+            if _ban_key(msg.host, msg.port) in self.banned:
+                self.send(ipc.PeerClosed(msg.host, msg.port, "banned", True, False))
+            else:
+                self.dial(msg.host, msg.port)
         elif t is ipc.Steal:
             out = self.picker.release(msg.wanted)
             self.stats["released"] += len(out)
@@ -323,24 +357,72 @@ class Worker:
             self.stop_event.set()
 
     # -- peers -------------------------------------------------------------------
-    async def connect(self, host: str, port: int) -> None:
+    @property
+    def connections(self) -> int:
+        """Connections this worker holds: peers (half-open included) and dials in flight."""
+        return len(self.peers) + self.dialing
+
+    def dial(self, host: str, port: int) -> None:
+        """Queue a peer to connect to, and start the dials the limits allow."""
+        if len(self.dial_queue) >= DIAL_QUEUE_LIMIT:
+            self.send(ipc.PeerClosed(host, port, "dial queue full", False, False))
+            return
+        self.dial_queue.append((host, port))
+        st = self.stats
+        st["peak_dial_queue"] = max(st["peak_dial_queue"], len(self.dial_queue))
+        self._dial_next()
+
+    def _dial_next(self) -> None:
+        """Start queued dials while fewer than MAX_DIALS are in flight and a connection is free."""
+        while (self.dial_queue and self.dialing < MAX_DIALS
+               and self.connections < self.max_connections and not self.stop_event.is_set()):
+            host, port = self.dial_queue.popleft()
+            self.dialing += 1
+            st = self.stats
+            st["peak_dialing"] = max(st["peak_dialing"], self.dialing)
+            self.loop.create_task(self._connect(host, port))
+
+    async def _connect(self, host: str, port: int) -> None:
+        """One dial (counted in ``dialing`` until it is answered or times out)."""
+        failed: tuple[str, bool] | None = None
         try:
-            await asyncio.wait_for(
+            _tr, conn = await asyncio.wait_for(
                 self.loop.create_connection(lambda: PeerConn(self.accept, (host, port), True),
                                             host, port),
                 CONNECT_TIMEOUT)
+            if conn.refused:  # by accept: banned meanwhile
+                failed = ("banned", True)
         except (TimeoutError, OSError) as e:
             reason = "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
-            self.send(ipc.PeerClosed(host, port, f"connect failed: {reason}", False, False))
+            failed = (f"connect failed: {reason}", False)
+        finally:
+            self.dialing -= 1
+        if failed is not None:
+            self.send(ipc.PeerClosed(host, port, failed[0], failed[1], False))
+        self._dial_next()
 
     def accept(self, conn: PeerConn) -> Peer | None:
-        """A connection was made (either way): its handler, or None if refused."""
+        """A connection was made (either way): its handler, or None to refuse it.
+
+        An incoming connection past this worker's share of ``max_connections``
+        or ``max_half_open`` is refused here, before anything is allocated for
+        it: it is closed (RST) at once.
+        """
         log.debug("w%d connected %s", self.wid, conn.addr)
         if _ban_key(*conn.addr) in self.banned:
             return None
+        st = self.stats
+        if conn.outgoing:
+            self.send(ipc.Dialled(*conn.addr))  # its place in the dial budget is free
+        elif self.connections >= self.max_connections or self.half_open >= self.max_half_open:
+            st["refused"] += 1
+            return None
         peer = Peer(self, conn, self.loop.time())
         self.peers.add(peer)
-        self.stats["peers"] += 1
+        self.half_open += 1
+        st["peers"] += 1
+        st["peak_connections"] = max(st["peak_connections"], len(self.peers))
+        st["peak_half_open"] = max(st["peak_half_open"], self.half_open)
         if conn.outgoing:
             conn.write(peer.proto.handshake())
         if self.down is not None and self.down.paused:
@@ -350,6 +432,8 @@ class Worker:
     def _handshaken(self, peer: Peer) -> None:
         if not peer.proto.we_initiated:
             peer.write(peer.proto.handshake())  # answered once its info-hash checked out
+        if not peer.active:
+            self.half_open -= 1
         peer.active = True
         if any(self.have):
             peer.write(peer.proto.send_bitfield(bytes(self.have)))
@@ -362,9 +446,12 @@ class Worker:
         self.picker.peer_gone(peer)
         if peer.active:
             self._availability(peer.proto.peer_bitfield, -1)
+        else:
+            self.half_open -= 1
         banned = _ban_key(*peer.addr) in self.banned
         log.debug("w%d lost %s: %s", self.wid, peer.addr, peer.close_reason)
         self.send(ipc.PeerClosed(peer.addr[0], peer.addr[1], peer.close_reason, banned, True))
+        self._dial_next()  # a connection is free
         self.pump_all()
 
     def _availability(self, bits: bytes, delta: int) -> None:
@@ -809,12 +896,16 @@ class Worker:
     # -- housekeeping -----------------------------------------------------------
     def tick(self) -> None:
         now = self.loop.time()
+        handshake_timeout = self.cfg.options.handshake_timeout
         for peer in list(self.peers):
             if peer.closed:
                 continue
             if not peer.active:
-                if now - peer.created_at > HANDSHAKE_TIMEOUT:
-                    peer.abort(f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s")
+                # counted from the connection, not from the last byte: a peer that
+                # trickles its handshake a byte at a time is dropped all the same
+                if now - peer.created_at > handshake_timeout:
+                    self.stats["handshake_timeouts"] += 1
+                    peer.abort(f"no handshake within {handshake_timeout:g} s")
                 continue
             # pipeline depth from the measured rate (bytes per second over the tick)
             received = peer.rb.received
@@ -875,6 +966,9 @@ class Worker:
         s["connected"] = sum(1 for p in self.peers if p.active)
         s["rate"] = sum(p.rate for p in self.peers)
         s["slots_free"] = len(self.free_slots)
+        s["half_open"] = self.half_open
+        s["dialing"] = self.dialing
+        s["dial_queue"] = len(self.dial_queue)
         return s
 
     async def run(self) -> None:

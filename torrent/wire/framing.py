@@ -57,7 +57,8 @@ INITIAL_RECV_BUFFER: Final = 4 << 10
 #: spread thin; measured, larger reads gained nothing on loopback.
 RECV_BUFFER_LIMIT: Final = 1 << 20
 #: Free tail below which the buffer is compacted (or grown) before a read: a
-#: read smaller than this would cost a system call for too few bytes.
+#: read smaller than this would cost a system call for too few bytes (half
+#: the buffer while it is smaller than twice this).
 MIN_READ: Final = 16 << 10
 
 #: Rewrites bytes in place as they arrive (a stream cipher), before framing.

@@ -409,7 +409,10 @@ class PeerProtocol:
         self._we_sent_message = False  # any message sent after the handshake
         self._last_piece = num_pieces - 1
         self._last_piece_size = total_size - self._last_piece * piece_length
-        self._peer_bits = bytearray(bitfield_length(num_pieces))
+        # The peer's pieces: allocated once its handshake checked out, so that a
+        # connection that never gets that far costs the same whatever the torrent's
+        # size (a million pieces would be 128 KiB each).
+        self._peer_bits = bytearray()
         self._peer_count = 0
         # Our requests to the peer, in send order: (index, begin) -> (length, sent_at).
         # Bounded by MAX_OUTSTANDING_REQUESTS.
@@ -446,7 +449,8 @@ class PeerProtocol:
     # --- the peer's pieces ---------------------------------------------------------
     @property
     def peer_bitfield(self) -> bytes:
-        """The pieces the peer has (BEP 3 bitfield layout, high bit first)."""
+        """The pieces the peer has (BEP 3 bitfield layout, high bit first); empty
+        before its handshake."""
         return bytes(self._peer_bits)
 
     @property
@@ -460,7 +464,7 @@ class PeerProtocol:
         return self._peer_count == self.num_pieces
 
     def peer_has(self, index: int) -> bool:
-        """Whether the peer has piece ``index``."""
+        """Whether the peer has piece ``index`` (asked once its handshake is in)."""
         return bool(self._peer_bits[index >> 3] & (0x80 >> (index & 7)))
 
     # --- requests --------------------------------------------------------------------
@@ -600,6 +604,7 @@ class PeerProtocol:
                 f"peer id {hs.peer_id!r} differs from the one announced ({self.expect_peer_id!r})")
         self.peer_id = hs.peer_id
         self.peer_reserved = hs.reserved
+        self._peer_bits = bytearray(bitfield_length(self.num_pieces))
         self._transition(PeerState.ACTIVE)
         return HandshakeReceived(hs.peer_id, hs.reserved)
 
@@ -687,7 +692,7 @@ class PeerProtocol:
         # as those HAVEs (bits are never cleared), checked like the first.
         late = not self._first_message
         self._first_message = False
-        expected = len(self._peer_bits)
+        expected = bitfield_length(self.num_pieces)
         if len(bits) != expected:
             raise RemoteProtocolError(
                 f"peer sent a {len(bits)}-byte bitfield; {self.num_pieces} pieces need "
@@ -768,7 +773,8 @@ class PeerProtocol:
         """
         if self._we_sent_message:
             raise LocalProtocolError("the bitfield must be our first message (BEP 3)")
-        if len(bits) != len(self._peer_bits) or bits[-1] & ((1 << ((-self.num_pieces) & 7)) - 1):
+        if len(bits) != bitfield_length(self.num_pieces) \
+                or bits[-1] & ((1 << ((-self.num_pieces) & 7)) - 1):
             raise LocalProtocolError("bitfield has the wrong length or spare bits set")
         self._check_can_send("bitfield")
         return encode(Bitfield(bytes(bits)))
