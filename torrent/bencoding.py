@@ -44,6 +44,7 @@ __all__ = [
     "BencodeError",
     "Spans",
     "decode",
+    "decode_prefix",
     "decode_with_spans",
     "encode",
     "scan",
@@ -96,7 +97,8 @@ class Spans:
         canonical: True when every dict in the input has its keys in sorted
             order, i.e. ``encode(decode(data)) == data``. Unsorted keys are
             accepted (real torrents have them); this only notes it.
-        end: length of the input (the top value ends exactly there).
+        end: where the top value ends: the length of the input, unless it
+            was scanned with ``trailing=True``.
     """
 
     top: Mapping[bytes, tuple[int, int]]
@@ -157,12 +159,16 @@ def _length_error(data: bytes, pos: int, what: str) -> BencodeError:
     return BencodeError(f"{why} at offset {pos}")
 
 
-def scan(data: bytes, *, max_depth: int = MAX_DEPTH) -> Spans:
+def scan(data: bytes, *, max_depth: int = MAX_DEPTH, trailing: bool = False) -> Spans:
     """Validate a whole bencoded input in one iterative pass.
 
     Args:
-        data: the complete input; exactly one bencoded value, nothing after it.
+        data: the complete input; exactly one bencoded value, nothing after it
+            (unless ``trailing``).
         max_depth: deepest list/dict nesting accepted.
+        trailing: accept bytes after the top value (they are not scanned);
+            ``Spans.end`` then says where the value ends. Some messages are a
+            bencoded header followed by raw data (BEP 9 ut_metadata pieces).
 
     Returns:
         The top-level key spans and whether the input is canonical.
@@ -256,9 +262,9 @@ def scan(data: bytes, *, max_depth: int = MAX_DEPTH) -> Spans:
 
         # A value spanning [vstart, pos) is complete.
         if not stack:
-            if pos != n:
+            if pos != n and not trailing:
                 raise BencodeError(f"trailing data after the top value at offset {pos}")
-            return Spans(top=top, canonical=canonical, end=n)
+            return Spans(top=top, canonical=canonical, end=pos)
         parent = stack[-1]
         if parent[0]:
             if len(stack) == 1:
@@ -330,6 +336,30 @@ def decode(data: bytes, *, max_size: int = MAX_INPUT, max_depth: int = MAX_DEPTH
         BencodeError: the input is too big or not strict bencode.
     """
     return decode_with_spans(data, max_size=max_size, max_depth=max_depth)[0]
+
+
+def decode_prefix(
+    data: bytes, *, max_size: int = MAX_INPUT, max_depth: int = MAX_DEPTH
+) -> tuple[Any, int]:
+    """Decode the strict bencoded value at the start of ``data``; bytes may follow it.
+
+    Args:
+        data: a bencoded value, then anything (e.g. a BEP 9 header and its data).
+        max_size: largest input accepted, in bytes (the whole of ``data``).
+        max_depth: deepest nesting accepted.
+
+    Returns:
+        ``(value, end)``: the value, and the offset of the first byte after it.
+
+    Raises:
+        BencodeError: the input is too big or does not start with strict bencode.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    if len(data) > max_size:
+        raise BencodeError(f"input is {len(data)} bytes, more than the bound of {max_size}")
+    end = scan(data, max_depth=max_depth, trailing=True).end
+    return decode(data[:end], max_size=max_size, max_depth=max_depth), end
 
 
 def encode(obj: Any) -> bytes:
