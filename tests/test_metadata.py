@@ -20,28 +20,28 @@ from torrent.creator import create_torrent
 from torrent.errors import InvalidTorrent, RemoteProtocolError
 from torrent.magnet import Magnet, magnet_uri, parse_magnet
 from torrent.metadata import (
-    MAX_METADATA_MESSAGE,
-    MAX_METADATA_SIZE,
     MAX_OUTSTANDING_PER_PEER,
     MAX_STRIKES,
-    METADATA_PIECE_SIZE,
     METADATA_REQUEST_TIMEOUT,
     REJECT_BACKOFF,
     MetadataComplete,
-    MetadataData,
     MetadataFetch,
     MetadataHashFailed,
-    MetadataReject,
-    MetadataRequest,
     MetadataServer,
-    decode_message,
-    encode_message,
     metainfo_from_info,
-    num_metadata_pieces,
     torrent_bytes,
 )
+from torrent.wire.extension import (
+    MAX_METADATA_SIZE,
+    METADATA_PIECE,
+    MetadataData,
+    MetadataReject,
+    MetadataRequest,
+    decode_metadata_message,
+    metadata_piece_count,
+)
 
-PS = METADATA_PIECE_SIZE
+PS = METADATA_PIECE
 
 
 def _info(num_pieces: int = 4000, name: bytes = b"big.bin") -> bytes:
@@ -56,7 +56,7 @@ def _info(num_pieces: int = 4000, name: bytes = b"big.bin") -> bytes:
 
 
 INFO = _info()  # 80 KB: 5 metadata pieces, the last one short
-N = num_metadata_pieces(len(INFO))
+N = metadata_piece_count(len(INFO))
 HASH = hashlib.sha1(INFO).digest()
 SERVER = MetadataServer(INFO)
 
@@ -77,68 +77,6 @@ def serve(f: MetadataFetch[str], peer: str, pieces: list[int], info: bytes = INF
     for i in pieces:
         result = f.data(peer, i, len(info), piece(i, info))
     return result
-
-
-# -- messages -------------------------------------------------------------------------------
-
-
-def test_messages_round_trip() -> None:
-    for msg in (MetadataRequest(0), MetadataReject(7), MetadataData(3, 50000, b"x" * PS),
-                MetadataData(0, 10, b"0123456789")):
-        assert decode_message(encode_message(msg)) == msg
-        assert decode_message(memoryview(encode_message(msg))) == msg
-    # The exact bytes of BEP 9's examples.
-    assert encode_message(MetadataRequest(0)) == b"d8:msg_typei0e5:piecei0ee"
-    assert encode_message(MetadataData(0, 3425, b"ab")) == (
-        b"d8:msg_typei1e5:piecei0e10:total_sizei3425eeab")
-
-
-def test_unknown_message_type_is_ignored() -> None:
-    assert decode_message(b"d8:msg_typei7e5:piecei0ee") is None
-
-
-@pytest.mark.parametrize(("payload", "why"), [
-    (b"", "malformed"),
-    (b"i5e", "not a dict"),
-    (b"d5:piecei0ee", "msg_type"),
-    (b"d8:msg_typei0ee", "piece"),
-    (b"d8:msg_typei0e5:piecei-1ee", "piece"),
-    (b"d8:msg_typei0e5:piecei99999999999ee", "piece"),
-    (b"d8:msg_typei0e5:piece1:0e", "piece"),
-    (b"d8:msg_typei1e5:piecei0eexx", "total_size"),
-    (b"d8:msg_typei0e5:piecei0eeXX", "after it"),
-    (b"d8:msg_typei2e5:piecei0eeXX", "after it"),
-    (b"d8:msg_typei1e5:piecei0e10:total_sizei99999ee" + b"x" * (PS + 1), "more than 16 KiB"),
-    (b"d8:msg_typei1e" + b"x" * MAX_METADATA_MESSAGE, "more than"),
-    (b"d8:msg_typei0e8:msg_typei0e5:piecei0ee", "malformed"),  # duplicate key
-])
-def test_malformed_messages_are_the_peers_fault(payload: bytes, why: str) -> None:
-    with pytest.raises(RemoteProtocolError, match=why):
-        decode_message(payload)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from([b"d", b"e", b"i", b"l", b"8:msg_type", b"5:piece",
-                                 b"10:total_size", b"i0e", b"i1e", b"i2e", b"i-1e", b"1:x",
-                                 b"0:", b"i99999999999e"]), max_size=12).map(b"".join)
-       | st.binary(max_size=64))
-def test_random_payloads_only_raise_remote_protocol_error(payload: bytes) -> None:
-    try:
-        msg = decode_message(payload)
-    except RemoteProtocolError as exc:
-        assert str(exc).startswith("peer ")
-        return
-    if msg is not None:
-        assert decode_message(encode_message(msg)) == msg
-
-
-def test_decode_prefix_reports_where_the_value_ends() -> None:
-    assert bencoding.decode_prefix(b"d1:ai1eeTAIL") == ({b"a": 1}, 8)
-    assert bencoding.decode_prefix(b"i5e") == (5, 3)
-    with pytest.raises(bencoding.BencodeError):
-        bencoding.decode_prefix(b"d1:ai1e")
-    with pytest.raises(bencoding.BencodeError):  # the whole input is still bounded
-        bencoding.decode_prefix(b"i1e" + b"x" * 10, max_size=12)
 
 
 # -- serving --------------------------------------------------------------------------------
@@ -512,9 +450,9 @@ def _fetch_all(info: bytes) -> bytes:
         progressed = False
         for p in ("a", "b"):
             for i in requests(f, p, 0.0):
-                req = decode_message(encode_message(MetadataRequest(i)))
+                req = decode_metadata_message(MetadataRequest(i).encode())
                 assert isinstance(req, MetadataRequest)
-                msg = decode_message(encode_message(server.answer(req.piece)))
+                msg = decode_metadata_message(server.answer(req.piece).encode())
                 assert isinstance(msg, MetadataData)
                 f.data(p, msg.piece, msg.total_size, msg.data)
                 progressed = True

@@ -7,12 +7,8 @@ A magnet link gives only the info-hash; the info dictionary (the torrent's
 extension (BEP 9 on top of BEP 10). This module is sans-IO: the caller
 carries the messages and passes the time in as ``now``.
 
-The messages (:class:`MetadataRequest`, :class:`MetadataData`,
-:class:`MetadataReject`) are the payload of a BEP 10 extended message after
-its one-byte extended id: a bencoded dict (``msg_type``, ``piece``, and
-``total_size`` for data), followed by the piece's bytes for data.
-:func:`decode_message` checks every length against its bound before anything
-is kept; :func:`encode_message` is its inverse.
+The messages (request, data, reject) and their bounds are the wire
+layer's (:mod:`torrent.wire.extension`); this module keeps the state.
 
 :class:`MetadataFetch` is the downloading side. Peer identities are opaque
 hashable values chosen by the caller (an address is best: bans outlive a
@@ -69,55 +65,31 @@ from torrent.bencoding import BencodeError
 from torrent.errors import InvalidTorrent, RemoteProtocolError
 from torrent.magnet import Magnet
 from torrent.metainfo import Metainfo
+from torrent.wire.extension import (
+    MAX_METADATA_SIZE,
+    METADATA_PIECE,
+    MetadataData,
+    MetadataReject,
+    metadata_piece_count,
+    metadata_piece_length,
+)
 
 __all__ = [
-    "MAX_METADATA_MESSAGE",
     "MAX_METADATA_PEERS",
-    "MAX_METADATA_SIZE",
     "MAX_OUTSTANDING_PER_PEER",
     "MAX_STRIKES",
-    "METADATA_PIECE_SIZE",
     "METADATA_REQUEST_TIMEOUT",
     "REJECT_BACKOFF",
     "MetadataComplete",
-    "MetadataData",
     "MetadataFetch",
     "MetadataHashFailed",
-    "MetadataMessage",
-    "MetadataReject",
-    "MetadataRequest",
     "MetadataServer",
     "PeerReport",
-    "decode_message",
-    "encode_message",
     "metainfo_from_info",
-    "num_metadata_pieces",
     "torrent_bytes",
 ]
 
 # --- named bounds -------------------------------------------------------------
-
-# BEP 9: the metadata is exchanged in pieces of 16 KiB, the last one shorter.
-METADATA_PIECE_SIZE: Final = 16 * 1024
-
-# Largest metadata_size we fetch. The info dict of a v1 torrent is ~20 bytes
-# per piece plus its file list: 30 MiB holds 1.5 million pieces or a few
-# hundred thousand files, beyond any published torrent. libtorrent's
-# max_metadata_size is 30 MiB (anacrolix/torrent's bound is lower); taking
-# libtorrent's refuses nothing it can fetch, and keeps the .torrent we build
-# from it under metainfo.MAX_TORRENT_SIZE. Nothing is allocated from the
-# announced size: pieces are kept as they arrive, so a liar costs at most
-# this much before its copy fails the hash check and it is banned.
-MAX_METADATA_SIZE: Final = 30 * 1024 * 1024
-
-# Largest ut_metadata message (after the extended id): a 16 KiB piece plus its
-# bencoded header (~50 bytes in practice). libtorrent disconnects a peer whose
-# ut_metadata message exceeds 17 KiB; we use the same bound.
-MAX_METADATA_MESSAGE: Final = METADATA_PIECE_SIZE + 1024
-
-# Piece indices and sizes in ut_metadata headers are 32-bit in every client;
-# bencoding allows wider integers, which we refuse as nonsense.
-_MAX_WIRE_INT: Final = 2**31 - 1
 
 # Requests outstanding per peer. libtorrent sends 2 and queues up to 1024
 # incoming ones before it rejects; 4 halves the round trips of a one-peer
@@ -148,124 +120,6 @@ REJECT_BACKOFF: Final = 30.0
 # time-out. Rejects count one strike per back-off, time-outs one per
 # request_timeout (requests sent together fail together).
 MAX_STRIKES: Final = 5
-
-_MSG_REQUEST: Final = 0
-_MSG_DATA: Final = 1
-_MSG_REJECT: Final = 2
-
-# Deepest header accepted: BEP 9 headers are flat dicts; leave room for an
-# extension's nested value without letting a header nest 100 deep.
-_MAX_HEADER_DEPTH: Final = 4
-
-
-def num_metadata_pieces(size: int) -> int:
-    """How many 16 KiB pieces a metadata of ``size`` bytes has (BEP 9)."""
-    return -(-size // METADATA_PIECE_SIZE)
-
-
-def _piece_length(size: int, piece: int) -> int:
-    return min(METADATA_PIECE_SIZE, size - piece * METADATA_PIECE_SIZE)
-
-
-# --- messages -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataRequest:
-    """``msg_type`` 0: please send metadata piece ``piece``."""
-
-    piece: int
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataData:
-    """``msg_type`` 1: metadata piece ``piece`` of a metadata of ``total_size`` bytes."""
-
-    piece: int
-    total_size: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataReject:
-    """``msg_type`` 2: the peer will not send piece ``piece``."""
-
-    piece: int
-
-
-MetadataMessage = MetadataRequest | MetadataData | MetadataReject
-
-
-def encode_message(msg: MetadataMessage) -> bytes:
-    """The ut_metadata payload of ``msg`` (what follows the BEP 10 extended id).
-
-    Raises:
-        ValueError: a data message whose piece is longer than 16 KiB.
-    """
-    if isinstance(msg, MetadataData):
-        if len(msg.data) > METADATA_PIECE_SIZE:
-            raise ValueError(f"metadata piece of {len(msg.data)} bytes, more than 16 KiB")
-        header = {b"msg_type": _MSG_DATA, b"piece": msg.piece, b"total_size": msg.total_size}
-        return bencoding.encode(header) + bytes(msg.data)
-    kind = _MSG_REQUEST if isinstance(msg, MetadataRequest) else _MSG_REJECT
-    return bencoding.encode({b"msg_type": kind, b"piece": msg.piece})
-
-
-def _wire_int(header: dict[bytes, Any], key: bytes, what: str) -> int:
-    value = header.get(key)
-    if not isinstance(value, int) or not 0 <= value <= _MAX_WIRE_INT:
-        raise RemoteProtocolError(
-            f"peer sent a ut_metadata {what} whose {key.decode()} is {value!r},"
-            " not an integer in 0..2**31-1"
-        )
-    return value
-
-
-def decode_message(payload: bytes | memoryview) -> MetadataMessage | None:
-    """Read a ut_metadata payload (what follows the BEP 10 extended id).
-
-    Returns:
-        The message, or None for a ``msg_type`` this module does not know
-        (BEP 9: unknown message types must be ignored).
-
-    Raises:
-        RemoteProtocolError: longer than MAX_METADATA_MESSAGE, not a bencoded
-            dict header, a missing or out-of-range field, a data piece longer
-            than 16 KiB, or bytes after a request or reject.
-    """
-    if len(payload) > MAX_METADATA_MESSAGE:
-        raise RemoteProtocolError(
-            f"peer sent a {len(payload)}-byte ut_metadata message,"
-            f" more than {MAX_METADATA_MESSAGE}"
-        )
-    data = bytes(payload)
-    try:
-        header, end = bencoding.decode_prefix(
-            data, max_size=MAX_METADATA_MESSAGE, max_depth=_MAX_HEADER_DEPTH
-        )
-    except BencodeError as exc:
-        raise RemoteProtocolError(f"peer sent a malformed ut_metadata header: {exc}") from None
-    if not isinstance(header, dict):
-        raise RemoteProtocolError("peer sent a ut_metadata header that is not a dict")
-    kind = header.get(b"msg_type")
-    if not isinstance(kind, int):
-        raise RemoteProtocolError("peer sent a ut_metadata message without an integer msg_type")
-    if kind not in (_MSG_REQUEST, _MSG_DATA, _MSG_REJECT):
-        return None
-    what = ("request", "data", "reject")[kind]
-    piece = _wire_int(header, b"piece", what)
-    rest = len(data) - end
-    if kind == _MSG_DATA:
-        total = _wire_int(header, b"total_size", what)
-        if rest > METADATA_PIECE_SIZE:
-            raise RemoteProtocolError(
-                f"peer sent metadata piece {piece} of {rest} bytes, more than 16 KiB"
-            )
-        return MetadataData(piece, total, data[end:])
-    if rest:
-        raise RemoteProtocolError(f"peer sent a ut_metadata {what} with {rest} bytes after it")
-    return MetadataRequest(piece) if kind == _MSG_REQUEST else MetadataReject(piece)
-
 
 # --- fetching -----------------------------------------------------------------
 
@@ -574,7 +428,7 @@ class MetadataFetch(Generic[P]):
 
     def _new_round(self) -> None:
         """Start fetching the current size from scratch (requests in flight stay counted)."""
-        n = num_metadata_pieces(self._size) if self._size is not None else 0
+        n = metadata_piece_count(self._size) if self._size is not None else 0
         self._pieces = [None] * n
         self._senders = [None] * n
         self._have = 0
@@ -701,12 +555,12 @@ class MetadataFetch(Generic[P]):
             raise self._protocol_error(
                 peer, f"announced metadata_size {st.size} but sent total_size {total_size}"
             )
-        n = num_metadata_pieces(st.size)
+        n = metadata_piece_count(st.size)
         if not 0 <= piece < n:
             raise self._protocol_error(
                 peer, f"sent metadata piece {piece}, out of range 0..{n - 1}"
             )
-        expected = _piece_length(st.size, piece)
+        expected = metadata_piece_length(st.size, piece)
         if len(payload) != expected:
             raise self._protocol_error(
                 peer, f"sent metadata piece {piece} of {len(payload)} bytes, expected {expected}"
@@ -793,15 +647,15 @@ class MetadataServer:
     @property
     def num_pieces(self) -> int:
         """Number of 16 KiB metadata pieces."""
-        return num_metadata_pieces(len(self._info))
+        return metadata_piece_count(len(self._info))
 
     def answer(self, piece: int) -> MetadataData | MetadataReject:
         """The answer to a request for ``piece``: its data, or a reject when out of range."""
         if not 0 <= piece < self.num_pieces:
             return MetadataReject(piece)
-        start = piece * METADATA_PIECE_SIZE
+        start = piece * METADATA_PIECE
         return MetadataData(
-            piece, len(self._info), self._info[start : start + METADATA_PIECE_SIZE]
+            piece, len(self._info), self._info[start : start + METADATA_PIECE]
         )
 
 
