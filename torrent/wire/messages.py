@@ -217,6 +217,10 @@ class _Packed(Message):
 
     STRUCT: ClassVar[struct.Struct]
 
+    @classmethod
+    def max_payload(cls, num_pieces: int) -> int:
+        return cls.STRUCT.size  # exact: the decoder checks it
+
     def payload(self) -> bytes:
         return self.STRUCT.pack(*(getattr(self, f.name) for f in dataclasses.fields(self)))
 
@@ -275,7 +279,6 @@ class Have(_Packed):
 
     ID: ClassVar[int] = HAVE
     NAME: ClassVar[str] = "have"
-    FIXED: ClassVar[int | None] = 4
     STRUCT: ClassVar[struct.Struct] = _U32
 
     index: int
@@ -308,7 +311,6 @@ class Request(_Packed):
 
     ID: ClassVar[int] = REQUEST
     NAME: ClassVar[str] = "request"
-    FIXED: ClassVar[int | None] = 12
     STRUCT: ClassVar[struct.Struct] = _U32X3
 
     index: int
@@ -354,7 +356,6 @@ class Cancel(_Packed):
 
     ID: ClassVar[int] = CANCEL
     NAME: ClassVar[str] = "cancel"
-    FIXED: ClassVar[int | None] = 12
     STRUCT: ClassVar[struct.Struct] = _U32X3
 
     index: int
@@ -368,7 +369,6 @@ class Port(_Packed):
 
     ID: ClassVar[int] = PORT
     NAME: ClassVar[str] = "port"
-    FIXED: ClassVar[int | None] = 2
     STRUCT: ClassVar[struct.Struct] = _U16
 
     port: int
@@ -380,7 +380,6 @@ class Suggest(_Packed):
 
     ID: ClassVar[int] = SUGGEST
     NAME: ClassVar[str] = "suggest"
-    FIXED: ClassVar[int | None] = 4
     STRUCT: ClassVar[struct.Struct] = _U32
 
     index: int
@@ -414,7 +413,6 @@ class Reject(_Packed):
 
     ID: ClassVar[int] = REJECT
     NAME: ClassVar[str] = "reject"
-    FIXED: ClassVar[int | None] = 12
     STRUCT: ClassVar[struct.Struct] = _U32X3
 
     index: int
@@ -431,7 +429,6 @@ class AllowedFast(_Packed):
 
     ID: ClassVar[int] = ALLOWED_FAST
     NAME: ClassVar[str] = "allowed fast"
-    FIXED: ClassVar[int | None] = 4
     STRUCT: ClassVar[struct.Struct] = _U32
 
     index: int
