@@ -21,15 +21,18 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Run as a script, the checkout's package must win over an installed one, so the
+# package is imported inside main(), after this insert.
 sys.path.insert(0, os.path.dirname(HERE))
-
-from torrent.errors import FastTorrentError
-from torrent.sysinfo import available_cpus
-from torrent.tools.bench import BenchConfig, parse_clients, run_bench
-from torrent.units import parse_size
 
 
 def main() -> int:
+    """Parse the older command line, run the benchmark; return the exit code."""
+    from torrent.errors import FastTorrentError
+    from torrent.sysinfo import available_cpus
+    from torrent.tools.bench import BenchConfig, parse_clients, run_bench
+    from torrent.units import parse_size
+
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="4G")

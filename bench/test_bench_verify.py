@@ -1,4 +1,4 @@
-"""Throughput of ``verify`` (torrent.verify.verify_data) on a 512 MiB payload in the page cache.
+"""Throughput of ``verify`` (torrent.verifier.verify_data) on a 512 MiB payload in the page cache.
 
 Run: ``python -m pytest bench/test_bench_verify.py --benchmark-only``.
 
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from torrent import metainfo
-from torrent.verify import verify_data
+from torrent.verifier import verify_data
 
 MiB = 1 << 20
 #: Payload size; FT_BENCH_VERIFY_MIB=2048 amortizes the workers' start-up (~0.1 s each).

@@ -143,6 +143,20 @@ def test_bench_unknown_or_missing_client_is_a_usage_error(tmp_path: Path) -> Non
     assert not any(tmp_path.glob("*.json"))
 
 
+def test_bench_another_build_is_measured_beside_this_one(tmp_path: Path) -> None:
+    """ftN@TREE runs the package of another checkout (here: this very one) in the same
+    interleaved runs; the reference stays this build's fastest configuration."""
+    tree = Path(__file__).resolve().parent.parent  # its core is built in place
+    other = f"ft1@{tree.name}"
+    _r, doc, _base = bench(tmp_path, "--clients", f"ft1,ft1@{tree}")
+    check_doc(doc, ["ft1", other], "fasttorrent")
+    by = {e["client"]: e for e in doc["summary"]}
+    assert by[other]["kind"] == "ft" and by[other]["reference"] == "ft1"
+    line = _one_line_error(["--clients", f"ft1@{tmp_path}", "--results", str(tmp_path)],
+                           _env())
+    assert "is not a fasttorrent source tree" in line
+
+
 @pytest.mark.parametrize(("flag", "value", "why"), [
     ("--size", "inf", "not a size: 'inf'"),
     ("--size", "nan", "not a size: 'nan'"),
@@ -230,6 +244,7 @@ def test_bench_interrupt_mid_run_leaves_nothing(tmp_path: Path, sig: signal.Sign
             pass
     assert not left, f"processes left behind: {left}"
     assert len(seen) >= 3  # seeders and a download were running
-    work = [ln.split()[3].rstrip(";") for ln in text.splitlines() if ln.startswith("bench: work dir")]
+    work = [ln.split()[3].rstrip(";") for ln in text.splitlines()
+            if ln.startswith("bench: work dir")]
     assert len(work) == 1 and not os.path.exists(work[0])
     assert not [n for n in shm if os.path.exists(f"/dev/shm/{n}")]

@@ -19,6 +19,7 @@ from torrent.bencoding import (
     MAX_INT_DIGITS,
     BencodeError,
     decode,
+    decode_prefix,
     decode_with_spans,
     encode,
     scan,
@@ -160,7 +161,7 @@ def test_truncation_at_every_offset_fails(v: Any) -> None:
 @given(VALUES, st.binary(min_size=1, max_size=8))
 def test_trailing_data_fails_and_bytes_like_inputs_agree(v: Any, extra: bytes) -> None:
     b = encode(v)
-    with pytest.raises(BencodeError, match="trailing data|truncated|unexpected|length|integer"):
+    with pytest.raises(BencodeError, match=r"trailing data|truncated|unexpected|length|integer"):
         decode(b + extra)
     assert decode(bytearray(b)) == v
     assert decode(memoryview(b)) == v
@@ -294,7 +295,7 @@ def test_library_failure_is_translated() -> None:
     # With a depth bound the scanner allows but Python's stack does not,
     # bencode.py hits RecursionError: it must come out as BencodeError.
     deep = b"l" * 20_000 + b"e" * 20_000
-    with pytest.raises(BencodeError, match="bencode.py refused"):
+    with pytest.raises(BencodeError, match=r"bencode\.py refused"):
         decode(deep, max_depth=20_000)
 
 
@@ -355,3 +356,23 @@ def test_ten_megabyte_bombs_are_refused_fast(bomb: bytes) -> None:
 def test_decode_with_spans_returns_both() -> None:
     v, spans = decode_with_spans(b"d4:infoi1ee")
     assert v == {b"info": 1} and spans.info == (7, 10)
+
+
+def test_decode_prefix_stops_at_the_end_of_the_first_value() -> None:
+    # BEP 9 data messages: a dict, then raw bytes that may look like anything
+    for tail in (b"", b"x", b"e", b"d1:ae", b"\xff" * 100):
+        assert decode_prefix(b"d1:ai1ee" + tail) == ({b"a": 1}, 8)
+    assert decode_prefix(b"i5e5:hello") == (5, 3)
+    assert scan(b"li1eeXYZ", allow_trailing=True).end == 5
+    with pytest.raises(BencodeError, match="trailing data"):
+        scan(b"li1eeXYZ")
+
+
+def test_decode_prefix_is_as_strict_as_decode() -> None:
+    for bad in (b"", b"d1:ai1e", b"d1:ai01ee", b"d1:ai1e1:ai2ee", b"x"):
+        with pytest.raises(BencodeError):
+            decode_prefix(bad + b"tail")
+    # max_size bounds the value, not what follows it
+    assert decode_prefix(b"i1e" + b"z" * 100, max_size=3) == (1, 3)
+    with pytest.raises(BencodeError, match="bound of 3"):
+        decode_prefix(b"i10e", max_size=3)

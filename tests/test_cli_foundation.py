@@ -38,8 +38,8 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None,
         exe: Sequence[str] = (sys.executable, "-m", "torrent")) -> subprocess.CompletedProcess[str]:
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([*exe, *args], check=False, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=CMD_TIMEOUT_S)
+    return subprocess.run([*exe, *args], check=False, cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=CMD_TIMEOUT_S)
 
 
 def payload(n: int, seed: int) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any
 from torrent import ipc
 from torrent.coordinator import Coordinator, WorkerHandle
 from torrent.leases import PieceState
+from torrent.options import Options
 
 N = 16  # pieces
 
@@ -34,9 +35,9 @@ class Pipe:
 def coordinator(workers: int) -> tuple[Coordinator, list[WorkerHandle]]:
     meta = SimpleNamespace(num_pieces=N, piece_length=16384, total_size=N * 16384,
                            info_hash=b"\1" * 20, info_hash_hex="01" * 20, trackers=())
-    c = Coordinator(meta, "/nonexistent", workers=workers, peers=[], port=0, bind="127.0.0.1",
-                    max_peers=10, stall_timeout=0, recheck=False, use_trackers=False,
-                    arena_bytes=None, progress=None, status_line=None, request_timeout=None)
+    opts = Options(workers=workers, bind="127.0.0.1", max_peers=10, stall_timeout=0,
+                   use_trackers=False)
+    c = Coordinator(meta, "/nonexistent", opts)
     hs = []
     for w in range(workers):
         h = WorkerHandle(w, SimpleNamespace(exitcode=-9), Pipe())

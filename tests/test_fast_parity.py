@@ -399,7 +399,9 @@ def test_bitfield_count_and_spare_bits_match(bits: bytes, nbits: int) -> None:
         # MSB first: the spare bits are the low bits of the last used byte
         spare_mask = [0xFF >> (nbits % 8)] if nbits % 8 else []
         tail = bits[nbits // 8 :]
-        assert spare[1] == all((b & m) == 0 for b, m in zip(tail, spare_mask + [0xFF] * len(tail)))
+        # the masks run past the tail on purpose: zip stops at the tail's end
+        masks = spare_mask + [0xFF] * len(tail)
+        assert spare[1] == all((b & m) == 0 for b, m in zip(tail, masks, strict=False))
     else:
         assert nbits < 0 or len(bits) < (nbits + 7) // 8
 

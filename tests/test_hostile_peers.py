@@ -33,7 +33,7 @@ from conftest import require_module
 from helpers.testpeer import OVERSIZED_LENGTH, GatedRelay, TestPeer
 
 from torrent import metainfo
-from torrent.create import create_torrent
+from torrent.creator import create_torrent
 from torrent.wire.handshake import HANDSHAKE_LENGTH, encode_handshake, make_peer_id
 from torrent.wire.messages import (
     BITFIELD,
@@ -78,11 +78,12 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             s.stop()
 
 
-def download(torrent: str, out: Path, peers: list[str]) -> tuple[int, dict[str, Any], str]:
+def download(torrent: str, out: Path, peers: list[str],
+             extra: tuple[str, ...] = ()) -> tuple[int, dict[str, Any], str]:
     """Run ``fasttorrent download`` (one worker, --json); return (exit code, result, stderr)."""
     cmd = [sys.executable, "-m", "torrent", "download", torrent, "-o", str(out),
            "--workers", "1", "--no-trackers", "--json", "--stall-timeout", "30",
-           "--bind", "127.0.0.1"]
+           "--bind", "127.0.0.1", *extra]
     for p in peers:
         cmd += ["--peer", p]
     proc = subprocess.run(cmd, capture_output=True, timeout=DOWNLOAD_TIMEOUT, check=False)
@@ -98,7 +99,7 @@ def peer_entry(result: dict[str, Any], port: int) -> dict[str, Any]:
 
 def run_with_hostile(swarm: dict[str, Any], tmp_path: Path, hostile: TestPeer,
                      gate: threading.Event, *, expect_closed: bool = False,
-                     ) -> tuple[dict[str, Any], GatedRelay]:
+                     extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], GatedRelay]:
     """Download from the hostile peer and the honest seeder behind a relay opened by ``gate``.
 
     With ``expect_closed``, also wait (before the test peer stops) until a
@@ -107,7 +108,7 @@ def run_with_hostile(swarm: dict[str, Any], tmp_path: Path, hostile: TestPeer,
     seeder = swarm["seeder"]
     with hostile, GatedRelay(("127.0.0.1", seeder.port), gate) as relay:
         rc, result, err = download(swarm["torrent"], tmp_path / "out",
-                                   [hostile.addr, relay.addr])
+                                   [hostile.addr, relay.addr], extra)
         assert rc == 0, err
         assert result["complete"] is True
         assert (tmp_path / "out" / "payload.bin").read_bytes() == swarm["data"]
@@ -214,7 +215,7 @@ def test_testpeer_corrupts_one_block_per_piece(swarm: dict[str, Any]) -> None:
             c.close()
     start = 2 * PIECE_LEN
     assert got[0] != data[start : start + 16384]  # the first block sent is damaged
-    assert sum(x != y for x, y in zip(got[0], data[start : start + 16384])) == 1
+    assert sum(x != y for x, y in zip(got[0], data[start : start + 16384], strict=True)) == 1
     assert got[1] == data[start + 16384 : start + 32768]  # the second is not
     assert peer.corrupted == [(2, 0)]
 
@@ -295,4 +296,17 @@ def test_silent_peer_does_not_hold_up_the_download(swarm: dict[str, Any],
                                      expect_closed=True)
     assert hostile.handshakes >= 1  # it was connected to and sent our handshake
     assert hostile.requests == []
+    assert result["bytes_downloaded"] == PAYLOAD_SIZE
+
+
+def test_a_peer_that_never_handshakes_is_dropped_at_the_handshake_timeout(
+        swarm: dict[str, Any], tmp_path: Path) -> None:
+    # The honest seeder is reachable only once the silent peer was dropped: the
+    # download can complete only through the handshake time-out (the relay's own
+    # first connection, silent until then, is dropped by it too and retried).
+    hostile = TestPeer(swarm["torrent"], swarm["src"], silent=True)
+    result, _relay = run_with_hostile(swarm, tmp_path, hostile, hostile.remote_closed,
+                                      extra=("--handshake-timeout", "2"))
+    assert hostile.handshakes >= 1 and hostile.requests == []
+    assert result["workers"][0]["handshake_timeouts"] >= 1
     assert result["bytes_downloaded"] == PAYLOAD_SIZE

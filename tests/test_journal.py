@@ -28,7 +28,8 @@ def make(outdir: Path, ih: bytes = IH, num: int = NUM, pl: int = PL) -> Journal:
 
 
 def test_path_is_beside_the_data(tmp_path: Path) -> None:
-    assert journal_path(str(tmp_path), IH) == str(tmp_path / ".fasttorrent" / (IH.hex() + ".resume"))
+    expected = tmp_path / ".fasttorrent" / (IH.hex() + ".resume")
+    assert journal_path(str(tmp_path), IH) == str(expected)
 
 
 def test_no_journal_reads_none(tmp_path: Path) -> None:

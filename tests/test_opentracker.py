@@ -152,7 +152,7 @@ def test_udp_second_peer_gets_the_first(opentracker: int) -> None:
 
 def test_unlisted_torrent_is_a_tracker_error(opentracker: int) -> None:
     http_url = f"http://127.0.0.1:{opentracker}/announce"
-    with pytest.raises(TrackerError, match="tracker failure: .*not authorized"):
+    with pytest.raises(TrackerError, match=r"tracker failure: .*not authorized"):
         asyncio.run(announce_http(http_url, params(PID1, 7001, NOT_LISTED), timeout=5))
     # Over UDP opentracker answers a non-whitelisted torrent with a bare 8-byte
     # announce header: malformed per BEP 15, so an error at once, not a timeout.

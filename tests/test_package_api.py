@@ -1,18 +1,14 @@
-"""The package's public surface and its layering, checked from the source.
+"""The package's public surface.
 
-- ``torrent`` exports the API (``download``, ``seed``, ``create``,
-  ``verify``, ``load``) and the error classes, imports none of the API's
-  modules until one is used (every worker process imports ``torrent``), and
-  keeps ``create``/``verify`` the functions even once the submodules of the
-  same names are imported.
-- Imports among the package's modules (read from the source, module and
-  function level, not ``TYPE_CHECKING`` blocks) form no cycle; only the entry
-  points import the CLI; only the CLI imports the tools.
+``torrent`` exports the API (``download``, ``seed``, ``create``, ``verify``,
+``load``, ``Options``) and the error classes, and imports none of the API's
+modules until one is used (every worker process imports ``torrent``).  The
+layering rules (no cycles, who may import the CLI and the tools) are in
+test_sourcecode.py.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
@@ -27,9 +23,10 @@ PKG = Path(torrent.__file__).resolve().parent
 API = {
     "download": "torrent.coordinator",
     "seed": "torrent.coordinator",
-    "create": "torrent.create",
-    "verify": "torrent.verify",
+    "create": "torrent.creator",
+    "verify": "torrent.verifier",
     "load": "torrent.metainfo",
+    "Options": "torrent.options",
 }
 ERRORS = ["DiskFull", "FastTorrentError", "Incomplete", "Interrupted", "InvalidTorrent",
           "RemoteProtocolError", "ResourceExhausted", "StorageError", "TrackerError",
@@ -49,16 +46,16 @@ def test_all_lists_the_api_and_the_errors() -> None:
 
 def test_api_names_are_the_functions() -> None:
     from torrent.coordinator import download, seed
-    from torrent.create import create_torrent
+    from torrent.creator import create_torrent
     from torrent.metainfo import load
-    from torrent.verify import verify_data
+    from torrent.options import Options
+    from torrent.verifier import verify_data
 
-    # the submodules torrent.create and torrent.verify are imported by now
     assert torrent.download is download and torrent.seed is seed
     assert torrent.create is create_torrent
     assert torrent.verify is verify_data
     assert torrent.load is load
-    assert sys.modules["torrent.create"].create_torrent is create_torrent
+    assert torrent.Options is Options
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
@@ -80,117 +77,3 @@ def test_import_torrent_is_cheap() -> None:
         "import json, sys, torrent\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('torrent'))))"))
     assert loaded == ["torrent", "torrent.errors"]
-
-
-def test_create_and_verify_stay_functions_whatever_is_imported_first() -> None:
-    out = _fresh(
-        "import torrent.create, torrent.verify\n"  # the submodules first
-        "import torrent\n"
-        "from torrent import create, verify\n"
-        "print(create.__name__, verify.__name__, torrent.create.__name__)")
-    assert out.split() == ["create_torrent", "verify_data", "create_torrent"]
-
-
-# -- layering ---------------------------------------------------------------------------------
-
-
-def _modules() -> dict[str, Path | None]:
-    """Every module of the package by dotted name; None for a compiled one (no imports)."""
-    out: dict[str, Path | None] = {}
-    for p in PKG.rglob("*.py"):
-        name = ".".join(("torrent", *p.relative_to(PKG).with_suffix("").parts))
-        out[name.removesuffix(".__init__")] = p
-    for p in PKG.rglob("*.pyx"):
-        out[".".join(("torrent", *p.relative_to(PKG).with_suffix("").parts))] = None
-    return out
-
-
-def _imports(name: str, path: Path, mods: dict[str, Path | None]) -> set[str]:
-    """The package's modules that ``name`` imports (outside ``if TYPE_CHECKING:``)."""
-    tree = ast.parse(path.read_text())
-    typing_only = {id(n) for node in ast.walk(tree)
-                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                   for body in node.body for n in ast.walk(body)}
-    base = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = base.split(".")
-                parent = ".".join(parts[: len(parts) - node.level + 1])
-                module = f"{parent}.{node.module}" if node.module else parent
-            else:
-                module = node.module or ""
-            for a in node.names:  # `from . import x`: the submodule x if there is one
-                sub = f"{module}.{a.name}"
-                out.add(sub if sub in mods else module)
-    return {m for m in out if m in mods and m != name}
-
-
-def _graph() -> dict[str, set[str]]:
-    mods = _modules()
-    return {m: (_imports(m, p, mods) if p is not None else set()) for m, p in mods.items()}
-
-
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    out: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return out
-
-
-def test_the_graph_sees_known_edges() -> None:
-    """The walker itself: edges that exist must be found (else the next tests prove nothing)."""
-    g = _graph()
-    assert "torrent.console" in g["torrent.cli"] and "torrent.units" in g["torrent.cli"]
-    assert "torrent.tools.bench" in g["torrent.cli"]  # imported inside a function
-    assert "torrent.ports" in g["torrent.coordinator"]
-    assert "torrent._fast" in g["torrent.hashing"]  # `from . import _fast`: the module
-
-
-def test_no_import_cycles() -> None:
-    assert _cycles(_graph()) == []
-
-
-def test_only_the_entry_points_import_the_cli() -> None:
-    g = _graph()
-    assert sorted(m for m, deps in g.items() if "torrent.cli" in deps) == ["torrent.__main__"]
-
-
-def test_only_the_cli_imports_the_tools() -> None:
-    g = _graph()
-    users = {m for m, deps in g.items() if not m.startswith("torrent.tools")
-             and any(d == "torrent.tools" or d.startswith("torrent.tools.") for d in deps)}
-    assert users == {"torrent.cli"}

@@ -201,7 +201,7 @@ def test_fast_path_on_and_off_leave_identical_state(kernel: Any) -> None:
     reference = run(False, kernel, iter([stream()[0]]))
     assert reference["fast_taken"] == 0
     # the scenario does what it says: piece 0 done, the rest fetched after the choke
-    assert [f[0] for f in reference["finished"]][0] == 0
+    assert reference["finished"][0][0] == 0  # piece 0 is the first one completed
     assert sorted(f[0] for f in reference["finished"]) == [0, 1, 2, 3]
     assert reference["middle"]["active"], "pieces in flight at the choke"
     assert reference["ignored"] == 2  # the cancelled block and the one the choke discarded

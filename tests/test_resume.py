@@ -38,11 +38,12 @@ from typing import Any
 
 import pytest
 from conftest import require_module
-from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
+from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes, shm_files
+from helpers.storagewrite import write
 from helpers.testpeer import TestPeer
 
 from torrent import metainfo
-from torrent.create import create_torrent
+from torrent.creator import create_torrent
 from torrent.journal import MAGIC, Journal, journal_path
 from torrent.storage import Storage, layout_for
 
@@ -121,7 +122,7 @@ def partial_seeder(payload: Payload, tmp_path_factory: pytest.TempPathFactory) -
 def zero_pieces(meta: Any, root: Path, pieces: Any) -> None:
     with Storage(layout_for(meta, str(root)), writable=True) as st:
         for i in pieces:
-            st.write(i * meta.piece_length, memoryview(bytes(meta.piece_size(i))))
+            write(st, i * meta.piece_length, memoryview(bytes(meta.piece_size(i))))
 
 
 def flip_byte(meta: Any, root: Path, piece: int) -> None:
@@ -130,7 +131,7 @@ def flip_byte(meta: Any, root: Path, piece: int) -> None:
         at = piece * meta.piece_length + meta.piece_size(piece) // 2
         st.read_into(at, memoryview(buf))
         buf[0] ^= 0xFF
-        st.write(at, memoryview(buf))
+        write(st, at, memoryview(buf))
 
 
 def assert_same_files(payload: Payload, out: Path) -> None:
@@ -194,20 +195,6 @@ class KilledRun:
         return alive, arena_holders(self.arenas)
 
 
-def _shm_files_of(pid: int) -> set[str]:
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return set()
-    out = set()
-    for line in lines:
-        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-        if path.startswith(SHM_DIR + "/"):
-            out.add(path.removesuffix(" (deleted)"))
-    return out
-
-
 def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
     """Run a download with ``fault`` injected (helpers/faultrun.py), watching its processes
     and shared memory."""
@@ -239,7 +226,7 @@ def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
                     pass
             for pid in [proc.pid, *(k.pid for k in kids)]:
                 run.arenas |= arena_inodes(pid)
-                run.shm_files |= _shm_files_of(pid)
+                run.shm_files |= shm_files(pid)
             time.sleep(POLL)
     finally:
         if proc.poll() is None:

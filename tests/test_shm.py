@@ -32,7 +32,7 @@ from helpers.testpeer import TestPeer
 
 from torrent import metainfo, shm, sysinfo
 from torrent._io import DIRECT_ALIGN
-from torrent.create import create_torrent
+from torrent.creator import create_torrent
 from torrent.errors import ResourceExhausted
 from torrent.launch import start_child
 from torrent.shm import MAX_SLOT_BYTES, MAX_SLOTS, MIN_SLOTS, Arena, plan_slots, slot_stride

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from helpers.payload import tree_bytes, write_tree
 
-from torrent.create import create_torrent
+from torrent.creator import create_torrent
 from torrent.launch import start_child
 
 pytestmark = pytest.mark.timeout(180)
@@ -92,7 +92,8 @@ def readme_example(torrent: Path, out: Path, port: int, marker: Path) -> str:
         from torrent.coordinator import download
         from torrent import metainfo
         meta = metainfo.load({str(torrent)!r})
-        result = download({str(torrent)!r}, {str(out)!r}, workers=2, peers=[("127.0.0.1", {port})], bind="127.0.0.1")
+        result = download({str(torrent)!r}, {str(out)!r}, workers=2,
+                          peers=[("127.0.0.1", {port})], bind="127.0.0.1")
         print(result.to_json_dict())
         """)
 
@@ -145,8 +146,8 @@ open({marker!r}, "a").write("ran\\n")
 import json
 import torrent.hashing
 from torrent import metainfo
-from torrent.create import create_torrent
-from torrent.verify import verify_data
+from torrent.creator import create_torrent
+from torrent.verifier import verify_data
 
 torrent.hashing.CHUNK_BYTES = 4 * {piece}  # several chunks, so both workers get some
 meta = metainfo.load({torrent!r})

@@ -136,7 +136,7 @@ def test_http_garbage(http_tracker: HTTPTestTracker) -> None:
 
 def test_http_hang_times_out(http_tracker: HTTPTestTracker) -> None:
     http_tracker.hang = True
-    with pytest.raises(TrackerError, match="no answer .* within 0.2s"):
+    with pytest.raises(TrackerError, match=r"no answer .* within 0\.2s"):
         run(announce_http(http_tracker.announce_url, params(), timeout=0.2))
     assert len(http_tracker.requests) == 1  # it did get the request
 
@@ -162,7 +162,7 @@ def test_http_error_status_and_redirect(
 def test_http_error_status_carries_failure_reason(http_tracker: HTTPTestTracker) -> None:
     http_tracker.status = 500
     http_tracker.failure_reason = "overloaded"
-    with pytest.raises(TrackerError, match="HTTP 500.*overloaded"):
+    with pytest.raises(TrackerError, match=r"HTTP 500.*overloaded"):
         run(announce_http(http_tracker.announce_url, params(), timeout=5))
 
 

@@ -18,23 +18,35 @@ from hypothesis import strategies as st
 
 from torrent.errors import RemoteProtocolError
 from torrent.wire.messages import (
+    ALLOWED_FAST,
     BITFIELD,
     BLOCK_SIZE,
     CANCEL,
     CHOKE,
+    EXTENDED,
     HAVE,
+    HAVE_ALL,
+    HAVE_NONE,
     INTERESTED,
+    MAX_EXTENDED_LENGTH,
     MAX_REQUEST_LENGTH,
     MAX_UNKNOWN_MESSAGE_LENGTH,
+    MESSAGE_TYPES,
     NOT_INTERESTED,
     PIECE,
     PORT,
+    REJECT,
     REQUEST,
+    SUGGEST,
     UNCHOKE,
+    AllowedFast,
     Bitfield,
     Cancel,
     Choke,
+    Extended,
     Have,
+    HaveAll,
+    HaveNone,
     Interested,
     KeepAlive,
     LocalProtocolError,
@@ -42,7 +54,9 @@ from torrent.wire.messages import (
     NotInterested,
     Piece,
     Port,
+    Reject,
     Request,
+    Suggest,
     Unchoke,
     Unknown,
     decode,
@@ -69,7 +83,18 @@ CASES: list[tuple[Message, bytes]] = [
     (Piece(2, 0, b""), b"\x00\x00\x00\x09\x07" + struct.pack(">II", 2, 0)),
     (Cancel(1, 16384, 16384), b"\x00\x00\x00\x0d\x08" + struct.pack(">III", 1, 16384, 16384)),
     (Port(6881), b"\x00\x00\x00\x03\x09\x1a\xe1"),
-    (Unknown(20, b"d1:md11:ut_metadatai1eee"), b"\x00\x00\x00\x19\x14d1:md11:ut_metadatai1eee"),
+    # BEP 6 Fast extension
+    (Suggest(0x01020304), b"\x00\x00\x00\x05\x0d\x01\x02\x03\x04"),
+    (HaveAll(), b"\x00\x00\x00\x01\x0e"),
+    (HaveNone(), b"\x00\x00\x00\x01\x0f"),
+    (Reject(1, 16384, 16384), b"\x00\x00\x00\x0d\x10" + struct.pack(">III", 1, 16384, 16384)),
+    (AllowedFast(1313), b"\x00\x00\x00\x05\x11\x00\x00\x05\x21"),
+    # BEP 10: extension id, then the body
+    (Extended(0, b"d1:md11:ut_metadatai1eee"),
+     b"\x00\x00\x00\x1a\x14\x00d1:md11:ut_metadatai1eee"),
+    (Extended(3, b""), b"\x00\x00\x00\x02\x14\x03"),
+    (Unknown(21, b"\x00\x01"), b"\x00\x00\x00\x03\x15\x00\x01"),
+    (Unknown(200, b""), b"\x00\x00\x00\x01\xc8"),
 ]
 STREAM = b"".join(raw for _, raw in CASES)
 MESSAGES = [msg for msg, _ in CASES]
@@ -130,7 +155,14 @@ message_strategy = st.one_of(
     st.builds(Piece, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
               st.binary(max_size=300)),
     st.builds(Port, st.integers(0, 65535)),
-    st.builds(Unknown, st.integers(PORT + 1, 255), st.binary(max_size=50)),
+    st.sampled_from([HaveAll(), HaveNone()]),
+    st.builds(Suggest, st.integers(0, 2**32 - 1)),
+    st.builds(AllowedFast, st.integers(0, 2**32 - 1)),
+    st.builds(Reject, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+              st.integers(0, 2**32 - 1)),
+    st.builds(Extended, st.integers(0, 255), st.binary(max_size=300)),
+    st.builds(Unknown, st.integers(PORT + 1, 255).filter(lambda i: i not in MESSAGE_TYPES),
+              st.binary(max_size=50)),
 )
 
 
@@ -202,6 +234,12 @@ def test_max_message_length_grows_with_a_huge_bitfield() -> None:
         (HAVE, 6),
         (CHOKE, 2),
         (REQUEST, 14),
+        (SUGGEST, 6),
+        (HAVE_ALL, 2),
+        (HAVE_NONE, 2),
+        (REJECT, 14),
+        (ALLOWED_FAST, 6),
+        (EXTENDED, 1 + MAX_EXTENDED_LENGTH + 1),  # its own bound, not the unknown ids' one
     ],
 )
 def test_per_id_bound_rejected_from_the_id_byte(msg_id: int, length: int) -> None:
@@ -234,6 +272,12 @@ def test_largest_block_is_accepted() -> None:
         (CANCEL, b"\x00" * 8, "12 bytes"),
         (PORT, b"\x00", "2 bytes"),
         (PIECE, b"\x00" * 7, "at least 8"),
+        (SUGGEST, b"\x00" * 3, "4 bytes"),
+        (HAVE_ALL, b"\x00", "0 bytes"),
+        (HAVE_NONE, b"\x00", "0 bytes"),
+        (REJECT, b"\x00" * 11, "12 bytes"),
+        (ALLOWED_FAST, b"\x00" * 5, "4 bytes"),
+        (EXTENDED, b"", "without an extension id"),
     ],
 )
 def test_wrong_payload_length_per_id(msg_id: int, payload: bytes, needs: str) -> None:
@@ -257,3 +301,31 @@ def test_piece_data_is_a_view_not_a_copy() -> None:
 def test_encode_rejects_a_non_message() -> None:
     with pytest.raises(LocalProtocolError):
         encode(Message())
+
+
+def test_every_table_row_round_trips_and_has_a_case() -> None:
+    """A new row in MESSAGE_TYPES without a case here fails: the table is the list of kinds."""
+    assert set(MESSAGE_TYPES.values()) <= {type(m) for m in MESSAGES}
+    assert all(cls.ID == msg_id for msg_id, cls in MESSAGE_TYPES.items())
+
+
+def test_extended_has_its_own_bound_below_the_unknown_ids_one() -> None:
+    reader = FrameReader(NUM_PIECES)
+    body = b"x" * (MAX_EXTENDED_LENGTH - 1)
+    assert reader.feed(encode(Extended(1, body))) == [Extended(1, body)]
+    assert reader.framer.bounds[EXTENDED] == 1 + MAX_EXTENDED_LENGTH
+    assert reader.framer.bounds[21] == 1 + MAX_UNKNOWN_MESSAGE_LENGTH
+    assert MAX_EXTENDED_LENGTH < MAX_UNKNOWN_MESSAGE_LENGTH
+
+
+def test_extended_body_is_a_copy() -> None:
+    reader = FrameReader(NUM_PIECES)
+    (msg,) = reader.feed(encode(Extended(2, b"abcd")))
+    assert isinstance(msg, Extended) and isinstance(msg.body, bytes)
+    reader.rb.buf[reader.rb.end - 1] = ord("z")
+    assert msg.body == b"abcd"
+
+
+def test_extended_id_must_fit_a_byte() -> None:
+    with pytest.raises(LocalProtocolError, match="one byte"):
+        encode(Extended(256, b""))

@@ -265,7 +265,7 @@ def test_keepalive_before_bitfield_is_fine() -> None:
 @pytest.mark.parametrize("bits", [b"\xff", b"\xff\xc0\x00"])
 def test_bitfield_wrong_length(bits: bytes) -> None:
     p = active_peer()
-    with pytest.raises(RemoteProtocolError, match="bitfield|at most"):
+    with pytest.raises(RemoteProtocolError, match=r"bitfield|at most"):
         recv(p, Bitfield(bits))
 
 
@@ -384,7 +384,8 @@ def test_choke_cancels_outstanding_requests() -> None:
     for begin in (0, BLOCK_SIZE):
         p.send_request(1, begin, BLOCK_SIZE, now=1.0)
     events = recv(p, Choke())
-    assert events == [Choked(), RequestsCancelled(((1, 0, BLOCK_SIZE), (1, BLOCK_SIZE, BLOCK_SIZE)))]
+    cancelled = ((1, 0, BLOCK_SIZE), (1, BLOCK_SIZE, BLOCK_SIZE))
+    assert events == [Choked(), RequestsCancelled(cancelled)]
     assert p.num_outstanding == 0
     with pytest.raises(LocalProtocolError, match="chokes us"):
         p.send_request(1, 0, BLOCK_SIZE, now=2.0)
@@ -553,7 +554,8 @@ def test_two_machines_exchange_a_block() -> None:
     assert leecher.receive_data(seeder.send_unchoke()) == [Unchoked()]
     last = NUM_PIECES - 1
     req = leecher.send_request(last, BLOCK_SIZE, LAST_PIECE_SIZE - BLOCK_SIZE, now=1.0)
-    assert seeder.receive_data(req) == [RequestReceived(last, BLOCK_SIZE, LAST_PIECE_SIZE - BLOCK_SIZE)]
+    expected = RequestReceived(last, BLOCK_SIZE, LAST_PIECE_SIZE - BLOCK_SIZE)
+    assert seeder.receive_data(req) == [expected]
     data = b"\x5a" * (LAST_PIECE_SIZE - BLOCK_SIZE)
     (block,) = leecher.receive_data(seeder.send_piece(last, BLOCK_SIZE, data))
     assert block == BlockReceived(last, BLOCK_SIZE, data)
@@ -654,3 +656,64 @@ def test_block_requested_again_after_a_choke_may_arrive_twice() -> None:
     assert p.accept_block(0, BLOCK_SIZE, BLOCK_SIZE) is False
     with pytest.raises(RemoteProtocolError, match="did not request"):
         p.accept_block(1, 0, BLOCK_SIZE)
+
+
+def test_block_views_stay_valid_for_the_whole_call() -> None:
+    """A frame cut by the end of the buffer must not move the bytes of the blocks before it.
+
+    The buffer is only compacted or regrown between reads: a block view handed
+    out in this call stays valid until the next one, even when a later frame
+    in the same call does not fit.
+    """
+    p = active_peer(unchoked=True)
+    where = [(0, 0), (0, BLOCK_SIZE), (1, 0), (1, BLOCK_SIZE)]
+    for i, begin in where:
+        p.send_request(i, begin, BLOCK_SIZE, now=1.0)
+    blocks = [bytes([0x11 * (k + 1)]) * BLOCK_SIZE for k in range(4)]
+    frames = [encode(Piece(i, begin, blocks[k])) for k, (i, begin) in enumerate(where)]
+    # three whole frames and most of a fourth, which runs past the end of the buffer
+    # (it grows to the next power of two that holds what was fed: 64 KiB)
+    chunk = frames[0] + frames[1] + frames[2] + frames[3][:16000]
+    assert len(chunk) <= 64 << 10 < len(chunk) - 16000 + len(frames[3])
+    events = p.receive_data(chunk)
+    assert [bytes(e.data) for e in events if isinstance(e, BlockReceived)] == blocks[:3]
+    (last,) = p.receive_data(frames[3][16000:])
+    assert isinstance(last, BlockReceived) and bytes(last.data) == blocks[3]
+
+
+def _xor(view: memoryview) -> None:
+    """A stand-in stream cipher: rewrites the bytes in place, as RC4 would."""
+    for k in range(len(view)):
+        view[k] ^= 0x5A
+
+
+def test_a_transform_under_the_framer_sees_every_byte_once_in_place() -> None:
+    """The receive buffer's transform (where MSE's RC4 goes) runs on each read's bytes in
+    place before framing: the protocol sees the plain stream, from the handshake on, however
+    the ciphertext is split, and whether it arrives by feed() or by a socket-style read."""
+    plain = THEIR_HANDSHAKE + encode(Unchoke()) + encode(Have(3)) + encode(Interested())
+    cipher = bytes(b ^ 0x5A for b in plain)
+    expected = [HandshakeReceived(THEIR_ID, bytes(8)), Unchoked(), HaveReceived(3),
+                PeerInterested()]
+    for step in (1, 7, len(cipher)):
+        p = new_peer()
+        p.handshake()
+        p.rb.transform = _xor
+        got: list[object] = []
+        for i in range(0, len(cipher), step):
+            chunk = cipher[i : i + step]
+            if (i // step) % 2:  # alternate: copied in, then read into the free tail
+                p.rb.feed(chunk)
+            else:
+                tail = p.rb.get_buffer(-1)
+                tail[: len(chunk)] = chunk
+                p.rb.updated(len(chunk))
+            while (ev := p.next_event()) is not None:
+                got.append(ev)
+        assert got == expected, step
+
+
+def test_pure_twin_block_size_is_the_protocol_block_size() -> None:
+    from torrent import _pure
+
+    assert _pure._BLOCK == BLOCK_SIZE

@@ -11,18 +11,15 @@ saying whose fault it is)::
     verify(meta, directory, *, workers) -> VerifyReport  # meta: as load() returns
     load(path) -> Metainfo
 
+    Options(workers=..., peers=..., ...)                  # every setting, checked once
+
 The functions are imported on first use, so ``import torrent`` stays cheap:
-every worker process does it.  ``torrent.create`` and ``torrent.verify`` are
-the functions even once their modules are imported; import from the modules
-by name (``from torrent.create import create_torrent``), not as
-``import torrent.create as m``, which would give the function.
+every worker process does it.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -40,9 +37,10 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .coordinator import download, seed
-    from .create import create_torrent as create
+    from .creator import create_torrent as create
     from .metainfo import load
-    from .verify import verify_data as verify
+    from .options import Options
+    from .verifier import verify_data as verify
 
 __version__ = "0.1.0"
 
@@ -52,6 +50,7 @@ __all__ = [
     "Incomplete",
     "Interrupted",
     "InvalidTorrent",
+    "Options",
     "RemoteProtocolError",
     "ResourceExhausted",
     "StorageError",
@@ -69,9 +68,10 @@ __all__ = [
 _LAZY = {
     "download": ("coordinator", "download"),
     "seed": ("coordinator", "seed"),
-    "create": ("create", "create_torrent"),
-    "verify": ("verify", "verify_data"),
+    "create": ("creator", "create_torrent"),
+    "verify": ("verifier", "verify_data"),
     "load": ("metainfo", "load"),
+    "Options": ("options", "Options"),
 }
 
 
@@ -88,19 +88,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-class _Package(types.ModuleType):
-    """This package's module type: ``create`` and ``verify`` are properties.
-
-    Each names both an API function and a submodule, and importing a
-    submodule sets it as an attribute of its package, which would hide the
-    function from then on.  A property wins over that attribute; its setter
-    drops the submodule (``sys.modules`` holds it).
-    """
-
-    create = property(lambda self: _api("create"), lambda self, value: None)
-    verify = property(lambda self: _api("verify"), lambda self, value: None)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,4 +1,7 @@
-"""Type stub for the native I/O thread in torrent/_io.pyx (no pure twin: it runs without the GIL)."""
+"""Type stub for the native I/O thread in torrent/_io.pyx.
+
+It has no pure twin: it runs without the GIL.
+"""
 
 from collections.abc import Iterable
 from typing import Final, TypeAlias

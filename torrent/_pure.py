@@ -192,10 +192,10 @@ class BlockMap:
         self._count = 0
 
     def _check(self, i: Any) -> int:
-        i = _ssize(i)
-        if i < 0 or i >= len(self._have):
-            raise IndexError(f"block {i} out of range 0..{len(self._have) - 1}")
-        return i
+        idx = _ssize(i)
+        if idx < 0 or idx >= len(self._have):
+            raise IndexError(f"block {idx} out of range 0..{len(self._have) - 1}")
+        return idx
 
     def set(self, i: int) -> bool:
         """Mark block ``i`` present; return True if it was missing."""

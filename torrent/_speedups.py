@@ -15,7 +15,10 @@ native I/O thread (:mod:`torrent._io`) has no twin and is imported directly.
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 __all__ = [
     "IMPLEMENTATION",
@@ -35,13 +38,21 @@ __all__ = [
 #: The environment switch that forces the pure twins.
 PURE_ENV = "FASTTORRENT_PURE"
 
-if os.environ.get(PURE_ENV, "") not in ("", "0"):
-    from . import _pure as _impl
-else:
+
+
+def _choose() -> ModuleType:
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return importlib.import_module("._pure", __package__)
     try:
-        from . import _fast as _impl  # type: ignore[no-redef]
+        return importlib.import_module("._fast", __package__)
     except ImportError:  # not built (a source checkout without the compiler step)
-        from . import _pure as _impl  # type: ignore[no-redef]
+        return importlib.import_module("._pure", __package__)
+
+
+if TYPE_CHECKING:  # the two share one stub (_fast.pyi); type against it
+    from . import _fast as _impl
+else:
+    _impl = _choose()
 
 #: "native" or "pure": which implementation was chosen.
 IMPLEMENTATION = "pure" if _impl.__name__.endswith("_pure") else "native"

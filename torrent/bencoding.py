@@ -44,6 +44,7 @@ __all__ = [
     "BencodeError",
     "Spans",
     "decode",
+    "decode_prefix",
     "decode_with_spans",
     "encode",
     "scan",
@@ -96,7 +97,8 @@ class Spans:
         canonical: True when every dict in the input has its keys in sorted
             order, i.e. ``encode(decode(data)) == data``. Unsorted keys are
             accepted (real torrents have them); this only notes it.
-        end: length of the input (the top value ends exactly there).
+        end: where the top value ends: the length of the input, unless the
+            scan allowed trailing data (:func:`decode_prefix`).
     """
 
     top: Mapping[bytes, tuple[int, int]]
@@ -157,12 +159,17 @@ def _length_error(data: bytes, pos: int, what: str) -> BencodeError:
     return BencodeError(f"{why} at offset {pos}")
 
 
-def scan(data: bytes, *, max_depth: int = MAX_DEPTH) -> Spans:
+def scan(data: bytes, *, max_depth: int = MAX_DEPTH, allow_trailing: bool = False) -> Spans:
     """Validate a whole bencoded input in one iterative pass.
 
     Args:
-        data: the complete input; exactly one bencoded value, nothing after it.
+        data: the complete input; exactly one bencoded value, nothing after it
+            (unless ``allow_trailing``).
         max_depth: deepest list/dict nesting accepted.
+        allow_trailing: stop at the end of the first value and report where
+            it ends (``Spans.end``) instead of refusing the bytes after it;
+            they are not looked at. BEP 9 ut_metadata data messages carry raw
+            metadata right behind a bencoded dict.
 
     Returns:
         The top-level key spans and whether the input is canonical.
@@ -171,7 +178,7 @@ def scan(data: bytes, *, max_depth: int = MAX_DEPTH) -> Spans:
         BencodeError: on any syntax error, a length past the end of the input,
             a non-canonical integer (leading zero, ``-0``) or one wider than
             MAX_INT_DIGITS, nesting deeper than ``max_depth``, a duplicate or
-            non-string dict key, truncation, or trailing data.
+            non-string dict key, truncation, or trailing data (unless allowed).
     """
     n = len(data)
     if n == 0:
@@ -256,9 +263,9 @@ def scan(data: bytes, *, max_depth: int = MAX_DEPTH) -> Spans:
 
         # A value spanning [vstart, pos) is complete.
         if not stack:
-            if pos != n:
+            if pos != n and not allow_trailing:
                 raise BencodeError(f"trailing data after the top value at offset {pos}")
-            return Spans(top=top, canonical=canonical, end=n)
+            return Spans(top=top, canonical=canonical, end=pos)
         parent = stack[-1]
         if parent[0]:
             if len(stack) == 1:
@@ -330,6 +337,32 @@ def decode(data: bytes, *, max_size: int = MAX_INPUT, max_depth: int = MAX_DEPTH
         BencodeError: the input is too big or not strict bencode.
     """
     return decode_with_spans(data, max_size=max_size, max_depth=max_depth)[0]
+
+
+def decode_prefix(
+    data: bytes, *, max_size: int = MAX_INPUT, max_depth: int = MAX_DEPTH
+) -> tuple[Any, int]:
+    """Decode the strict bencoded value at the start of ``data``; bytes may follow it.
+
+    Args:
+        data: the input: one bencoded value, then anything.
+        max_size: largest encoding of the value accepted, in bytes (what
+            follows it is not counted).
+        max_depth: deepest nesting accepted.
+
+    Returns:
+        ``(value, end)``: the value, and the offset where the bytes after it begin.
+
+    Raises:
+        BencodeError: the value is not strict bencode, is truncated, or its
+            encoding is longer than ``max_size``.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    end = scan(data, max_depth=max_depth, allow_trailing=True).end
+    if end > max_size:
+        raise BencodeError(f"value is {end} bytes, more than the bound of {max_size}")
+    return decode(data[:end], max_size=max_size, max_depth=max_depth), end
 
 
 def encode(obj: Any) -> bytes:

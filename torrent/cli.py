@@ -24,6 +24,14 @@ from typing import Any, NoReturn
 from . import __version__
 from .console import Status
 from .errors import FastTorrentError, Incomplete, Interrupted, UsageError
+from .options import (
+    DEFAULT_MAX_HALF_OPEN,
+    DEFAULT_MAX_PEERS,
+    DEFAULT_STALL_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    MAX_CONNECTIONS_CAP,
+    Options,
+)
 from .units import parse_size, size_arg
 
 __all__ = ["build_parser", "main"]
@@ -62,6 +70,46 @@ def _int_arg(lo: int, hi: int) -> Callable[[str], int]:
 #: Worker processes, peers and seeders: at least one, and a sane bound.
 _workers_arg = _int_arg(1, 1024)
 _port_arg = _int_arg(0, 65535)
+#: Connections: at least one, at most what a kernel lets a process open
+#: (fs.nr_open's default is 1,048,576 descriptors).
+_connections_arg = _int_arg(1, 1 << 20)
+
+
+def _timeout_arg(s: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {s!r}")
+    return v
+
+
+def _connection_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The connection limits of ``download`` and ``seed`` as Options fields.
+
+    The soft fd limit is raised to the hard one first (see
+    :func:`~torrent.sysinfo.raise_fd_limit`): the default ``max_connections``
+    is computed from it once the worker count is known (``download`` / ``seed``).
+    """
+    from .sysinfo import raise_fd_limit
+
+    raise_fd_limit()
+    return {"max_connections": a.max_connections, "max_half_open": a.max_half_open,
+            "handshake_timeout": a.handshake_timeout}
+
+
+def _add_connection_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--max-connections", type=_connections_arg, default=None, metavar="N",
+                   help="open connections at most, incoming and outgoing, over all workers "
+                        f"(default: from the fd limit, at most {MAX_CONNECTIONS_CAP})")
+    s.add_argument("--max-half-open", type=_connections_arg, default=DEFAULT_MAX_HALF_OPEN,
+                   metavar="N", help="connections still in their handshake at most; past it "
+                                     f"incoming ones are refused (default {DEFAULT_MAX_HALF_OPEN})")
+    s.add_argument("--handshake-timeout", type=_timeout_arg, default=HANDSHAKE_TIMEOUT,
+                   metavar="S", help="drop a connection without a handshake after S seconds "
+                                     f"(default {HANDSHAKE_TIMEOUT:g})")
 
 
 def _flag_size(flag: str, s: str | None) -> int:
@@ -109,7 +157,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         return 0
     out = [
         f"name:         {d['name']}",
-        f"info hash:    {d['info_hash']}" + ("  (hybrid v1+v2, read as v1)" if d.get("hybrid") else ""),
+        f"info hash:    {d['info_hash']}"
+        + ("  (hybrid v1+v2, read as v1)" if d.get("hybrid") else ""),
         f"size:         {_human_size(d['total_size'])} ({d['total_size']} bytes)",
         f"pieces:       {d['num_pieces']} x {_human_size(d['piece_length'])}",
         f"private:      {'yes' if d['private'] else 'no'}",
@@ -127,7 +176,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 # -- create -----------------------------------------------------------------
 def cmd_create(a: argparse.Namespace) -> int:
-    from .create import create_torrent
+    from .creator import create_torrent
 
     if os.path.isdir(a.output):
         raise UsageError(f"-o {a.output}: is a directory")
@@ -159,7 +208,7 @@ def cmd_create(a: argparse.Namespace) -> int:
 
 # -- verify -----------------------------------------------------------------
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .verify import verify_data
+    from .verifier import verify_data
 
     meta = _load(a.torrent)
     if not os.path.isdir(a.dir):
@@ -214,18 +263,17 @@ def _failed(st: Status, as_json: bool, e: FastTorrentError) -> None:
 def cmd_download(a: argparse.Namespace) -> int:
     from .coordinator import download
 
-    peers = _peers_arg(a.peer)
-    seed_time = _flag_limit("--seed-time", a.seed_time)
-    seed_ratio = _flag_limit("--seed-ratio", a.seed_ratio)
-    upload_limit = _flag_size("--upload-limit", a.upload_limit)
+    opts = Options(
+        workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port, bind=a.bind,
+        max_peers=a.max_peers, stall_timeout=a.stall_timeout, recheck=a.recheck,
+        use_trackers=not a.no_trackers, download_limit=a.download_limit or 0,
+        upload_limit=_flag_size("--upload-limit", a.upload_limit),
+        seed_time=_flag_limit("--seed-time", a.seed_time),
+        seed_ratio=_flag_limit("--seed-ratio", a.seed_ratio), direct_io=not a.no_direct_io,
+        **_connection_options(a))
     st = Status(a.quiet or a.json)
     try:
-        res = download(a.torrent, a.output, workers=a.workers, peers=peers, port=a.port,
-                       bind=a.bind, max_peers=a.max_peers, stall_timeout=a.stall_timeout,
-                       recheck=a.recheck, use_trackers=not a.no_trackers, log=st.log,
-                       status_line=st.line, download_limit=a.download_limit or 0,
-                       upload_limit=upload_limit, seed_time=seed_time, seed_ratio=seed_ratio,
-                       direct_io=not a.no_direct_io)
+        res = download(a.torrent, a.output, opts, log=st.log, status_line=st.line)
     except FastTorrentError as e:
         _failed(st, a.json, e)
         raise
@@ -246,7 +294,10 @@ def cmd_download(a: argparse.Namespace) -> int:
 def cmd_seed(a: argparse.Namespace) -> int:
     from .coordinator import seed
 
-    upload_limit = _flag_size("--upload-limit", a.upload_limit)
+    opts = Options(workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port,
+                   bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers,
+                   upload_limit=_flag_size("--upload-limit", a.upload_limit),
+                   **_connection_options(a))
     st = Status(a.quiet)
 
     def ready(port: int) -> None:
@@ -254,9 +305,7 @@ def cmd_seed(a: argparse.Namespace) -> int:
         print(f"seeding on port {port}", flush=True)
 
     try:
-        seed(a.torrent, a.dir, workers=a.workers, peers=_peers_arg(a.peer), port=a.port,
-             bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers, log=st.log,
-             ready=ready, upload_limit=upload_limit)
+        seed(a.torrent, a.dir, opts, log=st.log, ready=ready)
     except FastTorrentError as e:
         _failed(st, a.json, e)
         raise
@@ -337,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connect to this peer (repeatable; comma lists accepted)")
     s.add_argument("--port", type=_port_arg, default=0, help="TCP port for incoming peers")
     s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
-    s.add_argument("--max-peers", type=_workers_arg, default=200)
+    s.add_argument("--max-peers", type=_workers_arg, default=DEFAULT_MAX_PEERS,
+                   help="peers to connect to at a time, over all workers "
+                        f"(default {DEFAULT_MAX_PEERS})")
+    _add_connection_flags(s)
     s.add_argument("--download-limit", type=size_arg, default=None, metavar="RATE",
                    help="bytes per second, e.g. 50M (default: unlimited)")
     s.add_argument("--upload-limit", default=None, metavar="RATE",
@@ -349,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="once complete, keep serving peers until R x the torrent's size is "
                         "uploaded; with --seed-time, the first limit reached ends the run "
                         "(exit 0; Ctrl-C/SIGTERM while seeding also exits 0)")
-    s.add_argument("--stall-timeout", type=float, default=120.0, metavar="S",
+    s.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT, metavar="S",
                    help="give up after S seconds without data (exit 6)")
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
     s.add_argument("--no-trackers", action="store_true", help="use only --peer peers")
@@ -372,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upload-limit", default=None, metavar="RATE",
                    help="bytes per second uploaded, e.g. 10M (default: unlimited)")
     s.add_argument("--no-trackers", action="store_true", help="do not announce")
+    _add_connection_flags(s)
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     s.add_argument("-q", "--quiet", action="store_true")
 

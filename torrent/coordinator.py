@@ -41,7 +41,6 @@ complete, so it is not an interruption.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import signal
 import time
@@ -56,14 +55,15 @@ from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path
 from .launch import start_child
 from .leases import LeaseTable, Send
+from .options import Options, default_max_connections
 from .ports import free_port as _free_port
 from .shm import Arena, plan_slots
 from .storage import Storage, check_free_space, check_output_paths, layout_for
-from .sysinfo import available_cpus
+from .sysinfo import available_cpus, fd_limit
 from .wire.handshake import make_peer_id
-from .worker import WorkerConfig
+from .worker import DIAL_BUDGET, WorkerConfig
 
-__all__ = ["DownloadResult", "check_seed_limit", "download", "parse_peer", "seed"]
+__all__ = ["Coordinator", "DownloadResult", "download", "parse_peer", "seed"]
 
 #: Delay before retrying a peer whose connection failed, doubling each time.
 PEER_RETRY_BASE = 2.0
@@ -79,8 +79,6 @@ TRACKER_STOP_TIMEOUT = 6.0
 #: Peer addresses remembered at most (from trackers and --peer): bounds the
 #: table the coordinator walks every half second.
 MAX_KNOWN_PEERS = 10_000
-#: Default maximum number of connected peers (over all workers).
-DEFAULT_MAX_PEERS = 200
 
 
 @dataclass(slots=True)
@@ -94,6 +92,7 @@ class PeerRecord:
     banned: bool = False
     last_reason: str = ""
     source: str = "manual"
+    dialing: bool = False  # handed to its worker, neither Dialled nor PeerClosed yet
 
 
 @dataclass(slots=True)
@@ -104,6 +103,7 @@ class WorkerHandle:
     alive: bool = True
     died: bool = False  # exited without being told to
     peers: int = 0
+    dialing: int = 0  # dials handed out and not answered (at most DIAL_BUDGET)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -161,12 +161,6 @@ def parse_peer(s: str) -> tuple[str, int]:
     return host, p
 
 
-def check_seed_limit(name: str, value: float | None) -> None:
-    """A seeding limit is None (no limit) or a finite number >= 0; else UsageError."""
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise UsageError(f"{name} must be a finite number >= 0, got {value}")
-
-
 def _file_stats(layout: Any) -> list[tuple[int, int]]:
     """(size, mtime_ns) of every non-pad file, (0, 0) for a missing one."""
     out = []
@@ -189,35 +183,33 @@ def _bits_from(indices: Sequence[int] | set[int], n: int) -> bytes:
 
 
 class Coordinator:
-    def __init__(self, meta: Any, outdir: str, *, workers: int, peers: list[tuple[str, int]],
-                 port: int, bind: str, max_peers: int, stall_timeout: float, recheck: bool,
-                 use_trackers: bool, arena_bytes: int | None, progress: Callable[[str], None] | None,
-                 status_line: Callable[[str], None] | None, request_timeout: float | None,
-                 download_limit: int = 0, seeding: bool = False,
-                 seed_time: float | None = None, seed_ratio: float | None = None,
-                 upload_limit: int = 0, direct_io: bool = True) -> None:
+    """One download or seed: the global state, the workers, the trackers.
+
+    Args:
+        meta: the parsed torrent.
+        outdir: where its files are (created for a download).
+        opts: the run's settings; ``opts.workers`` must be resolved (not None).
+        seeding: serve only (``fasttorrent seed``): no journal, never done by itself.
+        log: called with a progress or warning line.
+        status_line: called with the live status line.
+    """
+
+    def __init__(self, meta: Any, outdir: str, opts: Options, *, seeding: bool = False,
+                 log: Callable[[str], None] | None = None,
+                 status_line: Callable[[str], None] | None = None) -> None:
+        opts = _resolve_connections(opts)  # a caller of ours that left it unset
+        if opts.workers is None:
+            raise ValueError("Coordinator needs a resolved worker count")
         self.meta = meta
+        self.opts = opts
         self.outdir = os.path.abspath(outdir)
-        self.nworkers = workers
-        self.manual_peers = peers
-        self.port = port
-        self.bind = bind
-        self.max_peers = max_peers
-        self.stall_timeout = stall_timeout
-        self.recheck = recheck
-        self.use_trackers = use_trackers
-        self.arena_bytes = arena_bytes
-        self.log = progress or (lambda s: None)
+        self.nworkers = opts.workers
+        self.port = opts.port  # a free one is chosen when the workers start
+        self.log = log or (lambda s: None)
         self.status_line = status_line
-        self.request_timeout = request_timeout
-        self.download_limit = download_limit
-        self.seeding = seeding  # serve only: no journal, never done by itself
-        self.direct_io = direct_io
-        self.upload_limit = upload_limit
+        self.seeding = seeding
         # Seeding after the download: stop at the first limit given (None: no limit).
-        self.seed_time = seed_time
-        self.seed_ratio = seed_ratio
-        self.seed_after = not seeding and (seed_time is not None or seed_ratio is not None)
+        self.seed_after = not seeding and opts.seed_after
         self.seed_started: float | None = None  # when the seeding phase began
         self.seed_ended: float | None = None
         self.seed_stop: str | None = None
@@ -238,12 +230,13 @@ class Coordinator:
         self.last_progress = time.monotonic()
         self.start_time = time.monotonic()
         # piece states and leases: every lease / steal / endgame decision
-        self.leases = LeaseTable(n, workers)
+        self.leases = LeaseTable(n, self.nworkers)
         self.warnings: list[str] = []
         self.tracker_runner: Any = None
         self.on_ready: Callable[[int], None] | None = None
         self.stopping = False
         self.ready_count = 0
+        self._dials_freed = False  # a worker has room for dials again: assign peers
 
     @property
     def verified(self) -> int:
@@ -270,7 +263,7 @@ class Coordinator:
         existed = any(os.path.exists(s.path) for s in layout.spans if not s.pad)
         journal = Journal(journal_path(self.outdir, meta.info_hash), meta.info_hash,
                           meta.num_pieces, meta.piece_length)
-        recorded = None if self.recheck else journal.read()
+        recorded = None if self.opts.recheck else journal.read()
         sizes_ok = all(s.pad or (os.path.isfile(s.path) and os.path.getsize(s.path) == s.length)
                        for s in layout.spans)
         check_free_space(layout, self.outdir)
@@ -284,7 +277,8 @@ class Coordinator:
                 if len(journal.seal_table) != len(now_stats):
                     done = set()
                 else:
-                    for (k, _sp), then, now in zip(files, journal.seal_table, now_stats):
+                    for (k, _sp), then, now in zip(files, journal.seal_table, now_stats,
+                                                   strict=True):
                         if then != now:
                             self.log(f"resume: {layout.spans[k].rel} changed since the last "
                                      "run; checking its pieces")
@@ -316,25 +310,19 @@ class Coordinator:
         # aligned like its file (its whole pages then go out with O_DIRECT straight
         # from the slot; see Worker.alloc_slot).
         slot_size = meta.piece_length + (DIRECT_ALIGN if len(meta.files) > 1 else 0)
-        slots = plan_slots(slot_size, self.nworkers, self.arena_bytes)
+        slots = plan_slots(slot_size, self.nworkers, self.opts.arena_bytes)
         self.arena = Arena.create(slot_size, slots * self.nworkers)
         if self.port == 0 and self.nworkers:
-            self.port = _free_port(self.bind)
+            self.port = _free_port(self.opts.bind)
         done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
         configs = []
         for w in range(self.nworkers):
-            cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, arena_fd=self.arena.fd,
-                               slot_size=slot_size, arena_slots=slots * self.nworkers,
-                               first_slot=w * slots, nslots=slots, port=self.port,
-                               bind=self.bind, peer_id=self.peer_id, done=done_bits,
-                               max_rate=-(-self.download_limit // self.nworkers)
-                               if self.download_limit else 0,
-                               max_up_rate=-(-self.upload_limit // self.nworkers)
-                               if self.upload_limit else 0,
-                               writable=not self.seeding, direct_io=self.direct_io,
-                               lock_writes=self.nworkers > 1,
-                               **({"request_timeout": self.request_timeout}
-                                  if self.request_timeout else {}))
+            cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, options=self.opts,
+                               arena_fd=self.arena.fd, slot_size=slot_size,
+                               arena_slots=slots * self.nworkers, first_slot=w * slots,
+                               nslots=slots, port=self.port, peer_id=self.peer_id,
+                               done=done_bits, writable=not self.seeding,
+                               lock_writes=self.nworkers > 1, workers=self.nworkers)
             # A fresh interpreter (torrent/launch.py): never a re-import of the
             # caller's main module, whatever the caller is.
             try:
@@ -353,7 +341,7 @@ class Coordinator:
             self.workers.append(WorkerHandle(w, proc, conn))
             configs.append(cfg)
         # Sent once every worker started, so that they start up side by side.
-        for h, cfg in zip(self.workers, configs):
+        for h, cfg in zip(self.workers, configs, strict=True):
             try:
                 h.conn.send(cfg)
             except OSError:
@@ -375,6 +363,11 @@ class Coordinator:
                 self.handle(h, h.conn.recv())
         except (EOFError, OSError):
             self.worker_died(h)
+        if self._dials_freed:
+            # once per batch of messages, not per answered dial: assign_peers
+            # walks the peer table
+            self._dials_freed = False
+            self.assign_peers()
 
     def carry_out(self, actions: list[Send]) -> None:
         """Send what the lease table decided, in order."""
@@ -395,7 +388,15 @@ class Coordinator:
                 self.durable[i] = 1
             self.durable_count += len(fresh)
             if self.journal is not None:
-                self.journal.append(fresh)
+                try:
+                    self.journal.append(fresh)
+                except FastTorrentError as e:
+                    # the journal's disk is full (or failing): stop with that error;
+                    # these pieces are on disk, and the next start finds them there
+                    if self.fatal is None:
+                        self.fatal = e
+                    self._finish()
+                    return
             self._check_done()
         elif t is ipc.NeedPieces:
             self.carry_out(self.leases.need(h.wid, msg.wanted, time.monotonic()))
@@ -405,6 +406,10 @@ class Coordinator:
             self.carry_out(self.leases.availability(h.wid, msg.bits, time.monotonic()))
         elif t is ipc.PeerClosed:
             self.peer_closed(h, msg)
+        elif t is ipc.Dialled:
+            rec = self.peers.get((msg.host, msg.port))
+            if rec is not None and rec.worker == h.wid:
+                self._dial_answered(h, rec)
         elif t is ipc.Stats:
             if msg.stats.get("blocks", 0) != h.stats.get("blocks", 0):
                 self.last_progress = time.monotonic()  # bytes are flowing
@@ -443,10 +448,12 @@ class Coordinator:
                   "its peers and pieces go to the others")
         # its leases go back to the others, thieves waiting on it are served
         self.carry_out(self.leases.worker_died(h.wid, time.monotonic()))
+        h.dialing = 0
         for rec in self.peers.values():
             if rec.worker == h.wid:
                 rec.worker = None
                 rec.connected = False
+                rec.dialing = False
                 rec.retry_at = 0.0
         if not any(w.alive for w in self.workers):
             self.fatal = StorageError("every worker process died")
@@ -460,7 +467,8 @@ class Coordinator:
             key = (host, port)
             if len(self.peers) >= MAX_KNOWN_PEERS:
                 break  # trackers keep answering; the first MAX_KNOWN_PEERS are plenty
-            if key not in self.peers and not (port == self.port and host in (self.bind, "127.0.0.1")):
+            if key not in self.peers and not (port == self.port
+                                              and host in (self.opts.bind, "127.0.0.1")):
                 self.peers[key] = PeerRecord(host, port, source=source)
         self.assign_peers()
 
@@ -471,17 +479,25 @@ class Coordinator:
                          and self.seed_started is None):
             return
         active = sum(1 for r in self.peers.values() if r.worker is not None)
+        # the workers cannot hold more connections than max_connections in all
+        limit = min(self.opts.max_peers, self.opts.max_connections or self.opts.max_peers)
         for rec in self.peers.values():
-            if active >= self.max_peers:
+            if active >= limit:
                 break
             if rec.worker is not None or rec.banned or rec.attempts >= PEER_MAX_ATTEMPTS:
                 continue
             if rec.retry_at > now:
                 continue
-            w = min(alive, key=lambda w: (w.peers, w.wid))
+            # never more dials at a worker than it can queue (its DIAL_BUDGET)
+            room = [w for w in alive if w.dialing < DIAL_BUDGET]
+            if not room:
+                break
+            w = min(room, key=lambda w: (w.peers, w.wid))
             rec.worker = w.wid
             rec.attempts += 1
+            rec.dialing = True
             w.peers += 1
+            w.dialing += 1
             self.leases.set_peers(w.wid, w.peers)
             active += 1
             self.send(w, ipc.Connect(rec.host, rec.port))
@@ -491,6 +507,8 @@ class Coordinator:
         if rec is None:
             return  # an incoming peer
         if rec.worker == h.wid:
+            if rec.dialing:
+                self._dial_answered(h, rec)
             rec.worker = None
             h.peers = max(0, h.peers - 1)
             self.leases.set_peers(h.wid, h.peers)
@@ -502,6 +520,15 @@ class Coordinator:
             rec.banned = True
         delay = min(PEER_RETRY_MAX, PEER_RETRY_BASE * 2 ** max(0, rec.attempts - 1))
         rec.retry_at = time.monotonic() + delay
+
+    def _dial_answered(self, h: WorkerHandle, rec: PeerRecord) -> None:
+        """A dial handed to ``h`` is over (connected, or failed)."""
+        if not rec.dialing:
+            return
+        rec.dialing = False
+        h.dialing = max(0, h.dialing - 1)
+        if h.dialing <= DIAL_BUDGET // 2:
+            self._dials_freed = True  # hand out a batch, not one dial per answer
 
     # -- the run -----------------------------------------------------------------------
     def _check_done(self) -> None:
@@ -521,12 +548,12 @@ class Coordinator:
             return
         self.seed_started = time.monotonic()
         limits = []
-        if self.seed_ratio is not None:
-            limits.append(f"ratio {self.seed_ratio:g}")
-        if self.seed_time is not None:
-            limits.append(f"{self.seed_time:g} s")
+        if self.opts.seed_ratio is not None:
+            limits.append(f"ratio {self.opts.seed_ratio:g}")
+        if self.opts.seed_time is not None:
+            limits.append(f"{self.opts.seed_time:g} s")
             self._seed_timer = asyncio.get_running_loop().call_later(
-                self.seed_time, self._check_seed_limits)
+                self.opts.seed_time, self._check_seed_limits)
         self.log(f"download complete; seeding until {' or '.join(limits)}")
         if self.tracker_runner is not None and self.resumed < self.meta.num_pieces:
             self.tracker_runner.completed()  # 'completed' now, not when we leave
@@ -540,11 +567,11 @@ class Coordinator:
     def _check_seed_limits(self) -> None:
         if self.seed_started is None or self.seed_stop is not None:
             return
-        if self.seed_ratio is not None and \
-                self.uploaded() >= self.seed_ratio * self.meta.total_size:
+        if self.opts.seed_ratio is not None and \
+                self.uploaded() >= self.opts.seed_ratio * self.meta.total_size:
             self.seed_stop = "ratio"
-        elif self.seed_time is not None and \
-                time.monotonic() - self.seed_started >= self.seed_time:
+        elif self.opts.seed_time is not None and \
+                time.monotonic() - self.seed_started >= self.opts.seed_time:
             self.seed_stop = "time"
         else:
             return
@@ -575,9 +602,9 @@ class Coordinator:
             self.done_event.set()
 
     def _stalled(self) -> bool:
-        if not self.stall_timeout or self.seed_started is not None:
+        if not self.opts.stall_timeout or self.seed_started is not None:
             return False
-        return time.monotonic() - self.last_progress > self.stall_timeout
+        return time.monotonic() - self.last_progress > self.opts.stall_timeout
 
     def _status(self) -> str:
         n = self.meta.num_pieces
@@ -591,8 +618,8 @@ class Coordinator:
         left = (n - self.verified) * self.meta.piece_length
         eta = f"{left / rate:.0f}s" if rate > 1 else "-"
         conn = sum(w.stats.get("connected", 0) for w in self.workers if w.alive)
-        per = " ".join(f"w{w.wid}:{w.stats.get('rate', 0) / 1e6:.0f}MB/s/{w.stats.get('connected', 0)}p"
-                       for w in self.workers if w.alive)
+        per = " ".join(f"w{w.wid}:{w.stats.get('rate', 0) / 1e6:.0f}MB/s/"
+                       f"{w.stats.get('connected', 0)}p" for w in self.workers if w.alive)
         return (f"{100 * self.verified / n:5.1f}%  {rate / 1e6:7.1f} MB/s  ETA {eta:>6}  "
                 f"peers {conn}  [{per}]  {el:.0f}s")
 
@@ -607,7 +634,7 @@ class Coordinator:
         self.start_workers()
         if self.seeding:
             self.log(f"seeding {self.meta.name} ({self.meta.info_hash_hex}) on "
-                     f"{self.bind}:{self.port} with {self.nworkers} worker(s)")
+                     f"{self.opts.bind}:{self.port} with {self.nworkers} worker(s)")
         for h in self.workers:
             loop.add_reader(h.conn.fileno(), self.on_worker_message, h)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -615,10 +642,10 @@ class Coordinator:
                 loop.add_signal_handler(sig, self._on_signal)
             except (NotImplementedError, RuntimeError):
                 pass
-        self.add_peers(self.manual_peers, "manual")
+        self.add_peers(self.opts.peers, "manual")
         tracker_task = None
         tracker_stop = asyncio.Event()
-        if self.use_trackers and self.meta.trackers:
+        if self.opts.use_trackers and self.meta.trackers:
             tracker_task = loop.create_task(run_trackers(self, tracker_stop))
         self._check_done()  # complete from the start (resumed): seed right away
         last_status = 0.0
@@ -737,7 +764,14 @@ class Coordinator:
                        "released": s.get("released", 0),
                        "hash_failures": s.get("hash_failures", 0),
                        "uploaded": s.get("uploaded", 0),
-                       "endgame": s.get("endgame", False)})
+                       "endgame": s.get("endgame", False),
+                       # the connection limits at work (torrent/worker.py)
+                       "refused": s.get("refused", 0),
+                       "handshake_timeouts": s.get("handshake_timeouts", 0),
+                       "peak_connections": s.get("peak_connections", 0),
+                       "peak_half_open": s.get("peak_half_open", 0),
+                       "peak_dialing": s.get("peak_dialing", 0),
+                       "peak_dial_queue": s.get("peak_dial_queue", 0)})
         banned = sorted({b for h in self.workers for b in h.stats.get("banned", [])})
         peers = [{"host": r.host, "port": r.port, "source": r.source, "connected": r.connected,
                   "banned": r.banned, "last_reason": r.last_reason} for r in self.peers.values()]
@@ -798,62 +832,57 @@ def _run_loop(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-def download(torrent: str, outdir: str, *, workers: int | None = None,
-             peers: Sequence[tuple[str, int]] = (), port: int = 0, bind: str = "0.0.0.0",
-             max_peers: int = DEFAULT_MAX_PEERS, stall_timeout: float = 120.0,
-             recheck: bool = False, use_trackers: bool = True,
-             arena_bytes: int | None = None, log: Callable[[str], None] | None = None,
+def _resolve(options: Options | None, overrides: dict[str, Any]) -> Options:
+    """The run's options with the machine-dependent defaults filled in, once."""
+    opts = (options or Options()).replace(**overrides) if overrides else (options or Options())
+    if opts.workers is None:
+        opts = opts.replace(workers=available_cpus())
+    return _resolve_connections(opts)
+
+
+def _resolve_connections(opts: Options) -> Options:
+    """``max_connections`` from the fd limit when not given (``opts.workers`` resolved)."""
+    if opts.max_connections is None:
+        opts = opts.replace(max_connections=default_max_connections(
+            opts.workers or 1, fd_limit()))
+    return opts
+
+
+def download(torrent: str, outdir: str, options: Options | None = None, *,
+             log: Callable[[str], None] | None = None,
              status_line: Callable[[str], None] | None = None,
-             request_timeout: float | None = None,
-             download_limit: int = 0, upload_limit: int = 0,
-             seed_time: float | None = None,
-             seed_ratio: float | None = None, direct_io: bool = True) -> DownloadResult:
+             **overrides: Any) -> DownloadResult:
     """Download ``torrent`` into ``outdir`` with one worker process per core.
 
     Args:
         torrent: path of the .torrent.
         outdir: files are written under it at the paths ``fasttorrent info`` lists.
-        workers: worker processes (default: the CPUs this process may use).
-        peers: peers to connect to directly, besides the trackers'.
-        port: the TCP port to accept peers on (0: a free one).
-        bind: the address to listen on and connect from.
-        max_peers: connected peers at most, over all workers.
-        stall_timeout: give up after this many seconds without a verified piece.
-        recheck: ignore the resume journal and hash what is on disk.
-        use_trackers: announce to the torrent's trackers.
-        download_limit: bytes per second over all workers (0: unlimited).
-        direct_io: write whole pages of verified pieces with ``O_DIRECT``
-            (bypassing the page cache; see docs/ARCHITECTURE.md).
-        upload_limit: bytes per second uploaded over all workers (0: unlimited).
-        seed_time: once complete, keep serving peers for this many seconds.
-        seed_ratio: once complete, keep serving peers until the bytes uploaded
-            in this run reach this multiple of the torrent's size.  With both,
-            the first limit reached ends the run; with neither (the default),
-            nothing is seeded after completion.  SIGINT/SIGTERM while seeding
-            ends it early and returns normally (the download is complete).
+        options: the run's settings (:class:`~torrent.options.Options`; its
+            defaults are the CLI's).  Without ``seed_time`` / ``seed_ratio``
+            nothing is seeded after completion; with both, the first limit
+            reached ends the run; SIGINT/SIGTERM while seeding ends it early
+            and returns normally (the download is complete).
+        log: called with each progress or warning line.
+        status_line: called with the live status line.
+        **overrides: settings to change in ``options`` (e.g. ``workers=2,
+            peers=[("127.0.0.1", 6881)]``): the same names as its fields.
 
     Returns:
         A :class:`DownloadResult`; ``complete`` is True only when every piece
-        is verified, written and flushed.
+        is verified and written.
 
     Raises:
         InvalidTorrent, UsageError, DiskFull, StorageError, ResourceExhausted:
             see :mod:`torrent.errors`.
         Incomplete: stalled (the result is attached as ``.result``).
         Interrupted: SIGINT / SIGTERM; state saved.
+        TypeError: an unknown setting in ``overrides``.
     """
-    check_seed_limit("seed_time", seed_time)
-    check_seed_limit("seed_ratio", seed_ratio)
+    opts = _resolve(options, overrides)
     meta = metainfo.load(torrent)
-    nworkers = workers or available_cpus()
-    coord = Coordinator(meta, outdir, workers=nworkers, peers=list(peers), port=port, bind=bind,
-                        max_peers=max_peers, stall_timeout=stall_timeout, recheck=recheck,
-                        use_trackers=use_trackers, arena_bytes=arena_bytes, progress=log,
-                        status_line=status_line, request_timeout=request_timeout,
-                        download_limit=download_limit, upload_limit=upload_limit,
-                        seed_time=seed_time, seed_ratio=seed_ratio, direct_io=direct_io)
+    coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line)
     coord.prepare()
-    res = _run_loop(coord.run())
+    res: DownloadResult = _run_loop(coord.run())
     if coord.fatal is not None:
         raise coord.fatal
     if coord.interrupted and not (res.complete and coord.seed_started is not None):
@@ -867,44 +896,39 @@ def download(torrent: str, outdir: str, *, workers: int | None = None,
         more = len(coord.peers) - 5
         e2 = Incomplete(
             f"incomplete: {coord.verified}/{meta.num_pieces} pieces after no progress for "
-            f"{stall_timeout:.0f} s; peers tried: {tried}" + (f" and {more} more" if more > 0 else "")
+            f"{opts.stall_timeout:.0f} s; peers tried: {tried}"
+            + (f" and {more} more" if more > 0 else "")
             + ("; " + "; ".join(coord.warnings[-3:]) if coord.warnings else ""))
         e2.result = res  # type: ignore[attr-defined]
         raise e2
     return res
 
 
-def seed(torrent: str, directory: str, *, workers: int | None = None,
-         peers: Sequence[tuple[str, int]] = (), port: int = 0, bind: str = "0.0.0.0",
-         max_peers: int = DEFAULT_MAX_PEERS, check: bool = True, use_trackers: bool = True,
+def seed(torrent: str, directory: str, options: Options | None = None, *,
          log: Callable[[str], None] | None = None,
          status_line: Callable[[str], None] | None = None,
-         ready: Callable[[int], None] | None = None, upload_limit: int = 0) -> DownloadResult:
+         ready: Callable[[int], None] | None = None, **overrides: Any) -> DownloadResult:
     """Serve the data in ``directory`` until SIGINT/SIGTERM (then :class:`Interrupted`).
 
     Args:
         torrent: path of the .torrent.
         directory: holds the files at the paths ``fasttorrent info`` lists.
-        workers: worker processes (default: the CPUs this process may use).
-        peers: peers to connect out to (some clients ignore loopback peers from
-            a tracker and must be dialled).
-        port: TCP port to accept peers on (0: a free one, reported to ``ready``).
-        check: hash the data first (all cores) and serve only good pieces.
+        options: the run's settings (``check``: hash the data first, on every
+            core, and serve only good pieces; ``peers``: peers to dial, for
+            clients that ignore loopback peers from a tracker; ``port`` 0: a
+            free one, reported to ``ready``).
+        log, status_line: as for :func:`download`.
         ready: called with the listening port once the workers serve.
-        upload_limit: bytes per second uploaded over all workers (0: unlimited).
+        **overrides: settings to change in ``options``.
 
     Raises:
         Interrupted: stopped by a signal (the normal end of seeding).
         InvalidTorrent, StorageError, Incomplete (no good piece at all), ...
     """
+    opts = _resolve(options, overrides).replace(stall_timeout=0)
     meta = metainfo.load(torrent)
-    nworkers = workers or available_cpus()
-    coord = Coordinator(meta, directory, workers=nworkers, peers=list(peers), port=port,
-                        bind=bind, max_peers=max_peers, stall_timeout=0, recheck=False,
-                        use_trackers=use_trackers, arena_bytes=None, progress=log,
-                        status_line=status_line, request_timeout=None, seeding=True,
-                        upload_limit=upload_limit)
-    coord.prepare_seed(check)
+    coord = Coordinator(meta, directory, opts, seeding=True, log=log, status_line=status_line)
+    coord.prepare_seed(opts.check)
     coord.on_ready = ready
     res = _run_loop(coord.run())
     if coord.fatal is not None:

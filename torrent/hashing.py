@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
-from . import _fast
+from . import _speedups as _k
 from .errors import DiskFull, FastTorrentError, ResourceExhausted, StorageError
 from .launch import Child, start_child
 from .storage import Layout, Storage
@@ -138,16 +138,16 @@ class _Hasher:
             m, view = mapped
             try:
                 if self.digests is None:
-                    return _fast.sha1_pieces(view, pl), length
-                return _fast.verify_pieces(view, pl, self.digests[first * 20 : end * 20]), length
+                    return _k.sha1_pieces(view, pl), length
+                return _k.verify_pieces(view, pl, self.digests[first * 20 : end * 20]), length
             finally:
                 view.release()
                 m.close()
         view = memoryview(self.buf)[:length]
         complete = self.storage.read_into(start, view)
         if self.digests is None:
-            return _fast.sha1_pieces(view, pl), length
-        status = bytearray(_fast.verify_pieces(view, pl, self.digests[first * 20 : end * 20]))
+            return _k.sha1_pieces(view, pl), length
+        status = bytearray(_k.verify_pieces(view, pl, self.digests[first * 20 : end * 20]))
         if not complete:
             # Rare path: find which pieces miss bytes (absent or short files).
             one = memoryview(bytearray(pl))

@@ -7,11 +7,12 @@ a block never crosses a process boundary.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "Availability",
     "Connect",
+    "Dialled",
     "Durable",
     "Fatal",
     "Lease",
@@ -98,6 +99,15 @@ class Released(NamedTuple):
     pieces: tuple[int, ...]
 
 
+class Dialled(NamedTuple):
+    """The connection to a peer handed out by :class:`Connect` is up: its dial is over
+    (the coordinator hands a worker no more dials than it can hold; see
+    :data:`torrent.worker.DIAL_BUDGET`)."""
+
+    host: str
+    port: int
+
+
 class PeerClosed(NamedTuple):
     host: str
     port: int
@@ -108,7 +118,7 @@ class PeerClosed(NamedTuple):
 
 class Stats(NamedTuple):
     worker: int
-    stats: dict
+    stats: dict[str, Any]
 
 
 class Fatal(NamedTuple):

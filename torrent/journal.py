@@ -27,10 +27,19 @@ but a file edited between the crash and the restart is only caught by
 ``--recheck``.  ``--recheck`` ignores it.  Pieces not in the journal are always
 checked against the disk before being fetched, so a piece written but not
 yet recorded when the process died is found, not downloaded again.
+
+A full disk (or quota) typically lets part of a write through and then fails
+it.  An append or a seal that fails is cut back to its last whole record
+(nothing of a seal), so the journal never holds a torn entry that later
+appends would follow, and the error (:class:`~torrent.errors.DiskFull`) is
+raised: the run stops, and the pieces left unrecorded are found on disk by
+the next start's check.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import struct
 import zlib
@@ -55,6 +64,21 @@ MAX_SEAL_BYTES = 64 << 20
 
 def journal_path(outdir: str, info_hash: bytes) -> str:
     return os.path.join(outdir, ".fasttorrent", info_hash.hex() + ".resume")
+
+
+def _write_all(fd: int, data: bytes) -> tuple[int, OSError | None]:
+    """``os.write`` all of ``data``, looping on short writes (a disk filling up lets
+    part of a write through, then fails): the bytes written and the error, if any."""
+    done = 0
+    try:
+        while done < len(data):
+            w = os.write(fd, data[done:])
+            if w == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += w
+    except OSError as e:
+        return done, e
+    return done, None
 
 
 def _crc(info_hash: bytes, index: int) -> int:
@@ -129,11 +153,9 @@ class Journal:
             return
         body = _RECORD.pack(SEAL, _crc(self.info_hash, SEAL)) + _COUNT.pack(len(stats))
         body += b"".join(_STAT.pack(size, mtime) for size, mtime in stats)
-        try:
-            os.write(self._fd, body)
-            os.fsync(self._fd)
-        except OSError as e:
-            raise os_error(e, "writing the resume journal") from None
+        _kept, err = self._write(body, len(body))
+        if err is not None:
+            raise err
 
     def open(self, done: set[int] | None) -> None:
         """Start a fresh journal holding ``done`` (rewritten compactly, atomically)."""
@@ -145,8 +167,14 @@ class Journal:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                os.write(fd, body)
+                _done, err = _write_all(fd, bytes(body))
+                if err is not None:
+                    raise err
                 os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a partial journal is never put in place
+                raise
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
@@ -160,12 +188,43 @@ class Journal:
         if not pieces or self._fd is None:
             return
         rec = b"".join(_RECORD.pack(i, _crc(self.info_hash, i)) for i in pieces)
-        self.count += len(pieces)
+        kept, err = self._write(rec, _RECORD.size)
+        self.count += kept // _RECORD.size
+        if err is not None:
+            raise err
+
+    def _write(self, body: bytes, whole: int) -> tuple[int, Exception | None]:
+        """Append ``body`` and fsync; return the bytes kept and the error, if any.
+
+        A full disk (or a quota) typically lets part of a write through, then
+        fails: the journal is cut back to the last whole ``whole``-byte unit
+        written (a record; a seal is one unit), so no torn entry is left for
+        later appends to follow.  What is kept was fsynced.  The error is
+        :class:`~torrent.errors.DiskFull` for ``ENOSPC`` / ``EDQUOT``, else
+        :class:`~torrent.errors.StorageError`.
+        """
+        fd = self._fd
+        assert fd is not None
         try:
-            os.write(self._fd, rec)
-            os.fsync(self._fd)
+            start = os.fstat(fd).st_size  # O_APPEND: every write goes to the end
         except OSError as e:
-            raise os_error(e, "writing the resume journal") from None
+            return 0, os_error(e, "writing the resume journal")
+        done, oserr = _write_all(fd, body)
+        if oserr is None:
+            try:
+                os.fsync(fd)
+                return done, None
+            except OSError as e:
+                oserr = e
+                done = 0  # written, but not known to be durable: take all of it back
+        keep = done - done % whole
+        try:
+            os.ftruncate(fd, start + keep)
+            if keep:
+                os.fsync(fd)
+        except OSError:
+            keep = 0  # counted as lost; a torn tail may remain, where read() stops
+        return keep, os_error(oserr, "writing the resume journal")
 
     def remove(self) -> None:
         """The download is complete: the journal (and its folder, if empty) goes."""

@@ -103,7 +103,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def start_child(target: str, *, name: str, pass_fds: Sequence[int] = ()) -> tuple[Child, Connection]:
+def start_child(target: str, *, name: str,
+                pass_fds: Sequence[int] = ()) -> tuple[Child, Connection]:
     """Start ``target`` in a fresh interpreter and return it with our end of its connection.
 
     The caller sends the function's argument as the first message on the

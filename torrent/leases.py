@@ -256,8 +256,8 @@ class LeaseTable:
 
         With ``reclaim`` (it died on its own), its leased pieces become free,
         its endgame copies no longer count as extra holders, the thieves
-        waiting on its answer stop waiting and every waiting worker is served.  Without (the download is being stopped), it is only
-        marked dead.
+        waiting on its answer stop waiting and every waiting worker is served.
+        Without (the download is being stopped), it is only marked dead.
         """
         w = self.workers[wid]
         w.alive = False

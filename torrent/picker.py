@@ -40,7 +40,7 @@ from .wire.messages import BLOCK_SIZE
 __all__ = ["BLOCK_SIZE", "Picker", "PieceDL", "Slot", "block_count"]
 
 
-_NO_CANCELS: list = []  # shared, never mutated
+_NO_CANCELS: list[tuple[Any, int]] = []  # shared, never mutated
 
 
 def block_count(piece_size: int) -> int:
@@ -153,7 +153,7 @@ class Picker:
     # -- picking -------------------------------------------------------------
     def pick(self, peer: Any, has: Callable[[int], bool], want: int,
              alloc_slot: Callable[[int], Any]) -> list[tuple[int, int, int]]:
-        """Up to ``want`` requests ``(index, begin, length)`` for ``peer``; marks them outstanding."""
+        """Up to ``want`` requests ``(index, begin, length)`` for ``peer``, marked outstanding."""
         out: list[tuple[int, int, int]] = []
         if want <= 0:
             return out
@@ -297,7 +297,7 @@ class Picker:
         return self.active.pop(index, None)
 
     def retry(self, pd: PieceDL, parole: Any | None) -> None:
-        """A piece failed its hash: fetch it again in the same slot, from ``parole`` alone if set."""
+        """A piece failed its hash: fetch it again in the same slot (from ``parole`` alone)."""
         pd.pending = list(range(pd.nblocks - 1, -1, -1))
         pd.outstanding.clear()
         pd.dups.clear()

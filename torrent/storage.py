@@ -27,6 +27,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from .errors import DiskFull, InvalidTorrent, StorageError
 
@@ -47,6 +48,10 @@ MAX_OPEN_FILES = 128
 _MAX_IOV = 1024
 
 _ENOSPC = (errno.ENOSPC, errno.EDQUOT)
+
+#: ``(fd, file_offset, range_offset, length)``, with ``direct`` on also the
+#: file's ``O_DIRECT`` descriptor or -1 (see :meth:`Storage.write_segments`).
+_WriteSegment: TypeAlias = tuple[int, int, int, int] | tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,15 +274,14 @@ class Storage:
         self._dfds[i] = dfd
         return dfd
 
-    def write_segments(self, start: int, length: int) -> tuple[list[tuple[int, int, int, int]],
-                                                             list[int]]:
+    def write_segments(self, start: int, length: int) -> tuple[list[_WriteSegment], list[int]]:
         """For a native writer: ``(fd, file_offset, range_offset, length)`` per non-pad
         segment of the range, and the span indices now pinned (see :meth:`unpin`).
 
         With ``direct`` on, each tuple has a fifth item: the file's ``O_DIRECT``
         descriptor, or -1.
         """
-        segs: list = []
+        segs: list[_WriteSegment] = []
         spans = []
         for i, foff, roff, n in self.layout.segments(start, length):
             if self.layout.spans[i].pad:
@@ -300,6 +304,14 @@ class Storage:
             self._pins[i] = self._pins.get(i, 0) + 1
         self._dirty.clear()
         return [self._fds[i] for i in spans], spans
+
+    def mark_dirty(self, spans: list[int]) -> None:
+        """A native write to ``spans`` finished: the next :meth:`pin_dirty` includes them.
+
+        :meth:`write_segments` marks them too, but a flush taken while the
+        write was still in flight cleared that mark before the bytes landed.
+        """
+        self._dirty.update(spans)
 
     def unpin(self, spans: list[int]) -> None:
         for i in spans:
@@ -390,26 +402,6 @@ class Storage:
         return complete
 
     # -- writing -----------------------------------------------------------
-    def write(self, start: int, data: memoryview) -> None:
-        """Write ``data`` at ``start`` (pad files skipped), looping on short writes."""
-        for i, foff, roff, n in self.layout.segments(start, len(data)):
-            span = self.layout.spans[i]
-            if span.pad:
-                continue
-            fd = self._fd(i)
-            assert fd is not None  # writable storage always opens
-            src = data[roff : roff + n]
-            done = 0
-            while done < n:
-                try:
-                    w = os.pwrite(fd, src[done:], foff + done)
-                except OSError as e:
-                    raise os_error(e, f"writing {span.rel}") from None
-                if w == 0:
-                    raise DiskFull(f"disk full while writing {span.rel}: wrote 0 bytes")
-                done += w
-            self._dirty.add(i)
-
     def _sync_fd(self, i: int, fd: int) -> None:
         try:
             os.fdatasync(fd)

@@ -1,11 +1,12 @@
-"""What this process may use of the machine: CPUs (affinity and cgroup quota) and memory."""
+"""What this process may use of the machine: CPUs (affinity, cgroup quota), memory, descriptors."""
 
 from __future__ import annotations
 
 import math
 import os
+import resource
 
-__all__ = ["available_cpus", "available_memory"]
+__all__ = ["available_cpus", "available_memory", "fd_limit", "raise_fd_limit"]
 
 
 def _cgroup_cpu_limit() -> float | None:
@@ -159,3 +160,29 @@ def available_memory(proc: str = "/proc",
     if room is not None:
         found.append((room, "cgroup memory limit"))
     return min(found) if found else None
+
+
+def fd_limit() -> int:
+    """This process's soft ``RLIMIT_NOFILE``: how many descriptors it may hold open."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one; the soft limit now in force.
+
+    The soft limit is 1,024 on most systems for the sake of programs that
+    still use ``select()``; the hard one is what the administrator allows.  A
+    server program that holds a descriptor per connection takes what it is
+    allowed, as Go's runtime does for every program at start and as nginx
+    does with ``worker_rlimit_nofile``; nothing here uses ``select()``.  The
+    worker processes inherit the raised limit.  A refusal (a sandbox) keeps
+    the old limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass
+    return fd_limit()

@@ -36,32 +36,32 @@ import os
 import signal
 import socket
 import zlib
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from . import _io, ipc
 from . import _speedups as _k
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
-from .errors import FastTorrentError, RemoteProtocolError
+from .errors import DiskFull, FastTorrentError, RemoteProtocolError
 from .net.peer import PeerConn
+from .options import MAX_CONNECTIONS_CAP, Options, share
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
 from .wire import peer as wp
-from .wire.framing import Framer, ReceiveBuffer
+from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
 
-__all__ = ["Worker", "WorkerConfig", "worker_main"]
+__all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "MAX_DIALS", "Worker", "WorkerConfig",
+           "worker_main"]
 
 #: Seconds between fdatasync batches (and Durable reports).  Longer batches
 #: mean fewer flushes; shorter ones mean less refetching after a crash.
 FLUSH_INTERVAL = 1.0
 #: The worker's housekeeping tick.
 TICK = 0.25
-#: A request unanswered this long is re-issued elsewhere (libtorrent's
-#: request_timeout is 60 s; loopback and LAN peers answer in milliseconds,
-#: and a peer silently dropping requests must not stall the tail).
-REQUEST_TIMEOUT = 10.0
 #: Request pipeline per peer: rate x PIPELINE_SECONDS / 16 KiB, clamped to
 #: [MIN_DEPTH, MAX_DEPTH] (libtorrent: 3 s, [2, 500]).  Slow start at INITIAL_DEPTH.
 PIPELINE_SECONDS = 3.0
@@ -88,42 +88,76 @@ SERVE_POOL = 4
 REFILL_BATCH = 16
 #: Verified pieces are reported to the coordinator at most this late (batched).
 VERIFIED_DELAY = 0.05
-#: A connection that has not completed the handshake this long after it was
-#: made is dropped (libtorrent: handshake_timeout 10 s; we are a little laxer).
-HANDSHAKE_TIMEOUT = 20.0
+#: What the receive buffers of one worker may grow to beyond their first 4 KiB
+#: each (torrent/wire/framing.py): 64 fast peers reading 1 MiB at a time.  A
+#: frame that needs more drops its connection; idle buffers shrink back.
+RECV_BUDGET = 64 << 20
+#: A peer sending less than this (bytes/s) with nothing pending gets its
+#: receive buffer shrunk back to the first few KiB (and the budget refunded).
+SHRINK_BELOW_RATE = 64 << 10
 #: Connect timeout for outgoing peers.
 CONNECT_TIMEOUT = 10.0
+#: Outgoing connection attempts in flight per worker (TCP connects not yet
+#: answered).  A tracker may hand out thousands of addresses, most of them
+#: dead: refused ones go by at once, silent ones hold their slot for
+#: CONNECT_TIMEOUT, and never more than this many sockets wait on the
+#: network (libtorrent paces with connection_speed, 30 attempts a second).
+MAX_DIALS = 16
+#: Candidates waiting per worker for a dial slot or a free connection.  The
+#: coordinator keeps the peer table (MAX_KNOWN_PEERS) and hands a worker at
+#: most DIAL_BUDGET dials at once, so this queue stays under its bound; past
+#: it a candidate is handed back (PeerClosed "dial queue full").
+DIAL_QUEUE_LIMIT = 64
+#: Dials the coordinator may have outstanding at one worker: in flight and queued.
+DIAL_BUDGET = MAX_DIALS + DIAL_QUEUE_LIMIT
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig:
-    """What a worker needs from the coordinator (pickled once at spawn)."""
+    """What a worker needs from the coordinator (pickled once, at start).
 
-    def __init__(self, *, wid: int, meta: Any, outdir: str, arena_fd: int, slot_size: int,
-                 arena_slots: int, first_slot: int, nslots: int, port: int, bind: str,
-                 peer_id: bytes, done: bytes, max_rate: int = 0,
-                 request_timeout: float = REQUEST_TIMEOUT, writable: bool = True,
-                 lock_writes: bool = False, max_up_rate: int = 0,
-                 direct_io: bool = True) -> None:
-        self.wid = wid
-        self.meta = meta
-        self.outdir = outdir
-        self.arena_fd = arena_fd  # the arena's memfd, inherited at this number
-        self.slot_size = slot_size
-        self.arena_slots = arena_slots
-        self.first_slot = first_slot
-        self.nslots = nslots
-        self.port = port
-        self.bind = bind
-        self.peer_id = peer_id
-        self.done = done  # bitfield of pieces already verified (resume)
-        self.max_rate = max_rate
-        self.request_timeout = request_timeout
-        self.writable = writable  # False when only seeding: never create or change files
-        self.lock_writes = lock_writes  # several workers write the same files
-        self.max_up_rate = max_up_rate  # bytes/s this worker uploads at most (0: unlimited)
-        self.direct_io = direct_io  # whole pages bypass the page cache (Storage)
+    The run's settings travel whole, as ``options``; the rest is this
+    worker's share of the run: its id, its slots in the arena, the port
+    chosen for the run, the pieces already verified.
+    """
+
+    wid: int
+    meta: Any
+    outdir: str
+    options: Options
+    arena_fd: int  # the arena's memfd, inherited at this number
+    slot_size: int
+    arena_slots: int
+    first_slot: int
+    nslots: int
+    port: int  # the listening port of every worker (SO_REUSEPORT); 0: none
+    peer_id: bytes
+    done: bytes  # bitfield of pieces already verified (resume)
+    writable: bool = True  # False when only seeding: never create or change files
+    lock_writes: bool = False  # several workers write the same files
+    workers: int = 1  # worker processes in the run (the rate limits are split evenly)
+
+    @property
+    def max_rate(self) -> int:
+        """Bytes/s this worker downloads at most (0: unlimited)."""
+        return -(-self.options.download_limit // self.workers)
+
+    @property
+    def max_up_rate(self) -> int:
+        """Bytes/s this worker uploads at most (0: unlimited)."""
+        return -(-self.options.upload_limit // self.workers)
+
+    @property
+    def max_connections(self) -> int:
+        """Connections this worker holds at most (its share of ``max_connections``)."""
+        return share(self.options.max_connections or MAX_CONNECTIONS_CAP, self.workers, self.wid)
+
+    @property
+    def max_half_open(self) -> int:
+        """Connections in their handshake this worker holds at most (its share)."""
+        return share(self.options.max_half_open, self.workers, self.wid)
 
 
 #: A stop after seeding (its limit reached) first lets the blocks already
@@ -152,7 +186,7 @@ class Peer:
         self.conn = conn
         self.proto = wp.PeerProtocol(m.info_hash, worker.peer_id, m.num_pieces, m.piece_length,
                                      m.total_size, we_initiated=conn.outgoing, now=now,
-                                     framer=worker.framer)
+                                     framer=worker.framer, recv_budget=worker.recv_budget)
         self.proto.attach_store(worker.picker.active, self)
         self.active = False  # handshake done
         self.created_at = now
@@ -178,6 +212,7 @@ class Peer:
             self.worker.serve(self)
 
     def lost(self, reason: str) -> None:
+        self.proto.rb.release()
         self.worker.peer_lost(self)
 
     # -- for the worker ------------------------------------------------------------
@@ -215,6 +250,7 @@ class Worker:
         m = self.meta
         self.picker = Picker(m.num_pieces, m.piece_length, m.total_size)
         self.framer = Framer(m.num_pieces)  # the framing limits, shared by every connection
+        self.recv_budget = RecvBudget(RECV_BUDGET)
         self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
         self.have_count = _k.bitfield_count(self.have, m.num_pieces)
         self.arena = Arena.attach(cfg.arena_fd, cfg.slot_size, cfg.arena_slots)
@@ -222,7 +258,7 @@ class Worker:
         self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
         self.storage = Storage(layout_for(m, cfg.outdir), writable=cfg.writable,
-                               direct=cfg.direct_io)
+                               direct=cfg.options.direct_io)
         # The native I/O thread (see torrent/_io.pyx): verifies and writes
         # full slots and flushes files without the GIL, waking us via an eventfd.
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -249,6 +285,13 @@ class Worker:
         self._serve_buffers: list[bytearray] = []  # reused upload buffers (see serve)
         self.peers: set[Peer] = set()
         self.banned: set[str] = set()
+        # Connection limits (see accept and _dial_next): every connection counts,
+        # dials in flight included; half-open ones have no valid handshake yet.
+        self.max_connections = cfg.max_connections
+        self.max_half_open = cfg.max_half_open
+        self.half_open = 0  # peers in self.peers without a handshake
+        self.dialing = 0  # outgoing TCP connects in flight (at most MAX_DIALS)
+        self.dial_queue: deque[tuple[str, int]] = deque()  # at most DIAL_QUEUE_LIMIT
         self.need_pending = False
         self.last_need = 0.0
         self.written: list[int] = []  # verified and written, not yet flushed
@@ -256,10 +299,14 @@ class Worker:
         self.avail = bytearray(len(cfg.done))
         self.avail_dirty = False
         self.stop_event = asyncio.Event()
-        self.failed_crcs: dict[int, list[tuple[Peer, int, int]]] = {}  # piece -> [(sender, block, crc)]
+        # piece -> [(sender, block, crc)] of a copy that failed its hash (smart ban)
+        self.failed_crcs: dict[int, list[tuple[Peer, int, int]]] = {}
         self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
                                       "blocks": 0, "steals": 0, "released": 0,
-                                      "hash_failures": 0, "banned": [], "endgame": False}
+                                      "hash_failures": 0, "banned": [], "endgame": False,
+                                      "refused": 0, "handshake_timeouts": 0,
+                                      "peak_connections": 0, "peak_half_open": 0,
+                                      "peak_dialing": 0, "peak_dial_queue": 0}
         self.fatal: tuple[str, str] | None = None
         self.server: asyncio.base_events.Server | None = None
         self._last_flush = now
@@ -289,8 +336,10 @@ class Worker:
                 self.stats["endgame"] = True
             self.pump_all()
         elif t is ipc.Connect:
-            if _ban_key(msg.host, msg.port) not in self.banned:
-                self.loop.create_task(self.connect(msg.host, msg.port))
+            if _ban_key(msg.host, msg.port) in self.banned:
+                self.send(ipc.PeerClosed(msg.host, msg.port, "banned", True, False))
+            else:
+                self.dial(msg.host, msg.port)
         elif t is ipc.Steal:
             out = self.picker.release(msg.wanted)
             self.stats["released"] += len(out)
@@ -308,24 +357,72 @@ class Worker:
             self.stop_event.set()
 
     # -- peers -------------------------------------------------------------------
-    async def connect(self, host: str, port: int) -> None:
+    @property
+    def connections(self) -> int:
+        """Connections this worker holds: peers (half-open included) and dials in flight."""
+        return len(self.peers) + self.dialing
+
+    def dial(self, host: str, port: int) -> None:
+        """Queue a peer to connect to, and start the dials the limits allow."""
+        if len(self.dial_queue) >= DIAL_QUEUE_LIMIT:
+            self.send(ipc.PeerClosed(host, port, "dial queue full", False, False))
+            return
+        self.dial_queue.append((host, port))
+        st = self.stats
+        st["peak_dial_queue"] = max(st["peak_dial_queue"], len(self.dial_queue))
+        self._dial_next()
+
+    def _dial_next(self) -> None:
+        """Start queued dials while fewer than MAX_DIALS are in flight and a connection is free."""
+        while (self.dial_queue and self.dialing < MAX_DIALS
+               and self.connections < self.max_connections and not self.stop_event.is_set()):
+            host, port = self.dial_queue.popleft()
+            self.dialing += 1
+            st = self.stats
+            st["peak_dialing"] = max(st["peak_dialing"], self.dialing)
+            self.loop.create_task(self._connect(host, port))
+
+    async def _connect(self, host: str, port: int) -> None:
+        """One dial (counted in ``dialing`` until it is answered or times out)."""
+        failed: tuple[str, bool] | None = None
         try:
-            await asyncio.wait_for(
+            _tr, conn = await asyncio.wait_for(
                 self.loop.create_connection(lambda: PeerConn(self.accept, (host, port), True),
                                             host, port),
                 CONNECT_TIMEOUT)
+            if conn.refused:  # by accept: banned meanwhile
+                failed = ("banned", True)
         except (TimeoutError, OSError) as e:
             reason = "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e))
-            self.send(ipc.PeerClosed(host, port, f"connect failed: {reason}", False, False))
+            failed = (f"connect failed: {reason}", False)
+        finally:
+            self.dialing -= 1
+        if failed is not None:
+            self.send(ipc.PeerClosed(host, port, failed[0], failed[1], False))
+        self._dial_next()
 
     def accept(self, conn: PeerConn) -> Peer | None:
-        """A connection was made (either way): its handler, or None if refused."""
+        """A connection was made (either way): its handler, or None to refuse it.
+
+        An incoming connection past this worker's share of ``max_connections``
+        or ``max_half_open`` is refused here, before anything is allocated for
+        it: it is closed (RST) at once.
+        """
         log.debug("w%d connected %s", self.wid, conn.addr)
         if _ban_key(*conn.addr) in self.banned:
             return None
+        st = self.stats
+        if conn.outgoing:
+            self.send(ipc.Dialled(*conn.addr))  # its place in the dial budget is free
+        elif self.connections >= self.max_connections or self.half_open >= self.max_half_open:
+            st["refused"] += 1
+            return None
         peer = Peer(self, conn, self.loop.time())
         self.peers.add(peer)
-        self.stats["peers"] += 1
+        self.half_open += 1
+        st["peers"] += 1
+        st["peak_connections"] = max(st["peak_connections"], len(self.peers))
+        st["peak_half_open"] = max(st["peak_half_open"], self.half_open)
         if conn.outgoing:
             conn.write(peer.proto.handshake())
         if self.down is not None and self.down.paused:
@@ -335,6 +432,8 @@ class Worker:
     def _handshaken(self, peer: Peer) -> None:
         if not peer.proto.we_initiated:
             peer.write(peer.proto.handshake())  # answered once its info-hash checked out
+        if not peer.active:
+            self.half_open -= 1
         peer.active = True
         if any(self.have):
             peer.write(peer.proto.send_bitfield(bytes(self.have)))
@@ -347,9 +446,12 @@ class Worker:
         self.picker.peer_gone(peer)
         if peer.active:
             self._availability(peer.proto.peer_bitfield, -1)
+        else:
+            self.half_open -= 1
         banned = _ban_key(*peer.addr) in self.banned
         log.debug("w%d lost %s: %s", self.wid, peer.addr, peer.close_reason)
         self.send(ipc.PeerClosed(peer.addr[0], peer.addr[1], peer.close_reason, banned, True))
+        self._dial_next()  # a connection is free
         self.pump_all()
 
     def _availability(self, bits: bytes, delta: int) -> None:
@@ -514,7 +616,7 @@ class Worker:
         pl = self.meta.piece_length
         up = self.up
         while conn.write_buffer_size() < SEND_HIGH_WATER:
-            blocks = []
+            blocks: list[tuple[int, int, int]] = []
             while len(blocks) < SERVE_BATCH:
                 if up is not None and up.paused:
                     break  # the throttle's timer serves us again
@@ -532,7 +634,8 @@ class Worker:
                 return
             size = sum(13 + ln for _i, _b, ln in blocks)
             pool = self._serve_buffers
-            buf = pool.pop() if pool and size <= SERVE_BUFFER else bytearray(max(size, SERVE_BUFFER))
+            buf = (pool.pop() if pool and size <= SERVE_BUFFER
+                   else bytearray(max(size, SERVE_BUFFER)))
             view = memoryview(buf)
             pos = 0
             run: list[memoryview] = []
@@ -597,7 +700,7 @@ class Worker:
     def complete(self) -> bool:
         # a counter, not a scan: this is asked per verified piece, and a scan of
         # a 200,000-piece bitfield each time would make a download quadratic
-        return self.have_count == self.meta.num_pieces
+        return bool(self.have_count == self.meta.num_pieces)
 
     def _has(self, i: int) -> bool:
         return bool(self.have[i >> 3] & (0x80 >> (i & 7)))
@@ -691,6 +794,8 @@ class Worker:
                     self._io_error(err, "flushing files")
                 continue
             pd, pinned = self.in_io.pop(jid)
+            if status == _io.JOB_OK:
+                self.storage.mark_dirty(pinned)  # for the next flush (see mark_dirty)
             self.storage.unpin(pinned)
             if status == _io.JOB_IO_ERROR:
                 self._io_error(err, f"writing piece {jid}")
@@ -791,12 +896,16 @@ class Worker:
     # -- housekeeping -----------------------------------------------------------
     def tick(self) -> None:
         now = self.loop.time()
+        handshake_timeout = self.cfg.options.handshake_timeout
         for peer in list(self.peers):
             if peer.closed:
                 continue
             if not peer.active:
-                if now - peer.created_at > HANDSHAKE_TIMEOUT:
-                    peer.abort(f"no handshake within {HANDSHAKE_TIMEOUT:.0f} s")
+                # counted from the connection, not from the last byte: a peer that
+                # trickles its handshake a byte at a time is dropped all the same
+                if now - peer.created_at > handshake_timeout:
+                    self.stats["handshake_timeouts"] += 1
+                    peer.abort(f"no handshake within {handshake_timeout:g} s")
                 continue
             # pipeline depth from the measured rate (bytes per second over the tick)
             received = peer.rb.received
@@ -805,10 +914,12 @@ class Worker:
             peer.up_rate = 0.7 * peer.up_rate + 0.3 * (peer._up_window / TICK)
             peer._up_window = 0
             peer.rate = 0.7 * peer.rate + 0.3 * rate
+            if peer.rate < SHRINK_BELOW_RATE:
+                peer.rb.shrink()  # an idle peer's buffer back to a few KiB
             target = int(peer.rate * PIPELINE_SECONDS / BLOCK_SIZE)
             peer.depth = max(MIN_DEPTH, min(MAX_DEPTH, max(peer.depth, target)
                                             if peer.rate > 0 else peer.depth))
-            for i, b, _ln in peer.proto.timed_out_requests(now, self.cfg.request_timeout):
+            for i, b, _ln in peer.proto.timed_out_requests(now, self.cfg.options.request_timeout):
                 self.picker.block_lost(i, b, peer)
             if peer.proto.needs_keepalive(now):
                 peer.write(peer.proto.send_keepalive())
@@ -855,6 +966,9 @@ class Worker:
         s["connected"] = sum(1 for p in self.peers if p.active)
         s["rate"] = sum(p.rate for p in self.peers)
         s["slots_free"] = len(self.free_slots)
+        s["half_open"] = self.half_open
+        s["dialing"] = self.dialing
+        s["dial_queue"] = len(self.dial_queue)
         return s
 
     async def run(self) -> None:
@@ -864,7 +978,7 @@ class Worker:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.cfg.bind, self.cfg.port))
+            sock.bind((self.cfg.options.bind, self.cfg.port))
             sock.listen(64)
             self.server = await self.loop.create_server(lambda: PeerConn(self.accept),
                                                         sock=sock)
@@ -899,8 +1013,10 @@ class Worker:
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
             self.verified_batch = []
-        if self.written and self.fatal is None and self.flush_on_stop:
-            # pieces verified by the last outcomes: flush them synchronously
+        if self.written and self.flush_on_stop and \
+                (self.fatal is None or self.fatal[0] == DiskFull.__name__):
+            # pieces verified by the last outcomes: flush them synchronously (on a
+            # full disk too: what was written is flushed and recorded, or not recorded)
             batch, self.written = self.written, []
             try:
                 self.storage.sync()

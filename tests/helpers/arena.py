@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["ARENA_TAG", "SHM_DIR", "WORKER_CMDLINE", "arena_holders", "arena_inodes"]
+__all__ = ["ARENA_TAG", "SHM_DIR", "WORKER_CMDLINE", "arena_holders", "arena_inodes",
+           "mapped_files", "shm_files"]
 
 SHM_DIR = "/dev/shm"
 #: The command line of a download worker (torrent/launch.py).
@@ -22,19 +23,30 @@ WORKER_CMDLINE = ("torrent.launch", "fasttorrent-worker-")
 ARENA_TAG = "/memfd:fasttorrent-arena"
 
 
-def arena_inodes(pid: int) -> set[int]:
-    """Inodes of the arena segments process ``pid`` maps (empty if it is gone)."""
+def mapped_files(pid: int) -> list[tuple[int, str]]:
+    """``(inode, path)`` of every file process ``pid`` maps (empty if it is gone)."""
     try:
         with open(f"/proc/{pid}/maps") as f:
             lines = f.read().splitlines()
     except OSError:
-        return set()
-    out = set()
+        return []
+    out = []
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith(ARENA_TAG):
-            out.add(int(fields[4]))
+        if len(fields) == 6:
+            out.append((int(fields[4]), fields[5]))
     return out
+
+
+def arena_inodes(pid: int) -> set[int]:
+    """Inodes of the arena segments process ``pid`` maps (empty if it is gone)."""
+    return {inode for inode, path in mapped_files(pid) if path.startswith(ARENA_TAG)}
+
+
+def shm_files(pid: int) -> set[str]:
+    """Files under /dev/shm that process ``pid`` maps (named segments: there must be none)."""
+    return {path.removesuffix(" (deleted)") for _inode, path in mapped_files(pid)
+            if path.startswith(SHM_DIR + "/")}
 
 
 def arena_holders(inodes: set[int]) -> set[int]:

@@ -319,7 +319,8 @@ ARIA2C_COMMON = [
 ARIA2C_LISTENING = r"listening on TCP port (\d+)"
 
 
-def _aria2c(name: str, torrent: Path, directory: Path, port: int, extra: list[str]) -> ClientProcess:
+def _aria2c(name: str, torrent: Path, directory: Path, port: int,
+            extra: list[str]) -> ClientProcess:
     argv = ["aria2c", *ARIA2C_COMMON, f"--listen-port={port}", f"--dir={directory}",
             # Exit if the test runner goes away, on top of the timeout wrapper.
             f"--stop-with-process={os.getpid()}", *extra, str(torrent)]
@@ -395,8 +396,8 @@ def transmission(torrent: Path, directory: Path, port: int, config_dir: Path) ->
     # -D/-U no speed limits, -M no port mapping, -et plain connections preferred.
     # stdbuf: its status lines end in "\r", and its stdout on a pipe would
     # otherwise only reach us in 4 KiB blocks (about ten seconds late).
-    argv = ["stdbuf", "-o0", "transmission-cli", "-g", str(config_dir), "-w", str(directory), "-p", str(port),
-            "-D", "-U", "-M", "-et", str(torrent)]
+    argv = ["stdbuf", "-o0", "transmission-cli", "-g", str(config_dir), "-w", str(directory),
+            "-p", str(port), "-D", "-U", "-M", "-et", str(torrent)]
     proc = ClientProcess("transmission-cli", argv, cwd=config_dir)
     try:
         proc.wait_for(f"{TRANSMISSION_DOWNLOADING}|{TRANSMISSION_SEEDING}", READY_TIMEOUT)

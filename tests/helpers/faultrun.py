@@ -8,10 +8,18 @@ the journal to N pieces, as a power cut would tear it) or
 fault is patched into :meth:`torrent.journal.Journal.append` of this
 process (the coordinator, which owns the journal) before the CLI runs; the
 package itself carries no fault hooks.
+
+KIND ``no-fallocate`` (N is ignored) makes ``os.posix_fallocate`` fail with
+``EOPNOTSUPP`` in this process for files on a filesystem (the arena, a
+memfd, is still reserved).  The coordinator creates the data files here:
+they are created sparse, as on a filesystem where preallocation reserves
+nothing (NFS, copy-on-write filesystems), so a full disk shows up at the
+data writes.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -39,12 +47,29 @@ def install(kind: str, at: int) -> None:
     journal.Journal.append = append  # type: ignore[method-assign]
 
 
+def no_fallocate() -> None:
+    """Make preallocation unsupported in this process (the coordinator creates the files)."""
+
+    real = os.posix_fallocate
+
+    def posix_fallocate(fd: int, offset: int, length: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+            real(fd, offset, length)  # the shared-memory arena
+            return
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    os.posix_fallocate = posix_fallocate
+
+
 def main() -> int:
     kind, _, n = sys.argv[1].partition(":")
-    if kind not in ("kill-in-journal", "kill-after-journal") or not n.isdigit():
+    if kind not in ("kill-in-journal", "kill-after-journal", "no-fallocate") or not n.isdigit():
         print(f"faultrun: unknown fault {sys.argv[1]!r}", file=sys.stderr)
         return 2
-    install(kind, int(n))
+    if kind == "no-fallocate":
+        no_fallocate()
+    else:
+        install(kind, int(n))
     return cli.main(sys.argv[2:])
 
 

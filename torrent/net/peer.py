@@ -119,6 +119,11 @@ class PeerConn(asyncio.BufferedProtocol):
             if self._handler is not None:
                 self._handler.lost(self.close_reason)
 
+    @property
+    def refused(self) -> bool:
+        """The owner's ``accept`` refused this connection (it was closed at once)."""
+        return self.transport is not None and self._handler is None
+
     # -- the owner's calls --------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes to send (dropped once closed)."""

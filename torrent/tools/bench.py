@@ -130,6 +130,7 @@ class ClientSpec:
     workers: int = 0  # ft: --workers
     profile: str = ""  # lt: default | fast
     template: str = ""  # custom: a shell command with {torrent} {out} {peers} {port} {python}
+    tree: str = ""  # ft: run the package of this source checkout (ftN@TREE), not this one
 
 
 def _have_libtorrent() -> bool:
@@ -138,8 +139,17 @@ def _have_libtorrent() -> bool:
 
 def _known(name: str) -> ClientSpec | None:
     name = ALIASES.get(name, name)
-    if name.startswith("ft") and name[2:].isdigit() and 1 <= int(name[2:]) <= 1024:
-        return ClientSpec(name, "ft", workers=int(name[2:]))
+    base, at, tree = name.partition("@")
+    if base.startswith("ft") and base[2:].isdigit() and 1 <= int(base[2:]) <= 1024:
+        if not at:
+            return ClientSpec(name, "ft", workers=int(base[2:]))
+        # ftN@TREE: another build of fasttorrent (a checkout with its core built in
+        # place), measured interleaved with this one on the same swarm
+        path = os.path.abspath(os.path.expanduser(tree))
+        if not os.path.isfile(os.path.join(path, "torrent", "__main__.py")):
+            raise UsageError(f"--clients: {name}: {path} is not a fasttorrent source tree")
+        return ClientSpec(f"{base}@{os.path.basename(path.rstrip('/'))}", "ft",
+                          workers=int(base[2:]), tree=path)
     if name in ("lt-default", "lt-fast"):
         return ClientSpec(name, "lt", profile=name[3:])
     if name in ("aria2", "transmission"):
@@ -189,7 +199,8 @@ def parse_clients(text: str | None, cpus: int, *, allow_custom: bool = True) -> 
             known = _known(item)
             if known is None:
                 raise UsageError(f"--clients: unknown client {item!r} (known: ftN for N workers, "
-                                 "lt-default, lt-fast, aria2, transmission)")
+                                 "ftN@TREE for another source tree's build, lt-default, "
+                                 "lt-fast, aria2, transmission)")
             missing = _missing_part(known)
             if missing is not None:
                 raise UsageError(f"--clients: {item} needs {missing}, which is not installed")
@@ -380,7 +391,8 @@ def run_client(spec: ClientSpec, ctx: RunContext, out: str, scratch: str) -> dic
     seed_cpu0 = cpu_seconds(seed_pids)
     with open(errpath, "w+") as err:
         t0 = time.perf_counter()
-        proc = ctx.procs.spawn(argv, spec.label, timeout=ctx.timeout, stderr=err, cwd=scratch)
+        proc = ctx.procs.spawn(argv, spec.label, timeout=ctx.timeout, stderr=err, cwd=scratch,
+                               tree=spec.tree or None)
         if marker:
             threading.Thread(target=_stop_when_done, args=(marker, proc, stop),
                              daemon=True).start()
@@ -496,7 +508,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
         Interrupted: SIGINT / SIGTERM (everything started is stopped and removed first).
         StorageError: a seeder did not start, or the results cannot be written.
     """
-    from ..create import create_torrent
+    from ..creator import create_torrent
     from ..sysinfo import available_cpus
 
     out = out or sys.stdout
@@ -672,7 +684,9 @@ def summarize(rows: Sequence[dict[str, Any]], *, compare_seeding: bool) -> list[
             refs = [x for x in out if x["seeders"] == e["seeders"]
                     and x["client"] == f"{base}@fasttorrent"]
         else:
-            refs = [x for x in out if x["seeders"] == e["seeders"] and x["kind"] == "ft"]
+            # this build only: ftN@TREE entries are other builds, compared against it
+            refs = [x for x in out if x["seeders"] == e["seeders"] and x["kind"] == "ft"
+                    and "@" not in x["client"]]
         best = max((x for x in refs if "mbps_median" in x), key=lambda x: x["mbps_median"],
                    default=None)
         e["reference"] = best["client"] if best else None
@@ -690,7 +704,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"pieces, {'/'.join(map(str, p['num_seeders']))} {kinds} seeder(s), "
              f"{p['runs']} run(s) per client, on 127.0.0.1."), "",
              ("| client | seeders | valid/runs | MB/s median (min-max) | CPU s/GiB | "
-              "peak PSS MiB | seeders' CPU s/GiB | vs reference |"), "|---|---|---|---|---|---|---|---|"]
+              "peak PSS MiB | seeders' CPU s/GiB | vs reference |"),
+             "|---|---|---|---|---|---|---|---|"]
     for e in doc["summary"]:
         seeders = f"{e['seeders']} {e['seeder_kind']}"
         if not e["valid"]:
@@ -775,9 +790,10 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="seeder processes (default 4)")
     s.add_argument("--runs", type=_positive_int, default=5, help="runs per client (default 5)")
     s.add_argument("--clients", default=None, metavar="LIST",
-                   help="comma list of ftN (N workers), lt-default, lt-fast, aria2, "
-                        "transmission (default: ft1..ftN for N = the CPUs this process may "
-                        "use, then the others where installed)")
+                   help="comma list of ftN (N workers), ftN@TREE (the build of another "
+                        "source checkout, core built in place: before/after comparisons), "
+                        "lt-default, lt-fast, aria2, transmission (default: ft1..ftN for N = "
+                        "the CPUs this process may use, then the others where installed)")
     s.add_argument("--results", default="bench-results", metavar="DIR",
                    help="where the JSON, Markdown and PNG go (default ./bench-results)")
     s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",

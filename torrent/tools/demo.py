@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from .. import metainfo
 from ..console import Status
-from ..create import create_torrent
+from ..creator import create_torrent
 from ..sysinfo import available_cpus
-from ..verify import verify_data
+from ..verifier import verify_data
 from .payload import same_files, write_file
 from .procs import Processes
 from .seeders import start_seeders

@@ -96,11 +96,12 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return t / _CLK_TCK
 
 
-def child_env() -> dict[str, str]:
+def child_env(tree: str | None = None) -> dict[str, str]:
     """This environment, with this very ``torrent`` package first on the path, so that
-    ``python -m torrent`` in a child runs the same code as this process."""
+    ``python -m torrent`` in a child runs the same code as this process; or, given
+    ``tree`` (a source checkout with its core built in place), that tree's package."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])  # the directory holding torrent/
+    root = tree or str(Path(__file__).resolve().parents[2])  # the directory holding torrent/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
@@ -132,7 +133,8 @@ class Processes:
         self._lock = threading.Lock()
 
     def spawn(self, argv: Sequence[str], name: str, *, timeout: float | None,
-              stdout: Any = None, stderr: Any = None, cwd: str | None = None) -> Proc:
+              stdout: Any = None, stderr: Any = None, cwd: str | None = None,
+              tree: str | None = None) -> Proc:
         """Start ``argv`` in its own session.
 
         Args:
@@ -140,12 +142,13 @@ class Processes:
                 later (coreutils ``timeout``, so it holds even if this process is
                 killed); None: no bound (it is stopped by :meth:`stop` only).
             stdout, stderr: as for :class:`subprocess.Popen` (text mode); default DEVNULL.
+            tree: run ``torrent`` from this source checkout (see :func:`child_env`).
         """
         cmd = list(argv)
         if timeout is not None:
             cmd = ["timeout", "-s", "INT", "-k", str(int(STOP_GRACE)),
                    str(max(1, int(timeout))), *cmd]
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=child_env(),
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=child_env(tree),
                              stdout=stdout if stdout is not None else subprocess.DEVNULL,
                              stderr=stderr if stderr is not None else subprocess.DEVNULL,
                              cwd=cwd, start_new_session=True, text=True)

@@ -234,26 +234,29 @@ def build_request(url: str, *, user_agent: str = "fasttorrent/0.1") -> bytes:
 # --------------------------------------------------------------------------- response body
 
 
-def _compact_peers(blob: bytes, width: int, family: str) -> list[Peer]:
+def _compact_peers(blob: bytes, width: int, family: str, out: dict[Peer, None]) -> None:
+    """Add the peers of a compact list to ``out`` until it holds MAX_PEERS_PER_RESPONSE."""
     if len(blob) % width:
         raise TrackerError(
             f"compact {family} peer list is {len(blob)} bytes, not a multiple of {width}"
         )
-    out: list[Peer] = []
     addr_len = width - 2
     for off in range(0, len(blob), width):
+        if len(out) >= MAX_PEERS_PER_RESPONSE:
+            return  # the rest is not even decoded: 100,000 peers cost no more than 2,000
         raw = blob[off : off + addr_len]
         host = str(ipaddress.IPv4Address(raw) if addr_len == 4 else ipaddress.IPv6Address(raw))
         port = int.from_bytes(blob[off + addr_len : off + width], "big")
         peer = normalize_peer(host, port)
         if peer is not None:
-            out.append(peer)
-    return out
+            out[peer] = None
 
 
-def _dict_peers(items: list[object]) -> list[Peer]:
-    out: list[Peer] = []
+def _dict_peers(items: list[object], out: dict[Peer, None]) -> None:
+    """Add the peers of a dictionary list to ``out`` until it holds MAX_PEERS_PER_RESPONSE."""
     for item in items:
+        if len(out) >= MAX_PEERS_PER_RESPONSE:
+            return
         # Malformed entries are dropped one by one, the way a bad compact
         # address is: one bad entry does not cost the good ones.
         if not isinstance(item, dict):
@@ -268,8 +271,7 @@ def _dict_peers(items: list[object]) -> list[Peer]:
             continue
         peer = normalize_peer(host, port)
         if peer is not None:
-            out.append(peer)
-    return out
+            out[peer] = None
 
 
 def _opt_count(d: dict[bytes, object], key: bytes) -> int | None:
@@ -316,19 +318,21 @@ def parse_announce_response(body: bytes) -> AnnounceResult:
     if not isinstance(min_interval, int) or not 0 <= min_interval < 2**31:
         min_interval = None
 
-    peers: list[Peer] = []
+    # unique peers in order of appearance, IPv4 then IPv6, the first
+    # MAX_PEERS_PER_RESPONSE only: the decoding stops there
+    peers: dict[Peer, None] = {}
     raw_peers = data.get(b"peers", b"")
     if isinstance(raw_peers, bytes):
-        peers += _compact_peers(raw_peers, 6, "IPv4")
+        _compact_peers(raw_peers, 6, "IPv4", peers)
     elif isinstance(raw_peers, list):
-        peers += _dict_peers(raw_peers)
+        _dict_peers(raw_peers, peers)
     else:
         raise TrackerError("tracker sent a peer list that is neither a string nor a list")
     raw_peers6 = data.get(b"peers6")
     if raw_peers6 is not None:
         if not isinstance(raw_peers6, bytes):
             raise TrackerError("tracker sent a peers6 value that is not a string")
-        peers += _compact_peers(raw_peers6, 18, "IPv6")
+        _compact_peers(raw_peers6, 18, "IPv6", peers)
 
     tracker_id = data.get(b"tracker id")
     if not isinstance(tracker_id, bytes) or not 0 < len(tracker_id) <= MAX_TRACKER_ID_LENGTH:
@@ -336,9 +340,8 @@ def parse_announce_response(body: bytes) -> AnnounceResult:
     warning = data.get(b"warning message")
     warning_text = clean_text(warning) if isinstance(warning, bytes) else None
 
-    unique = tuple(dict.fromkeys(peers))[:MAX_PEERS_PER_RESPONSE]
     return AnnounceResult(
-        peers=unique,
+        peers=tuple(peers),
         interval=interval,
         min_interval=min_interval,
         tracker_id=tracker_id,

@@ -4,7 +4,10 @@
   bounds, ``frame``/``encode``/``decode``.
 - :mod:`.framing`: the receive buffer a connection reads into, and the
   framer that checks every length against its bound before buffering.
-- :mod:`.handshake`: the 68-byte handshake and peer ids.
+- :mod:`.handshake`: the 68-byte handshake, its reserved bits, and peer ids.
+- :mod:`.extension`: BEP 10 extension handshake and the bodies of BEP 9
+  ``ut_metadata`` and BEP 11 ``ut_pex`` messages.
+- :mod:`.fastext`: BEP 6's allowed-fast set and the Fast extension's bounds.
 - :mod:`.peer`: :class:`PeerProtocol`, the per-connection state machine and
   the one receive path (``next_event``), block fast path included.
 """

@@ -42,6 +42,7 @@ __all__ = [
     "MIN_READ",
     "RECV_BUFFER_LIMIT",
     "ReceiveBuffer",
+    "RecvBudget",
     "Transform",
     "next_frame",
 ]
@@ -56,11 +57,44 @@ INITIAL_RECV_BUFFER: Final = 4 << 10
 #: spread thin; measured, larger reads gained nothing on loopback.
 RECV_BUFFER_LIMIT: Final = 1 << 20
 #: Free tail below which the buffer is compacted (or grown) before a read: a
-#: read smaller than this would cost a system call for too few bytes.
+#: read smaller than this would cost a system call for too few bytes (half
+#: the buffer while it is smaller than twice this).
 MIN_READ: Final = 16 << 10
 
 #: Rewrites bytes in place as they arrive (a stream cipher), before framing.
 Transform = Callable[[memoryview], None]
+
+
+class RecvBudget:
+    """The memory a worker's receive buffers may hold beyond their first few KiB each.
+
+    Growth a fast peer asks for (a read that filled its buffer) is taken only
+    while the budget allows; growth a frame needs (checked against its bound
+    first) must be granted, or the connection is dropped.  A buffer gives its
+    share back when it shrinks (an idle peer) or is released (the connection
+    ended).  So the receive memory of a worker is bounded by
+    ``connections x INITIAL_RECV_BUFFER + limit``, whatever its peers do.
+
+    Args:
+        limit: the bytes granted in all.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        """Grant ``n`` more bytes if the budget allows."""
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        """``n`` bytes are free again."""
+        self.used -= n
 
 
 class ReceiveBuffer:
@@ -68,20 +102,26 @@ class ReceiveBuffer:
 
     Args:
         max_frame: the largest frame (4-byte prefix included) that must fit.
-        initial: the starting size.
+        initial: the starting size (and the size it shrinks back to).
         limit: the size reads alone may grow it to.
+        budget: the worker's :class:`RecvBudget` (None: unbounded, for tests).
     """
 
-    __slots__ = ("_grow", "_limit", "buf", "end", "received", "start", "transform", "view")
+    __slots__ = ("_budget", "_charged", "_grow", "_initial", "_limit", "_want", "buf", "end",
+                 "received", "start", "transform", "view")
 
     def __init__(self, max_frame: int, *, initial: int = INITIAL_RECV_BUFFER,
-                 limit: int = RECV_BUFFER_LIMIT) -> None:
+                 limit: int = RECV_BUFFER_LIMIT, budget: RecvBudget | None = None) -> None:
         self.buf = bytearray(initial)
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        self._initial = initial
         self._limit = max(limit, max_frame + MIN_READ)  # a largest frame always fits
+        self._budget = budget
+        self._charged = 0  # bytes above ``initial`` taken from the budget
         self._grow = False  # the last read filled every free byte
+        self._want = 0  # the incomplete frame at ``start`` needs this many bytes in all
         self.received = 0  # bytes received in all (read by rate meters)
         self.transform: Transform | None = None
 
@@ -95,7 +135,24 @@ class ReceiveBuffer:
         """Unconsumed bytes."""
         return self.end - self.start
 
-    def _resize(self, size: int) -> None:
+    def _resize(self, size: int, *, needed: bool) -> bool:
+        """Reallocate to ``size`` bytes, charging or refunding the budget.
+
+        Returns False (nothing changed) when optional growth is over budget.
+
+        Raises:
+            RemoteProtocolError: growth a frame needs is over budget.
+        """
+        charge = max(0, size - self._initial) - self._charged
+        if charge > 0 and self._budget is not None and not self._budget.take(charge):
+            if not needed:
+                return False
+            raise RemoteProtocolError(
+                f"no receive memory left for a frame of up to {size} bytes: this worker's "
+                f"buffers hold {self._budget.used} of {self._budget.limit} bytes")
+        if charge < 0 and self._budget is not None:
+            self._budget.give(-charge)
+        self._charged += charge
         n = self.end - self.start
         new = bytearray(size)
         new[:n] = self.view[self.start : self.end]
@@ -103,8 +160,9 @@ class ReceiveBuffer:
         self.buf = new
         self.view = memoryview(new)
         self.start, self.end = 0, n
+        return True
 
-    def _make_room(self, need: int, limit: int) -> None:
+    def _make_room(self, need: int, limit: int, *, needed: bool) -> None:
         """At least ``need`` free bytes after ``end``: compact, else grow (up to ``limit``)."""
         if len(self.buf) - self.end >= need:
             return
@@ -117,7 +175,9 @@ class ReceiveBuffer:
         size = len(self.buf)
         while size - n < need and size < limit:
             size = min(limit, size * 2)
-        self._resize(size)
+        if not self._resize(size, needed=needed) and self.start:
+            self.buf[:n] = self.view[self.start : self.end]  # no growth: compact at least
+            self.start, self.end = 0, n
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """The free tail for the next read (compacted or grown first if small)."""
@@ -125,12 +185,18 @@ class ReceiveBuffer:
             self.start = self.end = 0
         if self._grow:
             # the last read filled the buffer: the peer sends faster than one read
-            # takes; double it (only the few unconsumed bytes are copied)
+            # takes; double it if the budget allows (only unconsumed bytes are copied)
             self._grow = False
             if len(self.buf) < self._limit:
-                self._resize(min(self._limit, len(self.buf) * 2))
-        if len(self.buf) - self.end < MIN_READ:
-            self._make_room(MIN_READ, self._limit)
+                self._resize(min(self._limit, len(self.buf) * 2), needed=False)
+        if self._want:
+            # the frame at ``start`` was checked against its bound: it must fit
+            need = self._want - (self.end - self.start)
+            self._want = 0
+            self._make_room(need, self._limit, needed=True)
+        elif len(self.buf) - self.end < min(MIN_READ, len(self.buf) // 2):
+            # a small tail: compact (reads of a few bytes would cost a system call each)
+            self._make_room(min(MIN_READ, len(self.buf) // 2), len(self.buf), needed=False)
         return self.view[self.end :]
 
     def updated(self, nbytes: int) -> None:
@@ -154,7 +220,8 @@ class ReceiveBuffer:
             return
         if self.start == self.end:
             self.start = self.end = 0
-        self._make_room(n, max(self._limit, self.end - self.start + n))
+        self._want = 0
+        self._make_room(n, max(self._limit, self.end - self.start + n), needed=True)
         end = self.end
         self.view[end : end + n] = data
         if self.transform is not None:
@@ -163,13 +230,27 @@ class ReceiveBuffer:
         self.received += n
 
     def reserve_frame(self, total: int) -> None:
-        """Make sure a frame of ``total`` bytes starting at ``start`` will fit.
+        """Note that the frame starting at ``start`` is ``total`` bytes long.
 
         Called by the framer once the frame's length was checked against its
-        bound, so the growth is bounded too.
+        bound (so the growth is bounded too).  The room is made by the next
+        :meth:`get_buffer`, between reads: never while views handed out for
+        this read's frames may still be in use.
         """
         if self.start + total > len(self.buf):
-            self._make_room(total - (self.end - self.start), self._limit)
+            self._want = total
+
+    def shrink(self) -> None:
+        """Back to the initial size if nothing is pending (an idle peer), refunding the budget."""
+        if self.start == self.end and len(self.buf) > self._initial:
+            self.start = self.end = 0
+            self._resize(self._initial, needed=False)
+
+    def release(self) -> None:
+        """The connection ended: give the budget back (the buffer is not used again)."""
+        if self._budget is not None and self._charged:
+            self._budget.give(self._charged)
+        self._charged = 0
 
 
 class Framer:

@@ -5,8 +5,11 @@ The handshake is the first thing each side sends, 68 bytes::
     <pstrlen = 19> <pstr = "BitTorrent protocol"> <reserved: 8> <info_hash: 20> <peer_id: 20>
 
 The reserved bytes announce extensions; both sides must set a bit before either
-may use the extension. We set none yet, so a peer must not send us BEP 6 fast
-or BEP 10 extension messages; the named bits below are for reading the peer's.
+may use the extension. :func:`encode_handshake` sends :data:`RESERVED_NONE`
+unless told otherwise, so by default a peer must not send us BEP 6 Fast or
+BEP 10 extension messages. :data:`RESERVED_OURS` (BEP 10 + BEP 6) is what we
+announce once a connection handles those messages; :func:`reserved_bits`
+builds any other combination, and :meth:`Handshake.has_bit` reads the peer's.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ __all__ = [
     "PEER_ID_PREFIX",
     "PSTR",
     "RESERVED_NONE",
+    "RESERVED_OURS",
     "Handshake",
     "check_handshake_prefix",
     "encode_handshake",
     "make_peer_id",
     "parse_handshake",
+    "reserved_bits",
 ]
 
 PSTR: Final = b"BitTorrent protocol"  # BEP 3 protocol string, preceded by its length (19)
@@ -43,6 +48,27 @@ RESERVED_NONE: Final = bytes(8)
 FAST_BIT: Final = (7, 0x04)  # BEP 6 Fast extension: reserved[7] & 0x04
 EXTENSION_BIT: Final = (5, 0x10)  # BEP 10 extension protocol: reserved[5] & 0x10
 DHT_BIT: Final = (7, 0x01)  # BEP 5 DHT: reserved[7] & 0x01, the peer may send PORT
+
+
+def reserved_bits(*bits: tuple[int, int]) -> bytes:
+    """The 8 reserved bytes with exactly ``bits`` set, e.g. ``reserved_bits(FAST_BIT)``.
+
+    Raises:
+        LocalProtocolError: a bit names a byte outside 0..7 or a mask outside 1..255.
+    """
+    out = bytearray(8)
+    for byte, mask in bits:
+        if not (0 <= byte < 8 and 0 < mask <= 0xFF):
+            raise LocalProtocolError(f"reserved bit ({byte}, {mask:#x}) is not in 8 bytes")
+        out[byte] |= mask
+    return bytes(out)
+
+
+# What we announce once the connection speaks the extension protocol (BEP 10)
+# and the Fast extension (BEP 6): libtorrent, qBittorrent and Transmission set
+# both, and BEP 9 metadata exchange (magnet links) and BEP 11 PEX ride on BEP
+# 10. No DHT bit until we run a DHT node (BEP 5 would oblige us to answer PORT).
+RESERVED_OURS: Final = reserved_bits(EXTENSION_BIT, FAST_BIT)
 
 # Azureus-style client prefix: '-', two letters naming the client, four version
 # digits, '-' (BEP 20).

@@ -14,9 +14,15 @@ A frame of length 0 (no id, no payload) is a keep-alive.
 - :data:`MESSAGE_TYPES` is the one table of message ids: id -> class.  Each
   class also states the bound of its payload (:meth:`Message.max_payload`),
   from which :func:`frame_bounds` derives the per-id frame-length table the
-  framer checks *before* it buffers a body.  A new message (BEP 6 Fast ids,
-  BEP 10's id 20, BEP 52's hash messages) is one class in the table plus one
-  handler in :class:`~torrent.wire.peer.PeerProtocol`.
+  framer checks *before* it buffers a body.  A new message (BEP 52's hash
+  messages next) is one class in the table plus one handler in
+  :class:`~torrent.wire.peer.PeerProtocol`.
+- The table holds BEP 3 (ids 0-8), BEP 5's PORT (9), BEP 6's Fast messages
+  (0x0D-0x11) and BEP 10's extended message (20).  An :class:`Extended`
+  message only carries its extension id and body; the extension handshake,
+  ``ut_metadata`` and ``ut_pex`` bodies are :mod:`torrent.wire.extension`'s.
+  Whether a Fast or extended message is *allowed* (both sides set the
+  reserved bit) is the connection's business, not the codec's.
 - :func:`frame` is the *only* place frames are built; :func:`encode` and
   :func:`decode` go through the table.
 
@@ -30,6 +36,7 @@ normal fate is to be copied once into its piece slot anyway).
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import ClassVar, Final
@@ -37,24 +44,35 @@ from typing import ClassVar, Final
 from ..errors import RemoteProtocolError
 
 __all__ = [
+    "ALLOWED_FAST",
     "BITFIELD",
     "BLOCK_SIZE",
     "CANCEL",
     "CHOKE",
+    "EXTENDED",
     "HAVE",
+    "HAVE_ALL",
+    "HAVE_NONE",
     "INTERESTED",
+    "MAX_EXTENDED_LENGTH",
     "MAX_REQUEST_LENGTH",
     "MAX_UNKNOWN_MESSAGE_LENGTH",
     "MESSAGE_TYPES",
     "NOT_INTERESTED",
     "PIECE",
     "PORT",
+    "REJECT",
     "REQUEST",
+    "SUGGEST",
     "UNCHOKE",
+    "AllowedFast",
     "Bitfield",
     "Cancel",
     "Choke",
+    "Extended",
     "Have",
+    "HaveAll",
+    "HaveNone",
     "Interested",
     "KeepAlive",
     "LocalProtocolError",
@@ -62,7 +80,9 @@ __all__ = [
     "NotInterested",
     "Piece",
     "Port",
+    "Reject",
     "Request",
+    "Suggest",
     "Unchoke",
     "Unknown",
     "bitfield_length",
@@ -96,6 +116,14 @@ REQUEST: Final = 6  # BEP 3: <index u32><begin u32><length u32>
 PIECE: Final = 7  # BEP 3: <index u32><begin u32><block>: the answer to a request
 CANCEL: Final = 8  # BEP 3: <index u32><begin u32><length u32>, same layout as REQUEST
 PORT: Final = 9  # BEP 5: <listen port u16> of the sender's DHT node
+# BEP 6 Fast extension (both sides set reserved[7] & 0x04):
+SUGGEST: Final = 0x0D  # <index u32>: "you might like to download this piece"; advisory
+HAVE_ALL: Final = 0x0E  # no payload: replaces the bitfield of a seed
+HAVE_NONE: Final = 0x0F  # no payload: replaces the bitfield of a peer with nothing
+REJECT: Final = 0x10  # <index u32><begin u32><length u32>: this request will not be served
+ALLOWED_FAST: Final = 0x11  # <index u32>: "ask for this piece, I serve it even if choked"
+# BEP 10 extension protocol (both sides set reserved[5] & 0x10):
+EXTENDED: Final = 20  # <extension id u8><body>: id 0 is the extension handshake
 
 # --- named bounds -------------------------------------------------------------
 # The de-facto request size. BEP 3 (since 2008) says "all current implementations
@@ -110,13 +138,23 @@ BLOCK_SIZE: Final = 16 * 1024
 # us read or buffer more than one 16 KiB block per request.
 MAX_REQUEST_LENGTH: Final = BLOCK_SIZE
 
-# Bound for messages whose id we do not know (BEP 10 extension messages, BEP 6
-# fast messages we never negotiated, ...). The largest legitimate ones are BEP 9
-# ut_metadata pieces (16 KiB + a small bencoded header) and BEP 10 handshakes (a
-# few hundred bytes); 1 MiB leaves ample room for future extensions and is half
+# Bound for messages whose id is not in the table (BEP 52's hash messages until
+# they get their own rows, ids of extensions nobody standardised); they are
+# ignored. 1 MiB leaves ample room for any of them and is half
 # libtorrent's whole receive buffer limit (max_peer_recv_buffer_size, 2 MiB), so
 # no well-behaved peer sends more. It bounds what one peer can make us buffer.
 MAX_UNKNOWN_MESSAGE_LENGTH: Final = 1024 * 1024
+
+# Bound for a BEP 10 extended message's payload (extension id byte + body).
+# The largest legitimate ones: a BEP 9 ut_metadata data message, 16 KiB of
+# metadata behind a bencoded header of a few dozen bytes (libtorrent drops a
+# peer whose ut_metadata message exceeds 17 KiB); a BEP 11 ut_pex message,
+# whose ``added`` libtorrent caps at 100 peers and whose ``dropped`` lists the
+# peers it lost in the last minute, a few KB (libtorrent refuses more than
+# 500 KiB); an extension handshake, a few hundred bytes. 64 KiB is four times
+# the largest of them and a sixteenth of MAX_UNKNOWN_MESSAGE_LENGTH, which
+# applied to id 20 before BEP 10 had its own row.
+MAX_EXTENDED_LENGTH: Final = 64 * 1024
 
 _PREFIX = struct.Struct(">I")  # frame length prefix
 _PREFIX_ID = struct.Struct(">IB")  # frame length prefix + message id
@@ -174,6 +212,25 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class _Packed(Message):
+    """A message whose payload is its fields, in order, packed by ``STRUCT``."""
+
+    STRUCT: ClassVar[struct.Struct]
+
+    @classmethod
+    def max_payload(cls, num_pieces: int) -> int:
+        return cls.STRUCT.size  # exact: the decoder checks it
+
+    def payload(self) -> bytes:
+        return self.STRUCT.pack(*(getattr(self, f.name) for f in dataclasses.fields(self)))
+
+    @classmethod
+    def decode_payload(cls, payload: bytes | memoryview) -> Message:
+        _exact(cls.NAME, payload, cls.STRUCT.size)
+        return cls(*cls.STRUCT.unpack_from(payload))
+
+
+@dataclass(frozen=True, slots=True)
 class KeepAlive(Message):
     """A zero-length frame: "I am still here" (BEP 3)."""
 
@@ -217,22 +274,14 @@ class NotInterested(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Have(Message):
+class Have(_Packed):
     """The sender has completed and verified piece ``index`` (BEP 3)."""
 
     ID: ClassVar[int] = HAVE
     NAME: ClassVar[str] = "have"
-    FIXED: ClassVar[int | None] = 4
+    STRUCT: ClassVar[struct.Struct] = _U32
 
     index: int
-
-    def payload(self) -> bytes:
-        return _U32.pack(self.index)
-
-    @classmethod
-    def decode_payload(cls, payload: bytes | memoryview) -> Message:
-        _exact(cls.NAME, payload, 4)
-        return cls(_U32.unpack_from(payload)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,24 +306,16 @@ class Bitfield(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Request(Message):
+class Request(_Packed):
     """Ask for ``length`` bytes of piece ``index`` from offset ``begin`` (BEP 3)."""
 
     ID: ClassVar[int] = REQUEST
     NAME: ClassVar[str] = "request"
-    FIXED: ClassVar[int | None] = 12
+    STRUCT: ClassVar[struct.Struct] = _U32X3
 
     index: int
     begin: int
     length: int
-
-    def payload(self) -> bytes:
-        return _U32X3.pack(self.index, self.begin, self.length)
-
-    @classmethod
-    def decode_payload(cls, payload: bytes | memoryview) -> Message:
-        _exact(cls.NAME, payload, 12)
-        return cls(*_U32X3.unpack_from(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,43 +351,121 @@ class Piece(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Cancel(Message):
+class Cancel(_Packed):
     """Withdraw an earlier :class:`Request` (BEP 3); used in endgame."""
 
     ID: ClassVar[int] = CANCEL
     NAME: ClassVar[str] = "cancel"
-    FIXED: ClassVar[int | None] = 12
+    STRUCT: ClassVar[struct.Struct] = _U32X3
 
     index: int
     begin: int
     length: int
 
-    def payload(self) -> bytes:
-        return _U32X3.pack(self.index, self.begin, self.length)
-
-    @classmethod
-    def decode_payload(cls, payload: bytes | memoryview) -> Message:
-        _exact(cls.NAME, payload, 12)
-        return cls(*_U32X3.unpack_from(payload))
-
 
 @dataclass(frozen=True, slots=True)
-class Port(Message):
+class Port(_Packed):
     """The sender's DHT node listens on UDP ``port`` (BEP 5)."""
 
     ID: ClassVar[int] = PORT
     NAME: ClassVar[str] = "port"
-    FIXED: ClassVar[int | None] = 2
+    STRUCT: ClassVar[struct.Struct] = _U16
 
     port: int
 
+
+@dataclass(frozen=True, slots=True)
+class Suggest(_Packed):
+    """BEP 6: the sender suggests downloading piece ``index``; advisory only."""
+
+    ID: ClassVar[int] = SUGGEST
+    NAME: ClassVar[str] = "suggest"
+    STRUCT: ClassVar[struct.Struct] = _U32
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class HaveAll(Message):
+    """BEP 6: the sender has every piece; sent instead of a bitfield, first only."""
+
+    ID: ClassVar[int] = HAVE_ALL
+    NAME: ClassVar[str] = "have all"
+    FIXED: ClassVar[int | None] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HaveNone(Message):
+    """BEP 6: the sender has no piece; sent instead of a bitfield, first only."""
+
+    ID: ClassVar[int] = HAVE_NONE
+    NAME: ClassVar[str] = "have none"
+    FIXED: ClassVar[int | None] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reject(_Packed):
+    """BEP 6: the sender will not serve this earlier :class:`Request`.
+
+    With the Fast extension every request gets exactly one answer, a
+    :class:`Piece` or this; a choke no longer discards requests implicitly.
+    """
+
+    ID: ClassVar[int] = REJECT
+    NAME: ClassVar[str] = "reject"
+    STRUCT: ClassVar[struct.Struct] = _U32X3
+
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedFast(_Packed):
+    """BEP 6: the sender serves requests for piece ``index`` even while choking us.
+
+    It does not mean the sender has the piece.
+    """
+
+    ID: ClassVar[int] = ALLOWED_FAST
+    NAME: ClassVar[str] = "allowed fast"
+    STRUCT: ClassVar[struct.Struct] = _U32
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Extended(Message):
+    """BEP 10: an extension message: extension id ``ext_id`` (0: the handshake) and its body.
+
+    ``ext_id`` is one byte. For messages we receive it is one of the ids *we*
+    announced in our extension handshake; for messages we send, one the peer
+    announced in its own. The body (bencoded, for ut_metadata followed by raw
+    metadata) is decoded by :mod:`torrent.wire.extension`; it is copied out of
+    the receive buffer, as extension messages are rare and small.
+    """
+
+    ID: ClassVar[int] = EXTENDED
+    NAME: ClassVar[str] = "extended"
+
+    ext_id: int
+    body: bytes
+
+    @classmethod
+    def max_payload(cls, num_pieces: int) -> int:
+        return MAX_EXTENDED_LENGTH
+
     def payload(self) -> bytes:
-        return _U16.pack(self.port)
+        if not 0 <= self.ext_id <= 255:
+            raise LocalProtocolError(f"extension id {self.ext_id} does not fit in one byte")
+        return bytes((self.ext_id,)) + self.body
 
     @classmethod
     def decode_payload(cls, payload: bytes | memoryview) -> Message:
-        _exact(cls.NAME, payload, 2)
-        return cls(_U16.unpack_from(payload)[0])
+        if len(payload) < 1:
+            raise RemoteProtocolError(
+                "peer sent an extended message without an extension id (BEP 10)")
+        return cls(payload[0], bytes(payload[1:]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +487,7 @@ class Unknown(Message):
 MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
     cls.ID: cls
     for cls in (Choke, Unchoke, Interested, NotInterested, Have, Bitfield, Request, Piece,
-                Cancel, Port)
+                Cancel, Port, Suggest, HaveAll, HaveNone, Reject, AllowedFast, Extended)
 }
 
 
@@ -391,7 +510,8 @@ def max_message_length(num_pieces: int) -> int:
 
     The maximum of :func:`frame_bounds`: a full bitfield
     (``1 + ceil(num_pieces / 8)``), a piece message carrying one block
-    (``9 + MAX_REQUEST_LENGTH``) and an unknown or extension message
+    (``9 + MAX_REQUEST_LENGTH``), an extended message
+    (``1 + MAX_EXTENDED_LENGTH``) and a message of an unknown id
     (``1 + MAX_UNKNOWN_MESSAGE_LENGTH``).
 
     Returns:

@@ -80,7 +80,7 @@ from typing import Any, Final
 
 from .. import _speedups as _k
 from ..errors import RemoteProtocolError
-from .framing import Framer, ReceiveBuffer, next_frame
+from .framing import Framer, ReceiveBuffer, RecvBudget, next_frame
 from .handshake import HANDSHAKE_LENGTH, check_handshake_prefix, encode_handshake, parse_handshake
 from .messages import (
     MAX_REQUEST_LENGTH,
@@ -307,6 +307,7 @@ class PeerProtocol:
             built from ``num_pieces`` when not given.
         fast_path: take plain blocks with the ``take_blocks`` kernel once a
             store is attached (off: every block goes through the slow path).
+        recv_budget: the owner's bound on the growth of all its receive buffers.
 
     Raises:
         ValueError: the geometry is inconsistent (a bug of the caller).
@@ -366,6 +367,7 @@ class PeerProtocol:
         expect_peer_id: bytes | None = None,
         framer: Framer | None = None,
         fast_path: bool = True,
+        recv_budget: RecvBudget | None = None,
     ) -> None:
         if len(info_hash) != 20 or len(our_peer_id) != 20:
             raise ValueError("info_hash and our_peer_id must be 20 bytes")
@@ -394,7 +396,7 @@ class PeerProtocol:
         self._framer = framer if framer is not None else Framer(num_pieces)
         # The receive buffer: starts small, grows with the peer's pipeline, and
         # always holds the largest frame the framer admits.
-        self.rb = ReceiveBuffer(self._framer.max_len + 4)
+        self.rb = ReceiveBuffer(self._framer.max_len + 4, budget=recv_budget)
         # Events of the last message not yet returned (a choke makes two, a
         # late bitfield one per new piece): bounded by what one frame can say.
         self._events: deque[Event] = deque()
@@ -407,7 +409,10 @@ class PeerProtocol:
         self._we_sent_message = False  # any message sent after the handshake
         self._last_piece = num_pieces - 1
         self._last_piece_size = total_size - self._last_piece * piece_length
-        self._peer_bits = bytearray(bitfield_length(num_pieces))
+        # The peer's pieces: allocated once its handshake checked out, so that a
+        # connection that never gets that far costs the same whatever the torrent's
+        # size (a million pieces would be 128 KiB each).
+        self._peer_bits = bytearray()
         self._peer_count = 0
         # Our requests to the peer, in send order: (index, begin) -> (length, sent_at).
         # Bounded by MAX_OUTSTANDING_REQUESTS.
@@ -444,7 +449,8 @@ class PeerProtocol:
     # --- the peer's pieces ---------------------------------------------------------
     @property
     def peer_bitfield(self) -> bytes:
-        """The pieces the peer has (BEP 3 bitfield layout, high bit first)."""
+        """The pieces the peer has (BEP 3 bitfield layout, high bit first); empty
+        before its handshake."""
         return bytes(self._peer_bits)
 
     @property
@@ -458,7 +464,7 @@ class PeerProtocol:
         return self._peer_count == self.num_pieces
 
     def peer_has(self, index: int) -> bool:
-        """Whether the peer has piece ``index``."""
+        """Whether the peer has piece ``index`` (asked once its handshake is in)."""
         return bool(self._peer_bits[index >> 3] & (0x80 >> (index & 7)))
 
     # --- requests --------------------------------------------------------------------
@@ -516,7 +522,7 @@ class PeerProtocol:
         try:
             return self._next()
         except RemoteProtocolError:
-            if self._state is not PeerState.CLOSED:  # accept_block may have closed it
+            if self.state is not PeerState.CLOSED:  # accept_block may have closed it
                 self._transition(PeerState.CLOSED)
             raise
 
@@ -598,6 +604,7 @@ class PeerProtocol:
                 f"peer id {hs.peer_id!r} differs from the one announced ({self.expect_peer_id!r})")
         self.peer_id = hs.peer_id
         self.peer_reserved = hs.reserved
+        self._peer_bits = bytearray(bitfield_length(self.num_pieces))
         self._transition(PeerState.ACTIVE)
         return HandshakeReceived(hs.peer_id, hs.reserved)
 
@@ -685,7 +692,7 @@ class PeerProtocol:
         # as those HAVEs (bits are never cleared), checked like the first.
         late = not self._first_message
         self._first_message = False
-        expected = len(self._peer_bits)
+        expected = bitfield_length(self.num_pieces)
         if len(bits) != expected:
             raise RemoteProtocolError(
                 f"peer sent a {len(bits)}-byte bitfield; {self.num_pieces} pieces need "
@@ -766,7 +773,8 @@ class PeerProtocol:
         """
         if self._we_sent_message:
             raise LocalProtocolError("the bitfield must be our first message (BEP 3)")
-        if len(bits) != len(self._peer_bits) or bits[-1] & ((1 << ((-self.num_pieces) & 7)) - 1):
+        if len(bits) != bitfield_length(self.num_pieces) \
+                or bits[-1] & ((1 << ((-self.num_pieces) & 7)) - 1):
             raise LocalProtocolError("bitfield has the wrong length or spare bits set")
         self._check_can_send("bitfield")
         return encode(Bitfield(bytes(bits)))
@@ -886,7 +894,7 @@ class PeerProtocol:
     def next_request(self) -> Block | None:
         """Take the peer's oldest queued request to serve it (the hot path of uploading).
 
-        The caller sends the block with :func:`piece_header` + the data. None
+        The caller sends the block (``messages.pack_piece_header`` + the data). None
         when nothing is queued (or we choke the peer: its requests were dropped).
         """
         reqs = self._peer_requests

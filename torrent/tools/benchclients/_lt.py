@@ -7,7 +7,7 @@ from typing import Any
 import libtorrent as lt
 
 
-def loopback_settings(port: int) -> dict[str, Any]:
+def loopback_settings(port: int) -> lt.settings_pack:
     """A session on 127.0.0.1 only, TCP only, without encryption or rate limits.
 
     DHT, LSD, UPnP, NAT-PMP and uTP are off; several connections per IP are
@@ -15,6 +15,10 @@ def loopback_settings(port: int) -> dict[str, Any]:
     port).  No encryption, as the benchmark swarm's rules say: libtorrent
     would otherwise first try an encrypted handshake with every peer that is
     not libtorrent and reconnect in plaintext about 1.4 s later.
+
+    ``lt.settings_pack`` is the ``TypedDict`` the bindings' stub gives their
+    settings dict; it exists in the stub only (a plain ``dict`` at run time),
+    so it appears in annotations only.
     """
     return {
         "listen_interfaces": f"127.0.0.1:{port}",

@@ -9,6 +9,9 @@ Loopback-only settings (DHT, LSD, UPnP, NAT-PMP, uTP and encryption off; bound t
 once every piece passed libtorrent's hash check and the torrent was removed
 (files closed).
 """
+
+from __future__ import annotations
+
 import argparse
 import sys
 import time
@@ -18,8 +21,8 @@ import libtorrent as lt
 from torrent.tools.benchclients._lt import add_torrent, loopback_settings
 
 
-def settings(port: int, profile: str) -> dict:
-    s = dict(lt.high_performance_seed()) if profile == "fast" else {}
+def settings(port: int, profile: str) -> lt.settings_pack:
+    s: lt.settings_pack = lt.high_performance_seed() if profile == "fast" else {}
     s.update(loopback_settings(port))
     return s
 

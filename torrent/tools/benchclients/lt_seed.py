@@ -12,6 +12,8 @@ DHT, LSD, UPnP, NAT-PMP, uTP and encryption are off; it listens on 127.0.0.1 onl
 a free one, reported in --ready).  Needs libtorrent (PyPI bindings).
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -23,7 +25,7 @@ import libtorrent as lt
 from torrent.tools.benchclients._lt import add_torrent, loopback_settings
 
 
-def settings(port: int, upload_limit: int) -> dict:
+def settings(port: int, upload_limit: int) -> lt.settings_pack:
     s = loopback_settings(port)
     s.update({
         "upload_rate_limit": upload_limit,

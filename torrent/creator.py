@@ -96,7 +96,8 @@ def create_torrent(
     if piece_length is None:
         piece_length = auto_piece_length(total)
     elif piece_length < 16384 or piece_length & (piece_length - 1):
-        raise UsageError(f"--piece-length must be a power of two of at least 16384, got {piece_length}")
+        raise UsageError("--piece-length must be a power of two of at least 16384, "
+                         f"got {piece_length}")
     spans = []
     off = 0
     for full, rel, size in files:

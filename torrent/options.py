@@ -1,0 +1,181 @@
+"""What a run is told to do: one frozen options object, built once, handed down.
+
+The CLI (or a library caller) builds one :class:`Options`; the coordinator
+keeps it, and every worker receives it (pickled) inside its
+:class:`~torrent.worker.WorkerConfig`.  No layer re-lists the settings as
+keyword arguments of its own.  Values are checked once, here, when the
+object is built: a bad one is a :class:`~torrent.errors.UsageError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UsageError
+
+__all__ = [
+    "DEFAULT_MAX_HALF_OPEN",
+    "DEFAULT_MAX_PEERS",
+    "DEFAULT_STALL_TIMEOUT",
+    "FD_RESERVE",
+    "HANDSHAKE_TIMEOUT",
+    "MAX_CONNECTIONS_CAP",
+    "REQUEST_TIMEOUT",
+    "Options",
+    "default_max_connections",
+    "share",
+]
+
+#: Default maximum number of connected peers (over all workers).
+DEFAULT_MAX_PEERS = 200
+#: Give up after this long without progress (seconds); 0 never gives up.
+DEFAULT_STALL_TIMEOUT = 120.0
+#: A request unanswered this long is re-issued elsewhere (libtorrent's
+#: request_timeout is 60 s; loopback and LAN peers answer in milliseconds,
+#: and a peer silently dropping requests must not stall the tail).
+REQUEST_TIMEOUT = 10.0
+#: The default cap on connections over all workers, when the fd limit allows
+#: more: every connection may come to hold a receive buffer of up to 1 MiB
+#: and a share of the worker's time, and a bulk download gains nothing past a
+#: few hundred peers (libtorrent's connections_limit is 200, Transmission's
+#: peer-limit-global 200; a server seeding to many peers can raise it).
+MAX_CONNECTIONS_CAP = 1000
+#: Descriptors a worker keeps for other things than peers: its data files
+#: (torrent/storage.py keeps at most MAX_OPEN_FILES = 128 open, twice over
+#: with the O_DIRECT ones), its control pipe, eventfd, listening socket and
+#: the loop's own; the rest of the fd limit may go to connections.
+FD_RESERVE = 2 * 128 + 64
+#: Connections still in their handshake (accepted or dialled, no valid
+#: handshake yet) at most, over all workers; past it, incoming ones are
+#: refused at once.  An honest peer handshakes within a round trip, so
+#: hundreds at a time only happen in a flood, and each one costs a receive
+#: buffer (4-16 KiB) and a connection object until the handshake time-out.
+DEFAULT_MAX_HALF_OPEN = 256
+#: A connection without a valid handshake this long after it was made is
+#: dropped: libtorrent's handshake_timeout, 10 s.  A handshake takes one round
+#: trip (a few with encryption), so 10 s is ample even over a satellite link,
+#: and it is how long a connection that sends nothing, or trickles bytes,
+#: holds a descriptor and a buffer: 20 s (the earlier value) let a flood hold
+#: twice as many.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def default_max_connections(workers: int, fd_soft_limit: int) -> int:
+    """The default connection cap over ``workers`` worker processes.
+
+    Each worker is a process with its own descriptor table, so each may use
+    its ``fd_soft_limit`` less :data:`FD_RESERVE` for peers; the total is
+    capped at :data:`MAX_CONNECTIONS_CAP`, and is at least one per worker.
+    """
+    per_worker = max(1, fd_soft_limit - FD_RESERVE)
+    return max(workers, min(MAX_CONNECTIONS_CAP, workers * per_worker))
+
+
+def share(total: int, workers: int, wid: int) -> int:
+    """Worker ``wid``'s part of a per-run ``total`` split evenly (at least 1)."""
+    return max(1, total // workers + (1 if wid < total % workers else 0))
+
+
+def _finite_non_negative(name: str, value: float | None) -> None:
+    if value is not None and not (isinstance(value, int | float) and math.isfinite(value)
+                                  and value >= 0):
+        raise UsageError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """Settings of a download or a seed (every field has the CLI's default).
+
+    Attributes:
+        workers: worker processes; None means the CPUs this process may use.
+        peers: peers to dial besides the trackers' (``(host, port)``).
+        port: the TCP port to accept peers on (0: a free one).
+        bind: the address to listen on and connect from.
+        max_peers: connected peers at most, over all workers.
+        stall_timeout: give up after this many seconds without progress (0: never).
+        recheck: ignore the resume journal and hash what is on disk.
+        use_trackers: announce to the torrent's trackers.
+        arena_bytes: the shared arena's size (None: from the free memory).
+        request_timeout: re-issue a request unanswered this long (seconds).
+        download_limit: bytes per second over all workers (0: unlimited).
+        upload_limit: bytes per second uploaded over all workers (0: unlimited).
+        seed_time: once complete, keep serving for this many seconds.
+        seed_ratio: once complete, serve until uploaded = ratio x the torrent's size.
+        direct_io: write whole pages of verified pieces with ``O_DIRECT``.
+        check: (seeding) hash the data first and serve only good pieces.
+        max_connections: open connections at most (incoming, outgoing and
+            half-open), over all workers, split evenly between them; None:
+            from the fd limit (:func:`default_max_connections`), resolved
+            once by :func:`~torrent.coordinator.download` /
+            :func:`~torrent.coordinator.seed`.
+        max_half_open: connections still in their handshake at most, over all
+            workers (split evenly); past it, incoming ones are refused.
+        handshake_timeout: drop a connection without a valid handshake this
+            many seconds after it was made.
+    """
+
+    workers: int | None = None
+    peers: tuple[tuple[str, int], ...] = ()
+    port: int = 0
+    bind: str = "0.0.0.0"
+    max_peers: int = DEFAULT_MAX_PEERS
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
+    recheck: bool = False
+    use_trackers: bool = True
+    arena_bytes: int | None = None
+    request_timeout: float = REQUEST_TIMEOUT
+    download_limit: int = 0
+    upload_limit: int = 0
+    seed_time: float | None = None
+    seed_ratio: float | None = None
+    direct_io: bool = True
+    check: bool = True
+    max_connections: int | None = None
+    max_half_open: int = DEFAULT_MAX_HALF_OPEN
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
+        if self.workers is not None and not 1 <= self.workers <= 1024:
+            raise UsageError(f"workers must be between 1 and 1024, got {self.workers}")
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"port must be between 0 and 65535, got {self.port}")
+        if self.max_peers < 1:
+            raise UsageError(f"max_peers must be at least 1, got {self.max_peers}")
+        for host, port in self.peers:
+            if not 1 <= port <= 65535:
+                raise UsageError(f"peer {host}:{port}: port out of range")
+        for name in ("stall_timeout", "seed_time", "seed_ratio"):
+            _finite_non_negative(name, getattr(self, name))
+        if not (math.isfinite(self.request_timeout) and self.request_timeout > 0):
+            raise UsageError(f"request_timeout must be a positive number, "
+                             f"got {self.request_timeout!r}")
+        for name in ("download_limit", "upload_limit"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise UsageError(f"max_connections must be at least 1, got {self.max_connections}")
+        if self.max_half_open < 1:
+            raise UsageError(f"max_half_open must be at least 1, got {self.max_half_open}")
+        if not (math.isfinite(self.handshake_timeout) and self.handshake_timeout > 0):
+            raise UsageError(f"handshake_timeout must be a positive number, "
+                             f"got {self.handshake_timeout!r}")
+        if self.arena_bytes is not None and self.arena_bytes <= 0:
+            raise UsageError(f"arena_bytes must be positive, got {self.arena_bytes}")
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes`` (checked like a new object).
+
+        Raises:
+            TypeError: an unknown setting (a bug of the caller).
+            UsageError: a bad value.
+        """
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def seed_after(self) -> bool:
+        """Keep serving after completion (a seeding limit is set)."""
+        return self.seed_time is not None or self.seed_ratio is not None
