@@ -68,7 +68,8 @@ def replay(name: str) -> int:
 
 
 def test_every_target_has_a_small_corpus() -> None:
-    assert TARGETS == ["bencode", "journal", "metainfo", "tracker_http", "tracker_udp", "wire"]
+    assert TARGETS == ["bencode", "extension", "journal", "magnet", "metainfo", "tracker_http",
+                       "tracker_udp", "wire"]
     assert sorted(p.name for p in CORPUS.iterdir() if p.is_dir()) == TARGETS
     for name in TARGETS:
         assert len(corpus(name)) >= 15, name

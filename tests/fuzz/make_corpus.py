@@ -32,6 +32,7 @@ from torrent.tracker.udp import (
     UDPEvent,
     encode,
 )
+from torrent.wire import extension as ext
 from torrent.wire import messages as m
 
 CORPUS = ROOT / "tests" / "fuzz" / "corpus"
@@ -358,6 +359,97 @@ def tracker_udp_seeds() -> Seeds:
     }
 
 
+# --------------------------------------------------------------------------- magnet
+def magnet_seeds() -> Seeds:
+    ih = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
+    b32 = "YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK"
+    base = f"magnet:?xt=urn:btih:{ih}"
+    seeds = {
+        "hex": base,
+        "base32": f"magnet:?xt=urn:btih:{b32}",
+        "full": base + "&dn=Some+File%20%C3%A9.iso&tr=http%3A%2F%2Ft.example%2Fannounce"
+        "&tr=udp://u.example:6969&tr=wss://w.example&tr=http%3A%2F%2Ft.example%2Fannounce"
+        "&x.pe=10.0.0.1:6881&x.pe=[2001:db8::1]:51413&x.pe=peer.example:80"
+        "&ws=https://mirror.example/f.iso&so=0,2,4-6&x.foo=bar&xl=1000",
+        "hybrid": base + "&xt=urn:btmh:1220" + "ab" * 32,
+        "xt-numbered": f"magnet:?xt.1=urn:btih:{ih}&xt.2=urn:btih:{ih.upper()}",
+        "spaces-and-fragment": f"  MAGNET:?xt=urn:btih:{ih}&&dn=x#frag  ",
+        "v2-only": "magnet:?xt=urn:btmh:1220" + "ab" * 32,
+        "no-xt": "magnet:?dn=nothing",
+        "two-hashes": base + "&xt=urn:btih:" + "0" * 40,
+        "hash-39": "magnet:?xt=urn:btih:" + ih[:39],
+        "hash-not-hex": "magnet:?xt=urn:btih:" + "g" * 40,
+        "bad-escape": base + "&dn=%zz",
+        "escape-not-utf8": base + "&dn=%ff%fe",
+        "control-in-name": base + "&dn=a%07b",
+        "control-in-tracker": base + "&tr=http://t.example/%0a",
+        "peer-no-port": base + "&x.pe=10.0.0.1",
+        "peer-ipv6-unbracketed": base + "&x.pe=::1:80",
+        "peer-port-zero": base + "&x.pe=10.0.0.1:0",
+        "peer-bad-ipv4": base + "&x.pe=300.1.1.1:80",
+        "so-backwards": base + "&so=5-2",
+        "so-huge": base + "&so=0-999999999",
+        "too-many-trackers": base + "&tr=http://t.example/a" * 201,
+        "value-too-long": base + "&dn=" + "x" * 5000,
+        "not-a-magnet": "http://example.com/file.torrent",
+        "empty": "",
+    }
+    out = {k: v.encode() for k, v in seeds.items()}
+    out["raw-non-utf8"] = base.encode() + b"&dn=\xff\xfe"
+    return out
+
+
+# --------------------------------------------------------------------------- extension
+def extension_seeds() -> Seeds:
+    hs = ext.ExtensionHandshake(m={"ut_metadata": 3, "ut_pex": 1, "lt_donthave": 7},
+                                v="μTorrent 3.5", p=6881, reqq=500, yourip="10.0.0.7",
+                                metadata_size=40_000).encode()
+    info = bytes(range(256)) * 157  # 40,192 bytes: more than 40,000, cut below
+    pex = ext.Pex(added=(ext.PexPeer("10.0.0.1", 6881, 0x12), ext.PexPeer("2001:db8::2", 80, 1)),
+                  dropped=(("10.0.0.9", 1), ("2001:db8::3", 2))).encode()
+    many = bencoding.encode({b"added": b"".join(
+        bytes([10, 0, i // 256, i % 256, 0x1A, 0xE1]) for i in range(60))})
+
+    def meta(header: dict[bytes, object], tail: bytes = b"") -> bytes:
+        return bencoding.encode(header) + tail
+
+    return {
+        "handshake": b"\x00" + hs,
+        "handshake-empty": b"\x00de",
+        "handshake-ipv6": b"\x00" + ext.ExtensionHandshake(yourip="2001:db8::1").encode(),
+        "handshake-m-not-dict": b"\x00" + meta({b"m": 5}),
+        "handshake-id-300": b"\x00" + meta({b"m": {b"ut_pex": 300}}),
+        "handshake-name-not-utf8": b"\x00" + meta({b"m": {b"\xff": 1}}),
+        "handshake-port-70000": b"\x00" + meta({b"p": 70000}),
+        "handshake-yourip-5": b"\x00" + meta({b"yourip": b"12345"}),
+        "handshake-size-huge": b"\x00" + meta({b"metadata_size": 1 << 40}),
+        "handshake-v-bytes": b"\x00" + meta({b"v": b"\xff" * 500, b"reqq": -1}),
+        "metadata-request": b"\x01" + ext.MetadataRequest(2).encode(),
+        "metadata-reject": b"\x01" + ext.MetadataReject(0).encode(),
+        "metadata-data": b"\x02" + ext.metadata_data(info[:40_000], 0).encode(),
+        "metadata-data-last": b"\x02" + ext.metadata_data(info[:40_000], 2).encode(),
+        "metadata-data-unknown-size": b"\x01" + ext.metadata_data(info[:100], 0).encode(),
+        "metadata-data-wrong-length": b"\x02" + meta(
+            {b"msg_type": 1, b"piece": 2, b"total_size": 40_000}, b"x" * 10),
+        "metadata-data-other-size": b"\x02" + ext.metadata_data(info[:100], 0).encode(),
+        "metadata-unknown-type": b"\x01" + meta({b"msg_type": 7, b"piece": 0}),
+        "metadata-request-trailing": b"\x01" + ext.MetadataRequest(0).encode() + b"xx",
+        "metadata-piece-negative": b"\x01" + meta({b"msg_type": 0, b"piece": -1}),
+        "metadata-no-type": b"\x01" + meta({b"piece": 0}),
+        "pex": b"\x03" + pex,
+        "pex-empty": b"\x03de",
+        "pex-many": b"\x03" + many,
+        "pex-duplicates-and-port-0": b"\x03" + meta(
+            {b"added": b"\x0a\x00\x00\x01\x1a\xe1" * 2 + b"\x0a\x00\x00\x02\x00\x00",
+             b"dropped": b"\x0a\x00\x00\x01\x1a\xe1" * 2}),
+        "pex-bad-length": b"\x03" + meta({b"added": b"12345"}),
+        "pex-flags-mismatch": b"\x03" + meta({b"added": b"\x0a\x00\x00\x01\x1a\xe1",
+                                             b"added.f": b"\x01\x02"}),
+        "pex-added-not-string": b"\x03" + meta({b"added": 5}),
+        "not-bencode": b"\x00d1:m",
+    }
+
+
 # --------------------------------------------------------------------------- journal
 def _record(index: int) -> bytes:
     crc = zlib.crc32(fuzz_journal.INFO_HASH + index.to_bytes(4, "little"))
@@ -406,6 +498,8 @@ TARGETS: dict[str, Callable[[], Seeds]] = {
     "tracker_http": tracker_http_seeds,
     "tracker_udp": tracker_udp_seeds,
     "journal": journal_seeds,
+    "magnet": magnet_seeds,
+    "extension": extension_seeds,
 }
 
 
