@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 
 import pytest
 import torrentgen as tg
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from torrent import bencoding, magnet
 from torrent.errors import InvalidTorrent
-from torrent.magnet import Magnet, is_magnet, magnet_uri, parse_magnet
+from torrent.magnet import MAX_MAGNET_VALUE, Magnet, is_magnet, magnet_uri, parse_magnet
 from torrent.metainfo import parse
 
 HASH = bytes(range(20))
@@ -178,6 +179,20 @@ def test_builder_round_trips_from_a_torrent() -> None:
     assert m.peers == (("127.0.0.1", 6881), ("::1", 6882))
     assert m.web_seeds == ("http://w.example/",)
     assert m.select_only == (0, 2)
+
+
+@pytest.mark.parametrize("select", [
+    range(2000),  # index by index, 8,890 characters: over MAX_MAGNET_VALUE
+    range(0, 20_000, 2),  # no runs at all: split over several 'so' parameters
+    [5, 1, 2, 3, 9, 3],
+])
+def test_builder_writes_select_only_as_ranges_that_parse_back(select: Sequence[int]) -> None:
+    uri = magnet_uri(HASH, select_only=list(select))
+    values = [p.partition("=")[2] for p in uri.split("&") if p.startswith("so=")]
+    assert all(len(v) <= MAX_MAGNET_VALUE for v in values)
+    assert parse_magnet(uri).select_only == tuple(sorted(set(select)))
+    if select == range(2000):
+        assert values == ["0-1999"]
 
 
 def test_builder_from_a_bare_hash() -> None:

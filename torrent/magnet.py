@@ -374,7 +374,8 @@ def magnet_uri(
         trackers: ``tr`` URLs; default: every tracker of the torrent, tier by tier.
         peers: ``x.pe`` peers as ``(host, port)``; IPv6 hosts get brackets.
         web_seeds: ``ws`` URLs.
-        select_only: ``so`` file indices.
+        select_only: ``so`` file indices (written as ranges, over several
+            ``so`` parameters if one would be too long).
 
     Returns:
         The URI, which :func:`parse_magnet` reads back.
@@ -400,6 +401,32 @@ def magnet_uri(
         addr = f"[{host}]" if ":" in host else host
         parts.append("x.pe=" + quote(f"{addr}:{port}", safe=":[]"))
     parts.extend("ws=" + quote(url, safe="") for url in web_seeds)
-    if select_only:
-        parts.append("so=" + ",".join(str(i) for i in select_only))
+    parts.extend("so=" + value for value in _select_only_values(select_only))
     return _PREFIX + "&".join(parts)
+
+
+def _select_only_values(indices: Sequence[int]) -> list[str]:
+    """BEP 53 ``so`` values selecting ``indices``: runs written as ranges (``0,2,4-6``).
+
+    Index by index, 2,000 consecutive files would make a value over
+    MAX_MAGNET_VALUE that :func:`parse_magnet` refuses; ranges keep it short,
+    and a selection that still does not fit is split over several ``so``
+    parameters (they add up, BEP 53).
+    """
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    values: list[str] = []
+    current = ""
+    for first, last in runs:
+        item = str(first) if first == last else f"{first}-{last}"
+        if current and len(current) + 1 + len(item) > MAX_MAGNET_VALUE:
+            values.append(current)
+            current = ""
+        current = f"{current},{item}" if current else item
+    if current:
+        values.append(current)
+    return values
