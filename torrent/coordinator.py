@@ -404,6 +404,9 @@ class Coordinator:
             self.carry_out(self.leases.released(h.wid, msg.pieces, time.monotonic()))
         elif t is ipc.Availability:
             self.carry_out(self.leases.availability(h.wid, msg.bits, time.monotonic()))
+        elif t is ipc.PeersFound:
+            if not self.meta.private:  # BEP 27: private torrents take peers from trackers only
+                self.add_peers(msg.peers, msg.source)
         elif t is ipc.PeerClosed:
             self.peer_closed(h, msg)
         elif t is ipc.Dialled:
