@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torrent.errors import StorageError
-from torrent.journal import MAGIC, Journal, journal_path
+from torrent.journal import MAGIC, Journal, journal_path, metadata_path
 
 IH = hashlib.sha1(b"torrent").digest()
 OTHER_IH = hashlib.sha1(b"another torrent").digest()
@@ -193,6 +193,19 @@ def test_remove_deletes_journal_and_empty_folder(tmp_path: Path) -> None:
     assert not os.path.exists(tmp_path / ".fasttorrent")
     assert make(tmp_path).read() is None
     j.remove()  # twice: harmless
+
+
+def test_remove_takes_the_kept_metadata_of_a_magnet_along(tmp_path: Path) -> None:
+    j = make(tmp_path)
+    j.open({1})
+    kept = Path(metadata_path(str(tmp_path), IH))
+    assert kept.parent == Path(j.path).parent and kept.name == IH.hex() + ".torrent"
+    kept.write_bytes(b"d4:infod4:name1:xee")
+    theirs = Path(metadata_path(str(tmp_path), OTHER_IH))
+    theirs.write_bytes(b"d4:infod4:name1:yee")
+    j.remove()
+    assert not kept.exists() and not os.path.exists(j.path)
+    assert theirs.exists()  # another torrent's metadata stays, and so does the folder
 
 
 def test_remove_keeps_a_folder_shared_with_another_torrent(tmp_path: Path) -> None:

@@ -91,6 +91,19 @@ def test_server_answers_data_and_rejects_out_of_range() -> None:
     assert SERVER.answer(-1) == MetadataReject(-1)
 
 
+def test_usable_says_who_may_still_be_asked() -> None:
+    f: MetadataFetch[str] = MetadataFetch(HASH)
+    assert not f.usable("a")  # not in the fetch
+    f.add_peer("a", len(INFO))
+    f.add_peer("b", len(INFO))
+    assert f.usable("a") and f.usable("b")
+    f.peer_gone("b")
+    assert not f.usable("b")
+    assert serve(f, "a", requests(f, "a", 0.0) + requests(f, "a", 0.0)) is None
+    assert serve(f, "a", requests(f, "a", 0.0)) == MetadataComplete(INFO, ())
+    assert not f.usable("a")  # done: nobody is asked any more
+
+
 # -- fetching -------------------------------------------------------------------------------
 
 
@@ -151,6 +164,7 @@ def test_strikes_end_a_peers_part() -> None:
         f.reject("a", p, now)
         now += REJECT_BACKOFF
     assert requests(f, "a", now + 1000) == []
+    assert not f.usable("a")  # the caller may close it
     # A reconnect does not wipe the strikes.
     f.peer_gone("a")
     assert not f.add_peer("a", len(INFO))

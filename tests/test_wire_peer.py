@@ -16,6 +16,7 @@ from torrent.errors import RemoteProtocolError
 from torrent.wire.handshake import (
     HANDSHAKE_LENGTH,
     PSTR,
+    RESERVED_OURS,
     Handshake,
     encode_handshake,
     make_peer_id,
@@ -36,7 +37,6 @@ from torrent.wire.messages import (
     Port,
     Request,
     Unchoke,
-    Unknown,
     encode,
     frame,
 )
@@ -340,7 +340,7 @@ def test_unknown_and_port_messages_are_ignored() -> None:
     p = active_peer()
     assert p.receive_data(frame(20, b"d1:md11:ut_metadatai1eee") + encode(Port(6881))
                           + frame(200, b"")) == []
-    assert recv(p, Unknown(13, b"\x00\x00\x00\x01")) == []  # BEP 6 suggest: not negotiated
+    # (BEP 6 messages without the Fast extension drop the peer: test_wire_extensions_peer.py)
     assert p.state is PeerState.ACTIVE
 
 
@@ -546,10 +546,11 @@ def test_two_machines_exchange_a_block() -> None:
     leecher = new_peer(we_initiated=True)
     seeder = PeerProtocol(INFO_HASH, THEIR_ID, NUM_PIECES, PIECE_LEN, TOTAL,
                           we_initiated=False, now=0.0)
-    assert seeder.receive_data(leecher.handshake()) == [HandshakeReceived(OUR_ID, bytes(8))]
+    assert seeder.receive_data(leecher.handshake()) == [HandshakeReceived(OUR_ID, RESERVED_OURS)]
     to_leecher = seeder.handshake() + seeder.send_bitfield(b"\xff\xc0")
-    assert leecher.receive_data(to_leecher) == [HandshakeReceived(THEIR_ID, bytes(8)),
+    assert leecher.receive_data(to_leecher) == [HandshakeReceived(THEIR_ID, RESERVED_OURS),
                                                 BitfieldReceived(b"\xff\xc0")]
+    assert leecher.fast and leecher.extensions and seeder.fast and seeder.extensions
     assert seeder.receive_data(leecher.send_interested()) == [PeerInterested()]
     assert leecher.receive_data(seeder.send_unchoke()) == [Unchoked()]
     last = NUM_PIECES - 1
@@ -616,7 +617,8 @@ def test_download_every_block_from_a_libtorrent_seed(tmp_path: Path) -> None:
             .supports_extensions  # libtorrent announces BEP 10; we do not, so it sends none
         sock.sendall(p.send_interested())
         pump_until(Unchoked)
-        assert p.peer_is_seed  # its bitfield said so
+        assert p.peer_is_seed  # its have all (BEP 6: both sides offer Fast) said so
+        assert p.fast and p.extensions
         blocks = [(i, b, min(BLOCK_SIZE, p.piece_size(i) - b))
                   for i in range(ti.num_pieces()) for b in range(0, p.piece_size(i), BLOCK_SIZE)]
         sock.sendall(b"".join(p.send_request(i, b, n, now=1.0) for i, b, n in blocks))

@@ -4,6 +4,7 @@ The Python API (keyword-only options; errors are the classes below, each
 saying whose fault it is)::
 
     download(torrent, outdir, *, workers=None, peers=(), ...) -> DownloadResult
+        # torrent: a .torrent path or a magnet URI
     seed(torrent, directory, *, workers=None, peers=(), ...) -> DownloadResult
         # serves until SIGINT/SIGTERM, then raises Interrupted
     create(path, *, piece_length=None, trackers=None, private=False, workers=1,

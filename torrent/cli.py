@@ -142,14 +142,50 @@ def _default_workers() -> int:
     return available_cpus()
 
 
+def _not_magnet(path: str) -> None:
+    """A usage error for commands that need the torrent's metadata at hand."""
+    from .magnet import is_magnet
+
+    if is_magnet(path):
+        raise UsageError("this command needs a .torrent file, not a magnet link: download "
+                         "the magnet first (--save-torrent FILE writes its .torrent)")
+
+
 def _load(path: str) -> Any:
     from . import metainfo
 
+    _not_magnet(path)
     return metainfo.load(path)
 
 
 # -- info -------------------------------------------------------------------
+def _magnet_info(a: argparse.Namespace) -> int:
+    """``info`` of a magnet link: what the link itself says (the rest is in its metadata)."""
+    from .magnet import parse_magnet
+
+    m = parse_magnet(a.torrent)
+    peers = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in m.peers]
+    d = {"magnet": True, "info_hash": m.info_hash_hex, "name": m.display_name,
+         "trackers": [list(t) for t in m.trackers], "peers": peers,
+         "web_seeds": list(m.web_seeds), "select_only": list(m.select_only)}
+    if a.json:
+        print(json.dumps(d, ensure_ascii=False))
+        return 0
+    out = ["magnet:      the files, sizes and pieces come with its metadata (download it)",
+           f"name:        {m.display_name if m.display_name is not None else '(none given)'}",
+           f"info hash:   {m.info_hash_hex}"]
+    out += [f"tracker tier {t}: " + " ".join(tier) for t, tier in enumerate(m.trackers)]
+    out += [f"peer:        {p}" for p in peers]
+    out += [f"web seed:    {u}" for u in m.web_seeds]
+    print("\n".join(out))
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
+    from .magnet import is_magnet
+
+    if is_magnet(a.torrent):
+        return _magnet_info(a)
     meta = _load(a.torrent)
     d = meta.to_json_dict()
     if a.json:
@@ -270,7 +306,7 @@ def cmd_download(a: argparse.Namespace) -> int:
         upload_limit=_flag_size("--upload-limit", a.upload_limit),
         seed_time=_flag_limit("--seed-time", a.seed_time),
         seed_ratio=_flag_limit("--seed-ratio", a.seed_ratio), direct_io=not a.no_direct_io,
-        **_connection_options(a))
+        save_torrent=a.save_torrent, **_connection_options(a))
     st = Status(a.quiet or a.json)
     try:
         res = download(a.torrent, a.output, opts, log=st.log, status_line=st.line)
@@ -294,6 +330,7 @@ def cmd_download(a: argparse.Namespace) -> int:
 def cmd_seed(a: argparse.Namespace) -> int:
     from .coordinator import seed
 
+    _not_magnet(a.torrent)
     opts = Options(workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port,
                    bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers,
                    upload_limit=_flag_size("--upload-limit", a.upload_limit),
@@ -352,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("info", help="show what a .torrent holds")
-    s.add_argument("torrent")
+    s = sub.add_parser("info", help="show what a .torrent (or a magnet link) holds")
+    s.add_argument("torrent", metavar="TORRENT|MAGNET")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     s = sub.add_parser("create", help="make a .torrent from a file or directory")
@@ -376,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hashing processes (default: the CPUs this process may use)")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    s = sub.add_parser("download", help="download a torrent")
-    s.add_argument("torrent")
+    s = sub.add_parser("download", help="download a torrent (a .torrent file or a magnet link)")
+    s.add_argument("torrent", metavar="TORRENT|MAGNET")
     s.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="directory the torrent's files are written under")
     s.add_argument("--workers", type=_workers_arg, default=None,
@@ -404,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT, metavar="S",
                    help="give up after S seconds without data (exit 6)")
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
+    s.add_argument("--save-torrent", default=None, metavar="FILE",
+                   help="write the .torrent here once known (a magnet's: with its trackers)")
     s.add_argument("--no-trackers", action="store_true", help="use only --peer peers")
     s.add_argument("--no-direct-io", action="store_true",
                    help="write through the page cache instead of O_DIRECT")

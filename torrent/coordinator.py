@@ -41,6 +41,7 @@ complete, so it is not an interruption.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -52,13 +53,13 @@ from . import errors, ipc, metainfo
 from ._io import DIRECT_ALIGN
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
-from .journal import Journal, journal_path
+from .journal import Journal, journal_path, metadata_path
 from .launch import start_child
 from .leases import LeaseTable, Send
 from .options import Options, default_max_connections
 from .ports import free_port as _free_port
 from .shm import Arena, plan_slots
-from .storage import Storage, check_free_space, check_output_paths, layout_for
+from .storage import Storage, check_free_space, check_output_paths, layout_for, os_error
 from .sysinfo import available_cpus, fd_limit
 from .wire.handshake import make_peer_id
 from .worker import DIAL_BUDGET, WorkerConfig
@@ -404,6 +405,9 @@ class Coordinator:
             self.carry_out(self.leases.released(h.wid, msg.pieces, time.monotonic()))
         elif t is ipc.Availability:
             self.carry_out(self.leases.availability(h.wid, msg.bits, time.monotonic()))
+        elif t is ipc.PeersFound:
+            if not self.meta.private:  # BEP 27: private torrents take peers from trackers only
+                self.add_peers(msg.peers, msg.source)
         elif t is ipc.PeerClosed:
             self.peer_closed(h, msg)
         elif t is ipc.Dialled:
@@ -848,6 +852,80 @@ def _resolve_connections(opts: Options) -> Options:
     return opts
 
 
+def _write_file(path: str, data: bytes, what: str) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    tmp = path + ".part"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise os_error(e, f"writing {what} {path}") from None
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(metainfo.MAX_TORRENT_SIZE + 1)
+    except OSError as e:
+        raise os_error(e, f"reading {path}") from None
+
+
+def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
+                            log: Callable[[str], None]) -> tuple[metainfo.Metainfo, Options,
+                                                                 bytes]:
+    """The torrent of a magnet link: kept from an earlier run, else fetched from peers.
+
+    The metadata kept beside the journal (``DIR/.fasttorrent/<info-hash>.torrent``)
+    is used when it loads and hashes to the magnet's info-hash; otherwise the
+    info dict is fetched (:func:`~torrent.magnetfetch.fetch_metadata`) and
+    kept there once it passed the .torrent checks. Either way the torrent
+    carries the magnet's trackers, and its ``x.pe`` peers join ``opts.peers``.
+
+    Returns:
+        The torrent, the options for the download (peers; the port announced
+        while fetching), and the peer id the fetch used.
+
+    Raises:
+        InvalidTorrent: a malformed magnet, or metadata that is not a valid,
+            safe torrent (exit 3).
+        Incomplete, Interrupted: from the fetch.
+    """
+    from .magnet import parse_magnet
+    from .magnetfetch import fetch_metadata
+    from .metadata import metainfo_from_info, torrent_bytes
+
+    magnet = parse_magnet(uri)
+    peers = tuple(dict.fromkeys((*opts.peers, *magnet.peers)))
+    opts = opts.replace(peers=peers)
+    peer_id = make_peer_id()
+    kept = metadata_path(os.path.abspath(outdir), magnet.info_hash)
+    meta = None
+    if os.path.exists(kept):
+        try:
+            old = metainfo.load(kept)
+            if old.info_hash != magnet.info_hash:
+                raise errors.InvalidTorrent(f"it is torrent {old.info_hash_hex}")
+            meta = metainfo_from_info(old.info_bytes, magnet)
+            log(f"magnet {magnet.info_hash_hex}: metadata kept from an earlier run")
+        except errors.InvalidTorrent as e:
+            log(f"warning: ignoring the kept metadata {kept} ({e}); fetching it again")
+    if meta is None:
+        if opts.port == 0:  # the port the trackers hear of is the one the workers take
+            opts = opts.replace(port=_free_port(opts.bind))
+        info = _run_loop(fetch_metadata(magnet, opts, peer_id=peer_id, port=opts.port,
+                                        log=log))
+        meta = metainfo_from_info(info, magnet)  # the strict .torrent checks: unsafe paths, ...
+        _write_file(kept, torrent_bytes(meta.info_bytes, magnet), "the metadata to")
+    if opts.save_torrent:
+        _write_file(opts.save_torrent, torrent_bytes(meta.info_bytes, magnet),
+                    "the .torrent to")
+    return meta, opts, peer_id
+
+
 def download(torrent: str, outdir: str, options: Options | None = None, *,
              log: Callable[[str], None] | None = None,
              status_line: Callable[[str], None] | None = None,
@@ -855,7 +933,9 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     """Download ``torrent`` into ``outdir`` with one worker process per core.
 
     Args:
-        torrent: path of the .torrent.
+        torrent: path of the .torrent, or a magnet URI (its metadata is
+            fetched from its ``x.pe`` peers, ``peers`` and its trackers first,
+            and kept beside the resume journal until the download completes).
         outdir: files are written under it at the paths ``fasttorrent info`` lists.
         options: the run's settings (:class:`~torrent.options.Options`; its
             defaults are the CLI's).  Without ``seed_time`` / ``seed_ratio``
@@ -874,13 +954,25 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     Raises:
         InvalidTorrent, UsageError, DiskFull, StorageError, ResourceExhausted:
             see :mod:`torrent.errors`.
-        Incomplete: stalled (the result is attached as ``.result``).
+        Incomplete: stalled (the result is attached as ``.result``), or a
+            magnet's metadata did not come.
         Interrupted: SIGINT / SIGTERM; state saved.
         TypeError: an unknown setting in ``overrides``.
     """
+    from .magnet import is_magnet
+
     opts = _resolve(options, overrides)
-    meta = metainfo.load(torrent)
+    peer_id = None
+    if is_magnet(torrent):
+        meta, opts, peer_id = _load_or_fetch_metainfo(torrent, outdir, opts,
+                                                      log or (lambda s: None))
+    else:
+        meta = metainfo.load(torrent)
+        if opts.save_torrent:
+            _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
     coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line)
+    if peer_id is not None:
+        coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
     coord.prepare()
     res: DownloadResult = _run_loop(coord.run())
     if coord.fatal is not None:

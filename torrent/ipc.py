@@ -18,6 +18,7 @@ __all__ = [
     "Lease",
     "NeedPieces",
     "PeerClosed",
+    "PeersFound",
     "PiecesDone",
     "Ready",
     "Released",
@@ -114,6 +115,17 @@ class PeerClosed(NamedTuple):
     reason: str
     banned: bool
     connected: bool
+
+
+class PeersFound(NamedTuple):
+    """Peer addresses a worker learned (PEX, BEP 11), for the coordinator's bounded table.
+
+    At most ``extension.MAX_PEX_ADDED`` per message, at most one message per
+    peer a minute: the coordinator's table bound does the rest.
+    """
+
+    peers: tuple[tuple[str, int], ...]
+    source: str
 
 
 class Stats(NamedTuple):

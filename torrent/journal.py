@@ -46,7 +46,7 @@ import zlib
 
 from .storage import os_error
 
-__all__ = ["MAGIC", "Journal", "journal_path"]
+__all__ = ["MAGIC", "Journal", "journal_path", "metadata_path"]
 
 MAGIC = b"FTJ1"
 _HEADER = struct.Struct("<4s20sIQ")
@@ -64,6 +64,12 @@ MAX_SEAL_BYTES = 64 << 20
 
 def journal_path(outdir: str, info_hash: bytes) -> str:
     return os.path.join(outdir, ".fasttorrent", info_hash.hex() + ".resume")
+
+
+def metadata_path(outdir: str, info_hash: bytes) -> str:
+    """Where a magnet download keeps the .torrent of its fetched metadata, beside the
+    journal, so that a restart needs no second fetch; removed with the journal."""
+    return os.path.join(outdir, ".fasttorrent", info_hash.hex() + ".torrent")
 
 
 def _write_all(fd: int, data: bytes) -> tuple[int, OSError | None]:
@@ -227,8 +233,13 @@ class Journal:
         return keep, os_error(oserr, "writing the resume journal")
 
     def remove(self) -> None:
-        """The download is complete: the journal (and its folder, if empty) goes."""
+        """The download is complete: the journal, the metadata kept beside it (a
+        magnet's), and their folder, if empty, go."""
         self.close()
+        kept = os.path.join(os.path.dirname(self.path),
+                            os.path.basename(self.path).removesuffix(".resume") + ".torrent")
+        with contextlib.suppress(OSError):
+            os.unlink(kept)
         try:
             os.unlink(self.path)
             os.rmdir(os.path.dirname(self.path))

@@ -338,6 +338,13 @@ class MetadataFetch(Generic[P]):
     def _usable(self, st: _Peer) -> bool:
         return st.connected and not st.banned and st.strikes < MAX_STRIKES
 
+    def usable(self, peer: P) -> bool:
+        """The peer is in the fetch and may still be asked: connected, not banned,
+        not struck out, the fetch not done. A peer for which this turns False will
+        get no more requests: the caller may close its connection."""
+        st = self._peers.get(peer)
+        return self._result is None and st is not None and self._usable(st)
+
     # -- peers -------------------------------------------------------------
 
     def add_peer(self, peer: P, metadata_size: int | None) -> bool:

@@ -115,6 +115,8 @@ class Options:
             workers (split evenly); past it, incoming ones are refused.
         handshake_timeout: drop a connection without a valid handshake this
             many seconds after it was made.
+        save_torrent: (download) write the torrent's .torrent file here once
+            its metadata is known (for a magnet: with the magnet's trackers).
     """
 
     workers: int | None = None
@@ -136,6 +138,7 @@ class Options:
     max_connections: int | None = None
     max_half_open: int = DEFAULT_MAX_HALF_OPEN
     handshake_timeout: float = HANDSHAKE_TIMEOUT
+    save_torrent: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))

@@ -31,6 +31,7 @@ reaches EOF (the coordinator died).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -41,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _io, ipc
+from . import __version__, _io, ipc
 from . import _speedups as _k
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import DiskFull, FastTorrentError, RemoteProtocolError
@@ -51,6 +52,20 @@ from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
 from .wire import peer as wp
+from .wire.extension import (
+    MAX_PEX_ADDED,
+    MAX_PEX_DROPPED,
+    OUR_EXTENSION_IDS,
+    UT_METADATA,
+    UT_PEX,
+    ExtensionHandshake,
+    MetadataReject,
+    MetadataRequest,
+    Pex,
+    PexPeer,
+    metadata_data,
+    metadata_piece_count,
+)
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
 
@@ -95,6 +110,13 @@ RECV_BUDGET = 64 << 20
 #: A peer sending less than this (bytes/s) with nothing pending gets its
 #: receive buffer shrunk back to the first few KiB (and the budget refunded).
 SHRINK_BELOW_RATE = 64 << 10
+#: BEP 11: PEX goes out to a peer at most once a minute, and a peer's is taken
+#: at most that often (the 50-added bound of a message then bounds the rate).
+PEX_INTERVAL = 60.0
+#: ut_metadata pieces (16 KiB) we answer one peer per tick at most: the info
+#: dict of a large torrent is a few MiB, and a peer asking for it in a loop
+#: gets rejects beyond this, not our upload.
+MAX_METADATA_ANSWERS = 16
 #: Connect timeout for outgoing peers.
 CONNECT_TIMEOUT = 10.0
 #: Outgoing connection attempts in flight per worker (TCP connects not yet
@@ -178,7 +200,8 @@ class Peer:
     """
 
     __slots__ = ("_counted", "_rate_seen", "_up_window", "active", "conn", "created_at",
-                 "depth", "proto", "rate", "serve_pending", "up_rate", "uploaded", "worker")
+                 "depth", "listen_port", "max_depth", "metadata_served", "pex_at", "pex_heard",
+                 "pex_sent", "proto", "rate", "serve_pending", "up_rate", "uploaded", "worker")
 
     def __init__(self, worker: Worker, conn: PeerConn, now: float) -> None:
         m = worker.meta
@@ -198,6 +221,14 @@ class Peer:
         self._rate_seen = 0  # rb.received at the last tick
         self._counted = 0  # rb.received at the last read (download limit)
         self.serve_pending = False  # requests arrived in this read: serve after framing
+        # the request pipeline's ceiling: ours, or the peer's queue (BEP 10 ``reqq``)
+        self.max_depth = MAX_DEPTH
+        # where it accepts connections: the address we dialled, or its BEP 10 ``p``
+        self.listen_port: int | None = conn.addr[1] if conn.outgoing else None
+        self.metadata_served = 0  # ut_metadata pieces sent since the last tick (bounded)
+        self.pex_at = now  # when we last sent it PEX (BEP 11: at most once a minute)
+        self.pex_heard = -PEX_INTERVAL  # when it last sent us PEX that we took
+        self.pex_sent: set[tuple[str, int]] = set()  # what our PEX told it is connected
 
     # -- ConnectionHandler ------------------------------------------------------
     @property
@@ -435,8 +466,25 @@ class Worker:
         if not peer.active:
             self.half_open -= 1
         peer.active = True
-        if any(self.have):
-            peer.write(peer.proto.send_bitfield(bytes(self.have)))
+        proto = peer.proto
+        if proto.fast and self.complete:
+            peer.write(proto.send_have_all())  # BEP 6: two bytes instead of the bitfield
+        elif any(self.have):
+            peer.write(proto.send_bitfield(bytes(self.have)))
+        if proto.extensions:
+            peer.write(proto.send_extension_handshake(self._extension_handshake(peer)))
+
+    def _extension_handshake(self, peer: Peer) -> ExtensionHandshake:
+        """Ours (BEP 10): ut_metadata always (we know the info dict), ut_pex unless private."""
+        m = self.meta
+        ids = {UT_METADATA: OUR_EXTENSION_IDS[UT_METADATA]}
+        if not m.private:  # BEP 27: no peer sources but the tracker
+            ids[UT_PEX] = OUR_EXTENSION_IDS[UT_PEX]
+        host = peer.addr[0]
+        return ExtensionHandshake(
+            m=ids, v=f"fasttorrent {__version__}", reqq=wp.MAX_PEER_REQUESTS,
+            metadata_size=len(m.info_bytes), p=self.cfg.port or None,
+            yourip=host if _is_ip(host) else None)
 
     def peer_lost(self, peer: Peer) -> None:
         if peer not in self.peers:
@@ -546,6 +594,61 @@ class Worker:
         elif t is wp.PeerNotInterested:
             if self.choker.not_interested(peer):
                 peer.write(peer.proto.send_choke())
+        elif t is wp.RequestRejected:  # BEP 6: re-issue it elsewhere
+            self.picker.block_lost(ev.index, ev.begin, peer)  # type: ignore[attr-defined]
+            self.pump_all()
+        elif t is wp.RequestDropped:  # BEP 6: a request we will not serve gets a reject
+            peer.write(peer.proto.send_reject(ev.index, ev.begin, ev.length))  # type: ignore[attr-defined]
+        elif t is wp.ExtensionHandshakeReceived:
+            hs = ev.handshake  # type: ignore[attr-defined]
+            if hs.reqq:  # its request queue: a deeper pipeline would be dropped silently
+                peer.max_depth = max(MIN_DEPTH, min(MAX_DEPTH, hs.reqq))
+                peer.depth = min(peer.depth, peer.max_depth)
+            if hs.p and not peer.conn.outgoing:
+                peer.listen_port = hs.p
+        elif t is wp.MetadataReceived:
+            self._metadata(peer, ev.message)  # type: ignore[attr-defined]
+        elif t is wp.PexReceived:
+            self._pex_received(peer, ev.pex)  # type: ignore[attr-defined]
+
+    def _metadata(self, peer: Peer, msg: Any) -> None:
+        """BEP 9: answer a request for a piece of the info dict; the rest is not for us."""
+        if not isinstance(msg, MetadataRequest) or UT_METADATA not in peer.proto.peer_extensions:
+            return  # we never fetch metadata in a worker (the coordinator did, for magnets)
+        info = self.meta.info_bytes
+        if peer.metadata_served < MAX_METADATA_ANSWERS \
+                and msg.piece < metadata_piece_count(len(info)):
+            peer.metadata_served += 1
+            body = metadata_data(info, msg.piece).encode()
+        else:
+            body = MetadataReject(msg.piece).encode()
+        peer.write(peer.proto.send_extended(UT_METADATA, body))
+
+    def _pex_received(self, peer: Peer, pex: Pex) -> None:
+        """BEP 11: new peers for the coordinator's table (at most one message a minute)."""
+        now = self.loop.time()
+        if self.meta.private or now - peer.pex_heard < PEX_INTERVAL:
+            return  # BEP 27: never for private torrents; BEP 11: one a minute
+        peer.pex_heard = now
+        ours = {(self.cfg.options.bind, self.cfg.port), ("127.0.0.1", self.cfg.port)}
+        addrs = tuple((p.ip, p.port) for p in pex.added if (p.ip, p.port) not in ours)
+        if addrs:
+            self.send(ipc.PeersFound(addrs, "pex"))
+
+    def _send_pex(self, peer: Peer, now: float) -> None:
+        """BEP 11: tell ``peer`` which of our other peers joined or left since last time."""
+        peer.pex_at = now
+        live: set[tuple[str, int]] = {
+            (p.addr[0], p.listen_port) for p in self.peers
+            if p is not peer and p.active and not p.closed and p.listen_port}
+        added = list(live - peer.pex_sent)[:MAX_PEX_ADDED]
+        dropped = list(peer.pex_sent - live)[:MAX_PEX_DROPPED]
+        if not added and not dropped:
+            return
+        peer.pex_sent.difference_update(dropped)
+        peer.pex_sent.update(added)
+        pex = Pex(added=tuple(PexPeer(h, p) for h, p in added), dropped=tuple(dropped))
+        peer.write(peer.proto.send_extended(UT_PEX, pex.encode()))
 
     def _have(self, i: int) -> None:
         self.picker.add_availability((i,), 1)
@@ -733,7 +836,7 @@ class Worker:
         proto = peer.proto
         if peer.closed or not peer.active or proto.peer_choking or not proto.am_interested:
             return
-        want = peer.depth - proto.num_outstanding
+        want = min(peer.depth, peer.max_depth) - proto.num_outstanding
         if want < min(REFILL_BATCH, peer.depth):
             return
         reqs = self.picker.pick(peer, proto.peer_has, want, self.alloc_slot)
@@ -916,6 +1019,10 @@ class Worker:
             peer.rate = 0.7 * peer.rate + 0.3 * rate
             if peer.rate < SHRINK_BELOW_RATE:
                 peer.rb.shrink()  # an idle peer's buffer back to a few KiB
+            peer.metadata_served = 0
+            if now - peer.pex_at >= PEX_INTERVAL and UT_PEX in peer.proto.peer_extensions \
+                    and not self.meta.private:
+                self._send_pex(peer, now)
             target = int(peer.rate * PIPELINE_SECONDS / BLOCK_SIZE)
             peer.depth = max(MIN_DEPTH, min(MAX_DEPTH, max(peer.depth, target)
                                             if peer.rate > 0 else peer.depth))
@@ -1045,6 +1152,14 @@ def _ban_key(host: str, port: int) -> str:
     """What a ban covers: the host, but host:port on loopback, where every peer is 127.x
     (a test swarm or several clients on one machine) and only the port tells them apart."""
     return f"{host}:{port}" if host.startswith("127.") or host == "::1" else host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _bits_to_indices(bits: bytes) -> list[int]:

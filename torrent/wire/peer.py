@@ -80,21 +80,47 @@ from typing import Any, Final
 
 from .. import _speedups as _k
 from ..errors import RemoteProtocolError
+from .extension import (
+    EXTENSION_HANDSHAKE_ID,
+    OUR_EXTENSION_NAMES,
+    UT_METADATA,
+    UT_PEX,
+    ExtensionHandshake,
+    MetadataMessage,
+    Pex,
+    decode_metadata_message,
+    merge_peer_ids,
+)
+from .fastext import MAX_ALLOWED_FAST
 from .framing import Framer, ReceiveBuffer, RecvBudget, next_frame
-from .handshake import HANDSHAKE_LENGTH, check_handshake_prefix, encode_handshake, parse_handshake
+from .handshake import (
+    EXTENSION_BIT,
+    FAST_BIT,
+    HANDSHAKE_LENGTH,
+    RESERVED_OURS,
+    check_handshake_prefix,
+    encode_handshake,
+    parse_handshake,
+)
 from .messages import (
     MAX_REQUEST_LENGTH,
+    AllowedFast,
     Bitfield,
     Cancel,
     Choke,
+    Extended,
     Have,
+    HaveAll,
+    HaveNone,
     Interested,
     LocalProtocolError,
     Message,
     NotInterested,
     Piece,
     Port,
+    Reject,
     Request,
+    Suggest,
     Unchoke,
     Unknown,
     bitfield_length,
@@ -115,13 +141,18 @@ __all__ = [
     "Choked",
     "ConnectionClosed",
     "Event",
+    "ExtensionHandshakeReceived",
     "HandshakeReceived",
     "HaveReceived",
+    "MetadataReceived",
     "PeerInterested",
     "PeerNotInterested",
     "PeerProtocol",
     "PeerState",
+    "PexReceived",
+    "RequestDropped",
     "RequestReceived",
+    "RequestRejected",
     "RequestsCancelled",
     "Unchoked",
 ]
@@ -279,6 +310,46 @@ class RequestsCancelled(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RequestRejected(Event):
+    """BEP 6: the peer will not serve this request of ours; re-issue it elsewhere."""
+
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDropped(Event):
+    """BEP 6: a request of the peer's we will not serve (we choke it, it cancelled it, or
+    its queue is full): the owner answers it with :meth:`PeerProtocol.send_reject`."""
+
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionHandshakeReceived(Event):
+    """BEP 10: the peer's extension handshake (its ids are merged into ``peer_extensions``)."""
+
+    handshake: ExtensionHandshake
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataReceived(Event):
+    """BEP 9: a ``ut_metadata`` message (request, data or reject)."""
+
+    message: MetadataMessage
+
+
+@dataclass(frozen=True, slots=True)
+class PexReceived(Event):
+    """BEP 11: a ``ut_pex`` message (the owner applies BEP 11's rate and BEP 27)."""
+
+    pex: Pex
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed(Event):
     """The peer closed the connection (EOF)."""
 
@@ -308,6 +379,8 @@ class PeerProtocol:
         fast_path: take plain blocks with the ``take_blocks`` kernel once a
             store is attached (off: every block goes through the slow path).
         recv_budget: the owner's bound on the growth of all its receive buffers.
+        reserved: the reserved bytes of our handshake: the extensions we offer
+            (default: BEP 10 and the Fast extension, BEP 6).
 
     Raises:
         ValueError: the geometry is inconsistent (a bug of the caller).
@@ -315,13 +388,15 @@ class PeerProtocol:
 
     __slots__ = (
         "_active",
+        "_allowed_fast",
         "_cancelled",
         "_events",
-        "_fast",
+        "_fast_path",
         "_first_message",
         "_framer",
         "_full",
         "_handshake_sent",
+        "_have_all",
         "_key",
         "_last_piece",
         "_last_piece_size",
@@ -340,16 +415,21 @@ class PeerProtocol:
         "am_interested",
         "dropped_peer_requests",
         "expect_peer_id",
+        "extensions",
+        "fast",
         "ignored_blocks",
         "info_hash",
         "num_pieces",
         "our_peer_id",
         "peer_choking",
+        "peer_extensions",
+        "peer_handshake",
         "peer_id",
         "peer_interested",
         "peer_reserved",
         "piece_length",
         "rb",
+        "reserved",
         "total_size",
         "we_initiated",
     )
@@ -368,6 +448,7 @@ class PeerProtocol:
         framer: Framer | None = None,
         fast_path: bool = True,
         recv_budget: RecvBudget | None = None,
+        reserved: bytes = RESERVED_OURS,
     ) -> None:
         if len(info_hash) != 20 or len(our_peer_id) != 20:
             raise ValueError("info_hash and our_peer_id must be 20 bytes")
@@ -393,6 +474,15 @@ class PeerProtocol:
         self.peer_interested = False
 
         self._state = PeerState.AWAIT_HANDSHAKE
+        self.reserved = bytes(reserved)
+        # Negotiated once the peer's handshake is in: both sides set the bit.
+        self.fast = False  # BEP 6
+        self.extensions = False  # BEP 10
+        self.peer_extensions: dict[str, int] = {}  # the peer's ids of the extensions we speak
+        self.peer_handshake: ExtensionHandshake | None = None  # its latest, for reqq etc.
+        # Pieces the peer lets us request while it chokes us (BEP 6), at most MAX_ALLOWED_FAST.
+        self._allowed_fast: set[int] = set()
+        self._have_all = False  # it sent HAVE_ALL: a later bitfield is out of place
         self._framer = framer if framer is not None else Framer(num_pieces)
         # The receive buffer: starts small, grows with the peer's pipeline, and
         # always holds the largest frame the framer admits.
@@ -400,7 +490,7 @@ class PeerProtocol:
         # Events of the last message not yet returned (a choke makes two, a
         # late bitfield one per new piece): bounded by what one frame can say.
         self._events: deque[Event] = deque()
-        self._fast = fast_path
+        self._fast_path = fast_path
         self._active: dict[int, Any] | None = None  # the owner's pieces in flight
         self._key: object = None  # how the owner's pieces name this peer
         self._full: list[Any] = []  # the fast path's completed piece (at most one)
@@ -541,7 +631,7 @@ class PeerProtocol:
         framer = self._framer
         events = self._events
         while True:
-            if active is not None and self._fast:
+            if active is not None and self._fast_path:
                 pos, taken = _k.take_blocks(rb.buf, rb.start, rb.end, self._outstanding,
                                             active, self._key, self._full)
                 if taken:
@@ -604,6 +694,8 @@ class PeerProtocol:
                 f"peer id {hs.peer_id!r} differs from the one announced ({self.expect_peer_id!r})")
         self.peer_id = hs.peer_id
         self.peer_reserved = hs.reserved
+        self.fast = _has(self.reserved, FAST_BIT) and hs.supports_fast
+        self.extensions = _has(self.reserved, EXTENSION_BIT) and hs.supports_extensions
         self._peer_bits = bytearray(bitfield_length(self.num_pieces))
         self._transition(PeerState.ACTIVE)
         return HandshakeReceived(hs.peer_id, hs.reserved)
@@ -645,15 +737,17 @@ class PeerProtocol:
         block = (msg.index, msg.begin, msg.length)
         if block in self._peer_requests:
             del self._peer_requests[block]
-            events.append(CancelReceived(*block))
+            # BEP 6: a cancelled request is answered, by the block or a reject
+            events.append(RequestDropped(*block) if self.fast else CancelReceived(*block))
 
     def _on_choke(self, msg: Choke, events: deque[Event]) -> None:
         self._first_message = False
         if not self.peer_choking:
             self.peer_choking = True
             events.append(_CHOKED)
-        if self._outstanding:
-            # BEP 3 without BEP 6: a choke discards every pending request.
+        if self._outstanding and not self.fast:
+            # BEP 3 without BEP 6: a choke discards every pending request (with
+            # BEP 6 the peer rejects or serves each one).
             lost = self.outstanding_requests
             self._outstanding.clear()  # in place: the fast path holds this table
             for index, begin, _length in lost:
@@ -681,6 +775,92 @@ class PeerProtocol:
     def _on_bitfield(self, msg: Bitfield, events: deque[Event]) -> None:
         self._receive_bitfield(msg.bits, events)
 
+    def _require_fast(self, msg: Message) -> None:
+        if not self.fast:  # BEP 6: "the peer must close the connection"
+            raise RemoteProtocolError(
+                f"peer sent {msg.NAME} without the Fast extension negotiated (BEP 6)")
+
+    def _on_have_all(self, msg: HaveAll, events: deque[Event]) -> None:
+        self._require_fast(msg)
+        if not self._first_message:
+            raise RemoteProtocolError("peer sent have all after its first message (BEP 6)")
+        self._first_message = False
+        self._have_all = True
+        n = self.num_pieces
+        bits = bytearray(b"\xff" * bitfield_length(n))
+        if n & 7:
+            bits[-1] = (0xFF << (8 - (n & 7))) & 0xFF
+        self._peer_bits[:] = bits
+        self._peer_count = n
+        events.append(BitfieldReceived(bytes(bits)))
+
+    def _on_have_none(self, msg: HaveNone, events: deque[Event]) -> None:
+        self._require_fast(msg)
+        if not self._first_message:
+            raise RemoteProtocolError("peer sent have none after its first message (BEP 6)")
+        self._first_message = False
+
+    def _on_reject(self, msg: Reject, events: deque[Event]) -> None:
+        self._require_fast(msg)
+        self._first_message = False
+        key = (msg.index, msg.begin)
+        entry = self._outstanding.get(key)
+        if entry is not None and entry[0] == msg.length:
+            del self._outstanding[key]
+            self._forget(key)  # a block may still cross the reject: it is late, not unasked
+            events.append(RequestRejected(msg.index, msg.begin, msg.length))
+            return
+        if key in self._cancelled:
+            return  # we gave it up already (cancel, time-out): nothing to re-issue
+        # BEP 6: "a reject for a request that was never sent" closes the connection
+        raise RemoteProtocolError(
+            f"peer rejected a request we never sent ({msg.index}, {msg.begin}, {msg.length})")
+
+    def _on_allowed_fast(self, msg: AllowedFast, events: deque[Event]) -> None:
+        self._require_fast(msg)
+        self._first_message = False
+        if msg.index >= self.num_pieces:
+            raise RemoteProtocolError(
+                f"peer sent allowed fast for piece {msg.index}; the torrent has "
+                f"{self.num_pieces}")
+        if len(self._allowed_fast) < MAX_ALLOWED_FAST:
+            self._allowed_fast.add(msg.index)
+
+    def _on_suggest(self, msg: Suggest, events: deque[Event]) -> None:
+        self._require_fast(msg)
+        self._first_message = False
+        if msg.index >= self.num_pieces:
+            raise RemoteProtocolError(
+                f"peer suggested piece {msg.index}; the torrent has {self.num_pieces}")
+        # advisory only (BEP 6): the picker goes by rarity and leases
+
+    def _on_extended(self, msg: Extended, events: deque[Event]) -> None:
+        # Not a "first message" for BEP 3/6: the extension handshake comes right
+        # after the handshake, before the bitfield or have all (libtorrent's order).
+        if not self.extensions:
+            return  # it never offered BEP 10, or we did not: nothing it says can be meant for us
+        if msg.ext_id == EXTENSION_HANDSHAKE_ID:
+            hs = ExtensionHandshake.decode(msg.body)
+            self.peer_extensions = merge_peer_ids(self.peer_extensions, hs.m)
+            self.peer_handshake = hs
+            events.append(ExtensionHandshakeReceived(hs))
+            return
+        name = OUR_EXTENSION_NAMES.get(msg.ext_id)
+        if name == UT_METADATA:
+            # no size to check against here: a request is about our info dict, data
+            # about the peer's; the server and the fetch check the piece ranges
+            meta_msg = decode_metadata_message(msg.body)
+            if meta_msg is not None:  # None: a msg_type we do not know (BEP 9: ignore it)
+                events.append(MetadataReceived(meta_msg))
+        elif name == UT_PEX:
+            events.append(PexReceived(Pex.decode(msg.body)))
+        # an id we never announced: ignored (a later handshake may have withdrawn it)
+
+    @property
+    def allowed_fast(self) -> frozenset[int]:
+        """Pieces the peer lets us request while it chokes us (BEP 6)."""
+        return frozenset(self._allowed_fast)
+
     def _on_other(self, msg: Message, events: deque[Event]) -> None:
         # Port (BEP 5; no DHT yet) and Unknown ids: ignored, but they are
         # messages, so a bitfield after them is out of place.
@@ -690,6 +870,8 @@ class PeerProtocol:
         # BEP 3 sends the bitfield first only; aria2 also sends a fresh one later
         # instead of many HAVEs when that is shorter.  A later bitfield is taken
         # as those HAVEs (bits are never cleared), checked like the first.
+        if self._have_all:
+            raise RemoteProtocolError("peer sent a bitfield after have all (BEP 6)")
         late = not self._first_message
         self._first_message = False
         expected = bitfield_length(self.num_pieces)
@@ -730,9 +912,12 @@ class PeerProtocol:
         self._check_block("request", index, begin, length)
         block = (index, begin, length)
         # A request while we choke it is normal (it crossed our choke on the
-        # wire); without BEP 6 it is silently discarded, as BEP 3 prescribes.
+        # wire); without BEP 6 it is silently discarded, as BEP 3 prescribes; with
+        # BEP 6 it must be rejected (we grant no allowed-fast pieces).
         if self.am_choking or len(self._peer_requests) >= MAX_PEER_REQUESTS:
             self.dropped_peer_requests += 1
+            if self.fast:
+                events.append(RequestDropped(index, begin, length))
             return
         if block in self._peer_requests:
             return  # a duplicate: it is already queued
@@ -763,7 +948,7 @@ class PeerProtocol:
                 f"(already sent: {self._handshake_sent})")
         self._handshake_sent = True
         self._sent_mark = True
-        return encode_handshake(self.info_hash, self.our_peer_id)
+        return encode_handshake(self.info_hash, self.our_peer_id, self.reserved)
 
     def send_bitfield(self, bits: bytes) -> bytes:
         """Our bitfield; only as our first message (omit it when we have nothing).
@@ -803,11 +988,61 @@ class PeerProtocol:
         return encode(NotInterested())
 
     def send_choke(self) -> bytes:
-        """Choke the peer: its queued requests are discarded (BEP 3, no BEP 6)."""
+        """Choke the peer: its queued requests are discarded (BEP 3), or, with the Fast
+        extension, rejected one by one (BEP 6): the bytes include those rejects."""
         self._check_can_send("choke")
         self.am_choking = True
+        rejects = b""
+        if self.fast and self._peer_requests:
+            rejects = b"".join(encode(Reject(*block)) for block in self._peer_requests)
         self._peer_requests.clear()
-        return encode(Choke())
+        return encode(Choke()) + rejects
+
+    def send_have_all(self) -> bytes:
+        """BEP 6: we have every piece (in place of a full bitfield, as our first message).
+
+        Raises:
+            LocalProtocolError: no Fast extension, or not our first message.
+        """
+        if not self.fast or self._we_sent_message:
+            raise LocalProtocolError("have all needs the Fast extension and must come first")
+        self._check_can_send("have all")
+        return encode(HaveAll())
+
+    def send_reject(self, index: int, begin: int, length: int) -> bytes:
+        """BEP 6: we will not serve this request of the peer's (see :class:`RequestDropped`).
+
+        Raises:
+            LocalProtocolError: no Fast extension.
+        """
+        if not self.fast:
+            raise LocalProtocolError("reject needs the Fast extension")
+        self._check_can_send("reject")
+        return encode(Reject(index, begin, length))
+
+    def send_extension_handshake(self, handshake: ExtensionHandshake) -> bytes:
+        """BEP 10: our extension handshake (right after the handshake, and again to update).
+
+        Raises:
+            LocalProtocolError: BEP 10 was not negotiated.
+        """
+        if not self.extensions:
+            raise LocalProtocolError("the peer did not offer the extension protocol (BEP 10)")
+        self._check_can_send("extension handshake")
+        return encode(Extended(EXTENSION_HANDSHAKE_ID, handshake.encode()))
+
+    def send_extended(self, name: str, body: bytes) -> bytes:
+        """An extension message, under the peer's id for extension ``name``.
+
+        Raises:
+            LocalProtocolError: the peer did not announce ``name`` (check
+                :attr:`peer_extensions` first).
+        """
+        ext_id = self.peer_extensions.get(name)
+        if not self.extensions or ext_id is None:
+            raise LocalProtocolError(f"the peer does not take {name} messages")
+        self._check_can_send(name)
+        return encode(Extended(ext_id, body))
 
     def send_unchoke(self) -> bytes:
         """Unchoke the peer: we will serve its requests."""
@@ -1006,6 +1241,16 @@ _HANDLERS: Final[dict[type[Message], Any]] = {
     Interested: PeerProtocol._on_interested,
     NotInterested: PeerProtocol._on_not_interested,
     Bitfield: PeerProtocol._on_bitfield,
+    HaveAll: PeerProtocol._on_have_all,
+    HaveNone: PeerProtocol._on_have_none,
+    Reject: PeerProtocol._on_reject,
+    AllowedFast: PeerProtocol._on_allowed_fast,
+    Suggest: PeerProtocol._on_suggest,
+    Extended: PeerProtocol._on_extended,
     Port: PeerProtocol._on_other,
     Unknown: PeerProtocol._on_other,
 }
+
+
+def _has(reserved: bytes, bit: tuple[int, int]) -> bool:
+    return bool(reserved[bit[0]] & bit[1])

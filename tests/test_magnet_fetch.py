@@ -1,0 +1,149 @@
+"""torrent.magnetfetch: fetching a magnet's metadata from scripted peers on 127.0.0.1, in-process.
+
+The peers are :class:`helpers.metapeer.MetadataPeer` (honest, lying about the
+hash, over the size bound, silent, offering nothing); the trackers
+:class:`trackers.HTTPTestTracker`. Each fetch runs on its own loop, bounded
+by a time-out; after every run no task of it is left and every connection it
+made has been closed (the peers see the remote close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from helpers.metapeer import MetadataPeer
+from trackers import HTTPTestTracker
+
+from torrent import bencoding
+from torrent.errors import Incomplete
+from torrent.magnet import Magnet
+from torrent.magnetfetch import MAGNET_LEFT, fetch_metadata
+from torrent.options import Options
+from torrent.ports import free_port
+from torrent.wire.extension import MAX_METADATA_SIZE, metadata_piece_count
+from torrent.wire.handshake import make_peer_id
+
+pytestmark = pytest.mark.timeout(60)
+
+#: Every fetch in these tests ends well within this (seconds).
+FETCH_BOUND = 30.0
+
+INFO = bencoding.encode({b"name": b"x.bin", b"piece length": 16384, b"length": 16384 * 4000,
+                         b"pieces": hashlib.sha256(b"x").digest()[:20] * 4000})
+HASH = hashlib.sha1(INFO).digest()
+# Same length, one byte changed in every 16 KiB piece: whichever of its pieces is
+# used, the whole fails its hash.
+BAD = bytes(b ^ 1 if i % 16384 == 100 else b for i, b in enumerate(INFO))
+
+
+@pytest.fixture
+def peers() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+def start(stack: ExitStack, info: bytes = INFO, **kw: Any) -> MetadataPeer:
+    return stack.enter_context(MetadataPeer(HASH, info, **kw))
+
+
+def addr(p: MetadataPeer) -> tuple[str, int]:
+    return ("127.0.0.1", p.port)
+
+
+def run(magnet: Magnet, opts: Options, logs: list[str] | None = None) -> bytes:
+    """fetch_metadata on a fresh loop; asserts it left no task behind."""
+    async def main() -> bytes:
+        try:
+            return await asyncio.wait_for(
+                fetch_metadata(magnet, opts, peer_id=make_peer_id(), port=6881,
+                               log=(logs if logs is not None else []).append), FETCH_BOUND)
+        finally:
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            assert not left, f"tasks left: {left}"
+
+    return asyncio.run(main())
+
+
+def test_two_honest_peers_share_the_fetch(peers: ExitStack) -> None:
+    a, b = start(peers), start(peers)
+    logs: list[str] = []
+    got = run(Magnet(HASH, peers=(addr(a), addr(b))), Options(), logs)
+    assert got == INFO
+    asked = sorted(a.asked + b.asked)
+    assert asked == list(range(metadata_piece_count(len(INFO))))  # each piece asked once
+    # our connections are closed once the metadata is in
+    assert a.remote_closed.wait(10) and b.remote_closed.wait(10)
+    assert any("metadata: " in line for line in logs)
+
+
+def test_a_peer_sending_bad_metadata_is_banned_and_the_honest_one_serves(
+        peers: ExitStack) -> None:
+    bad = start(peers, BAD)
+    good = start(peers)
+    logs: list[str] = []
+    got = run(Magnet(HASH, peers=(addr(bad), addr(good))), Options(), logs)
+    assert got == INFO
+    assert bad.asked and bad.remote_closed.wait(10)
+    assert any("does not hash" in line for line in logs), logs
+
+
+def test_a_lone_liar_is_banned_and_never_dialled_again(peers: ExitStack) -> None:
+    bad = start(peers, BAD)
+    with pytest.raises(Incomplete) as e:
+        # nobody is left who could send the metadata: no need to wait for the stall
+        run(Magnet(HASH, peers=(addr(bad),)), Options(stall_timeout=1000))
+    msg = str(e.value)
+    assert "no peer left" in msg and f"127.0.0.1:{bad.port}" in msg and "banned" in msg, msg
+    assert bad.connections == 1  # banned: not dialled again
+
+
+def test_an_oversized_metadata_size_is_ignored(peers: ExitStack) -> None:
+    huge = start(peers, metadata_size=MAX_METADATA_SIZE + 1)
+    good = start(peers)
+    got = run(Magnet(HASH, peers=(addr(huge), addr(good))), Options())
+    assert got == INFO
+    assert huge.asked == [] and huge.remote_closed.wait(10)
+
+
+def test_peers_from_a_tracker_and_from_opts(peers: ExitStack) -> None:
+    a, b = start(peers), start(peers)
+    with HTTPTestTracker(peers=[addr(a)]) as tracker:
+        got = run(Magnet(HASH, trackers=((tracker.announce_url,),)),
+                  Options(peers=(addr(b),)))
+        first = tracker.wait_for_requests(1)[0]
+    assert got == INFO
+    assert (first.info_hash, first.left, first.event, first.port) == (
+        HASH, MAGNET_LEFT, "started", 6881)
+    assert a.asked or b.asked
+
+
+def test_no_metadata_is_incomplete_after_the_stall_timeout_naming_the_peers(
+        peers: ExitStack) -> None:
+    silent = start(peers, answer=False)
+    nothing = start(peers, offer=False)
+    old = start(peers, bep10=False)
+    closed = ("127.0.0.1", free_port())
+    with pytest.raises(Incomplete) as e:
+        run(Magnet(HASH, peers=(addr(silent), addr(nothing), addr(old), closed)),
+            Options(stall_timeout=2))
+    msg = str(e.value)
+    assert "\n" not in msg and "no metadata piece for 2 s" in msg, msg
+    for p in (silent, nothing, old):
+        assert f"127.0.0.1:{p.port}" in msg, msg
+    assert f"127.0.0.1:{closed[1]}" in msg and "connect failed" in msg, msg
+    assert "offers no metadata" in msg and "BEP 10" in msg, msg
+    assert silent.asked  # it was asked, and never answered
+    assert silent.remote_closed.wait(10)
+
+
+def test_no_peer_and_no_tracker_fails_at_once() -> None:
+    with pytest.raises(Incomplete, match="no peer to ask"):
+        run(Magnet(HASH), Options(stall_timeout=100))
+    with pytest.raises(Incomplete, match="--no-trackers"):
+        run(Magnet(HASH, trackers=(("http://127.0.0.1:1/announce",),)),
+            Options(stall_timeout=100, use_trackers=False))

@@ -1,0 +1,531 @@
+"""Fetch a magnet link's metadata from peers (BEP 9), before the download starts.
+
+Theory of operation
+-------------------
+A magnet link names a torrent by its info-hash; the info dictionary has to
+come from peers before a download can be planned (piece count, files). This
+module does that in the coordinator's process, on its own uvloop run, before
+any worker exists; the download then proceeds as from a .torrent
+(:func:`torrent.coordinator.download`).
+
+- **Peers** come from the magnet's ``x.pe``, from ``--peer``
+  (``opts.peers``) and from the magnet's trackers (announced to with the
+  info-hash, ``left`` = :data:`MAGNET_LEFT`). They go into one bounded
+  table (:data:`MAX_CANDIDATES`) and are dialled at most
+  :data:`MAX_METADATA_CONNECTIONS` at a time.
+- **Each connection** runs a :class:`~torrent.wire.metadata_conn.MetadataConnection`
+  (sans-IO: handshakes, ut_metadata) behind the usual socket adapter
+  (:class:`~torrent.net.peer.PeerConn`). The connect and both handshakes
+  must be done within ``opts.handshake_timeout``.
+- **One shared** :class:`~torrent.metadata.MetadataFetch` decides which
+  piece to ask whom, checks what arrives, times requests out
+  (:meth:`~torrent.metadata.MetadataFetch.timed_out` on a :data:`TICK`
+  timer) and bans the senders of bad metadata: their connections are closed
+  and they are never dialled again. After every event the fetch is asked
+  for the requests each ready connection may send now.
+- **A peer that drops** is dialled again after a back-off
+  (:data:`PEER_RETRY_BASE`, doubling) up to :data:`PEER_MAX_ATTEMPTS`
+  times; one that cannot give metadata at all (no BEP 10, no ut_metadata,
+  another torrent, a protocol error, a ban) is not.
+- **The end**: the verified info dict is returned as soon as the fetch is
+  done. No metadata piece for ``opts.stall_timeout`` seconds (0: never give
+  up), or no peer left that could send one and no tracker to ask, is
+  :class:`~torrent.errors.Incomplete` (exit 6), with one line naming the
+  peers tried and what each did. SIGINT / SIGTERM is
+  :class:`~torrent.errors.Interrupted` (exit 7). On every path every
+  connection, dial and tracker task is closed before the function returns.
+
+Trackers see the same peer id and port as the download that follows (the
+coordinator reuses them), so no ``stopped`` is sent between the two: the
+download's own ``started`` continues the same session.
+
+The connections are not handed over to the workers (they live in other
+processes); peers that served metadata are dialled again by the download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from . import __version__
+from .errors import Incomplete, Interrupted, RemoteProtocolError, TrackerError
+from .magnet import Magnet
+from .metadata import MetadataComplete, MetadataFetch, MetadataHashFailed
+from .net.peer import PeerConn
+from .options import Options
+from .tracker.client import make_announce_fn
+from .tracker.multitracker import TrackerSet
+from .wire.extension import MetadataData, MetadataReject
+from .wire.framing import ReceiveBuffer
+from .wire.metadata_conn import (
+    ConnectionReady,
+    MetadataConnection,
+    MetadataConnState,
+    MetadataEvent,
+    MetadataOffer,
+)
+
+__all__ = [
+    "MAGNET_LEFT",
+    "MAX_CANDIDATES",
+    "MAX_METADATA_CONNECTIONS",
+    "PEER_MAX_ATTEMPTS",
+    "PEER_RETRY_BASE",
+    "TICK",
+    "fetch_metadata",
+]
+
+#: Connections open or being dialled at once (and never more than
+#: ``opts.max_peers``). Metadata is at most a few MiB fetched 16 KiB at a time
+#: from a few peers in parallel (metadata.MAX_OUTSTANDING_PER_PEER each):
+#: a few dozen peers are plenty, and each costs a socket and a buffer.
+MAX_METADATA_CONNECTIONS: Final = 32
+
+#: Peers remembered (x.pe, --peer, trackers): the table the timer walks.
+#: Trackers hand out at most a few hundred peers an announce; 1,024 is the
+#: fetch's own table (metadata.MAX_METADATA_PEERS).
+MAX_CANDIDATES: Final = 1024
+
+#: A dropped peer is dialled again after this many seconds, doubling.
+PEER_RETRY_BASE: Final = 2.0
+
+#: Dials per peer at most: a peer that keeps dropping the connection is not
+#: worth more, and the stall time-out ends the fetch anyway.
+PEER_MAX_ATTEMPTS: Final = 4
+
+#: How often request time-outs, handshake time-outs and the stall are checked
+#: (seconds). Metadata requests time out after 5 s (METADATA_REQUEST_TIMEOUT),
+#: so a quarter second is precise enough and costs nothing.
+TICK: Final = 0.25
+
+#: ``left`` announced to trackers while the torrent's size is unknown: not 0,
+#: which would tell the tracker we are a seed (and get us no seeds back).
+#: libtorrent announces 16 KiB in this case (``value_or(bytes_left(), 16*1024)``).
+MAGNET_LEFT: Final = 16 * 1024
+
+#: Peers named in the "no metadata" message (the rest are counted).
+_DESCRIBE_LIMIT: Final = 8
+
+Addr = tuple[str, int]
+
+
+def _name(addr: Addr) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """A peer we may dial, and what became of it."""
+
+    source: str
+    attempts: int = 0
+    retry_at: float = 0.0
+    reason: str = ""
+    busy: bool = False  # being dialled or connected
+    final: bool = False  # never dialled again (banned, cannot give metadata, attempts spent)
+
+
+class _Link:
+    """One connection's :class:`~torrent.net.peer.ConnectionHandler`."""
+
+    def __init__(self, owner: _Fetcher, addr: Addr, conn: PeerConn, started: float) -> None:
+        self.owner = owner
+        self.addr = addr
+        self.conn = conn
+        self.started = started  # when the dial began: the handshake deadline counts from it
+        self.mc = MetadataConnection(owner.magnet.info_hash, owner.peer_id,
+                                     client=f"fasttorrent {__version__}",
+                                     listen_port=owner.port or None)
+        self.closed = False
+        self.offered = False  # it is in the fetch
+        self.final = False  # closed for a reason a new dial would not change
+
+    @property
+    def rb(self) -> ReceiveBuffer:
+        return self.mc.rb
+
+    def data_received(self) -> None:
+        self.owner.on_data(self)
+
+    def writable(self) -> None:
+        pass  # we send a few small messages: nothing waits for the queue to drain
+
+    def lost(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.mc.close()
+            self.owner.on_lost(self, reason)
+
+    def flush(self) -> None:
+        data = self.mc.data_to_send()
+        if data and not self.closed:
+            self.conn.write(data)
+
+    def close(self, reason: str) -> None:
+        """Drop the connection; :meth:`lost` follows at once."""
+        self.conn.abort(reason)
+
+
+class _Fetcher:
+    """The state of one :func:`fetch_metadata` run (see the module docstring)."""
+
+    def __init__(self, magnet: Magnet, opts: Options, peer_id: bytes, port: int,
+                 log: Callable[[str], None]) -> None:
+        self.magnet = magnet
+        self.opts = opts
+        self.peer_id = peer_id
+        self.port = port
+        self.log = log
+        self.loop = asyncio.get_running_loop()
+        self.fetch: MetadataFetch[Addr] = MetadataFetch(magnet.info_hash)
+        self.candidates: dict[Addr, _Candidate] = {}
+        self.links: dict[Addr, _Link] = {}
+        self.dials: set[asyncio.Task[None]] = set()
+        self.max_connections = min(MAX_METADATA_CONNECTIONS, opts.max_peers)
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.interrupted = False
+        self.tracking = False  # the tracker task runs: peers may still come
+        self.started = self.loop.time()
+        self.last_progress = self.started
+
+    # -- peers ------------------------------------------------------------------------
+    def add_candidates(self, addrs: Iterable[Addr], source: str) -> None:
+        """New peers to dial (known ones and those over MAX_CANDIDATES are skipped)."""
+        added = False
+        for host, port in addrs:
+            addr = (str(host), int(port))
+            if addr in self.candidates or len(self.candidates) >= MAX_CANDIDATES:
+                continue
+            self.candidates[addr] = _Candidate(source)
+            added = True
+        if added:
+            self.wake.set()
+
+    def dial_more(self, now: float) -> None:
+        """Dial waiting candidates while fewer than ``max_connections`` are open or dialling."""
+        if self.closing:
+            return
+        for addr, c in self.candidates.items():
+            if len(self.links) + len(self.dials) >= self.max_connections:
+                return
+            if c.busy or c.final or c.retry_at > now:
+                continue
+            c.busy = True
+            c.attempts += 1
+            task = self.loop.create_task(self._dial(addr, now))
+            self.dials.add(task)
+            task.add_done_callback(self.dials.discard)
+
+    async def _dial(self, addr: Addr, started: float) -> None:
+        host, port = addr
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: PeerConn(lambda conn: self._accept(conn, addr, started), addr, True),
+                    host, port),
+                self.opts.handshake_timeout)
+        except (TimeoutError, OSError) as e:
+            why = ("timed out" if isinstance(e, TimeoutError)
+                   else os.strerror(e.errno) if e.errno else str(e))
+            self._ended(addr, f"connect failed: {why}", final=False)
+
+    def _accept(self, conn: PeerConn, addr: Addr, started: float) -> _Link | None:
+        if self.closing or addr in self.links:
+            return None
+        link = _Link(self, addr, conn, started)
+        self.links[addr] = link
+        link.flush()  # our handshake
+        return link
+
+    def _ended(self, addr: Addr, reason: str, *, final: bool) -> None:
+        """A dial or connection ended: note why, and when (whether) to dial again."""
+        c = self.candidates.get(addr)
+        if c is None:
+            return
+        c.busy = False
+        if not c.reason.startswith("banned"):
+            c.reason = reason
+        if final or c.attempts >= PEER_MAX_ATTEMPTS:
+            c.final = True
+        else:
+            c.retry_at = self.loop.time() + PEER_RETRY_BASE * 2 ** (c.attempts - 1)
+        self.wake.set()
+
+    def on_lost(self, link: _Link, reason: str) -> None:
+        """A connection is gone (we closed it, or the peer did)."""
+        if self.links.get(link.addr) is link:
+            del self.links[link.addr]
+        self.fetch.peer_gone(link.addr)
+        self._ended(link.addr, reason, final=link.final)
+        if not self.closing:
+            self.pump(self.loop.time())  # its requests went back to the others
+
+    def close(self, link: _Link, reason: str, *, final: bool) -> None:
+        """Drop ``link``; ``final``: never dial that peer again."""
+        link.final = final
+        link.close(reason)
+
+    def ban(self, addr: Addr) -> None:
+        c = self.candidates.get(addr)
+        if c is not None:
+            c.reason = "banned: its metadata does not hash to the info-hash"
+            c.final = True
+        link = self.links.get(addr)
+        if link is not None:
+            self.close(link, "banned: its metadata does not hash to the info-hash", final=True)
+
+    # -- the protocol -----------------------------------------------------------------
+    def on_data(self, link: _Link) -> None:
+        """Bytes arrived on ``link``: handle its events, then send what is due."""
+        if link.closed or self.closing:
+            return
+        now = self.loop.time()
+        try:
+            events = link.mc.events()
+            for ev in events:
+                if link.closed:
+                    break
+                self._handle(link, ev, now)
+        except RemoteProtocolError as e:
+            self.close(link, str(e), final=True)
+            return
+        link.flush()
+        self.pump(now)
+
+    def _handle(self, link: _Link, ev: MetadataEvent, now: float) -> None:
+        addr = link.addr
+        if isinstance(ev, ConnectionReady):
+            link.flush()  # our extension handshake
+        elif isinstance(ev, MetadataOffer):
+            if ev.metadata_size is None:
+                self.close(link, "offers no metadata (no ut_metadata or metadata_size)",
+                           final=True)
+            elif not link.offered:
+                if not self.fetch.add_peer(addr, ev.metadata_size):
+                    why = ("banned: its metadata does not hash to the info-hash"
+                           if addr in self.fetch.banned else
+                           f"metadata_size {ev.metadata_size} not taken")
+                    self.close(link, why, final=True)
+                else:
+                    link.offered = True
+        elif isinstance(ev, MetadataData):
+            before = self.fetch.pieces_have
+            result = self.fetch.data(addr, ev.piece, ev.total_size, ev.data)
+            if self.fetch.pieces_have > before or self.fetch.done:
+                self.last_progress = now
+            if isinstance(result, MetadataHashFailed):
+                who = ", ".join(map(_name, result.banned or result.suspects))
+                self.log(f"warning: metadata from {who} does not hash to the info-hash; "
+                         "fetching it again")
+                for p in result.banned:
+                    self.ban(p)
+            elif isinstance(result, MetadataComplete):
+                for p in result.banned:
+                    self.ban(p)
+                self.wake.set()
+        elif isinstance(ev, MetadataReject):
+            self.fetch.reject(addr, ev.piece, now)
+
+    def pump(self, now: float) -> None:
+        """Send each ready connection the requests the fetch hands it now; close
+        the ones it will ask no more."""
+        if self.fetch.done:
+            self.wake.set()
+            return
+        for link in list(self.links.values()):
+            if link.closed or not link.offered or not link.mc.can_request:
+                continue
+            if not self.fetch.usable(link.addr):
+                self.close(link, "asked no more: it rejected or did not answer too often",
+                           final=True)
+                continue
+            while (piece := self.fetch.next_request(link.addr, now)) is not None:
+                link.mc.request(piece)
+            link.flush()
+
+    def tick(self, now: float) -> None:
+        """The timer: request and handshake time-outs, more dials."""
+        self.fetch.timed_out(now)
+        deadline = self.opts.handshake_timeout
+        for link in list(self.links.values()):
+            if link.mc.state < MetadataConnState.READY and now - link.started > deadline:
+                self.close(link, f"no handshake within {deadline:g} s", final=False)
+        self.pump(now)
+        self.dial_more(now)
+
+    # -- trackers ---------------------------------------------------------------------
+    async def announce(self) -> None:
+        """Announce to the magnet's trackers (BEP 12 tiers) until cancelled; feed the peers."""
+        try:
+            ts = TrackerSet(self.magnet.trackers)
+        except ValueError as e:
+            self.log(f"warning: trackers: {e}")
+            return
+        for url, why in ts.skipped:
+            self.log(f"warning: tracker {url} skipped: {why}")
+        fn = make_announce_fn(info_hash=self.magnet.info_hash, peer_id=self.peer_id,
+                              port=self.port, stats=lambda: (0, 0, MAGNET_LEFT),
+                              clock=self.loop.time)
+        while True:
+            for a in ts.due(self.loop.time()):
+                try:
+                    result = await fn(a)
+                except TrackerError as e:
+                    self.log(f"warning: {ts.on_failure(a, e, self.loop.time())}")
+                else:
+                    warning = ts.on_success(a, result, self.loop.time())
+                    if warning:
+                        self.log(f"warning: {warning}")
+                    self.add_candidates(result.peers, "tracker")
+                self.wake.set()
+            at = ts.next_announce_at(self.loop.time())
+            await asyncio.sleep(max(TICK, (at or 0.0) - self.loop.time()))
+
+    # -- the end ----------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line: the peers tried and what each did."""
+        if not self.candidates:
+            if not self.magnet.trackers:
+                trackers = "it has no tracker"
+            elif not self.opts.use_trackers:
+                trackers = "its trackers are not used (--no-trackers)"
+            else:
+                trackers = "its trackers gave none"
+            return f"no peer to ask: the magnet has no x.pe, no --peer was given and {trackers}"
+        report = {r.peer: r for r in self.fetch.report()}
+        parts = []
+        for addr, c in list(self.candidates.items())[:_DESCRIBE_LIMIT]:
+            r = report.get(addr)
+            if r is not None:
+                what = [f"metadata_size {r.metadata_size}", f"{r.received} pieces"]
+                if r.rejects:
+                    what.append(f"{r.rejects} rejects")
+                if r.timeouts:
+                    what.append(f"{r.timeouts} time-outs")
+                if r.banned:
+                    what.append("banned: bad metadata")
+                elif c.reason and not r.connected:
+                    what.append(c.reason)
+            else:
+                what = [c.reason or ("connected" if c.busy else "not dialled")]
+            parts.append(f"{_name(addr)} ({', '.join(what)})")
+        more = len(self.candidates) - _DESCRIBE_LIMIT
+        return "peers tried: " + "; ".join(parts) + (f" and {more} more" if more > 0 else "")
+
+    def stalled(self, now: float) -> str | None:
+        """Why the fetch should give up now, or None: no metadata piece for
+        ``stall_timeout``, or nothing left that could ever bring one (no peer
+        left to dial and no tracker to ask for more)."""
+        stall = self.opts.stall_timeout
+        if stall and now - self.last_progress > stall:
+            return f"no metadata piece for {stall:g} s"
+        if self.tracking or self.links or self.dials:
+            return None
+        if not self.candidates:
+            return "no peer to fetch the metadata from"
+        if all(c.final for c in self.candidates.values()):
+            return "no peer left that could send the metadata"
+        return None
+
+    async def shutdown(self) -> None:
+        """Close every connection and dial (bounded: aborts, cancels)."""
+        self.closing = True
+        for link in list(self.links.values()):
+            self.close(link, "metadata fetch over", final=True)
+        for task in list(self.dials):
+            task.cancel()
+        if self.dials:
+            await asyncio.gather(*self.dials, return_exceptions=True)
+        # let the aborted transports deliver connection_lost before the loop goes
+        await asyncio.sleep(0)
+
+
+async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port: int,
+                         log: Callable[[str], None]) -> bytes:
+    """Fetch the info dictionary of ``magnet`` from peers (BEP 9).
+
+    Args:
+        magnet: the parsed magnet link (info-hash, trackers, ``x.pe`` peers).
+        opts: the run's options: ``peers`` (dialled too), ``use_trackers``,
+            ``max_peers``, ``handshake_timeout``, ``stall_timeout``.
+        peer_id: our peer id (the download that follows uses the same).
+        port: the port we announce (``p`` and to trackers); the download
+            listens on it.
+        log: called with progress and warning lines.
+
+    Returns:
+        The info dictionary's bytes, verified against the info-hash (not yet
+        validated as a torrent: :func:`~torrent.metadata.metainfo_from_info`).
+
+    Raises:
+        Incomplete: no metadata piece for ``opts.stall_timeout`` seconds, or
+            no peer and no tracker at all; the message names the peers tried.
+        Interrupted: SIGINT / SIGTERM.
+    """
+    f = _Fetcher(magnet, opts, peer_id, port, log)
+    loop = f.loop
+
+    def on_signal() -> None:
+        f.interrupted = True
+        f.wake.set()
+
+    signals: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            signals.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread: the caller handles signals
+    f.add_candidates(magnet.peers, "magnet")
+    f.add_candidates(opts.peers, "manual")
+    tracker_task: asyncio.Task[None] | None = None
+    if opts.use_trackers and magnet.trackers:
+        tracker_task = loop.create_task(f.announce())
+        f.tracking = True
+    log(f"magnet {magnet.info_hash_hex}: fetching the metadata from peers "
+        f"({len(f.candidates)} known{', asking the trackers' if tracker_task else ''})")
+    try:
+        while True:
+            now = loop.time()
+            if f.interrupted:
+                raise Interrupted("interrupted while fetching the metadata; nothing saved")
+            if f.fetch.done:
+                break
+            f.tick(now)
+            if f.fetch.done:
+                break
+            if tracker_task is not None and tracker_task.done() and f.tracking:
+                f.tracking = False  # the announce loop ended: no usable tracker
+                exc = None if tracker_task.cancelled() else tracker_task.exception()
+                if exc is not None:
+                    raise exc  # a bug of ours (tracker failures are warnings)
+            why = f.stalled(now)
+            if why is not None:
+                raise Incomplete(f"incomplete: {why} (magnet {magnet.info_hash_hex}); "
+                                 f"{f.describe()}")
+            f.wake.clear()
+            try:
+                await asyncio.wait_for(f.wake.wait(), TICK)
+            except TimeoutError:
+                pass
+    finally:
+        if tracker_task is not None:
+            tracker_task.cancel()
+            await asyncio.gather(tracker_task, return_exceptions=True)
+        await f.shutdown()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    info = f.fetch.result
+    if info is None:  # cannot happen: the loop leaves only when done or by raising
+        raise RuntimeError("metadata fetch ended without the metadata")
+    served = sum(1 for r in f.fetch.report() if r.received)
+    log(f"metadata: {len(info)} bytes from {served} peer(s) in "
+        f"{loop.time() - f.started:.3f} s")
+    return info

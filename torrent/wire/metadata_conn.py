@@ -1,0 +1,322 @@
+"""A connection that only fetches a torrent's metadata (BEP 9 over BEP 10), sans-IO.
+
+Theory of operation
+-------------------
+A magnet download starts with the info-hash alone: until the info
+dictionary is known there is no piece count, so :class:`PeerProtocol
+<torrent.wire.peer.PeerProtocol>` (which needs one) cannot run yet. A
+:class:`MetadataConnection` is the little that is needed before: we dial,
+send our handshake with :data:`~torrent.wire.handshake.RESERVED_OURS`, read
+the peer's (it must be for our info-hash and set the BEP 10 bit), send our
+extension handshake offering ``ut_metadata``, and from then on carry
+``ut_metadata`` messages. Every other message is framed (its length checked
+against the one table's bound before it is buffered) and ignored: a
+bitfield, HAVE_ALL, a choke mean nothing before the metadata is known.
+
+The bitfield bound needs a piece count; the largest one a torrent whose
+metadata we accept can have is :data:`MAX_PIECES_BEFORE_METADATA`
+(MAX_METADATA_SIZE bytes of info dict hold at most that many 20-byte piece
+hashes), so the framer is built for it.
+
+States (:class:`MetadataConnState`), changed only by ``_transition``::
+
+    AWAIT_HANDSHAKE  --(its handshake checks out)--------> AWAIT_EXTENSIONS
+    AWAIT_EXTENSIONS --(its extension handshake)---------> READY
+    any              --(EOF, a protocol error, close())--> CLOSED
+
+Which pieces to request, from whom, and what the pieces add up to is the
+fetch's business (:class:`~torrent.metadata.MetadataFetch`); time-outs are
+the caller's (it knows when the connection was made). The connection
+answers a peer's own ut_metadata requests with rejects (we have no metadata
+to give), at most :data:`MAX_REJECTS_SENT` of them.
+
+The caller reads bytes into :attr:`MetadataConnection.rb` (or copies them
+in with :meth:`MetadataConnection.receive_data`), asks
+:meth:`MetadataConnection.events` what they mean, and writes what
+:meth:`MetadataConnection.data_to_send` returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final, cast
+
+from ..errors import RemoteProtocolError
+from .extension import (
+    EXTENSION_HANDSHAKE_ID,
+    MAX_METADATA_SIZE,
+    OUR_EXTENSION_IDS,
+    UT_METADATA,
+    ExtensionHandshake,
+    MetadataData,
+    MetadataReject,
+    MetadataRequest,
+    decode_metadata_message,
+    merge_peer_ids,
+)
+from .framing import Framer, ReceiveBuffer, next_frame
+from .handshake import (
+    HANDSHAKE_LENGTH,
+    RESERVED_OURS,
+    check_handshake_prefix,
+    encode_handshake,
+    parse_handshake,
+)
+from .messages import EXTENDED, Extended, LocalProtocolError, encode
+
+__all__ = [
+    "MAX_PIECES_BEFORE_METADATA",
+    "MAX_REJECTS_SENT",
+    "ConnectionReady",
+    "MetadataConnState",
+    "MetadataConnection",
+    "MetadataEvent",
+    "MetadataOffer",
+]
+
+#: The most pieces a torrent can have whose info dict we would accept: each
+#: piece has a 20-byte SHA-1 in ``pieces``, and the whole dict is at most
+#: MAX_METADATA_SIZE bytes. It bounds a bitfield received before we know the
+#: real count (196,608 bytes), which is then ignored.
+MAX_PIECES_BEFORE_METADATA: Final = MAX_METADATA_SIZE // 20
+
+#: Rejects we send in answer to a peer's ut_metadata requests before we
+#: ignore them: we announce no metadata_size, so an honest peer asks nothing;
+#: the bound keeps one that keeps asking from filling our send queue.
+MAX_REJECTS_SENT: Final = 64
+
+# What our extension handshake offers: only ut_metadata. Nothing else is read
+# on these connections (PEX and the rest wait for the download proper).
+_OUR_M: Final = {UT_METADATA: OUR_EXTENSION_IDS[UT_METADATA]}
+
+
+class MetadataConnState(IntEnum):
+    """Where a metadata connection is (see the module docstring)."""
+
+    AWAIT_HANDSHAKE = 0
+    AWAIT_EXTENSIONS = 1
+    READY = 2
+    CLOSED = 3
+
+
+_TRANSITIONS: Final = {
+    MetadataConnState.AWAIT_HANDSHAKE: {MetadataConnState.AWAIT_EXTENSIONS,
+                                        MetadataConnState.CLOSED},
+    MetadataConnState.AWAIT_EXTENSIONS: {MetadataConnState.READY, MetadataConnState.CLOSED},
+    MetadataConnState.READY: {MetadataConnState.CLOSED},
+    MetadataConnState.CLOSED: set(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionReady:
+    """The peer's BT handshake checked out (our info-hash, BEP 10 set); ours went out."""
+
+    peer_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataOffer:
+    """The peer's first extension handshake.
+
+    Attributes:
+        metadata_size: what it offers (BEP 9), or None: no ``ut_metadata``,
+            or no ``metadata_size`` (it has no metadata to give).
+        client: its ``v``, if any (for logs).
+    """
+
+    metadata_size: int | None
+    client: str | None = None
+
+
+#: What :meth:`MetadataConnection.events` returns: the handshake done, the
+#: peer's offer, and the pieces and rejects it sends.
+MetadataEvent = ConnectionReady | MetadataOffer | MetadataData | MetadataReject
+
+
+class MetadataConnection:
+    """One outgoing connection that fetches metadata (see the module docstring).
+
+    Our handshake is queued at once: write :meth:`data_to_send` as soon as
+    the connection is made.
+
+    Args:
+        info_hash: the magnet's 20-byte info-hash.
+        peer_id: our 20-byte peer id.
+        client: our ``v`` for the extension handshake.
+        listen_port: our ``p`` (the port the download will accept peers on).
+
+    Raises:
+        LocalProtocolError: ``info_hash`` or ``peer_id`` is not 20 bytes.
+    """
+
+    def __init__(self, info_hash: bytes, peer_id: bytes, *, client: str | None = None,
+                 listen_port: int | None = None) -> None:
+        self.info_hash = bytes(info_hash)
+        self.our_peer_id = bytes(peer_id)
+        self.peer_id: bytes | None = None
+        self.client = client
+        self.listen_port = listen_port if listen_port else None
+        self._framer = Framer(MAX_PIECES_BEFORE_METADATA)
+        #: The buffer the socket reads into; it holds the largest frame the framer admits.
+        self.rb = ReceiveBuffer(self._framer.max_len + 4)
+        self._state = MetadataConnState.AWAIT_HANDSHAKE
+        self._out: list[bytes] = [encode_handshake(self.info_hash, self.our_peer_id,
+                                                   RESERVED_OURS)]
+        self._peer_ids: dict[str, int] = {}  # the peer's extension ids (merge_peer_ids)
+        self._metadata_size: int | None = None
+        self._offered = False
+        self.rejects_sent = 0
+
+    # --- state --------------------------------------------------------------------
+    @property
+    def state(self) -> MetadataConnState:
+        """The connection state."""
+        return self._state
+
+    @property
+    def metadata_size(self) -> int | None:
+        """The size the peer offered (None before its extension handshake, or none offered)."""
+        return self._metadata_size
+
+    def _transition(self, new: MetadataConnState) -> None:
+        """The one place the state changes; an illegal change is our bug."""
+        if new not in _TRANSITIONS[self._state]:
+            raise LocalProtocolError(
+                f"illegal metadata connection transition {self._state.name} -> {new.name}")
+        self._state = new
+
+    def close(self) -> None:
+        """We are done with it (idempotent)."""
+        if self._state is not MetadataConnState.CLOSED:
+            self._transition(MetadataConnState.CLOSED)
+
+    # --- sending ------------------------------------------------------------------
+    def data_to_send(self) -> bytes:
+        """Everything queued to send since the last call (b"" when nothing)."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def can_request(self) -> bool:
+        """READY, and the peer offers metadata: :meth:`request` may be called."""
+        return (self._state is MetadataConnState.READY and self._metadata_size is not None
+                and UT_METADATA in self._peer_ids)
+
+    def request(self, piece: int) -> None:
+        """Queue a ut_metadata request for ``piece``.
+
+        Raises:
+            LocalProtocolError: not :attr:`can_request`.
+        """
+        ext_id = self._peer_ids.get(UT_METADATA)
+        if not self.can_request or ext_id is None:
+            raise LocalProtocolError(f"metadata request in state {self._state.name} "
+                                     "without the peer's ut_metadata id")
+        self._out.append(encode(Extended(ext_id, MetadataRequest(piece).encode())))
+
+    # --- receiving ----------------------------------------------------------------
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[MetadataEvent]:
+        """Copy received bytes in and return the events they complete (for tests and tools).
+
+        Raises:
+            RemoteProtocolError: as :meth:`events`.
+        """
+        self.rb.feed(data)
+        return self.events()
+
+    def events(self) -> list[MetadataEvent]:
+        """The events the bytes in :attr:`rb` complete, in stream order.
+
+        Raises:
+            RemoteProtocolError: not a BitTorrent handshake, another info-hash,
+                our own peer id, no BEP 10 bit, a frame over its bound, a bad
+                extension handshake (e.g. metadata_size over
+                MAX_METADATA_SIZE) or ut_metadata message. The connection is
+                then CLOSED: drop it.
+            LocalProtocolError: called after the connection was closed.
+        """
+        if self._state is MetadataConnState.CLOSED:
+            raise LocalProtocolError("events() called on a closed metadata connection")
+        out: list[MetadataEvent] = []
+        try:
+            self._read(out)
+        except RemoteProtocolError:
+            self._transition(MetadataConnState.CLOSED)
+            raise
+        return out
+
+    def receive_eof(self) -> None:
+        """The peer closed the connection."""
+        self.close()
+
+    def _read(self, out: list[MetadataEvent]) -> None:
+        rb = self.rb
+        if self._state is MetadataConnState.AWAIT_HANDSHAKE:
+            if rb.end - rb.start < HANDSHAKE_LENGTH:
+                check_handshake_prefix(rb.view[rb.start : rb.end])
+                return
+            out.append(self._on_handshake(rb.view[rb.start : rb.start + HANDSHAKE_LENGTH]))
+            rb.start += HANDSHAKE_LENGTH
+        while self._state is not MetadataConnState.CLOSED:
+            n = next_frame(rb, self._framer)
+            if n < 0:
+                return
+            start = rb.start
+            rb.start = start + 4 + n
+            if n == 0 or rb.buf[start + 4] != EXTENDED:
+                continue  # a keep-alive, or a message that means nothing yet
+            msg = cast(Extended, Extended.decode_payload(rb.view[start + 5 : start + 4 + n]))
+            ev = self._on_extended(msg)
+            if ev is not None:
+                out.append(ev)
+
+    def _on_handshake(self, data: memoryview) -> ConnectionReady:
+        hs = parse_handshake(data)
+        if hs.info_hash != self.info_hash:
+            raise RemoteProtocolError(
+                f"peer handshake is for info-hash {hs.info_hash.hex()}, "
+                f"not ours ({self.info_hash.hex()})")
+        if hs.peer_id == self.our_peer_id:
+            raise RemoteProtocolError("connected to self: the peer id is our own")
+        if not hs.supports_extensions:
+            raise RemoteProtocolError(
+                "peer does not speak the extension protocol (BEP 10): it cannot send metadata")
+        self.peer_id = hs.peer_id
+        self._transition(MetadataConnState.AWAIT_EXTENSIONS)
+        ours = ExtensionHandshake(m=_OUR_M, v=self.client, p=self.listen_port)
+        self._out.append(encode(Extended(EXTENSION_HANDSHAKE_ID, ours.encode())))
+        return ConnectionReady(hs.peer_id)
+
+    def _on_extended(self, msg: Extended) -> MetadataEvent | None:
+        if msg.ext_id == EXTENSION_HANDSHAKE_ID:
+            hs = ExtensionHandshake.decode(msg.body)
+            self._peer_ids = merge_peer_ids(self._peer_ids, hs.m)
+            if self._offered:
+                # BEP 10 lets a peer update its ids; the size stays the first one, but a
+                # peer that turned ut_metadata off (id 0) offers nothing any more
+                if self._metadata_size is not None and UT_METADATA not in self._peer_ids:
+                    self._metadata_size = None
+                    return MetadataOffer(None, hs.v)
+                return None
+            self._offered = True
+            if UT_METADATA in self._peer_ids:
+                self._metadata_size = hs.metadata_size
+            self._transition(MetadataConnState.READY)
+            return MetadataOffer(self._metadata_size, hs.v)
+        if msg.ext_id != OUR_EXTENSION_IDS[UT_METADATA]:
+            return None  # an extension we did not offer: ignored (BEP 10)
+        if self._state is not MetadataConnState.READY:
+            raise RemoteProtocolError(
+                "peer sent a ut_metadata message before its extension handshake")
+        m = decode_metadata_message(msg.body, self._metadata_size)
+        if isinstance(m, MetadataRequest):
+            ext_id = self._peer_ids.get(UT_METADATA)
+            if ext_id is not None and self.rejects_sent < MAX_REJECTS_SENT:
+                # BEP 9: a peer without the piece rejects the request (we have none)
+                self.rejects_sent += 1
+                self._out.append(encode(Extended(ext_id, MetadataReject(m.piece).encode())))
+            return None
+        return m
