@@ -32,7 +32,10 @@ pieces with a short last block), 0x02 socket reads, 0x04 the peer unchokes us
 before the stream, 0x08 we unchoke the peer (its requests are queued and
 served), 0x10 requests time out as chunks go by, 0x20 one request is
 cancelled at the start (its block may arrive late), 0x40 a block has an
-endgame duplicate held by another peer, 0x80 we initiated the connection.
+endgame duplicate held by another peer, 0x80 the peer's handshake offers the
+Fast extension and the extension protocol (BEP 6 and 10; ours offers both),
+so have all / have none, reject, allowed fast, suggest and extended
+messages are taken, not refused.
 
 Run: ``FASTTORRENT_PURE=1 python tests/fuzz/fuzz_wire.py [libFuzzer flags] [corpus dirs]``.
 """
@@ -51,8 +54,9 @@ with instrumented(__name__):
     from torrent.errors import RemoteProtocolError
     from torrent.picker import BLOCK_SIZE, Picker, Slot, block_count
     from torrent.wire import peer as wp
+    from torrent.wire.fastext import MAX_ALLOWED_FAST
     from torrent.wire.framing import MIN_READ, RECV_BUFFER_LIMIT
-    from torrent.wire.handshake import encode_handshake
+    from torrent.wire.handshake import RESERVED_OURS, encode_handshake
     from torrent.wire.messages import Unchoke, encode, max_message_length
 
 #: (piece length, total size) of the torrents the stream is for.
@@ -91,7 +95,7 @@ class Owner:
         self.picker.add_lease(range(num))
         self.picker.add_availability(range(num), 1)
         self.proto = wp.PeerProtocol(INFO_HASH, OUR_ID, num, pl, total,
-                                     we_initiated=bool(flags & 0x80), now=0.0, fast_path=fast)
+                                     we_initiated=True, now=0.0, fast_path=fast)
         self.peer = object()
         self.proto.attach_store(self.picker.active, self.peer)
         self.slots = [Slot(memoryview(bytearray(pl)), block_count(pl)) for _ in range(SLOTS)]
@@ -147,6 +151,10 @@ class Owner:
         if isinstance(ev, wp.RequestsCancelled):
             for i, b, _ln in ev.requests:
                 self.picker.block_lost(i, b, self.peer)
+        elif isinstance(ev, wp.RequestRejected):  # BEP 6: re-issue it elsewhere
+            self.picker.block_lost(ev.index, ev.begin, self.peer)
+        elif isinstance(ev, wp.RequestDropped):  # BEP 6: a request we do not serve
+            self.proto.send_reject(ev.index, ev.begin, ev.length)
         elif isinstance(ev, wp.HaveReceived):
             self.picker.add_availability((ev.index,), 1)
         elif isinstance(ev, wp.BitfieldReceived):
@@ -200,6 +208,7 @@ class Owner:
         check(p.num_outstanding <= wp.MAX_OUTSTANDING_REQUESTS, "too many outstanding requests")
         check(len(p.peer_requests) <= wp.MAX_PEER_REQUESTS, "peer request queue over its bound")
         check(len(p._cancelled) <= wp.MAX_RECENTLY_CANCELLED, "cancelled memory over its bound")
+        check(len(p.allowed_fast) <= MAX_ALLOWED_FAST, "allowed fast set over its bound")
         check(p.peer_piece_count == int.from_bytes(p.peer_bitfield, "big").bit_count(),
               "peer piece count differs from its bitfield")
         for i, begin, _ln in p.outstanding_requests:
@@ -209,11 +218,9 @@ class Owner:
 
     def start(self, data: bytes) -> None:
         p = self.proto
-        if p.we_initiated:
-            p.handshake()
-        self.receive(encode_handshake(INFO_HASH, THEIR_ID))
-        if not p.we_initiated:
-            p.handshake()
+        p.handshake()
+        reserved = RESERVED_OURS if self.flags & 0x80 else bytes(8)
+        self.receive(encode_handshake(INFO_HASH, THEIR_ID, reserved))
         if self.flags & 0x08:
             p.send_unchoke()
         if self.flags & 0x04:
@@ -240,6 +247,8 @@ class Owner:
             "state": p.state, "outstanding": p.outstanding_requests,
             "cancelled": list(p._cancelled), "ignored": p.ignored_blocks,
             "choking": p.peer_choking, "interested": p.peer_interested,
+            "fast": p.fast, "extensions": p.extensions, "allowed_fast": p.allowed_fast,
+            "peer_extensions": p.peer_extensions,
             "bits": p.peer_bitfield, "peer_requests": p.peer_requests,
             "dropped": p.dropped_peer_requests, "served": self.served,
             "active": active, "finished": self.finished, "events": self.events,

@@ -163,8 +163,11 @@ def _block(index: int, begin: int, length: int) -> bytes:
     return (seed * (length // 20 + 1))[:length]
 
 
+Between = Callable[[int, fuzz_wire.Owner], tuple[bytes, ...]]
+
+
 def wire_stream(flags: int, prefix: tuple[bytes, ...] = (), *, newest_first: bool = False,
-                limit: int = 64, between: Callable[[int], tuple[bytes, ...]] | None = None,
+                limit: int = 64, between: Between | None = None,
                 suffix: tuple[bytes, ...] = ()) -> bytes:
     """An honest peer's stream, frame by frame (split seed 255), answering our requests.
 
@@ -188,7 +191,7 @@ def wire_stream(flags: int, prefix: tuple[bytes, ...] = (), *, newest_first: boo
             break
         i, begin, ln = reqs[-1] if newest_first else reqs[0]
         send(m.encode(m.Piece(i, begin, _block(i, begin, ln))))
-        for f in between(n) if between else ():
+        for f in between(n, o) if between else ():
             send(f)
     frames.extend(suffix)
     return bytes([flags, fuzz_wire.FRAME_SEED]) + b"".join(frames)
@@ -200,16 +203,27 @@ def wire_seeds() -> Seeds:
     bitfield = m.encode(m.Bitfield(b"\xff\xc0"))
     have = m.encode(m.Have(3))
     go = 0x04  # the peer unchoked us before the stream: requests are out
+    fast = 0x80  # the peer offers BEP 6 and BEP 10
+    ext_hs = m.encode(m.Extended(0, ext.ExtensionHandshake(
+        m={"ut_metadata": 3, "ut_pex": 4}, v="fuzz 1.0", reqq=250, metadata_size=1000).encode()))
+    ext_meta = m.encode(m.Extended(ext.OUR_EXTENSION_IDS["ut_metadata"],
+                                   ext.MetadataRequest(0).encode()))
+    ext_pex = m.encode(m.Extended(ext.OUR_EXTENSION_IDS["ut_pex"], ext.Pex(
+        added=(ext.PexPeer("10.0.0.1", 6881, 2),), dropped=(("10.0.0.2", 80),)).encode()))
 
-    def choke_once(n: int) -> tuple[bytes, ...]:
+    def choke_once(n: int, o: fuzz_wire.Owner) -> tuple[bytes, ...]:
         return (choke, keepalive, unchoke) if n == 1 else ()
 
-    def chatter(n: int) -> tuple[bytes, ...]:
+    def reject_newest(n: int, o: fuzz_wire.Owner) -> tuple[bytes, ...]:
+        reqs = o.proto.outstanding_requests
+        return (m.encode(m.Reject(*reqs[-1])),) if n % 3 == 1 and reqs else ()
+
+    def chatter(n: int, o: fuzz_wire.Owner) -> tuple[bytes, ...]:
         return {0: (have, keepalive), 1: (m.encode(m.Interested()),),
                 2: (m.frame(20, b"\x00d1:md6:ut_pexi1eee"), m.encode(m.Port(6881))),
                 3: (m.encode(m.NotInterested()), m.encode(m.Bitfield(b"\xff\xc0")))}.get(n, ())
 
-    def their_requests(n: int) -> tuple[bytes, ...]:
+    def their_requests(n: int, o: fuzz_wire.Owner) -> tuple[bytes, ...]:
         return (m.encode(m.Request(n % 10, 0, 32)), m.encode(m.Cancel(n % 10, 0, 32))
                 if n % 3 == 0 else keepalive)
 
@@ -240,14 +254,22 @@ def wire_seeds() -> Seeds:
         "honest-g1-first-piece": wire_stream(go | 0x01, limit=2),
         "honest-g1-whole": wire_stream(go | 0x01 | 0x02, newest_first=True),
         "bitfield-then-unchoke": wire_stream(0, (bitfield, unchoke)),
-        "we-initiated": wire_stream(0x80, (have, m.encode(m.Have(9)), unchoke), limit=5),
+        "haves-then-unchoke": wire_stream(0, (have, m.encode(m.Have(9)), unchoke), limit=5),
+        "fast-have-all": wire_stream(fast, (m.encode(m.HaveAll()), unchoke)),
+        "fast-have-none": wire_stream(fast, (m.encode(m.HaveNone()), m.encode(m.AllowedFast(3)),
+                                             m.encode(m.Suggest(4)), unchoke), limit=4),
+        "fast-choke-keeps-requests": wire_stream(go | fast, between=choke_once, limit=8),
+        "fast-rejects": wire_stream(go | fast, between=reject_newest, limit=8),
+        "fast-their-requests": wire_stream(go | fast | 0x08, between=their_requests, limit=8),
+        "fast-extended": wire_stream(go | fast, (ext_hs, ext_meta, ext_pex, m.encode(
+            m.Extended(9, b"whatever"))), limit=4),
         "choke-mid-stream": wire_stream(go, between=choke_once),
         "chatter": wire_stream(go, between=chatter),
         "their-requests": wire_stream(go | 0x08, between=their_requests, limit=8),
         "cancelled-late-block": wire_stream(go | 0x20, limit=6, suffix=(
             m.encode(m.Piece(1, 0, _block(1, 0, 32))),)),
         "endgame-duplicate": wire_stream(go | 0x40, limit=6),
-        "timeouts": wire_stream(go | 0x10, between=lambda n: (keepalive,) * 3, limit=6),
+        "timeouts": wire_stream(go | 0x10, between=lambda n, o: (keepalive,) * 3, limit=6),
         "everything": wire_stream(0xFF & ~0x01, (bitfield, unchoke), between=chatter, limit=8),
         "whole-chunk": bytes([go, 0]) + honest[2:],
         "bytewise": bytes([go, 1]) + head[2:],
@@ -257,6 +279,19 @@ def wire_seeds() -> Seeds:
     }
     for what, frame in bad_frame.items():
         seeds[f"bad-{what}"] = head + frame
+    fast_head = bytes([go | fast]) + head[1:]
+    bad_fast = {
+        "have-all-late": m.encode(m.HaveAll()),
+        "reject-never-sent": m.encode(m.Reject(9, 0, 5)),
+        "allowed-fast-out-of-range": m.encode(m.AllowedFast(10)),
+        "suggest-out-of-range": m.encode(m.Suggest(99)),
+        "extension-handshake-not-dict": m.encode(m.Extended(0, b"li1ee")),
+        "metadata-garbage": m.encode(m.Extended(1, b"d8:msg_typei0e5:piecei-1ee")),
+        "pex-bad-length": m.encode(m.Extended(2, b"d5:added5:12345e")),
+    }
+    for what, frame in bad_fast.items():
+        seeds[f"bad-fast-{what}"] = fast_head + frame
+    seeds["bad-fast-not-negotiated"] = head + m.encode(m.HaveAll())
     return seeds
 
 
