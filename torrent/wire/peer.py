@@ -663,7 +663,10 @@ class PeerProtocol:
         it is valid until the next call.
 
         Raises:
-            RemoteProtocolError: the peer broke the protocol (the machine is CLOSED).
+            RemoteProtocolError: the peer broke the protocol (the machine is CLOSED);
+                the events of the same call before the error are not returned (the
+                connection is over; a caller that needs each event as it comes
+                uses :meth:`next_event`, as the worker does).
             LocalProtocolError: called after the connection was closed.
         """
         if self._state is PeerState.CLOSED:
