@@ -187,7 +187,8 @@ def test_bench_interrupt_mid_run_leaves_nothing(tmp_path: Path, sig: signal.Sign
     require_module("libtorrent")
     results = tmp_path / "results"
     p = subprocess.Popen(
-        [sys.executable, "-m", "torrent", "bench", "--size", "64M", "--runs", "3",
+        # far more runs than can finish before the signal: it always lands mid-bench
+        [sys.executable, "-m", "torrent", "bench", "--size", "64M", "--runs", "500",
          "--num-seeders", "2", "--clients", "ft1,ft2", "--timeout", RUN_TIMEOUT,
          "--no-warmup", "--results", str(results)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
