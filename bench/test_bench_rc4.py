@@ -6,6 +6,10 @@ receive buffer's transform must rewrite each read where it lies
 input and output); the alternative, ``update`` into a new ``bytes`` and a slice
 assignment back, costs an allocation and a copy per read. Both run over a
 1 MiB buffer, the largest read a receive buffer takes (RECV_BUFFER_LIMIT).
+
+Next to them, a minimal native RC4 (``bench/_rc4_native.pyx``, compiled here
+with pyximport; skipped without Cython or a C compiler): the figure that
+decides whether RC4 is worth a kernel in ``_fast.pyx``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from torrent.wire.framing import RECV_BUFFER_LIMIT
 from torrent.wire.rc4 import RC4
@@ -54,3 +60,26 @@ def test_rc4_in_place_equals_update() -> None:
     buf = bytearray(data)
     RC4(KEY)(memoryview(buf))
     assert bytes(buf) == RC4(KEY).crypt(data) != data
+
+
+@pytest.fixture(scope="module")
+def native_rc4(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pyximport = pytest.importorskip("pyximport")
+    build = tmp_path_factory.mktemp("rc4build")
+    pyximport.install(build_dir=str(build), language_level=3, inplace=False)
+    try:
+        import _rc4_native  # type: ignore[import-not-found]
+    except Exception as e:  # no compiler: nothing to compare
+        pytest.skip(f"cannot build the native RC4: {e}")
+    return _rc4_native.NativeRC4
+
+
+def test_native_rc4_in_place_1mib(benchmark: Any, record_mbps: Recorder, native_rc4: Any) -> None:
+    benchmark.group = "rc4 1 MiB"
+    data = os.urandom(SIZE)
+    buf = bytearray(data)
+    native_rc4(KEY)(memoryview(buf))
+    assert bytes(buf) == RC4(KEY).crypt(data)  # the same stream as OpenSSL's
+    c = native_rc4(KEY)
+    benchmark.pedantic(c, args=(memoryview(buf),), **ROUNDS)
+    record_mbps(SIZE)
