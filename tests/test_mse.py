@@ -20,6 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from torrent.errors import RemoteProtocolError
+from torrent.wire.framing import ReceiveBuffer
 from torrent.wire.handshake import HANDSHAKE_LENGTH, RESERVED_OURS, encode_handshake
 from torrent.wire.messages import LocalProtocolError
 from torrent.wire.mse import (
@@ -263,6 +264,22 @@ def test_trailing_data_after_the_handshake_is_handed_over_decrypted(
         if est.decrypt:
             est.decrypt(memoryview(buf))
         assert est.payload + buf == want
+
+
+def test_the_receive_buffer_decrypts_the_stream_through_the_transform() -> None:
+    """As the connection will run it: payload fed as is, later reads decrypted in place."""
+    a = MSEInitiator(HASH, IA, provide=CRYPTO_RC4)
+    b = MSEReceiver(skey_table([HASH]))
+    ra, rb, _, _ = pump(a, b, None)
+    assert ra.encrypt is not None and rb.decrypt is not None
+    stream = b"\0\0\0\x05\x04\0\0\0\x07" * 1000
+    rbuf = ReceiveBuffer(1 << 15)
+    rbuf.feed(rb.payload)
+    rbuf.transform = rb.decrypt
+    wire = ra.encrypt.crypt(stream)
+    for k in range(0, len(wire), 777):
+        rbuf.feed(wire[k : k + 777])
+    assert bytes(rbuf.view[rbuf.start : rbuf.end]) == IA + stream
 
 
 def test_receiver_finds_the_torrent_among_several_and_refuses_others() -> None:
