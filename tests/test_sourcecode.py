@@ -26,7 +26,7 @@ PKG = Path(__file__).resolve().parent.parent / "torrent"
 SANS_IO = [
     "bencoding", "metainfo", "magnet", "metadata", "picker", "leases", "choker",
     "wire/__init__", "wire/messages", "wire/framing", "wire/handshake", "wire/peer",
-    "wire/extension", "wire/fastext", "wire/metadata_conn",
+    "wire/extension", "wire/fastext", "wire/metadata_conn", "wire/mse", "wire/rc4",
     "tracker/http", "tracker/udp", "tracker/multitracker",
 ]
 #: What they may not import (top-level package names).

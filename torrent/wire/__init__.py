@@ -8,6 +8,8 @@
 - :mod:`.extension`: BEP 10 extension handshake and the bodies of BEP 9
   ``ut_metadata`` and BEP 11 ``ut_pex`` messages.
 - :mod:`.fastext`: BEP 6's allowed-fast set and the Fast extension's bounds.
+- :mod:`.mse`: the MSE/PE (message stream encryption) handshake, both sides,
+  before the BitTorrent handshake; :mod:`.rc4` its cipher, decrypting in place.
 - :mod:`.peer`: :class:`PeerProtocol`, the per-connection state machine and
   the one receive path (``next_event``), block fast path included.
 """
