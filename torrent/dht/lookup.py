@@ -186,10 +186,12 @@ class Lookup:
                               implied_port, read_only))
                 for node, token in self.announce_targets()]
 
-    @property
-    def deadline(self) -> float | None:
-        """When :meth:`timeout` or :meth:`next_queries` next has something to do, or None."""
-        times = [c.sent + (SLOW_AFTER if self._counts(c, c.sent) else QUERY_TIMEOUT)
+    def deadline(self, now: float) -> float | None:
+        """When :meth:`timeout` or :meth:`next_queries` next has something to do, or None.
+
+        That is when a query in flight turns slow (another may go out) or times out.
+        """
+        times = [c.sent + (SLOW_AFTER if self._counts(c, now) else QUERY_TIMEOUT)
                  for c in self._cands.values() if c.state == _State.IN_FLIGHT]
         return min(times) if times else None
 
