@@ -28,6 +28,7 @@ SANS_IO = [
     "wire/__init__", "wire/messages", "wire/framing", "wire/handshake", "wire/peer",
     "wire/extension", "wire/fastext", "wire/metadata_conn", "wire/mse", "wire/rc4",
     "tracker/http", "tracker/udp", "tracker/multitracker",
+    "dht/__init__", "dht/krpc", "dht/routing", "dht/lookup", "dht/node",
 ]
 #: What they may not import (top-level package names).
 FORBIDDEN = {"asyncio", "socket", "multiprocessing", "subprocess", "threading", "selectors",
