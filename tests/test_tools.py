@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from torrent.errors import StorageError
-from torrent.ports import free_port
+from torrent.ports import free_port, is_local_address
 from torrent.tools.payload import make_payload, same_files, write_file
 from torrent.tools.seeders import (
     LT_SEED_MODULE,
@@ -79,6 +79,35 @@ def test_free_port_for_tcp_and_udp() -> None:
     with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         t.bind(("127.0.0.1", port))
         u.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("host", [
+    "127.0.0.1", "127.3.2.1", "0.0.0.0", "::1", "::",
+    "::ffff:127.0.0.1", "::ffff:7f00:1",  # the same socket address as 127.0.0.1
+])
+def test_loopback_and_unspecified_addresses_are_local(host: str) -> None:
+    assert is_local_address(host)
+
+
+def test_an_interface_address_is_local() -> None:
+    # the address this machine would send from to a TEST-NET address: one of its own
+    # (where there is no route at all, the check has nothing to look at)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            pytest.skip("no IPv4 route on this machine")
+        ours = s.getsockname()[0]
+    assert is_local_address(ours)
+    assert is_local_address(f"::ffff:{ours}")
+
+
+@pytest.mark.parametrize("host", [
+    "192.0.2.1", "198.51.100.7", "2001:db8::1", "::ffff:192.0.2.1",  # documentation nets
+    "localhost", "example.com", "not an address", "",  # names are not resolved
+])
+def test_other_addresses_and_names_are_not_local(host: str) -> None:
+    assert not is_local_address(host)
 
 
 # -- payloads ---------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from .launch import start_child
 from .leases import LeaseTable, Send
 from .options import Options, default_max_connections
 from .ports import free_port as _free_port
+from .ports import is_local_address
 from .shm import Arena, plan_slots
 from .storage import Storage, check_free_space, check_output_paths, layout_for, os_error
 from .sysinfo import available_cpus, fd_limit
@@ -471,10 +472,15 @@ class Coordinator:
             key = (host, port)
             if len(self.peers) >= MAX_KNOWN_PEERS:
                 break  # trackers keep answering; the first MAX_KNOWN_PEERS are plenty
-            if key not in self.peers and not (port == self.port
-                                              and host in (self.opts.bind, "127.0.0.1")):
+            if key not in self.peers and not self._is_us(host, port):
                 self.peers[key] = PeerRecord(host, port, source=source)
         self.assign_peers()
+
+    def _is_us(self, host: str, port: int) -> bool:
+        """``host:port`` is our own listening socket, in whatever form a peer list names it
+        (PEX lists the receiver itself; a dial to it is a connection to ourselves, which
+        the handshake refuses and which, retried, would be refused forever)."""
+        return port == self.port and (host == self.opts.bind or is_local_address(host))
 
     def assign_peers(self) -> None:
         now = time.monotonic()

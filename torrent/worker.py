@@ -53,6 +53,7 @@ from .shm import Arena
 from .storage import Storage, layout_for, os_error
 from .wire import peer as wp
 from .wire.extension import (
+    MAX_METADATA_SIZE,
     MAX_PEX_ADDED,
     MAX_PEX_DROPPED,
     OUR_EXTENSION_IDS,
@@ -475,15 +476,17 @@ class Worker:
             peer.write(proto.send_extension_handshake(self._extension_handshake(peer)))
 
     def _extension_handshake(self, peer: Peer) -> ExtensionHandshake:
-        """Ours (BEP 10): ut_metadata always (we know the info dict), ut_pex unless private."""
+        """Ours (BEP 10): ut_metadata whenever the info dict can be served, ut_pex unless
+        private."""
         m = self.meta
-        ids = {UT_METADATA: OUR_EXTENSION_IDS[UT_METADATA]}
+        servable = _metadata_servable(m.info_bytes)
+        ids = {UT_METADATA: OUR_EXTENSION_IDS[UT_METADATA]} if servable else {}
         if not m.private:  # BEP 27: no peer sources but the tracker
             ids[UT_PEX] = OUR_EXTENSION_IDS[UT_PEX]
         host = peer.addr[0]
         return ExtensionHandshake(
             m=ids, v=f"fasttorrent {__version__}", reqq=wp.MAX_PEER_REQUESTS,
-            metadata_size=len(m.info_bytes), p=self.cfg.port or None,
+            metadata_size=len(m.info_bytes) if servable else None, p=self.cfg.port or None,
             yourip=host if _is_ip(host) else None)
 
     def peer_lost(self, peer: Peer) -> None:
@@ -616,7 +619,7 @@ class Worker:
         if not isinstance(msg, MetadataRequest) or UT_METADATA not in peer.proto.peer_extensions:
             return  # we never fetch metadata in a worker (the coordinator did, for magnets)
         info = self.meta.info_bytes
-        if peer.metadata_served < MAX_METADATA_ANSWERS \
+        if peer.metadata_served < MAX_METADATA_ANSWERS and _metadata_servable(info) \
                 and msg.piece < metadata_piece_count(len(info)):
             peer.metadata_served += 1
             body = metadata_data(info, msg.piece).encode()
@@ -1152,6 +1155,14 @@ def _ban_key(host: str, port: int) -> str:
     """What a ban covers: the host, but host:port on loopback, where every peer is 127.x
     (a test swarm or several clients on one machine) and only the port tells them apart."""
     return f"{host}:{port}" if host.startswith("127.") or host == "::1" else host
+
+
+def _metadata_servable(info: bytes) -> bool:
+    """Whether peers take this info dict over ut_metadata (BEP 9): not over
+    MAX_METADATA_SIZE, which they refuse, and which the handshake's
+    ``metadata_size`` cannot even announce (a torrent file may hold up to
+    64 MiB of info dict, so such a torrent still downloads and seeds)."""
+    return len(info) <= MAX_METADATA_SIZE
 
 
 def _is_ip(host: str) -> bool:

@@ -57,6 +57,7 @@ __all__ = [
     "ClientProcess",
     "FasttorrentSeed",
     "aria2c_download",
+    "aria2c_metadata",
     "aria2c_seed",
     "assert_same_payload",
     "fasttorrent_seed",
@@ -249,12 +250,14 @@ class ClientProcess:
 
 class FasttorrentSeed(ClientProcess):
     """``fasttorrent seed`` on 127.0.0.1 (checking its data, ``--json``), dialling ``peers``;
-    ready once it serves.  ``extra``: more flags (e.g. ``--upload-limit``)."""
+    ready once it serves.  ``extra``: more flags (e.g. ``--upload-limit``); ``cli``: the
+    command that runs fasttorrent (default :data:`~helpers.payload.CLI`)."""
 
     def __init__(self, torrent: Path, data_dir: Path, peers: Sequence[str] = (),
-                 workers: int = 1, extra: Sequence[str] = ()) -> None:
+                 workers: int = 1, extra: Sequence[str] = (),
+                 cli: Sequence[str] = CLI) -> None:
         argv = ft_seed_command(str(torrent), str(data_dir), workers=workers, peers=peers,
-                               skip_check=False, as_json=True, extra=extra, cli=CLI)
+                               skip_check=False, as_json=True, extra=extra, cli=cli)
         super().__init__("fasttorrent seed", argv)
         try:
             self.port = int(self.wait_for(SEEDING_LINE.pattern, READY_TIMEOUT).group(1))
@@ -319,8 +322,9 @@ ARIA2C_COMMON = [
 ARIA2C_LISTENING = r"listening on TCP port (\d+)"
 
 
-def _aria2c(name: str, torrent: Path, directory: Path, port: int,
+def _aria2c(name: str, torrent: Path | str, directory: Path, port: int,
             extra: list[str]) -> ClientProcess:
+    # aria2c takes the last of an option given twice: ``extra`` overrides ARIA2C_COMMON
     argv = ["aria2c", *ARIA2C_COMMON, f"--listen-port={port}", f"--dir={directory}",
             # Exit if the test runner goes away, on top of the timeout wrapper.
             f"--stop-with-process={os.getpid()}", *extra, str(torrent)]
@@ -338,6 +342,18 @@ def aria2c_download(torrent: Path, out_dir: Path, port: int) -> ClientProcess:
     by itself (status 0) once the download is complete and checked (``--seed-time=0``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return _aria2c("aria2c download", torrent, out_dir, port, ["--seed-time=0"])
+
+
+def aria2c_metadata(magnet: str, out_dir: Path, port: int) -> ClientProcess:
+    """aria2c fetching only the metadata (BEP 9) of ``magnet``, listening on ``port``.
+
+    It saves the torrent as ``out_dir/<info-hash hex>.torrent`` and exits by
+    itself (status 0).  aria2c reads ``xt``, ``tr`` and ``dn`` of a magnet and
+    ignores ``x.pe``: it finds peers through the trackers (DHT is off here).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _aria2c("aria2c metadata", magnet, out_dir, port,
+                   ["--bt-metadata-only=true", "--bt-save-metadata=true"])
 
 
 def aria2c_seed(torrent: Path, data_dir: Path, port: int) -> ClientProcess:

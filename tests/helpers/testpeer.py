@@ -34,6 +34,35 @@ Misbehaviour modes (constructor flags) turn it into a hostile peer:
   have requested it; of the last piece when ``has`` is everything).
 - ``silent``: accepts, reads, never sends a byte (no handshake).
 
+The extension protocol (BEP 10) and the Fast extension (BEP 6), both offered
+in its handshake when ``extensions`` is set (implied by every mode below).
+It answers the remote's extension handshake with its own (announcing
+``ut_metadata`` and ``ut_pex`` under ids other than fasttorrent's, so a
+remote that mixed up whose ids to use would be caught) and records it
+(``remote_extensions``, ``extension_handshake_received``):
+
+- ``oversized_extension_handshake``: right after the handshake, an extension
+  handshake :data:`OVERSIZED_EXTENSION_PAD` bytes over BEP 10's bound
+  (:data:`~torrent.wire.extension.MAX_HANDSHAKE_LENGTH`), still within the
+  frame bound of extended messages.
+- ``pex_flood=(messages, addresses)``: once the remote's extension handshake
+  came, that many ut_pex messages, one every ``pex_interval`` seconds, each
+  listing that many distinct addresses (far past BEP 11's 50), the remote's
+  own listening address (its ``p``) first; ``pex_flood_sent`` is set once
+  all of them went out.  ``pex_addresses`` holds what each message listed.
+  With ``pex_own_mapped`` the remote's own address goes in ``added6`` instead,
+  in IPv4-mapped IPv6 form (``::ffff:127.0.0.1``), after the IPv4 ones:
+  the same socket address, written another way.
+- ``metadata_requests``: once the remote's extension handshake came, that
+  many ut_metadata requests for piece 0 in one write, then one for a piece
+  the metadata does not have (:data:`METADATA_PIECE_OUT_OF_RANGE`); every
+  answer is recorded in ``metadata_answers`` and ``metadata_answered`` is set
+  once there is one per request.
+- ``allowed_fast``: after the bitfield, an allowed-fast message per index
+  (out of range ones included: the mode exists to send those).
+- ``have_all_then_bitfield``: have all, then a bitfield anyway (BEP 6
+  forbids it).
+
 :class:`GatedRelay` forwards TCP connections to another peer only once a
 :class:`threading.Event` is set.  Tests use it to order events without
 timing: "the honest seeder serves only after the hostile peer was dropped".
@@ -42,20 +71,40 @@ timing: "the honest seeder serves only after the hostile peer was dropped".
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import struct
 import threading
 from collections.abc import Iterable
 from typing import Any
 
-from torrent import metainfo
+from torrent import bencoding, metainfo
 from torrent.errors import RemoteProtocolError
 from torrent.storage import Storage, layout_for
-from torrent.wire.handshake import HANDSHAKE_LENGTH, encode_handshake, make_peer_id, parse_handshake
+from torrent.wire.extension import (
+    MAX_HANDSHAKE_LENGTH,
+    UT_METADATA,
+    UT_PEX,
+    ExtensionHandshake,
+    MetadataMessage,
+    MetadataRequest,
+    decode_metadata_message,
+)
+from torrent.wire.handshake import (
+    HANDSHAKE_LENGTH,
+    RESERVED_NONE,
+    RESERVED_OURS,
+    encode_handshake,
+    make_peer_id,
+    parse_handshake,
+)
 from torrent.wire.messages import (
     BLOCK_SIZE,
+    AllowedFast,
     Bitfield,
     Cancel,
+    Extended,
+    HaveAll,
     Interested,
     Piece,
     Request,
@@ -66,7 +115,9 @@ from torrent.wire.messages import (
 
 from .framereader import FrameReader
 
-__all__ = ["BAD_BITFIELD_MODES", "OVERSIZED_LENGTH", "GatedRelay", "TestPeer"]
+__all__ = ["BAD_BITFIELD_MODES", "METADATA_PIECE_OUT_OF_RANGE", "OVERSIZED_EXTENSION_PAD",
+           "OVERSIZED_LENGTH", "TEST_PEER_EXTENSION_IDS", "GatedRelay", "TestPeer",
+           "pex_flood_addresses"]
 
 #: The length prefix the ``oversized_prefix`` mode announces: 2 GiB, far over
 #: any bound a client may accept (BEP 3 frames; see torrent.wire.messages).
@@ -84,6 +135,26 @@ GATE_TIMEOUT = 60.0
 GATE_POLL = 0.01
 
 _PREFIX = struct.Struct(">I")
+
+#: The ids the test peer receives its extension messages under (BEP 10 ``m``):
+#: deliberately not fasttorrent's own (1 and 2), so a remote that sent with its
+#: own ids instead of ours would not be understood.
+TEST_PEER_EXTENSION_IDS = {UT_METADATA: 7, UT_PEX: 9}
+#: How far past the extension handshake bound the oversized one goes.
+OVERSIZED_EXTENSION_PAD = 4096
+#: A ut_metadata piece the metadata of a small torrent does not have (it has one:
+#: BEP 9 pieces are 16 KiB), but that any metadata size allows a peer to ask for.
+METADATA_PIECE_OUT_OF_RANGE = 5
+
+
+def pex_flood_addresses(message: int, count: int, port: int) -> list[tuple[str, int]]:
+    """``count`` distinct loopback addresses for flood message ``message``, all on ``port``.
+
+    Addresses ``127.(100+message).x.y``: distinct across messages, so a
+    remote that took more than one message shows it, and loopback, so a
+    remote dialling them is refused at once instead of waiting on the network.
+    """
+    return [(f"127.{100 + message}.{j // 250}.{1 + j % 250}", port) for j in range(count)]
 
 
 class _LoopServer:
@@ -198,6 +269,15 @@ class TestPeer(_LoopServer):
         unrequested_block: send an unrequested ``piece`` message right after unchoking.
         block_delay: seconds to wait before sending each block.
         silent: accept connections and never send anything.
+        extensions: offer BEP 10 and the Fast extension (see the module docstring).
+        oversized_extension_handshake: an extension handshake over the bound first.
+        pex_flood: ``(messages, addresses)`` per message, sent ``pex_interval`` apart.
+        pex_interval: seconds between two flood messages.
+        pex_port: the port of every flood address but the remote's own.
+        pex_own_mapped: list the remote's own address as IPv4-mapped IPv6, in ``added6``.
+        metadata_requests: ut_metadata requests for piece 0 sent in one write.
+        allowed_fast: pieces to send allowed fast for, after the bitfield.
+        have_all_then_bitfield: send have all, then a bitfield.
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -207,7 +287,12 @@ class TestPeer(_LoopServer):
                  has: Iterable[int] | None = None, corrupt_pieces: Iterable[int] = (),
                  oversized_prefix: bool = False, bad_bitfield: str | None = None,
                  unrequested_block: bool = False, block_delay: float = 0.0,
-                 silent: bool = False) -> None:
+                 silent: bool = False, extensions: bool = False,
+                 oversized_extension_handshake: bool = False,
+                 pex_flood: tuple[int, int] | None = None, pex_interval: float = 0.05,
+                 pex_port: int = 1, pex_own_mapped: bool = False, metadata_requests: int = 0,
+                 allowed_fast: Iterable[int] = (),
+                 have_all_then_bitfield: bool = False) -> None:
         super().__init__()
         self.meta = metainfo.load(torrent)
         n = self.meta.num_pieces
@@ -224,6 +309,17 @@ class TestPeer(_LoopServer):
         self.unrequested_block = unrequested_block
         self.block_delay = block_delay
         self.silent = silent
+        self.oversized_extension_handshake = oversized_extension_handshake
+        self.pex_flood = pex_flood
+        self.pex_interval = pex_interval
+        self.pex_port = pex_port
+        self.pex_own_mapped = pex_own_mapped
+        self.metadata_requests = metadata_requests
+        self.allowed_fast = tuple(allowed_fast)
+        self.have_all_then_bitfield = have_all_then_bitfield
+        self.extensions = (extensions or oversized_extension_handshake or pex_flood is not None
+                           or metadata_requests > 0 or bool(self.allowed_fast)
+                           or have_all_then_bitfield)
         self.peer_id = make_peer_id(b"-TP0001-")
         self._storage = Storage(layout_for(self.meta, os.fspath(save_path)))
         missing = sorted(set(range(n)) - self.has)
@@ -240,6 +336,12 @@ class TestPeer(_LoopServer):
         self.prefix_sent = threading.Event()
         self.closed_after_prefix = threading.Event()
         self.unrequested_sent = threading.Event()
+        self.remote_extensions: ExtensionHandshake | None = None
+        self.extension_handshake_received = threading.Event()
+        self.pex_addresses: list[list[tuple[str, int]]] = []  # what each flood message listed
+        self.pex_flood_sent = threading.Event()
+        self.metadata_answers: list[MetadataMessage] = []
+        self.metadata_answered = threading.Event()
 
     # -- records -------------------------------------------------------------------
     @property
@@ -292,7 +394,12 @@ class TestPeer(_LoopServer):
         if self.silent:
             await self._until_eof(reader)
             return
-        writer.write(encode_handshake(self.meta.info_hash, self.peer_id))
+        writer.write(encode_handshake(self.meta.info_hash, self.peer_id,
+                                      RESERVED_OURS if self.extensions else RESERVED_NONE))
+        if self.oversized_extension_handshake:
+            # a valid dict, just too large: only the length bound can refuse it
+            pad = b"x" * (MAX_HANDSHAKE_LENGTH + OVERSIZED_EXTENSION_PAD)
+            writer.write(encode(Extended(0, bencoding.encode({b"m": {}, b"pad": pad}))))
         if self.oversized_prefix:
             writer.write(_PREFIX.pack(OVERSIZED_LENGTH))
             await writer.drain()
@@ -302,8 +409,13 @@ class TestPeer(_LoopServer):
             if await self._until_eof(reader):
                 self.closed_after_prefix.set()
             return
-        if self.has or self.bad_bitfield:
+        if self.have_all_then_bitfield:
+            writer.write(encode(HaveAll()))  # BEP 6: instead of the bitfield, never before it
             writer.write(encode(Bitfield(self.bitfield())))
+        elif self.has or self.bad_bitfield:
+            writer.write(encode(Bitfield(self.bitfield())))
+        for i in self.allowed_fast:
+            writer.write(encode(AllowedFast(i)))
         await self._exchange(reader, writer)
 
     async def _until_eof(self, reader: asyncio.StreamReader) -> bool:
@@ -328,8 +440,10 @@ class TestPeer(_LoopServer):
         # remote pipelines (a client keeps at most a few hundred outstanding).
         pending: dict[tuple[int, int, int], None] = {}
         wake = asyncio.Event()
-        state = {"unchoked": False}
-        sender = asyncio.get_running_loop().create_task(self._send_blocks(writer, pending, wake))
+        state = {"unchoked": False, "extended": False}
+        loop = asyncio.get_running_loop()
+        sender = loop.create_task(self._send_blocks(writer, pending, wake))
+        scripts: list[asyncio.Task[None]] = []  # this connection's extension scripts
         try:
             while True:
                 try:
@@ -345,15 +459,16 @@ class TestPeer(_LoopServer):
                     self._record("protocol_errors", str(e))
                     return
                 for msg in msgs:
-                    self._handle(msg, writer, pending, wake, state)
+                    self._handle(msg, writer, pending, wake, state, scripts)
                 await writer.drain()
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            for task in (sender, *scripts):
+                task.cancel()
+            await asyncio.gather(sender, *scripts, return_exceptions=True)
 
     def _handle(self, msg: Any, writer: asyncio.StreamWriter,
                 pending: dict[tuple[int, int, int], None], wake: asyncio.Event,
-                state: dict[str, bool]) -> None:
+                state: dict[str, bool], scripts: list[asyncio.Task[None]]) -> None:
         if isinstance(msg, Request):
             block = (msg.index, msg.begin, msg.length)
             self._record("_requests", block)
@@ -362,6 +477,8 @@ class TestPeer(_LoopServer):
                 wake.set()
         elif isinstance(msg, Cancel):
             pending.pop((msg.index, msg.begin, msg.length), None)
+        elif isinstance(msg, Extended) and self.extensions:
+            self._extended(msg, writer, state, scripts)
         elif isinstance(msg, Interested) and not state["unchoked"]:
             state["unchoked"] = True
             writer.write(encode(Unchoke()))
@@ -370,6 +487,67 @@ class TestPeer(_LoopServer):
                 writer.write(encode(Piece(i, b, self._read(i, b, ln))))
                 self.unrequested_sent.set()
         # have, bitfield, not interested, keep-alive: nothing to do for a seed
+
+    # -- the extension protocol -------------------------------------------------
+    def _extended(self, msg: Extended, writer: asyncio.StreamWriter, state: dict[str, bool],
+                  scripts: list[asyncio.Task[None]]) -> None:
+        ids = TEST_PEER_EXTENSION_IDS
+        if msg.ext_id == 0:
+            hs = ExtensionHandshake.decode(msg.body)
+            self.remote_extensions = hs
+            self.extension_handshake_received.set()
+            if state["extended"]:
+                return  # a later handshake (BEP 10 allows it): the scripts run once
+            state["extended"] = True
+            if not self.oversized_extension_handshake:
+                writer.write(encode(Extended(0, ExtensionHandshake(
+                    m=ids, v="test peer", reqq=250).encode())))
+            loop = asyncio.get_running_loop()
+            if self.pex_flood is not None and hs.m.get(UT_PEX):
+                scripts.append(loop.create_task(self._flood_pex(writer, hs)))
+            if self.metadata_requests and hs.m.get(UT_METADATA):
+                self._request_metadata(writer, hs.m[UT_METADATA])
+        elif msg.ext_id == ids[UT_METADATA]:
+            answer = decode_metadata_message(msg.body)
+            if answer is None:
+                return
+            with self._lock:
+                self.metadata_answers.append(answer)
+                if len(self.metadata_answers) >= self.metadata_requests + 1:
+                    self.metadata_answered.set()
+
+    async def _flood_pex(self, writer: asyncio.StreamWriter, hs: ExtensionHandshake) -> None:
+        messages, count = self.pex_flood or (0, 0)
+        own = ("127.0.0.1", hs.p) if hs.p else None
+        for k in range(messages):
+            addrs = pex_flood_addresses(k, count - (own is not None), self.pex_port)
+            added6 = b""
+            if own is not None and self.pex_own_mapped:
+                mapped = ipaddress.IPv6Address(f"::ffff:{own[0]}")
+                added6 = mapped.packed + own[1].to_bytes(2, "big")
+                listed = [*addrs, (str(mapped), own[1])]
+            elif own is not None:
+                listed = [own, *addrs]  # its own address first, where it is sure to be read
+            else:
+                listed = addrs
+            with self._lock:
+                self.pex_addresses.append(listed)
+            v4 = listed if not added6 else addrs
+            compact = b"".join(ipaddress.IPv4Address(ip).packed + port.to_bytes(2, "big")
+                               for ip, port in v4)
+            d = {b"added": compact, b"added.f": bytes(len(v4)), b"dropped": b""}
+            if added6:
+                d[b"added6"], d[b"added6.f"] = added6, b"\x00"
+            writer.write(encode(Extended(hs.m[UT_PEX], bencoding.encode(d))))
+            await writer.drain()
+            if k + 1 < messages:
+                await asyncio.sleep(self.pex_interval)  # "many a second": the flood's pace
+        self.pex_flood_sent.set()
+
+    def _request_metadata(self, writer: asyncio.StreamWriter, ext_id: int) -> None:
+        pieces = [0] * self.metadata_requests + [METADATA_PIECE_OUT_OF_RANGE]
+        writer.write(b"".join(encode(Extended(ext_id, MetadataRequest(p).encode()))
+                              for p in pieces))
 
     def _servable(self, index: int, begin: int, length: int) -> bool:
         if index not in self.has or not 0 < length <= BLOCK_SIZE:

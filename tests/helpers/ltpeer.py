@@ -1,0 +1,162 @@
+"""An in-process libtorrent session on 127.0.0.1 for the extension-protocol tests.
+
+Theory of operation
+-------------------
+:class:`LtPeer` is one libtorrent session (the PyPI bindings) with the
+loopback-only settings of the benchmark clients
+(:func:`torrent.tools.benchclients._lt.loopback_settings`: bound to
+127.0.0.1, DHT, local peer discovery, UPnP, NAT-PMP and uTP off, no
+encryption, several connections per IP) and libtorrent's default plugins,
+``ut_metadata`` and ``ut_pex`` among them.  It runs in the test's own
+process: a test can add a torrent from a magnet link (no ``ti``), dial a
+peer, rate-limit a torrent so that it stays a leecher, and read what it is
+connected to and where it learned each peer from (``peer_info.source``).
+
+libtorrent works on its own threads; the test waits for a condition with
+:meth:`LtPeer.wait_until`, which blocks on libtorrent's alert queue (never a
+bare sleep) and always has a deadline.  The alerts it pops are kept, the
+last :data:`MAX_ALERTS` of them, so a failure can say what libtorrent saw.
+Use it as a context manager: leaving the block aborts the session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+try:
+    import libtorrent as lt
+
+    from torrent.tools.benchclients._lt import loopback_settings
+except ImportError:  # importable without it: the tests that need it skip first
+    lt = None
+
+__all__ = ["PEX", "LtPeer", "peer_ports"]
+
+#: libtorrent's ``peer_info.source`` bit of a peer learned through ut_pex (BEP 11).
+PEX = 0x04
+#: Alerts kept for a failure message (the newest ones).
+MAX_ALERTS = 200
+#: Longest wait for one alert; a wait_until checks its condition at least this often.
+ALERT_WAIT_MS = 100
+#: How long the session may take to report its listening port.
+LISTEN_TIMEOUT = 10.0
+
+
+class LtPeer:
+    """A libtorrent session on 127.0.0.1 (port chosen by the system), bounded waits.
+
+    Args:
+        name: for messages.
+    """
+
+    def __init__(self, name: str = "libtorrent") -> None:
+        if lt is None:
+            raise RuntimeError("the libtorrent module is not installed")
+        assert int(lt.peer_info.pex) == PEX
+        self.name = name
+        settings = loopback_settings(0)
+        # peer events too: a failure then shows who connected and who was dropped
+        settings["alert_mask"] = (lt.alert.category_t.error_notification
+                                  | lt.alert.category_t.status_notification
+                                  | lt.alert.category_t.peer_notification
+                                  | lt.alert.category_t.connect_notification)
+        self.ses = lt.session(settings)
+        self.alerts: deque[str] = deque(maxlen=MAX_ALERTS)
+        self.wait_until(lambda: self.ses.listen_port() != 0, LISTEN_TIMEOUT, "listening")
+
+    @property
+    def port(self) -> int:
+        return int(self.ses.listen_port())
+
+    @property
+    def addr(self) -> str:
+        """``"127.0.0.1:PORT"``, as ``--peer`` takes it."""
+        return f"127.0.0.1:{self.port}"
+
+    # -- torrents -------------------------------------------------------------------
+    def add_torrent(self, torrent: Path, save_path: Path, *, pex: bool = True) -> Any:
+        """Add ``torrent`` (a .torrent file) over ``save_path``, started at once.
+
+        Without ``pex`` the torrent neither sends nor takes ut_pex messages
+        (``torrent_flags.disable_pex``): a peer that must not spread addresses.
+        """
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(str(torrent))
+        atp.save_path = str(save_path)
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        if not pex:
+            atp.flags |= lt.torrent_flags.disable_pex
+        return self.ses.add_torrent(atp)
+
+    def seed(self, torrent: Path, save_path: Path, *, pex: bool = True,
+             timeout: float = 60.0) -> Any:
+        """Add ``torrent`` over its complete data and wait until it is checked and seeding."""
+        h = self.add_torrent(torrent, save_path, pex=pex)
+        self.wait_until(lambda: h.status().is_seeding, timeout, "seeding")
+        return h
+
+    def add_magnet(self, uri: str, save_path: Path) -> Any:
+        """Add a torrent from a magnet link only: no info dict, it must fetch the metadata."""
+        atp = lt.parse_magnet_uri(uri)
+        assert atp.ti is None or not atp.ti.is_valid(), "a magnet carries no metadata"
+        atp.save_path = str(save_path)
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        return self.ses.add_torrent(atp)
+
+    # -- waiting ----------------------------------------------------------------------
+    def pump(self, wait_ms: int = ALERT_WAIT_MS) -> None:
+        """Wait up to ``wait_ms`` for alerts and keep what they say."""
+        self.ses.wait_for_alert(wait_ms)
+        for a in self.ses.pop_alerts():
+            self.alerts.append(f"{type(a).__name__}: {a.message()}")
+
+    def wait_until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        """Return once ``cond()`` holds; fail after ``timeout`` seconds naming ``what``.
+
+        Raises:
+            AssertionError: the deadline passed first (with the latest alerts).
+        """
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: not {what} after {timeout:.0f} s\n"
+                                     + self.describe())
+            self.pump()
+
+    def describe(self, tail: int = 40) -> str:
+        return "\n".join([f"--- {self.name} alerts (last {tail})", *list(self.alerts)[-tail:]])
+
+    # -- lifetime ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Abort the session (no announces: there are no trackers)."""
+        ses = getattr(self, "ses", None)
+        if ses is not None:
+            ses.pause()
+            del self.ses
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def peer_ports(handle: Any, *, source: int = 0) -> set[int]:
+    """Ports of the peers ``handle`` is connected to (handshake done), optionally only
+    those whose ``peer_info.source`` has a bit of ``source``."""
+    out = set()
+    for p in handle.get_peer_info():
+        if p.flags & lt.peer_info.connecting or p.flags & lt.peer_info.handshake:
+            continue
+        if source and not p.source & source:
+            continue
+        out.add(int(p.ip[1]))
+    return out
