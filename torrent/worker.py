@@ -114,6 +114,13 @@ SHRINK_BELOW_RATE = 64 << 10
 #: BEP 11: PEX goes out to a peer at most once a minute, and a peer's is taken
 #: at most that often (the 50-added bound of a message then bounds the rate).
 PEX_INTERVAL = 60.0
+#: A peer's PEX is taken a little early too: libtorrent sends its diffs 60-61 s
+#: apart, and delivery jitter must not make us drop one (a flood still gets one
+#: message a minute through).
+PEX_SLACK = 5.0
+#: Our first PEX to a peer goes out this soon after it connects (libtorrent
+#: sends its first list within a second or so), then once a minute.
+PEX_FIRST = 5.0
 #: ut_metadata pieces (16 KiB) we answer one peer per tick at most: the info
 #: dict of a large torrent is a few MiB, and a peer asking for it in a loop
 #: gets rejects beyond this, not our upload.
@@ -227,7 +234,8 @@ class Peer:
         # where it accepts connections: the address we dialled, or its BEP 10 ``p``
         self.listen_port: int | None = conn.addr[1] if conn.outgoing else None
         self.metadata_served = 0  # ut_metadata pieces sent since the last tick (bounded)
-        self.pex_at = now  # when we last sent it PEX (BEP 11: at most once a minute)
+        # when we last sent it PEX (BEP 11: at most once a minute); the first goes early
+        self.pex_at = now - PEX_INTERVAL + PEX_FIRST
         self.pex_heard = -PEX_INTERVAL  # when it last sent us PEX that we took
         self.pex_sent: set[tuple[str, int]] = set()  # what our PEX told it is connected
 
@@ -630,7 +638,7 @@ class Worker:
     def _pex_received(self, peer: Peer, pex: Pex) -> None:
         """BEP 11: new peers for the coordinator's table (at most one message a minute)."""
         now = self.loop.time()
-        if self.meta.private or now - peer.pex_heard < PEX_INTERVAL:
+        if self.meta.private or now - peer.pex_heard < PEX_INTERVAL - PEX_SLACK:
             return  # BEP 27: never for private torrents; BEP 11: one a minute
         peer.pex_heard = now
         ours = {(self.cfg.options.bind, self.cfg.port), ("127.0.0.1", self.cfg.port)}
