@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,42 @@ def test_bench_compare_seeding_without_matplotlib(tmp_path: Path) -> None:
     assert len(skipped) == 1 and "matplotlib" in skipped[0]
 
 
+def test_bench_magnet_times_metadata_and_first_piece(tmp_path: Path) -> None:
+    """--magnet: fasttorrent and libtorrent start from a magnet naming the seeders; each
+    run reports when the metadata and the first verified piece came, within its wall."""
+    require_module("libtorrent")
+    clients = ["ft1", "lt-default"]
+    r, doc, base = bench(tmp_path, "--magnet", "--seeders", "libtorrent", "--no-warmup",
+                         "--clients", ",".join(clients))
+    check_doc(doc, clients, "libtorrent")
+    assert doc["params"]["magnet"] is True and base.name.endswith("-magnet")
+    for x in doc["runs"]:
+        assert 0 < x["metadata_seconds"] <= x["first_piece_seconds"] <= x["wall"], x
+    for e in doc["summary"]:
+        (x,) = [y for y in doc["runs"] if y["client"] == e["client"]]
+        assert e["metadata_seconds_median"] == x["metadata_seconds"]
+        assert e["first_piece_seconds_median"] == x["first_piece_seconds"]
+    md = base.with_suffix(".md").read_text()
+    assert "| metadata s | first piece s |" in md and "MB/s whole run" in md
+    for x in doc["runs"]:
+        assert (f"| 1 | {x['client']} | yes | {x['metadata_seconds']:.2f} | "
+                f"{x['first_piece_seconds']:.2f} |") in md
+    assert "metadata " in r.stderr and "first piece " in r.stderr
+
+
+def test_bench_client_times_read_robustly() -> None:
+    """The times come from the last JSON line a client printed; anything else is None."""
+    from torrent.tools.bench import client_times
+
+    assert client_times('noise\n{"metadata_seconds": 0.5, "first_piece_seconds": 1}\n') == {
+        "metadata_seconds": 0.5, "first_piece_seconds": 1.0}
+    none = {"metadata_seconds": None, "first_piece_seconds": None}
+    for text in ("", "done: 8 MiB\n", "{not json\n", "[1, 2]\n",
+                 '{"metadata_seconds": -1, "first_piece_seconds": true}\n',
+                 '{"metadata_seconds": "1", "first_piece_seconds": null}\n'):
+        assert client_times(text) == none, text
+
+
 def _one_line_error(argv: list[str], env: dict[str, str]) -> str:
     r = subprocess.run([sys.executable, "-m", "torrent", "bench", *argv], capture_output=True,
                        text=True, timeout=60, env=env, check=False)
@@ -141,6 +178,12 @@ def test_bench_unknown_or_missing_client_is_a_usage_error(tmp_path: Path) -> Non
                            dict(_env(), PATH=str(bare)))
     assert "aria2c" in line and "not installed" in line
     assert not any(tmp_path.glob("*.json"))
+    # transmission cannot start from a magnet here: refused before anything runs
+    if shutil.which("transmission-cli") is not None:
+        line = _one_line_error(["--magnet", "--clients", "ft1,transmission", "--results",
+                                str(tmp_path)], _env())
+        assert "--magnet" in line and "transmission" in line
+        assert list(tmp_path.iterdir()) == [bare]
 
 
 def test_bench_another_build_is_measured_beside_this_one(tmp_path: Path) -> None:

@@ -157,6 +157,9 @@ def test_single_file_two_seeders(
     assert j["bytes_downloaded"] >= 2 * 1024 * 1024 + 1234
     assert all(p["connected"] for p in j["peers"])
     assert all(w["alive"] for w in j["workers"])  # alive: did not die
+    # from a .torrent no metadata is fetched; the first piece came during the download
+    assert j["metadata_seconds"] == 0
+    assert j["first_piece_seconds"] > 0
     if workers == 2:
         firsts = [w["pieces"] for w in j["workers"]]
         assert all(n > 0 for n in firsts), f"a worker verified no piece first: {j['workers']}"

@@ -129,6 +129,8 @@ def test_single_file_from_a_magnet_and_save_torrent(
     assert res.returncode == 0, res.describe()
     j = res.json
     assert j["complete"] is True and j["info_hash"] == metainfo.load(torrent).info_hash_hex
+    # the metadata came first, then the first piece (both from the start of the download)
+    assert 0 < j["metadata_seconds"] <= j["first_piece_seconds"]
     assert_downloaded(torrent, src, out)  # the kept metadata went with the journal
     # --save-torrent: the same info dict, the magnet's trackers (one tier each)
     got = metainfo.load(saved)

@@ -125,6 +125,12 @@ class DownloadResult:
     bytes_uploaded: int = 0
     seed_seconds: float = 0.0  # seeding after completion (seed_time / seed_ratio)
     seed_stop: str | None = None  # what ended it: "time", "ratio" or "interrupted"
+    #: from the start of :func:`download` until a magnet's metadata was known
+    #: (fetched, or loaded from an earlier run's copy); 0 for a .torrent
+    metadata_seconds: float = 0.0
+    #: from the start of :func:`download` (or of the :class:`Coordinator`) until the
+    #: first piece verified in this run; None when no piece was (all resumed, or none came)
+    first_piece_seconds: float | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +146,9 @@ class DownloadResult:
             "uploaded_bytes": self.bytes_uploaded,
             "seed_seconds": round(self.seed_seconds, 6),
             "seed_stop": self.seed_stop,
+            "metadata_seconds": round(self.metadata_seconds, 6),
+            "first_piece_seconds": (None if self.first_piece_seconds is None
+                                    else round(self.first_piece_seconds, 6)),
             "hash_failures": self.hash_failures,
             "banned_peers": self.banned_peers,
             "workers": self.workers,
@@ -194,11 +203,16 @@ class Coordinator:
         seeding: serve only (``fasttorrent seed``): no journal, never done by itself.
         log: called with a progress or warning line.
         status_line: called with the live status line.
+        began: when the download began (``time.monotonic()``; default: now), the
+            origin of ``first_piece_seconds``: :func:`download` passes its own start,
+            so that a magnet's metadata fetch counts.
+        metadata_seconds: the time the metadata took, reported as is.
     """
 
     def __init__(self, meta: Any, outdir: str, opts: Options, *, seeding: bool = False,
                  log: Callable[[str], None] | None = None,
-                 status_line: Callable[[str], None] | None = None) -> None:
+                 status_line: Callable[[str], None] | None = None,
+                 began: float | None = None, metadata_seconds: float = 0.0) -> None:
         opts = _resolve_connections(opts)  # a caller of ours that left it unset
         if opts.workers is None:
             raise ValueError("Coordinator needs a resolved worker count")
@@ -231,6 +245,9 @@ class Coordinator:
         self.interrupted = False
         self.last_progress = time.monotonic()
         self.start_time = time.monotonic()
+        self.began = self.start_time if began is None else began
+        self.metadata_seconds = metadata_seconds
+        self.first_piece_at: float | None = None  # the first piece verified in this run
         # piece states and leases: every lease / steal / endgame decision
         self.leases = LeaseTable(n, self.nworkers)
         self.warnings: list[str] = []
@@ -382,6 +399,8 @@ class Coordinator:
             new, done = self.leases.verified(h.wid, msg.pieces)
             if new:
                 self.last_progress = time.monotonic()
+                if self.first_piece_at is None:
+                    self.first_piece_at = self.last_progress
                 self._check_done()
                 self.carry_out(done)
         elif t is ipc.Durable:
@@ -801,6 +820,9 @@ class Coordinator:
             seed_seconds=((self.seed_ended or time.monotonic()) - self.seed_started
                           if self.seed_started is not None else 0.0),
             seed_stop=self.seed_stop,
+            metadata_seconds=self.metadata_seconds,
+            first_piece_seconds=(None if self.first_piece_at is None
+                                 else self.first_piece_at - self.began),
         )
 
 
@@ -967,16 +989,20 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     """
     from .magnet import is_magnet
 
+    began = time.monotonic()  # the origin of metadata_seconds and first_piece_seconds
     opts = _resolve(options, overrides)
     peer_id = None
+    metadata_seconds = 0.0
     if is_magnet(torrent):
         meta, opts, peer_id = _load_or_fetch_metainfo(torrent, outdir, opts,
                                                       log or (lambda s: None))
+        metadata_seconds = time.monotonic() - began
     else:
         meta = metainfo.load(torrent)
         if opts.save_torrent:
             _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
-    coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line)
+    coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line, began=began,
+                        metadata_seconds=metadata_seconds)
     if peer_id is not None:
         coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
     coord.prepare()

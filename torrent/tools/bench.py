@@ -2,7 +2,7 @@
 
     fasttorrent bench [--size 1G] [--files N] [--piece 1M] [--seeders fasttorrent|libtorrent]
                       [--num-seeders 4] [--runs 5] [--clients ft1,ft2,lt-default,...]
-                      [--results DIR] [--timeout S] [--keep] [--compare-seeding]
+                      [--results DIR] [--timeout S] [--keep] [--compare-seeding] [--magnet]
 
 Theory of operation
 -------------------
@@ -29,6 +29,10 @@ Theory of operation
    SIGINT to transmission's process group, upon which it closes its files and
    exits.  aria2c exits by itself (``--seed-time=0``).  Every
    client has DHT, LPD/LSD, PEX, UPnP/NAT-PMP off and is bound to 127.0.0.1.
+   With ``--magnet`` every client starts from a magnet link instead of the
+   torrent: no tracker, the seeders named by ``x.pe`` (fasttorrent and
+   libtorrent take them from there; aria2c is still pointed at the loopback
+   tracker).  Transmission is refused then.
 4. *Runs.*  One untimed warm-up download per seeder set, then the runs
    interleaved (run 1 of every client, then run 2, ..., the order rotated each
    run), each into a fresh directory.  A run counts only if the client exited
@@ -39,7 +43,13 @@ Theory of operation
    peak PSS of the tree (every process in the client's session, sampled from
    ``/proc`` every :data:`SAMPLE_INTERVAL`; a shared arena is counted once,
    split between the processes that map it); the seeders' CPU meanwhile.
-6. *Report.*  Per client: median and min-max MB/s, CPU s/GiB, peak PSS,
+   fasttorrent (``--json``) and libtorrent's downloader report, on stdout,
+   the time to the metadata (0 from a torrent) and to the first verified
+   piece, counted inside the client from the start of its download (so the
+   interpreter's start-up is in the wall time but not in these).
+6. *Report.*  Per client: median and min-max MB/s (bytes over the whole wall
+   time: with ``--magnet`` the metadata phase is in it), the median times to
+   metadata and to the first piece, CPU s/GiB, peak PSS,
    and the ratio to the fastest fasttorrent configuration in the same seeder
    set (with ``--compare-seeding``: to the same client served by fasttorrent
    seeders).  JSON (raw runs, summary, versions), a Markdown table, and a PNG
@@ -102,6 +112,15 @@ SEEDER_LIFETIME_MARGIN = 600.0
 #: Smallest piece length a torrent may have (a 16 KiB block).
 MIN_PIECE = 16 << 10
 
+#: At most this much of the end of a client's stdout is read: fasttorrent's --json
+#: object (a few hundred bytes per peer and worker) or lt_download's one line.
+MAX_CLIENT_STDOUT = 4 << 20
+#: The times a client reports on stdout (seconds from the start of its download).
+CLIENT_TIMES = ("metadata_seconds", "first_piece_seconds")
+
+#: The client kinds that can start from a magnet link (--magnet).
+MAGNET_KINDS = ("ft", "lt", "aria2")
+
 #: Accepted spellings of the external clients.
 ALIASES = {"aria2c": "aria2", "transmission-cli": "transmission"}
 
@@ -129,7 +148,8 @@ class ClientSpec:
     kind: str
     workers: int = 0  # ft: --workers
     profile: str = ""  # lt: default | fast
-    template: str = ""  # custom: a shell command with {torrent} {out} {peers} {port} {python}
+    template: str = ""  # custom: a shell command with {torrent} {magnet} {out} {peers} {port}
+    #                     {python}
     tree: str = ""  # ft: run the package of this source checkout (ftN@TREE), not this one
 
 
@@ -296,6 +316,8 @@ class RunContext:
     timeout: float
     tracker: LoopbackTracker | None
     extra_fmt: dict[str, str] = field(default_factory=dict)
+    #: with --magnet: the magnet every client starts from (x.pe: these seeders)
+    magnet: str | None = None
 
 
 def _listening(port: int) -> bool:
@@ -348,13 +370,16 @@ def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: st
                  done: str) -> list[str]:
     peers = ",".join(s.addr for s in ctx.peers)
     if spec.kind == "ft":
-        return [sys.executable, "-m", "torrent", "download", ctx.torrent, "-o", out, "--peer",
-                peers, "--no-trackers", "-q", "--workers", str(spec.workers), "--bind",
+        # --json: the result's metadata_seconds and first_piece_seconds, on stdout
+        source = [ctx.magnet] if ctx.magnet else [ctx.torrent, "--peer", peers]
+        return [sys.executable, "-m", "torrent", "download", *source, "-o", out,
+                "--no-trackers", "-q", "--json", "--workers", str(spec.workers), "--bind",
                 "127.0.0.1", "--port", str(port)]
     if spec.kind == "lt":
+        source = ["--magnet", ctx.magnet] if ctx.magnet else ["--peers", peers, ctx.torrent]
         return [sys.executable, "-m", "torrent.tools.benchclients.lt_download", "--profile",
-                spec.profile, "--port", str(port), "--peers", peers, "--timeout",
-                str(int(ctx.timeout)), ctx.torrent, out]
+                spec.profile, "--port", str(port), "--timeout", str(int(ctx.timeout)),
+                *source, out]
     if spec.kind == "aria2":
         assert ctx.tracker is not None
         return ["aria2c", "--no-conf=true", f"--dir={out}", "--seed-time=0",
@@ -364,12 +389,12 @@ def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: st
                 "--summary-interval=0", "--console-log-level=warn", "--quiet=true",
                 "--bt-save-metadata=false", "--max-overall-upload-limit=0",
                 "--max-overall-download-limit=0", "--bt-max-peers=0",
-                f"--bt-tracker={ctx.tracker.url}", ctx.torrent]
+                f"--bt-tracker={ctx.tracker.url}", ctx.magnet or ctx.torrent]
     if spec.kind == "transmission":
         return ["transmission-cli", "-g", cfg, "-w", out, "-p", str(port), "-D", "-U", "-M",
                 "-et", "-f", done, ctx.torrent]
-    cmd = spec.template.format(torrent=ctx.torrent, out=out, peers=peers, port=port,
-                               python=sys.executable, **ctx.extra_fmt)
+    cmd = spec.template.format(torrent=ctx.torrent, magnet=ctx.magnet or "", out=out,
+                               peers=peers, port=port, python=sys.executable, **ctx.extra_fmt)
     return ["sh", "-c", cmd]
 
 
@@ -383,16 +408,17 @@ def run_client(spec: ClientSpec, ctx: RunContext, out: str, scratch: str) -> dic
     if ctx.tracker is not None:
         ctx.tracker.peers = [("127.0.0.1", s.port) for s in ctx.peers]
     errpath = os.path.join(scratch, "client.err")
+    outpath = os.path.join(scratch, "client.out")
     dialers: list[Seeder] = []
     peak = 0
     dial_wait = 0.0
     stop = threading.Event()
     seed_pids = [pid for s in ctx.peers for pid in session_pids(s.proc.pid)]
     seed_cpu0 = cpu_seconds(seed_pids)
-    with open(errpath, "w+") as err:
+    with open(errpath, "w+") as err, open(outpath, "wb+") as stdout:
         t0 = time.perf_counter()
-        proc = ctx.procs.spawn(argv, spec.label, timeout=ctx.timeout, stderr=err, cwd=scratch,
-                               tree=spec.tree or None)
+        proc = ctx.procs.spawn(argv, spec.label, timeout=ctx.timeout, stdout=stdout,
+                               stderr=err, cwd=scratch, tree=spec.tree or None)
         if marker:
             threading.Thread(target=_stop_when_done, args=(marker, proc, stop),
                              daemon=True).start()
@@ -426,10 +452,33 @@ def run_client(spec: ClientSpec, ctx: RunContext, out: str, scratch: str) -> dic
         seed_cpu = cpu_seconds(seed_pids) - seed_cpu0
         err.seek(0)
         tail = err.read()[-2000:]
+        # its last lines: where the JSON object is
+        stdout.seek(max(0, stdout.seek(0, os.SEEK_END) - MAX_CLIENT_STDOUT))
+        times = client_times(stdout.read().decode(errors="replace"))
     return {"exit": proc.popen.returncode, "wall": wall - dial_wait, "wall_raw": wall,
             "dial_wait": dial_wait, "cpu_user": ru.ru_utime, "cpu_sys": ru.ru_stime,
             "cpu": ru.ru_utime + ru.ru_stime, "peak_pss": peak, "seeders_cpu": seed_cpu,
-            "stderr": tail}
+            **times, "stderr": tail}
+
+
+def client_times(stdout: str) -> dict[str, float | None]:
+    """``metadata_seconds`` and ``first_piece_seconds`` from the last JSON object a client
+    printed (``fasttorrent download --json``, lt_download); None where it said nothing."""
+    doc: Any = None
+    for ln in reversed(stdout.splitlines()):
+        if ln.startswith("{"):
+            with contextlib.suppress(ValueError):
+                doc = json.loads(ln)
+            break
+    out: dict[str, float | None] = {}
+    for key in CLIENT_TIMES:
+        v = doc.get(key) if isinstance(doc, dict) else None
+        # a number of seconds (JSON true is an int to Python: not one)
+        if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
+            out[key] = float(v)
+        else:
+            out[key] = None
+    return out
 
 
 def _dial_in(ctx: RunContext, proc: Proc, port: int) -> tuple[list[Seeder], float]:
@@ -465,6 +514,8 @@ class BenchConfig:
     timeout: float = DEFAULT_TIMEOUT
     keep: bool = False
     compare_seeding: bool = False
+    #: every client starts from a magnet link (x.pe: the seeders) instead of the torrent
+    magnet: bool = False
     warmup: bool = True
     workdir: str | None = None
     #: the results' file name without extension (default: a time stamp and the parameters)
@@ -508,7 +559,9 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
         Interrupted: SIGINT / SIGTERM (everything started is stopped and removed first).
         StorageError: a seeder did not start, or the results cannot be written.
     """
+    from .. import metainfo
     from ..creator import create_torrent
+    from ..magnet import magnet_uri
     from ..sysinfo import available_cpus
 
     out = out or sys.stdout
@@ -521,13 +574,15 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     mode = "compare-seeding" if cfg.compare_seeding else cfg.seeder_kind
     base = cfg.base or os.path.join(
         cfg.results, f"bench-{stamp}-{_size_label(cfg.size)}-{cfg.files}f-"
-        f"{_size_label(cfg.piece)}-{mode}-s{'_'.join(map(str, cfg.num_seeders))}")
+        f"{_size_label(cfg.piece)}-{mode}-s{'_'.join(map(str, cfg.num_seeders))}"
+        + ("-magnet" if cfg.magnet else ""))
     try:
         os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     except OSError as e:
         raise StorageError(f"bench: cannot create {os.path.dirname(base)}: {e.strerror}") from None
     params = {"size": cfg.size, "files": cfg.files, "piece": cfg.piece, "seeders": mode,
               "num_seeders": cfg.num_seeders, "runs": cfg.runs, "timeout": cfg.timeout,
+              "magnet": cfg.magnet,
               "clients": [c.label for c in clients], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     doc: dict[str, Any] = {"params": params, "versions": versions(), "runs": [], "summary": []}
     procs = Processes()
@@ -557,6 +612,8 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
             total = cfg.runs * len(clients) * len(sets)
             lifetime = total * cfg.timeout + SEEDER_LIFETIME_MARGIN
             seeders: dict[tuple[str, int], list[Seeder]] = {}
+            magnets: dict[tuple[str, int], str | None] = {}
+            meta = metainfo.load(torrent) if cfg.magnet else None
             done = 0
             for n in cfg.num_seeders:
                 group = [(k, m) for k, m in sets if m == n]
@@ -566,6 +623,9 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
                                                  who="bench")
                     _log(f"{n} {key[0]} seeder(s) on "
                          + ", ".join(s.addr for s in seeders[key]))
+                    # trackerless: the seeders are named by x.pe only
+                    magnets[key] = None if meta is None else magnet_uri(
+                        meta, trackers=[], peers=[("127.0.0.1", s.port) for s in seeders[key]])
                 jobs = [(c, key) for c in clients for key in group]
                 if cfg.warmup:
                     # Seeders just started are slower for a run or so (their caches
@@ -573,14 +633,14 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
                     warm = next((c for c in clients if c.kind == "ft"), clients[0])
                     for key in group:
                         _one_run(cfg, procs, tracker, torrent, src, work, rels, warm, key,
-                                 seeders[key], run=-1)
+                                 seeders[key], magnets[key], run=-1)
                         _log(f"warm-up ({warm.label} from {key[0]} seeders) done")
                 for run in range(cfg.runs):
                     # rotate the order, so no client always follows the same other one
                     r = run % len(jobs)
                     for spec, key in jobs[r:] + jobs[:r]:
                         row = _one_run(cfg, procs, tracker, torrent, src, work, rels, spec,
-                                       key, seeders[key], run=run)
+                                       key, seeders[key], magnets[key], run=run)
                         done += 1
                         doc["runs"].append(row)
                         if jsonl:
@@ -590,6 +650,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
                              f"{'OK ' if row['ok'] else 'BAD'} {row['wall']:6.2f} s "
                              f"{row['rate'] / 1e6:8.1f} MB/s  cpu {row['cpu']:5.2f} s  "
                              f"pss {row['peak_pss'] / 2**20:5.0f} MiB"
+                             + _times_text(row)
                              + ("" if row["ok"] else f"  exit {row['exit']}"))
                 procs.stop([s.proc for key in group for s in seeders.pop(key)])
     except KeyboardInterrupt:
@@ -625,7 +686,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
 
 def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None, torrent: str,
              src: str, work: str, rels: Sequence[str], spec: ClientSpec, key: tuple[str, int],
-             peers: list[Seeder], run: int) -> dict[str, Any]:
+             peers: list[Seeder], magnet: str | None, run: int) -> dict[str, Any]:
     rundir = tempfile.mkdtemp(prefix=f"run-{spec.label}-", dir=work)
     try:
         outdir = os.path.join(rundir, "out")
@@ -633,7 +694,7 @@ def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None
         os.makedirs(outdir)
         os.makedirs(scratch)
         ctx = RunContext(procs, torrent, peers, key[0], key[1], src, work, cfg.timeout, tracker,
-                         cfg.extra_fmt)
+                         cfg.extra_fmt, magnet)
         r = run_client(spec, ctx, outdir, scratch)
         ok = r["exit"] == 0 and same_files(src, outdir, rels)
     finally:
@@ -652,6 +713,20 @@ def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None
     if not ok:
         row["stderr"] = r["stderr"]
     return row
+
+
+def _times_text(row: dict[str, Any]) -> str:
+    """The client's own times for the progress line ("" when it reported none)."""
+    parts = [f"{name} {row[key]:.2f} s" for name, key in (("metadata", "metadata_seconds"),
+                                                          ("first piece", "first_piece_seconds"))
+             if row.get(key) is not None]
+    return "  " + ", ".join(parts) if parts else ""
+
+
+def _median_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    """The median of ``key`` over the rows that have it; None when none has."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
 
 
 # -- reports ----------------------------------------------------------------------------
@@ -674,6 +749,8 @@ def summarize(rows: Sequence[dict[str, Any]], *, compare_seeding: bool) -> list[
                      mbps_max=max(rates),
                      wall_median=statistics.median(r["wall"] for r in ok),
                      cpu_per_gib_median=statistics.median(r["cpu_per_gib"] for r in ok),
+                     metadata_seconds_median=_median_of(ok, "metadata_seconds"),
+                     first_piece_seconds_median=_median_of(ok, "first_piece_seconds"),
                      peak_pss_max=max(r["peak_pss"] for r in ok),
                      seeders_cpu_per_gib_median=statistics.median(
                          r["seeders_cpu"] / (r["rate"] * r["wall"] / 2**30) for r in ok))
@@ -695,28 +772,55 @@ def summarize(rows: Sequence[dict[str, Any]], *, compare_seeding: bool) -> list[
     return out
 
 
+def _secs(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    """The Markdown report: parameters, versions, and one table row per client."""
+    """The Markdown report: parameters, versions, one table row per client, and with
+    ``--magnet`` one row per run too."""
     p, v = doc["params"], doc["versions"]
+    magnet = bool(p.get("magnet"))
     kinds = " and ".join(SEEDER_KINDS) if p["seeders"] == "compare-seeding" else p["seeders"]
+    rate = "MB/s whole run" if magnet else "MB/s"
+    cols = ["client", "seeders", "valid/runs", f"{rate} median (min-max)"]
+    cols += ["metadata s", "first piece s"] if magnet else ["first piece s"]
+    cols += ["CPU s/GiB", "peak PSS MiB", "seeders' CPU s/GiB", "vs reference"]
     lines = [f"# fasttorrent bench, {p['time']}", "",
              (f"{_size_label(p['size'])} in {p['files']} file(s), {_size_label(p['piece'])} "
              f"pieces, {'/'.join(map(str, p['num_seeders']))} {kinds} seeder(s), "
-             f"{p['runs']} run(s) per client, on 127.0.0.1."), "",
-             ("| client | seeders | valid/runs | MB/s median (min-max) | CPU s/GiB | "
-              "peak PSS MiB | seeders' CPU s/GiB | vs reference |"),
-             "|---|---|---|---|---|---|---|---|"]
+             f"{p['runs']} run(s) per client, on 127.0.0.1"
+             + (", every client starting from a magnet link (x.pe: the seeders; no tracker, "
+                "no torrent)." if magnet else ".")), "",
+             ("Times (medians) are the clients' own, from the start of their download: "
+              "to the metadata, to the first verified piece. MB/s is the payload over the "
+              "whole wall time (spawn to exit" + (", the metadata phase included)."
+                                                  if magnet else ").")), "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for e in doc["summary"]:
         seeders = f"{e['seeders']} {e['seeder_kind']}"
         if not e["valid"]:
-            lines.append(f"| {e['client']} | {seeders} | 0/{e['runs']} | - | - | - | - | - |")
+            lines.append(f"| {e['client']} | {seeders} | 0/{e['runs']} |"
+                         + " - |" * (len(cols) - 3))
             continue
         ratio = f"{e['ratio']:.2f}x {e['reference']}" if e["ratio"] is not None else "-"
+        times = [_secs(e.get("metadata_seconds_median"))] if magnet else []
+        times.append(_secs(e.get("first_piece_seconds_median")))
         lines.append(
             f"| {e['client']} | {seeders} | {e['valid']}/{e['runs']} | "
             f"{e['mbps_median']:.1f} ({e['mbps_min']:.1f}-{e['mbps_max']:.1f}) | "
+            + " | ".join(times) + " | "
             f"{e['cpu_per_gib_median']:.2f} | {e['peak_pss_max'] / 2**20:.0f} | "
             f"{e['seeders_cpu_per_gib_median']:.2f} | {ratio} |")
+    if magnet:
+        lines += ["", "Per run, in the order they ran:", "",
+                  "| run | client | valid | metadata s | first piece s | wall s | "
+                  "MB/s whole run |", "|---|---|---|---|---|---|---|"]
+        for r in doc["runs"]:
+            lines.append(f"| {r['run'] + 1} | {r['client']} | {'yes' if r['ok'] else 'no'} | "
+                         f"{_secs(r.get('metadata_seconds'))} | "
+                         f"{_secs(r.get('first_piece_seconds'))} | {r['wall']:.2f} | "
+                         f"{r['rate'] / 1e6:.1f} |")
     lines += ["", "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()
                                             if val is not None), ""]
     return "\n".join(lines)
@@ -804,6 +908,10 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--compare-seeding", action="store_true",
                    help="each client fetches from fasttorrent and from libtorrent seeders, "
                         "interleaved (default client: lt-default)")
+    s.add_argument("--magnet", action="store_true",
+                   help="every client starts from a magnet link naming the seeders (x.pe; "
+                        "no tracker, no torrent): the metadata fetch is timed too "
+                        "(fasttorrent, libtorrent and aria2; not transmission)")
 
 
 def run_from_args(a: argparse.Namespace) -> int:
@@ -818,12 +926,19 @@ def run_from_args(a: argparse.Namespace) -> int:
     if a.compare_seeding and clients_text is None:
         clients_text = "lt-default"
     clients = parse_clients(clients_text, available_cpus(), allow_custom=False)
+    if a.magnet:
+        if clients_text is None:  # the defaults: those that can start from a magnet
+            clients = [c for c in clients if c.kind in MAGNET_KINDS]
+        bad = [c.label for c in clients if c.kind not in MAGNET_KINDS]
+        if bad:
+            raise UsageError(f"--magnet: {', '.join(bad)} cannot start from a magnet link "
+                             "in this bench (only ftN, lt-default, lt-fast and aria2 can)")
     if (a.compare_seeding or a.seeders == "libtorrent") and not _have_libtorrent():
         raise UsageError("libtorrent seeders need the libtorrent Python module "
                          "(pip install libtorrent), which is not installed")
     cfg = BenchConfig(size=a.size, files=a.files, piece=a.piece, seeder_kind=a.seeders,
                       num_seeders=[a.num_seeders], runs=a.runs, clients=clients,
                       results=a.results, timeout=a.timeout, keep=a.keep,
-                      compare_seeding=a.compare_seeding, warmup=a.warmup)
+                      compare_seeding=a.compare_seeding, magnet=a.magnet, warmup=a.warmup)
     doc = run_bench(cfg)
     return 0 if all(e["valid"] for e in doc["summary"]) else 6
