@@ -46,6 +46,7 @@ from torrent.wire.messages import (
     Unchoke,
     encode,
 )
+from torrent.wire.mse import CRYPTO_PLAINTEXT, CRYPTO_RC4, MSEInitiator
 from torrent.wire.peer import (
     BitfieldReceived,
     ExtensionHandshakeReceived,
@@ -239,3 +240,59 @@ def test_handshake_unchoke_still_work_with_our_bits() -> None:
     p = peer(RESERVED_NONE)
     assert not p.fast
     assert recv(p, Unchoke()) == [Unchoked()]
+
+
+# -- MSE/PE on incoming connections -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("provide", [CRYPTO_PLAINTEXT | CRYPTO_RC4, CRYPTO_RC4],
+                         ids=["offer-both-plaintext-chosen", "rc4-only"])
+@pytest.mark.parametrize("step", [1, 37, 10_000])
+def test_an_incoming_mse_handshake_leads_to_the_bittorrent_stream(provide: int,
+                                                                  step: int) -> None:
+    """The libtorrent family opens with MSE/PE: we answer it, then read the BitTorrent
+    handshake it carries (IA) and the stream after it, plaintext or RC4, however split."""
+    ini = MSEInitiator(INFO_HASH, encode_handshake(INFO_HASH, THEIR_ID, RESERVED_OURS),
+                       provide=provide)
+    p = PeerProtocol(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LEN, TOTAL, we_initiated=False,
+                     now=0.0)
+    to_us = ini.data_to_send()
+    events: list[object] = []
+    est = None
+    for _ in range(20):  # a handful of round trips at most
+        for i in range(0, len(to_us), step):
+            events += p.receive_data(to_us[i : i + step])
+        back = p.take_output()
+        if est is None and back:
+            est = ini.receive_data(back)
+        to_us = ini.data_to_send()
+        if events:
+            break
+    assert est is not None and events[:1] == [HandshakeReceived(THEIR_ID, RESERVED_OURS)]
+    assert (p.encrypt is not None) == (provide == CRYPTO_RC4) == (est.method == CRYPTO_RC4)
+    # both directions of the stream after it: our handshake out, an unchoke in
+    ours = p.handshake()
+    wire = ours if p.encrypt is None else p.encrypt.crypt(ours)
+    got = wire if est.decrypt is None else bytes(est.decrypt.crypt(wire))
+    assert got == ours
+    unchoke = encode(Unchoke())
+    assert p.receive_data(unchoke if est.encrypt is None else est.encrypt.crypt(unchoke)) == [
+        Unchoked()]
+
+
+def test_a_plaintext_incoming_handshake_is_not_taken_for_mse() -> None:
+    p = PeerProtocol(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LEN, TOTAL, we_initiated=False,
+                     now=0.0)
+    hs = encode_handshake(INFO_HASH, THEIR_ID, RESERVED_OURS)
+    for b in hs[:-1]:  # one byte at a time: never mistaken for Ya, never an error
+        assert p.receive_data(bytes([b])) == []
+    assert p.receive_data(hs[-1:]) == [HandshakeReceived(THEIR_ID, RESERVED_OURS)]
+    assert p.take_output() == b"" and p.encrypt is None
+
+
+def test_mse_is_never_tried_on_connections_we_dialled() -> None:
+    p = peer()  # we_initiated: the answer must be a plain handshake
+    with pytest.raises(RemoteProtocolError):
+        PeerProtocol(INFO_HASH, OUR_ID, NUM_PIECES, PIECE_LEN, TOTAL, we_initiated=True,
+                     now=0.0).receive_data(b"\x00" * 96)
+    assert p.take_output() == b""

@@ -269,7 +269,8 @@ class Peer:
         return self.conn.close_reason
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.conn.write(data)
+        enc = self.proto.encrypt
+        self.conn.write(data if enc is None else enc.crypt(data))  # RC4 (MSE) peers only
 
     def abort(self, reason: str) -> None:
         self.conn.abort(reason)
@@ -470,6 +471,9 @@ class Worker:
         return peer
 
     def _handshaken(self, peer: Peer) -> None:
+        out = peer.proto.take_output()
+        if out:  # the end of an MSE handshake goes before anything of the BitTorrent stream
+            peer.conn.write(out)
         if not peer.proto.we_initiated:
             peer.write(peer.proto.handshake())  # answered once its info-hash checked out
         if not peer.active:
@@ -570,6 +574,9 @@ class Worker:
             peer.abort(f"protocol error: {e}")
         except LocalProtocolError as e:  # a bug of ours: drop the peer, keep the download
             peer.abort(f"internal error: {e}")
+        out = peer.proto.take_output()
+        if out:
+            peer.conn.write(out)  # the MSE handshake's own replies (never encrypted twice)
         if peer.closed:
             return
         if haves:
@@ -771,7 +778,7 @@ class Worker:
                 return
             finally:
                 run.clear()
-            conn.write(view[:pos])
+            peer.write(view[:pos])  # encrypted for an RC4 (MSE) peer, else as is
             view.release()
             if conn.write_buffer_size() == 0 and len(pool) < SERVE_POOL:
                 # all of it went to the socket: the buffer is free again (else the

@@ -97,6 +97,7 @@ from .handshake import (
     EXTENSION_BIT,
     FAST_BIT,
     HANDSHAKE_LENGTH,
+    PSTR,
     RESERVED_OURS,
     check_handshake_prefix,
     encode_handshake,
@@ -127,6 +128,7 @@ from .messages import (
     decode,
     encode,
 )
+from .mse import CRYPTO_RC4, MSEReceiver, skey_table
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -381,6 +383,9 @@ class PeerProtocol:
         recv_budget: the owner's bound on the growth of all its receive buffers.
         reserved: the reserved bytes of our handshake: the extensions we offer
             (default: BEP 10 and the Fast extension, BEP 6).
+        accept_mse: an incoming connection may open with an MSE/PE handshake
+            (the libtorrent family tries it first); then the plaintext or RC4
+            stream it selects follows.
 
     Raises:
         ValueError: the geometry is inconsistent (a bug of the caller).
@@ -402,6 +407,8 @@ class PeerProtocol:
         "_last_piece_size",
         "_last_received",
         "_last_sent",
+        "_mse",
+        "_out",
         "_outstanding",
         "_peer_bits",
         "_peer_count",
@@ -411,9 +418,11 @@ class PeerProtocol:
         "_sent_mark",
         "_state",
         "_we_sent_message",
+        "accept_mse",
         "am_choking",
         "am_interested",
         "dropped_peer_requests",
+        "encrypt",
         "expect_peer_id",
         "extensions",
         "fast",
@@ -449,6 +458,7 @@ class PeerProtocol:
         fast_path: bool = True,
         recv_budget: RecvBudget | None = None,
         reserved: bytes = RESERVED_OURS,
+        accept_mse: bool = True,
     ) -> None:
         if len(info_hash) != 20 or len(our_peer_id) != 20:
             raise ValueError("info_hash and our_peer_id must be 20 bytes")
@@ -475,6 +485,13 @@ class PeerProtocol:
 
         self._state = PeerState.AWAIT_HANDSHAKE
         self.reserved = bytes(reserved)
+        self.accept_mse = accept_mse and not we_initiated
+        self._mse: MSEReceiver | None = None  # an incoming MSE handshake under way
+        # Bytes the machine itself has to send (the MSE handshake's replies): the
+        # owner writes take_output() after each read. Bounded by the handshake.
+        self._out = bytearray()
+        # RC4 for what we send, once an MSE handshake selected it (None: plaintext)
+        self.encrypt: Any = None
         # Negotiated once the peer's handshake is in: both sides set the bit.
         self.fast = False  # BEP 6
         self.extensions = False  # BEP 10
@@ -619,6 +636,19 @@ class PeerProtocol:
     def _next(self) -> Event | None:
         rb = self.rb
         if self._state is PeerState.AWAIT_HANDSHAKE:
+            if self._mse is None and self.accept_mse and rb.end > rb.start:
+                n = min(rb.end - rb.start, len(_PLAIN_PREFIX))
+                if bytes(rb.view[rb.start : rb.start + n]) != _PLAIN_PREFIX[:n]:
+                    # not "\x13BitTorrent protocol": an MSE/PE handshake (its Ya)
+                    self._mse = MSEReceiver(skey_table([self.info_hash]))
+                    self.accept_mse = False
+                elif n < len(_PLAIN_PREFIX):
+                    return None  # too few bytes to tell yet
+                else:
+                    self.accept_mse = False  # a plaintext handshake
+            if self._mse is not None:
+                if not self._mse_step():
+                    return None
             if rb.end - rb.start < HANDSHAKE_LENGTH:
                 # reject a non-BitTorrent stream from its first byte
                 check_handshake_prefix(rb.view[rb.start : rb.end])
@@ -653,6 +683,31 @@ class PeerProtocol:
             _HANDLERS.get(type(msg), PeerProtocol._on_other)(self, msg, events)
             if events:
                 return events.popleft()
+
+    def _mse_step(self) -> bool:
+        """Feed the MSE handshake; True once it is done and the BitTorrent stream follows."""
+        rb = self.rb
+        mse = self._mse
+        assert mse is not None
+        data = bytes(rb.view[rb.start : rb.end])  # handshake bytes only: a few hundred
+        rb.start = rb.end
+        self._received_mark = True
+        est = mse.receive_data(data)
+        self._out += mse.data_to_send()
+        if est is None:
+            return False
+        self._mse = None
+        self.encrypt = est.encrypt if est.method == CRYPTO_RC4 else None
+        rb.feed(est.payload)  # already decrypted: before the transform is set
+        if est.method == CRYPTO_RC4:
+            rb.transform = est.decrypt
+        return True
+
+    def take_output(self) -> bytes:
+        """Bytes the machine has to send on its own (an MSE handshake's replies)."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Copy received bytes in and return every event they complete; ``b""`` is EOF.
@@ -1253,6 +1308,11 @@ _HANDLERS: Final[dict[type[Message], Any]] = {
     Port: PeerProtocol._on_other,
     Unknown: PeerProtocol._on_other,
 }
+
+
+#: How a plaintext handshake opens (BEP 3); anything else on an incoming
+#: connection is taken for MSE/PE.
+_PLAIN_PREFIX: Final = bytes([len(PSTR)]) + PSTR
 
 
 def _has(reserved: bytes, bit: tuple[int, int]) -> bool:
