@@ -528,3 +528,32 @@ def test_have_all_then_a_bitfield_drops_the_peer(
                               free_port())
     reason = peer_entry(j, hostile.port)["last_reason"]
     assert "bitfield after have all" in reason, reason
+
+
+# -- MSE/PE: the libtorrent family dials us encrypted first ------------------------------------
+
+
+@pytest.mark.parametrize("encryption", ["default", "forced", "rc4"])
+def test_libtorrent_dialling_with_mse_downloads_from_fasttorrent_seed(
+        small: Payload, encryption: str, tmp_path: Path) -> None:
+    """libtorrent's default opens with MSE/PE; "forced" refuses plaintext; "rc4" refuses
+    plaintext after the handshake too. Each downloads bit-exact from ``fasttorrent seed``
+    over the one connection it opened (no failed attempt, no reconnect)."""
+    out = tmp_path / "lt"
+    with fasttorrent_seed(small.torrent, small.src) as seed, \
+            LtPeer(f"libtorrent ({encryption})", encryption=encryption) as lt_:
+        h = lt_.add_torrent(small.torrent, out)
+        h.connect_peer(("127.0.0.1", seed.port))
+        lt_.wait_until(lambda: bool(h.status().is_seeding), DOWNLOAD_TIMEOUT,
+                       f"complete from fasttorrent seed ({encryption})")
+        # one connection: nothing dropped before completion (a failed MSE attempt would be)
+        early = [a for a in lt_.alerts if "peer_disconnected_alert" in a
+                 and "torrent finished" not in a]
+        assert not early, lt_.describe()
+        summary = seed.stop_summary()
+    assert_same_payload(small.torrent, small.src, out)
+    assert summary["bytes_uploaded"] >= small.meta.total_size
+    mse = sum(w["mse"] for w in summary["workers"])
+    rc4 = sum(w["mse_rc4"] for w in summary["workers"])
+    assert mse >= 1, summary["workers"]  # it came in through MSE, every time
+    assert (rc4 >= 1) == (encryption == "rc4")  # plaintext selected unless RC4 was forced

@@ -69,6 +69,7 @@ from .wire.extension import (
 )
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
+from .wire.mse import CRYPTO_RC4
 
 __all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "MAX_DIALS", "Worker", "WorkerConfig",
            "worker_main"]
@@ -345,6 +346,7 @@ class Worker:
         self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
                                       "blocks": 0, "steals": 0, "released": 0,
                                       "hash_failures": 0, "banned": [], "endgame": False,
+                                      "mse": 0, "mse_rc4": 0,
                                       "refused": 0, "handshake_timeouts": 0,
                                       "peak_connections": 0, "peak_half_open": 0,
                                       "peak_dialing": 0, "peak_dial_queue": 0}
@@ -474,6 +476,9 @@ class Worker:
         out = peer.proto.take_output()
         if out:  # the end of an MSE handshake goes before anything of the BitTorrent stream
             peer.conn.write(out)
+        if peer.proto.mse_method is not None:
+            self.stats["mse"] += 1
+            self.stats["mse_rc4"] += peer.proto.mse_method == CRYPTO_RC4
         if not peer.proto.we_initiated:
             peer.write(peer.proto.handshake())  # answered once its info-hash checked out
         if not peer.active:

@@ -54,12 +54,21 @@ class LtPeer:
         name: for messages.
     """
 
-    def __init__(self, name: str = "libtorrent") -> None:
+    def __init__(self, name: str = "libtorrent", *, encryption: str = "off") -> None:
         if lt is None:
             raise RuntimeError("the libtorrent module is not installed")
         assert int(lt.peer_info.pex) == PEX
         self.name = name
         settings = loopback_settings(0)
+        if encryption != "off":
+            # "default": libtorrent's own policy (MSE tried first, plaintext allowed);
+            # "forced": MSE only, either method; "rc4": MSE with RC4 only
+            enabled, forced = int(lt.enc_policy.pe_enabled), int(lt.enc_policy.pe_forced)
+            policy = enabled if encryption == "default" else forced
+            settings["out_enc_policy"] = policy
+            settings["in_enc_policy"] = policy
+            settings["allowed_enc_level"] = int(lt.enc_level.pe_rc4 if encryption == "rc4"
+                                                else lt.enc_level.pe_both)
         # peer events too: a failure then shows who connected and who was dropped
         settings["alert_mask"] = (lt.alert.category_t.error_notification
                                   | lt.alert.category_t.status_notification

@@ -428,6 +428,7 @@ class PeerProtocol:
         "fast",
         "ignored_blocks",
         "info_hash",
+        "mse_method",
         "num_pieces",
         "our_peer_id",
         "peer_choking",
@@ -492,6 +493,7 @@ class PeerProtocol:
         self._out = bytearray()
         # RC4 for what we send, once an MSE handshake selected it (None: plaintext)
         self.encrypt: Any = None
+        self.mse_method: int | None = None  # what an MSE handshake selected (None: none)
         # Negotiated once the peer's handshake is in: both sides set the bit.
         self.fast = False  # BEP 6
         self.extensions = False  # BEP 10
@@ -698,6 +700,7 @@ class PeerProtocol:
             return False
         self._mse = None
         self.encrypt = est.encrypt if est.method == CRYPTO_RC4 else None
+        self.mse_method = est.method
         rb.feed(est.payload)  # already decrypted: before the transform is set
         if est.method == CRYPTO_RC4:
             rb.transform = est.decrypt
