@@ -233,3 +233,13 @@ def test_speedups_hand_out_every_twin_kernel() -> None:
     missing = kernels - set(sp.__all__)
     assert not missing, f"_speedups does not export {sorted(missing)}"
     assert sp.IMPLEMENTATION in ("native", "pure")
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    """A package missing from pyproject's list works in a checkout and is absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(p.relative_to(PKG.parent).parts[:-1]) for p in PKG.rglob("__init__.py")}
+    assert found == listed
