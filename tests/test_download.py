@@ -251,10 +251,10 @@ def test_slow_peer_does_not_hold_the_tail(
     fast, slow = seeders(torrent, [src, src], upload_limits=[2_000_000, 100_000])
     j = assert_ok(download(torrent, tmp_path / "out", [fast, slow]))
     fast_w, slow_w = j["workers"]
-    # The fast worker takes the slow one's work: unstarted pieces by stealing,
-    # pieces stuck in flight at the slow peer in endgame (which of the two is
-    # needed depends on how far the slow worker got); it verifies most pieces.
-    assert fast_w["steals"] + fast_w["endgame_pieces"] > 0, j["workers"]
+    # The fast worker takes the slow one's work, by whichever way the timing
+    # offers: free pieces once the start-up grace is over, unstarted ones by
+    # stealing, ones stuck at the slow peer in endgame (each way is tested on
+    # its own in test_leases.py); here it is the outcome that counts.
     assert fast_w["pieces"] > 2 * slow_w["pieces"], j["workers"]
 
 
