@@ -186,6 +186,15 @@ def test_bench_unknown_or_missing_client_is_a_usage_error(tmp_path: Path) -> Non
         assert list(tmp_path.iterdir()) == [bare]
 
 
+def test_bench_libtorrent_with_its_own_encryption_policy_fetches_from_both_seeders(
+        tmp_path: Path) -> None:
+    """lt-enc dials MSE/PE first: it must be served by fasttorrent seeders (which answer
+    MSE) as by libtorrent ones, bit-exact, in the seeding comparison."""
+    require_module("libtorrent")
+    _r, doc, _base = bench(tmp_path, "--compare-seeding", "--clients", "lt-enc")
+    check_doc(doc, ["lt-enc@fasttorrent", "lt-enc@libtorrent"], None)
+
+
 def test_bench_another_build_is_measured_beside_this_one(tmp_path: Path) -> None:
     """ftN@TREE runs the package of another checkout (here: this very one) in the same
     interleaved runs; the reference stays this build's fastest configuration."""

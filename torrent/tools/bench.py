@@ -170,7 +170,7 @@ def _known(name: str) -> ClientSpec | None:
             raise UsageError(f"--clients: {name}: {path} is not a fasttorrent source tree")
         return ClientSpec(f"{base}@{os.path.basename(path.rstrip('/'))}", "ft",
                           workers=int(base[2:]), tree=path)
-    if name in ("lt-default", "lt-fast"):
+    if name in ("lt-default", "lt-fast", "lt-enc"):
         return ClientSpec(name, "lt", profile=name[3:])
     if name in ("aria2", "transmission"):
         return ClientSpec(name, name)
@@ -219,7 +219,7 @@ def parse_clients(text: str | None, cpus: int, *, allow_custom: bool = True) -> 
             known = _known(item)
             if known is None:
                 raise UsageError(f"--clients: unknown client {item!r} (known: ftN for N workers, "
-                                 "ftN@TREE for another source tree's build, lt-default, "
+                                 "ftN@TREE for another source tree's build, lt-default, lt-enc, "
                                  "lt-fast, aria2, transmission)")
             missing = _missing_part(known)
             if missing is not None:
@@ -896,7 +896,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--clients", default=None, metavar="LIST",
                    help="comma list of ftN (N workers), ftN@TREE (the build of another "
                         "source checkout, core built in place: before/after comparisons), "
-                        "lt-default, lt-fast, aria2, transmission (default: ft1..ftN for N = "
+                        "lt-default, lt-fast, lt-enc (libtorrent's default with its own "
+                        "encryption policy), aria2, transmission (default: ft1..ftN for N = "
                         "the CPUs this process may use, then the others where installed)")
     s.add_argument("--results", default="bench-results", metavar="DIR",
                    help="where the JSON, Markdown and PNG go (default ./bench-results)")
