@@ -48,7 +48,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -62,10 +61,10 @@ from typing import Any
 import psutil
 import pytest
 from conftest import IN_CI
+from helpers.payload import TorrentPayload as Payload
+from helpers.payload import make_torrent_payload
 from helpers.testpeer import GatedRelay, TestPeer
 
-from torrent import metainfo
-from torrent.creator import create_torrent
 from torrent.errors import DiskFull, StorageError
 from torrent.hashing import PIECE_GOOD, hash_pieces
 from torrent.journal import Journal, journal_path
@@ -106,30 +105,12 @@ REAP_TIMEOUT = 10.0
 FAULTRUN = str(Path(__file__).resolve().parent / "helpers" / "faultrun.py")
 
 
-@dataclass
-class Payload:
-    root: Path  # the save path: the torrent's directory 'payload' is under it
-    torrent: str
-    meta: Any
-
-    @property
-    def n(self) -> int:
-        return int(self.meta.num_pieces)
-
-
 @pytest.fixture(scope="module")
 def payload(tmp_path_factory: pytest.TempPathFactory) -> Payload:
-    root = tmp_path_factory.mktemp("diskfull")
-    rnd = random.Random(9)
-    for rel, size in FILES.items():
-        p = root / "src" / "payload" / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(rnd.randbytes(size))
-    torrent = root / "payload.torrent"
-    torrent.write_bytes(create_torrent(str(root / "src" / "payload"), piece_length=PIECE_LEN))
-    meta = metainfo.load(torrent)
-    assert meta.num_pieces > RECORDS_IN_FIRST_PAGE > HAVE_FIRST
-    return Payload(root / "src", str(torrent), meta)
+    p = make_torrent_payload(tmp_path_factory.mktemp("diskfull"), FILES, seed=9,
+                             piece_length=PIECE_LEN)
+    assert p.meta.num_pieces > RECORDS_IN_FIRST_PAGE > HAVE_FIRST
+    return p
 
 
 @pytest.fixture

@@ -39,11 +39,10 @@ from typing import Any
 import pytest
 from conftest import require_module
 from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes, shm_files
+from helpers.payload import TorrentPayload, make_torrent_payload
 from helpers.storagewrite import write
 from helpers.testpeer import TestPeer
 
-from torrent import metainfo
-from torrent.creator import create_torrent
 from torrent.journal import MAGIC, Journal, journal_path
 from torrent.storage import Storage, layout_for
 
@@ -72,15 +71,7 @@ RECORD = struct.Struct("<II")
 
 
 @dataclass
-class Payload:
-    root: Path  # the save path: the torrent's directory 'payload' is under it
-    torrent: str
-    meta: Any
-
-    @property
-    def n(self) -> int:
-        return int(self.meta.num_pieces)
-
+class Payload(TorrentPayload):
     @property
     def cut(self) -> int:
         """The first piece the partial seeder lacks."""
@@ -89,15 +80,9 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def payload(tmp_path_factory: pytest.TempPathFactory) -> Payload:
-    root = tmp_path_factory.mktemp("resume")
-    rnd = random.Random(4242)
-    for rel, size in FILES.items():
-        p = root / "src" / "payload" / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(rnd.randbytes(size))
-    torrent = root / "payload.torrent"
-    torrent.write_bytes(create_torrent(str(root / "src" / "payload"), piece_length=PIECE_LEN))
-    return Payload(root / "src", str(torrent), metainfo.load(torrent))
+    p = make_torrent_payload(tmp_path_factory.mktemp("resume"), FILES, seed=4242,
+                             piece_length=PIECE_LEN)
+    return Payload(p.root, p.torrent, p.meta)
 
 
 @pytest.fixture(scope="module")

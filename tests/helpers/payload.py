@@ -95,6 +95,34 @@ def write_tree(root: Path, files: dict[str, int], seed: int = 0) -> None:
         p.write_bytes(rng.randbytes(size))
 
 
+@dataclass
+class TorrentPayload:
+    """A payload under ``root/payload`` and its torrent (for download tests with seeders)."""
+
+    root: Path  # the save path: the torrent's directory 'payload' is under it
+    torrent: str
+    meta: Any
+
+    @property
+    def n(self) -> int:
+        return int(self.meta.num_pieces)
+
+
+def make_torrent_payload(root: Path, files: dict[str, int], *, seed: int,
+                         piece_length: int) -> TorrentPayload:
+    """Random files (``random.Random(seed)``) under ``root/src/payload`` and their torrent."""
+    from torrent.creator import create_torrent
+
+    rnd = random.Random(seed)
+    for rel, size in files.items():
+        f = root / "src" / "payload" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(rnd.randbytes(size))
+    torrent = root / "payload.torrent"
+    torrent.write_bytes(create_torrent(str(root / "src" / "payload"), piece_length=piece_length))
+    return TorrentPayload(root / "src", str(torrent), metainfo.load(torrent))
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every regular file under ``root`` (relative '/'-path -> content); symlinks refused."""
     out: dict[str, bytes] = {}
