@@ -67,7 +67,7 @@ from helpers.testpeer import GatedRelay, TestPeer
 
 from torrent.errors import DiskFull, StorageError
 from torrent.hashing import PIECE_GOOD, hash_pieces
-from torrent.journal import Journal, journal_path
+from torrent.journal import HEADER_SIZE, Journal, journal_path
 from torrent.storage import layout_for, os_error
 
 pytestmark = pytest.mark.timeout(180)
@@ -82,13 +82,12 @@ HAVE_FIRST = 256
 #: The tmpfs page (the unit in which it allocates).
 PAGE = 4096
 #: Journal layout (torrent/journal.py): a 36-byte header, then 8-byte records.
-JOURNAL_HEADER = 36
 JOURNAL_RECORD = 8
 #: A seal: a marker record and a file count, then (size, mtime) per file.
 SEAL_HEAD = 12
 SEAL_FILE = 16
 #: Records that fit in the journal's first page.
-RECORDS_IN_FIRST_PAGE = (PAGE - JOURNAL_HEADER) // JOURNAL_RECORD
+RECORDS_IN_FIRST_PAGE = (PAGE - HEADER_SIZE) // JOURNAL_RECORD
 #: What the filler leaves free when the data is not preallocated: room for a
 #: few pieces (each takes 4 or 5 pages) after those journaled before.
 LEAVE_FREE = 40 * PAGE
@@ -302,7 +301,7 @@ def check_fault_and_restart(payload: Payload, out: Path, mnt: Path, run: FullRun
     assert recorded is not None
     # every byte of the journal is a whole entry: nothing torn for later appends to follow
     seal = 0 if journal.seal_table is None else SEAL_HEAD + SEAL_FILE * len(journal.seal_table)
-    assert os.path.getsize(journal.path) == JOURNAL_HEADER + JOURNAL_RECORD * len(recorded) + seal
+    assert os.path.getsize(journal.path) == HEADER_SIZE + JOURNAL_RECORD * len(recorded) + seal
     good = good_on_disk(payload, out)
     assert recorded <= good, f"journaled but not on disk: {sorted(recorded - good)[:20]}"
     assert set(range(HAVE_FIRST)) <= recorded
@@ -405,7 +404,7 @@ def test_journal_append_on_a_full_disk_keeps_whole_records(
     with pytest.raises(DiskFull):
         journal.append([RECORDS_IN_FIRST_PAGE + 20])
     journal.close()
-    assert os.path.getsize(journal.path) == PAGE - (PAGE - JOURNAL_HEADER) % JOURNAL_RECORD
+    assert os.path.getsize(journal.path) == PAGE - (PAGE - HEADER_SIZE) % JOURNAL_RECORD
     assert journal.read() == set(range(RECORDS_IN_FIRST_PAGE))
 
 

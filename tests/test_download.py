@@ -38,11 +38,10 @@ from helpers.payload import (
 from helpers.swarm import Seeder
 
 from torrent import bencoding
+from torrent.journal import HEADER_SIZE
 
 pytestmark = pytest.mark.timeout(120)
 
-#: Journal header size (torrent/journal.py: magic, info-hash, count, piece length).
-JOURNAL_HEADER = 4 + 20 + 4 + 8
 
 StartSeeders = Callable[..., list[Seeder]]
 
@@ -448,7 +447,7 @@ def test_sigterm_saves_state_and_resume_completes(
         if "sent" in live.state:
             return
         size = journal.stat().st_size if journal.exists() else 0
-        if size > JOURNAL_HEADER or live.elapsed > 8:
+        if size > HEADER_SIZE or live.elapsed > 8:
             live.state["sent"] = True
             live.popen.send_signal(signal.SIGTERM)
 
@@ -457,7 +456,7 @@ def test_sigterm_saves_state_and_resume_completes(
     assert "Traceback" not in res.stderr
     j = res.json
     assert j["complete"] is False
-    assert journal.exists() and journal.stat().st_size > JOURNAL_HEADER
+    assert journal.exists() and journal.stat().st_size > HEADER_SIZE
     slow.stop()
 
     fast = seeders(torrent, [src, src])

@@ -20,6 +20,12 @@ OTHER_IH = hashlib.sha1(b"another torrent").digest()
 NUM = 100
 PL = 1 << 18
 HEADER = 4 + 20 + 4 + 8  # magic | info-hash | num_pieces u32 | piece_length u64
+
+
+def test_the_header_size_is_the_format_s() -> None:
+    from torrent.journal import HEADER_SIZE
+
+    assert HEADER_SIZE == HEADER
 RECORD = 8
 
 

@@ -35,14 +35,13 @@ from helpers.swarm import Seeder
 from helpers.testpeer import GatedRelay
 
 from torrent import bencoding, metainfo
+from torrent.journal import HEADER_SIZE
 from torrent.magnet import magnet_uri
 from torrent.ports import free_port
 from torrent.wire.extension import MAX_METADATA_SIZE
 
 pytestmark = pytest.mark.timeout(120)
 
-#: Journal header size (torrent/journal.py: magic, info-hash, count, piece length).
-JOURNAL_HEADER = 4 + 20 + 4 + 8
 #: Trackers put in magnets: nothing listens there; the tests pass --no-trackers.
 TRACKERS = ["http://127.0.0.1:9/announce", "udp://127.0.0.1:9/announce"]
 
@@ -167,14 +166,14 @@ def test_interrupted_magnet_download_resumes_without_a_second_fetch(
         if "sent" in live.state:
             return
         size = journal.stat().st_size if journal.exists() else 0
-        if (kept.exists() and size > JOURNAL_HEADER) or live.elapsed > 15:
+        if (kept.exists() and size > HEADER_SIZE) or live.elapsed > 15:
             live.state["sent"] = True
             live.popen.send_signal(signal.SIGINT)
 
     res = download(magnet(torrent, addrs([slow])), out, during=int_once_journaled)
     assert res.returncode == 7, res.describe()
     assert "fetching the metadata" in res.stderr, res.describe()
-    assert kept.exists() and journal.exists() and journal.stat().st_size > JOURNAL_HEADER
+    assert kept.exists() and journal.exists() and journal.stat().st_size > HEADER_SIZE
     assert metainfo.load(kept).info_hash_hex == info_hash
     slow.stop()
 

@@ -46,10 +46,12 @@ import zlib
 
 from .storage import os_error
 
-__all__ = ["MAGIC", "Journal", "journal_path", "metadata_path"]
+__all__ = ["HEADER_SIZE", "MAGIC", "Journal", "journal_path", "metadata_path"]
 
 MAGIC = b"FTJ1"
 _HEADER = struct.Struct("<4s20sIQ")
+#: Bytes before the first record: magic, info-hash, piece count, piece length.
+HEADER_SIZE = _HEADER.size
 _RECORD = struct.Struct("<II")
 #: The index that marks a seal record; a real piece index is always smaller.
 SEAL = 0xFFFFFFFF
