@@ -579,9 +579,10 @@ class Worker:
             peer.abort(f"protocol error: {e}")
         except LocalProtocolError as e:  # a bug of ours: drop the peer, keep the download
             peer.abort(f"internal error: {e}")
-        out = peer.proto.take_output()
-        if out:
-            peer.conn.write(out)  # the MSE handshake's own replies (never encrypted twice)
+        if not peer.active:  # only an MSE handshake under way has replies of its own
+            out = proto.take_output()
+            if out:
+                peer.conn.write(out)
         if peer.closed:
             return
         if haves:
