@@ -126,6 +126,12 @@ PEX_FIRST = 5.0
 #: dict of a large torrent is a few MiB, and a peer asking for it in a loop
 #: gets rejects beyond this, not our upload.
 MAX_METADATA_ANSWERS = 16
+#: Completed connections the kernel queues for us until we accept them, per
+#: worker (each has its own socket: SO_REUSEPORT).  Beyond it a burst of peers
+#: is dropped by the kernel before we can count or refuse it (with SYN cookies
+#: a client may even believe a connection open that we never see); accepting
+#: and refusing is for our caps to do.  The kernel clamps it to somaxconn.
+LISTEN_BACKLOG = 1024
 #: Connect timeout for outgoing peers.
 CONNECT_TIMEOUT = 10.0
 #: Outgoing connection attempts in flight per worker (TCP connects not yet
@@ -1110,7 +1116,7 @@ class Worker:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.cfg.options.bind, self.cfg.port))
-            sock.listen(64)
+            sock.listen(LISTEN_BACKLOG)
             self.server = await self.loop.create_server(lambda: PeerConn(self.accept),
                                                         sock=sock)
         self.send(ipc.Ready(self.wid))

@@ -65,8 +65,11 @@ __all__ = ["Blackholes", "FloodClient", "GatedTracker", "held_connections", "idl
 MiB = 1 << 20
 #: Polling period of the waits on observable states below.
 POLL = 0.1
-#: Client connects in flight at once (the seed's listen backlog is 64).
-CONNECT_CONCURRENCY = 128
+#: Client connects in flight at once: well under the seed's listen backlog
+#: (worker.LISTEN_BACKLOG), so the kernel never drops a completed connection
+#: before the seed could accept or refuse it (the flood is about the seed's
+#: caps, not the kernel's queue).
+CONNECT_CONCURRENCY = 32
 #: One client connect may take this long (a SYN dropped at a full backlog is
 #: retried after 1 s, then 3 s).
 CLIENT_CONNECT_TIMEOUT = 15.0
