@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 from conftest import require_module
-from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes, shm_files
+from helpers.arena import SHM_DIR, arena_holders, arena_inodes, is_worker, shm_files
 from helpers.payload import TorrentPayload, make_torrent_payload
 from helpers.storagewrite import write
 from helpers.testpeer import TestPeer
@@ -205,7 +205,7 @@ def run_with_fault(cmd: list[str], fault: str) -> KilledRun:
                 # Checked on every poll: just after fork a child still shows
                 # its parent's command line, until it execs the interpreter.
                 try:
-                    if all(s in " ".join(k.cmdline()) for s in WORKER_CMDLINE):
+                    if is_worker(k.pid):
                         run.workers.add(k.pid)
                 except psutil.Error:
                     pass

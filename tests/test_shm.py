@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
+from helpers.arena import SHM_DIR, arena_holders, arena_inodes, is_worker
 from helpers.testpeer import TestPeer
 
 from torrent import metainfo, shm, sysinfo
@@ -507,7 +507,7 @@ def kill_group_once(cmd: list[str]) -> set[int]:
             for c in psutil.Process(proc.pid).children():
                 seen.add(c.pid)
                 try:
-                    if all(s in " ".join(c.cmdline()) for s in WORKER_CMDLINE):
+                    if is_worker(c.pid):
                         inodes |= arena_inodes(c.pid)
                 except psutil.Error:
                     pass
@@ -549,3 +549,24 @@ def test_whole_group_sigkills_leave_nothing_and_a_restart_completes(
     assert (out / "payload.bin").read_bytes() == (src / "payload.bin").read_bytes()
     meta = metainfo.load(torrent)
     assert json.loads(r.stdout)["pieces_total"] == meta.num_pieces
+
+
+def test_a_reservation_in_the_background_that_fails_is_reported(
+        monkeypatch: pytest.MonkeyPatch, no_leak: None) -> None:
+    def no_room(fd: int, off: int, size: int) -> None:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    a = Arena.create(MiB, 2, background=True)  # the workers may start on it at once
+    a.slot(0)[:4] = b"good"
+    a.close()  # waits for the reservation (it uses the descriptor)
+    assert a.reservation_error() == "shared memory: cannot reserve 2 MiB: " + \
+        os.strerror(errno.ENOMEM)
+
+
+def test_a_reservation_in_the_background_that_succeeds_reports_nothing(no_leak: None) -> None:
+    a = Arena.create(MiB, 2, background=True)
+    a.slot(1)[-4:] = b"tail"
+    assert bytes(a.slot(1)[-4:]) == b"tail"
+    a.close()
+    assert a.reservation_error() is None

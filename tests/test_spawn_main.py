@@ -226,3 +226,85 @@ def test_a_child_ignores_sigint_and_sigterm_and_can_be_killed(tests_on_path: Non
         proc.kill()  # once exited: nothing happens
     finally:
         conn.close()
+
+
+# -- forked workers, and descriptors sent later (the CLI's way) ----------------------------------
+
+
+def _drive(mode: str) -> dict[str, Any]:
+    """Run helpers/forkdriver.py in a fresh single-threaded interpreter, as the CLI runs."""
+    tests = str(Path(__file__).parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([tests, *filter(None, [env.get("PYTHONPATH")])])
+    out = subprocess.run([sys.executable, "-m", "helpers.forkdriver", mode], env=env,
+                         cwd=tests, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    res: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return res
+
+
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+def test_a_child_holds_only_stdio_and_its_connection_and_gets_a_later_descriptor(
+        mode: str) -> None:
+    res = _drive(mode)
+    assert res["can_fork"] is True  # the driver runs one thread, as the CLI does
+    rep = res["report"]
+    fds = {int(k): v for k, v in rep["fds"].items()}
+    assert fds[0] == "/dev/null"
+    # stdio, its connection, and nothing else: not the parent's file (held_fd), not
+    # the memfd it was sent (closed after reading), not its parent's end
+    others = {k: v for k, v in fds.items() if k > 2 and not v.endswith("/fd")}
+    assert len(others) == 1 and next(iter(others.values())).startswith("socket:"), fds
+    assert rep["got"] == "arena bytes"
+    assert rep["handlers"] == 0  # the parent's logging handler writes to a file it lacks
+    assert res["survived"] == ["SIGINT", "SIGTERM"]
+    assert res["exitcode"] == 0  # EOF on its connection: it left by itself
+    assert rep["pid"] != os.getpid()
+
+
+def test_can_fork_is_false_while_another_thread_runs() -> None:
+    import threading
+
+    from torrent.launch import can_fork
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, args=(RUN_TIMEOUT,))
+    t.start()
+    try:
+        assert can_fork() is False
+    finally:
+        stop.set()
+        t.join(RUN_TIMEOUT)
+
+
+def test_prestarted_workers_fall_back_to_fresh_interpreters_when_threads_run() -> None:
+    import threading
+
+    from torrent.coordinator import PrestartedWorkers
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, args=(RUN_TIMEOUT,))
+    t.start()
+    try:
+        pool = PrestartedWorkers(2, fork=True)
+    finally:
+        stop.set()
+        t.join(RUN_TIMEOUT)
+    procs = [p for p, _c in pool.children]
+    assert pool.forked is False and len(procs) == 2
+    pool.close()  # EOF: each waiting worker exits by itself, and is reaped
+    assert pool.children == []
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_recv_fd_at_eof_is_eoferror() -> None:
+    import socket
+    from multiprocessing.connection import Connection
+
+    from torrent.launch import recv_fd
+
+    a, b = socket.socketpair()
+    a.close()
+    with pytest.raises(EOFError):
+        recv_fd(Connection(b.detach()))

@@ -306,7 +306,7 @@ def cmd_download(a: argparse.Namespace) -> int:
         upload_limit=_flag_size("--upload-limit", a.upload_limit),
         seed_time=_flag_limit("--seed-time", a.seed_time),
         seed_ratio=_flag_limit("--seed-ratio", a.seed_ratio), direct_io=not a.no_direct_io,
-        save_torrent=a.save_torrent, **_connection_options(a))
+        save_torrent=a.save_torrent, fork_workers=True, **_connection_options(a))
     st = Status(a.quiet or a.json)
     try:
         res = download(a.torrent, a.output, opts, log=st.log, status_line=st.line)
@@ -334,7 +334,7 @@ def cmd_seed(a: argparse.Namespace) -> int:
     opts = Options(workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port,
                    bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers,
                    upload_limit=_flag_size("--upload-limit", a.upload_limit),
-                   **_connection_options(a))
+                   fork_workers=True, **_connection_options(a))
     st = Status(a.quiet)
 
     def ready(port: int) -> None:

@@ -54,7 +54,7 @@ from ._io import DIRECT_ALIGN
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path, metadata_path
-from .launch import start_child
+from .launch import Child, can_fork, fork_child, send_fd, start_child
 from .leases import LeaseTable, Send
 from .options import Options, default_max_connections
 from .ports import free_port as _free_port
@@ -66,6 +66,7 @@ from .wire.handshake import make_peer_id
 from .worker import DIAL_BUDGET, WorkerConfig
 
 __all__ = ["Coordinator", "DownloadResult", "download", "parse_peer", "seed"]
+
 
 #: Delay before retrying a peer whose connection failed, doubling each time.
 PEER_RETRY_BASE = 2.0
@@ -95,6 +96,55 @@ class PeerRecord:
     last_reason: str = ""
     source: str = "manual"
     dialing: bool = False  # handed to its worker, neither Dialled nor PeerClosed yet
+
+
+class PrestartedWorkers:
+    """Worker processes started before their torrent is known.
+
+    A worker's interpreter start and imports take about 0.2 s here, longer
+    than parsing a .torrent, checking the output directory or fetching a
+    magnet's metadata from a fast peer. :func:`download` and :func:`seed`
+    start the workers first: as forks of this process when
+    ``Options.fork_workers`` asks for it (the CLI does) and the process runs
+    one thread, ready within milliseconds; else as fresh interpreters that
+    import while the coordinator does that work. :meth:`Coordinator.start_workers`
+    then sends each its config and hands it the arena's memfd (``SCM_RIGHTS``,
+    :func:`~torrent.launch.send_fd`).
+    Workers never taken (an error, nothing left to download) are closed: at
+    EOF on its control connection a waiting worker exits by itself.
+    """
+
+    def __init__(self, n: int, *, fork: bool = False) -> None:
+        self.children: list[tuple[Child, Any]] = []
+        #: started by fork (``fork`` asked and :func:`~torrent.launch.can_fork`)
+        self.forked = fork and can_fork()
+        try:
+            for w in range(n):
+                if self.forked:
+                    self.children.append(fork_child("torrent.worker:worker_main",
+                                                    name=f"ft-worker-{w}"))
+                else:
+                    self.children.append(start_child("torrent.worker:worker_main",
+                                                     name=f"fasttorrent-worker-{w}"))
+        except OSError as e:
+            self.close()
+            raise errors.ResourceExhausted(f"cannot start worker {len(self.children)}: "
+                                           f"{e.strerror or e}") from None
+
+    def take(self, n: int) -> list[tuple[Child, Any]]:
+        """The first ``n`` started workers (fewer if fewer were started); the rest are closed."""
+        taken, self.children = self.children[:n], self.children[n:]
+        self.close()
+        return taken
+
+    def close(self) -> None:
+        """Let every worker not taken exit (EOF), and reap it."""
+        children, self.children = self.children, []
+        for _proc, conn in children:
+            conn.close()
+        for proc, _conn in children:
+            proc.join(WORKER_EXIT_TIMEOUT)
+            proc.kill()  # only if it is still there
 
 
 @dataclass(slots=True)
@@ -207,12 +257,15 @@ class Coordinator:
             origin of ``first_piece_seconds``: :func:`download` passes its own start,
             so that a magnet's metadata fetch counts.
         metadata_seconds: the time the metadata took, reported as is.
+        prestarted: worker processes already started (:class:`PrestartedWorkers`),
+            used by :meth:`start_workers`; closed if the run needs none.
     """
 
     def __init__(self, meta: Any, outdir: str, opts: Options, *, seeding: bool = False,
                  log: Callable[[str], None] | None = None,
                  status_line: Callable[[str], None] | None = None,
-                 began: float | None = None, metadata_seconds: float = 0.0) -> None:
+                 began: float | None = None, metadata_seconds: float = 0.0,
+                 prestarted: PrestartedWorkers | None = None) -> None:
         opts = _resolve_connections(opts)  # a caller of ours that left it unset
         if opts.workers is None:
             raise ValueError("Coordinator needs a resolved worker count")
@@ -256,6 +309,7 @@ class Coordinator:
         self.stopping = False
         self.ready_count = 0
         self._dials_freed = False  # a worker has room for dials again: assign peers
+        self.prestarted = prestarted
 
     @property
     def verified(self) -> int:
@@ -330,43 +384,56 @@ class Coordinator:
         # from the slot; see Worker.alloc_slot).
         slot_size = meta.piece_length + (DIRECT_ALIGN if len(meta.files) > 1 else 0)
         slots = plan_slots(slot_size, self.nworkers, self.opts.arena_bytes)
-        self.arena = Arena.create(slot_size, slots * self.nworkers)
+        # the pages are reserved while the workers start (checked in run())
+        self.arena = Arena.create(slot_size, slots * self.nworkers, background=True)
         if self.port == 0 and self.nworkers:
             self.port = _free_port(self.opts.bind)
         done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
+        ready = self.prestarted.take(self.nworkers) if self.prestarted is not None else []
+        self.prestarted = None
         configs = []
         for w in range(self.nworkers):
             cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, options=self.opts,
-                               arena_fd=self.arena.fd, slot_size=slot_size,
+                               slot_size=slot_size,
                                arena_slots=slots * self.nworkers, first_slot=w * slots,
                                nslots=slots, port=self.port, peer_id=self.peer_id,
                                done=done_bits, writable=not self.seeding,
                                lock_writes=self.nworkers > 1, workers=self.nworkers)
-            # A fresh interpreter (torrent/launch.py): never a re-import of the
-            # caller's main module, whatever the caller is.
-            try:
-                proc, conn = start_child("torrent.worker:worker_main",
-                                         name=f"fasttorrent-worker-{w}",
-                                         pass_fds=(self.arena.fd,))
-            except OSError as e:
-                for h in self.workers:
-                    h.conn.close()  # EOF: they exit by themselves
-                    h.proc.join(WORKER_EXIT_TIMEOUT)
-                self.workers.clear()
-                self.arena.close()
-                self.arena = None
-                raise errors.ResourceExhausted(
-                    f"cannot start worker {w}: {e.strerror or e}") from None
+            if w < len(ready):
+                proc, conn = ready[w]
+            else:
+                # A fresh interpreter (torrent/launch.py): never a re-import of the
+                # caller's main module, whatever the caller is.
+                try:
+                    proc, conn = start_child("torrent.worker:worker_main",
+                                             name=f"fasttorrent-worker-{w}")
+                except OSError as e:
+                    for h in self.workers:
+                        h.conn.close()  # EOF: they exit by themselves
+                        h.proc.join(WORKER_EXIT_TIMEOUT)
+                    self.workers.clear()
+                    self.arena.close()
+                    self.arena = None
+                    raise errors.ResourceExhausted(
+                        f"cannot start worker {w}: {e.strerror or e}") from None
             self.workers.append(WorkerHandle(w, proc, conn))
             configs.append(cfg)
-        # Sent once every worker started, so that they start up side by side.
+        # Sent once every worker started, so that they start up side by side; the
+        # arena's memfd follows each config.
         for h, cfg in zip(self.workers, configs, strict=True):
             try:
                 h.conn.send(cfg)
+                send_fd(h.conn, self.arena.fd)
             except OSError:
                 pass  # it died starting: the liveness check in run() reports it
         # the start-up affinity runs from here, not from before the resume check
         self.leases.start(time.monotonic())
+
+    def release_prestarted(self) -> None:
+        """Let worker processes started for this run and never used exit."""
+        if self.prestarted is not None:
+            self.prestarted.close()
+            self.prestarted = None
 
     def send(self, h: WorkerHandle, msg: Any) -> None:
         if not h.alive:
@@ -657,6 +724,7 @@ class Coordinator:
         self.done_event = asyncio.Event()
         n = self.meta.num_pieces
         if self.verified == n and not self.seeding and not self.seed_after:
+            self.release_prestarted()
             if self.journal is not None:
                 self.journal.remove()  # nothing left to resume
             return self.result(True)
@@ -688,6 +756,11 @@ class Coordinator:
                     if h.alive and not h.proc.is_alive():
                         self.on_worker_message(h)  # drain what it said last
                         self.worker_died(h)
+                if self.arena is not None and self.fatal is None:
+                    err = self.arena.reservation_error()
+                    if err is not None:
+                        self.fatal = errors.ResourceExhausted(err)
+                        self._finish()
                 self.assign_peers()
                 self.serve_waiting()
                 now = time.monotonic()
@@ -994,20 +1067,25 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     opts = _resolve(options, overrides)
     peer_id = None
     metadata_seconds = 0.0
-    if is_magnet(torrent):
-        meta, opts, peer_id = _load_or_fetch_metainfo(torrent, outdir, opts,
-                                                      log or (lambda s: None))
-        metadata_seconds = time.monotonic() - began
-    else:
-        meta = metainfo.load(torrent)
-        if opts.save_torrent:
-            _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
-    coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line, began=began,
-                        metadata_seconds=metadata_seconds)
-    if peer_id is not None:
-        coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
-    coord.prepare()
-    res: DownloadResult = _run_loop(coord.run())
+    # The workers import while the torrent is read, checked or fetched.
+    prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
+    try:
+        if is_magnet(torrent):
+            meta, opts, peer_id = _load_or_fetch_metainfo(torrent, outdir, opts,
+                                                          log or (lambda s: None))
+            metadata_seconds = time.monotonic() - began
+        else:
+            meta = metainfo.load(torrent)
+            if opts.save_torrent:
+                _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
+        coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line, began=began,
+                            metadata_seconds=metadata_seconds, prestarted=prestarted)
+        if peer_id is not None:
+            coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
+        coord.prepare()
+        res: DownloadResult = _run_loop(coord.run())
+    finally:
+        prestarted.close()  # those not taken (an error, or nothing left to do)
     if coord.fatal is not None:
         raise coord.fatal
     if coord.interrupted and not (res.complete and coord.seed_started is not None):
@@ -1051,11 +1129,17 @@ def seed(torrent: str, directory: str, options: Options | None = None, *,
         InvalidTorrent, StorageError, Incomplete (no good piece at all), ...
     """
     opts = _resolve(options, overrides).replace(stall_timeout=0)
-    meta = metainfo.load(torrent)
-    coord = Coordinator(meta, directory, opts, seeding=True, log=log, status_line=status_line)
-    coord.prepare_seed(opts.check)
-    coord.on_ready = ready
-    res = _run_loop(coord.run())
+    # importing (or forked, ready) while the data is checked
+    prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
+    try:
+        meta = metainfo.load(torrent)
+        coord = Coordinator(meta, directory, opts, seeding=True, log=log,
+                            status_line=status_line, prestarted=prestarted)
+        coord.prepare_seed(opts.check)
+        coord.on_ready = ready
+        res = _run_loop(coord.run())
+    finally:
+        prestarted.close()
     if coord.fatal is not None:
         raise coord.fatal
     e = Interrupted(f"stopped: uploaded {res.bytes_uploaded} bytes")

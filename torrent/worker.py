@@ -46,6 +46,7 @@ from . import __version__, _io, ipc
 from . import _speedups as _k
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import DiskFull, FastTorrentError, RemoteProtocolError
+from .launch import recv_fd
 from .net.peer import PeerConn
 from .options import MAX_CONNECTIONS_CAP, Options, share
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
@@ -148,7 +149,13 @@ DIAL_QUEUE_LIMIT = 64
 #: Dials the coordinator may have outstanding at one worker: in flight and queued.
 DIAL_BUDGET = MAX_DIALS + DIAL_QUEUE_LIMIT
 
+try:  # imported with the module: a worker started early has it loaded when its config comes
+    import uvloop
+except ImportError:
+    uvloop = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,7 +171,6 @@ class WorkerConfig:
     meta: Any
     outdir: str
     options: Options
-    arena_fd: int  # the arena's memfd, inherited at this number
     slot_size: int
     arena_slots: int
     first_slot: int
@@ -287,7 +293,7 @@ class Peer:
 
 
 class Worker:
-    def __init__(self, cfg: WorkerConfig, conn: Any) -> None:
+    def __init__(self, cfg: WorkerConfig, conn: Any, arena_fd: int) -> None:
         self.cfg = cfg
         self.wid = cfg.wid
         self.meta = cfg.meta
@@ -301,7 +307,7 @@ class Worker:
         self.recv_budget = RecvBudget(RECV_BUDGET)
         self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
         self.have_count = _k.bitfield_count(self.have, m.num_pieces)
-        self.arena = Arena.attach(cfg.arena_fd, cfg.slot_size, cfg.arena_slots)
+        self.arena = Arena.attach(arena_fd, cfg.slot_size, cfg.arena_slots)
         nb = -(-m.piece_length // BLOCK_SIZE)
         self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
@@ -321,6 +327,7 @@ class Worker:
         self.flush_on_stop = True
         self.drain_on_stop = False
         self._verified_timer: asyncio.TimerHandle | None = None
+        self._verified_sent = -VERIFIED_DELAY  # loop time of the last Verified sent
         self.blocks = 0  # blocks stored
         # --download-limit / --upload-limit shares: one throttle each, one timer each
         self.down = (Throttle(cfg.max_rate, now=now, min_wait=DOWNLOAD_MIN_WAIT)
@@ -937,16 +944,25 @@ class Worker:
             self._piece_checked(pd, status == _io.JOB_OK)
         if self.verified_batch and self._verified_timer is None:
             # soon, not at the next tick (the coordinator leases and steals by it),
-            # but batched: one pipe message per piece cost 11 % of a worker's time
-            self._verified_timer = self.loop.call_later(VERIFIED_DELAY, self._send_verified)
+            # but batched: one pipe message per piece cost 11 % of a worker's time.
+            # At once when nothing was sent for VERIFIED_DELAY (the first piece of
+            # a run is not held back), else when that much time has passed.
+            wait = self._verified_sent + VERIFIED_DELAY - self.loop.time()
+            if wait <= 0:
+                self._send_verified()
+            else:
+                self._verified_timer = self.loop.call_later(wait, self._send_verified)
         if outcomes:
             self.pump_all()
 
     def _send_verified(self) -> None:
-        self._verified_timer = None
+        if self._verified_timer is not None:
+            self._verified_timer.cancel()  # (a no-op when it is the timer calling)
+            self._verified_timer = None
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
             self.verified_batch = []
+            self._verified_sent = self.loop.time()
 
     def _io_error(self, err: int, what: str) -> None:
         exc = os_error(OSError(err, os.strerror(err)), what)
@@ -1064,9 +1080,7 @@ class Worker:
                 peer.abort("idle for two minutes")
         if self.choker.due(now):
             self.choke_round(now)
-        if self.verified_batch:
-            self.send(ipc.Verified(tuple(self.verified_batch)))
-            self.verified_batch = []
+        self._send_verified()
         if self.avail_dirty:
             self.avail_dirty = False
             self.send(ipc.Availability(bytes(self.avail)))
@@ -1212,7 +1226,13 @@ def _bits_to_indices(bits: bytes) -> list[int]:
 
 
 def worker_main(cfg: WorkerConfig, conn: Any) -> None:
-    """Entry point of a worker process (started by the coordinator with torrent.launch)."""
+    """Entry point of a worker process (started by the coordinator with torrent.launch).
+
+    The process may have been started long before its config came (while
+    the coordinator parsed, checked or fetched the torrent): this module and
+    uvloop are imported by then. The arena's memfd follows the config on the
+    control connection (``SCM_RIGHTS``; it did not exist when we started).
+    """
     # The coordinator handles SIGINT/SIGTERM and tells us to stop; a Ctrl-C or
     # a SIGTERM sent to the whole process group (a terminal, systemd, a job
     # control `kill %1`) must not kill us mid-write.  If the coordinator itself
@@ -1223,12 +1243,12 @@ def worker_main(cfg: WorkerConfig, conn: Any) -> None:
         # the per-tick state of this worker on stderr (see Worker.tick)
         logging.basicConfig(level=logging.DEBUG, format="%(message)s")
     try:
-        import uvloop
-    except ImportError:
-        uvloop = None  # type: ignore[assignment]
+        arena_fd = recv_fd(conn)
+    except (EOFError, OSError):
+        os._exit(0)  # the coordinator went away (or failed) before the arena existed
 
     async def main() -> None:
-        w = Worker(cfg, conn)
+        w = Worker(cfg, conn, arena_fd)
         await w.run()
 
     try:

@@ -12,12 +12,27 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["ARENA_TAG", "SHM_DIR", "WORKER_CMDLINE", "arena_holders", "arena_inodes",
-           "mapped_files", "shm_files"]
+__all__ = ["ARENA_TAG", "SHM_DIR", "WORKER_CMDLINE", "WORKER_NAME", "arena_holders",
+           "arena_inodes", "is_worker", "mapped_files", "shm_files"]
 
 SHM_DIR = "/dev/shm"
-#: The command line of a download worker (torrent/launch.py).
+#: The command line of a download worker started as a fresh interpreter (torrent/launch.py).
 WORKER_CMDLINE = ("torrent.launch", "fasttorrent-worker-")
+#: The process name (``comm``) of a download worker forked by the CLI (torrent/launch.py).
+WORKER_NAME = "ft-worker-"
+
+
+def is_worker(pid: int) -> bool:
+    """Process ``pid`` is a download worker, forked or exec'd (False if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().startswith(WORKER_NAME):
+                return True
+        with open(f"/proc/{pid}/cmdline", "rb") as fb:
+            cmd = fb.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return all(s in cmd for s in WORKER_CMDLINE)
 
 #: How the arena shows in /proc/PID/maps and in fd links.
 ARENA_TAG = "/memfd:fasttorrent-arena"

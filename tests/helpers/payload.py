@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from helpers.arena import SHM_DIR, WORKER_CMDLINE, arena_holders, arena_inodes
+from helpers.arena import SHM_DIR, arena_holders, arena_inodes, is_worker
 from torrent import metainfo
 
 __all__ = [
@@ -273,14 +273,12 @@ class Live:
         return time.monotonic() - self.started
 
     def workers(self) -> list[psutil.Process]:
-        """The download worker processes (``python -m torrent.launch fasttorrent-worker-N``)."""
+        """The download worker processes (forked or exec'd: :func:`helpers.arena.is_worker`)."""
         out = []
         with contextlib.suppress(psutil.Error):
             for c in self.proc.children():
-                with contextlib.suppress(psutil.Error):
-                    cmd = " ".join(c.cmdline())
-                    if all(s in cmd for s in WORKER_CMDLINE):
-                        out.append(c)
+                if is_worker(c.pid):
+                    out.append(c)
         return out
 
 
