@@ -354,6 +354,74 @@ def _frame_ids(stream: bytes) -> list[int]:
     return ids
 
 
+#: A torrent with fewer pieces than libtorrent may grant (allowed_fast_set_size),
+#: and than we keep (MAX_ALLOWED_FAST): every piece can be fetched while choked.
+FEW_PIECES = {"few.bin": 7 * 32 * 1024 + 1_000}
+
+
+def test_fasttorrent_downloads_allowed_fast_pieces_from_a_seed_that_chokes_it(
+        tmp_path: Path) -> None:
+    """BEP 6 to us: a libtorrent seed that unchokes nobody (unchoke_slots_limit 0) but
+    grants every piece as allowed fast; fasttorrent fetches them all while choked."""
+
+    def lt_module() -> Any:
+        return require_module("libtorrent")
+
+    p = make_payload(tmp_path / "few", FEW_PIECES, "32K")
+    assert p.meta.num_pieces == 8
+    with LtPeer("choking libtorrent seed", settings={
+            "unchoke_slots_limit": 0, "allowed_fast_set_size": 8}) as lt_:
+        # loopback peers are in libtorrent's local class, which ignores the unchoke
+        # limit: without the class filter it would unchoke us anyway
+        lt_.ses.set_peer_class_filter(lt_module().ip_filter())
+        lt_.seed(p.torrent, p.src)
+        out = tmp_path / "out"
+        res = ft_download(p.torrent, out, [lt_.addr], port=free_port("127.0.0.1"),
+                          interrupt_after=DOWNLOAD_TIMEOUT / 2)
+    j = res.json
+    assert j["complete"] is True and j["hash_failures"] == 0, res.describe()
+    assert (out / "few.bin").read_bytes() == (p.src / "few.bin").read_bytes()
+
+
+def test_fasttorrent_seed_grants_allowed_fast_pieces_and_serves_them_while_choking(
+        small: Payload) -> None:
+    """BEP 6 from us: a peer that never says it is interested stays choked, is granted
+    the canonical allowed-fast set for its address, and is served those pieces (that
+    other requests are rejected while it is choked: tests/test_wire_extensions_peer.py)."""
+    from torrent.wire.fastext import ALLOWED_FAST_COUNT, allowed_fast_set
+    meta = small.meta
+    granted = allowed_fast_set("127.0.0.1", meta.info_hash, meta.num_pieces)
+    assert len(granted) == ALLOWED_FAST_COUNT
+    p = PeerProtocol(meta.info_hash, make_peer_id(), meta.num_pieces, meta.piece_length,
+                     meta.total_size, we_initiated=True, now=0.0)
+    data = (small.src / "small.bin").read_bytes()
+    with fasttorrent_seed(small.torrent, small.src) as seed, \
+            socket.create_connection(("127.0.0.1", seed.port), timeout=SOCKET_TIMEOUT) as sock:
+        events: list[object] = []
+
+        def pump_until(done: Any) -> None:
+            while not done():
+                chunk = sock.recv(65536)
+                assert chunk, f"the seed closed the connection; events: {events}"
+                for e in p.receive_data(chunk):
+                    if isinstance(e, BlockReceived):  # the view dies on the next call
+                        e = BlockReceived(e.index, e.begin, bytes(e.data))
+                    events.append(e)
+
+        sock.sendall(p.handshake())
+        pump_until(lambda: p.fast and len(p.allowed_fast) == len(granted))
+        assert p.allowed_fast == set(granted)
+        assert p.peer_choking  # never interested: never unchoked
+        want = [(i, 0, 16384) for i in granted]
+        sock.sendall(p.send_requests(want, 0.0))
+        pump_until(lambda: sum(isinstance(e, BlockReceived) for e in events) == len(want))
+        assert p.peer_choking  # served while choked, and still choked
+    got = {(e.index, e.begin): e.data for e in events if isinstance(e, BlockReceived)}
+    for i in granted:
+        start = i * meta.piece_length
+        assert got[(i, 0)] == data[start : start + 16384]
+
+
 def test_libtorrent_seed_negotiates_fast_and_extensions(small: Payload) -> None:
     """Through the production receive path: libtorrent offers Fast and BEP 10, sends have
     all instead of a bitfield, an extension handshake with ut_metadata, ut_pex,

@@ -163,6 +163,31 @@ def test_requests_we_will_not_serve_are_rejected() -> None:
     assert p.send_choke() == encode(Choke()) + encode(Reject(2, 0, BLOCK_SIZE))
 
 
+def test_granted_pieces_are_served_while_we_choke_and_survive_a_choke() -> None:
+    p = peer()
+    assert p.send_allowed_fast([3, 5, 3]) == encode(AllowedFast(3)) + encode(AllowedFast(5))
+    assert p.granted == {3, 5}
+    # we choke it (the start): a granted piece is queued, another one rejected
+    assert recv(p, Request(3, 0, BLOCK_SIZE)) == [RequestReceived(3, 0, BLOCK_SIZE)]
+    assert recv(p, Request(4, 0, BLOCK_SIZE)) == [RequestDropped(4, 0, BLOCK_SIZE)]
+    p.send_unchoke()
+    recv(p, Request(4, 0, BLOCK_SIZE), Request(5, BLOCK_SIZE, BLOCK_SIZE))
+    # choking it again rejects only what was not granted
+    assert p.send_choke() == encode(Choke()) + encode(Reject(4, 0, BLOCK_SIZE))
+    served = [p.next_request() for _ in range(3)]
+    assert served == [(3, 0, BLOCK_SIZE), (5, BLOCK_SIZE, BLOCK_SIZE), None]
+
+
+def test_granting_is_bounded_and_checked() -> None:
+    p = peer()
+    p.send_allowed_fast(range(NUM_PIECES))
+    assert len(p.granted) == min(MAX_ALLOWED_FAST, NUM_PIECES)
+    with pytest.raises(LocalProtocolError, match="piece 10 of 10"):
+        p.send_allowed_fast([NUM_PIECES])
+    with pytest.raises(LocalProtocolError, match="Fast extension"):
+        peer(reserved_bits(EXTENSION_BIT)).send_allowed_fast([1])
+
+
 def test_reject_and_have_all_need_the_fast_extension_to_send() -> None:
     p = peer(reserved_bits(EXTENSION_BIT))
     with pytest.raises(LocalProtocolError):

@@ -68,6 +68,7 @@ from .wire.extension import (
     metadata_data,
     metadata_piece_count,
 )
+from .wire.fastext import allowed_fast_set
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
 from .wire.mse import CRYPTO_RC4
@@ -502,6 +503,13 @@ class Worker:
             peer.write(proto.send_have_all())  # BEP 6: two bytes instead of the bitfield
         elif any(self.have):
             peer.write(proto.send_bitfield(bytes(self.have)))
+        if proto.fast and self.have_count and _is_ip(peer.addr[0]):
+            # BEP 6: pieces it may fetch while we choke it, to get a new peer
+            # started; the canonical set for its address, those we have
+            grant = [i for i in allowed_fast_set(peer.addr[0], self.meta.info_hash,
+                                                 self.meta.num_pieces) if self._has(i)]
+            if grant:
+                peer.write(proto.send_allowed_fast(grant))
         if proto.extensions:
             peer.write(proto.send_extension_handshake(self._extension_handshake(peer)))
 
@@ -871,12 +879,22 @@ class Worker:
 
     def pump(self, peer: Peer) -> None:
         proto = peer.proto
-        if peer.closed or not peer.active or proto.peer_choking or not proto.am_interested:
+        if peer.closed or not peer.active or not proto.am_interested:
             return
+        has = proto.peer_has
+        if proto.peer_choking:
+            # BEP 6: while it chokes us, only the pieces it allowed us
+            allowed = proto.allowed_fast
+            if not allowed:
+                return
+
+            def has(i: int, _allowed: frozenset[int] = allowed) -> bool:
+                return i in _allowed and proto.peer_has(i)
+
         want = min(peer.depth, peer.max_depth) - proto.num_outstanding
         if want < min(REFILL_BATCH, peer.depth):
             return
-        reqs = self.picker.pick(peer, proto.peer_has, want, self.alloc_slot)
+        reqs = self.picker.pick(peer, has, want, self.alloc_slot)
         if reqs:
             peer.write(proto.send_requests(reqs, self.loop.time()))
         if len(self.picker.unstarted) < self.low_water:

@@ -52,13 +52,17 @@ class LtPeer:
 
     Args:
         name: for messages.
+        encryption: see below.
+        settings: libtorrent settings on top of the loopback ones.
     """
 
-    def __init__(self, name: str = "libtorrent", *, encryption: str = "off") -> None:
+    def __init__(self, name: str = "libtorrent", *, encryption: str = "off",
+                 settings: dict[str, Any] | None = None) -> None:
         if lt is None:
             raise RuntimeError("the libtorrent module is not installed")
         assert int(lt.peer_info.pex) == PEX
         self.name = name
+        extra = settings or {}
         settings = loopback_settings(0)
         if encryption != "off":
             # "default": libtorrent's own policy (MSE tried first, plaintext allowed);
@@ -74,6 +78,7 @@ class LtPeer:
                                   | lt.alert.category_t.status_notification
                                   | lt.alert.category_t.peer_notification
                                   | lt.alert.category_t.connect_notification)
+        settings.update(extra)
         self.ses = lt.session(settings)
         self.alerts: deque[str] = deque(maxlen=MAX_ALERTS)
         self.wait_until(lambda: self.ses.listen_port() != 0, LISTEN_TIMEOUT, "listening")

@@ -74,6 +74,7 @@ from __future__ import annotations
 import re
 import struct
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
@@ -400,6 +401,7 @@ class PeerProtocol:
         "_first_message",
         "_framer",
         "_full",
+        "_granted",
         "_handshake_sent",
         "_have_all",
         "_key",
@@ -501,6 +503,8 @@ class PeerProtocol:
         self.peer_handshake: ExtensionHandshake | None = None  # its latest, for reqq etc.
         # Pieces the peer lets us request while it chokes us (BEP 6), at most MAX_ALLOWED_FAST.
         self._allowed_fast: set[int] = set()
+        # Pieces we let the peer request while we choke it (BEP 6; send_allowed_fast).
+        self._granted: set[int] = set()
         self._have_all = False  # it sent HAVE_ALL: a later bitfield is out of place
         self._framer = framer if framer is not None else Framer(num_pieces)
         # The receive buffer: starts small, grows with the peer's pipeline, and
@@ -974,8 +978,9 @@ class PeerProtocol:
         block = (index, begin, length)
         # A request while we choke it is normal (it crossed our choke on the
         # wire); without BEP 6 it is silently discarded, as BEP 3 prescribes; with
-        # BEP 6 it must be rejected (we grant no allowed-fast pieces).
-        if self.am_choking or len(self._peer_requests) >= MAX_PEER_REQUESTS:
+        # BEP 6 it is rejected, unless it is for a piece we granted (allowed fast).
+        if (self.am_choking and index not in self._granted) \
+                or len(self._peer_requests) >= MAX_PEER_REQUESTS:
             self.dropped_peer_requests += 1
             if self.fast:
                 events.append(RequestDropped(index, begin, length))
@@ -1050,14 +1055,46 @@ class PeerProtocol:
 
     def send_choke(self) -> bytes:
         """Choke the peer: its queued requests are discarded (BEP 3), or, with the Fast
-        extension, rejected one by one (BEP 6): the bytes include those rejects."""
+        extension, rejected one by one (BEP 6): the bytes include those rejects.
+        Requests for pieces we granted it (allowed fast) stay queued and are served."""
         self._check_can_send("choke")
         self.am_choking = True
         rejects = b""
         if self.fast and self._peer_requests:
-            rejects = b"".join(encode(Reject(*block)) for block in self._peer_requests)
-        self._peer_requests.clear()
+            dropped = [b for b in self._peer_requests if b[0] not in self._granted]
+            rejects = b"".join(encode(Reject(*block)) for block in dropped)
+            for block in dropped:
+                del self._peer_requests[block]
+        else:
+            self._peer_requests.clear()
         return encode(Choke()) + rejects
+
+    def send_allowed_fast(self, pieces: Iterable[int]) -> bytes:
+        """BEP 6: let the peer request ``pieces`` while we choke it (one message each).
+
+        At most :data:`~torrent.wire.fastext.MAX_ALLOWED_FAST` pieces are granted on
+        one connection; further ones are not sent.
+
+        Raises:
+            LocalProtocolError: no Fast extension, or a piece out of range.
+        """
+        if not self.fast:
+            raise LocalProtocolError("allowed fast needs the Fast extension")
+        self._check_can_send("allowed fast")
+        out = []
+        for index in pieces:
+            if not 0 <= index < self.num_pieces:
+                raise LocalProtocolError(f"allowed fast for piece {index} of {self.num_pieces}")
+            if index in self._granted or len(self._granted) >= MAX_ALLOWED_FAST:
+                continue
+            self._granted.add(index)
+            out.append(encode(AllowedFast(index)))
+        return b"".join(out)
+
+    @property
+    def granted(self) -> frozenset[int]:
+        """Pieces we let the peer request while we choke it (BEP 6)."""
+        return frozenset(self._granted)
 
     def send_have_all(self) -> bytes:
         """BEP 6: we have every piece (in place of a full bitfield, as our first message).
@@ -1115,12 +1152,14 @@ class PeerProtocol:
         """Request a block, recording it as outstanding since ``now``.
 
         Raises:
-            LocalProtocolError: the peer is choking us, the block is already
-                outstanding, too many are, or it is out of range.
+            LocalProtocolError: the peer is choking us (and the piece is not
+                allowed fast), the block is already outstanding, too many are, or
+                it is out of range.
         """
         self._check_can_send("request")
-        if self.peer_choking:
-            raise LocalProtocolError("cannot request while the peer chokes us")
+        if self.peer_choking and index not in self._allowed_fast:
+            raise LocalProtocolError("cannot request while the peer chokes us "
+                                     f"(piece {index} is not allowed fast)")
         key = (index, begin)
         if key in self._outstanding:
             raise LocalProtocolError(f"block {key} is already requested from this peer")
@@ -1144,12 +1183,14 @@ class PeerProtocol:
         :meth:`send_request` that cannot fail for them are skipped, the rest kept.
 
         Raises:
-            LocalProtocolError: the peer chokes us, a block is already
-                outstanding, or too many would be.
+            LocalProtocolError: the peer chokes us (and a block is not of a
+                piece it allowed fast), a block is already outstanding, or too
+                many would be.
         """
         self._check_can_send("request")
-        if self.peer_choking:
-            raise LocalProtocolError("cannot request while the peer chokes us")
+        if self.peer_choking and not all(b[0] in self._allowed_fast for b in blocks):
+            raise LocalProtocolError("cannot request while the peer chokes us "
+                                     "(only its allowed-fast pieces)")
         outstanding = self._outstanding
         if len(outstanding) + len(blocks) > MAX_OUTSTANDING_REQUESTS:
             raise LocalProtocolError(
@@ -1191,10 +1232,11 @@ class PeerProtocol:
         """Take the peer's oldest queued request to serve it (the hot path of uploading).
 
         The caller sends the block (``messages.pack_piece_header`` + the data). None
-        when nothing is queued (or we choke the peer: its requests were dropped).
+        when nothing is queued. While we choke the peer only requests for pieces we
+        granted it (BEP 6 allowed fast) are queued: the others were dropped.
         """
         reqs = self._peer_requests
-        if not reqs or self.am_choking:
+        if not reqs:
             return None
         block = next(iter(reqs))
         del reqs[block]
