@@ -38,7 +38,7 @@ import signal
 import socket
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -881,15 +881,17 @@ class Worker:
         proto = peer.proto
         if peer.closed or not peer.active or not proto.am_interested:
             return
-        has = proto.peer_has
+        has: Callable[[int], bool] = proto.peer_has
         if proto.peer_choking:
             # BEP 6: while it chokes us, only the pieces it allowed us
             allowed = proto.allowed_fast
             if not allowed:
                 return
 
-            def has(i: int, _allowed: frozenset[int] = allowed) -> bool:
+            def has_allowed(i: int, _allowed: frozenset[int] = allowed) -> bool:
                 return i in _allowed and proto.peer_has(i)
+
+            has = has_allowed
 
         want = min(peer.depth, peer.max_depth) - proto.num_outstanding
         if want < min(REFILL_BATCH, peer.depth):
