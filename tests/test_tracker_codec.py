@@ -3,8 +3,8 @@ framing, UDP (BEP 15) messages and the UDP announce state machine."""
 
 from __future__ import annotations
 
-import random
 import ipaddress
+import random
 import struct
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -546,7 +546,7 @@ def test_udp_ipv6_round_trip_and_layout() -> None:
 @pytest.mark.parametrize("extra", [1, 6, 17, 19])
 def test_udp_ipv6_truncated_peers(extra: int) -> None:
     head = struct.pack(">IIIII", 1, 5, 60, 1, 2)
-    with pytest.raises(TrackerError, match="IPv6 peer list .* not a multiple of 18"):
+    with pytest.raises(TrackerError, match=r"IPv6 peer list .* not a multiple of 18"):
         tu.decode_response(head + b"\x01" * (18 + extra), ipv6=True)
     # six 6-byte IPv4 peers are 36 bytes, two IPv6 ones: the family decides the width
     r = tu.decode_response(head + compact6(("::1", 1), ("::2", 2)), ipv6=True)

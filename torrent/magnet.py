@@ -219,7 +219,7 @@ def _info_hash(xts: list[str]) -> bytes:
 
 
 def _peer(value: str) -> tuple[str, int]:
-    """One ``x.pe`` value: ``host:port`` or ``[ipv6]:port`` (:func:`~torrent.peeraddr.parse_hostport`)."""
+    """One ``x.pe`` value: ``host:port`` or ``[ipv6]:port`` (``peeraddr.parse_hostport``)."""
     try:
         return parse_hostport(value)
     except ValueError as exc:
