@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ from torrent.ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
+#: Runs the CLI with the any-addresses replaced by 127.0.0.1 and ::1.
+LOOPRUN = [sys.executable, str(Path(__file__).resolve().parent / "helpers" / "looprun.py")]
 #: The payload: 129 pieces of 32 KiB, a short last one.
 FILES = {"six.bin": (4 << 20) + 5_000}
 PIECE = "32K"
@@ -153,6 +156,30 @@ def test_seed_bound_to_ipv6_refuses_ipv4(payload: Payload) -> None:
                 socket.create_connection(("127.0.0.1", seed.port), timeout=10):
             pass
         seed.stop_summary()
+
+
+def test_default_bind_serves_both_families(payload: Payload, tmp_path: Path) -> None:
+    """The default ``--bind`` listens on IPv4 and IPv6 at one port, in every worker
+    (helpers/looprun.py puts 127.0.0.1 and ::1 in place of 0.0.0.0 and ::): a
+    libtorrent leecher on 127.0.0.1 and one on ::1 both complete from one seed."""
+    with FasttorrentSeed(payload.torrent, payload.src, workers=2, extra=("--bind", ""),
+                         cli=LOOPRUN) as seed, \
+            LtPeer("leecher on 127.0.0.1") as l4, LtPeer("leecher on [::1]", host="::1") as l6:
+        handles = []
+        for lt_, host in ((l4, "127.0.0.1"), (l6, "::1")):
+            h = lt_.add_torrent(payload.torrent, tmp_path / host.replace(":", "_"), pex=False)
+            h.connect_peer((host, seed.port))
+            handles.append(h)
+        for lt_, h in zip((l4, l6), handles, strict=True):
+            lt_.wait_until(lambda h=h: h.status().is_seeding, DOWNLOAD_TIMEOUT, "complete")
+        assert {(pi.ip[0], int(pi.ip[1])) for pi in handles[0].get_peer_info()} <= {
+            ("127.0.0.1", seed.port)}
+        assert {(pi.ip[0], int(pi.ip[1])) for pi in handles[1].get_peer_info()} <= {
+            ("::1", seed.port)}
+        summary = seed.stop_summary()
+    assert summary["bytes_uploaded"] >= 2 * payload.meta.total_size
+    for host in ("127.0.0.1", "::1"):
+        assert_same_payload(payload.torrent, payload.src, tmp_path / host.replace(":", "_"))
 
 
 # ----------------------------------------------------------------------------- x.pe

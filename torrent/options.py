@@ -148,7 +148,10 @@ class Options:
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
         if self.bind != "":
-            ip = canonical_ip(str(self.bind).strip().strip("[]"))
+            text = str(self.bind).strip()
+            if text.startswith("[") and text.endswith("]"):  # [::1], as in a URL
+                text = text[1:-1]
+            ip = canonical_ip(text)
             if ip is None:
                 raise UsageError(f"bind must be an IPv4 or IPv6 address, got {self.bind!r:.60}")
             object.__setattr__(self, "bind", ip)

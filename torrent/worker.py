@@ -47,7 +47,7 @@ from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import DiskFull, FastTorrentError, RemoteProtocolError
 from .net.peer import PeerConn
 from .options import MAX_CONNECTIONS_CAP, Options, share
-from .peeraddr import format_peer, is_loopback
+from .peeraddr import canonical_ip, format_peer, is_loopback
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .ports import listen_sockets
 from .shm import Arena
@@ -1115,8 +1115,9 @@ class Worker:
         self.loop.add_reader(self.efd, self.on_io_done)
         if self.cfg.port:  # IPv4 and IPv6 (torrent/ports.py); one accept, one set of caps
             for sock in listen_sockets(self.cfg.options.bind, self.cfg.port, LISTEN_BACKLOG):
+                # the backlog again: create_server listens anew, with 100 unless told
                 self.servers.append(await self.loop.create_server(
-                    lambda: PeerConn(self.accept), sock=sock))
+                    lambda: PeerConn(self.accept), sock=sock, backlog=LISTEN_BACKLOG))
         self.send(ipc.Ready(self.wid))
         try:
             while not self.stop_event.is_set():
@@ -1179,6 +1180,7 @@ class Worker:
 def _ban_key(host: str, port: int) -> str:
     """What a ban covers: the host, but host:port on loopback, where every peer is 127.x
     (a test swarm or several clients on one machine) and only the port tells them apart."""
+    host = canonical_ip(host) or host  # ::ffff:10.0.0.1 is 10.0.0.1: one peer, one ban
     return format_peer(host, port) if is_loopback(host) else host
 
 
