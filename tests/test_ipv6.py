@@ -13,8 +13,11 @@ local discovery, UPnP, NAT-PMP and uTP off); fasttorrent runs with
   with the dictionary form, and UDP answering an IPv6 announce with 18-byte
   peers (BEP 15); libtorrent announces to them too, so the tracker lists it
   and fasttorrent finds it there;
-- PEX (BEP 11): fasttorrent, given one libtorrent peer, learns the two
-  others from its ``added6`` and completes from them.
+- PEX (BEP 11), both ways: fasttorrent, given one libtorrent peer, learns
+  the two others from its ``added6`` and completes from them; a libtorrent
+  peer learns fasttorrent's other IPv6 peers from our ``added6``;
+- the default ``--bind``: one seed serves a libtorrent leecher over IPv4 and
+  one over IPv6 (helpers/looprun.py keeps it on the loopback addresses).
 
 Plus the one-line usage errors of malformed IPv6 ``--peer`` and ``--bind``
 values.  Every payload is compared bit for bit; every wait is bounded.
@@ -33,7 +36,7 @@ from typing import Any
 import pytest
 from conftest import IN_CI, require_module
 from helpers.clients import FasttorrentSeed, assert_same_payload
-from helpers.ltpeer import LtPeer, peer_ports
+from helpers.ltpeer import PEX, LtPeer, peer_ports
 from helpers.payload import RunResult, ft_create, partial_copy, run_cli, write_tree
 from trackers import HTTPTestTracker, UDPTestTracker
 
@@ -43,6 +46,10 @@ from torrent.ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
+#: Runs the CLI with fasttorrent's PEX interval shortened (BEP 11's minute is too long).
+PEXRUN = [sys.executable, str(Path(__file__).resolve().parent / "helpers" / "pexrun.py")]
+#: fasttorrent's PEX interval in the PEX-out test (seconds).
+TEST_PEX_INTERVAL = 1.0
 #: Runs the CLI with the any-addresses replaced by 127.0.0.1 and ::1.
 LOOPRUN = [sys.executable, str(Path(__file__).resolve().parent / "helpers" / "looprun.py")]
 #: The payload: 129 pieces of 32 KiB, a short last one.
@@ -249,6 +256,31 @@ def test_fasttorrent_learns_ipv6_peers_from_libtorrent_pex(
     learned = {(p["host"], p["port"]) for p in j["peers"] if p["source"] == "pex"}
     assert learned == {("::1", ports[0]), ("::1", ports[1])}, j["peers"]
     assert_same_payload(payload.torrent, payload.src, tmp_path / "ft")
+
+
+def test_libtorrent_learns_ipv6_peers_from_fasttorrent_pex(
+        payload: Payload, tmp_path: Path) -> None:
+    """``fasttorrent seed --bind ::1`` dials three libtorrent leechers on ::1, X, Y and L;
+    L learns X and Y only from our ut_pex ``added6`` (X and Y send no PEX) and connects
+    to them (fasttorrent's PEX interval shortened by helpers/pexrun.py)."""
+    handles: dict[str, Any] = {}
+    with LtPeer("X", host="::1") as x, LtPeer("Y", host="::1") as y, \
+            LtPeer("L", host="::1") as lpeer:
+        for name, peer, pex in (("X", x, False), ("Y", y, False), ("L", lpeer, True)):
+            h = peer.add_torrent(payload.torrent, tmp_path / name, pex=pex)
+            h.set_download_limit(LEECHER_RATE)
+            handles[name] = h
+        with FasttorrentSeed(payload.torrent, payload.src, [x.addr, y.addr, lpeer.addr],
+                             extra=("--bind", "::1"),
+                             cli=[*PEXRUN, str(TEST_PEX_INTERVAL)]) as seed:
+            hl = handles["L"]
+            lpeer.wait_until(lambda: peer_ports(hl, source=PEX) >= {x.port, y.port}, PEX_WAIT,
+                             f"connected to X ({x.port}) and Y ({y.port}) through "
+                             "fasttorrent's PEX")
+            assert all(pi.ip[0] == "::1" for pi in hl.get_peer_info())
+            summary = seed.stop_summary()
+        assert sorted(p["port"] for p in summary["peers"] if p["connected"]) == \
+            sorted((x.port, y.port, lpeer.port)), summary["peers"]
 
 
 # ----------------------------------------------------------------------------- usage
