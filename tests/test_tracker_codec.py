@@ -3,6 +3,7 @@ framing, UDP (BEP 15) messages and the UDP announce state machine."""
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import struct
 from typing import Any
@@ -186,6 +187,47 @@ def test_peers6_and_compact_port_zero() -> None:
         {b"interval": 60, b"peers": compact(("10.0.0.1", 0), ("10.0.0.2", 2)), b"peers6": v6}
     )
     assert th.parse_announce_response(body).peers == (("10.0.0.2", 2), ("2001:db8::1", 6881))
+
+
+def compact6(*peers: tuple[str, int]) -> bytes:
+    return b"".join(ipaddress.IPv6Address(h).packed + struct.pack(">H", p) for h, p in peers)
+
+
+def test_peers6_canonical_forms_and_deduplication() -> None:
+    # BEP 7: peers6 beside peers; an IPv4-mapped entry is that IPv4 peer (one record),
+    # the unspecified, multicast and port-0 entries are nobody's
+    v6 = compact6(("2001:DB8::2", 7), ("::ffff:10.0.0.2", 2), ("::", 5), ("ff02::1", 5),
+                  ("2001:db8::3", 0), ("2001:db8::2", 7), ("::1", 8))
+    body = enc({b"interval": 60, b"peers": compact(("10.0.0.2", 2)), b"peers6": v6})
+    assert th.parse_announce_response(body).peers == (
+        ("10.0.0.2", 2), ("2001:db8::2", 7), ("::1", 8))
+
+
+def test_peers6_in_dictionary_form() -> None:
+    # a non-compact answer names IPv6 peers in the dict list (BEP 3), in any spelling
+    peers = [{b"ip": b"2001:DB8:0:0::9", b"port": 9}, {b"ip": b"::ffff:192.0.2.1", b"port": 1},
+             {b"ip": b"[::1]", b"port": 3}, {b"ip": b"192.0.2.1", b"port": 1}]
+    r = th.parse_announce_response(enc({b"interval": 60, b"peers": peers}))
+    assert r.peers == (("2001:db8::9", 9), ("192.0.2.1", 1))
+
+
+@pytest.mark.parametrize("extra", [1, 17, 19, 35])
+def test_truncated_peers6_is_refused_whole(extra: int) -> None:
+    # whole entries followed by a truncated one: the tracker garbled the list
+    body = enc({b"interval": 60, b"peers6": compact6(("::1", 1)) + b"\x01" * extra})
+    with pytest.raises(TrackerError, match=r"'peers6'.*IPv6 peer list .* multiple of 18"):
+        th.parse_announce_response(body)
+
+
+def test_peers6_count_is_bounded_with_peers() -> None:
+    # the bound counts both lists: 1,500 IPv4 then 100,000 IPv6 peers keep 2,000 in all,
+    # and the IPv6 list is decoded only as far as the bound
+    v4 = [(f"10.0.{i >> 8}.{i & 255}", 1) for i in range(1, 1501)]
+    v6 = b"".join(ipaddress.IPv6Address(0x2001_0DB8 << 96 | i).packed + b"\x00\x01"
+                  for i in range(1, 100_001))
+    r = th.parse_announce_response(enc({b"interval": 60, b"peers": compact(*v4), b"peers6": v6}))
+    assert len(r.peers) == MAX_PEERS_PER_RESPONSE
+    assert r.peers[1500] == ("2001:db8::1", 1) and r.peers[-1] == ("2001:db8::1f4", 1)
 
 
 def test_missing_interval_uses_default_and_missing_peers_is_empty() -> None:
@@ -489,6 +531,34 @@ def test_udp_ipv6_announce_response() -> None:
     )
     r = tu.decode_response(blob, ipv6=True)
     assert isinstance(r, tu.AnnounceResponse) and r.peers == (("2001:db8::1", 80),)
+
+
+def test_udp_ipv6_round_trip_and_layout() -> None:
+    msg = tu.AnnounceResponse(3, 900, 1, 2, (("2001:db8::1", 80), ("::1", 6881)), ipv6=True)
+    data = tu.encode(msg)
+    assert len(data) == 20 + 2 * 18  # BEP 15: 18 bytes a peer over IPv6
+    assert data[20:38] == ipaddress.IPv6Address("2001:db8::1").packed + b"\x00\x50"
+    assert tu.decode_response(data, ipv6=True) == msg
+    with pytest.raises(ValueError, match="not an IPv6 address"):
+        tu.encode(tu.AnnounceResponse(3, 900, 1, 2, (("10.0.0.1", 80),), ipv6=True))
+
+
+@pytest.mark.parametrize("extra", [1, 6, 17, 19])
+def test_udp_ipv6_truncated_peers(extra: int) -> None:
+    head = struct.pack(">IIIII", 1, 5, 60, 1, 2)
+    with pytest.raises(TrackerError, match=r"IPv6 peer list .* not a multiple of 18"):
+        tu.decode_response(head + b"\x01" * (18 + extra), ipv6=True)
+    # six 6-byte IPv4 peers are 36 bytes, two IPv6 ones: the family decides the width
+    r = tu.decode_response(head + compact6(("::1", 1), ("::2", 2)), ipv6=True)
+    assert isinstance(r, tu.AnnounceResponse) and r.peers == (("::1", 1), ("::2", 2))
+
+
+def test_udp_ipv6_peer_count_is_bounded() -> None:
+    head = struct.pack(">IIIII", 1, 5, 60, 1, 2)
+    blob = b"".join(ipaddress.IPv6Address(0x2001_0DB8 << 96 | i).packed + b"\x00\x01"
+                    for i in range(1, 3001))
+    r = tu.decode_response(head + blob, ipv6=True)
+    assert isinstance(r, tu.AnnounceResponse) and len(r.peers) == MAX_PEERS_PER_RESPONSE
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from torrent import bencoding
 from torrent.errors import RemoteProtocolError
+from torrent.peeraddr import canonical_ip
 from torrent.wire.extension import (
     EXTENSION_HANDSHAKE_ID,
     MAX_CLIENT_NAME_LENGTH,
@@ -103,6 +104,11 @@ def test_handshake_round_trip() -> None:
     assert ExtensionHandshake.decode(hs.encode()) == hs
     v6 = ExtensionHandshake(yourip="2001:db8::7")
     assert ExtensionHandshake.decode(v6.encode()) == v6
+    own = ExtensionHandshake(yourip="::1", ipv4="198.51.100.4", ipv6="2001:db8::4")
+    body = own.encode()
+    assert bencoding.decode(body)[b"ipv6"] == ipaddress.IPv6Address("2001:db8::4").packed
+    assert bencoding.decode(body)[b"ipv4"] == bytes((198, 51, 100, 4))
+    assert ExtensionHandshake.decode(body) == own
     assert ExtensionHandshake.decode(ExtensionHandshake().encode()) == ExtensionHandshake()
 
 
@@ -116,6 +122,7 @@ def test_handshake_as_libtorrent_sends_it() -> None:
     assert hs.m[UT_METADATA] == 2 and hs.m[UT_PEX] == 1 and hs.m["ut_holepunch"] == 4
     assert (hs.v, hs.p, hs.reqq, hs.yourip, hs.metadata_size) == (
         "libtorrent/2.0.9.0", 6881, 2000, "127.0.0.1", 31235)
+    assert hs.ipv6 == "::" and hs.ipv4 is None
 
 
 def test_handshake_with_nothing_and_with_unknown_keys() -> None:
@@ -154,6 +161,14 @@ def test_handshake_size_bound() -> None:
         (b"d4:reqq3:500e", "'reqq' is not an integer"),
         (b"d6:yourip5:abcdee", "yourip"),
         (b"d6:youripi1ee", "yourip"),
+        (b"d6:yourip17:" + b"x" * 17 + b"e", "yourip"),
+        (b"d4:ipv416:" + b"x" * 16 + b"e", "'ipv4'.*4-byte"),  # a v6 address under ipv4
+        (b"d4:ipv43:xyze", "'ipv4'.*4-byte"),
+        (b"d4:ipv4i1ee", "'ipv4'"),
+        (b"d4:ipv64:abcde", "'ipv6'.*16-byte"),  # a v4 address under ipv6
+        (b"d4:ipv615:" + b"x" * 15 + b"e", "'ipv6'.*16-byte"),  # truncated
+        (b"d4:ipv617:" + b"x" * 17 + b"e", "'ipv6'.*16-byte"),
+        (b"d4:ipv6lee", "'ipv6' of \\[\\]"),
         (b"d13:metadata_sizei-1ee", "metadata_size -1"),
         (b"d13:metadata_sizei%dee" % (MAX_METADATA_SIZE + 1), "metadata_size"),
         (b"d13:metadata_size2:10e", "not an integer"),
@@ -193,6 +208,9 @@ def test_handshake_lenient_fields() -> None:
         ExtensionHandshake(p=0),
         ExtensionHandshake(reqq=MAX_REQQ + 1),
         ExtensionHandshake(yourip="not an ip"),
+        ExtensionHandshake(ipv4="2001:db8::1"),
+        ExtensionHandshake(ipv6="192.0.2.1"),
+        ExtensionHandshake(ipv6="not an ip"),
         ExtensionHandshake(metadata_size=MAX_METADATA_SIZE + 1),
     ],
 )
@@ -436,10 +454,14 @@ def test_pex_our_own_address_is_just_data_here() -> None:
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        (b({b"added": b"x" * 13}), "'added' of 13 bytes; compact IPv4 addresses are 6"),
-        (b({b"added6": b"x" * 17}), "'added6' of 17 bytes; compact IPv6 addresses are 18"),
-        (b({b"dropped": b"x" * 5}), "'dropped' of 5 bytes"),
-        (b({b"dropped6": b"x" * 19}), "'dropped6' of 19 bytes"),
+        (b({b"added": b"x" * 13}), "'added': a compact IPv4 peer list of 13 bytes is not a "
+                                   "multiple of 6"),
+        (b({b"added6": b"x" * 17}), "'added6': a compact IPv6 peer list of 17 bytes is not a "
+                                    "multiple of 18"),
+        (b({b"dropped": b"x" * 5}), "'dropped': a compact IPv4 peer list of 5 bytes"),
+        (b({b"dropped6": b"x" * 19}), "'dropped6': a compact IPv6 peer list of 19 bytes"),
+        # a whole IPv6 entry and a truncated one
+        (b({b"added6": b"x" * 35}), "'added6': a compact IPv6 peer list of 35 bytes"),
         (b({b"added": _v4("10.0.0.1", 1) * 2, b"added.f": b"\x00"}),
          "2 peers in 'added' but 1 flags"),
         (b({b"added6": b"", b"added6.f": b"\x00"}), "0 peers in 'added6' but 1 flags"),
@@ -548,8 +570,8 @@ bvalue = st.recursive(
     max_leaves=12,
 )
 
-_HANDSHAKE_KEYS = [b"m", b"v", b"p", b"reqq", b"yourip", b"metadata_size", b"e", b"ut_pex",
-                   b"ut_metadata"]
+_HANDSHAKE_KEYS = [b"m", b"v", b"p", b"reqq", b"yourip", b"ipv4", b"ipv6", b"metadata_size",
+                   b"e", b"ut_pex", b"ut_metadata"]
 _METADATA_KEYS = [b"msg_type", b"piece", b"total_size"]
 _PEX_KEYS = [b"added", b"added.f", b"added6", b"added6.f", b"dropped", b"dropped6"]
 
@@ -630,8 +652,12 @@ def test_fuzz_pex_dicts(d: dict[bytes, Any], lens: list[int], data: st.DataObjec
                      max_size=MAX_PEX_DROPPED, unique=True),
 )
 def test_pex_round_trip_property(added: list[Any], dropped: list[Any]) -> None:
-    pex = Pex(added=tuple(PexPeer(str(ip), port, f) for ip, port, f in added),
-              dropped=tuple((str(ip), port) for ip, port in dropped))
+    # one peer is one entry in its canonical form: an IPv4-mapped IPv6 address
+    # travels as the IPv4 one (6 bytes, in "added"), and so it comes back
+    added = list({(canonical_ip(str(ip)), port): f for ip, port, f in added}.items())
+    dropped = list(dict.fromkeys((canonical_ip(str(ip)), port) for ip, port in dropped))
+    pex = Pex(added=tuple(PexPeer(ip, port, f) for (ip, port), f in added),
+              dropped=tuple(dropped))
     back = Pex.decode(pex.encode())
     # the wire groups IPv4 before IPv6; the sets of entries survive unchanged
     assert sorted(back.added, key=repr) == sorted(pex.added, key=repr)

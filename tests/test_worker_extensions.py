@@ -12,7 +12,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from torrent import ipc
+from torrent import bencoding, ipc
+from torrent.peeraddr import pack_compact
 from torrent.wire.extension import (
     MAX_METADATA_SIZE,
     METADATA_PIECE,
@@ -116,3 +117,41 @@ def test_pex_of_a_private_torrent_is_never_taken() -> None:
     w, peer = fake_worker(private=True), fake_peer()
     Worker._pex_received(w, peer, Pex(added=(PexPeer("10.0.0.1", 1),)))  # type: ignore[arg-type]
     assert w.sent == []
+
+
+# -- IPv6 ------------------------------------------------------------------------------------------
+def test_an_ipv6_peer_is_told_its_ipv6_address() -> None:
+    peer = fake_peer()
+    peer.addr = ("2001:db8::7", 51413)
+    hs = Worker._extension_handshake(fake_worker(), peer)  # type: ignore[arg-type]
+    assert hs.yourip == "2001:db8::7"
+    assert ExtensionHandshake.decode(hs.encode()).yourip == "2001:db8::7"
+
+
+def test_pex_ipv6_peers_are_taken_without_our_own_address() -> None:
+    w, peer = fake_worker(bind="::1"), fake_peer()
+    pex = Pex.decode(Pex(added=(PexPeer("::1", PORT), PexPeer("2001:db8::2", 2),
+                                PexPeer("10.0.0.1", 1))).encode())  # through added / added6
+    Worker._pex_received(w, peer, pex)  # type: ignore[arg-type]
+    assert w.sent == [ipc.PeersFound((("10.0.0.1", 1), ("2001:db8::2", 2)), "pex")]
+
+
+def test_pex_sent_lists_ipv6_peers_in_added6_and_dropped6() -> None:
+    def other(host: str, port: int) -> SimpleNamespace:
+        return SimpleNamespace(addr=(host, 40000), listen_port=port, active=True, closed=False)
+
+    v6, v4 = other("2001:db8::5", 5), other("10.0.0.4", 4)
+    peer = fake_peer()
+    peer.pex_sent = set()
+    w = fake_worker()
+    w.peers = [peer, v6, v4]
+    Worker._send_pex(w, peer, 1000.0)  # type: ignore[arg-type]
+    (name, body), = peer.written
+    assert name == UT_PEX
+    raw = bencoding.decode(body)
+    assert raw[b"added6"] == pack_compact("2001:db8::5", 5) and raw[b"added6.f"] == b"\0"
+    assert raw[b"added"] == pack_compact("10.0.0.4", 4)
+    w.peers = [peer, v4]  # the IPv6 peer left: dropped6 says so
+    Worker._send_pex(w, peer, 1100.0)  # type: ignore[arg-type]
+    raw = bencoding.decode(peer.written[1][1])
+    assert raw[b"dropped6"] == pack_compact("2001:db8::5", 5) and raw[b"added"] == b""

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import random
 import threading
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from urllib.parse import unquote_to_bytes
 import bencodepy
 
 from torrent.errors import TrackerError
+from torrent.peeraddr import COMPACT_V4, COMPACT_V6, pack_compact_list
 from torrent.tracker import udp as udpc
 
 __all__ = ["AnnounceRecord", "HTTPTestTracker", "UDPTestTracker"]
@@ -312,18 +312,18 @@ class HTTPTestTracker(_TestTracker):
             return bencodepy.encode({b"failure reason": self.failure_reason.encode()})
         resp: dict[bytes, Any] = {b"interval": self.interval}
         compact = self.compact if self.compact is not None else rec.compact == 1
+        # BEP 7: compact IPv6 peers go in "peers6"; the dictionary form holds either family
+        v4 = [(h, p) for h, p in peers if ":" not in h]
+        v6 = [(h, p) for h, p in peers if ":" in h]
         if compact:
-            resp[b"peers"] = b"".join(
-                ipaddress.IPv4Address(h).packed + p.to_bytes(2, "big") for h, p in peers
-            )
+            resp[b"peers"] = pack_compact_list(v4, COMPACT_V4)
         else:
             resp[b"peers"] = [
-                {b"ip": h.encode(), b"port": p, b"peer id": bytes(20)} for h, p in peers
+                {b"ip": h.encode(), b"port": p, b"peer id": bytes(20)} for h, p in v4 + v6
             ]
-        if self.peers6:
-            resp[b"peers6"] = b"".join(
-                ipaddress.IPv6Address(h).packed + p.to_bytes(2, "big") for h, p in self.peers6
-            )
+            v6 = []
+        if self.peers6 or v6:
+            resp[b"peers6"] = pack_compact_list(v6 + list(self.peers6), COMPACT_V6)
         if self.min_interval is not None:
             resp[b"min interval"] = self.min_interval
         if self.warning is not None:
@@ -461,8 +461,13 @@ class UDPTestTracker(_TestTracker):
             return [udpc.encode(udpc.ErrorResponse(req.transaction_id, self.failure_reason))]
         swarm = self._swarm.get(rec.info_hash, {})
         seeders = sum(1 for left in swarm.values() if left == 0)
+        # BEP 15: an announce over IPv6 is answered with IPv6 peers only (18 bytes
+        # each), one over IPv4 with IPv4 peers (6 bytes)
+        v6 = ":" in addr[0]
         real = udpc.AnnounceResponse(
-            req.transaction_id, self.interval, len(swarm) - seeders, seeders, tuple(peers)
+            req.transaction_id, self.interval, len(swarm) - seeders, seeders,
+            tuple(p for p in peers if (":" in p[0]) == v6), ipv6=v6,
         )
-        decoy = udpc.AnnounceResponse(bad_tid, self.interval, 0, 0, (("6.6.6.6", 6666),))
+        decoy = udpc.AnnounceResponse(bad_tid, self.interval, 0, 0,
+                                      (("2001:db8::6" if v6 else "6.6.6.6", 6666),), ipv6=v6)
         return self._replies(req.transaction_id, real, decoy)

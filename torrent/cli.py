@@ -32,6 +32,7 @@ from .options import (
     MAX_CONNECTIONS_CAP,
     Options,
 )
+from .peeraddr import format_peer
 from .units import parse_size, size_arg
 
 __all__ = ["build_parser", "main"]
@@ -164,7 +165,7 @@ def _magnet_info(a: argparse.Namespace) -> int:
     from .magnet import parse_magnet
 
     m = parse_magnet(a.torrent)
-    peers = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in m.peers]
+    peers = [format_peer(h, p) for h, p in m.peers]
     d = {"magnet": True, "info_hash": m.info_hash_hex, "name": m.display_name,
          "trackers": [list(t) for t in m.trackers], "peers": peers,
          "web_seeds": list(m.web_seeds), "select_only": list(m.select_only)}
@@ -422,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--peer", action="append", default=[], metavar="HOST:PORT[,...]",
                    help="connect to this peer (repeatable; comma lists accepted)")
     s.add_argument("--port", type=_port_arg, default=0, help="TCP port for incoming peers")
-    s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    s.add_argument("--bind", default="", metavar="ADDRESS",
+                   help="IPv4 or IPv6 address to listen on (default: every address of both)")
     s.add_argument("--max-peers", type=_workers_arg, default=DEFAULT_MAX_PEERS,
                    help="peers to connect to at a time, over all workers "
                         f"(default {DEFAULT_MAX_PEERS})")
@@ -453,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("torrent")
     s.add_argument("dir", help="the directory holding the data (as a download writes it)")
     s.add_argument("--port", type=_port_arg, default=0, help="TCP port (default: a free one)")
-    s.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    s.add_argument("--bind", default="", metavar="ADDRESS",
+                   help="IPv4 or IPv6 address to listen on (default: every address of both)")
     s.add_argument("--workers", type=_workers_arg, default=None,
                    help="worker processes (default: the CPUs this process may use)")
     s.add_argument("--peer", action="append", default=[], metavar="HOST:PORT[,...]",

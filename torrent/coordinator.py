@@ -57,6 +57,7 @@ from .journal import Journal, journal_path, metadata_path
 from .launch import Child, can_fork, fork_child, send_fd, start_child
 from .leases import LeaseTable, Send
 from .options import Options, default_max_connections
+from .peeraddr import format_peer, normalize_peer, parse_hostport
 from .ports import free_port as _free_port
 from .ports import is_local_address
 from .shm import Arena, plan_slots
@@ -207,19 +208,12 @@ class DownloadResult:
 
 
 def parse_peer(s: str) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 as ``[addr]:port``) -> (host, port); raises UsageError."""
+    """``HOST:PORT`` (IPv6 as ``[addr]:port``) -> a canonical (host, port); raises UsageError."""
     s = s.strip()
-    host, sep, port = s.rpartition(":")
-    if not sep or not host:
-        raise UsageError(f"--peer {s!r}: expected HOST:PORT")
-    host = host.strip("[]")
     try:
-        p = int(port)
-    except ValueError:
-        raise UsageError(f"--peer {s!r}: port is not a number") from None
-    if not 1 <= p <= 65535:
-        raise UsageError(f"--peer {s!r}: port out of range")
-    return host, p
+        return parse_hostport(s)
+    except ValueError as e:
+        raise UsageError(f"--peer {s[:80]!r}: {e} (expected HOST:PORT or [IPV6]:PORT)") from None
 
 
 def _file_stats(layout: Any) -> list[tuple[int, int]]:
@@ -554,12 +548,15 @@ class Coordinator:
 
     # -- peers -----------------------------------------------------------------------
     def add_peers(self, addrs: Sequence[tuple[str, int]], source: str) -> None:
-        for host, port in addrs:
-            key = (host, port)
+        for addr in addrs:
+            # one peer, one record: ::ffff:10.0.0.1 is 10.0.0.1, 2001:DB8::1 is 2001:db8::1
+            key = normalize_peer(*addr)
+            if key is None:
+                continue
             if len(self.peers) >= MAX_KNOWN_PEERS:
                 break  # trackers keep answering; the first MAX_KNOWN_PEERS are plenty
-            if key not in self.peers and not self._is_us(host, port):
-                self.peers[key] = PeerRecord(host, port, source=source)
+            if key not in self.peers and not self._is_us(*key):
+                self.peers[key] = PeerRecord(*key, source=source)
         self.assign_peers()
 
     def _is_us(self, host: str, port: int) -> bool:
@@ -731,7 +728,8 @@ class Coordinator:
         self.start_workers()
         if self.seeding:
             self.log(f"seeding {self.meta.name} ({self.meta.info_hash_hex}) on "
-                     f"{self.opts.bind}:{self.port} with {self.nworkers} worker(s)")
+                     f"{format_peer(self.opts.bind or '*', self.port)} with {self.nworkers} "
+                     "worker(s)")
         for h in self.workers:
             loop.add_reader(h.conn.fileno(), self.on_worker_message, h)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1094,7 +1092,7 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
         e.result = res  # type: ignore[attr-defined]
         raise e
     if not res.complete:
-        tried = ", ".join(f"{r.host}:{r.port} ({r.last_reason or 'no answer'})"
+        tried = ", ".join(f"{format_peer(r.host, r.port)} ({r.last_reason or 'no answer'})"
                           for r in list(coord.peers.values())[:5]) or "none"
         more = len(coord.peers) - 5
         e2 = Incomplete(

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from urllib.parse import quote, unquote
 
 from torrent.errors import InvalidTorrent
 from torrent.metainfo import TRACKER_SCHEMES, Metainfo
+from torrent.peeraddr import format_peer, parse_hostport
 
 __all__ = [
     "MAX_MAGNET_LENGTH",
@@ -107,8 +107,6 @@ _B32_RE = re.compile(r"[A-Za-z2-7]{32}")
 _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
 _XT_KEY_RE = re.compile(r"xt(?:\.[0-9]{1,4})?")
-_HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9.])?")
-_PORT_RE = re.compile(r"[0-9]{1,5}")
 _SO_ITEM_RE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
 _WEB_SEED_SCHEMES = ("http://", "https://")
 
@@ -221,36 +219,11 @@ def _info_hash(xts: list[str]) -> bytes:
 
 
 def _peer(value: str) -> tuple[str, int]:
-    """One ``x.pe`` value: ``host:port`` or ``[ipv6]:port``."""
-    field = "x.pe"
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            raise _bad(field, f"unclosed '[' in {_short(value)}")
-        host, rest = value[1:end], value[end + 1 :]
-        if not rest.startswith(":"):
-            raise _bad(field, f"expected [IPv6]:PORT, got {_short(value)}")
-        port_text = rest[1:]
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise _bad(field, f"not an IPv6 address: {_short(host)}") from None
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or not host:
-            raise _bad(field, f"expected HOST:PORT, got {_short(value)}")
-        if ":" in host:
-            raise _bad(field, f"an IPv6 address must be in brackets: {_short(value)}")
-        if not _HOST_RE.fullmatch(host) or len(host) > 253:
-            raise _bad(field, f"not a host name or address: {_short(host)}")
-        if all(label.isdigit() for label in host.rstrip(".").split(".")):
-            try:
-                host = str(ipaddress.IPv4Address(host))
-            except ValueError:
-                raise _bad(field, f"not an IPv4 address: {_short(host)}") from None
-    if not _PORT_RE.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
-        raise _bad(field, f"port must be 1-65535, got {_short(port_text)}")
-    return host, int(port_text)
+    """One ``x.pe`` value: ``host:port`` or ``[ipv6]:port`` (``peeraddr.parse_hostport``)."""
+    try:
+        return parse_hostport(value)
+    except ValueError as exc:
+        raise _bad("x.pe", str(exc)) from None
 
 
 def _select_only(values: list[str]) -> tuple[int, ...]:
@@ -398,8 +371,7 @@ def magnet_uri(
         parts.append("dn=" + quote(name, safe=""))
     parts.extend("tr=" + quote(url, safe="") for url in trackers or ())
     for host, port in peers:
-        addr = f"[{host}]" if ":" in host else host
-        parts.append("x.pe=" + quote(f"{addr}:{port}", safe=":[]"))
+        parts.append("x.pe=" + quote(format_peer(host, port), safe=":[]"))
     parts.extend("ws=" + quote(url, safe="") for url in web_seeds)
     parts.extend("so=" + value for value in _select_only_values(select_only))
     return _PREFIX + "&".join(parts)

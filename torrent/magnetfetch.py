@@ -58,6 +58,7 @@ from .magnet import Magnet
 from .metadata import MetadataComplete, MetadataFetch, MetadataHashFailed
 from .net.peer import PeerConn
 from .options import Options
+from .peeraddr import format_peer
 from .tracker.client import make_announce_fn
 from .tracker.multitracker import TrackerSet
 from .wire.extension import MetadataData, MetadataReject
@@ -115,8 +116,7 @@ Addr = tuple[str, int]
 
 
 def _name(addr: Addr) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_peer(*addr)
 
 
 @dataclass(slots=True)

@@ -65,6 +65,7 @@ from torrent.bencoding import BencodeError
 from torrent.errors import InvalidTorrent, RemoteProtocolError
 from torrent.magnet import Magnet
 from torrent.metainfo import Metainfo
+from torrent.peeraddr import format_peer
 from torrent.wire.extension import (
     MAX_METADATA_SIZE,
     METADATA_PIECE,
@@ -205,8 +206,7 @@ def _peer_name(peer: object) -> str:
         and isinstance(peer[0], str)
         and isinstance(peer[1], int)
     ):
-        host, port = peer
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return format_peer(*peer)
     return str(peer)
 
 

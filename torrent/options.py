@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
+from .peeraddr import canonical_ip
 
 __all__ = [
     "DEFAULT_MAX_HALF_OPEN",
@@ -93,7 +94,11 @@ class Options:
         workers: worker processes; None means the CPUs this process may use.
         peers: peers to dial besides the trackers' (``(host, port)``).
         port: the TCP port to accept peers on (0: a free one).
-        bind: the address to listen on and connect from.
+        bind: the address to listen on: an IPv4 or IPv6 address (``"::1"``),
+            or ``""`` (the default) for every address of both families (an
+            IPv4 and an IPv6 socket per worker; IPv4 alone where the machine
+            has no IPv6).  ``"0.0.0.0"`` is every IPv4 address only, ``"::"``
+            every IPv6 address only.
         max_peers: connected peers at most, over all workers.
         stall_timeout: give up after this many seconds without progress (0: never).
         recheck: ignore the resume journal and hash what is on disk.
@@ -127,7 +132,7 @@ class Options:
     workers: int | None = None
     peers: tuple[tuple[str, int], ...] = ()
     port: int = 0
-    bind: str = "0.0.0.0"
+    bind: str = ""
     max_peers: int = DEFAULT_MAX_PEERS
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     recheck: bool = False
@@ -148,6 +153,14 @@ class Options:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
+        if self.bind != "":
+            text = str(self.bind).strip()
+            if text.startswith("[") and text.endswith("]"):  # [::1], as in a URL
+                text = text[1:-1]
+            ip = canonical_ip(text)
+            if ip is None:
+                raise UsageError(f"bind must be an IPv4 or IPv6 address, got {self.bind!r:.60}")
+            object.__setattr__(self, "bind", ip)
         if self.workers is not None and not 1 <= self.workers <= 1024:
             raise UsageError(f"workers must be between 1 and 1024, got {self.workers}")
         if not 0 <= self.port <= 65535:

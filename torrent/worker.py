@@ -35,7 +35,6 @@ import ipaddress
 import logging
 import os
 import signal
-import socket
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -49,7 +48,9 @@ from .errors import DiskFull, FastTorrentError, RemoteProtocolError
 from .launch import recv_fd
 from .net.peer import PeerConn
 from .options import MAX_CONNECTIONS_CAP, Options, share
+from .peeraddr import canonical_ip, format_peer, is_loopback
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
+from .ports import listen_sockets
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
 from .wire import peer as wp
@@ -290,7 +291,7 @@ class Peer:
         self.conn.abort(reason)
 
     def __repr__(self) -> str:
-        return f"Peer({self.addr[0]}:{self.addr[1]})"
+        return f"Peer({format_peer(*self.addr)})"
 
 
 class Worker:
@@ -365,7 +366,7 @@ class Worker:
                                       "peak_connections": 0, "peak_half_open": 0,
                                       "peak_dialing": 0, "peak_dial_queue": 0}
         self.fatal: tuple[str, str] | None = None
-        self.server: asyncio.base_events.Server | None = None
+        self.servers: list[asyncio.base_events.Server] = []
         self._last_flush = now
         self.low_water = max(LOW_WATER, cfg.nslots)
 
@@ -675,7 +676,8 @@ class Worker:
         if self.meta.private or now - peer.pex_heard < PEX_INTERVAL - PEX_SLACK:
             return  # BEP 27: never for private torrents; BEP 11: one a minute
         peer.pex_heard = now
-        ours = {(self.cfg.options.bind, self.cfg.port), ("127.0.0.1", self.cfg.port)}
+        port = self.cfg.port  # (the coordinator's table checks every other form of us)
+        ours = {(self.cfg.options.bind, port), ("127.0.0.1", port), ("::1", port)}
         addrs = tuple((p.ip, p.port) for p in pex.added if (p.ip, p.port) not in ours)
         if addrs:
             self.send(ipc.PeersFound(addrs, "pex"))
@@ -1050,7 +1052,7 @@ class Worker:
 
     def ban(self, peer: Peer, why: str) -> None:
         self.banned.add(_ban_key(*peer.addr))
-        self.stats["banned"].append(f"{peer.addr[0]}:{peer.addr[1]}")
+        self.stats["banned"].append(format_peer(*peer.addr))
         peer.abort(f"banned: {why}")
 
     def broadcast_haves(self, pieces: Iterable[int]) -> None:
@@ -1145,14 +1147,11 @@ class Worker:
     async def run(self) -> None:
         self.loop.add_reader(self.conn.fileno(), self.on_control)
         self.loop.add_reader(self.efd, self.on_io_done)
-        if self.cfg.port:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.cfg.options.bind, self.cfg.port))
-            sock.listen(LISTEN_BACKLOG)
-            self.server = await self.loop.create_server(lambda: PeerConn(self.accept),
-                                                        sock=sock)
+        if self.cfg.port:  # IPv4 and IPv6 (torrent/ports.py); one accept, one set of caps
+            for sock in listen_sockets(self.cfg.options.bind, self.cfg.port, LISTEN_BACKLOG):
+                # the backlog again: create_server listens anew, with 100 unless told
+                self.servers.append(await self.loop.create_server(
+                    lambda: PeerConn(self.accept), sock=sock, backlog=LISTEN_BACKLOG))
         self.send(ipc.Ready(self.wid))
         try:
             while not self.stop_event.is_set():
@@ -1168,8 +1167,8 @@ class Worker:
         for timer in (self._down_timer, self._up_timer, self._verified_timer):
             if timer is not None:
                 timer.cancel()
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
         if self.drain_on_stop:
             await self._drain()
         for peer in list(self.peers):
@@ -1215,7 +1214,8 @@ class Worker:
 def _ban_key(host: str, port: int) -> str:
     """What a ban covers: the host, but host:port on loopback, where every peer is 127.x
     (a test swarm or several clients on one machine) and only the port tells them apart."""
-    return f"{host}:{port}" if host.startswith("127.") or host == "::1" else host
+    host = canonical_ip(host) or host  # ::ffff:10.0.0.1 is 10.0.0.1: one peer, one ban
+    return format_peer(host, port) if is_loopback(host) else host
 
 
 def _metadata_servable(info: bytes) -> bool:

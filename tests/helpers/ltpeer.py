@@ -1,11 +1,12 @@
-"""An in-process libtorrent session on 127.0.0.1 for the extension-protocol tests.
+"""An in-process libtorrent session on 127.0.0.1 (or ``::1``) for the protocol tests.
 
 Theory of operation
 -------------------
 :class:`LtPeer` is one libtorrent session (the PyPI bindings) with the
 loopback-only settings of the benchmark clients
 (:func:`torrent.tools.benchclients._lt.loopback_settings`: bound to
-127.0.0.1, DHT, local peer discovery, UPnP, NAT-PMP and uTP off, no
+127.0.0.1, or to ``::1`` when asked, DHT, local peer discovery, UPnP,
+NAT-PMP and uTP off, no
 encryption, several connections per IP) and libtorrent's default plugins,
 ``ut_metadata`` and ``ut_pex`` among them.  It runs in the test's own
 process: a test can add a torrent from a magnet link (no ``ti``), dial a
@@ -27,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from torrent.peeraddr import format_peer
 
 try:
     import libtorrent as lt
@@ -52,18 +55,25 @@ class LtPeer:
 
     Args:
         name: for messages.
-        encryption: see below.
+        encryption: "off", "default", "forced" or "rc4" (see below).
+        host: the loopback address it listens on and dials from: "127.0.0.1"
+            or "::1" (IPv6 only, then).
         settings: libtorrent settings on top of the loopback ones.
     """
 
     def __init__(self, name: str = "libtorrent", *, encryption: str = "off",
+                 host: str = "127.0.0.1",
                  settings: dict[str, Any] | None = None) -> None:
         if lt is None:
             raise RuntimeError("the libtorrent module is not installed")
         assert int(lt.peer_info.pex) == PEX
+        assert host in ("127.0.0.1", "::1"), "loopback only"
         self.name = name
         extra = settings or {}
+        self.host = host
         settings = loopback_settings(0)
+        settings["listen_interfaces"] = f"{format_peer(host, 0)}"
+        settings["outgoing_interfaces"] = host
         if encryption != "off":
             # "default": libtorrent's own policy (MSE tried first, plaintext allowed);
             # "forced": MSE only, either method; "rc4": MSE with RC4 only
@@ -89,8 +99,8 @@ class LtPeer:
 
     @property
     def addr(self) -> str:
-        """``"127.0.0.1:PORT"``, as ``--peer`` takes it."""
-        return f"127.0.0.1:{self.port}"
+        """``"127.0.0.1:PORT"`` or ``"[::1]:PORT"``, as ``--peer`` takes it."""
+        return format_peer(self.host, self.port)
 
     # -- torrents -------------------------------------------------------------------
     def add_torrent(self, torrent: Path, save_path: Path, *, pex: bool = True) -> Any:

@@ -24,6 +24,7 @@ import termios
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..peeraddr import canonical_ip
 from ..wire.framing import ReceiveBuffer
 
 __all__ = ["SEND_BUFFER_HIGH", "Accept", "ConnectionHandler", "PeerConn"]
@@ -80,8 +81,10 @@ class PeerConn(asyncio.BufferedProtocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         if not self.outgoing:
+            # (host, port) of IPv4, (host, port, flowinfo, scope) of IPv6; the host
+            # canonical (torrent/peeraddr.py), so that bans and tables see one form
             peer = transport.get_extra_info("peername") or ("?", 0)
-            self.addr = (peer[0], peer[1])
+            self.addr = (canonical_ip(peer[0]) or peer[0], peer[1])
         # resume_writing() fires when the queued upload drains below the low mark
         transport.set_write_buffer_limits(high=SEND_BUFFER_HIGH, low=SEND_BUFFER_HIGH // 2)
         handler = self._accept(self)

@@ -6,9 +6,9 @@ Sans-IO: nothing here touches a socket or reads a clock.
 from __future__ import annotations
 
 import enum
-import ipaddress
-import re
 from dataclasses import dataclass
+
+from ..peeraddr import normalize_peer
 
 __all__ = [
     "DEFAULT_NUMWANT",
@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 #: A peer address as the rest of fasttorrent uses it: (host, port). The host is
-#: a canonical IPv4/IPv6 literal, or (dictionary peer lists only, BEP 3) a DNS name.
+#: a canonical IPv4/IPv6 literal, or (dictionary peer lists only, BEP 3) a DNS name
+#: (:mod:`torrent.peeraddr`, where ``normalize_peer`` lives).
 Peer = tuple[str, int]
 
 #: How many peers we ask for. BEP 3 leaves the default to the tracker (usually
@@ -137,42 +138,6 @@ class AnnounceResult:
     complete: int | None = None
     incomplete: int | None = None
     warning: str | None = None
-
-
-# RFC 1123 host names: labels of letters, digits and hyphens, not starting or
-# ending with a hyphen, at most 63 characters; at most 253 in all.
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
-
-
-def _valid_hostname(host: str) -> bool:
-    if not host or len(host) > 253:
-        return False
-    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
-    if not all(_LABEL.match(label) for label in labels):
-        return False
-    # An all-numeric last label is a mangled IP address, not a name (RFC 3696 §2).
-    return not labels[-1].isdigit()
-
-
-def normalize_peer(host: str, port: int) -> Peer | None:
-    """Return a canonical (host, port), or None if the peer is unusable.
-
-    Dropped: port outside 1..65535, unspecified / multicast addresses (nobody
-    listens there), anything that is neither an IP literal nor a host name.
-    """
-    if not 0 < port <= 0xFFFF:
-        return None
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return (host.lower(), port) if _valid_hostname(host) else None
-    if addr.is_unspecified or addr.is_multicast:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-        if addr.is_unspecified or addr.is_multicast:
-            return None
-    return (str(addr), port)
 
 
 def clean_text(raw: bytes | str) -> str:

@@ -20,12 +20,12 @@ peers either.
 from __future__ import annotations
 
 import enum
-import ipaddress
 from urllib.parse import quote_from_bytes, urlsplit
 
 import bencodepy
 
 from ..errors import TrackerError
+from ..peeraddr import COMPACT_V4, COMPACT_V6, unpack_compact
 from .common import (
     MAX_PEERS_PER_RESPONSE,
     AnnounceParams,
@@ -234,19 +234,15 @@ def build_request(url: str, *, user_agent: str = "fasttorrent/0.1") -> bytes:
 # --------------------------------------------------------------------------- response body
 
 
-def _compact_peers(blob: bytes, width: int, family: str, out: dict[Peer, None]) -> None:
+def _compact_peers(blob: bytes, width: int, key: str, out: dict[Peer, None]) -> None:
     """Add the peers of a compact list to ``out`` until it holds MAX_PEERS_PER_RESPONSE."""
-    if len(blob) % width:
-        raise TrackerError(
-            f"compact {family} peer list is {len(blob)} bytes, not a multiple of {width}"
-        )
-    addr_len = width - 2
-    for off in range(0, len(blob), width):
-        if len(out) >= MAX_PEERS_PER_RESPONSE:
-            return  # the rest is not even decoded: 100,000 peers cost no more than 2,000
-        raw = blob[off : off + addr_len]
-        host = str(ipaddress.IPv4Address(raw) if addr_len == 4 else ipaddress.IPv6Address(raw))
-        port = int.from_bytes(blob[off + addr_len : off + width], "big")
+    room = MAX_PEERS_PER_RESPONSE - len(out)
+    try:
+        # only what still fits is decoded: 100,000 peers cost no more than 2,000
+        entries = unpack_compact(blob, width, room)
+    except ValueError as exc:
+        raise TrackerError(f"tracker sent a bad {key!r}: {exc}") from None
+    for host, port in entries:
         peer = normalize_peer(host, port)
         if peer is not None:
             out[peer] = None
@@ -323,7 +319,7 @@ def parse_announce_response(body: bytes) -> AnnounceResult:
     peers: dict[Peer, None] = {}
     raw_peers = data.get(b"peers", b"")
     if isinstance(raw_peers, bytes):
-        _compact_peers(raw_peers, 6, "IPv4", peers)
+        _compact_peers(raw_peers, COMPACT_V4, "peers", peers)
     elif isinstance(raw_peers, list):
         _dict_peers(raw_peers, peers)
     else:
@@ -332,7 +328,7 @@ def parse_announce_response(body: bytes) -> AnnounceResult:
     if raw_peers6 is not None:
         if not isinstance(raw_peers6, bytes):
             raise TrackerError("tracker sent a peers6 value that is not a string")
-        _compact_peers(raw_peers6, 18, "IPv6", peers)
+        _compact_peers(raw_peers6, COMPACT_V6, "peers6", peers)
 
     tracker_id = data.get(b"tracker id")
     if not isinstance(tracker_id, bytes) or not 0 < len(tracker_id) <= MAX_TRACKER_ID_LENGTH:

@@ -27,7 +27,6 @@ and raises TrackerError.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import secrets
 import struct
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import TrackerError
+from ..peeraddr import COMPACT_V4, COMPACT_V6, pack_compact_list, unpack_compact
 from .common import (
     MAX_PEERS_PER_RESPONSE,
     AnnounceParams,
@@ -153,6 +153,9 @@ class AnnounceResponse:
     leechers: int
     seeders: int
     peers: tuple[Peer, ...]
+    #: the answer to a request over IPv6: its peers are IPv6, 18 bytes each
+    #: (BEP 15); not on the wire itself, so :func:`decode_response` is told
+    ipv6: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +194,6 @@ def _url_data_options(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _compact_v4(peers: Sequence[Peer]) -> bytes:
-    out = bytearray()
-    for host, port in peers:
-        out += ipaddress.IPv4Address(host).packed + port.to_bytes(2, "big")
-    return bytes(out)
-
-
 def encode(msg: UDPMessage) -> bytes:
     """Encode any BEP 15 message (requests and responses) to a datagram."""
     match msg:
@@ -223,7 +219,10 @@ def encode(msg: UDPMessage) -> bytes:
             return _frame_request(msg.connection_id, Action.ANNOUNCE, msg.transaction_id, body)
         case AnnounceResponse(transaction_id=tid):
             body = _ANNOUNCE_RESP.pack(msg.interval, msg.leechers, msg.seeders)
-            return _frame_response(Action.ANNOUNCE, tid, body + _compact_v4(msg.peers))
+            # BEP 15: 18-byte peers in an answer to an IPv6 request, 6-byte ones otherwise
+            width = COMPACT_V6 if msg.ipv6 else COMPACT_V4
+            return _frame_response(Action.ANNOUNCE, tid,
+                                   body + pack_compact_list(msg.peers, width))
         case ErrorResponse(transaction_id=tid, message=text):
             return _frame_response(Action.ERROR, tid, text.encode("utf-8"))
     raise TypeError(f"not a UDP tracker message: {msg!r}")
@@ -314,20 +313,15 @@ def decode_response(
             raise TrackerError("UDP announce answer is too short")
         interval, leechers, seeders = _ANNOUNCE_RESP.unpack_from(rest)
         blob = rest[_ANNOUNCE_RESP.size :]
-        width = 18 if ipv6 else 6
-        if len(blob) % width:
-            raise TrackerError(
-                f"UDP announce answer peer list of {len(blob)} bytes is not a multiple of {width}"
-            )
-        peers: list[Peer] = []
-        for off in range(0, len(blob), width):
-            raw = blob[off : off + width - 2]
-            host = str(ipaddress.IPv6Address(raw) if ipv6 else ipaddress.IPv4Address(raw))
-            peer = normalize_peer(host, int.from_bytes(blob[off + width - 2 : off + width], "big"))
-            if peer is not None:
-                peers.append(peer)
+        try:
+            # decoded up to the bound only; a repeat is dropped below
+            entries = unpack_compact(blob, COMPACT_V6 if ipv6 else COMPACT_V4,
+                                     MAX_PEERS_PER_RESPONSE)
+        except ValueError as exc:
+            raise TrackerError(f"UDP announce answer: {exc}") from None
+        peers = [p for p in (normalize_peer(h, port) for h, port in entries) if p is not None]
         unique = tuple(dict.fromkeys(peers))[:MAX_PEERS_PER_RESPONSE]
-        return AnnounceResponse(tid, interval, leechers, seeders, unique)
+        return AnnounceResponse(tid, interval, leechers, seeders, unique, ipv6)
     if action == Action.ERROR:
         return ErrorResponse(tid, clean_text(rest))
     raise TrackerError(f"UDP tracker answered with unknown action {action}")

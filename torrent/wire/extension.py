@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from .. import bencoding
 from ..errors import RemoteProtocolError
+from ..peeraddr import COMPACT_V4, COMPACT_V6, compact_count, pack_compact, unpack_compact
 from .messages import LocalProtocolError
 
 __all__ = [
@@ -181,10 +182,7 @@ MAX_PEX_DROPPED: Final = 50
 # MAX_PEX_ADDED / MAX_PEX_DROPPED entries are ever parsed.
 MAX_PEX_LENGTH: Final = 64 * 1024
 
-_COMPACT_V4: Final = 6  # BEP 23 compact peer: 4-byte address, 2-byte port, big-endian
-_COMPACT_V6: Final = 18  # BEP 7: 16-byte address, 2-byte port
-
-Address = tuple[str, int]  # (ip, port), the ip in its usual text form
+Address = tuple[str, int]  # (ip, port), the ip canonical (torrent/peeraddr.py)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -234,6 +232,10 @@ class ExtensionHandshake:
         reqq: requests the sender queues without dropping any, clamped to
             [1, MAX_REQQ].
         yourip: the address the sender sees the receiver as (IPv4 or IPv6).
+        ipv4: the sender's own IPv4 address, if it told it (4 bytes on the wire).
+        ipv6: the sender's own IPv6 address, if it told it (16 bytes on the
+            wire; BEP 10: a peer connected over IPv4 may use it to reach the
+            sender over IPv6).
         metadata_size: BEP 9: bytes of the info dictionary, 1..MAX_METADATA_SIZE.
     """
 
@@ -242,6 +244,8 @@ class ExtensionHandshake:
     p: int | None = None
     reqq: int | None = None
     yourip: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
     metadata_size: int | None = None
 
     def encode(self) -> bytes:
@@ -268,6 +272,13 @@ class ExtensionHandshake:
             d[b"reqq"] = self.reqq
         if self.yourip is not None:
             d[b"yourip"] = _pack_ip(self.yourip)
+        for key, ip, size in ((b"ipv4", self.ipv4, 4), (b"ipv6", self.ipv6, 16)):
+            if ip is not None:
+                packed = _pack_ip(ip)
+                if len(packed) != size:
+                    raise LocalProtocolError(f"{key.decode()} {ip!r} is not an "
+                                             f"IPv{4 if size == 4 else 6} address")
+                d[key] = packed
         if self.metadata_size is not None:
             if not 1 <= self.metadata_size <= MAX_METADATA_SIZE:
                 raise LocalProtocolError(
@@ -294,6 +305,7 @@ class ExtensionHandshake:
                 strict bencoded dict, ``m`` not a dict, with more than
                 MAX_EXTENSION_NAMES entries or an id that is not an integer
                 0..255, ``p`` outside 0..65535, ``yourip`` not 4 or 16 bytes,
+                ``ipv4`` not 4 bytes, ``ipv6`` not 16 bytes,
                 ``metadata_size`` negative or over MAX_METADATA_SIZE, or a
                 field we use with the wrong type.
         """
@@ -311,6 +323,8 @@ class ExtensionHandshake:
             p=_decode_port(_int_field("extension handshake", top, b"p")),
             reqq=_decode_reqq(_int_field("extension handshake", top, b"reqq")),
             yourip=_decode_yourip(top.get(b"yourip")),
+            ipv4=_decode_own_ip(top.get(b"ipv4"), "ipv4", 4),
+            ipv6=_decode_own_ip(top.get(b"ipv6"), "ipv6", 16),
             metadata_size=_decode_metadata_size(
                 _int_field("extension handshake", top, b"metadata_size")),
         )
@@ -369,6 +383,17 @@ def _decode_yourip(raw: Any) -> str | None:
         raise RemoteProtocolError(
             f"peer's extension handshake has a 'yourip' of {raw!r:.40}; BEP 10 wants a "
             "4- or 16-byte address")
+    return str(ipaddress.ip_address(raw))
+
+
+def _decode_own_ip(raw: Any, key: str, size: int) -> str | None:
+    """BEP 10 ``ipv4`` / ``ipv6``: the sender's own address, exactly ``size`` bytes."""
+    if raw is None:
+        return None
+    if not isinstance(raw, bytes) or len(raw) != size:
+        raise RemoteProtocolError(
+            f"peer's extension handshake has an {key!r} of {raw!r:.40}; BEP 10 wants a "
+            f"{size}-byte address")
     return str(ipaddress.ip_address(raw))
 
 
@@ -619,23 +644,26 @@ class Pex:
             raise LocalProtocolError(
                 f"a PEX message holds at most {MAX_PEX_ADDED} added and {MAX_PEX_DROPPED} "
                 f"dropped peers, not {len(self.added)} and {len(self.dropped)}")
-        added = {4: bytearray(), 6: bytearray()}
-        flags = {4: bytearray(), 6: bytearray()}
-        dropped = {4: bytearray(), 6: bytearray()}
+        added = {COMPACT_V4: bytearray(), COMPACT_V6: bytearray()}
+        flags = {COMPACT_V4: bytearray(), COMPACT_V6: bytearray()}
+        dropped = {COMPACT_V4: bytearray(), COMPACT_V6: bytearray()}
         for peer in self.added:
             if not 0 <= peer.flags <= 0xFF:
                 raise LocalProtocolError(f"PEX flags {peer.flags} do not fit a byte")
-            family = _compact_into(added, peer.ip, peer.port)
-            flags[family].append(peer.flags)
+            entry = _pex_entry(peer.ip, peer.port)
+            added[len(entry)] += entry
+            flags[len(entry)].append(peer.flags)
         for ip, port in self.dropped:
-            _compact_into(dropped, ip, port)
-        d: dict[bytes, bytes] = {b"added": bytes(added[4]), b"added.f": bytes(flags[4]),
-                                 b"dropped": bytes(dropped[4])}
-        if added[6]:
-            d[b"added6"] = bytes(added[6])
-            d[b"added6.f"] = bytes(flags[6])
-        if dropped[6]:
-            d[b"dropped6"] = bytes(dropped[6])
+            entry = _pex_entry(ip, port)
+            dropped[len(entry)] += entry
+        d: dict[bytes, bytes] = {b"added": bytes(added[COMPACT_V4]),
+                                 b"added.f": bytes(flags[COMPACT_V4]),
+                                 b"dropped": bytes(dropped[COMPACT_V4])}
+        if added[COMPACT_V6]:
+            d[b"added6"] = bytes(added[COMPACT_V6])
+            d[b"added6.f"] = bytes(flags[COMPACT_V6])
+        if dropped[COMPACT_V6]:
+            d[b"dropped6"] = bytes(dropped[COMPACT_V6])
         return _bencode(d)
 
     @classmethod
@@ -662,8 +690,8 @@ class Pex:
         ignored = 0
         added: list[PexPeer] = []
         seen: set[Address] = set()
-        for key, fkey, width in ((b"added", b"added.f", _COMPACT_V4),
-                                 (b"added6", b"added6.f", _COMPACT_V6)):
+        for key, fkey, width in ((b"added", b"added.f", COMPACT_V4),
+                                 (b"added6", b"added6.f", COMPACT_V6)):
             raw = _pex_string(top, key)
             count = _compact_count(key, raw, width)
             raw_flags = top.get(fkey)
@@ -675,7 +703,7 @@ class Pex:
                         f"{key.decode()!r} but {len(raw_flags)} flags in {fkey.decode()!r}")
             take = min(count, MAX_PEX_ADDED - len(added))
             ignored += count - take
-            for i, addr in enumerate(_compact_addresses(raw, width, take)):
+            for i, addr in enumerate(unpack_compact(raw, width, take)):
                 if addr[1] == 0 or addr in seen:
                     ignored += 1
                     continue
@@ -683,12 +711,12 @@ class Pex:
                 added.append(PexPeer(addr[0], addr[1], raw_flags[i] if raw_flags else 0))
         dropped: list[Address] = []
         seen.clear()
-        for key, width in ((b"dropped", _COMPACT_V4), (b"dropped6", _COMPACT_V6)):
+        for key, width in ((b"dropped", COMPACT_V4), (b"dropped6", COMPACT_V6)):
             raw = _pex_string(top, key)
             count = _compact_count(key, raw, width)
             take = min(count, MAX_PEX_DROPPED - len(dropped))
             ignored += count - take
-            for addr in _compact_addresses(raw, width, take):
+            for addr in unpack_compact(raw, width, take):
                 if addr[1] == 0 or addr in seen:
                     ignored += 1
                     continue
@@ -706,27 +734,17 @@ def _pex_string(top: Mapping[bytes, Any], key: bytes) -> bytes:
 
 
 def _compact_count(key: bytes, raw: bytes, width: int) -> int:
-    if len(raw) % width:
-        raise RemoteProtocolError(
-            f"peer sent a ut_pex {key.decode()!r} of {len(raw)} bytes; compact "
-            f"{'IPv4' if width == _COMPACT_V4 else 'IPv6'} addresses are {width} bytes each")
-    return len(raw) // width
+    try:
+        return compact_count(raw, width)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"peer sent a bad ut_pex {key.decode()!r}: {exc}") from None
 
 
-def _compact_addresses(raw: bytes, width: int, count: int) -> list[Address]:
-    """The first ``count`` compact addresses of ``raw`` (address, then big-endian port)."""
-    out: list[Address] = []
-    for i in range(count):
-        entry = raw[i * width : (i + 1) * width]
-        out.append((str(ipaddress.ip_address(entry[:-2])), int.from_bytes(entry[-2:], "big")))
-    return out
-
-
-def _compact_into(lists: dict[int, bytearray], ip: str, port: int) -> int:
-    """Append ``ip:port`` in compact form to ``lists[4]`` or ``lists[6]``; its family."""
-    packed = _pack_ip(ip)
+def _pex_entry(ip: str, port: int) -> bytes:
+    """``ip:port`` in compact form (6 or 18 bytes) for a PEX message we send."""
     if not 1 <= port <= 65535:
         raise LocalProtocolError(f"PEX peer {ip} has port {port}; ports are 1..65535")
-    family = 4 if len(packed) == 4 else 6
-    lists[family] += packed + port.to_bytes(2, "big")
-    return family
+    try:
+        return pack_compact(ip, port)
+    except ValueError as exc:
+        raise LocalProtocolError(f"PEX peer {ip!r}: {exc}") from None
