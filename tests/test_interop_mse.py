@@ -109,11 +109,13 @@ def test_fasttorrent_downloads_from_rc4_forced_libtorrent(
     assert (worker_sum(j, "dial_fallbacks") >= 1) == (mode == "enabled"), j["workers"]
 
 
+@pytest.mark.parametrize("mode", ["required", "enabled"])
 def test_fasttorrent_fetches_a_magnets_metadata_over_mse(
-        small: Payload, rc4_seed: LtPeer, tmp_path: Path) -> None:
+        small: Payload, rc4_seed: LtPeer, tmp_path: Path, mode: str) -> None:
+    """The metadata connections dial MSE too (enabled: after the plaintext one is dropped)."""
     out = tmp_path / "out"
     uri = magnet_uri(small.meta.info_hash, name=small.meta.name)
-    res = ft_download(uri, out, [rc4_seed.addr], "--encryption", "required")
+    res = ft_download(uri, out, [rc4_seed.addr], "--encryption", mode)
     assert res.returncode == 0, res.describe() + rc4_seed.describe()
     assert res.json["complete"] is True
     assert_same_payload(small.torrent, small.src, out)
