@@ -2,9 +2,9 @@
 
 - libtorrent forced to encrypt with RC4 only (``pe_forced`` both ways,
   ``allowed_enc_level`` ``pe_rc4``) seeds: ``fasttorrent download`` gets the
-  payload bit-exact with ``--encryption required`` (MSE on the first
-  connection) and with the default ``enabled`` (plaintext first, refused, then
-  MSE once on a new connection). The other direction (libtorrent forced
+  payload bit-exact with ``--encryption required`` and with the default
+  ``enabled`` (MSE first). From a plaintext-only libtorrent, ``enabled``
+  falls back to plaintext once, on a new connection. The other direction (libtorrent forced
   downloading from ``fasttorrent seed``) is in tests/test_interop_extensions.py;
   here ``fasttorrent seed --encryption required`` serves a forced libtorrent
   and refuses a plaintext-only one.
@@ -104,19 +104,39 @@ def test_fasttorrent_downloads_from_rc4_forced_libtorrent(
     assert j["complete"] is True and j["hash_failures"] == 0, j
     assert_same_payload(small.torrent, small.src, out)
     assert worker_sum(j, "mse_rc4") >= 1, j["workers"]  # it insists on RC4: RC4 it got
-    # required dials MSE at once; enabled dials plaintext first, which the forced
-    # peer drops, then MSE on a new connection (once)
-    assert (worker_sum(j, "dial_fallbacks") >= 1) == (mode == "enabled"), j["workers"]
+    assert worker_sum(j, "dial_fallbacks") == 0, j["workers"]  # both dial MSE first
 
 
-@pytest.mark.parametrize("mode", ["required", "enabled"])
-def test_fasttorrent_fetches_a_magnets_metadata_over_mse(
-        small: Payload, rc4_seed: LtPeer, tmp_path: Path, mode: str) -> None:
-    """The metadata connections dial MSE too (enabled: after the plaintext one is dropped)."""
+@pytest.fixture(scope="module")
+def plain_seed(small: Payload) -> Any:
+    """libtorrent seeding ``small`` with encryption disabled (plaintext only)."""
+    with LtPeer("libtorrent (plaintext only)") as lt_:
+        lt_.seed(small.torrent, small.src, pex=False)
+        yield lt_
+
+
+def test_enabled_falls_back_to_plaintext_for_a_plaintext_only_peer(
+        small: Payload, plain_seed: LtPeer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = ft_download(small.torrent, out, [plain_seed.addr])
+    assert res.returncode == 0, res.describe() + plain_seed.describe()
+    j = res.json
+    assert j["complete"] is True
+    assert_same_payload(small.torrent, small.src, out)
+    assert worker_sum(j, "dial_fallbacks") >= 1 and worker_sum(j, "mse") == 0, j["workers"]
+
+
+@pytest.mark.parametrize(("mode", "seeder"), [("required", "rc4_seed"), ("enabled", "rc4_seed"),
+                                              ("enabled", "plain_seed")])
+def test_a_magnets_metadata_over_mse_and_the_fallback(
+        small: Payload, request: pytest.FixtureRequest, tmp_path: Path, mode: str,
+        seeder: str) -> None:
+    """The metadata connections dial MSE too; to a plaintext-only peer, plaintext after."""
+    lt_: LtPeer = request.getfixturevalue(seeder)
     out = tmp_path / "out"
     uri = magnet_uri(small.meta.info_hash, name=small.meta.name)
-    res = ft_download(uri, out, [rc4_seed.addr], "--encryption", mode)
-    assert res.returncode == 0, res.describe() + rc4_seed.describe()
+    res = ft_download(uri, out, [lt_.addr], "--encryption", mode)
+    assert res.returncode == 0, res.describe() + lt_.describe()
     assert res.json["complete"] is True
     assert_same_payload(small.torrent, small.src, out)
 
@@ -141,11 +161,9 @@ def test_seed_with_encryption_required_serves_forced_and_refuses_plaintext(
 
 
 def test_required_against_a_plaintext_only_peer_fails_cleanly(
-        small: Payload, tmp_path: Path) -> None:
-    with LtPeer("libtorrent (plaintext only)") as plain:
-        plain.seed(small.torrent, small.src, pex=False)
-        res = ft_download(small.torrent, tmp_path / "out", [plain.addr], "--encryption",
-                          "required", "--stall-timeout", SHORT_STALL)
+        small: Payload, plain_seed: LtPeer, tmp_path: Path) -> None:
+    res = ft_download(small.torrent, tmp_path / "out", [plain_seed.addr], "--encryption",
+                      "required", "--stall-timeout", SHORT_STALL)
     assert res.returncode == 6, res.describe()
     err = res.stderr.strip().splitlines()
     assert len(err) == 1, res.describe()
@@ -207,8 +225,8 @@ def test_hostile_mse_peer_is_dropped_and_the_download_goes_on(
 
 
 def test_enabled_falls_back_once_per_dial(small: Payload, tmp_path: Path) -> None:
-    """A peer that fails both kinds costs at most two connections per dial: plaintext
-    (it never answers: the handshake time-out ends it), then MSE once (garbage for a key)."""
+    """A peer that fails both kinds costs at most two connections per dial: MSE (garbage
+    for a key), then plaintext once (it never answers: the handshake time-out ends it)."""
     hostile = HostileMSEPeer(small.meta.info_hash, "garbage_key")
     with hostile:
         res = ft_download(small.torrent, tmp_path / "out", [hostile.addr],

@@ -112,8 +112,8 @@ def _add_connection_flags(s: argparse.ArgumentParser) -> None:
                    metavar="S", help="drop a connection without a handshake after S seconds "
                                      f"(default {HANDSHAKE_TIMEOUT:g})")
     s.add_argument("--encryption", choices=ENCRYPTION_MODES, default="enabled",
-                   help="MSE/PE: enabled (default) accepts both kinds and dials plaintext, "
-                        "then MSE once if the peer drops it; required: MSE handshakes only, "
+                   help="MSE/PE: enabled (default) accepts both kinds and dials MSE, then "
+                        "plaintext once if the peer drops it; required: MSE handshakes only, "
                         "both ways; disabled: plaintext only")
 
 
