@@ -43,7 +43,7 @@ from torrent import metainfo
 from torrent.creator import create_torrent
 from torrent.errors import RemoteProtocolError
 from torrent.ports import free_port
-from torrent.tools.payload import SINGLE_NAME, make_payload
+from torrent.tools.payload import make_payload
 from torrent.tools.seeders import lt_seed_command, read_ready_file
 from torrent.units import parse_size
 from torrent.wire import peer as wp
@@ -122,9 +122,12 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
-def start_seeders(work: str, torrent: str, src: str) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
-    out: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    log = open(os.path.join(work, "seeders.log"), "ab")  # noqa: SIM115 - lives with the seeders
+Seeders = dict[str, tuple[subprocess.Popen[bytes], int]]
+
+
+def start_seeders(work: str, torrent: str, src: str) -> Seeders:
+    out: Seeders = {}
+    log = open(os.path.join(work, "seeders.log"), "ab")
     for name, enc in (("libtorrent (default)", "default"), ("libtorrent (forced RC4)", "rc4")):
         ready = os.path.join(work, f"lt-{enc}.ready")
         argv = lt_seed_command(torrent, src, ready, lifetime=3600, encryption=enc)
@@ -169,10 +172,8 @@ async def _ready(port: int, meta: Any) -> None:
     """Until the seeder has checked its data and serves a block (bounded)."""
     end = time.monotonic() + START_TIMEOUT
     while time.monotonic() < end:
-        for order in ((False, True),):
-            r = await trial("127.0.0.1", port, meta, order)
-            if "block" in r:
-                return
+        if "block" in await trial("127.0.0.1", port, meta, (True, False)):
+            return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"the seeder on {port} serves no block")
 
@@ -212,7 +213,7 @@ def main() -> int:
     ap.add_argument("--size", default="4M")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="mse-dial-order-")
-    seeders: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    seeders: Seeders = {}
     try:
         src = os.path.join(work, "src")
         os.makedirs(src)
@@ -220,7 +221,6 @@ def main() -> int:
         torrent = os.path.join(work, "t.torrent")
         with open(torrent, "wb") as f:
             f.write(create_torrent(target, piece_length=256 << 10))
-        assert os.path.basename(target) == SINGLE_NAME
         meta = metainfo.load(torrent)
         seeders = start_seeders(work, torrent, src)
         lines = asyncio.run(measure(seeders, meta, a.trials))

@@ -15,9 +15,8 @@ import hashlib
 
 import pytest
 
-from torrent.errors import RemoteProtocolError
+from torrent.errors import RemoteProtocolError, UsageError
 from torrent.options import ENCRYPTION_MODES, Options, dial_order
-from torrent.errors import UsageError
 from torrent.wire.extension import (
     EXTENSION_HANDSHAKE_ID,
     OUR_EXTENSION_IDS,
@@ -100,7 +99,7 @@ def test_outgoing_mse_with_rc4_decrypts_in_the_receive_buffer(chunk: int | None)
 
 def test_required_refuses_a_plaintext_handshake_and_takes_mse() -> None:
     b = proto(initiator=False, require_mse=True)
-    with pytest.raises(RemoteProtocolError, match="encryption .*required"):
+    with pytest.raises(RemoteProtocolError, match=r"encryption \(MSE/PE\) is required"):
         b.receive_data(encode_handshake(HASH, OURS, RESERVED_OURS))
     assert b.state is PeerState.CLOSED
     a = proto(initiator=True, initiate_mse=True)

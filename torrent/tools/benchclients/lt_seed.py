@@ -28,7 +28,6 @@ import libtorrent as lt
 
 from torrent.tools.benchclients._lt import add_torrent, loopback_settings
 
-
 #: ``--encryption`` choices.
 ENCRYPTION = ("off", "default", "rc4")
 
