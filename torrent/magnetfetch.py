@@ -195,7 +195,7 @@ class _Fetcher:
         self.links: dict[Addr, _Link] = {}
         self.dials: set[asyncio.Task[None]] = set()
         self.max_connections = min(MAX_METADATA_CONNECTIONS, opts.max_peers)
-        self.dial_order = dial_order(opts.encryption)  # plaintext / MSE, in order
+        self.dial_order = dial_order(opts.encryption)  # MSE or not, in order
         self.wake = asyncio.Event()
         self.closing = False
         self.interrupted = False

@@ -348,7 +348,7 @@ class Worker:
         self.dialing = 0  # outgoing TCP connects in flight (at most MAX_DIALS)
         # (host, port, which entry of dial_order to try): at most DIAL_QUEUE_LIMIT
         self.dial_queue: deque[tuple[str, int, int]] = deque()
-        self.dial_order = dial_order(cfg.options.encryption)  # plaintext / MSE, in order
+        self.dial_order = dial_order(cfg.options.encryption)  # MSE or not, in order
         self.need_pending = False
         self.last_need = 0.0
         self.written: list[int] = []  # verified and written, not yet flushed
@@ -474,8 +474,9 @@ class Worker:
         if _ban_key(*conn.addr) in self.banned:
             return None
         st = self.stats
-        if conn.outgoing and not dial_attempt:  # (a fallback's dial was answered before)
-            self.send(ipc.Dialled(*conn.addr))  # its place in the dial budget is free
+        if conn.outgoing:
+            if not dial_attempt:  # (a fallback's first dial was answered already)
+                self.send(ipc.Dialled(*conn.addr))  # its place in the dial budget is free
         elif self.connections >= self.max_connections or self.half_open >= self.max_half_open:
             st["refused"] += 1
             return None
@@ -540,7 +541,7 @@ class Worker:
         if (not peer.active and peer.conn.outgoing and not banned
                 and peer.dial_attempt + 1 < len(self.dial_order)
                 and not self.stop_event.is_set()):
-            # Dropped before its handshake: the other kind (plaintext / MSE), once, on a
+            # Dropped before its handshake: the other kind (MSE / plaintext), once, on a
             # new connection ahead of the queue; the coordinator hears only how that ends.
             # (It takes the place of the connection just lost: the queue's bound holds,
             # give or take the connections closing at once.)
