@@ -28,6 +28,7 @@ from .options import (
     DEFAULT_MAX_HALF_OPEN,
     DEFAULT_MAX_PEERS,
     DEFAULT_STALL_TIMEOUT,
+    ENCRYPTION_MODES,
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS_CAP,
     Options,
@@ -98,7 +99,7 @@ def _connection_options(a: argparse.Namespace) -> dict[str, Any]:
 
     raise_fd_limit()
     return {"max_connections": a.max_connections, "max_half_open": a.max_half_open,
-            "handshake_timeout": a.handshake_timeout}
+            "handshake_timeout": a.handshake_timeout, "encryption": a.encryption}
 
 
 def _add_connection_flags(s: argparse.ArgumentParser) -> None:
@@ -111,6 +112,10 @@ def _add_connection_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--handshake-timeout", type=_timeout_arg, default=HANDSHAKE_TIMEOUT,
                    metavar="S", help="drop a connection without a handshake after S seconds "
                                      f"(default {HANDSHAKE_TIMEOUT:g})")
+    s.add_argument("--encryption", choices=ENCRYPTION_MODES, default="enabled",
+                   help="MSE/PE: enabled (default) accepts both kinds and dials MSE, then "
+                        "plaintext once if the peer drops it; required: MSE handshakes only, "
+                        "both ways; disabled: plaintext only")
 
 
 def _flag_size(flag: str, s: str | None) -> int:

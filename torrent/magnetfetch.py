@@ -23,6 +23,10 @@ any worker exists; the download then proceeds as from a .torrent
   timer) and bans the senders of bad metadata: their connections are closed
   and they are never dialled again. After every event the fetch is asked
   for the requests each ready connection may send now.
+- **Encryption** (``opts.encryption``, :func:`~torrent.options.dial_order`):
+  each dial opens plaintext or with MSE/PE; a peer that drops the first
+  kind before its handshake is dialled at once with the other (once: the
+  kind then sticks, and that redial is not counted as an attempt).
 - **A peer that drops** is dialled again after a back-off
   (:data:`PEER_RETRY_BASE`, doubling) up to :data:`PEER_MAX_ATTEMPTS`
   times; one that cannot give metadata at all (no BEP 10, no ut_metadata,
@@ -57,7 +61,7 @@ from .errors import Incomplete, Interrupted, RemoteProtocolError, TrackerError
 from .magnet import Magnet
 from .metadata import MetadataComplete, MetadataFetch, MetadataHashFailed
 from .net.peer import PeerConn
-from .options import Options
+from .options import Options, dial_order
 from .peeraddr import format_peer
 from .tracker.client import make_announce_fn
 from .tracker.multitracker import TrackerSet
@@ -129,19 +133,22 @@ class _Candidate:
     reason: str = ""
     busy: bool = False  # being dialled or connected
     final: bool = False  # never dialled again (banned, cannot give metadata, attempts spent)
+    kind: int = 0  # the entry of dial_order its dials open with (1: after the fallback)
 
 
 class _Link:
     """One connection's :class:`~torrent.net.peer.ConnectionHandler`."""
 
-    def __init__(self, owner: _Fetcher, addr: Addr, conn: PeerConn, started: float) -> None:
+    def __init__(self, owner: _Fetcher, addr: Addr, conn: PeerConn, started: float, *,
+                 mse: bool = False) -> None:
         self.owner = owner
         self.addr = addr
         self.conn = conn
         self.started = started  # when the dial began: the handshake deadline counts from it
         self.mc = MetadataConnection(owner.magnet.info_hash, owner.peer_id,
                                      client=f"fasttorrent {__version__}",
-                                     listen_port=owner.port or None)
+                                     listen_port=owner.port or None, mse=mse)
+        self.handshaken = False  # the peer's BitTorrent handshake checked out
         self.closed = False
         self.offered = False  # it is in the fetch
         self.final = False  # closed for a reason a new dial would not change
@@ -188,6 +195,7 @@ class _Fetcher:
         self.links: dict[Addr, _Link] = {}
         self.dials: set[asyncio.Task[None]] = set()
         self.max_connections = min(MAX_METADATA_CONNECTIONS, opts.max_peers)
+        self.dial_order = dial_order(opts.encryption)  # MSE or not, in order
         self.wake = asyncio.Event()
         self.closing = False
         self.interrupted = False
@@ -237,9 +245,10 @@ class _Fetcher:
             self._ended(addr, f"connect failed: {why}", final=False)
 
     def _accept(self, conn: PeerConn, addr: Addr, started: float) -> _Link | None:
-        if self.closing or addr in self.links:
+        c = self.candidates.get(addr)
+        if self.closing or addr in self.links or c is None:
             return None
-        link = _Link(self, addr, conn, started)
+        link = _Link(self, addr, conn, started, mse=self.dial_order[c.kind])
         self.links[addr] = link
         link.flush()  # our handshake
         return link
@@ -263,7 +272,16 @@ class _Fetcher:
         if self.links.get(link.addr) is link:
             del self.links[link.addr]
         self.fetch.peer_gone(link.addr)
-        self._ended(link.addr, reason, final=link.final)
+        c = self.candidates.get(link.addr)
+        if (c is not None and not link.handshaken and not c.reason.startswith("banned")
+                and c.kind + 1 < len(self.dial_order)):
+            # dropped before its handshake: the other kind at once, once, not counted
+            c.kind += 1
+            c.attempts -= 1
+            self._ended(link.addr, reason, final=False)
+            c.retry_at = 0.0
+        else:
+            self._ended(link.addr, reason, final=link.final)
         if not self.closing:
             self.pump(self.loop.time())  # its requests went back to the others
 
@@ -302,6 +320,7 @@ class _Fetcher:
     def _handle(self, link: _Link, ev: MetadataEvent, now: float) -> None:
         addr = link.addr
         if isinstance(ev, ConnectionReady):
+            link.handshaken = True
             link.flush()  # our extension handshake
         elif isinstance(ev, MetadataOffer):
             if ev.metadata_size is None:

@@ -47,7 +47,7 @@ from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import DiskFull, FastTorrentError, RemoteProtocolError
 from .launch import recv_fd
 from .net.peer import PeerConn
-from .options import MAX_CONNECTIONS_CAP, Options, share
+from .options import MAX_CONNECTIONS_CAP, Options, dial_order, share
 from .peeraddr import canonical_ip, format_peer, is_loopback
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .ports import listen_sockets
@@ -223,16 +223,23 @@ class Peer:
     """
 
     __slots__ = ("_counted", "_rate_seen", "_up_window", "active", "conn", "created_at",
-                 "depth", "listen_port", "max_depth", "metadata_served", "pex_at", "pex_heard",
+                 "depth", "dial_attempt", "listen_port", "max_depth", "metadata_served",
+                 "pex_at", "pex_heard",
                  "pex_sent", "proto", "rate", "serve_pending", "up_rate", "uploaded", "worker")
 
-    def __init__(self, worker: Worker, conn: PeerConn, now: float) -> None:
+    def __init__(self, worker: Worker, conn: PeerConn, now: float, dial_attempt: int = 0) -> None:
         m = worker.meta
         self.worker = worker
         self.conn = conn
+        enc = worker.cfg.options.encryption
+        # outgoing: which entry of dial_order this connection is (0, or 1 for the fallback)
+        self.dial_attempt = dial_attempt
         self.proto = wp.PeerProtocol(m.info_hash, worker.peer_id, m.num_pieces, m.piece_length,
                                      m.total_size, we_initiated=conn.outgoing, now=now,
-                                     framer=worker.framer, recv_budget=worker.recv_budget)
+                                     framer=worker.framer, recv_budget=worker.recv_budget,
+                                     accept_mse=enc != "disabled", require_mse=enc == "required",
+                                     initiate_mse=conn.outgoing
+                                     and worker.dial_order[dial_attempt])
         self.proto.attach_store(worker.picker.active, self)
         self.active = False  # handshake done
         self.created_at = now
@@ -348,7 +355,9 @@ class Worker:
         self.max_half_open = cfg.max_half_open
         self.half_open = 0  # peers in self.peers without a handshake
         self.dialing = 0  # outgoing TCP connects in flight (at most MAX_DIALS)
-        self.dial_queue: deque[tuple[str, int]] = deque()  # at most DIAL_QUEUE_LIMIT
+        # (host, port, which entry of dial_order to try): at most DIAL_QUEUE_LIMIT
+        self.dial_queue: deque[tuple[str, int, int]] = deque()
+        self.dial_order = dial_order(cfg.options.encryption)  # MSE or not, in order
         self.need_pending = False
         self.last_need = 0.0
         self.written: list[int] = []  # verified and written, not yet flushed
@@ -361,7 +370,7 @@ class Worker:
         self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
                                       "blocks": 0, "steals": 0, "released": 0,
                                       "hash_failures": 0, "banned": [], "endgame": False,
-                                      "mse": 0, "mse_rc4": 0,
+                                      "mse": 0, "mse_rc4": 0, "dial_fallbacks": 0,
                                       "refused": 0, "handshake_timeouts": 0,
                                       "peak_connections": 0, "peak_half_open": 0,
                                       "peak_dialing": 0, "peak_dial_queue": 0}
@@ -425,7 +434,7 @@ class Worker:
         if len(self.dial_queue) >= DIAL_QUEUE_LIMIT:
             self.send(ipc.PeerClosed(host, port, "dial queue full", False, False))
             return
-        self.dial_queue.append((host, port))
+        self.dial_queue.append((host, port, 0))
         st = self.stats
         st["peak_dial_queue"] = max(st["peak_dial_queue"], len(self.dial_queue))
         self._dial_next()
@@ -434,19 +443,23 @@ class Worker:
         """Start queued dials while fewer than MAX_DIALS are in flight and a connection is free."""
         while (self.dial_queue and self.dialing < MAX_DIALS
                and self.connections < self.max_connections and not self.stop_event.is_set()):
-            host, port = self.dial_queue.popleft()
+            host, port, attempt = self.dial_queue.popleft()
             self.dialing += 1
             st = self.stats
             st["peak_dialing"] = max(st["peak_dialing"], self.dialing)
-            self.loop.create_task(self._connect(host, port))
+            self.loop.create_task(self._connect(host, port, attempt))
 
-    async def _connect(self, host: str, port: int) -> None:
-        """One dial (counted in ``dialing`` until it is answered or times out)."""
+    async def _connect(self, host: str, port: int, attempt: int = 0) -> None:
+        """One dial (counted in ``dialing`` until it is answered or times out); ``attempt``
+        is the entry of ``dial_order`` it opens with."""
         failed: tuple[str, bool] | None = None
+
+        def made() -> PeerConn:
+            return PeerConn(lambda c: self.accept(c, attempt), (host, port), True)
+
         try:
             _tr, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: PeerConn(self.accept, (host, port), True),
-                                            host, port),
+                self.loop.create_connection(made, host, port),
                 CONNECT_TIMEOUT)
             if conn.refused:  # by accept: banned meanwhile
                 failed = ("banned", True)
@@ -459,7 +472,7 @@ class Worker:
             self.send(ipc.PeerClosed(host, port, failed[0], failed[1], False))
         self._dial_next()
 
-    def accept(self, conn: PeerConn) -> Peer | None:
+    def accept(self, conn: PeerConn, dial_attempt: int = 0) -> Peer | None:
         """A connection was made (either way): its handler, or None to refuse it.
 
         An incoming connection past this worker's share of ``max_connections``
@@ -471,18 +484,19 @@ class Worker:
             return None
         st = self.stats
         if conn.outgoing:
-            self.send(ipc.Dialled(*conn.addr))  # its place in the dial budget is free
+            if not dial_attempt:  # (a fallback's first dial was answered already)
+                self.send(ipc.Dialled(*conn.addr))  # its place in the dial budget is free
         elif self.connections >= self.max_connections or self.half_open >= self.max_half_open:
             st["refused"] += 1
             return None
-        peer = Peer(self, conn, self.loop.time())
+        peer = Peer(self, conn, self.loop.time(), dial_attempt)
         self.peers.add(peer)
         self.half_open += 1
         st["peers"] += 1
         st["peak_connections"] = max(st["peak_connections"], len(self.peers))
         st["peak_half_open"] = max(st["peak_half_open"], self.half_open)
-        if conn.outgoing:
-            conn.write(peer.proto.handshake())
+        if conn.outgoing:  # our handshake, or with MSE its first step (the handshake in it)
+            conn.write(peer.proto.take_output() or peer.proto.handshake())
         if self.down is not None and self.down.paused:
             conn.pause()
         return peer
@@ -540,7 +554,20 @@ class Worker:
             self.half_open -= 1
         banned = _ban_key(*peer.addr) in self.banned
         log.debug("w%d lost %s: %s", self.wid, peer.addr, peer.close_reason)
-        self.send(ipc.PeerClosed(peer.addr[0], peer.addr[1], peer.close_reason, banned, True))
+        if (not peer.active and peer.conn.outgoing and not banned
+                and peer.dial_attempt + 1 < len(self.dial_order)
+                and not self.stop_event.is_set()):
+            # Dropped before its handshake: the other kind (MSE / plaintext), once, on a
+            # new connection ahead of the queue; the coordinator hears only how that ends.
+            # (It takes the place of the connection just lost: the queue's bound holds,
+            # give or take the connections closing at once.)
+            self.stats["dial_fallbacks"] += 1
+            self.dial_queue.appendleft((peer.addr[0], peer.addr[1], peer.dial_attempt + 1))
+        else:
+            reason = peer.close_reason
+            if peer.proto.mse_pending:
+                reason += " during the MSE/PE handshake"
+            self.send(ipc.PeerClosed(peer.addr[0], peer.addr[1], reason, banned, True))
         self._dial_next()  # a connection is free
         self.pump_all()
 

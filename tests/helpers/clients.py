@@ -371,8 +371,17 @@ TRANSMISSION_DOWNLOADING = r"^Progress: "
 TRANSMISSION_SEEDING = r"^Seeding, "
 
 
-def transmission_settings(config_dir: Path, download_dir: Path, port: int) -> None:
-    """Write ``settings.json`` for a loopback-only transmission-cli (read via ``-g``)."""
+#: transmission-cli's encryption modes: its ``encryption`` setting and flag.
+TRANSMISSION_ENCRYPTION = {"tolerated": (0, "-et"), "preferred": (1, "-ep"),
+                           "required": (2, "-er")}
+
+
+def transmission_settings(config_dir: Path, download_dir: Path, port: int,
+                          encryption: str = "tolerated") -> None:
+    """Write ``settings.json`` for a loopback-only transmission-cli (read via ``-g``).
+
+    ``encryption``: ``tolerated`` (plain connections preferred), ``preferred``
+    (transmission's default: MSE tried first) or ``required``."""
     settings = {
         "bind-address-ipv4": "127.0.0.1",
         "bind-address-ipv6": "::1",
@@ -385,7 +394,7 @@ def transmission_settings(config_dir: Path, download_dir: Path, port: int) -> No
         "blocklist-enabled": False,
         "peer-port": port,
         "peer-port-random-on-start": False,
-        "encryption": 0,  # prefer plain connections (fasttorrent has no MSE)
+        "encryption": TRANSMISSION_ENCRYPTION[encryption][0],
         "speed-limit-down-enabled": False,
         "speed-limit-up-enabled": False,
         "alt-speed-enabled": False,
@@ -401,19 +410,22 @@ def transmission_settings(config_dir: Path, download_dir: Path, port: int) -> No
     (config_dir / "settings.json").write_text(json.dumps(settings, indent=1))
 
 
-def transmission(torrent: Path, directory: Path, port: int, config_dir: Path) -> ClientProcess:
-    """transmission-cli on ``torrent`` with data in ``directory``, listening on ``port``.
+def transmission(torrent: Path, directory: Path, port: int, config_dir: Path, *,
+                 encryption: str = "tolerated") -> ClientProcess:
+    """transmission-cli on ``torrent`` with data in ``directory``, listening on ``port``
+    (``encryption``: as :func:`transmission_settings`).
 
     Returns once it has checked the local data (its status line says
     ``Progress`` or ``Seeding``); it then runs until stopped.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    transmission_settings(config_dir, directory, port)
-    # -D/-U no speed limits, -M no port mapping, -et plain connections preferred.
+    transmission_settings(config_dir, directory, port, encryption)
+    # -D/-U no speed limits, -M no port mapping, -et/-ep/-er the encryption mode.
     # stdbuf: its status lines end in "\r", and its stdout on a pipe would
     # otherwise only reach us in 4 KiB blocks (about ten seconds late).
     argv = ["stdbuf", "-o0", "transmission-cli", "-g", str(config_dir), "-w", str(directory),
-            "-p", str(port), "-D", "-U", "-M", "-et", str(torrent)]
+            "-p", str(port), "-D", "-U", "-M", TRANSMISSION_ENCRYPTION[encryption][1],
+            str(torrent)]
     proc = ClientProcess("transmission-cli", argv, cwd=config_dir)
     try:
         proc.wait_for(f"{TRANSMISSION_DOWNLOADING}|{TRANSMISSION_SEEDING}", READY_TIMEOUT)

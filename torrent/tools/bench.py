@@ -3,6 +3,7 @@
     fasttorrent bench [--size 1G] [--files N] [--piece 1M] [--seeders fasttorrent|libtorrent]
                       [--num-seeders 4] [--runs 5] [--clients ft1,ft2,lt-default,...]
                       [--results DIR] [--timeout S] [--keep] [--compare-seeding] [--magnet]
+                      [--seeder-encryption off|rc4]
 
 Theory of operation
 -------------------
@@ -13,6 +14,10 @@ Theory of operation
    ``fasttorrent seed`` processes (one worker each) or libtorrent seeders
    (:mod:`torrent.tools.benchclients.lt_seed`).  With ``--compare-seeding`` both
    kinds run side by side and every client downloads from each in turn.
+   With ``--seeder-encryption rc4`` the libtorrent seeders force MSE/PE with
+   RC4 both ways (``pe_forced``, ``allowed_enc_level`` ``pe_rc4``): an
+   encrypted download, for the clients that speak MSE (``ftK``, which dials
+   plaintext, is dropped, and dials MSE; ``lt-enc``).
 3. *Clients and how they find the seeders.*  ``ftK`` is ``fasttorrent download
    --workers K`` and ``lt-default`` / ``lt-fast`` libtorrent's downloader
    (default settings / ``high_performance_seed()``); these are given the
@@ -120,6 +125,8 @@ CLIENT_TIMES = ("metadata_seconds", "first_piece_seconds")
 
 #: The client kinds that can start from a magnet link (--magnet).
 MAGNET_KINDS = ("ft", "lt", "aria2")
+#: ``--seeder-encryption``: the libtorrent seeders' MSE/PE (off, or forced with RC4).
+SEEDER_ENCRYPTION = ("off", "rc4")
 
 #: Accepted spellings of the external clients.
 ALIASES = {"aria2c": "aria2", "transmission-cli": "transmission"}
@@ -318,6 +325,8 @@ class RunContext:
     extra_fmt: dict[str, str] = field(default_factory=dict)
     #: with --magnet: the magnet every client starts from (x.pe: these seeders)
     magnet: str | None = None
+    #: the libtorrent seeders' MSE/PE: "off" or "rc4" (forced)
+    seeder_encryption: str = "off"
 
 
 def _listening(port: int) -> bool:
@@ -494,7 +503,8 @@ def _dial_in(ctx: RunContext, proc: Proc, port: int) -> tuple[list[Seeder], floa
     dialers = start_seeders(ctx.procs, ctx.seeder_kind, ctx.num_seeders, ctx.torrent,
                             ctx.data_dir, ctx.workdir, lifetime=ctx.timeout,
                             timeout=SEEDER_START_TIMEOUT, dial=f"127.0.0.1:{port}",
-                            on_ready=lambda: first.append(time.perf_counter()), who="bench")
+                            on_ready=lambda: first.append(time.perf_counter()), who="bench",
+                            encryption=ctx.seeder_encryption)
     return dialers, (first[0] - t_listen) if first else 0.0
 
 
@@ -516,6 +526,8 @@ class BenchConfig:
     compare_seeding: bool = False
     #: every client starts from a magnet link (x.pe: the seeders) instead of the torrent
     magnet: bool = False
+    #: the libtorrent seeders' MSE/PE: "off" (the swarm's rule) or "rc4" (forced RC4)
+    seeder_encryption: str = "off"
     warmup: bool = True
     workdir: str | None = None
     #: the results' file name without extension (default: a time stamp and the parameters)
@@ -575,14 +587,15 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     base = cfg.base or os.path.join(
         cfg.results, f"bench-{stamp}-{_size_label(cfg.size)}-{cfg.files}f-"
         f"{_size_label(cfg.piece)}-{mode}-s{'_'.join(map(str, cfg.num_seeders))}"
-        + ("-magnet" if cfg.magnet else ""))
+        + ("-magnet" if cfg.magnet else "")
+        + ("-" + cfg.seeder_encryption if cfg.seeder_encryption != "off" else ""))
     try:
         os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     except OSError as e:
         raise StorageError(f"bench: cannot create {os.path.dirname(base)}: {e.strerror}") from None
     params = {"size": cfg.size, "files": cfg.files, "piece": cfg.piece, "seeders": mode,
               "num_seeders": cfg.num_seeders, "runs": cfg.runs, "timeout": cfg.timeout,
-              "magnet": cfg.magnet,
+              "magnet": cfg.magnet, "seeder_encryption": cfg.seeder_encryption,
               "clients": [c.label for c in clients], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     doc: dict[str, Any] = {"params": params, "versions": versions(), "runs": [], "summary": []}
     procs = Processes()
@@ -620,7 +633,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
                 for key in group:
                     seeders[key] = start_seeders(procs, key[0], n, torrent, src, work,
                                                  lifetime=lifetime, timeout=SEEDER_START_TIMEOUT,
-                                                 who="bench")
+                                                 who="bench", encryption=cfg.seeder_encryption)
                     _log(f"{n} {key[0]} seeder(s) on "
                          + ", ".join(s.addr for s in seeders[key]))
                     # trackerless: the seeders are named by x.pe only
@@ -694,7 +707,7 @@ def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None
         os.makedirs(outdir)
         os.makedirs(scratch)
         ctx = RunContext(procs, torrent, peers, key[0], key[1], src, work, cfg.timeout, tracker,
-                         cfg.extra_fmt, magnet)
+                         cfg.extra_fmt, magnet, cfg.seeder_encryption)
         r = run_client(spec, ctx, outdir, scratch)
         ok = r["exit"] == 0 and same_files(src, outdir, rels)
     finally:
@@ -913,6 +926,10 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="every client starts from a magnet link naming the seeders (x.pe; "
                         "no tracker, no torrent): the metadata fetch is timed too "
                         "(fasttorrent, libtorrent and aria2; not transmission)")
+    s.add_argument("--seeder-encryption", choices=SEEDER_ENCRYPTION, default="off",
+                   help="rc4: the libtorrent seeders force MSE/PE with RC4 both ways (an "
+                        "encrypted download; needs --seeders libtorrent; clients ftK and "
+                        "lt-enc, the default then)")
 
 
 def run_from_args(a: argparse.Namespace) -> int:
@@ -927,6 +944,17 @@ def run_from_args(a: argparse.Namespace) -> int:
     if a.compare_seeding and clients_text is None:
         clients_text = "lt-default"
     clients = parse_clients(clients_text, available_cpus(), allow_custom=False)
+    if a.seeder_encryption != "off":
+        if a.seeders != "libtorrent" or a.compare_seeding:
+            raise UsageError("--seeder-encryption needs --seeders libtorrent "
+                             "(and no --compare-seeding)")
+        if clients_text is None:  # the defaults: those that speak MSE/PE
+            clients = [c for c in clients if c.kind == "ft"] + [ClientSpec("lt-enc", "lt",
+                                                                           profile="enc")]
+        bad = [c.label for c in clients if not (c.kind == "ft" or c.label == "lt-enc")]
+        if bad:
+            raise UsageError(f"--seeder-encryption {a.seeder_encryption}: {', '.join(bad)} "
+                             "would not connect (only ftN and lt-enc speak MSE/PE here)")
     if a.magnet:
         if clients_text is None:  # the defaults: those that can start from a magnet
             clients = [c for c in clients if c.kind in MAGNET_KINDS]
@@ -940,6 +968,7 @@ def run_from_args(a: argparse.Namespace) -> int:
     cfg = BenchConfig(size=a.size, files=a.files, piece=a.piece, seeder_kind=a.seeders,
                       num_seeders=[a.num_seeders], runs=a.runs, clients=clients,
                       results=a.results, timeout=a.timeout, keep=a.keep,
-                      compare_seeding=a.compare_seeding, magnet=a.magnet, warmup=a.warmup)
+                      compare_seeding=a.compare_seeding, magnet=a.magnet, warmup=a.warmup,
+                      seeder_encryption=a.seeder_encryption)
     doc = run_bench(cfg)
     return 0 if all(e["valid"] for e in doc["summary"]) else 6

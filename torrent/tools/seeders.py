@@ -105,7 +105,8 @@ def ft_seed_command(torrent: str, data_dir: str, *, workers: int = 1, peers: Seq
 
 
 def lt_seed_command(torrent: str, save_path: str, ready: str, *, lifetime: float, port: int = 0,
-                    upload_limit: int = 0, peers: Sequence[str] = ()) -> list[str]:
+                    upload_limit: int = 0, peers: Sequence[str] = (),
+                    encryption: str = "off") -> list[str]:
     """The argv of a libtorrent seeder on 127.0.0.1 (it needs the libtorrent module).
 
     Args:
@@ -114,6 +115,8 @@ def lt_seed_command(torrent: str, save_path: str, ready: str, *, lifetime: float
         port: its listening port (0: a free one, reported in ``ready``).
         upload_limit: bytes per second (0: none).
         peers: HOST:PORT addresses it dials once it serves.
+        encryption: MSE/PE: ``off``, ``default`` (libtorrent's own policy) or
+            ``rc4`` (forced both ways, RC4 only).
     """
     argv = [sys.executable, "-m", LT_SEED_MODULE, "--torrent", torrent, "--save-path", save_path,
             "--ready", ready, "--lifetime", str(lifetime)]
@@ -123,6 +126,8 @@ def lt_seed_command(torrent: str, save_path: str, ready: str, *, lifetime: float
         argv += ["--upload-limit", str(upload_limit)]
     for p in peers:
         argv += ["--peer", p]
+    if encryption != "off":
+        argv += ["--encryption", encryption]
     return argv
 
 
@@ -284,7 +289,7 @@ class Seeder:
 def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: str,
                   workdir: str, *, lifetime: float | None, timeout: float = START_TIMEOUT,
                   dial: str | None = None, on_ready: Callable[[], None] | None = None,
-                  who: str) -> list[Seeder]:
+                  who: str, encryption: str = "off") -> list[Seeder]:
     """Start ``n`` seeders of ``kind`` on 127.0.0.1 over ``data_dir`` and wait until each serves.
 
     A fasttorrent seeder has one worker and trusts its data (``--skip-check``).
@@ -298,6 +303,7 @@ def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: s
         dial: a HOST:PORT every seeder connects out to once it serves.
         on_ready: called as each seeder is seen serving.
         who: names the caller in errors.
+        encryption: (libtorrent seeders) MSE/PE, as :func:`lt_seed_command`.
 
     Raises:
         StorageError: a seeder exited or did not start in time (its log names why).
@@ -319,7 +325,8 @@ def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: s
             else:
                 assert lifetime is not None  # checked above
                 ready = logpath.removesuffix(".log") + ".ready"
-                argv = lt_seed_command(torrent, data_dir, ready, lifetime=lifetime, peers=peers)
+                argv = lt_seed_command(torrent, data_dir, ready, lifetime=lifetime, peers=peers,
+                                       encryption=encryption)
                 p = procs.spawn(argv, f"{kind} seeder", timeout=lifetime + STOP_GRACE,
                                 stderr=log)
                 started.append((p, Starting(p.popen, kind, logpath, ready)))

@@ -34,6 +34,12 @@ The caller reads bytes into :attr:`MetadataConnection.rb` (or copies them
 in with :meth:`MetadataConnection.receive_data`), asks
 :meth:`MetadataConnection.events` what they mean, and writes what
 :meth:`MetadataConnection.data_to_send` returns.
+
+With ``mse`` the connection opens with our side of MSE/PE
+(:class:`~torrent.wire.mse.MSEInitiator`, our handshake as its initial
+payload) before ``AWAIT_HANDSHAKE`` can complete; if the peer selects RC4,
+what arrives is decrypted in place by the receive buffer's transform and what
+:meth:`MetadataConnection.data_to_send` returns is encrypted.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ from .handshake import (
     parse_handshake,
 )
 from .messages import EXTENDED, Extended, LocalProtocolError, encode
+from .mse import CRYPTO_RC4, MSEInitiator
+from .rc4 import RC4
 
 __all__ = [
     "MAX_PIECES_BEFORE_METADATA",
@@ -146,13 +154,14 @@ class MetadataConnection:
         peer_id: our 20-byte peer id.
         client: our ``v`` for the extension handshake.
         listen_port: our ``p`` (the port the download will accept peers on).
+        mse: open with an MSE/PE handshake (offering RC4 and plaintext).
 
     Raises:
         LocalProtocolError: ``info_hash`` or ``peer_id`` is not 20 bytes.
     """
 
     def __init__(self, info_hash: bytes, peer_id: bytes, *, client: str | None = None,
-                 listen_port: int | None = None) -> None:
+                 listen_port: int | None = None, mse: bool = False) -> None:
         self.info_hash = bytes(info_hash)
         self.our_peer_id = bytes(peer_id)
         self.peer_id: bytes | None = None
@@ -162,8 +171,15 @@ class MetadataConnection:
         #: The buffer the socket reads into; it holds the largest frame the framer admits.
         self.rb = ReceiveBuffer(self._framer.max_len + 4)
         self._state = MetadataConnState.AWAIT_HANDSHAKE
-        self._out: list[bytes] = [encode_handshake(self.info_hash, self.our_peer_id,
-                                                   RESERVED_OURS)]
+        handshake = encode_handshake(self.info_hash, self.our_peer_id, RESERVED_OURS)
+        # the MSE handshake under way (our BT handshake is its IA), or None
+        self._mse = MSEInitiator(self.info_hash, handshake) if mse else None
+        self._encrypt: RC4 | None = None  # RC4 for what we send, once MSE selected it
+        #: what the MSE handshake selected (CRYPTO_PLAINTEXT or CRYPTO_RC4), else None
+        self.mse_method: int | None = None
+        # the MSE handshake's own bytes (it encrypts its parts itself), sent before _out
+        self._mse_out = self._mse.data_to_send() if self._mse else b""
+        self._out: list[bytes] = [] if self._mse else [handshake]
         self._peer_ids: dict[str, int] = {}  # the peer's extension ids (merge_peer_ids)
         self._metadata_size: int | None = None
         self._offered = False
@@ -197,6 +213,10 @@ class MetadataConnection:
         """Everything queued to send since the last call (b"" when nothing)."""
         out = b"".join(self._out)
         self._out.clear()
+        if self._encrypt is not None and out:
+            out = self._encrypt.crypt(out)
+        if self._mse_out:
+            out, self._mse_out = self._mse_out + out, b""
         return out
 
     @property
@@ -254,6 +274,9 @@ class MetadataConnection:
 
     def _read(self, out: list[MetadataEvent]) -> None:
         rb = self.rb
+        if self._mse is not None:
+            if not self._mse_step():
+                return
         if self._state is MetadataConnState.AWAIT_HANDSHAKE:
             if rb.end - rb.start < HANDSHAKE_LENGTH:
                 check_handshake_prefix(rb.view[rb.start : rb.end])
@@ -272,6 +295,24 @@ class MetadataConnection:
             ev = self._on_extended(msg)
             if ev is not None:
                 out.append(ev)
+
+    def _mse_step(self) -> bool:
+        """Feed the MSE handshake; True once it is done and the BitTorrent stream follows."""
+        rb, mse = self.rb, self._mse
+        assert mse is not None
+        data = bytes(rb.view[rb.start : rb.end])  # handshake bytes only: a few hundred
+        rb.start = rb.end
+        est = mse.receive_data(data)
+        self._mse_out += mse.data_to_send()  # step 3, once Yb is in
+        if est is None:
+            return False
+        self._mse = None
+        self.mse_method = est.method
+        rb.feed(est.payload)  # already decrypted: before the transform is set
+        if est.method == CRYPTO_RC4:
+            self._encrypt = est.encrypt
+            rb.transform = est.decrypt
+        return True
 
     def _on_handshake(self, data: memoryview) -> ConnectionReady:
         hs = parse_handshake(data)

@@ -129,7 +129,7 @@ from .messages import (
     decode,
     encode,
 )
-from .mse import CRYPTO_RC4, MSEReceiver, skey_table
+from .mse import CRYPTO_RC4, MSEInitiator, MSEReceiver, skey_table
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -387,6 +387,11 @@ class PeerProtocol:
         accept_mse: an incoming connection may open with an MSE/PE handshake
             (the libtorrent family tries it first); then the plaintext or RC4
             stream it selects follows.
+        require_mse: an incoming connection must open with MSE/PE: a plaintext
+            handshake is refused (``--encryption required``).
+        initiate_mse: an outgoing connection opens with our side of MSE/PE
+            (offering RC4 and plaintext), our handshake its initial payload:
+            write :meth:`take_output` once connected instead of :meth:`handshake`.
 
     Raises:
         ValueError: the geometry is inconsistent (a bug of the caller).
@@ -416,6 +421,7 @@ class PeerProtocol:
         "_peer_count",
         "_peer_requests",
         "_received_mark",
+        "_require_mse",
         "_sent_checked",
         "_sent_mark",
         "_state",
@@ -462,6 +468,8 @@ class PeerProtocol:
         recv_budget: RecvBudget | None = None,
         reserved: bytes = RESERVED_OURS,
         accept_mse: bool = True,
+        require_mse: bool = False,
+        initiate_mse: bool = False,
     ) -> None:
         if len(info_hash) != 20 or len(our_peer_id) != 20:
             raise ValueError("info_hash and our_peer_id must be 20 bytes")
@@ -489,8 +497,10 @@ class PeerProtocol:
         self._state = PeerState.AWAIT_HANDSHAKE
         self.reserved = bytes(reserved)
         self.accept_mse = accept_mse and not we_initiated
-        self._mse: MSEReceiver | None = None  # an incoming MSE handshake under way
-        # Bytes the machine itself has to send (the MSE handshake's replies): the
+        self._require_mse = require_mse and not we_initiated
+        # an MSE handshake under way (incoming: from the first bytes; outgoing: from the start)
+        self._mse: MSEReceiver | MSEInitiator | None = None
+        # Bytes the machine itself has to send (the MSE handshake's own): the
         # owner writes take_output() after each read. Bounded by the handshake.
         self._out = bytearray()
         # RC4 for what we send, once an MSE handshake selected it (None: plaintext)
@@ -541,6 +551,14 @@ class PeerProtocol:
         self._last_sent = now
         self._sent_mark = False
         self._sent_checked = now  # when needs_keepalive last looked
+        if require_mse and not accept_mse:
+            raise ValueError("require_mse needs accept_mse")
+        if initiate_mse:
+            if not we_initiated:
+                raise ValueError("initiate_mse is for connections we dial")
+            # our handshake travels as the IA of step 3 (RC4-encrypted, as the spec has it)
+            self._mse = MSEInitiator(self.info_hash, self.handshake())
+            self._out += self._mse.data_to_send()  # Ya and PadA
 
     # --- state ------------------------------------------------------------------
     @property
@@ -652,6 +670,9 @@ class PeerProtocol:
                     return None  # too few bytes to tell yet
                 else:
                     self.accept_mse = False  # a plaintext handshake
+                    if self._require_mse:
+                        raise RemoteProtocolError(
+                            "plaintext handshake refused: encryption (MSE/PE) is required")
             if self._mse is not None:
                 if not self._mse_step():
                     return None
@@ -710,8 +731,14 @@ class PeerProtocol:
             rb.transform = est.decrypt
         return True
 
+    @property
+    def mse_pending(self) -> bool:
+        """An MSE/PE handshake is under way (begun, not finished)."""
+        return self._mse is not None
+
     def take_output(self) -> bytes:
-        """Bytes the machine has to send on its own (an MSE handshake's replies)."""
+        """Bytes the machine has to send on its own: an MSE handshake's (our opening
+        Ya and PadA on a connection we dial with ``initiate_mse``, then each reply)."""
         out = bytes(self._out)
         self._out.clear()
         return out

@@ -2,14 +2,18 @@
 
     python -m torrent.tools.benchclients.lt_seed --torrent T --save-path DIR --ready FILE
         [--port P] [--lifetime S] [--upload-limit BPS] [--stop-file F] [--peer HOST:PORT]...
+        [--encryption off|default|rc4]
 
 Adds the torrent over the data in --save-path, lets libtorrent check it (a
 seeder with partial data serves just the pieces it has), writes --ready
 (JSON: pid, port it listens on, pieces it has), dials every --peer (for
 clients that drop loopback peers handed out by a tracker and must be dialled),
 and serves until --lifetime passes, its parent exits, or --stop-file appears.
-DHT, LSD, UPnP, NAT-PMP, uTP and encryption are off; it listens on 127.0.0.1 only (port 0:
-a free one, reported in --ready).  Needs libtorrent (PyPI bindings).
+DHT, LSD, UPnP, NAT-PMP and uTP are off; it listens on 127.0.0.1 only (port 0:
+a free one, reported in --ready).  Encryption (MSE/PE) is off by default;
+``--encryption default`` keeps libtorrent's own policy (MSE tried first,
+plaintext accepted), ``rc4`` forces MSE both ways with RC4 only (``pe_forced``,
+``allowed_enc_level`` ``pe_rc4``).  Needs libtorrent (PyPI bindings).
 """
 
 from __future__ import annotations
@@ -24,9 +28,19 @@ import libtorrent as lt
 
 from torrent.tools.benchclients._lt import add_torrent, loopback_settings
 
+#: ``--encryption`` choices.
+ENCRYPTION = ("off", "default", "rc4")
 
-def settings(port: int, upload_limit: int) -> lt.settings_pack:
+
+def settings(port: int, upload_limit: int, encryption: str = "off") -> lt.settings_pack:
     s = loopback_settings(port)
+    if encryption == "default":  # libtorrent's own: pe_enabled both ways, either method
+        del s["out_enc_policy"]
+        del s["in_enc_policy"]
+    elif encryption == "rc4":
+        s["out_enc_policy"] = int(lt.enc_policy.pe_forced)
+        s["in_enc_policy"] = int(lt.enc_policy.pe_forced)
+        s["allowed_enc_level"] = int(lt.enc_level.pe_rc4)
     s.update({
         "upload_rate_limit": upload_limit,
         # libtorrent exempts local peers from rate limits unless told otherwise
@@ -47,10 +61,12 @@ def main() -> int:
     ap.add_argument("--stop-file")
     ap.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
                     help="dial this peer once the data is checked (repeatable)")
+    ap.add_argument("--encryption", choices=ENCRYPTION, default="off",
+                    help="MSE/PE: off (default), libtorrent's default, or forced RC4")
     a = ap.parse_args()
     end = time.monotonic() + a.lifetime
     parent = os.getppid()
-    ses = lt.session(settings(a.port, a.upload_limit))
+    ses = lt.session(settings(a.port, a.upload_limit, a.encryption))
     h = add_torrent(ses, a.torrent, a.save_path)
     ready = False
     while time.monotonic() < end:
