@@ -54,7 +54,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .. import bencoding
 from . import krpc, routing
@@ -63,11 +63,15 @@ from .lookup import Lookup, LookupKind
 from .node import DhtServer
 from .routing import K, RoutingTable
 
+if TYPE_CHECKING:
+    from ..options import Options
+
 __all__ = [
     "ANNOUNCE_INTERVAL",
     "DEFAULT_BOOTSTRAP",
     "LOOKUP_TIMEOUT",
     "MAX_PENDING",
+    "NO_DHT_ENV",
     "QUERY_TIMEOUT",
     "SAVE_INTERVAL",
     "SEARCH_FIRST_RETRY",
@@ -76,6 +80,8 @@ __all__ = [
     "UPKEEP_TICK",
     "Dht",
     "default_state_dir",
+    "dht_wanted",
+    "start_dht",
 ]
 
 #: The well-known routers a node with an empty table asks first (BEP 5 leaves
@@ -127,6 +133,35 @@ RESOLVE_TIMEOUT: Final = 5.0
 #: Nodes a ``nodes6`` list may bring into an empty IPv6 table per answer
 #: (pinged; only an answer puts them in the table).
 _V6_SEEDS: Final = 2
+
+
+#: ``FASTTORRENT_NO_DHT=1`` in the environment keeps the DHT off unless the
+#: caller names its bootstrap nodes (``--dht-bootstrap``): the test suite sets
+#: it, so that no test, in-process or a child, can reach the public routers.
+NO_DHT_ENV: Final = "FASTTORRENT_NO_DHT"
+
+
+def dht_wanted(opts: Options, *, private: bool = False) -> bool:
+    """Whether a run with ``opts`` runs a DHT node: asked for, the torrent not private
+    (BEP 27), and not turned off by :data:`NO_DHT_ENV` without bootstrap nodes named."""
+    if not opts.dht or private:
+        return False
+    return opts.dht_bootstrap is not None or os.environ.get(NO_DHT_ENV, "") in ("", "0")
+
+
+def start_dht(opts: Options, port: int, log: Callable[[str], None]) -> Dht | None:
+    """A node bound for ``opts`` (``port``: the run's TCP port, wanted for UDP too),
+    its saved table loaded; None (after a one-line warning) when no socket binds."""
+    dht = Dht(bind=opts.bind, port=port,
+              bootstrap=DEFAULT_BOOTSTRAP if opts.dht_bootstrap is None else opts.dht_bootstrap,
+              state_dir=opts.state_dir or default_state_dir(), log=log)
+    try:
+        dht.open()
+    except OSError as e:
+        log(f"warning: dht: cannot bind a UDP socket on {opts.bind} ({e.strerror or e}); "
+            "running without the DHT")
+        return None
+    return dht
 
 
 def default_state_dir() -> str:
@@ -313,8 +348,8 @@ class Dht:
         await asyncio.sleep(0)  # the transports' connection_lost
 
     def close(self) -> None:
-        """Save the table and close the sockets (after :meth:`detach`)."""
-        if self.tables:
+        """Save the table and close the sockets (after :meth:`detach`); once."""
+        if self._socks:
             self.save()
         for s in self._socks.values():
             s.close()
