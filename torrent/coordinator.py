@@ -6,7 +6,7 @@ The coordinator (the CLI's process) checks the output directory, resumes
 from the journal, creates the shared arena, spawns one worker per core and
 then only moves small control messages:
 
-- **Peers** from ``--peer`` and the trackers are handed out, each to exactly
+- **Peers** from ``--peer``, the trackers, PEX and the DHT are handed out, each to exactly
   one worker (the one with the fewest), and retried with a backoff when a
   connection fails.  A worker that dies gives its peers to the others.
 - **Pieces** are leased.  A worker asks for pieces when its lease runs low;
@@ -888,8 +888,8 @@ class Coordinator:
 async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     """Announce to the torrent's trackers (BEP 12 tiers) and feed the peers to the coordinator.
 
-    Only the torrent's own trackers are used (there is no DHT or PEX), which is
-    what BEP 27 asks of private torrents.  A dead, slow or lying tracker is a
+    Only the torrent's own trackers are announced to here (the DHT and PEX are
+    other peer sources, both off for private torrents, as BEP 27 asks).  A dead, slow or lying tracker is a
     warning; the download goes on with the other tiers and the ``--peer`` peers.
     """
     from .tracker.client import TrackerRunner, make_announce_fn
