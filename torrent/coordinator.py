@@ -769,7 +769,7 @@ class Coordinator:
         """Whether the DHT should search again soon: downloading with few peers connected."""
         if self.seeding or self.verified == self.meta.num_pieces:
             return False
-        conn = sum(w.stats.get("connected", 0) for w in self.workers if w.alive)
+        conn = sum(int(w.stats.get("connected", 0)) for w in self.workers if w.alive)
         return conn < min(self.opts.max_peers, DHT_ENOUGH_PEERS)
 
     async def _start_dht(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
@@ -889,8 +889,9 @@ async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     """Announce to the torrent's trackers (BEP 12 tiers) and feed the peers to the coordinator.
 
     Only the torrent's own trackers are announced to here (the DHT and PEX are
-    other peer sources, both off for private torrents, as BEP 27 asks).  A dead, slow or lying tracker is a
-    warning; the download goes on with the other tiers and the ``--peer`` peers.
+    other peer sources, both off for private torrents, as BEP 27 asks).  A dead,
+    slow or lying tracker is a warning; the download goes on with the other
+    tiers and the ``--peer`` peers.
     """
     from .tracker.client import TrackerRunner, make_announce_fn
     from .tracker.multitracker import TrackerSet
