@@ -481,3 +481,43 @@ def test_state_bytes_round_trip(tmp_path: Path) -> None:
         assert saved[b"nodes"] == b"\x05" * 20 + bytes([127, 0, 0, 1]) + (4000).to_bytes(2, "big")
     finally:
         d.close()
+
+
+# -- options and flags ---------------------------------------------------------------------------
+def test_cli_dht_flags_become_options() -> None:
+    from torrent.cli import _dht_options, build_parser
+
+    for cmd in (["download", "x.torrent", "-o", "d"], ["seed", "x.torrent", "d"]):
+        a = build_parser().parse_args([*cmd, "--dht-bootstrap", "127.0.0.1:7",
+                                       "--dht-bootstrap", "[::1]:8,h:9", "--state-dir", "s"])
+        o = Options(**_dht_options(a))
+        assert o.dht and o.state_dir == "s"
+        assert o.dht_bootstrap == (("127.0.0.1", 7), ("::1", 8), ("h", 9))
+        a = build_parser().parse_args([*cmd, "--no-dht"])
+        o = Options(**_dht_options(a))
+        assert not o.dht and o.dht_bootstrap is None and o.state_dir is None
+
+
+@pytest.mark.parametrize("bad", ["nohost", "h:0", "h:x", "h:70000"])
+def test_a_bad_bootstrap_node_is_a_usage_error(tmp_path: Path, bad: str) -> None:
+    res = run_cli(["download", str(tmp_path / "x.torrent"), "-o", str(tmp_path / "o"),
+                   "--dht-bootstrap", bad], timeout=30)
+    assert res.returncode == 2, res.describe()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--dht-bootstrap" in lines[0], lines
+
+
+def test_options_check_bootstrap_ports() -> None:
+    from torrent.errors import UsageError
+
+    with pytest.raises(UsageError, match="bootstrap"):
+        Options(dht_bootstrap=(("h", 0),))
+
+
+def test_routing_table_id_at() -> None:
+    from torrent.dht.routing import RoutingTable
+
+    t = RoutingTable(b"\x00" * 20, 0.0, enforce_bep42=False)
+    t.heard_from(b"\x09" * 20, "127.0.0.1", 5, 0.0, response=True)
+    assert t.id_at("127.0.0.1", 5) == b"\x09" * 20
+    assert t.id_at("127.0.0.1", 6) is None
