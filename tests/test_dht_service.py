@@ -521,3 +521,64 @@ def test_routing_table_id_at() -> None:
     t.heard_from(b"\x09" * 20, "127.0.0.1", 5, 0.0, response=True)
     assert t.id_at("127.0.0.1", 5) == b"\x09" * 20
     assert t.id_at("127.0.0.1", 6) is None
+
+
+# -- IPv6 (BEP 32) -------------------------------------------------------------------------------
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_ipv6_nodes_talk_over_loopback(tmp_path: Path) -> None:
+    if not _has_ipv6_loopback():
+        pytest.skip("no ::1 on this machine")
+
+    async def scenario() -> None:
+        b = Dht(bind="::1", bootstrap=[], state_dir=str(tmp_path / "b"))
+        b.open()
+        await b.attach()
+        assert list(b.tables) == [6]
+        b.servers[6].store.add(INFO_HASH, ("::1", 7777), b.clock())
+        b.tables[6].heard_from(b"\x0a" * 20, "::1", 9, b.clock(), response=True)
+        a = Dht(bind="::1", bootstrap=[("::1", b.port)], state_dir=str(tmp_path / "a"))
+        a.open()
+        await a.attach()
+        found: list[tuple[str, int]] = []
+        await a.get_peers(INFO_HASH, found.extend)
+        assert found == [("::1", 7777)]
+        assert a.tables[6].get(b.own_id) is not None
+        await stopped(a, b)
+        # saved as nodes6
+        saved = bencoding.decode((tmp_path / "a" / STATE_FILE).read_bytes())
+        assert b"nodes6" in saved and len(saved[b"nodes6"]) % 38 == 0 and saved[b"nodes6"]
+
+    run(scenario())
+
+
+def test_dual_stack_sends_want_and_serves_both_families(tmp_path: Path) -> None:
+    if not _has_ipv6_loopback():
+        pytest.skip("no ::1 on this machine")
+
+    def answer(msg: Any, raw: bytes, addr: tuple[str, int]) -> list[bytes]:
+        if isinstance(msg, dict) and msg.get(b"y") == b"q":
+            return [krpc_response(msg[b"t"], b"\x0b" * 20, token=b"t")]
+        return []
+
+    with HostileNode(answer) as h:
+        async def scenario() -> None:
+            a = Dht(bind="::", bootstrap=[h.addr], state_dir=None)
+            a.open()
+            await a.attach()
+            assert sorted(a.tables) == [4, 6] and a.port
+            await a.get_peers(INFO_HASH)
+            (q, _), = h.queries(b"get_peers")
+            assert q[b"a"][b"want"] == [b"n4", b"n6"]  # BEP 32
+            await stopped(a)
+
+        run(scenario())
