@@ -10,11 +10,34 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_public_dht() -> Iterator[None]:
+    """No test reaches the public DHT: every run (in-process or a child, which inherits
+    the environment) keeps its DHT off unless the test names loopback bootstrap nodes
+    (``FASTTORRENT_NO_DHT``, torrent/dht/service.py), and the state directory is a
+    fresh one, so that no node saved by a real run on this machine is asked."""
+    cache = tempfile.mkdtemp(prefix="fasttorrent-test-cache-")
+    old = {k: os.environ.get(k) for k in ("FASTTORRENT_NO_DHT", "XDG_CACHE_HOME")}
+    os.environ["FASTTORRENT_NO_DHT"] = "1"
+    os.environ["XDG_CACHE_HOME"] = cache
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def require_module(name: str) -> ModuleType:

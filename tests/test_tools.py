@@ -161,9 +161,12 @@ def test_seed_commands() -> None:
     argv = ft_seed_command("t.torrent", "d", workers=2, peers=["127.0.0.1:1"], as_json=True,
                            extra=["--upload-limit", "1M"], cli=["fasttorrent"])
     assert argv == ["fasttorrent", "seed", "t.torrent", "d", "--bind", "127.0.0.1", "--workers",
-                    "2", "--skip-check", "--no-trackers", "-q", "--json", "--upload-limit", "1M",
-                    "--peer", "127.0.0.1:1"]
+                    "2", "--skip-check", "--no-trackers", "-q", "--no-dht", "--json",
+                    "--upload-limit", "1M", "--peer", "127.0.0.1:1"]
     assert "--skip-check" not in ft_seed_command("t", "d", skip_check=False)
+    dht = ft_seed_command("t", "d", dht_bootstrap=["127.0.0.1:7", "127.0.0.1:8"])
+    assert "--no-dht" not in dht
+    assert dht[-2:] == ["--dht-bootstrap=127.0.0.1:7", "--dht-bootstrap=127.0.0.1:8"]
     argv = lt_seed_command("t", "d", "r", lifetime=5, port=7, upload_limit=9, peers=["h:1"])
     assert argv[1:3] == ["-m", LT_SEED_MODULE]
     assert argv[3:] == ["--torrent", "t", "--save-path", "d", "--ready", "r", "--lifetime", "5",

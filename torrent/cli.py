@@ -118,6 +118,25 @@ def _add_connection_flags(s: argparse.ArgumentParser) -> None:
                         "both ways; disabled: plaintext only")
 
 
+def _dht_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The DHT flags of ``download`` and ``seed`` as Options fields."""
+    boot = a.dht_bootstrap
+    return {"dht": not a.no_dht, "state_dir": a.state_dir,
+            "dht_bootstrap": None if not boot else tuple(_peers_arg(boot, "--dht-bootstrap"))}
+
+
+def _add_dht_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--dht-bootstrap", action="append", default=[], metavar="HOST:PORT",
+                   help="DHT node to start from (repeatable; default: the well-known routers "
+                        "router.bittorrent.com:6881, dht.transmissionbt.com:6881, "
+                        "router.utorrent.com:6881, dht.libtorrent.org:25401)")
+    s.add_argument("--no-dht", action="store_true",
+                   help="no DHT node (it is always off for private torrents)")
+    s.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="where the DHT's nodes and id are kept between runs (default: "
+                        "$XDG_CACHE_HOME/fasttorrent or ~/.cache/fasttorrent)")
+
+
 def _flag_size(flag: str, s: str | None) -> int:
     """``s`` as a size (:func:`~torrent.units.parse_size`), 0 for None; a one-line UsageError
     naming ``flag``."""
@@ -283,14 +302,17 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 # -- download ---------------------------------------------------------------
-def _peers_arg(values: list[str]) -> list[tuple[str, int]]:
+def _peers_arg(values: list[str], flag: str = "--peer") -> list[tuple[str, int]]:
     from .coordinator import parse_peer
 
     out = []
     for v in values:
         for item in v.split(","):
             if item.strip():
-                out.append(parse_peer(item))
+                try:
+                    out.append(parse_peer(item))
+                except UsageError as e:
+                    raise UsageError(str(e).replace("--peer", flag, 1)) from None
     return out
 
 
@@ -312,7 +334,8 @@ def cmd_download(a: argparse.Namespace) -> int:
         upload_limit=_flag_size("--upload-limit", a.upload_limit),
         seed_time=_flag_limit("--seed-time", a.seed_time),
         seed_ratio=_flag_limit("--seed-ratio", a.seed_ratio), direct_io=not a.no_direct_io,
-        save_torrent=a.save_torrent, fork_workers=True, **_connection_options(a))
+        save_torrent=a.save_torrent, fork_workers=True, **_connection_options(a),
+        **_dht_options(a))
     st = Status(a.quiet or a.json)
     try:
         res = download(a.torrent, a.output, opts, log=st.log, status_line=st.line)
@@ -340,7 +363,7 @@ def cmd_seed(a: argparse.Namespace) -> int:
     opts = Options(workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port,
                    bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers,
                    upload_limit=_flag_size("--upload-limit", a.upload_limit),
-                   fork_workers=True, **_connection_options(a))
+                   fork_workers=True, **_connection_options(a), **_dht_options(a))
     st = Status(a.quiet)
 
     def ready(port: int) -> None:
@@ -450,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
     s.add_argument("--save-torrent", default=None, metavar="FILE",
                    help="write the .torrent here once known (a magnet's: with its trackers)")
-    s.add_argument("--no-trackers", action="store_true", help="use only --peer peers")
+    s.add_argument("--no-trackers", action="store_true",
+                   help="do not announce to the trackers (--peer and DHT peers only)")
+    _add_dht_flags(s)
     s.add_argument("--no-direct-io", action="store_true",
                    help="write through the page cache instead of O_DIRECT")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
@@ -470,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trust the data instead of hashing it first")
     s.add_argument("--upload-limit", default=None, metavar="RATE",
                    help="bytes per second uploaded, e.g. 10M (default: unlimited)")
-    s.add_argument("--no-trackers", action="store_true", help="do not announce")
+    s.add_argument("--no-trackers", action="store_true", help="do not announce to the trackers")
+    _add_dht_flags(s)
     _add_connection_flags(s)
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     s.add_argument("-q", "--quiet", action="store_true")

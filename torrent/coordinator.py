@@ -6,7 +6,7 @@ The coordinator (the CLI's process) checks the output directory, resumes
 from the journal, creates the shared arena, spawns one worker per core and
 then only moves small control messages:
 
-- **Peers** from ``--peer`` and the trackers are handed out, each to exactly
+- **Peers** from ``--peer``, the trackers, PEX and the DHT are handed out, each to exactly
   one worker (the one with the fewest), and retried with a backoff when a
   connection fails.  A worker that dies gives its peers to the others.
 - **Pieces** are leased.  A worker asks for pieces when its lease runs low;
@@ -51,6 +51,7 @@ from typing import Any
 
 from . import errors, ipc, metainfo
 from ._io import DIRECT_ALIGN
+from .dht.service import Dht, dht_wanted, start_dht
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path, metadata_path
@@ -83,6 +84,9 @@ TRACKER_STOP_TIMEOUT = 6.0
 #: Peer addresses remembered at most (from trackers and --peer): bounds the
 #: table the coordinator walks every half second.
 MAX_KNOWN_PEERS = 10_000
+#: Connected peers past which the DHT searches only every 15 minutes (a
+#: download with fewer asks again within minutes; see torrent/dht/service.py).
+DHT_ENOUGH_PEERS = 30
 
 
 @dataclass(slots=True)
@@ -182,6 +186,9 @@ class DownloadResult:
     #: from the start of :func:`download` (or of the :class:`Coordinator`) until the
     #: first piece verified in this run; None when no piece was (all resumed, or none came)
     first_piece_seconds: float | None = None
+    #: the DHT node's counters and table sizes (None: no DHT in this run), and when it
+    #: first found a peer, from the start of :func:`download`
+    dht: dict[str, Any] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -204,6 +211,7 @@ class DownloadResult:
             "banned_peers": self.banned_peers,
             "workers": self.workers,
             "peers": self.peers,
+            "dht": self.dht,
         }
 
 
@@ -253,13 +261,17 @@ class Coordinator:
         metadata_seconds: the time the metadata took, reported as is.
         prestarted: worker processes already started (:class:`PrestartedWorkers`),
             used by :meth:`start_workers`; closed if the run needs none.
+        dht: a DHT node already open (a magnet's metadata fetch used it); else one
+            is started with the workers when ``opts`` wants one (never for a
+            private torrent). The coordinator closes it at the end.
     """
 
     def __init__(self, meta: Any, outdir: str, opts: Options, *, seeding: bool = False,
                  log: Callable[[str], None] | None = None,
                  status_line: Callable[[str], None] | None = None,
                  began: float | None = None, metadata_seconds: float = 0.0,
-                 prestarted: PrestartedWorkers | None = None) -> None:
+                 prestarted: PrestartedWorkers | None = None,
+                 dht: Dht | None = None) -> None:
         opts = _resolve_connections(opts)  # a caller of ours that left it unset
         if opts.workers is None:
             raise ValueError("Coordinator needs a resolved worker count")
@@ -304,6 +316,7 @@ class Coordinator:
         self.ready_count = 0
         self._dials_freed = False  # a worker has room for dials again: assign peers
         self.prestarted = prestarted
+        self.dht = dht
 
     @property
     def verified(self) -> int:
@@ -380,8 +393,11 @@ class Coordinator:
         slots = plan_slots(slot_size, self.nworkers, self.opts.arena_bytes)
         # the pages are reserved while the workers start (checked in run())
         self.arena = Arena.create(slot_size, slots * self.nworkers, background=True)
+        want_dht = self.dht is None and dht_wanted(self.opts, private=meta.private)
         if self.port == 0 and self.nworkers:
-            self.port = _free_port(self.opts.bind)
+            self.port = _free_port(self.opts.bind, udp=want_dht)  # the DHT takes it for UDP
+        if want_dht:
+            self.dht = start_dht(self.opts, self.port, self.log)
         done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
         ready = self.prestarted.take(self.nworkers) if self.prestarted is not None else []
         self.prestarted = None
@@ -392,7 +408,8 @@ class Coordinator:
                                arena_slots=slots * self.nworkers, first_slot=w * slots,
                                nslots=slots, port=self.port, peer_id=self.peer_id,
                                done=done_bits, writable=not self.seeding,
-                               lock_writes=self.nworkers > 1, workers=self.nworkers)
+                               lock_writes=self.nworkers > 1, workers=self.nworkers,
+                               dht_port=self.dht.port if self.dht is not None else 0)
             if w < len(ready):
                 proc, conn = ready[w]
             else:
@@ -489,6 +506,9 @@ class Coordinator:
         elif t is ipc.PeersFound:
             if not self.meta.private:  # BEP 27: private torrents take peers from trackers only
                 self.add_peers(msg.peers, msg.source)
+        elif t is ipc.DhtNode:
+            if self.dht is not None:
+                self.dht.add_node(msg.host, msg.port)
         elif t is ipc.PeerClosed:
             self.peer_closed(h, msg)
         elif t is ipc.Dialled:
@@ -724,6 +744,8 @@ class Coordinator:
             self.release_prestarted()
             if self.journal is not None:
                 self.journal.remove()  # nothing left to resume
+            if self.dht is not None:
+                self.dht.close()
             return self.result(True)
         self.start_workers()
         if self.seeding:
@@ -742,6 +764,8 @@ class Coordinator:
         tracker_stop = asyncio.Event()
         if self.opts.use_trackers and self.meta.trackers:
             tracker_task = loop.create_task(run_trackers(self, tracker_stop))
+        dht_stop = asyncio.Event()
+        dht_task = await self._start_dht(dht_stop)
         self._check_done()  # complete from the start (resumed): seed right away
         last_status = 0.0
         try:
@@ -792,6 +816,7 @@ class Coordinator:
                     await asyncio.wait_for(tracker_task, TRACKER_STOP_TIMEOUT)
                 except (TimeoutError, asyncio.CancelledError):
                     pass
+            await self._stop_dht(dht_task, dht_stop)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)
@@ -809,6 +834,35 @@ class Coordinator:
                     self.warn(str(e))
                 self.journal.close()
         return self.result(complete)
+
+    # -- the DHT (torrent/dht/service.py) -------------------------------------------
+    def lacks_peers(self) -> bool:
+        """Whether the DHT should search again soon: downloading with few peers connected."""
+        if self.seeding or self.verified == self.meta.num_pieces:
+            return False
+        conn = sum(int(w.stats.get("connected", 0)) for w in self.workers if w.alive)
+        return conn < min(self.opts.max_peers, DHT_ENOUGH_PEERS)
+
+    async def _start_dht(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """Serve the DHT on this loop; search for peers and announce our port (we listen)."""
+        if self.dht is None:
+            return None
+        await self.dht.attach()
+        return asyncio.get_running_loop().create_task(self.dht.search(
+            self.meta.info_hash, lambda peers: self.add_peers(peers, "dht"), stop,
+            lacking=self.lacks_peers, announce_port=self.port))
+
+    async def _stop_dht(self, task: asyncio.Task[None] | None, stop: asyncio.Event) -> None:
+        if self.dht is None:
+            return
+        stop.set()
+        if task is not None:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                self.warn(f"dht: the peer search failed: {task.exception()!r}")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self.dht.detach()
+        self.dht.close()  # saves the table
 
     def _on_signal(self) -> None:
         self.interrupted = True
@@ -896,15 +950,20 @@ class Coordinator:
             metadata_seconds=self.metadata_seconds,
             first_piece_seconds=(None if self.first_piece_at is None
                                  else self.first_piece_at - self.began),
+            dht=None if self.dht is None else {
+                **self.dht.summary(),
+                "first_peer_seconds": (None if self.dht.first_peer_at is None
+                                       else round(self.dht.first_peer_at - self.began, 6))},
         )
 
 
 async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     """Announce to the torrent's trackers (BEP 12 tiers) and feed the peers to the coordinator.
 
-    Only the torrent's own trackers are used (there is no DHT or PEX), which is
-    what BEP 27 asks of private torrents.  A dead, slow or lying tracker is a
-    warning; the download goes on with the other tiers and the ``--peer`` peers.
+    Only the torrent's own trackers are announced to here (the DHT and PEX are
+    other peer sources, both off for private torrents, as BEP 27 asks).  A dead,
+    slow or lying tracker is a warning; the download goes on with the other
+    tiers and the ``--peer`` peers.
     """
     from .tracker.client import TrackerRunner, make_announce_fn
     from .tracker.multitracker import TrackerSet
@@ -977,7 +1036,7 @@ def _read_file(path: str) -> bytes:
 
 def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
                             log: Callable[[str], None]) -> tuple[metainfo.Metainfo, Options,
-                                                                 bytes]:
+                                                                 bytes, Dht | None]:
     """The torrent of a magnet link: kept from an earlier run, else fetched from peers.
 
     The metadata kept beside the journal (``DIR/.fasttorrent/<info-hash>.torrent``)
@@ -988,7 +1047,8 @@ def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
 
     Returns:
         The torrent, the options for the download (peers; the port announced
-        while fetching), and the peer id the fetch used.
+        while fetching), the peer id the fetch used, and the DHT node the
+        fetch used (None: none, or the torrent is private), for the download.
 
     Raises:
         InvalidTorrent: a malformed magnet, or metadata that is not a valid,
@@ -1005,6 +1065,7 @@ def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
     peer_id = make_peer_id()
     kept = metadata_path(os.path.abspath(outdir), magnet.info_hash)
     meta = None
+    dht: Dht | None = None
     if os.path.exists(kept):
         try:
             old = metainfo.load(kept)
@@ -1015,16 +1076,27 @@ def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
         except errors.InvalidTorrent as e:
             log(f"warning: ignoring the kept metadata {kept} ({e}); fetching it again")
     if meta is None:
+        # a magnet does not say whether its torrent is private: the DHT may find its peers
+        want_dht = dht_wanted(opts)
         if opts.port == 0:  # the port the trackers hear of is the one the workers take
-            opts = opts.replace(port=_free_port(opts.bind))
-        info = _run_loop(fetch_metadata(magnet, opts, peer_id=peer_id, port=opts.port,
-                                        log=log))
-        meta = metainfo_from_info(info, magnet)  # the strict .torrent checks: unsafe paths, ...
-        _write_file(kept, torrent_bytes(meta.info_bytes, magnet), "the metadata to")
+            opts = opts.replace(port=_free_port(opts.bind, udp=want_dht))
+        dht = start_dht(opts, opts.port, log) if want_dht else None
+        try:
+            info = _run_loop(fetch_metadata(magnet, opts, peer_id=peer_id, port=opts.port,
+                                            log=log, dht=dht))
+            meta = metainfo_from_info(info, magnet)  # the strict .torrent checks
+            _write_file(kept, torrent_bytes(meta.info_bytes, magnet), "the metadata to")
+        except BaseException:
+            if dht is not None:
+                dht.close()
+            raise
+        if meta.private and dht is not None:  # BEP 27: no DHT for a private torrent
+            dht.close()
+            dht = None
     if opts.save_torrent:
         _write_file(opts.save_torrent, torrent_bytes(meta.info_bytes, magnet),
                     "the .torrent to")
-    return meta, opts, peer_id
+    return meta, opts, peer_id, dht
 
 
 def download(torrent: str, outdir: str, options: Options | None = None, *,
@@ -1066,22 +1138,28 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     opts = _resolve(options, overrides)
     peer_id = None
     metadata_seconds = 0.0
+    dht = None
     # The workers import while the torrent is read, checked or fetched.
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
     try:
         if is_magnet(torrent):
-            meta, opts, peer_id = _load_or_fetch_metainfo(torrent, outdir, opts,
-                                                          log or (lambda s: None))
+            meta, opts, peer_id, dht = _load_or_fetch_metainfo(torrent, outdir, opts,
+                                                               log or (lambda s: None))
             metadata_seconds = time.monotonic() - began
         else:
             meta = metainfo.load(torrent)
             if opts.save_torrent:
                 _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
         coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line, began=began,
-                            metadata_seconds=metadata_seconds, prestarted=prestarted)
+                            metadata_seconds=metadata_seconds, prestarted=prestarted, dht=dht)
         if peer_id is not None:
             coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
-        coord.prepare()
+        try:
+            coord.prepare()
+        except BaseException:
+            if dht is not None:  # the run closes it; this one never ran
+                dht.close()
+            raise
         res: DownloadResult = _run_loop(coord.run())
     finally:
         prestarted.close()  # those not taken (an error, or nothing left to do)

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "Availability",
     "Connect",
+    "DhtNode",
     "Dialled",
     "Durable",
     "Fatal",
@@ -126,6 +127,14 @@ class PeersFound(NamedTuple):
 
     peers: tuple[tuple[str, int], ...]
     source: str
+
+
+class DhtNode(NamedTuple):
+    """A peer's DHT node listens at ``host:port`` (its BEP 5 ``port`` message): the
+    coordinator's DHT pings it. At most one per connection."""
+
+    host: str
+    port: int
 
 
 class Stats(NamedTuple):

@@ -9,8 +9,10 @@ any worker exists; the download then proceeds as from a .torrent
 (:func:`torrent.coordinator.download`).
 
 - **Peers** come from the magnet's ``x.pe``, from ``--peer``
-  (``opts.peers``) and from the magnet's trackers (announced to with the
-  info-hash, ``left`` = :data:`MAGNET_LEFT`). They go into one bounded
+  (``opts.peers``), from the magnet's trackers (announced to with the
+  info-hash, ``left`` = :data:`MAGNET_LEFT`) and from the DHT when the run
+  has a node (:meth:`torrent.dht.service.Dht.search`, ``get_peers`` only:
+  nothing listens yet, so nothing is announced). They go into one bounded
   table (:data:`MAX_CANDIDATES`) and are dialled at most
   :data:`MAX_METADATA_CONNECTIONS` at a time.
 - **Each connection** runs a :class:`~torrent.wire.metadata_conn.MetadataConnection`
@@ -57,6 +59,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import __version__
+from .dht.service import Dht
 from .errors import Incomplete, Interrupted, RemoteProtocolError, TrackerError
 from .magnet import Magnet
 from .metadata import MetadataComplete, MetadataFetch, MetadataHashFailed
@@ -200,6 +203,7 @@ class _Fetcher:
         self.closing = False
         self.interrupted = False
         self.tracking = False  # the tracker task runs: peers may still come
+        self.dht_searching = False  # the DHT searches: peers may still come
         self.started = self.loop.time()
         self.last_progress = self.started
 
@@ -417,7 +421,9 @@ class _Fetcher:
                 trackers = "its trackers are not used (--no-trackers)"
             else:
                 trackers = "its trackers gave none"
-            return f"no peer to ask: the magnet has no x.pe, no --peer was given and {trackers}"
+            dht = " and the DHT found none" if self.dht_searching else ""
+            return (f"no peer to ask: the magnet has no x.pe, no --peer was given and "
+                    f"{trackers}{dht}")
         report = {r.peer: r for r in self.fetch.report()}
         parts = []
         for addr, c in list(self.candidates.items())[:_DESCRIBE_LIMIT]:
@@ -445,7 +451,7 @@ class _Fetcher:
         stall = self.opts.stall_timeout
         if stall and now - self.last_progress > stall:
             return f"no metadata piece for {stall:g} s"
-        if self.tracking or self.links or self.dials:
+        if self.tracking or self.dht_searching or self.links or self.dials:
             return None
         if not self.candidates:
             return "no peer to fetch the metadata from"
@@ -467,7 +473,7 @@ class _Fetcher:
 
 
 async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port: int,
-                         log: Callable[[str], None]) -> bytes:
+                         log: Callable[[str], None], dht: Dht | None = None) -> bytes:
     """Fetch the info dictionary of ``magnet`` from peers (BEP 9).
 
     Args:
@@ -478,6 +484,8 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
         port: the port we announce (``p`` and to trackers); the download
             listens on it.
         log: called with progress and warning lines.
+        dht: an open DHT node to find peers with (served on this loop for the
+            fetch, left open for the download).
 
     Returns:
         The info dictionary's bytes, verified against the info-hash (not yet
@@ -508,8 +516,16 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
     if opts.use_trackers and magnet.trackers:
         tracker_task = loop.create_task(f.announce())
         f.tracking = True
+    dht_stop = asyncio.Event()
+    dht_task: asyncio.Task[None] | None = None
+    if dht is not None:
+        await dht.attach()
+        dht_task = loop.create_task(dht.search(
+            magnet.info_hash, lambda peers: f.add_candidates(peers, "dht"), dht_stop))
+        f.dht_searching = True
+    asking = [w for w, on in (("the trackers", tracker_task), ("the DHT", dht_task)) if on]
     log(f"magnet {magnet.info_hash_hex}: fetching the metadata from peers "
-        f"({len(f.candidates)} known{', asking the trackers' if tracker_task else ''})")
+        f"({len(f.candidates)} known{', asking ' + ' and '.join(asking) if asking else ''})")
     try:
         while True:
             now = loop.time()
@@ -525,6 +541,11 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
                 exc = None if tracker_task.cancelled() else tracker_task.exception()
                 if exc is not None:
                     raise exc  # a bug of ours (tracker failures are warnings)
+            if dht_task is not None and dht_task.done() and f.dht_searching:
+                f.dht_searching = False  # the search ended (the node was closed under it)
+                exc = None if dht_task.cancelled() else dht_task.exception()
+                if exc is not None:
+                    raise exc  # a bug of ours (a lying node is ignored, never raised)
             why = f.stalled(now)
             if why is not None:
                 raise Incomplete(f"incomplete: {why} (magnet {magnet.info_hash_hex}); "
@@ -538,6 +559,12 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
         if tracker_task is not None:
             tracker_task.cancel()
             await asyncio.gather(tracker_task, return_exceptions=True)
+        if dht is not None:
+            dht_stop.set()
+            if dht_task is not None:
+                dht_task.cancel()
+                await asyncio.gather(dht_task, return_exceptions=True)
+            await dht.detach()
         await f.shutdown()
         for sig in signals:
             loop.remove_signal_handler(sig)

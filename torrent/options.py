@@ -169,6 +169,13 @@ class Options:
             workers close every descriptor but stdio. False: fresh interpreters.
         encryption: MSE/PE, one of :data:`ENCRYPTION_MODES` (``enabled``,
             ``required``, ``disabled``).
+        dht: run a Mainline DHT node (BEP 5) as a peer source and announce
+            to it; never for a private torrent (BEP 27).
+        dht_bootstrap: DHT nodes to start from (``(host, port)``); None: the
+            well-known routers (``torrent.dht.service.DEFAULT_BOOTSTRAP``).
+        state_dir: where the DHT's routing table and node id are kept
+            between runs; None: ``$XDG_CACHE_HOME/fasttorrent`` (else
+            ``~/.cache/fasttorrent``).
     """
 
     workers: int | None = None
@@ -193,6 +200,9 @@ class Options:
     save_torrent: str | None = None
     fork_workers: bool = False
     encryption: str = "enabled"
+    dht: bool = True
+    dht_bootstrap: tuple[tuple[str, int], ...] | None = None
+    state_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
@@ -204,6 +214,12 @@ class Options:
             if ip is None:
                 raise UsageError(f"bind must be an IPv4 or IPv6 address, got {self.bind!r:.60}")
             object.__setattr__(self, "bind", ip)
+        if self.dht_bootstrap is not None:
+            object.__setattr__(self, "dht_bootstrap",
+                               tuple((str(h), int(p)) for h, p in self.dht_bootstrap))
+            for host, port in self.dht_bootstrap:
+                if not 1 <= port <= 65535:
+                    raise UsageError(f"DHT bootstrap node {host}:{port}: port out of range")
         if self.workers is not None and not 1 <= self.workers <= 1024:
             raise UsageError(f"workers must be between 1 and 1024, got {self.workers}")
         if not 0 <= self.port <= 65535:

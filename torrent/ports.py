@@ -28,15 +28,15 @@ import socket
 from .errors import ResourceExhausted, UsageError
 from .peeraddr import format_peer
 
-__all__ = ["ANY_HOSTS", "FREE_PORT_TRIES", "free_port", "is_local_address", "listen_hosts",
-           "listen_sockets"]
+__all__ = ["ANY_HOSTS", "FREE_PORT_TRIES", "NO_IPV6_ERRNOS", "free_port", "is_local_address",
+           "listen_hosts", "listen_sockets"]
 
 #: What ``--bind ""`` (the default) listens on: every IPv4 and every IPv6 address.
 ANY_HOSTS = ("0.0.0.0", "::")
 
 #: Why an IPv6 socket cannot be had on a machine without IPv6: the default
 #: ``--bind`` then listens on IPv4 alone.
-_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+NO_IPV6_ERRNOS = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 #: How many ports the kernel is asked for before giving up on one that is
 #: also free for UDP (a port free for TCP is almost always free for UDP).
@@ -53,7 +53,7 @@ def _probe(host: str, kind: socket.SocketKind, port: int) -> socket.socket:
         try:
             s = socket.socket(socket.AF_INET6, kind)
         except OSError as e:
-            if e.errno not in _NO_IPV6:
+            if e.errno not in NO_IPV6_ERRNOS:
                 raise
         else:
             try:
@@ -62,7 +62,7 @@ def _probe(host: str, kind: socket.SocketKind, port: int) -> socket.socket:
                 return s
             except OSError as e:
                 s.close()
-                if e.errno not in _NO_IPV6:
+                if e.errno not in NO_IPV6_ERRNOS:
                     raise
         host = "0.0.0.0"
     s = socket.socket(_family(host), kind)
@@ -122,7 +122,7 @@ def listen_sockets(bind: str, port: int, backlog: int) -> list[socket.socket]:
         try:
             sock = socket.socket(fam, socket.SOCK_STREAM)
         except OSError as e:
-            if bind == "" and e.errno in _NO_IPV6:
+            if bind == "" and e.errno in NO_IPV6_ERRNOS:
                 continue
             raise UsageError(f"cannot listen on {host}: {e.strerror or e}") from None
         try:
@@ -134,7 +134,7 @@ def listen_sockets(bind: str, port: int, backlog: int) -> list[socket.socket]:
             sock.listen(backlog)
         except OSError as e:
             sock.close()
-            if bind == "" and fam == socket.AF_INET6 and e.errno in _NO_IPV6:
+            if bind == "" and fam == socket.AF_INET6 and e.errno in NO_IPV6_ERRNOS:
                 continue
             for s in out:
                 s.close()

@@ -71,6 +71,7 @@ from .wire.extension import (
 )
 from .wire.fastext import allowed_fast_set
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
+from .wire.handshake import DHT_BIT, EXTENSION_BIT, FAST_BIT, RESERVED_OURS, reserved_bits
 from .wire.messages import LocalProtocolError, pack_piece_header
 from .wire.mse import CRYPTO_RC4
 
@@ -159,6 +160,9 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 
+#: Our handshake's reserved bits when the run has a DHT node (BEP 5's bit added).
+_RESERVED_DHT = reserved_bits(EXTENSION_BIT, FAST_BIT, DHT_BIT)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig:
@@ -183,6 +187,7 @@ class WorkerConfig:
     writable: bool = True  # False when only seeding: never create or change files
     lock_writes: bool = False  # several workers write the same files
     workers: int = 1  # worker processes in the run (the rate limits are split evenly)
+    dht_port: int = 0  # the UDP port of the coordinator's DHT node; 0: no DHT (no DHT bit)
 
     @property
     def max_rate(self) -> int:
@@ -223,9 +228,9 @@ class Peer:
     """
 
     __slots__ = ("_counted", "_rate_seen", "_up_window", "active", "conn", "created_at",
-                 "depth", "dial_attempt", "listen_port", "max_depth", "metadata_served",
-                 "pex_at", "pex_heard",
-                 "pex_sent", "proto", "rate", "serve_pending", "up_rate", "uploaded", "worker")
+                 "depth", "dht_heard", "dial_attempt", "listen_port", "max_depth",
+                 "metadata_served", "pex_at", "pex_heard", "pex_sent", "proto", "rate",
+                 "serve_pending", "up_rate", "uploaded", "worker")
 
     def __init__(self, worker: Worker, conn: PeerConn, now: float, dial_attempt: int = 0) -> None:
         m = worker.meta
@@ -239,8 +244,11 @@ class Peer:
                                      framer=worker.framer, recv_budget=worker.recv_budget,
                                      accept_mse=enc != "disabled", require_mse=enc == "required",
                                      initiate_mse=conn.outgoing
-                                     and worker.dial_order[dial_attempt])
+                                     and worker.dial_order[dial_attempt],
+                                     reserved=_RESERVED_DHT if worker.cfg.dht_port
+                                     else RESERVED_OURS)
         self.proto.attach_store(worker.picker.active, self)
+        self.dht_heard = False  # its BEP 5 port message went to the coordinator (once)
         self.active = False  # handshake done
         self.created_at = now
         self.depth = INITIAL_DEPTH  # request pipeline target, set by the tick
@@ -527,6 +535,9 @@ class Worker:
                 peer.write(proto.send_allowed_fast(grant))
         if proto.extensions:
             peer.write(proto.send_extension_handshake(self._extension_handshake(peer)))
+        if self.cfg.dht_port and proto.peer_reserved is not None \
+                and proto.peer_reserved[DHT_BIT[0]] & DHT_BIT[1]:
+            peer.write(proto.send_port(self.cfg.dht_port))  # BEP 5: where our DHT node is
 
     def _extension_handshake(self, peer: Peer) -> ExtensionHandshake:
         """Ours (BEP 10): ut_metadata whenever the info dict can be served, ut_pex unless
@@ -683,6 +694,10 @@ class Worker:
             self._metadata(peer, ev.message)  # type: ignore[attr-defined]
         elif t is wp.PexReceived:
             self._pex_received(peer, ev.pex)  # type: ignore[attr-defined]
+        elif t is wp.PortReceived:
+            if not peer.dht_heard:  # one per connection: a peer cannot make us ping in a loop
+                peer.dht_heard = True
+                self.send(ipc.DhtNode(peer.addr[0], ev.port))  # type: ignore[attr-defined]
 
     def _metadata(self, peer: Peer, msg: Any) -> None:
         """BEP 9: answer a request for a piece of the info dict; the rest is not for us."""

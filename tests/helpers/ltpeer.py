@@ -59,11 +59,14 @@ class LtPeer:
         host: the loopback address it listens on and dials from: "127.0.0.1"
             or "::1" (IPv6 only, then).
         settings: libtorrent settings on top of the loopback ones.
+        dht: None: DHT off; else run libtorrent's DHT node on loopback only,
+            bootstrapped from these nodes (``"127.0.0.1:PORT"``; ``""``: none,
+            the node other sessions bootstrap from).
     """
 
     def __init__(self, name: str = "libtorrent", *, encryption: str = "off",
                  host: str = "127.0.0.1",
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, dht: str | None = None) -> None:
         if lt is None:
             raise RuntimeError("the libtorrent module is not installed")
         assert int(lt.peer_info.pex) == PEX
@@ -83,11 +86,18 @@ class LtPeer:
             settings["in_enc_policy"] = policy
             settings["allowed_enc_level"] = int(lt.enc_level.pe_rc4 if encryption == "rc4"
                                                 else lt.enc_level.pe_both)
+        if dht is not None:
+            # loopback only: every node is 127.0.0.1, so libtorrent's one-node-per-IP
+            # rules are off; the UDP port is the listen port
+            settings.update(enable_dht=True, dht_bootstrap_nodes=dht,
+                            dht_restrict_routing_ips=False, dht_restrict_search_ips=False)
         # peer events too: a failure then shows who connected and who was dropped
         settings["alert_mask"] = (lt.alert.category_t.error_notification
                                   | lt.alert.category_t.status_notification
                                   | lt.alert.category_t.peer_notification
-                                  | lt.alert.category_t.connect_notification)
+                                  | lt.alert.category_t.connect_notification
+                                  | lt.alert.category_t.dht_notification)
+        self.dht_announces: list[tuple[str, int, str]] = []  # (ip, port, info-hash hex)
         settings.update(extra)
         self.ses = lt.session(settings)
         self.alerts: deque[str] = deque(maxlen=MAX_ALERTS)
@@ -140,6 +150,8 @@ class LtPeer:
         self.ses.wait_for_alert(wait_ms)
         for a in self.ses.pop_alerts():
             self.alerts.append(f"{type(a).__name__}: {a.message()}")
+            if isinstance(a, lt.dht_announce_alert):
+                self.dht_announces.append((str(a.ip), int(a.port), str(a.info_hash)))
 
     def wait_until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
         """Return once ``cond()`` holds; fail after ``timeout`` seconds naming ``what``.

@@ -206,6 +206,10 @@ class RoutingTable:
         """The node with this id, in a bucket or a replacement cache, or None."""
         return self._by_id.get(node_id)
 
+    def id_at(self, ip: str, port: int) -> bytes | None:
+        """The id of the node (in a bucket or a replacement cache) at this address, or None."""
+        return self._by_addr.get((ip, port))
+
     def nodes(self) -> list[RoutingNode]:
         """Every node in a bucket (not the replacements), bucket by bucket."""
         return [n for b in self._buckets for n in b.nodes]

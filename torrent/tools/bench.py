@@ -382,8 +382,8 @@ def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: st
         # --json: the result's metadata_seconds and first_piece_seconds, on stdout
         source = [ctx.magnet] if ctx.magnet else [ctx.torrent, "--peer", peers]
         return [sys.executable, "-m", "torrent", "download", *source, "-o", out,
-                "--no-trackers", "-q", "--json", "--workers", str(spec.workers), "--bind",
-                "127.0.0.1", "--port", str(port)]
+                "--no-trackers", "--no-dht", "-q", "--json", "--workers", str(spec.workers),
+                "--bind", "127.0.0.1", "--port", str(port)]
     if spec.kind == "lt":
         source = ["--magnet", ctx.magnet] if ctx.magnet else ["--peers", peers, ctx.torrent]
         return [sys.executable, "-m", "torrent.tools.benchclients.lt_download", "--profile",

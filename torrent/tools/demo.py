@@ -69,7 +69,7 @@ def run_demo(*, size: int, workers: int | None = None, seeders: int = 2, keep: b
         st = Status(False)
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self0 = resource.getrusage(resource.RUSAGE_SELF)
-        res = download(tpath, dl_dir, workers=workers, peers=peers, bind="127.0.0.1",
+        res = download(tpath, dl_dir, workers=workers, peers=peers, bind="127.0.0.1", dht=False,
                        use_trackers=False, stall_timeout=30, log=st.log, status_line=st.line)
         st.end()
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)

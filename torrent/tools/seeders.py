@@ -80,8 +80,10 @@ def parse_seeding_line(line: str) -> int | None:
 
 def ft_seed_command(torrent: str, data_dir: str, *, workers: int = 1, peers: Sequence[str] = (),
                     skip_check: bool = True, as_json: bool = False,
-                    extra: Sequence[str] = (), cli: Sequence[str] | None = None) -> list[str]:
-    """The argv of a quiet, trackerless ``fasttorrent seed`` bound to 127.0.0.1.
+                    extra: Sequence[str] = (), cli: Sequence[str] | None = None,
+                    dht_bootstrap: Sequence[str] = ()) -> list[str]:
+    """The argv of a quiet, trackerless ``fasttorrent seed`` bound to 127.0.0.1, without
+    a DHT node unless ``dht_bootstrap`` names loopback nodes for it.
 
     Args:
         workers: its worker processes.
@@ -90,12 +92,14 @@ def ft_seed_command(torrent: str, data_dir: str, *, workers: int = 1, peers: Seq
         as_json: print the ``--json`` summary on stdout when stopped.
         extra: more flags (e.g. ``--upload-limit``).
         cli: the command that runs fasttorrent (default ``python -m torrent``).
+        dht_bootstrap: HOST:PORT of DHT nodes: run a DHT node bootstrapped from them.
     """
     argv = [*(cli or (sys.executable, "-m", "torrent")), "seed", torrent, data_dir, "--bind",
             "127.0.0.1", "--workers", str(workers)]
     if skip_check:
         argv.append("--skip-check")
     argv += ["--no-trackers", "-q"]
+    argv += [f"--dht-bootstrap={b}" for b in dht_bootstrap] if dht_bootstrap else ["--no-dht"]
     if as_json:
         argv.append("--json")
     argv += extra

@@ -95,6 +95,7 @@ from .extension import (
 from .fastext import MAX_ALLOWED_FAST
 from .framing import Framer, ReceiveBuffer, RecvBudget, next_frame
 from .handshake import (
+    DHT_BIT,
     EXTENSION_BIT,
     FAST_BIT,
     HANDSHAKE_LENGTH,
@@ -153,6 +154,7 @@ __all__ = [
     "PeerProtocol",
     "PeerState",
     "PexReceived",
+    "PortReceived",
     "RequestDropped",
     "RequestReceived",
     "RequestRejected",
@@ -350,6 +352,14 @@ class PexReceived(Event):
     """BEP 11: a ``ut_pex`` message (the owner applies BEP 11's rate and BEP 27)."""
 
     pex: Pex
+
+
+@dataclass(frozen=True, slots=True)
+class PortReceived(Event):
+    """BEP 5: the peer's DHT node listens on UDP ``port`` (only when both sides set the
+    DHT bit; the owner pings it)."""
+
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -953,9 +963,16 @@ class PeerProtocol:
         """Pieces the peer lets us request while it chokes us (BEP 6)."""
         return frozenset(self._allowed_fast)
 
+    def _on_port(self, msg: Port, events: deque[Event]) -> None:
+        # BEP 5: meaningful only when both sides announced the DHT; port 0 names nothing
+        self._first_message = False
+        if msg.port and _has(self.reserved, DHT_BIT) and self.peer_reserved is not None \
+                and _has(self.peer_reserved, DHT_BIT):
+            events.append(PortReceived(msg.port))
+
     def _on_other(self, msg: Message, events: deque[Event]) -> None:
-        # Port (BEP 5; no DHT yet) and Unknown ids: ignored, but they are
-        # messages, so a bitfield after them is out of place.
+        # Unknown ids: ignored, but they are messages, so a bitfield after them is
+        # out of place.
         self._first_message = False
 
     def _receive_bitfield(self, bits: bytes, events: deque[Event]) -> None:
@@ -1067,6 +1084,18 @@ class PeerProtocol:
             raise LocalProtocolError(f"have for piece {index} of {self.num_pieces}")
         self._check_can_send("have")
         return encode(Have(index))
+
+    def send_port(self, port: int) -> bytes:
+        """BEP 5: our DHT node listens on UDP ``port`` (send it only when both sides set
+        the DHT bit).
+
+        Raises:
+            LocalProtocolError: a port out of 1..65535, or the wrong state.
+        """
+        if not 0 < port < 65536:
+            raise LocalProtocolError(f"DHT port {port} out of range")
+        self._check_can_send("port")
+        return encode(Port(port))
 
     def send_interested(self) -> bytes:
         """Tell the peer we want pieces it has."""
@@ -1377,7 +1406,7 @@ _HANDLERS: Final[dict[type[Message], Any]] = {
     AllowedFast: PeerProtocol._on_allowed_fast,
     Suggest: PeerProtocol._on_suggest,
     Extended: PeerProtocol._on_extended,
-    Port: PeerProtocol._on_other,
+    Port: PeerProtocol._on_port,
     Unknown: PeerProtocol._on_other,
 }
 
