@@ -13,6 +13,7 @@ __all__ = [
     "Availability",
     "Connect",
     "Dialled",
+    "DropWebSeed",
     "Durable",
     "Fatal",
     "Lease",
@@ -26,6 +27,7 @@ __all__ = [
     "Steal",
     "Stop",
     "Verified",
+    "WebSeedDropped",
 ]
 
 # -- coordinator -> worker ----------------------------------------------------
@@ -65,6 +67,13 @@ class Stop(NamedTuple):
 
     flush: bool = True
     drain: bool = False
+
+
+class DropWebSeed(NamedTuple):
+    """Stop using this web seed: another worker banned it (it served a bad piece)."""
+
+    url: str
+    reason: str
 
 
 # -- worker -> coordinator ----------------------------------------------------
@@ -126,6 +135,14 @@ class PeersFound(NamedTuple):
 
     peers: tuple[tuple[str, int], ...]
     source: str
+
+
+class WebSeedDropped(NamedTuple):
+    """This worker no longer uses a web seed (it kept failing, or was banned)."""
+
+    url: str
+    reason: str
+    banned: bool
 
 
 class Stats(NamedTuple):

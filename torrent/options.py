@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
+from .webseed import MAX_WEB_SEEDS, checked_url
 
 __all__ = [
     "DEFAULT_MAX_HALF_OPEN",
@@ -139,6 +140,7 @@ class Options:
     max_half_open: int = DEFAULT_MAX_HALF_OPEN
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     save_torrent: str | None = None
+    web_seeds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
@@ -166,6 +168,12 @@ class Options:
         if not (math.isfinite(self.handshake_timeout) and self.handshake_timeout > 0):
             raise UsageError(f"handshake_timeout must be a positive number, "
                              f"got {self.handshake_timeout!r}")
+        object.__setattr__(self, "web_seeds", tuple(str(u) for u in self.web_seeds))
+        if len(self.web_seeds) > MAX_WEB_SEEDS:
+            raise UsageError(f"at most {MAX_WEB_SEEDS} web seeds, got {len(self.web_seeds)}")
+        for url in self.web_seeds:
+            if checked_url(url) is None:
+                raise UsageError(f"web seed {url[:100]!r}: expected an http:// or https:// URL")
         if self.arena_bytes is not None and self.arena_bytes <= 0:
             raise UsageError(f"arena_bytes must be positive, got {self.arena_bytes}")
 

@@ -69,6 +69,7 @@ from .wire.extension import (
 )
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
+from .webseed_worker import WebSeeds, web_seed_urls
 from .wire.mse import CRYPTO_RC4
 
 __all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "MAX_DIALS", "Worker", "WorkerConfig",
@@ -360,6 +361,10 @@ class Worker:
         self.server: asyncio.base_events.Server | None = None
         self._last_flush = now
         self.low_water = max(LOW_WATER, cfg.nslots)
+        # BEP 19 web seeds (torrent/webseed_worker.py): every worker fetches from each
+        urls = web_seed_urls(getattr(self.meta, "web_seeds", ()), cfg.options.web_seeds) \
+            if cfg.writable else ()
+        self.webseeds: WebSeeds | None = WebSeeds(self, urls) if urls else None
 
     # -- control pipe ----------------------------------------------------------
     def send(self, msg: Any) -> None:
@@ -400,6 +405,9 @@ class Worker:
                 if pd is not None:
                     self._abandon(pd)
             self.broadcast_haves(msg.pieces)
+        elif t is ipc.DropWebSeed:
+            if self.webseeds is not None:
+                self.webseeds.drop_url(msg.url, msg.reason)
         elif t is ipc.Stop:
             self.flush_on_stop = msg.flush
             self.drain_on_stop = msg.drain
@@ -878,9 +886,12 @@ class Worker:
     def pump_all(self) -> None:
         for peer in list(self.peers):
             self.pump(peer)
+        if self.webseeds is not None:
+            self.webseeds.pump()
 
     def ask_for_pieces(self) -> None:
-        if self.need_pending or not self.peers or self.complete:
+        if self.need_pending or self.complete or not (
+                self.peers or (self.webseeds is not None and self.webseeds.live)):
             return
         now = self.loop.time()
         if self.picker.endgame and now - self.last_need < TICK:
@@ -984,6 +995,9 @@ class Worker:
         self._release_slot(pd)
 
     def _hash_failed(self, pd: PieceDL) -> None:
+        if self.webseeds is not None and self.webseeds.owns(pd):
+            self.webseeds.hash_failed(pd)  # a web seed's piece: ban it, fetch the piece again
+            return
         senders = set(pd.senders.values())
         if len(senders) == 1:
             (culprit,) = senders
@@ -1064,6 +1078,8 @@ class Worker:
                 peer.abort("idle for two minutes")
         if self.choker.due(now):
             self.choke_round(now)
+        if self.webseeds is not None:
+            self.webseeds.tick(now, TICK)
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
             self.verified_batch = []
@@ -1106,6 +1122,9 @@ class Worker:
         s["half_open"] = self.half_open
         s["dialing"] = self.dialing
         s["dial_queue"] = len(self.dial_queue)
+        if self.webseeds is not None:
+            s.update(self.webseeds.stats())
+            s["rate"] += s["web_seed_rate"]
         return s
 
     async def run(self) -> None:
@@ -1120,6 +1139,8 @@ class Worker:
             self.server = await self.loop.create_server(lambda: PeerConn(self.accept),
                                                         sock=sock)
         self.send(ipc.Ready(self.wid))
+        if self.webseeds is not None:
+            self.webseeds.start()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -1140,6 +1161,8 @@ class Worker:
             await self._drain()
         for peer in list(self.peers):
             peer.abort("shutting down")
+        if self.webseeds is not None:
+            await self.webseeds.close()  # before the arena: runs write into its slots
         # Let queued pieces finish (they are verified data), then flush and report.
         self.loop.remove_reader(self.efd)
         self._collect(self.iot.close())
