@@ -29,7 +29,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 512; }}
 http {{
-    log_format ws '$request_method $uri range="$http_range" status=$status '
+    log_format ws '$request_method $request_uri range="$http_range" status=$status '
                   'bytes=$body_bytes_sent conn=$connection req=$connection_requests';
     access_log {dir}/access.log ws;
     client_body_temp_path {dir}/tmp_body;
@@ -45,7 +45,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
-        location / {{ }}
+        location / {{ limit_rate {limit_rate}; }}
     }}
 }}
 """
@@ -65,7 +65,9 @@ def _free_port() -> int:
 class Nginx:
     """``with Nginx(root, workdir) as ng:`` serves ``root`` at ``ng.url`` (ends in ``/``)."""
 
-    def __init__(self, root: Path | str, workdir: Path | str) -> None:
+    def __init__(self, root: Path | str, workdir: Path | str, *, limit_rate: int = 0) -> None:
+        """``limit_rate``: bytes/s per connection (nginx's ``limit_rate``; 0: none)."""
+        self.limit_rate = limit_rate
         self.root = Path(root).resolve()
         self.dir = Path(workdir).resolve()
         self.port = 0
@@ -83,7 +85,8 @@ class Nginx:
         for attempt in range(5):
             self.port = _free_port()
             conf = self.dir / "nginx.conf"
-            conf.write_text(_CONF.format(dir=self.dir, port=self.port, root=self.root))
+            conf.write_text(_CONF.format(dir=self.dir, port=self.port, root=self.root,
+                                         limit_rate=self.limit_rate))
             self.proc = subprocess.Popen(
                 [binary, "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
