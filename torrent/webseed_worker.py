@@ -96,7 +96,7 @@ class WebSeed:
         self.has = bytearray(bits)  # the pieces it can serve (files not 404)
         self.inflight = 0  # runs in flight
         self.tasks: set[asyncio.Task[None]] = set()
-        self.bytes = 0  # piece bytes it delivered complete
+        self.bytes = 0  # bytes of its pieces verified and written
         self.rate = 0.0
         self._seen = 0
 
@@ -243,6 +243,12 @@ class WebSeeds:
                 "web_seeds": {s.url: {"bytes": s.bytes, "dropped": s.state.dropped}
                               for s in self.seeds}}
 
+    def verified(self, pd: PieceDL) -> None:
+        """A piece from a web seed checked out and was written (it counts as its bytes)."""
+        seed = pd.owner
+        assert isinstance(seed, WebSeed)
+        seed.bytes += pd.size
+
     def hash_failed(self, pd: PieceDL) -> None:
         """A piece from a web seed failed its hash: ban the seed, fetch the piece again."""
         seed = pd.owner
@@ -288,12 +294,13 @@ class WebSeeds:
         if n <= 0:
             return []
         unstarted = picker.unstarted
-        cand = [i for i in unstarted if seed.can(i) and i not in self.held]
+        # (a piece another source holds is in the lease only as an endgame offer)
+        cand = [i for i in unstarted if seed.can(i) and not self._holds(seed, i)]
         if cand:
             hi = max(cand)
             lo = hi
             while hi - lo + 1 < n and lo - 1 in unstarted and seed.can(lo - 1) \
-                    and lo - 1 not in self.held:
+                    and not self._holds(seed, lo - 1):
                 lo -= 1
             run = range(lo, hi + 1)
         elif picker.endgame:
@@ -317,6 +324,10 @@ class WebSeeds:
             self.since.setdefault(i, now)
             out.append(pd)
         return out
+
+    def _holds(self, seed: WebSeed, i: int) -> bool:
+        copies = self.held.get(i)
+        return copies is not None and any(pd.owner is seed for pd in copies)
 
     def _start(self, seed: WebSeed, pds: list[PieceDL]) -> None:
         seed.inflight += 1
@@ -363,7 +374,6 @@ class WebSeeds:
         if self.closing or w._has(i) or i in w.in_io:
             w._release_slot(pd)
             return
-        seed.bytes += pd.size
         other = w.picker.drop(i)  # a peer copy of the tail, or an offer in the lease
         if other is not None:
             w._abandon(other)

@@ -971,6 +971,8 @@ class Worker:
                 self._release_slot(pd)  # an endgame duplicate: the other copy won
                 return
             self._mark_have(i)
+            if self.webseeds is not None and self.webseeds.owns(pd):
+                self.webseeds.verified(pd)
             self.stats["pieces"] += 1
             self.stats["bytes"] += pd.size
             self.written.append(i)
