@@ -49,7 +49,7 @@ def errors(res: dict) -> int:
 @pytest.mark.parametrize("mode", ["short", "long", "reset", "416", "503", "redirect-loop"])
 def test_request_errors_then_the_same_seed_recovers(tmp_path: Path, mode: str) -> None:
     """The first two requests misbehave, then the seed serves: it is the only source."""
-    src, torrent, data = payload(tmp_path, 1_000_003)
+    _src, torrent, data = payload(tmp_path, 1_000_003)
     with HostileServer({"/f.bin": data}, mode, count=2) as hs:
         res = download(tmp_path, torrent, "--web-seed", hs.url)
         assert hs.hostile_requests() >= 1 and hs.served() >= 1
@@ -70,7 +70,7 @@ def test_a_seed_that_always_fails_leaves_the_download_to_another(tmp_path: Path,
 
 
 def test_200_instead_of_206_is_read_for_a_small_file(tmp_path: Path) -> None:
-    src, torrent, data = payload(tmp_path, 700_001)
+    _src, torrent, data = payload(tmp_path, 700_001)
     assert len(data) <= MAX_WHOLE_FILE_BODY
     with HostileServer({"/f.bin": data}, "full-200") as hs:
         res = download(tmp_path, torrent, "--web-seed", hs.url)
@@ -126,7 +126,7 @@ def test_corrupt_web_seed_is_banned_and_the_data_refetched_from_a_peer(tmp_path:
 def test_a_seed_that_keeps_failing_is_dropped_and_the_download_stops(tmp_path: Path) -> None:
     """The only source answers 416 to everything: dropped after MAX_FAILURES with a
     warning naming it, then --stall-timeout ends the download (exit 6)."""
-    src, torrent, data = payload(tmp_path, 300_000)
+    _src, torrent, data = payload(tmp_path, 300_000)
     with HostileServer({"/f.bin": data}, "416") as hs:
         r = run_cli(["download", str(torrent), "-o", str(tmp_path / "out"), "--no-trackers",
                      "--workers", "1", "--stall-timeout", "15", "--web-seed", hs.url])

@@ -88,7 +88,7 @@ def web_seed_urls(*sources: Any) -> tuple[str, ...]:
 class WebSeed:
     """One web seed in this worker: its state and what it holds."""
 
-    __slots__ = ("bytes", "has", "inflight", "rate", "state", "tasks", "url", "_seen")
+    __slots__ = ("_seen", "bytes", "has", "inflight", "rate", "state", "tasks", "url")
 
     def __init__(self, url: str, bits: bytes) -> None:
         self.url = url

@@ -51,6 +51,7 @@ from .options import MAX_CONNECTIONS_CAP, Options, share
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
+from .webseed_worker import WebSeeds, web_seed_urls
 from .wire import peer as wp
 from .wire.extension import (
     MAX_METADATA_SIZE,
@@ -69,7 +70,6 @@ from .wire.extension import (
 )
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
-from .webseed_worker import WebSeeds, web_seed_urls
 from .wire.mse import CRYPTO_RC4
 
 __all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "MAX_DIALS", "Worker", "WorkerConfig",

@@ -54,7 +54,8 @@ class HttpFetcher:
                                               sock_read=READ_TIMEOUT),
                 headers={"User-Agent": f"fasttorrent/{__version__}",
                          "Accept-Encoding": "identity"},
-                auto_decompress=False, read_bufsize=READ_BUFFER, cookie_jar=aiohttp.DummyCookieJar())
+                auto_decompress=False, read_bufsize=READ_BUFFER,
+                cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def fetch(self, url: str, start: int, length: int, file_size: int,
