@@ -36,8 +36,8 @@ from torrent.webseed import (
     file_url,
     parse_retry_after,
     request_pieces,
+    web_seed_urls,
 )
-from torrent.webseed_worker import web_seed_urls
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -60,6 +60,7 @@ __all__ = [
     "file_url",
     "parse_retry_after",
     "request_pieces",
+    "web_seed_urls",
 ]
 
 #: Web seeds of one torrent at most (url-list, ws= and --web-seed together;
@@ -121,6 +122,18 @@ def checked_url(url: str) -> str | None:
             or _CONTROL_RE.search(url) or len(url) <= len("https://"):
         return None
     return url
+
+
+def web_seed_urls(*sources: Iterable[str]) -> tuple[str, ...]:
+    """The usable URLs of ``sources`` (iterables of URLs), first ones first, without
+    duplicates, at most MAX_WEB_SEEDS."""
+    out: list[str] = []
+    for urls in sources:
+        for u in urls:
+            url = checked_url(u)
+            if url is not None and url not in out and len(out) < MAX_WEB_SEEDS:
+                out.append(url)
+    return tuple(out)
 
 
 def file_url(base: str, multi_file: bool, path: str) -> str:

@@ -49,13 +49,11 @@ from .net.webseed import HttpFetcher
 from .picker import PieceDL
 from .webseed import (
     MAX_REQUESTS_IN_FLIGHT,
-    MAX_WEB_SEEDS,
     RangePlanner,
     SeedState,
     Segment,
     Verdict,
     VerdictKind,
-    checked_url,
     file_url,
     request_pieces,
 )
@@ -63,7 +61,7 @@ from .webseed import (
 if TYPE_CHECKING:
     from .worker import Worker
 
-__all__ = ["WEB_DUP_AGE", "WebSeed", "WebSeeds", "web_seed_urls"]
+__all__ = ["WEB_DUP_AGE", "WebSeed", "WebSeeds"]
 
 #: In endgame, a piece a web seed has held this long is offered to the other
 #: sources too (seconds): a healthy seed is done with a run well before, so a
@@ -71,18 +69,6 @@ __all__ = ["WEB_DUP_AGE", "WebSeed", "WebSeeds", "web_seed_urls"]
 WEB_DUP_AGE = 2.0
 
 log = logging.getLogger(__name__)
-
-
-def web_seed_urls(*sources: Any) -> tuple[str, ...]:
-    """The usable URLs of ``sources`` (iterables of URLs), first ones first, without
-    duplicates, at most MAX_WEB_SEEDS."""
-    out: list[str] = []
-    for urls in sources:
-        for u in urls:
-            url = checked_url(u)
-            if url is not None and url not in out and len(out) < MAX_WEB_SEEDS:
-                out.append(url)
-    return tuple(out)
 
 
 class WebSeed:

@@ -40,7 +40,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, _io, ipc
 from . import _speedups as _k
@@ -51,7 +51,7 @@ from .options import MAX_CONNECTIONS_CAP, Options, share
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
-from .webseed_worker import WebSeeds, web_seed_urls
+from .webseed import web_seed_urls
 from .wire import peer as wp
 from .wire.extension import (
     MAX_METADATA_SIZE,
@@ -71,6 +71,9 @@ from .wire.extension import (
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.messages import LocalProtocolError, pack_piece_header
 from .wire.mse import CRYPTO_RC4
+
+if TYPE_CHECKING:
+    from .webseed_worker import WebSeeds
 
 __all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "MAX_DIALS", "Worker", "WorkerConfig",
            "worker_main"]
@@ -364,7 +367,11 @@ class Worker:
         # BEP 19 web seeds (torrent/webseed_worker.py): every worker fetches from each
         urls = web_seed_urls(getattr(self.meta, "web_seeds", ()), cfg.options.web_seeds) \
             if cfg.writable else ()
-        self.webseeds: WebSeeds | None = WebSeeds(self, urls) if urls else None
+        self.webseeds: WebSeeds | None = None
+        if urls:  # aiohttp is imported only by a worker that uses it
+            from .webseed_worker import WebSeeds
+
+            self.webseeds = WebSeeds(self, urls)
 
     # -- control pipe ----------------------------------------------------------
     def send(self, msg: Any) -> None:
