@@ -69,6 +69,18 @@ def test_a_seed_that_always_fails_leaves_the_download_to_another(tmp_path: Path,
     assert res["complete"] and errors(res) >= 1 and res["hash_failures"] == 0
 
 
+def test_redirects_are_followed_with_the_range(tmp_path: Path) -> None:
+    _src, torrent, data = payload(tmp_path, 900_001)
+    with HostileServer({"/f.bin": data}, "redirect") as hs:
+        res = download(tmp_path, torrent, "--web-seed", hs.url)
+        assert hs.hostile_requests() >= 1
+        # every redirected request came back to /moved with its Range, and was served
+        moved = [r for r in hs.requests if r[0].startswith("/moved/")]
+        assert moved and all(rng.startswith("bytes=") for _p, rng, _w in moved)
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
+    assert res["complete"] and errors(res) == 0
+
+
 def test_200_instead_of_206_is_read_for_a_small_file(tmp_path: Path) -> None:
     _src, torrent, data = payload(tmp_path, 700_001)
     assert len(data) <= MAX_WHOLE_FILE_BODY

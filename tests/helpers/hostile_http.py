@@ -7,6 +7,7 @@ It serves ``files`` (URL path -> bytes) with Range support, and the first
 - ``short``: 206 with the right headers, half the body, then the connection closes;
 - ``long``: 206 whose Content-Length is larger than the range;
 - ``slow``: the right body, ``SLOW_CHUNK`` bytes every ``SLOW_PAUSE`` seconds;
+- ``redirect``: 307 to the same file under ``/moved``, where it is served;
 - ``redirect-loop``: 302 to another path that redirects back;
 - ``full-200``: 200 with the whole file, the Range ignored;
 - ``416``: 416 Range Not Satisfiable;
@@ -27,7 +28,7 @@ from aiohttp import web
 
 __all__ = ["MODES", "HostileServer"]
 
-MODES = ("short", "long", "slow", "redirect-loop", "full-200", "416", "503", "reset",
+MODES = ("short", "long", "slow", "redirect", "redirect-loop", "full-200", "416", "503", "reset",
          "corrupt")
 SLOW_CHUNK = 4096
 CORRUPT_EVERY = 16384
@@ -70,11 +71,16 @@ class HostileServer:
             self.requests.append((path, rng, what))
             raise web.HTTPFound("/__loop" + ("a" if path.endswith("b") else "b")
                                 + request.query_string)
-        data = self.files.get(path)
+        moved = path.startswith("/moved/")
+        data = self.files.get(path[len("/moved"):] if moved else path)
+        if moved and data is not None:
+            what = "ok"
         if data is None:
             self.requests.append((path, rng, "404"))
             raise web.HTTPNotFound()
         self.requests.append((path, rng, what))
+        if what == "redirect":
+            raise web.HTTPTemporaryRedirect("/moved" + path)
         if what == "redirect-loop":
             raise web.HTTPFound("/__loopa")
         if what == "416":
