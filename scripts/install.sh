@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-deb_pkgs=(opentracker aria2 transmission-cli)
+deb_pkgs=(opentracker aria2 transmission-cli nginx)
 missing=()
 for p in "${deb_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -197,6 +197,7 @@ def test_to_json_dict_shape() -> None:
         "num_pieces": 4,
         "private": False,
         "trackers": [["http://127.0.0.1:6969/announce"]],
+        "web_seeds": [],
         "files": [
             {"path": "dir/a.bin", "length": 20000},
             {"path": "dir/sub/b.txt", "length": 5},

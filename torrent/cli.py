@@ -226,6 +226,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     ]
     for t, tier in enumerate(d["trackers"]):
         out.append(f"tracker tier {t}: " + " ".join(tier))
+    out += [f"web seed:     {u}" for u in d["web_seeds"]]
     files = d["files"]
     out.append(f"files:        {sum(1 for f in files if not f.get('pad'))}")
     for f in files:
@@ -334,8 +335,8 @@ def cmd_download(a: argparse.Namespace) -> int:
         upload_limit=_flag_size("--upload-limit", a.upload_limit),
         seed_time=_flag_limit("--seed-time", a.seed_time),
         seed_ratio=_flag_limit("--seed-ratio", a.seed_ratio), direct_io=not a.no_direct_io,
-        save_torrent=a.save_torrent, fork_workers=True, **_connection_options(a),
-        **_dht_options(a))
+        save_torrent=a.save_torrent, fork_workers=True, web_seeds=tuple(a.web_seed),
+        **_connection_options(a), **_dht_options(a))
     st = Status(a.quiet or a.json)
     try:
         res = download(a.torrent, a.output, opts, log=st.log, status_line=st.line)
@@ -450,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: the CPUs this process may use)")
     s.add_argument("--peer", action="append", default=[], metavar="HOST:PORT[,...]",
                    help="connect to this peer (repeatable; comma lists accepted)")
+    s.add_argument("--web-seed", action="append", default=[], metavar="URL",
+                   help="an HTTP(S) server with the files (BEP 19; repeatable), besides the "
+                        "torrent's url-list and a magnet's ws=")
     s.add_argument("--port", type=_port_arg, default=0, help="TCP port for incoming peers")
     s.add_argument("--bind", default="", metavar="ADDRESS",
                    help="IPv4 or IPv6 address to listen on (default: every address of both)")

@@ -317,6 +317,7 @@ class Coordinator:
         self._dials_freed = False  # a worker has room for dials again: assign peers
         self.prestarted = prestarted
         self.dht = dht
+        self.web_seeds_dropped: dict[str, str] = {}  # url -> why (warned once)
 
     @property
     def verified(self) -> int:
@@ -526,6 +527,8 @@ class Coordinator:
             self.ready_count += 1
             if self.ready_count == self.nworkers and self.on_ready is not None:
                 self.on_ready(self.port)
+        elif t is ipc.WebSeedDropped:
+            self.web_seed_dropped(h, msg)
         elif t is ipc.Fatal:
             cls = getattr(errors, msg.kind, StorageError)
             if not (isinstance(cls, type) and issubclass(cls, FastTorrentError)):
@@ -565,6 +568,17 @@ class Coordinator:
             self._finish()
             return
         self.assign_peers()
+
+    def web_seed_dropped(self, h: WorkerHandle, msg: ipc.WebSeedDropped) -> None:
+        """A worker stopped using a web seed: warn once; a ban holds in every worker."""
+        if msg.url in self.web_seeds_dropped:
+            return
+        self.web_seeds_dropped[msg.url] = msg.reason
+        self.warn(f"web seed {msg.url} dropped: {msg.reason}")
+        if msg.banned:
+            for o in self.workers:
+                if o is not h:
+                    self.send(o, ipc.DropWebSeed(msg.url, msg.reason))
 
     # -- peers -----------------------------------------------------------------------
     def add_peers(self, addrs: Sequence[tuple[str, int]], source: str) -> None:
@@ -927,7 +941,9 @@ class Coordinator:
                        "peak_connections": s.get("peak_connections", 0),
                        "peak_half_open": s.get("peak_half_open", 0),
                        "peak_dialing": s.get("peak_dialing", 0),
-                       "peak_dial_queue": s.get("peak_dial_queue", 0)})
+                       "peak_dial_queue": s.get("peak_dial_queue", 0),
+                       "web_seed_bytes": s.get("web_seed_bytes", 0),
+                       "web_seed_errors": s.get("web_seed_errors", 0)})
         banned = sorted({b for h in self.workers for b in h.stats.get("banned", [])})
         peers = [{"host": r.host, "port": r.port, "source": r.source, "connected": r.connected,
                   "banned": r.banned, "last_reason": r.last_reason} for r in self.peers.values()]

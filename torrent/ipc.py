@@ -14,6 +14,7 @@ __all__ = [
     "Connect",
     "DhtNode",
     "Dialled",
+    "DropWebSeed",
     "Durable",
     "Fatal",
     "Lease",
@@ -27,6 +28,7 @@ __all__ = [
     "Steal",
     "Stop",
     "Verified",
+    "WebSeedDropped",
 ]
 
 # -- coordinator -> worker ----------------------------------------------------
@@ -66,6 +68,13 @@ class Stop(NamedTuple):
 
     flush: bool = True
     drain: bool = False
+
+
+class DropWebSeed(NamedTuple):
+    """Stop using this web seed: another worker banned it (it served a bad piece)."""
+
+    url: str
+    reason: str
 
 
 # -- worker -> coordinator ----------------------------------------------------
@@ -135,6 +144,14 @@ class DhtNode(NamedTuple):
 
     host: str
     port: int
+
+
+class WebSeedDropped(NamedTuple):
+    """This worker no longer uses a web seed (it kept failing, or was banned)."""
+
+    url: str
+    reason: str
+    banned: bool
 
 
 class Stats(NamedTuple):

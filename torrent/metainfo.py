@@ -44,6 +44,10 @@ Rules, and why:
   the torrent), but URLs with a scheme we cannot speak (anything but http,
   https, udp), or not UTF-8, are dropped silently: a torrent is still usable
   through its other trackers. Duplicate URLs keep their first place.
+- Web seeds (BEP 19): ``url-list``, one URL or a list of them. Entries that
+  are not http(s) URLs, not UTF-8 or not strings are dropped silently (the
+  torrent is still usable through its peers); duplicates keep their first
+  place; at most ``MAX_WEB_SEEDS`` are kept.
 - ``private`` (BEP 27): an integer when present; 1 means private.
 - BEP 52: ``meta version`` 2 with ``pieces`` is a hybrid, read through its v1
   part (``file tree`` stays in ``info_bytes``, top-level ``piece layers`` is
@@ -63,6 +67,7 @@ from typing import Any
 from torrent import bencoding
 from torrent.bencoding import BencodeError
 from torrent.errors import InvalidTorrent
+from torrent.webseed import MAX_WEB_SEEDS, checked_url
 
 __all__ = [
     "MAX_PIECE_LENGTH",
@@ -149,6 +154,7 @@ class Metainfo:
         info_bytes: the exact bencoded info dict from the file.
         comment, created_by, creation_date: informational, None if absent.
         piece_layers: a hybrid's raw bencoded top-level 'piece layers', if any.
+        web_seeds: BEP 19 ``url-list`` URLs (http and https only).
     """
 
     info_hash: bytes
@@ -167,6 +173,7 @@ class Metainfo:
     created_by: str | None = None
     creation_date: int | None = None
     piece_layers: bytes | None = None
+    web_seeds: tuple[str, ...] = ()
 
     @property
     def info_hash_hex(self) -> str:
@@ -211,6 +218,7 @@ class Metainfo:
             "num_pieces": self.num_pieces,
             "private": self.private,
             "trackers": [list(tier) for tier in self.trackers],
+            "web_seeds": list(self.web_seeds),
             "files": files,
             "hybrid": self.hybrid,
             "multi_file": self.multi_file,
@@ -305,6 +313,24 @@ def _trackers(top: dict[bytes, Any]) -> tuple[tuple[str, ...], ...]:
         if not tiers and url is not None:
             tiers.append((url,))
     return tuple(tiers)
+
+
+def _web_seeds(top: dict[bytes, Any]) -> tuple[str, ...]:
+    raw = top.get(b"url-list")
+    items = raw if isinstance(raw, list) else [raw] if raw is not None else []
+    out: list[str] = []
+    for item in items:
+        if len(out) >= MAX_WEB_SEEDS:
+            break
+        if not isinstance(item, bytes):
+            continue
+        try:
+            url = checked_url(item.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue
+        if url is not None and url not in out:
+            out.append(url)
+    return tuple(out)
 
 
 def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bool]:
@@ -480,6 +506,7 @@ def parse(data: bytes) -> Metainfo:
         total_size=total,
         files=files,
         trackers=_trackers(top),
+        web_seeds=_web_seeds(top),
         private=private == 1,
         multi_file=multi_file,
         hybrid=hybrid,
@@ -524,6 +551,7 @@ def build(
     created_by: str = "fasttorrent",
     creation_date: int | None = None,
     comment: str | None = None,
+    web_seeds: Sequence[str] = (),
 ) -> bytes:
     """Encode a v1 .torrent; the result is checked with :func:`parse`.
 
@@ -537,6 +565,7 @@ def build(
         trackers: tiers of tracker URLs; written as 'announce' (first URL) and,
             when there is more than one URL, 'announce-list'.
         private: set the BEP 27 private flag.
+        web_seeds: BEP 19 web seed URLs, written as 'url-list'.
         created_by, creation_date, comment: informational fields (omitted when
             None; no creation date by default so builds are reproducible).
 
@@ -568,6 +597,8 @@ def build(
         top[b"announce"] = urls[0]
         if len(urls) > 1:
             top[b"announce-list"] = tiers
+    if web_seeds:
+        top[b"url-list"] = list(web_seeds)
     if created_by:
         top[b"created by"] = created_by
     if creation_date is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import UsageError
 from .peeraddr import canonical_ip
+from .webseed import MAX_WEB_SEEDS, checked_url
 
 __all__ = [
     "DEFAULT_MAX_HALF_OPEN",
@@ -203,6 +204,7 @@ class Options:
     dht: bool = True
     dht_bootstrap: tuple[tuple[str, int], ...] | None = None
     state_dir: str | None = None
+    web_seeds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
@@ -247,6 +249,12 @@ class Options:
         if self.encryption not in ENCRYPTION_MODES:
             raise UsageError(f"encryption must be one of {', '.join(ENCRYPTION_MODES)}, "
                              f"got {self.encryption!r}")
+        object.__setattr__(self, "web_seeds", tuple(str(u) for u in self.web_seeds))
+        if len(self.web_seeds) > MAX_WEB_SEEDS:
+            raise UsageError(f"at most {MAX_WEB_SEEDS} web seeds, got {len(self.web_seeds)}")
+        for url in self.web_seeds:
+            if checked_url(url) is None:
+                raise UsageError(f"web seed {url[:100]!r}: expected an http:// or https:// URL")
         if self.arena_bytes is not None and self.arena_bytes <= 0:
             raise UsageError(f"arena_bytes must be positive, got {self.arena_bytes}")
 

@@ -39,7 +39,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, _io, ipc
 from . import _speedups as _k
@@ -53,6 +53,7 @@ from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .ports import listen_sockets
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
+from .webseed import web_seed_urls
 from .wire import peer as wp
 from .wire.extension import (
     MAX_METADATA_SIZE,
@@ -74,6 +75,9 @@ from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.handshake import DHT_BIT, EXTENSION_BIT, FAST_BIT, RESERVED_OURS, reserved_bits
 from .wire.messages import LocalProtocolError, pack_piece_header
 from .wire.mse import CRYPTO_RC4
+
+if TYPE_CHECKING:
+    from .webseed_worker import WebSeeds
 
 __all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "MAX_DIALS", "Worker", "WorkerConfig",
            "worker_main"]
@@ -386,6 +390,14 @@ class Worker:
         self.servers: list[asyncio.base_events.Server] = []
         self._last_flush = now
         self.low_water = max(LOW_WATER, cfg.nslots)
+        # BEP 19 web seeds (torrent/webseed_worker.py): every worker fetches from each
+        urls = web_seed_urls(getattr(self.meta, "web_seeds", ()), cfg.options.web_seeds) \
+            if cfg.writable else ()
+        self.webseeds: WebSeeds | None = None
+        if urls:  # aiohttp is imported only by a worker that uses it
+            from .webseed_worker import WebSeeds
+
+            self.webseeds = WebSeeds(self, urls)
 
     # -- control pipe ----------------------------------------------------------
     def send(self, msg: Any) -> None:
@@ -426,6 +438,9 @@ class Worker:
                 if pd is not None:
                     self._abandon(pd)
             self.broadcast_haves(msg.pieces)
+        elif t is ipc.DropWebSeed:
+            if self.webseeds is not None:
+                self.webseeds.drop_url(msg.url, msg.reason)
         elif t is ipc.Stop:
             self.flush_on_stop = msg.flush
             self.drain_on_stop = msg.drain
@@ -949,9 +964,12 @@ class Worker:
     def pump_all(self) -> None:
         for peer in list(self.peers):
             self.pump(peer)
+        if self.webseeds is not None:
+            self.webseeds.pump()
 
     def ask_for_pieces(self) -> None:
-        if self.need_pending or not self.peers or self.complete:
+        if self.need_pending or self.complete or not (
+                self.peers or (self.webseeds is not None and self.webseeds.live)):
             return
         now = self.loop.time()
         if self.picker.endgame and now - self.last_need < TICK:
@@ -1040,6 +1058,8 @@ class Worker:
                 self._release_slot(pd)  # an endgame duplicate: the other copy won
                 return
             self._mark_have(i)
+            if self.webseeds is not None and self.webseeds.owns(pd):
+                self.webseeds.verified(pd)
             self.stats["pieces"] += 1
             self.stats["bytes"] += pd.size
             self.written.append(i)
@@ -1064,6 +1084,9 @@ class Worker:
         self._release_slot(pd)
 
     def _hash_failed(self, pd: PieceDL) -> None:
+        if self.webseeds is not None and self.webseeds.owns(pd):
+            self.webseeds.hash_failed(pd)  # a web seed's piece: ban it, fetch the piece again
+            return
         senders = set(pd.senders.values())
         if len(senders) == 1:
             (culprit,) = senders
@@ -1144,6 +1167,8 @@ class Worker:
                 peer.abort("idle for two minutes")
         if self.choker.due(now):
             self.choke_round(now)
+        if self.webseeds is not None:
+            self.webseeds.tick(now, TICK)
         self._send_verified()
         if self.avail_dirty:
             self.avail_dirty = False
@@ -1184,6 +1209,9 @@ class Worker:
         s["half_open"] = self.half_open
         s["dialing"] = self.dialing
         s["dial_queue"] = len(self.dial_queue)
+        if self.webseeds is not None:
+            s.update(self.webseeds.stats())
+            s["rate"] += s["web_seed_rate"]
         return s
 
     async def run(self) -> None:
@@ -1195,6 +1223,8 @@ class Worker:
                 self.servers.append(await self.loop.create_server(
                     lambda: PeerConn(self.accept), sock=sock, backlog=LISTEN_BACKLOG))
         self.send(ipc.Ready(self.wid))
+        if self.webseeds is not None:
+            self.webseeds.start()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -1215,6 +1245,8 @@ class Worker:
             await self._drain()
         for peer in list(self.peers):
             peer.abort("shutting down")
+        if self.webseeds is not None:
+            await self.webseeds.close()  # before the arena: runs write into its slots
         # Let queued pieces finish (they are verified data), then flush and report.
         self.loop.remove_reader(self.efd)
         self._collect(self.iot.close())

@@ -378,9 +378,13 @@ def _stop_when_done(marker: str, proc: Proc, stop: threading.Event) -> None:
 def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: str,
                  done: str) -> list[str]:
     peers = ",".join(s.addr for s in ctx.peers)
+    if spec.kind == "curl":  # the loopback HTTP path's limit: the file to /dev/null
+        return ["curl", "-s", "--fail", "-o", "/dev/null", "-w", "%{stderr}%{size_download}",
+                ctx.extra_fmt["web_file"]]
     if spec.kind == "ft":
         # --json: the result's metadata_seconds and first_piece_seconds, on stdout
-        source = [ctx.magnet] if ctx.magnet else [ctx.torrent, "--peer", peers]
+        source = [ctx.magnet] if ctx.magnet else [ctx.torrent] + (
+            ["--peer", peers] if peers else [])
         return [sys.executable, "-m", "torrent", "download", *source, "-o", out,
                 "--no-trackers", "--no-dht", "-q", "--json", "--workers", str(spec.workers),
                 "--bind", "127.0.0.1", "--port", str(port)]
@@ -535,6 +539,13 @@ class BenchConfig:
     #: also write one JSON line per run as it ends (header first)
     jsonl: bool = False
     extra_fmt: dict[str, str] = field(default_factory=dict)
+    #: BEP 19: nginx on loopback serves the payload and the torrent names it (url-list);
+    #: the sets are then web seed alone (0 seeders) and web seed plus libtorrent seeders
+    web_seed: bool = False
+
+
+#: With --web-seed: the seeder sets (libtorrent seeders besides the web seed).
+WEB_SEED_SETS = (0, 2)
 
 
 def _size_label(n: int) -> str:
@@ -545,6 +556,8 @@ def _size_label(n: int) -> str:
 
 
 def _seeder_sets(cfg: BenchConfig) -> list[tuple[str, int]]:
+    if cfg.web_seed:
+        return [("libtorrent", n) for n in WEB_SEED_SETS]
     kinds = list(SEEDER_KINDS) if cfg.compare_seeding else [cfg.seeder_kind]
     return [(k, n) for n in cfg.num_seeders for k in kinds]
 
@@ -587,7 +600,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     base = cfg.base or os.path.join(
         cfg.results, f"bench-{stamp}-{_size_label(cfg.size)}-{cfg.files}f-"
         f"{_size_label(cfg.piece)}-{mode}-s{'_'.join(map(str, cfg.num_seeders))}"
-        + ("-magnet" if cfg.magnet else "")
+        + ("-magnet" if cfg.magnet else "") + ("-webseed" if cfg.web_seed else "")
         + ("-" + cfg.seeder_encryption if cfg.seeder_encryption != "off" else ""))
     try:
         os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
@@ -596,10 +609,12 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     params = {"size": cfg.size, "files": cfg.files, "piece": cfg.piece, "seeders": mode,
               "num_seeders": cfg.num_seeders, "runs": cfg.runs, "timeout": cfg.timeout,
               "magnet": cfg.magnet, "seeder_encryption": cfg.seeder_encryption,
+              "web_seed": cfg.web_seed,
               "clients": [c.label for c in clients], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     doc: dict[str, Any] = {"params": params, "versions": versions(), "runs": [], "summary": []}
     procs = Processes()
     tracker: LoopbackTracker | None = None
+    nginx: Any = None
     work = cfg.workdir or tempfile.mkdtemp(prefix="fasttorrent-bench-")
     os.makedirs(work, exist_ok=True)
     _log(f"work dir {work}; results {base}.*")
@@ -617,12 +632,16 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
             torrent = os.path.join(work, "bench.torrent")
             with open(torrent, "wb") as f:
                 f.write(tdata)
+            if cfg.web_seed:
+                nginx = _start_web_seed(cfg, procs, src, work, torrent, rels)
+                clients = [*clients, ClientSpec("curl", "curl")]
             os.sync()  # a payload still being written back would slow the first runs down
             _log(f"payload {_size_label(cfg.size)} in {cfg.files} file(s), torrent made in "
                  f"{time.perf_counter() - t:.1f} s")
             if any(c.kind == "aria2" for c in clients):
                 tracker = LoopbackTracker()
-            total = cfg.runs * len(clients) * len(sets)
+            total = cfg.runs * len(clients) * len(sets) \
+                - cfg.runs * sum(1 for c in clients if c.kind == "curl") * (len(sets) - 1)
             lifetime = total * cfg.timeout + SEEDER_LIFETIME_MARGIN
             seeders: dict[tuple[str, int], list[Seeder]] = {}
             magnets: dict[tuple[str, int], str | None] = {}
@@ -639,7 +658,9 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
                     # trackerless: the seeders are named by x.pe only
                     magnets[key] = None if meta is None else magnet_uri(
                         meta, trackers=[], peers=[("127.0.0.1", s.port) for s in seeders[key]])
-                jobs = [(c, key) for c in clients for key in group]
+                # curl: the web seed's path alone (no peers), measured once per run
+                jobs = [(c, key) for c in clients for key in group
+                        if c.kind != "curl" or key[1] == 0]
                 if cfg.warmup:
                     # Seeders just started are slower for a run or so (their caches
                     # fill): one untimed download per seeder set, not recorded.
@@ -671,6 +692,8 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     finally:
         with _terminate_as_interrupt():  # a second signal must not skip the cleanup
             procs.stop_all()
+            if nginx is not None:
+                nginx.stop()
             if tracker is not None:
                 tracker.close()
             if jsonl:
@@ -697,6 +720,26 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     return doc
 
 
+def _start_web_seed(cfg: BenchConfig, procs: Processes, src: str, work: str, torrent: str,
+                    rels: Sequence[str]) -> Any:
+    """nginx serving ``src`` on loopback, named by the torrent's url-list (its info-hash
+    unchanged); ``cfg.extra_fmt['web_file']``: the URL of the first file (for curl)."""
+    from urllib.parse import quote
+
+    from .. import bencoding
+    from .nginx import Nginx
+
+    ng = Nginx(src, os.path.join(work, "nginx")).start()
+    with open(torrent, "rb") as f:
+        top = bencoding.decode(f.read())
+    top[b"url-list"] = [ng.url.encode()]
+    with open(torrent, "wb") as f:
+        f.write(bencoding.encode(top))
+    cfg.extra_fmt["web_file"] = ng.url + quote(rels[0])
+    _log(f"nginx web seed on {ng.url}")
+    return ng
+
+
 def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None, torrent: str,
              src: str, work: str, rels: Sequence[str], spec: ClientSpec, key: tuple[str, int],
              peers: list[Seeder], magnet: str | None, run: int) -> dict[str, Any]:
@@ -709,7 +752,10 @@ def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None
         ctx = RunContext(procs, torrent, peers, key[0], key[1], src, work, cfg.timeout, tracker,
                          cfg.extra_fmt, magnet, cfg.seeder_encryption)
         r = run_client(spec, ctx, outdir, scratch)
-        ok = r["exit"] == 0 and same_files(src, outdir, rels)
+        if spec.kind == "curl":
+            ok = r["exit"] == 0 and r["stderr"].strip() == str(cfg.size)
+        else:
+            ok = r["exit"] == 0 and same_files(src, outdir, rels)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
         # flush what this run left dirty (untimed), so its writeback does not
@@ -922,6 +968,11 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--compare-seeding", action="store_true",
                    help="each client fetches from fasttorrent and from libtorrent seeders, "
                         "interleaved (default client: lt-default)")
+    s.add_argument("--web-seed", action="store_true",
+                   help="BEP 19: nginx on loopback serves the payload and the torrent names "
+                        "it (url-list); every client downloads from the web seed alone, then "
+                        "from it and two libtorrent seeders; curl to /dev/null gives the "
+                        "loopback HTTP path's limit (--seeders and --num-seeders are ignored)")
     s.add_argument("--magnet", action="store_true",
                    help="every client starts from a magnet link naming the seeders (x.pe; "
                         "no tracker, no torrent): the metadata fetch is timed too "
@@ -962,13 +1013,26 @@ def run_from_args(a: argparse.Namespace) -> int:
         if bad:
             raise UsageError(f"--magnet: {', '.join(bad)} cannot start from a magnet link "
                              "in this bench (only ftN, lt-default, lt-fast and aria2 can)")
-    if (a.compare_seeding or a.seeders == "libtorrent") and not _have_libtorrent():
+    if a.web_seed:
+        if a.magnet or a.compare_seeding:
+            raise UsageError("--web-seed: not with --magnet or --compare-seeding")
+        if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
+            raise UsageError("--web-seed needs nginx (apt-get install nginx)")
+        if shutil.which("curl") is None:
+            raise UsageError("--web-seed needs curl (apt-get install curl)")
+        if a.files != 1:
+            raise UsageError("--web-seed: one file (curl measures it)")
+        clients = [c for c in clients if c.kind != "transmission"]  # it must be dialled
+    if (a.compare_seeding or a.seeders == "libtorrent" or a.web_seed) \
+            and not _have_libtorrent():
         raise UsageError("libtorrent seeders need the libtorrent Python module "
                          "(pip install libtorrent), which is not installed")
-    cfg = BenchConfig(size=a.size, files=a.files, piece=a.piece, seeder_kind=a.seeders,
-                      num_seeders=[a.num_seeders], runs=a.runs, clients=clients,
+    cfg = BenchConfig(size=a.size, files=a.files, piece=a.piece,
+                      seeder_kind="libtorrent" if a.web_seed else a.seeders,
+                      num_seeders=list(WEB_SEED_SETS) if a.web_seed else [a.num_seeders],
+                      runs=a.runs, clients=clients,
                       results=a.results, timeout=a.timeout, keep=a.keep,
                       compare_seeding=a.compare_seeding, magnet=a.magnet, warmup=a.warmup,
-                      seeder_encryption=a.seeder_encryption)
+                      seeder_encryption=a.seeder_encryption, web_seed=a.web_seed)
     doc = run_bench(cfg)
     return 0 if all(e["valid"] for e in doc["summary"]) else 6
