@@ -320,9 +320,13 @@ def test_fasttorrent_learns_peers_from_libtorrent_pex(small: Payload, tmp_path: 
     assert_same_payload(small.torrent, small.src, tmp_path / "ft")
 
 
-def test_libtorrent_learns_peers_from_fasttorrent_pex(small: Payload, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_libtorrent_learns_peers_from_fasttorrent_pex(small: Payload, tmp_path: Path,
+                                                      workers: int) -> None:
     """``fasttorrent seed`` dials three libtorrent leechers X, Y and L; L learns X and Y
-    only from our ut_pex (X and Y send no PEX of their own) and connects to them."""
+    only from our ut_pex (X and Y send no PEX of their own) and connects to them.
+    With two workers the three are split between them (the least loaded worker takes
+    the next peer), so L's worker tells it of a peer of the other worker's."""
     leechers: dict[str, Any] = {}
     with LtPeer("X") as x, LtPeer("Y") as y, LtPeer("L") as lpeer:
         for name, peer, pex in (("X", x, False), ("Y", y, False), ("L", lpeer, True)):
@@ -330,14 +334,16 @@ def test_libtorrent_learns_peers_from_fasttorrent_pex(small: Payload, tmp_path: 
             h.set_download_limit(LEECHER_RATE)
             leechers[name] = h
         with FasttorrentSeed(small.torrent, small.src, [x.addr, y.addr, lpeer.addr],
+                             workers=workers,
                              cli=[*PEXRUN, str(TEST_PEX_INTERVAL)]) as seed:
             hl = leechers["L"]
             lpeer.wait_until(lambda: peer_ports(hl, source=PEX) >= {x.port, y.port},
                              PEX_WAIT, f"connected to X ({x.port}) and Y ({y.port}) through "
                                        "fasttorrent's PEX")
             summary = seed.stop_summary()
-        assert sorted(p["port"] for p in summary["peers"] if p["connected"]) == \
-            sorted((x.port, y.port, lpeer.port)), summary["peers"]
+        connected = {p["port"]: p["worker"] for p in summary["peers"] if p["connected"]}
+        assert sorted(connected) == sorted((x.port, y.port, lpeer.port)), summary["peers"]
+        assert len(set(connected.values())) == workers, summary["peers"]
 
 
 # ----------------------------------------------------------------------------- BEP 6

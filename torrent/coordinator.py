@@ -101,6 +101,7 @@ class PeerRecord:
     last_reason: str = ""
     source: str = "manual"
     dialing: bool = False  # handed to its worker, neither Dialled nor PeerClosed yet
+    last_worker: int | None = None  # the worker it was last handed to (kept after it closed)
 
 
 class PrestartedWorkers:
@@ -173,6 +174,8 @@ class DownloadResult:
     pieces_total: int
     pieces_resumed: int
     workers: list[dict[str, Any]]
+    #: every peer of the table: host, port, source, connected (at some point), worker
+    #: (the last it was handed to; None: never dialled), banned, last_reason
     peers: list[dict[str, Any]]
     hash_failures: int
     banned_peers: list[str]
@@ -318,6 +321,11 @@ class Coordinator:
         self.prestarted = prestarted
         self.dht = dht
         self.web_seeds_dropped: dict[str, str] = {}  # url -> why (warned once)
+        # PEX across workers: each worker's live peers, and what each was told of
+        # the others' (see share_live_peers)
+        self.live_peers: dict[int, frozenset[tuple[str, int]]] = {}
+        self._others_sent: dict[int, frozenset[tuple[str, int]]] = {}
+        self._live_dirty = False
 
     @property
     def verified(self) -> int:
@@ -507,6 +515,10 @@ class Coordinator:
         elif t is ipc.PeersFound:
             if not self.meta.private:  # BEP 27: private torrents take peers from trackers only
                 self.add_peers(msg.peers, msg.source)
+        elif t is ipc.LivePeers:
+            if not self.meta.private:
+                self.live_peers[h.wid] = frozenset(list(msg.peers)[:ipc.MAX_SHARED_PEERS])
+                self._live_dirty = True
         elif t is ipc.DhtNode:
             if self.dht is not None:
                 self.dht.add_node(msg.host, msg.port)
@@ -552,6 +564,8 @@ class Coordinator:
             self.leases.worker_died(h.wid, time.monotonic(), reclaim=False)
             return  # it exited because we told it to
         h.died = True
+        if self.live_peers.pop(h.wid, None):
+            self._live_dirty = True  # its peers are gone with it
         self.warn(f"worker {h.wid} died (exit code {h.proc.exitcode}); "
                   "its peers and pieces go to the others")
         # its leases go back to the others, thieves waiting on it are served
@@ -581,6 +595,25 @@ class Coordinator:
                     self.send(o, ipc.DropWebSeed(msg.url, msg.reason))
 
     # -- peers -----------------------------------------------------------------------
+    def share_live_peers(self) -> None:
+        """PEX across workers: tell each worker the peers the others are connected to
+        (:class:`ipc.OtherPeers`, bounded), when that changed; a peer of any worker
+        then hears of the whole run's swarm. Never for a private torrent (BEP 27)."""
+        if not self._live_dirty:
+            return
+        self._live_dirty = False
+        for h in self.workers:
+            if not h.alive:
+                continue
+            others: set[tuple[str, int]] = set()
+            for wid, peers in self.live_peers.items():
+                if wid != h.wid:
+                    others.update(peers)
+            shared = frozenset(list(others)[:ipc.MAX_SHARED_PEERS])
+            if shared != self._others_sent.get(h.wid, frozenset()):
+                self._others_sent[h.wid] = shared
+                self.send(h, ipc.OtherPeers(shared))
+
     def add_peers(self, addrs: Sequence[tuple[str, int]], source: str) -> None:
         for addr in addrs:
             # one peer, one record: ::ffff:10.0.0.1 is 10.0.0.1, 2001:DB8::1 is 2001:db8::1
@@ -620,7 +653,7 @@ class Coordinator:
             if not room:
                 break
             w = min(room, key=lambda w: (w.peers, w.wid))
-            rec.worker = w.wid
+            rec.worker = rec.last_worker = w.wid
             rec.attempts += 1
             rec.dialing = True
             w.peers += 1
@@ -799,6 +832,7 @@ class Coordinator:
                         self._finish()
                 self.assign_peers()
                 self.serve_waiting()
+                self.share_live_peers()
                 now = time.monotonic()
                 if self.status_line is not None and now - last_status >= PROGRESS_INTERVAL:
                     self.status_line(self._status())
@@ -946,7 +980,8 @@ class Coordinator:
                        "web_seed_errors": s.get("web_seed_errors", 0)})
         banned = sorted({b for h in self.workers for b in h.stats.get("banned", [])})
         peers = [{"host": r.host, "port": r.port, "source": r.source, "connected": r.connected,
-                  "banned": r.banned, "last_reason": r.last_reason} for r in self.peers.values()]
+                  "worker": r.last_worker, "banned": r.banned, "last_reason": r.last_reason}
+                 for r in self.peers.values()]
         return DownloadResult(
             info_hash=self.meta.info_hash_hex,
             complete=complete,

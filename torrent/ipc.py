@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 __all__ = [
+    "MAX_SHARED_PEERS",
     "Availability",
     "Connect",
     "DhtNode",
@@ -18,7 +19,9 @@ __all__ = [
     "Durable",
     "Fatal",
     "Lease",
+    "LivePeers",
     "NeedPieces",
+    "OtherPeers",
     "PeerClosed",
     "PeersFound",
     "PiecesDone",
@@ -30,6 +33,11 @@ __all__ = [
     "Verified",
     "WebSeedDropped",
 ]
+
+#: At most this many peers in a :class:`LivePeers` or :class:`OtherPeers`: a
+#: PEX message lists 50 added at a time (``extension.MAX_PEX_ADDED``), and a
+#: peer that stays hears of more over the minutes.
+MAX_SHARED_PEERS = 200
 
 # -- coordinator -> worker ----------------------------------------------------
 
@@ -68,6 +76,14 @@ class Stop(NamedTuple):
 
     flush: bool = True
     drain: bool = False
+
+
+class OtherPeers(NamedTuple):
+    """The peers the other workers are connected to, as ``(ip, listen port)``
+    (at most :data:`MAX_SHARED_PEERS`): this worker's PEX lists them too, so a
+    peer learns the whole swarm of the run, not a worker's share of it."""
+
+    peers: frozenset[tuple[str, int]]
 
 
 class DropWebSeed(NamedTuple):
@@ -117,6 +133,14 @@ class Dialled(NamedTuple):
 
     host: str
     port: int
+
+
+class LivePeers(NamedTuple):
+    """The peers this worker is connected to whose listen port it knows, as
+    ``(ip, listen port)``, at most :data:`MAX_SHARED_PEERS`; sent when the set
+    changes (at most once a tick), never for a private torrent."""
+
+    peers: frozenset[tuple[str, int]]
 
 
 class PeerClosed(NamedTuple):

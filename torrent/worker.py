@@ -390,6 +390,9 @@ class Worker:
         self.servers: list[asyncio.base_events.Server] = []
         self._last_flush = now
         self.low_water = max(LOW_WATER, cfg.nslots)
+        # PEX across workers: what we last told the coordinator, what it told us
+        self._live_shared: frozenset[tuple[str, int]] = frozenset()
+        self.other_peers: frozenset[tuple[str, int]] = frozenset()
         # BEP 19 web seeds (torrent/webseed_worker.py): every worker fetches from each
         urls = web_seed_urls(getattr(self.meta, "web_seeds", ()), cfg.options.web_seeds) \
             if cfg.writable else ()
@@ -438,6 +441,8 @@ class Worker:
                 if pd is not None:
                     self._abandon(pd)
             self.broadcast_haves(msg.pieces)
+        elif t is ipc.OtherPeers:
+            self.other_peers = frozenset(list(msg.peers)[:ipc.MAX_SHARED_PEERS])
         elif t is ipc.DropWebSeed:
             if self.webseeds is not None:
                 self.webseeds.drop_url(msg.url, msg.reason)
@@ -739,12 +744,34 @@ class Worker:
         if addrs:
             self.send(ipc.PeersFound(addrs, "pex"))
 
+    def live_peers(self) -> frozenset[tuple[str, int]]:
+        """Our connected peers whose listen port we know, as ``(ip, port)``: what PEX
+        tells of (at most ``ipc.MAX_SHARED_PEERS``)."""
+        out: set[tuple[str, int]] = set()
+        for p in self.peers:
+            if p.active and not p.closed and p.listen_port:
+                out.add((p.addr[0], p.listen_port))
+                if len(out) >= ipc.MAX_SHARED_PEERS:
+                    break
+        return frozenset(out)
+
+    def _share_live_peers(self) -> None:
+        """Tell the coordinator our live peers when they changed: the other workers'
+        PEX lists them (:class:`ipc.OtherPeers`)."""
+        if self.meta.private or self.cfg.workers < 2:
+            return
+        live = self.live_peers()
+        if live != self._live_shared:
+            self._live_shared = live
+            self.send(ipc.LivePeers(live))
+
     def _send_pex(self, peer: Peer, now: float) -> None:
-        """BEP 11: tell ``peer`` which of our other peers joined or left since last time."""
+        """BEP 11: tell ``peer`` which peers of the run (ours and the other workers')
+        joined or left since last time."""
         peer.pex_at = now
-        live: set[tuple[str, int]] = {
-            (p.addr[0], p.listen_port) for p in self.peers
-            if p is not peer and p.active and not p.closed and p.listen_port}
+        me = (peer.addr[0], peer.listen_port)
+        live = set(self.live_peers() | self.other_peers)
+        live.discard(me)
         added = list(live - peer.pex_sent)[:MAX_PEX_ADDED]
         dropped = list(peer.pex_sent - live)[:MAX_PEX_DROPPED]
         if not added and not dropped:
@@ -1170,6 +1197,7 @@ class Worker:
         if self.webseeds is not None:
             self.webseeds.tick(now, TICK)
         self._send_verified()
+        self._share_live_peers()
         if self.avail_dirty:
             self.avail_dirty = False
             self.send(ipc.Availability(bytes(self.avail)))

@@ -4,9 +4,10 @@
 
 A test cannot wait a minute for fasttorrent's first PEX message to a peer,
 so this wrapper sets :data:`torrent.worker.PEX_INTERVAL` to SECONDS where it
-is read: in the worker processes.  Those are fresh interpreters
-(:mod:`torrent.launch`), so patching this process alone would change
-nothing: the coordinator's :func:`~torrent.launch.start_child` is replaced
+is read: in the worker processes.  The CLI forks them from this process
+(:func:`torrent.launch.fork_child`), and they inherit the patched constant;
+where it cannot fork they are fresh interpreters, so for those the
+coordinator's :func:`~torrent.launch.start_child` is replaced
 by one that starts :func:`worker_main` of this module instead of
 :func:`torrent.worker.worker_main`; it patches the constant in the child and
 runs the real worker.  The interval reaches the children in the environment

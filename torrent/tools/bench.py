@@ -385,9 +385,12 @@ def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: st
         # --json: the result's metadata_seconds and first_piece_seconds, on stdout
         source = [ctx.magnet] if ctx.magnet else [ctx.torrent] + (
             ["--peer", peers] if peers else [])
+        # the swarm's rule, as for lt-default and lt-fast: plaintext seeders are
+        # dialled in plaintext; MSE seeders with --encryption enabled (MSE first)
+        enc = "disabled" if ctx.seeder_encryption == "off" else "enabled"
         return [sys.executable, "-m", "torrent", "download", *source, "-o", out,
                 "--no-trackers", "--no-dht", "-q", "--json", "--workers", str(spec.workers),
-                "--bind", "127.0.0.1", "--port", str(port)]
+                "--encryption", enc, "--bind", "127.0.0.1", "--port", str(port)]
     if spec.kind == "lt":
         source = ["--magnet", ctx.magnet] if ctx.magnet else ["--peers", peers, ctx.torrent]
         return [sys.executable, "-m", "torrent.tools.benchclients.lt_download", "--profile",
@@ -564,12 +567,16 @@ def _seeder_sets(cfg: BenchConfig) -> list[tuple[str, int]]:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (and SIGHUP) raise :class:`Interrupted` like Ctrl-C does, so cleanup runs."""
+    """SIGTERM (and SIGHUP) raise :class:`Interrupted` like Ctrl-C does, so cleanup runs;
+    SIGINT raises KeyboardInterrupt even where it was inherited ignored (a shell
+    without job control starts background commands so), as ``download`` and
+    ``seed`` stop on it whatever they inherited."""
 
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(f"bench: stopped by {signal.Signals(signum).name}")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
