@@ -12,6 +12,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from torrent import bencoding, ipc
 from torrent.peeraddr import pack_compact
 from torrent.wire.extension import (
@@ -41,11 +43,15 @@ class Clock:
 
 
 def fake_worker(info: bytes = b"d4:name1:xe", *, private: bool = False,
-                bind: str = "0.0.0.0") -> SimpleNamespace:
+                bind: str = "0.0.0.0", workers: int = 1) -> SimpleNamespace:
     sent: list[Any] = []
-    return SimpleNamespace(meta=SimpleNamespace(info_bytes=info, private=private),
-                           cfg=SimpleNamespace(port=PORT, options=SimpleNamespace(bind=bind)),
-                           loop=Clock(), sent=sent, send=sent.append)
+    w = SimpleNamespace(meta=SimpleNamespace(info_bytes=info, private=private),
+                        cfg=SimpleNamespace(port=PORT, workers=workers,
+                                            options=SimpleNamespace(bind=bind)),
+                        loop=Clock(), sent=sent, send=sent.append, peers=[],
+                        other_peers=frozenset(), _live_shared=frozenset())
+    w.live_peers = lambda: Worker.live_peers(w)  # type: ignore[arg-type]
+    return w
 
 
 def fake_peer() -> SimpleNamespace:
@@ -53,7 +59,13 @@ def fake_peer() -> SimpleNamespace:
     proto = SimpleNamespace(peer_extensions={UT_METADATA: 3, UT_PEX: 4},
                             send_extended=lambda name, body: (name, body))
     return SimpleNamespace(addr=("10.1.2.3", 51413), proto=proto, metadata_served=0,
-                           pex_heard=-PEX_INTERVAL, written=written, write=written.append)
+                           pex_heard=-PEX_INTERVAL, written=written, write=written.append,
+                           listen_port=51413, active=True, closed=False, pex_sent=set())
+
+
+def other(host: str, port: int) -> SimpleNamespace:
+    """Another live peer of the worker's, listening on ``port``."""
+    return SimpleNamespace(addr=(host, 40000), listen_port=port, active=True, closed=False)
 
 
 # -- the extension handshake -------------------------------------------------------------------
@@ -137,9 +149,6 @@ def test_pex_ipv6_peers_are_taken_without_our_own_address() -> None:
 
 
 def test_pex_sent_lists_ipv6_peers_in_added6_and_dropped6() -> None:
-    def other(host: str, port: int) -> SimpleNamespace:
-        return SimpleNamespace(addr=(host, 40000), listen_port=port, active=True, closed=False)
-
     v6, v4 = other("2001:db8::5", 5), other("10.0.0.4", 4)
     peer = fake_peer()
     peer.pex_sent = set()
@@ -155,3 +164,42 @@ def test_pex_sent_lists_ipv6_peers_in_added6_and_dropped6() -> None:
     Worker._send_pex(w, peer, 1100.0)  # type: ignore[arg-type]
     raw = bencoding.decode(peer.written[1][1])
     assert raw[b"dropped6"] == pack_compact("2001:db8::5", 5) and raw[b"added"] == b""
+
+
+# -- PEX across workers ------------------------------------------------------------------------
+def test_pex_lists_the_other_workers_peers_but_never_the_peer_itself() -> None:
+    peer = fake_peer()
+    w = fake_worker(workers=2)
+    w.peers = [peer, other("10.0.0.4", 4)]
+    # the coordinator's OtherPeers: a peer of another worker, and this very peer
+    # (it reached both workers)
+    w.other_peers = frozenset({("10.0.0.9", 9), (peer.addr[0], peer.listen_port)})
+    Worker._send_pex(w, peer, 1000.0)  # type: ignore[arg-type]
+    (_name, body), = peer.written
+    raw = bencoding.decode(body)
+    told = {raw[b"added"][i:i + 6] for i in range(0, len(raw[b"added"]), 6)}
+    assert told == {pack_compact("10.0.0.4", 4), pack_compact("10.0.0.9", 9)}
+    w.other_peers = frozenset()  # that worker's peer left
+    Worker._send_pex(w, peer, 1100.0)  # type: ignore[arg-type]
+    raw = bencoding.decode(peer.written[1][1])
+    assert raw[b"dropped"] == pack_compact("10.0.0.9", 9) and raw[b"added"] == b""
+
+
+def test_live_peers_go_to_the_coordinator_when_they_change_bounded() -> None:
+    w = fake_worker(workers=2)
+    w.peers = [other("10.0.0.4", 4), other("10.0.0.5", 0)]  # no listen port: not told
+    Worker._share_live_peers(w)  # type: ignore[arg-type]
+    Worker._share_live_peers(w)  # type: ignore[arg-type]  # unchanged: nothing more
+    assert w.sent == [ipc.LivePeers(frozenset({("10.0.0.4", 4)}))]
+    w.peers = [other(f"10.1.{i >> 8}.{i & 255}", 1000 + i)
+               for i in range(ipc.MAX_SHARED_PEERS + 50)]
+    Worker._share_live_peers(w)  # type: ignore[arg-type]
+    assert len(w.sent[1].peers) == ipc.MAX_SHARED_PEERS
+
+
+@pytest.mark.parametrize(("private", "workers"), [(True, 2), (False, 1)])
+def test_live_peers_are_never_shared_private_or_alone(private: bool, workers: int) -> None:
+    w = fake_worker(private=private, workers=workers)
+    w.peers = [other("10.0.0.4", 4)]
+    Worker._share_live_peers(w)  # type: ignore[arg-type]
+    assert w.sent == []

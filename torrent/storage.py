@@ -20,7 +20,6 @@ Errors are translated here, at the I/O boundary: ``ENOSPC``/``EDQUOT`` become
 
 from __future__ import annotations
 
-import bisect
 import errno
 import os
 import stat
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from .errors import DiskFull, InvalidTorrent, StorageError
+from .spans import file_segments, pieces_of_file
 
 __all__ = [
     "MAX_OPEN_FILES",
@@ -93,31 +93,13 @@ class Layout:
         return min(self.piece_length, self.total_size - start)
 
     def segments(self, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
-        """Yield ``(span_index, file_offset, range_offset, seg_length)`` covering the range.
-
-        Zero-length files are skipped: they hold no bytes of any piece.
-        """
-        end = start + length
-        i = max(0, bisect.bisect_right(self._offsets, start) - 1)
-        pos = start
-        spans = self.spans
-        while pos < end and i < len(spans):
-            s = spans[i]
-            s_end = s.offset + s.length
-            if s_end > pos:
-                seg_end = min(end, s_end)
-                yield i, pos - s.offset, pos - start, seg_end - pos
-                pos = seg_end
-            i += 1
+        """Yield ``(span_index, file_offset, range_offset, seg_length)`` covering the range
+        (:func:`torrent.spans.file_segments`; zero-length files skipped)."""
+        return file_segments(self.spans, self._offsets, start, length)
 
     def pieces_of_span(self, i: int) -> range:
         """The pieces holding any byte of span ``i`` (empty for a zero-length file)."""
-        s = self.spans[i]
-        if s.length == 0:
-            return range(0)
-        first = s.offset // self.piece_length
-        last = (s.offset + s.length - 1) // self.piece_length
-        return range(first, last + 1)
+        return pieces_of_file(self.spans[i], self.piece_length)
 
 
 def layout_for(meta: object, outdir: str) -> Layout:

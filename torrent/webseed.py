@@ -29,13 +29,14 @@ the picker, the native verify-and-write path) is ``torrent/webseed_worker.py``.
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 from urllib.parse import quote
+
+from .spans import file_segments, pieces_of_file
 
 __all__ = [
     "BACKOFF_BASE",
@@ -196,20 +197,12 @@ class RangePlanner:
         end = min(self.total_size, (first + count) * pl)
         segs: list[Segment] = []
         pads: list[tuple[int, int]] = []
-        i = max(0, bisect.bisect_right(self._offsets, start) - 1)
-        pos = start
-        files = self.files
-        while pos < end and i < len(files):
-            f = files[i]
-            f_end = f.offset + f.length
-            if f_end > pos:
-                seg_end = min(end, f_end)
-                if f.pad:
-                    pads.append((pos, seg_end - pos))
-                else:
-                    segs.append(Segment(i, pos - f.offset, seg_end - pos, pos))
-                pos = seg_end
-            i += 1
+        for i, file_off, range_off, n in file_segments(self.files, self._offsets, start,
+                                                       end - start):
+            if self.files[i].pad:
+                pads.append((start + range_off, n))
+            else:
+                segs.append(Segment(i, file_off, n, start + range_off))
         return Plan(start, end, tuple(segs), tuple(pads))
 
     def files_of(self, first: int, count: int) -> list[int]:
@@ -218,11 +211,7 @@ class RangePlanner:
 
     def pieces_of_file(self, k: int) -> range:
         """The pieces holding any byte of file ``k`` (empty for a zero-length file)."""
-        f = self.files[k]
-        if f.length == 0:
-            return range(0)
-        return range(f.offset // self.piece_length,
-                     (f.offset + f.length - 1) // self.piece_length + 1)
+        return pieces_of_file(self.files[k], self.piece_length)
 
 
 def request_pieces(piece_length: int, free_slots: int) -> int:
