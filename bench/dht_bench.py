@@ -58,8 +58,12 @@ ALERT_WAIT_MS = 50
 
 def dht_session(bootstrap: str) -> Any:
     s = loopback_settings(0)
+    # every node is 127.0.0.1 here: libtorrent's per-IP limits (5 packets a second,
+    # then the IP blocked for 5 minutes; 8 kB/s of DHT upload) would soon block
+    # every client of the bench, so they are lifted
     s.update(enable_dht=True, dht_bootstrap_nodes=bootstrap, dht_restrict_routing_ips=False,
-             dht_restrict_search_ips=False,
+             dht_restrict_search_ips=False, dht_block_ratelimit=1_000_000,
+             dht_block_timeout=1, dht_upload_rate_limit=100_000_000,
              alert_mask=lt.alert.category_t.status_notification
              | lt.alert.category_t.dht_notification
              | lt.alert.category_t.dht_operation_notification
@@ -89,7 +93,8 @@ def tree_digest(root: Path) -> str:
 def run_fasttorrent(magnet: str, boot: str, work: Path, timeout: float) -> dict[str, Any]:
     out = work / "ft-out"
     argv = [sys.executable, "-m", "torrent", "download", magnet, "-o", str(out), "--workers",
-            "1", "--no-trackers", "--bind", "127.0.0.1", "--dht-bootstrap", boot,
+            "1", "--no-trackers", "--bind", "127.0.0.1",
+            *(x for node in boot.split(",") for x in ("--dht-bootstrap", node)),
             "--state-dir", str(work / "ft-state"), "--json", "-q"]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     t0 = time.monotonic()
@@ -189,6 +194,11 @@ def main() -> int:
             seeders.append(s)
         wait_alert(router, lambda x: isinstance(x, lt.dht_announce_alert), time.monotonic()
                    + a.timeout, "the seeders' announces")
+        # Both clients bootstrap from the router and the seeders' nodes: the
+        # router's table fills with the nodes of earlier runs, all gone, and a
+        # bootstrap from it alone can end with no live node (libtorrent then
+        # never searches within the run)
+        boot = ",".join([boot, *(f"127.0.0.1:{s.listen_port()}" for s in seeders)])
         runs: list[dict[str, Any]] = []
         clients = [run_fasttorrent, run_libtorrent]
         for i in range(a.runs):
