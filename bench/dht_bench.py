@@ -48,12 +48,16 @@ sys.path.insert(0, str(HERE.parent))
 
 from torrent import metainfo  # noqa: E402
 from torrent.magnet import magnet_uri  # noqa: E402
+from torrent.tools.bench import versions  # noqa: E402
 from torrent.tools.benchclients._lt import loopback_settings  # noqa: E402
 from torrent.tools.payload import write_file  # noqa: E402
 from torrent.units import size_arg  # noqa: E402
 
 #: Longest wait for one libtorrent event (alerts are polled this often, in ms).
 ALERT_WAIT_MS = 50
+#: Without a peer after this many seconds, libtorrent is told to search again
+#: (fasttorrent's own first retry is after 5 s: torrent.dht.service.SEARCH_FIRST_RETRY).
+LT_RETRY = 2.0
 
 
 def dht_session(bootstrap: str) -> Any:
@@ -128,7 +132,13 @@ def run_libtorrent(magnet: str, boot: str, work: Path, timeout: float) -> dict[s
         atp.flags &= ~lt.torrent_flags.paused
         h = ses.add_torrent(atp)
         times: dict[str, float] = {}
+        asked = time.monotonic()
         while "complete_s" not in times:
+            if "first_peer_s" not in times and time.monotonic() - asked > LT_RETRY:
+                # libtorrent searches once at start and then at its next announce
+                # (minutes): ask again, as fasttorrent does after SEARCH_FIRST_RETRY
+                h.force_dht_announce()
+                asked = time.monotonic()
             if time.monotonic() > deadline:
                 st = h.status()
                 raise SystemExit(f"dht_bench: libtorrent timed out ({st.state}, "
@@ -230,7 +240,7 @@ def main() -> int:
         os.makedirs(a.results, exist_ok=True)
         with open(os.path.join(a.results, "dht_bench.json"), "w") as f:
             json.dump({"size": a.size, "seeders": a.seeders, "runs": runs,
-                       "medians": summary}, f, indent=1)
+                       "medians": summary, "versions": versions()}, f, indent=1)
     return 0
 
 
