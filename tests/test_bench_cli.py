@@ -146,6 +146,22 @@ def test_bench_magnet_times_metadata_and_first_piece(tmp_path: Path) -> None:
     assert "metadata " in r.stderr and "first piece " in r.stderr
 
 
+def test_an_older_tree_gets_only_the_download_flags_it_has(tmp_path: Path) -> None:
+    """ftN@TREE for a before/after comparison: a tree from before --no-dht and
+    --encryption is run without them (it has no DHT and dials in plaintext)."""
+    from torrent.tools.bench import OPTIONAL_FT_FLAGS, _tree_flags
+
+    old, newer = tmp_path / "old", tmp_path / "newer"
+    for tree, text in ((old, 's.add_argument("--port")\n'),
+                       (newer, 's.add_argument("--no-dht")\ns.add_argument("--port")\n')):
+        (tree / "torrent").mkdir(parents=True)
+        (tree / "torrent" / "cli.py").write_text(text)
+    assert _tree_flags(str(old)) == frozenset()
+    assert _tree_flags(str(newer)) == {"--no-dht"}
+    assert _tree_flags("") == set(OPTIONAL_FT_FLAGS)  # this tree: every flag
+    assert _tree_flags(str(tmp_path / "missing")) == frozenset()
+
+
 def test_bench_client_times_read_robustly() -> None:
     """The times come from the last JSON line a client printed; anything else is None."""
     from torrent.tools.bench import client_times

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import io
@@ -376,6 +377,23 @@ def _stop_when_done(marker: str, proc: Proc, stop: threading.Event) -> None:
         stop.wait(DONE_POLL)
 
 
+#: Flags of ``download`` that not every fasttorrent tree has (see :func:`_tree_flags`).
+OPTIONAL_FT_FLAGS = ("--no-dht", "--encryption")
+
+
+@functools.cache
+def _tree_flags(tree: str) -> frozenset[str]:
+    """Which of :data:`OPTIONAL_FT_FLAGS` the CLI of ``tree`` (``""``: this one) has."""
+    if not tree:
+        return frozenset(OPTIONAL_FT_FLAGS)
+    try:
+        with open(os.path.join(tree, "torrent", "cli.py"), encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return frozenset()
+    return frozenset(flag for flag in OPTIONAL_FT_FLAGS if f'"{flag}"' in text)
+
+
 def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: str,
                  done: str) -> list[str]:
     peers = ",".join(s.addr for s in ctx.peers)
@@ -389,9 +407,14 @@ def _client_argv(spec: ClientSpec, ctx: RunContext, out: str, port: int, cfg: st
         # the swarm's rule, as for lt-default and lt-fast: plaintext seeders are
         # dialled in plaintext; MSE seeders with --encryption enabled (MSE first)
         enc = "disabled" if ctx.seeder_encryption == "off" else "enabled"
+        # an older tree (ftN@TREE, a before/after comparison) gets only the flags
+        # it has: one without them had no DHT and dialled in plaintext anyway
+        has = _tree_flags(spec.tree)
         return [sys.executable, "-m", "torrent", "download", *source, "-o", out,
-                "--no-trackers", "--no-dht", "-q", "--json", "--workers", str(spec.workers),
-                "--encryption", enc, "--bind", "127.0.0.1", "--port", str(port)]
+                "--no-trackers", *(["--no-dht"] if "--no-dht" in has else []), "-q", "--json",
+                "--workers", str(spec.workers),
+                *(["--encryption", enc] if "--encryption" in has else []),
+                "--bind", "127.0.0.1", "--port", str(port)]
     if spec.kind == "lt":
         source = ["--magnet", ctx.magnet] if ctx.magnet else ["--peers", peers, ctx.torrent]
         return [sys.executable, "-m", "torrent.tools.benchclients.lt_download", "--profile",
