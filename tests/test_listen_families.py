@@ -22,7 +22,7 @@ from torrent.coordinator import Coordinator, parse_peer
 from torrent.errors import UsageError
 from torrent.net.peer import PeerConn
 from torrent.options import Options
-from torrent.worker import _ban_key
+from torrent.peeraddr import ban_key
 
 LOOPBACKS = ("127.0.0.1", "::1")
 
@@ -165,10 +165,10 @@ def test_we_are_not_our_own_peer_in_either_family() -> None:
 
 
 def test_bans_cover_the_host_in_its_canonical_form() -> None:
-    assert _ban_key("::1", 5) == "[::1]:5"  # loopback: the port tells peers apart
-    assert _ban_key("::ffff:127.0.0.1", 5) == _ban_key("127.0.0.1", 5) == "127.0.0.1:5"
-    assert _ban_key("2001:db8::1", 5) == _ban_key("2001:DB8::1", 6) == "2001:db8::1"
-    assert _ban_key("::ffff:10.0.0.1", 5) == _ban_key("10.0.0.1", 6) == "10.0.0.1"
+    assert ban_key("::1", 5) == "[::1]:5"  # loopback: the port tells peers apart
+    assert ban_key("::ffff:127.0.0.1", 5) == ban_key("127.0.0.1", 5) == "127.0.0.1:5"
+    assert ban_key("2001:db8::1", 5) == ban_key("2001:DB8::1", 6) == "2001:db8::1"
+    assert ban_key("::ffff:10.0.0.1", 5) == ban_key("10.0.0.1", 6) == "10.0.0.1"
 
 
 def test_an_accepted_peer_address_is_canonical() -> None:

@@ -37,6 +37,7 @@ from helpers.testpeer import GatedRelay
 from torrent import bencoding, metainfo
 from torrent.journal import HEADER_SIZE
 from torrent.magnet import magnet_uri
+from torrent.options import Options, dial_order
 from torrent.ports import free_port
 from torrent.wire.extension import MAX_METADATA_SIZE
 
@@ -264,8 +265,14 @@ def test_bad_metadata_peer_is_banned_and_the_download_completes(
         res = download(uri, tmp_path / "out", "--json")
         assert liar.asked, "the liar was never asked: the test proves nothing"
         gate.set()
+        # the fetch's dials only (the first kind, then the fallback to the other):
+        # the download that followed never dialled the banned liar again
+        assert liar.connections == len(dial_order(Options().encryption)), liar.connections
     assert res.returncode == 0, res.describe()
     assert res.json["complete"] is True
+    assert f"127.0.0.1:{liar.port}" in res.json["banned_peers"]
+    (rec,) = [p for p in res.json["peers"] if p["port"] == liar.port]
+    assert rec["banned"] and "does not hash" in rec["last_reason"], rec
     assert_downloaded(torrent, src, tmp_path / "out")
 
 

@@ -45,7 +45,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ from .journal import Journal, journal_path, metadata_path
 from .launch import Child, can_fork, fork_child, send_fd, start_child
 from .leases import LeaseTable, Send
 from .options import Options, default_max_connections
-from .peeraddr import format_peer, normalize_peer, parse_hostport
+from .peeraddr import ban_key, format_peer, normalize_peer, parse_hostport
 from .ports import free_port as _free_port
 from .ports import is_local_address
 from .shm import Arena, plan_slots
@@ -626,6 +626,21 @@ class Coordinator:
                 self.peers[key] = PeerRecord(*key, source=source)
         self.assign_peers()
 
+    def ban_peers(self, addrs: Iterable[tuple[str, int]], reason: str) -> None:
+        """Record ``addrs`` as banned before the run: never dialled (a magnet's fetch
+        banned them for lying metadata, and they may be among the magnet's peers)."""
+        for addr in addrs:
+            key = normalize_peer(*addr)
+            if key is None:
+                continue
+            rec = self.peers.get(key)
+            if rec is None:
+                if len(self.peers) >= MAX_KNOWN_PEERS:
+                    break
+                rec = self.peers[key] = PeerRecord(*key, source="magnet")
+            rec.banned = True
+            rec.last_reason = reason
+
     def _is_us(self, host: str, port: int) -> bool:
         """``host:port`` is our own listening socket, in whatever form a peer list names it
         (PEX lists the receiver itself; a dial to it is a connection to ourselves, which
@@ -978,7 +993,8 @@ class Coordinator:
                        "peak_dial_queue": s.get("peak_dial_queue", 0),
                        "web_seed_bytes": s.get("web_seed_bytes", 0),
                        "web_seed_errors": s.get("web_seed_errors", 0)})
-        banned = sorted({b for h in self.workers for b in h.stats.get("banned", [])})
+        banned = sorted({b for h in self.workers for b in h.stats.get("banned", [])}
+                        | {ban_key(r.host, r.port) for r in self.peers.values() if r.banned})
         peers = [{"host": r.host, "port": r.port, "source": r.source, "connected": r.connected,
                   "worker": r.last_worker, "banned": r.banned, "last_reason": r.last_reason}
                  for r in self.peers.values()]
@@ -1085,9 +1101,9 @@ def _read_file(path: str) -> bytes:
         raise os_error(e, f"reading {path}") from None
 
 
-def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
-                            log: Callable[[str], None]) -> tuple[metainfo.Metainfo, Options,
-                                                                 bytes, Dht | None]:
+def _load_or_fetch_metainfo(
+        uri: str, outdir: str, opts: Options, log: Callable[[str], None],
+) -> tuple[metainfo.Metainfo, Options, bytes, Dht | None, frozenset[tuple[str, int]]]:
     """The torrent of a magnet link: kept from an earlier run, else fetched from peers.
 
     The metadata kept beside the journal (``DIR/.fasttorrent/<info-hash>.torrent``)
@@ -1098,8 +1114,9 @@ def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
 
     Returns:
         The torrent, the options for the download (peers; the port announced
-        while fetching), the peer id the fetch used, and the DHT node the
-        fetch used (None: none, or the torrent is private), for the download.
+        while fetching), the peer id the fetch used, the DHT node the fetch
+        used (None: none, or the torrent is private), for the download, and
+        the peers the fetch banned for bad metadata.
 
     Raises:
         InvalidTorrent: a malformed magnet, or metadata that is not a valid,
@@ -1117,6 +1134,7 @@ def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
     kept = metadata_path(os.path.abspath(outdir), magnet.info_hash)
     meta = None
     dht: Dht | None = None
+    banned: frozenset[tuple[str, int]] = frozenset()
     if os.path.exists(kept):
         try:
             old = metainfo.load(kept)
@@ -1133,8 +1151,8 @@ def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
             opts = opts.replace(port=_free_port(opts.bind, udp=want_dht))
         dht = start_dht(opts, opts.port, log) if want_dht else None
         try:
-            info = _run_loop(fetch_metadata(magnet, opts, peer_id=peer_id, port=opts.port,
-                                            log=log, dht=dht))
+            info, banned = _run_loop(fetch_metadata(magnet, opts, peer_id=peer_id,
+                                                    port=opts.port, log=log, dht=dht))
             meta = metainfo_from_info(info, magnet)  # the strict .torrent checks
             _write_file(kept, torrent_bytes(meta.info_bytes, magnet), "the metadata to")
         except BaseException:
@@ -1147,7 +1165,7 @@ def _load_or_fetch_metainfo(uri: str, outdir: str, opts: Options,
     if opts.save_torrent:
         _write_file(opts.save_torrent, torrent_bytes(meta.info_bytes, magnet),
                     "the .torrent to")
-    return meta, opts, peer_id, dht
+    return meta, opts, peer_id, dht, banned
 
 
 def download(torrent: str, outdir: str, options: Options | None = None, *,
@@ -1190,12 +1208,13 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     peer_id = None
     metadata_seconds = 0.0
     dht = None
+    banned: frozenset[tuple[str, int]] = frozenset()
     # The workers import while the torrent is read, checked or fetched.
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
     try:
         if is_magnet(torrent):
-            meta, opts, peer_id, dht = _load_or_fetch_metainfo(torrent, outdir, opts,
-                                                               log or (lambda s: None))
+            meta, opts, peer_id, dht, banned = _load_or_fetch_metainfo(
+                torrent, outdir, opts, log or (lambda s: None))
             metadata_seconds = time.monotonic() - began
         else:
             meta = metainfo.load(torrent)
@@ -1205,6 +1224,7 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
                             metadata_seconds=metadata_seconds, prestarted=prestarted, dht=dht)
         if peer_id is not None:
             coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
+        coord.ban_peers(banned, "banned: its metadata does not hash to the info-hash")
         try:
             coord.prepare()
         except BaseException:

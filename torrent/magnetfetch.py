@@ -56,7 +56,7 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from . import __version__
 from .dht.service import Dht
@@ -66,8 +66,6 @@ from .metadata import MetadataComplete, MetadataFetch, MetadataHashFailed
 from .net.peer import PeerConn
 from .options import Options, dial_order
 from .peeraddr import format_peer
-from .tracker.client import make_announce_fn
-from .tracker.multitracker import TrackerSet
 from .wire.extension import MetadataData, MetadataReject
 from .wire.framing import ReceiveBuffer
 from .wire.metadata_conn import (
@@ -85,6 +83,7 @@ __all__ = [
     "PEER_MAX_ATTEMPTS",
     "PEER_RETRY_BASE",
     "TICK",
+    "Fetched",
     "fetch_metadata",
 ]
 
@@ -386,6 +385,11 @@ class _Fetcher:
     # -- trackers ---------------------------------------------------------------------
     async def announce(self) -> None:
         """Announce to the magnet's trackers (BEP 12 tiers) until cancelled; feed the peers."""
+        # imported here: a fetch without trackers (--no-trackers, none in the
+        # magnet) does not pay for the tracker clients (about 9 ms of imports)
+        from .tracker.client import make_announce_fn
+        from .tracker.multitracker import TrackerSet
+
         try:
             ts = TrackerSet(self.magnet.trackers)
         except ValueError as e:
@@ -472,8 +476,17 @@ class _Fetcher:
         await asyncio.sleep(0)
 
 
+class Fetched(NamedTuple):
+    """What a metadata fetch brings: the info dictionary, and the peers it banned for
+    sending metadata that does not hash to the info-hash (the download that follows
+    never dials them)."""
+
+    info: bytes
+    banned: frozenset[tuple[str, int]]
+
+
 async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port: int,
-                         log: Callable[[str], None], dht: Dht | None = None) -> bytes:
+                         log: Callable[[str], None], dht: Dht | None = None) -> Fetched:
     """Fetch the info dictionary of ``magnet`` from peers (BEP 9).
 
     Args:
@@ -489,7 +502,8 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
 
     Returns:
         The info dictionary's bytes, verified against the info-hash (not yet
-        validated as a torrent: :func:`~torrent.metadata.metainfo_from_info`).
+        validated as a torrent: :func:`~torrent.metadata.metainfo_from_info`),
+        and the peers banned for bad metadata.
 
     Raises:
         Incomplete: no metadata piece for ``opts.stall_timeout`` seconds, or
@@ -574,4 +588,4 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
     served = sum(1 for r in f.fetch.report() if r.received)
     log(f"metadata: {len(info)} bytes from {served} peer(s) in "
         f"{loop.time() - f.started:.3f} s")
-    return info
+    return Fetched(info, f.fetch.banned)

@@ -41,6 +41,7 @@ __all__ = [
     "COMPACT_V4",
     "COMPACT_V6",
     "Address",
+    "ban_key",
     "canonical_ip",
     "compact_count",
     "family",
@@ -250,3 +251,10 @@ def parse_hostport(text: str) -> Address:
     if peer is None:  # the unspecified or a multicast address
         raise ValueError(f"nobody listens at {host!r:.60}")
     return peer
+
+
+def ban_key(host: str, port: int) -> str:
+    """What a ban covers: the host, but host:port on loopback, where every peer is 127.x
+    (a test swarm or several clients on one machine) and only the port tells them apart."""
+    host = canonical_ip(host) or host  # ::ffff:10.0.0.1 is 10.0.0.1: one peer, one ban
+    return format_peer(host, port) if is_loopback(host) else host

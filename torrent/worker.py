@@ -48,7 +48,7 @@ from .errors import DiskFull, FastTorrentError, RemoteProtocolError
 from .launch import recv_fd
 from .net.peer import PeerConn
 from .options import MAX_CONNECTIONS_CAP, Options, dial_order, share
-from .peeraddr import canonical_ip, format_peer, is_loopback
+from .peeraddr import ban_key, format_peer
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .ports import listen_sockets
 from .shm import Arena
@@ -426,7 +426,7 @@ class Worker:
                 self.stats["endgame"] = True
             self.pump_all()
         elif t is ipc.Connect:
-            if _ban_key(msg.host, msg.port) in self.banned:
+            if ban_key(msg.host, msg.port) in self.banned:
                 self.send(ipc.PeerClosed(msg.host, msg.port, "banned", True, False))
             else:
                 self.dial(msg.host, msg.port)
@@ -508,7 +508,7 @@ class Worker:
         it: it is closed (RST) at once.
         """
         log.debug("w%d connected %s", self.wid, conn.addr)
-        if _ban_key(*conn.addr) in self.banned:
+        if ban_key(*conn.addr) in self.banned:
             return None
         st = self.stats
         if conn.outgoing:
@@ -583,7 +583,7 @@ class Worker:
             self._availability(peer.proto.peer_bitfield, -1)
         else:
             self.half_open -= 1
-        banned = _ban_key(*peer.addr) in self.banned
+        banned = ban_key(*peer.addr) in self.banned
         log.debug("w%d lost %s: %s", self.wid, peer.addr, peer.close_reason)
         if (not peer.active and peer.conn.outgoing and not banned
                 and peer.dial_attempt + 1 < len(self.dial_order)
@@ -1143,7 +1143,7 @@ class Worker:
                 self.ban(sender, f"sent a corrupt block of piece {pd.index}")
 
     def ban(self, peer: Peer, why: str) -> None:
-        self.banned.add(_ban_key(*peer.addr))
+        self.banned.add(ban_key(*peer.addr))
         self.stats["banned"].append(format_peer(*peer.addr))
         peer.abort(f"banned: {why}")
 
@@ -1311,13 +1311,6 @@ class Worker:
         deadline = self.loop.time() + DRAIN_TIMEOUT
         while self.loop.time() < deadline and any(p.conn.unsent() for p in list(self.peers)):
             await asyncio.sleep(DRAIN_POLL)
-
-
-def _ban_key(host: str, port: int) -> str:
-    """What a ban covers: the host, but host:port on loopback, where every peer is 127.x
-    (a test swarm or several clients on one machine) and only the port tells them apart."""
-    host = canonical_ip(host) or host  # ::ffff:10.0.0.1 is 10.0.0.1: one peer, one ban
-    return format_peer(host, port) if is_loopback(host) else host
 
 
 def _metadata_servable(info: bytes) -> bool:
