@@ -11,7 +11,6 @@ is the last test). Time-outs are driven with an injected clock.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import socket
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from helpers.dhtnode import HostileNode, krpc_response
+from helpers.noipv6 import refuse_ipv6
 from helpers.payload import assert_clean_after, ft_create, run_cli, write_tree
 
 from torrent import bencoding
@@ -527,7 +527,6 @@ def test_routing_table_id_at() -> None:
 
 # -- IPv6 (BEP 32) -------------------------------------------------------------------------------
 def _has_ipv6_loopback() -> bool:
-    import socket
 
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
@@ -599,14 +598,7 @@ def test_the_default_bind_runs_both_families_and_ipv4_alone_without_ipv6(
     finally:
         both.close()
 
-    real = socket.socket
-
-    def no_ipv6(family: int = socket.AF_INET, *a: Any, **kw: Any) -> socket.socket:
-        if family == socket.AF_INET6:
-            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-        return real(family, *a, **kw)
-
-    monkeypatch.setattr(socket, "socket", no_ipv6)
+    refuse_ipv6(monkeypatch)
     v4 = Dht(bind="", bootstrap=[], state_dir=None)
     v4.open()
     try:

@@ -51,8 +51,8 @@ from helpers.clients import (
     assert_same_payload,
     fasttorrent_seed,
 )
-from helpers.ltpeer import PEX, LtPeer, peer_ports
-from helpers.payload import Live, RunResult, ft_create, partial_copy, run_cli, write_tree
+from helpers.ltpeer import LEECHER_RATE, PEX, LtPeer, peer_ports, pex_swarm
+from helpers.payload import Live, RunResult, ft_create, run_cli, write_tree
 from helpers.testpeer import (
     METADATA_PIECE_OUT_OF_RANGE,
     GatedRelay,
@@ -111,9 +111,6 @@ METADATA_TIMEOUT = 30.0
 DOWNLOAD_TIMEOUT = 90.0
 #: aria2c fetching the metadata (it takes ~3 s: it announces, dials, asks).
 ARIA2C_TIMEOUT = 60.0
-#: A libtorrent leecher that must stay one for the whole test: 16 KiB/s of the
-#: 4 MiB payload is over four minutes, beyond every bound here.
-LEECHER_RATE = 16 * 1024
 #: How long fasttorrent may take to learn peers through PEX and finish with
 #: them: libtorrent sends its first PEX message within seconds of the
 #: extension handshake (then once a minute).
@@ -277,31 +274,13 @@ def test_fasttorrent_learns_peers_from_libtorrent_pex(small: Payload, tmp_path: 
     libtorrent lists in its PEX the peers it dialled and those that told it
     their listening port; it sends the first message within seconds of the
     extension handshake, to a peer once it has two or more (ut_pex.cpp).
-    A is rate-limited so that it stays a leecher (two seeds do not keep a
-    connection: a seed A would have no peer to tell us about).  B and C
-    each hold half of the pieces, so completing needs both: the other half
-    they could only get from us.  They are not rate-limited: a libtorrent
-    peer over its download limit stops reading its sockets, our requests
-    included, and would serve us in bursts seconds apart.  They send no PEX:
-    libtorrent paces PEX messages with one clock for its whole process (one
-    every 3 s across all its sessions, here all in this process), and their
-    messages would only delay A's.
+    The swarm is :func:`helpers.ltpeer.pex_swarm`: B and C each hold half of
+    the pieces, so completing needs both. They send no PEX: libtorrent paces
+    PEX messages with one clock for its whole process (one every 3 s across
+    all its sessions, here all in this process), and theirs would only delay A's.
     """
-    n = small.meta.num_pieces
-    halves = {"B": range(n // 2), "C": range(n // 2, n)}
     ft_port = free_port()
-    with LtPeer("A") as a, LtPeer("B") as b, LtPeer("C") as c:
-        for name, peer in (("B", b), ("C", c)):
-            partial_copy(small.torrent, small.src, tmp_path / name, halves[name])
-            h = peer.add_torrent(small.torrent, tmp_path / name, pex=False)
-            peer.wait_until(lambda h=h: h.status().num_pieces >= n // 2, EVENT_TIMEOUT,
-                            "done checking its half")
-        ha = a.add_torrent(small.torrent, tmp_path / "a")
-        ha.set_download_limit(LEECHER_RATE)
-        for s in (b, c):
-            ha.connect_peer(("127.0.0.1", s.port))
-        a.wait_until(lambda: peer_ports(ha) >= {b.port, c.port}, EVENT_TIMEOUT,
-                     "connected to B and C")
+    with pex_swarm(small.torrent, small.src, small.meta.num_pieces, tmp_path) as (a, b, c, ha):
         res = ft_download(small.torrent, tmp_path / "ft", [a.addr], port=ft_port,
                           interrupt_after=PEX_WAIT)
         assert res.returncode in (0, 7), res.describe()

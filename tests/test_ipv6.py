@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 from conftest import IN_CI, require_module
 from helpers.clients import FasttorrentSeed, assert_same_payload
-from helpers.ltpeer import PEX, LtPeer, peer_ports
-from helpers.payload import RunResult, ft_create, partial_copy, run_cli, write_tree
+from helpers.ltpeer import LEECHER_RATE, PEX, LtPeer, peer_ports, pex_swarm
+from helpers.payload import RunResult, ft_create, run_cli, write_tree
 from trackers import HTTPTestTracker, UDPTestTracker
 
 from torrent import metainfo
@@ -59,9 +59,6 @@ PIECE = "32K"
 DOWNLOAD_TIMEOUT = 90.0
 #: libtorrent checking its data, or reaching a state (seconds).
 EVENT_TIMEOUT = 30.0
-#: A libtorrent peer that must stay a leecher for the whole PEX test: 16 KiB/s
-#: of 4 MiB is over four minutes.
-LEECHER_RATE = 16 * 1024
 #: fasttorrent's wait for libtorrent's first PEX message and the download from
 #: the peers it names (libtorrent sends the first PEX within seconds).
 PEX_WAIT = 45.0
@@ -233,21 +230,8 @@ def test_fasttorrent_learns_ipv6_peers_from_libtorrent_pex(
         payload: Payload, tmp_path: Path) -> None:
     """Given only A, a libtorrent leecher on ::1 connected to B and C, fasttorrent learns
     B and C from A's ut_pex ``added6`` and completes from them (each has half)."""
-    n = payload.meta.num_pieces
-    halves = {"B": range(n // 2), "C": range(n // 2, n)}
-    with LtPeer("A", host="::1") as a, LtPeer("B", host="::1") as b, \
-            LtPeer("C", host="::1") as c:
-        for name, peer in (("B", b), ("C", c)):
-            partial_copy(payload.torrent, payload.src, tmp_path / name, halves[name])
-            h = peer.add_torrent(payload.torrent, tmp_path / name, pex=False)
-            peer.wait_until(lambda h=h: h.status().num_pieces >= n // 2, EVENT_TIMEOUT,
-                            "done checking its half")
-        ha = a.add_torrent(payload.torrent, tmp_path / "a")
-        ha.set_download_limit(LEECHER_RATE)
-        for s in (b, c):
-            ha.connect_peer(("::1", s.port))
-        a.wait_until(lambda: peer_ports(ha) >= {b.port, c.port}, EVENT_TIMEOUT,
-                     "connected to B and C")
+    with pex_swarm(payload.torrent, payload.src, payload.meta.num_pieces, tmp_path,
+                   host="::1") as (a, b, c, ha):
         ports = b.port, c.port
         res = ft_download(str(payload.torrent), tmp_path / "ft", "--no-trackers",
                           "--peer", a.addr, timeout=PEX_WAIT + DOWNLOAD_TIMEOUT)

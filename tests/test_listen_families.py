@@ -9,13 +9,13 @@ under CI=true).
 
 from __future__ import annotations
 
-import errno
 import socket
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from conftest import IN_CI
+from helpers.noipv6 import refuse_ipv6
 
 from torrent import ports
 from torrent.coordinator import Coordinator, parse_peer
@@ -92,15 +92,8 @@ def test_a_port_taken_by_another_program(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_without_ipv6_the_default_listens_on_ipv4_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel without IPv6 (``ipv6.disable=1``) refuses AF_INET6 sockets outright."""
-    real = socket.socket
-
-    def no_v6(family: int = socket.AF_INET, *args: Any, **kwargs: Any) -> socket.socket:
-        if family == socket.AF_INET6:
-            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-        return real(family, *args, **kwargs)
-
     monkeypatch.setattr(ports, "ANY_HOSTS", LOOPBACKS)
-    monkeypatch.setattr(ports.socket, "socket", no_v6)
+    refuse_ipv6(monkeypatch)  # ports.socket is the socket module: the same patch
     port = ports.free_port("")  # the dual-stack probe falls back to IPv4
     socks = ports.listen_sockets("", port, 16)
     try:

@@ -7,11 +7,13 @@ The default ``--bind`` listens on every address of both families
 not listen beyond loopback, so this wrapper makes the same code path
 listen on ``127.0.0.1`` and ``::1``: two sockets per worker, one of each
 family, exactly as the default does.  The sockets are made in the worker
-processes, fresh interpreters (:mod:`torrent.launch`): the coordinator's
-:func:`~torrent.launch.start_child` is replaced by one that starts
-:func:`worker_main` of this module, which patches the constant in the child
-and runs the real worker (as tests/helpers/pexrun.py does).  The package
-itself carries no hook for any of it.
+processes. The CLI forks them from this process
+(:func:`torrent.launch.fork_child`), and they inherit the patched constant;
+where it cannot fork they are fresh interpreters, so for those the
+coordinator's :func:`~torrent.launch.start_child` is replaced by one that
+starts :func:`worker_main` of this module, which patches the constant in the
+child and runs the real worker (as tests/helpers/pexrun.py does).  The
+package itself carries no hook for any of it.
 """
 
 from __future__ import annotations

@@ -22,12 +22,13 @@ Use it as a context manager: leaving the block aborts the session.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from torrent.peeraddr import format_peer
 
@@ -38,7 +39,7 @@ try:
 except ImportError:  # importable without it: the tests that need it skip first
     lt = None
 
-__all__ = ["PEX", "LtPeer", "peer_ports"]
+__all__ = ["LEECHER_RATE", "PEX", "LtPeer", "PexSwarm", "peer_ports", "pex_swarm"]
 
 #: libtorrent's ``peer_info.source`` bit of a peer learned through ut_pex (BEP 11).
 PEX = 0x04
@@ -48,6 +49,11 @@ MAX_ALERTS = 200
 ALERT_WAIT_MS = 100
 #: How long the session may take to report its listening port.
 LISTEN_TIMEOUT = 10.0
+#: A leecher that must stay one for a whole PEX test: 16 KiB/s of a few MiB
+#: is minutes, beyond every bound of those tests.
+LEECHER_RATE = 16 * 1024
+#: libtorrent checking its half of the data, or connecting (seconds).
+SWARM_TIMEOUT = 30.0
 
 
 class LtPeer:
@@ -196,3 +202,43 @@ def peer_ports(handle: Any, *, source: int = 0) -> set[int]:
             continue
         out.add(int(p.ip[1]))
     return out
+
+
+class PexSwarm(NamedTuple):
+    """The sessions of :func:`pex_swarm` and the leecher's torrent handle."""
+
+    a: LtPeer
+    b: LtPeer
+    c: LtPeer
+    ha: Any
+
+
+@contextlib.contextmanager
+def pex_swarm(torrent: Path, src: Path, num_pieces: int, tmp: Path, *,
+              host: str = "127.0.0.1") -> Iterator[PexSwarm]:
+    """Three libtorrent sessions on ``host`` for a test of the PEX we receive: B and C
+    each hold half of the pieces (none of them sends PEX), A is a leecher held at
+    :data:`LEECHER_RATE` and connected to both; the test gives fasttorrent A alone.
+
+    A stays a leecher: two seeds do not keep a connection, and a seed A would
+    have no peer to tell us about. B and C are not rate-limited: a libtorrent
+    peer over its download limit stops reading its sockets, our requests
+    included, and would serve us in bursts seconds apart.
+    """
+    from helpers.payload import partial_copy
+
+    halves = {"B": range(num_pieces // 2), "C": range(num_pieces // 2, num_pieces)}
+    with LtPeer("A", host=host) as a, LtPeer("B", host=host) as b, \
+            LtPeer("C", host=host) as c:
+        for name, peer in (("B", b), ("C", c)):
+            partial_copy(torrent, src, tmp / name, halves[name])
+            h = peer.add_torrent(torrent, tmp / name, pex=False)
+            peer.wait_until(lambda h=h: h.status().num_pieces >= num_pieces // 2,
+                            SWARM_TIMEOUT, "done checking its half")
+        ha = a.add_torrent(torrent, tmp / "a")
+        ha.set_download_limit(LEECHER_RATE)
+        for s in (b, c):
+            ha.connect_peer((host, s.port))
+        a.wait_until(lambda: peer_ports(ha) >= {b.port, c.port}, SWARM_TIMEOUT,
+                     "connected to B and C")
+        yield PexSwarm(a, b, c, ha)
