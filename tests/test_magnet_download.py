@@ -40,6 +40,7 @@ from torrent.magnet import magnet_uri
 from torrent.options import Options, dial_order
 from torrent.ports import free_port
 from torrent.wire.extension import MAX_METADATA_SIZE
+from torrent.wire.messages import Bitfield, encode
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -132,6 +133,9 @@ def test_single_file_from_a_magnet_and_save_torrent(
     # the metadata came first, then the first piece (both from the start of the download)
     assert 0 < j["metadata_seconds"] <= j["first_piece_seconds"]
     assert_downloaded(torrent, src, out)  # the kept metadata went with the journal
+    # the fetch's connections went on to the download: no seeder was dialled again
+    assert sum(w["adopted"] for w in j["workers"]) == len(peers), j["workers"]
+    assert all(w["peak_dialing"] == 0 for w in j["workers"]), j["workers"]
     # --save-torrent: the same info dict, the magnet's trackers (one tier each)
     got = metainfo.load(saved)
     assert got.info_hash == metainfo.load(torrent).info_hash
@@ -273,6 +277,27 @@ def test_bad_metadata_peer_is_banned_and_the_download_completes(
     assert f"127.0.0.1:{liar.port}" in res.json["banned_peers"]
     (rec,) = [p for p in res.json["peers"] if p["port"] == liar.port]
     assert rec["banned"] and "does not hash" in rec["last_reason"], rec
+    assert_downloaded(torrent, src, tmp_path / "out")
+
+
+def test_a_handed_over_peer_lying_in_its_first_messages_is_dropped_by_the_download(
+        single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path) -> None:
+    # Before the metadata a bitfield of up to MAX_PIECES_BEFORE_METADATA pieces is
+    # framed and ignored; the worker that takes the connection over reads it again
+    # against the torrent's 65 pieces, and drops the peer.
+    torrent, src = single
+    meta = metainfo.load(torrent)
+    (honest,) = seeders(torrent, [src])
+    lie = encode(Bitfield(b"\xff" * 1000))
+    with MetadataPeer(meta.info_hash, meta.info_bytes, preamble=lie) as liar:
+        uri = magnet(torrent, [("127.0.0.1", liar.port), ("127.0.0.1", honest.port)])
+        res = download(uri, tmp_path / "out", "--json", "--encryption", "disabled")
+    assert res.returncode == 0, res.describe()
+    j = res.json
+    assert j["complete"] is True
+    assert sum(w["adopted"] for w in j["workers"]) == 2, j["workers"]
+    (rec,) = [p for p in j["peers"] if p["port"] == liar.port]
+    assert "bitfield" in rec["last_reason"], rec
     assert_downloaded(torrent, src, tmp_path / "out")
 
 

@@ -22,7 +22,7 @@ from trackers import HTTPTestTracker
 from torrent import bencoding
 from torrent.errors import Incomplete
 from torrent.magnet import Magnet
-from torrent.magnetfetch import MAGNET_LEFT, Fetched, fetch_metadata
+from torrent.magnetfetch import MAGNET_LEFT, Fetched, close_handovers, fetch_metadata
 from torrent.options import Options, dial_order
 from torrent.ports import free_port
 from torrent.wire.extension import MAX_METADATA_SIZE, metadata_piece_count
@@ -56,8 +56,11 @@ def addr(p: MetadataPeer) -> tuple[str, int]:
 
 
 def run(magnet: Magnet, opts: Options, logs: list[str] | None = None) -> bytes:
-    """fetch_metadata on a fresh loop; asserts it left no task behind; the info dict."""
-    return fetch(magnet, opts, logs).info
+    """fetch_metadata on a fresh loop; asserts it left no task behind; the info dict
+    (the connections it handed over are closed)."""
+    got = fetch(magnet, opts, logs)
+    close_handovers(got.conns)
+    return got.info
 
 
 def fetch(magnet: Magnet, opts: Options, logs: list[str] | None = None) -> Fetched:
@@ -77,11 +80,18 @@ def fetch(magnet: Magnet, opts: Options, logs: list[str] | None = None) -> Fetch
 def test_two_honest_peers_share_the_fetch(peers: ExitStack) -> None:
     a, b = start(peers), start(peers)
     logs: list[str] = []
-    got = run(Magnet(HASH, peers=(addr(a), addr(b))), Options(), logs)
-    assert got == INFO
+    got = fetch(Magnet(HASH, peers=(addr(a), addr(b))), Options(), logs)
+    assert got.info == INFO
     asked = sorted(a.asked + b.asked)
     assert asked == list(range(metadata_piece_count(len(INFO))))  # each piece asked once
-    # our connections are closed once the metadata is in
+    # both connections are handed over to the download, the peer's stream so far
+    # with them: its handshake first (the metadata messages are not in it)
+    assert sorted((h.host, h.port) for h in got.conns) == sorted([addr(a), addr(b)])
+    for h in got.conns:
+        assert h.data[:20] == b"\x13BitTorrent protocol" and h.data[28:48] == HASH
+        assert len(h.data) < 1024 and h.source == "magnet"
+    assert not a.remote_closed.is_set() and not b.remote_closed.is_set()
+    close_handovers(got.conns)  # the last descriptor of each: the peers see the close
     assert a.remote_closed.wait(10) and b.remote_closed.wait(10)
     assert any("metadata: " in line for line in logs)
 
@@ -92,6 +102,8 @@ def test_a_peer_sending_bad_metadata_is_banned_and_the_honest_one_serves(
     good = start(peers)
     logs: list[str] = []
     got = fetch(Magnet(HASH, peers=(addr(bad), addr(good))), Options(), logs)
+    close_handovers(got.conns)
+    assert [(h.host, h.port) for h in got.conns] == [addr(good)]  # never the banned one
     assert got.info == INFO
     assert got.banned == {addr(bad)}  # for the download that follows: never dialled
     assert bad.asked and bad.remote_closed.wait(10)

@@ -36,6 +36,7 @@ from torrent.wire.handshake import (
 from torrent.wire.messages import (
     Bitfield,
     Extended,
+    Have,
     HaveAll,
     LocalProtocolError,
     Unchoke,
@@ -43,6 +44,7 @@ from torrent.wire.messages import (
     encode,
 )
 from torrent.wire.metadata_conn import (
+    MAX_HANDOVER_BYTES,
     MAX_PIECES_BEFORE_METADATA,
     MAX_REJECTS_SENT,
     ConnectionReady,
@@ -218,3 +220,36 @@ def test_close_is_idempotent_and_requests_need_ready() -> None:
     mc.close()
     mc.close()
     assert mc.state is MetadataConnState.CLOSED
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_handover_gives_the_peers_stream_without_its_metadata_messages(feed: Feed) -> None:
+    mc = MetadataConnection(HASH, OURS)
+    assert mc.handover() is None  # nothing to take over before the handshakes
+    other_ext = encode(Extended(7, b"not one of ours"))  # an id we never offered: kept
+    partial = encode(Have(9))[:5]  # a frame not whole yet
+    stream = (peer_handshake() + encode(HaveAll()) + peer_ext() + b"\x00\x00\x00\x00"
+              + peer_data(0) + encode(Have(3)) + other_ext + peer_data(2) + partial)
+    feed(mc, stream)
+    assert mc.state is MetadataConnState.READY
+    # in stream order; keep-alives and ut_metadata out; the partial frame last
+    assert mc.handover() == (peer_handshake() + encode(HaveAll()) + peer_ext()
+                             + encode(Have(3)) + other_ext + partial)
+
+
+def test_no_handover_before_the_extension_handshake_or_after_too_much() -> None:
+    mc = MetadataConnection(HASH, OURS)
+    mc.receive_data(peer_handshake())
+    assert mc.state is MetadataConnState.AWAIT_EXTENSIONS and mc.handover() is None
+    mc = ready()
+    # the largest bitfield taken before the metadata, then HAVEs past the bound:
+    # the connection still works, but is dialled again rather than handed over
+    big = encode(Bitfield(b"\xff" * (MAX_PIECES_BEFORE_METADATA // 8)))
+    haves = b"".join(encode(Have(i)) for i in range(
+        (MAX_HANDOVER_BYTES - len(big)) // 9 + 1))
+    assert mc.receive_data(big + haves) == []
+    assert mc.state is MetadataConnState.READY and mc.can_request
+    assert mc.handover() is None
+    closed = ready()
+    closed.close()
+    assert closed.handover() is None

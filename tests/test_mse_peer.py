@@ -169,6 +169,8 @@ def test_metadata_connection_over_mse(method: int, chunk: int | None) -> None:
     assert out[4] == 20 and out[5] == EXTENSION_HANDSHAKE_ID
     hs = ExtensionHandshake.decode(bytes(out[6:]))
     assert hs.m == {UT_METADATA: OUR_EXTENSION_IDS[UT_METADATA]}
+    # handed over to the download only in plaintext: RC4's state stays in this process
+    assert mc.handover() == (None if method == CRYPTO_RC4 else stream)
 
 
 def test_metadata_connection_refuses_a_garbage_dh_key() -> None:

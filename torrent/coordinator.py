@@ -47,7 +47,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import errors, ipc, metainfo
 from ._io import DIRECT_ALIGN
@@ -66,6 +66,9 @@ from .storage import Storage, check_free_space, check_output_paths, layout_for, 
 from .sysinfo import available_cpus, fd_limit
 from .wire.handshake import make_peer_id
 from .worker import DIAL_BUDGET, WorkerConfig
+
+if TYPE_CHECKING:
+    from .magnetfetch import Handover
 
 __all__ = ["Coordinator", "DownloadResult", "download", "parse_peer", "seed"]
 
@@ -267,6 +270,9 @@ class Coordinator:
         dht: a DHT node already open (a magnet's metadata fetch used it); else one
             is started with the workers when ``opts`` wants one (never for a
             private torrent). The coordinator closes it at the end.
+        handover: connections a magnet's fetch made, for the workers to take
+            over (:meth:`start_workers`); those not taken stay in
+            :attr:`handover` for the caller to close.
     """
 
     def __init__(self, meta: Any, outdir: str, opts: Options, *, seeding: bool = False,
@@ -274,7 +280,7 @@ class Coordinator:
                  status_line: Callable[[str], None] | None = None,
                  began: float | None = None, metadata_seconds: float = 0.0,
                  prestarted: PrestartedWorkers | None = None,
-                 dht: Dht | None = None) -> None:
+                 dht: Dht | None = None, handover: Sequence[Handover] = ()) -> None:
         opts = _resolve_connections(opts)  # a caller of ours that left it unset
         if opts.workers is None:
             raise ValueError("Coordinator needs a resolved worker count")
@@ -320,6 +326,7 @@ class Coordinator:
         self._dials_freed = False  # a worker has room for dials again: assign peers
         self.prestarted = prestarted
         self.dht = dht
+        self.handover: list[Handover] = list(handover)
         self.web_seeds_dropped: dict[str, str] = {}  # url -> why (warned once)
         # PEX across workers: each worker's live peers, and what each was told of
         # the others' (see share_live_peers)
@@ -446,8 +453,43 @@ class Coordinator:
                 send_fd(h.conn, self.arena.fd)
             except OSError:
                 pass  # it died starting: the liveness check in run() reports it
+        self._hand_over(done_bits)
         # the start-up affinity runs from here, not from before the resume check
         self.leases.start(time.monotonic())
+
+    def _hand_over(self, done_bits: bytes) -> None:
+        """Give each connection a magnet's fetch kept (:attr:`handover`) to the worker
+        with the fewest peers: :class:`ipc.Adopt`, then its descriptor. The peer is then
+        connected there, and not dialled. Only while nothing is verified: the fetch
+        sent the peer no bitfield, and one now would follow other messages. Our
+        descriptors are closed either way (a worker holds its own copy)."""
+        from .magnetfetch import close_handovers
+
+        conns, self.handover = self.handover, []
+        try:
+            if any(done_bits):
+                return
+            for c in conns:
+                key = normalize_peer(c.host, c.port)
+                alive = [w for w in self.workers if w.alive]
+                rec = self.peers.get(key) if key is not None else None
+                if key is None or not alive or (rec is not None and (
+                        rec.banned or rec.worker is not None)):
+                    continue
+                w = min(alive, key=lambda w: (w.peers, w.wid))
+                try:
+                    w.conn.send(ipc.Adopt(key[0], key[1], c.data))
+                    send_fd(w.conn, c.fd)
+                except OSError:
+                    continue  # it died: the liveness check in run() reports it
+                if rec is None:
+                    rec = self.peers[key] = PeerRecord(*key, source=c.source)
+                rec.worker = rec.last_worker = w.wid
+                rec.connected = True
+                w.peers += 1
+                self.leases.set_peers(w.wid, w.peers)
+        finally:
+            close_handovers(conns)
 
     def release_prestarted(self) -> None:
         """Let worker processes started for this run and never used exit."""
@@ -987,6 +1029,8 @@ class Coordinator:
                        # the connection limits at work (torrent/worker.py)
                        "refused": s.get("refused", 0),
                        "handshake_timeouts": s.get("handshake_timeouts", 0),
+                       # connections a magnet's fetch handed over (never dialled again)
+                       "adopted": s.get("adopted", 0),
                        "peak_connections": s.get("peak_connections", 0),
                        "peak_half_open": s.get("peak_half_open", 0),
                        "peak_dialing": s.get("peak_dialing", 0),
@@ -1103,7 +1147,8 @@ def _read_file(path: str) -> bytes:
 
 def _load_or_fetch_metainfo(
         uri: str, outdir: str, opts: Options, log: Callable[[str], None],
-) -> tuple[metainfo.Metainfo, Options, bytes, Dht | None, frozenset[tuple[str, int]]]:
+) -> tuple[metainfo.Metainfo, Options, bytes, Dht | None, frozenset[tuple[str, int]],
+           tuple[Handover, ...]]:
     """The torrent of a magnet link: kept from an earlier run, else fetched from peers.
 
     The metadata kept beside the journal (``DIR/.fasttorrent/<info-hash>.torrent``)
@@ -1115,8 +1160,10 @@ def _load_or_fetch_metainfo(
     Returns:
         The torrent, the options for the download (peers; the port announced
         while fetching), the peer id the fetch used, the DHT node the fetch
-        used (None: none, or the torrent is private), for the download, and
-        the peers the fetch banned for bad metadata.
+        used (None: none, or the torrent is private), for the download, the
+        peers the fetch banned for bad metadata, and the connections it hands
+        over (:class:`~torrent.magnetfetch.Handover`; the caller closes them
+        if the download does not take them).
 
     Raises:
         InvalidTorrent: a malformed magnet, or metadata that is not a valid,
@@ -1124,7 +1171,7 @@ def _load_or_fetch_metainfo(
         Incomplete, Interrupted: from the fetch.
     """
     from .magnet import parse_magnet
-    from .magnetfetch import fetch_metadata
+    from .magnetfetch import close_handovers, fetch_metadata
     from .metadata import metainfo_from_info, torrent_bytes
 
     magnet = parse_magnet(uri)
@@ -1135,6 +1182,7 @@ def _load_or_fetch_metainfo(
     meta = None
     dht: Dht | None = None
     banned: frozenset[tuple[str, int]] = frozenset()
+    conns: tuple[Handover, ...] = ()
     if os.path.exists(kept):
         try:
             old = metainfo.load(kept)
@@ -1151,11 +1199,12 @@ def _load_or_fetch_metainfo(
             opts = opts.replace(port=_free_port(opts.bind, udp=want_dht))
         dht = start_dht(opts, opts.port, log) if want_dht else None
         try:
-            info, banned = _run_loop(fetch_metadata(magnet, opts, peer_id=peer_id,
-                                                    port=opts.port, log=log, dht=dht))
+            info, banned, conns = _run_loop(fetch_metadata(magnet, opts, peer_id=peer_id,
+                                                           port=opts.port, log=log, dht=dht))
             meta = metainfo_from_info(info, magnet)  # the strict .torrent checks
             _write_file(kept, torrent_bytes(meta.info_bytes, magnet), "the metadata to")
         except BaseException:
+            close_handovers(conns)
             if dht is not None:
                 dht.close()
             raise
@@ -1163,9 +1212,13 @@ def _load_or_fetch_metainfo(
             dht.close()
             dht = None
     if opts.save_torrent:
-        _write_file(opts.save_torrent, torrent_bytes(meta.info_bytes, magnet),
-                    "the .torrent to")
-    return meta, opts, peer_id, dht, banned
+        try:
+            _write_file(opts.save_torrent, torrent_bytes(meta.info_bytes, magnet),
+                        "the .torrent to")
+        except BaseException:
+            close_handovers(conns)
+            raise
+    return meta, opts, peer_id, dht, banned, conns
 
 
 def download(torrent: str, outdir: str, options: Options | None = None, *,
@@ -1209,11 +1262,13 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     metadata_seconds = 0.0
     dht = None
     banned: frozenset[tuple[str, int]] = frozenset()
+    conns: tuple[Handover, ...] = ()
     # The workers import while the torrent is read, checked or fetched.
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
+    coord = None
     try:
         if is_magnet(torrent):
-            meta, opts, peer_id, dht, banned = _load_or_fetch_metainfo(
+            meta, opts, peer_id, dht, banned, conns = _load_or_fetch_metainfo(
                 torrent, outdir, opts, log or (lambda s: None))
             metadata_seconds = time.monotonic() - began
         else:
@@ -1221,7 +1276,8 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
             if opts.save_torrent:
                 _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
         coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line, began=began,
-                            metadata_seconds=metadata_seconds, prestarted=prestarted, dht=dht)
+                            metadata_seconds=metadata_seconds, prestarted=prestarted, dht=dht,
+                            handover=conns)
         if peer_id is not None:
             coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
         coord.ban_peers(banned, "banned: its metadata does not hash to the info-hash")
@@ -1234,6 +1290,10 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
         res: DownloadResult = _run_loop(coord.run())
     finally:
         prestarted.close()  # those not taken (an error, or nothing left to do)
+        if coord is None or coord.handover:  # not taken (an error, or nothing left to do)
+            from .magnetfetch import close_handovers
+
+            close_handovers(conns if coord is None else coord.handover)
     if coord.fatal is not None:
         raise coord.fatal
     if coord.interrupted and not (res.complete and coord.seed_started is not None):

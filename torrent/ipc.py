@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "MAX_SHARED_PEERS",
+    "Adopt",
     "Availability",
     "Connect",
     "DhtNode",
@@ -54,6 +55,17 @@ class Connect(NamedTuple):
 
     host: str
     port: int
+
+
+class Adopt(NamedTuple):
+    """Take over this connection, which a magnet's metadata fetch made: its socket's
+    descriptor follows the message (``SCM_RIGHTS``, :func:`torrent.launch.send_fd`);
+    ``data`` is the stream to read before the socket's bytes (the peer's handshake
+    and its frames since; at most ``metadata_conn.MAX_HANDOVER_BYTES``)."""
+
+    host: str
+    port: int
+    data: bytes
 
 
 class Steal(NamedTuple):

@@ -45,8 +45,15 @@ Trackers see the same peer id and port as the download that follows (the
 coordinator reuses them), so no ``stopped`` is sent between the two: the
 download's own ``started`` continues the same session.
 
-The connections are not handed over to the workers (they live in other
-processes); peers that served metadata are dialled again by the download.
+**The connections are kept** for the download (BEP 9: the fetch and the
+download are one swarm). When the fetch is done, each connection that can be
+handed over (:meth:`~torrent.wire.metadata_conn.MetadataConnection.handover`:
+past both handshakes, not RC4-encrypted, nothing left unsent) leaves as a
+:class:`Handover`: a duplicate of its socket's descriptor and the stream a
+worker must read before the socket's bytes. The coordinator passes each one
+to a worker (``SCM_RIGHTS``), whose protocol takes it up as a connection it
+dialled: no second connect, no second handshake. The rest are closed, and
+the download dials those peers again.
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ __all__ = [
     "PEER_RETRY_BASE",
     "TICK",
     "Fetched",
+    "Handover",
+    "close_handovers",
     "fetch_metadata",
 ]
 
@@ -463,6 +472,29 @@ class _Fetcher:
             return "no peer left that could send the metadata"
         return None
 
+    def hand_over(self) -> tuple[Handover, ...]:
+        """Take the connections that can go on to the download out of the fetch (see the
+        module docstring); call it once done, before :meth:`shutdown` closes the rest."""
+        out: list[Handover] = []
+        for link in list(self.links.values()):
+            if link.closed or not link.offered:
+                continue
+            data = link.mc.handover()
+            tr = link.conn.transport
+            sock = tr.get_extra_info("socket") if tr is not None else None
+            if data is None or sock is None or link.conn.write_buffer_size():
+                continue
+            try:
+                fd = os.dup(sock.fileno())
+            except OSError:
+                continue  # out of descriptors: this one is dialled again
+            c = self.candidates.get(link.addr)
+            out.append(Handover(link.addr[0], link.addr[1], fd, data,
+                                c.source if c is not None else "magnet"))
+            # closing our descriptor leaves the socket open on the duplicate
+            self.close(link, "handed over to the download", final=True)
+        return tuple(out)
+
     async def shutdown(self) -> None:
         """Close every connection and dial (bounded: aborts, cancels)."""
         self.closing = True
@@ -476,13 +508,42 @@ class _Fetcher:
         await asyncio.sleep(0)
 
 
+class Handover(NamedTuple):
+    """A connection the fetch made, for the download to keep (see the module docstring).
+
+    Attributes:
+        host, port: the peer, as dialled.
+        fd: a descriptor of the connected socket, owned by whoever holds this.
+        data: the stream to read before the socket's bytes (the peer's
+            handshake and its frames since, but ``ut_metadata``).
+        source: where the fetch heard of the peer (``magnet``, ``manual``,
+            ``tracker``, ``dht``).
+    """
+
+    host: str
+    port: int
+    fd: int
+    data: bytes
+    source: str
+
+
+def close_handovers(conns: Iterable[Handover]) -> None:
+    """Close the descriptors of connections not handed on (an error, nothing to do)."""
+    for h in conns:
+        try:
+            os.close(h.fd)
+        except OSError:
+            pass
+
+
 class Fetched(NamedTuple):
-    """What a metadata fetch brings: the info dictionary, and the peers it banned for
+    """What a metadata fetch brings: the info dictionary, the peers it banned for
     sending metadata that does not hash to the info-hash (the download that follows
-    never dials them)."""
+    never dials them), and the connections it hands over."""
 
     info: bytes
     banned: frozenset[tuple[str, int]]
+    conns: tuple[Handover, ...] = ()
 
 
 async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port: int,
@@ -503,7 +564,8 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
     Returns:
         The info dictionary's bytes, verified against the info-hash (not yet
         validated as a torrent: :func:`~torrent.metadata.metainfo_from_info`),
-        and the peers banned for bad metadata.
+        the peers banned for bad metadata, and the connections handed over
+        (their descriptors are the caller's to pass on or close).
 
     Raises:
         Incomplete: no metadata piece for ``opts.stall_timeout`` seconds, or
@@ -537,6 +599,7 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
         dht_task = loop.create_task(dht.search(
             magnet.info_hash, lambda peers: f.add_candidates(peers, "dht"), dht_stop))
         f.dht_searching = True
+    conns: tuple[Handover, ...] = ()
     asking = [w for w, on in (("the trackers", tracker_task), ("the DHT", dht_task)) if on]
     log(f"magnet {magnet.info_hash_hex}: fetching the metadata from peers "
         f"({len(f.candidates)} known{', asking ' + ' and '.join(asking) if asking else ''})")
@@ -569,6 +632,7 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
                 await asyncio.wait_for(f.wake.wait(), TICK)
             except TimeoutError:
                 pass
+        conns = f.hand_over()
     finally:
         if tracker_task is not None:
             tracker_task.cancel()
@@ -588,4 +652,4 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
     served = sum(1 for r in f.fetch.report() if r.received)
     log(f"metadata: {len(info)} bytes from {served} peer(s) in "
         f"{loop.time() - f.started:.3f} s")
-    return Fetched(info, f.fetch.banned)
+    return Fetched(info, f.fetch.banned, conns)

@@ -35,6 +35,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -236,7 +237,8 @@ class Peer:
                  "metadata_served", "pex_at", "pex_heard", "pex_sent", "proto", "rate",
                  "serve_pending", "up_rate", "uploaded", "worker")
 
-    def __init__(self, worker: Worker, conn: PeerConn, now: float, dial_attempt: int = 0) -> None:
+    def __init__(self, worker: Worker, conn: PeerConn, now: float, dial_attempt: int = 0, *,
+                 adopted: bool = False) -> None:
         m = worker.meta
         self.worker = worker
         self.conn = conn
@@ -247,7 +249,7 @@ class Peer:
                                      m.total_size, we_initiated=conn.outgoing, now=now,
                                      framer=worker.framer, recv_budget=worker.recv_budget,
                                      accept_mse=enc != "disabled", require_mse=enc == "required",
-                                     initiate_mse=conn.outgoing
+                                     initiate_mse=conn.outgoing and not adopted
                                      and worker.dial_order[dial_attempt],
                                      reserved=_RESERVED_DHT if worker.cfg.dht_port
                                      else RESERVED_OURS)
@@ -383,7 +385,7 @@ class Worker:
                                       "blocks": 0, "steals": 0, "released": 0,
                                       "hash_failures": 0, "banned": [], "endgame": False,
                                       "mse": 0, "mse_rc4": 0, "dial_fallbacks": 0,
-                                      "refused": 0, "handshake_timeouts": 0,
+                                      "refused": 0, "handshake_timeouts": 0, "adopted": 0,
                                       "peak_connections": 0, "peak_half_open": 0,
                                       "peak_dialing": 0, "peak_dial_queue": 0}
         self.fatal: tuple[str, str] | None = None
@@ -430,6 +432,13 @@ class Worker:
                 self.send(ipc.PeerClosed(msg.host, msg.port, "banned", True, False))
             else:
                 self.dial(msg.host, msg.port)
+        elif t is ipc.Adopt:
+            try:
+                fd = recv_fd(self.conn)  # its socket follows the message
+            except (EOFError, OSError):
+                self.stop_event.set()  # the coordinator is gone
+                return
+            self.adopt(msg.host, msg.port, fd, msg.data)
         elif t is ipc.Steal:
             out = self.picker.release(msg.wanted)
             self.stats["released"] += len(out)
@@ -500,34 +509,79 @@ class Worker:
             self.send(ipc.PeerClosed(host, port, failed[0], failed[1], False))
         self._dial_next()
 
-    def accept(self, conn: PeerConn, dial_attempt: int = 0) -> Peer | None:
+    def adopt(self, host: str, port: int, fd: int, data: bytes) -> None:
+        """Take over a connection a magnet's metadata fetch made (:class:`ipc.Adopt`):
+        our handshake went out on it already, and ``data`` is what the peer sent
+        since (its handshake first), read before the socket's bytes."""
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            os.close(fd)
+            self.send(ipc.PeerClosed(host, port, f"handover failed: {e.strerror or e}",
+                                     False, False))
+            return
+        self.loop.create_task(self._adopt(sock, host, port, data))
+
+    async def _adopt(self, sock: socket.socket, host: str, port: int, data: bytes) -> None:
+        def made() -> PeerConn:
+            return PeerConn(lambda c: self.accept(c, replay=data), (host, port), True)
+
+        try:
+            _tr, conn = await self.loop.connect_accepted_socket(made, sock)
+            refused = conn.refused
+        except OSError as e:
+            sock.close()
+            self.send(ipc.PeerClosed(host, port, f"handover failed: {e.strerror or e}",
+                                     False, False))
+            return
+        if refused:  # banned meanwhile, or no room
+            self.send(ipc.PeerClosed(host, port, "refused", False, False))
+
+    def accept(self, conn: PeerConn, dial_attempt: int = 0, *,
+               replay: bytes | None = None) -> Peer | None:
         """A connection was made (either way): its handler, or None to refuse it.
 
         An incoming connection past this worker's share of ``max_connections``
         or ``max_half_open`` is refused here, before anything is allocated for
-        it: it is closed (RST) at once.
+        it: it is closed (RST) at once. ``replay``: the connection is one a
+        magnet's fetch handed over (see :meth:`adopt`); these bytes are the
+        peer's stream so far.
         """
         log.debug("w%d connected %s", self.wid, conn.addr)
         if ban_key(*conn.addr) in self.banned:
             return None
         st = self.stats
-        if conn.outgoing:
+        if replay is not None:
+            if self.connections >= self.max_connections:
+                return None
+        elif conn.outgoing:
             if not dial_attempt:  # (a fallback's first dial was answered already)
                 self.send(ipc.Dialled(*conn.addr))  # its place in the dial budget is free
         elif self.connections >= self.max_connections or self.half_open >= self.max_half_open:
             st["refused"] += 1
             return None
-        peer = Peer(self, conn, self.loop.time(), dial_attempt)
+        peer = Peer(self, conn, self.loop.time(), dial_attempt, adopted=replay is not None)
         self.peers.add(peer)
         self.half_open += 1
         st["peers"] += 1
         st["peak_connections"] = max(st["peak_connections"], len(self.peers))
         st["peak_half_open"] = max(st["peak_half_open"], self.half_open)
-        if conn.outgoing:  # our handshake, or with MSE its first step (the handshake in it)
+        if replay is not None:
+            st["adopted"] += 1
+            peer.proto.handshake_sent_elsewhere()  # the fetch sent ours
+            peer.rb.feed(replay)  # before the socket's first read: the stream's order
+            self.loop.call_soon(self._replayed, peer)
+        elif conn.outgoing:  # our handshake, or with MSE its first step (the handshake in it)
             conn.write(peer.proto.take_output() or peer.proto.handshake())
         if self.down is not None and self.down.paused:
             conn.pause()
         return peer
+
+    def _replayed(self, peer: Peer) -> None:
+        """Read what an adopted connection's peer sent before (unless the socket's own
+        first read did already)."""
+        if not peer.closed and peer.rb.end > peer.rb.start:
+            self.on_data(peer)
 
     def _handshaken(self, peer: Peer) -> None:
         out = peer.proto.take_output()

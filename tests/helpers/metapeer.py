@@ -13,6 +13,9 @@ connection:
    ``answer=False``: it never answers), or a reject when out of range;
 4. ignores everything else until the remote closes.
 
+``preamble`` is written after its extension handshake, as is: a hostile
+stream for the download that takes the connection over.
+
 ``info`` need not hash to ``info_hash``: that is the "bad metadata" peer.
 It records the metadata pieces asked of it, and events for the moments a
 test waits on (``requested``, ``remote_closed``).
@@ -61,7 +64,8 @@ class MetadataPeer(_LoopServer):
     name = "metadata-peer"
 
     def __init__(self, info_hash: bytes, info: bytes, *, metadata_size: int | None = None,
-                 offer: bool = True, answer: bool = True, bep10: bool = True) -> None:
+                 offer: bool = True, answer: bool = True, bep10: bool = True,
+                 preamble: bytes = b"") -> None:
         super().__init__()
         self.info_hash = info_hash
         self.info = info
@@ -69,6 +73,7 @@ class MetadataPeer(_LoopServer):
         self.offer = offer
         self.answer = answer
         self.bep10 = bep10
+        self.preamble = preamble
         self.peer_id = make_peer_id(b"-MP0001-")
         self._asked: list[int] = []
         self.requested = threading.Event()  # a metadata piece was asked for
@@ -99,6 +104,7 @@ class MetadataPeer(_LoopServer):
                 hs[b"m"] = {b"ut_pex": 9}
             body = bencoding.encode(hs)
             writer.write(encode(Extended(EXTENSION_HANDSHAKE_ID, body)))
+            writer.write(self.preamble)
         frames = FrameReader(1)
         their_ut: int | None = None
         try:

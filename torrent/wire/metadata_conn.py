@@ -30,6 +30,18 @@ the caller's (it knows when the connection was made). The connection
 answers a peer's own ut_metadata requests with rejects (we have no metadata
 to give), at most :data:`MAX_REJECTS_SENT` of them.
 
+**Handing the connection over.** Once the metadata is in, the download
+keeps the connections it came over (BEP 9's fetch and the download are one
+swarm; a re-dial costs a connect, a handshake and, for a libtorrent peer,
+its reconnect throttle). A worker's :class:`~torrent.wire.peer.PeerProtocol`
+then takes the connection as if it had dialled it: :meth:`MetadataConnection.handover`
+gives the stream it must read first, the peer's handshake and every frame
+since, less keep-alives and ``ut_metadata`` messages (the fetch's business,
+and up to 30 MiB of them), then whatever part of a frame is still buffered.
+At most :data:`MAX_HANDOVER_BYTES` are kept; a connection that sent more,
+or whose stream is RC4-encrypted (the cipher's state cannot move to another
+process), is not handed over but closed and dialled again.
+
 The caller reads bytes into :attr:`MetadataConnection.rb` (or copies them
 in with :meth:`MetadataConnection.receive_data`), asks
 :meth:`MetadataConnection.events` what they mean, and writes what
@@ -74,6 +86,7 @@ from .mse import CRYPTO_RC4, MSEInitiator
 from .rc4 import RC4
 
 __all__ = [
+    "MAX_HANDOVER_BYTES",
     "MAX_PIECES_BEFORE_METADATA",
     "MAX_REJECTS_SENT",
     "ConnectionReady",
@@ -93,6 +106,13 @@ MAX_PIECES_BEFORE_METADATA: Final = MAX_METADATA_SIZE // 20
 #: ignore them: we announce no metadata_size, so an honest peer asks nothing;
 #: the bound keeps one that keeps asking from filling our send queue.
 MAX_REJECTS_SENT: Final = 64
+
+#: The most bytes of a peer's stream kept for handing its connection over
+#: (:meth:`MetadataConnection.handover`): its handshake, its extension
+#: handshake (MAX_HANDSHAKE_LENGTH, 16 KiB) and a bitfield of the largest
+#: torrent whose metadata we would take (196,608 bytes) fit, with room for
+#: HAVEs. A peer that sent more is dialled again instead.
+MAX_HANDOVER_BYTES: Final = 256 * 1024
 
 # What our extension handshake offers: only ut_metadata. Nothing else is read
 # on these connections (PEX and the rest wait for the download proper).
@@ -184,6 +204,9 @@ class MetadataConnection:
         self._metadata_size: int | None = None
         self._offered = False
         self.rejects_sent = 0
+        # the peer's stream for handover(): its handshake, then its frames but
+        # keep-alives and ut_metadata; None once over MAX_HANDOVER_BYTES
+        self._replay: bytearray | None = bytearray()
 
     # --- state --------------------------------------------------------------------
     @property
@@ -282,6 +305,7 @@ class MetadataConnection:
                 check_handshake_prefix(rb.view[rb.start : rb.end])
                 return
             out.append(self._on_handshake(rb.view[rb.start : rb.start + HANDSHAKE_LENGTH]))
+            self._keep(rb.view[rb.start : rb.start + HANDSHAKE_LENGTH])
             rb.start += HANDSHAKE_LENGTH
         while self._state is not MetadataConnState.CLOSED:
             n = next_frame(rb, self._framer)
@@ -289,12 +313,43 @@ class MetadataConnection:
                 return
             start = rb.start
             rb.start = start + 4 + n
-            if n == 0 or rb.buf[start + 4] != EXTENDED:
-                continue  # a keep-alive, or a message that means nothing yet
+            if n == 0:
+                continue  # a keep-alive
+            if rb.buf[start + 4] != EXTENDED:
+                self._keep(rb.view[start : start + 4 + n])  # means nothing yet: the worker's
+                continue
             msg = cast(Extended, Extended.decode_payload(rb.view[start + 5 : start + 4 + n]))
+            if msg.ext_id != OUR_EXTENSION_IDS[UT_METADATA]:
+                self._keep(rb.view[start : start + 4 + n])
             ev = self._on_extended(msg)
             if ev is not None:
                 out.append(ev)
+
+    def _keep(self, data: memoryview) -> None:
+        """Add ``data`` to the stream :meth:`handover` gives (bounded)."""
+        r = self._replay
+        if r is not None:
+            if len(r) + len(data) > MAX_HANDOVER_BYTES:
+                self._replay = None  # too much to replay: this one is dialled again
+            else:
+                r += data
+
+    def handover(self) -> bytes | None:
+        """What a worker taking this connection over must read before the socket's bytes.
+
+        The peer's handshake, its frames since (keep-alives and ``ut_metadata``
+        left out) and the part of a frame still buffered, in stream order; call
+        it once the fetch stopped reading. None when the connection cannot be
+        handed over: not READY, RC4-encrypted, or more than
+        :data:`MAX_HANDOVER_BYTES` kept (see the module docstring).
+        """
+        if (self._state is not MetadataConnState.READY or self._replay is None
+                or self.mse_method == CRYPTO_RC4 or self._mse is not None):
+            return None
+        rb = self.rb
+        if len(self._replay) + rb.end - rb.start > MAX_HANDOVER_BYTES:
+            return None
+        return bytes(self._replay) + bytes(rb.view[rb.start : rb.end])
 
     def _mse_step(self) -> bool:
         """Feed the MSE handshake; True once it is done and the BitTorrent stream follows."""

@@ -1043,6 +1043,15 @@ class PeerProtocol:
         self._we_sent_message = True
         self._sent_mark = True
 
+    def handshake_sent_elsewhere(self) -> None:
+        """Our handshake went out on this connection before this machine took it over
+        (a magnet's metadata fetch made the connection): count it as sent.
+
+        Raises:
+            LocalProtocolError: already sent, or the connection is closed.
+        """
+        self.handshake()
+
     def handshake(self) -> bytes:
         """Our handshake; send it first (initiator) or after HandshakeReceived.
 
