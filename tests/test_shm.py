@@ -564,6 +564,22 @@ def test_a_reservation_in_the_background_that_fails_is_reported(
         os.strerror(errno.ENOMEM)
 
 
+def test_the_background_reservation_runs_only_on_idle_cpu(
+        monkeypatch: pytest.MonkeyPatch, no_leak: None) -> None:
+    policies: list[int] = []
+    real = os.posix_fallocate
+
+    def seen(fd: int, off: int, size: int) -> None:
+        policies.append(os.sched_getscheduler(0))  # the reserving thread's own policy
+        real(fd, off, size)
+
+    monkeypatch.setattr(os, "posix_fallocate", seen)
+    a = Arena.create(MiB, 2, background=True)
+    a.close()  # waits for the reservation
+    assert policies == [os.SCHED_IDLE] and a.reservation_error() is None
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # this thread is left as it was
+
+
 def test_a_reservation_in_the_background_that_succeeds_reports_nothing(no_leak: None) -> None:
     a = Arena.create(MiB, 2, background=True)
     a.slot(1)[-4:] = b"tail"
