@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -63,13 +63,15 @@ def run(magnet: Magnet, opts: Options, logs: list[str] | None = None) -> bytes:
     return got.info
 
 
-def fetch(magnet: Magnet, opts: Options, logs: list[str] | None = None) -> Fetched:
+def fetch(magnet: Magnet, opts: Options, logs: list[str] | None = None,
+          on_dialled: Callable[[], None] | None = None) -> Fetched:
     """fetch_metadata on a fresh loop; asserts it left no task behind."""
     async def main() -> Fetched:
         try:
             return await asyncio.wait_for(
                 fetch_metadata(magnet, opts, peer_id=make_peer_id(), port=6881,
-                               log=(logs if logs is not None else []).append), FETCH_BOUND)
+                               log=(logs if logs is not None else []).append,
+                               on_dialled=on_dialled), FETCH_BOUND)
         finally:
             left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             assert not left, f"tasks left: {left}"
@@ -80,7 +82,10 @@ def fetch(magnet: Magnet, opts: Options, logs: list[str] | None = None) -> Fetch
 def test_two_honest_peers_share_the_fetch(peers: ExitStack) -> None:
     a, b = start(peers), start(peers)
     logs: list[str] = []
-    got = fetch(Magnet(HASH, peers=(addr(a), addr(b))), Options(), logs)
+    dialled: list[int] = []  # the peers asked at the time: none yet
+    got = fetch(Magnet(HASH, peers=(addr(a), addr(b))), Options(), logs,
+                on_dialled=lambda: dialled.append(len(a.asked) + len(b.asked)))
+    assert dialled == [0]  # once, while the peers answered our handshakes
     assert got.info == INFO
     asked = sorted(a.asked + b.asked)
     assert asked == list(range(metadata_piece_count(len(INFO))))  # each piece asked once

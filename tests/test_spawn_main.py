@@ -298,6 +298,27 @@ def test_prestarted_workers_fall_back_to_fresh_interpreters_when_threads_run() -
     assert [p.exitcode for p in procs] == [0, 0]
 
 
+def test_prestarted_workers_started_later_keep_a_deferred_failure_for_the_caller(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from torrent import coordinator
+    from torrent.errors import ResourceExhausted
+
+    def no_process(target: str, *, name: str) -> Any:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(coordinator, "start_child", no_process)
+    pool = coordinator.PrestartedWorkers(2, start=False)
+    assert pool.children == [] and not pool.started  # nothing until asked
+    pool.start(defer_error=True)  # as on the fetch's loop: nothing raised there
+    assert pool.started and pool.children == []
+    with pytest.raises(ResourceExhausted, match="cannot start worker 0"):
+        pool.start()  # the caller hears of it
+    pool.start()  # once
+    assert pool.children == []
+
+
 def test_recv_fd_at_eof_is_eoferror() -> None:
     import socket
     from multiprocessing.connection import Connection

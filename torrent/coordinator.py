@@ -123,22 +123,45 @@ class PrestartedWorkers:
     EOF on its control connection a waiting worker exits by itself.
     """
 
-    def __init__(self, n: int, *, fork: bool = False) -> None:
+    def __init__(self, n: int, *, fork: bool = False, start: bool = True) -> None:
+        self.n = n
         self.children: list[tuple[Child, Any]] = []
         #: started by fork (``fork`` asked and :func:`~torrent.launch.can_fork`)
-        self.forked = fork and can_fork()
-        try:
-            for w in range(n):
-                if self.forked:
-                    self.children.append(fork_child("torrent.worker:worker_main",
-                                                    name=f"ft-worker-{w}"))
-                else:
-                    self.children.append(start_child("torrent.worker:worker_main",
-                                                     name=f"fasttorrent-worker-{w}"))
-        except OSError as e:
-            self.close()
-            raise errors.ResourceExhausted(f"cannot start worker {len(self.children)}: "
-                                           f"{e.strerror or e}") from None
+        self.forked = fork
+        self.started = False
+        self._error: errors.ResourceExhausted | None = None
+        if start:
+            self.start()
+
+    def start(self, *, defer_error: bool = False) -> None:
+        """Start the workers, once (later calls only raise what the first one deferred).
+
+        Args:
+            defer_error: keep a failure for the next call to raise, instead of
+                raising it here (a callback on the metadata fetch's loop, where
+                it would only be logged).
+
+        Raises:
+            ResourceExhausted: a worker could not be started (the others are closed).
+        """
+        if not self.started:
+            self.started = True
+            self.forked = self.forked and can_fork()
+            try:
+                for w in range(self.n):
+                    if self.forked:
+                        self.children.append(fork_child("torrent.worker:worker_main",
+                                                        name=f"ft-worker-{w}"))
+                    else:
+                        self.children.append(start_child("torrent.worker:worker_main",
+                                                         name=f"fasttorrent-worker-{w}"))
+            except OSError as e:
+                self.close()
+                self._error = errors.ResourceExhausted(
+                    f"cannot start worker {len(self.children)}: {e.strerror or e}")
+        if self._error is not None and not defer_error:
+            err, self._error = self._error, None
+            raise err
 
     def take(self, n: int) -> list[tuple[Child, Any]]:
         """The first ``n`` started workers (fewer if fewer were started); the rest are closed."""
@@ -1147,6 +1170,7 @@ def _read_file(path: str) -> bytes:
 
 def _load_or_fetch_metainfo(
         uri: str, outdir: str, opts: Options, log: Callable[[str], None],
+        on_dialled: Callable[[], None] | None = None,
 ) -> tuple[metainfo.Metainfo, Options, bytes, Dht | None, frozenset[tuple[str, int]],
            tuple[Handover, ...]]:
     """The torrent of a magnet link: kept from an earlier run, else fetched from peers.
@@ -1156,6 +1180,7 @@ def _load_or_fetch_metainfo(
     info dict is fetched (:func:`~torrent.magnetfetch.fetch_metadata`) and
     kept there once it passed the .torrent checks. Either way the torrent
     carries the magnet's trackers, and its ``x.pe`` peers join ``opts.peers``.
+    ``on_dialled`` goes to the fetch (see :func:`~torrent.magnetfetch.fetch_metadata`).
 
     Returns:
         The torrent, the options for the download (peers; the port announced
@@ -1199,8 +1224,9 @@ def _load_or_fetch_metainfo(
             opts = opts.replace(port=_free_port(opts.bind, udp=want_dht))
         dht = start_dht(opts, opts.port, log) if want_dht else None
         try:
-            info, banned, conns = _run_loop(fetch_metadata(magnet, opts, peer_id=peer_id,
-                                                           port=opts.port, log=log, dht=dht))
+            info, banned, conns = _run_loop(fetch_metadata(
+                magnet, opts, peer_id=peer_id, port=opts.port, log=log, dht=dht,
+                on_dialled=on_dialled))
             meta = metainfo_from_info(info, magnet)  # the strict .torrent checks
             _write_file(kept, torrent_bytes(meta.info_bytes, magnet), "the metadata to")
         except BaseException:
@@ -1263,13 +1289,19 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     dht = None
     banned: frozenset[tuple[str, int]] = frozenset()
     conns: tuple[Handover, ...] = ()
-    # The workers import while the torrent is read, checked or fetched.
-    prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
+    magnet = is_magnet(torrent)
+    # The workers import while the torrent is read, checked or fetched. Forks are
+    # ready in milliseconds, but block this process meanwhile: a magnet's fetch
+    # forks them once its first handshake went out, while the peers answer.
+    prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers,
+                                   start=not (magnet and opts.fork_workers))
     coord = None
     try:
-        if is_magnet(torrent):
+        if magnet:
             meta, opts, peer_id, dht, banned, conns = _load_or_fetch_metainfo(
-                torrent, outdir, opts, log or (lambda s: None))
+                torrent, outdir, opts, log or (lambda s: None),
+                on_dialled=lambda: prestarted.start(defer_error=True))
+            prestarted.start()  # (no fetch: kept metadata) and a failure it deferred
             metadata_seconds = time.monotonic() - began
         else:
             meta = metainfo.load(torrent)

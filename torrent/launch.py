@@ -288,6 +288,9 @@ def fork_child(target: str, *, name: str) -> tuple[Child, Connection]:
         try:
             for sig in stop:
                 signal.signal(sig, signal.SIG_IGN)
+            # a running event loop's wakeup descriptor is closed below (the fetch
+            # of a magnet forks the workers from inside its loop)
+            signal.set_wakeup_fd(-1)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             keep = theirs.detach()
             null = os.open(os.devnull, os.O_RDONLY)

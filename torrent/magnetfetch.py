@@ -194,8 +194,10 @@ class _Fetcher:
     """The state of one :func:`fetch_metadata` run (see the module docstring)."""
 
     def __init__(self, magnet: Magnet, opts: Options, peer_id: bytes, port: int,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None],
+                 on_dialled: Callable[[], None] | None = None) -> None:
         self.magnet = magnet
+        self.on_dialled = on_dialled  # called once, after the first handshake went out
         self.opts = opts
         self.peer_id = peer_id
         self.port = port
@@ -263,6 +265,9 @@ class _Fetcher:
         link = _Link(self, addr, conn, started, mse=self.dial_order[c.kind])
         self.links[addr] = link
         link.flush()  # our handshake
+        if self.on_dialled is not None:  # while the peers answer (after this batch of connects)
+            self.loop.call_soon(self.on_dialled)
+            self.on_dialled = None
         return link
 
     def _ended(self, addr: Addr, reason: str, *, final: bool) -> None:
@@ -547,7 +552,8 @@ class Fetched(NamedTuple):
 
 
 async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port: int,
-                         log: Callable[[str], None], dht: Dht | None = None) -> Fetched:
+                         log: Callable[[str], None], dht: Dht | None = None,
+                         on_dialled: Callable[[], None] | None = None) -> Fetched:
     """Fetch the info dictionary of ``magnet`` from peers (BEP 9).
 
     Args:
@@ -560,6 +566,9 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
         log: called with progress and warning lines.
         dht: an open DHT node to find peers with (served on this loop for the
             fetch, left open for the download).
+        on_dialled: called once on the fetch's loop, soon after the first
+            connection sent our handshake: work that blocks (the download forks
+            its workers there) then overlaps the peers' answers.
 
     Returns:
         The info dictionary's bytes, verified against the info-hash (not yet
@@ -572,7 +581,7 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
             no peer and no tracker at all; the message names the peers tried.
         Interrupted: SIGINT / SIGTERM.
     """
-    f = _Fetcher(magnet, opts, peer_id, port, log)
+    f = _Fetcher(magnet, opts, peer_id, port, log, on_dialled)
     loop = f.loop
 
     def on_signal() -> None:
