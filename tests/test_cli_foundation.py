@@ -457,3 +457,14 @@ def test_demo(tmp_path: Path) -> None:
     assert "verify: 8/8 pieces good" in r.stdout
     assert list((tmp_path / "tmp").iterdir()) == []  # the demo cleans up after itself
     shutil.rmtree(tmp_path / "tmp")
+
+
+def test_only_bench_pays_for_the_bench_parser() -> None:
+    code = ("import sys; from torrent import cli; "
+            "d = cli.build_parser('download').parse_args(['download', 'x', '-o', 'd']); "
+            "print(d.command, 'torrent.tools.bench' in sys.modules); "
+            "b = cli.build_parser('bench').parse_args(['bench', '--size', '1M']); "
+            "print(b.command, b.size, 'torrent.tools.bench' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    assert out == ["download", "False", "bench", str(1 << 20), "True"]

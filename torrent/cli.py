@@ -412,7 +412,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. ``command``: the subcommand the arguments name, if known; the
+    bench's options (and the imports they need: ``tools.bench``, ~20 ms) are then added
+    only for ``bench`` itself, so that a download does not wait for them."""
     p = _Parser(prog="fasttorrent",
                                 description="A multi-core BitTorrent downloader for servers.")
     p.add_argument("--version", action="version", version=f"fasttorrent {__version__}")
@@ -511,9 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeders", type=_workers_arg, default=2, help="local seeders (default 2)")
     s.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
-    from .tools.bench import add_arguments as add_bench_arguments
+    bench = sub.add_parser("bench", help="compare downloaders on a local swarm")
+    if command in (None, "bench"):
+        from .tools.bench import add_arguments as add_bench_arguments
 
-    add_bench_arguments(sub.add_parser("bench", help="compare downloaders on a local swarm"))
+        add_bench_arguments(bench)
     return p
 
 
@@ -528,8 +533,10 @@ def _internal_error(exc: BaseException) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
-    parser = build_parser()
-    a = parser.parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    # the first word not an option names the command (no top-level option takes a value)
+    parser = build_parser(next((x for x in args if not x.startswith("-")), None))
+    a = parser.parse_args(args)
     try:
         return COMMANDS[a.command](a)
     except FastTorrentError as e:
