@@ -23,6 +23,7 @@ from torrent import bencoding
 from torrent.errors import Incomplete
 from torrent.magnet import Magnet
 from torrent.magnetfetch import MAGNET_LEFT, Fetched, close_handovers, fetch_metadata
+from torrent.metadata import metainfo_from_info
 from torrent.options import Options, dial_order
 from torrent.ports import free_port
 from torrent.wire.extension import MAX_METADATA_SIZE, metadata_piece_count
@@ -172,3 +173,35 @@ def test_no_peer_and_no_tracker_fails_at_once() -> None:
     with pytest.raises(Incomplete, match="--no-trackers"):
         run(Magnet(HASH, trackers=(("http://127.0.0.1:1/announce",),)),
             Options(stall_timeout=100, use_trackers=False))
+
+
+@pytest.mark.parametrize(("trackers", "dht", "before"), [
+    ((), False, False),  # peers only: the fork waits for the first handshake
+    (("http://tracker.invalid/announce",), False, True),  # a name to look up
+    ((), True, True),  # the DHT's routers too
+])
+def test_the_workers_start_before_any_name_lookup_of_the_fetch(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any, trackers: tuple[str, ...], dht: bool,
+        before: bool) -> None:
+    # A name lookup leaves resolver threads behind, and a process with threads
+    # cannot fork: with trackers or the DHT the workers start before the fetch.
+    from torrent import coordinator, magnetfetch
+    from torrent.magnet import magnet_uri
+
+    calls: list[str] = []
+
+    async def fake_fetch(magnet: Magnet, opts: Options, **kw: Any) -> Fetched:
+        calls.append("fetch")
+        if kw["on_dialled"] is not None:
+            kw["on_dialled"]()  # as the fetch would, at its first handshake
+        return Fetched(INFO, frozenset())
+
+    monkeypatch.setattr(magnetfetch, "fetch_metadata", fake_fetch)
+    monkeypatch.setattr(coordinator, "start_dht", lambda *a, **k: None)  # no node, no socket
+    uri = magnet_uri(metainfo_from_info(INFO, Magnet(HASH)), trackers=list(trackers),
+                     peers=[("127.0.0.1", 1)])
+    opts = Options(use_trackers=True, dht=dht, workers=1,
+                   dht_bootstrap=(("127.0.0.1", 1),) if dht else None)  # (the suite's env)
+    coordinator._load_or_fetch_metainfo(uri, str(tmp_path), opts, lambda s: None,
+                                        on_dialled=lambda: calls.append("workers"))
+    assert calls == (["workers", "fetch"] if before else ["fetch", "workers"])

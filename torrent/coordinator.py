@@ -1180,7 +1180,8 @@ def _load_or_fetch_metainfo(
     info dict is fetched (:func:`~torrent.magnetfetch.fetch_metadata`) and
     kept there once it passed the .torrent checks. Either way the torrent
     carries the magnet's trackers, and its ``x.pe`` peers join ``opts.peers``.
-    ``on_dialled`` goes to the fetch (see :func:`~torrent.magnetfetch.fetch_metadata`).
+    ``on_dialled`` goes to the fetch (see :func:`~torrent.magnetfetch.fetch_metadata`),
+    or is called before it when the DHT or trackers will look names up.
 
     Returns:
         The torrent, the options for the download (peers; the port announced
@@ -1220,6 +1221,11 @@ def _load_or_fetch_metainfo(
     if meta is None:
         # a magnet does not say whether its torrent is private: the DHT may find its peers
         want_dht = dht_wanted(opts)
+        if on_dialled is not None and (want_dht or (opts.use_trackers and magnet.trackers)):
+            # a name lookup (DHT routers, trackers) starts resolver threads that stay,
+            # and a process with threads cannot fork: the workers start first
+            on_dialled()
+            on_dialled = None
         if opts.port == 0:  # the port the trackers hear of is the one the workers take
             opts = opts.replace(port=_free_port(opts.bind, udp=want_dht))
         dht = start_dht(opts, opts.port, log) if want_dht else None
