@@ -133,9 +133,9 @@ def test_single_file_from_a_magnet_and_save_torrent(
     # the metadata came first, then the first piece (both from the start of the download)
     assert 0 < j["metadata_seconds"] <= j["first_piece_seconds"]
     assert_downloaded(torrent, src, out)  # the kept metadata went with the journal
-    # the fetch's connections went on to the download: no seeder was dialled again
-    assert sum(w["adopted"] for w in j["workers"]) == len(peers), j["workers"]
-    assert all(w["peak_dialing"] == 0 for w in j["workers"]), j["workers"]
+    # the fetch's connections went on to the download (one still connecting when
+    # the metadata was in would be dialled again)
+    assert 1 <= sum(w["adopted"] for w in j["workers"]) <= len(peers), j["workers"]
     # --save-torrent: the same info dict, the magnet's trackers (one tier each)
     got = metainfo.load(saved)
     assert got.info_hash == metainfo.load(torrent).info_hash
@@ -289,13 +289,22 @@ def test_a_handed_over_peer_lying_in_its_first_messages_is_dropped_by_the_downlo
     meta = metainfo.load(torrent)
     (honest,) = seeders(torrent, [src])
     lie = encode(Bitfield(b"\xff" * 1000))
-    with MetadataPeer(meta.info_hash, meta.info_bytes, preamble=lie) as liar:
-        uri = magnet(torrent, [("127.0.0.1", liar.port), ("127.0.0.1", honest.port)])
+    gate = threading.Event()
+    with MetadataPeer(meta.info_hash, meta.info_bytes, preamble=lie) as liar, \
+            GatedRelay(("127.0.0.1", honest.port), gate) as relay:
+        # the honest seeder answers only once the liar was asked for the metadata: the
+        # liar's connection is past its handshakes when the fetch ends, and handed over
+        threading.Thread(target=lambda: gate.set() if liar.requested.wait(60) else None,
+                         daemon=True).start()
+        uri = magnet(torrent, [("127.0.0.1", liar.port), ("127.0.0.1", relay.port)])
         res = download(uri, tmp_path / "out", "--json", "--encryption", "disabled")
+        gate.set()
+        # the fetch's extension handshake, then the worker's on the same connection
+        assert liar.ext_handshakes[0] == 2, liar.ext_handshakes
     assert res.returncode == 0, res.describe()
     j = res.json
     assert j["complete"] is True
-    assert sum(w["adopted"] for w in j["workers"]) == 2, j["workers"]
+    assert sum(w["adopted"] for w in j["workers"]) >= 1, j["workers"]
     (rec,) = [p for p in j["peers"] if p["port"] == liar.port]
     assert "bitfield" in rec["last_reason"], rec
     assert_downloaded(torrent, src, tmp_path / "out")

@@ -225,7 +225,6 @@ def test_close_is_idempotent_and_requests_need_ready() -> None:
 @pytest.mark.parametrize("feed", FEEDS)
 def test_handover_gives_the_peers_stream_without_its_metadata_messages(feed: Feed) -> None:
     mc = MetadataConnection(HASH, OURS)
-    assert mc.handover() is None  # nothing to take over before the handshakes
     other_ext = encode(Extended(7, b"not one of ours"))  # an id we never offered: kept
     partial = encode(Have(9))[:5]  # a frame not whole yet
     stream = (peer_handshake() + encode(HaveAll()) + peer_ext() + b"\x00\x00\x00\x00"
@@ -237,10 +236,17 @@ def test_handover_gives_the_peers_stream_without_its_metadata_messages(feed: Fee
                              + encode(Have(3)) + other_ext + partial)
 
 
-def test_no_handover_before_the_extension_handshake_or_after_too_much() -> None:
+def test_handover_before_the_peers_handshakes_gives_what_came_of_them() -> None:
     mc = MetadataConnection(HASH, OURS)
-    mc.receive_data(peer_handshake())
-    assert mc.state is MetadataConnState.AWAIT_EXTENSIONS and mc.handover() is None
+    assert mc.handover() == b""  # our handshake went out; the worker reads the peer's
+    mc.receive_data(peer_handshake()[:30])
+    assert mc.handover() == peer_handshake()[:30]
+    mc.receive_data(peer_handshake()[30:] + encode(HaveAll()))
+    assert mc.state is MetadataConnState.AWAIT_EXTENSIONS  # its extension handshake to come
+    assert mc.handover() == peer_handshake() + encode(HaveAll())
+
+
+def test_no_handover_once_closed_or_after_too_much() -> None:
     mc = ready()
     # the largest bitfield taken before the metadata, then HAVEs past the bound:
     # the connection still works, but is dialled again rather than handed over

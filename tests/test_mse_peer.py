@@ -140,6 +140,7 @@ def test_the_encryption_option() -> None:
 @pytest.mark.parametrize("chunk", [None, 1])
 def test_metadata_connection_over_mse(method: int, chunk: int | None) -> None:
     mc = MetadataConnection(HASH, OURS, client="ft", mse=True)
+    assert mc.handover() is None  # its MSE handshake is under way
     peer = MSEReceiver(skey_table([HASH]), allowed=method)
     assert peer.receive_data(mc.data_to_send()) is None
     step = None if chunk is None else chunk

@@ -48,7 +48,8 @@ download's own ``started`` continues the same session.
 **The connections are kept** for the download (BEP 9: the fetch and the
 download are one swarm). When the fetch is done, each connection that can be
 handed over (:meth:`~torrent.wire.metadata_conn.MetadataConnection.handover`:
-past both handshakes, not RC4-encrypted, nothing left unsent) leaves as a
+past any MSE handshake, not RC4-encrypted, nothing left unsent; the peer's
+own handshakes may still be on their way) leaves as a
 :class:`Handover`: a duplicate of its socket's descriptor and the stream a
 worker must read before the socket's bytes. The coordinator passes each one
 to a worker (``SCM_RIGHTS``), whose protocol takes it up as a connection it
@@ -482,7 +483,7 @@ class _Fetcher:
         module docstring); call it once done, before :meth:`shutdown` closes the rest."""
         out: list[Handover] = []
         for link in list(self.links.values()):
-            if link.closed or not link.offered:
+            if link.closed:
                 continue
             data = link.mc.handover()
             tr = link.conn.transport

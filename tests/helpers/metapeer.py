@@ -17,8 +17,9 @@ connection:
 stream for the download that takes the connection over.
 
 ``info`` need not hash to ``info_hash``: that is the "bad metadata" peer.
-It records the metadata pieces asked of it, and events for the moments a
-test waits on (``requested``, ``remote_closed``).
+It records the metadata pieces asked of it, the extension handshakes each
+connection brought (a second one: a download took the connection over),
+and events for the moments a test waits on (``requested``, ``remote_closed``).
 """
 
 from __future__ import annotations
@@ -76,8 +77,15 @@ class MetadataPeer(_LoopServer):
         self.preamble = preamble
         self.peer_id = make_peer_id(b"-MP0001-")
         self._asked: list[int] = []
+        self._ext_handshakes: list[int] = []  # per connection, in accept order
         self.requested = threading.Event()  # a metadata piece was asked for
         self.remote_closed = threading.Event()  # the remote closed a connection
+
+    @property
+    def ext_handshakes(self) -> list[int]:
+        """The extension handshakes received on each connection so far, in accept order."""
+        with self._lock:
+            return list(self._ext_handshakes)
 
     @property
     def asked(self) -> list[int]:
@@ -107,6 +115,9 @@ class MetadataPeer(_LoopServer):
             writer.write(self.preamble)
         frames = FrameReader(1)
         their_ut: int | None = None
+        with self._lock:
+            conn = len(self._ext_handshakes)
+            self._ext_handshakes.append(0)
         try:
             while data := await reader.read(READ_CHUNK):
                 for msg in frames.feed(data):
@@ -114,6 +125,8 @@ class MetadataPeer(_LoopServer):
                         continue
                     if msg.ext_id == EXTENSION_HANDSHAKE_ID:
                         their_ut = ExtensionHandshake.decode(msg.body).m.get(UT_METADATA)
+                        with self._lock:
+                            self._ext_handshakes[conn] += 1
                         continue
                     if msg.ext_id != MY_UT_METADATA:
                         continue

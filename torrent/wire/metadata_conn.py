@@ -339,11 +339,14 @@ class MetadataConnection:
 
         The peer's handshake, its frames since (keep-alives and ``ut_metadata``
         left out) and the part of a frame still buffered, in stream order; call
-        it once the fetch stopped reading. None when the connection cannot be
-        handed over: not READY, RC4-encrypted, or more than
+        it once the fetch stopped reading. A connection whose peer has not
+        answered yet goes too (the bytes of its handshake so far, if any: the
+        worker reads the rest), as does one whose extension handshake has not
+        come (the worker reads it). None when the connection cannot be handed
+        over: closed, its MSE handshake under way, RC4-encrypted, or more than
         :data:`MAX_HANDOVER_BYTES` kept (see the module docstring).
         """
-        if (self._state is not MetadataConnState.READY or self._replay is None
+        if (self._state is MetadataConnState.CLOSED or self._replay is None
                 or self.mse_method == CRYPTO_RC4 or self._mse is not None):
             return None
         rb = self.rb
