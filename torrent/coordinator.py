@@ -440,15 +440,7 @@ class Coordinator:
         done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
         ready = self.prestarted.take(self.nworkers) if self.prestarted is not None else []
         self.prestarted = None
-        configs = []
         for w in range(self.nworkers):
-            cfg = WorkerConfig(wid=w, meta=meta, outdir=self.outdir, options=self.opts,
-                               slot_size=slot_size,
-                               arena_slots=slots * self.nworkers, first_slot=w * slots,
-                               nslots=slots, port=self.port, peer_id=self.peer_id,
-                               done=done_bits, writable=not self.seeding,
-                               lock_writes=self.nworkers > 1, workers=self.nworkers,
-                               dht_port=self.dht.port if self.dht is not None else 0)
             if w < len(ready):
                 proc, conn = ready[w]
             else:
@@ -467,52 +459,63 @@ class Coordinator:
                     raise errors.ResourceExhausted(
                         f"cannot start worker {w}: {e.strerror or e}") from None
             self.workers.append(WorkerHandle(w, proc, conn))
-            configs.append(cfg)
+        adopt = self._plan_handover(done_bits)
         # Sent once every worker started, so that they start up side by side; the
-        # arena's memfd follows each config.
-        for h, cfg in zip(self.workers, configs, strict=True):
-            try:
-                h.conn.send(cfg)
-                send_fd(h.conn, self.arena.fd)
-            except OSError:
-                pass  # it died starting: the liveness check in run() reports it
-        self._hand_over(done_bits)
+        # arena's memfd follows each config, then the connections it takes over.
+        from .magnetfetch import close_handovers
+
+        try:
+            for h in self.workers:
+                mine = adopt.get(h.wid, [])
+                cfg = WorkerConfig(wid=h.wid, meta=meta, outdir=self.outdir, options=self.opts,
+                                   slot_size=slot_size, arena_slots=slots * self.nworkers,
+                                   first_slot=h.wid * slots, nslots=slots, port=self.port,
+                                   peer_id=self.peer_id, done=done_bits,
+                                   writable=not self.seeding, lock_writes=self.nworkers > 1,
+                                   workers=self.nworkers,
+                                   dht_port=self.dht.port if self.dht is not None else 0,
+                                   adopt=len(mine))
+                try:
+                    h.conn.send(cfg)
+                    send_fd(h.conn, self.arena.fd)
+                    for c in mine:
+                        h.conn.send(ipc.Adopt(c.host, c.port, c.data))
+                        send_fd(h.conn, c.fd)
+                except OSError:
+                    pass  # it died starting: the liveness check in run() reports it
+        finally:
+            close_handovers(c for mine in adopt.values() for c in mine)  # theirs are copies
         # the start-up affinity runs from here, not from before the resume check
         self.leases.start(time.monotonic())
 
-    def _hand_over(self, done_bits: bytes) -> None:
-        """Give each connection a magnet's fetch kept (:attr:`handover`) to the worker
-        with the fewest peers: :class:`ipc.Adopt`, then its descriptor. The peer is then
-        connected there, and not dialled. Only while nothing is verified: the fetch
-        sent the peer no bitfield, and one now would follow other messages. Our
-        descriptors are closed either way (a worker holds its own copy)."""
+    def _plan_handover(self, done_bits: bytes) -> dict[int, list[Handover]]:
+        """Which worker takes each connection a magnet's fetch kept (:attr:`handover`):
+        the one with the fewest peers. The peer is then connected there, and not dialled.
+        Only while nothing is verified: the fetch sent the peer no bitfield, and one now
+        would follow other messages. Those not taken are closed here."""
         from .magnetfetch import close_handovers
 
         conns, self.handover = self.handover, []
-        try:
-            if any(done_bits):
-                return
-            for c in conns:
-                key = normalize_peer(c.host, c.port)
-                alive = [w for w in self.workers if w.alive]
-                rec = self.peers.get(key) if key is not None else None
-                if key is None or not alive or (rec is not None and (
-                        rec.banned or rec.worker is not None)):
-                    continue
-                w = min(alive, key=lambda w: (w.peers, w.wid))
-                try:
-                    w.conn.send(ipc.Adopt(key[0], key[1], c.data))
-                    send_fd(w.conn, c.fd)
-                except OSError:
-                    continue  # it died: the liveness check in run() reports it
-                if rec is None:
-                    rec = self.peers[key] = PeerRecord(*key, source=c.source)
-                rec.worker = rec.last_worker = w.wid
-                rec.connected = True
-                w.peers += 1
-                self.leases.set_peers(w.wid, w.peers)
-        finally:
-            close_handovers(conns)
+        plan: dict[int, list[Handover]] = {}
+        left: list[Handover] = []
+        for c in conns:
+            key = normalize_peer(c.host, c.port)
+            rec = self.peers.get(key) if key is not None else None
+            if key is None or not self.workers or any(done_bits) or (
+                    rec is not None and (rec.banned or rec.worker is not None)):
+                left.append(c)
+                continue
+            w = min(self.workers, key=lambda w: (w.peers, w.wid))
+            plan.setdefault(w.wid, []).append(
+                c if (c.host, c.port) == key else c._replace(host=key[0], port=key[1]))
+            if rec is None:
+                rec = self.peers[key] = PeerRecord(*key, source=c.source)
+            rec.worker = rec.last_worker = w.wid
+            rec.connected = True
+            w.peers += 1
+            self.leases.set_peers(w.wid, w.peers)
+        close_handovers(left)
+        return plan
 
     def release_prestarted(self) -> None:
         """Let worker processes started for this run and never used exit."""

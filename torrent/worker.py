@@ -38,7 +38,7 @@ import signal
 import socket
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -193,6 +193,9 @@ class WorkerConfig:
     lock_writes: bool = False  # several workers write the same files
     workers: int = 1  # worker processes in the run (the rate limits are split evenly)
     dht_port: int = 0  # the UDP port of the coordinator's DHT node; 0: no DHT (no DHT bit)
+    #: connections a magnet's fetch made, each an ipc.Adopt and its descriptor after the
+    #: arena's, read before the loop starts (at most magnetfetch.MAX_METADATA_CONNECTIONS)
+    adopt: int = 0
 
     @property
     def max_rate(self) -> int:
@@ -316,9 +319,11 @@ class Peer:
 
 
 class Worker:
-    def __init__(self, cfg: WorkerConfig, conn: Any, arena_fd: int) -> None:
+    def __init__(self, cfg: WorkerConfig, conn: Any, arena_fd: int,
+                 adopted: Sequence[tuple[ipc.Adopt, int]] = ()) -> None:
         self.cfg = cfg
         self.wid = cfg.wid
+        self._to_adopt = list(adopted)  # taken over once the loop runs (see run)
         self.meta = cfg.meta
         self.peer_id = cfg.peer_id
         self.conn = conn
@@ -432,13 +437,6 @@ class Worker:
                 self.send(ipc.PeerClosed(msg.host, msg.port, "banned", True, False))
             else:
                 self.dial(msg.host, msg.port)
-        elif t is ipc.Adopt:
-            try:
-                fd = recv_fd(self.conn)  # its socket follows the message
-            except (EOFError, OSError):
-                self.stop_event.set()  # the coordinator is gone
-                return
-            self.adopt(msg.host, msg.port, fd, msg.data)
         elif t is ipc.Steal:
             out = self.picker.release(msg.wanted)
             self.stats["released"] += len(out)
@@ -1305,6 +1303,9 @@ class Worker:
                 self.servers.append(await self.loop.create_server(
                     lambda: PeerConn(self.accept), sock=sock, backlog=LISTEN_BACKLOG))
         self.send(ipc.Ready(self.wid))
+        for msg, fd in self._to_adopt:
+            self.adopt(msg.host, msg.port, fd, msg.data)
+        self._to_adopt.clear()
         if self.webseeds is not None:
             self.webseeds.start()
         try:
@@ -1400,7 +1401,9 @@ def worker_main(cfg: WorkerConfig, conn: Any) -> None:
     The process may have been started long before its config came (while
     the coordinator parsed, checked or fetched the torrent): this module and
     uvloop are imported by then. The arena's memfd follows the config on the
-    control connection (``SCM_RIGHTS``; it did not exist when we started).
+    control connection (``SCM_RIGHTS``; it did not exist when we started),
+    then ``cfg.adopt`` connections a magnet's fetch hands over, each an
+    :class:`ipc.Adopt` and its socket.
     """
     # The coordinator handles SIGINT/SIGTERM and tells us to stop; a Ctrl-C or
     # a SIGTERM sent to the whole process group (a terminal, systemd, a job
@@ -1411,13 +1414,20 @@ def worker_main(cfg: WorkerConfig, conn: Any) -> None:
     if os.environ.get("FASTTORRENT_DEBUG"):
         # the per-tick state of this worker on stderr (see Worker.tick)
         logging.basicConfig(level=logging.DEBUG, format="%(message)s")
+    adopted: list[tuple[ipc.Adopt, int]] = []
     try:
         arena_fd = recv_fd(conn)
+        # the connections a magnet's fetch hands over, read here, blocking: once the
+        # loop watches the connection it is non-blocking, and a descriptor could not
+        # follow a message read there
+        for _ in range(cfg.adopt):
+            msg = conn.recv()
+            adopted.append((msg, recv_fd(conn)))
     except (EOFError, OSError):
         os._exit(0)  # the coordinator went away (or failed) before the arena existed
 
     async def main() -> None:
-        w = Worker(cfg, conn, arena_fd)
+        w = Worker(cfg, conn, arena_fd, adopted)
         await w.run()
 
     try:
