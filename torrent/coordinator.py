@@ -56,12 +56,15 @@ from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, Usa
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path, metadata_path
 from .launch import Child, can_fork, fork_child, send_fd, start_child
-from .leases import LeaseTable, Send
+from .leases import LeaseTable, PieceState, Send
 from .options import Options, default_max_connections
 from .peeraddr import ban_key, format_peer, normalize_peer, parse_hostport
 from .ports import free_port as _free_port
 from .ports import is_local_address
+from .reporting import RunReport, run_report
 from .shm import Arena, plan_slots
+from .snapshot import TorrentSnapshot
+from .snapshot import take as take_snapshot
 from .storage import Storage, check_free_space, check_output_paths, layout_for, os_error
 from .sysinfo import available_cpus, fd_limit
 from .wire.handshake import make_peer_id
@@ -326,6 +329,8 @@ class Coordinator:
         self.live_peers: dict[int, frozenset[tuple[str, int]]] = {}
         self._others_sent: dict[int, frozenset[tuple[str, int]]] = {}
         self._live_dirty = False
+        #: the run's event stream and metrics (torrent/reporting.py); None: neither
+        self.report: RunReport | None = None
 
     @property
     def verified(self) -> int:
@@ -523,7 +528,12 @@ class Coordinator:
             if self.dht is not None:
                 self.dht.add_node(msg.host, msg.port)
         elif t is ipc.PeerClosed:
+            if msg.banned and self.report is not None:
+                self.report.peer_banned(format_peer(msg.host, msg.port), msg.reason)
             self.peer_closed(h, msg)
+        elif t is ipc.HashFailed:
+            if self.report is not None:
+                self.report.piece_failed(msg.piece, msg.peer)
         elif t is ipc.Dialled:
             rec = self.peers.get((msg.host, msg.port))
             if rec is not None and rec.worker == h.wid:
@@ -587,6 +597,8 @@ class Coordinator:
         """A worker stopped using a web seed: warn once; a ban holds in every worker."""
         if msg.url in self.web_seeds_dropped:
             return
+        if msg.banned and self.report is not None:
+            self.report.peer_banned(msg.url, msg.reason)
         self.web_seeds_dropped[msg.url] = msg.reason
         self.warn(f"web seed {msg.url} dropped: {msg.reason}")
         if msg.banned:
@@ -711,6 +723,8 @@ class Coordinator:
         # for crash recovery and is removed at the end, so the last flush need
         # not be waited for (no client fsyncs a finished download).
         if self.verified == self.meta.num_pieces and not self.seeding:
+            if self.report is not None:
+                self.report.completed(self.snapshot())
             if self.seed_after:
                 self._start_seeding()
             else:
@@ -781,6 +795,18 @@ class Coordinator:
             return False
         return time.monotonic() - self.last_progress > self.opts.stall_timeout
 
+    def snapshot(self) -> TorrentSnapshot:
+        """The run's numbers now (the event stream's and the metrics')."""
+        n = self.meta.num_pieces
+        return take_snapshot(
+            info_hash=self.meta.info_hash_hex, total_size=self.meta.total_size,
+            piece_length=self.meta.piece_length, pieces_total=n,
+            pieces_verified=self.verified,
+            last_verified=n > 0 and self.leases.state[n - 1] == PieceState.VERIFIED,
+            seeding=self.seeding or self.seed_started is not None,
+            workers=[(h.wid, h.alive, h.stats) for h in self.workers],
+            banned=[ban_key(r.host, r.port) for r in self.peers.values() if r.banned])
+
     def _status(self) -> str:
         n = self.meta.num_pieces
         el = time.monotonic() - self.start_time
@@ -803,6 +829,8 @@ class Coordinator:
         self.done_event = asyncio.Event()
         n = self.meta.num_pieces
         if self.verified == n and not self.seeding and not self.seed_after:
+            if self.report is not None:
+                self.report.completed(self.snapshot())
             self.release_prestarted()
             if self.journal is not None:
                 self.journal.remove()  # nothing left to resume
@@ -810,6 +838,9 @@ class Coordinator:
                 self.dht.close()
             return self.result(True)
         self.start_workers()
+        if self.report is not None:
+            await self.report.started(self.snapshot, seeding=self.seeding, port=self.port,
+                                      workers=self.nworkers, pieces_resumed=self.resumed)
         if self.seeding:
             self.log(f"seeding {self.meta.name} ({self.meta.info_hash_hex}) on "
                      f"{format_peer(self.opts.bind or '*', self.port)} with {self.nworkers} "
@@ -854,6 +885,8 @@ class Coordinator:
                     last_status = now
                 if self.seed_started is not None:
                     self._check_seed_limits()
+                if self.report is not None:
+                    self.report.tick()
                 if self._stalled():
                     break
         finally:
@@ -885,6 +918,8 @@ class Coordinator:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError):
                     pass
+            if self.report is not None:
+                await self.report.ended(self.seed_stop)
         complete = self.verified == n
         if self.journal is not None and not self.seeding:
             if complete:
@@ -1040,7 +1075,9 @@ async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     except ValueError as e:
         coord.warn(f"trackers: {e}")
         return
-    runner = TrackerRunner(ts, on_warning=coord.warn)
+    report = coord.report
+    runner = TrackerRunner(ts, on_warning=coord.warn,
+                           on_error=None if report is None else report.tracker_error)
     coord.tracker_runner = runner
     m = coord.meta
 
@@ -1201,10 +1238,18 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
         Interrupted: SIGINT / SIGTERM; state saved.
         TypeError: an unknown setting in ``overrides``.
     """
-    from .magnet import is_magnet
-
     began = time.monotonic()  # the origin of metadata_seconds and first_piece_seconds
     opts = _resolve(options, overrides)
+    with run_report(opts, log or (lambda s: None)) as report:
+        return _download(torrent, outdir, opts, log, status_line, began, report)
+
+
+def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], None] | None,
+              status_line: Callable[[str], None] | None, began: float,
+              report: RunReport) -> DownloadResult:
+    """:func:`download` once its options are resolved and its report opened."""
+    from .magnet import is_magnet, parse_magnet
+
     peer_id = None
     metadata_seconds = 0.0
     dht = None
@@ -1213,15 +1258,20 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
     try:
         if is_magnet(torrent):
+            magnet = parse_magnet(torrent)
+            report.added(magnet.info_hash_hex, source="magnet", name=magnet.display_name)
             meta, opts, peer_id, dht, banned = _load_or_fetch_metainfo(
                 torrent, outdir, opts, log or (lambda s: None))
             metadata_seconds = time.monotonic() - began
         else:
             meta = metainfo.load(torrent)
+            report.added(meta.info_hash_hex, source="torrent", name=meta.name)
             if opts.save_torrent:
                 _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
+        report.metadata(meta)
         coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line, began=began,
                             metadata_seconds=metadata_seconds, prestarted=prestarted, dht=dht)
+        coord.report = report
         if peer_id is not None:
             coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
         coord.ban_peers(banned, "banned: its metadata does not hash to the info-hash")
@@ -1277,12 +1327,23 @@ def seed(torrent: str, directory: str, options: Options | None = None, *,
         InvalidTorrent, StorageError, Incomplete (no good piece at all), ...
     """
     opts = _resolve(options, overrides).replace(stall_timeout=0)
+    with run_report(opts, log or (lambda s: None)) as report:
+        return _seed(torrent, directory, opts, log, status_line, ready, report)
+
+
+def _seed(torrent: str, directory: str, opts: Options, log: Callable[[str], None] | None,
+          status_line: Callable[[str], None] | None, ready: Callable[[int], None] | None,
+          report: RunReport) -> DownloadResult:
+    """:func:`seed` once its options are resolved and its report opened (always raises)."""
     # importing (or forked, ready) while the data is checked
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
     try:
         meta = metainfo.load(torrent)
+        report.added(meta.info_hash_hex, source="torrent", name=meta.name)
+        report.metadata(meta)
         coord = Coordinator(meta, directory, opts, seeding=True, log=log,
                             status_line=status_line, prestarted=prestarted)
+        coord.report = report
         coord.prepare_seed(opts.check)
         coord.on_ready = ready
         res = _run_loop(coord.run())
