@@ -28,7 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .errors import UsageError
-from .peeraddr import parse_hostport
+from .peeraddr import canonical_ip
 from .snapshot import STAGES, TorrentSnapshot
 
 __all__ = [
@@ -116,7 +116,9 @@ class TorrentCollector(Collector):
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` or ``PORT`` (loopback) -> (host, port).
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` or ``PORT`` (loopback) -> (address, port).
+
+    The host is an IP address (``0.0.0.0`` or ``[::]``: every address).
 
     Raises:
         UsageError: a one-line reason naming ``--metrics-listen``.
@@ -124,10 +126,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     t = text.strip()
     if t.isdigit() or (t.startswith(":") and t[1:].isdigit()):
         t = f"{DEFAULT_METRICS_HOST}:{t.lstrip(':')}"
-    try:
-        return parse_hostport(t)
-    except ValueError as e:
-        raise UsageError(f"--metrics-listen {text[:80]!r}: {e}") from None
+    host, sep, port_text = t.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address without brackets: ambiguous
+    ip = canonical_ip(host) if sep and host else None
+    if ip is None or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise UsageError(f"--metrics-listen {text[:80]!r}: expected HOST:PORT, [IPV6]:PORT "
+                         "or PORT, with an IP address and a port in 1..65535")
+    return ip, int(port_text)
 
 
 def bind_metrics(text: str) -> socket.socket:
