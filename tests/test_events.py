@@ -456,3 +456,59 @@ def _quote(s: str) -> str:
 
     return shlex.quote(s)
 
+
+
+def test_the_events_of_a_magnet_download(swarm: dict[str, Any], tmp_path: Path) -> None:
+    from torrent import metainfo
+    from torrent.magnet import magnet_uri
+
+    meta = metainfo.load(swarm["torrent"])
+    seeder = swarm["seeder"]
+    uri = magnet_uri(meta, name="named", trackers=[], peers=[("127.0.0.1", seeder.port)])
+    path = tmp_path / "ev.jsonl"
+    res = ft(["download", uri, "-o", str(tmp_path / "out"), "--workers", "1", "--no-trackers",
+              "--bind", "127.0.0.1", "--stall-timeout", "30", "--events", str(path), "-q"])
+    assert res.returncode == 0, res.stderr
+    events = read_events(path)
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["added", "metadata", "started"]
+    assert events[0]["source"] == "magnet" and events[0]["name"] == "named"
+    assert events[1]["name"] == "data.bin" and events[1]["total_size"] == SIZE
+    assert all(e["info_hash"] == meta.info_hash_hex for e in events)
+    assert "completed" in kinds and kinds[-1] == "stopped"
+
+
+def test_the_events_of_a_seed_run(swarm: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "ev.jsonl"
+    args = ["seed", str(swarm["torrent"]), str(swarm["src"]), "--workers", "1",
+            "--no-trackers", "--bind", "127.0.0.1", "--events", str(path), "-q"]
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        started = wait_for_event(path, "started", proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 7, err  # a seed ends by a signal (exit 7)
+    assert started["seeding"] is True and started["port"] == int(out.split()[-1])
+    events = read_events(path)
+    assert [e["event"] for e in events][:3] == ["added", "metadata", "started"]
+    assert events[-1]["event"] == "stopped" and events[-1]["reason"] == "interrupted"
+    assert events[-1]["exit_code"] == 7 and "error" not in [e["event"] for e in events]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and progress[-1]["bytes_done"] == SIZE and progress[-1]["seeding"] is True
+    assert "Traceback" not in err
+
+
+def test_an_unreadable_torrent_is_an_error_event_without_info_hash(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.torrent"
+    bad.write_bytes(b"not bencoded")
+    path = tmp_path / "ev.jsonl"
+    res = ft(["download", str(bad), "-o", str(tmp_path / "out"), "--events", str(path)])
+    assert res.returncode == 3, res.stderr
+    events = read_events(path)
+    assert [e["event"] for e in events] == ["error", "stopped"]
+    assert events[0]["exit_code"] == 3 and events[0]["info_hash"] is None
+    assert events[0]["message"] == res.stderr.strip().removeprefix("fasttorrent: ")[:MAX_TEXT]
+    assert events[1]["reason"] == "error" and events[1]["exit_code"] == 3
