@@ -324,7 +324,8 @@ def test_corrupt_blocks_are_piece_failed_and_peer_banned_events(swarm: dict[str,
     failed = [e for e in events if e["event"] == "piece_failed"]
     banned = [e for e in events if e["event"] == "peer_banned"]
     assert len(failed) == result["hash_failures"] > 0
-    assert {e["peer"] for e in failed} == {hostile.addr}  # it sent every block of them
+    # the peer is named when it sent all of the piece (None: blocks from several peers)
+    assert {e["peer"] for e in failed} <= {hostile.addr, None}
     assert all(0 <= e["piece"] < 65 for e in failed)
     assert [e["address"] for e in banned] == [hostile.addr]  # once, and never the relay
     assert banned[0]["reason"].startswith("banned:")

@@ -529,7 +529,8 @@ class Coordinator:
                 self.dht.add_node(msg.host, msg.port)
         elif t is ipc.PeerClosed:
             if msg.banned and self.report is not None:
-                self.report.peer_banned(format_peer(msg.host, msg.port), msg.reason)
+                # what the ban covers: the host (host:port on loopback), reported once
+                self.report.peer_banned(ban_key(msg.host, msg.port), msg.reason)
             self.peer_closed(h, msg)
         elif t is ipc.HashFailed:
             if self.report is not None:

@@ -29,7 +29,8 @@ the ``error`` of a torrent that could not be read), then its own fields:
   ``seeding``.
 - ``piece_failed``: a piece failed its hash check: ``piece``, ``peer``
   (``HOST:PORT`` or a web seed's URL; null when several peers sent blocks).
-- ``peer_banned``: ``address``, ``reason``; once per address.
+- ``peer_banned``: ``address`` (what the ban covers: the host, ``HOST:PORT`` on
+  loopback; a web seed's URL), ``reason``; once per address.
 - ``tracker_error``: an announce failed: ``url``, ``message``.
 - ``completed``: every piece is verified: ``bytes_total``, ``downloaded``.
 - ``error``: the run failed: ``exit_code`` (the CLI's), ``message``.

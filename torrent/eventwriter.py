@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from .errors import StorageError
 from .events import Event, encode_line
 
 __all__ = ["STDOUT", "EventWriter", "open_events"]
@@ -41,9 +42,11 @@ class EventWriter:
         self.failed = False
         self.lines = 0
         if path == STDOUT:
-            with contextlib.suppress(ValueError, OSError):
+            try:
                 sys.stdout.flush()
-            self.fd = sys.stdout.fileno()
+                self.fd = sys.stdout.fileno()
+            except (AttributeError, ValueError, OSError):  # no stdout (closed, or None)
+                raise StorageError("--events -: this process has no stdout") from None
             self._owned = False
         else:
             try:
