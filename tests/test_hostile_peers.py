@@ -328,6 +328,7 @@ def test_corrupt_blocks_are_piece_failed_and_peer_banned_events(swarm: dict[str,
     assert {e["peer"] for e in failed} <= {hostile.addr, None}
     assert all(0 <= e["piece"] < 65 for e in failed)
     assert [e["address"] for e in banned] == [hostile.addr]  # once, and never the relay
+    assert relay.addr not in {e["peer"] for e in failed}
     assert banned[0]["reason"].startswith("banned:")
     kinds = [e["event"] for e in events]
     assert kinds.index("piece_failed") < kinds.index("peer_banned") < kinds.index("completed")
