@@ -28,7 +28,7 @@ import pytest
 from conftest import require_module
 from helpers.payload import CLI, ft_create, start_seeders, write_tree
 
-from torrent.errors import UsageError
+from torrent.errors import Interrupted, UsageError
 from torrent.events import (
     EVENT_KINDS,
     MAX_TEXT,
@@ -512,3 +512,24 @@ def test_an_unreadable_torrent_is_an_error_event_without_info_hash(tmp_path: Pat
     assert events[0]["exit_code"] == 3 and events[0]["info_hash"] is None
     assert events[0]["message"] == res.stderr.strip().removeprefix("fasttorrent: ")[:MAX_TEXT]
     assert events[1]["reason"] == "error" and events[1]["exit_code"] == 3
+
+
+@pytest.mark.parametrize(("exc", "kinds", "reason", "code"), [
+    (None, ["stopped"], "complete", 0),
+    (Interrupted("stop"), ["stopped"], "interrupted", 7),
+    (UsageError("bad flag"), ["error", "stopped"], "error", 2),
+    (RuntimeError("oops"), ["error", "stopped"], "error", 1),
+])
+def test_the_last_events_of_a_run(exc: BaseException | None, kinds: list[str], reason: str,
+                                  code: int) -> None:
+    from torrent.reporting import RunReport
+
+    got: list[dict[str, Any]] = []
+    rep = RunReport(got.append, clock=lambda: 10.0)
+    rep.added(IH, source="torrent", name="n")
+    rep.finished(exc)
+    assert [e["event"] for e in got[1:]] == kinds
+    assert got[-1]["reason"] == reason and got[-1]["exit_code"] == code
+    if "error" in kinds:
+        assert got[1]["exit_code"] == code and str(exc) in got[1]["message"]
+    assert all(e["info_hash"] == IH and e["time"] == "1970-01-01T00:00:10.000Z" for e in got)
