@@ -115,17 +115,19 @@ def test_bans_are_reported_once_and_completed_and_stopped_once() -> None:
 def test_snapshot_counts_the_short_last_piece_and_sums_the_workers() -> None:
     w0 = {"bytes": 64, "uploaded": 10, "hash_failures": 1, "banned": ["a:1"], "connected": 2,
           "rate": 5.0, "up_rate": 1.0, "busy_hash": 0.5, "busy_write": 0.25, "busy_sync": 0.125,
-          "slots_total": 4, "slots_free": 1}
-    w1 = {"bytes": 36, "banned": ["a:1", "b:2"], "connected": 7, "rate": 9.0,
-          "slots_total": 4, "slots_free": 4}
+          "slots_free": 1}
+    w1 = {"bytes": 36, "banned": ["a:1", "b:2"], "connected": 7, "rate": 9.0}
     s = snap(pieces_verified=4, last_verified=True, workers=[(0, True, w0), (1, False, w1)],
-             banned=["c:3"])
+             banned=["c:3"], slots_per_worker=4)
     assert s.bytes_done == 100  # 3 x 32 + the 4-byte last piece
     assert snap(pieces_verified=1, last_verified=True).bytes_done == 4
     assert s.downloaded == 100 and s.uploaded == 10 and s.hash_failures == 1
     assert s.bans == 3  # a:1, b:2, c:3
     assert (s.peers, s.rate_down, s.rate_up) == (2, 5.0, 1.0)  # the dead worker's are gone
-    assert (s.slots_total, s.slots_in_use) == (4, 3)
+    assert (s.slots_total, s.slots_in_use) == (4, 3)  # the dead worker's are gone
+    assert snap(pieces_verified=4, last_verified=True, downloaded=7).downloaded == 7
+    fresh = snap(workers=[(0, True, {})], slots_per_worker=6)  # no stats yet: all free
+    assert (fresh.slots_total, fresh.slots_in_use) == (6, 0)
     assert dict(s.workers[0].busy) == {"hash": 0.5, "write": 0.25, "sync": 0.125}
 
 
@@ -137,9 +139,10 @@ def test_the_collector_reports_every_family_labelled_by_info_hash() -> None:
 
     from torrent.metrics import TorrentCollector
 
-    w = {"bytes": 100, "uploaded": 7, "busy_hash": 1.5, "slots_total": 8, "slots_free": 6}
+    w = {"bytes": 100, "uploaded": 7, "busy_hash": 1.5, "slots_free": 6}
     c = TorrentCollector()
-    c.add(IH, lambda: snap(pieces_verified=4, last_verified=True, workers=[(0, True, w)]))
+    c.add(IH, lambda: snap(pieces_verified=4, last_verified=True, workers=[(0, True, w)],
+                           slots_per_worker=8))
     c.add("cd" * 20, lambda: snap(info_hash="cd" * 20))
     reg = CollectorRegistry(auto_describe=False)
     reg.register(c)
@@ -323,6 +326,14 @@ def wait_for_event(path: Path, kind: str, proc: subprocess.Popen[str]) -> dict[s
     raise AssertionError(f"no {kind!r} event within {WAIT_LINE} s")
 
 
+def busy_hash(body: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(x.value for f in text_string_to_metric_families(body)
+               if f.name == "fasttorrent_worker_busy_seconds" for x in f.samples
+               if x.labels["stage"] == "hash" and x.name.endswith("_total"))
+
+
 async def scrape(port: int) -> tuple[int, str, str]:
     import aiohttp
 
@@ -348,7 +359,14 @@ def test_metrics_scraped_while_the_run_seeds(swarm: dict[str, Any], tmp_path: Pa
                             text=True)
     try:
         done = wait_for_event(path, "completed", proc)
-        status, body, other = asyncio.run(scrape(port))
+        # the workers' own counters (busy seconds) come with their stats, every tick
+        # (torrent/worker.py TICK): scrape until they did, as Prometheus would
+        deadline = time.monotonic() + WAIT_LINE
+        while True:
+            status, body, other = asyncio.run(scrape(port))
+            if busy_hash(body) > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # the next scrape; bounded by WAIT_LINE
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # ends the seeding: exit 0

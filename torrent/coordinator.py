@@ -329,6 +329,10 @@ class Coordinator:
         self.live_peers: dict[int, frozenset[tuple[str, int]]] = {}
         self._others_sent: dict[int, frozenset[tuple[str, int]]] = {}
         self._live_dirty = False
+        #: payload of the pieces verified in this run, each counted once (the workers'
+        #: own counts arrive with their next Stats, and count endgame duplicates twice)
+        self.bytes_verified = 0
+        self.slots_per_worker = 0  # the arena's slots of each worker (once they start)
         #: the run's event stream and metrics (torrent/reporting.py); None: neither
         self.report: RunReport | None = None
 
@@ -407,6 +411,7 @@ class Coordinator:
         slots = plan_slots(slot_size, self.nworkers, self.opts.arena_bytes)
         # the pages are reserved while the workers start (checked in run())
         self.arena = Arena.create(slot_size, slots * self.nworkers, background=True)
+        self.slots_per_worker = slots
         want_dht = self.dht is None and dht_wanted(self.opts, private=meta.private)
         if self.port == 0 and self.nworkers:
             self.port = _free_port(self.opts.bind, udp=want_dht)  # the DHT takes it for UDP
@@ -489,6 +494,7 @@ class Coordinator:
         t = type(msg)
         if t is ipc.Verified:
             new, done = self.leases.verified(h.wid, msg.pieces)
+            self.bytes_verified += sum(map(self.meta.piece_size, new))
             if new:
                 self.last_progress = time.monotonic()
                 if self.first_piece_at is None:
@@ -725,7 +731,7 @@ class Coordinator:
         # not be waited for (no client fsyncs a finished download).
         if self.verified == self.meta.num_pieces and not self.seeding:
             if self.report is not None:
-                self.report.completed(self.snapshot())
+                self.report.completed(self.snapshot)
             if self.seed_after:
                 self._start_seeding()
             else:
@@ -802,7 +808,8 @@ class Coordinator:
         return take_snapshot(
             info_hash=self.meta.info_hash_hex, total_size=self.meta.total_size,
             piece_length=self.meta.piece_length, pieces_total=n,
-            pieces_verified=self.verified,
+            pieces_verified=self.verified, downloaded=self.bytes_verified,
+            slots_per_worker=self.slots_per_worker,
             last_verified=n > 0 and self.leases.state[n - 1] == PieceState.VERIFIED,
             seeding=self.seeding or self.seed_started is not None,
             workers=[(h.wid, h.alive, h.stats) for h in self.workers],
@@ -831,7 +838,7 @@ class Coordinator:
         n = self.meta.num_pieces
         if self.verified == n and not self.seeding and not self.seed_after:
             if self.report is not None:
-                self.report.completed(self.snapshot())
+                self.report.completed(self.snapshot)
             self.release_prestarted()
             if self.journal is not None:
                 self.journal.remove()  # nothing left to resume

@@ -127,7 +127,8 @@ class TorrentEvents:
         self.progress_interval = progress_interval
         self._last_progress: float | None = None
         self._banned: set[str] = set()
-        self._completed = False
+        #: ``completed`` was emitted (it is, once per run)
+        self.completed_told = False
         self._stopped = False
 
     def _put(self, kind: str, wall: float, **fields: Any) -> None:
@@ -176,9 +177,9 @@ class TorrentEvents:
 
     def completed(self, wall: float, snap: TorrentSnapshot) -> None:
         """``completed``, once per run."""
-        if self._completed:
+        if self.completed_told:
             return
-        self._completed = True
+        self.completed_told = True
         self._put("completed", wall, bytes_total=snap.bytes_total, downloaded=snap.downloaded)
 
     def error(self, wall: float, exit_code: int, message: str) -> None:

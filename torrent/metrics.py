@@ -23,6 +23,7 @@ import errno
 import socket
 from collections.abc import Callable, Iterator
 
+from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -171,15 +172,13 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.sock = sock
-        self._runner: object | None = None
+        self._runner: web.AppRunner | None = None
 
     @property
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
     async def start(self) -> None:
-        from aiohttp import web
-
         async def metrics(_request: web.Request) -> web.Response:
             body = generate_latest(self.registry)
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
@@ -194,8 +193,5 @@ class MetricsServer:
     async def close(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
-            from aiohttp import web
-
-            assert isinstance(runner, web.AppRunner)
             await runner.cleanup()
         self.sock.close()

@@ -20,12 +20,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import FastTorrentError, Interrupted
 from .events import Event, TorrentEvents, make_event
 from .eventwriter import open_events
 from .snapshot import TorrentSnapshot
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer, TorrentCollector
 
 __all__ = ["RunReport", "run_report"]
 
@@ -46,7 +49,8 @@ class RunReport:
     """
 
     def __init__(self, emit: Callable[[Event], None] | None = None, *,
-                 collector: Any = None, server: Any = None,
+                 collector: TorrentCollector | None = None,
+                 server: MetricsServer | None = None,
                  progress_interval: float = 5.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.emit = emit
@@ -97,9 +101,10 @@ class RunReport:
             if ev.progress_due(wall):
                 ev.progress(wall, src())
 
-    def completed(self, snap: TorrentSnapshot) -> None:
-        if self.events is not None:
-            self.events.completed(self.clock(), snap)
+    def completed(self, source: Callable[[], TorrentSnapshot]) -> None:
+        """Every piece is verified (called again later: nothing more)."""
+        if self.events is not None and not self.events.completed_told:
+            self.events.completed(self.clock(), source())
 
     def piece_failed(self, piece: int, peer: str | None) -> None:
         if self.events is not None:
@@ -160,7 +165,8 @@ def run_report(opts: Any, log: Callable[[str], None]) -> Iterator[RunReport]:
         UsageError: a bad ``metrics_listen``, or its port cannot be bound.
     """
     writer = open_events(opts.events, lambda s: log(f"warning: {s}"))
-    server = collector = None
+    server: MetricsServer | None = None
+    collector: TorrentCollector | None = None
     try:
         if opts.metrics_listen:
             from .metrics import MetricsServer, TorrentCollector, bind_metrics

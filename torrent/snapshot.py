@@ -69,6 +69,7 @@ class TorrentSnapshot:
 
 def take(*, info_hash: str, total_size: int, piece_length: int, pieces_total: int,
          pieces_verified: int, last_verified: bool, seeding: bool,
+         downloaded: int | None = None, slots_per_worker: int = 0,
          workers: Iterable[tuple[int, bool, Mapping[str, Any]]],
          banned: Iterable[str] = ()) -> TorrentSnapshot:
     """A snapshot from the coordinator's counts and its workers' last stats.
@@ -79,6 +80,10 @@ def take(*, info_hash: str, total_size: int, piece_length: int, pieces_total: in
         pieces_verified: verified pieces, resumed ones included.
         last_verified: the (possibly short) last piece is among them.
         seeding: serving only, or seeding after completion.
+        downloaded: payload verified in this run, each piece once (None: the sum of
+            the workers' counts).
+        slots_per_worker: the arena's slots of each worker (all free until its
+            first stats say otherwise).
         workers: ``(worker id, alive, last stats dict)`` of each worker.
         banned: peers the coordinator banned itself (joined with the workers' lists).
     """
@@ -86,11 +91,11 @@ def take(*, info_hash: str, total_size: int, piece_length: int, pieces_total: in
     if last_verified and pieces_total:
         done -= pieces_total * piece_length - total_size  # the short last piece
     ws = []
-    downloaded = uploaded = peers = failures = 0
+    worker_bytes = uploaded = peers = failures = 0
     down = up = 0.0
     bans = set(banned)
     for wid, alive, s in workers:
-        downloaded += int(s.get("bytes", 0))
+        worker_bytes += int(s.get("bytes", 0))
         uploaded += int(s.get("uploaded", 0))
         failures += int(s.get("hash_failures", 0))
         bans.update(s.get("banned", ()))
@@ -101,9 +106,11 @@ def take(*, info_hash: str, total_size: int, piece_length: int, pieces_total: in
         ws.append(WorkerSnapshot(
             worker=wid, alive=alive,
             busy=tuple((st, float(s.get(f"busy_{st}", 0.0))) for st in STAGES),
-            slots_total=int(s.get("slots_total", 0)), slots_free=int(s.get("slots_free", 0))))
+            slots_total=slots_per_worker,
+            slots_free=int(s.get("slots_free", slots_per_worker))))
     return TorrentSnapshot(
         info_hash=info_hash, bytes_total=total_size, bytes_done=max(0, min(done, total_size)),
-        pieces_total=pieces_total, pieces_verified=pieces_verified, downloaded=downloaded,
+        pieces_total=pieces_total, pieces_verified=pieces_verified,
+        downloaded=worker_bytes if downloaded is None else downloaded,
         uploaded=uploaded, rate_down=down, rate_up=up, peers=peers, hash_failures=failures,
         bans=len(bans), seeding=seeding, workers=tuple(ws))

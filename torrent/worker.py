@@ -1249,7 +1249,6 @@ class Worker:
         s["dialing"] = self.dialing
         s["dial_queue"] = len(self.dial_queue)
         s["up_rate"] = sum(p.up_rate for p in self.peers)
-        s["slots_total"] = self.cfg.nslots
         # seconds each I/O stage has worked (torrent/snapshot.py STAGES)
         s["busy_hash"], s["busy_write"] = self.iot.busy_seconds
         s["busy_sync"] = self.sync_iot.busy_seconds[1]
