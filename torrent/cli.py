@@ -137,7 +137,7 @@ def _add_report_flags(s: argparse.ArgumentParser) -> None:
 
     s.add_argument("--events", default=None, metavar="FILE",
                    help="append the run's events to FILE as JSON lines (- for stdout; "
-                        "see docs/ARCHITECTURE.md, 'Event stream')")
+                        "see docs/ARCHITECTURE.md, 'Event stream and metrics')")
     s.add_argument("--events-interval", type=_timeout_arg, default=PROGRESS_INTERVAL,
                    metavar="S", help="seconds between two progress events "
                                      f"(default {PROGRESS_INTERVAL:g})")

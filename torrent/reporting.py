@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import FastTorrentError, Interrupted
-from .events import Event, TorrentEvents, make_event
+from .events import PROGRESS_INTERVAL, Event, TorrentEvents, make_event
 from .eventwriter import open_events
 from .snapshot import TorrentSnapshot
 
@@ -51,7 +51,7 @@ class RunReport:
     def __init__(self, emit: Callable[[Event], None] | None = None, *,
                  collector: TorrentCollector | None = None,
                  server: MetricsServer | None = None,
-                 progress_interval: float = 5.0,
+                 progress_interval: float = PROGRESS_INTERVAL,
                  clock: Callable[[], float] = time.time) -> None:
         self.emit = emit
         self.collector = collector
