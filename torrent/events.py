@@ -12,7 +12,8 @@ dicts in a list.  A process serving many torrents keeps one
 Every event has, in this order, ``event`` (its kind, one of
 :data:`EVENT_KINDS`), ``time`` (ISO 8601, UTC, milliseconds: e.g.
 ``2026-12-06T21:53:06.123Z``) and ``info_hash`` (40 hex digits; null only in
-the ``error`` of a torrent that could not be read), then its own fields:
+the ``error`` and ``stopped`` of a run whose torrent could not be read), then
+its own fields:
 
 - ``added``: ``source`` ("torrent" or "magnet"), ``name`` (the magnet's
   ``dn``, or the torrent's name; may be null).
