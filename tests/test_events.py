@@ -38,7 +38,7 @@ from torrent.events import (
     make_event,
 )
 from torrent.eventwriter import EventWriter
-from torrent.snapshot import STAGES, take
+from torrent.snapshot import STAGES, payload_of, take
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -129,6 +129,13 @@ def test_snapshot_counts_the_short_last_piece_and_sums_the_workers() -> None:
     fresh = snap(workers=[(0, True, {})], slots_per_worker=6)  # no stats yet: all free
     assert (fresh.slots_total, fresh.slots_in_use) == (6, 0)
     assert dict(s.workers[0].busy) == {"hash": 0.5, "write": 0.25, "sync": 0.125}
+
+
+def test_payload_of_pieces_counts_the_short_last_piece() -> None:
+    assert payload_of([0, 1], 32, 100, 4) == 64
+    assert payload_of([3], 32, 100, 4) == 4
+    assert payload_of([0, 1, 2, 3], 32, 100, 4) == 100
+    assert payload_of([], 32, 100, 4) == 0
 
 
 def test_the_collector_reports_every_family_labelled_by_info_hash() -> None:

@@ -63,7 +63,7 @@ from .ports import free_port as _free_port
 from .ports import is_local_address
 from .reporting import RunReport, run_report
 from .shm import Arena, plan_slots
-from .snapshot import TorrentSnapshot
+from .snapshot import TorrentSnapshot, payload_of
 from .snapshot import take as take_snapshot
 from .storage import Storage, check_free_space, check_output_paths, layout_for, os_error
 from .sysinfo import available_cpus, fd_limit
@@ -494,7 +494,8 @@ class Coordinator:
         t = type(msg)
         if t is ipc.Verified:
             new, done = self.leases.verified(h.wid, msg.pieces)
-            self.bytes_verified += sum(map(self.meta.piece_size, new))
+            self.bytes_verified += payload_of(new, self.meta.piece_length,
+                                              self.meta.total_size, self.meta.num_pieces)
             if new:
                 self.last_progress = time.monotonic()
                 if self.first_piece_at is None:

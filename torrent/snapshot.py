@@ -11,11 +11,11 @@ Sans-IO: numbers in, a record out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["STAGES", "TorrentSnapshot", "WorkerSnapshot", "take"]
+__all__ = ["STAGES", "TorrentSnapshot", "WorkerSnapshot", "payload_of", "take"]
 
 #: The busy counters of a worker, by stage (the keys ``busy_<stage>`` of its
 #: stats): SHA-1 hashing and writing pieces on its I/O thread, ``fdatasync``
@@ -65,6 +65,13 @@ class TorrentSnapshot:
     @property
     def slots_in_use(self) -> int:
         return sum(w.slots_total - w.slots_free for w in self.workers if w.alive)
+
+
+def payload_of(pieces: Sequence[int], piece_length: int, total_size: int,
+               num_pieces: int) -> int:
+    """Bytes of the torrent's ``pieces`` (distinct indices; the last piece may be short)."""
+    short = num_pieces * piece_length - total_size if num_pieces - 1 in pieces else 0
+    return len(pieces) * piece_length - short
 
 
 def take(*, info_hash: str, total_size: int, piece_length: int, pieces_total: int,
