@@ -310,3 +310,26 @@ def test_a_peer_that_never_handshakes_is_dropped_at_the_handshake_timeout(
     assert hostile.handshakes >= 1 and hostile.requests == []
     assert result["workers"][0]["handshake_timeouts"] >= 1
     assert result["bytes_downloaded"] == PAYLOAD_SIZE
+
+
+def test_corrupt_blocks_are_piece_failed_and_peer_banned_events(swarm: dict[str, Any],
+                                                                tmp_path: Path) -> None:
+    """The same liar, with ``--events``: its bad piece and its ban are events of the stream."""
+    hostile = TestPeer(swarm["torrent"], swarm["src"], corrupt_pieces=range(65))
+    path = tmp_path / "events.jsonl"
+    result, relay = run_with_hostile(swarm, tmp_path, hostile, hostile.remote_closed,
+                                     extra=("--events", str(path)))
+    events = [json.loads(ln) for ln in path.read_text().splitlines()]
+    assert all(e["info_hash"] == swarm["meta"].info_hash_hex for e in events)
+    failed = [e for e in events if e["event"] == "piece_failed"]
+    banned = [e for e in events if e["event"] == "peer_banned"]
+    assert len(failed) == result["hash_failures"] > 0
+    # the peer is named when it sent all of the piece (None: blocks from several peers)
+    assert {e["peer"] for e in failed} <= {hostile.addr, None}
+    assert all(0 <= e["piece"] < 65 for e in failed)
+    assert [e["address"] for e in banned] == [hostile.addr]  # once, and never the relay
+    assert relay.addr not in {e["peer"] for e in failed}
+    assert banned[0]["reason"].startswith("banned:")
+    kinds = [e["event"] for e in events]
+    assert kinds.index("piece_failed") < kinds.index("peer_banned") < kinds.index("completed")
+    assert kinds[-1] == "stopped"

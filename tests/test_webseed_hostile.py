@@ -9,6 +9,7 @@ a warning naming it.  Outcomes are asserted, never durations.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def test_corrupt_web_seed_is_banned_and_the_data_refetched_from_a_peer(tmp_path:
     out = tmp_path / "out"
     with HostileServer({"/f.bin": data}, "corrupt") as hs:
         alone = run_cli(["download", str(torrent), "-o", str(out), "--no-trackers", "--json",
-                         "--workers", "1", "--stall-timeout", "5", "--web-seed", hs.url])
+                         "--workers", "1", "--stall-timeout", "5", "--web-seed", hs.url,
+                         "--events", str(tmp_path / "events.jsonl")])
         assert hs.hostile_requests() >= 1
     assert alone.returncode == 6, alone.describe()  # nothing left to fetch from: stalled
     assert "Traceback" not in alone.stderr
@@ -130,6 +132,12 @@ def test_corrupt_web_seed_is_banned_and_the_data_refetched_from_a_peer(tmp_path:
         alone.describe()
     assert hs.url in alone.json["banned_peers"] and alone.json["hash_failures"] >= 1
     assert sum(w["web_seed_bytes"] for w in alone.json["workers"]) == 0
+    # the event stream names the seed as the sender of the bad piece and as banned
+    events = [json.loads(ln) for ln in (tmp_path / "events.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["event"] == "piece_failed"]
+    assert failed and {e["peer"] for e in failed} == {hs.url}
+    assert [e["address"] for e in events if e["event"] == "peer_banned"] == [hs.url]
+    assert [(e["event"], e["exit_code"]) for e in events[-2:]] == [("error", 6), ("stopped", 6)]
     assert not out.joinpath("f.bin").exists() or out.joinpath("f.bin").read_bytes() != data
     (seeder,) = start_seeders(str(torrent), [str(src)], str(tmp_path))
     try:

@@ -118,6 +118,34 @@ def _add_connection_flags(s: argparse.ArgumentParser) -> None:
                         "both ways; disabled: plaintext only")
 
 
+def _report_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The event stream and metrics flags of ``download`` and ``seed`` as Options fields.
+
+    ``--events -`` writes the events to stdout: the final ``--json`` object would
+    go there too, so the two are refused together; the human output (log lines,
+    and the summary ``download`` prints at the end) goes to stderr, and the live
+    status line is off (a terminal shows stdout and stderr together).
+    """
+    if a.events == "-" and getattr(a, "json", False):
+        raise UsageError("--events - and --json both write to stdout: give --events a FILE")
+    return {"events": a.events, "events_interval": a.events_interval,
+            "metrics_listen": a.metrics_listen}
+
+
+def _add_report_flags(s: argparse.ArgumentParser) -> None:
+    from .events import PROGRESS_INTERVAL
+
+    s.add_argument("--events", default=None, metavar="FILE",
+                   help="append the run's events to FILE as JSON lines (- for stdout; "
+                        "see docs/ARCHITECTURE.md, 'Event stream and metrics')")
+    s.add_argument("--events-interval", type=_timeout_arg, default=PROGRESS_INTERVAL,
+                   metavar="S", help="seconds between two progress events "
+                                     f"(default {PROGRESS_INTERVAL:g})")
+    s.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics while the run "
+                        "goes on (PORT alone: on 127.0.0.1)")
+
+
 def _dht_options(a: argparse.Namespace) -> dict[str, Any]:
     """The DHT flags of ``download`` and ``seed`` as Options fields."""
     boot = a.dht_bootstrap
@@ -336,8 +364,9 @@ def cmd_download(a: argparse.Namespace) -> int:
         seed_time=_flag_limit("--seed-time", a.seed_time),
         seed_ratio=_flag_limit("--seed-ratio", a.seed_ratio), direct_io=not a.no_direct_io,
         save_torrent=a.save_torrent, fork_workers=True, web_seeds=tuple(a.web_seed),
-        **_connection_options(a), **_dht_options(a))
-    st = Status(a.quiet or a.json)
+        **_connection_options(a), **_dht_options(a), **_report_options(a))
+    events_out = a.events == "-"
+    st = Status(a.quiet or a.json, live=not events_out)
     try:
         res = download(a.torrent, a.output, opts, log=st.log, status_line=st.line)
     except FastTorrentError as e:
@@ -352,7 +381,7 @@ def cmd_download(a: argparse.Namespace) -> int:
               f"{res.pieces_resumed} pieces resumed, {res.hash_failures} hash failures"
               + (f"; seeded {res.seed_seconds:.0f} s, uploaded "
                  f"{_human_size(res.bytes_uploaded)} (stopped by {res.seed_stop})"
-                 if res.seed_stop else ""))
+                 if res.seed_stop else ""), file=sys.stderr if events_out else sys.stdout)
     return 0
 
 
@@ -364,12 +393,16 @@ def cmd_seed(a: argparse.Namespace) -> int:
     opts = Options(workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port,
                    bind=a.bind, check=not a.skip_check, use_trackers=not a.no_trackers,
                    upload_limit=_flag_size("--upload-limit", a.upload_limit),
-                   fork_workers=True, **_connection_options(a), **_dht_options(a))
-    st = Status(a.quiet)
+                   fork_workers=True, **_connection_options(a), **_dht_options(a),
+                   **_report_options(a))
+    events_out = a.events == "-"
+    st = Status(a.quiet, live=not events_out)
 
     def ready(port: int) -> None:
-        # one machine-readable line, so scripts can find a port chosen by us
-        print(f"seeding on port {port}", flush=True)
+        # one machine-readable line, so scripts can find a port chosen by us (with
+        # --events -, the 'started' event says it, and this line goes to stderr)
+        print(f"seeding on port {port}", flush=True,
+              file=sys.stderr if events_out else sys.stdout)
 
     try:
         seed(a.torrent, a.dir, opts, log=st.log, ready=ready)
@@ -485,6 +518,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_dht_flags(s)
     s.add_argument("--no-direct-io", action="store_true",
                    help="write through the page cache instead of O_DIRECT")
+    _add_report_flags(s)
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     s.add_argument("-q", "--quiet", action="store_true")
 
@@ -505,6 +539,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--no-trackers", action="store_true", help="do not announce to the trackers")
     _add_dht_flags(s)
     _add_connection_flags(s)
+    _add_report_flags(s)
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     s.add_argument("-q", "--quiet", action="store_true")
 

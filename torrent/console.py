@@ -21,17 +21,20 @@ class Status:
 
     Args:
         quiet: print nothing at all.
+        live: show the status line (False: log lines only; the CLI turns it off
+            when the event stream goes to stdout, which a terminal shows too).
     """
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, *, live: bool = True) -> None:
         self.quiet = quiet
+        self.live = live
         self.tty = sys.stderr.isatty()
         self.last = 0.0
         self.width = 0
 
     def line(self, text: str) -> None:
         """Show ``text`` as the current status (it replaces the previous one on a terminal)."""
-        if self.quiet:
+        if self.quiet or not self.live:
             return
         if self.tty:
             pad = max(0, self.width - len(text))

@@ -56,12 +56,15 @@ from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, Usa
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path, metadata_path
 from .launch import Child, can_fork, fork_child, send_fd, start_child
-from .leases import LeaseTable, Send
+from .leases import LeaseTable, PieceState, Send
 from .options import Options, default_max_connections
 from .peeraddr import ban_key, format_peer, normalize_peer, parse_hostport
 from .ports import free_port as _free_port
 from .ports import is_local_address
+from .reporting import RunReport, run_report
 from .shm import Arena, plan_slots
+from .snapshot import TorrentSnapshot, payload_of
+from .snapshot import take as take_snapshot
 from .storage import Storage, check_free_space, check_output_paths, layout_for, os_error
 from .sysinfo import available_cpus, fd_limit
 from .wire.handshake import make_peer_id
@@ -356,6 +359,12 @@ class Coordinator:
         self.live_peers: dict[int, frozenset[tuple[str, int]]] = {}
         self._others_sent: dict[int, frozenset[tuple[str, int]]] = {}
         self._live_dirty = False
+        #: payload of the pieces verified in this run, each counted once (the workers'
+        #: own counts arrive with their next Stats, and count endgame duplicates twice)
+        self.bytes_verified = 0
+        self.slots_per_worker = 0  # the arena's slots of each worker (once they start)
+        #: the run's event stream and metrics (torrent/reporting.py); None: neither
+        self.report: RunReport | None = None
 
     @property
     def verified(self) -> int:
@@ -432,6 +441,7 @@ class Coordinator:
         slots = plan_slots(slot_size, self.nworkers, self.opts.arena_bytes)
         # the pages are reserved while the workers start (checked in run())
         self.arena = Arena.create(slot_size, slots * self.nworkers, background=True)
+        self.slots_per_worker = slots
         want_dht = self.dht is None and dht_wanted(self.opts, private=meta.private)
         if self.port == 0 and self.nworkers:
             self.port = _free_port(self.opts.bind, udp=want_dht)  # the DHT takes it for UDP
@@ -552,6 +562,8 @@ class Coordinator:
         t = type(msg)
         if t is ipc.Verified:
             new, done = self.leases.verified(h.wid, msg.pieces)
+            self.bytes_verified += payload_of(new, self.meta.piece_length,
+                                              self.meta.total_size, self.meta.num_pieces)
             if new:
                 self.last_progress = time.monotonic()
                 if self.first_piece_at is None:
@@ -591,7 +603,13 @@ class Coordinator:
             if self.dht is not None:
                 self.dht.add_node(msg.host, msg.port)
         elif t is ipc.PeerClosed:
+            if msg.banned and self.report is not None:
+                # what the ban covers: the host (host:port on loopback), reported once
+                self.report.peer_banned(ban_key(msg.host, msg.port), msg.reason)
             self.peer_closed(h, msg)
+        elif t is ipc.HashFailed:
+            if self.report is not None:
+                self.report.piece_failed(msg.piece, msg.peer)
         elif t is ipc.Dialled:
             rec = self.peers.get((msg.host, msg.port))
             if rec is not None and rec.worker == h.wid:
@@ -655,6 +673,8 @@ class Coordinator:
         """A worker stopped using a web seed: warn once; a ban holds in every worker."""
         if msg.url in self.web_seeds_dropped:
             return
+        if msg.banned and self.report is not None:
+            self.report.peer_banned(msg.url, msg.reason)
         self.web_seeds_dropped[msg.url] = msg.reason
         self.warn(f"web seed {msg.url} dropped: {msg.reason}")
         if msg.banned:
@@ -779,6 +799,8 @@ class Coordinator:
         # for crash recovery and is removed at the end, so the last flush need
         # not be waited for (no client fsyncs a finished download).
         if self.verified == self.meta.num_pieces and not self.seeding:
+            if self.report is not None:
+                self.report.completed(self.snapshot)
             if self.seed_after:
                 self._start_seeding()
             else:
@@ -849,6 +871,19 @@ class Coordinator:
             return False
         return time.monotonic() - self.last_progress > self.opts.stall_timeout
 
+    def snapshot(self) -> TorrentSnapshot:
+        """The run's numbers now (the event stream's and the metrics')."""
+        n = self.meta.num_pieces
+        return take_snapshot(
+            info_hash=self.meta.info_hash_hex, total_size=self.meta.total_size,
+            piece_length=self.meta.piece_length, pieces_total=n,
+            pieces_verified=self.verified, downloaded=self.bytes_verified,
+            slots_per_worker=self.slots_per_worker,
+            last_verified=n > 0 and self.leases.state[n - 1] == PieceState.VERIFIED,
+            seeding=self.seeding or self.seed_started is not None,
+            workers=[(h.wid, h.alive, h.stats) for h in self.workers],
+            banned=[ban_key(r.host, r.port) for r in self.peers.values() if r.banned])
+
     def _status(self) -> str:
         n = self.meta.num_pieces
         el = time.monotonic() - self.start_time
@@ -871,6 +906,8 @@ class Coordinator:
         self.done_event = asyncio.Event()
         n = self.meta.num_pieces
         if self.verified == n and not self.seeding and not self.seed_after:
+            if self.report is not None:
+                self.report.completed(self.snapshot)
             self.release_prestarted()
             if self.journal is not None:
                 self.journal.remove()  # nothing left to resume
@@ -878,6 +915,9 @@ class Coordinator:
                 self.dht.close()
             return self.result(True)
         self.start_workers()
+        if self.report is not None:
+            await self.report.started(self.snapshot, seeding=self.seeding, port=self.port,
+                                      workers=self.nworkers, pieces_resumed=self.resumed)
         if self.seeding:
             self.log(f"seeding {self.meta.name} ({self.meta.info_hash_hex}) on "
                      f"{format_peer(self.opts.bind or '*', self.port)} with {self.nworkers} "
@@ -922,6 +962,8 @@ class Coordinator:
                     last_status = now
                 if self.seed_started is not None:
                     self._check_seed_limits()
+                if self.report is not None:
+                    self.report.tick()
                 if self._stalled():
                     break
         finally:
@@ -953,6 +995,8 @@ class Coordinator:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError):
                     pass
+            if self.report is not None:
+                await self.report.ended(self.seed_stop)
         complete = self.verified == n
         if self.journal is not None and not self.seeding:
             if complete:
@@ -1110,7 +1154,9 @@ async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     except ValueError as e:
         coord.warn(f"trackers: {e}")
         return
-    runner = TrackerRunner(ts, on_warning=coord.warn)
+    report = coord.report
+    runner = TrackerRunner(ts, on_warning=coord.warn,
+                           on_error=None if report is None else report.tracker_error)
     coord.tracker_runner = runner
     m = coord.meta
 
@@ -1289,24 +1335,34 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
         Interrupted: SIGINT / SIGTERM; state saved.
         TypeError: an unknown setting in ``overrides``.
     """
-    from .magnet import is_magnet
-
     began = time.monotonic()  # the origin of metadata_seconds and first_piece_seconds
     opts = _resolve(options, overrides)
+    with run_report(opts, log or (lambda s: None)) as report:
+        return _download(torrent, outdir, opts, log, status_line, began, report)
+
+
+def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], None] | None,
+              status_line: Callable[[str], None] | None, began: float,
+              report: RunReport) -> DownloadResult:
+    """:func:`download` once its options are resolved and its report opened."""
+    from .magnet import is_magnet, parse_magnet
+
     peer_id = None
     metadata_seconds = 0.0
     dht = None
     banned: frozenset[tuple[str, int]] = frozenset()
     conns: tuple[Handover, ...] = ()
-    magnet = is_magnet(torrent)
+    from_magnet = is_magnet(torrent)
     # The workers import while the torrent is read, checked or fetched. Forks are
     # ready in milliseconds, but block this process meanwhile: a magnet's fetch
     # forks them once its first handshake went out, while the peers answer.
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers,
-                                   start=not (magnet and opts.fork_workers))
+                                   start=not (from_magnet and opts.fork_workers))
     coord = None
     try:
-        if magnet:
+        if from_magnet:
+            magnet = parse_magnet(torrent)
+            report.added(magnet.info_hash_hex, source="magnet", name=magnet.display_name)
             meta, opts, peer_id, dht, banned, conns = _load_or_fetch_metainfo(
                 torrent, outdir, opts, log or (lambda s: None),
                 on_dialled=lambda: prestarted.start(defer_error=True))
@@ -1314,11 +1370,14 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
             metadata_seconds = time.monotonic() - began
         else:
             meta = metainfo.load(torrent)
+            report.added(meta.info_hash_hex, source="torrent", name=meta.name)
             if opts.save_torrent:
                 _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
+        report.metadata(meta)
         coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line, began=began,
                             metadata_seconds=metadata_seconds, prestarted=prestarted, dht=dht,
                             handover=conns)
+        coord.report = report
         if peer_id is not None:
             coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
         coord.ban_peers(banned, "banned: its metadata does not hash to the info-hash")
@@ -1378,12 +1437,23 @@ def seed(torrent: str, directory: str, options: Options | None = None, *,
         InvalidTorrent, StorageError, Incomplete (no good piece at all), ...
     """
     opts = _resolve(options, overrides).replace(stall_timeout=0)
+    with run_report(opts, log or (lambda s: None)) as report:
+        return _seed(torrent, directory, opts, log, status_line, ready, report)
+
+
+def _seed(torrent: str, directory: str, opts: Options, log: Callable[[str], None] | None,
+          status_line: Callable[[str], None] | None, ready: Callable[[int], None] | None,
+          report: RunReport) -> DownloadResult:
+    """:func:`seed` once its options are resolved and its report opened (always raises)."""
     # importing (or forked, ready) while the data is checked
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
     try:
         meta = metainfo.load(torrent)
+        report.added(meta.info_hash_hex, source="torrent", name=meta.name)
+        report.metadata(meta)
         coord = Coordinator(meta, directory, opts, seeding=True, log=log,
                             status_line=status_line, prestarted=prestarted)
+        coord.report = report
         coord.prepare_seed(opts.check)
         coord.on_ready = ready
         res = _run_loop(coord.run())

@@ -19,6 +19,7 @@ __all__ = [
     "DropWebSeed",
     "Durable",
     "Fatal",
+    "HashFailed",
     "Lease",
     "LivePeers",
     "NeedPieces",
@@ -132,6 +133,14 @@ class Durable(NamedTuple):
     """Pieces whose data was fdatasync'ed: safe to record in the journal."""
 
     pieces: tuple[int, ...]
+
+
+class HashFailed(NamedTuple):
+    """A piece failed its hash check: ``peer`` sent all of it (``HOST:PORT``, or a web
+    seed's URL); empty when several peers sent blocks of it. One per failed copy."""
+
+    piece: int
+    peer: str
 
 
 class Released(NamedTuple):

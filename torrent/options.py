@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
+from .events import PROGRESS_INTERVAL as EVENTS_PROGRESS_INTERVAL
 from .peeraddr import canonical_ip
 from .webseed import MAX_WEB_SEEDS, checked_url
 
@@ -177,6 +178,11 @@ class Options:
         state_dir: where the DHT's routing table and node id are kept
             between runs; None: ``$XDG_CACHE_HOME/fasttorrent`` (else
             ``~/.cache/fasttorrent``).
+        events: write the run's event stream (JSON lines, torrent/events.py)
+            to this file (appended to), or to stdout for ``-``; None: none.
+        events_interval: seconds between two ``progress`` events.
+        metrics_listen: serve Prometheus metrics (``GET /metrics``) at
+            ``HOST:PORT`` (``PORT`` alone: on 127.0.0.1) while the run goes on.
     """
 
     workers: int | None = None
@@ -205,6 +211,9 @@ class Options:
     dht_bootstrap: tuple[tuple[str, int], ...] | None = None
     state_dir: str | None = None
     web_seeds: tuple[str, ...] = ()
+    events: str | None = None
+    events_interval: float = EVENTS_PROGRESS_INTERVAL
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
@@ -255,6 +264,9 @@ class Options:
         for url in self.web_seeds:
             if checked_url(url) is None:
                 raise UsageError(f"web seed {url[:100]!r}: expected an http:// or https:// URL")
+        if not (math.isfinite(self.events_interval) and self.events_interval > 0):
+            raise UsageError(f"events_interval must be a positive number of seconds, "
+                             f"got {self.events_interval!r}")
         if self.arena_bytes is not None and self.arena_bytes <= 0:
             raise UsageError(f"arena_bytes must be positive, got {self.arena_bytes}")
 

@@ -1147,7 +1147,18 @@ class Worker:
             self.broadcast_haves((i,))
         else:
             self.stats["hash_failures"] += 1
+            self.send(ipc.HashFailed(i, self._sender_of(pd)))
             self._hash_failed(pd)
+
+    def _sender_of(self, pd: PieceDL) -> str:
+        """Who sent all of a piece (a peer's address, a web seed's URL); "" if several."""
+        if self.webseeds is not None and self.webseeds.owns(pd):
+            return str(getattr(pd.owner, "url", ""))
+        senders = set(pd.senders.values())
+        if len(senders) != 1:
+            return ""
+        (peer,) = senders
+        return format_peer(*peer.addr)
 
     def _release_slot(self, pd: PieceDL) -> None:
         slot = pd.slot
@@ -1289,6 +1300,10 @@ class Worker:
         s["half_open"] = self.half_open
         s["dialing"] = self.dialing
         s["dial_queue"] = len(self.dial_queue)
+        s["up_rate"] = sum(p.up_rate for p in self.peers)
+        # seconds each I/O stage has worked (torrent/snapshot.py STAGES)
+        s["busy_hash"], s["busy_write"] = self.iot.busy_seconds
+        s["busy_sync"] = self.sync_iot.busy_seconds[1]
         if self.webseeds is not None:
             s.update(self.webseeds.stats())
             s["rate"] += s["web_seed_rate"]

@@ -347,6 +347,7 @@ class TrackerRunner:
         sleep: ``await sleep(seconds)``; tests inject one that advances a fake
             clock, so no test waits out a backoff.
         on_warning: receives a human-readable string per tracker problem.
+        on_error: receives ``(url, message)`` of each failed announce (the event stream).
         stop_timeout: seconds given to the "stopped" announces at shutdown.
     """
 
@@ -358,12 +359,14 @@ class TrackerRunner:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         on_warning: Callable[[str], None] | None = None,
         stop_timeout: float = STOP_TIMEOUT,
+        on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.trackers = trackers
         self.clock = clock
         self.sleep = sleep
         self.on_warning = on_warning if on_warning is not None else (lambda _w: None)
         self.stop_timeout = stop_timeout
+        self.on_error = on_error if on_error is not None else (lambda _u, _m: None)
         self._poke = asyncio.Event()
 
     def completed(self, *, final: bool = False) -> None:
@@ -422,6 +425,7 @@ class TrackerRunner:
                     result = task.result()
                 except TrackerError as exc:
                     self.on_warning(self.trackers.on_failure(a, exc, self.clock()))
+                    self.on_error(a.url, str(exc))
                 else:
                     warning = self.trackers.on_success(a, result, self.clock())
                     if warning:
@@ -452,6 +456,7 @@ class TrackerRunner:
             exc = t.exception()
             if isinstance(exc, TrackerError):
                 self.on_warning(f"tracker {tasks[t].url} failed 'stopped': {exc}")
+                self.on_error(tasks[t].url, f"'stopped': {exc}")
             elif exc is not None:
                 raise exc
         if pending:
