@@ -146,20 +146,20 @@ def test_a_connection_before_its_handshake_holds_a_few_kib_whatever_the_torrent(
 
 # -- the limit code paths, without processes ----------------------------------------------
 class Pipe:
-    """A worker's control pipe: what the coordinator sent, what the worker answers."""
+    """A worker's control pipe, as the run's loop sees it (torrent/channel.py's
+    Channel): what the coordinator sent, what the worker answers."""
 
     def __init__(self) -> None:
         self.sent: list[Any] = []
         self.inbox: list[Any] = []
+        self.eof = False
 
     def send(self, msg: Any) -> None:
         self.sent.append(msg)
 
-    def poll(self) -> bool:
-        return bool(self.inbox)
-
-    def recv(self) -> Any:
-        return self.inbox.pop(0)
+    def receive(self) -> list[Any]:
+        got, self.inbox = self.inbox, []
+        return got
 
     def fileno(self) -> int:
         return -1
@@ -172,6 +172,8 @@ def test_the_coordinator_hands_a_worker_no_more_dials_than_it_can_queue() -> Non
                                                  max_peers=100_000, max_connections=100_000,
                                                  use_trackers=False))
     hs = [WorkerHandle(w, SimpleNamespace(exitcode=None), Pipe()) for w in range(2)]
+    for h in hs:
+        h.channel = h.conn  # type: ignore[assignment]  # the loop's view of the pipe
     c.workers = hs
     addrs = [(f"127.64.{i >> 8}.{i & 255}", 1) for i in range(3 * MAX_KNOWN_PEERS)]
     c.add_peers(addrs, "tracker")

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors, ipc, metainfo
 from ._io import DIRECT_ALIGN
+from .channel import Channel
 from .dht.service import Dht, dht_wanted, start_dht
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
@@ -192,6 +193,8 @@ class WorkerHandle:
     peers: int = 0
     dialing: int = 0  # dials handed out and not answered (at most DIAL_BUDGET)
     stats: dict[str, Any] = field(default_factory=dict)
+    #: the control connection once the run's loop watches it (before: ``conn``, blocking)
+    channel: Channel | None = None
 
 
 @dataclass(slots=True)
@@ -537,15 +540,25 @@ class Coordinator:
         if not h.alive:
             return
         try:
-            h.conn.send(msg)
+            if h.channel is not None:
+                h.channel.send(msg)
+            else:
+                h.conn.send(msg)
         except (BrokenPipeError, OSError):
             self.worker_died(h)
 
     def on_worker_message(self, h: WorkerHandle) -> None:
+        ch = h.channel
+        if ch is None:
+            return
         try:
-            while h.alive and h.conn.poll():
-                self.handle(h, h.conn.recv())
-        except (EOFError, OSError):
+            for msg in ch.receive():
+                if not h.alive:
+                    break
+                self.handle(h, msg)
+        except OSError:
+            self.worker_died(h)
+        if ch.eof:
             self.worker_died(h)
         if self._dials_freed:
             # once per batch of messages, not per answered dial: assign_peers
@@ -642,10 +655,7 @@ class Coordinator:
         if not h.alive:
             return
         h.alive = False
-        try:
-            asyncio.get_running_loop().remove_reader(h.conn.fileno())
-        except (OSError, ValueError, RuntimeError):
-            pass
+        _unwatch(h)
         if self.stopping or (self.done_event is not None and self.done_event.is_set()):
             self.leases.worker_died(h.wid, time.monotonic(), reclaim=False)
             return  # it exited because we told it to
@@ -923,6 +933,7 @@ class Coordinator:
                      f"{format_peer(self.opts.bind or '*', self.port)} with {self.nworkers} "
                      "worker(s)")
         for h in self.workers:
+            h.channel = Channel(h.conn.fileno(), loop)
             loop.add_reader(h.conn.fileno(), self.on_worker_message, h)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -1063,19 +1074,15 @@ class Coordinator:
         for h in self.workers:
             # Drain the last Verified / Durable / Stats each worker sent.
             try:
-                while h.conn.poll():
-                    msg = h.conn.recv()
+                for msg in h.channel.receive() if h.channel is not None else ():
                     if type(msg) is not ipc.Fatal or self.fatal is None:
                         self.handle(h, msg)
-            except (EOFError, OSError):
+            except OSError:
                 pass
             if h.proc.is_alive():
                 h.proc.kill()
             h.proc.join(timeout=5)
-            try:
-                asyncio.get_running_loop().remove_reader(h.conn.fileno())
-            except (OSError, ValueError):
-                pass
+            _unwatch(h)
             h.conn.close()
         if self.arena is not None:
             self.arena.close()
@@ -1168,6 +1175,16 @@ async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     fn = make_announce_fn(info_hash=m.info_hash, peer_id=coord.peer_id, port=coord.port,
                           stats=stats)
     await runner.run(fn, lambda peers: coord.add_peers(list(peers), "tracker"), stop)
+
+
+def _unwatch(h: WorkerHandle) -> None:
+    """Stop watching a worker's control connection (the loop's reader and writer)."""
+    try:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(h.conn.fileno())
+        loop.remove_writer(h.conn.fileno())
+    except (OSError, ValueError, RuntimeError):
+        pass
 
 
 def _run_loop(coro: Any) -> Any:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, _io, ipc
 from . import _speedups as _k
+from .channel import Channel
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import DiskFull, FastTorrentError, RemoteProtocolError
 from .launch import recv_fd
@@ -324,6 +325,8 @@ class Worker:
         self.cfg = cfg
         self.wid = cfg.wid
         self._to_adopt = list(adopted)  # taken over once the loop runs (see run)
+        # the control connection, never blocking from here on (torrent/channel.py)
+        self.channel = Channel(conn.fileno(), asyncio.get_running_loop())
         self.meta = cfg.meta
         self.peer_id = cfg.peer_id
         self.conn = conn
@@ -412,15 +415,17 @@ class Worker:
     # -- control pipe ----------------------------------------------------------
     def send(self, msg: Any) -> None:
         try:
-            self.conn.send(msg)
-        except (BrokenPipeError, OSError):
+            self.channel.send(msg)
+        except OSError:
             self.stop_event.set()
 
     def on_control(self) -> None:
         try:
-            while self.conn.poll():
-                self.handle(self.conn.recv())
-        except (EOFError, OSError):
+            for msg in self.channel.receive():
+                self.handle(msg)
+        except OSError:
+            self.stop_event.set()
+        if self.channel.eof:
             self.stop_event.set()  # the coordinator is gone: stop by ourselves
 
     def handle(self, msg: Any) -> None:
@@ -1374,6 +1379,7 @@ class Worker:
             self.loop.remove_reader(self.conn.fileno())
         except (OSError, ValueError):
             pass
+        self.channel.flush()  # what the coordinator is owed, before the process exits
         self.arena.close()
 
     async def _drain(self) -> None:
@@ -1441,9 +1447,11 @@ def worker_main(cfg: WorkerConfig, conn: Any) -> None:
     except (EOFError, OSError):
         os._exit(0)  # the coordinator went away (or failed) before the arena existed
 
+    workers: list[Worker] = []
+
     async def main() -> None:
-        w = Worker(cfg, conn, arena_fd, adopted)
-        await w.run()
+        workers.append(Worker(cfg, conn, arena_fd, adopted))
+        await workers[0].run()
 
     try:
         if uvloop is not None:
@@ -1452,9 +1460,13 @@ def worker_main(cfg: WorkerConfig, conn: Any) -> None:
             asyncio.run(main())
     except FastTorrentError as e:
         try:
+            if workers:
+                workers[0].channel.flush()  # what it queued first; blocking from here
+            else:
+                os.set_blocking(conn.fileno(), True)  # a loop may have watched it
             conn.send(ipc.Fatal(e.__class__.__name__, str(e)))
         except OSError:
             pass
-    # Everything this worker owes the coordinator was sent synchronously; exit
-    # without waiting for a flush thread still inside fdatasync (see shutdown).
+    # Everything this worker owes the coordinator was written out (Channel.flush);
+    # exit without waiting for a flush thread still inside fdatasync (see shutdown).
     os._exit(0)
