@@ -70,6 +70,8 @@ from torrent.errors import InvalidTorrent
 from torrent.webseed import MAX_WEB_SEEDS, checked_url
 
 __all__ = [
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
     "MAX_PIECE_LENGTH",
     "MAX_TORRENT_SIZE",
     "MIN_PIECE_LENGTH",
@@ -90,10 +92,17 @@ MAX_TORRENT_SIZE = bencoding.MAX_INPUT
 # every piece a partial block and are not produced by any current client.
 MIN_PIECE_LENGTH = 16 * 1024
 
-# Upper bound on piece length: a piece is assembled whole in one shared-memory
-# slot, so this bounds the slot size. libtorrent creates at most 128 MiB
-# pieces by default; 256 MiB leaves room for hand-made torrents.
-MAX_PIECE_LENGTH = 256 * 1024 * 1024
+# Upper bound on piece length: libtorrent's (file_storage::max_piece_size,
+# 32767 blocks of 16 KiB: 512 MiB less one block). A piece is assembled whole
+# in one shared-memory slot; whether the arena can hold it is checked before
+# any file is created (torrent.shm.plan_slots).
+MAX_PIECE_LENGTH = 32767 * 16 * 1024
+
+# Filesystem limits on what we create (Linux: NAME_MAX 255 bytes a component,
+# PATH_MAX 4096 bytes a path with its NUL). A torrent whose names exceed them
+# is refused when read, not when the file is opened mid-download.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
 
 # BEP 3: 'pieces' is a concatenation of 20-byte SHA-1 digests.
 SHA1_LEN = 20
@@ -104,6 +113,16 @@ TRACKER_SCHEMES = ("http://", "https://", "udp://")
 # BEP 47 pad-file marker in 'attr', and libtorrent's directory for pad files.
 _PAD_ATTR = "p"
 _PAD_DIR = ".pad"
+# BEP 47's other attributes: symlink, executable, hidden.
+_LINK_ATTR = "l"
+_EXEC_ATTR = "x"
+_HIDDEN_ATTR = "h"
+# BitComet's pad files: libtorrent treats a file as a pad when this occurs
+# anywhere in its path (torrent_info.cpp, extract_single_file).
+_BITCOMET_PAD = "_____padding_file_"
+
+# Bytes after the top-level dict that parse() ignores.
+_TRAILING_SPACE = (b" ", b"\t", b"\r", b"\n")
 
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 # Fast pre-check: matches exactly the components _check_component refuses, so
@@ -125,6 +144,10 @@ class FileEntry:
         pad: BEP 47 pad file: counted in sizes and offsets, never written.
         attr: the BEP 47 attribute string ('p' pad, 'x' executable, 'h'
             hidden, 'l' symlink), "" when absent.
+        symlink: a BEP 47 symlink's target, relative to the output directory
+            and '/'-separated like ``path`` (the torrent's ``symlink path``
+            under the torrent's root); None for every other file. A symlink
+            holds no byte of the torrent (its length is 0).
     """
 
     path: str
@@ -132,6 +155,17 @@ class FileEntry:
     offset: int
     pad: bool
     attr: str = ""
+    symlink: str | None = None
+
+    @property
+    def executable(self) -> bool:
+        """BEP 47 ``x``: the file gets its executable bits once complete."""
+        return _EXEC_ATTR in self.attr and self.symlink is None and not self.pad
+
+    @property
+    def hidden(self) -> bool:
+        """BEP 47 ``h``: recorded only."""
+        return _HIDDEN_ATTR in self.attr
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +243,12 @@ class Metainfo:
             entry: dict[str, Any] = {"path": f.path, "length": f.length}
             if f.pad:
                 entry["pad"] = True
+            if f.symlink is not None:
+                entry["symlink"] = f.symlink
+            if f.executable:
+                entry["executable"] = True
+            if f.hidden:
+                entry["hidden"] = True
             files.append(entry)
         return {
             "info_hash": self.info_hash_hex,
@@ -333,22 +373,91 @@ def _web_seeds(top: dict[bytes, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _attr(d: dict[bytes, Any]) -> str:
+    attr = d.get(b"attr")
+    return attr.decode("ascii", "replace") if isinstance(attr, bytes) else ""
+
+
+def _check_fits(comps: Sequence[bytes], field: str, shown: str) -> None:
+    """Refuse a path the filesystem cannot hold: a component over MAX_NAME_BYTES,
+    or the whole (relative) path over MAX_PATH_BYTES."""
+    total = len(comps) - 1
+    for c in comps:
+        if len(c) > MAX_NAME_BYTES:
+            raise _bad(field, f"{_short(shown)}: a name of {len(c)} bytes is longer than the"
+                       f" filesystem's limit of {MAX_NAME_BYTES}")
+        total += len(c)
+    if total > MAX_PATH_BYTES:
+        raise _bad(field, f"{_short(shown)}: the path is {total} bytes, longer than the"
+                   f" filesystem's limit of {MAX_PATH_BYTES}")
+
+
+def _path_text(path: list[Any], field: str) -> list[str]:
+    """Decode and check the components of a path list (raises naming ``field[j]``)."""
+    comps: list[str] = []
+    for j, comp in enumerate(path):
+        # Field names are only formatted on the error path: this loop runs
+        # once per path component of every file (10**5 in big torrents).
+        if not isinstance(comp, bytes):
+            raise _bad(f"{field}[{j}]", f"must be a byte string, got {type(comp).__name__}")
+        try:
+            text = comp.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _bad(
+                f"{field}[{j}]", f"not valid UTF-8 at byte {exc.start}: {_short(comp)}"
+            ) from None
+        if _UNSAFE_RE.search(text):
+            _check_component(text, f"{field}[{j}]")
+        comps.append(text)
+    return comps
+
+
+def _symlink_target(f: dict[bytes, Any], field: str, link: str, root: list[str]) -> str:
+    """A BEP 47 symlink's target: relative to the torrent's root, plain names only."""
+    raw = f.get(b"symlink path")
+    if not isinstance(raw, list) or not raw:
+        raise _bad(f"{field}.symlink path", f"symlink {link!r}: must be a non-empty list of"
+                   " strings")
+    if not all(isinstance(c, bytes) for c in raw):
+        raise _bad(f"{field}.symlink path", f"symlink {link!r}: must be a list of strings")
+    shown = "/".join(c.decode("utf-8", "replace") for c in raw)
+    try:
+        comps = [c.decode("utf-8") for c in raw]
+    except UnicodeDecodeError:
+        raise _bad(f"{field}.symlink path", f"symlink {link!r}: target not valid UTF-8: "
+                   f"{_short(shown)}") from None
+    for c in comps:
+        if _UNSAFE_RE.search(c):
+            raise _bad(f"{field}.symlink path", f"symlink {link!r} points to {_short(shown)}:"
+                       " not a relative path inside the torrent (it could lead outside the"
+                       " output directory)")
+    target = [*root, *comps]
+    _check_fits([c.encode() for c in target], f"{field}.symlink path", "/".join(target))
+    return "/".join(target)
+
+
 def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bool]:
     has_length = b"length" in info
     has_files = b"files" in info
     if has_length == has_files:
         raise _bad("info", "must have exactly one of 'length' (one file) or 'files' (several)")
+    name_b = name.encode()
     if has_length:
         length = info[b"length"]
         if not _is_int(length) or length < 0:
             raise _bad("info.length", f"must be a non-negative integer, got {length!r}")
-        attr = info.get(b"attr")
-        attr_s = attr.decode("ascii", "replace") if isinstance(attr, bytes) else ""
-        return (FileEntry(name, length, 0, _PAD_ATTR in attr_s, attr_s),), False
+        attr_s = _attr(info)
+        if _LINK_ATTR in attr_s:
+            length = 0  # a lone symlink holds no data: an empty torrent
+        pad = _PAD_ATTR in attr_s or _BITCOMET_PAD in name
+        if not pad:
+            _check_fits([name_b], "info.name", name)
+        return (FileEntry(name, length, 0, pad, attr_s),), False
 
     raw_files = info[b"files"]
     if not isinstance(raw_files, list) or not raw_files:
         raise _bad("info.files", "must be a non-empty list")
+    _check_fits([name_b], "info.name", name)
     entries: list[FileEntry] = []
     offset = 0
     real_paths: dict[tuple[str, ...], int] = {}
@@ -356,41 +465,36 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bo
         field = f"info.files[{i}]"
         if not isinstance(f, dict):
             raise _bad(field, "must be a dict")
+        attr_s = _attr(f)
+        link = _LINK_ATTR in attr_s
         flen: Any = f.get(b"length")
-        if not _is_int(flen) or flen < 0:
+        if link:
+            flen = 0  # a symlink holds no byte of the torrent, whatever 'length' says
+        elif not _is_int(flen) or flen < 0:
             raise _bad(f"{field}.length", f"must be a non-negative integer, got {flen!r}")
         path = f.get(b"path.utf-8")
         key = "path.utf-8"
         if not _valid_path_list(path):
             path, key = f.get(b"path"), "path"
-        if not isinstance(path, list) or not path:
+        if (not isinstance(path, list) or not path) and _PAD_ATTR in attr_s:
+            comps = [_PAD_DIR, str(flen)]  # a pad without a path (libtorrent's name for it)
+        elif not isinstance(path, list) or not path:
             raise _bad(f"{field}.path", "must be a non-empty list of strings")
-        comps: list[str] = []
-        for j, comp in enumerate(path):
-            # Field names are only formatted on the error path: this loop runs
-            # once per path component of every file (10**5 in big torrents).
-            if not isinstance(comp, bytes):
-                raise _bad(
-                    f"{field}.{key}[{j}]", f"must be a byte string, got {type(comp).__name__}"
-                )
-            try:
-                text = comp.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _bad(
-                    f"{field}.{key}[{j}]", f"not valid UTF-8 at byte {exc.start}: {_short(comp)}"
-                ) from None
-            if _UNSAFE_RE.search(text):
-                _check_component(text, f"{field}.{key}[{j}]")
-            comps.append(text)
-        attr = f.get(b"attr")
-        attr_s = attr.decode("ascii", "replace") if isinstance(attr, bytes) else ""
-        pad = _PAD_ATTR in attr_s or comps[0] == _PAD_DIR
+        else:
+            comps = _path_text(path, f"{field}.{key}")
+        full = "/".join([name, *comps])
+        pad = _PAD_ATTR in attr_s or comps[0] == _PAD_DIR or _BITCOMET_PAD in full
+        target = None
         if not pad:
             t = tuple(comps)
             if t in real_paths:
                 raise _bad(f"{field}.path", f"same path as info.files[{real_paths[t]}]")
             real_paths[t] = i
-        entries.append(FileEntry("/".join([name, *comps]), flen, offset, pad, attr_s))
+            _check_fits([name_b, *path], f"{field}.{key}", full)
+            # libtorrent: 'l' without a 'symlink path' is an ordinary (empty) file
+            if link and b"symlink path" in f:
+                target = _symlink_target(f, field, full, [name])
+        entries.append(FileEntry(full, flen, offset, pad, attr_s, target))
         offset += flen
     # A file whose path is a directory of another file cannot be created.
     dirs: dict[tuple[str, ...], int] = {}
@@ -404,6 +508,108 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bo
                 f"{'/'.join(t)!r} is a file and a directory of info.files[{dirs[t]}]",
             )
     return tuple(entries), True
+
+
+_PIECES_ROOT_LEN = 32  # BEP 52: SHA-256 merkle root of a file
+
+
+def _tree_files(tree: object, name: str, multi_file: bool) -> list[tuple[str, int, str | None]]:
+    """A hybrid's v2 ``file tree`` as ``(path, length, symlink target)`` in tree order.
+
+    Walked with an explicit stack (the decoder already bounds the nesting).
+    Paths are checked like v1 paths; a broken node raises naming its path.
+    """
+    if not isinstance(tree, dict) or not tree:
+        raise _bad("info.file tree", "missing, empty or not a dict (a hybrid needs it)")
+    out: list[tuple[str, int, str | None]] = []
+    root = [name] if multi_file else []
+    stack: list[tuple[Any, list[str]]] = [(iter(tree.items()), root)]
+    while stack:
+        it, prefix = stack[-1]
+        item = next(it, None)
+        if item is None:
+            stack.pop()
+            continue
+        key, node = item
+        field = "info.file tree"
+        [comp] = _path_text([key], field)
+        comps = [*prefix, comp]
+        path = "/".join(comps)
+        field = f"info.file tree[{_short(path)}]"
+        if not isinstance(node, dict) or not node:
+            raise _bad(field, "must be a non-empty dict")
+        if b"" not in node:
+            stack.append((iter(node.items()), comps))
+            continue
+        leaf = node[b""]
+        if len(node) != 1 or not isinstance(leaf, dict):
+            raise _bad(field, "a file's node must hold only its '' key, a dict")
+        attr_s = _attr(leaf)
+        length: Any = leaf.get(b"length")
+        target = None
+        if _LINK_ATTR in attr_s:
+            length = 0
+            if b"symlink path" in leaf:
+                target = _symlink_target(leaf, field, path, [name] if multi_file else [])
+        elif not _is_int(length) or length < 0:
+            raise _bad(f"{field}.length", f"must be a non-negative integer, got {length!r}")
+        elif length > 0:
+            pr = leaf.get(b"pieces root")
+            if not isinstance(pr, bytes) or len(pr) != _PIECES_ROOT_LEN:
+                raise _bad(f"{field}.pieces root", f"must be a {_PIECES_ROOT_LEN}-byte string")
+        out.append((path, length, target))
+    return out
+
+
+def _check_hybrid(
+    info: dict[bytes, Any],
+    name: str,
+    files: tuple[FileEntry, ...],
+    multi_file: bool,
+    piece_length: int,
+) -> None:
+    """Refuse a hybrid whose v1 and v2 halves describe different files.
+
+    Same files in the same order (path, length, symlink target); in the v1
+    list each non-empty file starts where the v2 layout puts it (at a piece
+    boundary: pad files between files); the total is the v2 layout's, with or
+    without a tail pad (libtorrent accepts both).
+    """
+    v2 = _tree_files(info.get(b"file tree"), name, multi_file)
+    if not multi_file and (len(v2) != 1 or v2[0][0] != name):
+        shown = ", ".join(repr(p) for p, _, _ in v2[:3])
+        raise _bad("info.file tree", f"a single-file hybrid must hold one file named"
+                   f" info.name {name!r}, has {shown}")
+    v1 = [f for f in files if not f.pad]
+    what = "hybrid v1 and v2 parts disagree"
+    for k in range(max(len(v1), len(v2))):
+        if k >= len(v1):
+            raise _bad("info.files", f"{what}: the file tree has {v2[k][0]!r}, info.files not")
+        if k >= len(v2):
+            raise _bad("info.files", f"{what}: info.files has {v1[k].path!r}, the file tree not")
+        f, (path, length, target) = v1[k], v2[k]
+        if f.path != path:
+            raise _bad("info.files", f"{what}: file {k} is {f.path!r} in info.files but"
+                       f" {path!r} in the file tree")
+        if f.length != length:
+            raise _bad("info.files", f"{what}: {path!r} is {f.length} bytes in info.files but"
+                       f" {length} in the file tree")
+        if f.symlink != target:
+            raise _bad("info.files", f"{what}: symlink {path!r} points to {f.symlink!r} in"
+                       f" info.files but to {target!r} in the file tree")
+    pos = 0
+    for f in v1:
+        if f.length:
+            pos = -(-pos // piece_length) * piece_length
+            if f.offset != pos:
+                raise _bad("info.files", f"{what}: {f.path!r} starts at byte {f.offset} in"
+                           f" info.files but at {pos} in the v2 layout (pad files must start"
+                           " each file on a piece boundary)")
+            pos += f.length
+    total = sum(f.length for f in files)
+    if total not in (pos, -(-pos // piece_length) * piece_length):
+        raise _bad("info.files", f"{what}: info.files totals {total} bytes, the v2 layout"
+                   f" {pos} (pad files past the last file)")
 
 
 def _valid_path_list(path: object) -> bool:
@@ -437,6 +643,10 @@ def parse(data: bytes) -> Metainfo:
         raise InvalidTorrent(
             f"invalid torrent: file is {len(data)} bytes, more than {MAX_TORRENT_SIZE}"
         )
+    # Whitespace after the top-level dict (an editor's newline) is tolerated, as
+    # libtorrent does; any other trailing byte is refused by the decoder.
+    if data[-1:] in _TRAILING_SPACE:
+        data = data.rstrip(b"".join(_TRAILING_SPACE))
     try:
         top, spans = bencoding.decode_with_spans(data, max_size=MAX_TORRENT_SIZE)
     except BencodeError as exc:
@@ -469,7 +679,9 @@ def parse(data: bytes) -> Metainfo:
     ):
         rule = "a power of two" if hybrid else "an integer"
         raise _bad(
-            "info.piece length", f"must be {rule} between 16 KiB and 256 MiB, got {piece_length!r}"
+            "info.piece length",
+            f"must be {rule} between 16 KiB and {MAX_PIECE_LENGTH} (512 MiB less 16 KiB,"
+            f" libtorrent's limit), got {piece_length!r}",
         )
 
     pieces = info.get(b"pieces")
@@ -490,6 +702,9 @@ def parse(data: bytes) -> Metainfo:
             f"has {num_pieces} hashes, but {total} bytes in pieces of {piece_length}"
             f" need {expected}",
         )
+
+    if hybrid:
+        _check_hybrid(info, name, files, multi_file, piece_length)
 
     private = info.get(b"private", 0)
     if not _is_int(private):
