@@ -477,11 +477,14 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bo
         if not _valid_path_list(path):
             path, key = f.get(b"path"), "path"
         if (not isinstance(path, list) or not path) and _PAD_ATTR in attr_s:
-            comps = [_PAD_DIR, str(flen)]  # a pad without a path (libtorrent's name for it)
-        elif not isinstance(path, list) or not path:
+            # a pad without a path: libtorrent's name for it, outside the torrent's
+            # directory (never written, so its path is only what 'info' shows)
+            entries.append(FileEntry(f"{_PAD_DIR}/{flen}", flen, offset, True, attr_s))
+            offset += flen
+            continue
+        if not isinstance(path, list) or not path:
             raise _bad(f"{field}.path", "must be a non-empty list of strings")
-        else:
-            comps = _path_text(path, f"{field}.{key}")
+        comps = _path_text(path, f"{field}.{key}")
         full = "/".join([name, *comps])
         pad = _PAD_ATTR in attr_s or comps[0] == _PAD_DIR or _BITCOMET_PAD in full
         target = None
@@ -508,6 +511,61 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bo
                 f"{'/'.join(t)!r} is a file and a directory of info.files[{dirs[t]}]",
             )
     return tuple(entries), True
+
+
+# Symlinks followed through other symlinks while resolving one target (Linux's
+# MAXSYMLINKS): bounds the work a torrent of many chained links can cause.
+MAX_SYMLINK_HOPS = 40
+
+
+def _sanitize_symlinks(files: tuple[FileEntry, ...]) -> tuple[FileEntry, ...]:
+    """libtorrent's ``file_storage::sanitize_symlinks``: a symlink whose target is
+    not a file or directory of the torrent (directly, or through the torrent's
+    other symlinks) is made to point to itself, as libtorrent makes it.
+
+    Targets are already plain names under the torrent's root (no ``..``, not
+    absolute: :func:`_symlink_target`), so every link stays inside it.
+    """
+    links = [k for k, f in enumerate(files) if f.symlink is not None]
+    if not links:
+        return files
+    paths = {f.path: f for f in files}
+    dirs = {f.path[:i] for f in files for i, ch in enumerate(f.path) if ch == "/"}
+    dir_links: dict[str, str] = {}
+    pending: list[int] = []
+    for k in links:
+        f = files[k]
+        t = f.symlink
+        assert t is not None
+        hit = paths.get(t)
+        if hit is not None and hit.symlink is None:
+            continue
+        dir_links[f.path] = t  # a directory, or maybe one (another link)
+        if hit is None and t not in dirs:
+            pending.append(k)
+    out = list(files)
+    for k in pending:
+        f = files[k]
+        target = f.symlink
+        assert target is not None
+        hops = 0
+        ok = True
+        i = target.find("/")
+        while i != -1:
+            branch = target[:i]
+            if branch not in dirs:
+                via = dir_links.get(branch)
+                hops += 1
+                if via is None or hops > MAX_SYMLINK_HOPS:
+                    ok = False
+                    break
+                target = via + target[i:]
+                i = target.find("/")
+                continue
+            i = target.find("/", i + 1)
+        if not ok or (target not in paths and target not in dirs):
+            out[k] = FileEntry(f.path, f.length, f.offset, f.pad, f.attr, f.path)
+    return tuple(out)
 
 
 _PIECES_ROOT_LEN = 32  # BEP 52: SHA-256 merkle root of a file
@@ -705,6 +763,7 @@ def parse(data: bytes) -> Metainfo:
 
     if hybrid:
         _check_hybrid(info, name, files, multi_file, piece_length)
+    files = _sanitize_symlinks(files)
 
     private = info.get(b"private", 0)
     if not _is_int(private):
