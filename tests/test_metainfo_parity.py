@@ -13,6 +13,7 @@ through a link".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -532,11 +533,22 @@ def test_arena_too_small_for_one_piece_is_one_line_before_any_file(tmp_path: Pat
     assert not out.exists()
 
 
-def test_unsafe_parse_errors_are_invalid_torrent() -> None:
-    data = bencoding.encode({b"info": {b"name": b"d", b"piece length": P, b"pieces": b"",
-                                       b"files": [link([b"l"], [b".."])]}})
-    with pytest.raises(InvalidTorrent, match="symlink path"):
-        parse(data)
+def test_a_magnets_fetched_info_dict_gets_the_same_checks() -> None:
+    from torrent.magnet import Magnet
+    from torrent.metadata import metainfo_from_info
+
+    def fetched(files: list[dict[bytes, Any]]) -> Any:
+        info_b = bencoding.encode({b"name": b"d", b"piece length": P, b"files": files,
+                                   b"pieces": tg.fake_hashes(1)})
+        return metainfo_from_info(info_b, Magnet(info_hash=hashlib.sha1(info_b).digest()))
+
+    m = fetched([{b"length": 100, b"path": [b"a"], b"attr": b"x"}, link([b"l"], [b"a"])])
+    assert [(f.path, f.symlink, f.executable) for f in m.files] == [
+        ("d/a", None, True), ("d/l", "d/a", False)]
+    with pytest.raises(InvalidTorrent, match=r"info.files\[1\].symlink path: symlink 'd/l'"):
+        fetched([{b"length": 100, b"path": [b"a"]}, link([b"l"], [b"..", b"x"])])
+    with pytest.raises(InvalidTorrent, match="256 bytes"):
+        fetched([{b"length": 100, b"path": [b"a" * 256]}])
 
 
 # -- a real download: pad file, executable, symlinks, from a libtorrent seeder ----------------

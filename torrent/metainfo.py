@@ -8,7 +8,10 @@ top-level values), then checks every field the downloader relies on and turns
 it into a frozen :class:`Metainfo`. Whatever is wrong raises
 :class:`~torrent.errors.InvalidTorrent` with a one-line message naming the
 field, e.g. ``invalid torrent: info.piece length: must be an integer between
-16 KiB and 256 MiB, got 1000``.
+16 KiB and 536854528 (...), got 1000``. Where it is safe the reading is
+libtorrent's (2.1: ``torrent_info.cpp``, ``file_storage.cpp``); where
+libtorrent would rename or rewrite, we refuse (docs/ARCHITECTURE.md, "Torrents
+as we read them").
 
 The info-hash is SHA-1 over the exact bytes of the ``info`` value as they sit
 in the file (never a re-encoding: real torrents carry unsorted and unknown
@@ -17,10 +20,13 @@ keys, and peers and trackers know the torrent by the hash of those bytes).
 Rules, and why:
 
 - ``piece length``: an integer from 16 KiB (one request block, BEP 3's de
-  facto minimum) to 256 MiB (bounds the per-piece buffer in the shared-memory
-  arena). BEP 3 does not require a power of two and old torrents exist
+  facto minimum) to 32767 blocks of 16 KiB (libtorrent's limit; whether the
+  shared-memory arena can hold such pieces is checked before any file is
+  created). BEP 3 does not require a power of two and old torrents exist
   without one, so v1 torrents may have any length in range; hybrids must use
   a power of two (BEP 52).
+- The input may end in whitespace after the top-level dict (libtorrent
+  ignores it); any other trailing byte is refused.
 - ``pieces``: a byte string of 20-byte SHA-1 digests, exactly
   ``ceil(total_size / piece length)`` of them. A torrent of total size 0 is
   refused (there is nothing to download and no piece to verify).
@@ -34,11 +40,26 @@ Rules, and why:
   Two files with the same path, or a file whose path is a directory of
   another file (``a/b`` and ``a/b/c``), are refused too. Pad files are never
   written, so they are exempt (libtorrent reuses ``.pad/N`` paths).
+- Names the filesystem cannot hold are refused when read, not when opened:
+  a component over ``MAX_NAME_BYTES`` (255, NAME_MAX) or a path over
+  ``MAX_PATH_BYTES`` (4095, PATH_MAX less its NUL), name included (pad files
+  exempt). libtorrent cuts components to 240 bytes instead; we keep them.
 - Names and paths must be UTF-8; ``name.utf-8`` / ``path.utf-8`` win when
   present and valid (the convention of BitComet-era torrents).
-- Pad files (BEP 47): ``attr`` containing ``p``, or a first path component
-  ``.pad`` (libtorrent's convention). They count in sizes and offsets, as in
-  libtorrent, and are never written to disk.
+- Pad files (BEP 47): ``attr`` containing ``p`` (``path`` then optional:
+  listed as ``.pad/LENGTH``, libtorrent's name), a first path component
+  ``.pad`` (libtorrent's convention), or ``_____padding_file_`` anywhere in
+  the path (BitComet's; libtorrent's rule). They count in sizes and offsets,
+  as in libtorrent, and are never written to disk.
+- Symlinks (BEP 47 ``l``): 0 bytes whatever ``length`` says (it may be
+  absent); ``symlink path`` is relative to the torrent's root and holds
+  plain names only (``..``, ``.``, empty or separator components refuse the
+  torrent: libtorrent drops them, but such a target could lead outside the
+  output directory). A target that is no file or directory of the torrent,
+  directly or through its other links, points to the link itself
+  (libtorrent's ``sanitize_symlinks``). ``l`` without ``symlink path`` is an
+  empty file, as libtorrent reads it. ``x`` (executable) and ``h`` (hidden)
+  are recorded; a per-file ``sha1`` is ignored.
 - Trackers (BEP 12): tiers in file order from ``announce-list``; when it has
   no usable URL, ``announce``. URLs must be strings (anything else refuses
   the torrent), but URLs with a scheme we cannot speak (anything but http,
@@ -52,7 +73,11 @@ Rules, and why:
 - BEP 52: ``meta version`` 2 with ``pieces`` is a hybrid, read through its v1
   part (``file tree`` stays in ``info_bytes``, top-level ``piece layers`` is
   kept raw); ``meta version`` 2 without ``pieces`` is v2-only, not supported
-  yet. Consistency between the v1 and v2 halves of a hybrid is not checked.
+  yet. A hybrid's halves must agree (:func:`_check_hybrid`): the file tree
+  is well formed and lists the v1 files (pads aside) in the same order, with
+  the same lengths and symlink targets; each non-empty v1 file starts where
+  the v2 layout puts it (a piece boundary), and the total is the v2
+  layout's, with or without a tail pad.
 """
 
 from __future__ import annotations

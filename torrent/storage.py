@@ -150,7 +150,7 @@ def open_beneath(root: str, rel: str, flags: int, mode: int = 0o644, *,
     its parent's descriptor, and so is the file.  ``root`` itself may be a link.
 
     Args:
-        create_dirs: make the missing directories on the way (mode 0o755).
+        create_dirs: make the missing directories on the way (0o777 less the umask).
 
     Raises:
         OSError: ``ELOOP`` / ``ENOTDIR`` when a symlink (or a file) stands where a
@@ -167,7 +167,7 @@ def open_beneath(root: str, rel: str, flags: int, mode: int = 0o644, *,
                 if not create_dirs:
                     raise
                 try:
-                    os.mkdir(comp, 0o755, dir_fd=dfd)
+                    os.mkdir(comp, 0o777, dir_fd=dfd)  # less the umask, as makedirs
                 except FileExistsError:
                     pass
                 nfd = os.open(comp, dflags, dir_fd=dfd)
