@@ -181,6 +181,17 @@ def test_libtorrent_made_torrents_read_alike(lt: Any, tmp_path: Path, kind: str)
     assert any(f.get("pad") for f in a["files"]) is (kind != "v1")
 
 
+def test_info_text_shows_links_and_executables(lt: Any, tmp_path: Path) -> None:
+    make_tree(tmp_path / "d")
+    t = lt_make(lt, tmp_path, "d", tmp_path / "t.torrent", lt.create_torrent.v1_only)
+    r = subprocess.run([*CLI, "info", str(t)], capture_output=True, text=True,
+                       timeout=INFO_TIMEOUT, check=False)
+    assert r.returncode == 0, r.stderr
+    lines = [ln.split(None, 1)[1] for ln in r.stdout.splitlines() if ln.startswith("  ")]
+    assert "d/link -> d/a.bin" in lines and "d/dirlink -> d/sub" in lines
+    assert "d/sub/run.sh  (executable)" in lines and "d/a.bin" in lines
+
+
 # -- BEP 47 edges libtorrent's creator does not make ----------------------------------------
 
 

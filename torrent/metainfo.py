@@ -8,7 +8,8 @@ top-level values), then checks every field the downloader relies on and turns
 it into a frozen :class:`Metainfo`. Whatever is wrong raises
 :class:`~torrent.errors.InvalidTorrent` with a one-line message naming the
 field, e.g. ``invalid torrent: info.piece length: must be an integer between
-16 KiB and 536854528 (...), got 1000``. Where it is safe the reading is
+16 KiB and 536854528 (512 MiB less 16 KiB, libtorrent's limit), got 1000``.
+Where it is safe the reading is
 libtorrent's (2.1: ``torrent_info.cpp``, ``file_storage.cpp``); where
 libtorrent would rename or rewrite, we refuse (docs/ARCHITECTURE.md, "Torrents
 as we read them").

@@ -350,13 +350,17 @@ class Storage:
         if dfd is not None:
             return dfd
         flags = os.O_RDWR | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC
+        span = self.layout.spans[i]
         try:
-            dfd = os.open(self.layout.spans[i].path, flags)
+            if self.layout.root is not None:
+                dfd = open_beneath(self.layout.root, span.rel, flags)
+            else:
+                dfd = os.open(span.path, flags)
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
                 self.direct = False  # this filesystem does not do direct I/O
                 return -1
-            raise os_error(e, f"opening {self.layout.spans[i].rel}") from None
+            raise _beneath_error(e, span.rel, "open") from None
         self._dfds[i] = dfd
         return dfd
 
