@@ -223,11 +223,13 @@ def test_check_output_paths_refuses_a_symlinked_file_leading_outside(tmp_path: P
         check_output_paths(make_layout(out, [("a", 5)]), str(out))
 
 
-def test_check_output_paths_allows_a_symlink_staying_inside(tmp_path: Path) -> None:
+def test_check_output_paths_symlink_staying_inside_reads_but_never_writes(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "real").mkdir(parents=True)
     os.symlink(out / "real", out / "t")
-    check_output_paths(make_layout(out, MIXED), str(out))
+    check_output_paths(make_layout(out, MIXED), str(out), writing=False)  # seeding reads it
+    with pytest.raises(StorageError, match="'t' is a symlink"):
+        check_output_paths(make_layout(out, MIXED), str(out))
 
 
 @pytest.mark.parametrize("pair", [("d/a.bin", "d/a.bin"), ("d/Readme", "d/README"),

@@ -217,7 +217,7 @@ def bad_cases() -> list[BadCase]:
         BadCase("top-level-list", b"li1ee", "top level must be a dict"),
         BadCase("empty-file", b"", "not valid bencode"),
         BadCase("truncated", good[:-1], "not valid bencode"),
-        BadCase("trailing-data", good + b"\n", "not valid bencode"),
+        BadCase("trailing-data", good + b"\nx", "not valid bencode"),
         BadCase("not-bencode", b"<html>404</html>", "not valid bencode"),
         BadCase(
             "duplicate-info-key",

@@ -259,7 +259,10 @@ def cmd_info(a: argparse.Namespace) -> int:
     out.append(f"files:        {sum(1 for f in files if not f.get('pad'))}")
     for f in files:
         if not f.get("pad"):
-            out.append(f"  {f['length']:>15}  {f['path']}")
+            marks = (f" -> {f['symlink']}" if "symlink" in f else "") \
+                + ("  (executable)" if f.get("executable") else "") \
+                + ("  (hidden)" if f.get("hidden") else "")
+            out.append(f"  {f['length']:>15}  {f['path']}{marks}")
     print("\n".join(out))
     return 0
 

@@ -66,7 +66,14 @@ from .reporting import RunReport, run_report
 from .shm import Arena, plan_slots
 from .snapshot import TorrentSnapshot, payload_of
 from .snapshot import take as take_snapshot
-from .storage import Storage, check_free_space, check_output_paths, layout_for, os_error
+from .storage import (
+    Storage,
+    check_free_space,
+    check_output_paths,
+    finish_files,
+    layout_for,
+    os_error,
+)
 from .sysinfo import available_cpus, fd_limit
 from .wire.handshake import make_peer_id
 from .worker import DIAL_BUDGET, WorkerConfig
@@ -260,10 +267,10 @@ def parse_peer(s: str) -> tuple[str, int]:
 
 
 def _file_stats(layout: Any) -> list[tuple[int, int]]:
-    """(size, mtime_ns) of every non-pad file, (0, 0) for a missing one."""
+    """(size, mtime_ns) of every file holding data (no pad, no symlink), (0, 0) if missing."""
     out = []
     for sp in layout.spans:
-        if sp.pad:
+        if not sp.regular:
             continue
         try:
             st = os.stat(sp.path)
@@ -337,6 +344,8 @@ class Coordinator:
         self.peer_id = make_peer_id()
         self.journal: Journal | None = None
         self.arena: Arena | None = None
+        self._arena_plan: tuple[int, int] | None = None
+        self._files_finished = False
         self.done_event: asyncio.Event | None = None
         self.fatal: FastTorrentError | None = None
         self.interrupted = False
@@ -384,6 +393,8 @@ class Coordinator:
         """Check the output directory, resume, create the files.  Before any worker."""
         meta = self.meta
         layout = layout_for(meta, self.outdir)
+        # The arena must hold a piece per slot: said before any file is created.
+        self.plan_arena()
         try:
             os.makedirs(self.outdir, exist_ok=True)
         except OSError as e:
@@ -391,11 +402,12 @@ class Coordinator:
 
             raise os_error(e, f"creating {self.outdir}") from None
         check_output_paths(layout, self.outdir)
-        existed = any(os.path.exists(s.path) for s in layout.spans if not s.pad)
+        existed = any(os.path.exists(s.path) for s in layout.spans if s.regular)
         journal = Journal(journal_path(self.outdir, meta.info_hash), meta.info_hash,
                           meta.num_pieces, meta.piece_length)
         recorded = None if self.opts.recheck else journal.read()
-        sizes_ok = all(s.pad or (os.path.isfile(s.path) and os.path.getsize(s.path) == s.length)
+        sizes_ok = all(not s.regular or (os.path.isfile(s.path)
+                                         and os.path.getsize(s.path) == s.length)
                        for s in layout.spans)
         check_free_space(layout, self.outdir)
         done: set[int] = set()
@@ -403,7 +415,7 @@ class Coordinator:
             done = set(recorded)
             if journal.seal_table is not None:
                 # Files changed since the last run ended lose their records.
-                files = [(k, sp) for k, sp in enumerate(layout.spans) if not sp.pad]
+                files = [(k, sp) for k, sp in enumerate(layout.spans) if sp.regular]
                 now_stats = _file_stats(layout)
                 if len(journal.seal_table) != len(now_stats):
                     done = set()
@@ -434,14 +446,41 @@ class Coordinator:
             self.durable[i] = 1
         self.durable_count = self.resumed = len(done)
 
+    def finish_files(self) -> None:
+        """The data is complete: make the torrent's symlinks, set its executable bits (once)."""
+        if self._files_finished:
+            return
+        self._files_finished = True
+        try:
+            finish_files(layout_for(self.meta, self.outdir), self.outdir)
+        except FastTorrentError as e:
+            if self.fatal is None:
+                self.fatal = e
+
+    def plan_arena(self) -> tuple[int, int]:
+        """The arena's slot size and slots per worker (:func:`torrent.shm.plan_slots`).
+
+        Several files: a slot has one page of slack, so that a piece can sit in
+        it aligned like its file (its whole pages then go out with O_DIRECT
+        straight from the slot; see Worker.alloc_slot).
+
+        Raises:
+            ResourceExhausted: the arena cannot hold the slots of one piece each.
+        """
+        if self._arena_plan is None:
+            meta = self.meta
+            slot_size = meta.piece_length + (DIRECT_ALIGN if len(meta.files) > 1 else 0)
+            self._arena_plan = (slot_size, plan_slots(slot_size, max(1, self.nworkers),
+                                                      self.opts.arena_bytes))
+        return self._arena_plan
+
     # -- workers -------------------------------------------------------------------
     def start_workers(self) -> None:
         meta = self.meta
         # Several files: a slot has one page of slack, so that a piece can sit in it
         # aligned like its file (its whole pages then go out with O_DIRECT straight
         # from the slot; see Worker.alloc_slot).
-        slot_size = meta.piece_length + (DIRECT_ALIGN if len(meta.files) > 1 else 0)
-        slots = plan_slots(slot_size, self.nworkers, self.opts.arena_bytes)
+        slot_size, slots = self.plan_arena()
         # the pages are reserved while the workers start (checked in run())
         self.arena = Arena.create(slot_size, slots * self.nworkers, background=True)
         self.slots_per_worker = slots
@@ -821,6 +860,7 @@ class Coordinator:
         """Complete: keep serving until the first of seed_time / seed_ratio is reached."""
         if self.seed_started is not None:
             return
+        self.finish_files()
         self.seed_started = time.monotonic()
         limits = []
         if self.opts.seed_ratio is not None:
@@ -856,7 +896,8 @@ class Coordinator:
         """Seeding: hash the data (all cores) unless told not to; serve the good pieces."""
         meta = self.meta
         layout = layout_for(meta, self.outdir)
-        check_output_paths(layout, self.outdir)
+        check_output_paths(layout, self.outdir, writing=False)
+        self.plan_arena()
         if check:
             self.log(f"checking {meta.total_size / 2**20:.0f} MiB of data")
             res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers)
@@ -919,6 +960,7 @@ class Coordinator:
             if self.report is not None:
                 self.report.completed(self.snapshot)
             self.release_prestarted()
+            self.finish_files()
             if self.journal is not None:
                 self.journal.remove()  # nothing left to resume
             if self.dht is not None:
@@ -1009,6 +1051,8 @@ class Coordinator:
             if self.report is not None:
                 await self.report.ended(self.seed_stop)
         complete = self.verified == n
+        if complete and not self.seeding and self.fatal is None:
+            self.finish_files()
         if self.journal is not None and not self.seeding:
             if complete:
                 self.journal.remove()

@@ -8,7 +8,11 @@ top-level values), then checks every field the downloader relies on and turns
 it into a frozen :class:`Metainfo`. Whatever is wrong raises
 :class:`~torrent.errors.InvalidTorrent` with a one-line message naming the
 field, e.g. ``invalid torrent: info.piece length: must be an integer between
-16 KiB and 256 MiB, got 1000``.
+16 KiB and 536854528 (512 MiB less 16 KiB, libtorrent's limit), got 1000``.
+Where it is safe the reading is
+libtorrent's (2.1: ``torrent_info.cpp``, ``file_storage.cpp``); where
+libtorrent would rename or rewrite, we refuse (docs/ARCHITECTURE.md, "Torrents
+as we read them").
 
 The info-hash is SHA-1 over the exact bytes of the ``info`` value as they sit
 in the file (never a re-encoding: real torrents carry unsorted and unknown
@@ -17,10 +21,13 @@ keys, and peers and trackers know the torrent by the hash of those bytes).
 Rules, and why:
 
 - ``piece length``: an integer from 16 KiB (one request block, BEP 3's de
-  facto minimum) to 256 MiB (bounds the per-piece buffer in the shared-memory
-  arena). BEP 3 does not require a power of two and old torrents exist
+  facto minimum) to 32767 blocks of 16 KiB (libtorrent's limit; whether the
+  shared-memory arena can hold such pieces is checked before any file is
+  created). BEP 3 does not require a power of two and old torrents exist
   without one, so v1 torrents may have any length in range; hybrids must use
   a power of two (BEP 52).
+- The input may end in whitespace after the top-level dict (libtorrent
+  ignores it); any other trailing byte is refused.
 - ``pieces``: a byte string of 20-byte SHA-1 digests, exactly
   ``ceil(total_size / piece length)`` of them. A torrent of total size 0 is
   refused (there is nothing to download and no piece to verify).
@@ -34,11 +41,26 @@ Rules, and why:
   Two files with the same path, or a file whose path is a directory of
   another file (``a/b`` and ``a/b/c``), are refused too. Pad files are never
   written, so they are exempt (libtorrent reuses ``.pad/N`` paths).
+- Names the filesystem cannot hold are refused when read, not when opened:
+  a component over ``MAX_NAME_BYTES`` (255, NAME_MAX) or a path over
+  ``MAX_PATH_BYTES`` (4095, PATH_MAX less its NUL), name included (pad files
+  exempt). libtorrent cuts components to 240 bytes instead; we keep them.
 - Names and paths must be UTF-8; ``name.utf-8`` / ``path.utf-8`` win when
   present and valid (the convention of BitComet-era torrents).
-- Pad files (BEP 47): ``attr`` containing ``p``, or a first path component
-  ``.pad`` (libtorrent's convention). They count in sizes and offsets, as in
-  libtorrent, and are never written to disk.
+- Pad files (BEP 47): ``attr`` containing ``p`` (``path`` then optional:
+  listed as ``.pad/LENGTH``, libtorrent's name), a first path component
+  ``.pad`` (libtorrent's convention), or ``_____padding_file_`` anywhere in
+  the path (BitComet's; libtorrent's rule). They count in sizes and offsets,
+  as in libtorrent, and are never written to disk.
+- Symlinks (BEP 47 ``l``): 0 bytes whatever ``length`` says (it may be
+  absent); ``symlink path`` is relative to the torrent's root and holds
+  plain names only (``..``, ``.``, empty or separator components refuse the
+  torrent: libtorrent drops them, but such a target could lead outside the
+  output directory). A target that is no file or directory of the torrent,
+  directly or through its other links, points to the link itself
+  (libtorrent's ``sanitize_symlinks``). ``l`` without ``symlink path`` is an
+  empty file, as libtorrent reads it. ``x`` (executable) and ``h`` (hidden)
+  are recorded; a per-file ``sha1`` is ignored.
 - Trackers (BEP 12): tiers in file order from ``announce-list``; when it has
   no usable URL, ``announce``. URLs must be strings (anything else refuses
   the torrent), but URLs with a scheme we cannot speak (anything but http,
@@ -52,7 +74,11 @@ Rules, and why:
 - BEP 52: ``meta version`` 2 with ``pieces`` is a hybrid, read through its v1
   part (``file tree`` stays in ``info_bytes``, top-level ``piece layers`` is
   kept raw); ``meta version`` 2 without ``pieces`` is v2-only, not supported
-  yet. Consistency between the v1 and v2 halves of a hybrid is not checked.
+  yet. A hybrid's halves must agree (:func:`_check_hybrid`): the file tree
+  is well formed and lists the v1 files (pads aside) in the same order, with
+  the same lengths and symlink targets; each non-empty v1 file starts where
+  the v2 layout puts it (a piece boundary), and the total is the v2
+  layout's, with or without a tail pad.
 """
 
 from __future__ import annotations
@@ -70,6 +96,8 @@ from torrent.errors import InvalidTorrent
 from torrent.webseed import MAX_WEB_SEEDS, checked_url
 
 __all__ = [
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
     "MAX_PIECE_LENGTH",
     "MAX_TORRENT_SIZE",
     "MIN_PIECE_LENGTH",
@@ -90,10 +118,17 @@ MAX_TORRENT_SIZE = bencoding.MAX_INPUT
 # every piece a partial block and are not produced by any current client.
 MIN_PIECE_LENGTH = 16 * 1024
 
-# Upper bound on piece length: a piece is assembled whole in one shared-memory
-# slot, so this bounds the slot size. libtorrent creates at most 128 MiB
-# pieces by default; 256 MiB leaves room for hand-made torrents.
-MAX_PIECE_LENGTH = 256 * 1024 * 1024
+# Upper bound on piece length: libtorrent's (file_storage::max_piece_size,
+# 32767 blocks of 16 KiB: 512 MiB less one block). A piece is assembled whole
+# in one shared-memory slot; whether the arena can hold it is checked before
+# any file is created (torrent.shm.plan_slots).
+MAX_PIECE_LENGTH = 32767 * 16 * 1024
+
+# Filesystem limits on what we create (Linux: NAME_MAX 255 bytes a component,
+# PATH_MAX 4096 bytes a path with its NUL). A torrent whose names exceed them
+# is refused when read, not when the file is opened mid-download.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
 
 # BEP 3: 'pieces' is a concatenation of 20-byte SHA-1 digests.
 SHA1_LEN = 20
@@ -104,6 +139,16 @@ TRACKER_SCHEMES = ("http://", "https://", "udp://")
 # BEP 47 pad-file marker in 'attr', and libtorrent's directory for pad files.
 _PAD_ATTR = "p"
 _PAD_DIR = ".pad"
+# BEP 47's other attributes: symlink, executable, hidden.
+_LINK_ATTR = "l"
+_EXEC_ATTR = "x"
+_HIDDEN_ATTR = "h"
+# BitComet's pad files: libtorrent treats a file as a pad when this occurs
+# anywhere in its path (torrent_info.cpp, extract_single_file).
+_BITCOMET_PAD = "_____padding_file_"
+
+# Bytes after the top-level dict that parse() ignores.
+_TRAILING_SPACE = (b" ", b"\t", b"\r", b"\n")
 
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 # Fast pre-check: matches exactly the components _check_component refuses, so
@@ -125,6 +170,10 @@ class FileEntry:
         pad: BEP 47 pad file: counted in sizes and offsets, never written.
         attr: the BEP 47 attribute string ('p' pad, 'x' executable, 'h'
             hidden, 'l' symlink), "" when absent.
+        symlink: a BEP 47 symlink's target, relative to the output directory
+            and '/'-separated like ``path`` (the torrent's ``symlink path``
+            under the torrent's root); None for every other file. A symlink
+            holds no byte of the torrent (its length is 0).
     """
 
     path: str
@@ -132,6 +181,17 @@ class FileEntry:
     offset: int
     pad: bool
     attr: str = ""
+    symlink: str | None = None
+
+    @property
+    def executable(self) -> bool:
+        """BEP 47 ``x``: the file gets its executable bits once complete."""
+        return _EXEC_ATTR in self.attr and self.symlink is None and not self.pad
+
+    @property
+    def hidden(self) -> bool:
+        """BEP 47 ``h``: recorded only."""
+        return _HIDDEN_ATTR in self.attr
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +269,12 @@ class Metainfo:
             entry: dict[str, Any] = {"path": f.path, "length": f.length}
             if f.pad:
                 entry["pad"] = True
+            if f.symlink is not None:
+                entry["symlink"] = f.symlink
+            if f.executable:
+                entry["executable"] = True
+            if f.hidden:
+                entry["hidden"] = True
             files.append(entry)
         return {
             "info_hash": self.info_hash_hex,
@@ -333,22 +399,91 @@ def _web_seeds(top: dict[bytes, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _attr(d: dict[bytes, Any]) -> str:
+    attr = d.get(b"attr")
+    return attr.decode("ascii", "replace") if isinstance(attr, bytes) else ""
+
+
+def _check_fits(comps: Sequence[bytes], field: str, shown: str) -> None:
+    """Refuse a path the filesystem cannot hold: a component over MAX_NAME_BYTES,
+    or the whole (relative) path over MAX_PATH_BYTES."""
+    total = len(comps) - 1
+    for c in comps:
+        if len(c) > MAX_NAME_BYTES:
+            raise _bad(field, f"{_short(shown)}: a name of {len(c)} bytes is longer than the"
+                       f" filesystem's limit of {MAX_NAME_BYTES}")
+        total += len(c)
+    if total > MAX_PATH_BYTES:
+        raise _bad(field, f"{_short(shown)}: the path is {total} bytes, longer than the"
+                   f" filesystem's limit of {MAX_PATH_BYTES}")
+
+
+def _path_text(path: list[Any], field: str) -> list[str]:
+    """Decode and check the components of a path list (raises naming ``field[j]``)."""
+    comps: list[str] = []
+    for j, comp in enumerate(path):
+        # Field names are only formatted on the error path: this loop runs
+        # once per path component of every file (10**5 in big torrents).
+        if not isinstance(comp, bytes):
+            raise _bad(f"{field}[{j}]", f"must be a byte string, got {type(comp).__name__}")
+        try:
+            text = comp.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _bad(
+                f"{field}[{j}]", f"not valid UTF-8 at byte {exc.start}: {_short(comp)}"
+            ) from None
+        if _UNSAFE_RE.search(text):
+            _check_component(text, f"{field}[{j}]")
+        comps.append(text)
+    return comps
+
+
+def _symlink_target(f: dict[bytes, Any], field: str, link: str, root: list[str]) -> str:
+    """A BEP 47 symlink's target: relative to the torrent's root, plain names only."""
+    raw = f.get(b"symlink path")
+    if not isinstance(raw, list) or not raw:
+        raise _bad(f"{field}.symlink path", f"symlink {link!r}: must be a non-empty list of"
+                   " strings")
+    if not all(isinstance(c, bytes) for c in raw):
+        raise _bad(f"{field}.symlink path", f"symlink {link!r}: must be a list of strings")
+    shown = "/".join(c.decode("utf-8", "replace") for c in raw)
+    try:
+        comps = [c.decode("utf-8") for c in raw]
+    except UnicodeDecodeError:
+        raise _bad(f"{field}.symlink path", f"symlink {link!r}: target not valid UTF-8: "
+                   f"{_short(shown)}") from None
+    for c in comps:
+        if _UNSAFE_RE.search(c):
+            raise _bad(f"{field}.symlink path", f"symlink {link!r} points to {_short(shown)}:"
+                       " not a relative path inside the torrent (it could lead outside the"
+                       " output directory)")
+    target = [*root, *comps]
+    _check_fits([c.encode() for c in target], f"{field}.symlink path", "/".join(target))
+    return "/".join(target)
+
+
 def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bool]:
     has_length = b"length" in info
     has_files = b"files" in info
     if has_length == has_files:
         raise _bad("info", "must have exactly one of 'length' (one file) or 'files' (several)")
+    name_b = name.encode()
     if has_length:
         length = info[b"length"]
         if not _is_int(length) or length < 0:
             raise _bad("info.length", f"must be a non-negative integer, got {length!r}")
-        attr = info.get(b"attr")
-        attr_s = attr.decode("ascii", "replace") if isinstance(attr, bytes) else ""
-        return (FileEntry(name, length, 0, _PAD_ATTR in attr_s, attr_s),), False
+        attr_s = _attr(info)
+        if _LINK_ATTR in attr_s:
+            length = 0  # a lone symlink holds no data: an empty torrent
+        pad = _PAD_ATTR in attr_s or _BITCOMET_PAD in name
+        if not pad:
+            _check_fits([name_b], "info.name", name)
+        return (FileEntry(name, length, 0, pad, attr_s),), False
 
     raw_files = info[b"files"]
     if not isinstance(raw_files, list) or not raw_files:
         raise _bad("info.files", "must be a non-empty list")
+    _check_fits([name_b], "info.name", name)
     entries: list[FileEntry] = []
     offset = 0
     real_paths: dict[tuple[str, ...], int] = {}
@@ -356,41 +491,39 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bo
         field = f"info.files[{i}]"
         if not isinstance(f, dict):
             raise _bad(field, "must be a dict")
+        attr_s = _attr(f)
+        link = _LINK_ATTR in attr_s
         flen: Any = f.get(b"length")
-        if not _is_int(flen) or flen < 0:
+        if link:
+            flen = 0  # a symlink holds no byte of the torrent, whatever 'length' says
+        elif not _is_int(flen) or flen < 0:
             raise _bad(f"{field}.length", f"must be a non-negative integer, got {flen!r}")
         path = f.get(b"path.utf-8")
         key = "path.utf-8"
         if not _valid_path_list(path):
             path, key = f.get(b"path"), "path"
+        if (not isinstance(path, list) or not path) and _PAD_ATTR in attr_s:
+            # a pad without a path: libtorrent's name for it, outside the torrent's
+            # directory (never written, so its path is only what 'info' shows)
+            entries.append(FileEntry(f"{_PAD_DIR}/{flen}", flen, offset, True, attr_s))
+            offset += flen
+            continue
         if not isinstance(path, list) or not path:
             raise _bad(f"{field}.path", "must be a non-empty list of strings")
-        comps: list[str] = []
-        for j, comp in enumerate(path):
-            # Field names are only formatted on the error path: this loop runs
-            # once per path component of every file (10**5 in big torrents).
-            if not isinstance(comp, bytes):
-                raise _bad(
-                    f"{field}.{key}[{j}]", f"must be a byte string, got {type(comp).__name__}"
-                )
-            try:
-                text = comp.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _bad(
-                    f"{field}.{key}[{j}]", f"not valid UTF-8 at byte {exc.start}: {_short(comp)}"
-                ) from None
-            if _UNSAFE_RE.search(text):
-                _check_component(text, f"{field}.{key}[{j}]")
-            comps.append(text)
-        attr = f.get(b"attr")
-        attr_s = attr.decode("ascii", "replace") if isinstance(attr, bytes) else ""
-        pad = _PAD_ATTR in attr_s or comps[0] == _PAD_DIR
+        comps = _path_text(path, f"{field}.{key}")
+        full = "/".join([name, *comps])
+        pad = _PAD_ATTR in attr_s or comps[0] == _PAD_DIR or _BITCOMET_PAD in full
+        target = None
         if not pad:
             t = tuple(comps)
             if t in real_paths:
                 raise _bad(f"{field}.path", f"same path as info.files[{real_paths[t]}]")
             real_paths[t] = i
-        entries.append(FileEntry("/".join([name, *comps]), flen, offset, pad, attr_s))
+            _check_fits([name_b, *path], f"{field}.{key}", full)
+            # libtorrent: 'l' without a 'symlink path' is an ordinary (empty) file
+            if link and b"symlink path" in f:
+                target = _symlink_target(f, field, full, [name])
+        entries.append(FileEntry(full, flen, offset, pad, attr_s, target))
         offset += flen
     # A file whose path is a directory of another file cannot be created.
     dirs: dict[tuple[str, ...], int] = {}
@@ -404,6 +537,163 @@ def _files(info: dict[bytes, Any], name: str) -> tuple[tuple[FileEntry, ...], bo
                 f"{'/'.join(t)!r} is a file and a directory of info.files[{dirs[t]}]",
             )
     return tuple(entries), True
+
+
+# Symlinks followed through other symlinks while resolving one target (Linux's
+# MAXSYMLINKS): bounds the work a torrent of many chained links can cause.
+MAX_SYMLINK_HOPS = 40
+
+
+def _sanitize_symlinks(files: tuple[FileEntry, ...]) -> tuple[FileEntry, ...]:
+    """libtorrent's ``file_storage::sanitize_symlinks``: a symlink whose target is
+    not a file or directory of the torrent (directly, or through the torrent's
+    other symlinks) is made to point to itself, as libtorrent makes it.
+
+    Targets are already plain names under the torrent's root (no ``..``, not
+    absolute: :func:`_symlink_target`), so every link stays inside it.
+    """
+    links = [k for k, f in enumerate(files) if f.symlink is not None]
+    if not links:
+        return files
+    paths = {f.path: f for f in files}
+    dirs = {f.path[:i] for f in files for i, ch in enumerate(f.path) if ch == "/"}
+    dir_links: dict[str, str] = {}
+    pending: list[int] = []
+    for k in links:
+        f = files[k]
+        t = f.symlink
+        assert t is not None
+        hit = paths.get(t)
+        if hit is not None and hit.symlink is None:
+            continue
+        dir_links[f.path] = t  # a directory, or maybe one (another link)
+        if hit is None and t not in dirs:
+            pending.append(k)
+    out = list(files)
+    for k in pending:
+        f = files[k]
+        target = f.symlink
+        assert target is not None
+        hops = 0
+        ok = True
+        i = target.find("/")
+        while i != -1:
+            branch = target[:i]
+            if branch not in dirs:
+                via = dir_links.get(branch)
+                hops += 1
+                if via is None or hops > MAX_SYMLINK_HOPS:
+                    ok = False
+                    break
+                target = via + target[i:]
+                i = target.find("/")
+                continue
+            i = target.find("/", i + 1)
+        if not ok or (target not in paths and target not in dirs):
+            out[k] = FileEntry(f.path, f.length, f.offset, f.pad, f.attr, f.path)
+    return tuple(out)
+
+
+_PIECES_ROOT_LEN = 32  # BEP 52: SHA-256 merkle root of a file
+
+
+def _tree_files(tree: object, name: str, multi_file: bool) -> list[tuple[str, int, str | None]]:
+    """A hybrid's v2 ``file tree`` as ``(path, length, symlink target)`` in tree order.
+
+    Walked with an explicit stack (the decoder already bounds the nesting).
+    Paths are checked like v1 paths; a broken node raises naming its path.
+    """
+    if not isinstance(tree, dict) or not tree:
+        raise _bad("info.file tree", "missing, empty or not a dict (a hybrid needs it)")
+    out: list[tuple[str, int, str | None]] = []
+    root = [name] if multi_file else []
+    stack: list[tuple[Any, list[str]]] = [(iter(tree.items()), root)]
+    while stack:
+        it, prefix = stack[-1]
+        item = next(it, None)
+        if item is None:
+            stack.pop()
+            continue
+        key, node = item
+        field = "info.file tree"
+        [comp] = _path_text([key], field)
+        comps = [*prefix, comp]
+        path = "/".join(comps)
+        field = f"info.file tree[{_short(path)}]"
+        if not isinstance(node, dict) or not node:
+            raise _bad(field, "must be a non-empty dict")
+        if b"" not in node:
+            stack.append((iter(node.items()), comps))
+            continue
+        leaf = node[b""]
+        if len(node) != 1 or not isinstance(leaf, dict):
+            raise _bad(field, "a file's node must hold only its '' key, a dict")
+        attr_s = _attr(leaf)
+        length: Any = leaf.get(b"length")
+        target = None
+        if _LINK_ATTR in attr_s:
+            length = 0
+            if b"symlink path" in leaf:
+                target = _symlink_target(leaf, field, path, [name] if multi_file else [])
+        elif not _is_int(length) or length < 0:
+            raise _bad(f"{field}.length", f"must be a non-negative integer, got {length!r}")
+        elif length > 0:
+            pr = leaf.get(b"pieces root")
+            if not isinstance(pr, bytes) or len(pr) != _PIECES_ROOT_LEN:
+                raise _bad(f"{field}.pieces root", f"must be a {_PIECES_ROOT_LEN}-byte string")
+        out.append((path, length, target))
+    return out
+
+
+def _check_hybrid(
+    info: dict[bytes, Any],
+    name: str,
+    files: tuple[FileEntry, ...],
+    multi_file: bool,
+    piece_length: int,
+) -> None:
+    """Refuse a hybrid whose v1 and v2 halves describe different files.
+
+    Same files in the same order (path, length, symlink target); in the v1
+    list each non-empty file starts where the v2 layout puts it (at a piece
+    boundary: pad files between files); the total is the v2 layout's, with or
+    without a tail pad (libtorrent accepts both).
+    """
+    v2 = _tree_files(info.get(b"file tree"), name, multi_file)
+    if not multi_file and (len(v2) != 1 or v2[0][0] != name):
+        shown = ", ".join(repr(p) for p, _, _ in v2[:3])
+        raise _bad("info.file tree", f"a single-file hybrid must hold one file named"
+                   f" info.name {name!r}, has {shown}")
+    v1 = [f for f in files if not f.pad]
+    what = "hybrid v1 and v2 parts disagree"
+    for k in range(max(len(v1), len(v2))):
+        if k >= len(v1):
+            raise _bad("info.files", f"{what}: the file tree has {v2[k][0]!r}, info.files not")
+        if k >= len(v2):
+            raise _bad("info.files", f"{what}: info.files has {v1[k].path!r}, the file tree not")
+        f, (path, length, target) = v1[k], v2[k]
+        if f.path != path:
+            raise _bad("info.files", f"{what}: file {k} is {f.path!r} in info.files but"
+                       f" {path!r} in the file tree")
+        if f.length != length:
+            raise _bad("info.files", f"{what}: {path!r} is {f.length} bytes in info.files but"
+                       f" {length} in the file tree")
+        if f.symlink != target:
+            raise _bad("info.files", f"{what}: symlink {path!r} points to {f.symlink!r} in"
+                       f" info.files but to {target!r} in the file tree")
+    pos = 0
+    for f in v1:
+        if f.length:
+            pos = -(-pos // piece_length) * piece_length
+            if f.offset != pos:
+                raise _bad("info.files", f"{what}: {f.path!r} starts at byte {f.offset} in"
+                           f" info.files but at {pos} in the v2 layout (pad files must start"
+                           " each file on a piece boundary)")
+            pos += f.length
+    total = sum(f.length for f in files)
+    if total not in (pos, -(-pos // piece_length) * piece_length):
+        raise _bad("info.files", f"{what}: info.files totals {total} bytes, the v2 layout"
+                   f" {pos} (pad files past the last file)")
 
 
 def _valid_path_list(path: object) -> bool:
@@ -437,6 +727,10 @@ def parse(data: bytes) -> Metainfo:
         raise InvalidTorrent(
             f"invalid torrent: file is {len(data)} bytes, more than {MAX_TORRENT_SIZE}"
         )
+    # Whitespace after the top-level dict (an editor's newline) is tolerated, as
+    # libtorrent does; any other trailing byte is refused by the decoder.
+    if data[-1:] in _TRAILING_SPACE:
+        data = data.rstrip(b"".join(_TRAILING_SPACE))
     try:
         top, spans = bencoding.decode_with_spans(data, max_size=MAX_TORRENT_SIZE)
     except BencodeError as exc:
@@ -469,7 +763,9 @@ def parse(data: bytes) -> Metainfo:
     ):
         rule = "a power of two" if hybrid else "an integer"
         raise _bad(
-            "info.piece length", f"must be {rule} between 16 KiB and 256 MiB, got {piece_length!r}"
+            "info.piece length",
+            f"must be {rule} between 16 KiB and {MAX_PIECE_LENGTH} (512 MiB less 16 KiB,"
+            f" libtorrent's limit), got {piece_length!r}",
         )
 
     pieces = info.get(b"pieces")
@@ -490,6 +786,10 @@ def parse(data: bytes) -> Metainfo:
             f"has {num_pieces} hashes, but {total} bytes in pieces of {piece_length}"
             f" need {expected}",
         )
+
+    if hybrid:
+        _check_hybrid(info, name, files, multi_file, piece_length)
+    files = _sanitize_symlinks(files)
 
     private = info.get(b"private", 0)
     if not _is_int(private):

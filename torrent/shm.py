@@ -119,9 +119,10 @@ def plan_slots(slot_size: int, workers: int, arena_bytes: int | None = None) -> 
     if per < MIN_SLOTS:
         what = avail[1] if avail is not None else "memory"
         raise ResourceExhausted(
-            f"shared memory: {free >> 20} MiB free ({what}), "
-            f"{workers} worker(s) x {MIN_SLOTS} slots of {slot_size >> 10} KiB need "
-            f"{need >> 20} MiB (use fewer --workers or free some memory)")
+            f"shared memory: {free >> 20} MiB free ({what}) cannot hold this torrent's "
+            f"pieces: {workers} worker(s) x {MIN_SLOTS} slots of one piece "
+            f"({slot_size >> 10} KiB) need {need >> 20} MiB (use fewer --workers or free "
+            "some memory)")
     return int(per)
 
 

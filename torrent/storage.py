@@ -38,7 +38,9 @@ __all__ = [
     "Storage",
     "check_free_space",
     "check_output_paths",
+    "finish_files",
     "layout_for",
+    "open_beneath",
 ]
 
 #: Descriptors kept open at once.  Well under the usual 1,024 soft limit so the
@@ -63,6 +65,16 @@ class FileSpan:
     length: int
     offset: int  # first byte in the torrent's byte space
     pad: bool = False
+    #: BEP 47 symlink: its target relative to the output directory, '/'-separated
+    #: (a symlink holds no data; :func:`finish_files` creates it)
+    symlink: str | None = None
+    #: BEP 47 ``x``: :func:`finish_files` sets the executable bits
+    executable: bool = False
+
+    @property
+    def regular(self) -> bool:
+        """A file that holds data on disk: neither a pad nor a symlink."""
+        return not self.pad and self.symlink is None
 
 
 def os_error(exc: OSError, what: str) -> Exception:
@@ -76,10 +88,14 @@ def os_error(exc: OSError, what: str) -> Exception:
 class Layout:
     """Maps byte ranges of the torrent's concatenated space onto file segments."""
 
-    __slots__ = ("_offsets", "piece_length", "spans", "total_size")
+    __slots__ = ("_offsets", "piece_length", "root", "spans", "total_size")
 
-    def __init__(self, spans: Sequence[FileSpan], piece_length: int, total_size: int) -> None:
+    def __init__(self, spans: Sequence[FileSpan], piece_length: int, total_size: int,
+                 root: str | None = None) -> None:
         self.spans = tuple(spans)
+        #: the output directory: when set, files are opened beneath it without
+        #: following any symlink (see :func:`open_beneath`)
+        self.root = root
         self.piece_length = piece_length
         self.total_size = total_size
         self._offsets = [s.offset for s in self.spans]
@@ -112,26 +128,81 @@ def layout_for(meta: object, outdir: str) -> Layout:
             length=f.length,
             offset=f.offset,
             pad=f.pad,
+            symlink=getattr(f, "symlink", None),
+            executable=getattr(f, "executable", False),
         )
         for f in meta.files  # type: ignore[attr-defined]
     ]
-    return Layout(spans, meta.piece_length, meta.total_size)  # type: ignore[attr-defined]
+    return Layout(spans, meta.piece_length, meta.total_size, root)  # type: ignore[attr-defined]
 
 
-def check_output_paths(layout: Layout, outdir: str) -> None:
-    """Refuse a layout that would write outside ``outdir`` or two files to one path.
+def _beneath_error(e: OSError, rel: str, what: str) -> Exception:
+    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+        return StorageError(f"refusing to {what} {rel!r}: a symlink (or a file) in the output"
+                            " directory is in its way; nothing is written through a link")
+    return os_error(e, f"{what} {rel}")
 
-    The metainfo parser already rejects ``..``, absolute and empty components;
-    this guards the filesystem side: a symlink already inside the output
-    directory that leads outside it, and paths that collide (including on a
+
+def open_beneath(root: str, rel: str, flags: int, mode: int = 0o644, *,
+                 create_dirs: bool = False) -> int:
+    """Open ``rel`` ('/'-separated) under the directory ``root`` without following
+    any symlink below ``root``: each directory is opened with ``O_NOFOLLOW`` from
+    its parent's descriptor, and so is the file.  ``root`` itself may be a link.
+
+    Args:
+        create_dirs: make the missing directories on the way (0o777 less the umask).
+
+    Raises:
+        OSError: ``ELOOP`` / ``ENOTDIR`` when a symlink (or a file) stands where a
+            directory or the file should be; anything else the open says.
+    """
+    parts = rel.split("/")
+    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for comp in parts[:-1]:
+            dflags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                nfd = os.open(comp, dflags, dir_fd=dfd)
+            except FileNotFoundError:
+                if not create_dirs:
+                    raise
+                try:
+                    os.mkdir(comp, 0o777, dir_fd=dfd)  # less the umask, as makedirs
+                except FileExistsError:
+                    pass
+                nfd = os.open(comp, dflags, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+#: Longest absolute path we create (Linux PATH_MAX, 4096 bytes with its NUL).
+PATH_MAX_BYTES = 4095
+
+
+def check_output_paths(layout: Layout, outdir: str, *, writing: bool = True) -> None:
+    """Refuse a layout that would write outside ``outdir``, through a link, or two
+    files to one path.
+
+    The metainfo parser already rejects ``..``, absolute and empty components
+    and names too long for the filesystem; this guards the filesystem side:
+    the whole path under ``outdir`` must fit in PATH_MAX, a symlink already
+    inside the output directory must not lead outside it (and, when
+    ``writing``, no symlink may stand on a file's path at all: nothing is
+    written through a link; a torrent's own symlinks are made last, by
+    :func:`finish_files`), and paths must not collide (including on a
     case-insensitive filesystem, where ``A`` and ``a`` are one file).
 
     Raises:
-        InvalidTorrent: two files on one path.
-        StorageError: a path that resolves outside the output directory.
+        InvalidTorrent: two files on one path; a path longer than PATH_MAX.
+        StorageError: a path through a symlink that leads outside the output
+            directory (or, when ``writing``, through any symlink).
     """
     root = os.path.realpath(outdir)
     seen: dict[str, str] = {}
+    linkfree: set[str] = set()  # directories known to be no symlink
     for s in layout.spans:
         if s.pad:
             continue
@@ -141,18 +212,48 @@ def check_output_paths(layout: Layout, outdir: str) -> None:
                 f"invalid torrent: info.files: two files on one path: {seen[key]!r} and {s.rel!r}"
             )
         seen[key] = s.rel
-        real = os.path.realpath(s.path)
+        if len(os.fsencode(s.path)) > PATH_MAX_BYTES:
+            raise InvalidTorrent(
+                f"invalid torrent: {s.rel[:60]!r}...: the path under {outdir!r} is "
+                f"{len(os.fsencode(s.path))} bytes, longer than the filesystem's limit of "
+                f"{PATH_MAX_BYTES}")
+        # a torrent's symlink: only the directories above it count
+        probe = os.path.dirname(s.path) if s.symlink is not None else s.path
+        real = os.path.realpath(probe)
         if real != root and not real.startswith(root + os.sep):
             raise StorageError(
                 f"refusing to write {s.rel!r}: a symlink in the output directory leads outside it"
             )
+        if writing:
+            _refuse_links(layout.root or os.path.abspath(outdir), s, linkfree)
+
+
+def _refuse_links(root: str, s: FileSpan, linkfree: set[str]) -> None:
+    """Raise StorageError when a component of ``s.rel`` under ``root`` is a symlink."""
+    parts = s.rel.split("/")
+    if s.symlink is not None:
+        parts = parts[:-1]
+    cur = ""
+    for comp in parts:
+        cur = f"{cur}/{comp}" if cur else comp
+        if cur in linkfree:
+            continue
+        try:
+            st = os.lstat(os.path.join(root, cur))
+        except OSError:
+            return  # missing: created as a directory (or file) on the way
+        if stat.S_ISLNK(st.st_mode):
+            raise StorageError(
+                f"refusing to write {s.rel!r}: {cur!r} is a symlink in the output directory "
+                "(nothing is written through a link)")
+        linkfree.add(cur)
 
 
 def check_free_space(layout: Layout, outdir: str) -> None:
     """Raise :class:`DiskFull` when the output filesystem cannot hold what is still missing."""
     need = 0
     for s in layout.spans:
-        if s.pad:
+        if not s.regular:
             continue
         try:
             have = os.stat(s.path).st_blocks * 512
@@ -208,10 +309,13 @@ class Storage:
         if self.writable:
             flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
-                os.makedirs(os.path.dirname(span.path), exist_ok=True)
-                fd = os.open(span.path, flags, 0o644)
+                if self.layout.root is not None:
+                    fd = open_beneath(self.layout.root, span.rel, flags, create_dirs=True)
+                else:
+                    os.makedirs(os.path.dirname(span.path), exist_ok=True)
+                    fd = os.open(span.path, flags, 0o644)
             except OSError as e:
-                raise os_error(e, f"opening {span.rel}") from None
+                raise _beneath_error(e, span.rel, "open") from None
         else:
             try:
                 fd = os.open(span.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -246,13 +350,17 @@ class Storage:
         if dfd is not None:
             return dfd
         flags = os.O_RDWR | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC
+        span = self.layout.spans[i]
         try:
-            dfd = os.open(self.layout.spans[i].path, flags)
+            if self.layout.root is not None:
+                dfd = open_beneath(self.layout.root, span.rel, flags)
+            else:
+                dfd = os.open(span.path, flags)
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
                 self.direct = False  # this filesystem does not do direct I/O
                 return -1
-            raise os_error(e, f"opening {self.layout.spans[i].rel}") from None
+            raise _beneath_error(e, span.rel, "open") from None
         self._dfds[i] = dfd
         return dfd
 
@@ -409,7 +517,7 @@ class Storage:
         get a sparse file.
         """
         for i, span in enumerate(self.layout.spans):
-            if span.pad:
+            if not span.regular:
                 continue
             fd = self._fd(i)
             assert fd is not None
@@ -425,3 +533,64 @@ class Storage:
                     os.ftruncate(fd, span.length)
             except OSError as e:
                 raise os_error(e, f"sizing {span.rel}") from None
+
+
+def finish_files(layout: Layout, outdir: str) -> None:
+    """A complete download's last step (BEP 47): create its symlinks, set the
+    executable bits of its ``x`` files.
+
+    A link is relative (from its directory to its target, as libtorrent makes
+    it) and made only when its target resolves inside ``outdir`` (the parser
+    allows no ``..`` in a target; this guards against a symlink already in the
+    output directory).  A link already there with the same target is kept.
+
+    Raises:
+        StorageError: the target leads outside ``outdir``, something other than
+            that link is in the way, or the filesystem refuses.
+    """
+    root = os.path.realpath(outdir)
+    base = layout.root or os.path.abspath(outdir)
+    for s in layout.spans:
+        if s.pad:
+            continue
+        if s.executable and s.symlink is None:
+            try:
+                fd = open_beneath(base, s.rel, os.O_RDONLY)
+                try:
+                    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+                    # x where r is: 0o644 -> 0o755
+                    os.fchmod(fd, mode | (mode & 0o444) >> 2)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise _beneath_error(e, s.rel, "set the executable bit of") from None
+        if s.symlink is None:
+            continue
+        target_abs = os.path.join(base, *s.symlink.split("/"))
+        real = os.path.realpath(target_abs)
+        if real != root and not real.startswith(root + os.sep):
+            raise StorageError(f"refusing to link {s.rel!r} to {s.symlink!r}: it resolves "
+                               "outside the output directory")
+        parent, name = os.path.split(s.rel)
+        link = os.path.relpath(target_abs, os.path.dirname(s.path))
+        try:
+            dfd = (open_beneath(base, parent + "/.", os.O_RDONLY | os.O_DIRECTORY,
+                                create_dirs=True) if parent
+                   else os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError as e:
+            raise _beneath_error(e, s.rel, "link") from None
+        try:
+            try:
+                os.symlink(link, name, dir_fd=dfd)
+            except FileExistsError:
+                try:
+                    same = os.readlink(name, dir_fd=dfd) == link
+                except OSError:
+                    same = False
+                if not same:
+                    raise StorageError(f"cannot link {s.rel!r} to {s.symlink!r}: something "
+                                       "else is already there") from None
+        except OSError as e:
+            raise os_error(e, f"linking {s.rel}") from None
+        finally:
+            os.close(dfd)

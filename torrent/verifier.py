@@ -78,7 +78,7 @@ def verify_data(meta: Any, directory: str, *, workers: int,
     st = res.status
     files = []
     for i, span in enumerate(layout.spans):
-        if span.pad:
+        if not span.regular:
             continue
         pieces = layout.pieces_of_span(i)
         bad = [p for p in pieces if st[p] == PIECE_BAD]
