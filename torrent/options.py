@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import UsageError
 from .peeraddr import canonical_ip
+from .selection import check_shard
 from .webseed import MAX_WEB_SEEDS, checked_url
 
 __all__ = [
@@ -177,6 +178,16 @@ class Options:
         state_dir: where the DHT's routing table and node id are kept
             between runs; None: ``$XDG_CACHE_HOME/fasttorrent`` (else
             ``~/.cache/fasttorrent``).
+        select: (download) the indices of the files to download, as
+            ``fasttorrent info --json`` numbers them (pads included, as
+            libtorrent numbers them); None: every file, or the magnet's
+            ``so=``, or the selection a resumed run saved.
+        include, exclude: (download) globs on the files' paths in the torrent
+            (``fnmatch``): a file is downloaded if it matches any ``include``
+            (or none is given) and no ``exclude``; see ``torrent/selection.py``.
+        select_only: a magnet's BEP 53 ``so=`` indices, used when ``select`` is None.
+        shard: (download) ``(index, count)``, 0-based: fetch only shard
+            ``index`` of ``count`` contiguous ranges of the pieces.
     """
 
     workers: int | None = None
@@ -205,6 +216,11 @@ class Options:
     dht_bootstrap: tuple[tuple[str, int], ...] | None = None
     state_dir: str | None = None
     web_seeds: tuple[str, ...] = ()
+    select: tuple[int, ...] | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    select_only: tuple[int, ...] = ()
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
@@ -255,6 +271,15 @@ class Options:
         for url in self.web_seeds:
             if checked_url(url) is None:
                 raise UsageError(f"web seed {url[:100]!r}: expected an http:// or https:// URL")
+        if self.select is not None:
+            object.__setattr__(self, "select", tuple(sorted({int(i) for i in self.select})))
+            if any(i < 0 for i in self.select):
+                raise UsageError("select: file indices are 0 or more")
+        for name in ("include", "exclude"):
+            object.__setattr__(self, name, tuple(str(g) for g in getattr(self, name)))
+        object.__setattr__(self, "select_only", tuple(int(i) for i in self.select_only))
+        if self.shard is not None:
+            object.__setattr__(self, "shard", check_shard(*(int(v) for v in self.shard)))
         if self.arena_bytes is not None and self.arena_bytes <= 0:
             raise UsageError(f"arena_bytes must be positive, got {self.arena_bytes}")
 

@@ -13,6 +13,15 @@ so several processes can share the files without sharing file positions.
 Pad files are never opened: reads see zeros (that is what their digest
 covers), writes skip them.
 
+Files left out of a selection (``torrent/selection.py``) are never created.
+Their spans are mapped onto the *parts file* (:func:`parts_path`, beside
+the resume journal) at their offsets in the torrent's byte space, so the
+bytes of a piece shared with a selected file (a boundary piece) are kept
+there: the piece still verifies, is served and resumes like any other. The
+parts file is sparse; it holds only the bytes of boundary pieces. Since the
+mapping is by torrent offset, it does not depend on the selection, and
+several runs (shards) may share one parts file.
+
 Errors are translated here, at the I/O boundary: ``ENOSPC``/``EDQUOT`` become
 :class:`~torrent.errors.DiskFull`, every other ``OSError`` a
 :class:`~torrent.errors.StorageError` naming the file.
@@ -39,6 +48,7 @@ __all__ = [
     "check_free_space",
     "check_output_paths",
     "layout_for",
+    "parts_path",
 ]
 
 #: Descriptors kept open at once.  Well under the usual 1,024 soft limit so the
@@ -63,6 +73,9 @@ class FileSpan:
     length: int
     offset: int  # first byte in the torrent's byte space
     pad: bool = False
+    #: left out of the selection: ``path`` is the parts file, where this file's
+    #: bytes lie at ``offset`` (see the module docstring)
+    part: bool = False
 
 
 def os_error(exc: OSError, what: str) -> Exception:
@@ -94,26 +107,43 @@ class Layout:
 
     def segments(self, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
         """Yield ``(span_index, file_offset, range_offset, seg_length)`` covering the range
-        (:func:`torrent.spans.file_segments`; zero-length files skipped)."""
-        return file_segments(self.spans, self._offsets, start, length)
+        (:func:`torrent.spans.file_segments`; zero-length files skipped).
+
+        ``file_offset`` is where the bytes are in the file at the span's ``path``:
+        for a span mapped onto the parts file, its offset there.
+        """
+        for i, foff, roff, n in file_segments(self.spans, self._offsets, start, length):
+            yield i, foff + self.spans[i].offset if self.spans[i].part else foff, roff, n
 
     def pieces_of_span(self, i: int) -> range:
         """The pieces holding any byte of span ``i`` (empty for a zero-length file)."""
         return pieces_of_file(self.spans[i], self.piece_length)
 
 
-def layout_for(meta: object, outdir: str) -> Layout:
-    """The :class:`Layout` of a parsed torrent (``torrent.metainfo.Metainfo``) under ``outdir``."""
+def parts_path(outdir: str, info_hash: bytes) -> str:
+    """The parts file: the bytes of unselected files in pieces shared with selected ones."""
+    return os.path.join(os.path.abspath(outdir), ".fasttorrent", info_hash.hex() + ".parts")
+
+
+def layout_for(meta: object, outdir: str, selected: frozenset[int] | None = None) -> Layout:
+    """The :class:`Layout` of a parsed torrent (``torrent.metainfo.Metainfo``) under ``outdir``.
+
+    ``selected``: the indices of the files written (None: all); the others are
+    mapped onto the parts file (:func:`parts_path`).
+    """
     root = os.path.abspath(outdir)
+    parts = parts_path(root, meta.info_hash) if selected is not None else ""  # type: ignore[attr-defined]
     spans = [
         FileSpan(
-            path=os.path.join(root, *f.path.split("/")),
+            path=(parts if selected is not None and k not in selected and not f.pad
+                  else os.path.join(root, *f.path.split("/"))),
             rel=f.path,
             length=f.length,
             offset=f.offset,
             pad=f.pad,
+            part=selected is not None and k not in selected and not f.pad,
         )
-        for f in meta.files  # type: ignore[attr-defined]
+        for k, f in enumerate(meta.files)  # type: ignore[attr-defined]
     ]
     return Layout(spans, meta.piece_length, meta.total_size)  # type: ignore[attr-defined]
 
@@ -141,6 +171,8 @@ def check_output_paths(layout: Layout, outdir: str) -> None:
                 f"invalid torrent: info.files: two files on one path: {seen[key]!r} and {s.rel!r}"
             )
         seen[key] = s.rel
+        if s.part:
+            continue  # never created
         real = os.path.realpath(s.path)
         if real != root and not real.startswith(root + os.sep):
             raise StorageError(
@@ -152,7 +184,7 @@ def check_free_space(layout: Layout, outdir: str) -> None:
     """Raise :class:`DiskFull` when the output filesystem cannot hold what is still missing."""
     need = 0
     for s in layout.spans:
-        if s.pad:
+        if s.pad or s.part:
             continue
         try:
             have = os.stat(s.path).st_blocks * 512
@@ -400,7 +432,10 @@ class Storage:
         self._dirty.clear()
 
     def create_files(self, preallocate: bool = True) -> None:
-        """Create every (non-pad) file at its full length, so sizes are final.
+        """Create every (non-pad, selected) file at its full length, so sizes are final.
+
+        An existing file is never cut below its length, nor its data touched: several
+        runs (``--shard``) may create the same files at once and write them side by side.
 
         With ``preallocate`` the blocks are reserved up front (``posix_fallocate``):
         a full disk fails here, at once, instead of mid-download, and writes
@@ -409,7 +444,7 @@ class Storage:
         get a sparse file.
         """
         for i, span in enumerate(self.layout.spans):
-            if span.pad:
+            if span.pad or span.part:
                 continue
             fd = self._fd(i)
             assert fd is not None
