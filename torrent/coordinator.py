@@ -840,7 +840,8 @@ class Coordinator:
         conn = sum(w.stats.get("connected", 0) for w in self.workers if w.alive)
         per = " ".join(f"w{w.wid}:{w.stats.get('rate', 0) / 1e6:.0f}MB/s/"
                        f"{w.stats.get('connected', 0)}p" for w in self.workers if w.alive)
-        return (f"{100 * (n - self.leases.wanted_left) / n:5.1f}%  {rate / 1e6:7.1f} MB/s  ETA {eta:>6}  "
+        done = 100 * (n - self.leases.wanted_left) / n
+        return (f"{done:5.1f}%  {rate / 1e6:7.1f} MB/s  ETA {eta:>6}  "
                 f"peers {conn}  [{per}]  {el:.0f}s")
 
     async def run(self) -> DownloadResult:

@@ -130,9 +130,10 @@ def load_selection(journal: str) -> object | None:
     if len(data) > MAX_SELECTION_BYTES:
         return None
     try:
-        return json.loads(data)
+        saved: object = json.loads(data)
     except ValueError:
         return None
+    return saved
 
 
 def metadata_path(outdir: str, info_hash: bytes) -> str:
