@@ -165,16 +165,20 @@ def sha1_tree(root: Path) -> dict[str, str]:
             for rel in sorted(files_under(root))}
 
 
+@pytest.mark.parametrize("source", ["torrent", "magnet"])
 def test_three_shards_into_one_directory_join_into_the_whole_torrent(
-        payload: TorrentPayload, seeder: Seeder, tmp_path: Path) -> None:
+        payload: TorrentPayload, seeder: Seeder, tmp_path: Path, source: str) -> None:
     out = tmp_path / "shared"
+    # a magnet: each shard fetches the metadata and keeps it at the same path
+    torrent = payload.torrent if source == "torrent" else magnet_uri(
+        payload.meta, trackers=(), peers=[("127.0.0.1", seeder.port)])
     ports = [free_port() for _ in range(3)]
     procs = []
     try:
         for i in range(3):
             # each shard knows the seeder and the other shards, as peers
             peers = [seeder.addr] + [f"127.0.0.1:{ports[j]}" for j in range(3) if j != i]
-            args = [*CLI, "download", payload.torrent, "-o", str(out), "--shard", f"{i}/3",
+            args = [*CLI, "download", torrent, "-o", str(out), "--shard", f"{i}/3",
                     "--port", str(ports[i]), "--json", "--workers", "1", "--no-dht",
                     "--stall-timeout", "20"]
             for p in peers:

@@ -1143,7 +1143,8 @@ def _resolve_connections(opts: Options) -> Options:
 
 def _write_file(path: str, data: bytes, what: str) -> None:
     """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename)."""
-    tmp = path + ".part"
+    # our own temporary name: shards of one magnet (--shard) keep its metadata at one path
+    tmp = f"{path}.{os.getpid()}.part"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "wb") as f:
