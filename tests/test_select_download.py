@@ -216,50 +216,55 @@ def test_a_shard_with_no_piece_is_complete_at_once(payload: TorrentPayload,
     assert res["bytes_downloaded"] == 0
 
 
+@pytest.mark.parametrize("how", ["download", "seed"])
 def test_boundary_pieces_are_checked_and_served_from_the_parts_file(
-        payload: TorrentPayload, seeder: Seeder, tmp_path: Path) -> None:
+        payload: TorrentPayload, seeder: Seeder, tmp_path: Path, how: str) -> None:
     require_module("libtorrent")
     import signal
 
+    import libtorrent as lt
     from helpers.ltpeer import LtPeer
 
     out = tmp_path / "out"
     download(payload, out, "--peer", seeder.addr, "--select", str(INDEX["b.bin"]))
-    # Again, with no peer and seeding: the journal went with the first run's end, so
-    # both pieces are checked on disk (their neighbours' bytes read from the parts file),
-    # found good, and served to a libtorrent leecher that wants b.bin only.
-    port = free_port()
-    proc = subprocess.Popen([*CLI, "download", payload.torrent, "-o", str(out), "--json",
-                             "--workers", "1", "--no-dht", "--port", str(port),
-                             "--select", str(INDEX["b.bin"]), "--seed-time", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        with LtPeer("leecher") as lt_peer:
-            import libtorrent as lt
-
-            atp = lt.add_torrent_params()
-            atp.ti = lt.torrent_info(payload.torrent)
-            atp.save_path = str(tmp_path / "leech")
-            atp.file_priorities = [0, 1, 0, 0, 0]
-            atp.flags &= ~lt.torrent_flags.auto_managed
-            atp.flags &= ~lt.torrent_flags.paused
-            h = lt_peer.ses.add_torrent(atp)
-
+    # Then serve b.bin, with no peer of our own: either the same download again, seeding
+    # (the journal went with the first run's end, so both pieces are checked on disk), or
+    # `seed`, which reads the files not there from the parts file. Either way the
+    # neighbours' bytes of pieces 3 and 4 come from the parts file, and a libtorrent
+    # leecher that wants b.bin only gets both pieces from us.
+    with LtPeer("leecher") as lt_peer:
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(payload.torrent)
+        atp.save_path = str(tmp_path / "leech")
+        atp.file_priorities = [0, 1, 0, 0, 0]
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        h = lt_peer.ses.add_torrent(atp)
+        # we dial the leecher (and retry): it is listening already
+        common = ["--workers", "1", "--no-dht", "--peer", lt_peer.addr]
+        args = (["download", payload.torrent, "-o", str(out), "--json", "--seed-time", "60",
+                 "--select", str(INDEX["b.bin"])] if how == "download"
+                else ["seed", payload.torrent, str(out)])
+        proc = subprocess.Popen([*CLI, *args, *common], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
             def got_both() -> bool:
-                if not any(p.ip[1] == port for p in h.get_peer_info()):
-                    h.connect_peer(("127.0.0.1", port))  # again until we listen
                 st = h.status()
                 return bool(st.pieces and st.pieces[3] and st.pieces[4])
 
             lt_peer.wait_until(got_both, DOWNLOAD_TIMEOUT, "given pieces 3 and 4 by us")
             h.flush_cache()
-            lt_peer.wait_until(lambda: (tmp_path / "leech" / "payload" / "b.bin").exists(),
-                               10, "writing b.bin")
-        assert (tmp_path / "leech" / "payload" / "b.bin").read_bytes() == src(payload, "b.bin")
-    finally:
-        proc.send_signal(signal.SIGTERM)  # ends the seeding: exit 0, the download is complete
-        stdout, stderr = proc.communicate(timeout=DOWNLOAD_TIMEOUT)
-    assert proc.returncode == 0, stderr
+            leeched = tmp_path / "leech" / "payload" / "b.bin"
+            lt_peer.wait_until(leeched.exists, 10, "writing b.bin")
+        finally:
+            proc.send_signal(signal.SIGTERM)  # the end of seeding
+            stdout, stderr = proc.communicate(timeout=DOWNLOAD_TIMEOUT)
+    assert leeched.read_bytes() == src(payload, "b.bin")
+    assert files_under(out) == {"payload/b.bin"}  # serving created nothing
+    if how == "seed":
+        assert proc.returncode == 7 and "Traceback" not in stderr, stderr  # stopped by a signal
+        return
+    assert proc.returncode == 0, stderr  # complete: a signal while seeding is the normal end
     res = json.loads(stdout)
     assert res["pieces_resumed"] == 2 and res["bytes_downloaded"] == 0
     assert res["bytes_uploaded"] >= 2 * PIECE_LEN

@@ -798,9 +798,21 @@ class Coordinator:
         self._finish()
 
     def prepare_seed(self, check: bool) -> None:
-        """Seeding: hash the data (all cores) unless told not to; serve the good pieces."""
+        """Seeding: hash the data (all cores) unless told not to; serve the good pieces.
+
+        The data of a selective download: the files not there are read from its parts
+        file (``storage.parts_path``), so the pieces they share with the files there
+        are served too.
+        """
+        from .storage import parts_path
+
         meta = self.meta
-        layout = layout_for(meta, self.outdir)
+        if os.path.exists(parts_path(self.outdir, meta.info_hash)):
+            present = frozenset(k for k, f in enumerate(meta.files) if not f.pad and os.path.exists(
+                os.path.join(self.outdir, *f.path.split("/"))))
+            self.selected = present if len(present) < sum(not f.pad for f in meta.files) \
+                else None
+        layout = layout_for(meta, self.outdir, self.selected)
         check_output_paths(layout, self.outdir)
         if check:
             self.log(f"checking {meta.total_size / 2**20:.0f} MiB of data")
