@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,23 @@ def test_boundary_pieces_are_checked_and_served_from_the_parts_file(
     res = json.loads(stdout)
     assert res["pieces_resumed"] == 2 and res["bytes_downloaded"] == 0
     assert res["bytes_uploaded"] >= 2 * PIECE_LEN
+
+
+def test_file_indices_are_libtorrents_pad_files_included(tmp_path: Path) -> None:
+    require_module("libtorrent")
+    import libtorrent as lt
+    from helpers.payload import lt_create, torrent_info, write_tree
+
+    # a hybrid torrent made by libtorrent: it aligns every file to a piece with pad files
+    write_tree(tmp_path / "src" / "set", {"a.bin": 40_000, "b.bin": 5_000, "c/d.bin": 70_000})
+    t = lt_create(tmp_path / "src", "set", tmp_path / "set.torrent", 16384, v1_only=False)
+    ours = [(f["index"], f["path"], bool(f.get("pad"))) for f in torrent_info(t)["files"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # files(): still there in 2.x
+        fs = lt.torrent_info(str(t)).files()
+    theirs = [(i, fs.file_path(i).replace(os.sep, "/"),
+               bool(fs.file_flags(i) & lt.file_storage.flag_pad_file))
+              for i in range(fs.num_files())]
+    assert any(pad for _i, _p, pad in theirs)  # the numbering is tested with pads in it
+    assert [(i, pad) for i, _p, pad in ours] == [(i, pad) for i, _p, pad in theirs]
+    assert [p for _i, p, pad in ours if not pad] == [p for _i, p, pad in theirs if not pad]
