@@ -110,7 +110,7 @@ def test_create_single_file_and_info(tmp_path: Path) -> None:
     assert d["num_pieces"] == 4
     assert d["private"] is False
     assert d["trackers"] == []
-    assert d["files"] == [{"path": "one.bin", "length": 100_000}]
+    assert d["files"] == [{"path": "one.bin", "length": 100_000, "index": 0}]
     assert d["multi_file"] is False
     # the info-hash is SHA-1 over the info dict; the digests are those of the data
     top = bencoding.decode(t.read_bytes())

@@ -34,7 +34,9 @@ class Pipe:
 
 def coordinator(workers: int) -> tuple[Coordinator, list[WorkerHandle]]:
     meta = SimpleNamespace(num_pieces=N, piece_length=16384, total_size=N * 16384,
-                           info_hash=b"\1" * 20, info_hash_hex="01" * 20, trackers=())
+                           info_hash=b"\1" * 20, info_hash_hex="01" * 20, trackers=(),
+                           files=[SimpleNamespace(path="t", length=N * 16384, offset=0,
+                                                  pad=False)])
     opts = Options(workers=workers, bind="127.0.0.1", max_peers=10, stall_timeout=0,
                    use_trackers=False)
     c = Coordinator(meta, "/nonexistent", opts)

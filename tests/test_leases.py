@@ -4,7 +4,8 @@ Scenarios are written compactly, in the style of libtorrent's
 ``setup_picker("2223333", "* * *  ")``:
 
 - piece states, one character per piece: ``"."`` free, a digit ``w``
-  leased to worker ``w``, ``"v"`` verified;
+  leased to worker ``w``, ``"v"`` verified, ``"x"`` unwanted (outside the
+  run's selection or shard);
 - what each worker's peers have, one string per worker: ``"*"`` has the
   piece, ``" "`` not (a shorter string: the rest is missing).
 
@@ -36,7 +37,8 @@ def setup(pieces: str, *peers: str, asked: bool = True, leased_at: float = 0.0) 
     ``leased_at``.
     """
     n = len(pieces)
-    t = LeaseTable(n, len(peers), started_at=0.0)
+    wanted = bytes(c != "x" for c in pieces) if "x" in pieces else None
+    t = LeaseTable(n, len(peers), started_at=0.0, wanted=wanted)
     for w, has in enumerate(peers):
         bits = bytearray(-(-n // 8))
         for i, c in enumerate(has[:n]):
@@ -60,6 +62,7 @@ def setup(pieces: str, *peers: str, asked: bool = True, leased_at: float = 0.0) 
 def show(t: LeaseTable) -> str:
     """The piece states in :func:`setup`'s notation."""
     return "".join("." if s == PieceState.FREE else "v" if s == PieceState.VERIFIED
+                   else "x" if s == PieceState.UNWANTED
                    else str(t.owner[i]) for i, s in enumerate(t.state))
 
 
@@ -87,6 +90,7 @@ def check(t: LeaseTable) -> None:
         if s == PieceState.LEASED and t.workers[t.owner[p]].alive:
             assert p in t.workers[t.owner[p]].leased, p
     assert t.num_verified == t.state.count(PieceState.VERIFIED)
+    assert t.wanted_left == t.state.count(PieceState.FREE) + t.state.count(PieceState.LEASED)
     assert all(len(h) <= leases.ENDGAME_MAX_EXTRA for h in t.endgame_dups.values())
 
 
@@ -370,6 +374,58 @@ def test_any_sequence_of_events_keeps_the_invariants(events: list[tuple[str, int
                 assert all(t.workers[a.worker].has(p) for p in m.pieces)
                 assert t.workers[a.worker].alive
         check(t)
+
+
+# -- wanted pieces (a selection of files, a shard) ---------------------------------
+def test_unwanted_pieces_are_never_leased() -> None:
+    t = setup("xx..xx..", ALL, ALL)
+    assert fmt(t.need(0, 8, now=5.0)) == ["0 lease 2 3"]
+    # the fair share counts wanted pieces only: 1 of the 2 left
+    assert fmt(t.need(1, 8, now=5.0)) == ["1 lease 6"]
+    assert fmt(t.need(1, 8, now=5.0)) == ["1 lease 7"]
+    assert show(t) == "xx00xx11"
+    assert t.num_wanted == 4 and t.wanted_left == 4 and not t.complete
+
+
+def test_a_download_is_complete_when_its_wanted_pieces_are_verified() -> None:
+    t = setup("xx01xxxx", ALL, ALL)
+    t.verified(0, [2])
+    assert not t.complete and t.wanted_left == 1
+    new, done = t.verified(1, [3])
+    assert new == [3] and fmt(done) == ["0 done 3"]
+    assert t.complete and t.num_verified == 2
+    check(t)
+
+
+def test_nothing_free_among_the_wanted_steals_then_goes_to_endgame_over_wanted_only() -> None:
+    # worker 1 holds the three wanted pieces; unwanted free-looking ones are never offered
+    t = setup("x111xxxx", ALL, ALL, leased_at=0.0)
+    assert fmt(t.need(0, 4, now=5.0)) == ["1 steal 1"]
+    t = setup("x1xxxxxx", ALL, ALL, leased_at=0.0)
+    assert fmt(t.need(0, 4, now=5.0)) == ["0 endgame 1"]
+
+
+def test_a_resumed_unwanted_piece_is_verified_and_does_not_count_toward_completion() -> None:
+    t = LeaseTable(4, 1, wanted=b"\x01\x00\x00\x01")
+    t.mark_have([1, 0])
+    assert show(t) == "vvx."
+    assert t.num_verified == 2 and t.wanted_left == 1 and not t.complete
+    check(t)
+
+
+def test_the_start_up_regions_divide_the_wanted_stretch() -> None:
+    # a shard's pieces 8-15 of 16: worker 1's region starts at 12, not at 8
+    t = setup("x" * 8 + "." * 8, ALL * 1, ALL, asked=False)
+    assert [w.cursor for w in t.workers] == [8, 12]
+    assert fmt(t.need(1, 2, now=0.1)) == ["1 lease 12 13"]
+    # its fair share of the 6 wanted pieces left, from its own region [8, 12)
+    assert fmt(t.need(0, 9, now=0.2)) == ["0 lease 8 9 10"]
+
+
+def test_nothing_wanted_is_complete_from_the_start() -> None:
+    t = LeaseTable(3, 2, wanted=bytes(3))
+    assert t.complete and t.num_wanted == 0
+    assert fmt(t.need(0, 4, now=5.0)) == ["0 endgame"]
 
 
 # -- house rules -----------------------------------------------------------------

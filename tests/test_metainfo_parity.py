@@ -187,7 +187,8 @@ def test_info_text_shows_links_and_executables(lt: Any, tmp_path: Path) -> None:
     r = subprocess.run([*CLI, "info", str(t)], capture_output=True, text=True,
                        timeout=INFO_TIMEOUT, check=False)
     assert r.returncode == 0, r.stderr
-    lines = [ln.split(None, 1)[1] for ln in r.stdout.splitlines() if ln.startswith("  ")]
+    # each file: "  INDEX  LENGTH  PATH[ -> TARGET][  (executable)]"
+    lines = [ln.split(None, 2)[2] for ln in r.stdout.splitlines() if ln.startswith("  ")]
     assert "d/link -> d/a.bin" in lines and "d/dirlink -> d/sub" in lines
     assert "d/sub/run.sh  (executable)" in lines and "d/a.bin" in lines
 

@@ -241,6 +241,9 @@ def cmd_info(a: argparse.Namespace) -> int:
         return _magnet_info(a)
     meta = _load(a.torrent)
     d = meta.to_json_dict()
+    for k, f in enumerate(d["files"]):
+        # the index --select and a magnet's so= use: pads included, as libtorrent counts
+        f["index"] = k
     if a.json:
         print(json.dumps(d, ensure_ascii=False))
         return 0
@@ -262,7 +265,7 @@ def cmd_info(a: argparse.Namespace) -> int:
             marks = (f" -> {f['symlink']}" if "symlink" in f else "") \
                 + ("  (executable)" if f.get("executable") else "") \
                 + ("  (hidden)" if f.get("hidden") else "")
-            out.append(f"  {f['length']:>15}  {f['path']}{marks}")
+            out.append(f"  {f['index']:>6}  {f['length']:>15}  {f['path']}{marks}")
     print("\n".join(out))
     return 0
 
@@ -348,6 +351,16 @@ def _peers_arg(values: list[str], flag: str = "--peer") -> list[tuple[str, int]]
     return out
 
 
+def _selection_options(a: argparse.Namespace) -> dict[str, Any]:
+    """``--select``, ``--include``, ``--exclude`` and ``--shard`` as Options fields
+    (a one-line UsageError, exit 2, for a malformed value)."""
+    from .selection import parse_select, parse_shard
+
+    return {"select": None if a.select is None else parse_select(a.select),
+            "include": tuple(a.include), "exclude": tuple(a.exclude),
+            "shard": None if a.shard is None else parse_shard(a.shard)}
+
+
 def _failed(st: Status, as_json: bool, e: FastTorrentError) -> None:
     """End the status line; with --json, print the partial result a failure carries."""
     st.end()
@@ -367,7 +380,8 @@ def cmd_download(a: argparse.Namespace) -> int:
         seed_time=_flag_limit("--seed-time", a.seed_time),
         seed_ratio=_flag_limit("--seed-ratio", a.seed_ratio), direct_io=not a.no_direct_io,
         save_torrent=a.save_torrent, fork_workers=True, web_seeds=tuple(a.web_seed),
-        **_connection_options(a), **_dht_options(a), **_report_options(a))
+        **_selection_options(a), **_connection_options(a), **_dht_options(a),
+        **_report_options(a))
     events_out = a.events == "-"
     st = Status(a.quiet or a.json, live=not events_out)
     try:
@@ -514,6 +528,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT, metavar="S",
                    help="give up after S seconds without data (exit 6)")
     s.add_argument("--recheck", action="store_true", help="ignore the resume journal")
+    s.add_argument("--select", default=None, metavar="1,3-5",
+                   help="download only these files, by the index `info` shows (0-based, "
+                        "pad files counted; default: a magnet's so=, else the selection a "
+                        "resumed run saved, else all)")
+    s.add_argument("--include", action="append", default=[], metavar="GLOB",
+                   help="download only files whose path in the torrent matches (repeatable)")
+    s.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip files whose path in the torrent matches (repeatable)")
+    s.add_argument("--shard", default=None, metavar="I/N",
+                   help="fetch only share I (0-based) of N contiguous ranges of pieces, "
+                        "e.g. $JOB_COMPLETION_INDEX/3; see docs/cluster.md")
     s.add_argument("--save-torrent", default=None, metavar="FILE",
                    help="write the .torrent here once known (a magnet's: with its trackers)")
     s.add_argument("--no-trackers", action="store_true",

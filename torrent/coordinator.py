@@ -55,7 +55,7 @@ from .channel import Channel
 from .dht.service import Dht, dht_wanted, start_dht
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
-from .journal import Journal, journal_path, metadata_path
+from .journal import Journal, journal_path, load_selection, metadata_path, save_selection
 from .launch import Child, can_fork, fork_child, send_fd, start_child
 from .leases import LeaseTable, PieceState, Send
 from .options import Options, default_max_connections
@@ -63,6 +63,7 @@ from .peeraddr import ban_key, format_peer, normalize_peer, parse_hostport
 from .ports import free_port as _free_port
 from .ports import is_local_address
 from .reporting import RunReport, run_report
+from .selection import Selection, changed_files, resolve, wanted_pieces
 from .shm import Arena, plan_slots
 from .snapshot import TorrentSnapshot, payload_of
 from .snapshot import take as take_snapshot
@@ -231,6 +232,15 @@ class DownloadResult:
     #: the DHT node's counters and table sizes (None: no DHT in this run), and when it
     #: first found a peer, from the start of :func:`download`
     dht: dict[str, Any] | None = None
+    #: what the run downloaded (torrent/selection.py): the selected files' indices
+    #: (None: all), their count and bytes (pads not counted), the shard
+    #: ``(index, count)`` (None: all pieces) and the pieces wanted
+    selected_files: list[int] | None = None
+    selected_file_count: int = 0
+    selected_bytes: int = 0
+    shard: tuple[int, int] | None = None
+    pieces_wanted: int = 0
+    wanted_bytes: int = 0
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -254,6 +264,12 @@ class DownloadResult:
             "workers": self.workers,
             "peers": self.peers,
             "dht": self.dht,
+            "selection": {"files": self.selected_files,
+                          "selected_files": self.selected_file_count,
+                          "selected_bytes": self.selected_bytes,
+                          "shard": None if self.shard is None else list(self.shard),
+                          "pieces_wanted": self.pieces_wanted,
+                          "wanted_bytes": self.wanted_bytes},
         }
 
 
@@ -356,6 +372,10 @@ class Coordinator:
         self.first_piece_at: float | None = None  # the first piece verified in this run
         # piece states and leases: every lease / steal / endgame decision
         self.leases = LeaseTable(n, self.nworkers)
+        # what this run downloads (prepare() narrows it: torrent/selection.py)
+        self.selection = Selection()
+        self.selected: frozenset[int] | None = None
+        self.wanted: bytearray | None = None
         self.warnings: list[str] = []
         self.tracker_runner: Any = None
         self.on_ready: Callable[[int], None] | None = None
@@ -392,7 +412,21 @@ class Coordinator:
     def prepare(self) -> None:
         """Check the output directory, resume, create the files.  Before any worker."""
         meta = self.meta
-        layout = layout_for(meta, self.outdir)
+        journal = Journal(journal_path(self.outdir, meta.info_hash, self.opts.shard),
+                          meta.info_hash, meta.num_pieces, meta.piece_length)
+        # the files and pieces of this run (torrent/selection.py), kept for a resume
+        saved = Selection.from_json(load_selection(journal.path), len(meta.files))
+        o = self.opts
+        self.selection, notes = resolve(meta.files, select=o.select, include=o.include,
+                                        exclude=o.exclude, select_only=o.select_only,
+                                        shard=o.shard, saved=saved)
+        for line in notes:
+            self.log(line)
+        self.selected = self.selection.files
+        self.wanted = wanted_pieces(meta.files, meta.piece_length, meta.num_pieces,
+                                    self.selected, o.shard)
+        self.leases = LeaseTable(meta.num_pieces, self.nworkers, wanted=self.wanted)
+        layout = layout_for(meta, self.outdir, self.selected)
         # The arena must hold a piece per slot: said before any file is created.
         self.plan_arena()
         try:
@@ -403,8 +437,6 @@ class Coordinator:
             raise os_error(e, f"creating {self.outdir}") from None
         check_output_paths(layout, self.outdir)
         existed = any(os.path.exists(s.path) for s in layout.spans if s.regular)
-        journal = Journal(journal_path(self.outdir, meta.info_hash), meta.info_hash,
-                          meta.num_pieces, meta.piece_length)
         recorded = None if self.opts.recheck else journal.read()
         sizes_ok = all(not s.regular or (os.path.isfile(s.path)
                                          and os.path.getsize(s.path) == s.length)
@@ -426,7 +458,12 @@ class Coordinator:
                             self.log(f"resume: {layout.spans[k].rel} changed since the last "
                                      "run; checking its pieces")
                             done.difference_update(layout.pieces_of_span(k))
-            rest = [i for i in range(meta.num_pieces) if i not in done]
+            # a file whose selection changed: its bytes of shared pieces moved (file <->
+            # parts file), so those pieces are checked again where they now belong
+            for k in changed_files(saved.files if saved else None, self.selected, meta.files):
+                done.difference_update(layout.pieces_of_span(k))
+            rest = [i for i in range(meta.num_pieces)
+                    if i not in done and (self.wanted is None or self.wanted[i])]
             if rest:
                 self.log(f"resume: {len(done)} pieces in the journal; checking the other "
                          f"{len(rest)}")
@@ -435,11 +472,15 @@ class Coordinator:
                 done.update(i for i in rest if res.status[i] == PIECE_GOOD)
         elif existed:
             self.log("checking existing data (full recheck)")
-            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers)
-            done = {i for i, s in enumerate(res.status) if s == PIECE_GOOD}
+            mine = [i for i in range(meta.num_pieces) if self.wanted is None or self.wanted[i]]
+            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
+                              ranges=chunk_ranges(layout, mine))
+            done = {i for i in mine if res.status[i] == PIECE_GOOD}
         with Storage(layout, writable=True) as st:
             st.create_files()
         journal.open(done)
+        save_selection(journal.path, None if self.selection.files is None
+                       else self.selection.to_json())
         self.journal = journal
         self.leases.mark_have(done)
         for i in done:
@@ -452,7 +493,7 @@ class Coordinator:
             return
         self._files_finished = True
         try:
-            finish_files(layout_for(self.meta, self.outdir), self.outdir)
+            finish_files(layout_for(self.meta, self.outdir, self.selected), self.outdir)
         except FastTorrentError as e:
             if self.fatal is None:
                 self.fatal = e
@@ -492,6 +533,8 @@ class Coordinator:
         done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
         ready = self.prestarted.take(self.nworkers) if self.prestarted is not None else []
         self.prestarted = None
+        wanted = None if self.wanted is None else _bits_from(
+            [i for i, want in enumerate(self.wanted) if want], meta.num_pieces)
         for w in range(self.nworkers):
             if w < len(ready):
                 proc, conn = ready[w]
@@ -526,7 +569,7 @@ class Coordinator:
                                    writable=not self.seeding, lock_writes=self.nworkers > 1,
                                    workers=self.nworkers,
                                    dht_port=self.dht.port if self.dht is not None else 0,
-                                   adopt=len(mine))
+                                   selected=self.selected, wanted=wanted, adopt=len(mine))
                 try:
                     h.conn.send(cfg)
                     send_fd(h.conn, self.arena.fd)
@@ -787,7 +830,7 @@ class Coordinator:
     def assign_peers(self) -> None:
         now = time.monotonic()
         alive = [w for w in self.workers if w.alive]
-        if not alive or (self.verified == self.meta.num_pieces and not self.seeding
+        if not alive or (self.leases.complete and not self.seeding
                          and self.seed_started is None):
             return
         active = sum(1 for r in self.peers.values() if r.worker is not None)
@@ -847,7 +890,7 @@ class Coordinator:
         # Complete once every piece is verified and written: the journal exists
         # for crash recovery and is removed at the end, so the last flush need
         # not be waited for (no client fsyncs a finished download).
-        if self.verified == self.meta.num_pieces and not self.seeding:
+        if self.leases.complete and not self.seeding:
             if self.report is not None:
                 self.report.completed(self.snapshot)
             if self.seed_after:
@@ -870,7 +913,7 @@ class Coordinator:
             self._seed_timer = asyncio.get_running_loop().call_later(
                 self.opts.seed_time, self._check_seed_limits)
         self.log(f"download complete; seeding until {' or '.join(limits)}")
-        if self.tracker_runner is not None and self.resumed < self.meta.num_pieces:
+        if self.tracker_runner is not None and self.resumed < self.leases.num_wanted:
             self.tracker_runner.completed()  # 'completed' now, not when we leave
             self._completed_told = True
         self._check_seed_limits()
@@ -893,9 +936,21 @@ class Coordinator:
         self._finish()
 
     def prepare_seed(self, check: bool) -> None:
-        """Seeding: hash the data (all cores) unless told not to; serve the good pieces."""
+        """Seeding: hash the data (all cores) unless told not to; serve the good pieces.
+
+        The data of a selective download: the files not there are read from its parts
+        file (``storage.parts_path``), so the pieces they share with the files there
+        are served too.
+        """
+        from .storage import parts_path
+
         meta = self.meta
-        layout = layout_for(meta, self.outdir)
+        if os.path.exists(parts_path(self.outdir, meta.info_hash)):
+            present = frozenset(k for k, f in enumerate(meta.files) if not f.pad and os.path.exists(
+                os.path.join(self.outdir, *f.path.split("/"))))
+            self.selected = present if len(present) < sum(not f.pad for f in meta.files) \
+                else None
+        layout = layout_for(meta, self.outdir, self.selected)
         check_output_paths(layout, self.outdir, writing=False)
         self.plan_arena()
         if check:
@@ -936,7 +991,6 @@ class Coordinator:
             banned=[ban_key(r.host, r.port) for r in self.peers.values() if r.banned])
 
     def _status(self) -> str:
-        n = self.meta.num_pieces
         el = time.monotonic() - self.start_time
         if self.seed_started is not None:
             up = self.uploaded()
@@ -944,19 +998,20 @@ class Coordinator:
                     f"{up / max(1, self.meta.total_size):.2f})  "
                     f"{time.monotonic() - self.seed_started:.0f}s")
         rate = sum(w.stats.get("rate", 0.0) for w in self.workers if w.alive)
-        left = (n - self.verified) * self.meta.piece_length
+        left = self.leases.wanted_left * self.meta.piece_length
+        n = max(1, self.leases.num_wanted)  # a selection: the percentage of its pieces
         eta = f"{left / rate:.0f}s" if rate > 1 else "-"
         conn = sum(w.stats.get("connected", 0) for w in self.workers if w.alive)
         per = " ".join(f"w{w.wid}:{w.stats.get('rate', 0) / 1e6:.0f}MB/s/"
                        f"{w.stats.get('connected', 0)}p" for w in self.workers if w.alive)
-        return (f"{100 * self.verified / n:5.1f}%  {rate / 1e6:7.1f} MB/s  ETA {eta:>6}  "
+        done = 100 * (n - self.leases.wanted_left) / n
+        return (f"{done:5.1f}%  {rate / 1e6:7.1f} MB/s  ETA {eta:>6}  "
                 f"peers {conn}  [{per}]  {el:.0f}s")
 
     async def run(self) -> DownloadResult:
         loop = asyncio.get_running_loop()
         self.done_event = asyncio.Event()
-        n = self.meta.num_pieces
-        if self.verified == n and not self.seeding and not self.seed_after:
+        if self.leases.complete and not self.seeding and not self.seed_after:
             if self.report is not None:
                 self.report.completed(self.snapshot)
             self.release_prestarted()
@@ -1029,8 +1084,8 @@ class Coordinator:
                 # 'completed' (if we are and it was not sent yet) and 'stopped', bounded
                 # by the runner's stop timeout
                 runner = self.tracker_runner
-                if runner is not None and self.verified == n and not self.seeding \
-                        and self.resumed < n \
+                if runner is not None and self.leases.complete and not self.seeding \
+                        and self.resumed < self.leases.num_wanted \
                         and (not self._completed_told or runner.trackers.completed_pending):
                     runner.completed(final=True)
                     deadline = time.monotonic() + TRACKER_STOP_TIMEOUT / 2
@@ -1050,7 +1105,7 @@ class Coordinator:
                     pass
             if self.report is not None:
                 await self.report.ended(self.seed_stop)
-        complete = self.verified == n
+        complete = self.leases.complete
         if complete and not self.seeding and self.fatal is None:
             self.finish_files()
         if self.journal is not None and not self.seeding:
@@ -1059,7 +1114,8 @@ class Coordinator:
             else:
                 # the workers flushed what they wrote: record the files as they are now
                 try:
-                    self.journal.seal(_file_stats(layout_for(self.meta, self.outdir)))
+                    self.journal.seal(_file_stats(layout_for(self.meta, self.outdir,
+                                                             self.selected)))
                 except FastTorrentError as e:
                     self.warn(str(e))
                 self.journal.close()
@@ -1068,7 +1124,7 @@ class Coordinator:
     # -- the DHT (torrent/dht/service.py) -------------------------------------------
     def lacks_peers(self) -> bool:
         """Whether the DHT should search again soon: downloading with few peers connected."""
-        if self.seeding or self.verified == self.meta.num_pieces:
+        if self.seeding or self.leases.complete:
             return False
         conn = sum(int(w.stats.get("connected", 0)) for w in self.workers if w.alive)
         return conn < min(self.opts.max_peers, DHT_ENOUGH_PEERS)
@@ -1107,7 +1163,7 @@ class Coordinator:
 
     async def stop_workers(self) -> None:
         self.stopping = True
-        complete = self.verified == self.meta.num_pieces
+        complete = self.leases.complete
         # A seeding limit reached: the peers get the blocks already sent to them.
         drain = self.seed_stop in ("time", "ratio")
         for h in self.workers:
@@ -1186,7 +1242,23 @@ class Coordinator:
                 **self.dht.summary(),
                 "first_peer_seconds": (None if self.dht.first_peer_at is None
                                        else round(self.dht.first_peer_at - self.began, 6))},
+            **self._selection_summary(),
         )
+
+    def _selection_summary(self) -> dict[str, Any]:
+        """The :class:`DownloadResult` fields saying what this run downloaded."""
+        pl = self.meta.piece_length
+        files = [k for k, f in enumerate(self.meta.files) if not f.pad
+                 and (self.selected is None or k in self.selected)]
+        return {"selected_files": None if self.selected is None else files,
+                "selected_file_count": len(files),
+                "selected_bytes": sum(self.meta.files[k].length for k in files),
+                "shard": self.selection.shard,
+                "pieces_wanted": self.meta.num_pieces if self.wanted is None
+                else sum(self.wanted),
+                "wanted_bytes": self.meta.total_size if self.wanted is None
+                else sum(min(pl, self.meta.total_size - i * pl)
+                         for i, w in enumerate(self.wanted) if w)}
 
 
 async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
@@ -1258,7 +1330,8 @@ def _resolve_connections(opts: Options) -> Options:
 
 def _write_file(path: str, data: bytes, what: str) -> None:
     """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename)."""
-    tmp = path + ".part"
+    # our own temporary name: shards of one magnet (--shard) keep its metadata at one path
+    tmp = f"{path}.{os.getpid()}.part"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(tmp, "wb") as f:
@@ -1312,7 +1385,8 @@ def _load_or_fetch_metainfo(
 
     magnet = parse_magnet(uri)
     peers = tuple(dict.fromkeys((*opts.peers, *magnet.peers)))
-    opts = opts.replace(peers=peers)
+    # BEP 53 so=: the link's selection, applied once the files are known (selection.py)
+    opts = opts.replace(peers=peers, select_only=magnet.select_only)
     peer_id = make_peer_id()
     kept = metadata_path(os.path.abspath(outdir), magnet.info_hash)
     meta = None

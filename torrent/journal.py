@@ -34,19 +34,39 @@ it.  An append or a seal that fails is cut back to its last whole record
 appends would follow, and the error (:class:`~torrent.errors.DiskFull`) is
 raised: the run stops, and the pieces left unrecorded are found on disk by
 the next start's check.
+
+A run that downloads part of the torrent (``torrent/selection.py``) keeps
+its selection beside the journal (``<info-hash>.selection``, a small JSON
+object, written whole or not at all), so that a resumed run without
+selection flags downloads the same files.  A ``--shard i/N`` run has a
+journal of its own (``<info-hash>.shard-i-of-N.resume``): the shards of one
+torrent share the output directory, never a journal.  Both go with the
+journal when the download completes; the parts file (``storage.parts_path``)
+stays, for seeding the boundary pieces and for a later, wider selection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import struct
 import zlib
 
 from .storage import os_error
 
-__all__ = ["HEADER_SIZE", "MAGIC", "Journal", "journal_path", "metadata_path"]
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_SELECTION_BYTES",
+    "Journal",
+    "journal_path",
+    "load_selection",
+    "metadata_path",
+    "save_selection",
+    "selection_path",
+]
 
 MAGIC = b"FTJ1"
 _HEADER = struct.Struct("<4s20sIQ")
@@ -62,10 +82,58 @@ MAX_SEAL_FILES = 10_000_000
 #: Bounds on what read() loads: records of this many runs' worth, plus seals.
 MAX_JOURNAL_RUNS = 64
 MAX_SEAL_BYTES = 64 << 20
+#: The saved selection read at most: a list of up to 100,000 file indices
+#: (``selection.MAX_SELECT_FILES``) in JSON is under 1 MiB.
+MAX_SELECTION_BYTES = 1 << 20
 
 
-def journal_path(outdir: str, info_hash: bytes) -> str:
-    return os.path.join(outdir, ".fasttorrent", info_hash.hex() + ".resume")
+def journal_path(outdir: str, info_hash: bytes, shard: tuple[int, int] | None = None) -> str:
+    """The journal of a run; a ``--shard`` run (``(index, count)``) has its own."""
+    stem = info_hash.hex() + ("" if shard is None else f".shard-{shard[0]}-of-{shard[1]}")
+    return os.path.join(outdir, ".fasttorrent", stem + ".resume")
+
+
+def selection_path(journal: str) -> str:
+    """Where the selection of the run journaled in ``journal`` is kept."""
+    return journal.removesuffix(".resume") + ".selection"
+
+
+def save_selection(journal: str, saved: dict[str, object] | None) -> None:
+    """Keep ``saved`` (JSON-able) beside ``journal``, atomically; None removes it."""
+    path = selection_path(journal)
+    if saved is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    tmp = path + ".tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(saved, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise os_error(e, f"writing the selection {path}") from None
+
+
+def load_selection(journal: str) -> object | None:
+    """The selection kept beside ``journal`` (as JSON decoded), or None: none, or unreadable
+    (which costs only the selection: the caller falls back to the whole torrent)."""
+    try:
+        with open(selection_path(journal), "rb") as f:
+            data = f.read(MAX_SELECTION_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_SELECTION_BYTES:
+        return None
+    try:
+        saved: object = json.loads(data)
+    except ValueError:
+        return None
+    return saved
 
 
 def metadata_path(outdir: str, info_hash: bytes) -> str:
@@ -240,8 +308,9 @@ class Journal:
         self.close()
         kept = os.path.join(os.path.dirname(self.path),
                             os.path.basename(self.path).removesuffix(".resume") + ".torrent")
-        with contextlib.suppress(OSError):
-            os.unlink(kept)
+        for path in (kept, selection_path(self.path)):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         try:
             os.unlink(self.path)
             os.rmdir(os.path.dirname(self.path))

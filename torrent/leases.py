@@ -2,8 +2,12 @@
 
 Theory of operation
 -------------------
-Every piece is in one of three states (:class:`PieceState`): *free*,
-*leased* to exactly one worker, or *verified*.  Workers ask for pieces when
+Every piece is in one of four states (:class:`PieceState`): *free*,
+*leased* to exactly one worker, *verified*, or *unwanted* (outside the run's
+selection of files or its shard, ``torrent/selection.py``: never leased,
+stolen or duplicated; a resumed copy of one is verified and served all the
+same).  The download is complete (:attr:`LeaseTable.complete`) when every
+wanted piece is verified.  Workers ask for pieces when
 their lease runs low, and the answer is one of, in this order of preference:
 
 1. **A lease of free pieces** that the worker's peers have, scanned from the
@@ -89,11 +93,13 @@ class PieceState(IntEnum):
     FREE = 0
     LEASED = 1
     VERIFIED = 2
+    UNWANTED = 3
 
 
 _FREE = PieceState.FREE.value
 _LEASED = PieceState.LEASED.value
 _VERIFIED = PieceState.VERIFIED.value
+_UNWANTED = PieceState.UNWANTED.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,19 +142,30 @@ class LeaseTable:
             leasing at piece ``w * num_pieces // workers``.
         started_at: when the workers started (the start of the grace period;
             :meth:`start` sets it again).
+        wanted: one byte per piece, nonzero for a piece this run fetches
+            (``selection.wanted_pieces``); None: every piece.
     """
 
-    def __init__(self, num_pieces: int, workers: int, *, started_at: float = 0.0) -> None:
+    def __init__(self, num_pieces: int, workers: int, *, started_at: float = 0.0,
+                 wanted: bytes | bytearray | None = None) -> None:
         n = num_pieces
         self.num_pieces = n
         self.started_at = started_at
         self.state = bytearray(n)  # PieceState values
+        if wanted is not None:
+            self.state = bytearray(_FREE if w else _UNWANTED for w in wanted)
+        #: wanted pieces not verified yet: 0 is a complete download
+        self.wanted_left = self.state.count(_FREE)
         self.owner = [-1] * n  # the leaseholder, then the worker that verified it
         self.leased_at = [0.0] * n  # when each piece was last leased (endgame age)
         self.endgame_dups: dict[int, set[int]] = {}  # piece -> its extra holders
         self.num_verified = 0
         self.duplicates = 0  # pieces verified again after the first copy
-        self.workers = [WorkerLeases(w, bytearray(-(-n // 8)), (w * n) // max(1, workers))
+        # the stretch holding the wanted pieces: the workers' regions divide it
+        firsts = [i for i in (self.state.find(_FREE), self.state.rfind(_FREE)) if i >= 0]
+        self.span = (firsts[0], firsts[1] + 1) if firsts else (0, n)
+        lo, width = self.span[0], self.span[1] - self.span[0]
+        self.workers = [WorkerLeases(w, bytearray(-(-n // 8)), lo + (w * width) // max(1, workers))
                         for w in range(workers)]
 
     # -- set-up --------------------------------------------------------------
@@ -160,8 +177,20 @@ class LeaseTable:
         """Pieces verified before any worker started (resumed, or being seeded)."""
         for i in pieces:
             if self.state[i] != _VERIFIED:
+                if self.state[i] != _UNWANTED:
+                    self.wanted_left -= 1
                 self.state[i] = _VERIFIED
                 self.num_verified += 1
+
+    @property
+    def complete(self) -> bool:
+        """Every wanted piece is verified."""
+        return self.wanted_left == 0
+
+    @property
+    def num_wanted(self) -> int:
+        """Pieces this run fetches or already had (every piece but the unwanted ones)."""
+        return self.num_pieces - self.state.count(_UNWANTED)
 
     def verified_pieces(self) -> list[int]:
         """Indices of the verified pieces, ascending."""
@@ -236,6 +265,8 @@ class LeaseTable:
             if state[i] != _VERIFIED:
                 if owner[i] not in (-1, wid):
                     w.endgame_pieces += 1  # taken over from a slower worker
+                if state[i] != _UNWANTED:
+                    self.wanted_left -= 1
                 state[i] = _VERIFIED
                 owner[i] = wid
                 self.num_verified += 1
@@ -296,7 +327,8 @@ class LeaseTable:
                 o.asked for o in self.workers if o.alive and o.peers and o is not w):
             alive_ids = [o.wid for o in self.workers if o.alive]
             k, m = alive_ids.index(w.wid), len(alive_ids)
-            return k * n // m, (k + 1) * n // m
+            lo, width = self.span[0], self.span[1] - self.span[0]
+            return lo + k * width // m, lo + (k + 1) * width // m
         return 0, n
 
     def _lease(self, w: WorkerLeases, count: int, now: float, out: list[Send], *,

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import UsageError
 from .events import PROGRESS_INTERVAL as EVENTS_PROGRESS_INTERVAL
 from .peeraddr import canonical_ip
+from .selection import check_shard
 from .webseed import MAX_WEB_SEEDS, checked_url
 
 __all__ = [
@@ -183,6 +184,16 @@ class Options:
         events_interval: seconds between two ``progress`` events.
         metrics_listen: serve Prometheus metrics (``GET /metrics``) at
             ``HOST:PORT`` (``PORT`` alone: on 127.0.0.1) while the run goes on.
+        select: (download) the indices of the files to download, as
+            ``fasttorrent info --json`` numbers them (pads included, as
+            libtorrent numbers them); None: every file, or the magnet's
+            ``so=``, or the selection a resumed run saved.
+        include, exclude: (download) globs on the files' paths in the torrent
+            (``fnmatch``): a file is downloaded if it matches any ``include``
+            (or none is given) and no ``exclude``; see ``torrent/selection.py``.
+        select_only: a magnet's BEP 53 ``so=`` indices, used when ``select`` is None.
+        shard: (download) ``(index, count)``, 0-based: fetch only shard
+            ``index`` of ``count`` contiguous ranges of the pieces.
     """
 
     workers: int | None = None
@@ -214,6 +225,11 @@ class Options:
     events: str | None = None
     events_interval: float = EVENTS_PROGRESS_INTERVAL
     metrics_listen: str | None = None
+    select: tuple[int, ...] | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    select_only: tuple[int, ...] = ()
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peers", tuple((str(h), int(p)) for h, p in self.peers))
@@ -267,6 +283,15 @@ class Options:
         if not (math.isfinite(self.events_interval) and self.events_interval > 0):
             raise UsageError(f"events_interval must be a positive number of seconds, "
                              f"got {self.events_interval!r}")
+        if self.select is not None:
+            object.__setattr__(self, "select", tuple(sorted({int(i) for i in self.select})))
+            if any(i < 0 for i in self.select):
+                raise UsageError("select: file indices are 0 or more")
+        for name in ("include", "exclude"):
+            object.__setattr__(self, name, tuple(str(g) for g in getattr(self, name)))
+        object.__setattr__(self, "select_only", tuple(int(i) for i in self.select_only))
+        if self.shard is not None:
+            object.__setattr__(self, "shard", check_shard(*(int(v) for v in self.shard)))
         if self.arena_bytes is not None and self.arena_bytes <= 0:
             raise UsageError(f"arena_bytes must be positive, got {self.arena_bytes}")
 

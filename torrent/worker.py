@@ -197,6 +197,12 @@ class WorkerConfig:
     #: connections a magnet's fetch made, each an ipc.Adopt and its descriptor after the
     #: arena's, read before the loop starts (at most magnetfetch.MAX_METADATA_CONNECTIONS)
     adopt: int = 0
+    #: the files written (``selection.select_files``; None: all): the others' bytes of
+    #: shared pieces go to the parts file (``storage.layout_for``)
+    selected: frozenset[int] | None = None
+    #: bitfield of the pieces this run fetches (``selection.wanted_pieces``; None: all):
+    #: a worker that has them all is complete (not interested, seeding)
+    wanted: bytes | None = None
 
     @property
     def max_rate(self) -> int:
@@ -338,11 +344,17 @@ class Worker:
         self.recv_budget = RecvBudget(RECV_BUDGET)
         self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
         self.have_count = _k.bitfield_count(self.have, m.num_pieces)
+        nbytes = len(self.have)
+        self.want = (bytearray(cfg.wanted) if cfg.wanted is not None
+                     else bytearray(b"\xff") * nbytes)
+        # wanted pieces not yet had: 0 is complete (a counter: asked per piece)
+        self.want_left = _k.bitfield_count(self.want, m.num_pieces) - _k.bitfield_count(
+            bytes(a & b for a, b in zip(self.have, self.want, strict=True)), m.num_pieces)
         self.arena = Arena.attach(arena_fd, cfg.slot_size, cfg.arena_slots)
         nb = -(-m.piece_length // BLOCK_SIZE)
         self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
-        self.storage = Storage(layout_for(m, cfg.outdir), writable=cfg.writable,
+        self.storage = Storage(layout_for(m, cfg.outdir, cfg.selected), writable=cfg.writable,
                                direct=cfg.options.direct_io)
         # The native I/O thread (see torrent/_io.pyx): verifies and writes
         # full slots and flushes files without the GIL, waking us via an eventfd.
@@ -983,7 +995,7 @@ class Worker:
             return
         bits = peer.proto.peer_bitfield
         for k, byte in enumerate(bits):
-            if byte & ~self.have[k] & 0xFF:
+            if byte & ~self.have[k] & self.want[k]:
                 peer.write(peer.proto.send_interested())
                 return
 
@@ -991,7 +1003,7 @@ class Worker:
     def complete(self) -> bool:
         # a counter, not a scan: this is asked per verified piece, and a scan of
         # a 200,000-piece bitfield each time would make a download quadratic
-        return bool(self.have_count == self.meta.num_pieces)
+        return self.want_left == 0
 
     def _has(self, i: int) -> bool:
         return bool(self.have[i >> 3] & (0x80 >> (i & 7)))
@@ -1001,6 +1013,8 @@ class Worker:
         if not self.have[i >> 3] & mask:
             self.have[i >> 3] |= mask
             self.have_count += 1
+            if self.want[i >> 3] & mask:
+                self.want_left -= 1
 
     # -- requests ----------------------------------------------------------------
     def alloc_slot(self, index: int) -> Slot | None:
