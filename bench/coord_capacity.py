@@ -20,7 +20,7 @@ left out: no arena, no peers, no files are written.  A simulated worker
 sends what ``torrent/worker.py`` sends, at the same moments:
 
 - ``Ready``, then ``Availability`` (a full bitfield: its peers are seeders);
-- ``NeedPieces(max(LOW_WATER, 2 x nslots))`` when fewer than
+- ``NeedPieces(worker.lease_request(nslots, piece))`` when fewer than
   ``max(LOW_WATER, nslots)`` unstarted pieces remain (``nslots`` from the real
   ``shm.plan_slots`` for the piece size, K workers and the default arena);
 - one piece "verified" every ``K / rate`` seconds, reported in ``Verified``
@@ -65,6 +65,13 @@ from torrent.options import Options  # noqa: E402
 from torrent.shm import DEFAULT_ARENA_BYTES, plan_slots  # noqa: E402
 from torrent.worker import FLUSH_INTERVAL, LOW_WATER, TICK, VERIFIED_DELAY  # noqa: E402
 
+try:
+    from torrent.worker import lease_request
+except ImportError:  # a tree from before lease_request: two slots' worth
+
+    def lease_request(nslots: int, piece_length: int) -> int:
+        return max(LOW_WATER, 2 * nslots)
+
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
@@ -88,7 +95,7 @@ def sim_worker(wid: int, conn: Connection, *, num_pieces: int, rate: float, nslo
     """One simulated worker: the messages torrent/worker.py sends, paced at ``rate`` pieces/s."""
     bits = _bits_all(num_pieces)
     low_water = max(LOW_WATER, nslots)
-    want = max(LOW_WATER, 2 * nslots)
+    want = lease_request(nslots, piece)
     unstarted: dict[int, None] = {}
     batch: list[int] = []
     durable: list[int] = []
@@ -317,7 +324,7 @@ def run_step(*, piece: int, workers: int, rate: float, duration: float, num_piec
     pieces = max(1, r["verified"])
     return {
         "piece": piece, "workers": workers, "nslots": nslots,
-        "lease_pieces": max(LOW_WATER, 2 * nslots), "offered_pps": rate,
+        "lease_pieces": lease_request(nslots, piece), "offered_pps": rate,
         "achieved_pps": round(r["verified"] / r["wall_s"], 1),
         "busy": round(r["cpu_s"] / r["wall_s"], 4),
         "wall_s": round(r["wall_s"], 3), "cpu_s": round(r["cpu_s"], 4),
