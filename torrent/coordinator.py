@@ -392,11 +392,13 @@ class Coordinator:
                 self.log(f"resume: {len(done)} pieces in the journal; checking the other "
                          f"{len(rest)}")
                 res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
-                                  ranges=chunk_ranges(layout, rest))
+                                  ranges=chunk_ranges(layout, rest),
+                                  fork=self.opts.fork_workers)
                 done.update(i for i in rest if res.status[i] == PIECE_GOOD)
         elif existed:
             self.log("checking existing data (full recheck)")
-            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers)
+            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
+                              fork=self.opts.fork_workers)
             done = {i for i, s in enumerate(res.status) if s == PIECE_GOOD}
         with Storage(layout, writable=True) as st:
             st.create_files()
@@ -806,7 +808,8 @@ class Coordinator:
         check_output_paths(layout, self.outdir)
         if check:
             self.log(f"checking {meta.total_size / 2**20:.0f} MiB of data")
-            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers)
+            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
+                              fork=self.opts.fork_workers)
             good = [i for i, st in enumerate(res.status) if st == PIECE_GOOD]
         else:
             good = list(range(meta.num_pieces))
