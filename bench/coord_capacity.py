@@ -66,6 +66,14 @@ from torrent.shm import DEFAULT_ARENA_BYTES, plan_slots  # noqa: E402
 from torrent.worker import FLUSH_INTERVAL, LOW_WATER, TICK, VERIFIED_DELAY  # noqa: E402
 
 try:
+    from torrent.launch import watch_connection
+except ImportError:  # a tree from before watch_connection
+
+    def watch_connection(loop: Any, conn: Connection, callback: Any, *args: Any) -> None:
+        loop.add_reader(conn.fileno(), callback, *args)
+
+
+try:
     from torrent.worker import lease_request
 except ImportError:  # a tree from before lease_request: two slots' worth
 
@@ -201,18 +209,26 @@ def sim_worker(wid: int, conn: Connection, *, num_pieces: int, rate: float, nslo
         return
 
 
-def _sim_entry(wid: int, fd: int, kw: dict[str, Any]) -> None:
+def _sim_entry(wid: int, fd: int, others: list[int], kw: dict[str, Any]) -> None:
+    # Hold no other worker's connection (forked after them): else a killed run
+    # would leave the simulated workers waiting for an EOF that cannot come.
+    for o in others:
+        os.close(o)
     sim_worker(wid, Connection(fd), **kw)
 
 
 class _Proc:
-    """What the coordinator asks of a worker's process (``is_alive``)."""
+    """What the coordinator asks of a worker's process (``is_alive``, ``exitcode``)."""
 
     def __init__(self, p: multiprocessing.process.BaseProcess) -> None:
         self.p = p
 
     def is_alive(self) -> bool:
         return self.p.is_alive()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.p.exitcode
 
 
 class TimedCoordinator(Coordinator):
@@ -268,7 +284,8 @@ def run_step(*, piece: int, workers: int, rate: float, duration: float, num_piec
     procs = []
     for w in range(workers):
         a, b = socket.socketpair()
-        p = ctx.Process(target=_sim_entry, args=(w, b.fileno(), kw), daemon=True)
+        others = [h.conn.fileno() for h in coord.workers] + [a.fileno()]
+        p = ctx.Process(target=_sim_entry, args=(w, b.fileno(), others, kw), daemon=True)
         p.start()
         b.close()
         procs.append(p)
@@ -278,7 +295,7 @@ def run_step(*, piece: int, workers: int, rate: float, duration: float, num_piec
         loop = asyncio.get_running_loop()
         coord.done_event = asyncio.Event()
         for h in coord.workers:
-            loop.add_reader(h.conn.fileno(), coord.on_worker_message, h)
+            watch_connection(loop, h.conn, coord.on_worker_message, h)  # as Coordinator.run
         while time.monotonic() < t0:
             await asyncio.sleep(0.005)
         coord.leases.start(time.monotonic())

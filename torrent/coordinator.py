@@ -55,7 +55,7 @@ from .dht.service import Dht, dht_wanted, start_dht
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path, metadata_path
-from .launch import Child, can_fork, fork_child, send_fd, start_child
+from .launch import Child, can_fork, fork_child, send_fd, start_child, watch_connection
 from .leases import LeaseTable, Send
 from .options import Options, default_max_connections
 from .peeraddr import ban_key, format_peer, normalize_peer, parse_hostport
@@ -865,7 +865,7 @@ class Coordinator:
                      f"{format_peer(self.opts.bind or '*', self.port)} with {self.nworkers} "
                      "worker(s)")
         for h in self.workers:
-            loop.add_reader(h.conn.fileno(), self.on_worker_message, h)
+            watch_connection(loop, h.conn, self.on_worker_message, h)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self._on_signal)

@@ -58,7 +58,8 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-__all__ = ["Child", "can_fork", "fork_child", "recv_fd", "send_fd", "start_child"]
+__all__ = ["Child", "can_fork", "fork_child", "recv_fd", "send_fd", "start_child",
+           "watch_connection"]
 
 #: The directory holding the ``torrent`` package: the child must import this copy.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +113,24 @@ def _child_env() -> dict[str, str]:
         old = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + old if old else "")
     return env
+
+
+def watch_connection(loop: Any, conn: Connection, callback: Any, *args: Any) -> None:
+    """Call ``callback(*args)`` on ``loop`` whenever ``conn`` is readable; ``conn`` stays blocking.
+
+    uvloop's ``add_reader`` makes the descriptor non-blocking (a libuv poll
+    handle), but a :class:`~multiprocessing.connection.Connection` reads and
+    writes a message whole, and writes one of over 16 KiB as two ``send``
+    calls (its header, its body): a non-blocking read between the two failed
+    with ``EAGAIN`` in the middle of the message, and so did a write into a
+    full socket buffer, each taken for the other side's death (the
+    coordinator dropped the worker; the worker stopped).  An ``Availability``
+    of a torrent of more than 131,072 pieces is such a message.  The loop
+    only polls the descriptor; made blocking again, a read waits at most for
+    the rest of a message already being written.
+    """
+    loop.add_reader(conn.fileno(), callback, *args)
+    os.set_blocking(conn.fileno(), True)
 
 
 def start_child(target: str, *, name: str,

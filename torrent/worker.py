@@ -45,7 +45,7 @@ from . import __version__, _io, ipc
 from . import _speedups as _k
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import DiskFull, FastTorrentError, RemoteProtocolError
-from .launch import recv_fd
+from .launch import recv_fd, watch_connection
 from .net.peer import PeerConn
 from .options import MAX_CONNECTIONS_CAP, Options, dial_order, share
 from .peeraddr import ban_key, format_peer
@@ -1254,7 +1254,7 @@ class Worker:
         return s
 
     async def run(self) -> None:
-        self.loop.add_reader(self.conn.fileno(), self.on_control)
+        watch_connection(self.loop, self.conn, self.on_control)
         self.loop.add_reader(self.efd, self.on_io_done)
         if self.cfg.port:  # IPv4 and IPv6 (torrent/ports.py); one accept, one set of caps
             for sock in listen_sockets(self.cfg.options.bind, self.cfg.port, LISTEN_BACKLOG):
