@@ -356,24 +356,46 @@ def run_step(*, piece: int, workers: int, rate: float, duration: float, num_piec
     }
 
 
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``busy = fixed + per_piece x rate`` (both >= 0)."""
+    if len(points) < 2:
+        x, y = points[0]
+        return 0.0, y / x if x else 0.0
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    if slope <= 0:  # noise: charge everything to the pieces of the fastest step
+        x, y = max(points)
+        return 0.0, y / x if x else 0.0
+    return max(0.0, my - slope * mx), slope
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (piece, K): the knee and the capacity at one full core."""
+    """Per (piece, K): the knee, and the model ``busy = fixed + per_piece x pieces/s``.
+
+    ``fixed`` is what K workers cost the coordinator whatever the rate (Stats,
+    Durable with its fsync, Verified at most every VERIFIED_DELAY, the upkeep);
+    ``per_piece`` is the CPU each piece adds.  Capacity at one core:
+    ``(1 - fixed) / per_piece`` pieces/s.  Fitted on the steps served within 5 %
+    (process CPU, so the receive path and pickling are in).
+    """
     out = []
     for key in sorted({(r["piece"], r["workers"]) for r in rows}):
         rs = sorted((r for r in rows if (r["piece"], r["workers"]) == key),
                     key=lambda r: r["offered_pps"])
         served = [r for r in rs if r["achieved_pps"] >= 0.95 * r["offered_pps"]]
         knee = served[-1]["offered_pps"] if served else None
-        # the cost per piece at the highest rate served (fixed costs spread the most)
-        ref = served[-1] if served else rs[0]
-        cap = 1e6 / ref["process_cpu_us_per_piece"] if ref["process_cpu_us_per_piece"] else None
+        fixed, per = _fit([(r["achieved_pps"], r["busy"]) for r in (served or rs)])
+        cap = (1 - fixed) / per if per else None
+        ref = served[-1] if served else rs[-1]
         out.append({"piece": key[0], "workers": key[1], "lease_pieces": ref["lease_pieces"],
-                    "knee_offered_pps": knee,
-                    "cpu_us_per_piece": ref["cpu_us_per_piece"],
-                    "process_cpu_us_per_piece": ref["process_cpu_us_per_piece"],
-                    "messages_per_piece": ref["messages_per_piece"],
+                    "knee_offered_pps": knee, "steps_fitted": len(served or rs),
+                    "fixed_busy": round(fixed, 4), "us_per_piece": round(per * 1e6, 2),
+                    "messages_per_piece_at_knee": ref["messages_per_piece"],
                     "capacity_pps_one_core": round(cap) if cap else None,
-                    "capacity_MBps_one_core": round(cap * key[0] / MiB) if cap else None})
+                    "capacity_MBps_one_core": round(cap * key[0] / 1e6) if cap else None})
     return out
 
 
@@ -385,15 +407,17 @@ def markdown(doc: dict[str, Any]) -> str:
              "Busy machine numbers are pessimistic for the knee, far less for the CPU "
              "per piece (thread CPU clock).", "",
              "## Capacity per (piece size, workers)", "",
-             "| piece | K | lease | knee (offered pieces/s served) | msgs/piece | "
-             "CPU us/piece (handlers) | CPU us/piece (process) | capacity pieces/s "
-             "at 1 core | = MB/s |",
+             "Model fitted per row: coordinator busy = fixed + us/piece x pieces/s "
+             "(steps served within 5 %); capacity = (1 - fixed) / (us/piece) at one "
+             "full core.", "",
+             "| piece | K | lease (pieces) | knee (offered pieces/s served) | fixed busy | "
+             "us/piece | msgs in/piece at knee | capacity pieces/s | = MB/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in doc["summary"]:
         lines.append(f"| {s['piece'] >> 10} KiB | {s['workers']} | {s['lease_pieces']} | "
-                     f"{s['knee_offered_pps']} | {s['messages_per_piece']} | "
-                     f"{s['cpu_us_per_piece']} | {s['process_cpu_us_per_piece']} | "
-                     f"{s['capacity_pps_one_core']} | {s['capacity_MBps_one_core']} |")
+                     f"{s['knee_offered_pps']} | {s['fixed_busy']:.3f} | {s['us_per_piece']} | "
+                     f"{s['messages_per_piece_at_knee']} | {s['capacity_pps_one_core']} | "
+                     f"{s['capacity_MBps_one_core']} |")
     lines += ["", "## Every step", "",
               "| piece | K | offered | achieved | busy | us per message (by type) | sent |",
               "|---|---|---|---|---|---|---|"]
