@@ -62,7 +62,7 @@ from torrent import ipc, metainfo  # noqa: E402
 from torrent.coordinator import Coordinator, WorkerHandle  # noqa: E402
 from torrent.journal import Journal, journal_path  # noqa: E402
 from torrent.options import Options  # noqa: E402
-from torrent.shm import DEFAULT_ARENA_BYTES, plan_slots  # noqa: E402
+from torrent.shm import plan_slots  # noqa: E402
 from torrent.worker import FLUSH_INTERVAL, LOW_WATER, TICK, VERIFIED_DELAY  # noqa: E402
 
 try:
@@ -266,7 +266,7 @@ def _metainfo(num_pieces: int, piece: int) -> Any:
 
 
 def run_step(*, piece: int, workers: int, rate: float, duration: float, num_pieces: int,
-             avail_per_tick: bool, journal_dir: str, arena: int) -> dict[str, Any]:
+             avail_per_tick: bool, journal_dir: str, arena: int | None) -> dict[str, Any]:
     """One offered rate: K simulated workers against one real coordinator."""
     meta = _metainfo(num_pieces, piece)
     nslots = plan_slots(piece, workers, arena)
@@ -447,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torrent", type=int, default=64, help="torrent size in GiB (default 64)")
     ap.add_argument("--avail-per-tick", action="store_true",
                     help="each worker sends a full Availability every tick (leecher swarm)")
-    ap.add_argument("--arena", type=int, default=DEFAULT_ARENA_BYTES >> 20,
-                    help="arena MiB (default: the download's default)")
+    ap.add_argument("--arena", type=int, default=None,
+                    help="arena MiB (default: the download's default for K workers)")
     ap.add_argument("--journal-dir", default=".",
                     help="where the resume journal is fsynced (default: the current dir)")
     a = ap.parse_args(argv)
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                 dur = min(a.step, 0.8 * n / rate)
                 r = run_step(piece=piece, workers=k, rate=rate, duration=dur, num_pieces=n,
                              avail_per_tick=a.avail_per_tick, journal_dir=a.journal_dir,
-                             arena=a.arena << 20)
+                             arena=None if a.arena is None else a.arena << 20)
                 print(f"piece {pk} KiB K={k:3d} offered {rate:6d}/s achieved "
                       f"{r['achieved_pps']:8.1f}/s busy {r['busy']:.2f} "
                       f"{r['process_cpu_us_per_piece']:.1f} us/piece "
