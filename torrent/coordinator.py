@@ -20,7 +20,8 @@ then only moves small control messages:
   :class:`~torrent.leases.LeaseTable` (sans-IO); the coordinator only sends
   the messages it returns.
 - **Records**: verified pieces are broadcast to every worker (HAVE, cancel
-  duplicates); flushed pieces (:class:`~torrent.ipc.Durable`) are appended to
+  duplicates) in batches, one message per worker at most every
+  :data:`PIECES_DONE_DELAY`; flushed pieces (:class:`~torrent.ipc.Durable`) are appended to
   the resume journal.
 
 The download ends when every piece is verified and durable (exit 0), when
