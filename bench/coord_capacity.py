@@ -58,12 +58,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from torrent import ipc, metainfo  # noqa: E402
-from torrent.coordinator import Coordinator, WorkerHandle  # noqa: E402
-from torrent.journal import Journal, journal_path  # noqa: E402
-from torrent.options import Options  # noqa: E402
-from torrent.shm import plan_slots  # noqa: E402
-from torrent.worker import FLUSH_INTERVAL, LOW_WATER, TICK, VERIFIED_DELAY  # noqa: E402
+from torrent import ipc, metainfo
+from torrent.coordinator import Coordinator, WorkerHandle
+from torrent.journal import Journal, journal_path
+from torrent.options import Options
+from torrent.shm import plan_slots
+from torrent.worker import FLUSH_INTERVAL, LOW_WATER, TICK, VERIFIED_DELAY
 
 try:
     from torrent.launch import watch_connection

@@ -574,7 +574,10 @@ class Coordinator:
         since the last batch is over (a timer on the running loop).
         """
         for a in done:
-            self._done_pending.setdefault(a.worker, []).extend(a.msg.pieces)
+            if type(a.msg) is ipc.PiecesDone:
+                self._done_pending.setdefault(a.worker, []).extend(a.msg.pieces)
+            else:
+                self.send(self.workers[a.worker], a.msg)  # (verified() returns none)
         if not self._done_pending:
             return
         wait = self._done_sent_at + PIECES_DONE_DELAY - self.clock()

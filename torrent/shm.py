@@ -50,8 +50,9 @@ from ._io import DIRECT_ALIGN
 from .errors import ResourceExhausted
 from .sysinfo import available_memory
 
-__all__ = ["ARENA_BYTES_PER_WORKER", "DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MAX_SLOT_BYTES", "MEMORY_SHARE", "MIN_SLOTS",
-           "SLOT_ALIGN", "Arena", "arena_free_bytes", "plan_slots", "slot_stride"]
+__all__ = ["ARENA_BYTES_PER_WORKER", "DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MAX_SLOT_BYTES",
+           "MEMORY_SHARE", "MIN_SLOTS", "SLOT_ALIGN", "Arena", "arena_free_bytes", "plan_slots",
+           "slot_stride"]
 
 #: Default arena size.  At 1 GB/s a 1 MiB piece spends about 1 ms in flight per
 #: peer; 64 slots per worker cover a deep request pipeline to several peers
