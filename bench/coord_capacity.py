@@ -81,6 +81,9 @@ except ImportError:  # a tree from before lease_request: two slots' worth
         return max(LOW_WATER, 2 * nslots)
 
 KiB = 1 << 10
+#: A coordinator busy this much of the time is saturated (the rest is the loop's
+#: own waiting and the machine's noise).
+SATURATED = 0.8
 MiB = 1 << 20
 GiB = 1 << 30
 #: A simulated worker's "download": how the coordinator sees a worker, no more.
@@ -378,8 +381,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ``fixed`` is what K workers cost the coordinator whatever the rate (Stats,
     Durable with its fsync, Verified at most every VERIFIED_DELAY, the upkeep);
     ``per_piece`` is the CPU each piece adds.  Capacity at one core:
-    ``(1 - fixed) / per_piece`` pieces/s.  Fitted on the steps served within 5 %
-    (process CPU, so the receive path and pickling are in).
+    ``(1 - fixed) / per_piece`` pieces/s.  Fitted on every step, against the
+    rate achieved (process CPU, so the receive path and pickling are in): a
+    step that fell short still says what that rate cost.  ``limited_by`` names
+    what held the highest step back: the coordinator (busy above
+    :data:`SATURATED`), else the simulated workers (a machine too busy to run
+    them at that rate).
     """
     out = []
     for key in sorted({(r["piece"], r["workers"]) for r in rows}):
@@ -387,11 +394,14 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     key=lambda r: r["offered_pps"])
         served = [r for r in rs if r["achieved_pps"] >= 0.95 * r["offered_pps"]]
         knee = served[-1]["offered_pps"] if served else None
-        fixed, per = _fit([(r["achieved_pps"], r["busy"]) for r in (served or rs)])
+        fixed, per = _fit([(r["achieved_pps"], r["busy"]) for r in rs])
         cap = (1 - fixed) / per if per else None
         ref = served[-1] if served else rs[-1]
+        top = rs[-1]
+        limited = None if top in served else (
+            "coordinator" if top["busy"] >= SATURATED else "simulated workers")
         out.append({"piece": key[0], "workers": key[1], "lease_pieces": ref["lease_pieces"],
-                    "knee_offered_pps": knee, "steps_fitted": len(served or rs),
+                    "knee_offered_pps": knee, "steps_fitted": len(rs), "limited_by": limited,
                     "fixed_busy": round(fixed, 4), "us_per_piece": round(per * 1e6, 2),
                     "messages_per_piece_at_knee": ref["messages_per_piece"],
                     "capacity_pps_one_core": round(cap) if cap else None,
@@ -407,15 +417,17 @@ def markdown(doc: dict[str, Any]) -> str:
              "Busy machine numbers are pessimistic for the knee, far less for the CPU "
              "per piece (thread CPU clock).", "",
              "## Capacity per (piece size, workers)", "",
-             "Model fitted per row: coordinator busy = fixed + us/piece x pieces/s "
-             "(steps served within 5 %); capacity = (1 - fixed) / (us/piece) at one "
-             "full core.", "",
-             "| piece | K | lease (pieces) | knee (offered pieces/s served) | fixed busy | "
-             "us/piece | msgs in/piece at knee | capacity pieces/s | = MB/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Model fitted per row over every step: coordinator busy = fixed + us/piece x "
+             "pieces/s achieved; capacity = (1 - fixed) / (us/piece) at one full core. "
+             "Knee: the highest offered rate served within 5 %; past it, what fell short.",
+             "",
+             "| piece | K | lease (pieces) | knee (offered pieces/s served) | then limited by | "
+             "fixed busy | us/piece | msgs in/piece at knee | capacity pieces/s | = MB/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in doc["summary"]:
         lines.append(f"| {s['piece'] >> 10} KiB | {s['workers']} | {s['lease_pieces']} | "
-                     f"{s['knee_offered_pps']} | {s['fixed_busy']:.3f} | {s['us_per_piece']} | "
+                     f"{s['knee_offered_pps']} | {s['limited_by'] or '-'} | "
+                     f"{s['fixed_busy']:.3f} | {s['us_per_piece']} | "
                      f"{s['messages_per_piece_at_knee']} | {s['capacity_pps_one_core']} | "
                      f"{s['capacity_MBps_one_core']} |")
     lines += ["", "## Every step", "",
