@@ -162,3 +162,14 @@ def test_the_last_pieces_done_is_not_held_back() -> None:
                                  ipc.PiecesDone((N - 1,))]
 
     asyncio.run(run())
+
+
+def test_a_worker_with_few_slots_still_asks_for_32_mib_of_pieces() -> None:
+    from torrent.worker import LEASE_MIN_BYTES, LOW_WATER, lease_request
+
+    MiB = 1 << 20
+    assert LEASE_MIN_BYTES == 32 * MiB
+    assert lease_request(64, MiB) == 128  # 2 workers: two slots' worth, as before
+    assert lease_request(4, MiB) == 32  # 64 workers, 4 slots each: 32 MiB, not 8 pieces
+    assert lease_request(16, 256 << 10) == 128
+    assert lease_request(2, 64 * MiB) == LOW_WATER  # huge pieces: the floor of the count
