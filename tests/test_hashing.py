@@ -129,16 +129,19 @@ def test_a_child_that_dies_is_an_error_not_a_hang(tmp_path: Path) -> None:
 
     meta, _data = make(tmp_path)
     killed: list[int] = []
-    real = hashing.fork_child
 
-    def fork_then_kill(target: str, *, name: str):  # type: ignore[no-untyped-def]
-        proc, conn = real(target, name=name)
-        proc.kill()
-        killed.append(proc.pid)
-        return proc, conn
+    def then_kill(start):  # type: ignore[no-untyped-def]
+        def started(target: str, *, name: str):  # type: ignore[no-untyped-def]
+            proc, conn = start(target, name=name)
+            proc.kill()
+            killed.append(proc.pid)
+            return proc, conn
+        return started
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(hashing, "fork_child", fork_then_kill)
+    # a fork when this process runs one thread, else a fresh interpreter: both die
+    mp.setattr(hashing, "fork_child", then_kill(hashing.fork_child))
+    mp.setattr(hashing, "start_child", then_kill(hashing.start_child))
     try:
         with pytest.raises(StorageError, match="hash worker fasttorrent-hash-1 died"):
             hash_pieces(layout_for(meta, str(tmp_path)), digests=meta.piece_hashes, workers=2,
