@@ -25,9 +25,9 @@ dies.
 
 Measured (``bench/README.md``, "verify at N cores"): the parent used to hash
 nothing and wait for every child to be up before handing out any work, so
-the second core cost a whole interpreter start (about 0.15 s of CPU, more on
-a loaded machine) before the first byte was hashed, and the parent's core
-idled.
+the second core cost two interpreter starts (about 0.1 s of CPU each, and
+0.1-0.5 s of waiting on a loaded machine) before the first byte was hashed,
+and the parent's core idled.
 """
 
 from __future__ import annotations
