@@ -323,3 +323,46 @@ def test_bench_interrupt_mid_run_leaves_nothing(tmp_path: Path, sig: signal.Sign
             if ln.startswith("bench: work dir")]
     assert len(work) == 1 and not os.path.exists(work[0])
     assert not [n for n in shm if os.path.exists(f"/dev/shm/{n}")]
+
+
+def test_a_process_spawned_with_cpus_runs_on_them_and_so_do_its_children() -> None:
+    """--client-cpus / --seeder-cpus: taskset before the command, inherited by its forks."""
+    from torrent.tools.procs import Processes
+
+    want = sorted(os.sched_getaffinity(0))[-1:]
+    code = ("import os, sys\nif os.fork() == 0:\n    print(sorted(os.sched_getaffinity(0)))\n"
+            "    sys.stdout.flush(); os._exit(0)\nos.wait()")
+    procs = Processes()
+    try:
+        p = procs.spawn([sys.executable, "-c", code], "pinned", timeout=30,
+                        stdout=subprocess.PIPE, cpus=want)
+        out, _ = p.popen.communicate(timeout=30)
+    finally:
+        procs.stop_all()
+    assert out.strip() == str(want)
+
+
+def test_bench_cpu_lists_parse_and_bad_ones_are_usage_errors(tmp_path: Path) -> None:
+    import argparse
+
+    from torrent.tools.bench import cpu_list_arg
+
+    assert cpu_list_arg("0") == (0,)
+    assert cpu_list_arg("3,0-2,2") == (0, 1, 2, 3)
+    for bad in ("", "a", "-1", "2-1", "0-99999", "1,,2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cpu_list_arg(bad)
+    line = _one_line_error(["--client-cpus", "4095", "--results", str(tmp_path)], _env())
+    assert line.startswith("fasttorrent") and "--client-cpus: CPU 4095 is not one" in line
+    line = _one_line_error(["--seeder-cpus", "x", "--results", str(tmp_path)], _env())
+    assert "--seeder-cpus" in line and "not a CPU list" in line
+    assert list(tmp_path.iterdir()) == []  # refused before anything ran
+
+
+def test_bench_pinned_client_and_seeders(tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    _r, doc, _base = bench(tmp_path, "--clients", "ft1", "--client-cpus", str(cpus[0]),
+                           "--seeder-cpus", str(cpus[-1]))
+    check_doc(doc, ["ft1"], "fasttorrent")
+    assert doc["params"]["client_cpus"] == [cpus[0]]
+    assert doc["params"]["seeder_cpus"] == [cpus[-1]]

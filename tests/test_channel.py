@@ -175,3 +175,47 @@ def test_a_gone_peer_breaks_the_channel_and_flush_blocks_for_the_rest(
             ch.send("again")
 
     run(main())
+
+
+def test_the_coordinator_keeps_a_worker_whose_message_arrives_in_two_parts() -> None:
+    # An Availability of a 262,144-piece torrent (64 GiB of 256 KiB pieces) is 32 KiB:
+    # Connection.send writes it as two writes, and the coordinator read it between them.
+    from types import SimpleNamespace
+
+    from torrent import ipc
+    from torrent.coordinator import Coordinator, WorkerHandle
+    from torrent.options import Options
+
+    pieces = 262_144
+    meta = SimpleNamespace(num_pieces=pieces, piece_length=256 << 10,
+                           total_size=pieces * (256 << 10), info_hash=b"\1" * 20,
+                           info_hash_hex="01" * 20, trackers=(), private=False, files=())
+    c = Coordinator(meta, "/nonexistent", Options(workers=1, stall_timeout=0,
+                                                  use_trackers=False))
+    ours, theirs = socket.socketpair()
+    h = WorkerHandle(0, SimpleNamespace(exitcode=None), Connection(ours.detach()))
+    c.workers = [h]
+    body = pickle.dumps(ipc.Availability(b"\xff" * (pieces // 8)))
+    raw = struct.pack("!i", len(body)) + body
+    theirs.sendall(raw[:1000])  # the length and a little: the rest comes later
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        h.channel = Channel(h.conn.fileno(), loop)  # as Coordinator.run
+        loop.add_reader(h.conn.fileno(), c.on_worker_message, h)
+        await asyncio.sleep(0.05)
+        assert h.alive and not c.leases.workers[0].has(0)  # nothing yet, and still alive
+        theirs.sendall(raw[1000:])
+        for _ in range(int(BOUND / 0.01)):
+            await asyncio.sleep(0.01)
+            if c.leases.workers[0].has(pieces - 1):
+                break
+        loop.remove_reader(h.conn.fileno())
+
+    try:
+        run(main())
+        assert h.alive and not c.warnings
+        assert c.leases.workers[0].has(0) and c.leases.workers[0].has(pieces - 1)
+    finally:
+        h.conn.close()
+        theirs.close()

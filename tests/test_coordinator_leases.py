@@ -10,11 +10,13 @@ steal whose victim dies before it answers).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 from torrent import ipc
-from torrent.coordinator import Coordinator, WorkerHandle
+from torrent.coordinator import PIECES_DONE_DELAY, Coordinator, WorkerHandle
 from torrent.leases import PieceState
 from torrent.options import Options
 
@@ -32,14 +34,16 @@ class Pipe:
         return -1
 
 
-def coordinator(workers: int) -> tuple[Coordinator, list[WorkerHandle]]:
+def coordinator(workers: int, clock: Callable[[], float] | None = None,
+                ) -> tuple[Coordinator, list[WorkerHandle]]:
     meta = SimpleNamespace(num_pieces=N, piece_length=16384, total_size=N * 16384,
                            info_hash=b"\1" * 20, info_hash_hex="01" * 20, trackers=(),
                            files=[SimpleNamespace(path="t", length=N * 16384, offset=0,
                                                   pad=False)])
     opts = Options(workers=workers, bind="127.0.0.1", max_peers=10, stall_timeout=0,
                    use_trackers=False)
-    c = Coordinator(meta, "/nonexistent", opts)
+    c = Coordinator(meta, "/nonexistent", opts) if clock is None else \
+        Coordinator(meta, "/nonexistent", opts, clock=clock)
     hs = []
     for w in range(workers):
         h = WorkerHandle(w, SimpleNamespace(exitcode=-9), Pipe())
@@ -114,3 +118,60 @@ def test_verified_pieces_are_announced_to_the_others_and_counted() -> None:
     assert res.duplicate_pieces == 1
     assert [w["pieces"] for w in res.workers] == [2, 0, 0]
     assert [w["endgame_pieces"] for w in res.workers] == [0, 0, 0]
+
+
+def done_msgs(h: WorkerHandle) -> list[ipc.PiecesDone]:
+    return [m for m in h.conn.sent if isinstance(m, ipc.PiecesDone)]
+
+
+def test_pieces_done_goes_out_in_one_batch_per_interval() -> None:
+    """K workers each reporting every 50 ms must not cost K x (K - 1) messages."""
+    now = [100.0]
+    c, (w0, w1, w2) = coordinator(3, clock=lambda: now[0])
+    lease_to(c, w0, range(4))
+    lease_to(c, w1, range(4, 8))
+
+    async def run() -> None:
+        c.handle(w0, ipc.Verified((0, 1)))  # the first batch goes at once
+        assert done_msgs(w1) == done_msgs(w2) == [ipc.PiecesDone((0, 1))]
+        now[0] += PIECES_DONE_DELAY / 5
+        c.handle(w0, ipc.Verified((2,)))
+        c.handle(w1, ipc.Verified((4, 5)))
+        assert len(done_msgs(w2)) == 1 and done_msgs(w0) == []  # held back
+        now[0] += PIECES_DONE_DELAY
+        c.flush_pieces_done()  # what the timer runs
+        assert done_msgs(w0) == [ipc.PiecesDone((4, 5))]  # never its own pieces
+        assert done_msgs(w1)[1:] == [ipc.PiecesDone((2,))]
+        assert done_msgs(w2)[1:] == [ipc.PiecesDone((2, 4, 5))]  # one message for both
+        c.flush_pieces_done()  # nothing pending: nothing sent
+        assert len(w0.conn.sent) + len(w1.conn.sent) + len(w2.conn.sent) == 5
+
+    asyncio.run(run())
+    assert c.verified == 5
+
+
+def test_the_last_pieces_done_is_not_held_back() -> None:
+    """Complete: the workers (seeding next) hear of every piece at once."""
+    now = [100.0]
+    c, (w0, w1) = coordinator(2, clock=lambda: now[0])
+    lease_to(c, w0, range(N))
+
+    async def run() -> None:
+        c.handle(w0, ipc.Verified(tuple(range(N - 1))))
+        now[0] += PIECES_DONE_DELAY / 5
+        c.handle(w0, ipc.Verified((N - 1,)))
+        assert done_msgs(w1) == [ipc.PiecesDone(tuple(range(N - 1))),
+                                 ipc.PiecesDone((N - 1,))]
+
+    asyncio.run(run())
+
+
+def test_a_worker_with_few_slots_still_asks_for_32_mib_of_pieces() -> None:
+    from torrent.worker import LEASE_MIN_BYTES, LOW_WATER, lease_request
+
+    MiB = 1 << 20
+    assert LEASE_MIN_BYTES == 32 * MiB
+    assert lease_request(64, MiB) == 128  # 2 workers: two slots' worth, as before
+    assert lease_request(4, MiB) == 32  # 64 workers, 4 slots each: 32 MiB, not 8 pieces
+    assert lease_request(16, 256 << 10) == 128
+    assert lease_request(2, 64 * MiB) == LOW_WATER  # huge pieces: the floor of the count

@@ -81,6 +81,9 @@ def free_memory(monkeypatch: pytest.MonkeyPatch, nbytes: int | None,
         (40 * MiB, MiB, 2, None, 10),  # half of the available memory: 20 MiB / 2 MiB
         (8 * MiB, MiB, 2, None, MIN_SLOTS),  # half the memory is 4 MiB: just the minimum
         (None, MiB, 2, 10 * MiB, 5),  # memory unknown: the budget alone
+        (64 << 30, MiB, 16, None, 16),  # 16 workers: still 256 MiB in all
+        (64 << 30, MiB, 64, None, 16),  # 64 workers: 16 MiB each (1 GiB), not 4 MiB
+        (1 << 30, MiB, 64, None, 8),  # ... within half of the available memory
     ],
 )
 def test_plan_slots_bounds(monkeypatch: pytest.MonkeyPatch, free: int | None, piece: int,

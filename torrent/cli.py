@@ -283,6 +283,7 @@ def cmd_create(a: argparse.Namespace) -> int:
         private=a.private,
         workers=a.workers or _default_workers(),
         comment=a.comment,
+        fork=True,
     )
     tmp = a.output + ".part"
     try:
@@ -309,7 +310,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
     meta = _load(a.torrent)
     if not os.path.isdir(a.dir):
         raise UsageError(f"{a.dir}: not a directory")
-    rep = verify_data(meta, a.dir, workers=a.workers or _default_workers())
+    rep = verify_data(meta, a.dir, workers=a.workers or _default_workers(), fork=True)
     if a.json:
         d = rep.to_json_dict()
         d["info_hash"] = meta.info_hash_hex

@@ -74,6 +74,7 @@ def create_torrent(
     comment: str | None = None,
     creation_date: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    fork: bool = False,
 ) -> bytes:
     """Hash ``path`` (a file or a directory) and return the bencoded .torrent.
 
@@ -84,6 +85,8 @@ def create_torrent(
         trackers: announce tiers (BEP 12); the first URL is also ``announce``.
         private: set the BEP 27 private flag.
         workers: hashing processes.
+        fork: the hashing children may be forks of this process (see
+            :func:`torrent.hashing.hash_pieces`); for a caller that owns its process.
 
     Raises:
         UsageError: nothing to share, or a bad piece length.
@@ -104,7 +107,7 @@ def create_torrent(
         spans.append(FileSpan(path=full, rel=rel, length=size, offset=off))
         off += size
     layout = Layout(spans, piece_length, total)
-    res = hash_pieces(layout, digests=None, workers=workers, progress=progress)
+    res = hash_pieces(layout, digests=None, workers=workers, progress=progress, fork=fork)
     if res.bytes_read != total:
         raise StorageError("a file changed size while it was being hashed")
     for full, rel, size in files:

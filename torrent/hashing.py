@@ -3,21 +3,31 @@
 Theory of operation
 -------------------
 The piece space is cut into chunks of whole pieces of about
-:data:`CHUNK_BYTES`.  ``N`` worker processes (fresh interpreters started by
-:mod:`torrent.launch`, so nothing of the parent's state leaks in and the
-caller's main module is never re-imported) each get chunk indices over their
-own control connection, read each chunk straight from the files into their
-own reusable buffer with ``preadv`` (or hash it from a mapping of the file),
-and hand it to the native core (:mod:`torrent._fast`), which hashes the
-whole batch with the GIL released.  Only chunk indices go to the workers and
-only one status byte (or one 20-byte digest) per piece comes back: no piece
-data is ever pickled between processes.  Each worker has at most
-:data:`TASKS_IN_FLIGHT` chunks at a time and gets the next one when it
-returns one, which balances the load by itself when files are unevenly
-cached.  A worker exits when its connection reaches EOF: when the parent is
-done with it, or dies.
+:data:`CHUNK_BYTES`.  With ``N`` workers, this process is worker 0 and
+``N - 1`` child processes are the others: fresh interpreters started by
+:mod:`torrent.launch` (so nothing of the caller's state leaks in and its
+main module is never re-imported), or, when the caller owns its whole
+process and asks for it (``fork``: the CLI), forks of this one, ready in
+milliseconds instead of an interpreter start and its imports.  Each worker
+hashes a chunk from a mapping of the file (or reads it into its own reusable
+buffer with ``preadv`` when it spans files or a file is short) and hands it
+to the native core (:mod:`torrent._fast`), which hashes the whole batch with
+the GIL released.  Only chunk indices go to the children and only one status
+byte (or one 20-byte digest) per piece comes back: no piece data is ever
+pickled between processes.  A child has at most :data:`TASKS_IN_FLIGHT`
+chunks at a time and gets the next one when it returns one; this process
+answers the children between its own chunks and hashes from the start, while
+they are still starting.  That balances the load by itself when files are
+unevenly cached or a child is slow to start (each child is sent one chunk
+at once, queued behind its start-up, so every worker does a share).  A child
+exits when its connection reaches EOF: when the parent is done with it, or
+dies.
 
-With one worker the same loop runs in this process (no spawn cost).
+Measured (``bench/README.md``, "verify at N cores"): the parent used to hash
+nothing and wait for every child to be up before handing out any work, so
+the second core cost two interpreter starts (about 0.1 s of CPU each, and
+0.1-0.5 s of waiting on a loaded machine) before the first byte was hashed,
+and the parent's core idled.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from typing import Any, cast
 
 from . import _speedups as _k
 from .errors import DiskFull, FastTorrentError, ResourceExhausted, StorageError
-from .launch import Child, start_child
+from .launch import Child, can_fork, fork_child, start_child
 from .storage import Layout, Storage
 
 __all__ = [
@@ -213,7 +223,7 @@ def chunk_ranges(layout: Layout, pieces: list[int]) -> list[tuple[int, int]]:
 
 def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
                 progress: Callable[[int, int], None] | None = None,
-                ranges: list[tuple[int, int]] | None = None) -> HashResult:
+                ranges: list[tuple[int, int]] | None = None, fork: bool = False) -> HashResult:
     """Hash every piece of ``layout`` with ``workers`` processes.
 
     Args:
@@ -224,6 +234,9 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
         progress: called with ``(bytes_done, bytes_total)`` after each chunk.
         ranges: only these ``(first, end)`` piece ranges (default: all, in chunks);
             the status of pieces outside them stays PIECE_BAD.
+        fork: start the other workers as forks of this process when it runs one
+            thread (:func:`~torrent.launch.fork_child`; only for a caller that owns
+            its process, as the CLI does); else fresh interpreters.
 
     Returns:
         A :class:`HashResult` with per-piece status or digests and per-worker stats.
@@ -255,76 +268,81 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
         if progress is not None:
             progress(done_bytes, layout.total_size)
 
-    if workers == 1:
-        h = _Hasher(layout, digests)
-        busy = 0.0
-        try:
-            for first, end in chunks:
-                t = time.perf_counter()
-                out, nbytes = h.run(first, end)
-                busy += time.perf_counter() - t
-                record(0, first, out, nbytes, busy)
-        finally:
-            h.close()
-    else:
-        _hash_in_children(layout, digests, chunks, workers, record)
+    _hash_with_children(layout, digests, chunks, workers, record, fork=fork)
     return HashResult(status=status, digests=dig, bytes_read=done_bytes,
                       seconds=time.perf_counter() - t0, workers=stats)
 
 
-def _hash_in_children(layout: Layout, digests: bytes | None, chunks: list[tuple[int, int]],
-                      workers: int, record: Callable[[int, int, bytes, int, float], None]) -> None:
-    """Hash ``chunks`` in ``workers`` child processes, calling ``record`` per chunk done."""
+def _hash_with_children(layout: Layout, digests: bytes | None, chunks: list[tuple[int, int]],
+                        workers: int, record: Callable[[int, int, bytes, int, float], None],
+                        *, fork: bool) -> None:
+    """Hash ``chunks`` here (worker 0) and in ``workers - 1`` children, calling ``record``
+    per chunk done."""
+    h = _Hasher(layout, digests)
     children: list[tuple[Child, Connection]] = []
+    ready: set[int] = set()
     try:
-        for w in range(workers):
+        start = fork_child if fork and can_fork() else start_child
+        for w in range(1, workers):
             try:
-                children.append(start_child("torrent.hashing:_worker_main",
-                                            name=f"fasttorrent-hash-{w}"))
+                children.append(start("torrent.hashing:_worker_main",
+                                      name=f"fasttorrent-hash-{w}"))
             except OSError as e:
                 raise ResourceExhausted(f"cannot start hash worker {w}: "
                                         f"{e.strerror or e}") from None
-        for w, (_proc, conn) in enumerate(children):
+        conns = [c for _p, c in children]
+        for w, conn in enumerate(conns, 1):
             _send(conn, (w, layout, digests))
+        wid_of = {id(conn): w for w, conn in enumerate(conns, 1)}
         todo = list(reversed(chunks))
-        busy = [0] * workers  # chunks each worker holds
-        ready = 0
-        wid_of = {id(conn): w for w, (_proc, conn) in enumerate(children)}
-        while ready < workers or todo or any(busy):
-            for ready_conn in wait([c for _p, c in children]):
+        held = [0] * workers  # chunks each child holds
+        # One chunk each right away, queued behind its start-up: every worker
+        # does a share however late it starts (there are at least ``workers``
+        # chunks), and the tail waits for a late child's one chunk at most.
+        for w, conn in enumerate(conns, 1):
+            _send(conn, todo.pop())
+            held[w] += 1
+        my_busy = 0.0
+        while todo or any(held):
+            # The children first, never kept waiting while this process hashes:
+            # a child holds TASKS_IN_FLIGHT chunks, more than one of ours takes.
+            for ready_conn in (wait(conns, timeout=0 if todo else None) if conns else ()):
                 conn = cast(Connection, ready_conn)
                 w = wid_of[id(conn)]
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):
-                    proc = children[w][0]
+                    proc = children[w - 1][0]
                     proc.join(_EXIT_TIMEOUT_S)
                     raise StorageError(f"hash worker {proc.name} died (exit code "
                                        f"{proc.exitcode})") from None
                 kind = msg[0]
                 if kind == "ready":
-                    ready += 1
-                    if ready < workers:
-                        continue
-                    # Hand out work only once every worker is up: the first one
-                    # up would otherwise take a small job all by itself.
-                    for _ in range(TASKS_IN_FLIGHT):
-                        for k, (_p, c) in enumerate(children):
-                            if todo:
-                                _send(c, todo.pop())
-                                busy[k] += 1
+                    ready.add(w)
+                    while todo and held[w] < TASKS_IN_FLIGHT:
+                        _send(conn, todo.pop())
+                        held[w] += 1
                 elif kind == "ok":
-                    busy[w] -= 1
+                    held[w] -= 1
                     record(msg[1], msg[2], msg[3], msg[4], msg[5])
                     if todo:
                         _send(conn, todo.pop())
-                        busy[w] += 1
+                        held[w] += 1
                 else:
                     cls = _ERRORS.get(msg[2], StorageError)
                     raise cls(msg[3])
+            if todo:
+                first, end = todo.pop()
+                t = time.perf_counter()
+                out, nbytes = h.run(first, end)
+                my_busy += time.perf_counter() - t
+                record(0, first, out, nbytes, my_busy)
     finally:
-        for _proc, conn in children:
+        h.close()
+        for w, (proc, conn) in enumerate(children, 1):
             conn.close()  # EOF: the worker exits
+            if w not in ready:
+                proc.kill()  # still starting when an error ended the run: no need to wait
         for proc, _conn in children:
             proc.join(_EXIT_TIMEOUT_S)
             if proc.is_alive():

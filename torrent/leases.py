@@ -261,22 +261,26 @@ class LeaseTable:
         w = self.workers[wid]
         state, owner = self.state, self.owner
         new: list[int] = []
+        workers = self.workers
         for i in pieces:
             if state[i] != _VERIFIED:
-                if owner[i] not in (-1, wid):
+                holder = owner[i]
+                if holder not in (-1, wid):
                     w.endgame_pieces += 1  # taken over from a slower worker
                 if state[i] != _UNWANTED:
                     self.wanted_left -= 1
+                if state[i] == _LEASED:
+                    # only its leaseholder has it in ``leased`` (the invariant): not
+                    # a walk over every worker per piece
+                    workers[holder].leased.discard(i)
                 state[i] = _VERIFIED
                 owner[i] = wid
                 self.num_verified += 1
                 w.pieces_first += 1
                 new.append(i)
+                self.endgame_dups.pop(i, None)  # verified for good: no copy is needed
             else:
                 self.duplicates += 1
-            for o in self.workers:
-                o.leased.discard(i)
-            self.endgame_dups.pop(i, None)  # verified for good: no copy is needed
         if not new:
             return new, []
         done = ipc.PiecesDone(tuple(new))

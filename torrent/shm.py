@@ -51,13 +51,20 @@ from ._io import DIRECT_ALIGN
 from .errors import ResourceExhausted
 from .sysinfo import available_memory
 
-__all__ = ["DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MAX_SLOT_BYTES", "MEMORY_SHARE", "MIN_SLOTS",
-           "SLOT_ALIGN", "Arena", "arena_free_bytes", "plan_slots", "slot_stride"]
+__all__ = ["ARENA_BYTES_PER_WORKER", "DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MAX_SLOT_BYTES",
+           "MEMORY_SHARE", "MIN_SLOTS", "SLOT_ALIGN", "Arena", "arena_free_bytes", "plan_slots",
+           "slot_stride"]
 
 #: Default arena size.  At 1 GB/s a 1 MiB piece spends about 1 ms in flight per
 #: peer; 64 slots per worker cover a deep request pipeline to several peers
 #: with room for pieces waiting on the hash/write thread.
 DEFAULT_ARENA_BYTES = 256 << 20
+#: ... and at least this much per worker: a slot is held from a piece's first
+#: block to its write (~20 ms at a worker's ~800 MB/s), so a worker needs
+#: ~16 MiB in flight; 256 MiB split 64 ways (4 MiB each) capped a 64-core run
+#: at ~256 MiB / 20 ms = 12.8 GB/s whatever the cores (bench/README.md,
+#: "Scaling past two cores").  Up to 16 workers this changes nothing.
+ARENA_BYTES_PER_WORKER = 16 << 20
 #: Slots per worker: at least two (one filling while one is hashed).  Up to
 #: BASE_SLOTS whatever the piece size (64 slots of 1 MiB: more in-flight data
 #: only adds memory, not speed); small pieces get more, up to MAX_SLOT_BYTES
@@ -96,7 +103,8 @@ def plan_slots(slot_size: int, workers: int, arena_bytes: int | None = None) -> 
     Args:
         slot_size: bytes of one slot (a piece, plus any slack).
         workers: worker processes, each getting the same number of slots.
-        arena_bytes: the budget (default :data:`DEFAULT_ARENA_BYTES`).
+        arena_bytes: the budget (default: :data:`DEFAULT_ARENA_BYTES`, or
+            :data:`ARENA_BYTES_PER_WORKER` per worker when that is more).
 
     Returns:
         Slots per worker, between :data:`MIN_SLOTS` and :data:`MAX_SLOTS`.
@@ -105,7 +113,8 @@ def plan_slots(slot_size: int, workers: int, arena_bytes: int | None = None) -> 
         ResourceExhausted: not even :data:`MIN_SLOTS` per worker fit in memory.
     """
     stride = slot_stride(slot_size)
-    budget = arena_bytes if arena_bytes is not None else DEFAULT_ARENA_BYTES
+    budget = arena_bytes if arena_bytes is not None else max(
+        DEFAULT_ARENA_BYTES, workers * ARENA_BYTES_PER_WORKER)
     avail = arena_free_bytes()
     # Memory unknown (no /proc): the budget alone; the reservation still checks.
     free = avail[0] if avail is not None else budget

@@ -59,13 +59,16 @@ class VerifyReport:
 
 
 def verify_data(meta: Any, directory: str, *, workers: int,
-                progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+                progress: Callable[[int, int], None] | None = None,
+                fork: bool = False) -> VerifyReport:
     """Hash the data in ``directory`` (laid out as a download writes it) against ``meta``.
 
     Args:
         meta: a parsed torrent (:class:`torrent.metainfo.Metainfo`).
         directory: the output directory; file paths are ``meta.files[i].path`` under it.
-        workers: hashing processes.
+        workers: hashing processes (this one and ``workers - 1`` children).
+        fork: the children may be forks of this process (see
+            :func:`torrent.hashing.hash_pieces`); for a caller that owns its process.
 
     Returns:
         A :class:`VerifyReport`; per piece good / bad / missing, per file complete or not.
@@ -74,7 +77,8 @@ def verify_data(meta: Any, directory: str, *, workers: int,
         StorageError: an I/O error other than a missing file.
     """
     layout = layout_for(meta, directory)
-    res = hash_pieces(layout, digests=meta.piece_hashes, workers=workers, progress=progress)
+    res = hash_pieces(layout, digests=meta.piece_hashes, workers=workers, progress=progress,
+                      fork=fork)
     st = res.status
     files = []
     for i, span in enumerate(layout.spans):

@@ -81,8 +81,8 @@ from .wire.mse import CRYPTO_RC4
 if TYPE_CHECKING:
     from .webseed_worker import WebSeeds
 
-__all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "MAX_DIALS", "Worker", "WorkerConfig",
-           "worker_main"]
+__all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "LEASE_MIN_BYTES", "MAX_DIALS", "Worker",
+           "WorkerConfig", "lease_request", "worker_main"]
 
 #: Seconds between fdatasync batches (and Durable reports).  Longer batches
 #: mean fewer flushes; shorter ones mean less refetching after a crash.
@@ -115,6 +115,17 @@ SERVE_POOL = 4
 REFILL_BATCH = 16
 #: Verified pieces are reported to the coordinator at most this late (batched).
 VERIFIED_DELAY = 0.05
+#: A worker asks for at least this many bytes of pieces at a time (besides two
+#: slots' worth): many workers share the arena, so each has few slots (64
+#: workers: 4 slots of 1 MiB), and a lease of two slots' worth made one
+#: NeedPieces per 8 pieces.  Unstarted leased pieces cost no memory; the
+#: lease table's fair share and steals still spread the tail.
+LEASE_MIN_BYTES = 32 << 20
+
+
+def lease_request(nslots: int, piece_length: int) -> int:
+    """The pieces a worker with ``nslots`` slots asks for (:class:`~torrent.ipc.NeedPieces`)."""
+    return max(LOW_WATER, 2 * nslots, LEASE_MIN_BYTES // piece_length)
 #: What the receive buffers of one worker may grow to beyond their first 4 KiB
 #: each (torrent/wire/framing.py): 64 fast peers reading 1 MiB at a time.  A
 #: frame that needs more drops its connection; idle buffers shrink back.
@@ -1074,7 +1085,7 @@ class Worker:
             return  # nothing was left last time: ask at most once a tick
         self.need_pending = True
         self.last_need = now
-        self.send(ipc.NeedPieces(max(LOW_WATER, 2 * self.cfg.nslots)))
+        self.send(ipc.NeedPieces(lease_request(self.cfg.nslots, self.meta.piece_length)))
 
     # -- verify and write --------------------------------------------------------------
     def submit_piece(self, pd: PieceDL) -> None:

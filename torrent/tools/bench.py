@@ -3,7 +3,7 @@
     fasttorrent bench [--size 1G] [--files N] [--piece 1M] [--seeders fasttorrent|libtorrent]
                       [--num-seeders 4] [--runs 5] [--clients ft1,ft2,lt-default,...]
                       [--results DIR] [--timeout S] [--keep] [--compare-seeding] [--magnet]
-                      [--seeder-encryption off|rc4]
+                      [--seeder-encryption off|rc4] [--client-cpus LIST --seeder-cpus LIST]
 
 Theory of operation
 -------------------
@@ -59,7 +59,11 @@ Theory of operation
    set (with ``--compare-seeding``: to the same client served by fasttorrent
    seeders).  JSON (raw runs, summary, versions), a Markdown table, and a PNG
    chart when matplotlib is installed (extra ``bench``).
-7. *Bounds and cleanup.*  Every process runs in its own session under
+7. *Pinning* (``--client-cpus 0 --seeder-cpus 1``): the client's process tree
+   and the seeders run under ``taskset`` on disjoint CPU sets, so that ``ft1``
+   on one core measures one worker's throughput (the coordinator shares its
+   core) without the seeders taking turns on it.
+8. *Bounds and cleanup.*  Every process runs in its own session under
    ``timeout`` (so it ends even if this process is killed), is stopped with
    SIGINT, then SIGKILL after :data:`~torrent.tools.procs.STOP_GRACE`; on
    Ctrl-C / SIGTERM every group is stopped, the temporary directory removed
@@ -142,6 +146,35 @@ def _positive_int(s: str) -> int:
     if not 1 <= n <= 100_000:
         raise argparse.ArgumentTypeError(f"must be between 1 and 100000, got {n}")
     return n
+
+
+#: At most this many CPUs in a --client-cpus / --seeder-cpus list.
+MAX_CPU_LIST = 4096
+
+
+def cpu_list_arg(text: str) -> tuple[int, ...]:
+    """``taskset -c`` syntax, ``0``, ``0,2``, ``0-3,8``: the CPU numbers, sorted.
+
+    Raises:
+        argparse.ArgumentTypeError: not such a list, or more than MAX_CPU_LIST CPUs.
+    """
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if first < 0 or last < first or last - first >= MAX_CPU_LIST:
+                raise ValueError(part)
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list (e.g. 0 or 0-3,8): {text!r}") from None
+    if len(cpus) > MAX_CPU_LIST:
+        raise argparse.ArgumentTypeError(f"more than {MAX_CPU_LIST} CPUs: {text!r}")
+    return tuple(sorted(cpus))
+
+
+def _cpu_list_text(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
 
 
 def _log(msg: str) -> None:
@@ -329,6 +362,9 @@ class RunContext:
     magnet: str | None = None
     #: the libtorrent seeders' MSE/PE: "off" or "rc4" (forced)
     seeder_encryption: str = "off"
+    #: --client-cpus / --seeder-cpus (None: any CPU)
+    client_cpus: tuple[int, ...] | None = None
+    seeder_cpus: tuple[int, ...] | None = None
 
 
 def _listening(port: int) -> bool:
@@ -458,7 +494,8 @@ def run_client(spec: ClientSpec, ctx: RunContext, out: str, scratch: str) -> dic
     with open(errpath, "w+") as err, open(outpath, "wb+") as stdout:
         t0 = time.perf_counter()
         proc = ctx.procs.spawn(argv, spec.label, timeout=ctx.timeout, stdout=stdout,
-                               stderr=err, cwd=scratch, tree=spec.tree or None)
+                               stderr=err, cwd=scratch, tree=spec.tree or None,
+                               cpus=ctx.client_cpus)
         if marker:
             threading.Thread(target=_stop_when_done, args=(marker, proc, stop),
                              daemon=True).start()
@@ -535,7 +572,7 @@ def _dial_in(ctx: RunContext, proc: Proc, port: int) -> tuple[list[Seeder], floa
                             ctx.data_dir, ctx.workdir, lifetime=ctx.timeout,
                             timeout=SEEDER_START_TIMEOUT, dial=f"127.0.0.1:{port}",
                             on_ready=lambda: first.append(time.perf_counter()), who="bench",
-                            encryption=ctx.seeder_encryption)
+                            encryption=ctx.seeder_encryption, cpus=ctx.seeder_cpus)
     return dialers, (first[0] - t_listen) if first else 0.0
 
 
@@ -569,6 +606,9 @@ class BenchConfig:
     #: BEP 19: nginx on loopback serves the payload and the torrent names it (url-list);
     #: the sets are then web seed alone (0 seeders) and web seed plus libtorrent seeders
     web_seed: bool = False
+    #: pin the client's process tree / the seeders to these CPUs (None: any)
+    client_cpus: tuple[int, ...] | None = None
+    seeder_cpus: tuple[int, ...] | None = None
 
 
 #: With --web-seed: the seeder sets (libtorrent seeders besides the web seed).
@@ -653,7 +693,8 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     params = {"size": cfg.size, "files": cfg.files, "piece": cfg.piece, "seeders": mode,
               "num_seeders": cfg.num_seeders, "runs": cfg.runs, "timeout": cfg.timeout,
               "magnet": cfg.magnet, "seeder_encryption": cfg.seeder_encryption,
-              "web_seed": cfg.web_seed,
+              "web_seed": cfg.web_seed, "client_cpus": cfg.client_cpus,
+              "seeder_cpus": cfg.seeder_cpus,
               "clients": [c.label for c in clients], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     doc: dict[str, Any] = {"params": params, "versions": versions(), "runs": [], "summary": []}
     procs = Processes()
@@ -698,7 +739,8 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
                 for key in group:
                     seeders[key] = start_seeders(procs, key[0], n, torrent, src, work,
                                                  lifetime=lifetime, timeout=SEEDER_START_TIMEOUT,
-                                                 who="bench", encryption=cfg.seeder_encryption)
+                                                 who="bench", encryption=cfg.seeder_encryption,
+                                                 cpus=cfg.seeder_cpus)
                     _log(f"{n} {key[0]} seeder(s) on "
                          + ", ".join(s.addr for s in seeders[key]))
                     # trackerless: the seeders are named by x.pe only
@@ -796,7 +838,8 @@ def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None
         os.makedirs(outdir)
         os.makedirs(scratch)
         ctx = RunContext(procs, torrent, peers, key[0], key[1], src, work, cfg.timeout, tracker,
-                         cfg.extra_fmt, magnet, cfg.seeder_encryption)
+                         cfg.extra_fmt, magnet, cfg.seeder_encryption, cfg.client_cpus,
+                         cfg.seeder_cpus)
         r = run_client(spec, ctx, outdir, scratch)
         if spec.kind == "curl":
             ok = r["exit"] == 0 and r["stderr"].strip() == str(cfg.size)
@@ -1027,6 +1070,11 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="rc4: the libtorrent seeders force MSE/PE with RC4 both ways (an "
                         "encrypted download; needs --seeders libtorrent; clients ftK and "
                         "lt-enc, the default then)")
+    s.add_argument("--client-cpus", type=cpu_list_arg, default=None, metavar="LIST",
+                   help="run each client's processes on these CPUs only (taskset; e.g. 0 "
+                        "or 0-3,8): with --seeder-cpus on others, ft1 measures one worker")
+    s.add_argument("--seeder-cpus", type=cpu_list_arg, default=None, metavar="LIST",
+                   help="run the seeders on these CPUs only (taskset)")
 
 
 def run_from_args(a: argparse.Namespace) -> int:
@@ -1069,6 +1117,14 @@ def run_from_args(a: argparse.Namespace) -> int:
         if a.files != 1:
             raise UsageError("--web-seed: one file (curl measures it)")
         clients = [c for c in clients if c.kind != "transmission"]  # it must be dialled
+    allowed = os.sched_getaffinity(0)
+    for flag, cpus in (("--client-cpus", a.client_cpus), ("--seeder-cpus", a.seeder_cpus)):
+        if cpus is not None and not set(cpus) <= allowed:
+            raise UsageError(f"{flag}: CPU {min(set(cpus) - allowed)} is not one this process "
+                             f"may use ({_cpu_list_text(allowed)})")
+    if (a.client_cpus is not None or a.seeder_cpus is not None) \
+            and shutil.which("taskset") is None:
+        raise UsageError("--client-cpus / --seeder-cpus need taskset (util-linux)")
     if (a.compare_seeding or a.seeders == "libtorrent" or a.web_seed) \
             and not _have_libtorrent():
         raise UsageError("libtorrent seeders need the libtorrent Python module "
@@ -1079,6 +1135,7 @@ def run_from_args(a: argparse.Namespace) -> int:
                       runs=a.runs, clients=clients,
                       results=a.results, timeout=a.timeout, keep=a.keep,
                       compare_seeding=a.compare_seeding, magnet=a.magnet, warmup=a.warmup,
-                      seeder_encryption=a.seeder_encryption, web_seed=a.web_seed)
+                      seeder_encryption=a.seeder_encryption, web_seed=a.web_seed,
+                      client_cpus=a.client_cpus, seeder_cpus=a.seeder_cpus)
     doc = run_bench(cfg)
     return 0 if all(e["valid"] for e in doc["summary"]) else 6

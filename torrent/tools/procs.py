@@ -134,7 +134,7 @@ class Processes:
 
     def spawn(self, argv: Sequence[str], name: str, *, timeout: float | None,
               stdout: Any = None, stderr: Any = None, cwd: str | None = None,
-              tree: str | None = None) -> Proc:
+              tree: str | None = None, cpus: Sequence[int] | None = None) -> Proc:
         """Start ``argv`` in its own session.
 
         Args:
@@ -143,11 +143,15 @@ class Processes:
                 killed); None: no bound (it is stopped by :meth:`stop` only).
             stdout, stderr: as for :class:`subprocess.Popen` (text mode); default DEVNULL.
             tree: run ``torrent`` from this source checkout (see :func:`child_env`).
+            cpus: run it and every process it starts on these CPUs only (``taskset``:
+                the affinity is set before ``argv`` starts, so every child inherits it).
         """
         cmd = list(argv)
         if timeout is not None:
             cmd = ["timeout", "-s", "INT", "-k", str(int(STOP_GRACE)),
                    str(max(1, int(timeout))), *cmd]
+        if cpus:
+            cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=child_env(tree),
                              stdout=stdout if stdout is not None else subprocess.DEVNULL,
                              stderr=stderr if stderr is not None else subprocess.DEVNULL,

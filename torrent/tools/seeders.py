@@ -293,7 +293,8 @@ class Seeder:
 def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: str,
                   workdir: str, *, lifetime: float | None, timeout: float = START_TIMEOUT,
                   dial: str | None = None, on_ready: Callable[[], None] | None = None,
-                  who: str, encryption: str = "off") -> list[Seeder]:
+                  who: str, encryption: str = "off",
+                  cpus: Sequence[int] | None = None) -> list[Seeder]:
     """Start ``n`` seeders of ``kind`` on 127.0.0.1 over ``data_dir`` and wait until each serves.
 
     A fasttorrent seeder has one worker and trusts its data (``--skip-check``).
@@ -308,6 +309,7 @@ def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: s
         on_ready: called as each seeder is seen serving.
         who: names the caller in errors.
         encryption: (libtorrent seeders) MSE/PE, as :func:`lt_seed_command`.
+        cpus: pin the seeders to these CPUs (``taskset``; None: any).
 
     Raises:
         StorageError: a seeder exited or did not start in time (its log names why).
@@ -324,7 +326,7 @@ def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: s
             if kind == "fasttorrent":
                 argv = ft_seed_command(torrent, data_dir, peers=peers)
                 p = procs.spawn(argv, f"{kind} seeder", timeout=lifetime,
-                                stdout=subprocess.PIPE, stderr=log)
+                                stdout=subprocess.PIPE, stderr=log, cpus=cpus)
                 started.append((p, Starting(p.popen, kind, logpath)))
             else:
                 assert lifetime is not None  # checked above
@@ -332,7 +334,7 @@ def start_seeders(procs: Processes, kind: str, n: int, torrent: str, data_dir: s
                 argv = lt_seed_command(torrent, data_dir, ready, lifetime=lifetime, peers=peers,
                                        encryption=encryption)
                 p = procs.spawn(argv, f"{kind} seeder", timeout=lifetime + STOP_GRACE,
-                                stderr=log)
+                                stderr=log, cpus=cpus)
                 started.append((p, Starting(p.popen, kind, logpath, ready)))
     serving = wait_serving([s for _, s in started], timeout=timeout, who=who, on_ready=on_ready)
     return [Seeder(p, s.port) for (p, _), s in zip(started, serving, strict=True)]
