@@ -66,6 +66,35 @@ def test_write_error_is_reported_with_errno(tmp_path: Path) -> None:
         os.close(rd)
 
 
+def test_run_piece_verifies_and_writes_in_the_calling_thread(tmp_path: Path) -> None:
+    # the same job as submit_piece, done at once: nothing queued, nothing to collect
+    t = _io.IOThread(-1)
+    data = os.urandom(PIECE)
+    digest = hashlib.sha1(data).digest()
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    rd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        buf = bytearray(data)
+        half = PIECE // 2
+        assert t.run_piece(1, buf, PIECE, digest,
+                           [(fd, 100, 0, half), (fd, 100 + half, half, PIECE - half)]) == \
+            (_io.JOB_OK, 0)
+        assert os.pread(rd, PIECE, 100) == data
+        buf.extend(b"x")  # its buffer is released already
+        assert t.run_piece(2, data, PIECE, b"\1" * 20, [(fd, 0, 0, PIECE)]) == (_io.JOB_BAD, 0)
+        assert os.pread(rd, 100, 0) == bytes(100)  # a bad piece writes nothing
+        assert t.run_piece(3, data, PIECE, digest, [(rd, 0, 0, PIECE)]) == \
+            (_io.JOB_IO_ERROR, errno.EBADF)
+        with pytest.raises(ValueError, match="outside the piece"):
+            t.run_piece(4, data, PIECE, digest, [(fd, 0, PIECE - 10, 11)])
+        assert t.pending == 0 and t.close() == []
+        with pytest.raises(ValueError, match="closed"):
+            t.run_piece(5, data, PIECE, digest, [])
+    finally:
+        os.close(fd)
+        os.close(rd)
+
+
 def test_arguments_are_checked_and_closed_thread_refuses() -> None:
     t = _io.IOThread(-1)
     data = bytes(PIECE)

@@ -321,6 +321,63 @@ ctypedef struct ft_io:
     long long write_ns    # time the write stage spent writing and syncing
 
 
+cdef ft_job *_piece_job(long long job_id, object buf, Py_ssize_t length, digest,
+                        list segments) except NULL:
+    """A piece job (see :meth:`IOThread.submit_piece`), its buffer acquired."""
+    cdef Py_ssize_t nseg = len(segments)
+    if nseg > _MAX_SEGMENTS:
+        raise ValueError(f"a piece spans {nseg} files; at most {_MAX_SEGMENTS}")
+    cdef const unsigned char[::1] dg = digest
+    if dg.shape[0] != _DIGEST:
+        raise ValueError("digest must be 20 bytes")
+    cdef Py_buffer *view = <Py_buffer *>calloc(1, sizeof(Py_buffer))
+    if view is NULL:
+        raise MemoryError()
+    try:
+        _acquire_bytes(buf, view, False)
+    except BaseException:
+        free(view)
+        raise
+    cdef ft_job *j = <ft_job *>calloc(1, sizeof(ft_job))
+    cdef ft_seg *segs = <ft_seg *>calloc(max(nseg, 1), sizeof(ft_seg))
+    cdef Py_ssize_t k
+    cdef long long fd, foff, boff, ln, dfd
+    try:
+        if j is NULL or segs is NULL:
+            raise MemoryError()
+        if length < 0 or length > view.len:
+            raise ValueError(f"length {length} outside the buffer of {view.len} bytes")
+        for k in range(nseg):
+            seg = segments[k]
+            if len(seg) == 5:
+                fd, foff, boff, ln, dfd = seg
+            else:
+                fd, foff, boff, ln = seg
+                dfd = -1
+            if fd < 0 or foff < 0 or boff < 0 or ln < 0 or boff + ln > length or dfd < -1:
+                raise ValueError(f"segment {segments[k]!r} outside the piece")
+            segs[k].fd = <int>fd
+            segs[k].dfd = <int>dfd
+            segs[k].file_off = foff
+            segs[k].buf_off = boff
+            segs[k].length = ln
+    except BaseException:
+        PyBuffer_Release(view)
+        free(view)
+        free(j)
+        free(segs)
+        raise
+    j.id = job_id
+    j.kind = _JOB_PIECE
+    j.buf = <const unsigned char *>view.buf
+    j.length = length
+    memcpy(j.digest, &dg[0], _DIGEST)
+    j.nseg = <int>nseg
+    j.segs = segs
+    j.owner = view
+    return j
+
+
 cdef class IOThread:
     """Native threads that verify and write piece slots, and flush files, without the GIL.
 
@@ -421,58 +478,28 @@ cdef class IOThread:
         """
         if self._closed:
             raise ValueError("the I/O thread is closed")
-        cdef Py_ssize_t nseg = len(segments)
-        if nseg > _MAX_SEGMENTS:
-            raise ValueError(f"a piece spans {nseg} files; at most {_MAX_SEGMENTS}")
-        cdef const unsigned char[::1] dg = digest
-        if dg.shape[0] != _DIGEST:
-            raise ValueError("digest must be 20 bytes")
-        cdef Py_buffer *view = <Py_buffer *>calloc(1, sizeof(Py_buffer))
-        if view is NULL:
-            raise MemoryError()
-        try:
-            _acquire_bytes(buf, view, False)
-        except BaseException:
-            free(view)
-            raise
-        cdef ft_job *j = <ft_job *>calloc(1, sizeof(ft_job))
-        cdef ft_seg *segs = <ft_seg *>calloc(max(nseg, 1), sizeof(ft_seg))
-        cdef Py_ssize_t k
-        cdef long long fd, foff, boff, ln, dfd
-        try:
-            if j is NULL or segs is NULL:
-                raise MemoryError()
-            if length < 0 or length > view.len:
-                raise ValueError(f"length {length} outside the buffer of {view.len} bytes")
-            for k in range(nseg):
-                seg = segments[k]
-                if len(seg) == 5:
-                    fd, foff, boff, ln, dfd = seg
-                else:
-                    fd, foff, boff, ln = seg
-                    dfd = -1
-                if fd < 0 or foff < 0 or boff < 0 or ln < 0 or boff + ln > length or dfd < -1:
-                    raise ValueError(f"segment {segments[k]!r} outside the piece")
-                segs[k].fd = <int>fd
-                segs[k].dfd = <int>dfd
-                segs[k].file_off = foff
-                segs[k].buf_off = boff
-                segs[k].length = ln
-        except BaseException:
-            PyBuffer_Release(view)
-            free(view)
-            free(j)
-            free(segs)
-            raise
-        j.id = job_id
-        j.kind = _JOB_PIECE
-        j.buf = <const unsigned char *>view.buf
-        j.length = length
-        memcpy(j.digest, &dg[0], _DIGEST)
-        j.nseg = <int>nseg
-        j.segs = segs
-        j.owner = view
-        self._push(j)
+        self._push(_piece_job(job_id, buf, length, digest, segments))
+
+    def run_piece(self, long long job_id, object buf, Py_ssize_t length, digest,
+                  list segments) -> tuple:
+        """:meth:`submit_piece`'s job, done now in the calling thread (the GIL released):
+        hashed, and if good written; returns ``(status, errno)`` as :meth:`completed`
+        reports a job. For the one piece whose latency matters more than the caller's
+        time (a run's first): no hand-over to the hash and write stages, no wake-up."""
+        if self._closed:
+            raise ValueError("the I/O thread is closed")
+        cdef ft_job *j = _piece_job(job_id, buf, length, digest, segments)
+        cdef unsigned char *bounce = NULL
+        cdef int lock = self._io.lock_writes
+        with nogil:
+            if _hash_ok(j):
+                _write_job(j, lock, &bounce)
+            else:
+                j.status = 0
+        free(bounce)
+        out = (j.status, j.err)
+        _free_job(j)
+        return out
 
     def submit_sync(self, long long job_id, fds) -> None:
         """``fdatasync`` each descriptor, after every job submitted before this one."""
