@@ -71,19 +71,18 @@ class TorrentCollector(Collector):
         snaps = [src() for src in list(self._sources.values())]
         ih = ["info_hash"]
 
-        def counter(name: str, doc: str, value: Callable[[TorrentSnapshot], float]
-                    ) -> CounterMetricFamily:
-            m = CounterMetricFamily(PREFIX + name, doc, labels=ih)
+        def family(kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str,
+                   doc: str, value: Callable[[TorrentSnapshot], float]) -> Metric:
+            m = kind(PREFIX + name, doc, labels=ih)
             for s in snaps:
                 m.add_metric([s.info_hash], value(s))
             return m
 
-        def gauge(name: str, doc: str, value: Callable[[TorrentSnapshot], float]
-                  ) -> GaugeMetricFamily:
-            m = GaugeMetricFamily(PREFIX + name, doc, labels=ih)
-            for s in snaps:
-                m.add_metric([s.info_hash], value(s))
-            return m
+        def counter(name: str, doc: str, value: Callable[[TorrentSnapshot], float]) -> Metric:
+            return family(CounterMetricFamily, name, doc, value)
+
+        def gauge(name: str, doc: str, value: Callable[[TorrentSnapshot], float]) -> Metric:
+            return family(GaugeMetricFamily, name, doc, value)
 
         yield counter("downloaded_bytes", "Payload bytes downloaded and verified in this run",
                       lambda s: s.downloaded)

@@ -35,9 +35,10 @@ import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import UsageError
+from .spans import TorrentFile
 
 __all__ = [
     "MAX_PATTERNS",
@@ -67,19 +68,6 @@ MAX_PATTERNS = 256
 
 _ITEM_RE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
 _SHARD_RE = re.compile(r"([0-9]{1,6})/([0-9]{1,6})")
-
-
-class _File(Protocol):
-    """A file of the torrent (``metainfo.FileEntry``)."""
-
-    @property
-    def path(self) -> str: ...
-    @property
-    def length(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def pad(self) -> bool: ...
 
 
 def parse_select(spec: str) -> tuple[int, ...]:
@@ -133,7 +121,7 @@ def shard_pieces(index: int, count: int, num_pieces: int) -> range:
     return range(index * num_pieces // count, (index + 1) * num_pieces // count)
 
 
-def select_files(files: Sequence[_File], *, indices: Sequence[int] | None = None,
+def select_files(files: Sequence[TorrentFile], *, indices: Sequence[int] | None = None,
                  include: Sequence[str] = (), exclude: Sequence[str] = (),
                  what: str = "--select") -> frozenset[int] | None:
     """The selected files' indices, or None when every file is (nothing narrows it).
@@ -179,7 +167,7 @@ def select_files(files: Sequence[_File], *, indices: Sequence[int] | None = None
     return frozenset(chosen)
 
 
-def wanted_pieces(files: Sequence[_File], piece_length: int, num_pieces: int,
+def wanted_pieces(files: Sequence[TorrentFile], piece_length: int, num_pieces: int,
                   selected: frozenset[int] | None,
                   shard: tuple[int, int] | None) -> bytearray | None:
     """One byte per piece, 1 for a wanted piece; None when every piece is wanted."""
@@ -244,7 +232,7 @@ class Selection:
         return cls(files, shard)
 
 
-def resolve(files: Sequence[_File], *, select: Sequence[int] | None = None,
+def resolve(files: Sequence[TorrentFile], *, select: Sequence[int] | None = None,
             include: Sequence[str] = (), exclude: Sequence[str] = (),
             select_only: Sequence[int] = (), shard: tuple[int, int] | None = None,
             saved: Selection | None = None) -> tuple[Selection, list[str]]:
@@ -281,7 +269,7 @@ def resolve(files: Sequence[_File], *, select: Sequence[int] | None = None,
 
 
 def changed_files(before: frozenset[int] | None, after: frozenset[int] | None,
-                  files: Sequence[_File]) -> list[int]:
+                  files: Sequence[TorrentFile]) -> list[int]:
     """The files selected in one of two selections and not in the other (None: all)."""
     every = frozenset(i for i, f in enumerate(files) if not f.pad)
     return sorted((every if before is None else before) ^ (every if after is None else after))

@@ -12,7 +12,7 @@ import bisect
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-__all__ = ["file_segments", "pieces_of_file"]
+__all__ = ["TorrentFile", "file_segments", "pieces_of_file"]
 
 
 class _Extent(Protocol):
@@ -22,6 +22,17 @@ class _Extent(Protocol):
     def offset(self) -> int: ...
     @property
     def length(self) -> int: ...
+
+
+class TorrentFile(_Extent, Protocol):
+    """A file of the torrent as ``metainfo.FileEntry`` has it: its path in the torrent,
+    its place in the byte space, whether it is padding (the selection's and the
+    web-seed planner's view of a file)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def pad(self) -> bool: ...
 
 
 def file_segments(files: Sequence[_Extent], offsets: Sequence[int], start: int,

@@ -33,10 +33,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
 from urllib.parse import quote
 
-from .spans import file_segments, pieces_of_file
+from .spans import TorrentFile, file_segments, pieces_of_file
 
 __all__ = [
     "BACKOFF_BASE",
@@ -100,19 +99,6 @@ MAX_RETRY_AFTER = 300.0
 _SCHEMES = ("http://", "https://")
 _CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
 _CONTENT_RANGE_RE = re.compile(r"\s*bytes\s+(\d{1,19})-(\d{1,19})/(\d{1,19}|\*)\s*\Z", re.I)
-
-
-class _File(Protocol):
-    """A file of the torrent as :class:`~torrent.metainfo.FileEntry` has it."""
-
-    @property
-    def path(self) -> str: ...
-    @property
-    def length(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def pad(self) -> bool: ...
 
 
 def checked_url(url: str) -> str | None:
@@ -184,7 +170,7 @@ class RangePlanner:
 
     __slots__ = ("_offsets", "files", "piece_length", "total_size")
 
-    def __init__(self, files: Sequence[_File], piece_length: int, total_size: int) -> None:
+    def __init__(self, files: Sequence[TorrentFile], piece_length: int, total_size: int) -> None:
         self.files = tuple(files)
         self.piece_length = piece_length
         self.total_size = total_size
