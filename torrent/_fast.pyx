@@ -26,6 +26,13 @@ for the whole batch: the event loop of the worker keeps running while a piece
 is hashed on another thread. SHA-1 itself lives in ``_sha1.h`` (libcrypto
 loaded with ``dlopen`` at import, else SHA-NI, else portable C).
 
+BEP 52 (v2) trees hash with SHA-256 from ``_sha256.h`` (libcrypto the same
+way, else portable C): :func:`merkle_leaves` (one leaf per 16 KiB block),
+:func:`merkle_root` (pairwise up to the root; padding costs one hash per level,
+from the roots of all-zero subtrees computed at import) and :func:`piece_layer`
+(each piece's subtree root), each releasing the GIL once for the whole input.
+The tree arithmetic and checks built on them are in :mod:`torrent.merkle`.
+
 The native I/O thread, which hashes and writes whole piece slots on pthreads
 of its own, is a module of its own: :mod:`torrent._io`.
 """
@@ -39,7 +46,7 @@ from cpython.buffer cimport (
     PyObject_GetBuffer,
 )
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memmove, memset
 
@@ -54,6 +61,13 @@ cdef extern from "_sha1.h" nogil:
     void ft_sha1(const unsigned char *p, size_t n, unsigned char *out) noexcept
     const char *ft_sha1_openssl_path() noexcept
 
+cdef extern from "_sha256.h" nogil:
+    void ft_sha256_setup() noexcept
+    int ft_sha256_available(int backend) noexcept
+    int ft_sha256_get_backend() noexcept
+    int ft_sha256_set_backend(int backend) noexcept
+    void ft_sha256(const unsigned char *p, size_t n, unsigned char *out) noexcept
+
 cdef extern from *:
     """
     /* GCC and clang lower this to POPCNT where the target has it, else to a
@@ -65,6 +79,8 @@ cdef extern from *:
 __all__ = [
     "DIGEST_SIZE",
     "MAX_BLOCKS",
+    "MAX_MERKLE_DEPTH",
+    "MERKLE_BLOCK",
     "BlockMap",
     "availability_add",
     "available_backends",
@@ -72,10 +88,14 @@ __all__ = [
     "bitfield_count",
     "bitfield_spare_ok",
     "copy_block",
+    "merkle_leaves",
+    "merkle_root",
+    "piece_layer",
     "read_u32",
     "scan_frame",
     "sha1",
     "sha1_pieces",
+    "sha256",
     "take_blocks",
     "verify_pieces",
 ]
@@ -110,6 +130,22 @@ cdef enum:
     _PREFIX = 4
 
 _BACKEND_NAMES = ("openssl", "sha-ni", "portable")
+
+# A SHA-256 digest is 32 bytes (BEP 52 leaves, nodes and roots); a leaf hashes
+# one 16 KiB block of a file.
+cdef enum:
+    _SHA256 = 32
+    _MERKLE_BLOCK = 16384
+MERKLE_BLOCK = _MERKLE_BLOCK
+
+# Bound on the height of a BEP 52 tree: 2**48 leaves of 16 KiB is 4 EiB per
+# file, beyond any file; a count or level taken from a torrent or a peer beyond
+# it is refused before anything is allocated or hashed.
+cdef enum:
+    _MAX_MERKLE_DEPTH = 48
+MAX_MERKLE_DEPTH = _MAX_MERKLE_DEPTH
+
+_SHA256_BACKEND_NAMES = ("openssl", "portable")
 
 ft_sha1_setup()
 
@@ -268,6 +304,250 @@ def verify_pieces(const unsigned char[::1] buf not None, Py_ssize_t piece_length
             _verify_pieces_c(p, n, piece_length, d, ok)
     else:
         _verify_pieces_c(p, n, piece_length, d, ok)
+    return result
+
+
+# ------------------------------------------------------- SHA-256 and BEP 52 trees
+
+def sha256_backend() -> str:
+    """Return the SHA-256 backend in use: ``"openssl"`` or ``"portable"``."""
+    return _SHA256_BACKEND_NAMES[ft_sha256_get_backend()]
+
+
+def sha256_backends() -> tuple:
+    """Return the SHA-256 backends that loaded and passed their self-test, fastest first."""
+    return tuple(name for i, name in enumerate(_SHA256_BACKEND_NAMES) if ft_sha256_available(i))
+
+
+def _set_sha256_backend(str name) -> None:
+    """Force a SHA-256 backend (for tests and benchmarks).
+
+    Not thread-safe: do not switch while another thread is hashing.
+
+    Raises:
+        ValueError: ``name`` is unknown or that backend is not available here.
+    """
+    if name not in _SHA256_BACKEND_NAMES:
+        raise ValueError(
+            f"unknown SHA-256 backend {name!r}; expected one of {_SHA256_BACKEND_NAMES}"
+        )
+    if ft_sha256_set_backend(_SHA256_BACKEND_NAMES.index(name)) != 0:
+        raise ValueError(f"SHA-256 backend {name!r} is not available on this machine")
+
+
+# The roots of all-zero subtrees: _zero_roots[k] is the root of 2**k zero
+# leaves (k = 0 is the zero leaf itself). Computed once, at import; padding a
+# tree then costs one hash per level, never a hash of zeros.
+cdef unsigned char _zero_roots[_MAX_MERKLE_DEPTH + 1][_SHA256]
+
+
+cdef void _init_zero_roots() noexcept nogil:
+    cdef unsigned char pair[2 * _SHA256]
+    cdef int k
+    memset(_zero_roots[0], 0, _SHA256)
+    for k in range(_MAX_MERKLE_DEPTH):
+        memcpy(pair, _zero_roots[k], _SHA256)
+        memcpy(pair + _SHA256, _zero_roots[k], _SHA256)
+        ft_sha256(pair, 2 * _SHA256, _zero_roots[k + 1])
+
+
+ft_sha256_setup()
+_init_zero_roots()
+
+
+cdef inline Py_ssize_t _nblocks(Py_ssize_t n) noexcept nogil:
+    return n // _MERKLE_BLOCK + (1 if n % _MERKLE_BLOCK else 0)
+
+
+cdef inline int _log2(Py_ssize_t x) noexcept nogil:
+    # x is a power of two
+    cdef int k = 0
+    while x > 1:
+        x >>= 1
+        k += 1
+    return k
+
+
+cdef inline bint _is_pow2(Py_ssize_t x) noexcept nogil:
+    return x > 0 and (x & (x - 1)) == 0
+
+
+cdef void _leaves_c(const unsigned char *p, Py_ssize_t n, unsigned char *out) noexcept nogil:
+    cdef Py_ssize_t off = 0
+    cdef Py_ssize_t take
+    while off < n:
+        take = _MERKLE_BLOCK if n - off > _MERKLE_BLOCK else n - off
+        ft_sha256(p + off, <size_t>take, out)
+        out += _SHA256
+        off += take
+
+
+cdef void _reduce_c(unsigned char *nodes, Py_ssize_t n, int level, int depth,
+                    unsigned char *root) noexcept nogil:
+    # Reduce n nodes at height `level` (n >= 0, overwritten) to the root of the
+    # subtree `depth` levels above them; missing nodes are the zero roots of
+    # their height. Node i of the next level overwrites node i of this one,
+    # whose inputs (2i, 2i+1) are read before the digest is written.
+    cdef unsigned char pair[2 * _SHA256]
+    cdef Py_ssize_t i, m
+    cdef int top = level + depth
+    if n == 0:
+        memcpy(root, _zero_roots[top], _SHA256)
+        return
+    while level < top:
+        m = n >> 1
+        for i in range(m):
+            ft_sha256(nodes + 2 * _SHA256 * i, 2 * _SHA256, nodes + _SHA256 * i)
+        if n & 1:
+            memcpy(pair, nodes + _SHA256 * (n - 1), _SHA256)
+            memcpy(pair + _SHA256, _zero_roots[level], _SHA256)
+            ft_sha256(pair, 2 * _SHA256, nodes + _SHA256 * m)
+            m += 1
+        n = m
+        level += 1
+    memcpy(root, nodes, _SHA256)
+
+
+cdef void _piece_layer_c(const unsigned char *p, Py_ssize_t n, Py_ssize_t piece_length,
+                         unsigned char *scratch, unsigned char *out) noexcept nogil:
+    cdef Py_ssize_t off = 0
+    cdef Py_ssize_t take
+    cdef int depth = _log2(piece_length // _MERKLE_BLOCK)
+    while off < n:
+        take = piece_length if n - off > piece_length else n - off
+        _leaves_c(p + off, take, scratch)
+        _reduce_c(scratch, _nblocks(take), 0, depth, out)
+        out += _SHA256
+        off += take
+
+
+cdef int _check_merkle_piece_length(Py_ssize_t piece_length) except -1:
+    if (not _is_pow2(piece_length) or piece_length < _MERKLE_BLOCK
+            or piece_length // _MERKLE_BLOCK > _MAX_BLOCKS):
+        raise ValueError(
+            f"piece_length must be a power of two from {_MERKLE_BLOCK} to "
+            f"{_MERKLE_BLOCK * <Py_ssize_t>_MAX_BLOCKS} bytes, got {piece_length}"
+        )
+    return 0
+
+
+def sha256(const unsigned char[::1] buf not None) -> bytes:
+    """Return the SHA-256 digest of ``buf``."""
+    cdef unsigned char out[_SHA256]
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef const unsigned char *p = &buf[0]
+    if n >= _HASH_NOGIL_MIN:
+        with nogil:
+            ft_sha256(p, <size_t>n, out)
+    else:
+        ft_sha256(p, <size_t>n, out)
+    return PyBytes_FromStringAndSize(<char *>out, _SHA256)
+
+
+def merkle_leaves(const unsigned char[::1] buf not None) -> bytes:
+    """Hash each 16 KiB block of ``buf`` with SHA-256 (BEP 52 leaves).
+
+    The last block may be short: it is hashed as it is.
+
+    Returns:
+        The concatenated 32-byte digests; ``b""`` for an empty ``buf``.
+    """
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef bytes result = PyBytes_FromStringAndSize(NULL, _nblocks(n) * _SHA256)
+    cdef unsigned char *out = <unsigned char *>PyBytes_AS_STRING(result)
+    cdef const unsigned char *p = &buf[0]
+    if n >= _HASH_NOGIL_MIN:
+        with nogil:
+            _leaves_c(p, n, out)
+    else:
+        _leaves_c(p, n, out)
+    return result
+
+
+def merkle_root(const unsigned char[::1] leaves not None, Py_ssize_t count,
+                int level=0) -> bytes:
+    """Return the root of a merkle tree over ``leaves`` padded to ``count`` nodes.
+
+    Args:
+        leaves: 32-byte digests back to back, at most ``count`` of them.
+        count: the width of the tree, a power of two from 1 to
+            2 ** (:data:`MAX_MERKLE_DEPTH` - ``level``).
+        level: the height of ``leaves`` above the 16 KiB blocks (0 for block
+            hashes, log2(blocks per piece) for a piece layer): a missing node
+            is the root of an all-zero subtree of that height.
+
+    Raises:
+        ValueError: ``leaves`` is not a whole number of digests, or holds more
+            than ``count``; ``count`` is not a power of two or too large;
+            ``level`` is out of range.
+    """
+    cdef Py_ssize_t nbytes = leaves.shape[0]
+    cdef Py_ssize_t n = nbytes // _SHA256
+    if level < 0 or level > _MAX_MERKLE_DEPTH:
+        raise ValueError(f"level must be from 0 to {_MAX_MERKLE_DEPTH}, got {level}")
+    if not _is_pow2(count) or _log2(count) > _MAX_MERKLE_DEPTH - level:
+        raise ValueError(
+            f"count must be a power of two from 1 to 2**{_MAX_MERKLE_DEPTH - level}, got {count}"
+        )
+    if nbytes % _SHA256:
+        raise ValueError(f"leaves holds {nbytes} bytes, not a multiple of {_SHA256}")
+    if n > count:
+        raise ValueError(f"leaves holds {n} digests, more than count ({count})")
+    cdef unsigned char root[_SHA256]
+    cdef int depth = _log2(count)
+    cdef unsigned char *scratch = <unsigned char *>PyMem_Malloc(<size_t>(nbytes if nbytes else 1))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        memcpy(scratch, &leaves[0], <size_t>nbytes)
+        if n >= _HASH_NOGIL_MIN // _SHA256:
+            with nogil:
+                _reduce_c(scratch, n, level, depth, root)
+        else:
+            _reduce_c(scratch, n, level, depth, root)
+    finally:
+        PyMem_Free(scratch)
+    return PyBytes_FromStringAndSize(<char *>root, _SHA256)
+
+
+def piece_layer(const unsigned char[::1] buf not None, Py_ssize_t piece_length) -> bytes:
+    """Return the BEP 52 piece-layer hashes of one file's data.
+
+    Each piece's hash is the root of the merkle tree over its 16 KiB blocks,
+    ``piece_length // 16384`` leaves wide; the last piece, when short, is
+    padded to that width with zero hashes.
+
+    Args:
+        buf: the file's bytes (or whole pieces of it, from a piece boundary).
+        piece_length: a power of two, at least 16 KiB and at most
+            :data:`MAX_BLOCKS` blocks.
+
+    Returns:
+        32 bytes per piece; ``b""`` for an empty ``buf``.
+
+    Raises:
+        ValueError: ``piece_length`` is out of range.
+    """
+    _check_merkle_piece_length(piece_length)
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef Py_ssize_t count = _npieces(n, piece_length)
+    cdef Py_ssize_t width = piece_length // _MERKLE_BLOCK
+    if width > _nblocks(n):
+        width = _nblocks(n)
+    cdef bytes result = PyBytes_FromStringAndSize(NULL, count * _SHA256)
+    cdef unsigned char *out = <unsigned char *>PyBytes_AS_STRING(result)
+    cdef const unsigned char *p = &buf[0]
+    cdef unsigned char *scratch = <unsigned char *>PyMem_Malloc(<size_t>(width * _SHA256 + 1))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        if n >= _HASH_NOGIL_MIN:
+            with nogil:
+                _piece_layer_c(p, n, piece_length, scratch, out)
+        else:
+            _piece_layer_c(p, n, piece_length, scratch, out)
+    finally:
+        PyMem_Free(scratch)
     return result
 
 

@@ -21,6 +21,8 @@ from typing import Any
 __all__ = [
     "DIGEST_SIZE",
     "MAX_BLOCKS",
+    "MAX_MERKLE_DEPTH",
+    "MERKLE_BLOCK",
     "BlockMap",
     "availability_add",
     "available_backends",
@@ -28,10 +30,14 @@ __all__ = [
     "bitfield_count",
     "bitfield_spare_ok",
     "copy_block",
+    "merkle_leaves",
+    "merkle_root",
+    "piece_layer",
     "read_u32",
     "scan_frame",
     "sha1",
     "sha1_pieces",
+    "sha256",
     "take_blocks",
     "verify_pieces",
 ]
@@ -147,6 +153,119 @@ def verify_pieces(buf: Any, piece_length: int, digests: Any) -> bytes:
     return bytes(
         hashlib.sha1(p).digest() == want[DIGEST_SIZE * k : DIGEST_SIZE * (k + 1)]
         for k, p in enumerate(pieces)
+    )
+
+
+# ------------------------------------------------------- SHA-256 and BEP 52 trees
+
+# A BEP 52 leaf hashes one 16 KiB block of a file; digests are 32 bytes.
+MERKLE_BLOCK = 16384
+_SHA256 = 32
+
+# Bound on the height of a BEP 52 tree: 2**48 leaves of 16 KiB is 4 EiB per
+# file, beyond any file; a count or level beyond it is refused.
+MAX_MERKLE_DEPTH = 48
+
+_INT_MIN, _INT_MAX = _INT32_MIN, _INT32_MAX
+
+
+def _zero_roots() -> list[bytes]:
+    roots = [bytes(_SHA256)]
+    for _ in range(MAX_MERKLE_DEPTH):
+        roots.append(hashlib.sha256(roots[-1] + roots[-1]).digest())
+    return roots
+
+
+# _ZERO_ROOTS[k]: the root of 2**k zero leaves (k = 0: the zero leaf itself).
+_ZERO_ROOTS = _zero_roots()
+
+
+def _is_pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+def _reduce(nodes: list[bytes], level: int, depth: int) -> bytes:
+    """The root ``depth`` levels above ``nodes`` (at height ``level``), zero-padded."""
+    top = level + depth
+    if not nodes:
+        return _ZERO_ROOTS[top]
+    while level < top:
+        if len(nodes) % 2:
+            nodes.append(_ZERO_ROOTS[level])
+        nodes = [hashlib.sha256(nodes[i] + nodes[i + 1]).digest() for i in range(0, len(nodes), 2)]
+        level += 1
+    return nodes[0]
+
+
+def sha256(buf: Any) -> bytes:
+    """Return the SHA-256 digest of ``buf``."""
+    return hashlib.sha256(_bytes_view(buf)).digest()
+
+
+def merkle_leaves(buf: Any) -> bytes:
+    """SHA-256 of each 16 KiB block of ``buf`` (the last may be short), concatenated."""
+    mv = _bytes_view(buf)
+    return b"".join(hashlib.sha256(b).digest() for b in _pieces(mv, MERKLE_BLOCK))
+
+
+def merkle_root(leaves: Any, count: int, level: int = 0) -> bytes:
+    """The root of a merkle tree over ``leaves`` padded to ``count`` nodes.
+
+    A missing node is the root of an all-zero subtree of height ``level``.
+
+    Raises:
+        ValueError: ``leaves`` is not a whole number of digests, or holds more
+            than ``count``; ``count`` is not a power of two or too large;
+            ``level`` is out of range.
+    """
+    mv = _bytes_view(leaves)
+    count = _ssize(count)
+    level = operator.index(level)
+    if not _INT_MIN <= level <= _INT_MAX:
+        raise OverflowError("value too large to convert to int")
+    if not 0 <= level <= MAX_MERKLE_DEPTH:
+        raise ValueError(f"level must be from 0 to {MAX_MERKLE_DEPTH}, got {level}")
+    if not _is_pow2(count) or count.bit_length() - 1 > MAX_MERKLE_DEPTH - level:
+        raise ValueError(
+            f"count must be a power of two from 1 to 2**{MAX_MERKLE_DEPTH - level}, got {count}"
+        )
+    if len(mv) % _SHA256:
+        raise ValueError(f"leaves holds {len(mv)} bytes, not a multiple of {_SHA256}")
+    n = len(mv) // _SHA256
+    if n > count:
+        raise ValueError(f"leaves holds {n} digests, more than count ({count})")
+    raw = bytes(mv)
+    nodes = [raw[i : i + _SHA256] for i in range(0, len(raw), _SHA256)]
+    return _reduce(nodes, level, count.bit_length() - 1)
+
+
+def piece_layer(buf: Any, piece_length: int) -> bytes:
+    """BEP 52 piece-layer hashes of one file's data: each piece's subtree root.
+
+    The last piece, when short, is padded to ``piece_length // 16384`` leaves
+    with zero hashes.
+
+    Raises:
+        ValueError: ``piece_length`` is not a power of two from 16 KiB to
+            :data:`MAX_BLOCKS` blocks.
+    """
+    mv = _bytes_view(buf)
+    piece_length = _ssize(piece_length)
+    if (
+        not _is_pow2(piece_length)
+        or piece_length < MERKLE_BLOCK
+        or piece_length // MERKLE_BLOCK > MAX_BLOCKS
+    ):
+        raise ValueError(
+            f"piece_length must be a power of two from {MERKLE_BLOCK} to "
+            f"{MERKLE_BLOCK * MAX_BLOCKS} bytes, got {piece_length}"
+        )
+    depth = (piece_length // MERKLE_BLOCK).bit_length() - 1
+    return b"".join(
+        _reduce(
+            [hashlib.sha256(b).digest() for b in _pieces(piece, MERKLE_BLOCK)], 0, depth
+        )
+        for piece in _pieces(mv, piece_length)
     )
 
 

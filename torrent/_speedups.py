@@ -27,10 +27,14 @@ __all__ = [
     "bitfield_count",
     "bitfield_spare_ok",
     "copy_block",
+    "merkle_leaves",
+    "merkle_root",
+    "piece_layer",
     "read_u32",
     "scan_frame",
     "sha1",
     "sha1_pieces",
+    "sha256",
     "take_blocks",
     "verify_pieces",
 ]
@@ -62,9 +66,13 @@ availability_add = _impl.availability_add
 bitfield_count = _impl.bitfield_count
 bitfield_spare_ok = _impl.bitfield_spare_ok
 copy_block = _impl.copy_block
+merkle_leaves = _impl.merkle_leaves
+merkle_root = _impl.merkle_root
+piece_layer = _impl.piece_layer
 read_u32 = _impl.read_u32
 scan_frame = _impl.scan_frame
 sha1 = _impl.sha1
 sha1_pieces = _impl.sha1_pieces
+sha256 = _impl.sha256
 take_blocks = _impl.take_blocks
 verify_pieces = _impl.verify_pieces

@@ -1,0 +1,314 @@
+/*
+ * _sha256.h -- the SHA-256 backends behind torrent._fast (BEP 52 merkle
+ * trees: 16 KiB leaf blocks and 64-byte interior nodes).
+ *
+ * Theory of operation
+ * -------------------
+ * The same pattern as _sha1.h, with two backends computing the same one-shot
+ * SHA-256 of a contiguous buffer:
+ *
+ *   FT_SHA256_OPENSSL   libcrypto, found with dlopen() at import time: the
+ *                       assembly hashlib uses (SHA-NI / AVX2 chosen by OpenSSL
+ *                       itself). No OpenSSL header is included and libcrypto is
+ *                       not linked at build time. The low-level SHA256_Init /
+ *                       SHA256_Update / SHA256_Final take a caller-owned
+ *                       context (no allocation, no provider fetch per call),
+ *                       which matters for the 64-byte interior nodes of a
+ *                       merkle tree; if they are gone, EVP with a digest
+ *                       fetched once.
+ *   FT_SHA256_PORTABLE  plain C (FIPS 180-4 section 6.2), for every other
+ *                       machine.
+ *
+ * ft_sha256() never fails: if an OpenSSL call reports an error, that one
+ * digest is computed by the portable code. Each backend passes a known-answer
+ * self-test before it can be selected.
+ *
+ * All functions are safe to call without the GIL and from several threads,
+ * except ft_sha256_setup() (once, at import) and ft_sha256_set_backend() (a
+ * test hook: switching while another thread hashes is not supported).
+ */
+#ifndef FT_SHA256_H
+#define FT_SHA256_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <dlfcn.h>
+
+enum { FT_SHA256_OPENSSL = 0, FT_SHA256_PORTABLE = 1, FT_SHA256_NBACKENDS = 2 };
+
+#define FT_SHA256_DIGEST_SIZE 32 /* FIPS 180-4 */
+#define FT_SHA256_BLOCK_SIZE 64  /* FIPS 180-4: 512-bit message blocks */
+
+/* ---------------------------------------------------------------- portable */
+
+static const uint32_t ft_sha256_k[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u,
+    0xab1c5ed5u, 0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu,
+    0x9bdc06a7u, 0xc19bf174u, 0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu,
+    0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau, 0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u,
+    0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u, 0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu,
+    0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u, 0xa2bfe8a1u, 0xa81a664bu,
+    0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u, 0x19a4c116u,
+    0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u,
+    0xc67178f2u};
+
+#define FT_ROR32(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+#define FT_S256_CH(e, f, g) ((g) ^ ((e) & ((f) ^ (g))))
+#define FT_S256_MAJ(a, b, c) (((a) & (b)) | ((c) & ((a) | (b))))
+#define FT_S256_SIG0(a) (FT_ROR32(a, 2) ^ FT_ROR32(a, 13) ^ FT_ROR32(a, 22))
+#define FT_S256_SIG1(e) (FT_ROR32(e, 6) ^ FT_ROR32(e, 11) ^ FT_ROR32(e, 25))
+#define FT_S256_sig0(x) (FT_ROR32(x, 7) ^ FT_ROR32(x, 18) ^ ((x) >> 3))
+#define FT_S256_sig1(x) (FT_ROR32(x, 17) ^ FT_ROR32(x, 19) ^ ((x) >> 10))
+
+static inline uint32_t ft_s256_load_be32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+/* The message schedule lives in a 16-word ring; eight rounds per loop step
+ * rotate the roles of a..h instead of moving the working variables. */
+#define FT_S256_W(i) w[(i) & 15]
+#define FT_S256_SCHED(i)                                                                      \
+    (FT_S256_W(i) += FT_S256_sig1(FT_S256_W((i) + 14)) + FT_S256_W((i) + 9) +                 \
+                     FT_S256_sig0(FT_S256_W((i) + 1)))
+#define FT_S256_ROUND(a, b, c, d, e, f, g, h, i, wi)                                          \
+    do {                                                                                      \
+        uint32_t t1_ = (h) + FT_S256_SIG1(e) + FT_S256_CH(e, f, g) + ft_sha256_k[i] + (wi);   \
+        uint32_t t2_ = FT_S256_SIG0(a) + FT_S256_MAJ(a, b, c);                                \
+        (d) += t1_;                                                                           \
+        (h) = t1_ + t2_;                                                                      \
+    } while (0)
+#define FT_S256_EIGHT(i, W)                                                                   \
+    FT_S256_ROUND(a, b, c, d, e, f, g, h, (i) + 0, W((i) + 0));                               \
+    FT_S256_ROUND(h, a, b, c, d, e, f, g, (i) + 1, W((i) + 1));                               \
+    FT_S256_ROUND(g, h, a, b, c, d, e, f, (i) + 2, W((i) + 2));                               \
+    FT_S256_ROUND(f, g, h, a, b, c, d, e, (i) + 3, W((i) + 3));                               \
+    FT_S256_ROUND(e, f, g, h, a, b, c, d, (i) + 4, W((i) + 4));                               \
+    FT_S256_ROUND(d, e, f, g, h, a, b, c, (i) + 5, W((i) + 5));                               \
+    FT_S256_ROUND(c, d, e, f, g, h, a, b, (i) + 6, W((i) + 6));                               \
+    FT_S256_ROUND(b, c, d, e, f, g, h, a, (i) + 7, W((i) + 7))
+
+static void ft_sha256_compress_portable(uint32_t st[8], const unsigned char *p, size_t nblocks)
+{
+    while (nblocks--) {
+        uint32_t w[16];
+        uint32_t a = st[0], b = st[1], c = st[2], d = st[3];
+        uint32_t e = st[4], f = st[5], g = st[6], h = st[7];
+        int i;
+        for (i = 0; i < 16; i++)
+            w[i] = ft_s256_load_be32(p + 4 * i);
+        FT_S256_EIGHT(0, FT_S256_W);
+        FT_S256_EIGHT(8, FT_S256_W);
+        for (i = 16; i < 64; i += 8) {
+            FT_S256_EIGHT(i, FT_S256_SCHED);
+        }
+        st[0] += a; st[1] += b; st[2] += c; st[3] += d;
+        st[4] += e; st[5] += f; st[6] += g; st[7] += h;
+        p += FT_SHA256_BLOCK_SIZE;
+    }
+}
+
+/* One-shot SHA-256: whole blocks straight from the caller's buffer, then the
+ * padded tail (FIPS 180-4 section 5.1.1). */
+static void ft_sha256_portable(const unsigned char *p, size_t n, unsigned char out[FT_SHA256_DIGEST_SIZE])
+{
+    uint32_t st[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+                      0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
+    unsigned char tail[2 * FT_SHA256_BLOCK_SIZE]; /* the tail plus padding spans at most 2 blocks */
+    size_t full = n / FT_SHA256_BLOCK_SIZE, rem = n % FT_SHA256_BLOCK_SIZE, tlen, i;
+    uint64_t nbits = (uint64_t)n * 8u;
+
+    if (full)
+        ft_sha256_compress_portable(st, p, full);
+    if (rem)
+        memcpy(tail, p + full * FT_SHA256_BLOCK_SIZE, rem);
+    tail[rem] = 0x80;
+    tlen = (rem < FT_SHA256_BLOCK_SIZE - 8) ? FT_SHA256_BLOCK_SIZE : 2 * FT_SHA256_BLOCK_SIZE;
+    memset(tail + rem + 1, 0, tlen - rem - 1 - 8);
+    for (i = 0; i < 8; i++)
+        tail[tlen - 1 - i] = (unsigned char)(nbits >> (8 * i));
+    ft_sha256_compress_portable(st, tail, tlen / FT_SHA256_BLOCK_SIZE);
+    for (i = 0; i < 8; i++) {
+        out[4 * i + 0] = (unsigned char)(st[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(st[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(st[i] >> 8);
+        out[4 * i + 3] = (unsigned char)(st[i]);
+    }
+}
+
+/* ----------------------------------------------------------------- OpenSSL */
+
+/* OpenSSL's SHA256_CTX is 112 bytes (8 + 2 + 16 + 2 unsigned ints); room to
+ * spare and the alignment of anything it could contain. */
+#define FT_SHA256_CTX_SIZE 256
+typedef union {
+    unsigned char bytes[FT_SHA256_CTX_SIZE];
+    long double align_ld;
+    uint64_t align_u64;
+    void *align_ptr;
+} ft_sha256_ctx;
+
+typedef int (*ft_SHA256_Init_t)(void *ctx);
+typedef int (*ft_SHA256_Update_t)(void *ctx, const void *data, size_t n);
+typedef int (*ft_SHA256_Final_t)(unsigned char *md, void *ctx);
+typedef void *(*ft_s256_EVP_MD_CTX_new_t)(void);
+typedef void (*ft_s256_EVP_MD_CTX_free_t)(void *ctx);
+typedef int (*ft_s256_EVP_DigestInit_ex_t)(void *ctx, const void *md, void *engine);
+typedef int (*ft_s256_EVP_DigestUpdate_t)(void *ctx, const void *data, size_t n);
+typedef int (*ft_s256_EVP_DigestFinal_ex_t)(void *ctx, unsigned char *md, unsigned int *size);
+typedef const void *(*ft_s256_EVP_sha256_t)(void);
+typedef void *(*ft_s256_EVP_MD_fetch_t)(void *libctx, const char *algorithm, const char *properties);
+
+static struct {
+    const char *path; /* the soname that loaded */
+    ft_SHA256_Init_t init;
+    ft_SHA256_Update_t update;
+    ft_SHA256_Final_t final;
+    ft_s256_EVP_MD_CTX_new_t evp_ctx_new;
+    ft_s256_EVP_MD_CTX_free_t evp_ctx_free;
+    ft_s256_EVP_DigestInit_ex_t evp_init;
+    ft_s256_EVP_DigestUpdate_t evp_update;
+    ft_s256_EVP_DigestFinal_ex_t evp_final;
+    const void *evp_md;
+} ft_s256_ossl;
+
+/* Returns 1 on success; 0 if OpenSSL failed (the caller then hashes portably). */
+static int ft_sha256_openssl(const unsigned char *p, size_t n, unsigned char out[FT_SHA256_DIGEST_SIZE])
+{
+    if (ft_s256_ossl.init) {
+        ft_sha256_ctx ctx;
+        return ft_s256_ossl.init(&ctx) == 1 && ft_s256_ossl.update(&ctx, p, n) == 1 &&
+               ft_s256_ossl.final(out, &ctx) == 1;
+    }
+    if (ft_s256_ossl.evp_md) {
+        unsigned int len = 0;
+        int ok;
+        void *ctx = ft_s256_ossl.evp_ctx_new();
+        if (!ctx)
+            return 0;
+        ok = ft_s256_ossl.evp_init(ctx, ft_s256_ossl.evp_md, NULL) == 1 &&
+             ft_s256_ossl.evp_update(ctx, p, n) == 1 &&
+             ft_s256_ossl.evp_final(ctx, out, &len) == 1 && len == FT_SHA256_DIGEST_SIZE;
+        ft_s256_ossl.evp_ctx_free(ctx);
+        return ok;
+    }
+    return 0;
+}
+
+static int ft_sha256_load_openssl(void)
+{
+    static const char *const names[] = {"libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so"};
+    size_t i;
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h)
+            continue;
+        /* Kept open for the life of the process, as in _sha1.h. */
+        memset(&ft_s256_ossl, 0, sizeof(ft_s256_ossl));
+        ft_s256_ossl.path = names[i];
+        *(void **)&ft_s256_ossl.init = dlsym(h, "SHA256_Init");
+        *(void **)&ft_s256_ossl.update = dlsym(h, "SHA256_Update");
+        *(void **)&ft_s256_ossl.final = dlsym(h, "SHA256_Final");
+        if (!ft_s256_ossl.init || !ft_s256_ossl.update || !ft_s256_ossl.final) {
+            ft_s256_EVP_sha256_t evp_sha256;
+            ft_s256_EVP_MD_fetch_t fetch;
+            ft_s256_ossl.init = NULL;
+            *(void **)&ft_s256_ossl.evp_ctx_new = dlsym(h, "EVP_MD_CTX_new");
+            *(void **)&ft_s256_ossl.evp_ctx_free = dlsym(h, "EVP_MD_CTX_free");
+            *(void **)&ft_s256_ossl.evp_init = dlsym(h, "EVP_DigestInit_ex");
+            *(void **)&ft_s256_ossl.evp_update = dlsym(h, "EVP_DigestUpdate");
+            *(void **)&ft_s256_ossl.evp_final = dlsym(h, "EVP_DigestFinal_ex");
+            *(void **)&fetch = dlsym(h, "EVP_MD_fetch");
+            *(void **)&evp_sha256 = dlsym(h, "EVP_sha256");
+            if (ft_s256_ossl.evp_ctx_new && ft_s256_ossl.evp_ctx_free && ft_s256_ossl.evp_init &&
+                ft_s256_ossl.evp_update && ft_s256_ossl.evp_final) {
+                ft_s256_ossl.evp_md = fetch ? fetch(NULL, "SHA256", NULL) : NULL;
+                if (!ft_s256_ossl.evp_md && evp_sha256)
+                    ft_s256_ossl.evp_md = evp_sha256();
+            }
+            if (!ft_s256_ossl.evp_md) {
+                memset(&ft_s256_ossl, 0, sizeof(ft_s256_ossl));
+                dlclose(h);
+                continue;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ dispatching */
+
+static int ft_sha256_backend = FT_SHA256_PORTABLE;
+static int ft_sha256_ok[FT_SHA256_NBACKENDS] = {0, 1};
+
+static void ft_sha256(const unsigned char *p, size_t n, unsigned char out[FT_SHA256_DIGEST_SIZE])
+{
+    if (ft_sha256_backend == FT_SHA256_OPENSSL && ft_sha256_openssl(p, n, out))
+        return;
+    ft_sha256_portable(p, n, out);
+}
+
+/* Known answers (FIPS 180-2 appendix B.1 and B.2): SHA-256("abc") and the
+ * 56-byte two-block message; a 1000-byte message must agree with the portable
+ * reference, so multi-block input is exercised on every backend. */
+static int ft_sha256_selftest(int backend)
+{
+    static const unsigned char abc[FT_SHA256_DIGEST_SIZE] = {
+        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+        0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    static const char two[] = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    static const unsigned char two_md[FT_SHA256_DIGEST_SIZE] = {
+        0x24, 0x8d, 0x6a, 0x61, 0xd2, 0x06, 0x38, 0xb8, 0xe5, 0xc0, 0x26, 0x93, 0x0c, 0x3e, 0x60, 0x39,
+        0xa3, 0x3c, 0xe4, 0x59, 0x64, 0xff, 0x21, 0x67, 0xf6, 0xec, 0xed, 0xd4, 0x19, 0xdb, 0x06, 0xc1};
+    unsigned char a[FT_SHA256_DIGEST_SIZE], b[FT_SHA256_DIGEST_SIZE], c[FT_SHA256_DIGEST_SIZE];
+    unsigned char msg[1000];
+    size_t i;
+    for (i = 0; i < sizeof(msg); i++)
+        msg[i] = (unsigned char)(i * 131u + 7u);
+    if (backend == FT_SHA256_OPENSSL) {
+        if (!ft_sha256_openssl((const unsigned char *)"abc", 3, a) ||
+            !ft_sha256_openssl((const unsigned char *)two, sizeof(two) - 1, b) ||
+            !ft_sha256_openssl(msg, sizeof(msg), c))
+            return 0;
+    } else {
+        ft_sha256_portable((const unsigned char *)"abc", 3, a);
+        ft_sha256_portable((const unsigned char *)two, sizeof(two) - 1, b);
+        ft_sha256_portable(msg, sizeof(msg), c);
+    }
+    if (memcmp(a, abc, sizeof(a)) || memcmp(b, two_md, sizeof(b)))
+        return 0;
+    ft_sha256_portable(msg, sizeof(msg), a);
+    return memcmp(a, c, sizeof(a)) == 0;
+}
+
+/* Once, at import: find the backends and select the fastest that passes. */
+static void ft_sha256_setup(void)
+{
+    ft_sha256_backend = FT_SHA256_PORTABLE;
+    ft_sha256_ok[FT_SHA256_PORTABLE] = ft_sha256_selftest(FT_SHA256_PORTABLE);
+    if (ft_sha256_load_openssl())
+        ft_sha256_ok[FT_SHA256_OPENSSL] = ft_sha256_selftest(FT_SHA256_OPENSSL);
+    if (ft_sha256_ok[FT_SHA256_OPENSSL])
+        ft_sha256_backend = FT_SHA256_OPENSSL;
+}
+
+static int ft_sha256_available(int backend)
+{
+    return backend >= 0 && backend < FT_SHA256_NBACKENDS && ft_sha256_ok[backend];
+}
+
+static int ft_sha256_get_backend(void) { return ft_sha256_backend; }
+
+/* Returns 0 on success, -1 if that backend is not available here. */
+static int ft_sha256_set_backend(int backend)
+{
+    if (!ft_sha256_available(backend))
+        return -1;
+    ft_sha256_backend = backend;
+    return 0;
+}
+
+#endif /* FT_SHA256_H */
