@@ -3,7 +3,8 @@
 Run: ``python -m pytest bench/ --benchmark-only`` (a throughput table is printed
 at the end). Each compiled kernel is measured next to its baseline in the same
 run, on the same buffers: hashlib for SHA-1, a Python loop over hashlib for
-batch verification, slice assignment for block copies, and the pure twin
+batch verification and for BEP 52 leaves and piece layers (SHA-256 per 16 KiB
+block), slice assignment for block copies, and the pure twin
 (torrent._pure) for frame scanning.
 """
 
@@ -81,6 +82,68 @@ def test_verify_pieces_64mib(
     )
     result = benchmark.pedantic(fn, args=(data, piece_length, digests), **HEAVY)
     assert result == b"\x01" * (BIG // piece_length)
+    record_mbps(BIG)
+
+
+def _python_leaves(buf: bytes) -> bytes:
+    """What BEP 52 leaves cost without the kernel: hashlib.sha256 per 16 KiB block."""
+    view = memoryview(buf)
+    return b"".join(
+        hashlib.sha256(view[off : off + BLOCK]).digest() for off in range(0, len(buf), BLOCK)
+    )
+
+
+@pytest.fixture
+def sha256_backend_named(request: pytest.FixtureRequest) -> Iterator[str]:
+    default = _fast.sha256_backend()
+    name = request.param
+    if name != "python-hashlib-loop":
+        if name not in _fast.sha256_backends():
+            pytest.skip(f"SHA-256 backend {name} is not available here")
+        _fast._set_sha256_backend(name)
+    try:
+        yield name
+    finally:
+        _fast._set_sha256_backend(default)
+
+
+@pytest.mark.parametrize(
+    "sha256_backend_named", ["python-hashlib-loop", "openssl", "portable"], indirect=True
+)
+def test_merkle_leaves_64mib(
+    benchmark: Any, record_mbps: Recorder, data: bytes, sha256_backend_named: str
+) -> None:
+    benchmark.group = "BEP 52 leaves 64 MiB (SHA-256 per 16 KiB block)"
+    fn: Callable[[bytes], bytes] = (
+        _python_leaves if sha256_backend_named == "python-hashlib-loop" else _fast.merkle_leaves
+    )
+    leaves = benchmark.pedantic(fn, args=(data,), **HEAVY)
+    assert leaves == _pure.merkle_leaves(data)
+    record_mbps(BIG)
+
+
+def _python_piece_layer(buf: bytes, piece_length: int) -> bytes:
+    """The piece layer without the kernels: hashlib leaves, the pure tree above them."""
+    width = piece_length // BLOCK
+    leaves = _python_leaves(buf)
+    step = 32 * width
+    return b"".join(
+        _pure.merkle_root(leaves[off : off + step], width) for off in range(0, len(leaves), step)
+    )
+
+
+@pytest.mark.parametrize("piece_length", [MiB, 64 * 1024], ids=["1MiB", "64KiB"])
+@pytest.mark.parametrize("impl", ["fast", "python-hashlib-loop"])
+def test_piece_layer_64mib(
+    benchmark: Any, record_mbps: Recorder, data: bytes, piece_length: int, impl: str
+) -> None:
+    benchmark.group = f"BEP 52 piece layer 64 MiB / {piece_length // 1024} KiB pieces"
+    fn: Callable[[bytes, int], bytes] = (
+        _fast.piece_layer if impl == "fast" else _python_piece_layer
+    )
+    layer = benchmark.pedantic(fn, args=(data, piece_length), **HEAVY)
+    assert len(layer) == 32 * (BIG // piece_length)
+    assert layer == _fast.piece_layer(data, piece_length)
     record_mbps(BIG)
 
 

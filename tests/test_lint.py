@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LINT_TIMEOUT = 300
 #: The tests that run again on the pure twins.
 PURE_TESTS = ["tests/test_wire_messages.py", "tests/test_wire_peer.py", "tests/test_picker.py",
-              "tests/test_receive_parity.py", "tests/test_take_blocks.py"]
+              "tests/test_receive_parity.py", "tests/test_take_blocks.py",
+              "tests/test_merkle.py"]
 
 
 def _require(module: str) -> None:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_module
 
 from torrent import _fast, _pure, merkle
 from torrent.bencoding import decode
-
-from conftest import require_module
 
 KiB = 1024
 BLOCK = 16 * KiB
@@ -120,8 +121,9 @@ def test_merkle_leaves_match_pure_and_hashlib(sha256_backend: str, n: int) -> No
     data = data_of(n)
     kind, leaves = both("merkle_leaves", data)
     assert kind == "ok"
-    assert leaves == b"".join(reference_tree(data, pow2_at_least(-(-n // BLOCK)))[0][: -(-n // BLOCK)])
-    assert len(leaves) == 32 * -(-n // BLOCK)
+    nblocks = -(-n // BLOCK)
+    assert leaves == b"".join(reference_tree(data, pow2_at_least(nblocks))[0][:nblocks])
+    assert len(leaves) == 32 * nblocks
     # any contiguous buffer: a view at an odd offset, a bytearray
     assert _fast.merkle_leaves(memoryview(b"x" + data)[1:]) == leaves
     assert _fast.merkle_leaves(bytearray(data)) == leaves
@@ -221,6 +223,48 @@ def test_speedups_hand_out_the_chosen_twins() -> None:
         assert getattr(_speedups, name) is getattr(impl, name)
 
 
+@pytest.mark.parametrize("kernel", ["sha256", "merkle_leaves", "piece_layer", "merkle_root"])
+def test_merkle_kernels_release_the_gil(kernel: str) -> None:
+    """A Python thread runs while the kernel hashes (as test_fast_parity does for SHA-1).
+
+    With a switch interval of 1000 s the interpreter never takes the GIL from
+    the hashing thread by force, so the main thread runs before the hashing
+    thread is done only if the kernel released the GIL itself. No timing.
+    """
+    buf = bytes(128 << 20)  # calloc'd zero pages
+    leaves = bytes(32 << 20)  # 2**20 zero leaves
+    calls = {
+        "sha256": lambda: _fast.sha256(buf),
+        "merkle_leaves": lambda: _fast.merkle_leaves(buf),
+        "piece_layer": lambda: _fast.piece_layer(buf, 1 << 20),
+        "merkle_root": lambda: _fast.merkle_root(leaves, 1 << 20),
+    }
+    state: dict[str, Any] = {"done": False, "result": None}
+
+    def hash_it() -> None:
+        state["result"] = calls[kernel]()
+        state["done"] = True
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        t = threading.Thread(target=hash_it)
+        t.start()  # returns only once the new thread gives the GIL up
+        ran_while_hashing = not state["done"]
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert ran_while_hashing, f"{kernel} held the GIL for its whole input"
+    zero_leaf = hashlib.sha256(bytes(BLOCK)).digest()
+    expected = {
+        "sha256": hashlib.sha256(buf).digest(),
+        "merkle_leaves": zero_leaf * 8192,
+        "piece_layer": _pure.merkle_root(zero_leaf * 64, 64) * 128,
+        "merkle_root": _pure.merkle_root(b"", 1 << 20),
+    }
+    assert state["result"] == expected[kernel]
+
+
 # --------------------------------------------------------------- torrent.merkle
 
 PIECES = [BLOCK, 64 * KiB]
@@ -304,7 +348,9 @@ def test_the_largest_file_allowed_is_bounded_before_hashing() -> None:
 
 @pytest.mark.parametrize("piece_length", PIECES)
 @pytest.mark.parametrize("n", FILE_SIZES)
-def test_check_piece_accepts_each_piece_and_refuses_a_flipped_bit(piece_length: int, n: int) -> None:
+def test_check_piece_accepts_each_piece_and_refuses_a_flipped_bit(
+    piece_length: int, n: int
+) -> None:
     data = data_of(n, 5)
     fh = merkle.file_hashes(data, piece_length)
     npieces = merkle.piece_count(n, piece_length)
@@ -372,9 +418,9 @@ def _lt_create(lt: Any, root: Path, piece: int, flags: int) -> bytes:
 def _walk(tree: dict[bytes, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, dict]]:
     for name, node in tree.items():
         if b"" in node:
-            yield "/".join(prefix + (name.decode(),)), node[b""]
+            yield "/".join((*prefix, name.decode())), node[b""]
         else:
-            yield from _walk(node, prefix + (name.decode(),))
+            yield from _walk(node, (*prefix, name.decode()))
 
 
 @pytest.mark.parametrize("piece", LT_PIECES, ids=["16KiB", "64KiB", "1MiB"])
