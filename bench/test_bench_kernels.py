@@ -108,7 +108,7 @@ def sha256_backend_named(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.mark.parametrize(
-    "sha256_backend_named", ["python-hashlib-loop", "openssl", "portable"], indirect=True
+    "sha256_backend_named", ["python-hashlib-loop", "openssl", "sha-ni", "portable"], indirect=True
 )
 def test_merkle_leaves_64mib(
     benchmark: Any, record_mbps: Recorder, data: bytes, sha256_backend_named: str

@@ -27,7 +27,7 @@ is hashed on another thread. SHA-1 itself lives in ``_sha1.h`` (libcrypto
 loaded with ``dlopen`` at import, else SHA-NI, else portable C).
 
 BEP 52 (v2) trees hash with SHA-256 from ``_sha256.h`` (libcrypto the same
-way, else portable C): :func:`merkle_leaves` (one leaf per 16 KiB block),
+way, else SHA-NI, else portable C): :func:`merkle_leaves` (one leaf per 16 KiB block),
 :func:`merkle_root` (pairwise up to the root; padding costs one hash per level,
 from the roots of all-zero subtrees computed at import) and :func:`piece_layer`
 (each piece's subtree root), each releasing the GIL once for the whole input.
@@ -145,7 +145,7 @@ cdef enum:
     _MAX_MERKLE_DEPTH = 48
 MAX_MERKLE_DEPTH = _MAX_MERKLE_DEPTH
 
-_SHA256_BACKEND_NAMES = ("openssl", "portable")
+_SHA256_BACKEND_NAMES = ("openssl", "sha-ni", "portable")
 
 ft_sha1_setup()
 
@@ -310,7 +310,7 @@ def verify_pieces(const unsigned char[::1] buf not None, Py_ssize_t piece_length
 # ------------------------------------------------------- SHA-256 and BEP 52 trees
 
 def sha256_backend() -> str:
-    """Return the SHA-256 backend in use: ``"openssl"`` or ``"portable"``."""
+    """Return the SHA-256 backend in use: ``"openssl"``, ``"sha-ni"`` or ``"portable"``."""
     return _SHA256_BACKEND_NAMES[ft_sha256_get_backend()]
 
 

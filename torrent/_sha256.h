@@ -4,8 +4,8 @@
  *
  * Theory of operation
  * -------------------
- * The same pattern as _sha1.h, with two backends computing the same one-shot
- * SHA-256 of a contiguous buffer:
+ * The same pattern as _sha1.h, with three backends computing the same
+ * one-shot SHA-256 of a contiguous buffer:
  *
  *   FT_SHA256_OPENSSL   libcrypto, found with dlopen() at import time: the
  *                       assembly hashlib uses (SHA-NI / AVX2 chosen by OpenSSL
@@ -16,12 +16,16 @@
  *                       which matters for the 64-byte interior nodes of a
  *                       merkle tree; if they are gone, EVP with a digest
  *                       fetched once.
+ *   FT_SHA256_SHANI     our own compression function on the x86 SHA
+ *                       extensions (sha256rnds2 / sha256msg1 / sha256msg2),
+ *                       compiled with a target attribute and chosen only when
+ *                       CPUID says the CPU has them.
  *   FT_SHA256_PORTABLE  plain C (FIPS 180-4 section 6.2), for every other
  *                       machine.
  *
  * ft_sha256() never fails: if an OpenSSL call reports an error, that one
- * digest is computed by the portable code. Each backend passes a known-answer
- * self-test before it can be selected.
+ * digest is computed natively. Each backend passes a known-answer self-test
+ * before it can be selected.
  *
  * All functions are safe to call without the GIL and from several threads,
  * except ft_sha256_setup() (once, at import) and ft_sha256_set_backend() (a
@@ -35,7 +39,15 @@
 #include <string.h>
 #include <dlfcn.h>
 
-enum { FT_SHA256_OPENSSL = 0, FT_SHA256_PORTABLE = 1, FT_SHA256_NBACKENDS = 2 };
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define FT_S256_HAVE_X86_SHANI 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+enum { FT_SHA256_OPENSSL = 0, FT_SHA256_SHANI = 1, FT_SHA256_PORTABLE = 2, FT_SHA256_NBACKENDS = 3 };
+
+typedef void (*ft_sha256_compress_fn)(uint32_t st[8], const unsigned char *p, size_t nblocks);
 
 #define FT_SHA256_DIGEST_SIZE 32 /* FIPS 180-4 */
 #define FT_SHA256_BLOCK_SIZE 64  /* FIPS 180-4: 512-bit message blocks */
@@ -110,9 +122,107 @@ static void ft_sha256_compress_portable(uint32_t st[8], const unsigned char *p, 
     }
 }
 
-/* One-shot SHA-256: whole blocks straight from the caller's buffer, then the
- * padded tail (FIPS 180-4 section 5.1.1). */
-static void ft_sha256_portable(const unsigned char *p, size_t n, unsigned char out[FT_SHA256_DIGEST_SIZE])
+/* ------------------------------------------------------------------ SHA-NI */
+
+#ifdef FT_S256_HAVE_X86_SHANI
+/* Two rounds per sha256rnds2: the low two words of MSG (message words plus
+ * round constants) update CDGH from ABEF, the high two then ABEF from CDGH. */
+#define FT_S256_RNDS4(MSG)                                                                    \
+    do {                                                                                      \
+        st1 = _mm_sha256rnds2_epu32(st1, st0, MSG);                                           \
+        st0 = _mm_sha256rnds2_epu32(st0, st1, _mm_shuffle_epi32(MSG, 0x0E));                  \
+    } while (0)
+/* Rounds 4i..4i+3 with the message words of group i in MI; the schedule of
+ * later groups advances: NEXT receives W[4i+4..] (msg2 of its msg1 part plus
+ * words i-7), and PREV its msg1 part for four groups on. */
+#define FT_S256_GROUP(i, PREV, MI, NEXT, DO_MSG1)                                             \
+    do {                                                                                      \
+        __m128i msg_ = _mm_add_epi32(MI, _mm_loadu_si128((const __m128i *)(ft_sha256_k + 4 * (i)))); \
+        st1 = _mm_sha256rnds2_epu32(st1, st0, msg_);                                          \
+        NEXT = _mm_sha256msg2_epu32(_mm_add_epi32(NEXT, _mm_alignr_epi8(MI, PREV, 4)), MI);   \
+        st0 = _mm_sha256rnds2_epu32(st0, st1, _mm_shuffle_epi32(msg_, 0x0E));                 \
+        if (DO_MSG1)                                                                          \
+            PREV = _mm_sha256msg1_epu32(PREV, MI);                                            \
+    } while (0)
+
+__attribute__((target("sha,sse4.1,ssse3"))) static void
+ft_sha256_compress_shani(uint32_t st[8], const unsigned char *p, size_t nblocks)
+{
+    /* byte-swap each 32-bit word (the message is big-endian) */
+    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i st0, st1, tmp, save0, save1, m0, m1, m2, m3, msg;
+
+    /* state words a..h into the ABEF / CDGH order the instructions use */
+    tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&st[0]), 0xB1); /* CDAB */
+    st1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&st[4]), 0x1B); /* EFGH */
+    st0 = _mm_alignr_epi8(tmp, st1, 8);                                       /* ABEF */
+    st1 = _mm_blend_epi16(st1, tmp, 0xF0);                                    /* CDGH */
+
+    while (nblocks--) {
+        save0 = st0;
+        save1 = st1;
+
+        m0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 0)), mask);
+        msg = _mm_add_epi32(m0, _mm_loadu_si128((const __m128i *)(ft_sha256_k + 0)));
+        FT_S256_RNDS4(msg);
+
+        m1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16)), mask);
+        msg = _mm_add_epi32(m1, _mm_loadu_si128((const __m128i *)(ft_sha256_k + 4)));
+        FT_S256_RNDS4(msg);
+        m0 = _mm_sha256msg1_epu32(m0, m1);
+
+        m2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 32)), mask);
+        msg = _mm_add_epi32(m2, _mm_loadu_si128((const __m128i *)(ft_sha256_k + 8)));
+        FT_S256_RNDS4(msg);
+        m1 = _mm_sha256msg1_epu32(m1, m2);
+
+        m3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 48)), mask);
+        FT_S256_GROUP(3, m2, m3, m0, 1);
+        FT_S256_GROUP(4, m3, m0, m1, 1);
+        FT_S256_GROUP(5, m0, m1, m2, 1);
+        FT_S256_GROUP(6, m1, m2, m3, 1);
+        FT_S256_GROUP(7, m2, m3, m0, 1);
+        FT_S256_GROUP(8, m3, m0, m1, 1);
+        FT_S256_GROUP(9, m0, m1, m2, 1);
+        FT_S256_GROUP(10, m1, m2, m3, 1);
+        FT_S256_GROUP(11, m2, m3, m0, 1);
+        FT_S256_GROUP(12, m3, m0, m1, 1);
+        FT_S256_GROUP(13, m0, m1, m2, 0);
+        FT_S256_GROUP(14, m1, m2, m3, 0);
+        msg = _mm_add_epi32(m3, _mm_loadu_si128((const __m128i *)(ft_sha256_k + 60)));
+        FT_S256_RNDS4(msg);
+
+        st0 = _mm_add_epi32(st0, save0);
+        st1 = _mm_add_epi32(st1, save1);
+        p += FT_SHA256_BLOCK_SIZE;
+    }
+
+    tmp = _mm_shuffle_epi32(st0, 0x1B);    /* FEBA */
+    st1 = _mm_shuffle_epi32(st1, 0xB1);    /* DCHG */
+    st0 = _mm_blend_epi16(tmp, st1, 0xF0); /* DCBA */
+    st1 = _mm_alignr_epi8(st1, tmp, 8);    /* HGFE */
+    _mm_storeu_si128((__m128i *)&st[0], st0);
+    _mm_storeu_si128((__m128i *)&st[4], st1);
+}
+
+static int ft_s256_cpu_has_shani(void)
+{
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    if (!(c & (1u << 9)) || !(c & (1u << 19))) /* SSSE3, SSE4.1 */
+        return 0;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b >> 29) & 1; /* CPUID.(EAX=7,ECX=0):EBX.SHA[bit 29] */
+}
+#endif /* FT_S256_HAVE_X86_SHANI */
+
+/* One-shot SHA-256 with a native compression function: whole blocks straight
+ * from the caller's buffer, then the padded tail (FIPS 180-4 section 5.1.1). */
+static void ft_sha256_native(ft_sha256_compress_fn compress, const unsigned char *p, size_t n,
+                             unsigned char out[FT_SHA256_DIGEST_SIZE])
 {
     uint32_t st[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
                       0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
@@ -121,7 +231,7 @@ static void ft_sha256_portable(const unsigned char *p, size_t n, unsigned char o
     uint64_t nbits = (uint64_t)n * 8u;
 
     if (full)
-        ft_sha256_compress_portable(st, p, full);
+        compress(st, p, full);
     if (rem)
         memcpy(tail, p + full * FT_SHA256_BLOCK_SIZE, rem);
     tail[rem] = 0x80;
@@ -129,7 +239,7 @@ static void ft_sha256_portable(const unsigned char *p, size_t n, unsigned char o
     memset(tail + rem + 1, 0, tlen - rem - 1 - 8);
     for (i = 0; i < 8; i++)
         tail[tlen - 1 - i] = (unsigned char)(nbits >> (8 * i));
-    ft_sha256_compress_portable(st, tail, tlen / FT_SHA256_BLOCK_SIZE);
+    compress(st, tail, tlen / FT_SHA256_BLOCK_SIZE);
     for (i = 0; i < 8; i++) {
         out[4 * i + 0] = (unsigned char)(st[i] >> 24);
         out[4 * i + 1] = (unsigned char)(st[i] >> 16);
@@ -174,7 +284,7 @@ static struct {
     const void *evp_md;
 } ft_s256_ossl;
 
-/* Returns 1 on success; 0 if OpenSSL failed (the caller then hashes portably). */
+/* Returns 1 on success; 0 if OpenSSL failed (the caller then hashes natively). */
 static int ft_sha256_openssl(const unsigned char *p, size_t n, unsigned char out[FT_SHA256_DIGEST_SIZE])
 {
     if (ft_s256_ossl.init) {
@@ -242,13 +352,31 @@ static int ft_sha256_load_openssl(void)
 /* ------------------------------------------------------------ dispatching */
 
 static int ft_sha256_backend = FT_SHA256_PORTABLE;
-static int ft_sha256_ok[FT_SHA256_NBACKENDS] = {0, 1};
+static int ft_sha256_ok[FT_SHA256_NBACKENDS] = {0, 0, 1};
 
 static void ft_sha256(const unsigned char *p, size_t n, unsigned char out[FT_SHA256_DIGEST_SIZE])
 {
-    if (ft_sha256_backend == FT_SHA256_OPENSSL && ft_sha256_openssl(p, n, out))
+    switch (ft_sha256_backend) {
+    case FT_SHA256_OPENSSL:
+        if (ft_sha256_openssl(p, n, out))
+            return;
+        /* OpenSSL failed on this call: hash natively, as fast as we can */
+#ifdef FT_S256_HAVE_X86_SHANI
+        if (ft_sha256_ok[FT_SHA256_SHANI]) {
+            ft_sha256_native(ft_sha256_compress_shani, p, n, out);
+            return;
+        }
+#endif
+        break;
+#ifdef FT_S256_HAVE_X86_SHANI
+    case FT_SHA256_SHANI:
+        ft_sha256_native(ft_sha256_compress_shani, p, n, out);
         return;
-    ft_sha256_portable(p, n, out);
+#endif
+    default:
+        break;
+    }
+    ft_sha256_native(ft_sha256_compress_portable, p, n, out);
 }
 
 /* Known answers (FIPS 180-2 appendix B.1 and B.2): SHA-256("abc") and the
@@ -266,6 +394,7 @@ static int ft_sha256_selftest(int backend)
     unsigned char a[FT_SHA256_DIGEST_SIZE], b[FT_SHA256_DIGEST_SIZE], c[FT_SHA256_DIGEST_SIZE];
     unsigned char msg[1000];
     size_t i;
+    int saved = ft_sha256_backend;
     for (i = 0; i < sizeof(msg); i++)
         msg[i] = (unsigned char)(i * 131u + 7u);
     if (backend == FT_SHA256_OPENSSL) {
@@ -274,13 +403,15 @@ static int ft_sha256_selftest(int backend)
             !ft_sha256_openssl(msg, sizeof(msg), c))
             return 0;
     } else {
-        ft_sha256_portable((const unsigned char *)"abc", 3, a);
-        ft_sha256_portable((const unsigned char *)two, sizeof(two) - 1, b);
-        ft_sha256_portable(msg, sizeof(msg), c);
+        ft_sha256_backend = backend;
+        ft_sha256((const unsigned char *)"abc", 3, a);
+        ft_sha256((const unsigned char *)two, sizeof(two) - 1, b);
+        ft_sha256(msg, sizeof(msg), c);
+        ft_sha256_backend = saved;
     }
     if (memcmp(a, abc, sizeof(a)) || memcmp(b, two_md, sizeof(b)))
         return 0;
-    ft_sha256_portable(msg, sizeof(msg), a);
+    ft_sha256_native(ft_sha256_compress_portable, msg, sizeof(msg), a);
     return memcmp(a, c, sizeof(a)) == 0;
 }
 
@@ -289,10 +420,16 @@ static void ft_sha256_setup(void)
 {
     ft_sha256_backend = FT_SHA256_PORTABLE;
     ft_sha256_ok[FT_SHA256_PORTABLE] = ft_sha256_selftest(FT_SHA256_PORTABLE);
+#ifdef FT_S256_HAVE_X86_SHANI
+    if (ft_s256_cpu_has_shani())
+        ft_sha256_ok[FT_SHA256_SHANI] = ft_sha256_selftest(FT_SHA256_SHANI);
+#endif
     if (ft_sha256_load_openssl())
         ft_sha256_ok[FT_SHA256_OPENSSL] = ft_sha256_selftest(FT_SHA256_OPENSSL);
     if (ft_sha256_ok[FT_SHA256_OPENSSL])
         ft_sha256_backend = FT_SHA256_OPENSSL;
+    else if (ft_sha256_ok[FT_SHA256_SHANI])
+        ft_sha256_backend = FT_SHA256_SHANI;
 }
 
 static int ft_sha256_available(int backend)
