@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torrentgen as tg
 
-from torrent import bencoding, metainfo
+from torrent import bencoding, merkle, metainfo
 from torrent.errors import InvalidTorrent
 from torrent.metainfo import FileEntry, Metainfo, build, load, parse
 
@@ -175,11 +175,16 @@ def test_hybrid_is_read_through_v1_part_and_keeps_v2_fields() -> None:
     top = tg.base_single(length=2 * tg.PIECE)
     info = top[b"info"]
     info[b"meta version"] = 2
-    info[b"file tree"] = {b"file.bin": {b"": {b"length": 2 * tg.PIECE, b"pieces root": b"r" * 32}}}
-    top[b"piece layers"] = {b"r" * 32: b"h" * 64}
+    root = merkle.layer_root(b"h" * 64, tg.PIECE)  # the root of a (made-up) layer
+    info[b"file tree"] = {b"file.bin": {b"": {b"length": 2 * tg.PIECE, b"pieces root": root}}}
+    top[b"piece layers"] = {root: b"h" * 64}
     data = bencoding.encode(top)
     m = parse(data)
     assert m.hybrid and m.num_pieces == 2
+    assert m.info_hash == hashlib.sha1(m.info_bytes).digest()
+    assert m.info_hash_v2 == hashlib.sha256(m.info_bytes).digest()
+    assert m.info_hash_v2_truncated == m.info_hash_v2[:20]
+    assert m.files[0].pieces_root == root
     assert b"file tree" in bencoding.decode(m.info_bytes)
     assert m.piece_layers == bencoding.encode(top[b"piece layers"])
     assert m.to_json_dict()["hybrid"] is True
@@ -191,6 +196,7 @@ def test_to_json_dict_shape() -> None:
     assert json.loads(json.dumps(js)) == js
     assert js == {
         "info_hash": m.info_hash_hex,
+        "info_hash_v2": None,
         "name": "dir",
         "total_size": 50005,
         "piece_length": tg.PIECE,
@@ -204,6 +210,7 @@ def test_to_json_dict_shape() -> None:
             {"path": "dir/sub/c.dat", "length": 30000},
         ],
         "hybrid": False,
+        "v2_only": False,
         "multi_file": True,
     }
 

@@ -211,6 +211,13 @@ def _load(path: str) -> Any:
     return metainfo.load(path)
 
 
+def _load_v1(path: str) -> Any:
+    """A torrent that can be verified or downloaded (v1 or hybrid, not v2-only)."""
+    from . import metainfo
+
+    return metainfo.require_v1(_load(path))
+
+
 # -- info -------------------------------------------------------------------
 def _magnet_info(a: argparse.Namespace) -> int:
     """``info`` of a magnet link: what the link itself says (the rest is in its metadata)."""
@@ -247,10 +254,14 @@ def cmd_info(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(d, ensure_ascii=False))
         return 0
-    out = [
-        f"name:         {d['name']}",
-        f"info hash:    {d['info_hash']}"
-        + ("  (hybrid v1+v2, read as v1)" if d.get("hybrid") else ""),
+    out = [f"name:         {d['name']}"]
+    if d["info_hash"] is not None:
+        out.append(f"info hash:    {d['info_hash']}"
+                   + ("  (hybrid v1+v2, downloaded as v1)" if d["hybrid"] else ""))
+    if d["info_hash_v2"] is not None:
+        out.append(f"info hash v2: {d['info_hash_v2']}"
+                   + ("  (v2-only: not downloadable yet)" if d["v2_only"] else ""))
+    out += [
         f"size:         {_human_size(d['total_size'])} ({d['total_size']} bytes)",
         f"pieces:       {d['num_pieces']} x {_human_size(d['piece_length'])}",
         f"private:      {'yes' if d['private'] else 'no'}",
@@ -266,6 +277,8 @@ def cmd_info(a: argparse.Namespace) -> int:
                 + ("  (executable)" if f.get("executable") else "") \
                 + ("  (hidden)" if f.get("hidden") else "")
             out.append(f"  {f['index']:>6}  {f['length']:>15}  {f['path']}{marks}")
+            if "pieces_root" in f:
+                out.append(f"          pieces root {f['pieces_root']}")
     print("\n".join(out))
     return 0
 
@@ -307,7 +320,7 @@ def cmd_create(a: argparse.Namespace) -> int:
 def cmd_verify(a: argparse.Namespace) -> int:
     from .verifier import verify_data
 
-    meta = _load(a.torrent)
+    meta = _load_v1(a.torrent)
     if not os.path.isdir(a.dir):
         raise UsageError(f"{a.dir}: not a directory")
     rep = verify_data(meta, a.dir, workers=a.workers or _default_workers(), fork=True)

@@ -1557,7 +1557,7 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
             prestarted.start()  # (no fetch: kept metadata) and a failure it deferred
             metadata_seconds = time.monotonic() - began
         else:
-            meta = metainfo.load(torrent)
+            meta = metainfo.require_v1(metainfo.load(torrent))
             report.added(meta.info_hash_hex, source="torrent", name=meta.name)
             if opts.save_torrent:
                 _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
@@ -1636,7 +1636,7 @@ def _seed(torrent: str, directory: str, opts: Options, log: Callable[[str], None
     # importing (or forked, ready) while the data is checked
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
     try:
-        meta = metainfo.load(torrent)
+        meta = metainfo.require_v1(metainfo.load(torrent))
         report.added(meta.info_hash_hex, source="torrent", name=meta.name)
         report.metadata(meta)
         coord = Coordinator(meta, directory, opts, seeding=True, log=log,

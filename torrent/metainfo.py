@@ -72,9 +72,19 @@ Rules, and why:
   place; at most ``MAX_WEB_SEEDS`` are kept.
 - ``private`` (BEP 27): an integer when present; 1 means private.
 - BEP 52: ``meta version`` 2 with ``pieces`` is a hybrid, read through its v1
-  part (``file tree`` stays in ``info_bytes``, top-level ``piece layers`` is
-  kept raw); ``meta version`` 2 without ``pieces`` is v2-only, not supported
-  yet. A hybrid's halves must agree (:func:`_check_hybrid`): the file tree
+  part; ``meta version`` 2 without ``pieces`` is v2-only: its files come from
+  the ``file tree`` (tree order), with the pad files libtorrent 2.1 lays out
+  after each non-empty file not ending on a piece boundary (``.pad/N``, the
+  last file included), so sizes and piece counts are libtorrent's. It is read (``info``)
+  but refused by download, seed and verify (:func:`require_v1`). Both carry
+  ``info_hash_v2``, the SHA-256 of the info bytes. The top-level ``piece
+  layers`` must be a dict of 32-byte roots to whole hashes; every file larger
+  than one piece needs its layer, exactly 32 bytes per piece, hashing up to
+  its ``pieces root`` (:func:`torrent.merkle.check_piece_layer`); layers of
+  roots no file has are ignored (libtorrent 2.0 ignores them). A hybrid with
+  no ``piece layers`` at all (a magnet's fetched info dict) is read through
+  its v1 part, as libtorrent reads it; a v2-only torrent needs them (we could
+  verify nothing without them). A hybrid's halves must agree (:func:`_check_hybrid`): the file tree
   is well formed and lists the v1 files (pads aside) in the same order, with
   the same lengths and symlink targets; each non-empty v1 file starts where
   the v2 layout puts it (a piece boundary), and the total is the v2
@@ -90,7 +100,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torrent import bencoding
+from torrent import bencoding, merkle
 from torrent.bencoding import BencodeError
 from torrent.errors import InvalidTorrent
 from torrent.webseed import MAX_WEB_SEEDS, checked_url
@@ -105,9 +115,11 @@ __all__ = [
     "TRACKER_SCHEMES",
     "FileEntry",
     "Metainfo",
+    "V2_ONLY_REFUSED",
     "build",
     "load",
     "parse",
+    "require_v1",
 ]
 
 # Largest .torrent file read. The biggest real ones (10**5 files, or v2 piece
@@ -174,6 +186,9 @@ class FileEntry:
             and '/'-separated like ``path`` (the torrent's ``symlink path``
             under the torrent's root); None for every other file. A symlink
             holds no byte of the torrent (its length is 0).
+        pieces_root: BEP 52: the file's ``pieces root`` from the ``file tree``
+            (32 bytes) in v2-only and hybrid torrents; ``b""`` for v1
+            torrents, pad files, symlinks and empty files.
     """
 
     path: str
@@ -182,6 +197,7 @@ class FileEntry:
     pad: bool
     attr: str = ""
     symlink: str | None = None
+    pieces_root: bytes = b""
 
     @property
     def executable(self) -> bool:
@@ -211,9 +227,17 @@ class Metainfo:
         private: BEP 27 private flag.
         multi_file: the torrent has a 'files' list.
         hybrid: BEP 52 v1+v2 hybrid (read through its v1 part).
+        v2_only: BEP 52 v2-only torrent: read (files, pieces roots, piece
+            layers checked) but not downloadable yet; ``piece_hashes`` is
+            empty and ``files`` holds the pad files libtorrent lays out
+            after files (every file starts on a piece boundary).
+        info_hash_v2: SHA-256 of the exact info bytes for v2-only and hybrid
+            torrents (BEP 52), None for v1.
         info_bytes: the exact bencoded info dict from the file.
         comment, created_by, creation_date: informational, None if absent.
-        piece_layers: a hybrid's raw bencoded top-level 'piece layers', if any.
+        piece_layers: a v2-only or hybrid torrent's raw bencoded top-level
+            'piece layers' (every layer checked against its file's pieces
+            root when read), if any.
         web_seeds: BEP 19 ``url-list`` URLs (http and https only).
     """
 
@@ -234,11 +258,24 @@ class Metainfo:
     creation_date: int | None = None
     piece_layers: bytes | None = None
     web_seeds: tuple[str, ...] = ()
+    v2_only: bool = False
+    info_hash_v2: bytes | None = None
 
     @property
     def info_hash_hex(self) -> str:
         """The info-hash as 40 lowercase hex digits."""
         return self.info_hash.hex()
+
+    @property
+    def info_hash_v2_hex(self) -> str | None:
+        """The v2 info-hash as 64 lowercase hex digits (None for a v1 torrent)."""
+        return None if self.info_hash_v2 is None else self.info_hash_v2.hex()
+
+    @property
+    def info_hash_v2_truncated(self) -> bytes | None:
+        """The v2 info-hash cut to 20 bytes: what v2 handshakes, trackers and
+        the DHT carry (BEP 52); None for a v1 torrent."""
+        return None if self.info_hash_v2 is None else self.info_hash_v2[:SHA1_LEN]
 
     def piece_size(self, index: int) -> int:
         """Size of piece ``index`` in bytes (the last one may be short).
@@ -275,9 +312,12 @@ class Metainfo:
                 entry["executable"] = True
             if f.hidden:
                 entry["hidden"] = True
+            if f.pieces_root:
+                entry["pieces_root"] = f.pieces_root.hex()
             files.append(entry)
         return {
-            "info_hash": self.info_hash_hex,
+            "info_hash": None if self.v2_only else self.info_hash_hex,
+            "info_hash_v2": self.info_hash_v2_hex,
             "name": self.name,
             "total_size": self.total_size,
             "piece_length": self.piece_length,
@@ -287,6 +327,7 @@ class Metainfo:
             "web_seeds": list(self.web_seeds),
             "files": files,
             "hybrid": self.hybrid,
+            "v2_only": self.v2_only,
             "multi_file": self.multi_file,
         }
 
@@ -597,15 +638,27 @@ def _sanitize_symlinks(files: tuple[FileEntry, ...]) -> tuple[FileEntry, ...]:
 _PIECES_ROOT_LEN = 32  # BEP 52: SHA-256 merkle root of a file
 
 
-def _tree_files(tree: object, name: str, multi_file: bool) -> list[tuple[str, int, str | None]]:
-    """A hybrid's v2 ``file tree`` as ``(path, length, symlink target)`` in tree order.
+@dataclass(frozen=True, slots=True)
+class _TreeFile:
+    """One file of a v2 ``file tree``, in tree order."""
+
+    path: str
+    length: int
+    symlink: str | None
+    attr: str
+    pieces_root: bytes
+
+
+def _tree_files(tree: object, name: str, multi_file: bool, what: str) -> list[_TreeFile]:
+    """A v2 ``file tree``'s files in tree order (paths start with ``name`` when
+    ``multi_file``).
 
     Walked with an explicit stack (the decoder already bounds the nesting).
     Paths are checked like v1 paths; a broken node raises naming its path.
     """
     if not isinstance(tree, dict) or not tree:
-        raise _bad("info.file tree", "missing, empty or not a dict (a hybrid needs it)")
-    out: list[tuple[str, int, str | None]] = []
+        raise _bad("info.file tree", f"missing, empty or not a dict ({what} needs it)")
+    out: list[_TreeFile] = []
     root = [name] if multi_file else []
     stack: list[tuple[Any, list[str]]] = [(iter(tree.items()), root)]
     while stack:
@@ -631,6 +684,7 @@ def _tree_files(tree: object, name: str, multi_file: bool) -> list[tuple[str, in
         attr_s = _attr(leaf)
         length: Any = leaf.get(b"length")
         target = None
+        pr = b""
         if _LINK_ATTR in attr_s:
             length = 0
             if b"symlink path" in leaf:
@@ -641,8 +695,36 @@ def _tree_files(tree: object, name: str, multi_file: bool) -> list[tuple[str, in
             pr = leaf.get(b"pieces root")
             if not isinstance(pr, bytes) or len(pr) != _PIECES_ROOT_LEN:
                 raise _bad(f"{field}.pieces root", f"must be a {_PIECES_ROOT_LEN}-byte string")
-        out.append((path, length, target))
+        out.append(_TreeFile(path, length, target, attr_s, pr))
     return out
+
+
+def _v2_files(info: dict[bytes, Any], name: str, piece_length: int
+              ) -> tuple[tuple[FileEntry, ...], list[_TreeFile], bool]:
+    """A v2-only torrent's files as libtorrent 2.1 lays them out: after each
+    non-empty file that does not end on a piece boundary (the last one too, and
+    even the only one), a pad file ``<name>/.pad/N`` (attr ``p``)."""
+    tree = info.get(b"file tree")
+    top = next(iter(tree.values())) if isinstance(tree, dict) and len(tree) == 1 else None
+    multi_file = not (isinstance(top, dict) and b"" in top)
+    v2 = _tree_files(tree, name, multi_file, "a v2 torrent")
+    if not multi_file and v2[0].path != name:
+        raise _bad("info.file tree", f"a single-file v2 torrent must hold one file named"
+                   f" info.name {name!r}, has {v2[0].path!r}")
+    name_b = name.encode()
+    entries: list[FileEntry] = []
+    pos = 0
+    for f in v2:
+        comps = [c.encode() for c in f.path.split("/")]
+        _check_fits(comps if multi_file else [name_b], "info.file tree", f.path)
+        entries.append(FileEntry(f.path, f.length, pos, False, f.attr, f.symlink, f.pieces_root))
+        pos += f.length
+        if pos % piece_length:
+            pad = piece_length - pos % piece_length
+            entries.append(FileEntry("/".join([name, _PAD_DIR, str(pad)]), pad, pos, True,
+                                     _PAD_ATTR))
+            pos += pad
+    return tuple(entries), v2, multi_file
 
 
 def _check_hybrid(
@@ -651,27 +733,29 @@ def _check_hybrid(
     files: tuple[FileEntry, ...],
     multi_file: bool,
     piece_length: int,
-) -> None:
-    """Refuse a hybrid whose v1 and v2 halves describe different files.
+) -> list[_TreeFile]:
+    """Refuse a hybrid whose v1 and v2 halves describe different files; return
+    the v2 half's files.
 
     Same files in the same order (path, length, symlink target); in the v1
     list each non-empty file starts where the v2 layout puts it (at a piece
     boundary: pad files between files); the total is the v2 layout's, with or
     without a tail pad (libtorrent accepts both).
     """
-    v2 = _tree_files(info.get(b"file tree"), name, multi_file)
-    if not multi_file and (len(v2) != 1 or v2[0][0] != name):
-        shown = ", ".join(repr(p) for p, _, _ in v2[:3])
+    v2 = _tree_files(info.get(b"file tree"), name, multi_file, "a hybrid")
+    if not multi_file and (len(v2) != 1 or v2[0].path != name):
+        shown = ", ".join(repr(t.path) for t in v2[:3])
         raise _bad("info.file tree", f"a single-file hybrid must hold one file named"
                    f" info.name {name!r}, has {shown}")
     v1 = [f for f in files if not f.pad]
     what = "hybrid v1 and v2 parts disagree"
     for k in range(max(len(v1), len(v2))):
         if k >= len(v1):
-            raise _bad("info.files", f"{what}: the file tree has {v2[k][0]!r}, info.files not")
+            raise _bad("info.files", f"{what}: the file tree has {v2[k].path!r}, info.files not")
         if k >= len(v2):
             raise _bad("info.files", f"{what}: info.files has {v1[k].path!r}, the file tree not")
-        f, (path, length, target) = v1[k], v2[k]
+        f, t = v1[k], v2[k]
+        path, length, target = t.path, t.length, t.symlink
         if f.path != path:
             raise _bad("info.files", f"{what}: file {k} is {f.path!r} in info.files but"
                        f" {path!r} in the file tree")
@@ -694,6 +778,55 @@ def _check_hybrid(
     if total not in (pos, -(-pos // piece_length) * piece_length):
         raise _bad("info.files", f"{what}: info.files totals {total} bytes, the v2 layout"
                    f" {pos} (pad files past the last file)")
+    return v2
+
+
+def _with_roots(files: tuple[FileEntry, ...], v2: list[_TreeFile]) -> tuple[FileEntry, ...]:
+    """A hybrid's v1 files with the pieces roots of the (matching) v2 files."""
+    roots = iter(t.pieces_root for t in v2)
+    return tuple(f if f.pad else FileEntry(f.path, f.length, f.offset, f.pad, f.attr,
+                                           f.symlink, next(roots)) for f in files)
+
+
+def _check_layers(layers: object, v2: list[_TreeFile], piece_length: int, required: bool,
+                  ) -> None:
+    """Check the top-level ``piece layers`` (BEP 52) against the file tree.
+
+    Every file larger than one piece needs its layer (keyed by its pieces
+    root), exactly 32 bytes per piece of the file, hashing up to that root.
+    Entries must be 32-byte keys to strings of whole hashes (as libtorrent
+    requires); an entry for a root no file has is ignored (libtorrent 2.0
+    ignores it, 2.1's ``load_torrent`` refuses it). ``required`` False: a
+    hybrid without any ``piece layers`` (a magnet's fetched info dict) is read
+    through its v1 half.
+    """
+    if layers is None:
+        if not required:
+            return
+        layers = {}
+    if not isinstance(layers, dict):
+        raise _bad("piece layers", f"must be a dict, got {type(layers).__name__}")
+    for key, value in layers.items():
+        if len(key) != merkle.HASH_SIZE:
+            raise _bad("piece layers", f"a key is {len(key)} bytes, not a {merkle.HASH_SIZE}-byte"
+                       " pieces root")
+        if not isinstance(value, bytes) or len(value) % merkle.HASH_SIZE:
+            raise _bad(f"piece layers[{key.hex()}]", f"must be a string of whole"
+                       f" {merkle.HASH_SIZE}-byte hashes")
+    for t in v2:
+        if t.length <= piece_length:
+            continue
+        field = f"piece layers[{_short(t.path)}]"
+        layer = layers.get(t.pieces_root)
+        if layer is None:
+            raise _bad(field, f"missing: a file of {t.length} bytes, more than one piece,"
+                       " needs its layer (keyed by its pieces root)")
+        try:
+            ok = merkle.check_piece_layer(layer, t.pieces_root, t.length, piece_length)
+        except ValueError as exc:
+            raise _bad(field, str(exc)) from None
+        if not ok:
+            raise _bad(field, "does not hash to the file's pieces root")
 
 
 def _valid_path_list(path: object) -> bool:
@@ -721,7 +854,8 @@ def parse(data: bytes) -> Metainfo:
 
     Raises:
         InvalidTorrent: malformed bencode, a missing or bad field (named in
-            the message), unsafe paths, or a v2-only torrent.
+            the message), unsafe paths, or a piece layer that does not match
+            its file's pieces root.
     """
     if len(data) > MAX_TORRENT_SIZE:
         raise InvalidTorrent(
@@ -743,52 +877,65 @@ def parse(data: bytes) -> Metainfo:
         raise _bad("info", "missing or not a dict")
     info_bytes = bytes(data[info_span[0] : info_span[1]])
 
-    hybrid = False
+    hybrid = v2_only = False
     if b"meta version" in info:
         version = info[b"meta version"]
         if version != 2 or not _is_int(version):
             raise _bad("info.meta version", f"unsupported version {version!r}")
-        if b"pieces" not in info:
-            raise InvalidTorrent("invalid torrent: v2-only torrents are not supported yet")
-        hybrid = True
+        hybrid = b"pieces" in info
+        v2_only = not hybrid
 
     name = _text(info, b"name", "info.name")
     _check_component(name, "info.name")
 
     piece_length: Any = info.get(b"piece length")
+    v2 = hybrid or v2_only
     if (
         not _is_int(piece_length)
         or not MIN_PIECE_LENGTH <= piece_length <= MAX_PIECE_LENGTH
-        or (hybrid and piece_length & (piece_length - 1))
+        or (v2 and piece_length & (piece_length - 1))
     ):
-        rule = "a power of two" if hybrid else "an integer"
+        rule = "a power of two" if v2 else "an integer"
         raise _bad(
             "info.piece length",
             f"must be {rule} between 16 KiB and {MAX_PIECE_LENGTH} (512 MiB less 16 KiB,"
             f" libtorrent's limit), got {piece_length!r}",
         )
 
-    pieces = info.get(b"pieces")
-    if not isinstance(pieces, bytes):
-        raise _bad("info.pieces", "missing or not a byte string")
-    if len(pieces) % SHA1_LEN:
-        raise _bad("info.pieces", f"length {len(pieces)} is not a multiple of {SHA1_LEN}")
+    tree: list[_TreeFile] = []
+    if v2_only:
+        files, tree, multi_file = _v2_files(info, name, piece_length)
+        pieces = b""
+        total = sum(f.length for f in files)
+        if total == 0:
+            raise _bad("info.file tree", "empty torrent (total size 0)")
+        num_pieces = -(-total // piece_length)
+    else:
+        pieces = info.get(b"pieces")
+        if not isinstance(pieces, bytes):
+            raise _bad("info.pieces", "missing or not a byte string")
+        if len(pieces) % SHA1_LEN:
+            raise _bad("info.pieces", f"length {len(pieces)} is not a multiple of {SHA1_LEN}")
 
-    files, multi_file = _files(info, name)
-    total = sum(f.length for f in files)
-    if total == 0:
-        raise _bad("info.files" if multi_file else "info.length", "empty torrent (total size 0)")
-    expected = -(-total // piece_length)
-    num_pieces = len(pieces) // SHA1_LEN
-    if num_pieces != expected:
-        raise _bad(
-            "info.pieces",
-            f"has {num_pieces} hashes, but {total} bytes in pieces of {piece_length}"
-            f" need {expected}",
-        )
-
-    if hybrid:
-        _check_hybrid(info, name, files, multi_file, piece_length)
+        files, multi_file = _files(info, name)
+        total = sum(f.length for f in files)
+        if total == 0:
+            raise _bad("info.files" if multi_file else "info.length",
+                       "empty torrent (total size 0)")
+        expected = -(-total // piece_length)
+        num_pieces = len(pieces) // SHA1_LEN
+        if num_pieces != expected:
+            raise _bad(
+                "info.pieces",
+                f"has {num_pieces} hashes, but {total} bytes in pieces of {piece_length}"
+                f" need {expected}",
+            )
+        if hybrid:
+            tree = _check_hybrid(info, name, files, multi_file, piece_length)
+            files = _with_roots(files, tree)
+    if v2:
+        _check_layers(top.get(b"piece layers"), tree, piece_length, required=v2_only
+                      or b"piece layers" in top)
     files = _sanitize_symlinks(files)
 
     private = info.get(b"private", 0)
@@ -796,9 +943,12 @@ def parse(data: bytes) -> Metainfo:
         raise _bad("info.private", f"must be an integer, got {type(private).__name__}")
 
     creation_date = top.get(b"creation date")
-    layers_span = spans.top.get(b"piece layers") if hybrid else None
+    layers_span = spans.top.get(b"piece layers") if v2 else None
+    info_hash_v2 = hashlib.sha256(info_bytes).digest() if v2 else None
     return Metainfo(
-        info_hash=hashlib.sha1(info_bytes).digest(),
+        # a v2-only torrent has no v1 info-hash: it is known by its truncated v2 one
+        info_hash=info_hash_v2[:SHA1_LEN] if info_hash_v2 and v2_only
+        else hashlib.sha1(info_bytes).digest(),
         name=name,
         piece_length=piece_length,
         piece_hashes=pieces,
@@ -815,7 +965,23 @@ def parse(data: bytes) -> Metainfo:
         created_by=_optional_text(top, b"created by"),
         creation_date=creation_date if _is_int(creation_date) else None,
         piece_layers=bytes(data[layers_span[0] : layers_span[1]]) if layers_span else None,
+        v2_only=v2_only,
+        info_hash_v2=info_hash_v2,
     )
+
+
+V2_ONLY_REFUSED = "v2-only torrents cannot be downloaded yet"
+
+
+def require_v1(meta: Metainfo) -> Metainfo:
+    """``meta`` when it can be downloaded, seeded or verified (v1 or hybrid).
+
+    Raises:
+        InvalidTorrent: a v2-only torrent (read, but not downloadable yet).
+    """
+    if meta.v2_only:
+        raise InvalidTorrent(f"{V2_ONLY_REFUSED} (torrent {meta.name!r})")
+    return meta
 
 
 def load(path: str | os.PathLike[str]) -> Metainfo:
