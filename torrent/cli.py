@@ -297,6 +297,7 @@ def cmd_create(a: argparse.Namespace) -> int:
         workers=a.workers or _default_workers(),
         comment=a.comment,
         fork=True,
+        version="v2" if a.v2 else "hybrid" if a.hybrid else "v1",
     )
     tmp = a.output + ".part"
     try:
@@ -311,7 +312,9 @@ def cmd_create(a: argparse.Namespace) -> int:
         from . import metainfo
 
         meta = metainfo.parse(data)
-        print(f"{a.output}: {meta.info_hash_hex}  {meta.num_pieces} pieces x "
+        hashes = " ".join(h for h in ((None if meta.v2_only else meta.info_hash_hex),
+                                      meta.info_hash_v2_hex) if h)
+        print(f"{a.output}: {hashes}  {meta.num_pieces} pieces x "
               f"{_human_size(meta.piece_length)}, {_human_size(meta.total_size)}")
     return 0
 
@@ -499,6 +502,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="announce URL (repeatable: one tier each)")
     s.add_argument("--private", action="store_true", help="set the private flag (BEP 27)")
     s.add_argument("--comment", default=None)
+    kind = s.add_mutually_exclusive_group()
+    kind.add_argument("--v2", action="store_true",
+                      help="a v2-only torrent (BEP 52; not downloadable by fasttorrent yet)")
+    kind.add_argument("--hybrid", action="store_true",
+                      help="a v1+v2 hybrid (BEP 52, with BEP 47 pad files between files)")
     s.add_argument("--workers", type=_workers_arg, default=None,
                    help="hashing processes (default: the CPUs this process may use)")
     s.add_argument("-q", "--quiet", action="store_true")

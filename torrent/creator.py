@@ -1,4 +1,11 @@
-"""Make a v1 .torrent from a file or a directory, hashing on every core."""
+"""Make a .torrent from a file or a directory, hashing on every core.
+
+v1 (BEP 3), v2-only or hybrid (BEP 52). The SHA-1 pieces are hashed by
+:func:`torrent.hashing.hash_pieces` in ``workers`` processes (a hybrid's over
+the pad layout of :func:`torrent.metainfo.pad_layout`); the v2 merkle trees by
+:func:`v2_hashes`, ``workers`` threads running the native core (which releases
+the GIL) on chunks of whole pieces of each file.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,19 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
-from . import metainfo
+from . import merkle, metainfo
+from ._speedups import piece_layer
 from .errors import StorageError, UsageError
-from .hashing import hash_pieces
+from .hashing import CHUNK_BYTES, hash_pieces
 from .storage import FileSpan, Layout, os_error
 
-__all__ = ["MAX_AUTO_PIECE", "MIN_AUTO_PIECE", "auto_piece_length", "create_torrent"]
+__all__ = ["MAX_AUTO_PIECE", "MIN_AUTO_PIECE", "auto_piece_length", "create_torrent",
+           "v2_hashes"]
+
+#: The kinds of torrent :func:`create_torrent` makes.
+VERSIONS = ("v1", "v2", "hybrid")
 
 #: Bounds of the automatic piece length.  256 KiB keeps per-piece overhead
 #: (HAVE messages, bitfield size, picker work) low on small torrents; 16 MiB is
@@ -64,6 +77,59 @@ def _collect(path: str) -> tuple[str, list[tuple[str, str, int]], bool]:
     return name, out, True
 
 
+def _read(full: str, rel: str, start: int, size: int) -> bytes:
+    try:
+        with open(full, "rb") as f:
+            data = os.pread(f.fileno(), size, start)
+    except OSError as e:
+        raise os_error(e, f"reading {rel}") from None
+    if len(data) != size:
+        raise StorageError(f"{rel} changed size while it was being hashed")
+    return data
+
+
+def v2_hashes(files: list[tuple[str, str, int]], piece_length: int, workers: int = 1,
+              progress: Callable[[int, int], None] | None = None,
+              ) -> list[merkle.FileHashes]:
+    """Each file's BEP 52 pieces root and piece layer, hashed in ``workers`` threads.
+
+    Args:
+        files: ``(absolute path, relative path, size)``.
+        piece_length: a power of two of at least 16 KiB.
+
+    Raises:
+        StorageError: a file could not be read or changed size.
+    """
+    per = max(piece_length, CHUNK_BYTES // piece_length * piece_length)
+    tasks: list[tuple[int, int, int]] = []  # (file, first byte, bytes)
+    for k, (_, _, size) in enumerate(files):
+        if size > piece_length:
+            tasks += [(k, s, min(per, size - s)) for s in range(0, size, per)]
+    total = sum(n for _, _, n in tasks)
+    done = 0
+
+    def layer_of(task: tuple[int, int, int]) -> bytes:
+        k, start, size = task
+        full, rel, _ = files[k]
+        return piece_layer(_read(full, rel, start, size), piece_length)
+
+    parts: dict[int, list[bytes]] = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for (k, _, n), out in zip(tasks, pool.map(layer_of, tasks), strict=True):
+            parts.setdefault(k, []).append(out)
+            done += n
+            if progress is not None:
+                progress(done, total)
+    result = []
+    for k, (full, rel, size) in enumerate(files):
+        if size > piece_length:
+            layer = b"".join(parts[k])
+            result.append(merkle.FileHashes(merkle.layer_root(layer, piece_length), layer))
+        else:  # one piece at most: hashed whole (its root is no piece layer's)
+            result.append(merkle.file_hashes(_read(full, rel, 0, size), piece_length))
+    return result
+
+
 def create_torrent(
     path: str,
     *,
@@ -75,6 +141,7 @@ def create_torrent(
     creation_date: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     fork: bool = False,
+    version: str = "v1",
 ) -> bytes:
     """Hash ``path`` (a file or a directory) and return the bencoded .torrent.
 
@@ -87,12 +154,18 @@ def create_torrent(
         workers: hashing processes.
         fork: the hashing children may be forks of this process (see
             :func:`torrent.hashing.hash_pieces`); for a caller that owns its process.
+        version: ``"v1"``, ``"v2"`` (v2-only, BEP 52) or ``"hybrid"`` (both, with
+            BEP 47 pad files so each file starts on a piece boundary).
 
     Raises:
         UsageError: nothing to share, or a bad piece length.
         StorageError: a file could not be read (or changed size while hashed).
     """
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     name, files, multi = _collect(path)
+    if version != "v1":  # the file tree's order (the v1 list must follow it)
+        files.sort(key=lambda f: metainfo.v2_order(f[1]))
     total = sum(f[2] for f in files)
     if total == 0:
         raise UsageError(f"nothing to share in {path}: no data (empty files only)")
@@ -101,30 +174,41 @@ def create_torrent(
     elif piece_length < 16384 or piece_length & (piece_length - 1):
         raise UsageError("--piece-length must be a power of two of at least 16384, "
                          f"got {piece_length}")
-    spans = []
-    off = 0
-    for full, rel, size in files:
-        spans.append(FileSpan(path=full, rel=rel, length=size, offset=off))
-        off += size
-    layout = Layout(spans, piece_length, total)
-    res = hash_pieces(layout, digests=None, workers=workers, progress=progress, fork=fork)
-    if res.bytes_read != total:
-        raise StorageError("a file changed size while it was being hashed")
+    prefix = name + "/"
+    listed = [(rel[len(prefix):], size) for _, rel, size in files]
+    pieces = None
+    if version != "v2":
+        spans = []
+        off = 0
+        by_rel = {rel: full for full, rel, _ in files}
+        laid = metainfo.pad_layout(listed, piece_length) if version == "hybrid" and multi \
+            else [(rel[len(prefix):] if multi else rel, size, False) for _, rel, size in files]
+        for rel, size, pad in laid:
+            full_rel = prefix + rel if multi else rel
+            spans.append(FileSpan(path="" if pad else by_rel[full_rel], rel=full_rel,
+                                  length=size, offset=off, pad=pad))
+            off += size
+        layout = Layout(spans, piece_length, off)
+        res = hash_pieces(layout, digests=None, workers=workers, progress=progress, fork=fork)
+        if res.bytes_read != off:  # pads included (zeros, never read)
+            raise StorageError("a file changed size while it was being hashed")
+        pieces = bytes(res.digests)
+    v2 = v2_hashes(files, piece_length, workers, progress) if version != "v1" else None
     for full, rel, size in files:
         try:
             if os.stat(full).st_size != size:
                 raise StorageError(f"{rel} changed size while it was being hashed")
         except OSError as e:
             raise os_error(e, f"reading {rel}") from None
-    prefix = name + "/"
     return metainfo.build(
         name=name,
-        files=[(rel[len(prefix):], size) for _, rel, size in files] if multi else None,
+        files=listed if multi else None,
         length=None if multi else total,
         piece_length=piece_length,
-        piece_hashes=bytes(res.digests),
+        piece_hashes=pieces,
         trackers=trackers or [],
         private=private,
         comment=comment,
         creation_date=int(time.time()) if creation_date is None else creation_date,
+        v2=v2,
     )

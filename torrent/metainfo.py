@@ -118,8 +118,10 @@ __all__ = [
     "Metainfo",
     "build",
     "load",
+    "pad_layout",
     "parse",
     "require_v1",
+    "v2_order",
 ]
 
 # Largest .torrent file read. The biggest real ones (10**5 files, or v2 piece
@@ -1005,21 +1007,59 @@ def load(path: str | os.PathLike[str]) -> Metainfo:
     return parse(data)
 
 
+def pad_layout(files: Sequence[tuple[str, int]], piece_length: int,
+               ) -> list[tuple[str, int, bool]]:
+    """A multi-file hybrid's v1 file list as libtorrent 2.1 lays it out (BEP 47):
+    after each non-empty file not ending on a piece boundary, the last one too,
+    a pad file ``.pad/N`` of the N bytes to the boundary.
+
+    Args:
+        files: ``(path, length)`` in torrent order (paths without the name).
+
+    Returns:
+        ``(path, length, pad)`` in torrent order, the pads included.
+    """
+    out: list[tuple[str, int, bool]] = []
+    pos = 0
+    for path, size in files:
+        out.append((path, size, False))
+        pos += size
+        if pos % piece_length:
+            pad = piece_length - pos % piece_length
+            out.append((f"{_PAD_DIR}/{pad}", pad, True))
+            pos += pad
+    return out
+
+
+def v2_order(path: str) -> list[bytes]:
+    """The sort key that puts ``'/'``-separated paths in ``file tree`` order
+    (component by component, bytewise, as a bencoded dict sorts its keys)."""
+    return [c.encode() for c in path.split("/")]
+
+
 def build(
     *,
     name: str,
     files: Sequence[tuple[str, int]] | None,
     length: int | None,
     piece_length: int,
-    piece_hashes: bytes,
+    piece_hashes: bytes | None,
     trackers: Sequence[Sequence[str]] = (),
     private: bool = False,
     created_by: str = "fasttorrent",
     creation_date: int | None = None,
     comment: str | None = None,
     web_seeds: Sequence[str] = (),
+    v2: Sequence[merkle.FileHashes] | None = None,
 ) -> bytes:
-    """Encode a v1 .torrent; the result is checked with :func:`parse`.
+    """Encode a v1, v2-only or hybrid .torrent; the result is checked with
+    :func:`parse`.
+
+    v1: ``piece_hashes`` and no ``v2``. v2-only (BEP 52): ``v2`` and
+    ``piece_hashes`` None. Hybrid: both; a multi-file hybrid's v1 list gets
+    the pad files of :func:`pad_layout`, which ``piece_hashes`` must have been
+    computed over. For v2 and hybrids, ``files`` must be in ``file tree``
+    order (:func:`v2_order`).
 
     Args:
         name: the file name (single file) or top directory (multi-file).
@@ -1027,7 +1067,9 @@ def build(
             order, without the name prefix; None for a single file.
         length: single file: its size; None for multi-file.
         piece_length: bytes per piece.
-        piece_hashes: concatenated SHA-1 digests of the pieces.
+        piece_hashes: concatenated SHA-1 digests of the pieces (None: v2-only).
+        v2: each file's pieces root and piece layer (:func:`torrent.merkle.file_hashes`),
+            in the order of ``files`` (one entry for a single file).
         trackers: tiers of tracker URLs; written as 'announce' (first URL) and,
             when there is more than one URL, 'announce-list'.
         private: set the BEP 27 private flag.
@@ -1045,18 +1087,39 @@ def build(
     """
     if (files is None) == (length is None):
         raise ValueError("build() needs exactly one of files= or length=")
-    info: dict[bytes, Any] = {
-        b"name": name,
-        b"piece length": piece_length,
-        b"pieces": piece_hashes,
-    }
-    if files is not None:
-        info[b"files"] = [{b"length": size, b"path": path.split("/")} for path, size in files]
-    else:
-        info[b"length"] = length
+    if piece_hashes is None and v2 is None:
+        raise ValueError("build() needs piece_hashes=, v2=, or both")
+    info: dict[bytes, Any] = {b"name": name, b"piece length": piece_length}
+    top: dict[bytes, Any] = {b"info": info}
+    listed = list(files) if files is not None else [(name, length or 0)]
+    if piece_hashes is not None:
+        info[b"pieces"] = piece_hashes
+        if files is not None:
+            laid = pad_layout(files, piece_length) if v2 is not None else [
+                (p, n, False) for p, n in files]
+            info[b"files"] = [
+                {b"attr": b"p", b"length": n, b"path": p.split("/")} if pad
+                else {b"length": n, b"path": p.split("/")} for p, n, pad in laid]
+        else:
+            info[b"length"] = length
+    if v2 is not None:
+        if len(v2) != len(listed):
+            raise ValueError(f"build() got {len(v2)} v2 hashes for {len(listed)} files")
+        info[b"meta version"] = 2
+        tree: dict[bytes, Any] = {}
+        layers: dict[bytes, bytes] = {}
+        for (path, size), h in zip(listed, v2, strict=True):
+            node = tree
+            for comp in path.split("/"):
+                node = node.setdefault(comp.encode(), {})
+            node[b""] = {b"length": size, b"pieces root": h.pieces_root} if size else {
+                b"length": 0}
+            if h.piece_layer:
+                layers[h.pieces_root] = h.piece_layer
+        info[b"file tree"] = tree
+        top[b"piece layers"] = layers
     if private:
         info[b"private"] = 1
-    top: dict[bytes, Any] = {b"info": info}
     tiers = [list(t) for t in trackers if t]
     urls = [u for t in tiers for u in t]
     if urls:
