@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import require_module
+from helpers.clients import FasttorrentSeed
 from helpers.payload import CLI, write_tree
 
 from torrent import bencoding, creator, merkle
@@ -251,3 +253,27 @@ def test_hybrid_layers_checked_when_present(tmp_path: Path) -> None:
     del top[b"piece layers"]
     m = parse(bencoding.encode(top))
     assert m.hybrid and m.info_hash_v2 is not None and m.piece_layers is None
+
+
+# -- a created hybrid, seeded by fasttorrent (through its v1 half), downloaded by libtorrent --
+
+
+def test_libtorrent_downloads_a_created_hybrid_from_fasttorrent_seed(lt: Any,
+                                                                     tmp_path: Path) -> None:
+    src = tmp_path / "src" / "d"
+    write_tree(src, MULTI, seed=7)
+    torrent = tmp_path / "hy.torrent"
+    assert run("create", str(src), "-o", str(torrent), "--hybrid", "--piece-length", "32768",
+               "-q", "--workers", "1").returncode == 0
+    out = tmp_path / "lt"
+    with FasttorrentSeed(torrent, src.parent) as seed:
+        r = subprocess.run([sys.executable, "-m", "torrent.tools.benchclients.lt_download",
+                            "--peers", seed.addr, "--timeout", str(RUN_TIMEOUT - 10),
+                            str(torrent), str(out)], capture_output=True, text=True,
+                           check=False, timeout=RUN_TIMEOUT)
+        assert r.returncode == 0, r.stderr
+        summary = seed.stop_summary()
+    for rel in MULTI:
+        assert (out / "d" / rel).read_bytes() == (src / rel).read_bytes(), rel
+    assert not (out / "d" / ".pad").exists()
+    assert summary["bytes_uploaded"] >= sum(MULTI.values())
