@@ -8,7 +8,8 @@ saying whose fault it is)::
     seed(torrent, directory, *, workers=None, peers=(), ...) -> DownloadResult
         # serves until SIGINT/SIGTERM, then raises Interrupted
     create(path, *, piece_length=None, trackers=None, private=False, workers=1,
-           comment=None, ...) -> bytes                   # the .torrent's bytes
+           comment=None, version="v1", ...) -> bytes     # the .torrent's bytes
+        # version: "v1", "v2" (v2-only) or "hybrid" (BEP 52)
     verify(meta, directory, *, workers) -> VerifyReport  # meta: as load() returns
     load(path) -> Metainfo
 

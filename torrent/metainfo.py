@@ -686,7 +686,7 @@ def _tree_files(tree: object, name: str, multi_file: bool, what: str) -> list[_T
         attr_s = _attr(leaf)
         length: Any = leaf.get(b"length")
         target = None
-        pr = b""
+        pr: Any = b""
         if _LINK_ATTR in attr_s:
             length = 0
             if b"symlink path" in leaf:
@@ -905,6 +905,7 @@ def parse(data: bytes) -> Metainfo:
         )
 
     tree: list[_TreeFile] = []
+    pieces: Any
     if v2_only:
         files, tree, multi_file = _v2_files(info, name, piece_length)
         pieces = b""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .hashing import PIECE_BAD, PIECE_GOOD, PIECE_MISSING, hash_pieces
+from .metainfo import require_v1
 from .storage import layout_for
 
 __all__ = ["MAX_LISTED_PIECES", "VerifyReport", "verify_data"]
@@ -75,7 +76,9 @@ def verify_data(meta: Any, directory: str, *, workers: int,
 
     Raises:
         StorageError: an I/O error other than a missing file.
+        InvalidTorrent: a v2-only torrent (not verifiable yet).
     """
+    require_v1(meta)
     layout = layout_for(meta, directory)
     res = hash_pieces(layout, digests=meta.piece_hashes, workers=workers, progress=progress,
                       fork=fork)
