@@ -41,6 +41,8 @@
 #include <string.h>
 #include <dlfcn.h>
 
+#include "_ossl_digest.h"
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FT_HAVE_X86_SHANI 1
 #include <cpuid.h>
@@ -241,105 +243,17 @@ static void ft_sha1_native(ft_sha1_compress_fn compress, const unsigned char *p,
 
 /* ----------------------------------------------------------------- OpenSSL */
 
-/* OpenSSL's SHA_CTX is 96 bytes (5 + 2 + 16 + 1 unsigned ints); we give it
- * room to spare and the alignment of anything it could contain. */
-#define FT_SHA_CTX_SIZE 256
-typedef union {
-    unsigned char bytes[FT_SHA_CTX_SIZE];
-    long double align_ld;
-    uint64_t align_u64;
-    void *align_ptr;
-} ft_sha_ctx;
-
-typedef int (*ft_SHA1_Init_t)(void *ctx);
-typedef int (*ft_SHA1_Update_t)(void *ctx, const void *data, size_t n);
-typedef int (*ft_SHA1_Final_t)(unsigned char *md, void *ctx);
-typedef void *(*ft_EVP_MD_CTX_new_t)(void);
-typedef void (*ft_EVP_MD_CTX_free_t)(void *ctx);
-typedef int (*ft_EVP_DigestInit_ex_t)(void *ctx, const void *md, void *engine);
-typedef int (*ft_EVP_DigestUpdate_t)(void *ctx, const void *data, size_t n);
-typedef int (*ft_EVP_DigestFinal_ex_t)(void *ctx, unsigned char *md, unsigned int *size);
-typedef const void *(*ft_EVP_sha1_t)(void);
-typedef void *(*ft_EVP_MD_fetch_t)(void *libctx, const char *algorithm, const char *properties);
-
-static struct {
-    const char *path; /* the soname that loaded, for backend_info() */
-    ft_SHA1_Init_t init;
-    ft_SHA1_Update_t update;
-    ft_SHA1_Final_t final;
-    ft_EVP_MD_CTX_new_t evp_ctx_new;
-    ft_EVP_MD_CTX_free_t evp_ctx_free;
-    ft_EVP_DigestInit_ex_t evp_init;
-    ft_EVP_DigestUpdate_t evp_update;
-    ft_EVP_DigestFinal_ex_t evp_final;
-    const void *evp_md;
-} ft_ossl;
+static ft_ossl_digest ft_sha1_ossl;
 
 /* Returns 1 on success; 0 if OpenSSL failed (the caller then hashes natively). */
 static int ft_sha1_openssl(const unsigned char *p, size_t n, unsigned char out[FT_SHA1_DIGEST_SIZE])
 {
-    if (ft_ossl.init) {
-        ft_sha_ctx ctx;
-        return ft_ossl.init(&ctx) == 1 && ft_ossl.update(&ctx, p, n) == 1 &&
-               ft_ossl.final(out, &ctx) == 1;
-    }
-    if (ft_ossl.evp_md) {
-        unsigned int len = 0;
-        int ok;
-        void *ctx = ft_ossl.evp_ctx_new();
-        if (!ctx)
-            return 0;
-        ok = ft_ossl.evp_init(ctx, ft_ossl.evp_md, NULL) == 1 && ft_ossl.evp_update(ctx, p, n) == 1 &&
-             ft_ossl.evp_final(ctx, out, &len) == 1 && len == FT_SHA1_DIGEST_SIZE;
-        ft_ossl.evp_ctx_free(ctx);
-        return ok;
-    }
-    return 0;
+    return ft_ossl_digest_run(&ft_sha1_ossl, p, n, out);
 }
 
 static int ft_sha1_load_openssl(void)
 {
-    /* libcrypto 3 first: it is what current distributions ship. */
-    static const char *const names[] = {"libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so"};
-    size_t i;
-    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-        if (!h)
-            continue;
-        /* Kept open for the life of the process: digests may be in flight
-         * on other threads, and the library is already mapped by hashlib. */
-        memset(&ft_ossl, 0, sizeof(ft_ossl));
-        ft_ossl.path = names[i];
-        *(void **)&ft_ossl.init = dlsym(h, "SHA1_Init");
-        *(void **)&ft_ossl.update = dlsym(h, "SHA1_Update");
-        *(void **)&ft_ossl.final = dlsym(h, "SHA1_Final");
-        if (!ft_ossl.init || !ft_ossl.update || !ft_ossl.final) {
-            ft_EVP_sha1_t evp_sha1;
-            ft_EVP_MD_fetch_t fetch;
-            ft_ossl.init = NULL;
-            *(void **)&ft_ossl.evp_ctx_new = dlsym(h, "EVP_MD_CTX_new");
-            *(void **)&ft_ossl.evp_ctx_free = dlsym(h, "EVP_MD_CTX_free");
-            *(void **)&ft_ossl.evp_init = dlsym(h, "EVP_DigestInit_ex");
-            *(void **)&ft_ossl.evp_update = dlsym(h, "EVP_DigestUpdate");
-            *(void **)&ft_ossl.evp_final = dlsym(h, "EVP_DigestFinal_ex");
-            *(void **)&fetch = dlsym(h, "EVP_MD_fetch");
-            *(void **)&evp_sha1 = dlsym(h, "EVP_sha1");
-            if (ft_ossl.evp_ctx_new && ft_ossl.evp_ctx_free && ft_ossl.evp_init &&
-                ft_ossl.evp_update && ft_ossl.evp_final) {
-                /* A digest fetched once (3.x) spares an implicit fetch per call. */
-                ft_ossl.evp_md = fetch ? fetch(NULL, "SHA1", NULL) : NULL;
-                if (!ft_ossl.evp_md && evp_sha1)
-                    ft_ossl.evp_md = evp_sha1();
-            }
-            if (!ft_ossl.evp_md) {
-                memset(&ft_ossl, 0, sizeof(ft_ossl));
-                dlclose(h);
-                continue;
-            }
-        }
-        return 1;
-    }
-    return 0;
+    return ft_ossl_digest_load(&ft_sha1_ossl, "SHA1", "EVP_sha1", FT_SHA1_DIGEST_SIZE);
 }
 
 /* ------------------------------------------------------------ dispatching */
@@ -436,6 +350,6 @@ FT_SHA1_MAYBE_UNUSED static int ft_sha1_set_backend(int backend)
     return 0;
 }
 
-FT_SHA1_MAYBE_UNUSED static const char *ft_sha1_openssl_path(void) { return ft_ossl.path ? ft_ossl.path : ""; }
+FT_SHA1_MAYBE_UNUSED static const char *ft_sha1_openssl_path(void) { return ft_sha1_ossl.path ? ft_sha1_ossl.path : ""; }
 
 #endif /* FT_SHA1_H */

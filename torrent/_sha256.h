@@ -39,6 +39,8 @@
 #include <string.h>
 #include <dlfcn.h>
 
+#include "_ossl_digest.h"
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FT_S256_HAVE_X86_SHANI 1
 #include <cpuid.h>
@@ -250,103 +252,17 @@ static void ft_sha256_native(ft_sha256_compress_fn compress, const unsigned char
 
 /* ----------------------------------------------------------------- OpenSSL */
 
-/* OpenSSL's SHA256_CTX is 112 bytes (8 + 2 + 16 + 2 unsigned ints); room to
- * spare and the alignment of anything it could contain. */
-#define FT_SHA256_CTX_SIZE 256
-typedef union {
-    unsigned char bytes[FT_SHA256_CTX_SIZE];
-    long double align_ld;
-    uint64_t align_u64;
-    void *align_ptr;
-} ft_sha256_ctx;
-
-typedef int (*ft_SHA256_Init_t)(void *ctx);
-typedef int (*ft_SHA256_Update_t)(void *ctx, const void *data, size_t n);
-typedef int (*ft_SHA256_Final_t)(unsigned char *md, void *ctx);
-typedef void *(*ft_s256_EVP_MD_CTX_new_t)(void);
-typedef void (*ft_s256_EVP_MD_CTX_free_t)(void *ctx);
-typedef int (*ft_s256_EVP_DigestInit_ex_t)(void *ctx, const void *md, void *engine);
-typedef int (*ft_s256_EVP_DigestUpdate_t)(void *ctx, const void *data, size_t n);
-typedef int (*ft_s256_EVP_DigestFinal_ex_t)(void *ctx, unsigned char *md, unsigned int *size);
-typedef const void *(*ft_s256_EVP_sha256_t)(void);
-typedef void *(*ft_s256_EVP_MD_fetch_t)(void *libctx, const char *algorithm, const char *properties);
-
-static struct {
-    const char *path; /* the soname that loaded */
-    ft_SHA256_Init_t init;
-    ft_SHA256_Update_t update;
-    ft_SHA256_Final_t final;
-    ft_s256_EVP_MD_CTX_new_t evp_ctx_new;
-    ft_s256_EVP_MD_CTX_free_t evp_ctx_free;
-    ft_s256_EVP_DigestInit_ex_t evp_init;
-    ft_s256_EVP_DigestUpdate_t evp_update;
-    ft_s256_EVP_DigestFinal_ex_t evp_final;
-    const void *evp_md;
-} ft_s256_ossl;
+static ft_ossl_digest ft_s256_ossl;
 
 /* Returns 1 on success; 0 if OpenSSL failed (the caller then hashes natively). */
 static int ft_sha256_openssl(const unsigned char *p, size_t n, unsigned char out[FT_SHA256_DIGEST_SIZE])
 {
-    if (ft_s256_ossl.init) {
-        ft_sha256_ctx ctx;
-        return ft_s256_ossl.init(&ctx) == 1 && ft_s256_ossl.update(&ctx, p, n) == 1 &&
-               ft_s256_ossl.final(out, &ctx) == 1;
-    }
-    if (ft_s256_ossl.evp_md) {
-        unsigned int len = 0;
-        int ok;
-        void *ctx = ft_s256_ossl.evp_ctx_new();
-        if (!ctx)
-            return 0;
-        ok = ft_s256_ossl.evp_init(ctx, ft_s256_ossl.evp_md, NULL) == 1 &&
-             ft_s256_ossl.evp_update(ctx, p, n) == 1 &&
-             ft_s256_ossl.evp_final(ctx, out, &len) == 1 && len == FT_SHA256_DIGEST_SIZE;
-        ft_s256_ossl.evp_ctx_free(ctx);
-        return ok;
-    }
-    return 0;
+    return ft_ossl_digest_run(&ft_s256_ossl, p, n, out);
 }
 
 static int ft_sha256_load_openssl(void)
 {
-    static const char *const names[] = {"libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so"};
-    size_t i;
-    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-        if (!h)
-            continue;
-        /* Kept open for the life of the process, as in _sha1.h. */
-        memset(&ft_s256_ossl, 0, sizeof(ft_s256_ossl));
-        ft_s256_ossl.path = names[i];
-        *(void **)&ft_s256_ossl.init = dlsym(h, "SHA256_Init");
-        *(void **)&ft_s256_ossl.update = dlsym(h, "SHA256_Update");
-        *(void **)&ft_s256_ossl.final = dlsym(h, "SHA256_Final");
-        if (!ft_s256_ossl.init || !ft_s256_ossl.update || !ft_s256_ossl.final) {
-            ft_s256_EVP_sha256_t evp_sha256;
-            ft_s256_EVP_MD_fetch_t fetch;
-            ft_s256_ossl.init = NULL;
-            *(void **)&ft_s256_ossl.evp_ctx_new = dlsym(h, "EVP_MD_CTX_new");
-            *(void **)&ft_s256_ossl.evp_ctx_free = dlsym(h, "EVP_MD_CTX_free");
-            *(void **)&ft_s256_ossl.evp_init = dlsym(h, "EVP_DigestInit_ex");
-            *(void **)&ft_s256_ossl.evp_update = dlsym(h, "EVP_DigestUpdate");
-            *(void **)&ft_s256_ossl.evp_final = dlsym(h, "EVP_DigestFinal_ex");
-            *(void **)&fetch = dlsym(h, "EVP_MD_fetch");
-            *(void **)&evp_sha256 = dlsym(h, "EVP_sha256");
-            if (ft_s256_ossl.evp_ctx_new && ft_s256_ossl.evp_ctx_free && ft_s256_ossl.evp_init &&
-                ft_s256_ossl.evp_update && ft_s256_ossl.evp_final) {
-                ft_s256_ossl.evp_md = fetch ? fetch(NULL, "SHA256", NULL) : NULL;
-                if (!ft_s256_ossl.evp_md && evp_sha256)
-                    ft_s256_ossl.evp_md = evp_sha256();
-            }
-            if (!ft_s256_ossl.evp_md) {
-                memset(&ft_s256_ossl, 0, sizeof(ft_s256_ossl));
-                dlclose(h);
-                continue;
-            }
-        }
-        return 1;
-    }
-    return 0;
+    return ft_ossl_digest_load(&ft_s256_ossl, "SHA256", "EVP_sha256", FT_SHA256_DIGEST_SIZE);
 }
 
 /* ------------------------------------------------------------ dispatching */
