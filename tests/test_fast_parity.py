@@ -17,6 +17,7 @@ from multiprocessing import shared_memory
 from typing import Any
 
 import pytest
+from helpers.kernelparity import both, outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,22 +25,6 @@ from torrent import _fast, _pure
 
 BACKENDS = _fast.available_backends()
 SSIZE_MAX = sys.maxsize
-
-
-def outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
-    """The result of a call, or the type of what it raised: what parity compares."""
-    try:
-        return ("ok", fn(*args))
-    except Exception as exc:
-        return ("raised", type(exc))
-
-
-def both(name: str, *args: Any) -> tuple[str, Any]:
-    """Call kernel ``name`` in both modules, assert they agree, return the outcome."""
-    fast = outcome(getattr(_fast, name), *args)
-    pure = outcome(getattr(_pure, name), *args)
-    assert fast == pure, f"{name}{args!r}: fast {fast!r} != pure {pure!r}"
-    return fast
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,12 +11,13 @@ import random
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import require_module
+from helpers.kernelparity import both
 
 from torrent import _fast, _pure, merkle
 from torrent.bencoding import decode
@@ -24,21 +25,6 @@ from torrent.bencoding import decode
 KiB = 1024
 BLOCK = 16 * KiB
 SHA256_BACKENDS = _fast.sha256_backends()
-
-
-def outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
-    try:
-        return ("ok", fn(*args))
-    except Exception as exc:
-        return ("raised", type(exc))
-
-
-def both(name: str, *args: Any) -> tuple[str, Any]:
-    """Call kernel ``name`` in both modules, assert they agree, return the outcome."""
-    fast = outcome(getattr(_fast, name), *args)
-    pure = outcome(getattr(_pure, name), *args)
-    assert fast == pure, f"{name}: fast {fast!r} != pure {pure!r}"
-    return fast
 
 
 @pytest.fixture(params=SHA256_BACKENDS)
