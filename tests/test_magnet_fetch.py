@@ -105,7 +105,10 @@ def test_two_honest_peers_share_the_fetch(peers: ExitStack) -> None:
 def test_a_peer_sending_bad_metadata_is_banned_and_the_honest_one_serves(
         peers: ExitStack) -> None:
     bad = start(peers, BAD)
-    good = start(peers)
+    # the honest peer answers only once the liar was asked: a piece of the liar's is
+    # in the first assembly (else the fetch could end on the honest peer's alone,
+    # the liar never caught)
+    good = start(peers, hold=bad.requested)
     logs: list[str] = []
     got = fetch(Magnet(HASH, peers=(addr(bad), addr(good))), Options(), logs)
     close_handovers(got.conns)

@@ -14,7 +14,9 @@ connection:
 4. ignores everything else until the remote closes.
 
 ``preamble`` is written after its extension handshake, as is: a hostile
-stream for the download that takes the connection over.
+stream for the download that takes the connection over. With ``hold`` it
+answers no metadata request until that event is set (at most
+:data:`HOLD_TIMEOUT`): a test orders two peers' answers so.
 
 ``info`` need not hash to ``info_hash``: that is the "bad metadata" peer.
 It records the metadata pieces asked of it, the extension handshakes each
@@ -57,6 +59,9 @@ __all__ = ["MetadataPeer"]
 #: The id this peer wants ut_metadata messages under (any non-zero byte).
 MY_UT_METADATA = 7
 
+#: The longest a held peer waits for its ``hold`` event (seconds).
+HOLD_TIMEOUT = 30.0
+
 
 class MetadataPeer(_LoopServer):
     """A peer offering the metadata ``info`` for ``info_hash`` (see the module docstring)."""
@@ -66,7 +71,7 @@ class MetadataPeer(_LoopServer):
 
     def __init__(self, info_hash: bytes, info: bytes, *, metadata_size: int | None = None,
                  offer: bool = True, answer: bool = True, bep10: bool = True,
-                 preamble: bytes = b"") -> None:
+                 preamble: bytes = b"", hold: threading.Event | None = None) -> None:
         super().__init__()
         self.info_hash = info_hash
         self.info = info
@@ -75,6 +80,7 @@ class MetadataPeer(_LoopServer):
         self.answer = answer
         self.bep10 = bep10
         self.preamble = preamble
+        self.hold = hold
         self.peer_id = make_peer_id(b"-MP0001-")
         self._asked: list[int] = []
         self._ext_handshakes: list[int] = []  # per connection, in accept order
@@ -138,6 +144,9 @@ class MetadataPeer(_LoopServer):
                     self.requested.set()
                     if not self.answer or their_ut is None:
                         continue
+                    if self.hold is not None and not self.hold.is_set():
+                        await asyncio.get_running_loop().run_in_executor(
+                            None, self.hold.wait, HOLD_TIMEOUT)
                     writer.write(encode(Extended(their_ut, self._answer(req.piece))))
                 await writer.drain()
         except (ConnectionError, OSError, RemoteProtocolError):
