@@ -210,3 +210,53 @@ def test_the_coordinator_keeps_a_worker_whose_message_arrives_in_two_parts() -> 
     finally:
         h.conn.close()
         theirs.close()
+
+
+def test_descriptors_travel_with_their_messages_through_a_full_buffer() -> None:
+    """Messages with and without a descriptor, queued behind a full buffer: each
+    descriptor is taken when its message is read, in order, and is the file sent."""
+    a, b = socket.socketpair()
+    files = []
+    try:
+        for k in range(3):
+            r, w = os.pipe()
+            os.write(w, f"file {k}".encode())
+            os.close(w)
+            files.append(r)
+
+        async def main() -> list[tuple[object, bytes | None]]:
+            loop = asyncio.get_running_loop()
+            tx = Channel(a.fileno(), loop)
+            rx = Channel(b.fileno(), loop)
+            big = b"x" * 3_000_000  # fills the socket buffer: the rest queues
+            tx.send(("big", big))
+            tx.send(("fd", 0), fd=files[0])
+            tx.send(("plain", 1))
+            tx.send(("fd", 1), fd=files[1])
+            tx.send(("fd", 2), fd=files[2])
+            assert tx.pending, "the buffer should be full, the descriptors queued"
+            got: list[tuple[object, bytes | None]] = []
+            deadline = loop.time() + BOUND
+            while len(got) < 5 and loop.time() < deadline:
+                for msg in rx.receive():
+                    if msg[0] == "fd":
+                        fd = rx.take_fd()
+                        got.append((msg, os.read(fd, 100)))
+                        os.close(fd)
+                    else:
+                        got.append((msg[0], None))
+                await asyncio.sleep(0)
+            with pytest.raises(OSError, match="expected a descriptor"):
+                rx.take_fd()  # none left over
+            tx.close()
+            rx.close()
+            return got
+
+        got = run(main())
+        assert got == [("big", None), (("fd", 0), b"file 0"), ("plain", None),
+                       (("fd", 1), b"file 1"), (("fd", 2), b"file 2")]
+    finally:
+        for fd in files:
+            os.close(fd)  # the sender's own copies stay the caller's
+        a.close()
+        b.close()
