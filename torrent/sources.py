@@ -45,7 +45,7 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from . import __version__
@@ -76,6 +76,7 @@ __all__ = [
     "MAX_URL_REDIRECTS",
     "URL_TIMEOUT",
     "Source",
+    "SourceKind",
     "batch_exit_code",
     "check_collisions",
     "classify",
@@ -131,6 +132,10 @@ _HEADERS = {
 }
 
 
+#: What a source names: a .torrent file, a magnet link, an http(s) URL of a .torrent.
+SourceKind = Literal["file", "magnet", "url"]
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """One torrent named by the user.
@@ -146,7 +151,7 @@ class Source:
             a command-line argument.
     """
 
-    kind: str
+    kind: SourceKind
     text: str
     line: int = 0
     origin: str = ""
@@ -217,7 +222,8 @@ def classify(text: str, *, line: int = 0, origin: str = "") -> Source:
     if _CONTROL_RE.search(text):
         raise InvalidTorrent(_prefixed(where, f"contains a control character: {_short(text)}"))
     m = _SCHEME_RE.match(text)
-    scheme = m[0][:-1].lower() if m else ""
+    prefix = m[0] if m else ""  # "scheme:"
+    scheme = prefix[:-1].lower()
     if scheme == _MAGNET[:-1]:
         try:
             parse_magnet(text)
@@ -233,7 +239,7 @@ def classify(text: str, *, line: int = 0, origin: str = "") -> Source:
         hint = "" if text[len(scheme) + 1 :].startswith("//") else \
             f"; for a file of that name write {_short('./' + text)}"
         raise InvalidTorrent(_prefixed(
-            where, f"unsupported URL scheme {m[0]!r} in {_short(text)} (a torrent is a"
+            where, f"unsupported URL scheme {prefix!r} in {_short(text)} (a torrent is a"
             f" .torrent file, a magnet link or an http(s) URL){hint}"))
     return Source("file", text, line, origin)
 
@@ -246,7 +252,8 @@ def _strip_comment(line: str) -> str:
 def read_input(path: str | os.PathLike[str]) -> list[Source]:
     """The sources listed in ``--input FILE`` (``-``: standard input).
 
-    The format (aria2's ``-i`` list, one torrent a line):
+    The format (one torrent a line, as in aria2's ``-i`` list, without its
+    per-line options):
 
     - one .torrent path, magnet link or http(s) URL a line, surrounding
       whitespace trimmed; LF or CRLF line ends; a UTF-8 byte-order mark at the
@@ -437,7 +444,8 @@ async def fetch_torrent_url(url: str, *, timeout: float = URL_TIMEOUT,
     except TimeoutError:
         raise _cannot(url, f"no complete answer within {timeout:g} s") from None
     except aiohttp.ClientConnectorError as e:
-        why = e.os_error.strerror or str(e.os_error) or e.__class__.__name__
+        err = e.os_error
+        why = os.strerror(err.errno) if err.errno else str(err) or e.__class__.__name__
         raise _cannot(url, f"cannot connect: {_reason(why)}") from None
     except aiohttp.ClientError as e:  # a reset, a malformed response, a TLS failure
         raise _cannot(url, f"{e.__class__.__name__}: {_reason(str(e))}") from None
