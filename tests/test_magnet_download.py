@@ -299,12 +299,14 @@ def test_a_handed_over_peer_lying_in_its_first_messages_is_dropped_by_the_downlo
         uri = magnet(torrent, [("127.0.0.1", liar.port), ("127.0.0.1", relay.port)])
         res = download(uri, tmp_path / "out", "--json", "--encryption", "disabled")
         gate.set()
-        # the fetch's extension handshake, then the worker's on the same connection
-        assert liar.ext_handshakes[0] == 2, liar.ext_handshakes
     assert res.returncode == 0, res.describe()
     j = res.json
     assert j["complete"] is True
     assert sum(w["adopted"] for w in j["workers"]) >= 1, j["workers"]
+    # The fetch ignores a bitfield: only a worker reading the handed-over stream drops
+    # the peer for it. (Whether the worker's own extension handshake reaches the liar
+    # is a race: the drop resets the connection, and a reset discards what the liar
+    # had not read yet.)
     (rec,) = [p for p in j["peers"] if p["port"] == liar.port]
     assert "bitfield" in rec["last_reason"], rec
     assert_downloaded(torrent, src, tmp_path / "out")

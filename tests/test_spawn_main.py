@@ -302,14 +302,14 @@ def test_prestarted_workers_started_later_keep_a_deferred_failure_for_the_caller
         monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from torrent import coordinator
+    from torrent import pool as workerpool
     from torrent.errors import ResourceExhausted
 
     def no_process(target: str, *, name: str) -> Any:
         raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
 
-    monkeypatch.setattr(coordinator, "start_child", no_process)
-    pool = coordinator.PrestartedWorkers(2, start=False)
+    monkeypatch.setattr(workerpool, "start_child", no_process)
+    pool = workerpool.PrestartedWorkers(2, start=False)
     assert pool.children == [] and not pool.started  # nothing until asked
     pool.start(defer_error=True)  # as on the fetch's loop: nothing raised there
     assert pool.started and pool.children == []

@@ -25,11 +25,13 @@ from . import __version__
 from .console import Status
 from .errors import FastTorrentError, Incomplete, Interrupted, UsageError
 from .options import (
+    DEFAULT_MAX_ACTIVE,
     DEFAULT_MAX_HALF_OPEN,
     DEFAULT_MAX_PEERS,
     DEFAULT_STALL_TIMEOUT,
     ENCRYPTION_MODES,
     HANDSHAKE_TIMEOUT,
+    MAX_ACTIVE,
     MAX_CONNECTIONS_CAP,
     Options,
 )
@@ -386,10 +388,8 @@ def _failed(st: Status, as_json: bool, e: FastTorrentError) -> None:
         print(json.dumps(r.to_json_dict()))
 
 
-def cmd_download(a: argparse.Namespace) -> int:
-    from .coordinator import download
-
-    opts = Options(
+def _download_options(a: argparse.Namespace) -> Options:
+    return Options(
         workers=a.workers, peers=tuple(_peers_arg(a.peer)), port=a.port, bind=a.bind,
         max_peers=a.max_peers, stall_timeout=a.stall_timeout, recheck=a.recheck,
         use_trackers=not a.no_trackers, download_limit=a.download_limit or 0,
@@ -399,10 +399,20 @@ def cmd_download(a: argparse.Namespace) -> int:
         save_torrent=a.save_torrent, fork_workers=True, web_seeds=tuple(a.web_seed),
         **_selection_options(a), **_connection_options(a), **_dht_options(a),
         **_report_options(a))
+
+
+def cmd_download(a: argparse.Namespace) -> int:
+    from .coordinator import download
+
+    if a.input is not None or len(a.torrents) != 1:
+        return _download_batch(a)
+    if a.max_active is not None:
+        raise UsageError("--max-active needs several torrents (or --input)")
+    opts = _download_options(a)
     events_out = a.events == "-"
     st = Status(a.quiet or a.json, live=not events_out)
     try:
-        res = download(a.torrent, a.output, opts, log=st.log, status_line=st.line)
+        res = download(a.torrents[0], a.output, opts, log=st.log, status_line=st.line)
     except FastTorrentError as e:
         _failed(st, a.json, e)
         raise
@@ -417,6 +427,49 @@ def cmd_download(a: argparse.Namespace) -> int:
                  f"{_human_size(res.bytes_uploaded)} (stopped by {res.seed_stop})"
                  if res.seed_stop else ""), file=sys.stderr if events_out else sys.stdout)
     return 0
+
+
+def _download_batch(a: argparse.Namespace) -> int:
+    """Several torrents (or ``--input``) in one engine; the batch's exit code."""
+    from .sources import classify, read_input
+
+    sources = [classify(t) for t in a.torrents]
+    if a.input is not None:
+        sources += read_input(a.input)
+    if not sources:
+        raise UsageError("no torrent given (name one, or --input FILE)")
+    if a.save_torrent:
+        raise UsageError("--save-torrent names one .torrent: give it one torrent")
+    if a.select is not None:
+        raise UsageError("--select names one torrent's files by index: give it one torrent "
+                         "(--include / --exclude apply to every torrent)")
+    from .engine import download_batch
+    from .reporting import batch_reports
+
+    opts = _download_options(a)
+    events_out = a.events == "-"
+    st = Status(a.quiet or a.json, live=False)
+    out = sys.stderr if events_out or a.json else sys.stdout
+    with batch_reports(opts, st.log) as (report, metrics):
+        code, outcomes = download_batch(
+            sources, a.output, opts, max_active=a.max_active or DEFAULT_MAX_ACTIVE,
+            log=st.log, report=report, metrics=metrics)
+    st.end()
+    if a.json:
+        print(json.dumps({"exit_code": code,
+                          "torrents": [o.to_json_dict() for o in outcomes]}))
+    elif not a.quiet:
+        done = sum(o.status == "completed" for o in outcomes)
+        for o in outcomes:
+            what = o.name or o.source
+            if o.status == "completed" and o.result is not None:
+                r = o.result
+                print(f"done: {what}: {_human_size(r.bytes_downloaded)} in {r.seconds:.2f} s",
+                      file=out)
+            else:
+                print(f"{o.status}: {what}: {o.error or ''} (exit {o.exit_code})", file=out)
+        print(f"{done}/{len(outcomes)} torrents completed", file=out)
+    return code
 
 
 # -- seed -------------------------------------------------------------------
@@ -518,8 +571,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="hashing processes (default: the CPUs this process may use)")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    s = sub.add_parser("download", help="download a torrent (a .torrent file or a magnet link)")
-    s.add_argument("torrent", metavar="TORRENT|MAGNET")
+    s = sub.add_parser("download", help="download torrents (.torrent files, magnet links, "
+                                        "URLs of .torrent files)")
+    s.add_argument("torrents", nargs="*", metavar="TORRENT|MAGNET|URL",
+                   help="one or more; several (or --input) run in one engine: one set of "
+                        "workers, one port")
+    s.add_argument("--input", "-i", default=None, metavar="FILE",
+                   help="more torrents, one path, magnet or http(s) URL per line (# starts "
+                        "a comment; - reads stdin)")
+    s.add_argument("--max-active", type=_int_arg(1, MAX_ACTIVE), default=None, metavar="N",
+                   help=f"torrents downloading at once (1..{MAX_ACTIVE}; default "
+                        f"{DEFAULT_MAX_ACTIVE})")
     s.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="directory the torrent's files are written under")
     s.add_argument("--workers", type=_workers_arg, default=None,

@@ -47,25 +47,24 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import errors, ipc, metainfo
 from ._io import DIRECT_ALIGN
-from .channel import Channel
 from .dht.service import Dht, dht_wanted, start_dht
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path, load_selection, metadata_path, save_selection
-from .launch import Child, can_fork, fork_child, send_fd, start_child
 from .leases import LeaseTable, PieceState, Send
 from .options import Options, default_max_connections
 from .peeraddr import ban_key, format_peer, normalize_peer, parse_hostport
+from .pool import WORKER_EXIT_TIMEOUT, PrestartedWorkers, WorkerHandle, WorkerPool
 from .ports import free_port as _free_port
 from .ports import is_local_address
 from .reporting import RunReport, run_report
 from .selection import Selection, changed_files, resolve, wanted_pieces
-from .shm import Arena, plan_slots
+from .shm import Arena, plan_slots, slot_stride
 from .snapshot import TorrentSnapshot, payload_of
 from .snapshot import take as take_snapshot
 from .storage import (
@@ -91,8 +90,6 @@ PEER_RETRY_BASE = 2.0
 PEER_RETRY_MAX = 60.0
 #: Connection attempts per peer before it is given up.
 PEER_MAX_ATTEMPTS = 8
-#: How long workers get to flush and exit after Stop before they are killed.
-WORKER_EXIT_TIMEOUT = 15.0
 #: How often the progress display is refreshed.
 PROGRESS_INTERVAL = 0.5
 #: How long the final tracker announces ('completed', 'stopped') may take.
@@ -126,92 +123,6 @@ class PeerRecord:
     source: str = "manual"
     dialing: bool = False  # handed to its worker, neither Dialled nor PeerClosed yet
     last_worker: int | None = None  # the worker it was last handed to (kept after it closed)
-
-
-class PrestartedWorkers:
-    """Worker processes started before their torrent is known.
-
-    A worker's interpreter start and imports take about 0.2 s here, longer
-    than parsing a .torrent, checking the output directory or fetching a
-    magnet's metadata from a fast peer. :func:`download` and :func:`seed`
-    start the workers first: as forks of this process when
-    ``Options.fork_workers`` asks for it (the CLI does) and the process runs
-    one thread, ready within milliseconds; else as fresh interpreters that
-    import while the coordinator does that work. :meth:`Coordinator.start_workers`
-    then sends each its config and hands it the arena's memfd (``SCM_RIGHTS``,
-    :func:`~torrent.launch.send_fd`).
-    Workers never taken (an error, nothing left to download) are closed: at
-    EOF on its control connection a waiting worker exits by itself.
-    """
-
-    def __init__(self, n: int, *, fork: bool = False, start: bool = True) -> None:
-        self.n = n
-        self.children: list[tuple[Child, Any]] = []
-        #: started by fork (``fork`` asked and :func:`~torrent.launch.can_fork`)
-        self.forked = fork
-        self.started = False
-        self._error: errors.ResourceExhausted | None = None
-        if start:
-            self.start()
-
-    def start(self, *, defer_error: bool = False) -> None:
-        """Start the workers, once (later calls only raise what the first one deferred).
-
-        Args:
-            defer_error: keep a failure for the next call to raise, instead of
-                raising it here (a callback on the metadata fetch's loop, where
-                it would only be logged).
-
-        Raises:
-            ResourceExhausted: a worker could not be started (the others are closed).
-        """
-        if not self.started:
-            self.started = True
-            self.forked = self.forked and can_fork()
-            try:
-                for w in range(self.n):
-                    if self.forked:
-                        self.children.append(fork_child("torrent.worker:worker_main",
-                                                        name=f"ft-worker-{w}"))
-                    else:
-                        self.children.append(start_child("torrent.worker:worker_main",
-                                                         name=f"fasttorrent-worker-{w}"))
-            except OSError as e:
-                self.close()
-                self._error = errors.ResourceExhausted(
-                    f"cannot start worker {len(self.children)}: {e.strerror or e}")
-        if self._error is not None and not defer_error:
-            err, self._error = self._error, None
-            raise err
-
-    def take(self, n: int) -> list[tuple[Child, Any]]:
-        """The first ``n`` started workers (fewer if fewer were started); the rest are closed."""
-        taken, self.children = self.children[:n], self.children[n:]
-        self.close()
-        return taken
-
-    def close(self) -> None:
-        """Let every worker not taken exit (EOF), and reap it."""
-        children, self.children = self.children, []
-        for _proc, conn in children:
-            conn.close()
-        for proc, _conn in children:
-            proc.join(WORKER_EXIT_TIMEOUT)
-            proc.kill()  # only if it is still there
-
-
-@dataclass(slots=True)
-class WorkerHandle:
-    wid: int
-    proc: Any
-    conn: Any
-    alive: bool = True
-    died: bool = False  # exited without being told to
-    peers: int = 0
-    dialing: int = 0  # dials handed out and not answered (at most DIAL_BUDGET)
-    stats: dict[str, Any] = field(default_factory=dict)
-    #: the control connection once the run's loop watches it (before: ``conn``, blocking)
-    channel: Channel | None = None
 
 
 @dataclass(slots=True)
@@ -335,6 +246,8 @@ class Coordinator:
             over (:meth:`start_workers`); those not taken stay in
             :attr:`handover` for the caller to close.
         clock: the time now (monotonic seconds) for the batching of ``PiecesDone``.
+        pool: the worker processes of a run of several torrents (else the run
+            starts its own, from ``prestarted``).
     """
 
     def __init__(self, meta: Any, outdir: str, opts: Options, *, seeding: bool = False,
@@ -343,7 +256,8 @@ class Coordinator:
                  began: float | None = None, metadata_seconds: float = 0.0,
                  prestarted: PrestartedWorkers | None = None,
                  dht: Dht | None = None, handover: Sequence[Handover] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 pool: WorkerPool | None = None) -> None:
         opts = _resolve_connections(opts)  # a caller of ours that left it unset
         if opts.workers is None:
             raise ValueError("Coordinator needs a resolved worker count")
@@ -371,6 +285,14 @@ class Coordinator:
         self.peer_id = make_peer_id()
         self.journal: Journal | None = None
         self.arena: Arena | None = None
+        #: the run's worker processes (None until start_workers, unless given)
+        self.pool: WorkerPool | None = pool
+        self.own_pool = False  # this run opened the pool, and closes it
+        self.tid = 0  # the torrent's number in the pool
+        #: signals end this run (False when a batch or daemon handles them for all)
+        self.handle_signals = True
+        #: the DHT node is the run's (a batch or daemon shares one and closes it)
+        self.own_dht = True
         self._arena_plan: tuple[int, int] | None = None
         self._files_finished = False
         self.done_event: asyncio.Event | None = None
@@ -528,73 +450,66 @@ class Coordinator:
         if self._arena_plan is None:
             meta = self.meta
             slot_size = meta.piece_length + (DIRECT_ALIGN if len(meta.files) > 1 else 0)
-            self._arena_plan = (slot_size, plan_slots(slot_size, max(1, self.nworkers),
-                                                      self.opts.arena_bytes))
+            n = max(1, self.nworkers)
+            pool = self.pool
+            if pool is not None and pool.opened:  # a batch: this torrent's window
+                slots = plan_slots(slot_size, n, pool.region_bytes)
+                if slots * slot_stride(slot_size) * n > pool.region_bytes:
+                    raise errors.ResourceExhausted(
+                        f"shared memory: a torrent's share of the arena "
+                        f"({pool.region_bytes >> 20} MiB) cannot hold {n} worker(s) x "
+                        f"{slots} slots of one piece ({slot_size >> 10} KiB); run fewer "
+                        "torrents at once or give the arena more")
+            else:
+                slots = plan_slots(slot_size, n, self.opts.arena_bytes)
+            self._arena_plan = (slot_size, slots)
         return self._arena_plan
 
     # -- workers -------------------------------------------------------------------
     def start_workers(self) -> None:
+        """Attach the torrent to the run's worker processes (:class:`WorkerPool`): the
+        pool given (a batch, the daemon), else one of its own, opened here."""
         meta = self.meta
-        # Several files: a slot has one page of slack, so that a piece can sit in it
-        # aligned like its file (its whole pages then go out with O_DIRECT straight
-        # from the slot; see Worker.alloc_slot).
         slot_size, slots = self.plan_arena()
-        # the pages are reserved while the workers start (checked in run())
-        self.arena = Arena.create(slot_size, slots * self.nworkers, background=True)
-        self.slots_per_worker = slots
         want_dht = self.dht is None and dht_wanted(self.opts, private=meta.private)
-        if self.port == 0 and self.nworkers:
-            self.port = _free_port(self.opts.bind, udp=want_dht)  # the DHT takes it for UDP
-        if want_dht:
-            self.dht = start_dht(self.opts, self.port, self.log)
+        pool = self.pool
+        if pool is None:  # a run of its own: its arena is what this torrent needs
+            pool = self.pool = WorkerPool(self.opts, prestarted=self.prestarted)
+            self.own_pool = True
+            self.prestarted = None
+            pool.open(slot_stride(slot_size) * slots * self.nworkers, udp=want_dht,
+                      free_port=lambda bind, udp: _free_port(bind, udp=udp))
+        self.port = pool.port
+        if want_dht and self.own_pool:
+            self.dht = start_dht(self.opts, self.port, self.log)  # on the run's port if free
+        self.tid, offset, self.workers = pool.attach(self)
+        self.arena = pool.arena
+        self.slots_per_worker = slots
         done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
-        ready = self.prestarted.take(self.nworkers) if self.prestarted is not None else []
-        self.prestarted = None
         wanted = None if self.wanted is None else _bits_from(
             [i for i, want in enumerate(self.wanted) if want], meta.num_pieces)
-        for w in range(self.nworkers):
-            if w < len(ready):
-                proc, conn = ready[w]
-            else:
-                # A fresh interpreter (torrent/launch.py): never a re-import of the
-                # caller's main module, whatever the caller is.
-                try:
-                    proc, conn = start_child("torrent.worker:worker_main",
-                                             name=f"fasttorrent-worker-{w}")
-                except OSError as e:
-                    for h in self.workers:
-                        h.conn.close()  # EOF: they exit by themselves
-                        h.proc.join(WORKER_EXIT_TIMEOUT)
-                    self.workers.clear()
-                    self.arena.close()
-                    self.arena = None
-                    raise errors.ResourceExhausted(
-                        f"cannot start worker {w}: {e.strerror or e}") from None
-            self.workers.append(WorkerHandle(w, proc, conn))
         adopt = self._plan_handover(done_bits)
-        # Sent once every worker started, so that they start up side by side; the
-        # arena's memfd follows each config, then the connections it takes over.
         from .magnetfetch import close_handovers
 
         try:
             for h in self.workers:
-                mine = adopt.get(h.wid, [])
-                cfg = WorkerConfig(wid=h.wid, meta=meta, outdir=self.outdir, options=self.opts,
-                                   slot_size=slot_size, arena_slots=slots * self.nworkers,
+                cfg = WorkerConfig(wid=h.wid, tid=self.tid, meta=meta, outdir=self.outdir,
+                                   options=self.opts, slot_size=slot_size,
+                                   arena_slots=slots * self.nworkers, arena_offset=offset,
                                    first_slot=h.wid * slots, nslots=slots, port=self.port,
                                    peer_id=self.peer_id, done=done_bits,
                                    writable=not self.seeding, lock_writes=self.nworkers > 1,
                                    workers=self.nworkers,
                                    dht_port=self.dht.port if self.dht is not None else 0,
-                                   selected=self.selected, wanted=wanted, adopt=len(mine))
+                                   selected=self.selected, wanted=wanted)
+                if not h.alive:
+                    continue
                 try:
-                    h.conn.send(cfg)
-                    send_fd(h.conn, self.arena.fd)
-                    for c in mine:
-                        h.conn.send(ipc.Adopt(c.host, c.port, c.data))
-                        send_fd(h.conn, c.fd)
+                    h.channel._channel.send(ipc.AddTorrent(cfg))
+                    for c in adopt.get(h.wid, []):
+                        h.channel.send(ipc.Adopt(c.host, c.port, c.data), fd=c.fd)
                 except OSError:
-                    pass  # it died starting: the liveness check in run() reports it
+                    pass  # it died: the liveness check reports it
         finally:
             close_handovers(c for mine in adopt.values() for c in mine)  # theirs are copies
         # the start-up affinity runs from here, not from before the resume check
@@ -789,7 +704,6 @@ class Coordinator:
         if not h.alive:
             return
         h.alive = False
-        _unwatch(h)
         if self.stopping or (self.done_event is not None and self.done_event.is_set()):
             self.leases.worker_died(h.wid, time.monotonic(), reclaim=False)
             return  # it exited because we told it to
@@ -1071,7 +985,7 @@ class Coordinator:
             self.finish_files()
             if self.journal is not None:
                 self.journal.remove()  # nothing left to resume
-            if self.dht is not None:
+            if self.dht is not None and self.own_dht:
                 self.dht.close()
             return self.result(True)
         self.start_workers()
@@ -1082,10 +996,7 @@ class Coordinator:
             self.log(f"seeding {self.meta.name} ({self.meta.info_hash_hex}) on "
                      f"{format_peer(self.opts.bind or '*', self.port)} with {self.nworkers} "
                      "worker(s)")
-        for h in self.workers:
-            h.channel = Channel(h.conn.fileno(), loop)
-            loop.add_reader(h.conn.fileno(), self.on_worker_message, h)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM) if self.handle_signals else ():
             try:
                 loop.add_signal_handler(sig, self._on_signal)
             except (NotImplementedError, RuntimeError):
@@ -1105,10 +1016,8 @@ class Coordinator:
                     await asyncio.wait_for(self.done_event.wait(), PROGRESS_INTERVAL)
                 except TimeoutError:
                     pass
-                for h in self.workers:
-                    if h.alive and not h.proc.is_alive():
-                        self.on_worker_message(h)  # drain what it said last
-                        self.worker_died(h)
+                if self.own_pool and self.pool is not None:
+                    self.pool.check_alive()  # (a batch's pool is watched by its engine)
                 if self.arena is not None and self.fatal is None:
                     err = self.arena.reservation_error()
                     if err is not None:
@@ -1151,7 +1060,7 @@ class Coordinator:
                 except (TimeoutError, asyncio.CancelledError):
                     pass
             await self._stop_dht(dht_task, dht_stop)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM) if self.handle_signals else ():
                 try:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError):
@@ -1201,7 +1110,8 @@ class Coordinator:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self.dht.detach()
-        self.dht.close()  # saves the table
+        if self.own_dht:
+            self.dht.close()  # saves the table
 
     def _on_signal(self) -> None:
         self.interrupted = True
@@ -1215,31 +1125,26 @@ class Coordinator:
         self.log(f"warning: {text}")
 
     async def stop_workers(self) -> None:
+        """Stop the torrent in every worker: each flushes, reports its last pieces and
+        stats, and says Stopped (at most WORKER_EXIT_TIMEOUT); then leave the pool
+        (and close it, when the run opened it)."""
         self.stopping = True
         complete = self.leases.complete
         # A seeding limit reached: the peers get the blocks already sent to them.
         drain = self.seed_stop in ("time", "ratio")
         for h in self.workers:
             self.send(h, ipc.Stop(flush=not complete, drain=drain))
-        deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
-        while time.monotonic() < deadline and any(h.proc.is_alive() for h in self.workers):
-            await asyncio.sleep(0.05)
-        for h in self.workers:
-            # Drain the last Verified / Durable / Stats each worker sent.
-            try:
-                for msg in h.channel.receive() if h.channel is not None else ():
-                    if type(msg) is not ipc.Fatal or self.fatal is None:
-                        self.handle(h, msg)
-            except OSError:
-                pass
-            if h.proc.is_alive():
-                h.proc.kill()
-            h.proc.join(timeout=5)
-            _unwatch(h)
-            h.conn.close()
-        if self.arena is not None:
-            self.arena.close()
-            self.arena = None
+        pool = self.pool
+        if pool is not None:
+            deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
+            while time.monotonic() < deadline and any(h.alive for h in self.workers):
+                if self.own_pool:
+                    pool.check_alive()
+                await asyncio.sleep(0.01)
+            pool.detach(self.tid)
+            if self.own_pool:
+                await pool.close()
+        self.arena = None
 
     def result(self, complete: bool) -> DownloadResult:
         ws = []
@@ -1346,16 +1251,6 @@ async def run_trackers(coord: Coordinator, stop: asyncio.Event) -> None:
     await runner.run(fn, lambda peers: coord.add_peers(list(peers), "tracker"), stop)
 
 
-def _unwatch(h: WorkerHandle) -> None:
-    """Stop watching a worker's control connection (the loop's reader and writer)."""
-    try:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(h.conn.fileno())
-        loop.remove_writer(h.conn.fileno())
-    except (OSError, ValueError, RuntimeError):
-        pass
-
-
 def _run_loop(coro: Any) -> Any:
     """Run the coordinator's loop on uvloop (asyncio where uvloop is missing)."""
     try:
@@ -1446,15 +1341,7 @@ def _load_or_fetch_metainfo(
     dht: Dht | None = None
     banned: frozenset[tuple[str, int]] = frozenset()
     conns: tuple[Handover, ...] = ()
-    if os.path.exists(kept):
-        try:
-            old = metainfo.load(kept)
-            if old.info_hash != magnet.info_hash:
-                raise errors.InvalidTorrent(f"it is torrent {old.info_hash_hex}")
-            meta = metainfo_from_info(old.info_bytes, magnet)
-            log(f"magnet {magnet.info_hash_hex}: metadata kept from an earlier run")
-        except errors.InvalidTorrent as e:
-            log(f"warning: ignoring the kept metadata {kept} ({e}); fetching it again")
+    meta = _load_kept_metainfo(kept, magnet, log)
     if meta is None:
         # a magnet does not say whether its torrent is private: the DHT may find its peers
         want_dht = dht_wanted(opts)
@@ -1488,6 +1375,26 @@ def _load_or_fetch_metainfo(
             close_handovers(conns)
             raise
     return meta, opts, peer_id, dht, banned, conns
+
+
+def _load_kept_metainfo(kept: str, magnet: Any, log: Callable[[str], None],
+                        ) -> metainfo.Metainfo | None:
+    """The torrent of ``magnet`` kept beside the journal by an earlier run (None: none,
+    or not usable: then said in a warning, and the metadata is fetched again)."""
+    from .metadata import metainfo_from_info
+
+    if not os.path.exists(kept):
+        return None
+    try:
+        old = metainfo.load(kept)
+        if old.info_hash != magnet.info_hash:
+            raise errors.InvalidTorrent(f"it is torrent {old.info_hash_hex}")
+        meta = metainfo_from_info(old.info_bytes, magnet)
+    except errors.InvalidTorrent as e:
+        log(f"warning: ignoring the kept metadata {kept} ({e}); fetching it again")
+        return None
+    log(f"magnet {magnet.info_hash_hex}: metadata kept from an earlier run")
+    return meta
 
 
 def download(torrent: str, outdir: str, options: Options | None = None, *,
@@ -1582,25 +1489,34 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
             from .magnetfetch import close_handovers
 
             close_handovers(conns if coord is None else coord.handover)
+    err = run_error(coord, res)
+    if err is not None:
+        raise err
+    return res
+
+
+def run_error(coord: Coordinator, res: DownloadResult) -> FastTorrentError | None:
+    """How a download's run ended badly (the result attached as ``.result``), or None."""
     if coord.fatal is not None:
-        raise coord.fatal
+        return coord.fatal
+    meta = coord.meta
     if coord.interrupted and not (res.complete and coord.seed_started is not None):
         e = Interrupted(f"interrupted: {coord.verified}/{meta.num_pieces} pieces verified; "
                         "state saved, run again to resume")
         e.result = res  # type: ignore[attr-defined]
-        raise e
+        return e
     if not res.complete:
         tried = ", ".join(f"{format_peer(r.host, r.port)} ({r.last_reason or 'no answer'})"
                           for r in list(coord.peers.values())[:5]) or "none"
         more = len(coord.peers) - 5
         e2 = Incomplete(
             f"incomplete: {coord.verified}/{meta.num_pieces} pieces after no progress for "
-            f"{opts.stall_timeout:.0f} s; peers tried: {tried}"
+            f"{coord.opts.stall_timeout:.0f} s; peers tried: {tried}"
             + (f" and {more} more" if more > 0 else "")
             + ("; " + "; ".join(coord.warnings[-3:]) if coord.warnings else ""))
         e2.result = res  # type: ignore[attr-defined]
-        raise e2
-    return res
+        return e2
+    return None
 
 
 def seed(torrent: str, directory: str, options: Options | None = None, *,

@@ -3,6 +3,11 @@
 Every message is a frozen NamedTuple sent pickled over the worker's duplex
 pipe.  They are per lease, per batch of pieces or per peer, never per block:
 a block never crosses a process boundary.
+
+A worker process serves every torrent of the run (:mod:`torrent.workerhost`):
+the first message is its :class:`HostConfig`, each torrent comes as an
+:class:`AddTorrent`, and every message about one torrent travels inside a
+:class:`Tagged` naming it, both ways.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "MAX_SHARED_PEERS",
+    "AddTorrent",
     "Adopt",
     "Availability",
     "Connect",
@@ -32,6 +38,8 @@ __all__ = [
     "Stats",
     "Steal",
     "Stop",
+    "Stopped",
+    "Tagged",
     "Verified",
     "WebSeedDropped",
 ]
@@ -41,7 +49,24 @@ __all__ = [
 #: peer that stays hears of more over the minutes.
 MAX_SHARED_PEERS = 200
 
+# -- both ways ---------------------------------------------------------------
+
+
+class Tagged(NamedTuple):
+    """A message about torrent ``tid`` of the run (the coordinator numbers them)."""
+
+    tid: int
+    msg: Any
+
+
 # -- coordinator -> worker ----------------------------------------------------
+
+
+class AddTorrent(NamedTuple):
+    """Serve this torrent from now on (``cfg``: a ``worker.WorkerConfig``, its
+    ``tid`` naming it in every :class:`Tagged` message after)."""
+
+    cfg: Any
 
 
 class Lease(NamedTuple):
@@ -60,7 +85,7 @@ class Connect(NamedTuple):
 
 class Adopt(NamedTuple):
     """Take over this connection, which a magnet's metadata fetch made: its socket's
-    descriptor follows the message (``SCM_RIGHTS``, :func:`torrent.launch.send_fd`);
+    descriptor travels with the message (``SCM_RIGHTS``, ``Channel.send(fd=)``);
     ``data`` is the stream to read before the socket's bytes (the peer's handshake
     and its frames since; at most ``metadata_conn.MAX_HANDOVER_BYTES``)."""
 
@@ -197,6 +222,13 @@ class WebSeedDropped(NamedTuple):
     url: str
     reason: str
     banned: bool
+
+
+class Stopped(NamedTuple):
+    """This worker stopped serving the torrent (its last Verified, Durable and Stats
+    came before): the torrent's coordinator is done with this worker."""
+
+    worker: int
 
 
 class Stats(NamedTuple):

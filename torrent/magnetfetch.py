@@ -554,7 +554,8 @@ class Fetched(NamedTuple):
 
 async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port: int,
                          log: Callable[[str], None], dht: Dht | None = None,
-                         on_dialled: Callable[[], None] | None = None) -> Fetched:
+                         on_dialled: Callable[[], None] | None = None,
+                         handle_signals: bool = True) -> Fetched:
     """Fetch the info dictionary of ``magnet`` from peers (BEP 9).
 
     Args:
@@ -570,6 +571,8 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
         on_dialled: called once on the fetch's loop, soon after the first
             connection sent our handshake: work that blocks (the download forks
             its workers there) then overlaps the peers' answers.
+        handle_signals: SIGINT / SIGTERM end the fetch (False: the caller's; a
+            batch cancels the fetch instead).
 
     Returns:
         The info dictionary's bytes, verified against the info-hash (not yet
@@ -590,7 +593,7 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
         f.wake.set()
 
     signals: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM) if handle_signals else ():
         try:
             loop.add_signal_handler(sig, on_signal)
             signals.append(sig)

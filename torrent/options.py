@@ -39,6 +39,12 @@ __all__ = [
 DEFAULT_MAX_PEERS = 200
 #: Give up after this long without progress (seconds); 0 never gives up.
 DEFAULT_STALL_TIMEOUT = 120.0
+#: Torrents of one run downloading at once at most (``--max-active``; torrent/engine.py):
+#: each holds a window of the arena and a share of the connections.
+MAX_ACTIVE = 64
+#: ... and by default (aria2 runs 5 at once; 4 keeps each torrent's arena window at a
+#: quarter of the run's, 32 slots of 1 MiB per worker on two cores).
+DEFAULT_MAX_ACTIVE = 4
 #: A request unanswered this long is re-issued elsewhere (libtorrent's
 #: request_timeout is 60 s; loopback and LAN peers answer in milliseconds,
 #: and a peer silently dropping requests must not stall the tail).

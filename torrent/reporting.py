@@ -191,3 +191,40 @@ def run_report(opts: Any, log: Callable[[str], None]) -> Iterator[RunReport]:
             server.sock.close()  # never started (an early error), or closed already
         if writer is not None:
             writer.close()
+
+
+@contextmanager
+def batch_reports(opts: Any, log: Callable[[str], None],
+                  ) -> Iterator[tuple[Callable[[], RunReport] | None, MetricsServer | None]]:
+    """The reports of a run of many torrents: one events file and one metrics port for
+    all, a :class:`RunReport` per torrent from the factory (None: neither is asked for).
+
+    Returns (as the context's value):
+        The factory, and the metrics server for the run to start and close (None: none).
+
+    Raises:
+        StorageError, DiskFull, UsageError: as :func:`run_report`.
+    """
+    writer = open_events(opts.events, lambda s: log(f"warning: {s}"))
+    server: MetricsServer | None = None
+    collector: TorrentCollector | None = None
+    try:
+        if opts.metrics_listen:
+            from .metrics import MetricsServer, TorrentCollector, bind_metrics
+
+            collector = TorrentCollector()
+            server = MetricsServer(collector, bind_metrics(opts.metrics_listen))
+        if writer is None and collector is None:
+            yield None, None
+            return
+
+        def make() -> RunReport:
+            return RunReport(None if writer is None else writer.write, collector=collector,
+                             progress_interval=opts.events_interval)
+
+        yield make, server
+    finally:
+        if server is not None:
+            server.sock.close()  # (closed already when the run started it)
+        if writer is not None:
+            writer.close()

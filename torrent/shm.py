@@ -223,22 +223,31 @@ class Arena:
         return self._reserve_error
 
     @classmethod
-    def attach(cls, fd: int, slot_size: int, nslots: int) -> Arena:
+    def attach(cls, fd: int, slot_size: int, nslots: int, *, offset: int = 0,
+               keep_fd: bool = False) -> Arena:
         """Map the segment behind ``fd`` (worker side); ``fd`` is closed once mapped.
+
+        Args:
+            offset: where this arena's slots begin in the segment (a multiple of
+                :data:`SLOT_ALIGN`): one torrent's window of an engine's segment.
+            keep_fd: leave ``fd`` open (the worker maps the windows of later torrents).
 
         Raises:
             ResourceExhausted: ``fd`` is not a segment of that size.
         """
         size = slot_stride(slot_size) * nslots
+        if offset % mmap.ALLOCATIONGRANULARITY:
+            raise ValueError(f"arena window at {offset} is not page-aligned")
         try:
             try:
-                if os.fstat(fd).st_size < size:
+                if os.fstat(fd).st_size < offset + size:
                     raise ResourceExhausted(f"shared memory: descriptor {fd} holds less than "
-                                            f"{size >> 20} MiB")
+                                            f"{(offset + size) >> 20} MiB")
                 mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
-                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
             finally:
-                os.close(fd)  # the mapping keeps the segment alive
+                if not keep_fd:
+                    os.close(fd)  # the mapping keeps the segment alive
         except OSError as e:
             raise ResourceExhausted(f"shared memory: cannot map descriptor {fd}: "
                                     f"{e.strerror}") from None

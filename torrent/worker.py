@@ -34,25 +34,21 @@ import asyncio
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, _io, ipc
 from . import _speedups as _k
-from .channel import Channel
 from .choker import DOWNLOAD_MIN_WAIT, Choker, Throttle
 from .errors import DiskFull, FastTorrentError, RemoteProtocolError
-from .launch import recv_fd
 from .net.peer import PeerConn
 from .options import MAX_CONNECTIONS_CAP, Options, dial_order, share
 from .peeraddr import ban_key, format_peer
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
-from .ports import listen_sockets
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
 from .webseed import web_seed_urls
@@ -76,7 +72,7 @@ from .wire.fastext import allowed_fast_set
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.handshake import DHT_BIT, EXTENSION_BIT, FAST_BIT, RESERVED_OURS, reserved_bits
 from .wire.messages import LocalProtocolError, pack_piece_header
-from .wire.mse import CRYPTO_RC4
+from .wire.mse import CRYPTO_RC4, Established
 
 if TYPE_CHECKING:
     from .webseed_worker import WebSeeds
@@ -199,19 +195,18 @@ class WorkerConfig:
     outdir: str
     options: Options
     slot_size: int
-    arena_slots: int
+    arena_slots: int  # the torrent's window of the arena: slots from arena_offset
     first_slot: int
     nslots: int
+    arena_offset: int = 0  # bytes into the run's arena where the torrent's window starts
     port: int  # the listening port of every worker (SO_REUSEPORT); 0: none
     peer_id: bytes
     done: bytes  # bitfield of pieces already verified (resume)
+    tid: int = 0  # the torrent's number in the run (every ipc.Tagged message names it)
     writable: bool = True  # False when only seeding: never create or change files
     lock_writes: bool = False  # several workers write the same files
     workers: int = 1  # worker processes in the run (the rate limits are split evenly)
     dht_port: int = 0  # the UDP port of the coordinator's DHT node; 0: no DHT (no DHT bit)
-    #: connections a magnet's fetch made, each an ipc.Adopt and its descriptor after the
-    #: arena's, read before the loop starts (at most magnetfetch.MAX_METADATA_CONNECTIONS)
-    adopt: int = 0
     #: the files written (``selection.select_files``; None: all): the others' bytes of
     #: shared pieces go to the parts file (``storage.layout_for``)
     selected: frozenset[int] | None = None
@@ -341,16 +336,26 @@ class Peer:
 
 
 class Worker:
-    def __init__(self, cfg: WorkerConfig, conn: Any, arena_fd: int,
-                 adopted: Sequence[tuple[ipc.Adopt, int]] = ()) -> None:
+    """One torrent in a worker process: its peers, picker, slots, native I/O threads.
+
+    The process (:class:`~torrent.workerhost.WorkerHost`) owns the control
+    connection and the listening sockets, and drives every torrent it serves:
+    it hands each its messages (:meth:`handle`), its connections (:meth:`accept`,
+    routed by info-hash) and its ticks (:meth:`tick`).
+
+    Args:
+        cfg: the torrent's share of the run.
+        host: where messages go (``host.send_tagged(tid, msg)``).
+        arena_fd: the run's arena; the torrent maps its window (kept open).
+    """
+
+    def __init__(self, cfg: WorkerConfig, host: Any, arena_fd: int) -> None:
         self.cfg = cfg
         self.wid = cfg.wid
-        self._to_adopt = list(adopted)  # taken over once the loop runs (see run)
-        # the control connection, never blocking from here on (torrent/channel.py)
-        self.channel = Channel(conn.fileno(), asyncio.get_running_loop())
+        self.tid = cfg.tid
+        self.host = host
         self.meta = cfg.meta
         self.peer_id = cfg.peer_id
-        self.conn = conn
         self.loop = asyncio.get_running_loop()
         now = self.loop.time()
         m = self.meta
@@ -365,7 +370,8 @@ class Worker:
         # wanted pieces not yet had: 0 is complete (a counter: asked per piece)
         self.want_left = _k.bitfield_count(self.want, m.num_pieces) - _k.bitfield_count(
             bytes(a & b for a, b in zip(self.have, self.want, strict=True)), m.num_pieces)
-        self.arena = Arena.attach(arena_fd, cfg.slot_size, cfg.arena_slots)
+        self.arena = Arena.attach(arena_fd, cfg.slot_size, cfg.arena_slots,
+                                  offset=cfg.arena_offset, keep_fd=True)
         nb = -(-m.piece_length // BLOCK_SIZE)
         self.free_slots = [Slot(self.arena.slot(cfg.first_slot + k), nb)
                            for k in range(cfg.nslots)]
@@ -425,7 +431,6 @@ class Worker:
                                       "peak_connections": 0, "peak_half_open": 0,
                                       "peak_dialing": 0, "peak_dial_queue": 0}
         self.fatal: tuple[str, str] | None = None
-        self.servers: list[asyncio.base_events.Server] = []
         self._last_flush = now
         self.low_water = max(LOW_WATER, cfg.nslots)
         # PEX across workers: what we last told the coordinator, what it told us
@@ -442,19 +447,8 @@ class Worker:
 
     # -- control pipe ----------------------------------------------------------
     def send(self, msg: Any) -> None:
-        try:
-            self.channel.send(msg)
-        except OSError:
-            self.stop_event.set()
-
-    def on_control(self) -> None:
-        try:
-            for msg in self.channel.receive():
-                self.handle(msg)
-        except OSError:
-            self.stop_event.set()
-        if self.channel.eof:
-            self.stop_event.set()  # the coordinator is gone: stop by ourselves
+        """To this torrent's coordinator (a broken connection stops the process's torrents)."""
+        self.host.send_tagged(self.tid, msg)
 
     def handle(self, msg: Any) -> None:
         t = type(msg)
@@ -569,14 +563,18 @@ class Worker:
             self.send(ipc.PeerClosed(host, port, "refused", False, False))
 
     def accept(self, conn: PeerConn, dial_attempt: int = 0, *,
-               replay: bytes | None = None) -> Peer | None:
+               replay: bytes | None = None, routed: bytes | None = None,
+               routed_mse: Established | None = None) -> Peer | None:
         """A connection was made (either way): its handler, or None to refuse it.
 
         An incoming connection past this worker's share of ``max_connections``
         or ``max_half_open`` is refused here, before anything is allocated for
         it: it is closed (RST) at once. ``replay``: the connection is one a
         magnet's fetch handed over (see :meth:`adopt`); these bytes are the
-        peer's stream so far.
+        peer's stream so far. ``routed`` / ``routed_mse``: an incoming
+        connection the process routed here by the info-hash its first bytes
+        named (:class:`~torrent.workerhost.Router`): the bytes it read, or the
+        MSE handshake it answered.
         """
         log.debug("w%d connected %s", self.wid, conn.addr)
         if ban_key(*conn.addr) in self.banned:
@@ -601,6 +599,12 @@ class Worker:
             st["adopted"] += 1
             peer.proto.handshake_sent_elsewhere()  # the fetch sent ours
             peer.rb.feed(replay)  # before the socket's first read: the stream's order
+            self.loop.call_soon(self._replayed, peer)
+        elif routed is not None or routed_mse is not None:
+            if routed_mse is not None:  # its payload goes into rb, decrypted
+                peer.proto.mse_established_elsewhere(routed_mse)
+            if routed:
+                peer.rb.feed(routed)
             self.loop.call_soon(self._replayed, peer)
         elif conn.outgoing:  # our handshake, or with MSE its first step (the handshake in it)
             conn.write(peer.proto.take_output() or peer.proto.handshake())
@@ -1357,36 +1361,22 @@ class Worker:
             s["rate"] += s["web_seed_rate"]
         return s
 
-    async def run(self) -> None:
-        self.loop.add_reader(self.conn.fileno(), self.on_control)
+    def start(self) -> None:
+        """Begin serving (the host ticks it from now on, until :attr:`stop_event`)."""
         self.loop.add_reader(self.efd, self.on_io_done)
-        if self.cfg.port:  # IPv4 and IPv6 (torrent/ports.py); one accept, one set of caps
-            for sock in listen_sockets(self.cfg.options.bind, self.cfg.port, LISTEN_BACKLOG):
-                # the backlog again: create_server listens anew, with 100 unless told
-                self.servers.append(await self.loop.create_server(
-                    lambda: PeerConn(self.accept), sock=sock, backlog=LISTEN_BACKLOG))
         self.send(ipc.Ready(self.wid))
-        for msg, fd in self._to_adopt:
-            self.adopt(msg.host, msg.port, fd, msg.data)
-        self._to_adopt.clear()
         if self.webseeds is not None:
             self.webseeds.start()
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    await asyncio.wait_for(self.stop_event.wait(), TICK)
-                except TimeoutError:
-                    pass
-                self.tick()
-        finally:
-            await self.shutdown()
 
     async def shutdown(self) -> None:
+        """Stop: drop the peers, let the queued pieces finish, flush, report, release.
+
+        What this torrent owes its coordinator is queued on the host's channel
+        when it returns; the process's loop and channel go on for the others.
+        """
         for timer in (self._down_timer, self._up_timer, self._verified_timer):
             if timer is not None:
                 timer.cancel()
-        for server in self.servers:
-            server.close()
         if self.drain_on_stop:
             await self._drain()
         for peer in list(self.peers):
@@ -1414,15 +1404,13 @@ class Worker:
             except FastTorrentError as e:
                 self.send(ipc.Fatal(e.__class__.__name__, str(e)))
         self.send(ipc.Stats(self.wid, self._stats()))
-        os.close(self.efd)
+        if self.flush_on_stop:
+            os.close(self.efd)
+        else:  # the flush thread may still be in fdatasync: it and its eventfd stay
+            self.host.linger(self.sync_iot, self.efd)
         self.storage.close()
         self.free_slots.clear()
         self.picker.active.clear()
-        try:
-            self.loop.remove_reader(self.conn.fileno())
-        except (OSError, ValueError):
-            pass
-        self.channel.flush()  # what the coordinator is owed, before the process exits
         self.arena.close()
 
     async def _drain(self) -> None:
@@ -1459,57 +1447,8 @@ def _bits_to_indices(bits: bytes) -> list[int]:
     return out
 
 
-def worker_main(cfg: WorkerConfig, conn: Any) -> None:
-    """Entry point of a worker process (started by the coordinator with torrent.launch).
+def worker_main(cfg: Any, conn: Any) -> None:
+    """Entry point of a worker process (see :func:`torrent.workerhost.host_main`)."""
+    from .workerhost import host_main
 
-    The process may have been started long before its config came (while
-    the coordinator parsed, checked or fetched the torrent): this module and
-    uvloop are imported by then. The arena's memfd follows the config on the
-    control connection (``SCM_RIGHTS``; it did not exist when we started),
-    then ``cfg.adopt`` connections a magnet's fetch hands over, each an
-    :class:`ipc.Adopt` and its socket.
-    """
-    # The coordinator handles SIGINT/SIGTERM and tells us to stop; a Ctrl-C or
-    # a SIGTERM sent to the whole process group (a terminal, systemd, a job
-    # control `kill %1`) must not kill us mid-write.  If the coordinator itself
-    # is killed we exit on our own: EOF on the control pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if os.environ.get("FASTTORRENT_DEBUG"):
-        # the per-tick state of this worker on stderr (see Worker.tick)
-        logging.basicConfig(level=logging.DEBUG, format="%(message)s")
-    adopted: list[tuple[ipc.Adopt, int]] = []
-    try:
-        arena_fd = recv_fd(conn)
-        # the connections a magnet's fetch hands over, read here, blocking: once the
-        # loop watches the connection it is non-blocking, and a descriptor could not
-        # follow a message read there
-        for _ in range(cfg.adopt):
-            msg = conn.recv()
-            adopted.append((msg, recv_fd(conn)))
-    except (EOFError, OSError):
-        os._exit(0)  # the coordinator went away (or failed) before the arena existed
-
-    workers: list[Worker] = []
-
-    async def main() -> None:
-        workers.append(Worker(cfg, conn, arena_fd, adopted))
-        await workers[0].run()
-
-    try:
-        if uvloop is not None:
-            uvloop.run(main())
-        else:
-            asyncio.run(main())
-    except FastTorrentError as e:
-        try:
-            if workers:
-                workers[0].channel.flush()  # what it queued first; blocking from here
-            else:
-                os.set_blocking(conn.fileno(), True)  # a loop may have watched it
-            conn.send(ipc.Fatal(e.__class__.__name__, str(e)))
-        except OSError:
-            pass
-    # Everything this worker owes the coordinator was written out (Channel.flush);
-    # exit without waiting for a flush thread still inside fdatasync (see shutdown).
-    os._exit(0)
+    host_main(cfg, conn)

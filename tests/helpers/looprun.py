@@ -39,7 +39,7 @@ def worker_main(cfg: Any, conn: Any) -> None:
 
 def install() -> None:
     """Make this process's coordinator start workers that listen on loopback only."""
-    from torrent import coordinator, launch, ports
+    from torrent import launch, pool, ports
 
     here = os.path.dirname(os.path.abspath(__file__))
     old = os.environ.get("PYTHONPATH", "")
@@ -50,7 +50,7 @@ def install() -> None:
     def start_child(target: str, **kwargs: Any) -> Any:
         return real(OUR_TARGET if target == REAL_TARGET else target, **kwargs)
 
-    coordinator.start_child = start_child  # type: ignore[assignment]
+    pool.start_child = start_child  # type: ignore[assignment]
 
 
 def main() -> int:

@@ -38,7 +38,7 @@ def worker_main(cfg: Any, conn: Any) -> None:
 
 def install(seconds: float) -> None:
     """Make this process's coordinator start workers whose PEX interval is ``seconds``."""
-    from torrent import coordinator, launch, worker
+    from torrent import launch, pool, worker
 
     os.environ[INTERVAL_ENV] = repr(seconds)
     here = os.path.dirname(os.path.abspath(__file__))
@@ -50,7 +50,7 @@ def install(seconds: float) -> None:
     def start_child(target: str, **kwargs: Any) -> Any:
         return real(OUR_TARGET if target == REAL_TARGET else target, **kwargs)
 
-    coordinator.start_child = start_child  # type: ignore[assignment]
+    pool.start_child = start_child  # type: ignore[assignment]
 
 
 def main() -> int:

@@ -250,6 +250,7 @@ class Dht:
         self.servers: dict[int, DhtServer] = {}
         self._socks: dict[int, socket.socket] = {}
         self._transports: dict[int, asyncio.DatagramTransport] = {}
+        self._users = 0  # attach() calls not yet detached
         self._pending: dict[bytes, _Pending] = {}
         self._resolved: dict[int, list[Address]] | None = None
         self._upkeep: asyncio.Task[None] | None = None
@@ -341,7 +342,15 @@ class Dht:
         raise last if last is not None else OSError("no DHT socket")
 
     async def attach(self) -> None:
-        """Serve on the running loop (a duplicate of each socket) and start the upkeep."""
+        """Serve on the running loop (a duplicate of each socket) and start the upkeep.
+
+        Counted: several users on one loop (the torrents of a batch, a magnet's
+        fetch beside them) each attach and detach; the node serves until the last
+        detaches.
+        """
+        self._users += 1
+        if self._users > 1:
+            return
         loop = asyncio.get_running_loop()
         for fam, sock in self._socks.items():
             transport, _ = await loop.create_datagram_endpoint(
@@ -350,7 +359,11 @@ class Dht:
         self._upkeep = loop.create_task(self._upkeep_loop())
 
     async def detach(self) -> None:
-        """Leave the running loop: stop the upkeep, close its sockets, end every pending query."""
+        """Leave the running loop: stop the upkeep, close its sockets, end every pending query
+        (once the last user detached)."""
+        self._users = max(0, self._users - 1)
+        if self._users:
+            return
         for task in (self._upkeep, self._refresh):
             if task is not None:
                 task.cancel()

@@ -122,6 +122,13 @@ class PeerConn(asyncio.BufferedProtocol):
             if self._handler is not None:
                 self._handler.lost(self.close_reason)
 
+    def rehome(self, handler: ConnectionHandler) -> None:
+        """Report to ``handler`` from now on (a connection routed to its torrent once its
+        first bytes named it); the next read goes into its buffer."""
+        if not self.closed:
+            self._handler = handler
+            self._rb = handler.rb
+
     @property
     def refused(self) -> bool:
         """The owner's ``accept`` refused this connection (it was closed at once)."""

@@ -130,7 +130,7 @@ from .messages import (
     decode,
     encode,
 )
-from .mse import CRYPTO_RC4, MSEInitiator, MSEReceiver, skey_table
+from .mse import CRYPTO_RC4, Established, MSEInitiator, MSEReceiver, skey_table
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -734,12 +734,31 @@ class PeerProtocol:
         if est is None:
             return False
         self._mse = None
+        self._established(est)
+        return True
+
+    def _established(self, est: Established) -> None:
         self.encrypt = est.encrypt if est.method == CRYPTO_RC4 else None
         self.mse_method = est.method
-        rb.feed(est.payload)  # already decrypted: before the transform is set
+        self.rb.feed(est.payload)  # already decrypted: before the transform is set
         if est.method == CRYPTO_RC4:
-            rb.transform = est.decrypt
-        return True
+            self.rb.transform = est.decrypt
+
+    def mse_established_elsewhere(self, est: Established) -> None:
+        """An incoming connection's MSE/PE handshake was answered before this machine
+        existed (the worker routes a connection to its torrent by the SKEY the
+        handshake names): go on from it. ``est.payload`` is read first.
+
+        Raises:
+            LocalProtocolError: not a fresh incoming connection, or another torrent.
+        """
+        if self.we_initiated or self._state is not PeerState.AWAIT_HANDSHAKE \
+                or self._mse is not None or self.rb.end > self.rb.start:
+            raise LocalProtocolError("only a fresh incoming connection takes an MSE handshake")
+        if est.info_hash != self.info_hash:
+            raise LocalProtocolError("the MSE handshake named another torrent")
+        self.accept_mse = False
+        self._established(est)
 
     @property
     def mse_pending(self) -> bool:
