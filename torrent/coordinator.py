@@ -505,7 +505,7 @@ class Coordinator:
                 if not h.alive:
                     continue
                 try:
-                    h.channel._channel.send(ipc.AddTorrent(cfg))
+                    h.channel.add_torrent(cfg)
                     for c in adopt.get(h.wid, []):
                         h.channel.send(ipc.Adopt(c.host, c.port, c.data), fd=c.fd)
                 except OSError:

@@ -85,9 +85,15 @@ class Outcome:
 class _Item:
     source: Source
     outcome: Outcome
+    outdir: str = ""  # where its files go ("": the engine's directory)
     meta: Any = None
-    torrent_bytes: bytes | None = None
     paths: frozenset[str] = field(default_factory=frozenset)
+    #: what it is doing: "queued", "metadata", "checking", "downloading", "seeding", then
+    #: the outcome's status
+    state: str = "queued"
+    coord: Coordinator | None = None  # while it runs
+    select: str | None = None  # its --select (the daemon's per-torrent selection)
+    report: RunReport | None = None  # its events and metrics (else the engine's factory's)
 
 
 def arena_budget(opts: Options, workers: int) -> int:
@@ -156,7 +162,7 @@ class Engine:
         meta = item.meta
         item.outcome.info_hash = meta.info_hash_hex
         item.outcome.name = meta.name
-        layout = layout_for(meta, self.outdir, None)
+        layout = layout_for(meta, item.outdir or self.outdir, None)
         item.paths = frozenset(sp.path for sp in layout.spans if sp.regular)
 
     def _claim(self, item: _Item) -> None:
@@ -195,14 +201,18 @@ class Engine:
     async def _download(self, item: _Item) -> None:
         assert self.pool is not None
         out = item.outcome
+        outdir = item.outdir or self.outdir
         opts = self.torrent_options()
+        if item.select is not None:
+            opts = opts.replace(select=item.select)
         began = time.monotonic()
         conns: tuple[Any, ...] = ()
         banned: frozenset[tuple[str, int]] = frozenset()
         peer_id = None
-        report = self.make_report() if self.make_report is not None else None
+        report = item.report or (self.make_report() if self.make_report is not None else None)
         try:
             if item.source.kind == "magnet":
+                item.state = "metadata"
                 meta, opts, peer_id, banned, conns = await self._magnet(item, opts, report)
                 item.meta = meta
                 self._know(item)
@@ -218,7 +228,7 @@ class Engine:
             def log(line: str, _name: str = name) -> None:
                 self.log(f"{_name}: {line}")
 
-            coord = Coordinator(meta, self.outdir, opts, log=log, began=began,
+            coord = Coordinator(meta, outdir, opts, log=log, began=began,
                                 metadata_seconds=time.monotonic() - began
                                 if item.source.kind == "magnet" else 0.0,
                                 dht=self.dht if dht_wanted(opts, private=meta.private) else None,
@@ -231,11 +241,16 @@ class Engine:
                 coord.peer_id = peer_id
             coord.ban_peers(banned, "banned: its metadata does not hash to the info-hash")
             # the resume check hashes: off the loop, so the other torrents go on
+            item.state = "checking"
+            item.coord = coord
             await asyncio.get_running_loop().run_in_executor(None, coord.prepare)
+            if self.interrupted or item.state == "stopping":
+                if coord.journal is not None:
+                    coord.journal.close()
+                raise Interrupted("stopped before it started; state saved")
             self.running[id(coord)] = coord
             try:
-                if self.interrupted:
-                    coord.interrupted = True
+                item.state = "downloading"
                 res = await coord.run()
             finally:
                 self.running.pop(id(coord), None)
@@ -279,7 +294,7 @@ class Engine:
         peers = tuple(dict.fromkeys((*opts.peers, *magnet.peers)))
         opts = opts.replace(peers=peers, select_only=magnet.select_only, port=self.pool.port)
         peer_id = make_peer_id()
-        kept = metadata_path(self.outdir, magnet.info_hash)
+        kept = metadata_path(item.outdir or self.outdir, magnet.info_hash)
         meta = _load_kept_metainfo(kept, magnet, self.log)
         if meta is not None:
             return meta, opts, peer_id, frozenset(), ()

@@ -52,7 +52,7 @@ __all__ = ["WORKER_EXIT_TIMEOUT", "PrestartedWorkers", "TorrentChannel", "Worker
 #: How long workers get to flush and exit after Stop (or EOF) before they are killed.
 WORKER_EXIT_TIMEOUT: Final = 15.0
 #: The entry point of a worker process.
-WORKER_TARGET: Final = "torrent.worker:worker_main"
+WORKER_TARGET: Final = "torrent.workerhost:host_main"
 
 
 class PrestartedWorkers:
@@ -159,6 +159,10 @@ class TorrentChannel:
 
     def send(self, msg: Any, *, fd: int | None = None) -> None:
         self._channel.send(ipc.Tagged(self.tid, msg), fd=fd)
+
+    def add_torrent(self, cfg: Any) -> None:
+        """Give the worker the torrent (its ``WorkerConfig``, whose ``tid`` is ours)."""
+        self._channel.send(ipc.AddTorrent(cfg))
 
     def receive(self) -> list[Any]:
         out, self.inbox = self.inbox, []

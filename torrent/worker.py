@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from .webseed_worker import WebSeeds
 
 __all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "LEASE_MIN_BYTES", "MAX_DIALS", "Worker",
-           "WorkerConfig", "lease_request", "worker_main"]
+           "WorkerConfig", "lease_request"]
 
 #: Seconds between fdatasync batches (and Durable reports).  Longer batches
 #: mean fewer flushes; shorter ones mean less refetching after a crash.
@@ -1389,7 +1389,7 @@ class Worker:
         if self.flush_on_stop:
             self._collect(self.sync_iot.close())
         # else: a flush still running is left to finish on its own; the
-        # process exits without waiting for it (worker_main: os._exit).
+        # process exits without waiting for it (workerhost.host_main: os._exit).
         if self.verified_batch:
             self.send(ipc.Verified(tuple(self.verified_batch)))
             self.verified_batch = []
@@ -1445,10 +1445,3 @@ def _bits_to_indices(bits: bytes) -> list[int]:
                 if byte & (0x80 >> j):
                     out.append(base + j)
     return out
-
-
-def worker_main(cfg: Any, conn: Any) -> None:
-    """Entry point of a worker process (see :func:`torrent.workerhost.host_main`)."""
-    from .workerhost import host_main
-
-    host_main(cfg, conn)

@@ -117,6 +117,8 @@ class Router:
         self.conn.abort(reason)
 
     def data_received(self) -> None:
+        if self.done:
+            return  # (closed, or handed over: nothing more is ours)
         rb = self._rb
         data = bytes(rb.view[rb.start : rb.end])
         try:

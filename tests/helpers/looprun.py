@@ -25,16 +25,16 @@ from typing import Any
 #: The loopback stand-ins of ("0.0.0.0", "::").
 LOOPBACK_HOSTS = ("127.0.0.1", "::1")
 #: The worker entry point the coordinator starts, and this module's stand-in.
-REAL_TARGET = "torrent.worker:worker_main"
+REAL_TARGET = "torrent.workerhost:host_main"
 OUR_TARGET = "looprun:worker_main"
 
 
 def worker_main(cfg: Any, conn: Any) -> None:
     """A worker process: the real one, listening on the loopback addresses."""
-    from torrent import ports, worker
+    from torrent import ports, workerhost
 
     ports.ANY_HOSTS = LOOPBACK_HOSTS
-    worker.worker_main(cfg, conn)
+    workerhost.host_main(cfg, conn)
 
 
 def install() -> None:

@@ -9,7 +9,7 @@ is read: in the worker processes.  The CLI forks them from this process
 where it cannot fork they are fresh interpreters, so for those the
 coordinator's :func:`~torrent.launch.start_child` is replaced
 by one that starts :func:`worker_main` of this module instead of
-:func:`torrent.worker.worker_main`; it patches the constant in the child and
+:func:`torrent.workerhost.host_main`; it patches the constant in the child and
 runs the real worker.  The interval reaches the children in the environment
 (:data:`INTERVAL_ENV`), this module through ``PYTHONPATH``.  The package
 itself carries no hook for any of it.
@@ -24,16 +24,16 @@ from typing import Any
 #: The environment variable that carries SECONDS to the worker processes.
 INTERVAL_ENV = "PEXRUN_INTERVAL"
 #: The worker entry point the coordinator starts, and this module's stand-in.
-REAL_TARGET = "torrent.worker:worker_main"
+REAL_TARGET = "torrent.workerhost:host_main"
 OUR_TARGET = "pexrun:worker_main"
 
 
 def worker_main(cfg: Any, conn: Any) -> None:
     """A worker process: the real one, with PEX_INTERVAL from the environment."""
-    from torrent import worker
+    from torrent import worker, workerhost
 
     worker.PEX_INTERVAL = float(os.environ[INTERVAL_ENV])
-    worker.worker_main(cfg, conn)
+    workerhost.host_main(cfg, conn)
 
 
 def install(seconds: float) -> None:
