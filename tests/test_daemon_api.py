@@ -374,6 +374,17 @@ def test_more_than_max_torrents_is_507(tmp_path: Path) -> None:
     assert eng.calls == []
 
 
+def test_a_spec_s_json_form_round_trips() -> None:
+    data = torrent_bytes()
+    for spec in (TorrentSpec(magnet=MAGNET1), TorrentSpec(torrent=data, save_path="/a/b",
+                                                          select="0,2-3", paused=True),
+                 TorrentSpec(url="https://example.org/x.torrent", paused=True)):
+        assert TorrentSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    # a null is the field left out
+    assert TorrentSpec.from_json({"magnet": MAGNET1, "torrent": None, "save_path": None,
+                                  "select": None, "paused": None}) == TorrentSpec(magnet=MAGNET1)
+
+
 # -- save paths ------------------------------------------------------------------------------
 def test_save_path_stays_under_the_download_dir(tmp_path: Path) -> None:
     root = tmp_path / "root"

@@ -264,9 +264,7 @@ async def _json_errors(request: web.Request,
             raise
         headers = {k: v for k, v in e.headers.items() if k in ("Allow",)}
         raise _Answer(e.status, _AIOHTTP_ERRORS.get(e.status, e.reason), headers) from None
-    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as e:
+    except Exception as e:  # a bug of ours or the engine's: logged, and the daemon serves on
         _log.exception("daemon: %s %s failed", request.method, request.path)
         raise _Answer(500, f"internal error (a bug in fasttorrent): "
                            f"{e.__class__.__name__}") from None

@@ -115,8 +115,8 @@ class TorrentSpec:
         Args:
             obj: a decoded JSON object: exactly one of ``magnet`` (text), ``torrent``
                 (base64 text, line breaks allowed) or ``url`` (http or https); and
-                optionally ``save_path`` (text), ``select`` (text or null) and
-                ``paused`` (true or false).
+                optionally ``save_path`` (text), ``select`` (text) and ``paused``
+                (true or false); a null is the field left out.
 
         Raises:
             UsageError: one line naming the field: an unknown field, a wrong type,
@@ -150,8 +150,10 @@ class TorrentSpec:
                 parse_select(select)
             except UsageError as e:
                 raise UsageError(str(e).replace("--select", "select", 1)) from None
-        paused = obj.get("paused", False)
-        if not isinstance(paused, bool):
+        paused = obj.get("paused")
+        if paused is None:
+            paused = False
+        elif not isinstance(paused, bool):
             raise UsageError("paused: expected true or false")
         return cls(magnet=magnet, torrent=torrent, url=url, save_path=save_path,
                    select=select, paused=paused)
