@@ -499,6 +499,57 @@ def cmd_seed(a: argparse.Namespace) -> int:
     return 0
 
 
+# -- daemon -----------------------------------------------------------------
+def cmd_daemon(a: argparse.Namespace) -> int:
+    from .daemon import run_daemon
+
+    opts = Options(workers=a.workers, port=a.port, bind=a.bind, max_peers=a.max_peers,
+                   use_trackers=not a.no_trackers, download_limit=a.download_limit or 0,
+                   upload_limit=_flag_size("--upload-limit", a.upload_limit),
+                   fork_workers=True, **_connection_options(a), **_dht_options(a))
+    st = Status(a.quiet, live=False)
+
+    def ready(port: int, restored: int) -> None:
+        # one machine-readable line, so scripts can find a port chosen by us
+        print(f"daemon: API on port {port}, {restored} torrent(s) restored", flush=True)
+
+    return run_daemon(opts, listen=a.listen, token_file=a.token_file,
+                      download_dir=a.download_dir, state_dir=a.state_dir, log=st.log,
+                      ready=ready)
+
+
+def _add_daemon_flags(s: argparse.ArgumentParser) -> None:
+    from .daemon import DEFAULT_LISTEN
+
+    s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"where the API listens (default {DEFAULT_LISTEN}; PORT alone: on "
+                        "127.0.0.1; 0: a free port, printed at start)")
+    s.add_argument("--token-file", required=True, metavar="FILE",
+                   help="the API's bearer token: the file's one line (chmod 600 it)")
+    s.add_argument("--download-dir", required=True, metavar="DIR",
+                   help="the default save path; every save_path must lie under it")
+    s.add_argument("--state-dir", required=True, metavar="DIR",
+                   help="the torrents held (restored at start) and the DHT's nodes")
+    s.add_argument("--workers", type=_workers_arg, default=None,
+                   help="worker processes (default: the CPUs this process may use)")
+    s.add_argument("--port", type=_port_arg, default=0, help="TCP port for incoming peers")
+    s.add_argument("--bind", default="", metavar="ADDRESS",
+                   help="IPv4 or IPv6 address peers are accepted on (default: every address "
+                        "of both)")
+    s.add_argument("--max-peers", type=_workers_arg, default=DEFAULT_MAX_PEERS,
+                   help=f"peers to connect to at a time (default {DEFAULT_MAX_PEERS})")
+    _add_connection_flags(s)
+    s.add_argument("--download-limit", type=size_arg, default=None, metavar="RATE",
+                   help="bytes per second, e.g. 50M (default: unlimited)")
+    s.add_argument("--upload-limit", default=None, metavar="RATE",
+                   help="bytes per second uploaded, e.g. 10M (default: unlimited)")
+    s.add_argument("--no-trackers", action="store_true", help="do not announce to the trackers")
+    s.add_argument("--dht-bootstrap", action="append", default=[], metavar="HOST:PORT",
+                   help="DHT node to start from (repeatable; default: the well-known routers)")
+    s.add_argument("--no-dht", action="store_true", help="no DHT node")
+    s.add_argument("-q", "--quiet", action="store_true")
+
+
 # -- demo -------------------------------------------------------------------
 def cmd_demo(a: argparse.Namespace) -> int:
     from .tools.demo import run_demo
@@ -521,6 +572,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "download": cmd_download,
     "seed": cmd_seed,
+    "daemon": cmd_daemon,
     "bench": cmd_bench,
 }
 
@@ -654,6 +706,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_report_flags(s)
     s.add_argument("--json", action="store_true", help="one JSON object on stdout at the end")
     s.add_argument("-q", "--quiet", action="store_true")
+
+    s = sub.add_parser("daemon", help="hold many torrents, driven over an HTTP/JSON API "
+                                      "(see docs/ARCHITECTURE.md, 'The daemon')")
+    if command in (None, "daemon"):  # its flags import the API (aiohttp): only for it
+        _add_daemon_flags(s)
 
     s = sub.add_parser("demo", help="the main job on a generated payload, nothing to set up")
     s.add_argument("--size", type=size_arg, default=256 << 20, help="payload size (default 256M)")

@@ -115,13 +115,18 @@ class TorrentCollector(Collector):
         yield busy
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, *, flag: str = "--metrics-listen",
+                 min_port: int = 1) -> tuple[str, int]:
     """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` or ``PORT`` (loopback) -> (address, port).
 
     The host is an IP address (``0.0.0.0`` or ``[::]``: every address).
 
+    Args:
+        flag: the flag the text came with, named by a refusal.
+        min_port: the lowest port accepted (0: any free port, chosen at bind time).
+
     Raises:
-        UsageError: a one-line reason naming ``--metrics-listen``.
+        UsageError: a one-line reason naming ``flag``.
     """
     t = text.strip()
     if t.isdigit() or (t.startswith(":") and t[1:].isdigit()):
@@ -132,19 +137,21 @@ def parse_listen(text: str) -> tuple[str, int]:
     elif ":" in host:
         host = ""  # an IPv6 address without brackets: ambiguous
     ip = canonical_ip(host) if sep and host else None
-    if ip is None or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise UsageError(f"--metrics-listen {text[:80]!r}: expected HOST:PORT, [IPV6]:PORT "
-                         "or PORT, with an IP address and a port in 1..65535")
+    if ip is None or not port_text.isdigit() or not min_port <= int(port_text) <= 65535:
+        raise UsageError(f"{flag} {text[:80]!r}: expected HOST:PORT, [IPV6]:PORT "
+                         f"or PORT, with an IP address and a port in {min_port}..65535")
     return ip, int(port_text)
 
 
-def bind_metrics(text: str) -> socket.socket:
-    """A listening TCP socket for ``--metrics-listen`` (see :func:`parse_listen`).
+def bind_metrics(text: str, *, flag: str = "--metrics-listen",
+                 min_port: int = 1) -> socket.socket:
+    """A listening TCP socket for ``--metrics-listen`` (see :func:`parse_listen`,
+    which takes ``flag`` and ``min_port``).
 
     Raises:
         UsageError: a bad address, or one that cannot be bound (in use, not ours).
     """
-    host, port = parse_listen(text)
+    host, port = parse_listen(text, flag=flag, min_port=min_port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -154,7 +161,7 @@ def bind_metrics(text: str) -> socket.socket:
     except OSError as e:
         sock.close()
         why = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-        raise UsageError(f"--metrics-listen {text[:80]}: cannot listen there: {why}") from None
+        raise UsageError(f"{flag} {text[:80]}: cannot listen there: {why}") from None
     sock.setblocking(False)
     return sock
 
