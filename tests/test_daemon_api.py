@@ -575,7 +575,7 @@ def test_listen_addresses() -> None:
 
 
 def test_no_engine_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "torrent.engine", None)
+    monkeypatch.setitem(sys.modules, "torrent.service", None)
     with pytest.raises(UsageError, match="engine is not available"):
         _make_engine(Options(), "/tmp", "/tmp")
 

@@ -504,6 +504,7 @@ def cmd_daemon(a: argparse.Namespace) -> int:
     from .daemon import run_daemon
 
     opts = Options(workers=a.workers, port=a.port, bind=a.bind, max_peers=a.max_peers,
+                   peers=tuple(_peers_arg(a.peer)), stall_timeout=a.stall_timeout,
                    use_trackers=not a.no_trackers, download_limit=a.download_limit or 0,
                    upload_limit=_flag_size("--upload-limit", a.upload_limit),
                    fork_workers=True, **_connection_options(a), **_dht_options(a))
@@ -515,7 +516,7 @@ def cmd_daemon(a: argparse.Namespace) -> int:
 
     return run_daemon(opts, listen=a.listen, token_file=a.token_file,
                       download_dir=a.download_dir, state_dir=a.state_dir, log=st.log,
-                      ready=ready)
+                      ready=ready, max_active=a.max_active)
 
 
 def _add_daemon_flags(s: argparse.ArgumentParser) -> None:
@@ -538,6 +539,14 @@ def _add_daemon_flags(s: argparse.ArgumentParser) -> None:
                         "of both)")
     s.add_argument("--max-peers", type=_workers_arg, default=DEFAULT_MAX_PEERS,
                    help=f"peers to connect to at a time (default {DEFAULT_MAX_PEERS})")
+    s.add_argument("--max-active", type=_int_arg(1, MAX_ACTIVE), default=DEFAULT_MAX_ACTIVE,
+                   metavar="N", help=f"torrents downloading at once (1..{MAX_ACTIVE}; default "
+                                     f"{DEFAULT_MAX_ACTIVE}); the others wait their turn")
+    s.add_argument("--peer", action="append", default=[], metavar="HOST:PORT[,...]",
+                   help="a peer every torrent dials (repeatable; comma lists accepted)")
+    s.add_argument("--stall-timeout", type=float, default=0.0, metavar="S",
+                   help="a torrent without data for S seconds ends in error (default 0: "
+                        "it waits for peers as long as it is held)")
     _add_connection_flags(s)
     s.add_argument("--download-limit", type=size_arg, default=None, metavar="RATE",
                    help="bytes per second, e.g. 50M (default: unlimited)")

@@ -488,9 +488,9 @@ async def restore(engine: EngineAPI, state: StateDir, download_dir: str,
     return n
 
 
-def _make_engine(opts: Options, download_dir: str,
-                 state_dir: str) -> AbstractAsyncContextManager[EngineAPI]:
-    """The engine (``torrent/engine.py``), imported only now.
+def _make_engine(opts: Options, download_dir: str, state_dir: str,
+                 max_active: int | None = None) -> AbstractAsyncContextManager[EngineAPI]:
+    """The engine (``torrent/service.py`` on ``torrent/engine.py``), imported only now.
 
     The engine is an async context manager: entered before the API serves
     (its workers start), left after the API closed (its torrents stop, their
@@ -501,13 +501,16 @@ def _make_engine(opts: Options, download_dir: str,
         UsageError: the engine is not part of this installation.
     """
     try:
-        from .engine import Engine
+        from .service import Service
     except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.engine":
+        if e.name != f"{__package__}.service":
             raise
         raise UsageError("the engine is not available in this installation") from None
-    engine: AbstractAsyncContextManager[EngineAPI] = Engine(
-        opts, download_dir=download_dir, state_dir=state_dir)
+    from .options import DEFAULT_MAX_ACTIVE
+
+    engine: AbstractAsyncContextManager[EngineAPI] = Service(
+        opts, download_dir=download_dir, state_dir=state_dir,
+        max_active=max_active or DEFAULT_MAX_ACTIVE)
     return engine
 
 
@@ -534,9 +537,8 @@ async def _serve(engine_cm: AbstractAsyncContextManager[EngineAPI], token: str,
 def run_daemon(opts: Options, *, listen: str, token_file: str, download_dir: str,
                state_dir: str, log: Log = _stderr,
                ready: Callable[[int, int], None] | None = None,
-               make_engine: Callable[[Options, str, str],
-                                     AbstractAsyncContextManager[EngineAPI]] = _make_engine
-               ) -> int:
+               make_engine: Callable[..., AbstractAsyncContextManager[EngineAPI]] = _make_engine,
+               max_active: int | None = None) -> int:
     """``fasttorrent daemon``: serve the control API until SIGINT or SIGTERM (then 0).
 
     Args:
@@ -548,7 +550,9 @@ def run_daemon(opts: Options, *, listen: str, token_file: str, download_dir: str
         state_dir: the records of the torrents (see ``torrent/daemonstate.py``).
         log: called with one-line messages.
         ready: called with the API's port and the number of torrents restored, once it serves.
-        make_engine: builds the engine (the default imports ``torrent/engine.py``).
+        make_engine: builds the engine, ``(opts, download_dir, state_dir, max_active)``
+            (the default imports ``torrent/service.py``).
+        max_active: torrents downloading at once (None: the default).
 
     Raises:
         UsageError: a bad token file, listen address, or no engine.
@@ -565,7 +569,7 @@ def run_daemon(opts: Options, *, listen: str, token_file: str, download_dir: str
     state = StateDir(state_dir, log)
     sock = bind_listen(listen)
     try:
-        engine_cm = make_engine(opts, download_dir, state_dir)
+        engine_cm = make_engine(opts, download_dir, state_dir, max_active)
         _run(_serve(engine_cm, token, sock, download_dir, state, log,
                     ready or (lambda port, n: None)))
     finally:

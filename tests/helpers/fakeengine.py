@@ -25,7 +25,7 @@ from torrent.snapshot import TorrentSnapshot, take
 
 class FakeEngine:
     def __init__(self, opts: Any = None, *, download_dir: str = "", state_dir: str = "",
-                 preload: int = 0) -> None:
+                 preload: int = 0, max_active: int = 1) -> None:
         self.opts = opts
         self.download_dir = download_dir
         self.state_dir = state_dir
@@ -103,5 +103,5 @@ class FakeEngine:
         return self.collector
 
 
-#: What ``from torrent.engine import Engine`` finds when the CLI test runs the daemon.
-Engine = FakeEngine
+#: What ``from torrent.service import Service`` finds when the CLI test runs the daemon.
+Service = FakeEngine
