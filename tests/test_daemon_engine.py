@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import selectors
 import signal
@@ -123,7 +124,8 @@ def test_the_api_adds_lists_pauses_resumes_and_removes_real_downloads(tmp_path: 
     with LtPeer("seeder") as lt:
         for t, src, _n in ((ta, srca, na), (tb, srcb, nb), (tc, srcc, nc)):
             lt.seed(t, src)
-        proc, port = start(daemon_cmd(tmp_path, lt.addr))
+        events = tmp_path / "events.jsonl"
+        proc, port = start([*daemon_cmd(tmp_path, lt.addr), "--events", str(events)])
         try:
             async def main() -> None:
                 async with aiohttp.ClientSession() as s:
@@ -176,6 +178,13 @@ def test_the_api_adds_lists_pauses_resumes_and_removes_real_downloads(tmp_path: 
     assert "Traceback" not in err, err
     assert (tmp_path / "dl" / na).read_bytes() == (srca / na).read_bytes()  # kept
     assert (tmp_path / "dl" / "fromlink" / nb).read_bytes() == (srcb / nb).read_bytes()
+    # the same events as a download's feed the daemon's stream, each naming its torrent
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    for t in (ta, tb, tc):
+        ih = metainfo.load(t).info_hash_hex
+        kinds = [e["event"] for e in lines if e["info_hash"] == ih]
+        assert {"added", "metadata", "started", "completed", "stopped"} <= set(kinds), kinds
+        assert all("time" in e for e in lines)
 
 
 def test_a_daemon_killed_with_sigkill_restarts_and_finishes_its_torrents(

@@ -505,6 +505,7 @@ def cmd_daemon(a: argparse.Namespace) -> int:
 
     opts = Options(workers=a.workers, port=a.port, bind=a.bind, max_peers=a.max_peers,
                    peers=tuple(_peers_arg(a.peer)), stall_timeout=a.stall_timeout,
+                   events=_daemon_events(a.events), events_interval=a.events_interval,
                    use_trackers=not a.no_trackers, download_limit=a.download_limit or 0,
                    upload_limit=_flag_size("--upload-limit", a.upload_limit),
                    fork_workers=True, **_connection_options(a), **_dht_options(a))
@@ -519,8 +520,16 @@ def cmd_daemon(a: argparse.Namespace) -> int:
                       ready=ready, max_active=a.max_active)
 
 
+def _daemon_events(path: str | None) -> str | None:
+    if path == "-":
+        raise UsageError("--events -: the daemon's stdout carries its ready line; give "
+                         "--events a FILE")
+    return path
+
+
 def _add_daemon_flags(s: argparse.ArgumentParser) -> None:
     from .daemon import DEFAULT_LISTEN
+    from .events import PROGRESS_INTERVAL
 
     s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"where the API listens (default {DEFAULT_LISTEN}; PORT alone: on "
@@ -544,6 +553,12 @@ def _add_daemon_flags(s: argparse.ArgumentParser) -> None:
                                      f"{DEFAULT_MAX_ACTIVE}); the others wait their turn")
     s.add_argument("--peer", action="append", default=[], metavar="HOST:PORT[,...]",
                    help="a peer every torrent dials (repeatable; comma lists accepted)")
+    s.add_argument("--events", default=None, metavar="FILE",
+                   help="append every torrent's events to FILE as JSON lines (see "
+                        "docs/ARCHITECTURE.md, 'Event stream and metrics')")
+    s.add_argument("--events-interval", type=_timeout_arg, default=PROGRESS_INTERVAL,
+                   metavar="S", help="seconds between two progress events "
+                                     f"(default {PROGRESS_INTERVAL:g})")
     s.add_argument("--stall-timeout", type=float, default=0.0, metavar="S",
                    help="a torrent without data for S seconds ends in error (default 0: "
                         "it waits for peers as long as it is held)")

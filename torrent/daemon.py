@@ -76,7 +76,7 @@ from .engineapi import (
     TorrentStatus,
 )
 from .errors import DiskFull, FastTorrentError, InvalidTorrent, ResourceExhausted, UsageError
-from .metrics import CONTENT_TYPE, bind_metrics
+from .metrics import CONTENT_TYPE, SocketServer, bind_metrics
 
 if TYPE_CHECKING:
     from .options import Options
@@ -431,7 +431,7 @@ def make_app(engine: EngineAPI, token: str, *, download_dir: str,
     return app
 
 
-class Daemon:
+class Daemon(SocketServer):
     """The control API of ``engine`` served on ``sock`` (see :func:`make_app` for the rest).
 
     Args:
@@ -440,26 +440,11 @@ class Daemon:
 
     def __init__(self, engine: EngineAPI, token: str, sock: socket.socket, *,
                  download_dir: str, state: StateDir | None = None, log: Log = _stderr) -> None:
+        super().__init__(sock, shutdown_timeout=SHUTDOWN_GRACE)
         self.app = make_app(engine, token, download_dir=download_dir, state=state, log=log)
-        self.sock = sock
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    async def start(self) -> None:
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=SHUTDOWN_GRACE)
-        await runner.setup()
-        await web.SockSite(runner, self.sock).start()
-        self._runner = runner
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        self.sock.close()
+    def make_app(self) -> web.Application:
+        return self.app
 
 
 # -- the command -----------------------------------------------------------------------------

@@ -347,21 +347,12 @@ class Engine:
         if not todo:
             return [i.outcome for i in items]
         loop = asyncio.get_running_loop()
-        n = self.opts.workers or 1
-        self.pool = WorkerPool(self.opts, prestarted=self.prestarted, regions=self.max_active)
-        self.prestarted = None
-        want_dht = dht_wanted(self.opts)
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal)
         watch: asyncio.Task[None] | None = None
         try:
-            self.pool.open(arena_budget(self.opts, n), udp=want_dht,
-                           free_port=lambda bind, udp: free_port(bind, udp=udp))
-            if want_dht:
-                self.dht = start_dht(self.opts, self.pool.port, self.log)
-                if self.dht is not None:
-                    await self.dht.attach()
+            await self.open()
             if self.metrics is not None:
                 await self.metrics.start()
             watch = loop.create_task(self._watch())
@@ -380,7 +371,8 @@ class Engine:
             if self.dht is not None:
                 await self.dht.detach()
                 self.dht.close()
-            await self.pool.close()
+            if self.pool is not None:
+                await self.pool.close()
             if self.metrics is not None:
                 await self.metrics.close()
         for item in todo:
@@ -388,6 +380,22 @@ class Engine:
                 item.outcome.exit_code = Interrupted.exit_code
                 item.outcome.error = "not started: interrupted"
         return [i.outcome for i in items]
+
+    async def open(self) -> None:
+        """The run's worker processes (the prestarted ones first), port, arena and DHT node.
+
+        Raises:
+            ResourceExhausted: a process could not be started, or the arena created.
+        """
+        self.pool = WorkerPool(self.opts, prestarted=self.prestarted, regions=self.max_active)
+        self.prestarted = None
+        want_dht = dht_wanted(self.opts)
+        self.pool.open(arena_budget(self.opts, self.opts.workers or 1), udp=want_dht,
+                       free_port=lambda bind, udp: free_port(bind, udp=udp))
+        if want_dht:
+            self.dht = start_dht(self.opts, self.pool.port, self.log)
+            if self.dht is not None:
+                await self.dht.attach()
 
     def _refuse_collisions(self, items: list[_Item]) -> None:
         """Claim every known torrent's paths; the torrents of a collision both fail."""

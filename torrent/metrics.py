@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_METRICS_HOST",
     "PREFIX",
     "MetricsServer",
+    "SocketServer",
     "TorrentCollector",
     "bind_metrics",
     "parse_listen",
@@ -166,32 +167,31 @@ def bind_metrics(text: str, *, flag: str = "--metrics-listen",
     return sock
 
 
-class MetricsServer:
-    """``GET /metrics`` of ``collector`` on ``sock`` (aiohttp, on the running loop).
+class SocketServer:
+    """An aiohttp application served on an already listening socket, on the running
+    loop (the metrics server's, the daemon's API): no signal handling of its own, no
+    access log.
 
     Args:
-        collector: what to report.
-        sock: a listening socket (:func:`bind_metrics`); closed by :meth:`close`.
+        sock: a listening socket; closed by :meth:`close`.
+        shutdown_timeout: how long :meth:`close` lets requests in flight finish.
     """
 
-    def __init__(self, collector: TorrentCollector, sock: socket.socket) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(collector)
+    def __init__(self, sock: socket.socket, *, shutdown_timeout: float = 60.0) -> None:
         self.sock = sock
+        self.shutdown_timeout = shutdown_timeout
         self._runner: web.AppRunner | None = None
 
     @property
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
 
-    async def start(self) -> None:
-        async def metrics(_request: web.Request) -> web.Response:
-            body = generate_latest(self.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    def make_app(self) -> web.Application:
+        raise NotImplementedError
 
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def start(self) -> None:
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=self.shutdown_timeout)
         await runner.setup()
         await web.SockSite(runner, self.sock).start()
         self._runner = runner
@@ -201,3 +201,26 @@ class MetricsServer:
         if runner is not None:
             await runner.cleanup()
         self.sock.close()
+
+
+class MetricsServer(SocketServer):
+    """``GET /metrics`` of ``collector`` on ``sock`` (aiohttp, on the running loop).
+
+    Args:
+        collector: what to report.
+        sock: a listening socket (:func:`bind_metrics`); closed by :meth:`close`.
+    """
+
+    def __init__(self, collector: TorrentCollector, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+
+    def make_app(self) -> web.Application:
+        async def metrics(_request: web.Request) -> web.Response:
+            body = generate_latest(self.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        return app

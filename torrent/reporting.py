@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import FastTorrentError, Interrupted
 from .events import PROGRESS_INTERVAL, Event, TorrentEvents, make_event
-from .eventwriter import open_events
+from .eventwriter import EventWriter, open_events
 from .snapshot import TorrentSnapshot
 
 if TYPE_CHECKING:
@@ -156,6 +156,23 @@ class RunReport:
             self.emit(make_event("stopped", None, wall, reason=reason, exit_code=code))
 
 
+def _outputs(opts: Any, log: Callable[[str], None],
+             ) -> tuple[EventWriter | None, TorrentCollector | None, MetricsServer | None]:
+    """A run's events file (opened) and metrics collector and server (its port bound)."""
+    writer = open_events(opts.events, lambda s: log(f"warning: {s}"))
+    try:
+        if not opts.metrics_listen:
+            return writer, None, None
+        from .metrics import MetricsServer, TorrentCollector, bind_metrics
+
+        collector = TorrentCollector()
+        return writer, collector, MetricsServer(collector, bind_metrics(opts.metrics_listen))
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+
+
 @contextmanager
 def run_report(opts: Any, log: Callable[[str], None]) -> Iterator[RunReport]:
     """The report of one run from its options: the events file opened, the metrics port bound.
@@ -164,19 +181,7 @@ def run_report(opts: Any, log: Callable[[str], None]) -> Iterator[RunReport]:
         StorageError, DiskFull: the events file cannot be opened.
         UsageError: a bad ``metrics_listen``, or its port cannot be bound.
     """
-    writer = open_events(opts.events, lambda s: log(f"warning: {s}"))
-    server: MetricsServer | None = None
-    collector: TorrentCollector | None = None
-    try:
-        if opts.metrics_listen:
-            from .metrics import MetricsServer, TorrentCollector, bind_metrics
-
-            collector = TorrentCollector()
-            server = MetricsServer(collector, bind_metrics(opts.metrics_listen))
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        raise
+    writer, collector, server = _outputs(opts, log)
     report = RunReport(None if writer is None else writer.write, collector=collector,
                        server=server, progress_interval=opts.events_interval)
     try:
@@ -205,15 +210,8 @@ def batch_reports(opts: Any, log: Callable[[str], None],
     Raises:
         StorageError, DiskFull, UsageError: as :func:`run_report`.
     """
-    writer = open_events(opts.events, lambda s: log(f"warning: {s}"))
-    server: MetricsServer | None = None
-    collector: TorrentCollector | None = None
+    writer, collector, server = _outputs(opts, log)
     try:
-        if opts.metrics_listen:
-            from .metrics import MetricsServer, TorrentCollector, bind_metrics
-
-            collector = TorrentCollector()
-            server = MetricsServer(collector, bind_metrics(opts.metrics_listen))
         if writer is None and collector is None:
             yield None, None
             return

@@ -39,14 +39,12 @@ from types import TracebackType
 from typing import Any
 
 from . import metainfo
-from .dht.service import dht_wanted, start_dht
-from .engine import Engine, Outcome, _Item, arena_budget
+from .engine import Engine, Outcome, _Item
 from .engineapi import MAX_TORRENTS, AlreadyAdded, TorrentSpec, TorrentStatus
 from .errors import FastTorrentError, Interrupted, ResourceExhausted, UsageError
+from .eventwriter import open_events
 from .metrics import TorrentCollector
 from .options import DEFAULT_MAX_ACTIVE, Options
-from .pool import WorkerPool
-from .ports import free_port
 from .reporting import RunReport
 from .sources import Source, load_url
 
@@ -89,6 +87,8 @@ class Service(Engine):
                          max_active=max_active, log=log)
         self.entries: dict[str, _Entry] = {}
         self.collector = TorrentCollector()
+        # every torrent's events, one JSON line each (--events; a failed write: a warning)
+        self._events = open_events(opts.events, lambda s: self.log(f"warning: {s}"))
         self._slots: asyncio.Semaphore | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -103,15 +103,7 @@ class Service(Engine):
 
     async def start(self) -> None:
         """Start the worker processes (fresh interpreters), the port, the arena, the DHT."""
-        n = self.opts.workers or 1
-        self.pool = WorkerPool(self.opts, regions=self.max_active)
-        want_dht = dht_wanted(self.opts)
-        self.pool.open(arena_budget(self.opts, n), udp=want_dht,
-                       free_port=lambda bind, udp: free_port(bind, udp=udp))
-        if want_dht:
-            self.dht = start_dht(self.opts, self.pool.port, self.log)
-            if self.dht is not None:
-                await self.dht.attach()
+        await self.open()
         self._slots = asyncio.Semaphore(self.max_active)
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
@@ -132,6 +124,9 @@ class Service(Engine):
             self.dht = None
         if self.pool is not None:
             await self.pool.close()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     # -- EngineAPI ------------------------------------------------------------------------
     async def add(self, spec: TorrentSpec) -> str:
@@ -217,7 +212,9 @@ class Service(Engine):
             async with self._slots:
                 if e.paused or self.interrupted:
                     return
-                item.report = RunReport(collector=self.collector)
+                item.report = RunReport(
+                    None if self._events is None else self._events.write,
+                    collector=self.collector, progress_interval=self.opts.events_interval)
                 await self._download(item)
             item.state = "completed"
         except asyncio.CancelledError:
