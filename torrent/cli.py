@@ -134,15 +134,18 @@ def _report_options(a: argparse.Namespace) -> dict[str, Any]:
             "metrics_listen": a.metrics_listen}
 
 
-def _add_report_flags(s: argparse.ArgumentParser) -> None:
+def _add_report_flags(s: argparse.ArgumentParser, *, metrics: bool = True) -> None:
     from .events import PROGRESS_INTERVAL
 
     s.add_argument("--events", default=None, metavar="FILE",
-                   help="append the run's events to FILE as JSON lines (- for stdout; "
-                        "see docs/ARCHITECTURE.md, 'Event stream and metrics')")
+                   help="append the events of every torrent run to FILE as JSON lines "
+                        "(- for stdout" + ("" if metrics else ", not for the daemon")
+                        + "; see docs/ARCHITECTURE.md, 'Event stream and metrics')")
     s.add_argument("--events-interval", type=_timeout_arg, default=PROGRESS_INTERVAL,
                    metavar="S", help="seconds between two progress events "
                                      f"(default {PROGRESS_INTERVAL:g})")
+    if not metrics:
+        return
     s.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics while the run "
                         "goes on (PORT alone: on 127.0.0.1)")
@@ -529,7 +532,6 @@ def _daemon_events(path: str | None) -> str | None:
 
 def _add_daemon_flags(s: argparse.ArgumentParser) -> None:
     from .daemon import DEFAULT_LISTEN
-    from .events import PROGRESS_INTERVAL
 
     s.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"where the API listens (default {DEFAULT_LISTEN}; PORT alone: on "
@@ -553,12 +555,7 @@ def _add_daemon_flags(s: argparse.ArgumentParser) -> None:
                                      f"{DEFAULT_MAX_ACTIVE}); the others wait their turn")
     s.add_argument("--peer", action="append", default=[], metavar="HOST:PORT[,...]",
                    help="a peer every torrent dials (repeatable; comma lists accepted)")
-    s.add_argument("--events", default=None, metavar="FILE",
-                   help="append every torrent's events to FILE as JSON lines (see "
-                        "docs/ARCHITECTURE.md, 'Event stream and metrics')")
-    s.add_argument("--events-interval", type=_timeout_arg, default=PROGRESS_INTERVAL,
-                   metavar="S", help="seconds between two progress events "
-                                     f"(default {PROGRESS_INTERVAL:g})")
+    _add_report_flags(s, metrics=False)  # (its /metrics is the API's)
     s.add_argument("--stall-timeout", type=float, default=0.0, metavar="S",
                    help="a torrent without data for S seconds ends in error (default 0: "
                         "it waits for peers as long as it is held)")
