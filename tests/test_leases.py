@@ -439,3 +439,17 @@ def test_leases_is_sans_io() -> None:
             imported.add(node.module.split(".")[0])
     assert not imported & {"asyncio", "socket", "multiprocessing", "subprocess", "time",
                            "threading", "os", "selectors"}, imported
+
+
+def test_first_lease_is_the_start_of_each_region_whatever_the_peers_have() -> None:
+    """Before any worker reported its peers: pieces from the start of its region,
+    skipping verified and unwanted ones; the next lease goes on after them."""
+    t = setup("v.x.............", "", "", asked=False)  # no availability anywhere
+    assert t.first_lease(0, 3, 0.0) == [1, 3, 4]
+    assert t.first_lease(1, 3, 0.0) == [8, 9, 10]
+    check(t)
+    assert all(t.owner[i] == 0 for i in (1, 3, 4)) and t.workers[1].leased == {8, 9, 10}
+    # once its peers have pieces, worker 0 is leased after its first lease
+    t.workers[0].avail = bytearray(b"\xff\xff")
+    (send,) = t.need(0, 2, 0.0)
+    assert send == Send(0, ipc.Lease((5, 6)))

@@ -108,6 +108,9 @@ DHT_ENOUGH_PEERS = 30
 #: at ~3,500 pieces/s (bench/coord_capacity.py; 27 us per piece batched).  The
 #: first batch after a quiet spell goes at once.
 PIECES_DONE_DELAY = 0.05
+#: Pieces each worker is leased with its config (``LeaseTable.first_lease``), from its
+#: region: its first requests need no round trip to this process.
+FIRST_LEASE = 4
 
 
 @dataclass(slots=True)
@@ -491,8 +494,13 @@ class Coordinator:
         adopt = self._plan_handover(done_bits)
         from .magnetfetch import close_handovers
 
+        # the start-up affinity runs from here, not from before the resume check
+        now = time.monotonic()
+        self.leases.start(now)
         try:
             for h in self.workers:
+                first = () if self.seeding or not h.alive else tuple(
+                    self.leases.first_lease(h.wid, FIRST_LEASE, now))
                 cfg = WorkerConfig(wid=h.wid, tid=self.tid, meta=meta, outdir=self.outdir,
                                    options=self.opts, slot_size=slot_size,
                                    arena_slots=slots * self.nworkers, arena_offset=offset,
@@ -501,7 +509,7 @@ class Coordinator:
                                    writable=not self.seeding, lock_writes=self.nworkers > 1,
                                    workers=self.nworkers,
                                    dht_port=self.dht.port if self.dht is not None else 0,
-                                   selected=self.selected, wanted=wanted)
+                                   selected=self.selected, wanted=wanted, lease=first)
                 if not h.alive:
                     continue
                 try:
@@ -512,8 +520,6 @@ class Coordinator:
                     pass  # it died: the liveness check reports it
         finally:
             close_handovers(c for mine in adopt.values() for c in mine)  # theirs are copies
-        # the start-up affinity runs from here, not from before the resume check
-        self.leases.start(time.monotonic())
 
     def _plan_handover(self, done_bits: bytes) -> dict[int, list[Handover]]:
         """Which worker takes each connection a magnet's fetch kept (:attr:`handover`):

@@ -173,6 +173,31 @@ class LeaseTable:
         """The workers start now: the start-up affinity lasts LEASE_GRACE from here."""
         self.started_at = now
 
+    def first_lease(self, wid: int, count: int, now: float) -> list[int]:
+        """The lease worker ``wid`` starts with: up to ``count`` free pieces from the
+        start of its region, before anyone knows what its peers have.
+
+        It saves the first ``NeedPieces`` round trip: the worker can request as
+        soon as a peer unchokes it, without the coordinator being scheduled on
+        busy cores. A piece its peers turn out to lack is taken by another
+        worker as any held piece is (a steal, or the endgame).
+        """
+        w = self.workers[wid]
+        lo, hi = self._region(w, now)
+        got: list[int] = []
+        for i in range(max(lo, w.cursor), hi):
+            if len(got) >= count:
+                break
+            if self.state[i] == _FREE:
+                self.state[i] = _LEASED
+                self.owner[i] = wid
+                self.leased_at[i] = now
+                got.append(i)
+        if got:
+            w.cursor = (got[-1] + 1) % self.num_pieces
+            w.leased.update(got)
+        return got
+
     def mark_have(self, pieces: Iterable[int]) -> None:
         """Pieces verified before any worker started (resumed, or being seeded)."""
         for i in pieces:

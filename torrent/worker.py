@@ -213,6 +213,9 @@ class WorkerConfig:
     #: bitfield of the pieces this run fetches (``selection.wanted_pieces``; None: all):
     #: a worker that has them all is complete (not interested, seeding)
     wanted: bytes | None = None
+    #: the lease it starts with (``LeaseTable.first_lease``): no NeedPieces round trip
+    #: before its first requests
+    lease: tuple[int, ...] = ()
 
     @property
     def max_rate(self) -> int:
@@ -360,6 +363,7 @@ class Worker:
         now = self.loop.time()
         m = self.meta
         self.picker = Picker(m.num_pieces, m.piece_length, m.total_size)
+        self.picker.add_lease(cfg.lease)
         self.framer = Framer(m.num_pieces)  # the framing limits, shared by every connection
         self.recv_budget = RecvBudget(RECV_BUDGET)
         self.have = bytearray(cfg.done)  # pieces verified anywhere (bitfield)
@@ -387,6 +391,7 @@ class Worker:
         self.sync_iot = _io.IOThread(self.efd, writers=1)  # syncs only, one at a time
         self.in_io: dict[int, tuple[PieceDL, list[int]]] = {}  # piece -> (state, pinned spans)
         self._first_inline = True  # the next piece is the run's first (see submit_piece)
+        self._cold = True  # no piece complete in this run yet (see pump)
         self.syncs: dict[int, tuple[list[int], list[int]]] = {}  # job -> (pieces, pinned)
         self._sync_seq = 0
         self.flush_on_stop = True
@@ -891,6 +896,7 @@ class Worker:
             self._piece_full(pd)
 
     def _piece_full(self, pd: Any) -> None:
+        self._cold = False
         self.picker.finish(pd.index)
         self.submit_piece(pd)
 
@@ -1073,7 +1079,10 @@ class Worker:
         want = min(peer.depth, peer.max_depth) - proto.num_outstanding
         if want < min(REFILL_BATCH, peer.depth):
             return
-        reqs = self.picker.pick(peer, has, want, self.alloc_slot)
+        split = 0
+        if self._cold:  # no piece of ours complete yet: share new pieces between the peers
+            split = sum(1 for p in self.peers if p.active)  # (most unchoke within ms)
+        reqs = self.picker.pick(peer, has, want, self.alloc_slot, split)
         if reqs:
             peer.write(proto.send_requests(reqs, self.loop.time()))
         if len(self.picker.unstarted) < self.low_water:
