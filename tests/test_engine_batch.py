@@ -176,3 +176,41 @@ def test_the_same_torrent_twice_is_refused_as_a_collision(tmp_path: Path) -> Non
     assert [x["status"] for x in j["torrents"]] == ["failed", "failed"], json.dumps(j)[:2000]
     assert res.returncode == 2
     assert not (tmp_path / "out" / name).exists()
+
+
+def test_sigint_stops_the_running_torrents_saves_their_state_and_skips_the_rest(
+        tmp_path: Path) -> None:
+    """A slow seeder holds the first torrents mid-download when the batch is told to
+    stop: they end interrupted with their journals kept, the queued one is skipped,
+    the exit code is 7, and a second run finishes them all."""
+    import signal
+
+    torrents = make_torrents(tmp_path, [6_000_000, 6_000_000, 500_000], piece="64K")
+    with LtPeer("seeder") as lt:
+        for t, src, _n in torrents:
+            lt.seed(t, src).set_upload_limit(400_000)  # (a torrent's limit binds on loopback)
+        out = tmp_path / "out"
+
+        def interrupt(live: Live) -> None:
+            # once the first torrent has data on disk: a journal exists for it
+            if not live.state.get("sent") and any((out / ".fasttorrent").glob("*.resume")) \
+                    and live.elapsed > 2:
+                live.state["sent"] = True
+                live.popen.send_signal(signal.SIGINT)
+
+        args = [str(t) for t, _s, _n in torrents] + ["--max-active", "2", "--peer", lt.addr]
+        res = batch(args, out, during=interrupt)
+        assert res.returncode == 7, res.describe()
+        got = [(x["status"], x["exit_code"]) for x in res.json["torrents"]]
+        assert got[0] == ("interrupted", 7) and got[1] == ("interrupted", 7), got
+        assert got[2][0] == "skipped" and got[2][1] == 7, got  # never started
+        assert len(list((out / ".fasttorrent").glob("*.resume"))) == 2  # state saved
+        for h in lt.ses.get_torrents():
+            h.set_upload_limit(0)
+        again = batch(args, out)
+    assert again.returncode == 0, again.describe()
+    for (_t, src, name), x in zip(torrents, again.json["torrents"], strict=True):
+        assert x["status"] == "completed"
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+    resumed = again.json["torrents"][0]["result"]["pieces_resumed"]
+    assert resumed > 0, again.json["torrents"][0]  # the first run's pieces were kept
