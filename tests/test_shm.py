@@ -589,3 +589,33 @@ def test_a_reservation_in_the_background_that_succeeds_reports_nothing(no_leak: 
     assert bytes(a.slot(1)[-4:]) == b"tail"
     a.close()
     assert a.reservation_error() is None
+
+
+def test_a_memory_reading_is_reused_for_a_second_then_read_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = iter([5 << 30, 7 << 30])
+    monkeypatch.setattr(sysinfo, "_mem_available", lambda proc: next(readings))
+    monkeypatch.setattr(sysinfo, "_cgroup_headroom", lambda proc, root: None)
+    monkeypatch.setattr(sysinfo, "_reading", None)
+    assert sysinfo.available_memory(now=100.0) == (5 << 30, "MemAvailable")
+    assert sysinfo.available_memory(now=100.0 + sysinfo.MEMORY_READING_TTL / 2) == \
+        (5 << 30, "MemAvailable")  # the same reading: no file read
+    assert sysinfo.available_memory(now=100.0 + sysinfo.MEMORY_READING_TTL + 0.01) == \
+        (7 << 30, "MemAvailable")
+
+
+def test_a_grown_arena_serves_a_window_past_its_first_size() -> None:
+    from torrent.shm import SLOT_ALIGN, Arena
+
+    a = Arena.create(SLOT_ALIGN, 4, reserve=False)
+    try:
+        fd = os.dup(a.fd)
+        with pytest.raises(ResourceExhausted):  # not there yet
+            Arena.attach(fd, SLOT_ALIGN, 2, offset=4 * SLOT_ALIGN, keep_fd=True)
+        a.grow(8 * SLOT_ALIGN)
+        w = Arena.attach(fd, SLOT_ALIGN, 2, offset=4 * SLOT_ALIGN)  # (closes fd)
+        w.slot(1)[:3] = b"abc"
+        assert os.pread(a.fd, 3, 5 * SLOT_ALIGN) == b"abc"  # the same segment
+        w.close()
+    finally:
+        a.close()

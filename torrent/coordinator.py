@@ -64,7 +64,7 @@ from .ports import free_port as _free_port
 from .ports import is_local_address
 from .reporting import RunReport, run_report
 from .selection import Selection, changed_files, resolve, wanted_pieces
-from .shm import Arena, plan_slots, slot_stride
+from .shm import Arena, plan_slots, run_arena_bytes, slot_stride
 from .snapshot import TorrentSnapshot, payload_of
 from .snapshot import take as take_snapshot
 from .storage import (
@@ -455,7 +455,7 @@ class Coordinator:
             slot_size = meta.piece_length + (DIRECT_ALIGN if len(meta.files) > 1 else 0)
             n = max(1, self.nworkers)
             pool = self.pool
-            if pool is not None and pool.opened:  # a batch: this torrent's window
+            if pool is not None and pool.regions > 1:  # a batch: this torrent's window
                 slots = plan_slots(slot_size, n, pool.region_bytes)
                 if slots * slot_stride(slot_size) * n > pool.region_bytes:
                     raise errors.ResourceExhausted(
@@ -476,16 +476,18 @@ class Coordinator:
         slot_size, slots = self.plan_arena()
         want_dht = self.dht is None and dht_wanted(self.opts, private=meta.private)
         pool = self.pool
+        used = slot_stride(slot_size) * slots * self.nworkers
         if pool is None:  # a run of its own: its arena is what this torrent needs
             pool = self.pool = WorkerPool(self.opts, prestarted=self.prestarted)
             self.own_pool = True
             self.prestarted = None
-            pool.open(slot_stride(slot_size) * slots * self.nworkers, udp=want_dht,
-                      free_port=lambda bind, udp: _free_port(bind, udp=udp))
+        pool.open(used, udp=want_dht, free_port=lambda bind, udp: _free_port(bind, udp=udp))
+        if self.own_pool:
+            pool.fit(used)  # (configured before the piece size was known)
         self.port = pool.port
         if want_dht and self.own_pool:
             self.dht = start_dht(self.opts, self.port, self.log)  # on the run's port if free
-        self.tid, offset, self.workers = pool.attach(self)
+        self.tid, offset, self.workers = pool.attach(self, reserve=used)
         self.arena = pool.arena
         self.slots_per_worker = slots
         done_bits = bytes(_bits_from(self.leases.verified_pieces(), meta.num_pieces))
@@ -1459,6 +1461,32 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
     # forks them once its first handshake went out, while the peers answer.
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers,
                                    start=not (from_magnet and opts.fork_workers))
+    # The worker processes are configured (port, arena, listening) while the torrent
+    # is read, checked or fetched: the arena is cut by bytes, so it needs no piece size.
+    want_dht = dht_wanted(opts)
+    if from_magnet and opts.port == 0:  # the port the fetch announces is the workers'
+        opts = opts.replace(port=_free_port(opts.bind, udp=want_dht))
+    pool = WorkerPool(opts, prestarted=prestarted)
+    deferred: list[FastTorrentError] = []
+
+    def configure_pool() -> None:
+        try:
+            pool.configure(run_arena_bytes(opts.arena_bytes, opts.workers or 1),
+                           udp=want_dht, free_port=lambda bind, udp: _free_port(bind, udp=udp))
+        except FastTorrentError as e:
+            deferred.append(e)  # raised once the fetch is over
+
+    def configure() -> None:
+        """Configure the workers as soon as the torrent is known, so that their set-up
+        (loop, listening sockets) overlaps the output's. (Not while a magnet's metadata
+        comes: the fetch's loop must not wait, and a thread doing it there would hold
+        the GIL against that loop: measured, the metadata came ~5 ms later.)"""
+        prestarted.start()  # and a failure it deferred
+        if not pool.configured:
+            configure_pool()
+        if deferred:
+            raise deferred[0]
+
     coord = None
     try:
         if from_magnet:
@@ -1467,17 +1495,18 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
             meta, opts, peer_id, dht, banned, conns = _load_or_fetch_metainfo(
                 torrent, outdir, opts, log or (lambda s: None),
                 on_dialled=lambda: prestarted.start(defer_error=True))
-            prestarted.start()  # (no fetch: kept metadata) and a failure it deferred
             metadata_seconds = time.monotonic() - began
         else:
             meta = metainfo.require_v1(metainfo.load(torrent))
             report.added(meta.info_hash_hex, source="torrent", name=meta.name)
             if opts.save_torrent:
                 _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
+        configure()
         report.metadata(meta)
         coord = Coordinator(meta, outdir, opts, log=log, status_line=status_line, began=began,
-                            metadata_seconds=metadata_seconds, prestarted=prestarted, dht=dht,
-                            handover=conns)
+                            metadata_seconds=metadata_seconds, dht=dht, handover=conns,
+                            pool=pool)
+        coord.own_pool = True
         coord.report = report
         if peer_id is not None:
             coord.peer_id = peer_id  # the trackers heard of it while the metadata was fetched
@@ -1490,6 +1519,7 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
             raise
         res: DownloadResult = _run_loop(coord.run())
     finally:
+        pool.close_now()  # (closed by the run, unless it never ran its workers)
         prestarted.close()  # those not taken (an error, or nothing left to do)
         if coord is None or coord.handover:  # not taken (an error, or nothing left to do)
             from .magnetfetch import close_handovers

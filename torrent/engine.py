@@ -52,7 +52,7 @@ from .reporting import RunReport
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
-from .shm import ARENA_BYTES_PER_WORKER, DEFAULT_ARENA_BYTES
+from .shm import run_arena_bytes
 from .sources import Source, batch_exit_code, check_collisions, load_url
 from .storage import layout_for
 
@@ -94,13 +94,6 @@ class _Item:
     coord: Coordinator | None = None  # while it runs
     select: str | None = None  # its --select (the daemon's per-torrent selection)
     report: RunReport | None = None  # its events and metrics (else the engine's factory's)
-
-
-def arena_budget(opts: Options, workers: int) -> int:
-    """The run's arena: ``arena_bytes``, else the default for ``workers`` processes."""
-    if opts.arena_bytes is not None:
-        return opts.arena_bytes
-    return max(DEFAULT_ARENA_BYTES, workers * ARENA_BYTES_PER_WORKER)
 
 
 class Engine:
@@ -390,7 +383,8 @@ class Engine:
         self.pool = WorkerPool(self.opts, prestarted=self.prestarted, regions=self.max_active)
         self.prestarted = None
         want_dht = dht_wanted(self.opts)
-        self.pool.open(arena_budget(self.opts, self.opts.workers or 1), udp=want_dht,
+        self.pool.open(run_arena_bytes(self.opts.arena_bytes, self.opts.workers or 1),
+                       udp=want_dht,
                        free_port=lambda bind, udp: free_port(bind, udp=udp))
         if want_dht:
             self.dht = start_dht(self.opts, self.pool.port, self.log)

@@ -209,15 +209,29 @@ class WorkerPool:
         self.coords: dict[int, Any] = {}
         self._region_of: dict[int, int] = {}
         self._next_tid = 0
-        self.opened = False
+        self.configured = False  # processes started and configured (configure)
+        self.closed = False
+        self.opened = False  # ... and watched on the running loop (watch)
 
     # -- start -------------------------------------------------------------------
     def open(self, arena_bytes: int, *, udp: bool = False,
              free_port: Callable[[str, bool], int] | None = None) -> None:
+        """:meth:`configure`, then :meth:`watch` on the running loop."""
+        if not self.configured:
+            self.configure(arena_bytes, udp=udp, free_port=free_port)
+        self.watch()
+
+    def configure(self, arena_bytes: int, *, udp: bool = False,
+                  free_port: Callable[[str, bool], int] | None = None) -> None:
         """Start (or take) the processes, pick the port, create the arena, configure them.
 
+        No loop is needed: a magnet's download does it while the metadata is fetched
+        (the arena is cut by bytes, not by the piece size), so that the processes
+        listen and wait, ready, when the torrent comes.
+
         Args:
-            arena_bytes: the whole arena (``regions`` windows of equal size).
+            arena_bytes: the whole arena (``regions`` windows of equal size). Its pages
+                are reserved window by window, as torrents take them (:meth:`attach`).
             udp: the port must be free for UDP too (the DHT takes it).
             free_port: picks a free port, ``(bind, udp)`` (when ``opts.port`` is 0).
 
@@ -229,8 +243,7 @@ class WorkerPool:
         region = arena_bytes // self.regions // SLOT_ALIGN * SLOT_ALIGN
         self.region_bytes = region
         self.arena_bytes = region * self.regions
-        # reserved in the background while the workers start (see Arena.create)
-        self.arena = Arena.create(SLOT_ALIGN, self.arena_bytes // SLOT_ALIGN, background=True)
+        self.arena = Arena.create(SLOT_ALIGN, self.arena_bytes // SLOT_ALIGN, reserve=False)
         if self.port == 0 and self.nworkers and free_port is not None:
             self.port = free_port(self.opts.bind, udp)
         ready = self.prestarted.take(self.nworkers) if self.prestarted is not None else []
@@ -261,19 +274,41 @@ class WorkerPool:
                 send_fd(p.conn, self.arena.fd)
             except OSError:
                 pass  # it died starting: the liveness check reports it
+        self.configured = True
+
+    def watch(self) -> None:
+        """Read the processes' connections on the running loop (once)."""
+        if self.opened:
+            return
         loop = asyncio.get_running_loop()
         for p in self.procs:
             p.channel = Channel(p.conn.fileno(), loop)
             loop.add_reader(p.conn.fileno(), self._readable, p)
         self.opened = True
 
+    def fit(self, nbytes: int) -> None:
+        """A run of one torrent: make its one window hold ``nbytes`` (the arena was cut
+        before the piece size was known; large pieces may need more than the budget).
+
+        Raises:
+            ResourceExhausted: the segment cannot grow (no memory).
+        """
+        if self.regions != 1 or self.arena is None or nbytes <= self.region_bytes:
+            return
+        self.arena.grow(nbytes)
+        self.region_bytes = self.arena_bytes = nbytes
+
     # -- torrents ------------------------------------------------------------------
     @property
     def free_regions(self) -> int:
         return self.regions - len(self._region_of)
 
-    def attach(self, coord: Any) -> tuple[int, int, list[WorkerHandle]]:
+    def attach(self, coord: Any, reserve: int = 0) -> tuple[int, int, list[WorkerHandle]]:
         """Take a window of the arena and a number for ``coord``'s torrent.
+
+        Args:
+            reserve: bytes of the window the torrent uses: their pages are reserved
+                in the background (``Arena.reserve``, at ``SCHED_IDLE``).
 
         Returns:
             The torrent's number, its window's offset in the arena, and one
@@ -289,6 +324,8 @@ class WorkerPool:
         tid = self._next_tid
         self._next_tid += 1
         self._region_of[tid] = free[0]
+        if reserve and self.arena is not None:
+            self.arena.reserve(free[0] * self.region_bytes, min(reserve, self.region_bytes))
         self.coords[tid] = coord
         handles = []
         for p in self.procs:
@@ -362,8 +399,32 @@ class WorkerPool:
         return any(p.alive for p in self.procs)
 
     # -- end -----------------------------------------------------------------------
+    def close_now(self) -> None:
+        """:meth:`close` without a loop (a run that ended before its loop: an error, or
+        nothing left to download): EOF, then each process is reaped or killed."""
+        if self.closed:
+            return
+        self.closed = True
+        for p in self.procs:
+            if p.channel is not None:
+                p.channel.close()
+            p.conn.close()
+            p.alive = False
+        for p in self.procs:
+            p.proc.join(WORKER_EXIT_TIMEOUT)
+            p.proc.kill()  # only if it is still there
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
+        if self.prestarted is not None:
+            self.prestarted.close()
+            self.prestarted = None
+
     async def close(self) -> None:
         """End the processes: EOF (they stop their torrents, flushing), a bounded wait, kill."""
+        if self.closed:
+            return
+        self.closed = True
         for p in self.procs:
             if p.channel is not None and p.alive:
                 try:

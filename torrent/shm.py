@@ -53,7 +53,7 @@ from .sysinfo import available_memory
 
 __all__ = ["ARENA_BYTES_PER_WORKER", "DEFAULT_ARENA_BYTES", "MAX_SLOTS", "MAX_SLOT_BYTES",
            "MEMORY_SHARE", "MIN_SLOTS", "SLOT_ALIGN", "Arena", "arena_free_bytes", "plan_slots",
-           "slot_stride"]
+           "run_arena_bytes", "slot_stride"]
 
 #: Default arena size.  At 1 GB/s a 1 MiB piece spends about 1 ms in flight per
 #: peer; 64 slots per worker cover a deep request pipeline to several peers
@@ -135,6 +135,19 @@ def plan_slots(slot_size: int, workers: int, arena_bytes: int | None = None) -> 
     return int(per)
 
 
+def run_arena_bytes(arena_bytes: int | None, workers: int) -> int:
+    """The arena of a run whose torrents are not known yet (a batch, the daemon, a
+    magnet before its metadata): ``arena_bytes``, else the default budget for
+    ``workers`` processes, within :data:`MEMORY_SHARE` of the available memory.
+    Each torrent plans its slots in its window of it (:func:`plan_slots`)."""
+    budget = arena_bytes if arena_bytes is not None else max(
+        DEFAULT_ARENA_BYTES, workers * ARENA_BYTES_PER_WORKER)
+    avail = arena_free_bytes()
+    if avail is not None:
+        budget = min(budget, int(avail[0] * MEMORY_SHARE))
+    return max(budget, SLOT_ALIGN)
+
+
 def _reserve_failed(size: int, e: OSError) -> str:
     return f"shared memory: cannot reserve {size >> 20} MiB: {e.strerror}"
 
@@ -152,7 +165,7 @@ class Arena:
         self.nslots = nslots
         self.owner = owner
         self._views: list[memoryview] = []
-        self._reserving: threading.Thread | None = None
+        self._reserving: list[threading.Thread] = []  # one per range being reserved
         self._reserve_error: str | None = None
 
     @property
@@ -163,7 +176,8 @@ class Arena:
         return self._fd
 
     @classmethod
-    def create(cls, slot_size: int, nslots: int, *, background: bool = False) -> Arena:
+    def create(cls, slot_size: int, nslots: int, *, background: bool = False,
+               reserve: bool = True) -> Arena:
         """Create, reserve and map the segment (coordinator side).
 
         Args:
@@ -177,6 +191,8 @@ class Arena:
                 peers, and zeroing 128 MiB took a core for ~35 ms just when the
                 first pieces were due; a page it has not reserved yet is
                 allocated by the first block copied into it instead.
+            reserve: reserve the pages at all (False: a run's arena, whose torrents
+                each reserve their window when they take it: :meth:`reserve`).
 
         Raises:
             ResourceExhausted: more than the available memory, no descriptor
@@ -196,7 +212,7 @@ class Arena:
             os.ftruncate(fd, size)
             # Take every page now: a shortage fails here, with a message,
             # instead of with SIGBUS when a block first lands in a slot.
-            if not background:
+            if reserve and not background:
                 os.posix_fallocate(fd, 0, size)
             mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED,
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -204,17 +220,40 @@ class Arena:
             os.close(fd)
             raise ResourceExhausted(_reserve_failed(size, e)) from None
         arena = cls(fd, mm, slot_size, nslots, owner=True)
-        if background:
-            arena._reserving = threading.Thread(target=arena._reserve, args=(size,),
-                                                name="arena-reserve", daemon=True)
-            arena._reserving.start()
+        if reserve and background:
+            arena.reserve(0, size)
         return arena
 
-    def _reserve(self, size: int) -> None:
+    def grow(self, size: int) -> None:
+        """Make the segment ``size`` bytes (creator side; pages come as they are reserved
+        or touched). Mappings made before keep their length.
+
+        Raises:
+            ResourceExhausted: more than the available memory, or it cannot grow.
+        """
+        avail = arena_free_bytes()
+        if avail is not None and size > avail[0]:
+            raise ResourceExhausted(f"shared memory: {size >> 20} MiB wanted, only "
+                                    f"{avail[0] >> 20} MiB free ({avail[1]})")
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as e:
+            raise ResourceExhausted(_reserve_failed(size, e)) from None
+
+    def reserve(self, offset: int, length: int) -> None:
+        """Reserve the pages of ``[offset, offset + length)`` in a background thread at
+        ``SCHED_IDLE`` (see :meth:`create`); a failure is :meth:`reservation_error`'s."""
+        self._reserving = [t for t in self._reserving if t.is_alive()]
+        t = threading.Thread(target=self._reserve, args=(offset, length),
+                             name="arena-reserve", daemon=True)
+        self._reserving.append(t)
+        t.start()
+
+    def _reserve(self, offset: int, size: int) -> None:
         with contextlib.suppress(OSError, AttributeError):  # 0: this thread (Linux)
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         try:
-            os.posix_fallocate(self.fd, 0, size)
+            os.posix_fallocate(self.fd, offset, size)
         except OSError as e:
             self._reserve_error = _reserve_failed(size, e)
 
@@ -270,9 +309,9 @@ class Arena:
 
     def close(self) -> None:
         """Release every slot view, unmap, close the descriptor.  Twice is harmless."""
-        if self._reserving is not None:
-            self._reserving.join()  # it uses the descriptor
-            self._reserving = None
+        for t in self._reserving:
+            t.join()  # it uses the descriptor
+        self._reserving.clear()
         for v in self._views:
             v.release()
         self._views.clear()
