@@ -81,6 +81,26 @@ def routed(h: Any, data: bytes, *, parts: int = 1) -> tuple[Router, Conn]:
     return r, conn
 
 
+def mse_exchange(h: Any, init: MSEInitiator, done: Any) -> Conn:
+    """The real initiator against a router, round trip by round trip (it takes two),
+    until ``done()``, the router closes the connection, or ten rounds."""
+    conn = Conn()
+    r = Router(h, conn, 0.0)  # type: ignore[arg-type]
+    h.routing.add(r)
+    for _round in range(10):
+        out = init.data_to_send()
+        if out:
+            r.rb.feed(out)
+            r.data_received()
+        if done() or conn.aborted:
+            break
+        back = bytes(conn.written)
+        conn.written.clear()
+        if back:
+            init.receive_data(back)
+    return conn
+
+
 def test_a_plaintext_handshake_in_parts_goes_to_the_torrent_it_names() -> None:
     a, b = Torrent(A), Torrent(B)
     h = host(a, b)
@@ -113,21 +133,7 @@ def test_an_mse_handshake_is_answered_and_routed_by_its_skey() -> None:
     a, b = Torrent(A), Torrent(B)
     h = host(a, b)
     ours = encode_handshake(A, PEER_ID)
-    init = MSEInitiator(A, ours)
-    conn = Conn()
-    r = Router(h, conn, 0.0)  # type: ignore[arg-type]
-    h.routing.add(r)
-    for _round in range(10):  # the exchange takes two round trips
-        out = init.data_to_send()
-        if out:
-            r.rb.feed(out)
-            r.data_received()
-        if a.accepted:
-            break
-        back = bytes(conn.written)
-        conn.written.clear()
-        if back:
-            init.receive_data(back)
+    conn = mse_exchange(h, MSEInitiator(A, ours), done=lambda: bool(a.accepted))
     assert len(a.accepted) == 1 and not b.accepted, conn.aborted
     est = a.accepted[0]["routed_mse"]
     assert est.info_hash == A
@@ -137,20 +143,7 @@ def test_an_mse_handshake_is_answered_and_routed_by_its_skey() -> None:
 def test_an_mse_handshake_naming_no_torrent_of_ours_is_closed() -> None:
     h = host(Torrent(A))
     h.skeys = {}  # (no torrent's req2 matches)
-    init = MSEInitiator(B, encode_handshake(B, PEER_ID))
-    conn = Conn()
-    r = Router(h, conn, 0.0)  # type: ignore[arg-type]
-    for _round in range(10):
-        out = init.data_to_send()
-        if out:
-            r.rb.feed(out)
-            r.data_received()
-        if conn.aborted:
-            break
-        back = bytes(conn.written)
-        conn.written.clear()
-        if back:
-            init.receive_data(back)
+    conn = mse_exchange(h, MSEInitiator(B, encode_handshake(B, PEER_ID)), done=lambda: False)
     assert conn.aborted is not None and conn.handler is None
 
 

@@ -413,6 +413,10 @@ class WorkerPool:
         for p in self.procs:
             p.proc.join(WORKER_EXIT_TIMEOUT)
             p.proc.kill()  # only if it is still there
+        self._release()
+
+    def _release(self) -> None:
+        """The arena, and the prestarted processes never taken."""
         if self.arena is not None:
             self.arena.close()
             self.arena = None
@@ -444,9 +448,4 @@ class WorkerPool:
             if p.proc.is_alive():
                 p.proc.kill()
             p.proc.join(timeout=5)
-        if self.arena is not None:
-            self.arena.close()
-            self.arena = None
-        if self.prestarted is not None:
-            self.prestarted.close()
-            self.prestarted = None
+        self._release()
