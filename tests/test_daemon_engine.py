@@ -227,3 +227,35 @@ def test_a_daemon_killed_with_sigkill_restarts_and_finishes_its_torrents(
     assert done["progress"] == 1.0
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert (tmp_path / "dl" / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_pausing_one_magnet_while_its_metadata_comes_leaves_the_others_fetching(
+        tmp_path: Path) -> None:
+    """Two magnets whose peers never answer (the daemon waits for peers as long as it
+    holds a torrent): pausing one stops its fetch only."""
+    from torrent.engineapi import TorrentSpec
+    from torrent.options import Options
+    from torrent.ports import free_port
+    from torrent.service import Service
+
+    dead = ("127.0.0.1", free_port("127.0.0.1"))  # nothing listens there
+    links = [f"magnet:?xt=urn:btih:{k * 40}&x.pe={dead[0]}:{dead[1]}" for k in "ab"]
+
+    async def main() -> tuple[str, str, str]:
+        opts = Options(workers=1, bind="127.0.0.1", use_trackers=False, dht=False,
+                       stall_timeout=0)
+        async with Service(opts, download_dir=str(tmp_path / "dl"), max_active=2) as svc:
+            a = await svc.add(TorrentSpec(magnet=links[0]))
+            b = await svc.add(TorrentSpec(magnet=links[1]))
+            deadline = time.monotonic() + STEP
+            while {svc.status(a).state, svc.status(b).state} != {"metadata"}:
+                assert time.monotonic() < deadline, (svc.status(a), svc.status(b))
+                await asyncio.sleep(0.05)
+            await svc.pause(a)
+            for _ in range(50):  # (a cancelled fetch ends its task within a few turns)
+                await asyncio.sleep(0)
+            return svc.status(a).state, svc.status(b).state, svc.status(b).error or ""
+
+    got_a, got_b, err = run(main())
+    assert got_a == "paused"
+    assert got_b == "metadata", err

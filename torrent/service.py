@@ -237,10 +237,7 @@ class Service(Engine):
         elif item.state == "checking":
             item.state = "stopping"  # (it stops once its check ends)
         elif e.task is not None and not e.task.done() and item.state in ("queued", "metadata"):
-            e.task.cancel()
-        for fetch in list(self.fetches):
-            if item.state == "metadata":
-                fetch.cancel()
+            e.task.cancel()  # (its metadata fetch, if one runs, is cancelled with it)
 
     async def _halt(self, e: _Entry) -> None:
         self._stop(e)
