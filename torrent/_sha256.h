@@ -39,6 +39,7 @@
 #include <string.h>
 #include <dlfcn.h>
 
+#include "_md32.h"
 #include "_ossl_digest.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -221,33 +222,15 @@ static int ft_s256_cpu_has_shani(void)
 }
 #endif /* FT_S256_HAVE_X86_SHANI */
 
-/* One-shot SHA-256 with a native compression function: whole blocks straight
- * from the caller's buffer, then the padded tail (FIPS 180-4 section 5.1.1). */
+/* One-shot SHA-256 with a native compression function (the padding and
+ * output: _md32.h). */
 static void ft_sha256_native(ft_sha256_compress_fn compress, const unsigned char *p, size_t n,
                              unsigned char out[FT_SHA256_DIGEST_SIZE])
 {
     uint32_t st[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
                       0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
-    unsigned char tail[2 * FT_SHA256_BLOCK_SIZE]; /* the tail plus padding spans at most 2 blocks */
-    size_t full = n / FT_SHA256_BLOCK_SIZE, rem = n % FT_SHA256_BLOCK_SIZE, tlen, i;
-    uint64_t nbits = (uint64_t)n * 8u;
 
-    if (full)
-        compress(st, p, full);
-    if (rem)
-        memcpy(tail, p + full * FT_SHA256_BLOCK_SIZE, rem);
-    tail[rem] = 0x80;
-    tlen = (rem < FT_SHA256_BLOCK_SIZE - 8) ? FT_SHA256_BLOCK_SIZE : 2 * FT_SHA256_BLOCK_SIZE;
-    memset(tail + rem + 1, 0, tlen - rem - 1 - 8);
-    for (i = 0; i < 8; i++)
-        tail[tlen - 1 - i] = (unsigned char)(nbits >> (8 * i));
-    compress(st, tail, tlen / FT_SHA256_BLOCK_SIZE);
-    for (i = 0; i < 8; i++) {
-        out[4 * i + 0] = (unsigned char)(st[i] >> 24);
-        out[4 * i + 1] = (unsigned char)(st[i] >> 16);
-        out[4 * i + 2] = (unsigned char)(st[i] >> 8);
-        out[4 * i + 3] = (unsigned char)(st[i]);
-    }
+    ft_md32_digest(compress, st, 8, p, n, out);
 }
 
 /* ----------------------------------------------------------------- OpenSSL */
