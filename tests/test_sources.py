@@ -45,6 +45,8 @@ from torrent.sources import (
     MAX_TORRENT_DOWNLOAD,
     MAX_URL_LENGTH,
     MAX_URL_REDIRECTS,
+    PathClaims,
+    PathCollision,
     Source,
     batch_exit_code,
     check_collisions,
@@ -703,3 +705,20 @@ def test_batch_exit_code() -> None:
 def test_an_unknown_code_counts_as_internal() -> None:
     assert batch_exit_code([0, -9]) == 1
     assert batch_exit_code([137, 7]) == 1
+
+
+def test_claims_name_the_holder_refuse_all_or_nothing_and_free_on_release() -> None:
+    claims = PathClaims()
+    claims.claim("a", "A", ["/o/a/x", "/o/shared/1"])
+    with pytest.raises(PathCollision) as info:
+        claims.claim("b", "B", ["/o/b/y", "/o/a"])  # a file where A needs a directory
+    assert info.value.other == "a" and "'B' would write the file '/o/a'" in str(info.value)
+    assert "b" not in claims
+    claims.claim("c", "C", ["/o/b/y"])  # B's refused claim left nothing behind
+    with pytest.raises(PathCollision) as info:
+        claims.claim("d", "D", ["/o/shared/1"])
+    assert info.value.other == "a"
+    claims.release("a")
+    claims.claim("d", "D", ["/o/shared/1", "/o/a"])  # A's paths and directories are free
+    with pytest.raises(ValueError, match="claimed already"):
+        claims.claim("d", "D", [])

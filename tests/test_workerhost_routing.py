@@ -178,3 +178,41 @@ def test_connections_being_routed_are_bounded() -> None:
     assert all(isinstance(g, Router) for g in got[:MAX_ROUTING])
     assert got[MAX_ROUTING:] == [None] * 3 and refused == 3
     assert one.torrent.info_hash == A  # one torrent: straight to it, no routing
+
+
+def test_a_stopped_torrents_flush_thread_is_released_once_its_flush_is_over(
+        tmp_path: Any) -> None:
+    """A torrent stopped without waiting for its fdatasync leaves its flush thread to
+    the process; the process releases it (thread joined, eventfd closed) once the
+    flush completed, not at its own end: a daemon stops torrents all day."""
+    import os
+    import select
+
+    from torrent import _io
+
+    async def main() -> tuple[int, int, bool]:
+        a, b = socket.socketpair()
+        try:
+            wh = WorkerHost(HostConfig(wid=0, options=Options(workers=1), port=0), a, -1)
+            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            iot = _io.IOThread(efd, writers=1)
+            fd = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY)
+            os.write(fd, b"x" * 4096)
+            iot.submit_sync(-1, [fd])
+            wh.linger(iot, efd)
+            held = len(wh._lingering)
+            assert select.select([efd], [], [], 20)[0], "the flush did not complete"
+            wh.reap_lingering()
+            os.close(fd)
+            try:
+                os.fstat(efd)
+                closed = False
+            except OSError:
+                closed = True
+            return held, len(wh._lingering), closed
+        finally:
+            a.close()
+            b.close()
+
+    held, left, closed = asyncio.run(main())
+    assert held == 1 and left == 0 and closed

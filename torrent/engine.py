@@ -53,7 +53,7 @@ from .reporting import RunReport
 if TYPE_CHECKING:
     from .metrics import MetricsServer
 from .shm import run_arena_bytes
-from .sources import Source, batch_exit_code, check_collisions, load_url
+from .sources import PathClaims, PathCollision, Source, batch_exit_code, load_url
 from .storage import layout_for
 
 __all__ = ["MAX_ACTIVE", "Engine", "Outcome", "download_batch"]
@@ -130,7 +130,7 @@ class Engine:
         self.fetches: set[asyncio.Future[Any]] = set()  # magnets' metadata fetches
         self.interrupted = False
         # the paths each torrent known so far writes: key (info-hash) -> paths
-        self.claimed: dict[str, frozenset[str]] = {}
+        self.claims = PathClaims()
 
     def torrent_options(self) -> Options:
         """A torrent's options: its share of the connections and peers."""
@@ -163,10 +163,9 @@ class Engine:
         torrent twice); else record its paths."""
         key = item.outcome.info_hash or item.source.text
         label = f"{item.outcome.name or item.source.text} ({key[:12]})"
-        if key in self.claimed:
-            raise UsageError(f"{label} is in the batch twice")
-        check_collisions([*((k, p) for k, p in self.claimed.items()), (label, item.paths)])
-        self.claimed[key] = item.paths
+        if key in self.claims:
+            raise PathCollision(f"{label} is in the batch twice", key)
+        self.claims.claim(key, label, item.paths)
 
     # -- one torrent ---------------------------------------------------------------------
     async def _run_one(self, item: _Item, slots: asyncio.Semaphore) -> None:
@@ -392,36 +391,28 @@ class Engine:
                 await self.dht.attach()
 
     def _refuse_collisions(self, items: list[_Item]) -> None:
-        """Claim every known torrent's paths; the torrents of a collision both fail."""
+        """Claim every known torrent's paths; the torrents of a collision both fail (the
+        one claimed first keeps its paths: a later torrent writing them is refused too)."""
         known = [i for i in items if i.meta is not None and i.outcome.status == "skipped"]
+        by_key: dict[str | None, _Item] = {}
+        for i in known:
+            by_key.setdefault(i.outcome.info_hash, i)  # the first of a torrent given twice
         for item in known:
             try:
                 self._claim(item)
-            except UsageError as e:
-                item.outcome.status, item.outcome.exit_code = "failed", e.exit_code
-                item.outcome.error = str(e)
+            except PathCollision as e:
                 self.log(f"{item.outcome.name}: {e}")
-                # the one it collides with is refused too: no torrent of the pair starts
-                for other in known:
-                    if other is not item and other.outcome.status == "skipped" and (
-                            other.outcome.info_hash == item.outcome.info_hash
-                            or _overlap(other.paths, item.paths)):
-                        other.outcome.status, other.outcome.exit_code = "failed", e.exit_code
-                        other.outcome.error = str(e)
+                for refused in (item, by_key.get(e.other)):
+                    if refused is not None:
+                        refused.outcome.status = "failed"
+                        refused.outcome.exit_code = e.exit_code
+                        refused.outcome.error = str(e)
 
     async def _watch(self) -> None:
         assert self.pool is not None
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             self.pool.check_alive()
-
-
-def _overlap(a: frozenset[str], b: frozenset[str]) -> bool:
-    try:
-        check_collisions([("a", a), ("b", b)])
-    except UsageError:
-        return True
-    return False
 
 
 def download_batch(sources: Sequence[Source], outdir: str, opts: Options, *,

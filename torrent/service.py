@@ -190,7 +190,7 @@ class Service(Engine):
         e.paused = True
         await self._halt(e)
         del self.entries[info_hash.lower()]
-        self.claimed.pop(e.info_hash, None)
+        self.claims.release(e.info_hash)
         self.collector.remove(e.info_hash)
         if delete_data:
             await asyncio.get_running_loop().run_in_executor(None, self._delete, e)

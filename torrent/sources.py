@@ -75,6 +75,8 @@ __all__ = [
     "MAX_URL_LENGTH",
     "MAX_URL_REDIRECTS",
     "URL_TIMEOUT",
+    "PathClaims",
+    "PathCollision",
     "Source",
     "SourceKind",
     "batch_exit_code",
@@ -481,16 +483,105 @@ async def load_url(url: str, *, timeout: float = URL_TIMEOUT,
 # -- a batch: collisions and the exit code -----------------------------------------------------
 
 
-def check_collisions(items: Sequence[tuple[str, Iterable[str]]]) -> None:
-    """Refuse a batch in which two torrents would write over each other.
+class PathCollision(UsageError):
+    """Two torrents would write over each other; ``other`` is the key of the one
+    already holding the path."""
+
+    def __init__(self, message: str, other: str) -> None:
+        super().__init__(message)
+        self.other = other
+
+
+class PathClaims:
+    """The paths the torrents of a run write, claimed one torrent at a time.
 
     Two torrents collide when both would write the same path, or when one
     would write a file at a path the other needs as a directory (``/o/a`` and
-    ``/o/a/b``).  Paths are compared as strings after
-    :func:`os.path.normpath` (no symbolic link is followed, no file is
-    touched: this runs before anything is created); Linux file names are
-    case-sensitive, so ``A`` and ``a`` do not collide.  Collisions inside one
-    torrent are the strict reader's business, not this function's.
+    ``/o/a/b``). Paths are compared as strings after :func:`os.path.normpath`
+    (no symbolic link is followed, no file is touched: this runs before
+    anything is created); Linux file names are case-sensitive, so ``A`` and
+    ``a`` do not collide. Collisions inside one torrent are the strict
+    reader's business, not this table's. A claim costs its files' paths and
+    their ancestors, whatever was claimed before (a batch of many torrents
+    checks in linear time); a released torrent's paths are free again.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, str] = {}  # path -> key of the torrent writing it
+        #: directory -> {key of a torrent that needs it: one of its files below}
+        self._dirs: dict[str, dict[str, str]] = {}
+        self._labels: dict[str, str] = {}
+        self._mine: dict[str, tuple[list[str], set[str]]] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._mine
+
+    def claim(self, key: str, label: str, files: Iterable[str]) -> None:
+        """Record torrent ``key``'s files (named ``label`` in messages), or refuse them all.
+
+        Raises:
+            PathCollision: one of them collides with a torrent claimed before
+                (the first in the order given), naming both torrents and the path.
+            ValueError: a path is not absolute (a caller's bug), or ``key`` is claimed.
+        """
+        if key in self._mine:
+            raise ValueError(f"torrent {key!r} is claimed already")
+        mine: list[str] = []
+        dirs: dict[str, str] = {}  # directory -> the first of our files below it
+        for p in files:
+            if not os.path.isabs(p):
+                raise ValueError(f"not an absolute path: {p!r} (torrent {label!r})")
+            p = os.path.normpath(p)
+            j = self._files.get(p)
+            if j is not None:
+                raise PathCollision(f"torrents {self._labels[j]!r} and {label!r} would both "
+                                    f"write {p!r}", j)
+            needing = self._dirs.get(p)
+            if needing:
+                k, below = next(iter(needing.items()))
+                raise PathCollision(
+                    f"torrent {label!r} would write the file {p!r}, where torrent"
+                    f" {self._labels[k]!r} needs a directory (for {below!r})", k)
+            mine.append(p)
+            d = os.path.dirname(p)
+            while d not in dirs:
+                k2 = self._files.get(d)
+                if k2 is not None:
+                    raise PathCollision(
+                        f"torrent {self._labels[k2]!r} would write the file {d!r}, where "
+                        f"torrent {label!r} needs a directory (for {p!r})", k2)
+                dirs[d] = p
+                parent = os.path.dirname(d)
+                if parent == d:
+                    break
+                d = parent
+        self._labels[key] = label
+        self._mine[key] = (mine, set(dirs))
+        for p in mine:
+            self._files[p] = key
+        for d, below in dirs.items():
+            self._dirs.setdefault(d, {})[key] = below
+
+    def release(self, key: str) -> None:
+        """Forget torrent ``key``'s paths (nothing if it holds none)."""
+        got = self._mine.pop(key, None)
+        if got is None:
+            return
+        files, dirs = got
+        for p in files:
+            self._files.pop(p, None)
+        for d in dirs:
+            needing = self._dirs.get(d)
+            if needing is not None:
+                needing.pop(key, None)
+                if not needing:
+                    del self._dirs[d]
+        self._labels.pop(key, None)
+
+
+def check_collisions(items: Sequence[tuple[str, Iterable[str]]]) -> None:
+    """Refuse a batch in which two torrents would write over each other
+    (:class:`PathClaims`, the torrents claimed in the order given).
 
     Args:
         items: per torrent, its name for messages (display name or info-hash)
@@ -501,43 +592,9 @@ def check_collisions(items: Sequence[tuple[str, Iterable[str]]]) -> None:
             torrents and the path.
         ValueError: a path is not absolute (a caller's bug).
     """
-    owner: dict[str, int] = {}  # path -> index of the torrent writing it
-    paths: list[list[str]] = []
+    claims = PathClaims()
     for i, (name, files) in enumerate(items):
-        mine: list[str] = []
-        for p in files:
-            if not os.path.isabs(p):
-                raise ValueError(f"not an absolute path: {p!r} (torrent {name!r})")
-            p = os.path.normpath(p)
-            j = owner.setdefault(p, i)
-            if j != i:
-                raise UsageError(f"torrents {items[j][0]!r} and {name!r} would both write"
-                                 f" {p!r}")
-            mine.append(p)
-        paths.append(mine)
-    # Directories that are no torrent's file, and neither is any of their
-    # ancestors: a walk up from a file stops at the first one (each directory
-    # is walked through about once, however many files it holds).
-    clean: set[str] = set()
-    for i, mine in enumerate(paths):
-        for p in mine:
-            walked: list[str] = []
-            own_file = False  # a torrent's own file above its own file: not ours to judge
-            d = os.path.dirname(p)
-            while d not in clean:
-                k = owner.get(d)
-                if k is not None and k != i:
-                    raise UsageError(
-                        f"torrent {items[k][0]!r} would write the file {d!r}, where torrent"
-                        f" {items[i][0]!r} needs a directory (for {p!r})")
-                own_file = own_file or k is not None
-                walked.append(d)
-                parent = os.path.dirname(d)
-                if parent == d:
-                    break
-                d = parent
-            if not own_file:
-                clean.update(walked)
+        claims.claim(str(i), name, files)
 
 
 #: Exit codes from worst to least bad, for :func:`batch_exit_code`. The run's

@@ -253,8 +253,22 @@ class WorkerHost:
             self.send_tagged(w.tid, ipc.Stopped(self.wid))
 
     def linger(self, iot: Any, efd: int) -> None:
-        """Keep a stopped torrent's flush thread and eventfd until the process ends."""
+        """Keep a stopped torrent's flush thread and eventfd until its flush is over
+        (:meth:`reap_lingering`): a long-lived process (the daemon's) stops many."""
         self._lingering.append((iot, efd))
+
+    def reap_lingering(self) -> None:
+        """Release the flush threads of stopped torrents whose flush is over (their
+        outcomes go nowhere: the torrent reported what it owed when it stopped)."""
+        left = []
+        for iot, efd in self._lingering:
+            iot.completed()
+            if iot.pending:
+                left.append((iot, efd))
+            else:
+                iot.close()  # idle: joined at once
+                os.close(efd)
+        self._lingering = left
 
     # -- connections -------------------------------------------------------------
     def accept(self, conn: PeerConn) -> Any:
@@ -298,6 +312,8 @@ class WorkerHost:
                             self._stop(w)
                 if self.routing:
                     self._expire_routing(self.loop.time())
+                if self._lingering:
+                    self.reap_lingering()
         finally:
             await self.shutdown()
 
