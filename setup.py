@@ -5,7 +5,8 @@ from setuptools import Extension, setup
 
 # Both modules compile in the SHA-1 header and the shared buffer helpers;
 # torrent._fast the SHA-256 header as well.
-DEPENDS = ["torrent/_sha1.h", "torrent/_sha256.h", "torrent/_ossl_digest.h", "torrent/_md32.h", "torrent/_buffers.pxi"]
+DEPENDS = ["torrent/_sha1.h", "torrent/_sha256.h", "torrent/_ossl_digest.h", "torrent/_md32.h",
+           "torrent/_buffers.pxi"]
 
 
 def native(name: str, source: str) -> Extension:
