@@ -38,6 +38,8 @@ from torrent.wire.messages import (
     Extended,
     Have,
     HaveAll,
+    HaveNone,
+    Interested,
     LocalProtocolError,
     Unchoke,
     Unknown,
@@ -259,3 +261,40 @@ def test_no_handover_once_closed_or_after_too_much() -> None:
     closed = ready()
     closed.close()
     assert closed.handover() is None
+
+
+# -- INTERESTED to a peer that has pieces ----------------------------------------------
+@pytest.mark.parametrize("feed", FEEDS)
+@pytest.mark.parametrize("announce", [
+    encode(HaveAll()),
+    encode(Have(5)),
+    encode(Bitfield(b"\x00" * 40 + b"\x01")),  # one bit, in the last byte
+], ids=["have_all", "have", "bitfield"])
+def test_a_peer_announcing_a_piece_is_sent_interested_once(feed: Feed, announce: bytes) -> None:
+    mc = ready(feed)
+    assert not mc.interested
+    feed(mc, announce + encode(Have(7)) + encode(HaveAll()))
+    assert mc.interested
+    assert sent(mc) == [Interested()]  # once, whatever follows
+    assert mc.handover() is not None  # the stream is kept as before
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_a_peer_with_nothing_is_not_sent_interested(feed: Feed) -> None:
+    mc = ready(feed)
+    # an empty bitfield (the largest taken before the metadata), HAVE_NONE, an unchoke
+    feed(mc, encode(Bitfield(bytes(MAX_PIECES_BEFORE_METADATA // 8))) + encode(HaveNone())
+         + encode(Unchoke()))
+    assert not mc.interested
+    assert sent(mc) == []
+
+
+def test_interested_follows_our_extension_handshake() -> None:
+    """The peer's handshake and its HAVE_ALL in one read: our extension handshake goes
+    out first, then INTERESTED."""
+    mc = MetadataConnection(HASH, OURS)
+    mc.data_to_send()  # our handshake
+    mc.receive_data(peer_handshake() + encode(HaveAll()))
+    ext, interested = sent(mc)
+    assert isinstance(ext, Extended) and ext.ext_id == EXTENSION_HANDSHAKE_ID
+    assert interested == Interested()

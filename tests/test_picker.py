@@ -590,23 +590,7 @@ def test_a_late_block_after_a_timeout_is_not_requested_again() -> None:
     assert pick(p, b, 10) == blocks(0, 2, 3)
 
 
-# -- a cold start: new pieces shared between the peers -------------------------------------
-
-
-def test_split_leaves_a_new_piece_half_to_the_next_peer() -> None:
-    """``split=2``: the first peer takes half of each new piece, and the next peer
-    finishes those pieces before it starts one of its own."""
-    p = setup_picker("2222")
-    a, b = Peer("a", "1111"), Peer("b", "1111")
-    slots = Slots(1000)
-    got_a = [(x, y // BS) for x, y, _ in p.pick(a, a.has, 4, slots.alloc, 2)]
-    assert got_a == blocks(0, 0, 1) + blocks(1, 0, 1)  # half of piece 0, half of piece 1
-    got_b = [(x, y // BS) for x, y, _ in p.pick(b, b.has, 4, slots.alloc, 2)]
-    assert got_b == blocks(0, 2, 3) + blocks(1, 2, 3)  # the other halves first
-    assert slots.asked == [0, 1]  # no third piece started
-
-
-def test_without_split_a_peer_takes_a_whole_piece() -> None:
+def test_a_peer_takes_a_whole_piece() -> None:
     p = setup_picker("2222")
     a = Peer("a", "1111")
     assert pick(p, a, 4) == blocks(0, 0, 1, 2, 3)

@@ -719,3 +719,19 @@ def test_pure_twin_block_size_is_the_protocol_block_size() -> None:
     from torrent import _pure
 
     assert _pure._BLOCK == BLOCK_SIZE
+
+
+# --- a connection taken over from the metadata fetch -----------------------------------
+def test_interested_sent_elsewhere_counts_as_sent() -> None:
+    p = new_peer()
+    p.handshake_sent_elsewhere()
+    with pytest.raises(LocalProtocolError):
+        p.interested_sent_elsewhere()  # not before the peer's handshake
+    assert p.receive_data(THEIR_HANDSHAKE) == [HandshakeReceived(THEIR_ID, bytes(8))]
+    p.interested_sent_elsewhere()
+    assert p.am_interested
+    # what we say next follows it: a bitfield could no longer be our first message
+    with pytest.raises(LocalProtocolError):
+        p.send_bitfield(bytes(2))
+    assert p.send_not_interested() == encode(NotInterested())
+    assert not p.am_interested

@@ -517,7 +517,7 @@ class Coordinator:
                 try:
                     h.channel.add_torrent(cfg)
                     for c in adopt.get(h.wid, []):
-                        h.channel.send(ipc.Adopt(c.host, c.port, c.data), fd=c.fd)
+                        h.channel.send(ipc.Adopt(c.host, c.port, c.data, c.interested), fd=c.fd)
                 except OSError:
                     pass  # it died: the liveness check reports it
         finally:

@@ -87,11 +87,13 @@ class Adopt(NamedTuple):
     """Take over this connection, which a magnet's metadata fetch made: its socket's
     descriptor travels with the message (``SCM_RIGHTS``, ``Channel.send(fd=)``);
     ``data`` is the stream to read before the socket's bytes (the peer's handshake
-    and its frames since; at most ``metadata_conn.MAX_HANDOVER_BYTES``)."""
+    and its frames since; at most ``metadata_conn.MAX_HANDOVER_BYTES``); ``interested``:
+    the fetch sent the peer our INTERESTED."""
 
     host: str
     port: int
     data: bytes
+    interested: bool = False
 
 
 class Steal(NamedTuple):

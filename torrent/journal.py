@@ -246,7 +246,8 @@ class Journal:
                 _done, err = _write_all(fd, bytes(body))
                 if err is not None:
                     raise err
-                os.fsync(fd)
+                if done:  # (a journal of no pieces lost to a crash is the same as none:
+                    os.fsync(fd)  # the next start checks the data; the first append syncs)
             except OSError:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)  # a partial journal is never put in place

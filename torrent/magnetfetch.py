@@ -496,7 +496,7 @@ class _Fetcher:
                 continue  # out of descriptors: this one is dialled again
             c = self.candidates.get(link.addr)
             out.append(Handover(link.addr[0], link.addr[1], fd, data,
-                                c.source if c is not None else "magnet"))
+                                c.source if c is not None else "magnet", link.mc.interested))
             # closing our descriptor leaves the socket open on the duplicate
             self.close(link, "handed over to the download", final=True)
         return tuple(out)
@@ -524,6 +524,7 @@ class Handover(NamedTuple):
             handshake and its frames since, but ``ut_metadata``).
         source: where the fetch heard of the peer (``magnet``, ``manual``,
             ``tracker``, ``dht``).
+        interested: our INTERESTED went out on it (the peer announced a piece).
     """
 
     host: str
@@ -531,6 +532,7 @@ class Handover(NamedTuple):
     fd: int
     data: bytes
     source: str
+    interested: bool = False
 
 
 def close_handovers(conns: Iterable[Handover]) -> None:

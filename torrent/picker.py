@@ -152,15 +152,8 @@ class Picker:
 
     # -- picking -------------------------------------------------------------
     def pick(self, peer: Any, has: Callable[[int], bool], want: int,
-             alloc_slot: Callable[[int], Any], split: int = 0) -> list[tuple[int, int, int]]:
-        """Up to ``want`` requests ``(index, begin, length)`` for ``peer``, marked outstanding.
-
-        ``split``: take at most 1/``split`` of a new piece's blocks, leaving the rest
-        for other peers (0: all it wants). The worker splits while no piece of its
-        own is complete and several peers serve it: a new connection starts slow
-        (the seeder sizes its send buffer by the rate it measured), and the first
-        piece then comes from all of them at once instead of from one.
-        """
+             alloc_slot: Callable[[int], Any]) -> list[tuple[int, int, int]]:
+        """Up to ``want`` requests ``(index, begin, length)`` for ``peer``, marked outstanding."""
         out: list[tuple[int, int, int]] = []
         if want <= 0:
             return out
@@ -198,8 +191,7 @@ class Picker:
                 pd = PieceDL(i, self.piece_size(i), slot)
                 pd.owner = peer
                 self.active[i] = pd
-                n = want - len(out)
-                self._take(pd, peer, min(n, -(-pd.nblocks // split)) if split > 1 else n, out)
+                self._take(pd, peer, want - len(out), out)
             if skipped:
                 order.extend(reversed(skipped))
         # 3. endgame: duplicate requests of blocks another peer holds

@@ -94,6 +94,12 @@ PIPELINE_SECONDS = 3.0
 FIRST_PIECE_INLINE = 4 << 20
 MIN_DEPTH = 4
 MAX_DEPTH = 500
+#: A peer's pipeline until the run's first piece is complete, refilled per read. A
+#: seeder serves a new connection slowly (libtorrent keeps one block in its send
+#: buffer until it has measured a rate), and unevenly: with deep pipelines a
+#: quarter of the first piece each, that piece waited for the slowest of four
+#: seeders. Short ones let the first piece's blocks go to whoever delivers.
+COLD_DEPTH = 8
 INITIAL_DEPTH = 64
 #: Ask the coordinator for more pieces when fewer unstarted leased pieces
 #: remain than this many per slot... in practice: a lease of 2 x slots is
@@ -256,7 +262,8 @@ class Peer:
     """
 
     __slots__ = ("_counted", "_rate_seen", "_up_window", "active", "conn", "created_at",
-                 "depth", "dht_heard", "dial_attempt", "listen_port", "max_depth",
+                 "depth", "dht_heard", "dial_attempt", "interested_elsewhere", "listen_port",
+                 "max_depth",
                  "metadata_served", "pex_at", "pex_heard", "pex_sent", "proto", "rate",
                  "serve_pending", "up_rate", "uploaded", "worker")
 
@@ -278,6 +285,8 @@ class Peer:
                                      else RESERVED_OURS)
         self.proto.attach_store(worker.picker.active, self)
         self.dht_heard = False  # its BEP 5 port message went to the coordinator (once)
+        # adopted: the metadata fetch sent it our INTERESTED (counted once it is active)
+        self.interested_elsewhere = False
         self.active = False  # handshake done
         self.created_at = now
         self.depth = INITIAL_DEPTH  # request pipeline target, set by the tick
@@ -539,10 +548,12 @@ class Worker:
             self.send(ipc.PeerClosed(host, port, failed[0], failed[1], False))
         self._dial_next()
 
-    def adopt(self, host: str, port: int, fd: int, data: bytes) -> None:
+    def adopt(self, host: str, port: int, fd: int, data: bytes,
+              interested: bool = False) -> None:
         """Take over a connection a magnet's metadata fetch made (:class:`ipc.Adopt`):
-        our handshake went out on it already, and ``data`` is what the peer sent
-        since (its handshake first), read before the socket's bytes."""
+        our handshake went out on it already (and our INTERESTED with
+        ``interested``), and ``data`` is what the peer sent since (its handshake
+        first), read before the socket's bytes."""
         try:
             sock = socket.socket(fileno=fd)
         except OSError as e:
@@ -550,11 +561,13 @@ class Worker:
             self.send(ipc.PeerClosed(host, port, f"handover failed: {e.strerror or e}",
                                      False, False))
             return
-        self.loop.create_task(self._adopt(sock, host, port, data))
+        self.loop.create_task(self._adopt(sock, host, port, data, interested))
 
-    async def _adopt(self, sock: socket.socket, host: str, port: int, data: bytes) -> None:
+    async def _adopt(self, sock: socket.socket, host: str, port: int, data: bytes,
+                     interested: bool) -> None:
         def made() -> PeerConn:
-            return PeerConn(lambda c: self.accept(c, replay=data), (host, port), True)
+            return PeerConn(lambda c: self.accept(c, replay=data, interested=interested),
+                            (host, port), True)
 
         try:
             _tr, conn = await self.loop.connect_accepted_socket(made, sock)
@@ -569,7 +582,8 @@ class Worker:
 
     def accept(self, conn: PeerConn, dial_attempt: int = 0, *,
                replay: bytes | None = None, routed: bytes | None = None,
-               routed_mse: Established | None = None) -> Peer | None:
+               routed_mse: Established | None = None,
+               interested: bool = False) -> Peer | None:
         """A connection was made (either way): its handler, or None to refuse it.
 
         An incoming connection past this worker's share of ``max_connections``
@@ -603,6 +617,7 @@ class Worker:
         if replay is not None:
             st["adopted"] += 1
             peer.proto.handshake_sent_elsewhere()  # the fetch sent ours
+            peer.interested_elsewhere = interested
             peer.rb.feed(replay)  # before the socket's first read: the stream's order
             self.loop.call_soon(self._replayed, peer)
         elif routed is not None or routed_mse is not None:
@@ -622,6 +637,10 @@ class Worker:
         first read did already)."""
         if not peer.closed and peer.rb.end > peer.rb.start:
             self.on_data(peer)
+        if (peer.active and not peer.closed and peer.proto.am_interested
+                and not self._wants_from(peer)):
+            # the fetch's INTERESTED went to a peer that has nothing this download wants
+            peer.write(peer.proto.send_not_interested())
 
     def _handshaken(self, peer: Peer) -> None:
         out = peer.proto.take_output()
@@ -636,6 +655,9 @@ class Worker:
             self.half_open -= 1
         peer.active = True
         proto = peer.proto
+        if peer.interested_elsewhere:
+            proto.interested_sent_elsewhere()  # (nothing of ours went before it but the
+            # handshakes: a connection is adopted only while we have no piece)
         if proto.fast and self.complete:
             peer.write(proto.send_have_all())  # BEP 6: two bytes instead of the bitfield
         elif any(self.have):
@@ -1017,13 +1039,16 @@ class Worker:
             p.write(p.proto.send_unchoke())
 
     def _interest(self, peer: Peer) -> None:
-        if peer.proto.am_interested or self.complete:
-            return
-        bits = peer.proto.peer_bitfield
-        for k, byte in enumerate(bits):
-            if byte & ~self.have[k] & self.want[k]:
-                peer.write(peer.proto.send_interested())
-                return
+        if not peer.proto.am_interested and self._wants_from(peer):
+            peer.write(peer.proto.send_interested())
+
+    def _wants_from(self, peer: Peer) -> bool:
+        """The peer has a piece this download wants."""
+        if self.complete:
+            return False
+        have, want = self.have, self.want
+        return any(byte & ~have[k] & want[k]
+                   for k, byte in enumerate(peer.proto.peer_bitfield))
 
     @property
     def complete(self) -> bool:
@@ -1076,13 +1101,15 @@ class Worker:
 
             has = has_allowed
 
-        want = min(peer.depth, peer.max_depth) - proto.num_outstanding
-        if want < min(REFILL_BATCH, peer.depth):
-            return
-        split = 0
-        if self._cold:  # no piece of ours complete yet: share new pieces between the peers
-            split = sum(1 for p in self.peers if p.active)  # (most unchoke within ms)
-        reqs = self.picker.pick(peer, has, want, self.alloc_slot, split)
+        if self._cold:  # no piece of ours complete yet: short pipelines (see COLD_DEPTH)
+            want = min(COLD_DEPTH, peer.max_depth) - proto.num_outstanding
+            if want <= 0:
+                return
+        else:
+            want = min(peer.depth, peer.max_depth) - proto.num_outstanding
+            if want < min(REFILL_BATCH, peer.depth):
+                return
+        reqs = self.picker.pick(peer, has, want, self.alloc_slot)
         if reqs:
             peer.write(proto.send_requests(reqs, self.loop.time()))
         if len(self.picker.unstarted) < self.low_water:

@@ -331,6 +331,8 @@ class TestPeer(_LoopServer):
         self.protocol_errors: list[str] = []  # what the remote did wrong, if anything
         self.handshakes = 0  # valid handshakes received
         self.blocks_sent = 0
+        #: requests received when the first block went out (any connection), or None
+        self.requests_at_first_block: int | None = None
         self.handshake_received = threading.Event()
         self.remote_closed = threading.Event()  # a connection was closed by the remote
         self.prefix_sent = threading.Event()
@@ -574,6 +576,9 @@ class TestPeer(_LoopServer):
                         continue  # cancelled meanwhile
                 del pending[block]
                 i, b, ln = block
+                with self._lock:
+                    if self.requests_at_first_block is None:
+                        self.requests_at_first_block = len(self._requests)
                 data = bytearray(self._read(i, b, ln))
                 if i in self.corrupt_pieces and i not in corrupted_here:
                     corrupted_here.add(i)

@@ -11,7 +11,14 @@ the peer's (it must be for our info-hash and set the BEP 10 bit), send our
 extension handshake offering ``ut_metadata``, and from then on carry
 ``ut_metadata`` messages. Every other message is framed (its length checked
 against the one table's bound before it is buffered) and ignored: a
-bitfield, HAVE_ALL, a choke mean nothing before the metadata is known.
+bitfield, HAVE_ALL, a choke mean nothing before the metadata is known, with
+one exception: a peer that announces a piece (HAVE_ALL, HAVE, a bitfield
+with a bit set) is sent INTERESTED at once (:attr:`MetadataConnection.interested`).
+It has something we will want, whatever the pieces turn out to be, and its
+unchoke then arrives while the metadata is checked and the download set up,
+instead of one round trip after the download takes the connection (with
+two busy cores, a libtorrent seeder's unchoke came 2-40 ms after our
+INTERESTED).
 
 The bitfield bound needs a piece count; the largest one a torrent whose
 metadata we accept can have is :data:`MAX_PIECES_BEFORE_METADATA`
@@ -81,7 +88,16 @@ from .handshake import (
     encode_handshake,
     parse_handshake,
 )
-from .messages import EXTENDED, Extended, LocalProtocolError, encode
+from .messages import (
+    BITFIELD,
+    EXTENDED,
+    HAVE,
+    HAVE_ALL,
+    Extended,
+    Interested,
+    LocalProtocolError,
+    encode,
+)
 from .mse import CRYPTO_RC4, MSEInitiator
 from .rc4 import RC4
 
@@ -204,6 +220,9 @@ class MetadataConnection:
         self._metadata_size: int | None = None
         self._offered = False
         self.rejects_sent = 0
+        #: INTERESTED went out (the peer announced a piece): a download taking the
+        #: connection over counts it as sent
+        self.interested = False
         # the peer's stream for handover(): its handshake, then its frames but
         # keep-alives and ut_metadata; None once over MAX_HANDOVER_BYTES
         self._replay: bytearray | None = bytearray()
@@ -315,8 +334,14 @@ class MetadataConnection:
             rb.start = start + 4 + n
             if n == 0:
                 continue  # a keep-alive
-            if rb.buf[start + 4] != EXTENDED:
+            mid = rb.buf[start + 4]
+            if mid != EXTENDED:
                 self._keep(rb.view[start : start + 4 + n])  # means nothing yet: the worker's
+                if not self.interested and (
+                        mid == HAVE_ALL or mid == HAVE
+                        or (mid == BITFIELD and rb.buf.count(0, start + 5, start + 4 + n) < n - 1)):
+                    self.interested = True  # (see the module docstring)
+                    self._out.append(encode(Interested()))
                 continue
             msg = cast(Extended, Extended.decode_payload(rb.view[start + 5 : start + 4 + n]))
             if msg.ext_id != OUR_EXTENSION_IDS[UT_METADATA]:

@@ -1071,6 +1071,15 @@ class PeerProtocol:
         """
         self.handshake()
 
+    def interested_sent_elsewhere(self) -> None:
+        """Our INTERESTED went out on this connection before this machine took it over
+        (the metadata fetch sends it to a peer that announces a piece): count it as sent.
+
+        Raises:
+            LocalProtocolError: the handshake not sent yet, or the connection closed.
+        """
+        self.send_interested()
+
     def handshake(self) -> bytes:
         """Our handshake; send it first (initiator) or after HandshakeReceived.
 
