@@ -594,3 +594,34 @@ def test_a_peer_takes_a_whole_piece() -> None:
     p = setup_picker("2222")
     a = Peer("a", "1111")
     assert pick(p, a, 4) == blocks(0, 0, 1, 2, 3)
+
+
+# -- requests sent elsewhere (a magnet's first requests, sent by the coordinator) -------
+
+
+def test_adopted_requests_are_outstanding_and_not_asked_again() -> None:
+    p = setup_picker("1111", "**..")
+    a, b = Peer("a", "1111"), Peer("b", "1111")
+    slots = Slots(1000)
+    left = p.adopt_requests(a, [(0, 0, BS), (0, BS, BS)], slots.alloc)
+    assert left == [] and slots.asked == [0]
+    pd = p.active[0]
+    assert pd.outstanding == {0: a, 1: a} and pd.owner is a
+    assert 0 not in p.unstarted
+    # the rest of the piece goes to whoever asks next; blocks 0 and 1 to nobody again
+    assert pick(p, b, 10, slots) == blocks(0, 2, 3) + blocks(1, 0, 1, 2, 3)
+    assert p.block_arrived(pd, 0, a) == []  # the answer to an adopted request: no cancel
+    assert pd.received == 1 and pd.senders == {0: a}
+
+
+def test_adopted_requests_outside_the_lease_or_without_a_slot_are_given_back() -> None:
+    p = setup_picker("1111", "*...")
+    a = Peer("a", "1111")
+    stray = [(2, 0, BS)]  # not leased here
+    assert p.adopt_requests(a, stray, Slots(1000).alloc) == stray
+    assert p.adopt_requests(a, [(0, 0, BS)], Slots(0).alloc) == [(0, 0, BS)]  # no slot
+    assert not p.active and p.unstarted == {0}
+    p.adopt_requests(a, [(0, 0, BS)], Slots(1000).alloc)
+    again = [(0, 0, BS)]  # already outstanding: not pending any more
+    assert p.adopt_requests(Peer("b", "1111"), again, Slots(1000).alloc) == again
+    assert p.active[0].outstanding == {0: a}

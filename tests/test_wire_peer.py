@@ -735,3 +735,28 @@ def test_interested_sent_elsewhere_counts_as_sent() -> None:
         p.send_bitfield(bytes(2))
     assert p.send_not_interested() == encode(NotInterested())
     assert not p.am_interested
+
+
+def test_requests_sent_elsewhere_are_answered_by_blocks() -> None:
+    p = new_peer()
+    p.handshake_sent_elsewhere()
+    with pytest.raises(LocalProtocolError):
+        p.requests_sent_elsewhere([(0, 0, BLOCK_SIZE)], 0.0)  # not before the handshake
+    assert p.receive_data(THEIR_HANDSHAKE) == [HandshakeReceived(THEIR_ID, bytes(8))]
+    p.requests_sent_elsewhere([(0, 0, BLOCK_SIZE), (0, BLOCK_SIZE, BLOCK_SIZE)], 0.0)
+    assert p.num_outstanding == 2
+    with pytest.raises(LocalProtocolError, match="already requested"):
+        p.requests_sent_elsewhere([(0, 0, BLOCK_SIZE)], 0.0)
+    data = bytes(range(256)) * 64
+    # sent while it still choked us in this machine's view: the peer unchoked the other
+    events = recv(p, Unchoke(), Piece(0, 0, data))
+    assert events == [Unchoked(), BlockReceived(0, 0, data)]
+    assert p.num_outstanding == 1
+
+
+def test_requests_sent_elsewhere_keep_the_outstanding_bound() -> None:
+    p = active_peer()
+    too_many = [(i % NUM_PIECES, (i // NUM_PIECES) * BLOCK_SIZE, BLOCK_SIZE)
+                for i in range(MAX_OUTSTANDING_REQUESTS + 1)]
+    with pytest.raises(LocalProtocolError, match="outstanding"):
+        p.requests_sent_elsewhere(too_many, 0.0)

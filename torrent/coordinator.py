@@ -77,6 +77,7 @@ from .storage import (
 )
 from .sysinfo import available_cpus, fd_limit
 from .wire.handshake import make_peer_id
+from .wire.messages import BLOCK_SIZE, Request, encode
 from .worker import DIAL_BUDGET, WorkerConfig
 
 if TYPE_CHECKING:
@@ -111,6 +112,10 @@ PIECES_DONE_DELAY = 0.05
 #: Pieces each worker is leased with its config (``LeaseTable.first_lease``), from its
 #: region: its first requests need no round trip to this process.
 FIRST_LEASE = 4
+#: Block requests at most per kept connection of a magnet (``request_early``): a
+#: quarter of a 1 MiB piece over four peers; the worker's pipeline until its first
+#: piece is complete is shorter (``worker.COLD_DEPTH``) and grows from there.
+EARLY_REQUESTS = 16
 
 
 @dataclass(slots=True)
@@ -297,6 +302,8 @@ class Coordinator:
         #: the DHT node is the run's (a batch or daemon shares one and closes it)
         self.own_dht = True
         self._arena_plan: tuple[int, int] | None = None
+        #: first leases given out early (request_early), for start_workers
+        self._first_leases: dict[int, list[int]] = {}
         self._files_finished = False
         self.done_event: asyncio.Event | None = None
         self.fatal: FastTorrentError | None = None
@@ -418,6 +425,8 @@ class Coordinator:
             res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
                               ranges=chunk_ranges(layout, mine), fork=self.opts.fork_workers)
             done = {i for i in mine if res.status[i] == PIECE_GOOD}
+        if not done and self.handover and not self.seeding:
+            self.request_early()  # before the files and the journal: ~3 ms here
         with Storage(layout, writable=True) as st:
             st.create_files()
         journal.open(done)
@@ -501,7 +510,9 @@ class Coordinator:
         self.leases.start(now)
         try:
             for h in self.workers:
+                early = self._first_leases.pop(h.wid, None)
                 first = () if self.seeding or not h.alive else tuple(
+                    early if early is not None else
                     self.leases.first_lease(h.wid, FIRST_LEASE, now))
                 cfg = WorkerConfig(wid=h.wid, tid=self.tid, meta=meta, outdir=self.outdir,
                                    options=self.opts, slot_size=slot_size,
@@ -517,11 +528,65 @@ class Coordinator:
                 try:
                     h.channel.add_torrent(cfg)
                     for c in adopt.get(h.wid, []):
-                        h.channel.send(ipc.Adopt(c.host, c.port, c.data, c.interested), fd=c.fd)
+                        h.channel.send(ipc.Adopt(c.host, c.port, c.data, c.interested,
+                                                 c.requested), fd=c.fd)
                 except OSError:
                     pass  # it died: the liveness check reports it
         finally:
             close_handovers(c for mine in adopt.values() for c in mine)  # theirs are copies
+
+    def request_early(self) -> None:
+        """Ask the peers of a magnet's kept connections for the first pieces now, while
+        the output is made and the workers take the torrent (~10 ms on two busy cores).
+
+        Each connection whose peer has unchoked us is given its worker here (as
+        :meth:`_plan_handover` would: round robin) and that worker its first lease
+        (:meth:`LeaseTable.first_lease`, kept for :meth:`start_workers`); the blocks
+        of the lease's first piece are split between the worker's unchoked
+        connections, at most :data:`EARLY_REQUESTS` each, and their REQUESTs
+        written on the sockets. The worker counts them as sent
+        (``ipc.Adopt.requested``) and reads the blocks as answers to its own. Only
+        for a fresh download (nothing verified): the caller checks.
+        """
+        now = time.monotonic()
+        self.leases.start(now)
+        seen: set[tuple[str, int]] = set()
+        mine: dict[int, list[int]] = {}  # worker -> indices in self.handover
+        k = 0
+        for j, c in enumerate(self.handover):
+            key = normalize_peer(c.host, c.port)
+            rec = self.peers.get(key) if key is not None else None
+            if key is None or key in seen or (rec is not None and rec.banned):
+                continue
+            seen.add(key)
+            if c.unchoked:
+                mine.setdefault(k % self.nworkers, []).append(j)
+            k += 1  # (the connections that are not unchoked take their turn too)
+        conns = list(self.handover)
+        for wid, idx in mine.items():
+            first = self.leases.first_lease(wid, FIRST_LEASE, now)
+            self._first_leases[wid] = first
+            if not first:
+                continue
+            size = self.meta.piece_size(first[0])
+            blocks = [(first[0], b, min(BLOCK_SIZE, size - b)) for b in range(0, size, BLOCK_SIZE)]
+            share = min(EARLY_REQUESTS, -(-len(blocks) // len(idx)))
+            for n, j in enumerate(idx):
+                mine_blocks = tuple(blocks[n * share : (n + 1) * share])
+                c = conns[j]
+                sent = 0
+                if mine_blocks:
+                    data = b"".join(encode(Request(*b)) for b in mine_blocks)
+                    try:
+                        sent = os.write(c.fd, data)
+                    except OSError:
+                        sent = 0
+                    if sent != len(data):
+                        if sent:  # a request cut in two: the stream cannot go on
+                            conns[j] = c._replace(worker=-2)
+                        continue
+                conns[j] = c._replace(worker=wid, requested=mine_blocks)
+        self.handover = conns
 
     def _plan_handover(self, done_bits: bytes) -> dict[int, list[Handover]]:
         """Which worker takes each connection a magnet's fetch kept (:attr:`handover`):
@@ -536,11 +601,17 @@ class Coordinator:
         for c in conns:
             key = normalize_peer(c.host, c.port)
             rec = self.peers.get(key) if key is not None else None
-            if key is None or not self.workers or any(done_bits) or (
+            if key is None or not self.workers or any(done_bits) or c.worker == -2 or (
                     rec is not None and (rec.banned or rec.worker is not None)):
                 left.append(c)
                 continue
-            w = min(self.workers, key=lambda w: (w.peers, w.wid))
+            if c.worker >= 0:  # it carries requests for that worker's first lease
+                w = next((h for h in self.workers if h.wid == c.worker), None)
+                if w is None or not w.alive:
+                    left.append(c)
+                    continue
+            else:
+                w = min(self.workers, key=lambda w: (w.peers, w.wid))
             plan.setdefault(w.wid, []).append(
                 c if (c.host, c.port) == key else c._replace(host=key[0], port=key[1]))
             if rec is None:

@@ -88,12 +88,14 @@ class Adopt(NamedTuple):
     descriptor travels with the message (``SCM_RIGHTS``, ``Channel.send(fd=)``);
     ``data`` is the stream to read before the socket's bytes (the peer's handshake
     and its frames since; at most ``metadata_conn.MAX_HANDOVER_BYTES``); ``interested``:
-    the fetch sent the peer our INTERESTED."""
+    the fetch sent the peer our INTERESTED; ``requested``: the block requests the
+    coordinator sent on it (of pieces in this worker's first lease)."""
 
     host: str
     port: int
     data: bytes
     interested: bool = False
+    requested: tuple[tuple[int, int, int], ...] = ()
 
 
 class Steal(NamedTuple):

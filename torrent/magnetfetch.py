@@ -496,7 +496,8 @@ class _Fetcher:
                 continue  # out of descriptors: this one is dialled again
             c = self.candidates.get(link.addr)
             out.append(Handover(link.addr[0], link.addr[1], fd, data,
-                                c.source if c is not None else "magnet", link.mc.interested))
+                                c.source if c is not None else "magnet", link.mc.interested,
+                                link.mc.unchoked))
             # closing our descriptor leaves the socket open on the duplicate
             self.close(link, "handed over to the download", final=True)
         return tuple(out)
@@ -525,6 +526,11 @@ class Handover(NamedTuple):
         source: where the fetch heard of the peer (``magnet``, ``manual``,
             ``tracker``, ``dht``).
         interested: our INTERESTED went out on it (the peer announced a piece).
+        unchoked: the peer's last choke message unchoked us.
+        worker: the worker that is to take it (set by the coordinator when it
+            sends ``requested``; -1: any).
+        requested: the block requests the coordinator sent on it before handing it
+            to ``worker`` (``Coordinator.request_early``).
     """
 
     host: str
@@ -533,6 +539,9 @@ class Handover(NamedTuple):
     data: bytes
     source: str
     interested: bool = False
+    unchoked: bool = False
+    worker: int = -1
+    requested: tuple[tuple[int, int, int], ...] = ()
 
 
 def close_handovers(conns: Iterable[Handover]) -> None:

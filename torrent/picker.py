@@ -208,6 +208,31 @@ class Picker:
                         return out
         return out
 
+    def adopt_requests(self, peer: Any, blocks: Iterable[tuple[int, int, int]],
+                       alloc_slot: Callable[[int], Any]) -> list[tuple[int, int, int]]:
+        """Record requests ``peer`` was sent elsewhere (a magnet's first requests, sent by
+        the coordinator) as outstanding to it; returns those that could not be: of a
+        piece not leased here, a block not pending, or no free slot (their blocks,
+        if they come, are dropped as a lost endgame race is)."""
+        left: list[tuple[int, int, int]] = []
+        for blk in blocks:
+            index, begin, _length = blk
+            pd = self.active.get(index)
+            if pd is None and index in self.unstarted:
+                slot = alloc_slot(index)
+                if slot is not None:
+                    self.unstarted.discard(index)
+                    pd = PieceDL(index, self.piece_size(index), slot)
+                    pd.owner = peer
+                    self.active[index] = pd
+            b = begin // BLOCK_SIZE
+            if pd is None or b not in pd.pending:
+                left.append(blk)
+                continue
+            pd.pending.remove(b)
+            pd.outstanding[b] = peer
+        return left
+
     @staticmethod
     def _take(pd: PieceDL, peer: Any, n: int, out: list[tuple[int, int, int]]) -> None:
         pending = pd.pending

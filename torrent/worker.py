@@ -263,9 +263,9 @@ class Peer:
 
     __slots__ = ("_counted", "_rate_seen", "_up_window", "active", "conn", "created_at",
                  "depth", "dht_heard", "dial_attempt", "interested_elsewhere", "listen_port",
-                 "max_depth",
-                 "metadata_served", "pex_at", "pex_heard", "pex_sent", "proto", "rate",
-                 "serve_pending", "up_rate", "uploaded", "worker")
+                 "max_depth", "metadata_served", "pex_at", "pex_heard", "pex_sent", "proto",
+                 "rate", "requested_elsewhere", "serve_pending", "up_rate", "uploaded",
+                 "worker")
 
     def __init__(self, worker: Worker, conn: PeerConn, now: float, dial_attempt: int = 0, *,
                  adopted: bool = False) -> None:
@@ -287,6 +287,8 @@ class Peer:
         self.dht_heard = False  # its BEP 5 port message went to the coordinator (once)
         # adopted: the metadata fetch sent it our INTERESTED (counted once it is active)
         self.interested_elsewhere = False
+        # adopted: block requests the coordinator sent it (counted once it is active)
+        self.requested_elsewhere: tuple[wp.Block, ...] = ()
         self.active = False  # handshake done
         self.created_at = now
         self.depth = INITIAL_DEPTH  # request pipeline target, set by the tick
@@ -549,11 +551,12 @@ class Worker:
         self._dial_next()
 
     def adopt(self, host: str, port: int, fd: int, data: bytes,
-              interested: bool = False) -> None:
+              interested: bool = False, requested: tuple[wp.Block, ...] = ()) -> None:
         """Take over a connection a magnet's metadata fetch made (:class:`ipc.Adopt`):
         our handshake went out on it already (and our INTERESTED with
         ``interested``), and ``data`` is what the peer sent since (its handshake
-        first), read before the socket's bytes."""
+        first), read before the socket's bytes; ``requested``: block requests the
+        coordinator sent on it, of this worker's first lease."""
         try:
             sock = socket.socket(fileno=fd)
         except OSError as e:
@@ -561,12 +564,13 @@ class Worker:
             self.send(ipc.PeerClosed(host, port, f"handover failed: {e.strerror or e}",
                                      False, False))
             return
-        self.loop.create_task(self._adopt(sock, host, port, data, interested))
+        self.loop.create_task(self._adopt(sock, host, port, data, interested, requested))
 
     async def _adopt(self, sock: socket.socket, host: str, port: int, data: bytes,
-                     interested: bool) -> None:
+                     interested: bool, requested: tuple[wp.Block, ...]) -> None:
         def made() -> PeerConn:
-            return PeerConn(lambda c: self.accept(c, replay=data, interested=interested),
+            return PeerConn(lambda c: self.accept(c, replay=data, interested=interested,
+                                                  requested=requested),
                             (host, port), True)
 
         try:
@@ -583,7 +587,7 @@ class Worker:
     def accept(self, conn: PeerConn, dial_attempt: int = 0, *,
                replay: bytes | None = None, routed: bytes | None = None,
                routed_mse: Established | None = None,
-               interested: bool = False) -> Peer | None:
+               interested: bool = False, requested: tuple[wp.Block, ...] = ()) -> Peer | None:
         """A connection was made (either way): its handler, or None to refuse it.
 
         An incoming connection past this worker's share of ``max_connections``
@@ -618,6 +622,7 @@ class Worker:
             st["adopted"] += 1
             peer.proto.handshake_sent_elsewhere()  # the fetch sent ours
             peer.interested_elsewhere = interested
+            peer.requested_elsewhere = requested
             peer.rb.feed(replay)  # before the socket's first read: the stream's order
             self.loop.call_soon(self._replayed, peer)
         elif routed is not None or routed_mse is not None:
@@ -658,6 +663,10 @@ class Worker:
         if peer.interested_elsewhere:
             proto.interested_sent_elsewhere()  # (nothing of ours went before it but the
             # handshakes: a connection is adopted only while we have no piece)
+        if peer.requested_elsewhere:
+            reqs, peer.requested_elsewhere = list(peer.requested_elsewhere), ()
+            proto.requests_sent_elsewhere(reqs, self.loop.time())
+            self.picker.adopt_requests(peer, reqs, self.alloc_slot)
         if proto.fast and self.complete:
             peer.write(proto.send_have_all())  # BEP 6: two bytes instead of the bitfield
         elif any(self.have):

@@ -210,7 +210,8 @@ class WorkerHost:
                 if w is None or w.stop_event.is_set():
                     os.close(fd)
                     return
-                w.adopt(inner.host, inner.port, fd, inner.data, inner.interested)
+                w.adopt(inner.host, inner.port, fd, inner.data, inner.interested,
+                        inner.requested)
             elif w is not None:
                 w.handle(inner)
                 if w.stop_event.is_set():

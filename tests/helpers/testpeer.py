@@ -83,9 +83,11 @@ from torrent.errors import RemoteProtocolError
 from torrent.storage import Storage, layout_for
 from torrent.wire.extension import (
     MAX_HANDSHAKE_LENGTH,
+    METADATA_PIECE,
     UT_METADATA,
     UT_PEX,
     ExtensionHandshake,
+    MetadataData,
     MetadataMessage,
     MetadataRequest,
     decode_metadata_message,
@@ -278,6 +280,8 @@ class TestPeer(_LoopServer):
         metadata_requests: ut_metadata requests for piece 0 sent in one write.
         allowed_fast: pieces to send allowed fast for, after the bitfield.
         have_all_then_bitfield: send have all, then a bitfield.
+        serve_metadata: offer and serve the info dict over ut_metadata (BEP 9), so a
+            magnet can start from this peer.
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -292,7 +296,7 @@ class TestPeer(_LoopServer):
                  pex_flood: tuple[int, int] | None = None, pex_interval: float = 0.05,
                  pex_port: int = 1, pex_own_mapped: bool = False, metadata_requests: int = 0,
                  allowed_fast: Iterable[int] = (),
-                 have_all_then_bitfield: bool = False) -> None:
+                 have_all_then_bitfield: bool = False, serve_metadata: bool = False) -> None:
         super().__init__()
         self.meta = metainfo.load(torrent)
         n = self.meta.num_pieces
@@ -319,7 +323,8 @@ class TestPeer(_LoopServer):
         self.have_all_then_bitfield = have_all_then_bitfield
         self.extensions = (extensions or oversized_extension_handshake or pex_flood is not None
                            or metadata_requests > 0 or bool(self.allowed_fast)
-                           or have_all_then_bitfield)
+                           or have_all_then_bitfield or serve_metadata)
+        self.serve_metadata = serve_metadata
         self.peer_id = make_peer_id(b"-TP0001-")
         self._storage = Storage(layout_for(self.meta, os.fspath(save_path)))
         missing = sorted(set(range(n)) - self.has)
@@ -331,6 +336,9 @@ class TestPeer(_LoopServer):
         self.protocol_errors: list[str] = []  # what the remote did wrong, if anything
         self.handshakes = 0  # valid handshakes received
         self.blocks_sent = 0
+        #: what the remote sent, in order, over all connections: "ext" (an extension
+        #: handshake), "interested", "request"
+        self.arrivals: list[str] = []
         #: requests received when the first block went out (any connection), or None
         self.requests_at_first_block: int | None = None
         self.handshake_received = threading.Event()
@@ -474,6 +482,7 @@ class TestPeer(_LoopServer):
         if isinstance(msg, Request):
             block = (msg.index, msg.begin, msg.length)
             self._record("_requests", block)
+            self._record("arrivals", "request")
             if state["unchoked"] and self._servable(*block):
                 pending[block] = None
                 wake.set()
@@ -481,7 +490,9 @@ class TestPeer(_LoopServer):
             pending.pop((msg.index, msg.begin, msg.length), None)
         elif isinstance(msg, Extended) and self.extensions:
             self._extended(msg, writer, state, scripts)
-        elif isinstance(msg, Interested) and not state["unchoked"]:
+        elif isinstance(msg, Interested):
+            self._record("arrivals", "interested")
+        if isinstance(msg, Interested) and not state["unchoked"]:
             state["unchoked"] = True
             writer.write(encode(Unchoke()))
             if self.unrequested_block:
@@ -496,14 +507,16 @@ class TestPeer(_LoopServer):
         ids = TEST_PEER_EXTENSION_IDS
         if msg.ext_id == 0:
             hs = ExtensionHandshake.decode(msg.body)
+            self._record("arrivals", "ext")
             self.remote_extensions = hs
             self.extension_handshake_received.set()
             if state["extended"]:
                 return  # a later handshake (BEP 10 allows it): the scripts run once
             state["extended"] = True
             if not self.oversized_extension_handshake:
+                size = len(self.meta.info_bytes) if self.serve_metadata else None
                 writer.write(encode(Extended(0, ExtensionHandshake(
-                    m=ids, v="test peer", reqq=250).encode())))
+                    m=ids, v="test peer", reqq=250, metadata_size=size).encode())))
             loop = asyncio.get_running_loop()
             if self.pex_flood is not None and hs.m.get(UT_PEX):
                 scripts.append(loop.create_task(self._flood_pex(writer, hs)))
@@ -511,6 +524,16 @@ class TestPeer(_LoopServer):
                 self._request_metadata(writer, hs.m[UT_METADATA])
         elif msg.ext_id == ids[UT_METADATA]:
             answer = decode_metadata_message(msg.body)
+            if isinstance(answer, MetadataRequest) and self.serve_metadata:
+                info = self.meta.info_bytes
+                piece = answer.piece
+                data = info[piece * METADATA_PIECE : (piece + 1) * METADATA_PIECE]
+                if data and self.remote_extensions is not None:
+                    theirs = self.remote_extensions.m.get(UT_METADATA)
+                    if theirs:
+                        writer.write(encode(Extended(theirs, MetadataData(
+                            piece, len(info), data).encode())))
+                return
             if answer is None:
                 return
             with self._lock:

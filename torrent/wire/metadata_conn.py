@@ -90,9 +90,11 @@ from .handshake import (
 )
 from .messages import (
     BITFIELD,
+    CHOKE,
     EXTENDED,
     HAVE,
     HAVE_ALL,
+    UNCHOKE,
     Extended,
     Interested,
     LocalProtocolError,
@@ -223,6 +225,8 @@ class MetadataConnection:
         #: INTERESTED went out (the peer announced a piece): a download taking the
         #: connection over counts it as sent
         self.interested = False
+        #: the peer's last word on choking was UNCHOKE: requests sent now are answered
+        self.unchoked = False
         # the peer's stream for handover(): its handshake, then its frames but
         # keep-alives and ut_metadata; None once over MAX_HANDOVER_BYTES
         self._replay: bytearray | None = bytearray()
@@ -342,6 +346,8 @@ class MetadataConnection:
                         or (mid == BITFIELD and rb.buf.count(0, start + 5, start + 4 + n) < n - 1)):
                     self.interested = True  # (see the module docstring)
                     self._out.append(encode(Interested()))
+                elif mid == UNCHOKE or mid == CHOKE:
+                    self.unchoked = mid == UNCHOKE
                 continue
             msg = cast(Extended, Extended.decode_payload(rb.view[start + 5 : start + 4 + n]))
             if msg.ext_id != OUR_EXTENSION_IDS[UT_METADATA]:

@@ -1299,6 +1299,26 @@ class PeerProtocol:
             out.append(pack(13, 6, index, begin, length))
         return b"".join(out)
 
+    def requests_sent_elsewhere(self, blocks: list[Block], now: float) -> None:
+        """Count as outstanding block requests that went out on this connection before
+        this machine took it over (the coordinator sends a magnet's first requests
+        while the download is set up): their blocks are accepted as answers.
+
+        Raises:
+            LocalProtocolError: the handshake not done, a block already outstanding,
+                or too many would be.
+        """
+        self._check_can_send("request")
+        outstanding = self._outstanding
+        if len(outstanding) + len(blocks) > MAX_OUTSTANDING_REQUESTS:
+            raise LocalProtocolError(
+                f"more than {MAX_OUTSTANDING_REQUESTS} requests outstanding to one peer")
+        for index, begin, length in blocks:
+            key = (index, begin)
+            if key in outstanding:
+                raise LocalProtocolError(f"block {key} is already requested from this peer")
+            outstanding[key] = (length, now)
+
     def send_cancel(self, index: int, begin: int, length: int) -> bytes:
         """Withdraw a request (endgame); a block that still arrives is ignored."""
         self._check_can_send("cancel")

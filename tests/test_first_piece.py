@@ -1,0 +1,101 @@
+"""A download's first piece: what makes it come soon, checked on the wire.
+
+- Short request pipelines until a piece is complete (``worker.COLD_DEPTH``):
+  a seeder serves a new connection slowly and unevenly, and with deep
+  pipelines the run's first piece waited on the slowest peer's share. Our
+  test peer delays its first block and records what it was asked before
+  sending it: the worker cannot ask more without a block arriving, so the
+  count is exact, not a race.
+- A magnet's kept connections: the fetch sends INTERESTED as soon as the
+  peer announces a piece, and the coordinator requests the first piece on
+  each connection whose peer unchoked (``Coordinator.request_early``) before
+  the worker takes it over. The test peer answers in stream order (its
+  UNCHOKE goes out before the metadata it is asked for), so the order it
+  records is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.testpeer import TestPeer
+
+from torrent import metainfo
+from torrent.coordinator import EARLY_REQUESTS
+from torrent.creator import create_torrent
+from torrent.worker import COLD_DEPTH, INITIAL_DEPTH
+
+pytestmark = pytest.mark.timeout(120)
+
+PIECE_LEN = 256 * 1024  # 16 blocks a piece
+PAYLOAD_SIZE = 8 * PIECE_LEN + 1234
+#: The test peer holds its first block this long: every request the worker will
+#: send before a block arrives is in by then (loopback).
+FIRST_BLOCK_DELAY = 0.3
+DOWNLOAD_TIMEOUT = 60
+
+
+def make_payload(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(7).randbytes(PAYLOAD_SIZE)
+    (src / "f.bin").write_bytes(data)
+    torrent = tmp_path / "f.torrent"
+    torrent.write_bytes(create_torrent(str(src / "f.bin"), piece_length=PIECE_LEN))
+    return src, torrent, data
+
+
+def download(what: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "torrent", "download", what, "-o", str(out), "--workers", "1",
+         "--no-trackers", "--no-dht", "--json", "--bind", "127.0.0.1", "--stall-timeout", "30",
+         *extra],
+        capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT, check=False)
+
+
+def test_pipeline_is_short_until_the_first_piece(tmp_path: Path) -> None:
+    assert COLD_DEPTH < INITIAL_DEPTH
+    src, torrent, data = make_payload(tmp_path)
+    with TestPeer(torrent, src, block_delay=FIRST_BLOCK_DELAY / 16) as peer:
+        proc = download(str(torrent), tmp_path / "out", "--peer", peer.addr)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["complete"] is True
+        # the first block answers a request: at least one; at most the cold pipeline
+        assert peer.requests_at_first_block is not None
+        assert 1 <= peer.requests_at_first_block <= COLD_DEPTH
+        # one peer: every block asked for once
+        assert len(peer.requests) == -(-PAYLOAD_SIZE // 16384)
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
+
+
+def test_a_magnets_first_piece_is_requested_before_the_worker_takes_over(
+        tmp_path: Path) -> None:
+    src, torrent, data = make_payload(tmp_path)
+    meta = metainfo.load(torrent)
+    with TestPeer(torrent, src, serve_metadata=True) as peer:
+        magnet = f"magnet:?xt=urn:btih:{meta.info_hash.hex()}&x.pe={peer.addr}"
+        proc = download(magnet, tmp_path / "out")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["complete"] is True
+        assert result["workers"][0]["adopted"] == 1  # the fetch's connection, kept
+        got = list(peer.arrivals)
+        requests = peer.requests
+    # the fetch: its extension handshake, INTERESTED (its bitfield came first), then the
+    # coordinator's requests for the first piece; the worker's extension handshake after
+    assert got[:2] == ["ext", "interested"], got[:5]
+    second_ext = got.index("ext", 1)
+    early = got[2:second_ext]
+    assert early and set(early) == {"request"}, got[:second_ext + 1]
+    assert len(early) == min(EARLY_REQUESTS, -(-PIECE_LEN // 16384))
+    first = sorted(requests[: len(early)])
+    assert first == [(0, b, 16384) for b in range(0, len(early) * 16384, 16384)]
+    assert got.count("interested") == 1  # the worker counted the fetch's as sent
+    # every block asked for once: the early requests were answers the worker took
+    assert len(requests) == len(set(requests)) == -(-PAYLOAD_SIZE // 16384)
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
