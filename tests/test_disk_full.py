@@ -384,6 +384,23 @@ def test_no_room_left_for_the_journal_at_start_exits_4(
     assert os.listdir(out / ".fasttorrent") == []  # no partial journal left behind
 
 
+def test_a_magnet_with_no_room_for_the_journal_exits_4(
+        payload: Payload, tmpfs: Callable[[int], Path]) -> None:
+    """A fresh magnet makes its files and journal once the workers have the torrent
+    (Coordinator.make_output, from run): a failure there is the same one-line error."""
+    kept = -(-len(Path(payload.torrent).read_bytes()) // PAGE) * PAGE  # its .torrent, kept
+    mnt = tmpfs(data_bytes() + kept)
+    out = mnt / "out"
+    magnet = f"magnet:?xt=urn:btih:{payload.meta.info_hash.hex()}"
+    with TestPeer(payload.torrent, payload.root, serve_metadata=True) as peer:
+        args = ["download", f"{magnet}&x.pe={peer.addr}", *download_args(payload, out, [])[2:]]
+        proc = subprocess.run([sys.executable, "-m", "torrent", *args], capture_output=True,
+                              text=True, timeout=RUN_TIMEOUT, env=clean_env(), check=False)
+    assert_one_line_disk_full(proc.returncode, proc.stderr)
+    assert "resume journal" in proc.stderr
+    assert os.listdir(out / ".fasttorrent") == [payload.meta.info_hash.hex() + ".torrent"]
+
+
 # -- the journal's own handling -----------------------------------------------------------
 def test_journal_append_on_a_full_disk_keeps_whole_records(
         payload: Payload, tmpfs: Callable[[int], Path]) -> None:
