@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 from conftest import require_module
 from helpers.v2payload import BLOCK, KINDS, odd_files, piece_space, v2_torrent
 
-from torrent import _pure, bencoding, metainfo
+from torrent import _fast, _pure, bencoding, metainfo
 from torrent.v2pieces import MAX_PIECES, V2Pieces, v2_pieces
 
 KiB = 1024
@@ -28,6 +29,17 @@ PIECES = [16 * KiB, 64 * KiB, 1024 * KiB]
 @pytest.fixture(scope="module")
 def lt() -> Any:
     return require_module("libtorrent")
+
+
+@pytest.fixture(params=_fast.sha256_backends())
+def sha256_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per SHA-256 backend of the native core, restoring the default."""
+    default = _fast.sha256_backend()
+    _fast._set_sha256_backend(request.param)
+    try:
+        yield request.param
+    finally:
+        _fast._set_sha256_backend(default)
 
 
 def pure_root(data: bytes | bytearray | memoryview, width: int) -> bytes:
@@ -150,3 +162,25 @@ def test_a_layout_that_is_not_v2_is_refused(lt: Any, tmp_path: Path) -> None:
         vp = v2_pieces(meta)
         assert vp is not None
         vp.expected(meta.num_pieces)
+
+
+@pytest.mark.parametrize("piece", [16 * KiB, 64 * KiB], ids=["16KiB", "64KiB"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_native_kernel_checks_libtorrents_pieces_on_every_backend(
+        lt: Any, tmp_path: Path, sha256_backend: str, piece: int, kind: str) -> None:
+    _t, meta = v2_torrent(tmp_path, odd_files(piece), piece, kind, seed=8)
+    vp = v2_pieces(meta)
+    assert vp is not None
+    n = len(vp)
+    buf = piece_space(meta, tmp_path)[: meta.total_size]  # a hybrid may have no tail pad
+    assert _fast.verify_pieces_v2(buf, piece, vp.roots, vp.lengths, vp.widths) == b"\1" * n
+    # in chunks of pieces, as the hashing workers take them
+    for first, end in [(0, 3), (3, n - 1), (n - 1, n)]:
+        view = memoryview(buf)[first * piece : min(len(buf), end * piece)]
+        assert _fast.verify_pieces_v2(view, piece, *vp.chunk(first, end)) == b"\1" * (end - first)
+    for j in (0, n // 2, n - 1):
+        _root, length, _w = vp.expected(j)
+        buf[j * piece + length - 1] ^= 0x80
+        got = _fast.verify_pieces_v2(buf, piece, vp.roots, vp.lengths, vp.widths)
+        assert got == bytes(k != j for k in range(n))
+        buf[j * piece + length - 1] ^= 0x80
