@@ -3,10 +3,10 @@ and torrent._io, the native I/O thread (torrent/_io.pyx)."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# Both modules compile in the SHA-1 header and the shared buffer helpers;
-# torrent._fast the SHA-256 header as well.
-DEPENDS = ["torrent/_sha1.h", "torrent/_sha256.h", "torrent/_ossl_digest.h", "torrent/_md32.h",
-           "torrent/_buffers.pxi"]
+# Both modules compile in the SHA-1 and SHA-256 headers, the BEP 52 merkle
+# roots (_merkle.h) and the shared buffer helpers.
+DEPENDS = ["torrent/_sha1.h", "torrent/_sha256.h", "torrent/_merkle.h", "torrent/_ossl_digest.h",
+           "torrent/_md32.h", "torrent/_buffers.pxi"]
 
 
 def native(name: str, source: str) -> Extension:

@@ -6,25 +6,14 @@ import errno
 import hashlib
 import multiprocessing as mp
 import os
-import select
 from pathlib import Path
 
 import pytest
+from helpers.iothread import wait_all
 
 from torrent import _io
 
 PIECE = 64 * 1024
-
-
-def wait_all(t: _io.IOThread, efd: int, n: int) -> list[tuple[int, int, int]]:
-    """Collect ``n`` outcomes, waking on the eventfd (bounded: 10 s per wait)."""
-    out: list[tuple[int, int, int]] = []
-    while len(out) < n:
-        ready, _, _ = select.select([efd], [], [], 10)
-        assert ready, f"only {len(out)} of {n} jobs finished"
-        os.eventfd_read(efd)
-        out += t.completed()
-    return out
 
 
 def test_verify_write_and_sync(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import random
 import sys
 import threading
 import warnings
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,13 +204,14 @@ def test_merkle_root_refuses_bad_arguments_alike(leaves: Any, count: Any, level:
 def test_speedups_hand_out_the_chosen_twins() -> None:
     from torrent import _speedups
 
-    names = ("sha256", "merkle_leaves", "merkle_root", "piece_layer")
+    names = ("sha256", "merkle_leaves", "merkle_root", "piece_layer", "verify_pieces_v2")
     impl = _fast if _speedups.IMPLEMENTATION == "native" else _pure
     for name in names:
         assert getattr(_speedups, name) is getattr(impl, name)
 
 
-@pytest.mark.parametrize("kernel", ["sha256", "merkle_leaves", "piece_layer", "merkle_root"])
+@pytest.mark.parametrize("kernel", ["sha256", "merkle_leaves", "piece_layer", "merkle_root",
+                                    "verify_pieces_v2"])
 def test_merkle_kernels_release_the_gil(kernel: str) -> None:
     """A Python thread runs while the kernel hashes (as test_fast_parity does for SHA-1).
 
@@ -218,12 +220,15 @@ def test_merkle_kernels_release_the_gil(kernel: str) -> None:
     thread is done only if the kernel released the GIL itself. No timing.
     """
     buf = bytes(128 << 20)  # calloc'd zero pages
+    zero_piece = _pure.merkle_root(hashlib.sha256(bytes(BLOCK)).digest() * 64, 64)
     leaves = bytes(32 << 20)  # 2**20 zero leaves
     calls = {
         "sha256": lambda: _fast.sha256(buf),
         "merkle_leaves": lambda: _fast.merkle_leaves(buf),
         "piece_layer": lambda: _fast.piece_layer(buf, 1 << 20),
         "merkle_root": lambda: _fast.merkle_root(leaves, 1 << 20),
+        "verify_pieces_v2": lambda: _fast.verify_pieces_v2(
+            buf, 1 << 20, zero_piece * 128, array("q", [1 << 20]) * 128, array("q", [64]) * 128),
     }
     state: dict[str, Any] = {"done": False, "result": None}
 
@@ -247,8 +252,119 @@ def test_merkle_kernels_release_the_gil(kernel: str) -> None:
         "merkle_leaves": zero_leaf * 8192,
         "piece_layer": _pure.merkle_root(zero_leaf * 64, 64) * 128,
         "merkle_root": _pure.merkle_root(b"", 1 << 20),
+        "verify_pieces_v2": b"\1" * 128,
     }
     assert state["result"] == expected[kernel]
+
+
+# ------------------------------------------------------ verify_pieces_v2 parity
+
+
+def v2_expectation(sizes: list[int], piece_length: int, seed: int
+                   ) -> tuple[bytearray, bytes, array[int], array[int]]:
+    """Files of ``sizes`` laid out as a v2 torrent (each from a piece boundary,
+    its last piece's rest pad: filled with 0xAA here, which v2 does not hash),
+    and each piece's expected root, file bytes and width, from torrent.merkle."""
+    buf = bytearray()
+    roots = b""
+    lengths, widths = array("q"), array("q")
+    for k, n in enumerate(sizes):
+        data = data_of(n, seed + k)
+        fh = merkle.file_hashes(data, piece_length)
+        npieces = -(-n // piece_length)
+        if npieces == 1:
+            roots += fh.pieces_root
+            widths.append(pow2_at_least(-(-n // BLOCK)))
+        else:
+            roots += fh.piece_layer
+            widths.extend([piece_length // BLOCK] * npieces)
+        lengths.extend(min(piece_length, n - i * piece_length) for i in range(npieces))
+        buf += data
+        if n % piece_length and k < len(sizes) - 1:
+            buf += b"\xaa" * (piece_length - n % piece_length)
+    return buf, roots, lengths, widths
+
+
+V2_LAYOUTS = [
+    [1], [BLOCK - 1], [BLOCK], [BLOCK + 1], [64 * KiB], [64 * KiB + 1],
+    [5, 3 * 64 * KiB + 7, BLOCK, 2 * 64 * KiB, 100_000, 64 * KiB - 1],
+]
+
+
+@pytest.mark.parametrize("piece_length", [BLOCK, 64 * KiB])
+@pytest.mark.parametrize("sizes", V2_LAYOUTS, ids=lambda s: "-".join(map(str, s)))
+def test_verify_pieces_v2_matches_pure_and_fails_exactly_a_flipped_piece(
+    sha256_backend: str, piece_length: int, sizes: list[int]
+) -> None:
+    buf, roots, lengths, widths = v2_expectation(sizes, piece_length, 20)
+    count = len(lengths)
+    assert both("verify_pieces_v2", buf, piece_length, roots, lengths, widths) == (
+        "ok", b"\1" * count)
+    for j in sorted({0, count // 2, count - 1}):
+        pos = j * piece_length + lengths[j] - 1  # the last file byte of the piece
+        buf[pos] ^= 0x01
+        ok = bytes(k != j for k in range(count))
+        assert both("verify_pieces_v2", buf, piece_length, roots, lengths, widths) == ("ok", ok)
+        buf[pos] ^= 0x01
+    # a pad byte is not hashed
+    if len(buf) > lengths[0] and lengths[0] < piece_length:
+        buf[lengths[0]] ^= 0xFF
+        assert both("verify_pieces_v2", buf, piece_length, roots, lengths, widths) == (
+            "ok", b"\1" * count)
+    # the first piece checked against the last one's root
+    if count > 1 and roots[:32] != roots[-32:]:
+        swapped = roots[-32:] + roots[32:]
+        assert both("verify_pieces_v2", buf, piece_length, swapped, lengths, widths) == (
+            "ok", b"\0" + b"\1" * (count - 1))
+
+
+def test_verify_pieces_v2_takes_any_int64_buffer_and_an_empty_batch() -> None:
+    buf, roots, lengths, widths = v2_expectation([BLOCK + 5], BLOCK, 21)
+    assert both("verify_pieces_v2", buf, BLOCK, roots, array("l", lengths),
+                memoryview(widths)) == ("ok", b"\1\1")
+    assert both("verify_pieces_v2", memoryview(b"x" + buf)[1:], BLOCK, bytearray(roots),
+                lengths, widths) == ("ok", b"\1\1")
+    assert both("verify_pieces_v2", b"", BLOCK, b"", array("q"), array("q")) == ("ok", b"")
+
+
+def q(*items: int) -> array[int]:
+    return array("q", items)
+
+
+BAD_V2_ARGS = [
+    (bytes(BLOCK), BLOCK, bytes(31), q(BLOCK), q(1)),  # roots: not 32 per piece
+    (bytes(BLOCK), BLOCK, bytes(64), q(BLOCK), q(1)),
+    (bytes(BLOCK), BLOCK, bytes(32), q(), q(1)),  # lengths: not one per piece
+    (bytes(BLOCK), BLOCK, bytes(32), q(1), q(1, 1)),
+    (bytes(BLOCK), BLOCK, bytes(32), q(0), q(1)),  # a piece of no file byte
+    (bytes(BLOCK), BLOCK, bytes(32), q(-1), q(1)),
+    (bytes(100), BLOCK, bytes(32), q(101), q(1)),  # more than the piece holds
+    (bytes(BLOCK), BLOCK, bytes(32), q(BLOCK), q(2)),  # wider than a piece
+    (bytes(2 * BLOCK), 2 * BLOCK, bytes(32), q(BLOCK + 1), q(1)),  # narrower
+    (bytes(4 * BLOCK), 4 * BLOCK, bytes(32), q(BLOCK), q(3)),  # not a power of 2
+    (bytes(4 * BLOCK), 4 * BLOCK, bytes(32), q(BLOCK), q(0)),
+    (bytes(4 * BLOCK), 4 * BLOCK, bytes(32), q(BLOCK), q(-4)),
+    (bytes(BLOCK), 3 * BLOCK, bytes(32), q(BLOCK), q(1)),  # bad piece length
+    (bytes(BLOCK), 0, bytes(32), q(BLOCK), q(1)),
+    (bytes(BLOCK), BLOCK << 21, bytes(32), q(BLOCK), q(1)),
+    (bytes(BLOCK), BLOCK, bytes(32), array("i", [BLOCK]), q(1)),  # not int64
+    (bytes(BLOCK), BLOCK, bytes(32), q(BLOCK), array("Q", [1])),
+    (bytes(BLOCK), BLOCK, bytes(32), q(BLOCK).tobytes(), q(1)),
+    (bytes(BLOCK), BLOCK, bytes(32), [BLOCK], q(1)),
+    (bytes(BLOCK), BLOCK, bytes(32), None, q(1)),
+    (bytes(BLOCK), BLOCK, bytes(32), memoryview(q(BLOCK, 0, 1, 0))[::2], q(1)),
+    (bytes(BLOCK), BLOCK, None, q(BLOCK), q(1)),
+    ("abc", BLOCK, bytes(32), q(3), q(1)),
+]
+
+
+@pytest.mark.parametrize("buf, piece_length, roots, lengths, widths", BAD_V2_ARGS,
+                         ids=[str(i) for i in range(len(BAD_V2_ARGS))])
+def test_verify_pieces_v2_refuses_bad_arguments_alike(
+    buf: Any, piece_length: Any, roots: Any, lengths: Any, widths: Any
+) -> None:
+    kind, exc = both("verify_pieces_v2", buf, piece_length, roots, lengths, widths)
+    assert kind == "raised" and exc in (ValueError, TypeError, BufferError, OverflowError)
 
 
 # --------------------------------------------------------------- torrent.merkle

@@ -433,9 +433,9 @@ def test_hybrid_without_tail_pad_and_v2_only(lt: Any, tmp_path: Path) -> None:
     mine, lts = ours(t), theirs(lt, t)
     assert mine.pop("info_hash") is None and lts.pop("info_hash") == "0" * 40
     assert mine == lts
-    # ... but not downloaded, seeded or verified yet: one line, exit 3
+    # ... but not downloaded or seeded yet: one line, exit 3
     for argv in (["download", str(t), "-o", str(tmp_path / "out")],
-                 ["seed", str(t), str(tmp_path)], ["verify", str(t), str(tmp_path)]):
+                 ["seed", str(t), str(tmp_path)]):
         r = subprocess.run([*CLI, *argv], capture_output=True, text=True,
                            timeout=INFO_TIMEOUT, check=False)
         assert r.returncode == 3, (argv, r.returncode, r.stderr)

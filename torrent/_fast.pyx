@@ -27,11 +27,15 @@ is hashed on another thread. SHA-1 itself lives in ``_sha1.h`` (libcrypto
 loaded with ``dlopen`` at import, else SHA-NI, else portable C).
 
 BEP 52 (v2) trees hash with SHA-256 from ``_sha256.h`` (libcrypto the same
-way, else SHA-NI, else portable C): :func:`merkle_leaves` (one leaf per 16 KiB block),
-:func:`merkle_root` (pairwise up to the root; padding costs one hash per level,
-from the roots of all-zero subtrees computed at import) and :func:`piece_layer`
-(each piece's subtree root), each releasing the GIL once for the whole input.
-The tree arithmetic and checks built on them are in :mod:`torrent.merkle`.
+way, else SHA-NI, else portable C), folded into roots by ``_merkle.h`` (padding
+costs one hash per level, from the roots of all-zero subtrees computed at
+import), which the I/O thread shares: :func:`merkle_leaves` (one leaf per
+16 KiB block), :func:`merkle_root` (pairwise up to the root),
+:func:`piece_layer` (each piece's subtree root) and :func:`verify_pieces_v2`
+(a batch of pieces against their expected roots), each releasing the GIL once
+for the whole input. The tree arithmetic and checks built on them are in
+:mod:`torrent.merkle`, the expectation of each piece of a torrent in
+:mod:`torrent.v2pieces`.
 
 The native I/O thread, which hashes and writes whole piece slots on pthreads
 of its own, is a module of its own: :mod:`torrent._io`.
@@ -68,6 +72,19 @@ cdef extern from "_sha256.h" nogil:
     int ft_sha256_set_backend(int backend) noexcept
     void ft_sha256(const unsigned char *p, size_t n, unsigned char *out) noexcept
 
+cdef extern from "_merkle.h" nogil:
+    ctypedef struct ft_merkle_acc:
+        pass
+    void ft_merkle_setup() noexcept
+    int ft_merkle_log2(uint64_t x) noexcept
+    void ft_merkle_init(ft_merkle_acc *a, int level) noexcept
+    void ft_merkle_push(ft_merkle_acc *a, const unsigned char *node) noexcept
+    void ft_merkle_finish(const ft_merkle_acc *a, int depth, unsigned char *root) noexcept
+    void ft_merkle_root_of(const unsigned char *p, size_t n, uint64_t width,
+                           unsigned char *out) noexcept
+    int ft_merkle_check(const unsigned char *p, size_t n, uint64_t width,
+                        const unsigned char *want) noexcept
+
 cdef extern from *:
     """
     /* GCC and clang lower this to POPCNT where the target has it, else to a
@@ -98,6 +115,7 @@ __all__ = [
     "sha256",
     "take_blocks",
     "verify_pieces",
+    "verify_pieces_v2",
 ]
 
 # A SHA-1 digest is 20 bytes; BEP 3 "pieces" is their concatenation.
@@ -335,37 +353,12 @@ def _set_sha256_backend(str name) -> None:
         raise ValueError(f"SHA-256 backend {name!r} is not available on this machine")
 
 
-# The roots of all-zero subtrees: _zero_roots[k] is the root of 2**k zero
-# leaves (k = 0 is the zero leaf itself). Computed once, at import; padding a
-# tree then costs one hash per level, never a hash of zeros.
-cdef unsigned char _zero_roots[_MAX_MERKLE_DEPTH + 1][_SHA256]
-
-
-cdef void _init_zero_roots() noexcept nogil:
-    cdef unsigned char pair[2 * _SHA256]
-    cdef int k
-    memset(_zero_roots[0], 0, _SHA256)
-    for k in range(_MAX_MERKLE_DEPTH):
-        memcpy(pair, _zero_roots[k], _SHA256)
-        memcpy(pair + _SHA256, _zero_roots[k], _SHA256)
-        ft_sha256(pair, 2 * _SHA256, _zero_roots[k + 1])
-
-
 ft_sha256_setup()
-_init_zero_roots()
+ft_merkle_setup()
 
 
 cdef inline Py_ssize_t _nblocks(Py_ssize_t n) noexcept nogil:
     return n // _MERKLE_BLOCK + (1 if n % _MERKLE_BLOCK else 0)
-
-
-cdef inline int _log2(Py_ssize_t x) noexcept nogil:
-    # x is a power of two
-    cdef int k = 0
-    while x > 1:
-        x >>= 1
-        k += 1
-    return k
 
 
 cdef inline bint _is_pow2(Py_ssize_t x) noexcept nogil:
@@ -382,43 +375,40 @@ cdef void _leaves_c(const unsigned char *p, Py_ssize_t n, unsigned char *out) no
         off += take
 
 
-cdef void _reduce_c(unsigned char *nodes, Py_ssize_t n, int level, int depth,
-                    unsigned char *root) noexcept nogil:
-    # Reduce n nodes at height `level` (n >= 0, overwritten) to the root of the
-    # subtree `depth` levels above them; missing nodes are the zero roots of
-    # their height. Node i of the next level overwrites node i of this one,
-    # whose inputs (2i, 2i+1) are read before the digest is written.
-    cdef unsigned char pair[2 * _SHA256]
-    cdef Py_ssize_t i, m
-    cdef int top = level + depth
-    if n == 0:
-        memcpy(root, _zero_roots[top], _SHA256)
-        return
-    while level < top:
-        m = n >> 1
-        for i in range(m):
-            ft_sha256(nodes + 2 * _SHA256 * i, 2 * _SHA256, nodes + _SHA256 * i)
-        if n & 1:
-            memcpy(pair, nodes + _SHA256 * (n - 1), _SHA256)
-            memcpy(pair + _SHA256, _zero_roots[level], _SHA256)
-            ft_sha256(pair, 2 * _SHA256, nodes + _SHA256 * m)
-            m += 1
-        n = m
-        level += 1
-    memcpy(root, nodes, _SHA256)
+cdef void _root_c(const unsigned char *nodes, Py_ssize_t n, int level, int depth,
+                  unsigned char *root) noexcept nogil:
+    # The root `depth` levels above n nodes at height `level` (missing nodes are
+    # the zero roots of their height), folded as in _merkle.h.
+    cdef ft_merkle_acc acc
+    cdef Py_ssize_t i
+    ft_merkle_init(&acc, level)
+    for i in range(n):
+        ft_merkle_push(&acc, nodes + _SHA256 * i)
+    ft_merkle_finish(&acc, depth, root)
 
 
 cdef void _piece_layer_c(const unsigned char *p, Py_ssize_t n, Py_ssize_t piece_length,
-                         unsigned char *scratch, unsigned char *out) noexcept nogil:
+                         unsigned char *out) noexcept nogil:
     cdef Py_ssize_t off = 0
     cdef Py_ssize_t take
-    cdef int depth = _log2(piece_length // _MERKLE_BLOCK)
+    cdef uint64_t width = <uint64_t>(piece_length // _MERKLE_BLOCK)
     while off < n:
         take = piece_length if n - off > piece_length else n - off
-        _leaves_c(p + off, take, scratch)
-        _reduce_c(scratch, _nblocks(take), 0, depth, out)
+        ft_merkle_root_of(p + off, <size_t>take, width, out)
         out += _SHA256
         off += take
+
+
+cdef void _verify_v2_c(const unsigned char *p, Py_ssize_t n, Py_ssize_t piece_length,
+                       const unsigned char *roots, const int64_t *lengths,
+                       const int64_t *widths, unsigned char *ok) noexcept nogil:
+    cdef Py_ssize_t k = 0
+    cdef Py_ssize_t off = 0
+    while off < n:
+        ok[k] = ft_merkle_check(p + off, <size_t>lengths[k], <uint64_t>widths[k],
+                                roots + _SHA256 * k)
+        k += 1
+        off += piece_length
 
 
 cdef int _check_merkle_piece_length(Py_ssize_t piece_length) except -1:
@@ -485,7 +475,7 @@ def merkle_root(const unsigned char[::1] leaves not None, Py_ssize_t count,
     cdef Py_ssize_t n = nbytes // _SHA256
     if level < 0 or level > _MAX_MERKLE_DEPTH:
         raise ValueError(f"level must be from 0 to {_MAX_MERKLE_DEPTH}, got {level}")
-    if not _is_pow2(count) or _log2(count) > _MAX_MERKLE_DEPTH - level:
+    if not _is_pow2(count) or ft_merkle_log2(<uint64_t>count) > _MAX_MERKLE_DEPTH - level:
         raise ValueError(
             f"count must be a power of two from 1 to 2**{_MAX_MERKLE_DEPTH - level}, got {count}"
         )
@@ -494,19 +484,13 @@ def merkle_root(const unsigned char[::1] leaves not None, Py_ssize_t count,
     if n > count:
         raise ValueError(f"leaves holds {n} digests, more than count ({count})")
     cdef unsigned char root[_SHA256]
-    cdef int depth = _log2(count)
-    cdef unsigned char *scratch = <unsigned char *>PyMem_Malloc(<size_t>(nbytes if nbytes else 1))
-    if scratch == NULL:
-        raise MemoryError()
-    try:
-        memcpy(scratch, &leaves[0], <size_t>nbytes)
-        if n >= _HASH_NOGIL_MIN // _SHA256:
-            with nogil:
-                _reduce_c(scratch, n, level, depth, root)
-        else:
-            _reduce_c(scratch, n, level, depth, root)
-    finally:
-        PyMem_Free(scratch)
+    cdef int depth = ft_merkle_log2(<uint64_t>count)
+    cdef const unsigned char *p = &leaves[0]
+    if n >= _HASH_NOGIL_MIN // _SHA256:
+        with nogil:
+            _root_c(p, n, level, depth, root)
+    else:
+        _root_c(p, n, level, depth, root)
     return PyBytes_FromStringAndSize(<char *>root, _SHA256)
 
 
@@ -531,23 +515,79 @@ def piece_layer(const unsigned char[::1] buf not None, Py_ssize_t piece_length) 
     _check_merkle_piece_length(piece_length)
     cdef Py_ssize_t n = buf.shape[0]
     cdef Py_ssize_t count = _npieces(n, piece_length)
-    cdef Py_ssize_t width = piece_length // _MERKLE_BLOCK
-    if width > _nblocks(n):
-        width = _nblocks(n)
     cdef bytes result = PyBytes_FromStringAndSize(NULL, count * _SHA256)
     cdef unsigned char *out = <unsigned char *>PyBytes_AS_STRING(result)
     cdef const unsigned char *p = &buf[0]
-    cdef unsigned char *scratch = <unsigned char *>PyMem_Malloc(<size_t>(width * _SHA256 + 1))
-    if scratch == NULL:
-        raise MemoryError()
-    try:
-        if n >= _HASH_NOGIL_MIN:
-            with nogil:
-                _piece_layer_c(p, n, piece_length, scratch, out)
-        else:
-            _piece_layer_c(p, n, piece_length, scratch, out)
-    finally:
-        PyMem_Free(scratch)
+    if n >= _HASH_NOGIL_MIN:
+        with nogil:
+            _piece_layer_c(p, n, piece_length, out)
+    else:
+        _piece_layer_c(p, n, piece_length, out)
+    return result
+
+
+def verify_pieces_v2(const unsigned char[::1] buf not None, Py_ssize_t piece_length,
+                     const unsigned char[::1] roots not None,
+                     const int64_t[::1] lengths not None,
+                     const int64_t[::1] widths not None) -> bytes:
+    """Check consecutive pieces of ``buf`` against their BEP 52 (v2) roots.
+
+    Piece ``k`` starts at ``k * piece_length``; its first ``lengths[k]`` bytes
+    are its file's (the rest is pad, not hashed), hashed as 16 KiB leaves
+    padded with zero hashes to ``widths[k]`` leaves (see
+    :mod:`torrent.v2pieces`).
+
+    Args:
+        buf: the pieces, back to back; the last may be short.
+        piece_length: a power of two, at least 16 KiB and at most
+            :data:`MAX_BLOCKS` blocks.
+        roots: the expected 32-byte root of each piece, back to back.
+        lengths: the file bytes of each piece (int64: ``array('q')``), 1 to
+            the piece's size in ``buf``.
+        widths: each piece's tree width in leaves (int64), a power of two
+            from the blocks of ``lengths[k]`` to ``piece_length // 16384``.
+
+    Returns:
+        One byte per piece: 1 if its root matches, 0 if not.
+
+    Raises:
+        ValueError: ``piece_length`` is out of range; ``roots``, ``lengths`` or
+            ``widths`` does not hold one entry per piece of ``buf``; a length or
+            width is out of range for its piece.
+    """
+    _check_merkle_piece_length(piece_length)
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef Py_ssize_t count = _npieces(n, piece_length)
+    cdef Py_ssize_t k, size
+    cdef int64_t ln, w
+    if roots.shape[0] != count * _SHA256:
+        raise ValueError(f"roots holds {roots.shape[0]} bytes, expected {_SHA256} per piece "
+                         f"for {count} pieces ({count * _SHA256})")
+    if lengths.shape[0] != count or widths.shape[0] != count:
+        raise ValueError(f"lengths and widths hold {lengths.shape[0]} and {widths.shape[0]} "
+                         f"items, expected one per piece ({count})")
+    for k in range(count):
+        size = piece_length if n - k * piece_length > piece_length else n - k * piece_length
+        ln = lengths[k]
+        w = widths[k]
+        if ln < 1 or ln > size:
+            raise ValueError(f"piece {k} holds {size} bytes; its file length {ln} is not "
+                             f"from 1 to {size}")
+        if not _is_pow2(<Py_ssize_t>w) or w < _nblocks(<Py_ssize_t>ln) \
+                or w > piece_length // _MERKLE_BLOCK:
+            raise ValueError(f"piece {k}: width {w} is not a power of two from "
+                             f"{_nblocks(<Py_ssize_t>ln)} to {piece_length // _MERKLE_BLOCK}")
+    cdef bytes result = PyBytes_FromStringAndSize(NULL, count)
+    cdef unsigned char *ok = <unsigned char *>PyBytes_AS_STRING(result)
+    cdef const unsigned char *p = &buf[0]
+    cdef const unsigned char *r = &roots[0]
+    cdef const int64_t *lp = &lengths[0]
+    cdef const int64_t *wp = &widths[0]
+    if n >= _HASH_NOGIL_MIN:
+        with nogil:
+            _verify_v2_c(p, n, piece_length, r, lp, wp, ok)
+    else:
+        _verify_v2_c(p, n, piece_length, r, lp, wp, ok)
     return result
 
 

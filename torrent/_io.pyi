@@ -14,6 +14,7 @@ __all__ = [
     "JOB_IO_ERROR",
     "JOB_OK",
     "MAX_SEGMENTS",
+    "MAX_V2_WIDTH",
     "MAX_WRITERS",
     "IOThread",
 ]
@@ -22,6 +23,7 @@ JOB_BAD: Final[int]
 JOB_OK: Final[int]
 JOB_IO_ERROR: Final[int]
 MAX_SEGMENTS: Final[int]
+MAX_V2_WIDTH: Final[int]
 MAX_WRITERS: Final[int]
 DIRECT_ALIGN: Final[int]
 
@@ -30,6 +32,8 @@ DIRECT_ALIGN: Final[int]
 _Seg: TypeAlias = tuple[int, int, int, int]
 _DirectSeg: TypeAlias = tuple[int, int, int, int, int]
 _Segments: TypeAlias = list[_Seg] | list[_DirectSeg] | list[_Seg | _DirectSeg]
+# A piece's BEP 52 expectation: (root, file_bytes, width) (torrent.v2pieces).
+_V2: TypeAlias = tuple[Buffer, int, int]
 
 class IOThread:
     def __init__(self, notify_fd: int, lock_writes: bool = False, writers: int = ...) -> None: ...
@@ -42,16 +46,18 @@ class IOThread:
         job_id: int,
         buf: Buffer,
         length: int,
-        digest: Buffer,
+        digest: Buffer | None,
         segments: _Segments,
+        v2: _V2 | None = None,
     ) -> None: ...
     def run_piece(
         self,
         job_id: int,
         buf: Buffer,
         length: int,
-        digest: Buffer,
+        digest: Buffer | None,
         segments: _Segments,
+        v2: _V2 | None = None,
     ) -> tuple[int, int]: ...
     def submit_sync(self, job_id: int, fds: Iterable[int]) -> None: ...
     def completed(self) -> list[tuple[int, int, int]]: ...

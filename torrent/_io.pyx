@@ -10,19 +10,27 @@ and each time may wait out the loop's switch interval (5 ms): measured here,
 hash + pwrite of 1 MiB pieces fell from ~900 MB/s to 75 MB/s next to a busy
 Python thread.  So the I/O thread is a plain pthread that never touches the
 GIL or a Python object: the loop submits jobs (a slot's address, its expected
-digest, and where its bytes go on disk), the thread verifies and pwrite()s
+hashes, and where its bytes go on disk), the thread verifies and pwrite()s
 them, appends the outcome to a done list and wakes the loop through an
 eventfd; the loop collects the outcomes with completed().  A submitted slot's
 buffer stays acquired (so it can be neither released nor resized) until its
 outcome is collected.
 
 :class:`IOThread` has no pure-Python twin: it exists only to run without the
-GIL.  SHA-1 comes from ``_sha1.h``, compiled into this module as into
-:mod:`torrent._fast`; the header's backend choice is per module, so
+GIL.  SHA-1 comes from ``_sha1.h``, SHA-256 and the merkle roots from
+``_sha256.h`` and ``_merkle.h``, compiled into this module as into
+:mod:`torrent._fast`; the headers' backend choice is per module, so
 ``torrent._fast._set_backend`` (a test hook) does not affect this one.
 Bounds checking is compiled off for the whole module (see the directives
-above), as in :mod:`torrent._fast`: the one typed memoryview here, the digest
-given to :meth:`IOThread.submit_piece`, has its length checked before it is read.
+above), as in :mod:`torrent._fast`: the typed memoryviews here, the digest
+and the root given to :meth:`IOThread.submit_piece`, have their lengths
+checked before they are read.
+
+A piece is checked by every hash it is given: its SHA-1 (BEP 3: a v1
+torrent's, and a hybrid's), and its BEP 52 merkle root over the file bytes
+at the start of the slot (a v2-only torrent's, and a hybrid's: see
+:mod:`torrent.v2pieces`); it is written only if all of them match, so a
+hybrid piece whose two hashes disagree is bad data.
 """
 
 from libc.string cimport memcmp, memcpy, memset
@@ -30,6 +38,14 @@ from libc.string cimport memcmp, memcpy, memset
 cdef extern from "_sha1.h" nogil:
     void ft_sha1_setup() noexcept
     void ft_sha1(const unsigned char *p, size_t n, unsigned char *out) noexcept
+
+cdef extern from "_sha256.h" nogil:
+    void ft_sha256_setup() noexcept
+
+cdef extern from "_merkle.h" nogil:
+    void ft_merkle_setup() noexcept
+    int ft_merkle_check(const unsigned char *p, size_t n, unsigned long long width,
+                        const unsigned char *want) noexcept
 
 include "_buffers.pxi"
 
@@ -39,15 +55,32 @@ __all__ = [
     "JOB_IO_ERROR",
     "JOB_OK",
     "MAX_SEGMENTS",
+    "MAX_V2_WIDTH",
     "MAX_WRITERS",
     "IOThread",
 ]
 
 # A SHA-1 digest is 20 bytes (BEP 3); the same constant as torrent._fast's.
+# A BEP 52 root is a SHA-256 digest, 32 bytes, over 16 KiB leaf blocks.
 cdef enum:
     _DIGEST = 20
+    _ROOT = 32
+    _MERKLE_BLOCK = 16384
+
+# Bound on a v2 piece's tree width in leaves: 2**20 blocks of 16 KiB, a 16 GiB
+# piece (torrent._fast.MAX_BLOCKS, the bound on a slot's blocks).
+cdef enum:
+    _MAX_V2_WIDTH = 1 << 20
+MAX_V2_WIDTH = _MAX_V2_WIDTH
+
+# Which checks a piece job carries (ft_job.checks).
+cdef enum:
+    _CHECK_SHA1 = 1
+    _CHECK_V2 = 2
 
 ft_sha1_setup()
+ft_sha256_setup()
+ft_merkle_setup()
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -156,7 +189,11 @@ ctypedef struct ft_job:
     int kind
     const unsigned char *buf
     long long length
+    int checks           # _CHECK_SHA1 | _CHECK_V2: every one given must pass
     unsigned char digest[20]
+    unsigned char root[32]
+    long long v2_len     # the file bytes at the start of the slot the root covers
+    long long v2_width   # leaves the root's tree is padded to
     int nseg
     ft_seg *segs
     int status
@@ -268,12 +305,18 @@ cdef int _write_seg(ft_seg *sg, const unsigned char *p, unsigned char **bounce) 
 
 
 cdef bint _hash_ok(ft_job *j) noexcept nogil:
-    """Stage 1 of a piece job: does the slot match its digest?  (Sets status 0 if not.)"""
+    """Stage 1 of a piece job: does the slot match every hash given (its SHA-1, its
+    v2 root)?  (Sets status 0 if not.)"""
     cdef unsigned char d[_DIGEST]
-    ft_sha1(j.buf, <size_t>j.length, d)
-    if memcmp(d, j.digest, _DIGEST) != 0:
-        j.status = 0
-        return False
+    if j.checks & _CHECK_SHA1:
+        ft_sha1(j.buf, <size_t>j.length, d)
+        if memcmp(d, j.digest, _DIGEST) != 0:
+            j.status = 0
+            return False
+    if j.checks & _CHECK_V2:
+        if not ft_merkle_check(j.buf, <size_t>j.v2_len, <unsigned long long>j.v2_width, j.root):
+            j.status = 0
+            return False
     return True
 
 
@@ -322,14 +365,32 @@ ctypedef struct ft_io:
 
 
 cdef ft_job *_piece_job(long long job_id, object buf, Py_ssize_t length, digest,
-                        list segments) except NULL:
+                        list segments, v2) except NULL:
     """A piece job (see :meth:`IOThread.submit_piece`), its buffer acquired."""
     cdef Py_ssize_t nseg = len(segments)
     if nseg > _MAX_SEGMENTS:
         raise ValueError(f"a piece spans {nseg} files; at most {_MAX_SEGMENTS}")
-    cdef const unsigned char[::1] dg = digest
-    if dg.shape[0] != _DIGEST:
-        raise ValueError("digest must be 20 bytes")
+    cdef const unsigned char[::1] dg
+    cdef const unsigned char[::1] rt
+    cdef long long v2_len = 0, v2_width = 0
+    if digest is None and v2 is None:
+        raise ValueError("a piece needs a SHA-1 digest, a v2 root, or both")
+    if digest is not None:
+        dg = digest
+        if dg.shape[0] != _DIGEST:
+            raise ValueError("digest must be 20 bytes")
+    if v2 is not None:
+        root, v2_len, v2_width = v2
+        rt = root
+        if rt.shape[0] != _ROOT:
+            raise ValueError(f"a v2 root must be {_ROOT} bytes")
+        if v2_len < 1 or v2_len > length:
+            raise ValueError(f"v2 file bytes {v2_len} not from 1 to the piece's {length}")
+        if (v2_width < 1 or v2_width > _MAX_V2_WIDTH or v2_width & (v2_width - 1)
+                or v2_width * _MERKLE_BLOCK < v2_len):
+            raise ValueError(f"v2 width {v2_width} is not a power of two from the"
+                             f" {(v2_len + _MERKLE_BLOCK - 1) // _MERKLE_BLOCK} blocks of"
+                             f" its bytes to {_MAX_V2_WIDTH}")
     cdef Py_buffer *view = <Py_buffer *>calloc(1, sizeof(Py_buffer))
     if view is NULL:
         raise MemoryError()
@@ -371,7 +432,14 @@ cdef ft_job *_piece_job(long long job_id, object buf, Py_ssize_t length, digest,
     j.kind = _JOB_PIECE
     j.buf = <const unsigned char *>view.buf
     j.length = length
-    memcpy(j.digest, &dg[0], _DIGEST)
+    if digest is not None:
+        j.checks |= _CHECK_SHA1
+        memcpy(j.digest, &dg[0], _DIGEST)
+    if v2 is not None:
+        j.checks |= _CHECK_V2
+        memcpy(j.root, &rt[0], _ROOT)
+        j.v2_len = v2_len
+        j.v2_width = v2_width
     j.nseg = <int>nseg
     j.segs = segs
     j.owner = view
@@ -463,32 +531,44 @@ cdef class IOThread:
         self._pending += 1
 
     def submit_piece(self, long long job_id, object buf, Py_ssize_t length, digest,
-                     list segments) -> None:
-        """Verify ``buf[:length]`` against ``digest``; if good, write its segments.
+                     list segments, v2=None) -> None:
+        """Verify ``buf[:length]`` against its hashes; if all match, write its segments.
 
         Args:
             job_id: reported back by :meth:`completed`.
             buf: the slot (kept acquired until the outcome is collected).
             length: the piece's size.
-            digest: its expected 20-byte SHA-1.
+            digest: its expected 20-byte SHA-1 (a v1 or hybrid torrent's), or
+                None (a v2-only torrent's piece: ``v2`` alone).
             segments: ``(fd, file_offset, buf_offset, length)`` tuples, inside
                 ``buf[:length]``; pad files are simply left out.  A fifth item,
                 the same file opened with ``O_DIRECT`` (or -1), lets the
                 segment's whole pages bypass the page cache.
+            v2: ``(root, file_bytes, width)``, the piece's BEP 52 expectation
+                (:meth:`torrent.v2pieces.V2Pieces.expected`): the 32-byte merkle
+                root of ``buf[:file_bytes]`` as 16 KiB leaves padded with zero
+                hashes to ``width`` leaves; None (the default) for none.  Given
+                with ``digest`` (a hybrid), both must match.
+
+        Raises:
+            ValueError: neither ``digest`` nor ``v2`` is given, a hash has the
+                wrong length, ``v2``'s bytes are not 1 to ``length`` or its width
+                not a power of two from their blocks to :data:`MAX_V2_WIDTH`, a
+                segment is outside the piece, or the thread is closed.
         """
         if self._closed:
             raise ValueError("the I/O thread is closed")
-        self._push(_piece_job(job_id, buf, length, digest, segments))
+        self._push(_piece_job(job_id, buf, length, digest, segments, v2))
 
     def run_piece(self, long long job_id, object buf, Py_ssize_t length, digest,
-                  list segments) -> tuple:
+                  list segments, v2=None) -> tuple:
         """:meth:`submit_piece`'s job, done now in the calling thread (the GIL released):
         hashed, and if good written; returns ``(status, errno)`` as :meth:`completed`
         reports a job. For the one piece whose latency matters more than the caller's
         time (a run's first): no hand-over to the hash and write stages, no wake-up."""
         if self._closed:
             raise ValueError("the I/O thread is closed")
-        cdef ft_job *j = _piece_job(job_id, buf, length, digest, segments)
+        cdef ft_job *j = _piece_job(job_id, buf, length, digest, segments, v2)
         cdef unsigned char *bounce = NULL
         cdef int lock = self._io.lock_writes
         with nogil:

@@ -40,6 +40,7 @@ __all__ = [
     "sha256",
     "take_blocks",
     "verify_pieces",
+    "verify_pieces_v2",
 ]
 
 # A SHA-1 digest is 20 bytes; BEP 3 "pieces" is their concatenation.
@@ -239,6 +240,22 @@ def merkle_root(leaves: Any, count: int, level: int = 0) -> bytes:
     return _reduce(nodes, level, count.bit_length() - 1)
 
 
+def _check_merkle_piece_length(piece_length: int) -> None:
+    if (
+        not _is_pow2(piece_length)
+        or piece_length < MERKLE_BLOCK
+        or piece_length // MERKLE_BLOCK > MAX_BLOCKS
+    ):
+        raise ValueError(
+            f"piece_length must be a power of two from {MERKLE_BLOCK} to "
+            f"{MERKLE_BLOCK * MAX_BLOCKS} bytes, got {piece_length}"
+        )
+
+
+def _leaf_hashes(data: memoryview) -> list[bytes]:
+    return [hashlib.sha256(b).digest() for b in _pieces(data, MERKLE_BLOCK)]
+
+
 def piece_layer(buf: Any, piece_length: int) -> bytes:
     """BEP 52 piece-layer hashes of one file's data: each piece's subtree root.
 
@@ -251,21 +268,68 @@ def piece_layer(buf: Any, piece_length: int) -> bytes:
     """
     mv = _bytes_view(buf)
     piece_length = _ssize(piece_length)
-    if (
-        not _is_pow2(piece_length)
-        or piece_length < MERKLE_BLOCK
-        or piece_length // MERKLE_BLOCK > MAX_BLOCKS
-    ):
-        raise ValueError(
-            f"piece_length must be a power of two from {MERKLE_BLOCK} to "
-            f"{MERKLE_BLOCK * MAX_BLOCKS} bytes, got {piece_length}"
-        )
+    _check_merkle_piece_length(piece_length)
     depth = (piece_length // MERKLE_BLOCK).bit_length() - 1
-    return b"".join(
-        _reduce(
-            [hashlib.sha256(b).digest() for b in _pieces(piece, MERKLE_BLOCK)], 0, depth
-        )
-        for piece in _pieces(mv, piece_length)
+    return b"".join(_reduce(_leaf_hashes(piece), 0, depth) for piece in _pieces(mv, piece_length))
+
+
+# Item formats of an int64 buffer (``array('q')``; ``'l'`` is the same C type on
+# LP64 Linux), byte order prefix removed.
+_INT64_FORMATS = ("q", "l")
+
+
+def _int64_view(buf: Any) -> memoryview:
+    """Acquire ``buf`` like a ``const int64_t[::1]`` memoryview."""
+    if buf is None:
+        raise TypeError("buffer must not be None")
+    mv = memoryview(buf)  # TypeError: not a buffer
+    if not mv.c_contiguous:
+        raise BufferError("underlying buffer is not C-contiguous")
+    if mv.ndim != 1:
+        raise ValueError(f"Buffer has wrong number of dimensions (expected 1, got {mv.ndim})")
+    if mv.format.lstrip("@=") not in _INT64_FORMATS or mv.itemsize != 8:
+        raise ValueError(f"Buffer dtype mismatch, expected 'const int64_t' but got {mv.format!r}")
+    return mv
+
+
+def verify_pieces_v2(buf: Any, piece_length: int, roots: Any, lengths: Any, widths: Any) -> bytes:
+    """One byte per piece of ``buf``: 1 if the merkle root of its first
+    ``lengths[k]`` bytes (16 KiB leaves padded with zero hashes to ``widths[k]``)
+    is ``roots[32k:32k+32]``, else 0 (BEP 52; see :mod:`torrent.v2pieces`).
+
+    Raises:
+        ValueError: ``piece_length`` is out of range; ``roots``, ``lengths`` or
+            ``widths`` does not hold one entry per piece; a length or width is
+            out of range for its piece.
+    """
+    mv = _bytes_view(buf)
+    piece_length = _ssize(piece_length)
+    rv = _bytes_view(roots)
+    lv = _int64_view(lengths)
+    wv = _int64_view(widths)
+    _check_merkle_piece_length(piece_length)
+    pieces = _pieces(mv, piece_length)
+    count = len(pieces)
+    if len(rv) != _SHA256 * count:
+        raise ValueError(f"roots holds {len(rv)} bytes, expected {_SHA256} per piece "
+                         f"for {count} pieces ({_SHA256 * count})")
+    if len(lv) != count or len(wv) != count:
+        raise ValueError(f"lengths and widths hold {len(lv)} and {len(wv)} items, expected "
+                         f"one per piece ({count})")
+    for k, piece in enumerate(pieces):
+        size, n, w = len(piece), lv[k], wv[k]
+        if not 1 <= n <= size:
+            raise ValueError(f"piece {k} holds {size} bytes; its file length {n} is not "
+                             f"from 1 to {size}")
+        blocks = -(-n // MERKLE_BLOCK)
+        if not _is_pow2(w) or w < blocks or w > piece_length // MERKLE_BLOCK:
+            raise ValueError(f"piece {k}: width {w} is not a power of two from {blocks} to "
+                             f"{piece_length // MERKLE_BLOCK}")
+    want = bytes(rv)
+    return bytes(
+        _reduce(_leaf_hashes(piece[: lv[k]]), 0, wv[k].bit_length() - 1)
+        == want[_SHA256 * k : _SHA256 * (k + 1)]
+        for k, piece in enumerate(pieces)
     )
 
 

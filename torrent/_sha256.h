@@ -1,6 +1,6 @@
 /*
- * _sha256.h -- the SHA-256 backends behind torrent._fast (BEP 52 merkle
- * trees: 16 KiB leaf blocks and 64-byte interior nodes).
+ * _sha256.h -- the SHA-256 backends behind torrent._fast and torrent._io
+ * (BEP 52 merkle trees: 16 KiB leaf blocks and 64-byte interior nodes).
  *
  * Theory of operation
  * -------------------
@@ -46,6 +46,15 @@
 #define FT_S256_HAVE_X86_SHANI 1
 #include <cpuid.h>
 #include <immintrin.h>
+#endif
+
+/* The backend accessors below are for the module that reports and switches
+ * backends (torrent._fast); the I/O thread (torrent._io), which includes this
+ * header only to hash, leaves them unused, which is not worth a warning. */
+#if defined(__GNUC__) || defined(__clang__)
+#define FT_SHA256_MAYBE_UNUSED __attribute__((unused))
+#else
+#define FT_SHA256_MAYBE_UNUSED
 #endif
 
 enum { FT_SHA256_OPENSSL = 0, FT_SHA256_SHANI = 1, FT_SHA256_PORTABLE = 2, FT_SHA256_NBACKENDS = 3 };
@@ -331,15 +340,15 @@ static void ft_sha256_setup(void)
         ft_sha256_backend = FT_SHA256_SHANI;
 }
 
-static int ft_sha256_available(int backend)
+FT_SHA256_MAYBE_UNUSED static int ft_sha256_available(int backend)
 {
     return backend >= 0 && backend < FT_SHA256_NBACKENDS && ft_sha256_ok[backend];
 }
 
-static int ft_sha256_get_backend(void) { return ft_sha256_backend; }
+FT_SHA256_MAYBE_UNUSED static int ft_sha256_get_backend(void) { return ft_sha256_backend; }
 
 /* Returns 0 on success, -1 if that backend is not available here. */
-static int ft_sha256_set_backend(int backend)
+FT_SHA256_MAYBE_UNUSED static int ft_sha256_set_backend(int backend)
 {
     if (!ft_sha256_available(backend))
         return -1;

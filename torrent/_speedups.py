@@ -37,6 +37,7 @@ __all__ = [
     "sha256",
     "take_blocks",
     "verify_pieces",
+    "verify_pieces_v2",
 ]
 
 #: The environment switch that forces the pure twins.
@@ -76,3 +77,4 @@ sha1_pieces = _impl.sha1_pieces
 sha256 = _impl.sha256
 take_blocks = _impl.take_blocks
 verify_pieces = _impl.verify_pieces
+verify_pieces_v2 = _impl.verify_pieces_v2

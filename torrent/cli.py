@@ -216,13 +216,6 @@ def _load(path: str) -> Any:
     return metainfo.load(path)
 
 
-def _load_v1(path: str) -> Any:
-    """A torrent that can be verified or downloaded (v1 or hybrid, not v2-only)."""
-    from . import metainfo
-
-    return metainfo.require_v1(_load(path))
-
-
 # -- info -------------------------------------------------------------------
 def _magnet_info(a: argparse.Namespace) -> int:
     """``info`` of a magnet link: what the link itself says (the rest is in its metadata)."""
@@ -328,13 +321,15 @@ def cmd_create(a: argparse.Namespace) -> int:
 def cmd_verify(a: argparse.Namespace) -> int:
     from .verifier import verify_data
 
-    meta = _load_v1(a.torrent)
+    meta = _load(a.torrent)
     if not os.path.isdir(a.dir):
         raise UsageError(f"{a.dir}: not a directory")
     rep = verify_data(meta, a.dir, workers=a.workers or _default_workers(), fork=True)
     if a.json:
         d = rep.to_json_dict()
-        d["info_hash"] = meta.info_hash_hex
+        # as `info --json`: a v2-only torrent has no v1 info-hash
+        d["info_hash"] = None if meta.v2_only else meta.info_hash_hex
+        d["info_hash_v2"] = meta.info_hash_v2_hex
         print(json.dumps(d))
     else:
         print(f"{rep.pieces_ok}/{rep.pieces_total} pieces good, {rep.pieces_bad} bad, "

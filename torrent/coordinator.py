@@ -77,6 +77,7 @@ from .storage import (
     os_error,
 )
 from .sysinfo import available_cpus, fd_limit
+from .v2pieces import v2_pieces
 from .wire.handshake import make_peer_id
 from .wire.messages import BLOCK_SIZE, Request, encode
 from .worker import DIAL_BUDGET, WorkerConfig
@@ -413,6 +414,8 @@ class Coordinator:
             # parts file), so those pieces are checked again where they now belong
             for k in changed_files(saved.files if saved else None, self.selected, meta.files):
                 done.difference_update(layout.pieces_of_span(k))
+            # (a hybrid's pieces are checked by both hashes: its SHA-1 digests and,
+            # where its piece layers are known, its v2 roots; torrent.v2pieces)
             rest = [i for i in range(meta.num_pieces)
                     if i not in done and (self.wanted is None or self.wanted[i])]
             if rest:
@@ -420,13 +423,14 @@ class Coordinator:
                          f"{len(rest)}")
                 res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
                                   ranges=chunk_ranges(layout, rest),
-                                  fork=self.opts.fork_workers)
+                                  fork=self.opts.fork_workers, v2=v2_pieces(meta))
                 done.update(i for i in rest if res.status[i] == PIECE_GOOD)
         elif existed:
             self.log("checking existing data (full recheck)")
             mine = [i for i in range(meta.num_pieces) if self.wanted is None or self.wanted[i]]
             res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
-                              ranges=chunk_ranges(layout, mine), fork=self.opts.fork_workers)
+                              ranges=chunk_ranges(layout, mine), fork=self.opts.fork_workers,
+                              v2=v2_pieces(meta))
             done = {i for i in mine if res.status[i] == PIECE_GOOD}
         self._output = (layout, journal, done)
         if not done and self.handover and not self.seeding:
@@ -1020,7 +1024,7 @@ class Coordinator:
         if check:
             self.log(f"checking {meta.total_size / 2**20:.0f} MiB of data")
             res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
-                              fork=self.opts.fork_workers)
+                              fork=self.opts.fork_workers, v2=v2_pieces(meta))
             good = [i for i, st in enumerate(res.status) if st == PIECE_GOOD]
         else:
             good = list(range(meta.num_pieces))

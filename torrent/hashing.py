@@ -12,7 +12,10 @@ milliseconds instead of an interpreter start and its imports.  Each worker
 hashes a chunk from a mapping of the file (or reads it into its own reusable
 buffer with ``preadv`` when it spans files or a file is short) and hands it
 to the native core (:mod:`torrent._fast`), which hashes the whole batch with
-the GIL released.  Only chunk indices go to the children and only one status
+the GIL released: SHA-1 against a v1 torrent's digests, BEP 52 merkle roots
+against a v2 torrent's expectation (:mod:`torrent.v2pieces`: each piece's
+root, file bytes and tree width), and both for a hybrid, whose piece is good
+only if both match.  Only chunk indices go to the children and only one status
 byte (or one 20-byte digest) per piece comes back: no piece data is ever
 pickled between processes.  A child has at most :data:`TASKS_IN_FLIGHT`
 chunks at a time and gets the next one when it returns one; this process
@@ -44,6 +47,7 @@ from . import _speedups as _k
 from .errors import DiskFull, FastTorrentError, ResourceExhausted, StorageError
 from .launch import Child, can_fork, fork_child, start_child
 from .storage import Layout, Storage
+from .v2pieces import V2Pieces
 
 __all__ = [
     "CHUNK_BYTES",
@@ -100,12 +104,21 @@ def _chunks(layout: Layout) -> list[tuple[int, int]]:
     return [(s, min(n, s + per)) for s in range(0, n, per)]
 
 
+def _both(a: bytes, b: bytes) -> bytes:
+    """Per piece, good (1) only where both statuses are."""
+    return (int.from_bytes(a, "little") & int.from_bytes(b, "little")).to_bytes(len(a), "little")
+
+
 class _Hasher:
     """The per-process loop body: read a chunk of pieces, hash it natively."""
 
-    def __init__(self, layout: Layout, digests: bytes | None) -> None:
+    def __init__(self, layout: Layout, digests: bytes | None, v2: V2Pieces | None) -> None:
         self.layout = layout
         self.digests = digests
+        self.v2 = v2
+        #: verify (a status byte per piece) against digests, v2 roots or both; else
+        #: compute SHA-1 digests (create)
+        self.verify = digests is not None or v2 is not None
         self.storage = Storage(layout)
         per = max(1, CHUNK_BYTES // layout.piece_length)
         self.buf = bytearray(per * layout.piece_length)
@@ -138,6 +151,17 @@ class _Hasher:
             return None
         return m, memoryview(m)[foff - base : foff - base + n]
 
+    def _check(self, view: memoryview, first: int, end: int) -> bytes:
+        """The status of pieces ``first`` to ``end - 1`` (back to back in ``view``)."""
+        pl = self.layout.piece_length
+        status = b""
+        if self.digests is not None:
+            status = _k.verify_pieces(view, pl, self.digests[first * 20 : end * 20])
+        if self.v2 is not None:
+            v2 = _k.verify_pieces_v2(view, pl, *self.v2.chunk(first, end))
+            status = v2 if self.digests is None else _both(status, v2)
+        return status
+
     def run(self, first: int, end: int) -> tuple[bytes, int]:
         lay = self.layout
         pl = lay.piece_length
@@ -147,17 +171,17 @@ class _Hasher:
         if mapped is not None:
             m, view = mapped
             try:
-                if self.digests is None:
+                if not self.verify:
                     return _k.sha1_pieces(view, pl), length
-                return _k.verify_pieces(view, pl, self.digests[first * 20 : end * 20]), length
+                return self._check(view, first, end), length
             finally:
                 view.release()
                 m.close()
         view = memoryview(self.buf)[:length]
         complete = self.storage.read_into(start, view)
-        if self.digests is None:
+        if not self.verify:
             return _k.sha1_pieces(view, pl), length
-        status = bytearray(_k.verify_pieces(view, pl, self.digests[first * 20 : end * 20]))
+        status = bytearray(self._check(view, first, end))
         if not complete:
             # Rare path: find which pieces miss bytes (absent or short files).
             one = memoryview(bytearray(pl))
@@ -171,15 +195,16 @@ class _Hasher:
         self.storage.close()
 
 
-def _worker_main(arg: tuple[int, Layout, bytes | None], conn: Connection) -> None:
+def _worker_main(arg: tuple[int, Layout, bytes | None, V2Pieces | None],
+                 conn: Connection) -> None:
     """A hash worker (started by :func:`hash_pieces` through :mod:`torrent.launch`).
 
     It returns (and its process exits) when the connection reaches EOF or
     breaks: the parent is done with it, was interrupted, or died.
     """
-    wid, layout, digests = arg
+    wid, layout, digests, v2 = arg
     try:
-        h = _Hasher(layout, digests)
+        h = _Hasher(layout, digests, v2)
     except FastTorrentError as e:
         _send(conn, ("error", wid, e.__class__.__name__, str(e)))
         return
@@ -223,12 +248,14 @@ def chunk_ranges(layout: Layout, pieces: list[int]) -> list[tuple[int, int]]:
 
 def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
                 progress: Callable[[int, int], None] | None = None,
-                ranges: list[tuple[int, int]] | None = None, fork: bool = False) -> HashResult:
+                ranges: list[tuple[int, int]] | None = None, fork: bool = False,
+                v2: V2Pieces | None = None) -> HashResult:
     """Hash every piece of ``layout`` with ``workers`` processes.
 
     Args:
         layout: where the bytes are.
-        digests: the expected 20-byte digests (verify mode), or None to
+        digests: the expected 20-byte SHA-1 digests (verify mode), or None: to
+            verify by ``v2`` alone (a v2-only torrent), or, without ``v2``, to
             compute digests (create mode).
         workers: processes to use (1 runs in this process).
         progress: called with ``(bytes_done, bytes_total)`` after each chunk.
@@ -237,14 +264,21 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
         fork: start the other workers as forks of this process when it runs one
             thread (:func:`~torrent.launch.fork_child`; only for a caller that owns
             its process, as the CLI does); else fresh interpreters.
+        v2: the BEP 52 expectation of every piece (:func:`torrent.v2pieces.v2_pieces`):
+            verify mode, by the merkle roots; with ``digests`` too (a hybrid), a
+            piece is good only if both match.
 
     Returns:
         A :class:`HashResult` with per-piece status or digests and per-worker stats.
 
     Raises:
         StorageError, DiskFull: an I/O error other than a missing file.
+        ValueError: ``v2`` does not have one entry per piece of ``layout``.
     """
     n = layout.num_pieces
+    if v2 is not None and len(v2) != n:
+        raise ValueError(f"the v2 expectation has {len(v2)} pieces, the layout {n}")
+    verify = digests is not None or v2 is not None
     status = bytearray(n)
     dig = bytearray(20 * n)
     chunks = _chunks(layout) if ranges is None else ranges
@@ -255,8 +289,8 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
 
     def record(wid: int, first: int, out: bytes, nbytes: int, busy: float) -> None:
         nonlocal done_bytes
-        k = len(out) // 20 if digests is None else len(out)
-        if digests is None:
+        k = len(out) if verify else len(out) // 20
+        if not verify:
             dig[first * 20 : first * 20 + len(out)] = out
         else:
             status[first : first + k] = out
@@ -268,17 +302,18 @@ def hash_pieces(layout: Layout, *, digests: bytes | None, workers: int,
         if progress is not None:
             progress(done_bytes, layout.total_size)
 
-    _hash_with_children(layout, digests, chunks, workers, record, fork=fork)
+    _hash_with_children(layout, digests, v2, chunks, workers, record, fork=fork)
     return HashResult(status=status, digests=dig, bytes_read=done_bytes,
                       seconds=time.perf_counter() - t0, workers=stats)
 
 
-def _hash_with_children(layout: Layout, digests: bytes | None, chunks: list[tuple[int, int]],
-                        workers: int, record: Callable[[int, int, bytes, int, float], None],
+def _hash_with_children(layout: Layout, digests: bytes | None, v2: V2Pieces | None,
+                        chunks: list[tuple[int, int]], workers: int,
+                        record: Callable[[int, int, bytes, int, float], None],
                         *, fork: bool) -> None:
     """Hash ``chunks`` here (worker 0) and in ``workers - 1`` children, calling ``record``
     per chunk done."""
-    h = _Hasher(layout, digests)
+    h = _Hasher(layout, digests, v2)
     children: list[tuple[Child, Connection]] = []
     ready: set[int] = set()
     try:
@@ -292,7 +327,7 @@ def _hash_with_children(layout: Layout, digests: bytes | None, chunks: list[tupl
                                         f"{e.strerror or e}") from None
         conns = [c for _p, c in children]
         for w, conn in enumerate(conns, 1):
-            _send(conn, (w, layout, digests))
+            _send(conn, (w, layout, digests, v2))
         wid_of = {id(conn): w for w, conn in enumerate(conns, 1)}
         todo = list(reversed(chunks))
         held = [0] * workers  # chunks each child holds

@@ -76,7 +76,8 @@ Rules, and why:
   the ``file tree`` (tree order), with the pad files libtorrent 2.1 lays out
   after each non-empty file not ending on a piece boundary (``.pad/N``, the
   last file included), so sizes and piece counts are libtorrent's. It is read (``info``)
-  but refused by download, seed and verify (:func:`require_v1`). Both carry
+  and verified (``verify``, by :mod:`torrent.v2pieces`), but refused by download
+  and seed (:func:`require_v1`). Both carry
   ``info_hash_v2``, the SHA-256 of the info bytes. The top-level ``piece
   layers`` must be a dict of 32-byte roots to whole hashes; every file larger
   than one piece needs its layer, exactly 32 bytes per piece, hashing up to
@@ -230,7 +231,7 @@ class Metainfo:
         multi_file: the torrent has a 'files' list.
         hybrid: BEP 52 v1+v2 hybrid (read through its v1 part).
         v2_only: BEP 52 v2-only torrent: read (files, pieces roots, piece
-            layers checked) but not downloadable yet; ``piece_hashes`` is
+            layers checked) and verifiable, not downloadable yet; ``piece_hashes`` is
             empty and ``files`` holds the pad files libtorrent lays out
             after files (every file starts on a piece boundary).
         info_hash_v2: SHA-256 of the exact info bytes for v2-only and hybrid
@@ -977,7 +978,7 @@ V2_ONLY_REFUSED = "v2-only torrents cannot be downloaded yet"
 
 
 def require_v1(meta: Metainfo) -> Metainfo:
-    """``meta`` when it can be downloaded, seeded or verified (v1 or hybrid).
+    """``meta`` when it can be downloaded or seeded (v1 or hybrid).
 
     Raises:
         InvalidTorrent: a v2-only torrent (read, but not downloadable yet).

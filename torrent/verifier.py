@@ -1,4 +1,7 @@
-"""Check data on disk against a torrent, on every core."""
+"""Check data on disk against a torrent, on every core: a v1 torrent by its SHA-1
+digests, a v2-only one by its BEP 52 merkle roots (:mod:`torrent.v2pieces`), a
+hybrid by both (a piece is good only if both match; one read without the piece
+layers it needs, as from a magnet, by SHA-1 alone)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InvalidTorrent
 from .hashing import PIECE_BAD, PIECE_GOOD, PIECE_MISSING, hash_pieces
-from .metainfo import require_v1
 from .storage import layout_for
+from .v2pieces import v2_pieces
 
 __all__ = ["MAX_LISTED_PIECES", "VerifyReport", "verify_data"]
 
@@ -76,12 +80,19 @@ def verify_data(meta: Any, directory: str, *, workers: int,
 
     Raises:
         StorageError: an I/O error other than a missing file.
-        InvalidTorrent: a v2-only torrent (not verifiable yet).
+        InvalidTorrent: ``meta`` does not lay its files out as its v2 hashes need
+            (only a hand-built one: a torrent read by :func:`torrent.metainfo.parse`
+            always does).
     """
-    require_v1(meta)
+    try:
+        v2 = v2_pieces(meta)
+    except ValueError as exc:
+        raise InvalidTorrent(f"invalid torrent: {exc}") from None
+    if meta.v2_only and v2 is None:
+        raise InvalidTorrent("invalid torrent: a v2-only torrent without its piece layers")
     layout = layout_for(meta, directory)
-    res = hash_pieces(layout, digests=meta.piece_hashes, workers=workers, progress=progress,
-                      fork=fork)
+    res = hash_pieces(layout, digests=None if meta.v2_only else meta.piece_hashes,
+                      workers=workers, progress=progress, fork=fork, v2=v2)
     st = res.status
     files = []
     for i, span in enumerate(layout.spans):

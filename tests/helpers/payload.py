@@ -4,8 +4,8 @@
   :func:`partial_copy` copies a payload and zeroes every piece a partial
   seeder must not have (libtorrent then serves only the pieces that check).
 - Torrents: :func:`ft_create` (``fasttorrent create``) and :func:`lt_create`
-  (libtorrent's ``create_torrent``: v1-only or its default hybrid, which has
-  BEP 47 pad files).
+  (libtorrent's ``create_torrent``: v1-only, v2-only, or its default hybrid,
+  which has BEP 47 pad files).
 - Runs: :func:`run_cli` runs ``fasttorrent`` as a real subprocess, bounded by
   a timeout, and watches it while it runs: every descendant process (the
   workers) and every ``/dev/shm`` segment they map is recorded (the arena is
@@ -182,8 +182,10 @@ def ft_create(
     return out
 
 
-def lt_create(parent: Path, name: str, out: Path, piece_size: int, *, v1_only: bool) -> Path:
-    """A torrent of ``parent/name`` made by libtorrent (v1-only, or its default hybrid)."""
+def lt_create(parent: Path, name: str, out: Path, piece_size: int, *, v1_only: bool,
+              v2_only: bool = False) -> Path:
+    """A torrent of ``parent/name`` made by libtorrent (v1-only, v2-only, or its default
+    hybrid)."""
     import warnings
 
     import libtorrent as lt
@@ -193,7 +195,9 @@ def lt_create(parent: Path, name: str, out: Path, piece_size: int, *, v1_only: b
         warnings.simplefilter("ignore", DeprecationWarning)
         fs = lt.file_storage()
         lt.add_files(fs, str(parent / name))
-        ct = lt.create_torrent(fs, piece_size, lt.create_torrent.v1_only if v1_only else 0)
+        flags = (lt.create_torrent.v1_only if v1_only
+                 else lt.create_torrent.v2_only if v2_only else 0)
+        ct = lt.create_torrent(fs, piece_size, flags)
         lt.set_piece_hashes(ct, str(parent))
         out.write_bytes(bytes(lt.bencode(ct.generate())))
     return out
