@@ -141,7 +141,7 @@ def test_created_torrents_are_libtorrents(lt: Any, tmp_path: Path, kind: str, la
     assert roots and all(len(r) == 32 for r in roots)
 
 
-def test_created_torrents_verify_and_v2_is_refused_for_download(tmp_path: Path) -> None:
+def test_created_torrents_verify(tmp_path: Path) -> None:
     write_tree(tmp_path / "d", MULTI, seed=3)
     for kind in ("hybrid", "v2"):
         t = tmp_path / f"{kind}.torrent"
@@ -152,8 +152,6 @@ def test_created_torrents_verify_and_v2_is_refused_for_download(tmp_path: Path) 
         rep = json.loads(r.stdout)
         assert rep["pieces_bad"] == 0 and rep["pieces_missing"] == 0
         assert rep["pieces_ok"] == rep["pieces_total"] > 0
-    r = run("download", str(tmp_path / "v2.torrent"), "-o", str(tmp_path / "out"))
-    assert r.returncode == 3 and "v2-only torrents cannot be downloaded yet" in r.stderr
 
 
 def test_v2_hashes_in_chunks_and_threads_equal_whole_files(

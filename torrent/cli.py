@@ -258,7 +258,7 @@ def cmd_info(a: argparse.Namespace) -> int:
                    + ("  (hybrid v1+v2, downloaded as v1)" if d["hybrid"] else ""))
     if d["info_hash_v2"] is not None:
         out.append(f"info hash v2: {d['info_hash_v2']}"
-                   + ("  (v2-only: not downloadable yet)" if d["v2_only"] else ""))
+                   + ("  (v2-only)" if d["v2_only"] else ""))
     out += [
         f"size:         {_human_size(d['total_size'])} ({d['total_size']} bytes)",
         f"pieces:       {d['num_pieces']} x {_human_size(d['piece_length'])}",
@@ -625,7 +625,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--comment", default=None)
     kind = s.add_mutually_exclusive_group()
     kind.add_argument("--v2", action="store_true",
-                      help="a v2-only torrent (BEP 52; not downloadable by fasttorrent yet)")
+                      help="a v2-only torrent (BEP 52)")
     kind.add_argument("--hybrid", action="store_true",
                       help="a v1+v2 hybrid (BEP 52, with BEP 47 pad files between files)")
     s.add_argument("--workers", type=_workers_arg, default=None,

@@ -421,14 +421,14 @@ class Coordinator:
             if rest:
                 self.log(f"resume: {len(done)} pieces in the journal; checking the other "
                          f"{len(rest)}")
-                res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
+                res = hash_pieces(layout, digests=_sha1_digests(meta), workers=self.nworkers,
                                   ranges=chunk_ranges(layout, rest),
                                   fork=self.opts.fork_workers, v2=v2_pieces(meta))
                 done.update(i for i in rest if res.status[i] == PIECE_GOOD)
         elif existed:
             self.log("checking existing data (full recheck)")
             mine = [i for i in range(meta.num_pieces) if self.wanted is None or self.wanted[i]]
-            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
+            res = hash_pieces(layout, digests=_sha1_digests(meta), workers=self.nworkers,
                               ranges=chunk_ranges(layout, mine), fork=self.opts.fork_workers,
                               v2=v2_pieces(meta))
             done = {i for i in mine if res.status[i] == PIECE_GOOD}
@@ -1023,7 +1023,7 @@ class Coordinator:
         self.plan_arena()
         if check:
             self.log(f"checking {meta.total_size / 2**20:.0f} MiB of data")
-            res = hash_pieces(layout, digests=meta.piece_hashes, workers=self.nworkers,
+            res = hash_pieces(layout, digests=_sha1_digests(meta), workers=self.nworkers,
                               fork=self.opts.fork_workers, v2=v2_pieces(meta))
             good = [i for i, st in enumerate(res.status) if st == PIECE_GOOD]
         else:
@@ -1597,7 +1597,7 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
                 on_dialled=lambda: prestarted.start(defer_error=True))
             metadata_seconds = time.monotonic() - began
         else:
-            meta = metainfo.require_v1(metainfo.load(torrent))
+            meta = metainfo.load(torrent)
             report.added(meta.info_hash_hex, source="torrent", name=meta.name)
             if opts.save_torrent:
                 _write_file(opts.save_torrent, _read_file(torrent), "the .torrent to")
@@ -1629,6 +1629,12 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
     if err is not None:
         raise err
     return res
+
+
+def _sha1_digests(meta: metainfo.Metainfo) -> bytes | None:
+    """The SHA-1 digests a piece check needs: None for a v2-only torrent (its merkle
+    roots alone, from ``torrent.v2pieces``)."""
+    return None if meta.v2_only else meta.piece_hashes
 
 
 def run_error(coord: Coordinator, res: DownloadResult) -> FastTorrentError | None:
@@ -1688,7 +1694,7 @@ def _seed(torrent: str, directory: str, opts: Options, log: Callable[[str], None
     # importing (or forked, ready) while the data is checked
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
     try:
-        meta = metainfo.require_v1(metainfo.load(torrent))
+        meta = metainfo.load(torrent)
         report.added(meta.info_hash_hex, source="torrent", name=meta.name)
         report.metadata(meta)
         coord = Coordinator(meta, directory, opts, seeding=True, log=log,

@@ -145,9 +145,9 @@ class Engine:
         """A .torrent file's or URL's torrent (magnets wait for their turn)."""
         src = item.source
         if src.kind == "file":
-            item.meta = metainfo.require_v1(metainfo.load(src.text))
+            item.meta = metainfo.load(src.text)
         elif src.kind == "url":
-            item.meta = metainfo.require_v1(await load_url(src.text))
+            item.meta = await load_url(src.text)
         if item.meta is not None:
             self._know(item)
 

@@ -75,9 +75,10 @@ Rules, and why:
   part; ``meta version`` 2 without ``pieces`` is v2-only: its files come from
   the ``file tree`` (tree order), with the pad files libtorrent 2.1 lays out
   after each non-empty file not ending on a piece boundary (``.pad/N``, the
-  last file included), so sizes and piece counts are libtorrent's. It is read (``info``)
-  and verified (``verify``, by :mod:`torrent.v2pieces`), but refused by download
-  and seed (:func:`require_v1`). Both carry
+  last file included), so sizes and piece counts are libtorrent's; every
+  piece holds bytes of one file, checked by its merkle root
+  (:mod:`torrent.v2pieces`) in ``verify``, the download and the resume check,
+  and it is known on the wire by its truncated v2 info-hash. Both carry
   ``info_hash_v2``, the SHA-256 of the info bytes. The top-level ``piece
   layers`` must be a dict of 32-byte roots to whole hashes; every file larger
   than one piece needs its layer, exactly 32 bytes per piece, hashing up to
@@ -114,14 +115,12 @@ __all__ = [
     "MIN_PIECE_LENGTH",
     "SHA1_LEN",
     "TRACKER_SCHEMES",
-    "V2_ONLY_REFUSED",
     "FileEntry",
     "Metainfo",
     "build",
     "load",
     "pad_layout",
     "parse",
-    "require_v1",
     "v2_order",
 ]
 
@@ -231,7 +230,7 @@ class Metainfo:
         multi_file: the torrent has a 'files' list.
         hybrid: BEP 52 v1+v2 hybrid (read through its v1 part).
         v2_only: BEP 52 v2-only torrent: read (files, pieces roots, piece
-            layers checked) and verifiable, not downloadable yet; ``piece_hashes`` is
+            layers checked), checked by its merkle roots; ``piece_hashes`` is
             empty and ``files`` holds the pad files libtorrent lays out
             after files (every file starts on a piece boundary).
         info_hash_v2: SHA-256 of the exact info bytes for v2-only and hybrid
@@ -703,17 +702,19 @@ def _tree_files(tree: object, name: str, multi_file: bool, what: str) -> list[_T
 
 
 def _v2_files(info: dict[bytes, Any], name: str, piece_length: int
-              ) -> tuple[tuple[FileEntry, ...], list[_TreeFile], bool]:
+              ) -> tuple[tuple[FileEntry, ...], list[_TreeFile], bool, str]:
     """A v2-only torrent's files as libtorrent 2.1 lays them out: after each
     non-empty file that does not end on a piece boundary (the last one too, and
-    even the only one), a pad file ``<name>/.pad/N`` (attr ``p``)."""
+    even the only one), a pad file ``<name>/.pad/N`` (attr ``p``). Also its name:
+    a tree of one file at the top is a single-file torrent named by that file's
+    key, whatever ``name`` says (libtorrent makes such a torrent of a directory
+    holding one file, and reads it so)."""
     tree = info.get(b"file tree")
     top = next(iter(tree.values())) if isinstance(tree, dict) and len(tree) == 1 else None
     multi_file = not (isinstance(top, dict) and b"" in top)
     v2 = _tree_files(tree, name, multi_file, "a v2 torrent")
-    if not multi_file and v2[0].path != name:
-        raise _bad("info.file tree", f"a single-file v2 torrent must hold one file named"
-                   f" info.name {name!r}, has {v2[0].path!r}")
+    if not multi_file:
+        name = v2[0].path
     name_b = name.encode()
     entries: list[FileEntry] = []
     pos = 0
@@ -727,7 +728,7 @@ def _v2_files(info: dict[bytes, Any], name: str, piece_length: int
             entries.append(FileEntry("/".join([name, _PAD_DIR, str(pad)]), pad, pos, True,
                                      _PAD_ATTR))
             pos += pad
-    return tuple(entries), v2, multi_file
+    return tuple(entries), v2, multi_file, name
 
 
 def _check_hybrid(
@@ -908,7 +909,7 @@ def parse(data: bytes) -> Metainfo:
     tree: list[_TreeFile] = []
     pieces: Any
     if v2_only:
-        files, tree, multi_file = _v2_files(info, name, piece_length)
+        files, tree, multi_file, name = _v2_files(info, name, piece_length)
         pieces = b""
         total = sum(f.length for f in files)
         if total == 0:
@@ -972,20 +973,6 @@ def parse(data: bytes) -> Metainfo:
         v2_only=v2_only,
         info_hash_v2=info_hash_v2,
     )
-
-
-V2_ONLY_REFUSED = "v2-only torrents cannot be downloaded yet"
-
-
-def require_v1(meta: Metainfo) -> Metainfo:
-    """``meta`` when it can be downloaded or seeded (v1 or hybrid).
-
-    Raises:
-        InvalidTorrent: a v2-only torrent (read, but not downloadable yet).
-    """
-    if meta.v2_only:
-        raise InvalidTorrent(f"{V2_ONLY_REFUSED} (torrent {meta.name!r})")
-    return meta
 
 
 def load(path: str | os.PathLike[str]) -> Metainfo:

@@ -148,7 +148,6 @@ class Service(Engine):
                 source = Source("url", spec.url)
             else:
                 raise UsageError("magnet, torrent, url: give exactly one of them")
-            meta = metainfo.require_v1(meta)
             ih, name = meta.info_hash_hex, meta.name
         if ih in self.entries:
             raise AlreadyAdded(f"torrent {ih} is already added")

@@ -51,6 +51,7 @@ from .peeraddr import ban_key, format_peer
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
+from .v2pieces import v2_pieces
 from .webseed import web_seed_urls
 from .wire import peer as wp
 from .wire.extension import (
@@ -396,6 +397,9 @@ class Worker:
         # full slots and flushes files without the GIL, waking us via an eventfd.
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.iot = _io.IOThread(self.efd, lock_writes=cfg.lock_writes)
+        # BEP 52: what each piece's merkle root must be (v2-only: the only check;
+        # hybrid: besides SHA-1, where its piece layers are known)
+        self.v2 = v2_pieces(self.meta)
         # fdatasync runs on a thread of its own: on this machine's disk a flush of
         # one second of downloading takes longer than a second, and queued behind
         # it, verification and writes would stall the download.
@@ -1159,14 +1163,15 @@ class Worker:
             self._fatal(e.__class__.__name__, str(e))
             return
         self.in_io[i] = (pd, pinned)
-        digest = m.piece_hashes[i * 20 : i * 20 + 20]
+        digest = None if m.v2_only else m.piece_hashes[i * 20 : i * 20 + 20]
+        v2 = None if self.v2 is None else self.v2.expected(i)
         if self._first_inline and pd.size <= FIRST_PIECE_INLINE:
             self._first_inline = False
             status, err = self.iot.run_piece(i, pd.slot.view, pd.size, digest,
-                                             [seg[:4] for seg in segs])  # no O_DIRECT
+                                             [seg[:4] for seg in segs], v2=v2)  # no O_DIRECT
             self._collect([(i, status, err)])
             return
-        self.iot.submit_piece(i, pd.slot.view, pd.size, digest, segs)
+        self.iot.submit_piece(i, pd.slot.view, pd.size, digest, segs, v2=v2)
 
     def _fatal(self, kind: str, message: str) -> None:
         if self.fatal is None:
