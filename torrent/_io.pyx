@@ -362,6 +362,18 @@ ctypedef struct ft_io:
     int wbarrier          # a sync waits for ``writing`` to drain: writers take no new job
     pthread_cond_t cv3    # ``writing`` went down
     long long write_ns    # time the write stage spent writing and syncing
+    ft_job *inflight[_MAX_WRITERS]  # the piece job each writer is writing, or NULL
+
+
+ctypedef struct ft_writer:
+    ft_io *io
+    int index             # its entry in io.inflight
+
+
+#: Queued piece jobs a writer looks past for one whose files no other writer is
+#: writing (see _take_write).
+cdef enum:
+    _WRITE_SCAN = 64
 
 
 cdef ft_job *_piece_job(long long job_id, object buf, Py_ssize_t length, digest,
@@ -470,6 +482,7 @@ cdef class IOThread:
     cdef ft_io *_io
     cdef pthread_t _thread
     cdef pthread_t _writers[_MAX_WRITERS]
+    cdef ft_writer _wargs[_MAX_WRITERS]  # each writer's argument (lives as long as it)
     cdef int _nwriters
     cdef bint _started
     cdef bint _closed
@@ -489,7 +502,10 @@ cdef class IOThread:
         pthread_cond_init(&self._io.cv3, NULL)
         cdef int k
         for k in range(writers):
-            if pthread_create(&self._writers[k], NULL, _write_main, <void *>self._io) != 0:
+            self._wargs[k].io = self._io
+            self._wargs[k].index = k
+            if pthread_create(&self._writers[k], NULL, _write_main,
+                              <void *>&self._wargs[k]) != 0:
                 self._stop_writers()
                 raise OSError("cannot start the I/O thread")
             self._nwriters += 1
@@ -731,31 +747,83 @@ cdef void *_io_main(void *arg) noexcept nogil:
     return NULL
 
 
+cdef bint _shares_a_file(ft_job *a, ft_job *b) noexcept nogil:
+    cdef int x, y
+    for x in range(a.nseg):
+        for y in range(b.nseg):
+            if a.segs[x].fd == b.segs[y].fd:
+                return True
+    return False
+
+
+cdef ft_job *_take_write(ft_io *io, int me) noexcept nogil:
+    """The next job for writer ``me`` (the lock held), unlinked from the queue, or NULL.
+
+    A piece job whose files another writer is writing now waits, and a later one
+    goes first (at most :data:`_WRITE_SCAN` looked at): two writers of one file
+    serialise on its inode lock anyway (an ``O_DIRECT`` write into unwritten
+    extents takes it for the whole I/O), and spinning on it cost CPU. A sync job
+    is taken only at the head: no job queued before it is left behind.
+    """
+    cdef ft_job *prev = NULL
+    cdef ft_job *j = io.head2
+    cdef int k, seen = 0
+    cdef bint clash
+    while j is not NULL and seen < _WRITE_SCAN:
+        if j.kind == _JOB_SYNC:
+            if prev is not NULL:
+                return NULL  # the sync waits for the jobs ahead of it
+            break
+        clash = False
+        for k in range(_MAX_WRITERS):
+            if k != me and io.inflight[k] is not NULL and _shares_a_file(io.inflight[k], j):
+                clash = True
+                break
+        if not clash:
+            break
+        prev = j
+        j = j.next
+        seen += 1
+    if j is NULL or seen >= _WRITE_SCAN:
+        return NULL
+    if prev is NULL:
+        io.head2 = j.next
+    else:
+        prev.next = j.next
+    if io.tail2 == j:
+        io.tail2 = prev
+    j.next = NULL
+    return j
+
+
 cdef void *_write_main(void *arg) noexcept nogil:
     """A writer: writes verified pieces; a sync runs once the writes taken before it are done."""
-    cdef ft_io *io = <ft_io *>arg
+    cdef ft_writer *w = <ft_writer *>arg
+    cdef ft_io *io = w.io
+    cdef int me = w.index
     cdef ft_job *j
     cdef long long t0
     cdef unsigned char *bounce = NULL  # allocated by the first segment that needs it
     while True:
         pthread_mutex_lock(&io.mu)
-        while (io.head2 is NULL or io.wbarrier) and not io.stop2:
+        while True:
+            while io.wbarrier:  # a sync ahead waits for the writes before it
+                pthread_cond_wait(&io.cv2, &io.mu)
+            j = _take_write(io, me)
+            if j is not NULL or (io.stop2 and io.head2 is NULL):
+                break
             pthread_cond_wait(&io.cv2, &io.mu)
-        while io.wbarrier:  # stopping: the sync ahead goes first
-            pthread_cond_wait(&io.cv2, &io.mu)
-        j = io.head2
         if j is NULL:
             pthread_mutex_unlock(&io.mu)
             break
-        io.head2 = j.next
-        if io.head2 is NULL:
-            io.tail2 = NULL
         if j.kind == _JOB_SYNC:
             io.wbarrier = 1
             while io.writing > 0:
                 pthread_cond_wait(&io.cv3, &io.mu)
             io.wbarrier = 0
             pthread_cond_broadcast(&io.cv2)
+        else:
+            io.inflight[me] = j
         io.writing += 1
         pthread_mutex_unlock(&io.mu)
         t0 = _now_ns()
@@ -763,7 +831,9 @@ cdef void *_write_main(void *arg) noexcept nogil:
         pthread_mutex_lock(&io.mu)
         io.write_ns += _now_ns() - t0
         io.writing -= 1
+        io.inflight[me] = NULL
         pthread_cond_broadcast(&io.cv3)
+        pthread_cond_broadcast(&io.cv2)  # a job that waited for this one's files
         pthread_mutex_unlock(&io.mu)
         _finish(io, j)
     free(bounce)
