@@ -99,8 +99,11 @@ MAX_DEPTH = 500
 #: seeder serves a new connection slowly (libtorrent keeps one block in its send
 #: buffer until it has measured a rate), and unevenly: with deep pipelines a
 #: quarter of the first piece each, that piece waited for the slowest of four
-#: seeders. Short ones let the first piece's blocks go to whoever delivers.
+#: seeders. Short ones let the first piece's blocks go to whoever delivers. Only
+#: for the worker's first COLD_BLOCKS blocks (4 MiB) at most: over a slow path 8
+#: blocks a round trip would hold a run of huge pieces back (16 MiB at 50 ms is 1.6 s).
 COLD_DEPTH = 8
+COLD_BLOCKS = 256
 INITIAL_DEPTH = 64
 #: Ask the coordinator for more pieces when fewer unstarted leased pieces
 #: remain than this many per slot... in practice: a lease of 2 x slots is
@@ -1114,7 +1117,7 @@ class Worker:
 
             has = has_allowed
 
-        if self._cold:  # no piece of ours complete yet: short pipelines (see COLD_DEPTH)
+        if self._cold and self.blocks < COLD_BLOCKS:  # (see COLD_DEPTH)
             want = min(COLD_DEPTH, peer.max_depth) - proto.num_outstanding
             if want <= 0:
                 return
