@@ -1,0 +1,209 @@
+"""BitTorrent v2 magnets (BEP 52 ``urn:btmh:``) end to end, against libtorrent on 127.0.0.1.
+
+``fasttorrent download`` gets only the link (``x.pe`` of libtorrent
+seeders; DHT, LSD, UPnP, NAT-PMP off, loopback): it fetches the info dict
+under the truncated v2 hash, checks its SHA-256, fetches the piece layers of
+every file larger than a piece with BEP 52 hash requests, and downloads
+bit-exact; the kept .torrent holds the layers, so a resumed run fetches
+nothing again. A hybrid link downloads too. libtorrent given only the btmh
+link of ``fasttorrent seed`` must ask us for the layers: that tests serving.
+Hostile peers (:class:`helpers.metapeer.MetadataPeer` answering hash
+requests with lies) are banned while an honest libtorrent seeder completes
+the fetch.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_module
+from helpers.clients import FasttorrentSeed
+from helpers.payload import Live, RunResult, assert_clean_after, lt_create, run_cli, write_tree
+from helpers.swarm import Seeder, start_seeders
+
+from torrent import bencoding, metainfo
+from torrent.journal import HEADER_SIZE
+from torrent.magnet import magnet_uri, parse_magnet
+
+pytestmark = pytest.mark.timeout(180)
+
+RUN_TIMEOUT = 90
+
+#: Odd sizes in 16 KiB pieces: files over one piece (their layers are fetched),
+#: one of exactly a piece, a block and a byte, a byte, an empty file, and one of
+#: 600 pieces (two requests of 512 hashes, each proved by an uncle).
+FILES = {
+    "a.bin": 100_000,
+    "big.bin": 70 * 16384 + 1000,
+    "huge.bin": 600 * 16384 - 7,
+    "sub/one-piece.bin": 16384,
+    "sub/b.bin": 16385,
+    "sub/c.txt": 1,
+    "z/empty": 0,
+}
+
+StartSeeders = Callable[..., list[Seeder]]
+
+
+@pytest.fixture(autouse=True)
+def _libtorrent() -> None:
+    require_module("libtorrent")
+
+
+@pytest.fixture
+def seeders(tmp_path: Path) -> Iterator[StartSeeders]:
+    started: list[Seeder] = []
+    work = tmp_path / "seedwork"
+    work.mkdir()
+
+    def start(torrent: Path, save_paths: list[Path],
+              upload_limits: list[int] | None = None) -> list[Seeder]:
+        got = start_seeders(str(torrent), [str(p) for p in save_paths], str(work),
+                            upload_limits=upload_limits)
+        started.extend(got)
+        return got
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def download(uri: str, out: Path, *extra: str,
+             during: Callable[[Live], None] | None = None) -> RunResult:
+    res = run_cli(["download", uri, "-o", str(out), "--workers", "2", "--no-trackers",
+                   "--no-dht", "--bind", "127.0.0.1", "--stall-timeout", "30", *extra],
+                  during=during, timeout=RUN_TIMEOUT)
+    assert_clean_after(res)
+    assert "Traceback" not in res.stderr, res.describe()
+    return res
+
+
+def same_files(meta: metainfo.Metainfo, src: Path, out: Path) -> None:
+    for f in meta.files:
+        if not f.pad:
+            assert (out / f.path).read_bytes() == (src / f.path).read_bytes(), f.path
+    assert not (out / meta.name / ".pad").exists()
+
+
+def v2_magnet(meta: metainfo.Metainfo, peers: list[Seeder | str]) -> str:
+    addrs = [("127.0.0.1", int(p.rsplit(":", 1)[1])) if isinstance(p, str)
+             else ("127.0.0.1", p.port) for p in peers]
+    return magnet_uri(meta, trackers=[], peers=addrs)
+
+
+@pytest.mark.parametrize("layout", ["multi", "single"])
+def test_a_v2_magnet_downloads_from_libtorrent_and_keeps_its_layers(
+        seeders: StartSeeders, tmp_path: Path, layout: str) -> None:
+    src = tmp_path / "src"
+    if layout == "multi":
+        write_tree(src / "d", FILES, seed=11)
+        torrent = lt_create(src, "d", tmp_path / "v2.torrent", 16384, v1_only=False,
+                            v2_only=True)
+    else:
+        write_tree(src, {"one.bin": 700 * 16384 + 5}, seed=12)
+        torrent = lt_create(src, "one.bin", tmp_path / "v2.torrent", 16384, v1_only=False,
+                            v2_only=True)
+    meta = metainfo.load(torrent)
+    assert meta.v2_only
+    peers = seeders(torrent, [src])
+    uri = v2_magnet(meta, peers)
+    assert "urn:btih:" not in uri and parse_magnet(uri).v2_only
+    out = tmp_path / "out"
+    saved = tmp_path / "saved.torrent"
+    res = download(uri, out, "--json", "--save-torrent", str(saved))
+    assert res.returncode == 0, res.describe()
+    j = res.json
+    assert j["complete"] is True and j["hash_failures"] == 0
+    assert j["info_hash"] == meta.info_hash.hex()  # the truncated v2 hash
+    same_files(meta, src, out)
+    # --save-torrent: libtorrent's torrent, layers and all
+    got = metainfo.load(saved)
+    assert got.info_hash_v2 == meta.info_hash_v2 and got.v2_only
+    assert bencoding.decode(got.piece_layers or b"de") == bencoding.decode(meta.piece_layers)
+
+
+def test_an_interrupted_v2_magnet_resumes_without_fetching_again(
+        seeders: StartSeeders, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_tree(src / "d", FILES, seed=13)
+    torrent = lt_create(src, "d", tmp_path / "v2.torrent", 16384, v1_only=False, v2_only=True)
+    meta = metainfo.load(torrent)
+    (slow,) = seeders(torrent, [src], upload_limits=[250_000])
+    out = tmp_path / "out"
+    kept = out / ".fasttorrent" / f"{meta.info_hash.hex()}.torrent"
+    journal = out / ".fasttorrent" / f"{meta.info_hash.hex()}.resume"
+
+    def int_once_journaled(live: Live) -> None:
+        # SIGINT once the metadata is kept and a piece is recorded (or after 15 s)
+        if "sent" in live.state:
+            return
+        size = journal.stat().st_size if journal.exists() else 0
+        if (kept.exists() and size > HEADER_SIZE) or live.elapsed > 15:
+            live.state["sent"] = True
+            live.popen.send_signal(signal.SIGINT)
+
+    res = download(v2_magnet(meta, [slow]), out, during=int_once_journaled)
+    assert res.returncode == 7, res.describe()
+    assert "fetching the piece layers" in res.stderr, res.describe()
+    assert kept.exists() and journal.stat().st_size > HEADER_SIZE
+    assert metainfo.load(kept).piece_layers  # the layers were kept with the info dict
+    slow.stop()
+
+    fast = seeders(torrent, [src])
+    res2 = download(v2_magnet(meta, fast), out)
+    assert res2.returncode == 0, res2.describe()
+    assert "metadata kept from an earlier run" in res2.stderr, res2.describe()
+    assert "fetching the metadata" not in res2.stderr, res2.describe()
+    assert "fetching the piece layers" not in res2.stderr, res2.describe()
+    assert " 0 pieces resumed" not in res2.stdout, res2.describe()
+    same_files(meta, src, out)
+
+
+def test_a_hybrid_magnet_downloads_from_libtorrent(seeders: StartSeeders, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_tree(src / "d", FILES, seed=14)
+    torrent = lt_create(src, "d", tmp_path / "h.torrent", 16384, v1_only=False)
+    meta = metainfo.load(torrent)
+    assert meta.hybrid
+    peers = seeders(torrent, [src])
+    uri = v2_magnet(meta, peers)
+    m = parse_magnet(uri)
+    assert m.info_hash == meta.info_hash and m.info_hash_v2 == meta.info_hash_v2
+    res = download(uri, tmp_path / "out", "--json")
+    assert res.returncode == 0, res.describe()
+    assert res.json["complete"] is True and res.json["info_hash"] == meta.info_hash.hex()
+    same_files(meta, src, tmp_path / "out")
+
+
+def test_libtorrent_fetches_the_layers_from_fasttorrent_seed(tmp_path: Path) -> None:
+    """libtorrent given only the btmh link has no piece layers: it must ask us (BEP 52
+    hash requests) before it can verify a piece of a file larger than one piece."""
+    src = tmp_path / "src"
+    write_tree(src / "d", FILES, seed=15)
+    torrent = tmp_path / "v2.torrent"
+    r = subprocess.run([*_cli(), "create", str(src / "d"), "-o", str(torrent), "--v2",
+                        "--piece-length", "16384", "-q", "--workers", "1"],
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    assert r.returncode == 0, r.stderr
+    meta = metainfo.load(torrent)
+    out = tmp_path / "lt"
+    with FasttorrentSeed(torrent, src) as seed:
+        uri = v2_magnet(meta, [seed.addr])
+        r = subprocess.run([sys.executable, "-m", "torrent.tools.benchclients.lt_download",
+                            "--timeout", str(RUN_TIMEOUT - 10), "--magnet", uri, str(out)],
+                           capture_output=True, text=True, check=False, timeout=RUN_TIMEOUT)
+        assert r.returncode == 0, r.stderr + r.stdout
+        summary = seed.stop_summary()
+    same_files(meta, src, out)
+    assert summary["bytes_uploaded"] >= sum(FILES.values())
+
+
+def _cli() -> list[str]:
+    from helpers.payload import CLI
+
+    return list(CLI)
