@@ -147,6 +147,8 @@ def test_a_v2_magnet_downloads_from_libtorrent_and_keeps_its_layers(
     j = res.json
     assert j["complete"] is True and j["hash_failures"] == 0
     assert j["info_hash"] == meta.info_hash.hex()  # the truncated v2 hash
+    # the connection the metadata and layers came over went on to the download
+    assert sum(w["adopted"] for w in j["workers"]) == 1, j["workers"]
     same_files(meta, src, out)
     # --save-torrent: libtorrent's torrent, layers and all
     got = metainfo.load(saved)

@@ -434,12 +434,12 @@ class _Fetcher:
             lf = self.layer_fetch
             if lf is None:
                 raise RemoteProtocolError("peer sent hashes we never asked for")
-            result = lf.hashes(addr, ev)
-            if result.banned is not None:
+            got = lf.hashes(addr, ev)
+            if got.banned is not None:
                 self.log(f"warning: piece-layer hashes from {_name(addr)} do not hash to "
                          "the file's root; fetching them from another peer")
                 self.ban(addr, "banned: its piece-layer hashes do not hash to the file's root")
-            elif result.accepted:
+            elif got.accepted:
                 self.last_progress = now
                 if lf.done:
                     self.wake.set()

@@ -54,7 +54,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from . import merkle
 from ._speedups import merkle_root
@@ -268,7 +268,7 @@ class _Want:
 
     request: HashRequest
     pieces: int  # the real (unpadded) hashes of the layer it covers
-    peer: object = None
+    peer: Any = None  # the peer it is asked of (a LayerFetch's P), or None
     sent_at: float = 0.0
     done: bool = False
 
@@ -407,7 +407,7 @@ class LayerFetch(Generic[P]):
         for w in self._wants.values():
             if w.done or w.peer is None or now - w.sent_at < self.request_timeout:
                 continue
-            peer: P = w.peer  # type: ignore[assignment]
+            peer: P = w.peer
             st = self._peers.get(peer)
             if st is not None:
                 self._strike(peer, st, w.request)
@@ -443,7 +443,7 @@ class LayerFetch(Generic[P]):
                 w.peer = None
             return self._ban(peer, st)
         if w.peer is not None and w.peer != peer:  # late: the one asked now need not answer
-            other = self._peers.get(w.peer)  # type: ignore[call-overload]
+            other = self._peers.get(w.peer)
             if other is not None:
                 other.outstanding.discard(req)
         got = self._got[root]

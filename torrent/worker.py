@@ -160,6 +160,10 @@ MAX_METADATA_ANSWERS = 16
 #: time, so an honest peer never meets the bound; a flood gets hash rejects,
 #: 48 bytes each, not our upload or our CPU.
 MAX_HASH_ANSWERS = 8
+#: Bytes queued to a peer past which its hash requests get rejects instead of
+#: hashes: a peer that asks and does not read would otherwise have us queue
+#: MAX_HASH_ANSWERS replies of 256 KiB every tick. Two of the largest replies.
+MAX_HASH_BACKLOG = 512 * 1024
 #: Completed connections the kernel queues for us until we accept them, per
 #: worker (each has its own socket: SO_REUSEPORT).  Beyond it a burst of peers
 #: is dropped by the kernel before we can count or refuse it (with SYN cookies
@@ -879,13 +883,15 @@ class Worker:
 
     def _hash_request(self, peer: Peer, req: HashRequest) -> None:
         """BEP 52: answer a hash request from the torrent's piece layers (at most
-        MAX_HASH_ANSWERS per peer per tick; a reject otherwise, and for whatever
+        MAX_HASH_ANSWERS per peer per tick, and none while MAX_HASH_BACKLOG bytes
+        wait to go to it; a reject otherwise, and for whatever
         :class:`~torrent.piecelayers.LayerServer` does not serve)."""
         if not self._layers_built:
             self._layers_built = True
             self.layer_server = LayerServer.from_metainfo(self.meta)
         server = self.layer_server
-        if server is not None and peer.hashes_served < MAX_HASH_ANSWERS:
+        if server is not None and peer.hashes_served < MAX_HASH_ANSWERS \
+                and peer.conn.write_buffer_size() < MAX_HASH_BACKLOG:
             peer.hashes_served += 1
             ans = server.answer(req)
             if isinstance(ans, Hashes):
