@@ -366,3 +366,13 @@ def test_bench_pinned_client_and_seeders(tmp_path: Path) -> None:
     check_doc(doc, ["ft1"], "fasttorrent")
     assert doc["params"]["client_cpus"] == [cpus[0]]
     assert doc["params"]["seeder_cpus"] == [cpus[-1]]
+
+
+def test_bench_torrent_version_refuses_clients_and_modes_it_cannot_run(tmp_path: Path) -> None:
+    line = _one_line_error(["--torrent-version", "v2", "--clients", "ft1,aria2", "--results",
+                            str(tmp_path)], _env())
+    assert "aria2" in line and "v2-only" in line
+    line = _one_line_error(["--torrent-version", "hybrid", "--magnet", "--clients", "ft1",
+                            "--results", str(tmp_path)], _env())
+    assert "--torrent-version" in line and "--magnet" in line
+    assert not any(tmp_path.glob("*.json"))

@@ -28,7 +28,7 @@ from helpers.testpeer import TestPeer
 from torrent import metainfo
 from torrent.coordinator import EARLY_REQUESTS
 from torrent.creator import create_torrent
-from torrent.worker import COLD_DEPTH, INITIAL_DEPTH
+from torrent.worker import COLD_BLOCKS, COLD_DEPTH, INITIAL_DEPTH
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,6 +71,27 @@ def test_pipeline_is_short_until_the_first_piece(tmp_path: Path) -> None:
         # one peer: every block asked for once
         assert len(peer.requests) == -(-PAYLOAD_SIZE // 16384)
     assert (tmp_path / "out" / "f.bin").read_bytes() == data
+
+
+def test_the_short_pipeline_ends_after_cold_blocks_without_a_complete_piece(
+        tmp_path: Path) -> None:
+    """One 8 MiB piece (512 blocks): no piece completes before COLD_BLOCKS blocks, yet
+    the pipeline deepens after them (a slow path must not stay at 8 blocks a trip)."""
+    piece = 8 << 20
+    assert piece // 16384 > COLD_BLOCKS
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(9).randbytes(piece)
+    (src / "big.bin").write_bytes(data)
+    torrent = tmp_path / "big.torrent"
+    torrent.write_bytes(create_torrent(str(src / "big.bin"), piece_length=piece))
+    with TestPeer(torrent, src, block_delay=0.001) as peer:
+        proc = download(str(torrent), tmp_path / "out", "--peer", peer.addr)
+        assert proc.returncode == 0, proc.stderr
+        assert peer.requests_at_first_block is not None
+        assert peer.requests_at_first_block <= COLD_DEPTH
+        assert peer.max_queued > COLD_DEPTH  # deeper once past COLD_BLOCKS
+    assert (tmp_path / "out" / "big.bin").read_bytes() == data
 
 
 def test_a_magnets_first_piece_is_requested_before_the_worker_takes_over(

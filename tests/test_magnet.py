@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torrentgen as tg
@@ -57,7 +58,8 @@ def test_plus_is_a_space_only_in_the_name() -> None:
 def test_several_xt_take_the_btih_one() -> None:
     btmh = "urn:btmh:1220" + "ab" * 32
     m = parse_magnet(f"magnet:?xt={btmh}&xt=urn:btih:{HEX}&xt.1=urn:sha1:ABC")
-    assert m.info_hash == HASH
+    assert m.info_hash == HASH  # a hybrid: the swarm is the v1 one
+    assert m.info_hash_v2 == bytes.fromhex("ab" * 32) and not m.v2_only
     m = parse_magnet(f"magnet:?xt.1=urn:btih:{HEX}&xt.2=urn:btih:{B32}")
     assert m.info_hash == HASH
 
@@ -86,7 +88,13 @@ BAD: list[tuple[str, str, str]] = [
     ("short-hash", "magnet:?xt=urn:btih:" + HEX[:39], "xt"),
     ("long-hash", "magnet:?xt=urn:btih:" + HEX + "0", "xt"),
     ("empty-hash", "magnet:?xt=urn:btih:", "xt"),
-    ("btmh-only", "magnet:?xt=urn:btmh:1220" + "ab" * 32, "xt"),
+    ("btmh-short", "magnet:?xt=urn:btmh:1220" + "ab" * 31, "xt"),
+    ("btmh-long", "magnet:?xt=urn:btmh:1220" + "ab" * 33, "xt"),
+    ("btmh-not-hex", "magnet:?xt=urn:btmh:1220" + "zz" * 32, "xt"),
+    ("btmh-not-sha256", "magnet:?xt=urn:btmh:1320" + "ab" * 32, "xt"),
+    ("btmh-no-multihash", "magnet:?xt=urn:btmh:" + "ab" * 34, "xt"),
+    ("two-btmh", "magnet:?xt=urn:btmh:1220" + "ab" * 32 + "&xt=urn:btmh:1220" + "cd" * 32,
+     "xt"),
     ("other-urn", "magnet:?xt=urn:sha1:ABCDEF", "xt"),
     ("two-hashes", f"magnet:?xt=urn:btih:{HEX}&xt=urn:btih:{'0' * 40}", "xt"),
     ("bad-escape", f"magnet:?xt=urn:btih:{HEX}&tr=http://a/%zz", "tr"),
@@ -131,9 +139,32 @@ def test_malformed_magnet_is_refused_naming_the_field(uri: str, field: str) -> N
     assert info.value.exit_code == 3
 
 
-def test_v2_magnet_says_v2_is_not_supported() -> None:
-    with pytest.raises(InvalidTorrent, match=r"v2 magnets .* not supported yet"):
-        parse_magnet("magnet:?xt=urn:btmh:1220" + "ab" * 32)
+def test_a_v2_magnet_is_known_by_its_truncated_v2_hash() -> None:
+    """BEP 52: handshakes, trackers and the DHT carry the first 20 bytes of the v2 hash."""
+    v2 = bytes(range(32))
+    m = parse_magnet("magnet:?xt=urn:btmh:1220" + v2.hex().upper() + "&dn=x")
+    assert m.info_hash_v2 == v2 and m.info_hash == v2[:20] and m.v2_only
+    assert m.info_hash_hex == v2[:20].hex()
+    # the same hash twice is one torrent
+    twice = parse_magnet("magnet:?xt=urn:btmh:1220" + v2.hex() + "&xt.1=urn:btmh:1220"
+                         + v2.hex())
+    assert twice.info_hash_v2 == v2
+
+
+def test_magnet_uri_of_v2_and_hybrid_torrents_round_trips(tmp_path: Path) -> None:
+    from helpers.payload import write_tree
+
+    from torrent import creator, metainfo
+
+    write_tree(tmp_path / "d", {"a": 40_000, "b": 3}, seed=1)
+    for version in ("v2", "hybrid"):
+        meta = metainfo.parse(creator.create_torrent(str(tmp_path / "d"), version=version,
+                                                     piece_length=16384))
+        uri = magnet.magnet_uri(meta)
+        assert ("urn:btih:" in uri) == (version == "hybrid")
+        m = parse_magnet(uri)
+        assert m.info_hash == meta.info_hash and m.info_hash_v2 == meta.info_hash_v2
+        assert m.v2_only == (version == "v2")
 
 
 def test_bounds_are_inclusive() -> None:

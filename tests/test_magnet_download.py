@@ -219,9 +219,9 @@ def test_no_metadata_exits_6_after_the_stall_timeout_naming_the_peers(
         ("magnet:?xt=urn:btih:123&dn=x", "xt"),
         ("magnet:?dn=only-a-name", "xt"),
         ("magnet:?xt=urn:btih:" + "a" * 40 + "&x.pe=127.0.0.1", "x.pe"),
-        ("magnet:?xt=urn:btmh:1220" + "a" * 64, "v2"),
+        ("magnet:?xt=urn:btmh:1220" + "a" * 63, "btmh"),
     ],
-    ids=["short-hash", "no-xt", "bad-peer", "btmh"],
+    ids=["short-hash", "no-xt", "bad-peer", "short-btmh"],
 )
 def test_bad_magnets_exit_3_in_one_line(tmp_path: Path, uri: str, why: str) -> None:
     res = download(uri, tmp_path / "out", timeout=30)

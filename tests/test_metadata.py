@@ -533,3 +533,59 @@ def test_info_bytes_that_are_not_one_dict_are_refused(info: bytes) -> None:
         metainfo_from_info(info, Magnet(info_hash=hashlib.sha1(info).digest()))
     with pytest.raises(InvalidTorrent, match="invalid torrent: info"):
         torrent_bytes(info)
+
+
+# -- v2 magnets (BEP 52) ------------------------------------------------------------------
+
+
+def _v2(tmp_path: Path, version: str) -> metainfo.Metainfo:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "big").write_bytes(bytes(range(256)) * 300)  # 76,800 bytes: 5 pieces of 16 KiB
+    (d / "small").write_bytes(b"x" * 10)
+    return metainfo.parse(create_torrent(str(d), piece_length=16384, version=version))
+
+
+def test_a_v2_fetch_checks_the_sha256_of_the_metadata(tmp_path: Path) -> None:
+    meta = _v2(tmp_path, "v2")
+    v2 = meta.info_hash_v2
+    assert v2 is not None
+    f: MetadataFetch[str] = MetadataFetch(v2[:20], info_hash_v2=v2)
+    assert f.add_peer("a", len(meta.info_bytes))
+    assert requests(f, "a", 0.0) == [0]
+    assert isinstance(serve(f, "a", [0], meta.info_bytes), MetadataComplete)
+    # the same bytes but one: no hash matches, the lone sender is banned
+    bad = meta.info_bytes[:-2] + b"Xe"
+    g: MetadataFetch[str] = MetadataFetch(v2[:20], info_hash_v2=v2)
+    assert g.add_peer("b", len(bad))
+    requests(g, "b", 0.0)
+    assert isinstance(serve(g, "b", [0], bad), MetadataHashFailed) and g.banned == {"b"}
+    with pytest.raises(ValueError, match="32 bytes"):
+        MetadataFetch(v2[:20], info_hash_v2=v2[:20])
+
+
+def test_metainfo_from_a_v2_magnet_needs_and_checks_its_layers(tmp_path: Path) -> None:
+    meta = _v2(tmp_path, "v2")
+    m = parse_magnet(magnet_uri(meta))
+    assert m.v2_only
+    with pytest.raises(InvalidTorrent, match="piece layers"):
+        metainfo_from_info(meta.info_bytes, m)  # the 5-piece file cannot be verified
+    got = metainfo_from_info(meta.info_bytes, m, piece_layers=meta.piece_layers)
+    assert got.info_hash == m.info_hash and got.piece_layers == meta.piece_layers
+    layers = bencoding.decode(meta.piece_layers or b"")
+    lie = bencoding.encode({k: bytes(32) + v[32:] for k, v in layers.items()})
+    with pytest.raises(InvalidTorrent, match="does not hash"):
+        metainfo_from_info(meta.info_bytes, m, piece_layers=lie)
+    other = Magnet(info_hash=bytes(20), info_hash_v2=bytes(20) + bytes(12))
+    with pytest.raises(InvalidTorrent, match="v2 info-hash"):
+        metainfo_from_info(meta.info_bytes, other, piece_layers=meta.piece_layers)
+
+
+def test_a_hybrid_link_must_match_both_hashes(tmp_path: Path) -> None:
+    meta = _v2(tmp_path, "hybrid")
+    m = parse_magnet(magnet_uri(meta))
+    assert not m.v2_only and m.info_hash_v2 == meta.info_hash_v2
+    assert metainfo_from_info(meta.info_bytes, m).info_hash == meta.info_hash  # by v1
+    wrong_v2 = Magnet(info_hash=meta.info_hash, info_hash_v2=bytes(32))
+    with pytest.raises(InvalidTorrent, match="v2 info-hash"):
+        metainfo_from_info(meta.info_bytes, wrong_v2)

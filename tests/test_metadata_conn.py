@@ -34,8 +34,12 @@ from torrent.wire.handshake import (
     parse_handshake,
 )
 from torrent.wire.messages import (
+    HASHES,
     Bitfield,
     Extended,
+    Hashes,
+    HashReject,
+    HashRequest,
     Have,
     HaveAll,
     HaveNone,
@@ -44,6 +48,7 @@ from torrent.wire.messages import (
     Unchoke,
     Unknown,
     encode,
+    frame,
 )
 from torrent.wire.metadata_conn import (
     MAX_HANDOVER_BYTES,
@@ -298,3 +303,53 @@ def test_interested_follows_our_extension_handshake() -> None:
     ext, interested = sent(mc)
     assert isinstance(ext, Extended) and ext.ext_id == EXTENSION_HANDSHAKE_ID
     assert interested == Interested()
+
+
+# --- BEP 52 hash messages (a v2 magnet's piece layers) -----------------------------
+
+ROOT = bytes(range(32))
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_hash_requests_go_out_and_replies_come_back_as_events(feed: Feed) -> None:
+    mc = ready(feed)
+    req = HashRequest(ROOT, 0, 0, 4, 1)
+    mc.request_hashes(req)
+    assert sent(mc) == [req]
+    reply = Hashes(ROOT, 0, 0, 4, 1, bytes(range(128)))
+    reject = HashReject(ROOT, 0, 4, 4, 1)
+    assert feed(mc, encode(reply) + encode(reject)) == [reply, reject]
+    # the fetch's business: not in the stream a download would take over
+    assert encode(reply) not in (mc.handover() or b"")
+
+
+def test_a_peers_hash_requests_are_rejected_up_to_the_bound() -> None:
+    mc = ready()
+    req = HashRequest(ROOT, 0, 0, 2, 0)
+    assert mc.receive_data(encode(req) * (MAX_REJECTS_SENT + 5)) == []
+    rejects = sent(mc)
+    assert rejects == [HashReject(ROOT, 0, 0, 2, 0)] * MAX_REJECTS_SENT
+
+
+def test_a_hash_request_before_ready_is_a_local_error() -> None:
+    mc = MetadataConnection(HASH, OURS)
+    with pytest.raises(LocalProtocolError):
+        mc.request_hashes(HashRequest(ROOT, 0, 0, 2, 0))
+
+
+@pytest.mark.parametrize("stream", [
+    frame(HASHES, ROOT + bytes(16) + bytes(31)),  # not whole hashes
+    frame(HASHES, Hashes(ROOT, 0, 0, 4, 1, bytes(128)).payload()[:-32]),
+], ids=["partial-hash", "one-short"])
+def test_malformed_hashes_close_the_connection(stream: bytes) -> None:
+    mc = ready()
+    with pytest.raises(RemoteProtocolError):
+        mc.receive_data(stream)
+    assert mc.state is MetadataConnState.CLOSED
+
+
+def test_hashes_before_the_extension_handshake_close_the_connection() -> None:
+    mc = MetadataConnection(HASH, OURS)
+    mc.data_to_send()
+    with pytest.raises(RemoteProtocolError, match="before we asked"):
+        mc.receive_data(peer_handshake() + encode(Hashes(ROOT, 0, 0, 2, 0, bytes(64))))

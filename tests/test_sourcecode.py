@@ -25,7 +25,7 @@ PKG = Path(__file__).resolve().parent.parent / "torrent"
 #: Modules that must stay sans-IO (bytes and ``now`` in, events and actions out).
 SANS_IO = [
     "bencoding", "metainfo", "magnet", "metadata", "picker", "leases", "choker", "peeraddr",
-    "webseed", "spans", "merkle", "v2pieces", "events", "snapshot", "engineapi",
+    "webseed", "spans", "merkle", "v2pieces", "piecelayers", "events", "snapshot", "engineapi",
     "wire/__init__", "wire/messages", "wire/framing", "wire/handshake", "wire/peer",
     "wire/extension", "wire/fastext", "wire/metadata_conn", "wire/mse", "wire/rc4",
     "tracker/http", "tracker/udp", "tracker/multitracker",

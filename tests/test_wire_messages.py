@@ -24,11 +24,16 @@ from torrent.wire.messages import (
     CANCEL,
     CHOKE,
     EXTENDED,
+    HASH_REJECT,
+    HASH_REQUEST,
+    HASHES,
     HAVE,
     HAVE_ALL,
     HAVE_NONE,
     INTERESTED,
     MAX_EXTENDED_LENGTH,
+    MAX_HASHES_PER_REQUEST,
+    MAX_PROOF_LAYERS,
     MAX_REQUEST_LENGTH,
     MAX_UNKNOWN_MESSAGE_LENGTH,
     MESSAGE_TYPES,
@@ -44,6 +49,9 @@ from torrent.wire.messages import (
     Cancel,
     Choke,
     Extended,
+    Hashes,
+    HashReject,
+    HashRequest,
     Have,
     HaveAll,
     HaveNone,
@@ -63,9 +71,12 @@ from torrent.wire.messages import (
     encode,
     frame,
     max_message_length,
+    uncle_count,
 )
 
 NUM_PIECES = 100  # bitfield of 13 bytes, 4 spare bits
+ROOT = bytes(range(32))  # a BEP 52 pieces root
+HASHES6 = bytes(range(6 * 32))  # six 32-byte hashes
 
 
 # One of every message kind, with the exact bytes BEP 3 prescribes.
@@ -93,7 +104,15 @@ CASES: list[tuple[Message, bytes]] = [
     (Extended(0, b"d1:md11:ut_metadatai1eee"),
      b"\x00\x00\x00\x1a\x14\x00d1:md11:ut_metadatai1eee"),
     (Extended(3, b""), b"\x00\x00\x00\x02\x14\x03"),
-    (Unknown(21, b"\x00\x01"), b"\x00\x00\x00\x03\x15\x00\x01"),
+    # BEP 52: pieces root, base layer, index, length, proof layers (+ hashes for id 22)
+    (HashRequest(ROOT, 2, 512, 512, 10), b"\x00\x00\x00\x31\x15" + ROOT
+     + struct.pack(">IIII", 2, 512, 512, 10)),
+    (HashReject(ROOT, 0, 4, 2, 1), b"\x00\x00\x00\x31\x17" + ROOT
+     + struct.pack(">IIII", 0, 4, 2, 1)),
+    # 4 hashes of a subtree 2 layers high, proof up 3 layers: 2 uncles
+    (Hashes(ROOT, 1, 8, 4, 3, HASHES6), struct.pack(">IB", 1 + 48 + 6 * 32, 22) + ROOT
+     + struct.pack(">IIII", 1, 8, 4, 3) + HASHES6),
+    (Unknown(24, b"\x00\x01"), b"\x00\x00\x00\x03\x18\x00\x01"),
     (Unknown(200, b""), b"\x00\x00\x00\x01\xc8"),
 ]
 STREAM = b"".join(raw for _, raw in CASES)
@@ -161,6 +180,15 @@ message_strategy = st.one_of(
     st.builds(Reject, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
               st.integers(0, 2**32 - 1)),
     st.builds(Extended, st.integers(0, 255), st.binary(max_size=300)),
+    st.builds(HashRequest, st.binary(min_size=32, max_size=32), st.integers(0, 2**32 - 1),
+              st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.builds(HashReject, st.binary(min_size=32, max_size=32), st.integers(0, 2**32 - 1),
+              st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.builds(lambda root, base, index, length, proof, fill: Hashes(
+        root, base, index, length, proof,
+        bytes([fill]) * 32 * (length + uncle_count(length, proof))),
+        st.binary(min_size=32, max_size=32), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+        st.integers(1, 40), st.integers(0, MAX_PROOF_LAYERS), st.integers(0, 255)),
     st.builds(Unknown, st.integers(PORT + 1, 255).filter(lambda i: i not in MESSAGE_TYPES),
               st.binary(max_size=50)),
 )
@@ -240,6 +268,10 @@ def test_max_message_length_grows_with_a_huge_bitfield() -> None:
         (REJECT, 14),
         (ALLOWED_FAST, 6),
         (EXTENDED, 1 + MAX_EXTENDED_LENGTH + 1),  # its own bound, not the unknown ids' one
+        (HASH_REQUEST, 1 + 48 + 1),
+        (HASH_REJECT, 1 + 48 + 1),
+        # the most hashes a reply can carry: the bound, and the proof of a 1-hash subtree
+        (HASHES, 1 + 48 + 32 * (MAX_HASHES_PER_REQUEST + MAX_PROOF_LAYERS + 1) + 1),
     ],
 )
 def test_per_id_bound_rejected_from_the_id_byte(msg_id: int, length: int) -> None:
@@ -278,6 +310,9 @@ def test_largest_block_is_accepted() -> None:
         (REJECT, b"\x00" * 11, "12 bytes"),
         (ALLOWED_FAST, b"\x00" * 5, "4 bytes"),
         (EXTENDED, b"", "without an extension id"),
+        (HASH_REQUEST, b"\x00" * 47, "48 bytes"),
+        (HASH_REJECT, b"\x00" * 47, "48 bytes"),
+        (HASHES, b"\x00" * 47, "at least 48"),
     ],
 )
 def test_wrong_payload_length_per_id(msg_id: int, payload: bytes, needs: str) -> None:
@@ -314,7 +349,7 @@ def test_extended_has_its_own_bound_below_the_unknown_ids_one() -> None:
     body = b"x" * (MAX_EXTENDED_LENGTH - 1)
     assert reader.feed(encode(Extended(1, body))) == [Extended(1, body)]
     assert reader.framer.bounds[EXTENDED] == 1 + MAX_EXTENDED_LENGTH
-    assert reader.framer.bounds[21] == 1 + MAX_UNKNOWN_MESSAGE_LENGTH
+    assert reader.framer.bounds[24] == 1 + MAX_UNKNOWN_MESSAGE_LENGTH
     assert MAX_EXTENDED_LENGTH < MAX_UNKNOWN_MESSAGE_LENGTH
 
 
@@ -329,3 +364,57 @@ def test_extended_body_is_a_copy() -> None:
 def test_extended_id_must_fit_a_byte() -> None:
     with pytest.raises(LocalProtocolError, match="one byte"):
         encode(Extended(256, b""))
+
+
+# --- BEP 52 hash messages ------------------------------------------------------------
+
+
+def _hashes_payload(length: int, proof: int, count: int) -> bytes:
+    return ROOT + struct.pack(">IIII", 3, 0, length, proof) + b"\x11" * 32 * count
+
+
+@pytest.mark.parametrize(
+    ("length", "proof", "uncles"),
+    [(1, 0, 1), (2, 0, 0), (2, 1, 1), (4, 1, 0), (4, 2, 1), (4, 5, 4), (512, 9, 1),
+     (512, 8, 0), (3, 2, 1), (8192, 48, 36)],
+)
+def test_uncle_count_is_libtorrents(length: int, proof: int, uncles: int) -> None:
+    # libtorrent: max(0, proof_layers - log2(merkle_num_leafs(count)) + 1)
+    assert uncle_count(length, proof) == uncles
+    decoded = decode(HASHES, _hashes_payload(length, proof, length + uncles))
+    assert isinstance(decoded, Hashes) and len(decoded.uncles) == 32 * uncles
+    assert len(decoded.base) == 32 * length
+
+
+@pytest.mark.parametrize(("length", "proof", "count", "why"), [
+    (4, 2, 4, "need"),  # one uncle short
+    (4, 2, 6, "need"),  # one too many
+    (0, 0, 0, "at most"),  # no hashes asked for
+    (MAX_HASHES_PER_REQUEST + 1, 0, 0, "at most"),
+    (2, MAX_PROOF_LAYERS + 1, 0, "at most"),
+])
+def test_hashes_with_a_wrong_count_or_over_a_bound_are_refused(
+        length: int, proof: int, count: int, why: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=why):
+        decode(HASHES, _hashes_payload(length, proof, count))
+
+
+def test_hashes_not_a_whole_number_of_hashes_is_refused() -> None:
+    with pytest.raises(RemoteProtocolError, match="need"):
+        decode(HASHES, _hashes_payload(2, 0, 2) + b"\x00")
+
+
+def test_the_largest_hashes_reply_is_framed_and_one_byte_more_is_not() -> None:
+    proof = MAX_PROOF_LAYERS
+    n = MAX_HASHES_PER_REQUEST + uncle_count(MAX_HASHES_PER_REQUEST, proof)
+    msg = Hashes(ROOT, 0, 0, MAX_HASHES_PER_REQUEST, proof, b"\x22" * 32 * n)
+    assert FrameReader(NUM_PIECES).feed(encode(msg)) == [msg]
+    # a one-hash subtree proved up MAX_PROOF_LAYERS is the most uncles: also framed
+    small = Hashes(ROOT, 0, 0, 1, proof, b"\x33" * 32 * (1 + proof + 1))
+    assert FrameReader(NUM_PIECES).feed(encode(small)) == [small]
+
+
+def test_a_hash_request_for_a_million_hashes_decodes_without_allocating_them() -> None:
+    """The request is 48 bytes whatever it asks for: refusing it is the answerer's job."""
+    msg = decode(HASH_REQUEST, ROOT + struct.pack(">IIII", 0, 0, 10**6, 2**32 - 1))
+    assert msg == HashRequest(ROOT, 0, 0, 10**6, 2**32 - 1)

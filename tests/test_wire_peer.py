@@ -24,10 +24,14 @@ from torrent.wire.handshake import (
 )
 from torrent.wire.messages import (
     BLOCK_SIZE,
+    HASH_REQUEST,
     MAX_REQUEST_LENGTH,
     Bitfield,
     Cancel,
     Choke,
+    Hashes,
+    HashReject,
+    HashRequest,
     Have,
     Interested,
     KeepAlive,
@@ -52,6 +56,9 @@ from torrent.wire.peer import (
     Choked,
     ConnectionClosed,
     HandshakeReceived,
+    HashesReceived,
+    HashRejectReceived,
+    HashRequestReceived,
     HaveReceived,
     PeerInterested,
     PeerNotInterested,
@@ -342,6 +349,27 @@ def test_unknown_and_port_messages_are_ignored() -> None:
                           + frame(200, b"")) == []
     # (BEP 6 messages without the Fast extension drop the peer: test_wire_extensions_peer.py)
     assert p.state is PeerState.ACTIVE
+
+
+def test_bep52_hash_messages_are_events_and_their_answers_go_out() -> None:
+    p = active_peer()
+    root = bytes(range(32))
+    req = HashRequest(root, 0, 0, 2, 0)
+    reply = Hashes(root, 0, 0, 2, 0, bytes(64))
+    reject = HashReject(root, 0, 2, 2, 0)
+    assert recv(p, req, reply, reject) == [HashRequestReceived(req), HashesReceived(reply),
+                                           HashRejectReceived(reject)]
+    assert p.send_hash_request(req) == encode(req)
+    assert p.send_hashes(reply) == encode(reply)
+    assert p.send_hash_reject(req) == encode(HashReject(root, 0, 0, 2, 0))
+    assert p.state is PeerState.ACTIVE
+
+
+def test_a_hash_request_frame_over_its_bound_drops_the_peer() -> None:
+    p = active_peer()
+    with pytest.raises(RemoteProtocolError, match="at most"):
+        p.receive_data(frame(HASH_REQUEST, bytes(49)))
+    assert p.state is PeerState.CLOSED
 
 
 def test_oversized_prefix_rejected_before_buffering() -> None:

@@ -223,7 +223,9 @@ def _magnet_info(a: argparse.Namespace) -> int:
 
     m = parse_magnet(a.torrent)
     peers = [format_peer(h, p) for h, p in m.peers]
-    d = {"magnet": True, "info_hash": m.info_hash_hex, "name": m.display_name,
+    v2 = m.info_hash_v2.hex() if m.info_hash_v2 is not None else None
+    d = {"magnet": True, "info_hash": m.info_hash_hex, "info_hash_v2": v2,
+         "name": m.display_name,
          "trackers": [list(t) for t in m.trackers], "peers": peers,
          "web_seeds": list(m.web_seeds), "select_only": list(m.select_only)}
     if a.json:
@@ -231,7 +233,10 @@ def _magnet_info(a: argparse.Namespace) -> int:
         return 0
     out = ["magnet:      the files, sizes and pieces come with its metadata (download it)",
            f"name:        {m.display_name if m.display_name is not None else '(none given)'}",
-           f"info hash:   {m.info_hash_hex}"]
+           f"info hash:   {m.info_hash_hex}"
+           + (" (the v2 hash, truncated)" if m.v2_only else "")]
+    if v2 is not None:
+        out.append(f"v2 hash:     {v2}")
     out += [f"tracker tier {t}: " + " ".join(tier) for t, tier in enumerate(m.trackers)]
     out += [f"peer:        {p}" for p in peers]
     out += [f"web seed:    {u}" for u in m.web_seeds]

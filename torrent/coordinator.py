@@ -1416,8 +1416,9 @@ def _load_or_fetch_metainfo(
 
     The metadata kept beside the journal (``DIR/.fasttorrent/<info-hash>.torrent``)
     is used when it loads and hashes to the magnet's info-hash; otherwise the
-    info dict is fetched (:func:`~torrent.magnetfetch.fetch_metadata`) and
-    kept there once it passed the .torrent checks. Either way the torrent
+    info dict (and a v2 magnet's piece layers) is fetched
+    (:func:`~torrent.magnetfetch.fetch_metadata`) and kept there once it
+    passed the .torrent checks. Either way the torrent
     carries the magnet's trackers, and its ``x.pe`` peers join ``opts.peers``.
     ``on_dialled`` goes to the fetch (see :func:`~torrent.magnetfetch.fetch_metadata`),
     or is called before it when the DHT or trackers will look names up.
@@ -1462,11 +1463,14 @@ def _load_or_fetch_metainfo(
             opts = opts.replace(port=_free_port(opts.bind, udp=want_dht))
         dht = start_dht(opts, opts.port, log) if want_dht else None
         try:
-            info, banned, conns = _run_loop(fetch_metadata(
+            info, banned, conns, layers = _run_loop(fetch_metadata(
                 magnet, opts, peer_id=peer_id, port=opts.port, log=log, dht=dht,
                 on_dialled=on_dialled))
-            meta = metainfo_from_info(info, magnet)  # the strict .torrent checks
-            _write_file(kept, torrent_bytes(meta.info_bytes, magnet), "the metadata to")
+            # the strict .torrent checks (a v2 magnet's layers against their roots too)
+            meta = metainfo_from_info(info, magnet, piece_layers=layers)
+            _write_file(kept, torrent_bytes(meta.info_bytes, magnet,
+                                            piece_layers=meta.piece_layers),
+                        "the metadata to")
         except BaseException:
             close_handovers(conns)
             if dht is not None:
@@ -1477,7 +1481,8 @@ def _load_or_fetch_metainfo(
             dht = None
     if opts.save_torrent:
         try:
-            _write_file(opts.save_torrent, torrent_bytes(meta.info_bytes, magnet),
+            _write_file(opts.save_torrent, torrent_bytes(meta.info_bytes, magnet,
+                                                         piece_layers=meta.piece_layers),
                         "the .torrent to")
         except BaseException:
             close_handovers(conns)
@@ -1497,7 +1502,8 @@ def _load_kept_metainfo(kept: str, magnet: Any, log: Callable[[str], None],
         old = metainfo.load(kept)
         if old.info_hash != magnet.info_hash:
             raise errors.InvalidTorrent(f"it is torrent {old.info_hash_hex}")
-        meta = metainfo_from_info(old.info_bytes, magnet)
+        # a v2 magnet's layers were fetched once and kept with it
+        meta = metainfo_from_info(old.info_bytes, magnet, piece_layers=old.piece_layers)
     except errors.InvalidTorrent as e:
         log(f"warning: ignoring the kept metadata {kept} ({e}); fetching it again")
         return None

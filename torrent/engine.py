@@ -295,14 +295,15 @@ class Engine:
             dht=self.dht if dht_wanted(opts) else None, handle_signals=False))
         self.fetches.add(fetch)  # a signal cancels it
         try:
-            info, banned, conns = await fetch
+            info, banned, conns, layers = await fetch
         finally:
             self.fetches.discard(fetch)
         try:
-            meta = metainfo_from_info(info, magnet)  # the strict .torrent checks
+            # the strict .torrent checks (a v2 magnet's layers against their roots too)
+            meta = metainfo_from_info(info, magnet, piece_layers=layers)
             os.makedirs(os.path.dirname(kept), exist_ok=True)
             with open(kept, "wb") as f:
-                f.write(torrent_bytes(meta.info_bytes, magnet))
+                f.write(torrent_bytes(meta.info_bytes, magnet, piece_layers=meta.piece_layers))
         except OSError as e:
             close_handovers(conns)
             raise errors.StorageError(f"cannot keep the metadata in {kept}: "

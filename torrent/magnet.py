@@ -19,10 +19,14 @@ Rules, and why:
   ``+`` for a space, and libtorrent reads ``dn`` the same way. A ``+`` in a
   URL is a real ``+``.
 - ``xt``: the ``urn:btih:`` one carries the v1 info-hash, as 40 hex digits or
-  32 base32 characters (BEP 9). Other ``xt`` (``urn:btmh:`` of a hybrid,
-  ``urn:sha1:``, ...) are ignored next to it; a link with only
-  ``urn:btmh:`` (BitTorrent v2) is refused: v2 is not supported yet. Two
-  different btih hashes refuse the link (which torrent would it be?).
+  32 base32 characters (BEP 9); the ``urn:btmh:`` one the v2 info-hash
+  (BEP 52) as a multihash in hex: ``1220`` (SHA-256, 32 bytes) and 64 hex
+  digits. A link with both is a hybrid's (fetched and downloaded through
+  its v1 hash; the metadata must match both); a link with btmh alone is a
+  v2 torrent's, known on the wire by the first 20 bytes of its v2 hash.
+  Other ``xt`` (``urn:sha1:``, ...) are ignored. Two different hashes of one
+  kind refuse the link (which torrent would it be?), and so does a btmh that
+  is not a SHA-256 multihash.
 - ``tr``: each its own tier, in link order (libtorrent does the same).
   Like the trackers of a .torrent, URLs with a scheme we cannot announce to
   (anything but http, https, udp) are dropped silently, and so are
@@ -104,6 +108,8 @@ _BTIH = "urn:btih:"
 _BTMH = "urn:btmh:"
 _HEX40_RE = re.compile(r"[0-9A-Fa-f]{40}")
 _B32_RE = re.compile(r"[A-Za-z2-7]{32}")
+_HEX68_RE = re.compile(r"[0-9A-Fa-f]{68}")
+_SHA256_MULTIHASH = "1220"  # multihash: code 0x12 (SHA-256), length 0x20 (32 bytes)
 _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL, C1
 _XT_KEY_RE = re.compile(r"xt(?:\.[0-9]{1,4})?")
@@ -116,7 +122,11 @@ class Magnet:
     """A parsed magnet link. Build it with :func:`parse_magnet`.
 
     Attributes:
-        info_hash: the v1 info-hash (20 bytes).
+        info_hash: the 20-byte info-hash the swarm knows the torrent by
+            (handshakes, trackers, the DHT): the v1 one, or for a v2-only
+            link (``urn:btmh:`` alone) the first 20 bytes of its v2 one.
+        info_hash_v2: BEP 52: the 32-byte v2 info-hash (SHA-256 of the info
+            dict) from ``urn:btmh:``, or None.
         display_name: ``dn``, or None when absent (informational only: the
             torrent's name comes from its metadata).
         trackers: tiers of tracker URLs, one ``tr`` per tier, in link order.
@@ -128,6 +138,7 @@ class Magnet:
 
     info_hash: bytes
     display_name: str | None = None
+    info_hash_v2: bytes | None = None
     trackers: tuple[tuple[str, ...], ...] = ()
     peers: tuple[tuple[str, int], ...] = ()
     web_seeds: tuple[str, ...] = ()
@@ -138,6 +149,11 @@ class Magnet:
     def info_hash_hex(self) -> str:
         """The info-hash as 40 lowercase hex digits."""
         return self.info_hash.hex()
+
+    @property
+    def v2_only(self) -> bool:
+        """A ``urn:btmh:`` link without ``urn:btih:``: a v2-only torrent's (BEP 52)."""
+        return self.info_hash_v2 is not None and self.info_hash == self.info_hash_v2[:20]
 
 
 def _bad(field: str, why: str) -> InvalidTorrent:
@@ -177,16 +193,29 @@ def _checked(value: str, field: str) -> str:
     return value
 
 
-def _info_hash(xts: list[str]) -> bytes:
-    """The btih info-hash among the ``xt`` values."""
+def _btmh(text: str) -> bytes:
+    """A ``urn:btmh:`` value: a SHA-256 multihash (``1220`` and 64 hex digits)."""
+    if len(text) != 68 or not _HEX68_RE.fullmatch(text):
+        raise _bad("xt", "a urn:btmh: info-hash must be 1220 and 64 hex digits (a SHA-256"
+                   f" multihash), got {_short(text)}")
+    if text[:4] != _SHA256_MULTIHASH:
+        raise _bad("xt", f"urn:btmh: multihash {text[:4]!r} is not SHA-256 (1220)")
+    return bytes.fromhex(text[4:])
+
+
+def _info_hash(xts: list[str]) -> tuple[bytes, bytes | None]:
+    """The btih info-hash (for a v2-only link: the truncated btmh) and the btmh one."""
     if not xts:
         raise _bad("xt", "missing (a magnet needs xt=urn:btih:<info-hash>)")
     found: bytes | None = None
-    v2 = False
+    v2: bytes | None = None
     for xt in xts:
         low = xt[: len(_BTIH)].lower()
         if low == _BTMH:
-            v2 = True
+            digest = _btmh(xt[len(_BTMH) :])
+            if v2 is not None and digest != v2:
+                raise _bad("xt", "two different btmh info-hashes")
+            v2 = digest
             continue
         if low != _BTIH:
             continue
@@ -212,10 +241,10 @@ def _info_hash(xts: list[str]) -> bytes:
             raise _bad("xt", "two different btih info-hashes")
         found = digest
     if found is None:
-        if v2:
-            raise _bad("xt", "BitTorrent v2 magnets (urn:btmh:) are not supported yet")
-        raise _bad("xt", f"no urn:btih: info-hash in {_short(xts[0])}")
-    return found
+        if v2 is not None:
+            return v2[:20], v2  # BEP 52: a v2 swarm is known by the truncated hash
+        raise _bad("xt", f"no urn:btih: or urn:btmh: info-hash in {_short(xts[0])}")
+    return found, v2
 
 
 def _peer(value: str) -> tuple[str, int]:
@@ -255,8 +284,8 @@ def parse_magnet(uri: str) -> Magnet:
         The :class:`Magnet`.
 
     Raises:
-        InvalidTorrent: anything malformed, unsupported (v2 only) or over a
-            bound; the message names the parameter.
+        InvalidTorrent: anything malformed, unsupported or over a bound; the
+            message names the parameter.
     """
     if not isinstance(uri, str):
         raise _bad("uri", f"must be a string, got {type(uri).__name__}")
@@ -284,7 +313,7 @@ def parse_magnet(uri: str) -> Magnet:
         params.append((key, value))
 
     xts = [v for k, v in params if _XT_KEY_RE.fullmatch(k)]
-    info_hash = _info_hash([x.strip() for x in xts])
+    info_hash, info_hash_v2 = _info_hash([x.strip() for x in xts])
 
     names = [v for k, v in params if k == "dn"]
     display_name = _checked(names[0], "dn") if names else None
@@ -322,6 +351,7 @@ def parse_magnet(uri: str) -> Magnet:
     return Magnet(
         info_hash=info_hash,
         display_name=display_name,
+        info_hash_v2=info_hash_v2,
         trackers=tuple(tiers),
         peers=tuple(peers),
         web_seeds=tuple(web_seeds),
@@ -342,7 +372,9 @@ def magnet_uri(
     """Build a magnet URI (for tests, tools and ``seed``'s announcement of itself).
 
     Args:
-        source: a torrent's :class:`Metainfo`, or a 20-byte info-hash.
+        source: a torrent's :class:`Metainfo` (a v2-only one gives a
+            ``urn:btmh:`` link, a hybrid both ``urn:btih:`` and ``urn:btmh:``),
+            or a 20-byte info-hash.
         name: ``dn``; default: the torrent's name (none for a bare info-hash).
         trackers: ``tr`` URLs; default: every tracker of the torrent, tier by tier.
         peers: ``x.pe`` peers as ``(host, port)``; IPv6 hosts get brackets.
@@ -356,8 +388,10 @@ def magnet_uri(
     Raises:
         ValueError: ``source`` is bytes but not 20 of them.
     """
+    v2: bytes | None = None
     if isinstance(source, Metainfo):
         info_hash = source.info_hash
+        v2 = source.info_hash_v2
         if name is None:
             name = source.name
         if trackers is None:
@@ -366,7 +400,9 @@ def magnet_uri(
         info_hash = bytes(source)
         if len(info_hash) != 20:
             raise ValueError(f"an info-hash is 20 bytes, got {len(info_hash)}")
-    parts = [f"xt=urn:btih:{info_hash.hex()}"]
+    parts = [] if v2 is not None and v2[:20] == info_hash else [f"xt=urn:btih:{info_hash.hex()}"]
+    if v2 is not None:
+        parts.append(f"xt=urn:btmh:{_SHA256_MULTIHASH}{v2.hex()}")
     if name is not None:
         parts.append("dn=" + quote(name, safe=""))
     parts.extend("tr=" + quote(url, safe="") for url in trackers or ())

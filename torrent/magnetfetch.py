@@ -33,9 +33,22 @@ any worker exists; the download then proceeds as from a .torrent
   (:data:`PEER_RETRY_BASE`, doubling) up to :data:`PEER_MAX_ATTEMPTS`
   times; one that cannot give metadata at all (no BEP 10, no ut_metadata,
   another torrent, a protocol error, a ban) is not.
-- **The end**: the verified info dict is returned as soon as the fetch is
-  done. No metadata piece for ``opts.stall_timeout`` seconds (0: never give
-  up), or no peer left that could send one and no tracker to ask, is
+- **A v2 magnet** (``urn:btmh:`` alone, BEP 52) is fetched under its
+  truncated v2 info-hash, and its metadata must hash (SHA-256) to the v2
+  one. Its info dict holds each file's ``pieces root`` but not the piece
+  layers a file larger than one piece is verified by: those come next, over
+  the same connections, with BEP 52 hash requests
+  (:class:`~torrent.piecelayers.LayerFetch`: runs of 512 hashes proved up to
+  the root, to the peers that offered the metadata, a reject or a time-out
+  moving a request to another peer; a peer whose hashes do not fold up to
+  the root is banned like a sender of bad metadata). A hybrid link is
+  fetched through its v1 hash (no v1 connection may carry hash requests:
+  libtorrent drops it) and downloaded as a hybrid without its layers is:
+  its pieces checked by SHA-1.
+- **The end**: the verified info dict (and a v2 magnet's layers) is
+  returned as soon as the fetch is done. No metadata piece (or layer hashes)
+  for ``opts.stall_timeout`` seconds (0: never give up), or no peer left
+  that could send one and no tracker to ask, is
   :class:`~torrent.errors.Incomplete` (exit 6), with one line naming the
   peers tried and what each did. SIGINT / SIGTERM is
   :class:`~torrent.errors.Interrupted` (exit 7). On every path every
@@ -66,7 +79,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from . import __version__
+from . import __version__, metainfo
 from .dht.service import Dht
 from .errors import Incomplete, Interrupted, RemoteProtocolError, TrackerError
 from .magnet import Magnet
@@ -74,8 +87,10 @@ from .metadata import MetadataComplete, MetadataFetch, MetadataHashFailed
 from .net.peer import PeerConn
 from .options import Options, dial_order
 from .peeraddr import format_peer
+from .piecelayers import LayerFetch, layer_files
 from .wire.extension import MetadataData, MetadataReject
 from .wire.framing import ReceiveBuffer
+from .wire.messages import Hashes, HashReject
 from .wire.metadata_conn import (
     ConnectionReady,
     MetadataConnection,
@@ -204,7 +219,11 @@ class _Fetcher:
         self.port = port
         self.log = log
         self.loop = asyncio.get_running_loop()
-        self.fetch: MetadataFetch[Addr] = MetadataFetch(magnet.info_hash)
+        self.fetch: MetadataFetch[Addr] = MetadataFetch(magnet.info_hash,
+                                                         info_hash_v2=magnet.info_hash_v2)
+        # a v2 magnet's piece layers, fetched once the metadata is in (start_layers)
+        self.layer_fetch: LayerFetch[Addr] | None = None
+        self.layers_started = False
         self.candidates: dict[Addr, _Candidate] = {}
         self.links: dict[Addr, _Link] = {}
         self.dials: set[asyncio.Task[None]] = set()
@@ -290,6 +309,8 @@ class _Fetcher:
         if self.links.get(link.addr) is link:
             del self.links[link.addr]
         self.fetch.peer_gone(link.addr)
+        if self.layer_fetch is not None:
+            self.layer_fetch.peer_gone(link.addr)
         c = self.candidates.get(link.addr)
         if (c is not None and not link.handshaken and not c.reason.startswith("banned")
                 and c.kind + 1 < len(self.dial_order)):
@@ -308,14 +329,51 @@ class _Fetcher:
         link.final = final
         link.close(reason)
 
-    def ban(self, addr: Addr) -> None:
+    def ban(self, addr: Addr,
+            why: str = "banned: its metadata does not hash to the info-hash") -> None:
         c = self.candidates.get(addr)
         if c is not None:
-            c.reason = "banned: its metadata does not hash to the info-hash"
+            c.reason = why
             c.final = True
         link = self.links.get(addr)
         if link is not None:
-            self.close(link, "banned: its metadata does not hash to the info-hash", final=True)
+            self.close(link, why, final=True)
+
+    # -- a v2 magnet's piece layers ---------------------------------------------------
+    @property
+    def done(self) -> bool:
+        """The metadata is in, and a v2 magnet's piece layers too."""
+        return self.fetch.done and self.layers_started and (
+            self.layer_fetch is None or self.layer_fetch.done)
+
+    def start_layers(self) -> None:
+        """Once the metadata is in: plan a v2-only torrent's piece layers (none to fetch
+        for a v1 or hybrid magnet, or when no file is larger than a piece).
+
+        Raises:
+            InvalidTorrent: the info dict is not a valid torrent (as a .torrent).
+        """
+        self.layers_started = True
+        info = self.fetch.result
+        if not self.magnet.v2_only or info is None:
+            return
+        meta = metainfo.parse(b"d4:info" + info + b"e", require_layers=False)
+        files = layer_files(meta)
+        if not files:
+            return
+        self.layer_fetch = LayerFetch(files, meta.piece_length)
+        self.log(f"magnet {self.magnet.info_hash_hex}: fetching the piece layers of "
+                 f"{len(files)} file(s) ({self.layer_fetch.requests_left} hash requests)")
+        for link in self.links.values():
+            if link.offered and not link.closed:
+                self.layer_fetch.add_peer(link.addr)
+        self.last_progress = self.loop.time()
+        self.pump(self.last_progress)
+
+    def banned(self) -> frozenset[Addr]:
+        """Every peer banned for bad metadata or bad hashes."""
+        lf = self.layer_fetch
+        return self.fetch.banned | (lf.banned if lf is not None else frozenset())
 
     # -- the protocol -----------------------------------------------------------------
     def on_data(self, link: _Link) -> None:
@@ -344,6 +402,9 @@ class _Fetcher:
             if ev.metadata_size is None:
                 self.close(link, "offers no metadata (no ut_metadata or metadata_size)",
                            final=True)
+            elif not link.offered and self.layer_fetch is not None:
+                link.offered = True  # the metadata is in: it may have the layers
+                self.layer_fetch.add_peer(addr)
             elif not link.offered:
                 if not self.fetch.add_peer(addr, ev.metadata_size):
                     why = ("banned: its metadata does not hash to the info-hash"
@@ -369,11 +430,29 @@ class _Fetcher:
                 self.wake.set()
         elif isinstance(ev, MetadataReject):
             self.fetch.reject(addr, ev.piece, now)
+        elif isinstance(ev, Hashes):
+            lf = self.layer_fetch
+            if lf is None:
+                raise RemoteProtocolError("peer sent hashes we never asked for")
+            got = lf.hashes(addr, ev)
+            if got.banned is not None:
+                self.log(f"warning: piece-layer hashes from {_name(addr)} do not hash to "
+                         "the file's root; fetching them from another peer")
+                self.ban(addr, "banned: its piece-layer hashes do not hash to the file's root")
+            elif got.accepted:
+                self.last_progress = now
+                if lf.done:
+                    self.wake.set()
+        elif isinstance(ev, HashReject):
+            if self.layer_fetch is not None:
+                self.layer_fetch.reject(addr, ev)
 
     def pump(self, now: float) -> None:
         """Send each ready connection the requests the fetch hands it now; close
         the ones it will ask no more."""
         if self.fetch.done:
+            if self.layer_fetch is not None and not self.layer_fetch.done:
+                self._pump_layers(self.layer_fetch, now)
             self.wake.set()
             return
         for link in list(self.links.values()):
@@ -387,9 +466,21 @@ class _Fetcher:
                 link.mc.request(piece)
             link.flush()
 
+    def _pump_layers(self, lf: LayerFetch[Addr], now: float) -> None:
+        for link in list(self.links.values()):
+            if link.closed or not link.offered or link.mc.state is not MetadataConnState.READY:
+                continue
+            if not lf.usable(link.addr):
+                continue  # struck out: kept for the download, asked no more
+            while (req := lf.next_request(link.addr, now)) is not None:
+                link.mc.request_hashes(req)
+            link.flush()
+
     def tick(self, now: float) -> None:
         """The timer: request and handshake time-outs, more dials."""
         self.fetch.timed_out(now)
+        if self.layer_fetch is not None:
+            self.layer_fetch.timed_out(now)
         deadline = self.opts.handshake_timeout
         for link in list(self.links.values()):
             if link.mc.state < MetadataConnState.READY and now - link.started > deadline:
@@ -469,6 +560,9 @@ class _Fetcher:
         left to dial and no tracker to ask for more)."""
         stall = self.opts.stall_timeout
         if stall and now - self.last_progress > stall:
+            if self.layer_fetch is not None:
+                return (f"no piece-layer hashes for {stall:g} s "
+                        f"({self.layer_fetch.requests_left} hash requests unanswered)")
             return f"no metadata piece for {stall:g} s"
         if self.tracking or self.dht_searching or self.links or self.dials:
             return None
@@ -555,12 +649,15 @@ def close_handovers(conns: Iterable[Handover]) -> None:
 
 class Fetched(NamedTuple):
     """What a metadata fetch brings: the info dictionary, the peers it banned for
-    sending metadata that does not hash to the info-hash (the download that follows
-    never dials them), and the connections it hands over."""
+    sending metadata that does not hash to the info-hash or piece-layer hashes that
+    do not hash to their root (the download that follows never dials them), the
+    connections it hands over, and a v2 magnet's piece layers (the bencoded
+    ``piece layers`` of its .torrent; None: none fetched)."""
 
     info: bytes
     banned: frozenset[tuple[str, int]]
     conns: tuple[Handover, ...] = ()
+    layers: bytes | None = None
 
 
 async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port: int,
@@ -588,12 +685,15 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
     Returns:
         The info dictionary's bytes, verified against the info-hash (not yet
         validated as a torrent: :func:`~torrent.metadata.metainfo_from_info`),
-        the peers banned for bad metadata, and the connections handed over
-        (their descriptors are the caller's to pass on or close).
+        the peers banned for bad metadata or hashes, the connections handed
+        over (their descriptors are the caller's to pass on or close), and a
+        v2 magnet's piece layers, each proved against its file's root.
 
     Raises:
-        Incomplete: no metadata piece for ``opts.stall_timeout`` seconds, or
-            no peer and no tracker at all; the message names the peers tried.
+        Incomplete: no metadata piece (or piece-layer hashes) for
+            ``opts.stall_timeout`` seconds, or no peer and no tracker at all;
+            the message names the peers tried.
+        InvalidTorrent: a v2 magnet's metadata is not a valid torrent.
         Interrupted: SIGINT / SIGTERM.
     """
     f = _Fetcher(magnet, opts, peer_id, port, log, on_dialled)
@@ -632,10 +732,14 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
             now = loop.time()
             if f.interrupted:
                 raise Interrupted("interrupted while fetching the metadata; nothing saved")
-            if f.fetch.done:
+            if f.fetch.done and not f.layers_started:
+                f.start_layers()
+            if f.done:
                 break
             f.tick(now)
-            if f.fetch.done:
+            if f.fetch.done and not f.layers_started:
+                f.start_layers()
+            if f.done:
                 break
             if tracker_task is not None and tracker_task.done() and f.tracking:
                 f.tracking = False  # the announce loop ended: no usable tracker
@@ -674,6 +778,8 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
     if info is None:  # cannot happen: the loop leaves only when done or by raising
         raise RuntimeError("metadata fetch ended without the metadata")
     served = sum(1 for r in f.fetch.report() if r.received)
-    log(f"metadata: {len(info)} bytes from {served} peer(s) in "
+    layers = f.layer_fetch.encoded() if f.layer_fetch is not None else None
+    log(f"metadata: {len(info)} bytes from {served} peer(s)"
+        f"{f' and piece layers of {len(layers)} bytes' if layers else ''} in "
         f"{loop.time() - f.started:.3f} s")
-    return Fetched(info, f.fetch.banned, conns)
+    return Fetched(info, f.banned(), conns, layers)

@@ -27,7 +27,7 @@ The hashing is the native core's (:mod:`torrent._speedups`: ``merkle_leaves``,
 ``merkle_root``, ``piece_layer``, with the GIL released); this module does the
 arithmetic of sizes and the checks. :mod:`torrent.metainfo` checks a torrent's
 piece layers with it and :mod:`torrent.creator` makes v2 and hybrid torrents
-with it; downloading v2 is not built on it yet.
+with it, and :mod:`torrent.piecelayers` exchanges layers with peers by it.
 """
 
 from __future__ import annotations

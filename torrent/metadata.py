@@ -34,7 +34,9 @@ connection).
   else is the peer's fault (:class:`~torrent.errors.RemoteProtocolError`:
   drop it).
 - **Check.** When every piece is in, the SHA-1 of the whole must be the
-  info-hash: then it is the result (:class:`MetadataComplete`). Otherwise
+  info-hash (for a v2 magnet, BEP 52: its SHA-256 the v2 info-hash; a hybrid
+  link's metadata may match either): then it is the result
+  (:class:`MetadataComplete`). Otherwise
   (:class:`MetadataHashFailed`) the round starts over. A peer that alone
   supplied the bad copy is banned. With several senders the culprit is not
   known: the digest of each sender's pieces is recorded, and the metadata is
@@ -214,20 +216,23 @@ class MetadataFetch(Generic[P]):
     """Fetch the info dictionary of ``info_hash`` from peers (BEP 9), sans-IO.
 
     Args:
-        info_hash: the 20-byte v1 info-hash the metadata must hash to.
+        info_hash: the 20-byte info-hash the metadata's SHA-1 must be (a v2
+            magnet's truncated v2 info-hash, which no SHA-1 matches).
+        info_hash_v2: BEP 52: the 32-byte v2 info-hash its SHA-256 may be instead.
         max_size: largest metadata_size accepted.
         request_timeout: seconds before an unanswered request goes elsewhere.
         max_outstanding: requests outstanding per peer.
         max_peers: peers remembered.
 
     Raises:
-        ValueError: ``info_hash`` is not 20 bytes.
+        ValueError: ``info_hash`` is not 20 bytes or ``info_hash_v2`` not 32.
     """
 
     def __init__(
         self,
         info_hash: bytes,
         *,
+        info_hash_v2: bytes | None = None,
         max_size: int = MAX_METADATA_SIZE,
         request_timeout: float = METADATA_REQUEST_TIMEOUT,
         max_outstanding: int = MAX_OUTSTANDING_PER_PEER,
@@ -235,7 +240,10 @@ class MetadataFetch(Generic[P]):
     ) -> None:
         if len(info_hash) != 20:
             raise ValueError(f"an info-hash is 20 bytes, got {len(info_hash)}")
+        if info_hash_v2 is not None and len(info_hash_v2) != 32:
+            raise ValueError(f"a v2 info-hash is 32 bytes, got {len(info_hash_v2)}")
         self.info_hash = bytes(info_hash)
+        self.info_hash_v2 = None if info_hash_v2 is None else bytes(info_hash_v2)
         self.max_size = max_size
         self.request_timeout = request_timeout
         self.max_outstanding = max_outstanding
@@ -599,7 +607,9 @@ class MetadataFetch(Generic[P]):
     def _check(self) -> MetadataComplete[P] | MetadataHashFailed[P]:
         pieces = [p for p in self._pieces if p is not None]
         info = b"".join(pieces)
-        if hashlib.sha1(info).digest() == self.info_hash:
+        if hashlib.sha1(info).digest() == self.info_hash or (
+                self.info_hash_v2 is not None
+                and hashlib.sha256(info).digest() == self.info_hash_v2):
             self._result = info
             banned: list[P] = []
             for suspect, digests in self._suspects.items():
@@ -669,12 +679,15 @@ class MetadataServer:
 # --- from metadata to a torrent -----------------------------------------------
 
 
-def torrent_bytes(info_bytes: bytes, magnet: Magnet | None = None) -> bytes:
+def torrent_bytes(info_bytes: bytes, magnet: Magnet | None = None, *,
+                  piece_layers: bytes | None = None) -> bytes:
     """A .torrent holding ``info_bytes`` unchanged, with the magnet's trackers and web seeds.
 
     ``announce`` is the first tracker and ``announce-list`` (when there are
     several) has one tier per ``tr``, as in the magnet; ``ws`` become
-    ``url-list`` (BEP 19). Used for ``--save-torrent`` and to keep the
+    ``url-list`` (BEP 19); ``piece_layers``, a bencoded dict (a v2 magnet's,
+    fetched from peers: :mod:`torrent.piecelayers`), is the top-level
+    ``piece layers`` (BEP 52). Used for ``--save-torrent`` and to keep the
     metadata beside the resume journal.
 
     Raises:
@@ -695,23 +708,30 @@ def torrent_bytes(info_bytes: bytes, magnet: Magnet | None = None) -> bytes:
                 top[b"announce-list"] = [list(tier) for tier in magnet.trackers]
         if magnet.web_seeds:
             top[b"url-list"] = list(magnet.web_seeds)
+    raw = {b"info": info_bytes}
+    if piece_layers is not None:
+        raw[b"piece layers"] = piece_layers
     # Keys in sorted order (canonical bencoding), the info dict spliced in as is:
     # re-encoding it could change its bytes and so its info-hash.
     out = [b"d"]
-    for key in sorted([*top, b"info"]):
+    for key in sorted([*top, *raw]):
         out.append(bencoding.encode(key))
-        out.append(info_bytes if key == b"info" else bencoding.encode(top[key]))
+        out.append(raw[key] if key in raw else bencoding.encode(top[key]))
     out.append(b"e")
     return b"".join(out)
 
 
-def metainfo_from_info(info_bytes: bytes, magnet: Magnet) -> Metainfo:
+def metainfo_from_info(info_bytes: bytes, magnet: Magnet, *,
+                       piece_layers: bytes | None = None) -> Metainfo:
     """Validate fetched metadata exactly as a .torrent file, and return its metainfo.
 
     Args:
         info_bytes: the info dictionary (e.g. :attr:`MetadataFetch.result`,
             or the copy kept beside the resume journal).
         magnet: the magnet it belongs to (info-hash, trackers).
+        piece_layers: a v2 torrent's bencoded ``piece layers`` (fetched from
+            peers, or kept), checked against each file's root as a
+            .torrent's are.
 
     Returns:
         The :class:`Metainfo`, as :func:`torrent.metainfo.parse` gives for
@@ -722,13 +742,21 @@ def metainfo_from_info(info_bytes: bytes, magnet: Magnet) -> Metainfo:
             the torrent is invalid or unsafe (the message names the field, as
             for a .torrent file: exit 3).
     """
-    digest = hashlib.sha1(info_bytes).digest()
-    if digest != magnet.info_hash:
-        raise InvalidTorrent(
-            f"invalid torrent: info: metadata hashes to {digest.hex()},"
-            f" not to the magnet's info-hash {magnet.info_hash_hex}"
-        )
-    meta = metainfo.parse(torrent_bytes(info_bytes, magnet))
+    if magnet.info_hash_v2 is not None:  # BEP 52: a hybrid link's both hashes must hold
+        digest = hashlib.sha256(info_bytes).digest()
+        if digest != magnet.info_hash_v2:
+            raise InvalidTorrent(
+                f"invalid torrent: info: metadata hashes to {digest.hex()} (SHA-256),"
+                f" not to the magnet's v2 info-hash {magnet.info_hash_v2.hex()}"
+            )
+    if not magnet.v2_only:
+        digest = hashlib.sha1(info_bytes).digest()
+        if digest != magnet.info_hash:
+            raise InvalidTorrent(
+                f"invalid torrent: info: metadata hashes to {digest.hex()},"
+                f" not to the magnet's info-hash {magnet.info_hash_hex}"
+            )
+    meta = metainfo.parse(torrent_bytes(info_bytes, magnet, piece_layers=piece_layers))
     if meta.info_hash != magnet.info_hash:  # the bytes were more than one value
         raise InvalidTorrent("invalid torrent: info: metadata is not exactly one bencoded dict")
     return meta

@@ -847,11 +847,15 @@ def _valid_path_list(path: object) -> bool:
     return True
 
 
-def parse(data: bytes) -> Metainfo:
+def parse(data: bytes, *, require_layers: bool = True) -> Metainfo:
     """Validate a .torrent file's bytes and return its :class:`Metainfo`.
 
     Args:
         data: the whole file.
+        require_layers: False: a v2-only torrent may lack ``piece layers`` (a
+            v2 magnet's info dict, read for its files before its layers are
+            fetched from peers); its pieces cannot be verified then. Layers
+            that are there are checked all the same.
 
     Returns:
         The validated metainfo.
@@ -939,8 +943,8 @@ def parse(data: bytes) -> Metainfo:
             tree = _check_hybrid(info, name, files, multi_file, piece_length)
             files = _with_roots(files, tree)
     if v2:
-        _check_layers(top.get(b"piece layers"), tree, piece_length, required=v2_only
-                      or b"piece layers" in top)
+        _check_layers(top.get(b"piece layers"), tree, piece_length,
+                      required=(v2_only and require_layers) or b"piece layers" in top)
     files = _sanitize_symlinks(files)
 
     private = info.get(b"private", 0)

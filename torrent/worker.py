@@ -49,6 +49,7 @@ from .net.peer import PeerConn
 from .options import MAX_CONNECTIONS_CAP, Options, dial_order, share
 from .peeraddr import ban_key, format_peer
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
+from .piecelayers import LayerServer
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
 from .v2pieces import v2_pieces
@@ -72,7 +73,7 @@ from .wire.extension import (
 from .wire.fastext import allowed_fast_set
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
 from .wire.handshake import DHT_BIT, EXTENSION_BIT, FAST_BIT, RESERVED_OURS, reserved_bits
-from .wire.messages import LocalProtocolError, pack_piece_header
+from .wire.messages import Hashes, HashRequest, LocalProtocolError, pack_piece_header
 from .wire.mse import CRYPTO_RC4, Established
 
 if TYPE_CHECKING:
@@ -99,8 +100,11 @@ MAX_DEPTH = 500
 #: seeder serves a new connection slowly (libtorrent keeps one block in its send
 #: buffer until it has measured a rate), and unevenly: with deep pipelines a
 #: quarter of the first piece each, that piece waited for the slowest of four
-#: seeders. Short ones let the first piece's blocks go to whoever delivers.
+#: seeders. Short ones let the first piece's blocks go to whoever delivers. Only
+#: for the worker's first COLD_BLOCKS blocks (4 MiB) at most: over a slow path 8
+#: blocks a round trip would hold a run of huge pieces back (16 MiB at 50 ms is 1.6 s).
 COLD_DEPTH = 8
+COLD_BLOCKS = 256
 INITIAL_DEPTH = 64
 #: Ask the coordinator for more pieces when fewer unstarted leased pieces
 #: remain than this many per slot... in practice: a lease of 2 x slots is
@@ -154,6 +158,15 @@ PEX_FIRST = 5.0
 #: dict of a large torrent is a few MiB, and a peer asking for it in a loop
 #: gets rejects beyond this, not our upload.
 MAX_METADATA_ANSWERS = 16
+#: BEP 52 hash requests we answer one peer per tick at most (a reply carries up
+#: to MAX_HASHES_PER_REQUEST hashes, 256 KiB): libtorrent keeps two out at a
+#: time, so an honest peer never meets the bound; a flood gets hash rejects,
+#: 48 bytes each, not our upload or our CPU.
+MAX_HASH_ANSWERS = 8
+#: Bytes queued to a peer past which its hash requests get rejects instead of
+#: hashes: a peer that asks and does not read would otherwise have us queue
+#: MAX_HASH_ANSWERS replies of 256 KiB every tick. Two of the largest replies.
+MAX_HASH_BACKLOG = 512 * 1024
 #: Completed connections the kernel queues for us until we accept them, per
 #: worker (each has its own socket: SO_REUSEPORT).  Beyond it a burst of peers
 #: is dropped by the kernel before we can count or refuse it (with SYN cookies
@@ -263,8 +276,9 @@ class Peer:
     """
 
     __slots__ = ("_counted", "_rate_seen", "_up_window", "active", "conn", "created_at",
-                 "depth", "dht_heard", "dial_attempt", "interested_elsewhere", "listen_port",
-                 "max_depth", "metadata_served", "pex_at", "pex_heard", "pex_sent", "proto",
+                 "depth", "dht_heard", "dial_attempt", "hashes_served", "interested_elsewhere",
+                 "listen_port", "max_depth", "metadata_served", "pex_at", "pex_heard", "pex_sent",
+                 "proto",
                  "rate", "requested_elsewhere", "serve_pending", "up_rate", "uploaded",
                  "worker")
 
@@ -305,6 +319,7 @@ class Peer:
         # where it accepts connections: the address we dialled, or its BEP 10 ``p``
         self.listen_port: int | None = conn.addr[1] if conn.outgoing else None
         self.metadata_served = 0  # ut_metadata pieces sent since the last tick (bounded)
+        self.hashes_served = 0  # BEP 52 hash requests answered since the last tick (bounded)
         # when we last sent it PEX (BEP 11: at most once a minute); the first goes early
         self.pex_at = now - PEX_INTERVAL + PEX_FIRST
         self.pex_heard = -PEX_INTERVAL  # when it last sent us PEX that we took
@@ -400,6 +415,10 @@ class Worker:
         # BEP 52: what each piece's merkle root must be (v2-only: the only check;
         # hybrid: besides SHA-1, where its piece layers are known)
         self.v2 = v2_pieces(self.meta)
+        # BEP 52: answers hash requests from its piece layers (None: it has none),
+        # built on the first request (most peers ask none)
+        self.layer_server: LayerServer | None = None
+        self._layers_built = False
         # fdatasync runs on a thread of its own: on this machine's disk a flush of
         # one second of downloading takes longer than a second, and queued behind
         # it, verification and writes would stall the download.
@@ -841,6 +860,10 @@ class Worker:
                 peer.listen_port = hs.p
         elif t is wp.MetadataReceived:
             self._metadata(peer, ev.message)  # type: ignore[attr-defined]
+        elif t is wp.HashRequestReceived:
+            self._hash_request(peer, ev.request)  # type: ignore[attr-defined]
+        # wp.HashesReceived, wp.HashRejectReceived: a worker asks for no hashes (a v2
+        # magnet's layers came with its metadata); a late answer to the fetch's is dropped
         elif t is wp.PexReceived:
             self._pex_received(peer, ev.pex)  # type: ignore[attr-defined]
         elif t is wp.PortReceived:
@@ -860,6 +883,24 @@ class Worker:
         else:
             body = MetadataReject(msg.piece).encode()
         peer.write(peer.proto.send_extended(UT_METADATA, body))
+
+    def _hash_request(self, peer: Peer, req: HashRequest) -> None:
+        """BEP 52: answer a hash request from the torrent's piece layers (at most
+        MAX_HASH_ANSWERS per peer per tick, and none while MAX_HASH_BACKLOG bytes
+        wait to go to it; a reject otherwise, and for whatever
+        :class:`~torrent.piecelayers.LayerServer` does not serve)."""
+        if not self._layers_built:
+            self._layers_built = True
+            self.layer_server = LayerServer.from_metainfo(self.meta)
+        server = self.layer_server
+        if server is not None and peer.hashes_served < MAX_HASH_ANSWERS \
+                and peer.conn.write_buffer_size() < MAX_HASH_BACKLOG:
+            peer.hashes_served += 1
+            ans = server.answer(req)
+            if isinstance(ans, Hashes):
+                peer.write(peer.proto.send_hashes(ans))
+                return
+        peer.write(peer.proto.send_hash_reject(req))
 
     def _pex_received(self, peer: Peer, pex: Pex) -> None:
         """BEP 11: new peers for the coordinator's table (at most one message a minute)."""
@@ -1114,7 +1155,7 @@ class Worker:
 
             has = has_allowed
 
-        if self._cold:  # no piece of ours complete yet: short pipelines (see COLD_DEPTH)
+        if self._cold and self.blocks < COLD_BLOCKS:  # (see COLD_DEPTH)
             want = min(COLD_DEPTH, peer.max_depth) - proto.num_outstanding
             if want <= 0:
                 return
@@ -1345,6 +1386,7 @@ class Worker:
             if peer.rate < SHRINK_BELOW_RATE:
                 peer.rb.shrink()  # an idle peer's buffer back to a few KiB
             peer.metadata_served = 0
+            peer.hashes_served = 0
             if now - peer.pex_at >= PEX_INTERVAL and UT_PEX in peer.proto.peer_extensions \
                     and not self.meta.private:
                 self._send_pex(peer, now)

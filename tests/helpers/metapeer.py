@@ -18,6 +18,11 @@ stream for the download that takes the connection over. With ``hold`` it
 answers no metadata request until that event is set (at most
 :data:`HOLD_TIMEOUT`): a test orders two peers' answers so.
 
+``hashes``, when given, answers each BEP 52 hash request: it gets the
+request and returns the bytes to write (a lying ``hashes`` frame, a frame of
+the wrong length, or nothing: silence); the requests are recorded
+(``hash_requests``, event ``hash_requested``).
+
 ``info`` need not hash to ``info_hash``: that is the "bad metadata" peer.
 It records the metadata pieces asked of it, the extension handshakes each
 connection brought (a second one: a download took the connection over),
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 from helpers.framereader import FrameReader
 from helpers.testpeer import READ_CHUNK, _LoopServer
@@ -52,7 +58,7 @@ from torrent.wire.handshake import (
     make_peer_id,
     parse_handshake,
 )
-from torrent.wire.messages import Extended, encode
+from torrent.wire.messages import Extended, HashRequest, encode
 
 __all__ = ["MetadataPeer"]
 
@@ -71,7 +77,8 @@ class MetadataPeer(_LoopServer):
 
     def __init__(self, info_hash: bytes, info: bytes, *, metadata_size: int | None = None,
                  offer: bool = True, answer: bool = True, bep10: bool = True,
-                 preamble: bytes = b"", hold: threading.Event | None = None) -> None:
+                 preamble: bytes = b"", hold: threading.Event | None = None,
+                 hashes: Callable[[HashRequest], bytes] | None = None) -> None:
         super().__init__()
         self.info_hash = info_hash
         self.info = info
@@ -81,6 +88,9 @@ class MetadataPeer(_LoopServer):
         self.bep10 = bep10
         self.preamble = preamble
         self.hold = hold
+        self.hashes = hashes
+        self._hash_requests: list[HashRequest] = []
+        self.hash_requested = threading.Event()  # a BEP 52 hash request came
         self.peer_id = make_peer_id(b"-MP0001-")
         self._asked: list[int] = []
         self._ext_handshakes: list[int] = []  # per connection, in accept order
@@ -92,6 +102,12 @@ class MetadataPeer(_LoopServer):
         """The extension handshakes received on each connection so far, in accept order."""
         with self._lock:
             return list(self._ext_handshakes)
+
+    @property
+    def hash_requests(self) -> list[HashRequest]:
+        """BEP 52 hash requests received so far, in arrival order."""
+        with self._lock:
+            return list(self._hash_requests)
 
     @property
     def asked(self) -> list[int]:
@@ -127,6 +143,13 @@ class MetadataPeer(_LoopServer):
         try:
             while data := await reader.read(READ_CHUNK):
                 for msg in frames.feed(data):
+                    if isinstance(msg, HashRequest):
+                        with self._lock:
+                            self._hash_requests.append(msg)
+                        self.hash_requested.set()
+                        if self.hashes is not None:
+                            writer.write(self.hashes(msg))
+                        continue
                     if not isinstance(msg, Extended):
                         continue
                     if msg.ext_id == EXTENSION_HANDSHAKE_ID:

@@ -341,6 +341,8 @@ class TestPeer(_LoopServer):
         self.arrivals: list[str] = []
         #: requests received when the first block went out (any connection), or None
         self.requests_at_first_block: int | None = None
+        #: the most requests queued on one connection at once, not yet answered
+        self.max_queued = 0
         self.handshake_received = threading.Event()
         self.remote_closed = threading.Event()  # a connection was closed by the remote
         self.prefix_sent = threading.Event()
@@ -485,6 +487,7 @@ class TestPeer(_LoopServer):
             self._record("arrivals", "request")
             if state["unchoked"] and self._servable(*block):
                 pending[block] = None
+                self.max_queued = max(self.max_queued, len(pending))
                 wake.set()
         elif isinstance(msg, Cancel):
             pending.pop((msg.index, msg.begin, msg.length), None)

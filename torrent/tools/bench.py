@@ -133,6 +133,9 @@ CLIENT_TIMES = ("metadata_seconds", "first_piece_seconds")
 MAGNET_KINDS = ("ft", "lt", "aria2")
 #: ``--seeder-encryption``: the libtorrent seeders' MSE/PE (off, or forced with RC4).
 SEEDER_ENCRYPTION = ("off", "rc4")
+#: The client kinds that download a v2-only torrent (BEP 52): aria2 1.36 and
+#: Transmission 3.00 read v1 only.
+V2_KINDS = ("ft", "lt")
 
 #: Accepted spellings of the external clients.
 ALIASES = {"aria2c": "aria2", "transmission-cli": "transmission"}
@@ -609,6 +612,8 @@ class BenchConfig:
     #: pin the client's process tree / the seeders to these CPUs (None: any)
     client_cpus: tuple[int, ...] | None = None
     seeder_cpus: tuple[int, ...] | None = None
+    #: the torrent's kind: "v1", "v2" (v2-only, BEP 52) or "hybrid"
+    version: str = "v1"
 
 
 #: With --web-seed: the seeder sets (libtorrent seeders besides the web seed).
@@ -685,6 +690,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
         cfg.results, f"bench-{stamp}-{_size_label(cfg.size)}-{cfg.files}f-"
         f"{_size_label(cfg.piece)}-{mode}-s{'_'.join(map(str, cfg.num_seeders))}"
         + ("-magnet" if cfg.magnet else "") + ("-webseed" if cfg.web_seed else "")
+        + ("-" + cfg.version if cfg.version != "v1" else "")
         + ("-" + cfg.seeder_encryption if cfg.seeder_encryption != "off" else ""))
     try:
         os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
@@ -693,6 +699,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     params = {"size": cfg.size, "files": cfg.files, "piece": cfg.piece, "seeders": mode,
               "num_seeders": cfg.num_seeders, "runs": cfg.runs, "timeout": cfg.timeout,
               "magnet": cfg.magnet, "seeder_encryption": cfg.seeder_encryption,
+              "version": cfg.version,
               "web_seed": cfg.web_seed, "client_cpus": cfg.client_cpus,
               "seeder_cpus": cfg.seeder_cpus,
               "clients": [c.label for c in clients], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -715,7 +722,8 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
             os.makedirs(src, exist_ok=True)
             t = time.perf_counter()
             target, rels = make_payload(src, cfg.size, cfg.files)
-            tdata = create_torrent(target, piece_length=cfg.piece, workers=cpus)
+            tdata = create_torrent(target, piece_length=cfg.piece, workers=cpus,
+                                   version=cfg.version)
             torrent = os.path.join(work, "bench.torrent")
             with open(torrent, "wb") as f:
                 f.write(tdata)
@@ -1066,6 +1074,9 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="every client starts from a magnet link naming the seeders (x.pe; "
                         "no tracker, no torrent): the metadata fetch is timed too "
                         "(fasttorrent, libtorrent and aria2; not transmission)")
+    s.add_argument("--torrent-version", choices=("v1", "v2", "hybrid"), default="v1",
+                   help="the payload's torrent: v1, v2-only or hybrid (BEP 52; v2-only: "
+                        "ftN and lt-* clients, not with --magnet)")
     s.add_argument("--seeder-encryption", choices=SEEDER_ENCRYPTION, default="off",
                    help="rc4: the libtorrent seeders force MSE/PE with RC4 both ways (an "
                         "encrypted download; needs --seeders libtorrent; clients ftK and "
@@ -1107,6 +1118,16 @@ def run_from_args(a: argparse.Namespace) -> int:
         if bad:
             raise UsageError(f"--magnet: {', '.join(bad)} cannot start from a magnet link "
                              "in this bench (only ftN, lt-default, lt-fast and aria2 can)")
+    if a.torrent_version != "v1":
+        if a.magnet:
+            raise UsageError("--torrent-version: v1 only with --magnet")
+        if a.torrent_version == "v2":
+            if clients_text is None:
+                clients = [c for c in clients if c.kind in V2_KINDS]
+            bad = [c.label for c in clients if c.kind not in V2_KINDS]
+            if bad:
+                raise UsageError(f"--torrent-version v2: {', '.join(bad)} cannot download "
+                                 "a v2-only torrent (only ftN and lt-*)")
     if a.web_seed:
         if a.magnet or a.compare_seeding:
             raise UsageError("--web-seed: not with --magnet or --compare-seeding")
@@ -1136,6 +1157,7 @@ def run_from_args(a: argparse.Namespace) -> int:
                       results=a.results, timeout=a.timeout, keep=a.keep,
                       compare_seeding=a.compare_seeding, magnet=a.magnet, warmup=a.warmup,
                       seeder_encryption=a.seeder_encryption, web_seed=a.web_seed,
-                      client_cpus=a.client_cpus, seeder_cpus=a.seeder_cpus)
+                      client_cpus=a.client_cpus, seeder_cpus=a.seeder_cpus,
+                      version=a.torrent_version)
     doc = run_bench(cfg)
     return 0 if all(e["valid"] for e in doc["summary"]) else 6

@@ -14,11 +14,11 @@ A frame of length 0 (no id, no payload) is a keep-alive.
 - :data:`MESSAGE_TYPES` is the one table of message ids: id -> class.  Each
   class also states the bound of its payload (:meth:`Message.max_payload`),
   from which :func:`frame_bounds` derives the per-id frame-length table the
-  framer checks *before* it buffers a body.  A new message (BEP 52's hash
-  messages next) is one class in the table plus one handler in
-  :class:`~torrent.wire.peer.PeerProtocol`.
+  framer checks *before* it buffers a body.  A new message is one class in
+  the table plus one handler in :class:`~torrent.wire.peer.PeerProtocol`.
 - The table holds BEP 3 (ids 0-8), BEP 5's PORT (9), BEP 6's Fast messages
-  (0x0D-0x11) and BEP 10's extended message (20).  An :class:`Extended`
+  (0x0D-0x11), BEP 10's extended message (20) and BEP 52's hash messages
+  (21-23: hash request, hashes, hash reject).  An :class:`Extended`
   message only carries its extension id and body; the extension handshake,
   ``ut_metadata`` and ``ut_pex`` bodies are :mod:`torrent.wire.extension`'s.
   Whether a Fast or extended message is *allowed* (both sides set the
@@ -50,11 +50,16 @@ __all__ = [
     "CANCEL",
     "CHOKE",
     "EXTENDED",
+    "HASHES",
+    "HASH_REJECT",
+    "HASH_REQUEST",
     "HAVE",
     "HAVE_ALL",
     "HAVE_NONE",
     "INTERESTED",
     "MAX_EXTENDED_LENGTH",
+    "MAX_HASHES_PER_REQUEST",
+    "MAX_PROOF_LAYERS",
     "MAX_REQUEST_LENGTH",
     "MAX_UNKNOWN_MESSAGE_LENGTH",
     "MESSAGE_TYPES",
@@ -70,6 +75,9 @@ __all__ = [
     "Cancel",
     "Choke",
     "Extended",
+    "HashReject",
+    "HashRequest",
+    "Hashes",
     "Have",
     "HaveAll",
     "HaveNone",
@@ -93,6 +101,7 @@ __all__ = [
     "max_message_length",
     "message_name",
     "pack_piece_header",
+    "uncle_count",
 ]
 
 
@@ -124,6 +133,11 @@ REJECT: Final = 0x10  # <index u32><begin u32><length u32>: this request will no
 ALLOWED_FAST: Final = 0x11  # <index u32>: "ask for this piece, I serve it even if choked"
 # BEP 10 extension protocol (both sides set reserved[5] & 0x10):
 EXTENDED: Final = 20  # <extension id u8><body>: id 0 is the extension handshake
+# BEP 52 (BitTorrent v2) merkle hashes; each starts with <pieces root 32><base layer u32>
+# <index u32><length u32><proof layers u32> (the request it is about):
+HASH_REQUEST: Final = 21  # that header alone: "send me these hashes of this file's tree"
+HASHES: Final = 22  # the header, then the hashes asked for, then the uncle (proof) hashes
+HASH_REJECT: Final = 23  # the header alone: "I will not send these"
 
 # --- named bounds -------------------------------------------------------------
 # The de-facto request size. BEP 3 (since 2008) says "all current implementations
@@ -138,8 +152,8 @@ BLOCK_SIZE: Final = 16 * 1024
 # us read or buffer more than one 16 KiB block per request.
 MAX_REQUEST_LENGTH: Final = BLOCK_SIZE
 
-# Bound for messages whose id is not in the table (BEP 52's hash messages until
-# they get their own rows, ids of extensions nobody standardised); they are
+# Bound for messages whose id is not in the table (ids of extensions nobody
+# standardised, BEP 52's hash messages before they had their rows); they are
 # ignored. 1 MiB leaves ample room for any of them and is half
 # libtorrent's whole receive buffer limit (max_peer_recv_buffer_size, 2 MiB), so
 # no well-behaved peer sends more. It bounds what one peer can make us buffer.
@@ -156,12 +170,29 @@ MAX_UNKNOWN_MESSAGE_LENGTH: Final = 1024 * 1024
 # applied to id 20 before BEP 10 had its own row.
 MAX_EXTENDED_LENGTH: Final = 64 * 1024
 
+# BEP 52: the most hashes one hash request may ask for (and one ``hashes`` reply
+# carry, besides its proof). libtorrent refuses a request for more
+# (hash_picker.cpp validate_hash_request: count > 8192) and asks for 512 at a
+# time itself; 8192 hashes are 256 KiB, a quarter of MAX_UNKNOWN_MESSAGE_LENGTH.
+MAX_HASHES_PER_REQUEST: Final = 8192
+
+# BEP 52: the most proof layers a hash request or reply may name. They are
+# counted from the base layer up the file's tree, so they never exceed its
+# height: 48 levels above the 16 KiB leaves is 4 EiB per file
+# (torrent.merkle.MAX_TREE_DEPTH, the native core's bound; libtorrent's trees,
+# indexed by int, stop near 2**30 nodes). It bounds a reply's uncle hashes.
+MAX_PROOF_LAYERS: Final = 48
+
+_HASH_SIZE: Final = 32  # BEP 52: SHA-256 digests, roots and nodes alike
+
 _PREFIX = struct.Struct(">I")  # frame length prefix
 _PREFIX_ID = struct.Struct(">IB")  # frame length prefix + message id
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _U32X2 = struct.Struct(">II")
 _U32X3 = struct.Struct(">III")
+# BEP 52: pieces root, base layer, index, length, proof layers (48 bytes)
+_HASH_HEADER = struct.Struct(">32sIIII")
 # The first 13 bytes of a piece frame: length, id 7 (BEP 3), index, begin.
 _PIECE_HEADER: Final = struct.Struct(">IBII")
 
@@ -169,6 +200,20 @@ _PIECE_HEADER: Final = struct.Struct(">IBII")
 def bitfield_length(num_pieces: int) -> int:
     """Bytes in a bitfield of ``num_pieces`` bits: ``ceil(num_pieces / 8)`` (BEP 3)."""
     return (num_pieces + 7) >> 3
+
+
+def uncle_count(length: int, proof_layers: int) -> int:
+    """How many uncle (proof) hashes follow the ``length`` hashes of a BEP 52 reply.
+
+    The ``length`` hashes are the leaves of a subtree ``log2(length)`` layers
+    high (``length`` rounded up to a power of two); proof layers from there up
+    each need the sibling of the subtree's ancestor: ``proof_layers -
+    log2(length) + 1`` of them, none when the proof stops inside the subtree.
+    This is libtorrent's count (``bt_peer_connection::on_hashes``,
+    ``hash_picker::add_hashes``).
+    """
+    height = max(0, length - 1).bit_length()
+    return max(0, proof_layers - height + 1)
 
 
 def _exact(name: str, payload: bytes | memoryview, expected: int) -> None:
@@ -469,6 +514,102 @@ class Extended(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class HashRequest(_Packed):
+    """BEP 52: ask for ``length`` hashes of the tree whose root is ``pieces_root``.
+
+    ``base_layer`` is the layer they are taken from (0: the 16 KiB leaves;
+    ``log2(piece_length / 16 KiB)``: the piece layer), ``index`` the first one's
+    position in it, and ``proof_layers`` how many layers above the base layer
+    the reply proves them (the uncle hashes, see :func:`uncle_count`). The
+    values are checked by whoever answers (out of range: a :class:`HashReject`,
+    the connection stays).
+    """
+
+    ID: ClassVar[int] = HASH_REQUEST
+    NAME: ClassVar[str] = "hash request"
+    STRUCT: ClassVar[struct.Struct] = _HASH_HEADER
+
+    pieces_root: bytes
+    base_layer: int
+    index: int
+    length: int
+    proof_layers: int
+
+
+@dataclass(frozen=True, slots=True)
+class HashReject(_Packed):
+    """BEP 52: the sender will not answer this :class:`HashRequest` (it repeats it)."""
+
+    ID: ClassVar[int] = HASH_REJECT
+    NAME: ClassVar[str] = "hash reject"
+    STRUCT: ClassVar[struct.Struct] = _HASH_HEADER
+
+    pieces_root: bytes
+    base_layer: int
+    index: int
+    length: int
+    proof_layers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hashes(Message):
+    """BEP 52: the answer to a :class:`HashRequest`: its fields, then ``length``
+    hashes of the base layer and :func:`uncle_count` uncle hashes, bottom up.
+
+    ``hashes`` is all of them, concatenated (32 bytes each, copied out of the
+    receive buffer). The decoder checks the count against the header and the
+    bounds (:data:`MAX_HASHES_PER_REQUEST`, :data:`MAX_PROOF_LAYERS`); whether
+    they are the hashes asked for, and true, is the receiver's business.
+    """
+
+    ID: ClassVar[int] = HASHES
+    NAME: ClassVar[str] = "hashes"
+
+    pieces_root: bytes
+    base_layer: int
+    index: int
+    length: int
+    proof_layers: int
+    hashes: bytes
+
+    @classmethod
+    def max_payload(cls, num_pieces: int) -> int:
+        return _HASH_HEADER.size + _HASH_SIZE * (MAX_HASHES_PER_REQUEST + MAX_PROOF_LAYERS + 1)
+
+    @property
+    def base(self) -> bytes:
+        """The ``length`` hashes asked for (without the proof)."""
+        return self.hashes[: _HASH_SIZE * self.length]
+
+    @property
+    def uncles(self) -> bytes:
+        """The uncle hashes, from the lowest layer up."""
+        return self.hashes[_HASH_SIZE * self.length :]
+
+    def payload(self) -> bytes:
+        return _HASH_HEADER.pack(self.pieces_root, self.base_layer, self.index, self.length,
+                                 self.proof_layers) + self.hashes
+
+    @classmethod
+    def decode_payload(cls, payload: bytes | memoryview) -> Message:
+        if len(payload) < _HASH_HEADER.size:
+            raise RemoteProtocolError(
+                f"peer sent a hashes message with a {len(payload)}-byte payload; "
+                f"needs at least {_HASH_HEADER.size}")
+        root, base, index, length, proof = _HASH_HEADER.unpack_from(payload)
+        if not 1 <= length <= MAX_HASHES_PER_REQUEST or proof > MAX_PROOF_LAYERS:
+            raise RemoteProtocolError(
+                f"peer sent hashes for {length} hashes with {proof} proof layers; at most "
+                f"{MAX_HASHES_PER_REQUEST} and {MAX_PROOF_LAYERS} (BEP 52)")
+        want = _HASH_SIZE * (length + uncle_count(length, proof))
+        if len(payload) - _HASH_HEADER.size != want:
+            raise RemoteProtocolError(
+                f"peer sent {len(payload) - _HASH_HEADER.size} bytes of hashes for "
+                f"{length} hashes with {proof} proof layers; they need {want}")
+        return cls(root, base, index, length, proof, bytes(payload[_HASH_HEADER.size :]))
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown(Message):
     """A message with an id we do not implement; callers ignore it.
 
@@ -487,7 +628,8 @@ class Unknown(Message):
 MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
     cls.ID: cls
     for cls in (Choke, Unchoke, Interested, NotInterested, Have, Bitfield, Request, Piece,
-                Cancel, Port, Suggest, HaveAll, HaveNone, Reject, AllowedFast, Extended)
+                Cancel, Port, Suggest, HaveAll, HaveNone, Reject, AllowedFast, Extended,
+                HashRequest, Hashes, HashReject)
 }
 
 

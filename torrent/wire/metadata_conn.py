@@ -37,6 +37,14 @@ the caller's (it knows when the connection was made). The connection
 answers a peer's own ut_metadata requests with rejects (we have no metadata
 to give), at most :data:`MAX_REJECTS_SENT` of them.
 
+A v2 magnet's fetch goes on, on the same connections, with the file's piece
+layers (BEP 52; :class:`~torrent.piecelayers.LayerFetch` decides what to ask):
+:meth:`MetadataConnection.request_hashes` sends a ``hash request``, and the
+peer's ``hashes`` and ``hash reject`` come back as events (their counts
+checked by the codec). A peer's own hash requests are rejected (we have no
+layers yet), within the same :data:`MAX_REJECTS_SENT`. None of the three is
+kept for the hand-over: they are the fetch's business.
+
 **Handing the connection over.** Once the metadata is in, the download
 keeps the connections it came over (BEP 9's fetch and the download are one
 swarm; a re-dial costs a connect, a handshake and, for a libtorrent peer,
@@ -92,12 +100,18 @@ from .messages import (
     BITFIELD,
     CHOKE,
     EXTENDED,
+    HASH_REJECT,
+    HASH_REQUEST,
     HAVE,
     HAVE_ALL,
     UNCHOKE,
     Extended,
+    Hashes,
+    HashReject,
+    HashRequest,
     Interested,
     LocalProtocolError,
+    decode,
     encode,
 )
 from .mse import CRYPTO_RC4, MSEInitiator
@@ -177,8 +191,10 @@ class MetadataOffer:
 
 
 #: What :meth:`MetadataConnection.events` returns: the handshake done, the
-#: peer's offer, and the pieces and rejects it sends.
-MetadataEvent = ConnectionReady | MetadataOffer | MetadataData | MetadataReject
+#: peer's offer, the pieces and rejects it sends, and (BEP 52) its hashes and
+#: hash rejects.
+MetadataEvent = (ConnectionReady | MetadataOffer | MetadataData | MetadataReject | Hashes
+                 | HashReject)
 
 
 class MetadataConnection:
@@ -283,6 +299,16 @@ class MetadataConnection:
                                      "without the peer's ut_metadata id")
         self._out.append(encode(Extended(ext_id, MetadataRequest(piece).encode())))
 
+    def request_hashes(self, request: HashRequest) -> None:
+        """Queue a BEP 52 hash request (a v2 magnet's piece layers).
+
+        Raises:
+            LocalProtocolError: the connection is not READY.
+        """
+        if self._state is not MetadataConnState.READY:
+            raise LocalProtocolError(f"hash request in state {self._state.name}")
+        self._out.append(encode(request))
+
     # --- receiving ----------------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[MetadataEvent]:
         """Copy received bytes in and return the events they complete (for tests and tools).
@@ -339,6 +365,9 @@ class MetadataConnection:
             if n == 0:
                 continue  # a keep-alive
             mid = rb.buf[start + 4]
+            if HASH_REQUEST <= mid <= HASH_REJECT:
+                self._on_hash_message(mid, rb.view[start + 5 : start + 4 + n], out)
+                continue
             if mid != EXTENDED:
                 self._keep(rb.view[start : start + 4 + n])  # means nothing yet: the worker's
                 if not self.interested and (
@@ -355,6 +384,18 @@ class MetadataConnection:
             ev = self._on_extended(msg)
             if ev is not None:
                 out.append(ev)
+
+    def _on_hash_message(self, mid: int, payload: memoryview, out: list[MetadataEvent]) -> None:
+        msg = decode(mid, payload)  # the codec checks the length and a reply's count
+        if isinstance(msg, HashRequest):
+            if self.rejects_sent < MAX_REJECTS_SENT:
+                self.rejects_sent += 1
+                self._out.append(encode(HashReject(
+                    msg.pieces_root, msg.base_layer, msg.index, msg.length, msg.proof_layers)))
+        elif isinstance(msg, (Hashes, HashReject)):
+            if self._state is not MetadataConnState.READY:  # we asked nothing yet
+                raise RemoteProtocolError(f"peer sent {msg.NAME} before we asked for any")
+            out.append(msg)
 
     def _keep(self, data: memoryview) -> None:
         """Add ``data`` to the stream :meth:`handover` gives (bounded)."""

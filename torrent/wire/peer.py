@@ -112,6 +112,9 @@ from .messages import (
     Cancel,
     Choke,
     Extended,
+    Hashes,
+    HashReject,
+    HashRequest,
     Have,
     HaveAll,
     HaveNone,
@@ -147,6 +150,9 @@ __all__ = [
     "Event",
     "ExtensionHandshakeReceived",
     "HandshakeReceived",
+    "HashRejectReceived",
+    "HashRequestReceived",
+    "HashesReceived",
     "HaveReceived",
     "MetadataReceived",
     "PeerInterested",
@@ -360,6 +366,29 @@ class PortReceived(Event):
     DHT bit; the owner pings it)."""
 
     port: int
+
+
+@dataclass(frozen=True, slots=True)
+class HashRequestReceived(Event):
+    """BEP 52: the peer asks for hashes of a file's merkle tree; the owner answers it
+    with :meth:`PeerProtocol.send_hashes` or :meth:`PeerProtocol.send_hash_reject`
+    (its values are unchecked: the owner knows the trees)."""
+
+    request: HashRequest
+
+
+@dataclass(frozen=True, slots=True)
+class HashesReceived(Event):
+    """BEP 52: hashes from the peer (their count checked against the header)."""
+
+    hashes: Hashes
+
+
+@dataclass(frozen=True, slots=True)
+class HashRejectReceived(Event):
+    """BEP 52: the peer will not answer a hash request."""
+
+    reject: HashReject
 
 
 @dataclass(frozen=True, slots=True)
@@ -989,6 +1018,18 @@ class PeerProtocol:
                 and _has(self.peer_reserved, DHT_BIT):
             events.append(PortReceived(msg.port))
 
+    def _on_hash_request(self, msg: HashRequest, events: deque[Event]) -> None:
+        self._first_message = False
+        events.append(HashRequestReceived(msg))
+
+    def _on_hashes(self, msg: Hashes, events: deque[Event]) -> None:
+        self._first_message = False
+        events.append(HashesReceived(msg))
+
+    def _on_hash_reject(self, msg: HashReject, events: deque[Event]) -> None:
+        self._first_message = False
+        events.append(HashRejectReceived(msg))
+
     def _on_other(self, msg: Message, events: deque[Event]) -> None:
         # Unknown ids: ignored, but they are messages, so a bitfield after them is
         # out of place.
@@ -1235,6 +1276,22 @@ class PeerProtocol:
         self._check_can_send(name)
         return encode(Extended(ext_id, body))
 
+    def send_hash_request(self, request: HashRequest) -> bytes:
+        """BEP 52: ask the peer for hashes of a file's tree."""
+        self._check_can_send("hash request")
+        return encode(request)
+
+    def send_hashes(self, hashes: Hashes) -> bytes:
+        """BEP 52: answer a :class:`HashRequestReceived` with the hashes."""
+        self._check_can_send("hashes")
+        return encode(hashes)
+
+    def send_hash_reject(self, request: HashRequest) -> bytes:
+        """BEP 52: refuse a :class:`HashRequestReceived` (it is repeated back)."""
+        self._check_can_send("hash reject")
+        return encode(HashReject(request.pieces_root, request.base_layer, request.index,
+                                 request.length, request.proof_layers))
+
     def send_unchoke(self) -> bytes:
         """Unchoke the peer: we will serve its requests."""
         self._check_can_send("unchoke")
@@ -1464,6 +1521,9 @@ _HANDLERS: Final[dict[type[Message], Any]] = {
     Suggest: PeerProtocol._on_suggest,
     Extended: PeerProtocol._on_extended,
     Port: PeerProtocol._on_port,
+    HashRequest: PeerProtocol._on_hash_request,
+    Hashes: PeerProtocol._on_hashes,
+    HashReject: PeerProtocol._on_hash_reject,
     Unknown: PeerProtocol._on_other,
 }
 
