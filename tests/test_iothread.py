@@ -279,3 +279,47 @@ def test_busy_seconds_count_both_stages(tmp_path: Path) -> None:
         assert hashing > 0 and writing > 0
     finally:
         os.close(fd)
+
+
+def _ofd_lock(fd: int, kind: int) -> None:
+    """Take (F_WRLCK) or drop (F_UNLCK) an open-file-description lock on byte 0, as the
+    writers do with ``lock_writes``: ours excludes theirs, one open file from another."""
+    import fcntl
+    import struct
+
+    # struct flock on Linux x86_64: short l_type, short l_whence, off_t l_start,
+    # off_t l_len, pid_t l_pid (0 for OFD locks)
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhxxxxqqixxxx", kind, os.SEEK_SET, 0, 1, 0))
+
+
+def test_a_writer_takes_no_piece_of_a_file_another_writer_is_writing(tmp_path: Path) -> None:
+    """Two writers; the first piece of file A is held up (file A is locked elsewhere, so
+    its writer waits on the lock). The second writer does not take A's next piece (it
+    would only wait on A's inode lock in the kernel) but B's, queued after it: B's is
+    written while A is still locked, and A's two when it is released."""
+    import fcntl
+
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    t = _io.IOThread(efd, lock_writes=True, writers=2)
+    a = os.open(tmp_path / "a", os.O_RDWR | os.O_CREAT)
+    b = os.open(tmp_path / "b", os.O_RDWR | os.O_CREAT)
+    holder = os.open(tmp_path / "a", os.O_RDWR)  # another open file description
+    data = bytes(range(256)) * (PIECE // 256)
+    good = hashlib.sha1(data).digest()
+    try:
+        _ofd_lock(holder, fcntl.F_WRLCK)
+        t.submit_piece(1, data, PIECE, good, [(a, 0, 0, PIECE)])
+        t.submit_piece(2, data, PIECE, good, [(a, PIECE, 0, PIECE)])
+        t.submit_piece(3, data, PIECE, good, [(b, 0, 0, PIECE)])
+        assert wait_all(t, efd, 1) == [(3, _io.JOB_OK, 0)]  # B's, past A's waiting one
+        assert (tmp_path / "a").stat().st_size == 0
+        _ofd_lock(holder, fcntl.F_UNLCK)
+        assert sorted(wait_all(t, efd, 2)) == [(1, _io.JOB_OK, 0), (2, _io.JOB_OK, 0)]
+        assert (tmp_path / "a").read_bytes() == data * 2
+        assert (tmp_path / "b").read_bytes() == data
+    finally:
+        _ofd_lock(holder, fcntl.F_UNLCK)
+        t.close()
+        for fd in (a, b, holder):
+            os.close(fd)
+        os.close(efd)
