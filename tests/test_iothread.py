@@ -293,14 +293,14 @@ def _ofd_lock(fd: int, kind: int) -> None:
 
 
 def test_a_writer_takes_no_piece_of_a_file_another_writer_is_writing(tmp_path: Path) -> None:
-    """Two writers; the first piece of file A is held up (file A is locked elsewhere, so
+    """``file_writers=1``, two writers; the first piece of file A is held up (file A is locked elsewhere, so
     its writer waits on the lock). The second writer does not take A's next piece (it
     would only wait on A's inode lock in the kernel) but B's, queued after it: B's is
     written while A is still locked, and A's two when it is released."""
     import fcntl
 
     efd = os.eventfd(0, os.EFD_CLOEXEC)
-    t = _io.IOThread(efd, lock_writes=True, writers=2)
+    t = _io.IOThread(efd, lock_writes=True, writers=2, file_writers=1)
     a = os.open(tmp_path / "a", os.O_RDWR | os.O_CREAT)
     b = os.open(tmp_path / "b", os.O_RDWR | os.O_CREAT)
     holder = os.open(tmp_path / "a", os.O_RDWR)  # another open file description
@@ -323,3 +323,12 @@ def test_a_writer_takes_no_piece_of_a_file_another_writer_is_writing(tmp_path: P
         for fd in (a, b, holder):
             os.close(fd)
         os.close(efd)
+
+
+def test_file_writers_must_be_positive_and_follow_the_piece_size() -> None:
+    from torrent.worker import FILE_WRITER_BYTES, file_writers
+
+    with pytest.raises(ValueError, match="file_writers"):
+        _io.IOThread(-1, file_writers=0)
+    assert file_writers(16384) == file_writers(FILE_WRITER_BYTES) == 1
+    assert file_writers(4 * FILE_WRITER_BYTES) == 4

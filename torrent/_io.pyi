@@ -36,7 +36,8 @@ _Segments: TypeAlias = list[_Seg] | list[_DirectSeg] | list[_Seg | _DirectSeg]
 _V2: TypeAlias = tuple[Buffer, int, int]
 
 class IOThread:
-    def __init__(self, notify_fd: int, lock_writes: bool = False, writers: int = ...) -> None: ...
+    def __init__(self, notify_fd: int, lock_writes: bool = False, writers: int = ...,
+                 file_writers: int = ...) -> None: ...
     @property
     def busy_seconds(self) -> tuple[float, float]: ...
     @property

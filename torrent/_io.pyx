@@ -363,6 +363,7 @@ ctypedef struct ft_io:
     pthread_cond_t cv3    # ``writing`` went down
     long long write_ns    # time the write stage spent writing and syncing
     ft_job *inflight[_MAX_WRITERS]  # the piece job each writer is writing, or NULL
+    int file_writers      # writers at most at once on one file (see _take_write)
 
 
 ctypedef struct ft_writer:
@@ -477,6 +478,7 @@ cdef class IOThread:
         lock_writes: serialize each file write with other processes' through an
             OFD lock on the file (several workers writing the same files).
         writers: write threads, 1 to :data:`MAX_WRITERS`.
+        file_writers: writers at most at once on one file (default: no limit).
     """
 
     cdef ft_io *_io
@@ -488,14 +490,18 @@ cdef class IOThread:
     cdef bint _closed
     cdef Py_ssize_t _pending
 
-    def __cinit__(self, int notify_fd, bint lock_writes=False, int writers=_WRITERS):
+    def __cinit__(self, int notify_fd, bint lock_writes=False, int writers=_WRITERS,
+                  int file_writers=_MAX_WRITERS):
         if writers < 1 or writers > _MAX_WRITERS:
             raise ValueError(f"writers must be in 1..{_MAX_WRITERS}, got {writers}")
+        if file_writers < 1:
+            raise ValueError(f"file_writers must be at least 1, got {file_writers}")
         self._io = <ft_io *>calloc(1, sizeof(ft_io))
         if self._io is NULL:
             raise MemoryError()
         self._io.notify_fd = notify_fd
         self._io.lock_writes = lock_writes
+        self._io.file_writers = file_writers
         pthread_mutex_init(&self._io.mu, NULL)
         pthread_cond_init(&self._io.cv, NULL)
         pthread_cond_init(&self._io.cv2, NULL)
@@ -759,27 +765,28 @@ cdef bint _shares_a_file(ft_job *a, ft_job *b) noexcept nogil:
 cdef ft_job *_take_write(ft_io *io, int me) noexcept nogil:
     """The next job for writer ``me`` (the lock held), unlinked from the queue, or NULL.
 
-    A piece job whose files another writer is writing now waits, and a later one
-    goes first (at most :data:`_WRITE_SCAN` looked at): two writers of one file
-    serialise on its inode lock anyway (an ``O_DIRECT`` write into unwritten
-    extents takes it for the whole I/O), and spinning on it cost CPU. A sync job
-    is taken only at the head: no job queued before it is left behind.
+    A piece job one of whose files ``io.file_writers`` other writers are writing
+    now waits, and a later one goes first (at most :data:`_WRITE_SCAN` looked at).
+    Small writes to one file from several writers mostly wait on its locks in
+    the kernel (the inode's, and the extent tree's as each write's unwritten
+    extents are converted), spinning there: with 256 KiB pieces one writer per
+    file was faster and cheaper; with 1 MiB pieces of one file four at once were
+    (the owner sets the number: :meth:`IOThread.__cinit__`). A sync job is taken
+    only at the head: no job queued before it is left behind.
     """
     cdef ft_job *prev = NULL
     cdef ft_job *j = io.head2
-    cdef int k, seen = 0
-    cdef bint clash
+    cdef int k, sharing, seen = 0
     while j is not NULL and seen < _WRITE_SCAN:
         if j.kind == _JOB_SYNC:
             if prev is not NULL:
                 return NULL  # the sync waits for the jobs ahead of it
             break
-        clash = False
+        sharing = 0
         for k in range(_MAX_WRITERS):
             if k != me and io.inflight[k] is not NULL and _shares_a_file(io.inflight[k], j):
-                clash = True
-                break
-        if not clash:
+                sharing += 1
+        if sharing < io.file_writers:
             break
         prev = j
         j = j.next
