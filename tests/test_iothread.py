@@ -293,9 +293,10 @@ def _ofd_lock(fd: int, kind: int) -> None:
 
 
 def test_a_writer_takes_no_piece_of_a_file_another_writer_is_writing(tmp_path: Path) -> None:
-    """``file_writers=1``, two writers; the first piece of file A is held up (file A is locked elsewhere, so
-    its writer waits on the lock). The second writer does not take A's next piece (it
-    would only wait on A's inode lock in the kernel) but B's, queued after it: B's is
+    """``file_writers=1``, two writers; the first piece of file A is held up (file A is
+    locked elsewhere, so its writer waits on the lock). The second writer does not take
+    A's next piece (it would only wait on A's inode lock in the kernel) but B's, queued
+    after it: B's is
     written while A is still locked, and A's two when it is released."""
     import fcntl
 

@@ -17,13 +17,12 @@ import json
 import subprocess
 import sys
 import threading
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import require_module
+from helpers import payload
 from helpers.clients import FasttorrentSeed
 from helpers.payload import CLI, write_tree
 from helpers.testpeer import GatedRelay, TestPeer
@@ -53,20 +52,9 @@ def lt() -> Any:
     return require_module("libtorrent")
 
 
-@pytest.fixture(autouse=True)
-def _quiet_libtorrent_deprecations() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        yield
-
-
-def lt_create(lt: Any, path: Path, piece_length: int, kind: str) -> bytes:
-    fs = lt.file_storage()
-    lt.add_files(fs, str(path))
-    flags = lt.create_torrent.v2_only if kind == "v2" else 0
-    ct = lt.create_torrent(fs, piece_length, flags=flags)
-    lt.set_piece_hashes(ct, str(path.parent))
-    return lt.bencode(ct.generate())  # type: ignore[no-any-return]
+def lt_create(path: Path, out: Path, piece_length: int, kind: str) -> Path:
+    return payload.lt_create(path.parent, path.name, out, piece_length, v1_only=False,
+                             v2_only=kind == "v2")
 
 
 def download(torrent: Path, out: Path, peers: list[str]) -> dict[str, Any]:
@@ -109,8 +97,7 @@ def test_download_from_libtorrent_seeders(lt: Any, tmp_path: Path, kind: str, la
     else:
         write_tree(src / "d", FILES, seed=2)
         path, files = src / "d", {f"d/{k}": v for k, v in FILES.items()}
-    torrent = tmp_path / f"{kind}.torrent"
-    torrent.write_bytes(lt_create(lt, path, piece_length, kind))
+    torrent = lt_create(path, tmp_path / f"{kind}.torrent", piece_length, kind)
     meta = metainfo.load(torrent)
     assert meta.v2_only == (kind == "v2") and meta.hybrid == (kind == "hybrid")
     ti = lt.torrent_info(str(torrent))
@@ -137,8 +124,7 @@ def test_a_liar_is_banned_and_the_v2_download_completes(lt: Any, tmp_path: Path)
 
     src = tmp_path / "src"
     write_tree(src / "d", FILES, seed=5)
-    torrent = tmp_path / "v2.torrent"
-    torrent.write_bytes(lt_create(lt, src / "d", 16384, "v2"))
+    torrent = lt_create(src / "d", tmp_path / "v2.torrent", 16384, "v2")
     meta = metainfo.load(torrent)
     seeders = start_seeders(str(torrent), [str(src)], str(tmp_path))
     gate = threading.Event()

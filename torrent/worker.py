@@ -292,8 +292,7 @@ class Peer:
     __slots__ = ("_counted", "_rate_seen", "_up_window", "active", "conn", "created_at",
                  "depth", "dht_heard", "dial_attempt", "hashes_served", "interested_elsewhere",
                  "listen_port", "max_depth", "metadata_served", "pex_at", "pex_heard", "pex_sent",
-                 "proto",
-                 "rate", "requested_elsewhere", "serve_pending", "up_rate", "uploaded",
+                 "proto", "rate", "requested_elsewhere", "serve_pending", "up_rate", "uploaded",
                  "worker")
 
     def __init__(self, worker: Worker, conn: PeerConn, now: float, dial_attempt: int = 0, *,
