@@ -296,8 +296,7 @@ def test_a_writer_takes_no_piece_of_a_file_another_writer_is_writing(tmp_path: P
     """``file_writers=1``, two writers; the first piece of file A is held up (file A is
     locked elsewhere, so its writer waits on the lock). The second writer does not take
     A's next piece (it would only wait on A's inode lock in the kernel) but B's, queued
-    after it: B's is
-    written while A is still locked, and A's two when it is released."""
+    after it: B's is written while A is still locked, and A's two when it is released."""
     import fcntl
 
     efd = os.eventfd(0, os.EFD_CLOEXEC)
