@@ -11,8 +11,10 @@ import importlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -67,3 +69,25 @@ def tests_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     old = os.environ.get("PYTHONPATH", "")
     monkeypatch.setenv("PYTHONPATH", here + (os.pathsep + old if old else ""))
+
+
+@pytest.fixture
+def seeders(tmp_path: Path) -> Iterator[Callable[..., list[Any]]]:
+    """``seeders(torrent, [save_path, ...], upload_limits=[...])``: libtorrent seeders on
+    127.0.0.1 (``helpers.swarm.start_seeders``), all stopped at teardown."""
+    from helpers.swarm import start_seeders
+
+    started: list[Any] = []
+    workdir = tmp_path / "seedwork"
+    workdir.mkdir()
+
+    def start(torrent: Path, save_paths: list[Path],
+              upload_limits: list[int] | None = None) -> list[Any]:
+        got = start_seeders(str(torrent), [str(p) for p in save_paths], str(workdir),
+                            upload_limits=upload_limits)
+        started.extend(got)
+        return got
+
+    yield start
+    for s in started:
+        s.stop()

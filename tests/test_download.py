@@ -30,7 +30,6 @@ from helpers.payload import (
     lt_create,
     partial_copy,
     run_cli,
-    start_seeders,
     torrent_info,
     tree_bytes,
     write_tree,
@@ -49,27 +48,6 @@ StartSeeders = Callable[..., list[Seeder]]
 @pytest.fixture(autouse=True)
 def _libtorrent() -> None:
     require_module("libtorrent")
-
-
-@pytest.fixture
-def seeders(tmp_path: Path) -> Iterator[StartSeeders]:
-    """``seeders(torrent, [save_path, ...], upload_limits=[...])``; all stopped at teardown."""
-    started: list[Seeder] = []
-    workdir = tmp_path / "seedwork"
-    workdir.mkdir()
-
-    def start(
-        torrent: Path, save_paths: list[Path], upload_limits: list[int] | None = None
-    ) -> list[Seeder]:
-        got = start_seeders(
-            str(torrent), [str(p) for p in save_paths], str(workdir), upload_limits=upload_limits
-        )
-        started.extend(got)
-        return got
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def download(

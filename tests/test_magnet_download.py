@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,6 @@ from helpers.payload import (
     ft_create,
     lt_create,
     run_cli,
-    start_seeders,
     tree_bytes,
     write_tree,
 )
@@ -53,25 +52,6 @@ StartSeeders = Callable[..., list[Seeder]]
 @pytest.fixture(autouse=True)
 def _libtorrent() -> None:
     require_module("libtorrent")
-
-
-@pytest.fixture
-def seeders(tmp_path: Path) -> Iterator[StartSeeders]:
-    """``seeders(torrent, [save_path, ...], upload_limits=[...])``; all stopped at teardown."""
-    started: list[Seeder] = []
-    workdir = tmp_path / "seedwork"
-    workdir.mkdir()
-
-    def start(torrent: Path, save_paths: list[Path],
-              upload_limits: list[int] | None = None) -> list[Seeder]:
-        got = start_seeders(str(torrent), [str(p) for p in save_paths], str(workdir),
-                            upload_limits=upload_limits)
-        started.extend(got)
-        return got
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ from helpers.clients import FasttorrentSeed
 from helpers.framereader import FrameReader
 from helpers.metapeer import MetadataPeer
 from helpers.payload import Live, RunResult, assert_clean_after, lt_create, run_cli, write_tree
-from helpers.swarm import Seeder, start_seeders
+from helpers.swarm import Seeder
 from helpers.testpeer import GatedRelay
 
 from torrent import bencoding, merkle, metainfo
@@ -80,24 +80,6 @@ StartSeeders = Callable[..., list[Seeder]]
 @pytest.fixture(autouse=True)
 def _libtorrent() -> None:
     require_module("libtorrent")
-
-
-@pytest.fixture
-def seeders(tmp_path: Path) -> Iterator[StartSeeders]:
-    started: list[Seeder] = []
-    work = tmp_path / "seedwork"
-    work.mkdir()
-
-    def start(torrent: Path, save_paths: list[Path],
-              upload_limits: list[int] | None = None) -> list[Seeder]:
-        got = start_seeders(str(torrent), [str(p) for p in save_paths], str(work),
-                            upload_limits=upload_limits)
-        started.extend(got)
-        return got
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def download(uri: str, out: Path, *extra: str,
