@@ -1092,8 +1092,11 @@ class Coordinator:
             return self.result(True)
         self.start_workers()
         if self._output is not None:
-            try:
-                self.make_output()
+            try:  # in a thread, as prepare runs in a batch: reserving a large file's
+                # blocks can take a while (glibc writes them where fallocate is missing),
+                # and this loop serves every torrent of a daemon. (A worker's Durable,
+                # which needs the journal, comes after its first flush: a second.)
+                await loop.run_in_executor(None, self.make_output)
             except FastTorrentError as e:
                 self.fatal = e  # the workers are stopped as after any fatal error
                 self._finish()
