@@ -306,6 +306,8 @@ class Coordinator:
         self._arena_plan: tuple[int, int] | None = None
         #: prepare's outcome while its files and journal are still to be made
         self._output: tuple[Layout, Journal, set[int]] | None = None
+        #: pieces reported durable while the journal was being made (make_output)
+        self._durable_unjournaled: list[int] = []
         #: first leases given out early (request_early), for start_workers
         self._first_leases: dict[int, list[int]] = {}
         self._files_finished = False
@@ -550,13 +552,13 @@ class Coordinator:
         if self._output is None:
             return
         layout, journal, done = self._output
-        self._output = None
         with Storage(layout, writable=True) as st:
             st.create_files()
         journal.open(done)
         save_selection(journal.path, None if self.selection.files is None
                        else self.selection.to_json())
         self.journal = journal
+        self._output = None  # (after the journal: a Durable meanwhile waits for it)
 
     def request_early(self) -> None:
         """Ask the peers of a magnet's kept connections for the first pieces now, while
@@ -704,7 +706,9 @@ class Coordinator:
             for i in fresh:
                 self.durable[i] = 1
             self.durable_count += len(fresh)
-            if self.journal is not None:
+            if self.journal is None and self._output is not None:
+                self._durable_unjournaled += fresh  # recorded once make_output is done
+            elif self.journal is not None:
                 try:
                     self.journal.append(fresh)
                 except FastTorrentError as e:
@@ -1094,9 +1098,11 @@ class Coordinator:
         if self._output is not None:
             try:  # in a thread, as prepare runs in a batch: reserving a large file's
                 # blocks can take a while (glibc writes them where fallocate is missing),
-                # and this loop serves every torrent of a daemon. (A worker's Durable,
-                # which needs the journal, comes after its first flush: a second.)
+                # and this loop serves every torrent of a daemon
                 await loop.run_in_executor(None, self.make_output)
+                if self._durable_unjournaled and self.journal is not None:
+                    self.journal.append(self._durable_unjournaled)
+                    self._durable_unjournaled = []
             except FastTorrentError as e:
                 self.fatal = e  # the workers are stopped as after any fatal error
                 self._finish()
