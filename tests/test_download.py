@@ -216,8 +216,10 @@ def test_fast_worker_steals_from_slow_one(
     out = tmp_path / "out"
     j = assert_ok(download(torrent, out, [fast, slow]))
     assert_downloaded(torrent, src, out)
-    assert sum(w["steals"] for w in j["workers"]) > 0, j["workers"]
-    # 2 MiB at 100 KB/s would take 20 s: the fast worker did most of it
+    # 2 MiB at 100 KB/s would take 20 s: the fast worker did most of it. (Whether by
+    # a steal, free pieces after the start-up grace or the endgame depends on what
+    # the slow worker had started when the fast one ran dry: a matter of timing, so
+    # each way is asserted on its own in test_leases.py, not here.)
     assert j["workers"][0]["pieces"] > j["pieces_total"] // 2, j["workers"]
 
 
