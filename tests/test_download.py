@@ -205,7 +205,7 @@ def test_partial_seeders_and_a_slow_one(
     assert_downloaded(torrent, src, out)
 
 
-def test_fast_worker_steals_from_slow_one(
+def test_fast_worker_takes_over_from_slow_one(
     single: tuple[Path, Path], seeders: StartSeeders, tmp_path: Path
 ) -> None:
     torrent, src = single
