@@ -91,3 +91,22 @@ def seeders(tmp_path: Path) -> Iterator[Callable[..., list[Any]]]:
     yield start
     for s in started:
         s.stop()
+
+
+def _sha256_backends() -> list[str]:
+    from torrent import _fast
+
+    return list(_fast.sha256_backends())
+
+
+@pytest.fixture(params=_sha256_backends())
+def sha256_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per SHA-256 backend of the native core, restoring the default."""
+    from torrent import _fast
+
+    default = _fast.sha256_backend()
+    _fast._set_sha256_backend(request.param)
+    try:
+        yield request.param
+    finally:
+        _fast._set_sha256_backend(default)

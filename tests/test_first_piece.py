@@ -40,13 +40,15 @@ FIRST_BLOCK_DELAY = 0.3
 DOWNLOAD_TIMEOUT = 60
 
 
-def make_payload(tmp_path: Path) -> tuple[Path, Path, bytes]:
+def make_payload(tmp_path: Path, size: int = PAYLOAD_SIZE, piece: int = PIECE_LEN,
+                 name: str = "f.bin") -> tuple[Path, Path, bytes]:
+    """One file of ``size`` random bytes under ``tmp_path/src`` and its torrent."""
     src = tmp_path / "src"
     src.mkdir()
-    data = random.Random(7).randbytes(PAYLOAD_SIZE)
-    (src / "f.bin").write_bytes(data)
+    data = random.Random(size).randbytes(size)
+    (src / name).write_bytes(data)
     torrent = tmp_path / "f.torrent"
-    torrent.write_bytes(create_torrent(str(src / "f.bin"), piece_length=PIECE_LEN))
+    torrent.write_bytes(create_torrent(str(src / name), piece_length=piece))
     return src, torrent, data
 
 
@@ -79,12 +81,7 @@ def test_the_short_pipeline_ends_after_cold_blocks_without_a_complete_piece(
     the pipeline deepens after them (a slow path must not stay at 8 blocks a trip)."""
     piece = 8 << 20
     assert piece // 16384 > COLD_BLOCKS
-    src = tmp_path / "src"
-    src.mkdir()
-    data = random.Random(9).randbytes(piece)
-    (src / "big.bin").write_bytes(data)
-    torrent = tmp_path / "big.torrent"
-    torrent.write_bytes(create_torrent(str(src / "big.bin"), piece_length=piece))
+    src, torrent, data = make_payload(tmp_path, piece, piece, "big.bin")
     with TestPeer(torrent, src, block_delay=0.001) as peer:
         proc = download(str(torrent), tmp_path / "out", "--peer", peer.addr)
         assert proc.returncode == 0, proc.stderr

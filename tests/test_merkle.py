@@ -28,17 +28,6 @@ BLOCK = 16 * KiB
 SHA256_BACKENDS = _fast.sha256_backends()
 
 
-@pytest.fixture(params=SHA256_BACKENDS)
-def sha256_backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test once per SHA-256 backend, restoring the default after."""
-    default = _fast.sha256_backend()
-    _fast._set_sha256_backend(request.param)
-    try:
-        yield request.param
-    finally:
-        _fast._set_sha256_backend(default)
-
-
 def data_of(n: int, seed: int = 0) -> bytes:
     return random.Random(seed * 1_000_003 + n).randbytes(n)
 

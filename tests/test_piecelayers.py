@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.merkleproof import fold_to_root
 from helpers.payload import write_tree
 
 from torrent import creator, merkle, metainfo
@@ -43,16 +44,6 @@ def make_file(pieces: int, piece_length: int = PL, seed: int = 0) -> tuple[Layer
     layer = b"".join(hashlib.sha256(rnd + i.to_bytes(4, "big")).digest() for i in range(pieces))
     root = merkle.layer_root(layer, piece_length)
     return LayerFile(root, (pieces - 1) * piece_length + 100), layer
-
-
-def fold_to_root(msg: Hashes, level: int) -> bytes:
-    node = merkle.layer_root(msg.base, merkle.BLOCK_SIZE << level) if msg.length > 1 else msg.base
-    pos = msg.index // msg.length
-    u = msg.uncles
-    for k in range(0, len(u), 32):
-        node = hashlib.sha256(node + u[k:k + 32] if pos % 2 == 0 else u[k:k + 32] + node).digest()
-        pos //= 2
-    return node
 
 
 def run_fetch(fetch: LayerFetch[str], servers: dict[str, LayerServer | None], *,

@@ -14,7 +14,6 @@ the fetch.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -29,12 +28,13 @@ import pytest
 from conftest import require_module
 from helpers.clients import FasttorrentSeed
 from helpers.framereader import FrameReader
+from helpers.merkleproof import fold_to_root
 from helpers.metapeer import MetadataPeer
 from helpers.payload import Live, RunResult, assert_clean_after, lt_create, run_cli, write_tree
 from helpers.swarm import Seeder
 from helpers.testpeer import GatedRelay
 
-from torrent import bencoding, merkle, metainfo
+from torrent import bencoding, metainfo
 from torrent.journal import HEADER_SIZE
 from torrent.magnet import magnet_uri, parse_magnet
 from torrent.piecelayers import LAYER_REQUEST_HASHES, LayerServer
@@ -196,11 +196,7 @@ def test_libtorrent_fetches_the_layers_from_fasttorrent_seed(tmp_path: Path) -> 
     hash requests) before it can verify a piece of a file larger than one piece."""
     src = tmp_path / "src"
     write_tree(src / "d", FILES, seed=15)
-    torrent = tmp_path / "v2.torrent"
-    r = subprocess.run([*_cli(), "create", str(src / "d"), "-o", str(torrent), "--v2",
-                        "--piece-length", "16384", "-q", "--workers", "1"],
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
-    assert r.returncode == 0, r.stderr
+    torrent = ft_create_v2(src / "d", tmp_path / "v2.torrent")
     meta = metainfo.load(torrent)
     out = tmp_path / "lt"
     with FasttorrentSeed(torrent, src) as seed:
@@ -212,6 +208,15 @@ def test_libtorrent_fetches_the_layers_from_fasttorrent_seed(tmp_path: Path) -> 
         summary = seed.stop_summary()
     same_files(meta, src, out)
     assert summary["bytes_uploaded"] >= sum(FILES.values())
+
+
+def ft_create_v2(path: Path, out: Path) -> Path:
+    """``fasttorrent create --v2`` of ``path`` in 16 KiB pieces."""
+    r = subprocess.run([*_cli(), "create", str(path), "-o", str(out), "--v2",
+                        "--piece-length", "16384", "-q", "--workers", "1"],
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    assert r.returncode == 0, r.stderr
+    return out
 
 
 def _cli() -> list[str]:
@@ -322,11 +327,7 @@ def test_the_seed_answers_true_hashes_and_rejects_what_it_must(tmp_path: Path) -
     the table's bound drops the connection."""
     src = tmp_path / "src"
     write_tree(src / "d", {"big.bin": 1500 * 16384 + 3, "small": 10}, seed=17)
-    torrent = tmp_path / "v2.torrent"
-    r = subprocess.run([*_cli(), "create", str(src / "d"), "-o", str(torrent), "--v2",
-                        "--piece-length", "16384", "-q", "--workers", "1"],
-                       capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
-    assert r.returncode == 0, r.stderr
+    torrent = ft_create_v2(src / "d", tmp_path / "v2.torrent")
     meta = metainfo.load(torrent)
     (big,) = [f for f in meta.files if f.path.endswith("big.bin")]
     root = big.pieces_root
@@ -348,7 +349,7 @@ def test_the_seed_answers_true_hashes_and_rejects_what_it_must(tmp_path: Path) -
             assert len(msgs) == 5, msgs
             first = msgs[0]
             assert isinstance(first, Hashes) and first.index == 1024 and first.length == 512
-            assert _folds(first) == root
+            assert fold_to_root(first, 0) == root  # 16 KiB pieces: the leaves
             assert [type(m) for m in msgs[1:]] == [HashReject] * 4
             assert [(m.pieces_root, m.length) for m in msgs[1:]] == \
                 [(q.pieces_root, q.length) for q in hostile]
@@ -369,12 +370,3 @@ def test_the_seed_answers_true_hashes_and_rejects_what_it_must(tmp_path: Path) -
         seed.stop_summary()
 
 
-def _folds(msg: Hashes) -> bytes:
-    """The root a ``hashes`` reply proves (16 KiB pieces: base layer 0)."""
-    node = merkle.layer_root(msg.base, 16384)
-    pos = msg.index // msg.length
-    u = msg.uncles
-    for k in range(0, len(u), 32):
-        node = hashlib.sha256(node + u[k:k + 32] if pos % 2 == 0 else u[k:k + 32] + node).digest()
-        pos //= 2
-    return node

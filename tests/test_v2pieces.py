@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,6 @@ PIECES = [16 * KiB, 64 * KiB, 1024 * KiB]
 @pytest.fixture(scope="module")
 def lt() -> Any:
     return require_module("libtorrent")
-
-
-@pytest.fixture(params=_fast.sha256_backends())
-def sha256_backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test once per SHA-256 backend of the native core, restoring the default."""
-    default = _fast.sha256_backend()
-    _fast._set_sha256_backend(request.param)
-    try:
-        yield request.param
-    finally:
-        _fast._set_sha256_backend(default)
 
 
 def pure_root(data: bytes | bytearray | memoryview, width: int) -> bytes:

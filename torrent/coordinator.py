@@ -118,6 +118,9 @@ FIRST_LEASE = 4
 #: quarter of a 1 MiB piece over four peers; the worker's pipeline until its first
 #: piece is complete is shorter (``worker.COLD_DEPTH``) and grows from there.
 EARLY_REQUESTS = 16
+#: ``Handover.worker`` of a kept connection whose early requests were written only in
+#: part: its stream cannot go on, so it is closed instead of handed over.
+STREAM_CUT = -2
 
 
 @dataclass(slots=True)
@@ -608,7 +611,7 @@ class Coordinator:
                         sent = 0
                     if sent != len(data):
                         if sent:  # a request cut in two: the stream cannot go on
-                            conns[j] = c._replace(worker=-2)
+                            conns[j] = c._replace(worker=STREAM_CUT)
                         continue
                 conns[j] = c._replace(worker=wid, requested=mine_blocks)
         self.handover = conns
@@ -626,7 +629,7 @@ class Coordinator:
         for c in conns:
             key = normalize_peer(c.host, c.port)
             rec = self.peers.get(key) if key is not None else None
-            if key is None or not self.workers or any(done_bits) or c.worker == -2 or (
+            if key is None or not self.workers or any(done_bits) or c.worker == STREAM_CUT or (
                     rec is not None and (rec.banned or rec.worker is not None)):
                 left.append(c)
                 continue

@@ -622,7 +622,7 @@ class Handover(NamedTuple):
         interested: our INTERESTED went out on it (the peer announced a piece).
         unchoked: the peer's last choke message unchoked us.
         worker: the worker that is to take it (set by the coordinator when it
-            sends ``requested``; -1: any).
+            sends ``requested``; -1: any; ``coordinator.STREAM_CUT``: to be closed).
         requested: the block requests the coordinator sent on it before handing it
             to ``worker`` (``Coordinator.request_early``).
     """
