@@ -29,14 +29,26 @@ from pathlib import Path
 import pytest
 from conftest import require_module
 from helpers.clients import FasttorrentSeed
+from helpers.framereader import FrameReader
 from helpers.payload import ft_create, tree_bytes, write_tree
 from helpers.swarm import Seeder, start_seeders
+from helpers.testpeer import GatedRelay, TestPeer
 from trackers import HTTPTestTracker
 
+from torrent import metainfo
 from torrent.choker import BURST
 from torrent.picker import BLOCK_SIZE
 from torrent.ports import free_port
-from torrent.wire.handshake import PEER_ID_PREFIX
+from torrent.wire.extension import EXTENSION_HANDSHAKE_ID, ExtensionHandshake
+from torrent.wire.handshake import (
+    HANDSHAKE_LENGTH,
+    PEER_ID_PREFIX,
+    RESERVED_OURS,
+    encode_handshake,
+    make_peer_id,
+    parse_handshake,
+)
+from torrent.wire.messages import Bitfield, Extended, Have, HaveAll, Message, encode
 
 LT_DOWNLOAD = "torrent.tools.benchclients.lt_download"
 TREE = {"a.bin": 1_500_001, "sub/b.bin": 1_200_000, "sub/c.bin": 65_536, "d.txt": 10}
@@ -135,6 +147,128 @@ def test_seed_ratio_serves_libtorrent_then_exits_by_itself(
     expected = tree_bytes(src)
     assert tree_bytes(tmp_path / "ft" / "tree") == expected
     assert tree_bytes(tmp_path / "lt" / "tree") == expected
+
+
+class RawLeecher:
+    """One BEP 3 / 10 / 6 connection over a blocking socket: a leecher with ``has``."""
+
+    def __init__(self, sock: socket.socket, meta: metainfo.Metainfo) -> None:
+        self.sock, self.meta = sock, meta
+        sock.settimeout(EVENT_TIMEOUT)
+        self.frames = FrameReader(meta.num_pieces)
+        self.pending: list[Message] = []
+
+    def recv_exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError(f"EOF after {len(buf)} of {n} bytes")
+            buf += chunk
+        return buf
+
+    def handshake(self, listen_port: int, has: range, *, first: bool) -> None:
+        """Both handshakes (ours first when ``first``), our extension handshake naming our
+        listen port, and our bitfield."""
+        ours = encode_handshake(self.meta.info_hash, make_peer_id(), RESERVED_OURS)
+        if first:
+            self.sock.sendall(ours)
+        assert parse_handshake(self.recv_exact(HANDSHAKE_LENGTH)).info_hash == self.meta.info_hash
+        if not first:
+            self.sock.sendall(ours)
+        bits = bytearray(-(-self.meta.num_pieces // 8))
+        for i in has:
+            bits[i >> 3] |= 0x80 >> (i & 7)
+        self.sock.sendall(encode(Extended(EXTENSION_HANDSHAKE_ID,
+                                          ExtensionHandshake(p=listen_port).encode()))
+                          + encode(Bitfield(bytes(bits))))
+
+    def next_message(self) -> Message:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("closed")
+            self.pending.extend(self.frames.feed(data))
+        return self.pending.pop(0)
+
+
+#: Bound on one wait for fasttorrent's next move in the redial test (seconds).
+EVENT_TIMEOUT = 30.0
+
+
+def test_a_leecher_that_hangs_up_on_our_completing_have_is_dialled_again(
+        payload: tuple[Path, Path], tmp_path: Path) -> None:
+    """libtorrent 2.1 drops a peer whose HAVE makes it a seed before it updates its
+    interest in it (worker.REDIAL_WINDOW): a leecher that lacks our last piece hangs up
+    on the HAVE of it. fasttorrent dials it back on its listen port and opens with
+    HAVE_ALL, instead of waiting for the minute libtorrent takes to dial again."""
+    src, torrent = payload
+    meta = metainfo.load(torrent)
+    last = meta.num_pieces - 1
+    gate = threading.Event()  # the last piece's only source serves once it is set
+    port = free_port()
+    with (TestPeer(torrent, src.parent, has=range(last)) as most,
+          TestPeer(torrent, src.parent) as seed,
+          GatedRelay(("127.0.0.1", seed.port), gate) as relay,
+          socket.create_server(("127.0.0.1", 0)) as listener):
+        listener.settimeout(EVENT_TIMEOUT)
+        ft = ft_download(torrent, tmp_path / "ft", "--peer", most.addr, "--peer", relay.addr,
+                         "--seed-time", str(RUN_TIMEOUT), "--json", port=port)
+        try:
+            wait_listening(port, ft)
+            with socket.create_connection(("127.0.0.1", port), timeout=EVENT_TIMEOUT) as s:
+                lee = RawLeecher(s, meta)
+                lee.handshake(listener.getsockname()[1], range(last), first=True)
+                gate.set()
+                theirs: set[int] = set()  # what fasttorrent has, as it tells us
+                while len(theirs) < meta.num_pieces:
+                    m = lee.next_message()
+                    if isinstance(m, Have):
+                        theirs.add(m.index)
+                    elif isinstance(m, Bitfield):
+                        theirs |= {i for i in range(meta.num_pieces)
+                                   if m.bits[i >> 3] & (0x80 >> (i & 7))}
+                # the HAVE that made it a seed: we hang up (as libtorrent does)
+            # dialled back on the listen port: MSE first (closed here, as by a peer
+            # that speaks only plaintext), then plaintext
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(EVENT_TIMEOUT)
+                assert conn.recv(1) != b"\x13"
+            conn, _ = listener.accept()
+            with conn:
+                back = RawLeecher(conn, meta)
+                back.handshake(listener.getsockname()[1], range(last), first=False)
+                while isinstance(m := back.next_message(), Extended):
+                    pass
+                assert isinstance(m, HaveAll), m  # we offered Fast: two bytes, not a bitfield
+            ft.send_signal(signal.SIGINT)
+            rc, out, err = finish(ft)
+        finally:
+            kill(ft)
+    assert rc == 0, err
+    assert "Traceback" not in err
+    j = json.loads(out)
+    assert j["complete"] and sum(w["redials"] for w in j["workers"]) == 1
+    assert tree_bytes(tmp_path / "ft" / "tree") == tree_bytes(src)
+
+
+def test_a_peer_that_dials_as_soon_as_we_listen_is_served(payload: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    """The workers listen before their torrent is set up; a peer that dials in between
+    waits in the backlog and is answered, not refused (the first dial of
+    wait_listening may land there too; ours comes right after it)."""
+    src, torrent = payload
+    meta = metainfo.load(torrent)
+    with TestPeer(torrent, src.parent, has=range(1)) as one:
+        port = free_port()
+        ft = ft_download(torrent, tmp_path / "ft", "--peer", one.addr, port=port)
+        try:
+            wait_listening(port, ft)
+            with socket.create_connection(("127.0.0.1", port), timeout=EVENT_TIMEOUT) as s:
+                RawLeecher(s, meta).handshake(1, range(0), first=True)  # raises if refused
+        finally:
+            kill(ft)
 
 
 def test_seed_time_exits_by_itself(payload: tuple[Path, Path], lt_seeder: Seeder,

@@ -1280,6 +1280,7 @@ class Coordinator:
                        "uploaded": s.get("uploaded", 0),
                        "mse": s.get("mse", 0), "mse_rc4": s.get("mse_rc4", 0),
                        "dial_fallbacks": s.get("dial_fallbacks", 0),
+                       "redials": s.get("redials", 0),
                        "endgame": s.get("endgame", False),
                        # the connection limits at work (torrent/worker.py)
                        "refused": s.get("refused", 0),

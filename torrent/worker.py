@@ -200,6 +200,18 @@ MAX_DIALS = 16
 #: most DIAL_BUDGET dials at once, so this queue stays under its bound; past
 #: it a candidate is handed back (PeerClosed "dial queue full").
 DIAL_QUEUE_LIMIT = 64
+
+#: A peer that closes on us within this many seconds of the HAVE that made us
+#: complete, while it still lacks a piece we have, is dialled again, once (on
+#: the address we dialled, or its BEP 10 ``p``). libtorrent 2.1, on a HAVE that
+#: makes its peer a seed, drops a peer it is not interested in *before* it
+#: updates that interest ("uninteresting upload-only peer"), so a leecher that
+#: lacks exactly our last piece hangs up on the HAVE that would have made us
+#: interesting, and dials back only a minute later. Our new connection opens
+#: with HAVE_ALL, which it takes at once.
+REDIAL_WINDOW = 5.0
+#: At most this many such redials per worker per run.
+MAX_REDIALS = 64
 #: Dials the coordinator may have outstanding at one worker: in flight and queued.
 DIAL_BUDGET = MAX_DIALS + DIAL_QUEUE_LIMIT
 
@@ -443,6 +455,8 @@ class Worker:
         self.syncs: dict[int, tuple[list[int], list[int]]] = {}  # job -> (pieces, pinned)
         self._sync_seq = 0
         self.flush_on_stop = True
+        self.completed_at: float | None = None  # when a HAVE first made us complete
+        self.redialled: set[tuple[str, int]] = set()  # see REDIAL_WINDOW
         self.drain_on_stop = False
         self._verified_timer: asyncio.TimerHandle | None = None
         self._verified_sent = -VERIFIED_DELAY  # loop time of the last Verified sent
@@ -479,7 +493,7 @@ class Worker:
         self.stats: dict[str, Any] = {"worker": cfg.wid, "peers": 0, "pieces": 0, "bytes": 0,
                                       "blocks": 0, "steals": 0, "released": 0,
                                       "hash_failures": 0, "banned": [], "endgame": False,
-                                      "mse": 0, "mse_rc4": 0, "dial_fallbacks": 0,
+                                      "mse": 0, "mse_rc4": 0, "dial_fallbacks": 0, "redials": 0,
                                       "refused": 0, "handshake_timeouts": 0, "adopted": 0,
                                       "peak_connections": 0, "peak_half_open": 0,
                                       "peak_dialing": 0, "peak_dial_queue": 0}
@@ -756,6 +770,11 @@ class Worker:
             # give or take the connections closing at once.)
             self.stats["dial_fallbacks"] += 1
             self.dial_queue.appendleft((peer.addr[0], peer.addr[1], peer.dial_attempt + 1))
+        elif (again := self._redial_after_completion(peer, banned)) is not None:
+            # (as with the fallback, the coordinator hears only how the new dial ends;
+            # of an incoming peer it heard nothing, and takes no dial for it)
+            self.stats["redials"] += 1
+            self.dial_queue.appendleft((again[0], again[1], 0))
         else:
             reason = peer.close_reason
             if peer.proto.mse_pending:
@@ -763,6 +782,23 @@ class Worker:
             self.send(ipc.PeerClosed(peer.addr[0], peer.addr[1], reason, banned, True))
         self._dial_next()  # a connection is free
         self.pump_all()
+
+    def _redial_after_completion(self, peer: Peer, banned: bool) -> tuple[str, int] | None:
+        """Where to dial ``peer`` again, lost just now (see :data:`REDIAL_WINDOW`), or None."""
+        at = self.completed_at
+        port = peer.listen_port
+        if (at is None or banned or not peer.active or not peer.conn.remote_closed
+                or port is None or self.stop_event.is_set()
+                or self.loop.time() - at > REDIAL_WINDOW
+                or len(self.redialled) >= MAX_REDIALS):
+            return None
+        key = (peer.addr[0], port)
+        theirs = peer.proto.peer_bitfield
+        if key in self.redialled or not (
+                int.from_bytes(self.have) & ~int.from_bytes(theirs[:len(self.have)])):
+            return None  # dialled again once already, or it has all we have
+        self.redialled.add(key)
+        return key
 
     def _availability(self, bits: bytes, delta: int) -> None:
         pieces = _bits_to_indices(bits)
@@ -1369,6 +1405,8 @@ class Worker:
 
     def broadcast_haves(self, pieces: Iterable[int]) -> None:
         pieces = tuple(pieces)
+        if self.complete and self.completed_at is None:
+            self.completed_at = self.loop.time()  # these HAVEs make us a seed to our peers
         for peer in list(self.peers):
             if peer.active and not peer.closed and not peer.proto.peer_is_seed:
                 # a seed has every piece: a HAVE tells it nothing (libtorrent skips them too)

@@ -20,7 +20,9 @@ the daemon). A :class:`WorkerHost` owns what is the process's:
   down on its own; its coordinator hears :class:`~torrent.ipc.Stopped` after
   its last report. The process ends when the connection reaches EOF (the
   coordinator is done with it, or died).
-- **the listening sockets** (``SO_REUSEPORT``, both families). With one
+- **the listening sockets** (``SO_REUSEPORT``, both families), listening
+  from the start and accepting from the first torrent on (a peer that dials
+  before waits in the backlog instead of being refused). With one
   torrent an incoming connection goes straight to it, as before. With
   several, a :class:`Router` reads the connection's first bytes: the
   info-hash of a plaintext handshake, or the SKEY an MSE/PE handshake names
@@ -234,6 +236,9 @@ class WorkerHost:
         self.by_hash[ih] = w
         self.skeys[req2_hash(ih)] = ih
         w.start()
+        for server in self.servers:
+            if not server.is_serving():
+                self.loop.create_task(server.start_serving())
 
     def _stop(self, w: Worker) -> None:
         if w.tid not in self._stopping:
@@ -295,8 +300,11 @@ class WorkerHost:
         if self.cfg.port:  # IPv4 and IPv6 (torrent/ports.py); one accept, one set of caps
             for sock in listen_sockets(self.cfg.options.bind, self.cfg.port, LISTEN_BACKLOG):
                 # the backlog again: create_server listens anew, with 100 unless told
+                # accepting starts with the first torrent (add): until then a peer that
+                # dialled waits in the backlog, where it would be refused (no torrent)
                 self.servers.append(await self.loop.create_server(
-                    lambda: PeerConn(self.accept), sock=sock, backlog=LISTEN_BACKLOG))
+                    lambda: PeerConn(self.accept), sock=sock, backlog=LISTEN_BACKLOG,
+                    start_serving=False))
         self.on_control()  # what came with the config, before the loop watched
         try:
             while not self.stop_event.is_set():

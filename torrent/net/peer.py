@@ -74,6 +74,7 @@ class PeerConn(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.close_reason = ""
+        self.remote_closed = False  # the peer closed it (end of stream, reset), not we
         self._handler: ConnectionHandler | None = None
         self._rb: ReceiveBuffer | None = None
 
@@ -112,12 +113,15 @@ class PeerConn(asyncio.BufferedProtocol):
             self._handler.data_received()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
+        if not self.closed:
+            self.remote_closed = True
         self.abort("closed by peer")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
             self.closed = True
+            self.remote_closed = True
             self.close_reason = (f"connection lost: {exc}" if exc else "connection closed")
             if self._handler is not None:
                 self._handler.lost(self.close_reason)
