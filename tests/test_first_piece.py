@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,10 @@ from helpers.testpeer import TestPeer
 from torrent import metainfo
 from torrent.coordinator import EARLY_REQUESTS
 from torrent.creator import create_torrent
+from torrent.magnetfetch import Handover, caught_up, last_choke
+from torrent.wire.handshake import encode_handshake, make_peer_id
+from torrent.wire.messages import Bitfield, Choke, Have, Unchoke, encode
+from torrent.wire.metadata_conn import MAX_HANDOVER_BYTES
 from torrent.worker import COLD_BLOCKS, COLD_DEPTH, INITIAL_DEPTH
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,3 +123,50 @@ def test_a_magnets_first_piece_is_requested_before_the_worker_takes_over(
     # every block asked for once: the early requests were answers the worker took
     assert len(requests) == len(set(requests)) == -(-PAYLOAD_SIZE // 16384)
     assert (tmp_path / "out" / "f.bin").read_bytes() == data
+
+
+HANDSHAKE = encode_handshake(b"\x01" * 20, make_peer_id())
+
+
+def test_last_choke_walks_the_frames_after_the_handshake() -> None:
+    assert last_choke(HANDSHAKE) is None
+    assert last_choke(HANDSHAKE + encode(Bitfield(b"\xff")) + encode(Unchoke())) is True
+    assert last_choke(HANDSHAKE + encode(Unchoke()) + encode(Have(3)) + encode(Choke())) is False
+    # a have whose index bytes spell UNCHOKE is not one: frames, not bytes, are read
+    assert last_choke(HANDSHAKE + encode(Have(0x01010101))) is None
+    # the frame cut short at the end: what is there so far counts, nothing after it
+    assert last_choke(HANDSHAKE + encode(Unchoke()) + encode(Bitfield(b"\xff" * 8))[:6]) is True
+
+
+def test_a_kept_connection_catches_up_on_what_came_after_the_fetch() -> None:
+    """Its peer's UNCHOKE arrived after the fetch ended: read without waiting, it joins
+    the stream the worker replays, and the connection counts as unchoked."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        h = Handover("127.0.0.1", 1, ours.fileno(), HANDSHAKE + encode(Bitfield(b"\xff")),
+                     "magnet", interested=True)
+        assert caught_up(h) == h  # nothing came (and nothing waited for)
+        theirs.sendall(encode(Unchoke()))
+        got = caught_up(h)
+        assert got.unchoked and got.data == h.data + encode(Unchoke())
+        assert os.get_blocking(ours.fileno())  # our descriptor was left as it was
+        theirs.sendall(encode(Choke()))
+        assert not caught_up(got).unchoked
+        theirs.close()
+        assert caught_up(got) == got  # the peer closed it: the worker sees the end
+
+
+def test_catching_up_reads_no_more_than_the_handover_bound() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.setblocking(False)
+        try:
+            while True:
+                theirs.send(encode(Have(1)) * 4096)
+        except BlockingIOError:
+            pass  # a peer that floods: both socket buffers full
+        h = Handover("127.0.0.1", 1, ours.fileno(), HANDSHAKE, "magnet")
+        got = caught_up(h)
+        assert len(HANDSHAKE) < len(got.data) <= MAX_HANDOVER_BYTES
+        full = got._replace(data=b"x" * MAX_HANDOVER_BYTES)
+        assert caught_up(full) == full

@@ -567,7 +567,9 @@ class Coordinator:
         """Ask the peers of a magnet's kept connections for the first pieces now, while
         the output is made and the workers take the torrent (~10 ms on two busy cores).
 
-        Each connection whose peer has unchoked us is given its worker here (as
+        Each connection whose peer has unchoked us (by the fetch's end, or since:
+        what it sent meanwhile is read first, ``magnetfetch.caught_up``) is given
+        its worker here (as
         :meth:`_plan_handover` would: round robin) and that worker its first lease
         (:meth:`LeaseTable.first_lease`, kept for :meth:`start_workers`); the blocks
         of the lease's first piece are split between the worker's unchoked
@@ -576,8 +578,12 @@ class Coordinator:
         (``ipc.Adopt.requested``) and reads the blocks as answers to its own. Only
         for a fresh download (nothing verified): the caller checks.
         """
+        from .magnetfetch import caught_up
+
         now = time.monotonic()
         self.leases.start(now)
+        # a peer that unchoked us since the fetch ended (the kernel holds its UNCHOKE)
+        self.handover = [caught_up(c) for c in self.handover]
         seen: set[tuple[str, int]] = set()
         mine: dict[int, list[int]] = {}  # worker -> indices in self.handover
         k = 0

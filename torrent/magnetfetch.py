@@ -75,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, NamedTuple
@@ -90,8 +91,10 @@ from .peeraddr import format_peer
 from .piecelayers import LayerFetch, layer_files
 from .wire.extension import MetadataData, MetadataReject
 from .wire.framing import ReceiveBuffer
-from .wire.messages import Hashes, HashReject
+from .wire.handshake import HANDSHAKE_LENGTH
+from .wire.messages import CHOKE, UNCHOKE, Hashes, HashReject
 from .wire.metadata_conn import (
+    MAX_HANDOVER_BYTES,
     ConnectionReady,
     MetadataConnection,
     MetadataConnState,
@@ -108,6 +111,7 @@ __all__ = [
     "TICK",
     "Fetched",
     "Handover",
+    "caught_up",
     "close_handovers",
     "fetch_metadata",
 ]
@@ -636,6 +640,42 @@ class Handover(NamedTuple):
     unchoked: bool = False
     worker: int = -1
     requested: tuple[tuple[int, int, int], ...] = ()
+
+
+def caught_up(h: Handover) -> Handover:
+    """``h`` with what its peer sent since the fetch ended (read now, without waiting,
+    up to :data:`MAX_HANDOVER_BYTES` in all) added to its stream, and ``unchoked``
+    as that stream's last CHOKE or UNCHOKE says: a peer that answered the fetch's
+    INTERESTED after the metadata was complete can be asked for blocks before its
+    worker runs (``Coordinator.request_early``)."""
+    room = MAX_HANDOVER_BYTES - len(h.data)
+    if room <= 0:
+        return h
+    try:
+        with socket.socket(fileno=os.dup(h.fd)) as sock:
+            more = sock.recv(room, socket.MSG_DONTWAIT)
+    except OSError:  # nothing came (EAGAIN), or the connection is gone: the worker sees
+        return h
+    if not more:
+        return h  # the peer closed it: its worker hears the end of the stream
+    data = h.data + more
+    state = last_choke(data)
+    return h._replace(data=data, unchoked=h.unchoked if state is None else state)
+
+
+def last_choke(stream: bytes) -> bool | None:
+    """The last CHOKE (False) or UNCHOKE (True) in a peer's stream, its 68-byte
+    handshake first (None: neither came). The frames are only walked (a frame
+    cut short at the end ends the walk): their checks are the worker's, which
+    reads the same bytes."""
+    state = None
+    pos, end = HANDSHAKE_LENGTH, len(stream)
+    while pos + 5 <= end:
+        length = int.from_bytes(stream[pos : pos + 4])
+        if length == 1 and stream[pos + 4] in (CHOKE, UNCHOKE):
+            state = stream[pos + 4] == UNCHOKE
+        pos += 4 + length
+    return state
 
 
 def close_handovers(conns: Iterable[Handover]) -> None:
