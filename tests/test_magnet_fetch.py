@@ -218,3 +218,32 @@ def test_the_workers_start_before_any_name_lookup_of_the_fetch(
     coordinator._load_or_fetch_metainfo(uri, str(tmp_path), opts, lambda s: None,
                                         on_dialled=lambda: calls.append("workers"))
     assert calls == (["workers", "fetch"] if before else ["fetch", "workers"])
+
+
+def test_an_offer_that_comes_after_the_metadata_keeps_its_connection() -> None:
+    """A peer whose extension handshake arrives once another peer's metadata completed
+    the fetch is a peer for the download: kept for the hand-over, not closed as one
+    whose offer was "not taken"."""
+    from torrent.magnetfetch import _Fetcher, _Link
+    from torrent.net.peer import PeerConn
+    from torrent.wire.metadata_conn import MetadataOffer
+
+    async def main() -> tuple[bool, bool]:
+        f = _Fetcher(Magnet(HASH), Options(), make_peer_id(), 6881, log=lambda s: None)
+        first, late = ("127.0.0.1", 1), ("127.0.0.1", 2)
+        assert f.fetch.add_peer(first, len(INFO))
+        while (piece := f.fetch.next_request(first, f.started)) is not None:
+            f.fetch.data(first, piece, len(INFO), INFO[piece * 16384 : (piece + 1) * 16384])
+        assert f.fetch.done
+        link = _Link(f, late, PeerConn(lambda c: None, late, True), f.started)
+        f.links[late] = link
+        f._handle(link, MetadataOffer(len(INFO), None), f.started)
+        # an offer over the bound closes the connection all the same
+        huge = ("127.0.0.1", 3)
+        bad = f.links[huge] = _Link(f, huge, PeerConn(lambda c: None, huge, True), f.started)
+        f._handle(bad, MetadataOffer(MAX_METADATA_SIZE + 1, None), f.started)
+        return link.conn.closed, bad.conn.closed
+
+    kept_closed, huge_closed = asyncio.run(main())
+    assert not kept_closed
+    assert huge_closed

@@ -409,6 +409,8 @@ class _Fetcher:
             elif not link.offered and self.layer_fetch is not None:
                 link.offered = True  # the metadata is in: it may have the layers
                 self.layer_fetch.add_peer(addr)
+            elif not link.offered and self.fetch.done and ev.metadata_size == self.fetch.size:
+                pass  # its offer came after the metadata: a peer for the download all the same
             elif not link.offered:
                 if not self.fetch.add_peer(addr, ev.metadata_size):
                     why = ("banned: its metadata does not hash to the info-hash"
