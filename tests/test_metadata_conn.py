@@ -27,7 +27,9 @@ from torrent.wire.extension import (
     MetadataRequest,
 )
 from torrent.wire.handshake import (
+    DHT_BIT,
     HANDSHAKE_LENGTH,
+    RESERVED_DHT,
     RESERVED_NONE,
     RESERVED_OURS,
     encode_handshake,
@@ -45,6 +47,7 @@ from torrent.wire.messages import (
     HaveNone,
     Interested,
     LocalProtocolError,
+    Port,
     Unchoke,
     Unknown,
     encode,
@@ -241,6 +244,22 @@ def test_handover_gives_the_peers_stream_without_its_metadata_messages(feed: Fee
     # in stream order; keep-alives and ut_metadata out; the partial frame last
     assert mc.handover() == (peer_handshake() + encode(HaveAll()) + peer_ext()
                              + encode(Have(3)) + other_ext + partial)
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_with_our_dht_node_the_handshake_says_so_and_the_peers_port_is_handed_over(
+        feed: Feed) -> None:
+    """The download's DHT node runs while the fetch does: our handshake sets the DHT bit
+    (as the workers' do), so a peer sends its PORT on the connection, and the worker
+    that takes the connection over reads it (BEP 5)."""
+    plain = MetadataConnection(HASH, OURS)
+    assert parse_handshake(plain.data_to_send()[:HANDSHAKE_LENGTH]).reserved == RESERVED_OURS
+    mc = MetadataConnection(HASH, OURS, dht=True)
+    ours = parse_handshake(mc.data_to_send()[:HANDSHAKE_LENGTH])
+    assert ours.reserved == RESERVED_DHT and ours.has_bit(DHT_BIT)
+    stream = peer_handshake(reserved=RESERVED_DHT) + encode(Port(6882)) + peer_ext()
+    feed(mc, stream)
+    assert mc.handover() == stream
 
 
 def test_handover_before_the_peers_handshakes_gives_what_came_of_them() -> None:

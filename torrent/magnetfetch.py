@@ -178,7 +178,8 @@ class _Link:
         self.started = started  # when the dial began: the handshake deadline counts from it
         self.mc = MetadataConnection(owner.magnet.info_hash, owner.peer_id,
                                      client=f"fasttorrent {__version__}",
-                                     listen_port=owner.port or None, mse=mse)
+                                     listen_port=owner.port or None, mse=mse,
+                                     dht=owner.dht_bit)
         self.handshaken = False  # the peer's BitTorrent handshake checked out
         self.closed = False
         self.offered = False  # it is in the fetch
@@ -238,6 +239,7 @@ class _Fetcher:
         self.interrupted = False
         self.tracking = False  # the tracker task runs: peers may still come
         self.dht_searching = False  # the DHT searches: peers may still come
+        self.dht_bit = False  # our DHT node runs: our handshakes say so (BEP 5)
         self.started = self.loop.time()
         self.last_progress = self.started
 
@@ -739,6 +741,7 @@ async def fetch_metadata(magnet: Magnet, opts: Options, *, peer_id: bytes, port:
         Interrupted: SIGINT / SIGTERM.
     """
     f = _Fetcher(magnet, opts, peer_id, port, log, on_dialled)
+    f.dht_bit = dht is not None
     loop = f.loop
 
     def on_signal() -> None:

@@ -72,7 +72,7 @@ from .wire.extension import (
 )
 from .wire.fastext import allowed_fast_set
 from .wire.framing import Framer, ReceiveBuffer, RecvBudget
-from .wire.handshake import DHT_BIT, EXTENSION_BIT, FAST_BIT, RESERVED_OURS, reserved_bits
+from .wire.handshake import DHT_BIT, RESERVED_DHT, RESERVED_OURS
 from .wire.messages import Hashes, HashRequest, LocalProtocolError, pack_piece_header
 from .wire.mse import CRYPTO_RC4, Established
 
@@ -224,7 +224,6 @@ log = logging.getLogger(__name__)
 
 
 #: Our handshake's reserved bits when the run has a DHT node (BEP 5's bit added).
-_RESERVED_DHT = reserved_bits(EXTENSION_BIT, FAST_BIT, DHT_BIT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -321,7 +320,7 @@ class Peer:
                                      accept_mse=enc != "disabled", require_mse=enc == "required",
                                      initiate_mse=conn.outgoing and not adopted
                                      and worker.dial_order[dial_attempt],
-                                     reserved=_RESERVED_DHT if worker.cfg.dht_port
+                                     reserved=RESERVED_DHT if worker.cfg.dht_port
                                      else RESERVED_OURS)
         self.proto.attach_store(worker.picker.active, self)
         self.dht_heard = False  # its BEP 5 port message went to the coordinator (once)
@@ -713,12 +712,19 @@ class Worker:
         proto = peer.proto
         if peer.interested_elsewhere:
             proto.interested_sent_elsewhere()  # (nothing of ours went before it but the
-            # handshakes: a connection is adopted only while we have no piece)
+            # handshakes and the fetch's extension handshake)
         if peer.requested_elsewhere:
             reqs, peer.requested_elsewhere = list(peer.requested_elsewhere), ()
             proto.requests_sent_elsewhere(reqs, self.loop.time())
             self.picker.adopt_requests(peer, reqs, self.alloc_slot)
-        if proto.fast and self.complete:
+        if proto.first_message_sent:
+            # adopted after the fetch's INTERESTED or the coordinator's requests: no
+            # bitfield now. The hand-over was planned with nothing verified, so what we
+            # have is the few pieces verified since: a HAVE each.
+            if self.have_count:
+                peer.write(b"".join(proto.send_have(i)
+                                    for i in _bits_to_indices(bytes(self.have))))
+        elif proto.fast and self.complete:
             peer.write(proto.send_have_all())  # BEP 6: two bytes instead of the bitfield
         elif any(self.have):
             peer.write(proto.send_bitfield(bytes(self.have)))

@@ -118,9 +118,9 @@ class MetadataPeer(_LoopServer):
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             theirs = parse_handshake(await reader.readexactly(HANDSHAKE_LENGTH))
-        except asyncio.IncompleteReadError:
-            # closed before its handshake was all here (a fetch that ended while this
-            # dial was connecting): a remote close too
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # closed (or reset) before its handshake was all here (a fetch that ended
+            # while this dial was connecting): a remote close too
             if not self.stopping:
                 self.remote_closed.set()
             return

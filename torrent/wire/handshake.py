@@ -29,6 +29,7 @@ __all__ = [
     "HANDSHAKE_LENGTH",
     "PEER_ID_PREFIX",
     "PSTR",
+    "RESERVED_DHT",
     "RESERVED_NONE",
     "RESERVED_OURS",
     "Handshake",
@@ -69,6 +70,9 @@ def reserved_bits(*bits: tuple[int, int]) -> bytes:
 # both, and BEP 9 metadata exchange (magnet links) and BEP 11 PEX ride on BEP
 # 10. No DHT bit until we run a DHT node (BEP 5 would oblige us to answer PORT).
 RESERVED_OURS: Final = reserved_bits(EXTENSION_BIT, FAST_BIT)
+#: ... and with the DHT bit, while our DHT node runs (a magnet's fetch and the
+#: workers alike: a peer sends its PORT on the connection it was handed as).
+RESERVED_DHT: Final = reserved_bits(EXTENSION_BIT, FAST_BIT, DHT_BIT)
 
 # Azureus-style client prefix: '-', two letters naming the client, four version
 # digits, '-' (BEP 20).

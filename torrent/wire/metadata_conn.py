@@ -91,6 +91,7 @@ from .extension import (
 from .framing import Framer, ReceiveBuffer, next_frame
 from .handshake import (
     HANDSHAKE_LENGTH,
+    RESERVED_DHT,
     RESERVED_OURS,
     check_handshake_prefix,
     encode_handshake,
@@ -209,13 +210,16 @@ class MetadataConnection:
         client: our ``v`` for the extension handshake.
         listen_port: our ``p`` (the port the download will accept peers on).
         mse: open with an MSE/PE handshake (offering RC4 and plaintext).
+        dht: our DHT node runs: the handshake sets the DHT bit (``RESERVED_DHT``),
+            and the peer's PORT message goes to the worker with the stream.
 
     Raises:
         LocalProtocolError: ``info_hash`` or ``peer_id`` is not 20 bytes.
     """
 
     def __init__(self, info_hash: bytes, peer_id: bytes, *, client: str | None = None,
-                 listen_port: int | None = None, mse: bool = False) -> None:
+                 listen_port: int | None = None, mse: bool = False,
+                 dht: bool = False) -> None:
         self.info_hash = bytes(info_hash)
         self.our_peer_id = bytes(peer_id)
         self.peer_id: bytes | None = None
@@ -225,7 +229,8 @@ class MetadataConnection:
         #: The buffer the socket reads into; it holds the largest frame the framer admits.
         self.rb = ReceiveBuffer(self._framer.max_len + 4)
         self._state = MetadataConnState.AWAIT_HANDSHAKE
-        handshake = encode_handshake(self.info_hash, self.our_peer_id, RESERVED_OURS)
+        handshake = encode_handshake(self.info_hash, self.our_peer_id,
+                                     RESERVED_DHT if dht else RESERVED_OURS)
         # the MSE handshake under way (our BT handshake is its IA), or None
         self._mse = MSEInitiator(self.info_hash, handshake) if mse else None
         self._encrypt: RC4 | None = None  # RC4 for what we send, once MSE selected it

@@ -1138,6 +1138,12 @@ class PeerProtocol:
         self._sent_mark = True
         return encode_handshake(self.info_hash, self.our_peer_id, self.reserved)
 
+    @property
+    def first_message_sent(self) -> bool:
+        """A message of ours went out after the handshake (here or before the connection
+        was handed to us): a bitfield or HAVE_ALL can no longer be sent, only HAVEs."""
+        return self._we_sent_message
+
     def send_bitfield(self, bits: bytes) -> bytes:
         """Our bitfield; only as our first message (omit it when we have nothing).
 
