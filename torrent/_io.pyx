@@ -345,7 +345,12 @@ cdef void _write_job(ft_job *j, int lock_writes, unsigned char **bounce) noexcep
 
 
 ctypedef struct ft_io:
-    pthread_mutex_t mu
+    # Three locks, one per hand-over, so that the loop, the hash stage and the
+    # writers wait on each other only where one hands the other a job:
+    pthread_mutex_t mu    # the hash stage's queue (head, tail, stop; cv)
+    pthread_mutex_t mu2   # the write stage's (head2, tail2, stop2, writing, wbarrier,
+    #                       inflight; cv2, cv3)
+    pthread_mutex_t mu3   # the done list (done)
     pthread_cond_t cv     # work for the hash stage, or stop
     pthread_cond_t cv2    # work for the write stage, or stop2
     ft_job *head          # submitted, not yet hashed
@@ -503,6 +508,8 @@ cdef class IOThread:
         self._io.lock_writes = lock_writes
         self._io.file_writers = file_writers
         pthread_mutex_init(&self._io.mu, NULL)
+        pthread_mutex_init(&self._io.mu2, NULL)
+        pthread_mutex_init(&self._io.mu3, NULL)
         pthread_cond_init(&self._io.cv, NULL)
         pthread_cond_init(&self._io.cv2, NULL)
         pthread_cond_init(&self._io.cv3, NULL)
@@ -524,10 +531,10 @@ cdef class IOThread:
         """Stop and join the writers directly (only when the hash stage never started)."""
         cdef int k
         with nogil:
-            pthread_mutex_lock(&self._io.mu)
+            pthread_mutex_lock(&self._io.mu2)
             self._io.stop2 = 1
             pthread_cond_broadcast(&self._io.cv2)
-            pthread_mutex_unlock(&self._io.mu)
+            pthread_mutex_unlock(&self._io.mu2)
         for k in range(self._nwriters):
             with nogil:
                 pthread_join(self._writers[k], NULL)
@@ -629,10 +636,10 @@ cdef class IOThread:
         cdef ft_io *io = self._io
         cdef ft_job *d
         with nogil:
-            pthread_mutex_lock(&io.mu)
+            pthread_mutex_lock(&io.mu3)
             d = io.done
             io.done = NULL
-            pthread_mutex_unlock(&io.mu)
+            pthread_mutex_unlock(&io.mu3)
         # the done list is LIFO: reverse it into completion order
         cdef ft_job *rev = NULL
         cdef ft_job *nx
@@ -684,6 +691,8 @@ cdef class IOThread:
             _free_job(j)
             j = nx
         pthread_mutex_destroy(&self._io.mu)
+        pthread_mutex_destroy(&self._io.mu2)
+        pthread_mutex_destroy(&self._io.mu3)
         pthread_cond_destroy(&self._io.cv)
         pthread_cond_destroy(&self._io.cv2)
         pthread_cond_destroy(&self._io.cv3)
@@ -710,13 +719,17 @@ cdef inline void _enqueue(ft_job **head, ft_job **tail, ft_job *j) noexcept nogi
 
 
 cdef void _finish(ft_io *io, ft_job *j) noexcept nogil:
-    """Hand a finished job to the owner: onto the done list, and a wake-up."""
+    """Hand a finished job to the owner: onto the done list, and a wake-up if the list
+    was empty (else the wake-up of its first job is still to be answered: the owner
+    reads the eventfd before it takes the list, and takes the whole list)."""
     cdef unsigned long long one = 1
-    pthread_mutex_lock(&io.mu)
+    cdef bint first
+    pthread_mutex_lock(&io.mu3)
+    first = io.done is NULL
     j.next = io.done
     io.done = j
-    pthread_mutex_unlock(&io.mu)
-    if io.notify_fd >= 0:
+    pthread_mutex_unlock(&io.mu3)
+    if first and io.notify_fd >= 0:
         c_write(io.notify_fd, &one, sizeof(one))
 
 
@@ -732,9 +745,11 @@ cdef void *_io_main(void *arg) noexcept nogil:
             pthread_cond_wait(&io.cv, &io.mu)
         j = io.head
         if j is NULL:  # stopping and drained: so is the write stage, after its queue
+            pthread_mutex_unlock(&io.mu)
+            pthread_mutex_lock(&io.mu2)
             io.stop2 = 1
             pthread_cond_broadcast(&io.cv2)
-            pthread_mutex_unlock(&io.mu)
+            pthread_mutex_unlock(&io.mu2)
             break
         io.head = j.next
         if io.head is NULL:
@@ -746,10 +761,10 @@ cdef void *_io_main(void *arg) noexcept nogil:
         if not ok:
             _finish(io, j)
             continue
-        pthread_mutex_lock(&io.mu)
+        pthread_mutex_lock(&io.mu2)
         _enqueue(&io.head2, &io.tail2, j)
         pthread_cond_signal(&io.cv2)
-        pthread_mutex_unlock(&io.mu)
+        pthread_mutex_unlock(&io.mu2)
     return NULL
 
 
@@ -763,7 +778,7 @@ cdef bint _shares_a_file(ft_job *a, ft_job *b) noexcept nogil:
 
 
 cdef ft_job *_take_write(ft_io *io, int me) noexcept nogil:
-    """The next job for writer ``me`` (the lock held), unlinked from the queue, or NULL.
+    """The next job for writer ``me`` (``mu2`` held), unlinked from the queue, or NULL.
 
     A piece job one of whose files ``io.file_writers`` other writers are writing
     now waits, and a later one goes first (at most :data:`_WRITE_SCAN` looked at).
@@ -812,36 +827,41 @@ cdef void *_write_main(void *arg) noexcept nogil:
     cdef long long t0
     cdef unsigned char *bounce = NULL  # allocated by the first segment that needs it
     while True:
-        pthread_mutex_lock(&io.mu)
+        pthread_mutex_lock(&io.mu2)
         while True:
             while io.wbarrier:  # a sync ahead waits for the writes before it
-                pthread_cond_wait(&io.cv2, &io.mu)
+                pthread_cond_wait(&io.cv2, &io.mu2)
             j = _take_write(io, me)
             if j is not NULL or (io.stop2 and io.head2 is NULL):
                 break
-            pthread_cond_wait(&io.cv2, &io.mu)
+            pthread_cond_wait(&io.cv2, &io.mu2)
         if j is NULL:
-            pthread_mutex_unlock(&io.mu)
+            pthread_mutex_unlock(&io.mu2)
             break
+        if io.head2 is not NULL:
+            # more queued: wake one more writer (it passes the word on in turn, or, if
+            # what is left waits for files being written, sleeps: their writers take it)
+            pthread_cond_signal(&io.cv2)
         if j.kind == _JOB_SYNC:
             io.wbarrier = 1
             while io.writing > 0:
-                pthread_cond_wait(&io.cv3, &io.mu)
+                pthread_cond_wait(&io.cv3, &io.mu2)
             io.wbarrier = 0
             pthread_cond_broadcast(&io.cv2)
         else:
             io.inflight[me] = j
         io.writing += 1
-        pthread_mutex_unlock(&io.mu)
+        pthread_mutex_unlock(&io.mu2)
         t0 = _now_ns()
         _write_job(j, io.lock_writes, &bounce)
-        pthread_mutex_lock(&io.mu)
+        pthread_mutex_lock(&io.mu2)
         io.write_ns += _now_ns() - t0
         io.writing -= 1
         io.inflight[me] = NULL
-        pthread_cond_broadcast(&io.cv3)
-        pthread_cond_broadcast(&io.cv2)  # a job that waited for this one's files
-        pthread_mutex_unlock(&io.mu)
+        if io.wbarrier:
+            pthread_cond_broadcast(&io.cv3)  # a sync waits for the writes before it
+        # (a job that waited for this one's files: this writer takes it, next round)
+        pthread_mutex_unlock(&io.mu2)
         _finish(io, j)
     free(bounce)
     return NULL
