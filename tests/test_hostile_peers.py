@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from conftest import require_module
+from helpers.framereader import recv_exact
 from helpers.testpeer import OVERSIZED_LENGTH, GatedRelay, TestPeer
 
 from torrent import metainfo
@@ -130,13 +131,7 @@ class RawClient:
         self.sock.close()
 
     def recv_exact(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise EOFError(f"EOF after {len(buf)} of {n} bytes")
-            buf += chunk
-        return buf
+        return recv_exact(self.sock, n)
 
     def handshake(self) -> bytes:
         self.sock.sendall(encode_handshake(self.meta.info_hash, make_peer_id()))

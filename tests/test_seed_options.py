@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from conftest import require_module
 from helpers.clients import FasttorrentSeed
-from helpers.framereader import FrameReader
+from helpers.framereader import FrameReader, recv_exact
 from helpers.payload import ft_create, tree_bytes, write_tree
 from helpers.swarm import Seeder, start_seeders
 from helpers.testpeer import GatedRelay, TestPeer
@@ -99,6 +99,13 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+def clean_json(rc: int, out: str, err: str) -> dict:
+    """The run's JSON summary, once it is known to have exited 0 without a traceback."""
+    assert rc == 0, err
+    assert "Traceback" not in err
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
 def kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -137,9 +144,7 @@ def test_seed_ratio_serves_libtorrent_then_exits_by_itself(
         rc, out, err = finish(ft)
     finally:
         kill(ft)
-    assert rc == 0, err
-    assert "Traceback" not in err
-    j = json.loads(out)
+    j = clean_json(rc, out, err)
     assert j["complete"] and j["hash_failures"] == 0
     assert j["seed_stop"] == "ratio"
     assert j["uploaded_bytes"] >= 1.0 * SIZE
@@ -158,22 +163,14 @@ class RawLeecher:
         self.frames = FrameReader(meta.num_pieces)
         self.pending: list[Message] = []
 
-    def recv_exact(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise EOFError(f"EOF after {len(buf)} of {n} bytes")
-            buf += chunk
-        return buf
-
     def handshake(self, listen_port: int, has: range, *, first: bool) -> None:
         """Both handshakes (ours first when ``first``), our extension handshake naming our
         listen port, and our bitfield."""
         ours = encode_handshake(self.meta.info_hash, make_peer_id(), RESERVED_OURS)
         if first:
             self.sock.sendall(ours)
-        assert parse_handshake(self.recv_exact(HANDSHAKE_LENGTH)).info_hash == self.meta.info_hash
+        theirs = parse_handshake(recv_exact(self.sock, HANDSHAKE_LENGTH))
+        assert theirs.info_hash == self.meta.info_hash
         if not first:
             self.sock.sendall(ours)
         bits = bytearray(-(-self.meta.num_pieces // 8))
@@ -246,9 +243,7 @@ def test_a_leecher_that_hangs_up_on_our_completing_have_is_dialled_again(
             rc, out, err = finish(ft)
         finally:
             kill(ft)
-    assert rc == 0, err
-    assert "Traceback" not in err
-    j = json.loads(out)
+    j = clean_json(rc, out, err)
     assert j["complete"] and sum(w["redials"] for w in j["workers"]) == 1
     assert tree_bytes(tmp_path / "ft" / "tree") == tree_bytes(src)
 
@@ -280,8 +275,7 @@ def test_seed_time_exits_by_itself(payload: tuple[Path, Path], lt_seeder: Seeder
         rc, out, err = finish(ft)
     finally:
         kill(ft)
-    assert rc == 0, err
-    j = json.loads(out)
+    j = clean_json(rc, out, err)
     assert j["complete"]
     assert j["seed_stop"] == "time"  # nobody downloads: the ratio is never reached
     assert j["seed_seconds"] >= 2.0
@@ -298,8 +292,7 @@ def test_no_seeding_by_default(payload: tuple[Path, Path], lt_seeder: Seeder,
         rc, out, err = finish(ft)
     finally:
         kill(ft)
-    assert rc == 0, err
-    j = json.loads(out)
+    j = clean_json(rc, out, err)
     assert j["complete"] and j["seed_stop"] is None and j["seed_seconds"] == 0
     assert tree_bytes(tmp_path / "ft" / "tree") == tree_bytes(src)
 

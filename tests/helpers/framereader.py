@@ -6,6 +6,8 @@ runs, over a ``ReceiveBuffer``, decoded through the message table.
 
 from __future__ import annotations
 
+import socket
+
 from torrent.wire.framing import Framer, ReceiveBuffer, next_frame
 from torrent.wire.messages import KeepAlive, Message, decode
 
@@ -33,3 +35,18 @@ class FrameReader:
             out.append(KeepAlive() if n == 0 else
                        decode(rb.buf[start + 4], rb.view[start + 5 : start + 4 + n]))
         return out
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from a blocking socket (its time-out bounds each read).
+
+    Raises:
+        EOFError: the peer closed the connection first.
+    """
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
