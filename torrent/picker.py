@@ -157,15 +157,17 @@ class Picker:
         out: list[tuple[int, int, int]] = []
         if want <= 0:
             return out
-        # 1. pieces in flight with unrequested blocks, this peer's own first
-        for pd in sorted(self.active.values(), key=lambda p: p.owner is not peer):
-            if not pd.pending or not has(pd.index):
-                continue
-            if pd.parole is not None and pd.parole is not peer:
-                continue
-            self._take(pd, peer, want - len(out), out)
-            if len(out) >= want:
-                return out
+        # 1. pieces in flight with unrequested blocks, this peer's own first (two passes,
+        # no sort: most pieces in flight have every block asked for already)
+        for own in (True, False):
+            for pd in self.active.values():
+                if not pd.pending or (pd.owner is peer) is not own or not has(pd.index):
+                    continue
+                if pd.parole is not None and pd.parole is not peer:
+                    continue
+                self._take(pd, peer, want - len(out), out)
+                if len(out) >= want:
+                    return out
         # 2. new pieces, rarest first (lowest index on ties)
         if len(out) < want and self.unstarted:
             if self._order_dirty:
@@ -236,11 +238,13 @@ class Picker:
     @staticmethod
     def _take(pd: PieceDL, peer: Any, n: int, out: list[tuple[int, int, int]]) -> None:
         pending = pd.pending
-        base = pd.index
+        outstanding = pd.outstanding
+        base, size = pd.index, pd.size
         while n > 0 and pending:
             b = pending.pop()
-            pd.outstanding[b] = peer
-            out.append((base, b * BLOCK_SIZE, pd.block_length(b)))
+            outstanding[b] = peer
+            begin = b * BLOCK_SIZE
+            out.append((base, begin, min(BLOCK_SIZE, size - begin)))  # (pd.block_length)
             n -= 1
 
     # -- outcomes ------------------------------------------------------------
