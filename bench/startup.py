@@ -31,12 +31,13 @@ Then, untimed, the imports (``--import-runs`` runs of the same download under
 CLI process imported (``cli_import_ms``), and over every module each worker
 imported after it was forked from the CLI (``worker_import_ms``, the median
 worker). A worker writes its own lines to a file of its own: the download is
-started through a few lines (``--importtime-child``) that register an
+started through a few lines (:data:`IMPORTTIME_CHILD`) that register an
 ``os.register_at_fork`` hook pointing a forked child's stderr there (and its
 ``importlib.import_module``, which ``-X importtime`` does not see, to the
-``import`` statement's path), then run ``torrent`` as ``python -m`` does. ``importtime`` slows every import, so
-these are shares, not parts of the times above. The modules with the largest
-self time in the CLI process are listed.
+``import`` statement's path), then run ``torrent`` as ``python -m`` does.
+``importtime`` slows every import, so these are shares, not parts of the
+times above. The modules with the largest self time in the CLI process are
+listed.
 
 Each tree's package is compiled to bytecode first (``compileall``, as ``pip
 install`` does), so no run compiles a module.
@@ -288,6 +289,15 @@ def import_run(tree: str, torrent: str, work: str, relay: FirstRequest,
         shutil.rmtree(logs, ignore_errors=True)
 
 
+def git_head(tree: str) -> str:
+    """The commit checked out in ``tree`` ("" if it is not a git checkout)."""
+    r = subprocess.run(["git", "-C", tree, "rev-parse", "HEAD"], capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT, check=False)
+    dirty = subprocess.run(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    return r.stdout.strip() + (" (modified)" if dirty.stdout.strip() else "")
+
+
 def median(xs: list[float]) -> float:
     return round(statistics.median(xs), 2) if xs else float("nan")
 
@@ -357,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         imps = rs["imports"]
         summary[label] = {
             "tree": trees[label],
+            "commit": git_head(trees[label]),
             "first_request_ms": median([d["first_request_ms"] for d in rs["download"]]),
             "first_request_min_ms": min(d["first_request_ms"] for d in rs["download"]),
             "exit_ms": median([d["exit_ms"] for d in rs["download"]]),
@@ -378,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
              "| `python -c pass` ms | `--version` ms | `info` ms |",
              "|---|---|---|---|---|---|---|---|"]
     for label, s in summary.items():
-        lines.append(f"| {label} | {s['first_request_ms']:.1f} ({s['first_request_min_ms']:.1f})"
+        lines.append(f"| {label} ({s['commit'][:7]}) | {s['first_request_ms']:.1f} "
+                     f"({s['first_request_min_ms']:.1f})"
                      f" | {s['exit_ms']:.1f} | {s['cli_import_ms']:.1f} | "
                      f"{s['worker_import_ms']:.1f} | {s['python_c_pass_ms']:.1f} | "
                      f"{s['version_ms']:.1f} | {s['info_ms']:.1f} |")
