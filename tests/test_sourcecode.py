@@ -28,6 +28,7 @@ SANS_IO = [
     "webseed", "spans", "merkle", "v2pieces", "piecelayers", "events", "snapshot", "engineapi",
     "wire/__init__", "wire/messages", "wire/framing", "wire/handshake", "wire/peer",
     "wire/extension", "wire/fastext", "wire/metadata_conn", "wire/mse", "wire/rc4",
+    "wire/record",
     "tracker/http", "tracker/udp", "tracker/multitracker",
     "dht/__init__", "dht/krpc", "dht/routing", "dht/lookup", "dht/node",
 ]

@@ -606,9 +606,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The CLI's parser. ``command``: the subcommand the arguments name, if known; the
-    bench's options (and the imports they need: ``tools.bench``, ~20 ms) are then added
-    only for ``bench`` itself, so that a download does not wait for them."""
+    """The CLI's parser. ``command``: the subcommand the arguments name, if known (``""``:
+    they name none, as ``--version`` and ``--help`` do); the options of ``daemon`` and
+    ``bench`` (and the imports they need: the daemon's API, aiohttp, ~150 ms;
+    ``tools.bench``, ~20 ms) are then added only for that command itself, so that
+    nothing else waits for them. None: every command's options."""
     p = _Parser(prog="fasttorrent",
                                 description="A multi-core BitTorrent downloader for servers.")
     p.add_argument("--version", action="version", version=f"fasttorrent {__version__}")
@@ -760,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     # the first word not an option names the command (no top-level option takes a value)
-    parser = build_parser(next((x for x in args if not x.startswith("-")), None))
+    parser = build_parser(next((x for x in args if not x.startswith("-")), ""))
     a = parser.parse_args(args)
     try:
         return COMMANDS[a.command](a)

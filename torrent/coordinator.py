@@ -52,12 +52,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors, ipc, metainfo
 from ._io import DIRECT_ALIGN
-from .dht.service import Dht, dht_wanted, start_dht
 from .errors import FastTorrentError, Incomplete, Interrupted, StorageError, UsageError
 from .hashing import PIECE_GOOD, chunk_ranges, hash_pieces
 from .journal import Journal, journal_path, load_selection, metadata_path, save_selection
 from .leases import LeaseTable, PieceState, Send
-from .options import Options, default_max_connections
+from .options import Options, default_max_connections, dht_wanted
 from .peeraddr import ban_key, format_peer, normalize_peer, parse_hostport
 from .pool import WORKER_EXIT_TIMEOUT, PrestartedWorkers, WorkerHandle, WorkerPool
 from .ports import free_port as _free_port
@@ -83,6 +82,7 @@ from .wire.messages import BLOCK_SIZE, Request, encode
 from .worker import DIAL_BUDGET, WorkerConfig
 
 if TYPE_CHECKING:
+    from .dht.service import Dht
     from .magnetfetch import Handover
 
 __all__ = ["Coordinator", "DownloadResult", "download", "parse_peer", "seed"]
@@ -509,6 +509,8 @@ class Coordinator:
             pool.fit(used)  # (configured before the piece size was known)
         self.port = pool.port
         if want_dht and self.own_pool:
+            from .dht.service import start_dht
+
             self.dht = start_dht(self.opts, self.port, self.log)  # on the run's port if free
         self.tid, offset, self.workers = pool.attach(self, reserve=used)
         self.arena = pool.arena
@@ -517,8 +519,6 @@ class Coordinator:
         wanted = None if self.wanted is None else _bits_from(
             [i for i, want in enumerate(self.wanted) if want], meta.num_pieces)
         adopt = self._plan_handover(done_bits)
-        from .magnetfetch import close_handovers
-
         # the start-up affinity runs from here, not from before the resume check
         now = time.monotonic()
         self.leases.start(now)
@@ -547,7 +547,10 @@ class Coordinator:
                 except OSError:
                     pass  # it died: the liveness check reports it
         finally:
-            close_handovers(c for mine in adopt.values() for c in mine)  # theirs are copies
+            if adopt:
+                from .magnetfetch import close_handovers
+
+                close_handovers(c for mine in adopt.values() for c in mine)  # theirs are copies
 
     def make_output(self) -> None:
         """Create the files (sized, blocks reserved) and the journal of :meth:`prepare`'s
@@ -627,10 +630,10 @@ class Coordinator:
         the one with the fewest peers. The peer is then connected there, and not dialled.
         Only while nothing is verified: the fetch sent the peer no bitfield, and one now
         would follow other messages. Those not taken are closed here."""
-        from .magnetfetch import close_handovers
-
         conns, self.handover = self.handover, []
         plan: dict[int, list[Handover]] = {}
+        if not conns:  # (a .torrent's run: the fetch's module is not even imported)
+            return plan
         left: list[Handover] = []
         for c in conns:
             key = normalize_peer(c.host, c.port)
@@ -654,6 +657,8 @@ class Coordinator:
             rec.connected = True
             w.peers += 1
             self.leases.set_peers(w.wid, w.peers)
+        from .magnetfetch import close_handovers
+
         close_handovers(left)
         return plan
 
@@ -1455,6 +1460,7 @@ def _load_or_fetch_metainfo(
             safe torrent (exit 3).
         Incomplete, Interrupted: from the fetch.
     """
+    from .dht.service import start_dht
     from .magnet import parse_magnet
     from .magnetfetch import close_handovers, fetch_metadata
     from .metadata import metainfo_from_info, torrent_bytes
@@ -1585,7 +1591,8 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
     # ready in milliseconds, but block this process meanwhile: a magnet's fetch
     # forks them once its first handshake went out, while the peers answer.
     prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers,
-                                   start=not (from_magnet and opts.fork_workers))
+                                   start=not (from_magnet and opts.fork_workers),
+                                   mse=opts.encryption != "disabled")
     # The worker processes are configured (port, arena, listening) while the torrent
     # is read, checked or fetched: the arena is cut by bytes, so it needs no piece size.
     want_dht = dht_wanted(opts)
@@ -1646,10 +1653,11 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
     finally:
         pool.close_now()  # (closed by the run, unless it never ran its workers)
         prestarted.close()  # those not taken (an error, or nothing left to do)
-        if coord is None or coord.handover:  # not taken (an error, or nothing left to do)
+        left = conns if coord is None else coord.handover
+        if left:  # not taken (an error, or nothing left to do)
             from .magnetfetch import close_handovers
 
-            close_handovers(conns if coord is None else coord.handover)
+            close_handovers(left)
     err = run_error(coord, res)
     if err is not None:
         raise err
@@ -1717,7 +1725,8 @@ def _seed(torrent: str, directory: str, opts: Options, log: Callable[[str], None
           report: RunReport) -> DownloadResult:
     """:func:`seed` once its options are resolved and its report opened (always raises)."""
     # importing (or forked, ready) while the data is checked
-    prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
+    prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers,
+                                   mse=opts.encryption != "disabled")
     try:
         meta = metainfo.load(torrent)
         report.added(meta.info_hash_hex, source="torrent", name=meta.name)

@@ -43,14 +43,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import errors, metainfo
 from .coordinator import Coordinator, DownloadResult, _load_kept_metainfo, run_error
-from .dht.service import Dht, dht_wanted, start_dht
 from .errors import FastTorrentError, Interrupted, UsageError
-from .options import MAX_ACTIVE, Options
+from .options import MAX_ACTIVE, Options, dht_wanted
 from .pool import PrestartedWorkers, WorkerPool
 from .ports import free_port
 from .reporting import RunReport
 
 if TYPE_CHECKING:
+    from .dht.service import Dht
     from .metrics import MetricsServer
 from .shm import run_arena_bytes
 from .sources import PathClaims, PathCollision, Source, batch_exit_code, load_url
@@ -387,6 +387,8 @@ class Engine:
                        udp=want_dht,
                        free_port=lambda bind, udp: free_port(bind, udp=udp))
         if want_dht:
+            from .dht.service import start_dht
+
             self.dht = start_dht(self.opts, self.pool.port, self.log)
             if self.dht is not None:
                 await self.dht.attach()
@@ -429,7 +431,8 @@ def download_batch(sources: Sequence[Source], outdir: str, opts: Options, *,
     from .coordinator import _resolve, _run_loop
 
     opts = _resolve(opts, {})
-    prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers)
+    prestarted = PrestartedWorkers(opts.workers or 1, fork=opts.fork_workers,
+                                   mse=opts.encryption != "disabled")
     engine = Engine(opts, outdir, max_active=max_active, log=log, report=report,
                     prestarted=prestarted, metrics=metrics)
     try:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .errors import UsageError
 from .events import PROGRESS_INTERVAL as EVENTS_PROGRESS_INTERVAL
@@ -28,9 +29,11 @@ __all__ = [
     "FD_RESERVE",
     "HANDSHAKE_TIMEOUT",
     "MAX_CONNECTIONS_CAP",
+    "NO_DHT_ENV",
     "REQUEST_TIMEOUT",
     "Options",
     "default_max_connections",
+    "dht_wanted",
     "dial_order",
     "share",
 ]
@@ -111,6 +114,21 @@ def dial_order(encryption: str) -> tuple[bool, ...]:
     if encryption == "disabled":
         return (False,)
     return _ENABLED_DIAL_ORDER
+
+
+#: ``FASTTORRENT_NO_DHT=1`` in the environment keeps the DHT off unless the
+#: caller names its bootstrap nodes (``--dht-bootstrap``): the test suite sets
+#: it, so that no test, in-process or a child, can reach the public routers.
+NO_DHT_ENV: Final = "FASTTORRENT_NO_DHT"
+
+
+def dht_wanted(opts: Options, *, private: bool = False) -> bool:
+    """Whether a run with ``opts`` runs a DHT node: asked for, the torrent not private
+    (BEP 27), and not turned off by :data:`NO_DHT_ENV` without bootstrap nodes named.
+    (Here, not in :mod:`torrent.dht.service`: a run without a node never imports it.)"""
+    if not opts.dht or private:
+        return False
+    return opts.dht_bootstrap is not None or os.environ.get(NO_DHT_ENV, "") in ("", "0")
 
 
 def default_max_connections(workers: int, fd_soft_limit: int) -> int:

@@ -36,6 +36,7 @@ process serves every torrent of the run (:mod:`torrent.workerhost`). The
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -45,6 +46,7 @@ from .channel import Channel
 from .launch import Child, can_fork, fork_child, send_fd, start_child
 from .options import Options
 from .shm import SLOT_ALIGN, Arena
+from .wire import rc4
 
 __all__ = ["WORKER_EXIT_TIMEOUT", "PrestartedWorkers", "TorrentChannel", "WorkerHandle",
            "WorkerPool"]
@@ -69,13 +71,20 @@ class PrestartedWorkers:
     :func:`~torrent.launch.send_fd`).
     Workers never taken (an error, nothing left to download) are closed: at
     EOF on its control connection a waiting worker exits by itself.
+
+    Before it forks, this process imports what the children will run (the
+    worker host's modules, and MSE's cipher when ``mse``), so that they are
+    imported once, here, rather than in every child after the fork.
     """
 
-    def __init__(self, n: int, *, fork: bool = False, start: bool = True) -> None:
+    def __init__(self, n: int, *, fork: bool = False, start: bool = True,
+                 mse: bool = True) -> None:
         self.n = n
         self.children: list[tuple[Child, Any]] = []
         #: started by fork (``fork`` asked and :func:`~torrent.launch.can_fork`)
         self.forked = fork
+        #: the workers may speak MSE/PE (encryption not disabled): they need RC4
+        self.mse = mse
         self.started = False
         self._error: errors.ResourceExhausted | None = None
         if start:
@@ -95,6 +104,10 @@ class PrestartedWorkers:
         if not self.started:
             self.started = True
             self.forked = self.forked and can_fork()
+            if self.forked:
+                importlib.import_module(WORKER_TARGET.partition(":")[0])
+                if self.mse:
+                    rc4.preload()
             try:
                 for w in range(self.n):
                     if self.forked:

@@ -49,7 +49,6 @@ from .net.peer import PeerConn
 from .options import MAX_CONNECTIONS_CAP, Options, dial_order, share
 from .peeraddr import ban_key, format_peer
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
-from .piecelayers import LayerServer
 from .shm import Arena
 from .storage import Storage, layout_for, os_error
 from .v2pieces import v2_pieces
@@ -77,6 +76,7 @@ from .wire.messages import Hashes, HashRequest, LocalProtocolError, pack_piece_h
 from .wire.mse import CRYPTO_RC4, Established
 
 if TYPE_CHECKING:
+    from .piecelayers import LayerServer
     from .webseed_worker import WebSeeds
 
 __all__ = ["DIAL_BUDGET", "DIAL_QUEUE_LIMIT", "LEASE_MIN_BYTES", "MAX_DIALS", "Worker",
@@ -947,6 +947,8 @@ class Worker:
         :class:`~torrent.piecelayers.LayerServer` does not serve)."""
         if not self._layers_built:
             self._layers_built = True
+            from .piecelayers import LayerServer  # (v2 torrents only)
+
             self.layer_server = LayerServer.from_metainfo(self.meta)
         server = self.layer_server
         if server is not None and peer.hashes_served < MAX_HASH_ANSWERS \

@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import bencoding
+from ..options import NO_DHT_ENV, dht_wanted
 from ..ports import NO_IPV6_ERRNOS
 from . import krpc, routing
 from .krpc import Address, Error, KRPCError, NodeInfo, Ping, Response
@@ -136,19 +137,6 @@ RESOLVE_TIMEOUT: Final = 5.0
 #: (pinged; only an answer puts them in the table).
 _V6_SEEDS: Final = 2
 
-
-#: ``FASTTORRENT_NO_DHT=1`` in the environment keeps the DHT off unless the
-#: caller names its bootstrap nodes (``--dht-bootstrap``): the test suite sets
-#: it, so that no test, in-process or a child, can reach the public routers.
-NO_DHT_ENV: Final = "FASTTORRENT_NO_DHT"
-
-
-def dht_wanted(opts: Options, *, private: bool = False) -> bool:
-    """Whether a run with ``opts`` runs a DHT node: asked for, the torrent not private
-    (BEP 27), and not turned off by :data:`NO_DHT_ENV` without bootstrap nodes named."""
-    if not opts.dht or private:
-        return False
-    return opts.dht_bootstrap is not None or os.environ.get(NO_DHT_ENV, "") in ("", "0")
 
 
 def start_dht(opts: Options, port: int, log: Callable[[str], None]) -> Dht | None:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -49,6 +48,7 @@ from .. import bencoding
 from ..errors import RemoteProtocolError
 from ..peeraddr import COMPACT_V4, COMPACT_V6, compact_count, pack_compact, unpack_compact
 from .messages import LocalProtocolError
+from .record import Record, setfield
 
 __all__ = [
     "EXTENSION_HANDSHAKE_ID",
@@ -219,8 +219,7 @@ def _pack_ip(ip: str) -> bytes:
 
 
 # --- BEP 10 handshake ---------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ExtensionHandshake:
+class ExtensionHandshake(Record):
     """A BEP 10 extension handshake (the body of extended message 0).
 
     Every field is optional (BEP 10); unknown keys are ignored on decode.
@@ -239,14 +238,29 @@ class ExtensionHandshake:
         metadata_size: BEP 9: bytes of the info dictionary, 1..MAX_METADATA_SIZE.
     """
 
-    m: Mapping[str, int] = field(default_factory=dict)
-    v: str | None = None
-    p: int | None = None
-    reqq: int | None = None
-    yourip: str | None = None
-    ipv4: str | None = None
-    ipv6: str | None = None
-    metadata_size: int | None = None
+    m: Mapping[str, int]
+    v: str | None
+    p: int | None
+    reqq: int | None
+    yourip: str | None
+    ipv4: str | None
+    ipv6: str | None
+    metadata_size: int | None
+
+    __slots__ = ("ipv4", "ipv6", "m", "metadata_size", "p", "reqq", "v", "yourip")
+
+    def __init__(self, m: Mapping[str, int] | None = None, v: str | None = None,
+                 p: int | None = None, reqq: int | None = None, yourip: str | None = None,
+                 ipv4: str | None = None, ipv6: str | None = None,
+                 metadata_size: int | None = None) -> None:
+        setfield(self, "m", {} if m is None else m)
+        setfield(self, "v", v)
+        setfield(self, "p", p)
+        setfield(self, "reqq", reqq)
+        setfield(self, "yourip", yourip)
+        setfield(self, "ipv4", ipv4)
+        setfield(self, "ipv6", ipv6)
+        setfield(self, "metadata_size", metadata_size)
 
     def encode(self) -> bytes:
         """The bencoded body of our handshake.
@@ -449,11 +463,15 @@ def metadata_piece_length(size: int, piece: int) -> int:
     return min(METADATA_PIECE, size - piece * METADATA_PIECE)
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataRequest:
+class MetadataRequest(Record):
     """BEP 9 ``request``: send me ``piece`` of the info dictionary."""
 
     piece: int
+
+    __slots__ = ("piece",)
+
+    def __init__(self, piece: int) -> None:
+        setfield(self, "piece", piece)
 
     def encode(self) -> bytes:
         """The body of the ut_metadata message."""
@@ -461,13 +479,19 @@ class MetadataRequest:
         return _bencode({b"msg_type": METADATA_REQUEST, b"piece": self.piece})
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataData:
+class MetadataData(Record):
     """BEP 9 ``data``: ``piece`` of an info dictionary of ``total_size`` bytes."""
 
     piece: int
     total_size: int
     data: bytes
+
+    __slots__ = ("data", "piece", "total_size")
+
+    def __init__(self, piece: int, total_size: int, data: bytes) -> None:
+        setfield(self, "piece", piece)
+        setfield(self, "total_size", total_size)
+        setfield(self, "data", data)
 
     def encode(self) -> bytes:
         """The body of the ut_metadata message: the bencoded dict, then the raw piece.
@@ -486,11 +510,15 @@ class MetadataData:
         return header + bytes(self.data)
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataReject:
+class MetadataReject(Record):
     """BEP 9 ``reject``: the sender does not have ``piece`` (or will not send it)."""
 
     piece: int
+
+    __slots__ = ("piece",)
+
+    def __init__(self, piece: int) -> None:
+        setfield(self, "piece", piece)
 
     def encode(self) -> bytes:
         """The body of the ut_metadata message."""
@@ -606,17 +634,22 @@ def decode_metadata_message(
 
 
 # --- BEP 11 ut_pex --------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class PexPeer:
+class PexPeer(Record):
     """A peer a PEX message says the sender connected to, with its BEP 11 flags."""
 
     ip: str
     port: int
-    flags: int = 0
+    flags: int
+
+    __slots__ = ("flags", "ip", "port")
+
+    def __init__(self, ip: str, port: int, flags: int = 0) -> None:
+        setfield(self, "ip", ip)
+        setfield(self, "port", port)
+        setfield(self, "flags", flags)
 
 
-@dataclass(frozen=True, slots=True)
-class Pex:
+class Pex(Record):
     """A BEP 11 ut_pex message: peers the sender connected to and lost since its last one.
 
     IPv4 and IPv6 peers share the tuples (``added`` / ``added6`` and
@@ -629,9 +662,17 @@ class Pex:
             or with port 0. Never set when encoding.
     """
 
-    added: tuple[PexPeer, ...] = ()
-    dropped: tuple[Address, ...] = ()
-    ignored: int = 0
+    added: tuple[PexPeer, ...]
+    dropped: tuple[Address, ...]
+    ignored: int
+
+    __slots__ = ("added", "dropped", "ignored")
+
+    def __init__(self, added: tuple[PexPeer, ...] = (), dropped: tuple[Address, ...] = (),
+                 ignored: int = 0) -> None:
+        setfield(self, "added", added)
+        setfield(self, "dropped", dropped)
+        setfield(self, "ignored", ignored)
 
     def encode(self) -> bytes:
         """The bencoded body: ``added``, ``added.f`` and ``dropped`` always, the v6 keys if used.

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from ..errors import RemoteProtocolError
 from .messages import LocalProtocolError
+from .record import Record, setfield
 
 __all__ = [
     "DHT_BIT",
@@ -88,13 +88,19 @@ _PEER_ID_ALPHABET: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Handshake:
+class Handshake(Record):
     """A parsed handshake."""
 
     reserved: bytes
     info_hash: bytes
     peer_id: bytes
+
+    __slots__ = ("info_hash", "peer_id", "reserved")
+
+    def __init__(self, reserved: bytes, info_hash: bytes, peer_id: bytes) -> None:
+        setfield(self, "reserved", reserved)
+        setfield(self, "info_hash", info_hash)
+        setfield(self, "peer_id", peer_id)
 
     def has_bit(self, bit: tuple[int, int]) -> bool:
         """Whether the peer set a reserved bit, e.g. :data:`FAST_BIT`."""

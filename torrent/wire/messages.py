@@ -8,9 +8,9 @@ After the handshake, the peer wire stream is a sequence of frames::
 
 A frame of length 0 (no id, no payload) is a keep-alive.
 
-- Every message is a frozen, slotted class that knows its id, how to write
-  its payload (:meth:`Message.payload`) and how to read one
-  (:meth:`Message.decode_payload`).
+- Every message is a frozen, slotted class (a :class:`~torrent.wire.record.Record`)
+  that knows its id, how to write its payload (:meth:`Message.payload`) and
+  how to read one (:meth:`Message.decode_payload`).
 - :data:`MESSAGE_TYPES` is the one table of message ids: id -> class.  Each
   class also states the bound of its payload (:meth:`Message.max_payload`),
   from which :func:`frame_bounds` derives the per-id frame-length table the
@@ -36,12 +36,11 @@ normal fate is to be copied once into its piece slot anyway).
 
 from __future__ import annotations
 
-import dataclasses
 import struct
-from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from ..errors import RemoteProtocolError
+from .record import Record, setfield
 
 __all__ = [
     "ALLOWED_FAST",
@@ -224,13 +223,14 @@ def _exact(name: str, payload: bytes | memoryview, expected: int) -> None:
 
 
 # --- message classes -----------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(Record):
     """Base class of every peer wire message.
 
     Subclasses set ``ID`` and ``NAME``, and ``FIXED`` (the exact payload
     length) or override :meth:`max_payload`.
     """
+
+    __slots__ = ()
 
     ID: ClassVar[int] = -1
     NAME: ClassVar[str] = "message"
@@ -256,9 +256,10 @@ class Message:
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
 class _Packed(Message):
     """A message whose payload is its fields, in order, packed by ``STRUCT``."""
+
+    __slots__ = ()
 
     STRUCT: ClassVar[struct.Struct]
 
@@ -267,7 +268,7 @@ class _Packed(Message):
         return cls.STRUCT.size  # exact: the decoder checks it
 
     def payload(self) -> bytes:
-        return self.STRUCT.pack(*(getattr(self, f.name) for f in dataclasses.fields(self)))
+        return self.STRUCT.pack(*self._astuple(self))
 
     @classmethod
     def decode_payload(cls, payload: bytes | memoryview) -> Message:
@@ -275,50 +276,54 @@ class _Packed(Message):
         return cls(*cls.STRUCT.unpack_from(payload))
 
 
-@dataclass(frozen=True, slots=True)
 class KeepAlive(Message):
     """A zero-length frame: "I am still here" (BEP 3)."""
+
+    __slots__ = ()
 
     NAME: ClassVar[str] = "keep-alive"
 
 
-@dataclass(frozen=True, slots=True)
 class Choke(Message):
     """The sender will not answer requests; pending requests are discarded (BEP 3)."""
+
+    __slots__ = ()
 
     ID: ClassVar[int] = CHOKE
     NAME: ClassVar[str] = "choke"
     FIXED: ClassVar[int | None] = 0
 
 
-@dataclass(frozen=True, slots=True)
 class Unchoke(Message):
     """The sender will answer requests (BEP 3)."""
+
+    __slots__ = ()
 
     ID: ClassVar[int] = UNCHOKE
     NAME: ClassVar[str] = "unchoke"
     FIXED: ClassVar[int | None] = 0
 
 
-@dataclass(frozen=True, slots=True)
 class Interested(Message):
     """The sender wants pieces the receiver has (BEP 3)."""
+
+    __slots__ = ()
 
     ID: ClassVar[int] = INTERESTED
     NAME: ClassVar[str] = "interested"
     FIXED: ClassVar[int | None] = 0
 
 
-@dataclass(frozen=True, slots=True)
 class NotInterested(Message):
     """The sender wants nothing from the receiver (BEP 3)."""
+
+    __slots__ = ()
 
     ID: ClassVar[int] = NOT_INTERESTED
     NAME: ClassVar[str] = "not interested"
     FIXED: ClassVar[int | None] = 0
 
 
-@dataclass(frozen=True, slots=True)
 class Have(_Packed):
     """The sender has completed and verified piece ``index`` (BEP 3)."""
 
@@ -328,8 +333,12 @@ class Have(_Packed):
 
     index: int
 
+    __slots__ = ("index",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int) -> None:
+        setfield(self, "index", index)
+
+
 class Bitfield(Message):
     """The pieces the sender has, piece 0 in the high bit of byte 0 (BEP 3)."""
 
@@ -337,6 +346,11 @@ class Bitfield(Message):
     NAME: ClassVar[str] = "bitfield"
 
     bits: bytes
+
+    __slots__ = ("bits",)
+
+    def __init__(self, bits: bytes) -> None:
+        setfield(self, "bits", bits)
 
     @classmethod
     def max_payload(cls, num_pieces: int) -> int:
@@ -350,7 +364,6 @@ class Bitfield(Message):
         return cls(bytes(payload))  # its exact length is checked by whoever knows num_pieces
 
 
-@dataclass(frozen=True, slots=True)
 class Request(_Packed):
     """Ask for ``length`` bytes of piece ``index`` from offset ``begin`` (BEP 3)."""
 
@@ -362,8 +375,14 @@ class Request(_Packed):
     begin: int
     length: int
 
+    __slots__ = ("begin", "index", "length")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "length", length)
+
+
 class Piece(Message):
     """A block of data: the answer to a :class:`Request` (BEP 3).
 
@@ -377,6 +396,13 @@ class Piece(Message):
     index: int
     begin: int
     data: bytes | memoryview
+
+    __slots__ = ("begin", "data", "index")
+
+    def __init__(self, index: int, begin: int, data: bytes | memoryview) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "data", data)
 
     @classmethod
     def max_payload(cls, num_pieces: int) -> int:
@@ -395,7 +421,6 @@ class Piece(Message):
         return cls(index, begin, memoryview(payload)[8:])
 
 
-@dataclass(frozen=True, slots=True)
 class Cancel(_Packed):
     """Withdraw an earlier :class:`Request` (BEP 3); used in endgame."""
 
@@ -407,8 +432,14 @@ class Cancel(_Packed):
     begin: int
     length: int
 
+    __slots__ = ("begin", "index", "length")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "length", length)
+
+
 class Port(_Packed):
     """The sender's DHT node listens on UDP ``port`` (BEP 5)."""
 
@@ -418,8 +449,12 @@ class Port(_Packed):
 
     port: int
 
+    __slots__ = ("port",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, port: int) -> None:
+        setfield(self, "port", port)
+
+
 class Suggest(_Packed):
     """BEP 6: the sender suggests downloading piece ``index``; advisory only."""
 
@@ -429,26 +464,32 @@ class Suggest(_Packed):
 
     index: int
 
+    __slots__ = ("index",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int) -> None:
+        setfield(self, "index", index)
+
+
 class HaveAll(Message):
     """BEP 6: the sender has every piece; sent instead of a bitfield, first only."""
+
+    __slots__ = ()
 
     ID: ClassVar[int] = HAVE_ALL
     NAME: ClassVar[str] = "have all"
     FIXED: ClassVar[int | None] = 0
 
 
-@dataclass(frozen=True, slots=True)
 class HaveNone(Message):
     """BEP 6: the sender has no piece; sent instead of a bitfield, first only."""
+
+    __slots__ = ()
 
     ID: ClassVar[int] = HAVE_NONE
     NAME: ClassVar[str] = "have none"
     FIXED: ClassVar[int | None] = 0
 
 
-@dataclass(frozen=True, slots=True)
 class Reject(_Packed):
     """BEP 6: the sender will not serve this earlier :class:`Request`.
 
@@ -464,8 +505,14 @@ class Reject(_Packed):
     begin: int
     length: int
 
+    __slots__ = ("begin", "index", "length")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "length", length)
+
+
 class AllowedFast(_Packed):
     """BEP 6: the sender serves requests for piece ``index`` even while choking us.
 
@@ -478,8 +525,12 @@ class AllowedFast(_Packed):
 
     index: int
 
+    __slots__ = ("index",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int) -> None:
+        setfield(self, "index", index)
+
+
 class Extended(Message):
     """BEP 10: an extension message: extension id ``ext_id`` (0: the handshake) and its body.
 
@@ -495,6 +546,12 @@ class Extended(Message):
 
     ext_id: int
     body: bytes
+
+    __slots__ = ("body", "ext_id")
+
+    def __init__(self, ext_id: int, body: bytes) -> None:
+        setfield(self, "ext_id", ext_id)
+        setfield(self, "body", body)
 
     @classmethod
     def max_payload(cls, num_pieces: int) -> int:
@@ -513,7 +570,6 @@ class Extended(Message):
         return cls(payload[0], bytes(payload[1:]))
 
 
-@dataclass(frozen=True, slots=True)
 class HashRequest(_Packed):
     """BEP 52: ask for ``length`` hashes of the tree whose root is ``pieces_root``.
 
@@ -535,8 +591,17 @@ class HashRequest(_Packed):
     length: int
     proof_layers: int
 
+    __slots__ = ("base_layer", "index", "length", "pieces_root", "proof_layers")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, pieces_root: bytes, base_layer: int, index: int, length: int,
+                 proof_layers: int) -> None:
+        setfield(self, "pieces_root", pieces_root)
+        setfield(self, "base_layer", base_layer)
+        setfield(self, "index", index)
+        setfield(self, "length", length)
+        setfield(self, "proof_layers", proof_layers)
+
+
 class HashReject(_Packed):
     """BEP 52: the sender will not answer this :class:`HashRequest` (it repeats it)."""
 
@@ -550,8 +615,17 @@ class HashReject(_Packed):
     length: int
     proof_layers: int
 
+    __slots__ = ("base_layer", "index", "length", "pieces_root", "proof_layers")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, pieces_root: bytes, base_layer: int, index: int, length: int,
+                 proof_layers: int) -> None:
+        setfield(self, "pieces_root", pieces_root)
+        setfield(self, "base_layer", base_layer)
+        setfield(self, "index", index)
+        setfield(self, "length", length)
+        setfield(self, "proof_layers", proof_layers)
+
+
 class Hashes(Message):
     """BEP 52: the answer to a :class:`HashRequest`: its fields, then ``length``
     hashes of the base layer and :func:`uncle_count` uncle hashes, bottom up.
@@ -571,6 +645,17 @@ class Hashes(Message):
     length: int
     proof_layers: int
     hashes: bytes
+
+    __slots__ = ("base_layer", "hashes", "index", "length", "pieces_root", "proof_layers")
+
+    def __init__(self, pieces_root: bytes, base_layer: int, index: int, length: int,
+                 proof_layers: int, hashes: bytes) -> None:
+        setfield(self, "pieces_root", pieces_root)
+        setfield(self, "base_layer", base_layer)
+        setfield(self, "index", index)
+        setfield(self, "length", length)
+        setfield(self, "proof_layers", proof_layers)
+        setfield(self, "hashes", hashes)
 
     @classmethod
     def max_payload(cls, num_pieces: int) -> int:
@@ -609,7 +694,6 @@ class Hashes(Message):
         return cls(root, base, index, length, proof, bytes(payload[_HASH_HEADER.size :]))
 
 
-@dataclass(frozen=True, slots=True)
 class Unknown(Message):
     """A message with an id we do not implement; callers ignore it.
 
@@ -618,6 +702,12 @@ class Unknown(Message):
 
     msg_id: int
     payload_bytes: bytes
+
+    __slots__ = ("msg_id", "payload_bytes")
+
+    def __init__(self, msg_id: int, payload_bytes: bytes) -> None:
+        setfield(self, "msg_id", msg_id)
+        setfield(self, "payload_bytes", payload_bytes)
 
     def payload(self) -> bytes:
         return self.payload_bytes

@@ -71,7 +71,6 @@ what arrives is decrypted in place by the receive buffer's transform and what
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, cast
 
@@ -117,6 +116,7 @@ from .messages import (
 )
 from .mse import CRYPTO_RC4, MSEInitiator
 from .rc4 import RC4
+from .record import Record, setfield
 
 __all__ = [
     "MAX_HANDOVER_BYTES",
@@ -170,15 +170,18 @@ _TRANSITIONS: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionReady:
+class ConnectionReady(Record):
     """The peer's BT handshake checked out (our info-hash, BEP 10 set); ours went out."""
 
     peer_id: bytes
 
+    __slots__ = ("peer_id",)
 
-@dataclass(frozen=True, slots=True)
-class MetadataOffer:
+    def __init__(self, peer_id: bytes) -> None:
+        setfield(self, "peer_id", peer_id)
+
+
+class MetadataOffer(Record):
     """The peer's first extension handshake.
 
     Attributes:
@@ -188,7 +191,13 @@ class MetadataOffer:
     """
 
     metadata_size: int | None
-    client: str | None = None
+    client: str | None
+
+    __slots__ = ("client", "metadata_size")
+
+    def __init__(self, metadata_size: int | None, client: str | None = None) -> None:
+        setfield(self, "metadata_size", metadata_size)
+        setfield(self, "client", client)
 
 
 #: What :meth:`MetadataConnection.events` returns: the handshake done, the

@@ -57,13 +57,13 @@ import hashlib
 import secrets
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
 from ..errors import RemoteProtocolError
 from .messages import LocalProtocolError
 from .rc4 import RC4
+from .record import Record, setfield
 
 __all__ = [
     "CRYPTO_PLAINTEXT",
@@ -213,8 +213,7 @@ _TRANSITIONS: Final[dict[MSEState, frozenset[MSEState]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Established:
+class Established(Record):
     """The handshake is complete; the BitTorrent stream follows.
 
     Attributes:
@@ -234,6 +233,16 @@ class Established:
     encrypt: RC4 | None
     decrypt: RC4 | None
     payload: bytes
+
+    __slots__ = ("decrypt", "encrypt", "info_hash", "method", "payload")
+
+    def __init__(self, method: int, info_hash: bytes, encrypt: RC4 | None, decrypt: RC4 | None,
+                 payload: bytes) -> None:
+        setfield(self, "method", method)
+        setfield(self, "info_hash", info_hash)
+        setfield(self, "encrypt", encrypt)
+        setfield(self, "decrypt", decrypt)
+        setfield(self, "payload", payload)
 
 
 class _MSEBase:

@@ -75,7 +75,6 @@ import re
 import struct
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
@@ -134,6 +133,7 @@ from .messages import (
     encode,
 )
 from .mse import CRYPTO_RC4, Established, MSEInitiator, MSEReceiver, skey_table
+from .record import Record, setfield
 
 __all__ = [
     "IDLE_TIMEOUT",
@@ -224,54 +224,71 @@ _TRANSITIONS: Final = {
 
 
 # --- events ----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(Record):
     """Base class of what :meth:`PeerProtocol.next_event` returns."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class HandshakeReceived(Event):
     """The peer's valid handshake; the connection is ACTIVE."""
 
     peer_id: bytes
     reserved: bytes
 
+    __slots__ = ("peer_id", "reserved")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, peer_id: bytes, reserved: bytes) -> None:
+        setfield(self, "peer_id", peer_id)
+        setfield(self, "reserved", reserved)
+
+
 class BitfieldReceived(Event):
     """The peer's full bitfield (its first message), validated."""
 
     bits: bytes
 
+    __slots__ = ("bits",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, bits: bytes) -> None:
+        setfield(self, "bits", bits)
+
+
 class HaveReceived(Event):
     """The peer now has piece ``index``; only reported the first time."""
 
     index: int
 
+    __slots__ = ("index",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int) -> None:
+        setfield(self, "index", index)
+
+
 class Choked(Event):
     """The peer choked us (followed by :class:`RequestsCancelled` if any were out)."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class Unchoked(Event):
     """The peer unchoked us: we may request."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class PeerInterested(Event):
     """The peer became interested in us."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class PeerNotInterested(Event):
     """The peer is no longer interested in us."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class BlockReceived(Event):
     """A block we requested, for the owner to store (the slow path).
 
@@ -282,8 +299,14 @@ class BlockReceived(Event):
     begin: int
     data: bytes | memoryview
 
+    __slots__ = ("begin", "data", "index")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int, begin: int, data: bytes | memoryview) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "data", data)
+
+
 class BlocksTaken(Event):
     """The fast path stored ``count`` blocks; ``full`` is a piece it completed, or None.
 
@@ -294,8 +317,13 @@ class BlocksTaken(Event):
     count: int
     full: object | None
 
+    __slots__ = ("count", "full")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, count: int, full: object | None) -> None:
+        setfield(self, "count", count)
+        setfield(self, "full", full)
+
+
 class RequestReceived(Event):
     """The peer asks for a block; it is queued until :meth:`PeerProtocol.send_piece`."""
 
@@ -303,8 +331,14 @@ class RequestReceived(Event):
     begin: int
     length: int
 
+    __slots__ = ("begin", "index", "length")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "length", length)
+
+
 class CancelReceived(Event):
     """The peer withdrew a queued request; do not send that block."""
 
@@ -312,15 +346,25 @@ class CancelReceived(Event):
     begin: int
     length: int
 
+    __slots__ = ("begin", "index", "length")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "length", length)
+
+
 class RequestsCancelled(Event):
     """Our outstanding requests the peer discarded by choking us; re-issue them."""
 
     requests: tuple[Block, ...]
 
+    __slots__ = ("requests",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, requests: tuple[Block, ...]) -> None:
+        setfield(self, "requests", requests)
+
+
 class RequestRejected(Event):
     """BEP 6: the peer will not serve this request of ours; re-issue it elsewhere."""
 
@@ -328,8 +372,14 @@ class RequestRejected(Event):
     begin: int
     length: int
 
+    __slots__ = ("begin", "index", "length")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "length", length)
+
+
 class RequestDropped(Event):
     """BEP 6: a request of the peer's we will not serve (we choke it, it cancelled it, or
     its queue is full): the owner answers it with :meth:`PeerProtocol.send_reject`."""
@@ -338,37 +388,59 @@ class RequestDropped(Event):
     begin: int
     length: int
 
+    __slots__ = ("begin", "index", "length")
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        setfield(self, "index", index)
+        setfield(self, "begin", begin)
+        setfield(self, "length", length)
+
+
 class ExtensionHandshakeReceived(Event):
     """BEP 10: the peer's extension handshake (its ids are merged into ``peer_extensions``)."""
 
     handshake: ExtensionHandshake
 
+    __slots__ = ("handshake",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, handshake: ExtensionHandshake) -> None:
+        setfield(self, "handshake", handshake)
+
+
 class MetadataReceived(Event):
     """BEP 9: a ``ut_metadata`` message (request, data or reject)."""
 
     message: MetadataMessage
 
+    __slots__ = ("message",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, message: MetadataMessage) -> None:
+        setfield(self, "message", message)
+
+
 class PexReceived(Event):
     """BEP 11: a ``ut_pex`` message (the owner applies BEP 11's rate and BEP 27)."""
 
     pex: Pex
 
+    __slots__ = ("pex",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, pex: Pex) -> None:
+        setfield(self, "pex", pex)
+
+
 class PortReceived(Event):
     """BEP 5: the peer's DHT node listens on UDP ``port`` (only when both sides set the
     DHT bit; the owner pings it)."""
 
     port: int
 
+    __slots__ = ("port",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, port: int) -> None:
+        setfield(self, "port", port)
+
+
 class HashRequestReceived(Event):
     """BEP 52: the peer asks for hashes of a file's merkle tree; the owner answers it
     with :meth:`PeerProtocol.send_hashes` or :meth:`PeerProtocol.send_hash_reject`
@@ -376,24 +448,38 @@ class HashRequestReceived(Event):
 
     request: HashRequest
 
+    __slots__ = ("request",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, request: HashRequest) -> None:
+        setfield(self, "request", request)
+
+
 class HashesReceived(Event):
     """BEP 52: hashes from the peer (their count checked against the header)."""
 
     hashes: Hashes
 
+    __slots__ = ("hashes",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, hashes: Hashes) -> None:
+        setfield(self, "hashes", hashes)
+
+
 class HashRejectReceived(Event):
     """BEP 52: the peer will not answer a hash request."""
 
     reject: HashReject
 
+    __slots__ = ("reject",)
 
-@dataclass(frozen=True, slots=True)
+    def __init__(self, reject: HashReject) -> None:
+        setfield(self, "reject", reject)
+
+
 class ConnectionClosed(Event):
     """The peer closed the connection (EOF)."""
+
+    __slots__ = ()
 
 
 _CHOKED: Final = Choked()
