@@ -56,10 +56,10 @@ REQUEST_TIMEOUT = 10.0
 #: peer-limit-global 200; a server seeding to many peers can raise it).
 MAX_CONNECTIONS_CAP = 1000
 #: Descriptors a worker keeps for other things than peers: its data files
-#: (torrent/storage.py keeps at most MAX_OPEN_FILES = 128 open, twice over
-#: with the O_DIRECT ones), its control pipe, eventfd, listening socket and
-#: the loop's own; the rest of the fd limit may go to connections.
-FD_RESERVE = 2 * 128 + 64
+#: (torrent/storage.py keeps at most MAX_OPEN_FDS = 256 open, the O_DIRECT ones
+#: included), its control pipe, eventfd, listening socket and the loop's own;
+#: the rest of the fd limit may go to connections.
+FD_RESERVE = 256 + 64
 #: Connections still in their handshake (accepted or dialled, no valid
 #: handshake yet) at most, over all workers; past it, incoming ones are
 #: refused at once.  An honest peer handshakes within a round trip, so
