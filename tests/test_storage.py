@@ -363,6 +363,49 @@ def test_evicting_a_written_file_does_not_sync_it_there(tmp_path: Path,
     assert (tmp_path / "f4").read_bytes() == b"c" * 8
 
 
+def rooted(root: Path, n: int, size: int = 8) -> Layout:
+    """``many_files`` with the output directory known (files opened beneath it)."""
+    lay = many_files(root, n, size)
+    return Layout(lay.spans, lay.piece_length, lay.total_size, str(root))
+
+
+def test_a_written_file_closed_on_the_output_filesystem_is_synced_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the output directory's filesystem a written file is closed at once (nothing
+    retired, no fdatasync on the caller's thread); the next flush syncs the filesystem
+    through the output directory's descriptor (syncfs)."""
+    synced: list[int] = []
+    monkeypatch.setattr(storage.os, "fdatasync", synced.append)
+    lay = rooted(tmp_path, 6)
+    with Storage(lay, writable=True, max_fds=4) as s:
+        for i in range(4):
+            assert s.room_for(i * 8, 8)
+            write(s, i * 8, b"w" * 8)
+        assert s.retired == 0 and s.open_fds <= 4 and synced == []
+        flush = s.pin_dirty()
+        assert flush.whole_fs == [s._root_fd] and flush.retired == []
+        assert flush.fds == [] and flush.spans == []  # the open ones too: one filesystem
+        s.flushed(flush)
+        assert s.pin_dirty() == ([], [], [], [])  # the filesystem was synced
+        s.sync()
+        assert synced == []
+    assert [(tmp_path / f"f{i}").read_bytes() for i in range(4)] == [b"w" * 8] * 4
+
+
+def test_a_flush_of_many_files_syncs_their_filesystem_once(tmp_path: Path) -> None:
+    n = storage.SYNCFS_FILES + 1
+    with Storage(rooted(tmp_path, n), writable=True, max_fds=4 * n) as s:
+        write(s, 0, bytes(8 * n))
+        flush = s.pin_dirty()
+        assert flush.whole_fs == [s._root_fd]
+        assert flush.fds == [] and flush.spans == []  # no fdatasync of each
+        s.flushed(flush)
+        write(s, 0, bytes(16))  # two files: an fdatasync each
+        flush = s.pin_dirty()
+        assert flush.whole_fs == [] and len(flush.fds) == 2
+        s.flushed(flush)
+
+
 def test_room_for_waits_on_pins_and_admits_a_piece_larger_than_the_budget(
         tmp_path: Path) -> None:
     lay = many_files(tmp_path, 8)  # 8-byte files, 16-byte pieces
@@ -456,7 +499,7 @@ def test_pin_dirty_returns_written_descriptors(tmp_path: Path) -> None:
         assert sorted(flush.fds) == sorted([s._fds[0], s._fds[1]])
         for fd in flush.fds:
             os.fdatasync(fd)
-        assert s.pin_dirty() == ([], [], [])  # nothing written since
+        assert s.pin_dirty() == ([], [], [], [])  # nothing written since
         s.flushed(flush)
 
 

@@ -1525,7 +1525,7 @@ class Worker:
         flush = self.storage.pin_dirty()
         self._sync_seq -= 1
         self.syncs[self._sync_seq] = (batch, flush)
-        self.sync_iot.submit_sync(self._sync_seq, flush.fds)
+        self.sync_iot.submit_sync(self._sync_seq, flush.fds, flush.whole_fs)
 
     def _stats(self) -> dict[str, Any]:
         s = dict(self.stats)
