@@ -59,6 +59,7 @@ __all__ = [
     "MAX_V2_WIDTH",
     "MAX_WRITERS",
     "IOThread",
+    "syncfs",
 ]
 
 # A SHA-1 digest is 20 bytes (BEP 3); the same constant as torrent._fast's.

@@ -143,7 +143,7 @@ class Flush(NamedTuple):
     fds: list[int]  #: the descriptors to sync: the files written, the retired ones
     spans: list[int]  #: the spans pinned meanwhile
     retired: list[int]  #: descriptors closed once the sync is done
-    whole_fs: list[int] = []  #: descriptors whose whole filesystem to sync (``syncfs``)
+    whole_fs: list[int]  #: descriptors whose whole filesystem to sync (``syncfs``)
 
 
 def os_error(exc: OSError, what: str) -> Exception:
