@@ -779,13 +779,13 @@ class Storage:
                 raise os_error(e, f"flushing the files in {self.layout.root}") from None
             self._fs_dirty = False
         while self._retired:
-            fd, i = self._retired[-1]
+            rfd, i = self._retired[-1]
             try:
-                os.fdatasync(fd)
+                os.fdatasync(rfd)
             except OSError as e:
                 raise os_error(e, f"flushing {self.layout.spans[i].rel}") from None
             self._retired.pop()
-            os.close(fd)
+            os.close(rfd)
         for i in list(self._dirty):
             fd = self._fds.get(i)
             if fd is not None:
