@@ -64,3 +64,27 @@ def test_ten_thousand_files_under_a_256_descriptor_limit(
     assert sum(1 for p in got if not got[p]) == FILES // 1000
     r = run_cli(["verify", str(torrent), str(out), "--workers", "1"], timeout=60)
     assert r.returncode == 0, r.describe()
+
+
+def test_a_file_that_cannot_be_created_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    """The files of a fresh download of many files are created while the workers run
+    (``coordinator.CREATE_LATER_FILES``): a file that cannot be created there (a
+    directory stands at its path) still ends the run at once with exit 5 and one
+    line naming it, no traceback, no process left behind."""
+    from torrent.coordinator import CREATE_LATER_FILES
+
+    n = 2 * CREATE_LATER_FILES
+    src = tmp_path / "src"
+    write_tree(src / "many", {f"f{i:03d}.bin": 3000 for i in range(n)}, seed=5)
+    torrent = tmp_path / "many.torrent"
+    torrent.write_bytes(create_torrent(str(src / "many"), piece_length=16 * 1024))
+    out = tmp_path / "out"
+    (out / "many" / f"f{n - 1:03d}.bin").mkdir(parents=True)  # the last file created
+    res = run_cli(["download", str(torrent), "-o", str(out), "--workers", "1",
+                   "--no-trackers", "--no-dht", "--bind", "127.0.0.1",
+                   "--stall-timeout", "60", "-q"], timeout=60)
+    assert_clean_after(res)
+    assert res.returncode == 5, res.describe()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"f{n - 1:03d}.bin" in lines[0], res.describe()
+    assert "Traceback" not in res.stderr

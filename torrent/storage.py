@@ -563,7 +563,7 @@ class Storage:
         pinned or retired: waiting would not help, so it goes over the budget
         (a piece over hundreds of files).
         """
-        need = 0
+        need = int(self._root_fd < 0 and self.layout.root is not None)  # (write_segments)
         mine = 0
         spans = self.layout.spans
         for i, foff, _roff, n in self.layout.segments(start, length):
