@@ -599,3 +599,24 @@ def test_whole_page_rule_is_the_native_writers() -> None:
     assert not storage._has_whole_page(1, _io.DIRECT_ALIGN)
     assert storage._has_whole_page(1, 2 * _io.DIRECT_ALIGN - 1)
     assert not storage._has_whole_page(1, 2 * _io.DIRECT_ALIGN - 2)
+
+
+def test_existing_files_asks_nothing_of_a_missing_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lay = make_layout(tmp_path, [("a/x", 4), ("a/y", 4), ("b/z", 4), ("b/w", 4),
+                                 ("p/.pad", 4, True)])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z").write_bytes(b"zzzz")
+    (tmp_path / "b" / "w").mkdir()  # a directory where a file goes: it exists (rechecked)
+    asked: list[str] = []
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        asked.append(str(path))
+        return real_stat(path, *args, **kw)
+
+    monkeypatch.setattr(storage.os, "stat", stat)
+    got = [(s.rel, st.st_size) for s, st in storage.existing_files(lay)]
+    assert [rel for rel, _ in got] == ["b/z", "b/w"] and got[0][1] == 4
+    # 'a' is missing: neither of its files was asked for (one isdir of 'a' instead)
+    assert not any(p.endswith(("/a/x", "/a/y")) for p in asked)

@@ -72,6 +72,7 @@ from .storage import (
     Storage,
     check_free_space,
     check_output_paths,
+    existing_files,
     finish_files,
     layout_for,
     os_error,
@@ -399,7 +400,7 @@ class Coordinator:
 
             raise os_error(e, f"creating {self.outdir}") from None
         check_output_paths(layout, self.outdir)
-        existed = any(os.path.exists(s.path) for s in layout.spans if s.regular)
+        existed = next(existing_files(layout), None) is not None
         recorded = None if self.opts.recheck else journal.read()
         sizes_ok = all(not s.regular or (os.path.isfile(s.path)
                                          and os.path.getsize(s.path) == s.length)

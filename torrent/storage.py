@@ -68,6 +68,7 @@ __all__ = [
     "Storage",
     "check_free_space",
     "check_output_paths",
+    "existing_files",
     "finish_files",
     "layout_for",
     "open_beneath",
@@ -361,17 +362,31 @@ def _refuse_links(root: str, s: FileSpan, linkfree: set[str]) -> None:
         linkfree.add(cur)
 
 
-def check_free_space(layout: Layout, outdir: str) -> None:
-    """Raise :class:`DiskFull` when the output filesystem cannot hold what is still missing."""
-    need = 0
+def existing_files(layout: Layout) -> Iterator[tuple[FileSpan, os.stat_result]]:
+    """The regular files of ``layout`` that exist, with their ``stat``: a file in a
+    directory that does not exist is not asked for (a fresh download of 10,000 files
+    in 10 directories: 10 lookups, not 10,000)."""
+    dirs: dict[str, bool] = {}
     for s in layout.spans:
         if not s.regular:
             continue
+        parent = os.path.dirname(s.path)
+        there = dirs.get(parent)
+        if there is None:
+            there = dirs[parent] = os.path.isdir(parent)
+        if not there:
+            continue
         try:
-            have = os.stat(s.path).st_blocks * 512
+            yield s, os.stat(s.path)
         except OSError:
-            have = 0
-        need += max(0, s.length - have)
+            continue
+
+
+def check_free_space(layout: Layout, outdir: str) -> None:
+    """Raise :class:`DiskFull` when the output filesystem cannot hold what is still missing."""
+    need = sum(s.length for s in layout.spans if s.regular)
+    for s, st in existing_files(layout):
+        need -= min(s.length, st.st_blocks * 512)
     probe = outdir
     while not os.path.isdir(probe):
         parent = os.path.dirname(probe) or "."
