@@ -385,8 +385,8 @@ def existing_files(layout: Layout) -> Iterator[tuple[FileSpan, os.stat_result]]:
 def check_free_space(layout: Layout, outdir: str) -> None:
     """Raise :class:`DiskFull` when the output filesystem cannot hold what is still missing."""
     need = sum(s.length for s in layout.spans if s.regular)
-    for s, st in existing_files(layout):
-        need -= min(s.length, st.st_blocks * 512)
+    for s, have in existing_files(layout):
+        need -= min(s.length, have.st_blocks * 512)
     probe = outdir
     while not os.path.isdir(probe):
         parent = os.path.dirname(probe) or "."
