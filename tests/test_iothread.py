@@ -104,6 +104,36 @@ def test_arguments_are_checked_and_closed_thread_refuses() -> None:
         t.submit_sync(-1, [])
 
 
+def test_sync_of_a_whole_filesystem(tmp_path: Path) -> None:
+    """submit_sync(whole_fs=...) runs syncfs on those descriptors (after the writes
+    submitted ahead of it); a bad descriptor is the job's I/O error, with its errno."""
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    t = _io.IOThread(efd)
+    data = bytearray(os.urandom(PIECE))
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        t.submit_piece(1, data, PIECE, hashlib.sha1(data).digest(), [(fd, 0, 0, PIECE)])
+        t.submit_sync(-1, [], [dfd])
+        t.submit_sync(-2, [fd], [dfd])
+        outcomes = wait_all(t, efd, 3)
+        assert outcomes == [(1, _io.JOB_OK, 0), (-1, _io.JOB_OK, 0), (-2, _io.JOB_OK, 0)]
+        assert (tmp_path / "f").read_bytes() == data
+        bad = os.open(tmp_path / "f", os.O_RDONLY)
+        os.close(bad)  # a closed descriptor
+        t.submit_sync(-3, [], [bad])
+        assert wait_all(t, efd, 1) == [(-3, _io.JOB_IO_ERROR, errno.EBADF)]
+        _io.syncfs(dfd)
+        with pytest.raises(OSError) as e:
+            _io.syncfs(bad)
+        assert e.value.errno == errno.EBADF
+    finally:
+        t.close()
+        os.close(fd)
+        os.close(dfd)
+        os.close(efd)
+
+
 def test_submitted_buffer_stays_acquired_until_collected() -> None:
     t = _io.IOThread(-1)
     buf = bytearray(PIECE)

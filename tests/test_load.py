@@ -43,6 +43,7 @@ from torrent.cli import build_parser
 from torrent.coordinator import MAX_KNOWN_PEERS, Coordinator, WorkerHandle, _resolve
 from torrent.errors import UsageError
 from torrent.options import (
+    FD_OTHER,
     FD_RESERVE,
     MAX_CONNECTIONS_CAP,
     Options,
@@ -80,9 +81,11 @@ def record(figures: Path, fig: dict[str, Any]) -> None:
 def test_default_max_connections_follows_the_fd_limit() -> None:
     # each worker is a process with its own descriptor table
     assert default_max_connections(1, 1024) == 1024 - FD_RESERVE
-    assert default_max_connections(2, 600) == 2 * (600 - FD_RESERVE)
+    # under a lower limit the data files' budget is a quarter of it
+    assert default_max_connections(2, 600) == 2 * (600 - 600 // 4 - FD_OTHER)
+    assert default_max_connections(1, 256) == 256 - 64 - FD_OTHER
     assert default_max_connections(8, 1 << 20) == MAX_CONNECTIONS_CAP
-    assert default_max_connections(4, 100) == 4  # a tiny limit: still one per worker
+    assert default_max_connections(4, 80) == 4  # a tiny limit: still one per worker
 
 
 @pytest.mark.parametrize(("total", "workers"), [(1000, 3), (7, 2), (2, 4), (256, 1)])

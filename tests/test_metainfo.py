@@ -351,3 +351,19 @@ def test_parse_result_equality_is_by_value() -> None:
     data = bencoding.encode(tg.base_multi())
     a, b = parse(data), parse(copy.copy(data))
     assert a == b and isinstance(a, Metainfo)
+
+
+@pytest.mark.parametrize("entry", [
+    FileEntry("t/a.bin", 10, 0, False),
+    FileEntry("t/.pad/6", 6, 10, True, attr="p"),
+    FileEntry("t/run.sh", 3, 16, False, attr="x"),
+    FileEntry("t/link", 0, 19, False, attr="l", symlink="t/a.bin"),
+    FileEntry("t/b.bin", 1 << 40, 19, False, pieces_root=bytes(range(32))),
+])
+def test_a_file_entry_survives_pickling_whole(entry: FileEntry) -> None:
+    """Every worker's config carries the files pickled (FileEntry.__reduce__)."""
+    import pickle
+
+    back = pickle.loads(pickle.dumps(entry))
+    assert back == entry and type(back) is FileEntry
+    assert (back.executable, back.hidden) == (entry.executable, entry.hidden)

@@ -304,27 +304,147 @@ def many_files(root: Path, n: int, size: int = 8) -> Layout:
     return make_layout(root, [(f"f{i}", size) for i in range(n)], piece_length=16)
 
 
-def test_open_files_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "MAX_OPEN_FILES", 3)
+def test_open_files_stay_bounded(tmp_path: Path) -> None:
     lay = many_files(tmp_path, 10)
     payload = bytes(range(80))
-    with Storage(lay, writable=True) as s:
+    with Storage(lay, writable=True, max_fds=3) as s:
         for i in range(10):
+            while not s.room_for(i * 8, 8):  # written files wait for a flush
+                flush = s.pin_dirty()
+                for fd in flush.fds:
+                    os.fdatasync(fd)
+                s.flushed(flush)
             write(s, i * 8, memoryview(payload)[i * 8 : i * 8 + 8])
-            assert len(s._fds) <= 3
+            assert s.open_fds <= 3
         s.sync()
-    with Storage(lay) as s:
+        assert s.retired == 0
+    with Storage(lay, max_fds=3) as s:
         buf = bytearray(80)
         assert s.read_into(0, memoryview(buf))
-        assert len(s._fds) <= 3
+        assert s.open_fds <= 3
     assert bytes(buf) == payload
 
 
-def test_pinned_descriptors_survive_lru_pressure(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "MAX_OPEN_FILES", 2)
+@pytest.mark.parametrize(("limit", "budget"), [(20_000, storage.MAX_OPEN_FDS), (1024, 256),
+                                               (256, 64), (12, storage.MIN_OPEN_FDS)])
+def test_descriptor_budget_follows_a_low_fd_limit(limit: int, budget: int) -> None:
+    assert storage.open_fd_budget(limit) == budget
+
+
+def test_evicting_a_written_file_does_not_sync_it_there(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file written since the last flush and closed from the cache is not synced on
+    the caller's thread: its descriptor stays open, counted, until a flush syncs it
+    (pin_dirty hands it out) and flushed() closes it."""
+    synced: list[int] = []
+    monkeypatch.setattr(storage.os, "fdatasync", synced.append)
     lay = many_files(tmp_path, 6)
-    with Storage(lay, writable=True) as s:
+    with Storage(lay, writable=True, max_fds=4) as s:
+        write(s, 0, b"a" * 8)  # file 0, dirty
+        first = s._fds[0]
+        for i in range(1, 4):
+            write(s, i * 8, b"b" * 8)  # files 1-3: the budget is full of written files
+        # file 4 does not fit until a flush: the written files are retired, not synced
+        assert not s.room_for(32, 8)
+        assert not s._fds and s.retired == 4 and s.open_fds == 4
+        assert synced == []
+        os.fstat(first)  # still open: the flush will sync it
+        flush = s.pin_dirty()
+        assert sorted(flush.fds) == sorted(flush.retired) and first in flush.retired
+        assert len(flush.retired) == 4 and flush.spans == []
+        assert s.retired == 0
+        s.flushed(flush)
+        with pytest.raises(OSError):
+            os.fstat(first)  # closed once synced
+        assert s.open_fds == 0 and s.room_for(32, 8)
+        write(s, 32, b"c" * 8)
+        assert s.open_fds == 1
+    assert (tmp_path / "f0").read_bytes() == b"a" * 8
+    assert (tmp_path / "f4").read_bytes() == b"c" * 8
+
+
+def rooted(root: Path, n: int, size: int = 8) -> Layout:
+    """``many_files`` with the output directory known (files opened beneath it)."""
+    lay = many_files(root, n, size)
+    return Layout(lay.spans, lay.piece_length, lay.total_size, str(root))
+
+
+def test_a_written_file_closed_on_the_output_filesystem_is_synced_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the output directory's filesystem a written file is closed at once (nothing
+    retired, no fdatasync on the caller's thread); the next flush syncs the filesystem
+    through the output directory's descriptor (syncfs)."""
+    synced: list[int] = []
+    monkeypatch.setattr(storage.os, "fdatasync", synced.append)
+    lay = rooted(tmp_path, 6)
+    with Storage(lay, writable=True, max_fds=4) as s:
+        for i in range(4):
+            assert s.room_for(i * 8, 8)
+            write(s, i * 8, b"w" * 8)
+        assert s.retired == 0 and s.open_fds <= 4 and synced == []
+        flush = s.pin_dirty()
+        assert flush.whole_fs == [s._root_fd] and flush.retired == []
+        assert flush.fds == [] and flush.spans == []  # the open ones too: one filesystem
+        s.flushed(flush)
+        assert s.pin_dirty() == ([], [], [], [])  # the filesystem was synced
+        s.sync()
+        assert synced == []
+    assert [(tmp_path / f"f{i}").read_bytes() for i in range(4)] == [b"w" * 8] * 4
+
+
+def test_a_flush_of_many_files_syncs_their_filesystem_once(tmp_path: Path) -> None:
+    n = storage.SYNCFS_FILES + 1
+    with Storage(rooted(tmp_path, n), writable=True, max_fds=4 * n) as s:
+        write(s, 0, bytes(8 * n))
+        flush = s.pin_dirty()
+        assert flush.whole_fs == [s._root_fd]
+        assert flush.fds == [] and flush.spans == []  # no fdatasync of each
+        s.flushed(flush)
+        write(s, 0, bytes(16))  # two files: an fdatasync each
+        flush = s.pin_dirty()
+        assert flush.whole_fs == [] and len(flush.fds) == 2
+        s.flushed(flush)
+
+
+def test_room_for_waits_on_pins_and_admits_a_piece_larger_than_the_budget(
+        tmp_path: Path) -> None:
+    lay = many_files(tmp_path, 8)  # 8-byte files, 16-byte pieces
+    with Storage(lay, writable=True, max_fds=2) as s:
+        assert s.room_for(0, 16)
+        _, pinned = s.write_segments(0, 16)  # files 0 and 1: the whole budget, pinned
+        assert s.open_fds == 2
+        assert not s.room_for(16, 16)  # files 2 and 3 must wait for the write
+        s.mark_dirty(pinned)
+        s.unpin(pinned)
+        assert not s.room_for(16, 16)  # written, unsynced: retired, still counted
+        s.flushed(s.pin_dirty())
+        assert s.room_for(16, 16) and s.open_fds == 0
+        # a range over more files than the whole budget: nothing to wait for, admitted
+        assert s.room_for(0, 64)
+        _, pinned = s.write_segments(0, 64)
+        assert s.open_fds == 8
+        s.unpin(pinned)
+        s.flushed(s.pin_dirty())
+        assert s.open_fds <= 2  # back under the budget once it is unpinned
+
+
+def test_reads_beside_pinned_files_stay_in_the_budget(tmp_path: Path) -> None:
+    lay = many_files(tmp_path, 4)
+    with Storage(lay, writable=True, max_fds=2) as s:
+        write(s, 0, bytes(range(32)))
+        s.sync()
+        _, pinned = s.write_segments(0, 16)  # files 0 and 1 pinned
+        buf = bytearray(8)
+        assert s.read_into(24, memoryview(buf)) and bytes(buf) == bytes(range(24, 32))
+        assert s.open_fds == 2  # the read's descriptor was closed again
+        assert s.read_run_into(16, [memoryview(buf)]) and bytes(buf) == bytes(range(16, 24))
+        assert s.open_fds == 2
+        s.unpin(pinned)
+
+
+def test_pinned_descriptors_survive_lru_pressure(tmp_path: Path) -> None:
+    lay = many_files(tmp_path, 6)
+    with Storage(lay, writable=True, max_fds=2) as s:
         segs, pinned = s.write_segments(0, 12)  # file 0 whole, file 1's first 4 bytes
         assert [(foff, roff, n) for _, foff, roff, n in segs] == [(0, 0, 8), (0, 8, 4)]
         assert sorted(pinned) == [0, 1]
@@ -337,6 +457,7 @@ def test_pinned_descriptors_survive_lru_pressure(tmp_path: Path,
             os.pwrite(fd, b"P" * n, foff)
         assert s._fds[0] == fds[0] and s._fds[1] == fds[1]
         s.unpin(pinned)
+        s.sync()
         for i in range(2, 6):
             write(s, i * 8, memoryview(b"y" * 8))
         assert 0 not in s._fds and 1 not in s._fds  # unpinned: evicted now
@@ -355,10 +476,9 @@ def test_write_segments_skip_pad_files(tmp_path: Path) -> None:
     assert not (tmp_path / "t" / ".pad").exists()
 
 
-def test_pins_are_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "MAX_OPEN_FILES", 1)
+def test_pins_are_counted(tmp_path: Path) -> None:
     lay = many_files(tmp_path, 3)
-    with Storage(lay, writable=True) as s:
+    with Storage(lay, writable=True, max_fds=1) as s:
         _, p1 = s.write_segments(0, 8)
         _, p2 = s.write_segments(0, 8)
         s.unpin(p1)  # one pin left
@@ -374,13 +494,13 @@ def test_pin_dirty_returns_written_descriptors(tmp_path: Path) -> None:
     lay = many_files(tmp_path, 3)
     with Storage(lay, writable=True) as s:
         write(s, 0, memoryview(b"z" * 12))  # files 0 and 1
-        fds, pinned = s.pin_dirty()
-        assert sorted(pinned) == [0, 1]
-        assert sorted(fds) == sorted([s._fds[0], s._fds[1]])
-        for fd in fds:
+        flush = s.pin_dirty()
+        assert sorted(flush.spans) == [0, 1] and flush.retired == []
+        assert sorted(flush.fds) == sorted([s._fds[0], s._fds[1]])
+        for fd in flush.fds:
             os.fdatasync(fd)
-        assert s.pin_dirty() == ([], [])  # nothing written since
-        s.unpin(pinned)
+        assert s.pin_dirty() == ([], [], [], [])  # nothing written since
+        s.flushed(flush)
 
 
 # -- direct I/O ---------------------------------------------------------------------------
@@ -407,7 +527,9 @@ def test_direct_storage_writes_pieces_bit_exact_through_the_native_writer(tmp_pa
             chunk = data[i * piece : (i + 1) * piece]
             slot[: len(chunk)] = chunk
             segs, pinned = s.write_segments(i * piece, len(chunk))
-            assert all(len(seg) == 5 and seg[4] >= 0 for seg in segs)
+            # an O_DIRECT descriptor where the segment holds a whole aligned page
+            assert [seg[4] >= 0 for seg in segs] == [
+                n - (-foff % _io.DIRECT_ALIGN) >= _io.DIRECT_ALIGN for _, foff, _, n, _ in segs]
             t.submit_piece(i, slot, len(chunk), hashlib.sha1(chunk).digest(), segs)
             assert select.select([efd], [], [], 10)[0]
             os.eventfd_read(efd)
@@ -430,13 +552,13 @@ def test_direct_storage_falls_back_where_the_filesystem_refuses_it(
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", no_direct)
-    lay = make_layout(tmp_path, [("a", 100)])
+    lay = make_layout(tmp_path, [("a", 8192)])
     with Storage(lay, writable=True, direct=True) as s:
-        segs, _ = s.write_segments(0, 100)
+        segs, _ = s.write_segments(0, 8192)
         assert not s.direct
-        assert segs == [(segs[0][0], 0, 0, 100, -1)]  # no direct descriptor
-        segs, _ = s.write_segments(0, 100)
-        assert segs == [(segs[0][0], 0, 0, 100)]  # plain segments from then on
+        assert segs == [(segs[0][0], 0, 0, 8192, -1)]  # no direct descriptor
+        segs, _ = s.write_segments(0, 8192)
+        assert segs == [(segs[0][0], 0, 0, 8192)]  # plain segments from then on
 
 
 @pytest.mark.parametrize(("start", "sizes"), [(0, [4, 6]), (2, [3, 3, 2]), (8, [10, 8, 10]),
@@ -467,3 +589,34 @@ def test_alignment_places_a_range_as_its_first_real_file_lies_on_disk(tmp_path: 
         assert s.alignment(3, 10, 8) == 3  # a's byte 3 must sit at buffer offset = 3 (mod 8)
         assert s.alignment(12, 10, 8) == (0 - 4) % 8
         assert s.alignment(10, 6, 8) == 0  # only pad: nothing to align
+
+
+def test_whole_page_rule_is_the_native_writers() -> None:
+    from torrent import _io
+
+    assert storage._PAGE == _io.DIRECT_ALIGN
+    assert storage._has_whole_page(0, _io.DIRECT_ALIGN)
+    assert not storage._has_whole_page(1, _io.DIRECT_ALIGN)
+    assert storage._has_whole_page(1, 2 * _io.DIRECT_ALIGN - 1)
+    assert not storage._has_whole_page(1, 2 * _io.DIRECT_ALIGN - 2)
+
+
+def test_existing_files_asks_nothing_of_a_missing_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lay = make_layout(tmp_path, [("a/x", 4), ("a/y", 4), ("b/z", 4), ("b/w", 4),
+                                 ("p/.pad", 4, True)])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z").write_bytes(b"zzzz")
+    (tmp_path / "b" / "w").mkdir()  # a directory where a file goes: it exists (rechecked)
+    asked: list[str] = []
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        asked.append(str(path))
+        return real_stat(path, *args, **kw)
+
+    monkeypatch.setattr(storage.os, "stat", stat)
+    got = [(s.rel, st.st_size) for s, st in storage.existing_files(lay)]
+    assert [rel for rel, _ in got] == ["b/z", "b/w"] and got[0][1] == 4
+    # 'a' is missing: neither of its files was asked for (one isdir of 'a' instead)
+    assert not any(p.endswith(("/a/x", "/a/y")) for p in asked)

@@ -125,6 +125,15 @@ def test_write_file_is_deterministic_and_pieces_differ(tmp_path: Path) -> None:
     assert len(set(pieces)) == len(pieces)
 
 
+@pytest.mark.parametrize("short", [1, 3, 4_097, (64 << 10) + 1, (4 << 20) - 5])
+def test_write_file_of_a_short_file_is_the_start_of_a_long_one(tmp_path: Path,
+                                                               short: int) -> None:
+    # a small file generates only the block it needs: the bytes must not change
+    write_file(str(tmp_path / "long"), (4 << 20) + 99, seed=5)
+    write_file(str(tmp_path / "short"), short, seed=5)
+    assert (tmp_path / "short").read_bytes() == (tmp_path / "long").read_bytes()[:short]
+
+
 def test_make_payload_many_files_and_same_files(tmp_path: Path) -> None:
     src, out = tmp_path / "src", tmp_path / "out"
     target, rels = make_payload(str(src), 100_000, 7)

@@ -34,6 +34,7 @@ hybrid piece whose two hashes disagree is bad data.
 """
 
 from libc.string cimport memcmp, memcpy, memset
+import os
 
 cdef extern from "_sha1.h" nogil:
     void ft_sha1_setup() noexcept
@@ -58,6 +59,7 @@ __all__ = [
     "MAX_V2_WIDTH",
     "MAX_WRITERS",
     "IOThread",
+    "syncfs",
 ]
 
 # A SHA-1 digest is 20 bytes (BEP 3); the same constant as torrent._fast's.
@@ -106,6 +108,7 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t c_pwrite "pwrite" (int fd, const void *buf, size_t count, long long offset)
     ssize_t c_write "write" (int fd, const void *buf, size_t count)
     int c_fdatasync "fdatasync" (int fd)
+    int c_syncfs "syncfs" (int fd)
 
 cdef extern from "<fcntl.h>" nogil:
     struct flock:
@@ -337,7 +340,9 @@ cdef void _write_job(ft_job *j, int lock_writes, unsigned char **bounce) noexcep
         j.status = 1
     else:
         for k in range(j.nseg):
-            if c_fdatasync(j.segs[k].fd) != 0:
+            # dfd 1: the whole filesystem of that descriptor (see submit_sync)
+            if (c_syncfs(j.segs[k].fd) if j.segs[k].dfd == 1
+                    else c_fdatasync(j.segs[k].fd)) != 0:
                 j.status = 2
                 j.err = errno
                 return
@@ -610,11 +615,14 @@ cdef class IOThread:
         _free_job(j)
         return out
 
-    def submit_sync(self, long long job_id, fds) -> None:
-        """``fdatasync`` each descriptor, after every job submitted before this one."""
+    def submit_sync(self, long long job_id, fds, whole_fs=()) -> None:
+        """``fdatasync`` each descriptor of ``fds``, then ``syncfs`` each of ``whole_fs``
+        (every file of its filesystem), after every job submitted before this one."""
         if self._closed:
             raise ValueError("the I/O thread is closed")
         fds = list(fds)
+        cdef Py_ssize_t plain = len(fds)
+        fds += list(whole_fs)
         cdef Py_ssize_t n = len(fds), k
         cdef ft_job *j = <ft_job *>calloc(1, sizeof(ft_job))
         cdef ft_seg *segs = <ft_seg *>calloc(max(n, 1), sizeof(ft_seg))
@@ -624,7 +632,7 @@ cdef class IOThread:
             raise MemoryError()
         for k in range(n):
             segs[k].fd = <int>fds[k]
-            segs[k].dfd = -1
+            segs[k].dfd = -1 if k < plain else 1
         j.id = job_id
         j.kind = _JOB_SYNC
         j.nseg = <int>n
@@ -865,3 +873,15 @@ cdef void *_write_main(void *arg) noexcept nogil:
         _finish(io, j)
     free(bounce)
     return NULL
+
+
+def syncfs(int fd) -> None:
+    """``syncfs(2)``: write out every dirty file of ``fd``'s filesystem and wait
+    (``os`` has none).  Raises OSError."""
+    cdef int r, e = 0
+    with nogil:
+        r = c_syncfs(fd)
+        if r != 0:
+            e = errno
+    if r != 0:
+        raise OSError(e, os.strerror(e))

@@ -71,6 +71,7 @@ from .storage import (
     Storage,
     check_free_space,
     check_output_paths,
+    existing_files,
     finish_files,
     layout_for,
     os_error,
@@ -114,6 +115,12 @@ PIECES_DONE_DELAY = 0.05
 #: Pieces each worker is leased with its config (``LeaseTable.first_lease``), from its
 #: region: its first requests need no round trip to this process.
 FIRST_LEASE = 4
+#: A fresh download of more files than this has them created (sized, blocks
+#: reserved) in a thread once its workers run, not before: 10,000 files took
+#: 0.6-4 s to create (ext4, more where files were just deleted), all of it
+#: before the first request. A worker creates a file it writes first as this
+#: would (sizes never cut, data never touched).
+CREATE_LATER_FILES = 64
 #: Block requests at most per kept connection of a magnet (``request_early``): a
 #: quarter of a 1 MiB piece over four peers; the worker's pipeline until its first
 #: piece is complete is shorter (``worker.COLD_DEPTH``) and grows from there.
@@ -393,7 +400,7 @@ class Coordinator:
 
             raise os_error(e, f"creating {self.outdir}") from None
         check_output_paths(layout, self.outdir)
-        existed = any(os.path.exists(s.path) for s in layout.spans if s.regular)
+        existed = next(existing_files(layout), None) is not None
         recorded = None if self.opts.recheck else journal.read()
         sizes_ok = all(not s.regular or (os.path.isfile(s.path)
                                          and os.path.getsize(s.path) == s.length)
@@ -445,6 +452,9 @@ class Coordinator:
             # a file it writes first as the coordinator would (sizes never cut,
             # data never touched), and its reports wait on this process's loop.
             self.request_early()
+        elif not done and not self.seeding and \
+                sum(1 for s in layout.spans if s.regular) > CREATE_LATER_FILES:
+            pass  # many files: made by run, in a thread, while the workers download
         else:
             self.make_output()
         self.leases.mark_have(done)
@@ -453,8 +463,9 @@ class Coordinator:
         self.durable_count = self.resumed = len(done)
 
     def finish_files(self) -> None:
-        """The data is complete: make the torrent's symlinks, set its executable bits (once)."""
-        if self._files_finished:
+        """The data is complete: make the torrent's symlinks, set its executable bits (once;
+        not before the files are made: then :meth:`run` calls it once they are)."""
+        if self._files_finished or self._output is not None:
             return
         self._files_finished = True
         try:
@@ -984,6 +995,28 @@ class Coordinator:
             else:
                 self._finish()
 
+    def _output_made(self, fut: asyncio.Future[None]) -> None:
+        """:meth:`make_output`, run in a thread by :meth:`run`, is done (a bug's exception
+        is raised by :meth:`run`)."""
+        e = fut.exception()
+        if isinstance(e, FastTorrentError):
+            self.fatal = e  # the workers are stopped as after any fatal error
+            self._finish()
+            return
+        if e is not None:
+            return
+        if self._durable_unjournaled and self.journal is not None:
+            try:
+                self.journal.append(self._durable_unjournaled)
+            except FastTorrentError as e:
+                if self.fatal is None:
+                    self.fatal = e
+                self._finish()
+                return
+            self._durable_unjournaled = []
+        if self.seed_started is not None:
+            self.finish_files()  # completed (and seeding) while they were made
+
     # -- seeding after the download ------------------------------------------------
     def _start_seeding(self) -> None:
         """Complete: keep serving until the first of seed_time / seed_ratio is reached."""
@@ -1109,17 +1142,14 @@ class Coordinator:
                 self.dht.close()
             return self.result(True)
         self.start_workers()
+        output: asyncio.Future[None] | None = None
         if self._output is not None:
-            try:  # in a thread, as prepare runs in a batch: reserving a large file's
-                # blocks can take a while (glibc writes them where fallocate is missing),
-                # and this loop serves every torrent of a daemon
-                await loop.run_in_executor(None, self.make_output)
-                if self._durable_unjournaled and self.journal is not None:
-                    self.journal.append(self._durable_unjournaled)
-                    self._durable_unjournaled = []
-            except FastTorrentError as e:
-                self.fatal = e  # the workers are stopped as after any fatal error
-                self._finish()
+            # in a thread, as prepare runs in a batch: reserving a large file's blocks
+            # can take a while (glibc writes them where fallocate is missing), and
+            # this loop serves every torrent of a daemon; the peers are dialled
+            # meanwhile (10,000 files take seconds to create)
+            output = loop.run_in_executor(None, self.make_output)
+            output.add_done_callback(self._output_made)
         if self.report is not None:
             await self.report.started(self.snapshot, seeding=self.seeding, port=self.port,
                                       workers=self.nworkers, pieces_resumed=self.resumed)
@@ -1172,7 +1202,12 @@ class Coordinator:
                 self._seed_timer.cancel()
             if self.seed_started is not None:
                 self.seed_ended = time.monotonic()
+            if output is not None:
+                await asyncio.wait([output])  # the files made (its outcome: _output_made)
             await self.stop_workers()
+            if output is not None and output.exception() is not None and \
+                    not isinstance(output.exception(), FastTorrentError):
+                raise output.exception()  # type: ignore[misc]
             if tracker_task is not None:
                 # 'completed' (if we are and it was not sent yet) and 'stopped', bounded
                 # by the runner's stop timeout

@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_PEERS",
     "DEFAULT_STALL_TIMEOUT",
     "ENCRYPTION_MODES",
+    "FD_OTHER",
     "FD_RESERVE",
     "HANDSHAKE_TIMEOUT",
     "MAX_CONNECTIONS_CAP",
@@ -58,11 +59,14 @@ REQUEST_TIMEOUT = 10.0
 #: few hundred peers (libtorrent's connections_limit is 200, Transmission's
 #: peer-limit-global 200; a server seeding to many peers can raise it).
 MAX_CONNECTIONS_CAP = 1000
-#: Descriptors a worker keeps for other things than peers: its data files
-#: (torrent/storage.py keeps at most MAX_OPEN_FILES = 128 open, twice over
-#: with the O_DIRECT ones), its control pipe, eventfd, listening socket and
-#: the loop's own; the rest of the fd limit may go to connections.
-FD_RESERVE = 2 * 128 + 64
+#: Descriptors a worker keeps for other things than peers and data files: its
+#: control pipe, eventfd, listening socket and the loop's own.
+FD_OTHER = 64
+#: Descriptors a worker keeps for other things than peers under a limit of 1,024
+#: or more: its data files (``storage.open_fd_budget``: at most 256, the O_DIRECT
+#: ones included; a quarter of a lower limit) and :data:`FD_OTHER`; the rest of
+#: the fd limit may go to connections.
+FD_RESERVE = 256 + FD_OTHER
 #: Connections still in their handshake (accepted or dialled, no valid
 #: handshake yet) at most, over all workers; past it, incoming ones are
 #: refused at once.  An honest peer handshakes within a round trip, so
@@ -135,10 +139,14 @@ def default_max_connections(workers: int, fd_soft_limit: int) -> int:
     """The default connection cap over ``workers`` worker processes.
 
     Each worker is a process with its own descriptor table, so each may use
-    its ``fd_soft_limit`` less :data:`FD_RESERVE` for peers; the total is
-    capped at :data:`MAX_CONNECTIONS_CAP`, and is at least one per worker.
+    its ``fd_soft_limit`` less its data files' budget
+    (``storage.open_fd_budget``) and :data:`FD_OTHER` for peers (1,024 or
+    more: less :data:`FD_RESERVE`); the total is capped at
+    :data:`MAX_CONNECTIONS_CAP`, and is at least one per worker.
     """
-    per_worker = max(1, fd_soft_limit - FD_RESERVE)
+    from .storage import open_fd_budget
+
+    per_worker = max(1, fd_soft_limit - open_fd_budget(fd_soft_limit) - FD_OTHER)
     return max(workers, min(MAX_CONNECTIONS_CAP, workers * per_worker))
 
 

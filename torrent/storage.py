@@ -5,8 +5,27 @@ Theory of operation
 A torrent's pieces cover the concatenation of its files (pad files included,
 BEP 47).  :class:`Layout` maps a byte range of that space onto file segments
 with a bisect over the file offsets.  :class:`Storage` opens files lazily and
-keeps at most :data:`MAX_OPEN_FILES` descriptors (a torrent may list 100,000
-files; the default ``RLIMIT_NOFILE`` is 1,024).  Reads and writes use
+keeps at most a budget of descriptors open (:func:`open_fd_budget`: at most
+:data:`MAX_OPEN_FDS`, a quarter of ``RLIMIT_NOFILE`` when that is low; a
+torrent may list 100,000 files, and the default soft limit is 1,024).
+
+Descriptors the native writer holds are *pinned*; the others sit in an LRU
+and the least recently used is closed when the budget is reached.  A file
+written since the last flush is not synced where it is closed (that blocked
+the worker's loop for an ``fdatasync`` per evicted file: with 10,000 small
+files, nearly every file).  On the output directory's filesystem it is
+closed, and the next flush syncs that filesystem (``syncfs``, through a
+descriptor of the output directory opened before the first write, so that
+it reports every write-back error since); a flush of more than
+:data:`SYNCFS_FILES` files does the same instead of an ``fdatasync`` each
+(each one waited for the device: 10,000 of them kept the flush thread busy
+for the whole download, and the pieces waited for it).  A file elsewhere (a
+mount point inside the output directory) is *retired*: kept open, still
+counted, until the next flush has ``fdatasync``ed it on the flush thread
+(:meth:`Storage.pin_dirty`, :meth:`Storage.flushed`).  A writer asks
+:meth:`Storage.room_for` before it takes a piece's segments: when the
+files of the piece do not fit in the budget beside the pinned and retired
+ones, the piece waits for writes or a flush to finish.  Reads and writes use
 ``os.preadv`` / ``os.pwrite`` at explicit offsets and loop on short transfers,
 so several processes can share the files without sharing file positions.
 
@@ -31,31 +50,48 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from .errors import DiskFull, InvalidTorrent, StorageError
 from .spans import file_segments, pieces_of_file
 
 __all__ = [
-    "MAX_OPEN_FILES",
+    "MAX_OPEN_FDS",
     "FileSpan",
+    "Flush",
     "Layout",
     "Storage",
     "check_free_space",
     "check_output_paths",
+    "existing_files",
     "finish_files",
     "layout_for",
     "open_beneath",
+    "open_fd_budget",
     "parts_path",
 ]
 
-#: Descriptors kept open at once.  Well under the usual 1,024 soft limit so the
-#: sockets of a worker's peers always have room.
-MAX_OPEN_FILES = 128
+#: Descriptors of data files one :class:`Storage` keeps open at most (a file written
+#: with ``O_DIRECT`` holds two): 128 files.  Well under the usual 1,024 soft limit
+#: so the sockets of a worker's peers always have room (``options.FD_RESERVE``).
+MAX_OPEN_FDS = 256
+#: Under a low ``RLIMIT_NOFILE`` the budget is this fraction of it (1,024: 256;
+#: 256: 64), the rest left to sockets, pipes and the loop.
+FD_LIMIT_SHARE = 4
+#: The budget is never below this: a piece over a few files must fit.
+MIN_OPEN_FDS = 8
+#: A flush of more files than this syncs their filesystem once (``syncfs``) instead
+#: of each file (``fdatasync``, a wait for the device each).
+SYNCFS_FILES = 16
+#: Directory descriptors a writable :class:`Storage` keeps (part of its budget), so
+#: that opening a file beneath the output directory is one ``openat`` from its
+#: directory instead of one per path component (10,000 files: 4 opens each).
+DIR_FDS = 4
 #: Buffers per preadv() at most (IOV_MAX is 1024 on Linux).
 _MAX_IOV = 1024
 
@@ -89,6 +125,26 @@ class FileSpan:
         """A file of its own on disk: not a pad, a symlink, or left out of the selection
         (whose bytes of shared pieces go to the parts file)."""
         return not self.pad and self.symlink is None and not self.part
+
+
+def open_fd_budget(limit: int | None = None) -> int:
+    """Descriptors a :class:`Storage` may hold under the soft ``RLIMIT_NOFILE`` ``limit``
+    (None: this process's)."""
+    if limit is None:
+        limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if limit == resource.RLIM_INFINITY:
+            return MAX_OPEN_FDS
+    return max(MIN_OPEN_FDS, min(MAX_OPEN_FDS, limit // FD_LIMIT_SHARE))
+
+
+class Flush(NamedTuple):
+    """What one flush ``fdatasync``s (:meth:`Storage.pin_dirty`); give it back to
+    :meth:`Storage.flushed` once done."""
+
+    fds: list[int]  #: the descriptors to sync: the files written, the retired ones
+    spans: list[int]  #: the spans pinned meanwhile
+    retired: list[int]  #: descriptors closed once the sync is done
+    whole_fs: list[int]  #: descriptors whose whole filesystem to sync (``syncfs``)
 
 
 def os_error(exc: OSError, what: str) -> Exception:
@@ -140,6 +196,16 @@ class Layout:
     def pieces_of_span(self, i: int) -> range:
         """The pieces holding any byte of span ``i`` (empty for a zero-length file)."""
         return pieces_of_file(self.spans[i], self.piece_length)
+
+
+#: The native writer's O_DIRECT unit (``_io.DIRECT_ALIGN``; a test holds them equal).
+_PAGE = 4096
+
+
+def _has_whole_page(file_off: int, n: int) -> bool:
+    """Whether a segment at ``file_off`` of ``n`` bytes covers a whole aligned page (the
+    only bytes the native writer sends with O_DIRECT)."""
+    return n - ((-file_off) & (_PAGE - 1)) >= _PAGE
 
 
 def parts_path(outdir: str, info_hash: bytes) -> str:
@@ -239,6 +305,7 @@ def check_output_paths(layout: Layout, outdir: str, *, writing: bool = True) -> 
     root = os.path.realpath(outdir)
     seen: dict[str, str] = {}
     linkfree: set[str] = set()  # directories known to be no symlink
+    real_dirs: dict[str, str] = {}  # directory -> its realpath (10,000 files, 10 directories)
     for s in layout.spans:
         if s.pad:
             continue
@@ -256,8 +323,16 @@ def check_output_paths(layout: Layout, outdir: str, *, writing: bool = True) -> 
                 f"{len(os.fsencode(s.path))} bytes, longer than the filesystem's limit of "
                 f"{PATH_MAX_BYTES}")
         # a torrent's symlink: only the directories above it count
-        probe = os.path.dirname(s.path) if s.symlink is not None else s.path
-        real = os.path.realpath(probe)
+        parent = os.path.dirname(s.path)
+        real_parent = real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = real_dirs[parent] = os.path.realpath(parent)
+        if s.symlink is not None:
+            real = real_parent
+        else:
+            real = os.path.join(real_parent, os.path.basename(s.path))
+            if os.path.islink(real):
+                real = os.path.realpath(real)
         if real != root and not real.startswith(root + os.sep):
             raise StorageError(
                 f"refusing to write {s.rel!r}: a symlink in the output directory leads outside it"
@@ -287,17 +362,31 @@ def _refuse_links(root: str, s: FileSpan, linkfree: set[str]) -> None:
         linkfree.add(cur)
 
 
-def check_free_space(layout: Layout, outdir: str) -> None:
-    """Raise :class:`DiskFull` when the output filesystem cannot hold what is still missing."""
-    need = 0
+def existing_files(layout: Layout) -> Iterator[tuple[FileSpan, os.stat_result]]:
+    """The regular files of ``layout`` that exist, with their ``stat``: a file in a
+    directory that does not exist is not asked for (a fresh download of 10,000 files
+    in 10 directories: 10 lookups, not 10,000)."""
+    dirs: dict[str, bool] = {}
     for s in layout.spans:
         if not s.regular:
             continue
+        parent = os.path.dirname(s.path)
+        there = dirs.get(parent)
+        if there is None:
+            there = dirs[parent] = os.path.isdir(parent)
+        if not there:
+            continue
         try:
-            have = os.stat(s.path).st_blocks * 512
+            yield s, os.stat(s.path)
         except OSError:
-            have = 0
-        need += max(0, s.length - have)
+            continue
+
+
+def check_free_space(layout: Layout, outdir: str) -> None:
+    """Raise :class:`DiskFull` when the output filesystem cannot hold what is still missing."""
+    need = sum(s.length for s in layout.spans if s.regular)
+    for s, have in existing_files(layout):
+        need -= min(s.length, have.st_blocks * 512)
     probe = outdir
     while not os.path.isdir(probe):
         parent = os.path.dirname(probe) or "."
@@ -319,37 +408,116 @@ class Storage:
     """Reads and writes ranges of the torrent's byte space to its files.
 
     One instance per process; descriptors are opened lazily and cached (LRU,
-    :data:`MAX_OPEN_FILES`).  ``writable=False`` never creates anything.
+    at most ``max_fds``: :func:`open_fd_budget`, see the module docstring).
+    ``writable=False`` never creates anything.
     With ``direct=True`` (writable only) :meth:`write_segments` also hands out
     a second descriptor of each file opened with ``O_DIRECT``, through which
     the native writer sends whole aligned pages (see ``_io.IOThread``); a
     filesystem that refuses ``O_DIRECT`` turns it off for this storage.
     """
 
-    def __init__(self, layout: Layout, *, writable: bool = False, direct: bool = False) -> None:
+    def __init__(self, layout: Layout, *, writable: bool = False, direct: bool = False,
+                 max_fds: int | None = None) -> None:
         self.layout = layout
         self.writable = writable
         self.direct = direct and writable and hasattr(os, "O_DIRECT")
-        self._fds: OrderedDict[int, int] = OrderedDict()
+        self.max_fds = open_fd_budget() if max_fds is None else max(1, max_fds)
+        self._fds: dict[int, int] = {}  # span index -> its descriptor
         self._dfds: dict[int, int] = {}  # span index -> its O_DIRECT descriptor
+        # The open spans nobody pins, least recently used first: what may be closed.
+        self._idle: OrderedDict[int, None] = OrderedDict()
         self._dirty: set[int] = set()
-        # Descriptors handed to the native I/O thread: never closed by the LRU
-        # while a job may still use them (span index -> pin count).
+        # Descriptors handed to the native I/O thread: never closed while a job
+        # may still use them (span index -> pin count).
         self._pins: dict[int, int] = {}
+        # Descriptors of files written since the last flush, closed from the
+        # cache: open (and counted) until a flush has synced them.
+        self._retired: list[tuple[int, int]] = []  # (descriptor, span index)
+        # directories (relative, '/'-separated) -> descriptor, least recently used first
+        self._dirs: OrderedDict[str, int] = OrderedDict()
+        # the output directory, opened before the first write: its filesystem is
+        # synced whole (syncfs) for the files closed since the last flush
+        self._root_fd = -1
+        self._root_dev = -1
+        self._fs_dirty = False  # files of that filesystem closed unsynced
+
+    @property
+    def open_fds(self) -> int:
+        """Descriptors held now (cached, pinned, retired)."""
+        return (len(self._fds) + len(self._dfds) + len(self._retired) + len(self._dirs)
+                + (self._root_fd >= 0))
+
+    @property
+    def retired(self) -> int:
+        """Descriptors waiting for a flush before they are closed."""
+        return len(self._retired)
 
     # -- descriptors -------------------------------------------------------
+    def _evict(self, i: int) -> None:
+        """Close span ``i``'s descriptors (unpinned); a file written since the last
+        flush keeps one open, retired, for the next flush to sync."""
+        self._idle.pop(i, None)
+        fd = self._fds.pop(i)
+        dfd = self._dfds.pop(i, None)
+        if dfd is not None:
+            os.close(dfd)  # (fdatasync of the other descriptor syncs the inode)
+        if i in self._dirty:
+            self._dirty.discard(i)
+            if self._root_fd >= 0 and os.fstat(fd).st_dev == self._root_dev:
+                os.close(fd)
+                self._fs_dirty = True  # the next flush syncs the filesystem
+            else:
+                self._retired.append((fd, i))
+        else:
+            os.close(fd)
+
+    def _make_room(self, need: int, keep: int = 0) -> None:
+        """Close least recently used idle spans until ``need`` more descriptors fit in
+        the budget, or only the ``keep`` most recently used idle ones are left."""
+        idle = self._idle
+        while self.open_fds + need > self.max_fds and len(idle) > keep:
+            self._evict(next(iter(idle)))
+        while self.open_fds + need > self.max_fds and self._dirs:
+            os.close(self._dirs.popitem(last=False)[1])
+
+    def _open_beneath(self, rel: str, flags: int, *, create: bool) -> int:
+        """:func:`open_beneath` of ``rel`` under the layout's root, from a cached
+        descriptor of its directory (opened beneath the root as that would; the
+        directories on the way made when ``create``)."""
+        parent, _, name = rel.rpartition("/")
+        dfd = self._dirs.get(parent)
+        if dfd is None:
+            root = self.layout.root
+            assert root is not None
+            dflags = os.O_RDONLY | os.O_DIRECTORY
+            dfd = (open_beneath(root, parent + "/.", dflags, create_dirs=create) if parent
+                   else os.open(root, dflags | os.O_CLOEXEC))
+            if len(self._dirs) >= DIR_FDS:
+                os.close(self._dirs.popitem(last=False)[1])
+            self._dirs[parent] = dfd
+        else:
+            self._dirs.move_to_end(parent)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+
+    def _pin(self, i: int) -> None:
+        c = self._pins.get(i, 0)
+        self._pins[i] = c + 1
+        if not c:
+            self._idle.pop(i, None)
+
     def _fd(self, i: int) -> int | None:
         fd = self._fds.get(i)
         if fd is not None:
-            self._fds.move_to_end(i)
+            if i in self._idle:
+                self._idle.move_to_end(i)
             return fd
         span = self.layout.spans[i]
+        self._make_room(1)
         if self.writable:
             flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
                 if self.layout.root is not None:
-                    fd = open_beneath(self.layout.root, self._rel(span), flags,
-                                      create_dirs=True)
+                    fd = self._open_beneath(self._rel(span), flags, create=True)
                 else:
                     os.makedirs(os.path.dirname(span.path), exist_ok=True)
                     fd = os.open(span.path, flags, 0o644)
@@ -368,19 +536,8 @@ class Storage:
                 os.close(fd)  # a directory where the file should be: missing data
                 return None
         self._fds[i] = fd
-        if len(self._fds) > MAX_OPEN_FILES:
-            for old in list(self._fds):
-                if len(self._fds) <= MAX_OPEN_FILES:
-                    break
-                if self._pins.get(old) or old == i:
-                    continue
-                ofd = self._fds.pop(old)
-                if old in self._dirty:
-                    self._sync_fd(old, ofd)
-                os.close(ofd)
-                dfd = self._dfds.pop(old, None)
-                if dfd is not None:
-                    os.close(dfd)
+        if not self._pins.get(i):
+            self._idle[i] = None
         return fd
 
     def _rel(self, span: FileSpan) -> str:
@@ -395,11 +552,12 @@ class Storage:
         dfd = self._dfds.get(i)
         if dfd is not None:
             return dfd
+        self._make_room(1)
         flags = os.O_RDWR | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC
         span = self.layout.spans[i]
         try:
             if self.layout.root is not None:
-                dfd = open_beneath(self.layout.root, self._rel(span), flags)
+                dfd = self._open_beneath(self._rel(span), flags, create=False)
             else:
                 dfd = os.open(span.path, flags)
         except OSError as e:
@@ -410,36 +568,109 @@ class Storage:
         self._dfds[i] = dfd
         return dfd
 
+    def room_for(self, start: int, length: int) -> bool:
+        """Whether the descriptors :meth:`write_segments` needs for the range fit in the
+        budget now (closing idle files to make room).
+
+        False: the caller should wait until a write or a flush in flight is done
+        (pinned and retired descriptors are freed then) and ask again.  A range
+        that needs more than the whole budget is allowed once nothing else is
+        pinned or retired: waiting would not help, so it goes over the budget
+        (a piece over hundreds of files).
+        """
+        need = int(self._root_fd < 0 and self.layout.root is not None)  # (write_segments)
+        mine = 0
+        spans = self.layout.spans
+        for i, foff, _roff, n in self.layout.segments(start, length):
+            if spans[i].pad:
+                continue
+            want_direct = self.direct and _has_whole_page(foff, n)
+            if i in self._fds:
+                if i in self._idle:
+                    self._idle.move_to_end(i)  # (not closed below to make room)
+                    mine += 1
+                need += want_direct and i not in self._dfds
+            else:
+                need += 1 + want_direct
+        if self.open_fds + need <= self.max_fds:
+            return True
+        self._make_room(need, keep=mine)
+        return (self.open_fds + need <= self.max_fds
+                or not (self._pins or self._retired))
+
     def write_segments(self, start: int, length: int) -> tuple[list[_WriteSegment], list[int]]:
         """For a native writer: ``(fd, file_offset, range_offset, length)`` per non-pad
         segment of the range, and the span indices now pinned (see :meth:`unpin`).
 
         With ``direct`` on, each tuple has a fifth item: the file's ``O_DIRECT``
-        descriptor, or -1.
+        descriptor, or -1 (also where the segment holds no whole aligned page:
+        the writer sends that one through the page cache anyway).
         """
         segs: list[_WriteSegment] = []
         spans = []
+        if self._root_fd < 0 and self.layout.root is not None:
+            self._open_root()
         for i, foff, roff, n in self.layout.segments(start, length):
             if self.layout.spans[i].pad:
                 continue
-            self._pins[i] = self._pins.get(i, 0) + 1
+            self._pin(i)
             spans.append(i)
             fd = self._fd(i)
             assert fd is not None  # writable storage always opens
             if self.direct:
-                segs.append((fd, foff, roff, n, self._direct_fd(i)))
+                segs.append((fd, foff, roff, n,
+                             self._direct_fd(i) if _has_whole_page(foff, n) else -1))
             else:
                 segs.append((fd, foff, roff, n))
             self._dirty.add(i)
         return segs, spans
 
-    def pin_dirty(self) -> tuple[list[int], list[int]]:
-        """The descriptors written since the last call (to fdatasync natively), pinned."""
-        spans = [i for i in self._dirty if i in self._fds]
+    def _open_root(self) -> None:
+        """Open the output directory (before anything is written; see ``_root_fd``)."""
+        assert self.layout.root is not None
+        try:
+            fd = os.open(self.layout.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise os_error(e, f"opening {self.layout.root}") from None
+        self._root_fd, self._root_dev = fd, os.fstat(fd).st_dev
+
+    def _on_root_fs(self, spans: list[int]) -> tuple[list[int], list[int]]:
+        """``spans`` split: on the output directory's filesystem, elsewhere."""
+        mine: list[int] = []
+        other: list[int] = []
         for i in spans:
-            self._pins[i] = self._pins.get(i, 0) + 1
+            (mine if os.fstat(self._fds[i]).st_dev == self._root_dev else other).append(i)
+        return mine, other
+
+    def pin_dirty(self) -> Flush:
+        """What to sync now (natively, on the flush thread): the files written since the
+        last call (pinned, to ``fdatasync``), the retired descriptors, and the
+        output directory's filesystem (``syncfs``) for the files closed since or
+        when there are more than :data:`SYNCFS_FILES`; hand it back to
+        :meth:`flushed` once synced."""
+        spans = [i for i in self._dirty if i in self._fds]
+        whole_fs: list[int] = []
+        if self._root_fd >= 0 and (self._fs_dirty or len(spans) > SYNCFS_FILES):
+            _mine, spans = self._on_root_fs(spans)
+            whole_fs.append(self._root_fd)
+            self._fs_dirty = False
+        for i in spans:
+            self._pin(i)
         self._dirty.clear()
-        return [self._fds[i] for i in spans], spans
+        retired = [fd for fd, _i in self._retired]
+        self._retired = []
+        return Flush([self._fds[i] for i in spans] + retired, spans, retired, whole_fs)
+
+    def flushed(self, flush: Flush) -> None:
+        """A flush from :meth:`pin_dirty` is done (or failed): unpin its files, close its
+        retired descriptors."""
+        self.unpin(flush.spans)
+        for fd in flush.retired:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._make_room(0)  # unpinned files past the budget (a piece that went over it)
 
     def mark_dirty(self, spans: list[int]) -> None:
         """A native write to ``spans`` finished: the next :meth:`pin_dirty` includes them.
@@ -456,16 +687,24 @@ class Storage:
                 self._pins[i] = c
             else:
                 self._pins.pop(i, None)
+                if i in self._fds:
+                    self._idle[i] = None  # most recently used
 
     def close(self) -> None:
-        for fd in list(self._fds.values()) + list(self._dfds.values()):
+        for fd in [*self._fds.values(), *self._dfds.values(), *(fd for fd, _ in self._retired),
+                   *self._dirs.values(), *([self._root_fd] if self._root_fd >= 0 else [])]:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._fds.clear()
         self._dfds.clear()
+        self._idle.clear()
+        self._retired.clear()
+        self._dirs.clear()
         self._dirty.clear()
+        self._root_fd = -1
+        self._fs_dirty = False
 
     def __enter__(self) -> Storage:
         return self
@@ -503,6 +742,8 @@ class Storage:
                     complete = False
                     break
                 got += r
+        if self.open_fds > self.max_fds:
+            self._make_room(0)  # a read beside pinned files: closed again at once
         return complete
 
     def alignment(self, start: int, length: int, align: int) -> int:
@@ -527,10 +768,13 @@ class Storage:
             fd = self._fd(i)
             if fd is not None:
                 try:
-                    if os.preadv(fd, bufs, foff) == total:
-                        return True
+                    got = os.preadv(fd, bufs, foff)
                 except OSError as e:
                     raise os_error(e, f"reading {self.layout.spans[i].rel}") from None
+                if self.open_fds > self.max_fds:
+                    self._make_room(0)
+                if got == total:
+                    return True
         complete = True
         for b in bufs:
             complete = self.read_into(start, b) and complete
@@ -538,20 +782,33 @@ class Storage:
         return complete
 
     # -- writing -----------------------------------------------------------
-    def _sync_fd(self, i: int, fd: int) -> None:
-        try:
-            os.fdatasync(fd)
-        except OSError as e:
-            raise os_error(e, f"flushing {self.layout.spans[i].rel}") from None
-        self._dirty.discard(i)
-
     def sync(self) -> None:
-        """``fdatasync`` every file written since the last sync."""
+        """``fdatasync`` every file written since the last sync (here, blocking; their
+        filesystem's ``syncfs`` for files closed meanwhile, see :meth:`pin_dirty`)."""
+        if self._fs_dirty:
+            from ._io import syncfs
+
+            try:
+                syncfs(self._root_fd)
+            except OSError as e:
+                raise os_error(e, f"flushing the files in {self.layout.root}") from None
+            self._fs_dirty = False
+        while self._retired:
+            rfd, i = self._retired[-1]
+            try:
+                os.fdatasync(rfd)
+            except OSError as e:
+                raise os_error(e, f"flushing {self.layout.spans[i].rel}") from None
+            self._retired.pop()
+            os.close(rfd)
         for i in list(self._dirty):
             fd = self._fds.get(i)
             if fd is not None:
-                self._sync_fd(i, fd)
-        self._dirty.clear()
+                try:
+                    os.fdatasync(fd)
+                except OSError as e:
+                    raise os_error(e, f"flushing {self.layout.spans[i].rel}") from None
+            self._dirty.discard(i)
 
     def create_files(self, preallocate: bool = True) -> None:
         """Create every (non-pad, selected) file at its full length, so sizes are final.

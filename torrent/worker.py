@@ -50,7 +50,7 @@ from .options import MAX_CONNECTIONS_CAP, Options, dial_order, share
 from .peeraddr import ban_key, format_peer
 from .picker import BLOCK_SIZE, Picker, PieceDL, Slot
 from .shm import Arena
-from .storage import Storage, layout_for, os_error
+from .storage import Flush, Storage, layout_for, os_error
 from .v2pieces import v2_pieces
 from .webseed import web_seed_urls
 from .wire import peer as wp
@@ -449,9 +449,12 @@ class Worker:
         # it, verification and writes would stall the download.
         self.sync_iot = _io.IOThread(self.efd, writers=1)  # syncs only, one at a time
         self.in_io: dict[int, tuple[PieceDL, list[int]]] = {}  # piece -> (state, pinned spans)
+        # full pieces whose files do not fit in the storage's descriptor budget yet
+        # (Storage.room_for): submitted in order as writes and flushes finish
+        self.io_wait: deque[PieceDL] = deque()
         self._first_inline = True  # the next piece is the run's first (see submit_piece)
         self._cold = True  # no piece complete in this run yet (see pump)
-        self.syncs: dict[int, tuple[list[int], list[int]]] = {}  # job -> (pieces, pinned)
+        self.syncs: dict[int, tuple[list[int], Flush]] = {}  # job -> (pieces, its files)
         self._sync_seq = 0
         self.flush_on_stop = True
         self.completed_at: float | None = None  # when a HAVE first made us complete
@@ -1254,6 +1257,21 @@ class Worker:
         waits for a CPU, and the first piece took 2-40 ms there (its report is what
         a run's start is judged by); here it costs the loop about a millisecond, once.
         """
+        try:
+            if self.io_wait or not self.storage.room_for(pd.index * self.meta.piece_length,
+                                                         pd.size):
+                # its files do not fit beside the descriptors pinned by writes in
+                # flight and those a flush has yet to sync (a torrent of many small
+                # files): it waits, in order, and holds its slot meanwhile
+                self.io_wait.append(pd)
+                self._flush_for_room()
+                return
+        except FastTorrentError as e:
+            self._fatal(e.__class__.__name__, str(e))
+            return
+        self._submit(pd)
+
+    def _submit(self, pd: PieceDL) -> None:
         m = self.meta
         i = pd.index
         try:
@@ -1272,6 +1290,27 @@ class Worker:
             return
         self.iot.submit_piece(i, pd.slot.view, pd.size, digest, segs, v2=v2)
 
+    def _submit_waiting(self) -> None:
+        """Submit the pieces that waited for descriptors (see :meth:`submit_piece`), as
+        many as now fit."""
+        m = self.meta
+        try:
+            while self.io_wait:
+                pd = self.io_wait[0]
+                if not self.storage.room_for(pd.index * m.piece_length, pd.size):
+                    self._flush_for_room()
+                    return
+                self.io_wait.popleft()
+                self._submit(pd)
+        except FastTorrentError as e:
+            self._fatal(e.__class__.__name__, str(e))
+
+    def _flush_for_room(self) -> None:
+        """Pieces wait for descriptors: a flush now frees the retired ones (unless one
+        runs already; its end submits them)."""
+        if not self.syncs and self.storage.retired:
+            self.flush()
+
     def _fatal(self, kind: str, message: str) -> None:
         if self.fatal is None:
             self.fatal = (kind, message)
@@ -1288,8 +1327,8 @@ class Worker:
     def _collect(self, outcomes: list[tuple[int, int, int]]) -> None:
         for jid, status, err in outcomes:
             if jid < 0:
-                pieces, pinned = self.syncs.pop(jid)
-                self.storage.unpin(pinned)
+                pieces, flushed = self.syncs.pop(jid)
+                self.storage.flushed(flushed)
                 if status == _io.JOB_OK:
                     self.send(ipc.Durable(tuple(pieces)))
                 else:
@@ -1304,6 +1343,8 @@ class Worker:
                 self._release_slot(pd)
                 continue
             self._piece_checked(pd, status == _io.JOB_OK)
+        if self.io_wait and outcomes:
+            self._submit_waiting()
         if self.verified_batch and self._verified_timer is None:
             # soon, not at the next tick (the coordinator leases and steals by it),
             # but batched: one pipe message per piece cost 11 % of a worker's time.
@@ -1489,10 +1530,10 @@ class Worker:
             return  # one flush at a time; the next one takes everything since
         batch, self.written = self.written, []
         self._last_flush = self.loop.time()
-        fds, pinned = self.storage.pin_dirty()
+        flush = self.storage.pin_dirty()
         self._sync_seq -= 1
-        self.syncs[self._sync_seq] = (batch, pinned)
-        self.sync_iot.submit_sync(self._sync_seq, fds)
+        self.syncs[self._sync_seq] = (batch, flush)
+        self.sync_iot.submit_sync(self._sync_seq, flush.fds, flush.whole_fs)
 
     def _stats(self) -> dict[str, Any]:
         s = dict(self.stats)
@@ -1536,7 +1577,9 @@ class Worker:
         if self.webseeds is not None:
             await self.webseeds.close()  # before the arena: runs write into its slots
         # Let queued pieces finish (they are verified data), then flush and report.
+        # Pieces still waiting for descriptors are not verified yet: dropped.
         self.loop.remove_reader(self.efd)
+        self.io_wait.clear()
         self._collect(self.iot.close())
         if self.flush_on_stop:
             self._collect(self.sync_iot.close())

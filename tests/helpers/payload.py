@@ -292,12 +292,21 @@ def run_cli(
     timeout: float = RUN_TIMEOUT,
     env: dict[str, str] | None = None,
     during: Callable[[Live], None] | None = None,
+    fd_limit: int | None = None,
 ) -> RunResult:
     """Run ``fasttorrent ARGS``, watching its process tree; killed (and failed) at ``timeout``.
 
-    ``during(live)`` is called on every poll while the process runs.
+    ``during(live)`` is called on every poll while the process runs.  ``fd_limit``:
+    its ``RLIMIT_NOFILE``, soft and hard (so it cannot raise it), set by a shim that
+    then execs the CLI in the same process.
     """
     argv = [*CLI, *args]
+    if fd_limit is not None:
+        argv = [sys.executable, "-c",
+                "import os, resource, sys; "
+                f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {fd_limit})); "
+                "os.execv(sys.argv[1], sys.argv[1:])",
+                *CLI, *args]  # (CLI's first word is an absolute path)
     before = shm_segments()
     full_env = dict(os.environ)
     full_env.pop("FASTTORRENT_FAULT", None)

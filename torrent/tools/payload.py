@@ -42,13 +42,17 @@ def write_file(path: str, size: int, *, seed: int = 1) -> None:
         StorageError: it cannot be written.
     """
     rnd = random.Random(seed)
-    block = bytearray(rnd.randbytes(GEN_CHUNK))
+    # A small file needs only the start of the block: the same bytes (randbytes of a
+    # whole number of 32-bit words is a prefix of a longer call's), generated in
+    # microseconds instead of the 4 MiB's ~30 ms (10,000 files took minutes).
+    chunk = min(GEN_CHUNK, -(-size // _STAMP_EVERY) * _STAMP_EVERY)
+    block = bytearray(rnd.randbytes(chunk))
     try:
         with open(path, "wb") as f:
             left, n = size, 0
             while left > 0:
                 block[:8] = n.to_bytes(8, "little")
-                for k in range(0, GEN_CHUNK, _STAMP_EVERY):
+                for k in range(0, chunk, _STAMP_EVERY):
                     block[k : k + 8] = (n * 1000 + k).to_bytes(8, "little")
                 take = min(left, GEN_CHUNK)
                 f.write(memoryview(block)[:take])
@@ -73,10 +77,11 @@ def make_payload(root: str, size: int, files: int) -> tuple[str, list[str]]:
         write_file(os.path.join(root, SINGLE_NAME), size)
         return os.path.join(root, SINGLE_NAME), [SINGLE_NAME]
     weights = [1 + (i * 7919) % 13 for i in range(files)]
+    total = sum(weights)
     spare = size - files
     rels, left = [], size
     for i, w in enumerate(weights):
-        n = left if i == files - 1 else 1 + spare * w // sum(weights)
+        n = left if i == files - 1 else 1 + spare * w // total
         left -= n
         rel = os.path.join(MULTI_NAME, f"dir{i % 10}", f"file{i:05d}.bin")
         os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
