@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import multiprocessing
 import os
 import platform
@@ -63,6 +62,7 @@ from torrent.coordinator import Coordinator, WorkerHandle
 from torrent.journal import Journal, journal_path
 from torrent.options import Options
 from torrent.shm import plan_slots
+from torrent.tools.bench import save_results
 from torrent.worker import FLUSH_INTERVAL, LOW_WATER, TICK, VERIFIED_DELAY
 
 try:
@@ -490,11 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                        "python": sys.version.split()[0], "loadavg": os.getloadavg()},
            "torrent_gib": a.torrent, "avail_per_tick": a.avail_per_tick,
            "steps": rows, "summary": summarize(rows)}
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(a.out + ".md", "w") as f:
-        f.write(markdown(doc))
+    save_results(a.out, doc, markdown(doc))
     print(markdown(doc))
     return 0
 

@@ -50,7 +50,6 @@ Floors, timed the same way (wall time of the whole command, median):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -67,6 +66,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from torrent.creator import create_torrent  # noqa: E402
+from torrent.tools.bench import save_results  # noqa: E402
 from torrent.tools.payload import make_payload, same_files  # noqa: E402
 from torrent.tools.procs import Processes  # noqa: E402
 from torrent.tools.seeders import start_seeders  # noqa: E402
@@ -405,11 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out + ".json", "w") as f:
-            json.dump(doc, f, indent=1)
-        with open(a.out + ".md", "w") as f:
-            f.write(text)
+        save_results(a.out, doc, text)
     return 0
 
 

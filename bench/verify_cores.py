@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import random
@@ -45,6 +44,7 @@ sys.path.insert(0, ROOT)
 
 from torrent import _pure, metainfo  # noqa: E402
 from torrent.creator import create_torrent  # noqa: E402
+from torrent.tools.bench import save_results  # noqa: E402
 from torrent.units import size_arg  # noqa: E402
 from torrent.v2pieces import v2_pieces  # noqa: E402
 
@@ -209,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join(lines) + "\n"
     print(md)
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out + ".json", "w") as f:
-            json.dump(doc, f, indent=1)
-        with open(a.out + ".md", "w") as f:
-            f.write(md)
+        save_results(a.out, doc, md)
     return 0
 
 

@@ -800,13 +800,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
                 shutil.rmtree(work, ignore_errors=True)
     doc["summary"] = summarize(doc["runs"], compare_seeding=cfg.compare_seeding)
     md = markdown(doc)
-    try:
-        with open(base + ".json", "w") as f:
-            json.dump(doc, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(md)
-    except OSError as e:
-        raise StorageError(f"bench: cannot write {base}: {e.strerror}") from None
+    save_results(base, doc, md)
     chart = write_chart(doc, base + ".png")
     print(md, file=out)
     print(f"results: {base}.json, {base}.md" + (f", {base}.png" if chart else ""), file=out)
@@ -981,6 +975,19 @@ def markdown(doc: dict[str, Any]) -> str:
                                             if val is not None), ""]
     return "\n".join(lines)
 
+
+
+def save_results(base: str, doc: dict[str, Any], md: str) -> None:
+    """Write a sitting's raw results to ``base.json`` and its tables to ``base.md``
+    (the directory made if need be). Raises StorageError."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
+        with open(base + ".json", "w") as f:
+            json.dump(doc, f, indent=1)
+        with open(base + ".md", "w") as f:
+            f.write(md)
+    except OSError as e:
+        raise StorageError(f"bench: cannot write {base}: {e.strerror}") from None
 
 def write_chart(doc: dict[str, Any], path: str) -> bool:
     """A PNG: rate per client (median, min-max whiskers) and rate vs fasttorrent workers.

@@ -570,7 +570,29 @@ class Extended(Message):
         return cls(payload[0], bytes(payload[1:]))
 
 
-class HashRequest(_Packed):
+class _HashHeader(_Packed):
+    """The fields of a :class:`HashRequest` and of the :class:`HashReject` that repeats it."""
+
+    STRUCT: ClassVar[struct.Struct] = _HASH_HEADER
+
+    pieces_root: bytes
+    base_layer: int
+    index: int
+    length: int
+    proof_layers: int
+
+    __slots__ = ("base_layer", "index", "length", "pieces_root", "proof_layers")
+
+    def __init__(self, pieces_root: bytes, base_layer: int, index: int, length: int,
+                 proof_layers: int) -> None:
+        setfield(self, "pieces_root", pieces_root)
+        setfield(self, "base_layer", base_layer)
+        setfield(self, "index", index)
+        setfield(self, "length", length)
+        setfield(self, "proof_layers", proof_layers)
+
+
+class HashRequest(_HashHeader):
     """BEP 52: ask for ``length`` hashes of the tree whose root is ``pieces_root``.
 
     ``base_layer`` is the layer they are taken from (0: the 16 KiB leaves;
@@ -583,47 +605,17 @@ class HashRequest(_Packed):
 
     ID: ClassVar[int] = HASH_REQUEST
     NAME: ClassVar[str] = "hash request"
-    STRUCT: ClassVar[struct.Struct] = _HASH_HEADER
 
-    pieces_root: bytes
-    base_layer: int
-    index: int
-    length: int
-    proof_layers: int
-
-    __slots__ = ("base_layer", "index", "length", "pieces_root", "proof_layers")
-
-    def __init__(self, pieces_root: bytes, base_layer: int, index: int, length: int,
-                 proof_layers: int) -> None:
-        setfield(self, "pieces_root", pieces_root)
-        setfield(self, "base_layer", base_layer)
-        setfield(self, "index", index)
-        setfield(self, "length", length)
-        setfield(self, "proof_layers", proof_layers)
+    __slots__ = ()
 
 
-class HashReject(_Packed):
+class HashReject(_HashHeader):
     """BEP 52: the sender will not answer this :class:`HashRequest` (it repeats it)."""
 
     ID: ClassVar[int] = HASH_REJECT
     NAME: ClassVar[str] = "hash reject"
-    STRUCT: ClassVar[struct.Struct] = _HASH_HEADER
 
-    pieces_root: bytes
-    base_layer: int
-    index: int
-    length: int
-    proof_layers: int
-
-    __slots__ = ("base_layer", "index", "length", "pieces_root", "proof_layers")
-
-    def __init__(self, pieces_root: bytes, base_layer: int, index: int, length: int,
-                 proof_layers: int) -> None:
-        setfield(self, "pieces_root", pieces_root)
-        setfield(self, "base_layer", base_layer)
-        setfield(self, "index", index)
-        setfield(self, "length", length)
-        setfield(self, "proof_layers", proof_layers)
+    __slots__ = ()
 
 
 class Hashes(Message):
