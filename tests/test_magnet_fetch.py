@@ -199,6 +199,7 @@ def test_the_workers_start_before_any_name_lookup_of_the_fetch(
     # A name lookup leaves resolver threads behind, and a process with threads
     # cannot fork: with trackers or the DHT the workers start before the fetch.
     from torrent import coordinator, magnetfetch
+    from torrent.dht import service
     from torrent.magnet import magnet_uri
 
     calls: list[str] = []
@@ -210,7 +211,7 @@ def test_the_workers_start_before_any_name_lookup_of_the_fetch(
         return Fetched(INFO, frozenset())
 
     monkeypatch.setattr(magnetfetch, "fetch_metadata", fake_fetch)
-    monkeypatch.setattr(coordinator, "start_dht", lambda *a, **k: None)  # no node, no socket
+    monkeypatch.setattr(service, "start_dht", lambda *a, **k: None)  # no node, no socket
     uri = magnet_uri(metainfo_from_info(INFO, Magnet(HASH)), trackers=list(trackers),
                      peers=[("127.0.0.1", 1)])
     opts = Options(use_trackers=True, dht=dht, workers=1,
