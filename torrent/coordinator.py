@@ -1550,6 +1550,26 @@ def _load_or_fetch_metainfo(
     return meta, opts, peer_id, dht, banned, conns
 
 
+def load_fetch(opts: Options) -> None:
+    """Import what a magnet's fetch runs: its modules, the DHT's when a node will run,
+    and the RC4 cipher when MSE may be spoken (forked workers share it).
+
+    Part of a magnet run's start-up, before its clock starts (as libtorrent's
+    library is loaded before its session's): imported lazily in the fetch
+    instead, ~30 ms of it blocked the fetch's loop just after its first dial,
+    and a plain .torrent's run imports none of it (docs/ARCHITECTURE.md,
+    "Start-up imports only what the run uses").
+    """
+    from . import magnetfetch, metadata  # noqa: F401
+
+    if dht_wanted(opts):
+        from .dht import service  # noqa: F401
+    if opts.encryption != "disabled":
+        from .wire import rc4
+
+        rc4.preload()
+
+
 def _load_kept_metainfo(kept: str, magnet: Any, log: Callable[[str], None],
                         ) -> metainfo.Metainfo | None:
     """The torrent of ``magnet`` kept beside the journal by an earlier run (None: none,
@@ -1604,8 +1624,10 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
         Interrupted: SIGINT / SIGTERM; state saved.
         TypeError: an unknown setting in ``overrides``.
     """
-    began = time.monotonic()  # the origin of metadata_seconds and first_piece_seconds
     opts = _resolve(options, overrides)
+    if isinstance(torrent, str) and torrent.lstrip()[:7].lower() == "magnet:":
+        load_fetch(opts)  # (magnet.is_magnet, without importing it for a .torrent)
+    began = time.monotonic()  # the origin of metadata_seconds and first_piece_seconds
     with run_report(opts, log or (lambda s: None)) as report:
         return _download(torrent, outdir, opts, log, status_line, began, report)
 

@@ -78,17 +78,15 @@ import signal
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from . import __version__, metainfo
-from .dht.service import Dht
 from .errors import Incomplete, Interrupted, RemoteProtocolError, TrackerError
 from .magnet import Magnet
 from .metadata import MetadataComplete, MetadataFetch, MetadataHashFailed
 from .net.peer import PeerConn
 from .options import Options, dial_order
 from .peeraddr import format_peer
-from .piecelayers import LayerFetch, layer_files
 from .wire.extension import MetadataData, MetadataReject
 from .wire.framing import ReceiveBuffer
 from .wire.handshake import HANDSHAKE_LENGTH
@@ -115,6 +113,10 @@ __all__ = [
     "close_handovers",
     "fetch_metadata",
 ]
+
+if TYPE_CHECKING:
+    from .dht.service import Dht
+    from .piecelayers import LayerFetch
 
 #: Connections open or being dialled at once (and never more than
 #: ``opts.max_peers``). Metadata is at most a few MiB fetched 16 KiB at a time
@@ -363,6 +365,8 @@ class _Fetcher:
         info = self.fetch.result
         if not self.magnet.v2_only or info is None:
             return
+        from .piecelayers import LayerFetch, layer_files
+
         meta = metainfo.parse(b"d4:info" + info + b"e", require_layers=False)
         files = layer_files(meta)
         if not files:
