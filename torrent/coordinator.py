@@ -1495,7 +1495,6 @@ def _load_or_fetch_metainfo(
             safe torrent (exit 3).
         Incomplete, Interrupted: from the fetch.
     """
-    from .dht.service import start_dht
     from .magnet import parse_magnet
     from .magnetfetch import close_handovers, fetch_metadata
     from .metadata import metainfo_from_info, torrent_bytes
@@ -1521,7 +1520,10 @@ def _load_or_fetch_metainfo(
             on_dialled = None
         if opts.port == 0:  # the port the trackers hear of is the one the workers take
             opts = opts.replace(port=_free_port(opts.bind, udp=want_dht))
-        dht = start_dht(opts, opts.port, log) if want_dht else None
+        if want_dht:
+            from .dht.service import start_dht
+
+            dht = start_dht(opts, opts.port, log)
         try:
             info, banned, conns, layers = _run_loop(fetch_metadata(
                 magnet, opts, peer_id=peer_id, port=opts.port, log=log, dht=dht,
