@@ -30,15 +30,13 @@ from torrent.dht.lookup import MAX_PEERS
 from torrent.dht.routing import BAD_AFTER_FAILURES
 from torrent.dht.service import (
     MAX_PENDING,
-    NO_DHT_ENV,
     QUERY_TIMEOUT,
     STATE_FILE,
     Dht,
     default_state_dir,
-    dht_wanted,
 )
 from torrent.errors import RemoteProtocolError
-from torrent.options import Options
+from torrent.options import NO_DHT_ENV, Options, dht_wanted
 from torrent.wire import peer as wp
 from torrent.wire.handshake import (
     DHT_BIT,

@@ -14,10 +14,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from helpers.framereader import FrameReader
+
 from torrent.wire import peer as wp
 from torrent.wire.extension import ExtensionHandshake
 from torrent.wire.handshake import RESERVED_OURS, encode_handshake, make_peer_id
-from torrent.wire.messages import Bitfield, Extended, Have, decode
+from torrent.wire.messages import Bitfield, Extended, Have
 from torrent.worker import MAX_REDIALS, REDIAL_WINDOW, Worker
 
 HASH = b"\x07" * 20
@@ -105,12 +107,9 @@ def handshaken(proto: wp.PeerProtocol, have: list[int]) -> list[Any]:
                         requested_elsewhere=(), addr=("host.example", 1),
                         conn=SimpleNamespace(write=written.append), write=written.append)
     Worker._handshaken(w, p)  # type: ignore[arg-type]
-    data = b"".join(written)
-    out, pos = [], 0
-    while pos < len(data):
-        n = int.from_bytes(data[pos : pos + 4])
-        out.append(decode(data[pos + 4], memoryview(data)[pos + 5 : pos + 4 + n]))
-        pos += 4 + n
+    reader = FrameReader(PIECES)
+    out = reader.feed(b"".join(written))
+    assert not reader.buffered  # whole frames only
     return [m for m in out if not isinstance(m, Extended)]
 
 

@@ -1626,9 +1626,11 @@ def download(torrent: str, outdir: str, options: Options | None = None, *,
         Interrupted: SIGINT / SIGTERM; state saved.
         TypeError: an unknown setting in ``overrides``.
     """
+    from .magnet import is_magnet
+
     opts = _resolve(options, overrides)
-    if isinstance(torrent, str) and torrent.lstrip()[:7].lower() == "magnet:":
-        load_fetch(opts)  # (magnet.is_magnet, without importing it for a .torrent)
+    if is_magnet(torrent):
+        load_fetch(opts)
     began = time.monotonic()  # the origin of metadata_seconds and first_piece_seconds
     with run_report(opts, log or (lambda s: None)) as report:
         return _download(torrent, outdir, opts, log, status_line, began, report)

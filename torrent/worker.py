@@ -223,9 +223,6 @@ except ImportError:
 log = logging.getLogger(__name__)
 
 
-#: Our handshake's reserved bits when the run has a DHT node (BEP 5's bit added).
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig:
     """What a worker needs from the coordinator (pickled once, at start).

@@ -58,7 +58,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import bencoding
-from ..options import NO_DHT_ENV, dht_wanted
 from ..ports import NO_IPV6_ERRNOS
 from . import krpc, routing
 from .krpc import Address, Error, KRPCError, NodeInfo, Ping, Response
@@ -74,7 +73,6 @@ __all__ = [
     "DEFAULT_BOOTSTRAP",
     "LOOKUP_TIMEOUT",
     "MAX_PENDING",
-    "NO_DHT_ENV",
     "QUERY_TIMEOUT",
     "SAVE_INTERVAL",
     "SEARCH_FIRST_RETRY",
@@ -83,7 +81,6 @@ __all__ = [
     "UPKEEP_TICK",
     "Dht",
     "default_state_dir",
-    "dht_wanted",
     "start_dht",
 ]
 
@@ -136,7 +133,6 @@ RESOLVE_TIMEOUT: Final = 5.0
 #: Nodes a ``nodes6`` list may bring into an empty IPv6 table per answer
 #: (pinged; only an answer puts them in the table).
 _V6_SEEDS: Final = 2
-
 
 
 def start_dht(opts: Options, port: int, log: Callable[[str], None]) -> Dht | None:

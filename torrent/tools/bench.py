@@ -976,7 +976,6 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
 def save_results(base: str, doc: dict[str, Any], md: str) -> None:
     """Write a sitting's raw results to ``base.json`` and its tables to ``base.md``
     (the directory made if need be). Raises StorageError."""
@@ -988,6 +987,7 @@ def save_results(base: str, doc: dict[str, Any], md: str) -> None:
             f.write(md)
     except OSError as e:
         raise StorageError(f"bench: cannot write {base}: {e.strerror}") from None
+
 
 def write_chart(doc: dict[str, Any], path: str) -> bool:
     """A PNG: rate per client (median, min-max whiskers) and rate vs fasttorrent workers.
