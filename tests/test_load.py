@@ -206,6 +206,28 @@ def test_the_coordinator_hands_a_worker_no_more_dials_than_it_can_queue() -> Non
     assert dialled >= MAX_KNOWN_PEERS
 
 
+def test_a_peer_once_connected_is_reported_connected_whatever_its_last_dial() -> None:
+    """A worker redials a peer that closed after the download completed without
+    reporting the first connection's end; the summary still says it was connected
+    when the redial then fails (the Dialled of the first connection says so)."""
+    meta = SimpleNamespace(num_pieces=8, piece_length=16384, total_size=8 * 16384,
+                           info_hash=b"\1" * 20, info_hash_hex="01" * 20, trackers=())
+    c = Coordinator(meta, "/nonexistent", Options(workers=1, bind="127.0.0.1",
+                                                 use_trackers=False))
+    h = WorkerHandle(0, SimpleNamespace(exitcode=None), Pipe())
+    h.channel = h.conn  # type: ignore[assignment]
+    c.workers = [h]
+    c.add_peers([("127.0.0.7", 6881), ("127.0.0.8", 6881)], "pex")
+    dials = [m for m in h.conn.sent if isinstance(m, ipc.Connect)]
+    assert len(dials) == 2
+    h.conn.inbox += [ipc.Dialled("127.0.0.7", 6881),
+                     ipc.PeerClosed("127.0.0.7", 6881, "connect failed: refused", False, False),
+                     ipc.PeerClosed("127.0.0.8", 6881, "connect failed: refused", False, False)]
+    c.on_worker_message(h)
+    assert c.peers[("127.0.0.7", 6881)].connected
+    assert not c.peers[("127.0.0.8", 6881)].connected  # never up
+
+
 def fake_worker(**over: Any) -> SimpleNamespace:
     sent: list[Any] = []
     w = SimpleNamespace(wid=0, dial_queue=deque(), sent=sent,

@@ -770,8 +770,12 @@ class Coordinator:
                 self.report.piece_failed(msg.piece, msg.peer)
         elif t is ipc.Dialled:
             rec = self.peers.get((msg.host, msg.port))
-            if rec is not None and rec.worker == h.wid:
-                self._dial_answered(h, rec)
+            if rec is not None:
+                # up: so it is in the summary whatever ends a later dial (a worker
+                # redialling a peer lost after completion reports only the redial)
+                rec.connected = True
+                if rec.worker == h.wid:
+                    self._dial_answered(h, rec)
         elif t is ipc.Stats:
             if msg.stats.get("blocks", 0) != h.stats.get("blocks", 0):
                 self.last_progress = time.monotonic()  # bytes are flowing
