@@ -431,6 +431,19 @@ def test_version(tmp_path: Path) -> None:
     assert r.stdout.strip() == f"fasttorrent {torrent.__version__}"
 
 
+def test_the_console_script_flushes_what_a_command_printed_before_it_ends(tmp_path: Path) -> None:
+    """``cli.run`` ends the process without the interpreter's teardown: a command's
+    buffered output (more than a pipe's buffer) still arrives whole, and its code is
+    the exit status."""
+    code = ("import sys; from torrent import cli; "
+            "cli.main = lambda: (sys.stdout.write('x' * 300000), "
+            "sys.stderr.write('done'), 5)[2]; cli.run()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=CMD_TIMEOUT_S)
+    assert r.returncode == 5
+    assert r.stdout == "x" * 300000 and r.stderr == "done"
+
+
 def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
     r = run(cwd=tmp_path)
     assert r.returncode == 2

@@ -228,6 +228,36 @@ def test_a_child_ignores_sigint_and_sigterm_and_can_be_killed(tests_on_path: Non
         conn.close()
 
 
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_exited_waits_for_the_child_on_the_loop(tests_on_path: None, pidfd: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Child.exited``: False while the child runs (the bound is over), True once it has
+    exited, woken by its pidfd or, on a kernel without one, by polling."""
+    import asyncio
+
+    if not pidfd:
+        def no_pidfd(pid: int) -> int:
+            raise OSError(38, "Function not implemented")
+
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    proc, conn = start_child("helpers.childprobe:echo", name="probe")
+    try:
+        conn.send(None)
+        assert conn.poll(RUN_TIMEOUT)
+        conn.recv()  # it runs, and waits for its next message
+
+        async def both() -> tuple[bool, bool]:
+            running = await proc.exited(0.05)
+            conn.close()  # EOF: it leaves by itself
+            return running, await proc.exited(RUN_TIMEOUT)
+
+        assert asyncio.run(both()) == (False, True)
+        assert proc.exitcode == 0
+    finally:
+        conn.close()
+        proc.kill()
+
+
 # -- forked workers, and descriptors sent later (the CLI's way) ----------------------------------
 
 

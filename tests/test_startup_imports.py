@@ -39,14 +39,22 @@ NOT_FOR_VERSION = ["aiohttp", "torrent.daemon", "torrent.tools.bench", "torrent.
 RUN_TIMEOUT = 120
 
 #: Runs the CLI as ``python -m torrent`` does (argv: OUT, then the CLI's arguments), and
-#: writes the names in ``sys.modules`` to OUT as it exits.
+#: writes the names in ``sys.modules`` to OUT as it exits (``cli.run`` ends with
+#: ``os._exit``, and a usage error with ``SystemExit``; its forked workers are not it).
 _RECORD_MODULES = """\
-import atexit, runpy, sys
+import atexit, os, runpy, sys
 out = sys.argv.pop(1)
+me = os.getpid()
 def record():
-    with open(out, "w") as f:
-        f.write("\\n".join(sorted(sys.modules)))
+    if os.getpid() == me:
+        with open(out, "w") as f:
+            f.write("\\n".join(sorted(sys.modules)))
 atexit.register(record)
+_exit = os._exit
+def exit_recorded(code):
+    record()
+    _exit(code)
+os._exit = exit_recorded
 sys.argv[0] = "fasttorrent"
 runpy.run_module("torrent", run_name="__main__", alter_sys=True)
 """

@@ -112,6 +112,9 @@ DHT_ENOUGH_PEERS = 30
 #: at ~3,500 pieces/s (bench/coord_capacity.py; 27 us per piece batched).  The
 #: first batch after a quiet spell goes at once.
 PIECES_DONE_DELAY = 0.05
+#: How often :meth:`Coordinator.stop_workers` looks for a worker process that died
+#: without saying Stopped (each Stopped wakes it at once).
+STOP_POLL = 0.05
 #: Pieces each worker is leased with its config (``LeaseTable.first_lease``), from its
 #: region: its first requests need no round trip to this process.
 FIRST_LEASE = 4
@@ -322,6 +325,8 @@ class Coordinator:
         self._first_leases: dict[int, list[int]] = {}
         self._files_finished = False
         self.done_event: asyncio.Event | None = None
+        #: set when a worker stops or dies (see :meth:`stop_workers`)
+        self._worker_gone: asyncio.Event | None = None
         self.fatal: FastTorrentError | None = None
         self.interrupted = False
         self.last_progress = time.monotonic()
@@ -839,6 +844,8 @@ class Coordinator:
         if not h.alive:
             return
         h.alive = False
+        if self._worker_gone is not None:
+            self._worker_gone.set()
         if self.stopping or (self.done_event is not None and self.done_event.is_set()):
             self.leases.worker_died(h.wid, time.monotonic(), reclaim=False)
             return  # it exited because we told it to
@@ -1306,11 +1313,19 @@ class Coordinator:
             self.send(h, ipc.Stop(flush=not complete, drain=drain))
         pool = self.pool
         if pool is not None:
+            gone = self._worker_gone = asyncio.Event()
             deadline = time.monotonic() + WORKER_EXIT_TIMEOUT
-            while time.monotonic() < deadline and any(h.alive for h in self.workers):
+            while True:
+                gone.clear()  # (before the look: a Stopped read after it wakes the wait)
                 if self.own_pool:
-                    pool.check_alive()
-                await asyncio.sleep(0.01)
+                    pool.check_alive()  # (a process that died without a word)
+                left = deadline - time.monotonic()
+                if left <= 0 or not any(h.alive for h in self.workers):
+                    break
+                # woken by each Stopped as it is read, not by a poll
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), min(left, STOP_POLL))
+            self._worker_gone = None
             pool.detach(self.tid)
             if self.own_pool:
                 await pool.close()

@@ -64,6 +64,10 @@ __all__ = ["Child", "can_fork", "fork_child", "recv_fd", "send_fd", "start_child
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: How often :meth:`Child.exited` looks where the kernel offers no pidfd.
+EXIT_POLL = 0.02
+
+
 class Child:
     """A running child process (see :func:`start_child`)."""
 
@@ -95,6 +99,40 @@ class Child:
             self._popen.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
+
+    async def exited(self, timeout: float) -> bool:
+        """Wait, on the running loop, until the process exits (at most ``timeout`` s);
+        whether it did. Woken by its pidfd (Linux 5.3+) the moment it exits;
+        polled every :data:`EXIT_POLL` s where there is none."""
+        import asyncio
+
+        if not self.is_alive():
+            return True
+        loop = asyncio.get_running_loop()
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # an old kernel: poll
+            deadline = loop.time() + timeout
+            while self.is_alive():
+                if loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(EXIT_POLL)
+            return True
+        gone: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        loop.add_reader(pidfd, readable)
+        try:
+            await asyncio.wait_for(gone, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return not self.is_alive()
 
     def __repr__(self) -> str:
         return f"<Child {self.name} pid={self.pid} exitcode={self.exitcode}>"

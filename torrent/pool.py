@@ -453,10 +453,8 @@ class WorkerPool:
             if p.channel is not None:
                 p.channel.close()
             p.conn.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WORKER_EXIT_TIMEOUT
-        while loop.time() < deadline and any(p.proc.is_alive() for p in self.procs):
-            await asyncio.sleep(0.02)
+        # (each wait wakes when its process exits: the run's end waits for no poll)
+        await asyncio.gather(*(p.proc.exited(WORKER_EXIT_TIMEOUT) for p in self.procs))
         for p in self.procs:
             if p.proc.is_alive():
                 p.proc.kill()
