@@ -453,32 +453,38 @@ class Storage:
         return len(self._retired)
 
     # -- descriptors -------------------------------------------------------
-    def _evict(self, i: int) -> None:
+    def _evict(self, i: int) -> int:
         """Close span ``i``'s descriptors (unpinned); a file written since the last
-        flush keeps one open, retired, for the next flush to sync."""
+        flush keeps one open, retired, for the next flush to sync. Returns how many
+        descriptors were closed."""
         self._idle.pop(i, None)
         fd = self._fds.pop(i)
         dfd = self._dfds.pop(i, None)
+        closed = 0
         if dfd is not None:
             os.close(dfd)  # (fdatasync of the other descriptor syncs the inode)
+            closed = 1
         if i in self._dirty:
             self._dirty.discard(i)
             if self._root_fd >= 0 and os.fstat(fd).st_dev == self._root_dev:
                 os.close(fd)
                 self._fs_dirty = True  # the next flush syncs the filesystem
-            else:
-                self._retired.append((fd, i))
-        else:
-            os.close(fd)
+                return closed + 1
+            self._retired.append((fd, i))
+            return closed
+        os.close(fd)
+        return closed + 1
 
     def _make_room(self, need: int, keep: int = 0) -> None:
         """Close least recently used idle spans until ``need`` more descriptors fit in
         the budget, or only the ``keep`` most recently used idle ones are left."""
+        over = self.open_fds + need - self.max_fds  # (counted once: called per file opened)
         idle = self._idle
-        while self.open_fds + need > self.max_fds and len(idle) > keep:
-            self._evict(next(iter(idle)))
-        while self.open_fds + need > self.max_fds and self._dirs:
+        while over > 0 and len(idle) > keep:
+            over -= self._evict(next(iter(idle)))
+        while over > 0 and self._dirs:
             os.close(self._dirs.popitem(last=False)[1])
+            over -= 1
 
     def _open_beneath(self, rel: str, flags: int, *, create: bool) -> int:
         """:func:`open_beneath` of ``rel`` under the layout's root, from a cached
