@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -96,14 +97,51 @@ def test_bench_fasttorrent_seeders_all_reports(tmp_path: Path) -> None:
 
 
 def test_bench_libtorrent_seeders_multifile(tmp_path: Path) -> None:
+    """Several files; with --keep-outputs (and --keep, to look) every run's files are
+    still there when the bench ends, whole."""
     require_module("libtorrent")
     require_binary("aria2c")
     clients = ["ft2", "lt-fast", "aria2"]
-    _, doc, _ = bench(tmp_path, "--seeders", "libtorrent", "--files", "7", "--no-warmup",
-                      "--clients", ",".join(clients))
-    check_doc(doc, clients, "libtorrent")
-    assert doc["params"]["files"] == 7 and doc["params"]["seeders"] == "libtorrent"
-    assert doc["versions"]["aria2c"].startswith("aria2 version")
+    r, doc, base = bench(tmp_path, "--seeders", "libtorrent", "--files", "7", "--no-warmup",
+                         "--keep-outputs", "--keep", "--clients", ",".join(clients))
+    m = re.search(r"work dir (\S+);", r.stderr)
+    assert m, r.stderr[-2000:]
+    work = Path(m.group(1))
+    try:
+        check_doc(doc, clients, "libtorrent")
+        assert doc["params"]["files"] == 7 and doc["params"]["seeders"] == "libtorrent"
+        assert doc["versions"]["aria2c"].startswith("aria2 version")
+        assert doc["params"]["keep_outputs"] is True
+        assert "`--keep-outputs`" in base.with_suffix(".md").read_text()
+        runs = sorted(work.glob("run-*"))
+        assert len(runs) == len(clients), runs
+        for run in runs:
+            files = [f for f in (run / "out").rglob("*") if f.is_file()]
+            assert len(files) == 7 and sum(f.stat().st_size for f in files) == 8 << 20
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_keep_outputs_deletes_the_kept_ones_only_when_the_disk_runs_short(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torrent.tools import bench as b
+
+    for n in ("run-ft1-a", "run-lt-fast-b"):
+        (tmp_path / n / "out").mkdir(parents=True)
+        (tmp_path / n / "out" / "f").write_bytes(b"x")
+    (tmp_path / "src").mkdir()
+    cfg = b.BenchConfig(size=1 << 30, keep_outputs=True)
+    Usage = shutil._ntuple_diskusage  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(b.shutil, "disk_usage",
+                        lambda p: Usage(100 << 30, 0, cfg.size + b.KEEP_OUTPUTS_MARGIN))
+    assert b._make_room_for_run(cfg, str(tmp_path)) is False
+    assert len(list(tmp_path.glob("run-*"))) == 2  # room enough: kept
+    monkeypatch.setattr(b.shutil, "disk_usage",
+                        lambda p: Usage(100 << 30, 0, cfg.size + b.KEEP_OUTPUTS_MARGIN - 1))
+    assert b._make_room_for_run(cfg, str(tmp_path)) is True
+    assert list(tmp_path.glob("run-*")) == [] and (tmp_path / "src").is_dir()
+    assert b._make_room_for_run(cfg, str(tmp_path)) is False  # nothing left to delete
 
 
 def test_bench_compare_seeding_without_matplotlib(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
     fasttorrent bench [--size 1G] [--files N] [--piece 1M] [--seeders fasttorrent|libtorrent]
                       [--num-seeders 4] [--runs 5] [--clients ft1,ft2,lt-default,...]
-                      [--results DIR] [--timeout S] [--keep] [--compare-seeding] [--magnet]
+                      [--results DIR] [--timeout S] [--keep] [--keep-outputs]
+                      [--compare-seeding] [--magnet]
                       [--seeder-encryption off|rc4] [--client-cpus LIST --seeder-cpus LIST]
 
 Theory of operation
@@ -614,6 +615,8 @@ class BenchConfig:
     seeder_cpus: tuple[int, ...] | None = None
     #: the torrent's kind: "v1", "v2" (v2-only, BEP 52) or "hybrid"
     version: str = "v1"
+    #: keep each run's output until the bench ends (see ``--keep-outputs``)
+    keep_outputs: bool = False
 
 
 #: With --web-seed: the seeder sets (libtorrent seeders besides the web seed).
@@ -699,7 +702,7 @@ def run_bench(cfg: BenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     params = {"size": cfg.size, "files": cfg.files, "piece": cfg.piece, "seeders": mode,
               "num_seeders": cfg.num_seeders, "runs": cfg.runs, "timeout": cfg.timeout,
               "magnet": cfg.magnet, "seeder_encryption": cfg.seeder_encryption,
-              "version": cfg.version,
+              "version": cfg.version, "keep_outputs": cfg.keep_outputs,
               "web_seed": cfg.web_seed, "client_cpus": cfg.client_cpus,
               "seeder_cpus": cfg.seeder_cpus,
               "clients": [c.label for c in clients], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -830,9 +833,31 @@ def _start_web_seed(cfg: BenchConfig, procs: Processes, src: str, work: str, tor
     return ng
 
 
+#: --keep-outputs: free disk left besides the next run's output before the kept
+#: outputs are deleted.
+KEEP_OUTPUTS_MARGIN = 1 << 30
+
+
+def _make_room_for_run(cfg: BenchConfig, work: str) -> bool:
+    """``--keep-outputs``: delete the kept outputs (``run-*`` under ``work``) when the
+    next run's output would leave less than :data:`KEEP_OUTPUTS_MARGIN` of the disk
+    free; whether they were deleted (the run is then marked, and its figure may
+    carry the deletions' cost)."""
+    if shutil.disk_usage(work).free >= cfg.size + KEEP_OUTPUTS_MARGIN:
+        return False
+    kept = [os.path.join(work, n) for n in os.listdir(work) if n.startswith("run-")]
+    for d in kept:
+        shutil.rmtree(d, ignore_errors=True)
+    os.sync()
+    if kept:
+        _log(f"--keep-outputs: the disk ran short; deleted {len(kept)} kept output(s)")
+    return bool(kept)
+
+
 def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None, torrent: str,
              src: str, work: str, rels: Sequence[str], spec: ClientSpec, key: tuple[str, int],
              peers: list[Seeder], magnet: str | None, run: int) -> dict[str, Any]:
+    deleted = _make_room_for_run(cfg, work) if cfg.keep_outputs else False
     rundir = tempfile.mkdtemp(prefix=f"run-{spec.label}-", dir=work)
     try:
         outdir = os.path.join(rundir, "out")
@@ -848,7 +873,8 @@ def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None
         else:
             ok = r["exit"] == 0 and same_files(src, outdir, rels)
     finally:
-        shutil.rmtree(rundir, ignore_errors=True)
+        if not cfg.keep_outputs:
+            shutil.rmtree(rundir, ignore_errors=True)
         # flush what this run left dirty (untimed), so its writeback does not
         # land in the next client's run
         os.sync()
@@ -860,6 +886,8 @@ def _one_run(cfg: BenchConfig, procs: Processes, tracker: LoopbackTracker | None
                            **{k: v for k, v in r.items() if k != "stderr"}}
     if spec.kind == "ft":
         row["workers"] = spec.workers
+    if deleted:
+        row["outputs_deleted_before"] = True  # (--keep-outputs: the disk ran short)
     if not ok:
         row["stderr"] = r["stderr"]
     return row
@@ -942,6 +970,12 @@ def markdown(doc: dict[str, Any]) -> str:
              f"{p['runs']} run(s) per client, on 127.0.0.1"
              + (", every client starting from a magnet link (x.pe: the seeders; no tracker, "
                 "no torrent)." if magnet else ".")), "",
+             *([("Each run's files were kept until the bench ended (`--keep-outputs`): "
+                 "no run created its files just after another run's were deleted"
+                 + ("; the disk ran short once or more, and the runs after a deletion "
+                    "are marked in the JSON (`outputs_deleted_before`)."
+                    if any(r.get("outputs_deleted_before") for r in doc["runs"]) else "."))
+                , ""] if p.get("keep_outputs") else []),
              ("Times (medians) are the clients' own, from the start of their download: "
               "to the metadata, to the first verified piece. MB/s is the payload over the "
               "whole wall time (spawn to exit" + (", the metadata phase included)."
@@ -1069,6 +1103,13 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--keep", action="store_true", help="keep the temporary directory")
     s.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the untimed warm-up download")
+    s.add_argument("--keep-outputs", action="store_true",
+                   help="keep each run's files until the bench ends, so that no run creates "
+                        "its files just after another run's were deleted (ext4 without a "
+                        "journal walks past recently deleted inodes for minutes: with many "
+                        "files that is measured instead of the client); needs the payload's "
+                        "size of free disk per run, else the kept outputs are deleted early "
+                        "and the runs after that say so")
     s.add_argument("--compare-seeding", action="store_true",
                    help="each client fetches from fasttorrent and from libtorrent seeders, "
                         "interleaved (default client: lt-default)")
@@ -1165,6 +1206,6 @@ def run_from_args(a: argparse.Namespace) -> int:
                       compare_seeding=a.compare_seeding, magnet=a.magnet, warmup=a.warmup,
                       seeder_encryption=a.seeder_encryption, web_seed=a.web_seed,
                       client_cpus=a.client_cpus, seeder_cpus=a.seeder_cpus,
-                      version=a.torrent_version)
+                      version=a.torrent_version, keep_outputs=a.keep_outputs)
     doc = run_bench(cfg)
     return 0 if all(e["valid"] for e in doc["summary"]) else 6
