@@ -142,6 +142,15 @@ def test_keep_outputs_deletes_the_kept_ones_only_when_the_disk_runs_short(
     assert b._make_room_for_run(cfg, str(tmp_path)) is True
     assert list(tmp_path.glob("run-*")) == [] and (tmp_path / "src").is_dir()
     assert b._make_room_for_run(cfg, str(tmp_path)) is False  # nothing left to delete
+    # the report says which: kept throughout, or a run marked after a deletion
+    params = {"size": 1 << 20, "files": 1, "piece": 1 << 16, "seeders": "libtorrent",
+              "num_seeders": [4], "runs": 1, "time": "t", "keep_outputs": True}
+    kept = b.markdown({"params": params, "versions": {}, "runs": [{}], "summary": []})
+    assert "`--keep-outputs`): no run created its files just after" in kept
+    assert "outputs_deleted_before" not in kept
+    short = b.markdown({"params": params, "versions": {},
+                        "runs": [{}, {"outputs_deleted_before": True}], "summary": []})
+    assert "the disk ran short" in short and "`outputs_deleted_before`" in short
 
 
 def test_bench_compare_seeding_without_matplotlib(tmp_path: Path) -> None:

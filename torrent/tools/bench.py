@@ -970,12 +970,13 @@ def markdown(doc: dict[str, Any]) -> str:
              f"{p['runs']} run(s) per client, on 127.0.0.1"
              + (", every client starting from a magnet link (x.pe: the seeders; no tracker, "
                 "no torrent)." if magnet else ".")), "",
-             *([("Each run's files were kept until the bench ended (`--keep-outputs`): "
-                 "no run created its files just after another run's were deleted"
-                 + ("; the disk ran short once or more, and the runs after a deletion "
-                    "are marked in the JSON (`outputs_deleted_before`)."
-                    if any(r.get("outputs_deleted_before") for r in doc["runs"]) else "."))
-                , ""] if p.get("keep_outputs") else []),
+             *([("Each run's files were kept until the bench ended (`--keep-outputs`)"
+                 + (", but the disk ran short: the kept ones were deleted then, and the "
+                    "run right after each deletion is marked in the JSON "
+                    "(`outputs_deleted_before`)."
+                    if any(r.get("outputs_deleted_before") for r in doc["runs"]) else
+                    ": no run created its files just after another run's were deleted.")),
+                ""] if p.get("keep_outputs") else []),
              ("Times (medians) are the clients' own, from the start of their download: "
               "to the metadata, to the first verified piece. MB/s is the payload over the "
               "whole wall time (spawn to exit" + (", the metadata phase included)."
@@ -1109,7 +1110,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                         "journal walks past recently deleted inodes for minutes: with many "
                         "files that is measured instead of the client); needs the payload's "
                         "size of free disk per run, else the kept outputs are deleted early "
-                        "and the runs after that say so")
+                        "and the run right after says so")
     s.add_argument("--compare-seeding", action="store_true",
                    help="each client fetches from fasttorrent and from libtorrent seeders, "
                         "interleaved (default client: lt-default)")
