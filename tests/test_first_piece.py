@@ -170,3 +170,22 @@ def test_catching_up_reads_no_more_than_the_handover_bound() -> None:
         assert len(HANDSHAKE) < len(got.data) <= MAX_HANDOVER_BYTES
         full = got._replace(data=b"x" * MAX_HANDOVER_BYTES)
         assert caught_up(full) == full
+
+
+def test_a_lying_peers_early_piece_is_handed_back_and_fetched_again(tmp_path: Path) -> None:
+    """The coordinator reads a magnet's first piece while the worker starts
+    (torrent/earlypiece.py); the peer damages the first block of piece 0 it sends
+    on a connection, so that piece never checks there: it goes to the worker, which
+    fetches it again (whole, this time) and the download is bit-exact."""
+    src, torrent, data = make_payload(tmp_path)
+    meta = metainfo.load(torrent)
+    with TestPeer(torrent, src, serve_metadata=True, corrupt_pieces=[0]) as peer:
+        magnet = f"magnet:?xt=urn:btih:{meta.info_hash.hex()}&x.pe={peer.addr}"
+        proc = download(magnet, tmp_path / "out")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["complete"] is True
+        assert peer.corrupted and peer.corrupted[0][0] == 0
+    assert len(result["early_pieces"]) == 1
+    assert result["early_pieces"][0].startswith("piece 0: handed back ("), result
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data

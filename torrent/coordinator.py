@@ -84,6 +84,7 @@ from .worker import DIAL_BUDGET, WorkerConfig
 
 if TYPE_CHECKING:
     from .dht.service import Dht
+    from .earlypiece import EarlyPiece
     from .magnetfetch import Handover
 
 __all__ = ["Coordinator", "DownloadResult", "download", "parse_peer", "seed"]
@@ -149,6 +150,18 @@ class PeerRecord:
 
 
 @dataclass(slots=True)
+class EarlyHold:
+    """A magnet's first piece read by the coordinator (:mod:`torrent.earlypiece`): the
+    worker whose lease holds it, and the connections still held (``conns[k]``
+    goes with ``piece.conns[k]``; None once handed to its worker)."""
+
+    piece: EarlyPiece
+    owner: int
+    conns: list[Handover | None]
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
 class DownloadResult:
     info_hash: str
     complete: bool
@@ -172,6 +185,10 @@ class DownloadResult:
     #: from the start of :func:`download` (or of the :class:`Coordinator`) until the
     #: first piece verified in this run; None when no piece was (all resumed, or none came)
     first_piece_seconds: float | None = None
+    #: a magnet's first pieces read by the coordinator while the workers started
+    #: (torrent/earlypiece.py), one line each: "piece N: verified" or "piece N: handed
+    #: back (why)"
+    early_pieces: list[str] | None = None
     #: the DHT node's counters and table sizes (None: no DHT in this run), and when it
     #: first found a peer, from the start of :func:`download`
     dht: dict[str, Any] | None = None
@@ -202,6 +219,7 @@ class DownloadResult:
             "metadata_seconds": round(self.metadata_seconds, 6),
             "first_piece_seconds": (None if self.first_piece_seconds is None
                                     else round(self.first_piece_seconds, 6)),
+            "early_pieces": self.early_pieces or [],
             "hash_failures": self.hash_failures,
             "banned_peers": self.banned_peers,
             "workers": self.workers,
@@ -323,6 +341,11 @@ class Coordinator:
         self._durable_unjournaled: list[int] = []
         #: first leases given out early (request_early), for start_workers
         self._first_leases: dict[int, list[int]] = {}
+        # a magnet's first piece, read here while the workers start: which worker's
+        # and which piece (request_early), then the connections held for it
+        self._early_plan: tuple[int, int] | None = None
+        self._early: EarlyHold | None = None
+        self.early_outcomes: list[str] = []  # DownloadResult.early_pieces
         self._files_finished = False
         self.done_event: asyncio.Event | None = None
         #: set when a worker stops or dies (see :meth:`stop_workers`)
@@ -535,6 +558,7 @@ class Coordinator:
         wanted = None if self.wanted is None else _bits_from(
             [i for i, want in enumerate(self.wanted) if want], meta.num_pieces)
         adopt = self._plan_handover(done_bits)
+        self._hold_early(adopt)
         # the start-up affinity runs from here, not from before the resume check
         now = time.monotonic()
         self.leases.start(now)
@@ -544,6 +568,9 @@ class Coordinator:
                 first = () if self.seeding or not h.alive else tuple(
                     early if early is not None else
                     self.leases.first_lease(h.wid, FIRST_LEASE, now))
+                if self._early is not None and self._early.owner == h.wid:
+                    # its first piece is read here while it starts (torrent.earlypiece)
+                    first = tuple(i for i in first if i != self._early.piece.index)
                 cfg = WorkerConfig(wid=h.wid, tid=self.tid, meta=meta, outdir=self.outdir,
                                    options=self.opts, slot_size=slot_size,
                                    arena_slots=slots * self.nworkers, arena_offset=offset,
@@ -557,9 +584,7 @@ class Coordinator:
                     continue
                 try:
                     h.channel.add_torrent(cfg)
-                    for c in adopt.get(h.wid, []):
-                        h.channel.send(ipc.Adopt(c.host, c.port, c.data, c.interested,
-                                                 c.requested), fd=c.fd)
+                    self._send_adopts(h, adopt.get(h.wid, []))
                 except OSError:
                     pass  # it died: the liveness check reports it
         finally:
@@ -568,6 +593,168 @@ class Coordinator:
 
                 close_handovers(c for mine in adopt.values() for c in mine)  # theirs are copies
 
+    @staticmethod
+    def _send_adopts(h: WorkerHandle, conns: Iterable[Handover]) -> None:
+        """Hand ``conns`` to worker ``h`` (the descriptors travel as copies: the caller
+        closes its own).
+
+        Raises:
+            OSError: the worker's pipe is gone.
+        """
+        assert h.channel is not None
+        for c in conns:
+            h.channel.send(ipc.Adopt(c.host, c.port, c.data, c.interested, c.requested),
+                           fd=c.fd)
+
+    # -- a magnet's first piece, read here while the workers start -----------------
+    def _hold_early(self, adopt: dict[int, list[Handover]]) -> None:
+        """Take the connections that carry the early piece's requests
+        (:meth:`request_early`) out of the hand-over ``adopt``: this process reads the
+        piece from them while the workers start (:mod:`torrent.earlypiece`), and
+        hands each to its worker once its share is answered (:meth:`start_early`)."""
+        if self._early_plan is None:
+            return
+        owner, index = self._early_plan
+        from .earlypiece import EarlyConn, EarlyPiece
+
+        carrying = [c for mine in adopt.values() for c in mine if c.requested]
+        try:
+            early = EarlyPiece(index, self.meta.piece_size(index),
+                               self.meta.piece_hashes[index * 20 : index * 20 + 20],
+                               [EarlyConn(c.fd, c.data, c.requested) for c in carrying])
+        except ValueError:
+            return  # (a stream without the handshake: left to the workers)
+        if not carrying:
+            return
+        for c in carrying:
+            adopt[c.worker].remove(c)
+        self._early = EarlyHold(early, owner, list(carrying))
+
+    def start_early(self) -> None:
+        """Read the held connections as their bytes come, on the running loop, for at
+        most ``EARLY_PIECE_WAIT``; each goes to its worker once its share of the piece
+        is answered, or once the piece is done with (:meth:`end_early`)."""
+        held = self._early
+        if held is None:
+            return
+        from .earlypiece import EARLY_PIECE_WAIT
+
+        loop = asyncio.get_running_loop()
+        for k, c in enumerate(held.piece.conns):
+            loop.add_reader(c.fd, self._early_readable, k)
+        held.timer = loop.call_later(EARLY_PIECE_WAIT, self._early_timeout)
+        self._early_progress()  # (what the fetch's streams held already)
+
+    def _early_readable(self, k: int) -> None:
+        held = self._early
+        if held is None or held.conns[k] is None:
+            return
+        held.piece.read(held.piece.conns[k])
+        self._early_progress()
+
+    def _early_progress(self) -> None:
+        """Hand over the connections whose share is answered; end when the piece is
+        whole or will not be."""
+        held = self._early
+        if held is None:
+            return
+        if held.piece.done:
+            self.end_early()
+            return
+        for k, ec in enumerate(held.piece.conns):
+            if held.conns[k] is not None and not ec.outstanding:
+                self._early_hand_over(k)
+
+    def _early_timeout(self) -> None:
+        if self._early is not None:
+            self._early.timer = None
+            self._early.piece.fail("not whole in time")
+            self.end_early()
+
+    def _early_hand_over(self, k: int) -> None:
+        """Give held connection ``k`` to its worker, with what its peer sent besides the
+        piece's blocks and the requests not answered; close this process's copy."""
+        held = self._early
+        assert held is not None
+        c, ec = held.conns[k], held.piece.conns[k]
+        if c is None:
+            return
+        held.conns[k] = None
+        with contextlib.suppress(RuntimeError):  # (no loop: the run never read)
+            asyncio.get_running_loop().remove_reader(ec.fd)
+        ec.close()
+        h = next((w for w in self.workers if w.wid == c.worker), None)
+        try:
+            if h is not None and h.alive:
+                self._send_adopts(h, [c._replace(data=ec.stream(), requested=ec.unanswered())])
+        except OSError:
+            pass  # it died: the liveness check reports it
+        finally:
+            from .magnetfetch import close_handovers
+
+            close_handovers([c])  # (the worker's is a copy)
+
+    def end_early(self) -> None:
+        """The early piece is whole, or will not be (:class:`~torrent.earlypiece.EarlyPiece`
+        says why): write and report it, or lease it to its worker; then hand every
+        connection still held to its worker."""
+        held, self._early = self._early, None
+        if held is None:
+            return
+        self._early = held  # (for the hand-overs below)
+        early = held.piece
+        if held.timer is not None:
+            held.timer.cancel()
+            held.timer = None
+        h = next((w for w in self.workers if w.wid == held.owner), None)
+        written = h is not None and h.alive and early.check() and \
+            self._write_early(held.owner, early)
+        self.early_outcomes.append(f"piece {early.index}: " + (
+            "verified" if written else f"handed back ({early.failed or 'its worker is gone'})"))
+        if h is not None and h.alive:
+            self.send(h, ipc.PiecesDone((early.index,), written=True) if written  # (the others:
+                      else ipc.Lease((early.index,)))  # by queue_pieces_done)
+        for k in range(len(held.conns)):
+            self._early_hand_over(k)
+        self._early = None
+
+    def close_early(self) -> None:
+        """Stop reading the held connections and close them (the run ends first)."""
+        held, self._early = self._early, None
+        if held is None:
+            return
+        from .magnetfetch import close_handovers
+
+        if held.timer is not None:
+            held.timer.cancel()
+        for k, c in enumerate(held.conns):
+            if c is not None:
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().remove_reader(held.piece.conns[k].fd)
+                held.piece.conns[k].close()
+                close_handovers([c])
+
+    def _write_early(self, wid: int, early: Any) -> bool:
+        """Write a verified early piece to its files (through the page cache) and report it
+        verified; worker ``wid``, whose lease held it, flushes it with its own writes
+        (``ipc.PiecesDone(written=True)``, sent by the caller). False when it cannot
+        be written here (the worker then fetches it again, and meets the error
+        itself)."""
+        layout = layout_for(self.meta, self.outdir, self.selected)
+        try:
+            with Storage(layout, writable=True) as st:
+                segs, _pinned = st.write_segments(early.index * self.meta.piece_length,
+                                                  early.size)
+                view = early.slot.view
+                for fd, foff, roff, n, *_direct in segs:
+                    done = 0
+                    while done < n:
+                        done += os.pwrite(fd, view[roff + done : roff + n], foff + done)
+        except (OSError, FastTorrentError) as e:
+            early.fail(f"not written here: {e}")
+            return False
+        self.pieces_verified(wid, (early.index,))
+        return True
     def make_output(self) -> None:
         """Create the files (sized, blocks reserved) and the journal of :meth:`prepare`'s
         outcome; once (from :meth:`prepare`, or from :meth:`run` when deferred)."""
@@ -616,30 +803,57 @@ class Coordinator:
                 mine.setdefault(k % self.nworkers, []).append(j)
             k += 1  # (the connections that are not unchoked take their turn too)
         conns = list(self.handover)
+        every = sorted(j for idx in mine.values() for j in idx)
+        if every and not (self.meta.hybrid or self.meta.v2_only):
+            # This process reads the first piece (torrent.earlypiece): it is asked of
+            # every unchoked peer, whichever worker will take the connection.
+            from .earlypiece import MAX_EARLY_REQUESTS
+
+            owner = next(w for w, idx in mine.items() if every[0] in idx)
+            first = self.leases.first_lease(owner, FIRST_LEASE, now)
+            self._first_leases[owner] = first
+            if first:
+                blocks = self._blocks_of(first[0])
+                share = -(-len(blocks) // len(every))
+                if share <= MAX_EARLY_REQUESTS:
+                    self._early_plan = (owner, first[0])
+                    for n, j in enumerate(every):
+                        wid = next(w for w, idx in mine.items() if j in idx)
+                        self._send_early(conns, j, wid, blocks[n * share : (n + 1) * share])
+                    self.handover = conns
+                    return
         for wid, idx in mine.items():
-            first = self.leases.first_lease(wid, FIRST_LEASE, now)
+            first = self._first_leases.get(wid) or self.leases.first_lease(wid, FIRST_LEASE, now)
             self._first_leases[wid] = first
             if not first:
                 continue
-            size = self.meta.piece_size(first[0])
-            blocks = [(first[0], b, min(BLOCK_SIZE, size - b)) for b in range(0, size, BLOCK_SIZE)]
+            blocks = self._blocks_of(first[0])
             share = min(EARLY_REQUESTS, -(-len(blocks) // len(idx)))
             for n, j in enumerate(idx):
-                mine_blocks = tuple(blocks[n * share : (n + 1) * share])
-                c = conns[j]
-                sent = 0
-                if mine_blocks:
-                    data = b"".join(encode(Request(*b)) for b in mine_blocks)
-                    try:
-                        sent = os.write(c.fd, data)
-                    except OSError:
-                        sent = 0
-                    if sent != len(data):
-                        if sent:  # a request cut in two: the stream cannot go on
-                            conns[j] = c._replace(worker=STREAM_CUT)
-                        continue
-                conns[j] = c._replace(worker=wid, requested=mine_blocks)
+                self._send_early(conns, j, wid, blocks[n * share : (n + 1) * share])
         self.handover = conns
+
+    def _blocks_of(self, index: int) -> list[tuple[int, int, int]]:
+        size = self.meta.piece_size(index)
+        return [(index, b, min(BLOCK_SIZE, size - b)) for b in range(0, size, BLOCK_SIZE)]
+
+    @staticmethod
+    def _send_early(conns: list[Handover], j: int, wid: int,
+                    blocks: list[tuple[int, int, int]]) -> None:
+        """Write the requests for ``blocks`` on kept connection ``conns[j]``, which worker
+        ``wid`` is to take (see :meth:`request_early`)."""
+        c = conns[j]
+        if blocks:
+            data = b"".join(encode(Request(*b)) for b in blocks)
+            try:
+                sent = os.write(c.fd, data)
+            except OSError:
+                sent = 0
+            if sent != len(data):
+                if sent:  # a request cut in two: the stream cannot go on
+                    conns[j] = c._replace(worker=STREAM_CUT)
+                return
+        conns[j] = c._replace(worker=wid, requested=tuple(blocks))
 
     def _plan_handover(self, done_bits: bytes) -> dict[int, list[Handover]]:
         """Which worker takes each connection a magnet's fetch kept (:attr:`handover`):
@@ -719,36 +933,45 @@ class Coordinator:
         for a in actions:
             self.send(self.workers[a.worker], a.msg)
 
+    def pieces_verified(self, wid: int, pieces: Sequence[int]) -> None:
+        """Worker ``wid`` (or this process, for it: :meth:`end_early`) verified and
+        wrote ``pieces``."""
+        new, done = self.leases.verified(wid, pieces)
+        self.bytes_verified += payload_of(new, self.meta.piece_length,
+                                          self.meta.total_size, self.meta.num_pieces)
+        if new:
+            self.last_progress = time.monotonic()
+            if self.first_piece_at is None:
+                self.first_piece_at = self.last_progress
+            self._check_done()
+            self.queue_pieces_done(done)
+
+    def pieces_durable(self, pieces: Sequence[int]) -> None:
+        """``pieces`` are flushed to disk: into the journal with them."""
+        fresh = [i for i in pieces if not self.durable[i]]
+        for i in fresh:
+            self.durable[i] = 1
+        self.durable_count += len(fresh)
+        if self.journal is None and self._output is not None:
+            self._durable_unjournaled += fresh  # recorded once make_output is done
+        elif self.journal is not None:
+            try:
+                self.journal.append(fresh)
+            except FastTorrentError as e:
+                # the journal's disk is full (or failing): stop with that error;
+                # these pieces are on disk, and the next start finds them there
+                if self.fatal is None:
+                    self.fatal = e
+                self._finish()
+                return
+        self._check_done()
+
     def handle(self, h: WorkerHandle, msg: Any) -> None:
         t = type(msg)
         if t is ipc.Verified:
-            new, done = self.leases.verified(h.wid, msg.pieces)
-            self.bytes_verified += payload_of(new, self.meta.piece_length,
-                                              self.meta.total_size, self.meta.num_pieces)
-            if new:
-                self.last_progress = time.monotonic()
-                if self.first_piece_at is None:
-                    self.first_piece_at = self.last_progress
-                self._check_done()
-                self.queue_pieces_done(done)
+            self.pieces_verified(h.wid, msg.pieces)
         elif t is ipc.Durable:
-            fresh = [i for i in msg.pieces if not self.durable[i]]
-            for i in fresh:
-                self.durable[i] = 1
-            self.durable_count += len(fresh)
-            if self.journal is None and self._output is not None:
-                self._durable_unjournaled += fresh  # recorded once make_output is done
-            elif self.journal is not None:
-                try:
-                    self.journal.append(fresh)
-                except FastTorrentError as e:
-                    # the journal's disk is full (or failing): stop with that error;
-                    # these pieces are on disk, and the next start finds them there
-                    if self.fatal is None:
-                        self.fatal = e
-                    self._finish()
-                    return
-            self._check_done()
+            self.pieces_durable(msg.pieces)
         elif t is ipc.NeedPieces:
             self.carry_out(self.leases.need(h.wid, msg.wanted, time.monotonic()))
         elif t is ipc.Released:
@@ -1153,6 +1376,7 @@ class Coordinator:
                 self.dht.close()
             return self.result(True)
         self.start_workers()
+        self.start_early()
         output: asyncio.Future[None] | None = None
         if self._output is not None:
             # in a thread, as prepare runs in a batch: reserving a large file's blocks
@@ -1213,6 +1437,7 @@ class Coordinator:
                 self._seed_timer.cancel()
             if self.seed_started is not None:
                 self.seed_ended = time.monotonic()
+            self.close_early()
             if output is not None:
                 await asyncio.wait([output])  # the files made (its outcome: _output_made)
             await self.stop_workers()
@@ -1382,6 +1607,7 @@ class Coordinator:
             metadata_seconds=self.metadata_seconds,
             first_piece_seconds=(None if self.first_piece_at is None
                                  else self.first_piece_at - self.began),
+            early_pieces=list(self.early_outcomes),
             dht=None if self.dht is None else {
                 **self.dht.summary(),
                 "first_peer_seconds": (None if self.dht.first_peer_at is None
@@ -1731,6 +1957,8 @@ def _download(torrent: str, outdir: str, opts: Options, log: Callable[[str], Non
             raise
         res: DownloadResult = _run_loop(coord.run())
     finally:
+        if coord is not None:
+            coord.close_early()  # (closed by the run, unless it failed before its loop)
         pool.close_now()  # (closed by the run, unless it never ran its workers)
         prestarted.close()  # those not taken (an error, or nothing left to do)
         left = conns if coord is None else coord.handover

@@ -105,9 +105,14 @@ class Steal(NamedTuple):
 
 
 class PiecesDone(NamedTuple):
-    """Pieces verified by some worker: send HAVE, cancel duplicates, drop from the lease."""
+    """Pieces verified by some worker: send HAVE, cancel duplicates, drop from the lease.
+
+    ``written``: the coordinator verified and wrote them for this worker, whose lease
+    held them (a magnet's first piece, ``torrent.earlypiece``): it flushes them with
+    its own writes and reports them :class:`Durable`."""
 
     pieces: tuple[int, ...]
+    written: bool = False
 
 
 class Stop(NamedTuple):

@@ -540,6 +540,8 @@ class Worker:
                 pd = self.picker.drop(i)
                 if pd is not None:
                     self._abandon(pd)
+                if msg.written:
+                    self._written_elsewhere(i)
             self.broadcast_haves(msg.pieces)
         elif t is ipc.OtherPeers:
             self.other_peers = frozenset(list(msg.peers)[:ipc.MAX_SHARED_PEERS])
@@ -550,6 +552,20 @@ class Worker:
             self.flush_on_stop = msg.flush
             self.drain_on_stop = msg.drain
             self.stop_event.set()
+
+    def _written_elsewhere(self, i: int) -> None:
+        """Piece ``i`` of this worker's lease was verified and written by the coordinator
+        (a magnet's first piece): the next flush syncs its files and reports it
+        durable, as for a piece written here."""
+        try:
+            _segs, pinned = self.storage.write_segments(i * self.meta.piece_length,
+                                                        self.picker.piece_size(i))
+        except FastTorrentError as e:
+            self._fatal(e.__class__.__name__, str(e))
+            return
+        self.storage.unpin(pinned)
+        self.storage.mark_dirty(pinned)
+        self.written.append(i)
 
     # -- peers -------------------------------------------------------------------
     @property
