@@ -107,6 +107,7 @@ def test_a_magnets_first_piece_is_requested_before_the_worker_takes_over(
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["complete"] is True
+        assert result["bytes_downloaded"] == PAYLOAD_SIZE  # the first piece counted too
         assert result["workers"][0]["adopted"] == 1  # the fetch's connection, kept
         got = list(peer.arrivals)
         requests = peer.requests
@@ -185,6 +186,7 @@ def test_a_lying_peers_early_piece_is_handed_back_and_fetched_again(tmp_path: Pa
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["complete"] is True
+        assert result["bytes_downloaded"] == PAYLOAD_SIZE
         assert peer.corrupted and peer.corrupted[0][0] == 0
     assert len(result["early_pieces"]) == 1
     assert result["early_pieces"][0].startswith("piece 0: handed back ("), result

@@ -566,6 +566,9 @@ class Worker:
         self.storage.unpin(pinned)
         self.storage.mark_dirty(pinned)
         self.written.append(i)
+        # downloaded for this worker's lease, as the coordinator credits it (its
+        # peers' connections brought it): the run's and the trackers' byte counts
+        self.stats["bytes"] += self.picker.piece_size(i)
 
     # -- peers -------------------------------------------------------------------
     @property
