@@ -1,39 +1,38 @@
 """A magnet's first piece, read by the coordinator while its workers start.
 
 A magnet's metadata fetch keeps its connections (``magnetfetch.Handover``), and
-the coordinator asks the peers that unchoked us for the first piece of each
-worker's first lease before any worker runs (``Coordinator.request_early``).
-The answers used to wait in the kernel until the worker had taken the torrent
-and the connections: 10-20 ms on two busy cores, and the run's first verified
-piece came only after that.
+the coordinator asks the peers that unchoked us for a first piece before any
+worker runs (``Coordinator.request_early``). The answers used to wait in the
+kernel until a worker had taken the torrent and the connections (10-20 ms on
+two busy cores), and with two workers each worker's first piece came over the
+half of the connections it was given.
 
-Now the coordinator reads them on its own loop while the workers start. An
-:class:`EarlyPiece` holds one worker's connections that carry the requests:
+Now the coordinator asks *every* unchoked connection for one piece (the first
+of one worker's first lease), whichever worker will take the connection, and
+reads the answers on its own loop while the workers start. An
+:class:`EarlyPiece` holds those connections:
 
-- the PIECE frames answering them go into a buffer of the piece's size through
-  the worker's own native block path (``take_blocks``: one copy, no Python per
-  block);
+- the PIECE frames answering its requests go into a buffer of the piece's size
+  through the workers' own native block path (``take_blocks``: one copy, no
+  Python per block);
 - every other frame is kept, in stream order, for the worker, as is the part of
   a frame not yet read.
 
-Once the piece is whole and its SHA-1 checks, the coordinator writes it and
-reports it verified; the worker hears of it as of a piece another worker
-verified (``ipc.PiecesDone``), then gets the connections with what their peers
-sent besides. It is *handed back* instead (the worker gets the piece in a lease
-and the connections with the requests still unanswered; the blocks read are
-dropped, so at most one piece is fetched again) when:
+A connection whose share is answered goes to its worker at once. Once the
+piece is whole and its SHA-1 checks, the coordinator writes it and reports it
+verified; the workers hear of it as of a piece another worker verified
+(``ipc.PiecesDone``; the one whose lease held it flushes it with its own
+writes). It is *handed back* instead (that worker gets the piece in a lease,
+and each connection still held the requests not answered; the blocks read are
+dropped, so at most one piece is fetched twice) when:
 
-- the worker is ready before any block came, or :data:`EARLY_READY_GRACE` after
-  it was ready;
 - a peer chokes us, rejects a request, closes, or sends a frame or a kept stream
   over :data:`~torrent.wire.metadata_conn.MAX_HANDOVER_BYTES`;
-- the piece does not check;
+- the piece does not check, or cannot be written;
 - :data:`EARLY_PIECE_WAIT` has passed.
 
-The coordinator holds a connection past its worker's readiness only while the
-piece's blocks are arriving, and for :data:`EARLY_READY_GRACE` at most, so a slow
-peer costs the download little it did not cost before. Only v1 torrents' pieces
-are taken here: a hybrid's are checked against both hashes by the workers.
+Only v1 torrents' pieces are taken here: a hybrid's are checked against both
+hashes by the workers.
 
 This module is sans-loop: :meth:`EarlyPiece.read` reads what a socket holds now,
 without waiting, and the coordinator calls it when the loop says the socket is
@@ -56,8 +55,8 @@ from .wire.metadata_conn import MAX_HANDOVER_BYTES
 
 __all__ = ["EARLY_PIECE_WAIT", "MAX_EARLY_REQUESTS", "EarlyConn", "EarlyPiece"]
 
-#: The longest the coordinator holds a worker's connections for its first piece,
-#: from the moment it starts reading (a worker that never says it is ready).
+#: The longest the coordinator holds connections for the early piece, from the
+#: moment it starts reading (a peer that never answers its whole share).
 EARLY_PIECE_WAIT: Final = 0.25
 
 #: Requests at most on one connection for the early piece (``Coordinator.request_early``):
@@ -128,7 +127,7 @@ class EarlyPiece:
     asked for on ``conns`` (see the module docstring).
 
     Attributes:
-        done: True once the piece is whole (then check :attr:`good`), or
+        done: True once the piece is whole (then :meth:`check` it), or
             :attr:`failed` says why it will not be.
         failed: why it is handed back ("" while it may still come whole).
     """
