@@ -125,8 +125,9 @@ FIRST_LEASE = 4
 #: before the first request. A worker creates a file it writes first as this
 #: would (sizes never cut, data never touched).
 CREATE_LATER_FILES = 64
-#: Block requests at most per kept connection of a magnet (``request_early``): a
-#: quarter of a 1 MiB piece over four peers; the worker's pipeline until its first
+#: Block requests at most per kept connection of a magnet when its workers read
+#: them (``request_early``; not a v1 piece the coordinator reads): a quarter of a
+#: 1 MiB piece over four peers; the worker's pipeline until its first
 #: piece is complete is shorter (``worker.COLD_DEPTH``) and grows from there.
 EARLY_REQUESTS = 16
 #: ``Handover.worker`` of a kept connection whose early requests were written only in
@@ -775,14 +776,19 @@ class Coordinator:
 
         Each connection whose peer has unchoked us (by the fetch's end, or since:
         what it sent meanwhile is read first, ``magnetfetch.caught_up``) is given
-        its worker here (as
-        :meth:`_plan_handover` would: round robin) and that worker its first lease
-        (:meth:`LeaseTable.first_lease`, kept for :meth:`start_workers`); the blocks
-        of the lease's first piece are split between the worker's unchoked
-        connections, at most :data:`EARLY_REQUESTS` each, and their REQUESTs
-        written on the sockets. The worker counts them as sent
-        (``ipc.Adopt.requested``) and reads the blocks as answers to its own. Only
-        for a fresh download (nothing verified): the caller checks.
+        its worker here (as :meth:`_plan_handover` would: round robin).
+
+        - A v1 torrent: the first worker's first lease (:meth:`LeaseTable.first_lease`,
+          kept for :meth:`start_workers`) gives the piece; its blocks are split
+          between *every* unchoked connection, at most ``MAX_EARLY_REQUESTS``
+          each, and this process reads them (:meth:`start_early`,
+          :mod:`torrent.earlypiece`).
+        - Otherwise (or when the piece needs more requests than that), each such
+          worker's first piece is split between its own unchoked connections, at
+          most :data:`EARLY_REQUESTS` each; the worker counts them as sent
+          (``ipc.Adopt.requested``) and reads the blocks as answers to its own.
+
+        Only for a fresh download (nothing verified): the caller checks.
         """
         from .magnetfetch import caught_up
 
