@@ -74,6 +74,8 @@ def free_memory(monkeypatch: pytest.MonkeyPatch, nbytes: int | None,
     [
         (64 << 30, MiB, 2, None, 64),  # default 256 MiB budget: 128 per worker, 64 MiB cap
         (64 << 30, MiB // 4, 1, None, 256),  # small pieces: more slots, the same 64 MiB
+        (64 << 30, MiB // 4, 2, None, 128),  # ... that 64 MiB split between two workers
+        (64 << 30, MiB // 4, 8, None, 64),  # ... at least 16 MiB each
         (64 << 30, 16384, 1, None, MAX_SLOTS),  # tiny pieces: the count cap
         (64 << 30, 16 * MiB, 2, None, 8),  # 256 MiB / (16 MiB x 2)
         (64 << 30, MiB, 1, 10 * MiB, 10),  # the budget binds
