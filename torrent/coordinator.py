@@ -699,10 +699,9 @@ class Coordinator:
         """The early piece is whole, or will not be (:class:`~torrent.earlypiece.EarlyPiece`
         says why): write and report it, or lease it to its worker; then hand every
         connection still held to its worker."""
-        held, self._early = self._early, None
+        held = self._early
         if held is None:
             return
-        self._early = held  # (for the hand-overs below)
         early = held.piece
         if held.timer is not None:
             held.timer.cancel()
