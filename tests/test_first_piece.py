@@ -121,8 +121,15 @@ def test_a_magnets_first_piece_is_requested_before_the_worker_takes_over(
     first = sorted(requests[: len(early)])
     assert first == [(0, b, 16384) for b in range(0, len(early) * 16384, 16384)]
     assert got.count("interested") == 1  # the worker counted the fetch's as sent
-    # every block asked for once: the early requests were answers the worker took
-    assert len(requests) == len(set(requests)) == -(-PAYLOAD_SIZE // 16384)
+    # every block asked for once: the early requests were answered to the coordinator
+    # (torrent/earlypiece.py), or to the worker; a piece handed back (past its
+    # time bound on a loaded machine) has the blocks read before asked again
+    assert len(set(requests)) == -(-PAYLOAD_SIZE // 16384)
+    again = {r for r in requests if requests.count(r) > 1}
+    if result["early_pieces"] == ["piece 0: verified"]:
+        assert not again
+    else:
+        assert all(i == 0 for i, _b, _n in again), result["early_pieces"]
     assert (tmp_path / "out" / "f.bin").read_bytes() == data
 
 
