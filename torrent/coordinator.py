@@ -619,14 +619,14 @@ class Coordinator:
         from .earlypiece import EarlyConn, EarlyPiece
 
         carrying = [c for mine in adopt.values() for c in mine if c.requested]
+        if not carrying:
+            return
         try:
             early = EarlyPiece(index, self.meta.piece_size(index),
                                self.meta.piece_hashes[index * 20 : index * 20 + 20],
                                [EarlyConn(c.fd, c.data, c.requested) for c in carrying])
         except ValueError:
             return  # (a stream without the handshake: left to the workers)
-        if not carrying:
-            return
         for c in carrying:
             adopt[c.worker].remove(c)
         self._early = EarlyHold(early, owner, list(carrying))

@@ -557,9 +557,9 @@ class Worker:
         """Piece ``i`` of this worker's lease was verified and written by the coordinator
         (a magnet's first piece): the next flush syncs its files and reports it
         durable, as for a piece written here."""
+        size = self.picker.piece_size(i)
         try:
-            _segs, pinned = self.storage.write_segments(i * self.meta.piece_length,
-                                                        self.picker.piece_size(i))
+            _segs, pinned = self.storage.write_segments(i * self.meta.piece_length, size)
         except FastTorrentError as e:
             self._fatal(e.__class__.__name__, str(e))
             return
@@ -568,7 +568,7 @@ class Worker:
         self.written.append(i)
         # downloaded for this worker's lease, as the coordinator credits it (its
         # peers' connections brought it): the run's and the trackers' byte counts
-        self.stats["bytes"] += self.picker.piece_size(i)
+        self.stats["bytes"] += size
 
     # -- peers -------------------------------------------------------------------
     @property
