@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers.iothread import wait_all
+from helpers.iothread import WAIT_S, wait_all
 
 from torrent import _io
 
@@ -362,3 +362,75 @@ def test_file_writers_must_be_positive_and_follow_the_piece_size() -> None:
         _io.IOThread(-1, file_writers=0)
     assert file_writers(16384) == file_writers(FILE_WRITER_BYTES) == 1
     assert file_writers(4 * FILE_WRITER_BYTES) == 4
+
+
+def _tasks() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+def _task_state(tid: int) -> str:
+    """A thread's scheduler state (``R`` running, ``S`` asleep...), "" once it is gone."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def test_close_ends_a_writer_that_passed_over_the_last_jobs(tmp_path: Path) -> None:
+    """A stop while a file's writes are held up (a worker's full disk, a stall, Ctrl-C).
+
+    ``file_writers=1``, two writers: writer A holds piece 1 of file A (locked elsewhere);
+    piece 2 of file A waits for it, and writer B, after piece 3 of file B, sleeps. Then
+    :meth:`close`: the hash stage ends and wakes the writers, and B, finding only A's
+    file queued, sleeps again. Once A's lock is released, A writes pieces 1 and 2 and
+    ends; B must end too, or ``close`` never returns (a worker stuck in its stop lost
+    the flush of what it had written: the coordinator gave up on it after
+    ``WORKER_EXIT_TIMEOUT``).
+    """
+    import fcntl
+    import threading
+
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    before = _tasks()
+    t = _io.IOThread(efd, lock_writes=True, writers=2, file_writers=1)
+    own = _tasks() - before  # its hash stage and its two writers
+    assert len(own) == 3
+    a = os.open(tmp_path / "a", os.O_RDWR | os.O_CREAT)
+    b = os.open(tmp_path / "b", os.O_RDWR | os.O_CREAT)
+    holder = os.open(tmp_path / "a", os.O_RDWR)
+    data = bytes(range(256)) * (PIECE // 256)
+    good = hashlib.sha1(data).digest()
+    outcomes: list[list[tuple[int, int, int]]] = []
+    closer = threading.Thread(target=lambda: outcomes.append(t.close()), daemon=True)
+    try:
+        _ofd_lock(holder, fcntl.F_WRLCK)
+        t.submit_piece(1, data, PIECE, good, [(a, 0, 0, PIECE)])
+        t.submit_piece(2, data, PIECE, good, [(a, PIECE, 0, PIECE)])
+        t.submit_piece(3, data, PIECE, good, [(b, 0, 0, PIECE)])
+        assert wait_all(t, efd, 1) == [(3, _io.JOB_OK, 0)]  # B wrote past A's piece 2
+        closer.start()
+        # the hash stage has ended (stop2 and its wake-up), and both writers sleep:
+        # A on the lock, B on the queue
+        deadline = threading.Event()
+        timer = threading.Timer(WAIT_S, deadline.set)
+        timer.start()
+        while not deadline.is_set():
+            states = {tid: _task_state(tid) for tid in own}
+            if sorted(states.values()) == ["", "S", "S"]:
+                break
+            os.sched_yield()  # polling /proc, bounded by the timer above
+        timer.cancel()
+        assert sorted(states.values()) == ["", "S", "S"], states
+        _ofd_lock(holder, fcntl.F_UNLCK)
+        closer.join(WAIT_S)
+        assert not closer.is_alive(), "close() still waits for a writer"
+        assert sorted(outcomes[0]) == [(1, _io.JOB_OK, 0), (2, _io.JOB_OK, 0)]
+        assert (tmp_path / "a").read_bytes() == data * 2
+        assert _tasks() & own == set()
+    finally:
+        _ofd_lock(holder, fcntl.F_UNLCK)
+        for fd in (a, b, holder):
+            os.close(fd)
+        if not closer.is_alive():
+            os.close(efd)

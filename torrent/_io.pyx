@@ -844,6 +844,11 @@ cdef void *_write_main(void *arg) noexcept nogil:
                 break
             pthread_cond_wait(&io.cv2, &io.mu2)
         if j is NULL:
+            # stopping, and the queue is drained: wake every writer still waiting, so
+            # that each ends too. One that passed over the last jobs (their files were
+            # being written) went back to sleep after the hash stage's wake-up, and the
+            # writer that then took them sends no other (the queue was empty after it)
+            pthread_cond_broadcast(&io.cv2)
             pthread_mutex_unlock(&io.mu2)
             break
         if io.head2 is not NULL:
