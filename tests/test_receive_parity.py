@@ -13,9 +13,7 @@ with the kernel must actually have taken blocks with it.
 from __future__ import annotations
 
 import hashlib
-import socket
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -151,38 +149,18 @@ def scenario(fast: bool, kernel: Any) -> tuple[Owner, list[bytes]]:
     return o, msgs
 
 
-def run(fast: bool, kernel: Any, chunks: Iterator[bytes], direct: bool = False
-        ) -> dict[str, Any]:
-    """The scenario's stream in ``chunks``: fed to the receive buffer, or (``direct``)
-    sent over a socket pair and read by ``PeerProtocol.read_from``, as a worker's
-    connection reads once the handshake is done."""
+def run(fast: bool, kernel: Any, chunks: Iterator[bytes]) -> dict[str, Any]:
     o, _msgs = scenario(fast, kernel)
-    pair = socket.socketpair() if direct else None
-
-    def deliver(data: bytes) -> None:
-        if pair is None:
-            o.proto.rb.feed(data)
-            o.drain()
-            return
-        pair[1].sendall(data)
-        while o.proto.read_from(pair[0].fileno()) > 0:
-            o.drain()
-
-    try:
-        if pair is not None:
-            pair[0].setblocking(False)
-            pair[1].settimeout(10.0)  # (every chunk fits the socket's buffer)
-        for chunk in chunks:
-            deliver(chunk)
-        middle = o.snapshot()
-        # after the unchoke: request the rest, and the peer sends all of it in one go
-        o.request(20)
-        deliver(b"".join(encode(Piece(i, begin, block(i, begin // BLOCK_SIZE)))
-                         for i, begin, _ln in o.proto.outstanding_requests))
-    finally:
-        if pair is not None:
-            pair[0].close()
-            pair[1].close()
+    for chunk in chunks:
+        o.proto.rb.feed(chunk)
+        o.drain()
+    middle = o.snapshot()
+    # after the unchoke: request the rest, and the peer sends all of it in one go
+    o.request(20)
+    tail = b"".join(encode(Piece(i, begin, block(i, begin // BLOCK_SIZE)))
+                    for i, begin, _ln in o.proto.outstanding_requests)
+    o.proto.rb.feed(tail)
+    o.drain()
     snap = o.snapshot()
     snap["middle"] = middle
     snap["fast_taken"] = o.fast_taken
@@ -240,49 +218,3 @@ def test_fast_path_on_and_off_leave_identical_state(kernel: Any) -> None:
             ref = dict(reference)
             ref.pop("fast_taken")
             assert got == ref, (name, fast)
-
-
-def received_only(snap: dict[str, Any]) -> dict[str, Any]:
-    """``snap`` with each in-flight slot's bytes zeroed where its block is missing."""
-    def mask(active: dict[int, Any]) -> dict[int, Any]:
-        out = {}
-        for i, entry in active.items():
-            view = bytearray(entry[5])
-            for b in entry[6]:
-                view[b * BLOCK_SIZE : (b + 1) * BLOCK_SIZE] = bytes(
-                    len(view[b * BLOCK_SIZE : (b + 1) * BLOCK_SIZE]))
-            out[i] = (*entry[:5], bytes(view), entry[6])
-        return out
-
-    return {**snap, "active": mask(snap["active"]),
-            "middle": {**snap["middle"], "active": mask(snap["middle"]["active"])}}
-
-
-def test_reads_into_the_slots_leave_the_same_state(kernel: Any,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """``read_from`` (``recv_blocks``: predicted blocks straight into their slots) over a
-    socket pair, the stream whole, byte by byte and cut around every message: the
-    same state as the buffered path's, and blocks really went straight in."""
-    reference = run(False, kernel, iter([stream()[0]]))
-    reference.pop("fast_taken")
-    direct_taken = []
-    recv_blocks = kernel.recv_blocks
-
-    def counting(*args: Any) -> tuple[int, int, int, int]:
-        out = recv_blocks(*args)
-        direct_taken.append(out[3])
-        return out  # type: ignore[no-any-return]
-
-    names = {n: getattr(kernel, n) for n in dir(kernel) if not n.startswith("__")}
-    monkeypatch.setattr(wp, "_k", SimpleNamespace(**{**names, "recv_blocks": counting}))
-    for name, chunks in splits():
-        direct_taken.clear()
-        got = run(True, kernel, iter(chunks), direct=True)
-        got.pop("fast_taken")
-        # a piece in flight: the bytes of its blocks received (where a block not
-        # received yet lies, a read may have left bytes it then found to be another's)
-        assert received_only(got) == received_only(reference), name
-        if name == "whole":
-            # at least the burst after the unchoke (the buffer, and so the room a read
-            # is given, starts small and grows with the reads that fill it)
-            assert sum(direct_taken) >= 10, direct_taken

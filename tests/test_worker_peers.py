@@ -105,9 +105,7 @@ def handshaken(proto: wp.PeerProtocol, have: list[int]) -> list[Any]:
                         _extension_handshake=lambda peer: ExtensionHandshake(m={}))
     p = SimpleNamespace(proto=proto, active=False, interested_elsewhere=False,
                         requested_elsewhere=(), addr=("host.example", 1),
-                        conn=SimpleNamespace(write=written.append,
-                                             read_directly=lambda read: False),
-                        write=written.append)
+                        conn=SimpleNamespace(write=written.append), write=written.append)
     Worker._handshaken(w, p)  # type: ignore[arg-type]
     reader = FrameReader(PIECES)
     out = reader.feed(b"".join(written))

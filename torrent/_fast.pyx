@@ -1063,17 +1063,11 @@ def take_blocks(object buf, Py_ssize_t pos, Py_ssize_t end, dict outstanding, di
 # one), every byte from that header on is copied into the receive buffer, in
 # stream order, and the framer and ``take_blocks`` handle it as if it had
 # been read there: the bytes left in slots then belong to no block marked
-# received, and a block's bytes are only ever used once it is.  Out of order
-# answers are common (a seeder's disk reads finish in any order), so before
-# that, the frames from the first wrong header on that are each a block of
-# the length predicted there, are moved from where they landed to their own
-# places (``_salvage``): one copy each, as ``take_blocks`` would have made.  Only blocks
+# received, and a block's bytes are only ever used once it is.  Only blocks
 # ``take_blocks`` would take are predicted (requested from this peer, its
-# piece in flight here, no endgame duplicate, not yet received): every block
-# of a piece that a read completes was received or predicted before the one
-# that completes it, so nothing in the read lands in its slot after it (the
-# piece goes to the hash stage once the read is done).  One read may complete
-# several pieces; each is appended to ``full`` in turn.  The read
+# piece in flight here, no endgame duplicate, not yet received), and the
+# prediction stops after a block that completes its piece (the piece goes to
+# the hash stage, and nothing may write into its slot after that).  The read
 # is never longer than the receive buffer's free space, so the copy always
 # fits.  A block or header cut by the end of the read is copied into the
 # receive buffer too, so that all state stays there between reads.
@@ -1123,23 +1117,6 @@ cdef object _placeable(dict outstanding, dict active, object peer, object key,
     return pd
 
 
-cdef object _place(dict outstanding, dict active, object peer, object key, Py_ssize_t index,
-                   Py_ssize_t begin, Py_ssize_t length, Py_buffer *sb, int *nsb,
-                   unsigned char **where):
-    """:func:`_placeable`, and where the block goes: its slot's buffer is acquired into
-    ``sb[*nsb]`` (counted: the caller releases it) and ``*where`` set; None if the
-    block may not be placed or lies outside its slot."""
-    cdef object pd = _placeable(outstanding, active, peer, key, index, begin, length)
-    if pd is None:
-        return None
-    _acquire_bytes(pd.slot.view, &sb[nsb[0]], True)
-    nsb[0] += 1
-    if begin + length > sb[nsb[0] - 1].len:
-        return None
-    where[0] = <unsigned char *>sb[nsb[0] - 1].buf + begin
-    return pd
-
-
 cdef bint _take(dict outstanding, object key, object pd, Py_ssize_t b, object peer) except -1:
     """Record block ``b`` of ``pd`` as received from ``peer`` (as ``take_blocks`` does);
     True if that completed the piece."""
@@ -1169,8 +1146,7 @@ def recv_blocks(int fd, object buf, Py_ssize_t start, Py_ssize_t end, dict outst
         buf: its receive buffer; ``buf[start:end]`` are the bytes not consumed,
             at most one incomplete message (the framer took every whole one).
             The read is at most ``len(buf) - end`` bytes long.
-        outstanding, active, peer: as for :func:`take_blocks`.
-        full: each piece a taken block completed is appended (several may be).
+        outstanding, active, peer, full: as for :func:`take_blocks`.
 
     Returns:
         ``(start, end, nread, taken)``: the receive buffer's new bounds, the
@@ -1190,20 +1166,20 @@ def recv_blocks(int fd, object buf, Py_ssize_t start, Py_ssize_t end, dict outst
     cdef Py_ssize_t bidx[_MAX_SCATTER + 1]
     cdef Py_ssize_t bbeg[_MAX_SCATTER + 1]
     cdef Py_ssize_t blen[_MAX_SCATTER + 1]
-    cdef Py_ssize_t cap, free, planned = 0, have_part = 0, rem, part
+    cdef Py_ssize_t cap, free, planned = 0, have_part = 0, rem, nt, left, part, n_pd
     cdef Py_ssize_t index, begin, length, taken = 0, total
     cdef Py_ssize_t dpos = 0
     cdef PyObject *kp
     cdef PyObject *vp
-    cdef bint cur = False, wrapped, found
+    cdef bint cur = False, last
     cdef ssize_t n
     cdef unsigned char *base
     cdef unsigned char *hdr
-    cdef unsigned char *at = NULL
     cdef const unsigned char *p
     cdef unsigned char want[_PIECE_HDR]
     cdef int64_t fl
     cdef object pd, key
+    cdef BlockMap bm
     cdef list pds = []
     cdef list keys = []
     _acquire_bytes(buf, &rb, True)
@@ -1226,62 +1202,53 @@ def recv_blocks(int fd, object buf, Py_ssize_t start, Py_ssize_t end, dict outst
                 length = <Py_ssize_t>(fl - 9)
                 have_part = end - start - _PIECE_HDR
                 key = (index, begin)
-                pd = None
-                if length - have_part <= free:
-                    pd = _place(outstanding, active, peer, key, index, begin, length, sbs,
-                                &nsb, &at)
-                if pd is not None:
-                    iov[0].iov_base = at + have_part
-                    iov[0].iov_len = <size_t>(length - have_part)
-                    niov = 1
-                    planned = length - have_part
-                    bidx[0] = index
-                    bbeg[0] = begin
-                    blen[0] = length
-                    pds.append(pd)
-                    keys.append(key)
-                    cur = True
-                    first = 1
+                pd = _placeable(outstanding, active, peer, key, index, begin, length)
+                if pd is not None and length - have_part <= free:
+                    _acquire_bytes(pd.slot.view, &sbs[0], True)
+                    nsb = 1
+                    if begin + length <= sbs[0].len:
+                        iov[0].iov_base = <char *>sbs[0].buf + begin + have_part
+                        iov[0].iov_len = <size_t>(length - have_part)
+                        niov = 1
+                        planned = length - have_part
+                        bidx[0] = index
+                        bbeg[0] = begin
+                        blen[0] = length
+                        pds.append(pd)
+                        keys.append(key)
+                        cur = True
+                        first = 1
         if first:
-            wrapped = not cur
-            if cur:
-                # from the request after the message under way: a peer answers in the
-                # order of the requests, and those before it came or are late
-                found = False
-                while PyDict_Next(outstanding, &dpos, &kp, &vp):
-                    if (<tuple>(<object>kp))[0] == bidx[0] and \
-                            (<tuple>(<object>kp))[1] == bbeg[0]:
-                        found = True
-                        break
-                if not found:
-                    dpos = 0
-                    wrapped = True
-            while len(pds) < _MAX_SCATTER + (1 if cur else 0):
-                if not PyDict_Next(outstanding, &dpos, &kp, &vp):
-                    if wrapped:
-                        break
-                    wrapped = True  # then the late ones, oldest first
-                    dpos = 0
-                    continue
+            last = cur and (<BlockMap>(<object>pds[0]).slot.blocks)._count + 1 == \
+                (<BlockMap>(<object>pds[0]).slot.blocks)._nblocks
+            while not last and len(pds) < _MAX_SCATTER + (1 if cur else 0) and \
+                    PyDict_Next(outstanding, &dpos, &kp, &vp):
                 key = <object>kp
                 index = (<tuple>key)[0]
                 begin = (<tuple>key)[1]
                 if cur and index == bidx[0] and begin == bbeg[0]:
-                    if wrapped:
-                        break  # round to it again: every request was looked at
                     continue
                 length = (<tuple>(<object>vp))[0]
                 if planned + _PIECE_HDR + length > free:
                     break
-                pd = _place(outstanding, active, peer, key, index, begin, length, sbs, &nsb,
-                            &at)
+                pd = _placeable(outstanding, active, peer, key, index, begin, length)
                 if pd is None:
+                    break
+                bm = pd.slot.blocks
+                n_pd = 0
+                for j in range(len(pds)):
+                    if pds[j] is pd:
+                        n_pd += 1
+                last = bm._count + n_pd + 1 == bm._nblocks
+                _acquire_bytes(pd.slot.view, &sbs[nsb], True)
+                nsb += 1
+                if begin + length > sbs[nsb - 1].len:
                     break
                 k = len(pds)
                 hdr = _scatter_hdrs + _PIECE_HDR * (k - (1 if cur else 0))
                 iov[niov].iov_base = hdr
                 iov[niov].iov_len = _PIECE_HDR
-                iov[niov + 1].iov_base = at
+                iov[niov + 1].iov_base = <char *>sbs[nsb - 1].buf + begin
                 iov[niov + 1].iov_len = <size_t>length
                 niov += 2
                 planned += _PIECE_HDR + length
@@ -1324,6 +1291,8 @@ def recv_blocks(int fd, object buf, Py_ssize_t start, Py_ssize_t end, dict outst
             taken += 1
             if _take(outstanding, keys[0], pds[0], bbeg[0] // _BLOCK, peer):
                 full.append(pds[0])
+                end = _copy_rest(base, end, iov, k, niov, rem, free > planned)
+                return start, end, n, taken
         while j < len(pds) and rem > 0:
             hdr = <unsigned char *>iov[k].iov_base
             if rem < _PIECE_HDR:
@@ -1334,10 +1303,9 @@ def recv_blocks(int fd, object buf, Py_ssize_t start, Py_ssize_t end, dict outst
             _put_be32(want + 5, <uint32_t>bidx[j])
             _put_be32(want + 9, <uint32_t>bbeg[j])
             if memcmp(hdr, want, _PIECE_HDR) != 0:
-                # not what was predicted (the peer answered out of order)
-                end, more = _salvage(base, end, iov, k, niov, rem, free > planned,
-                                     blen + j, len(pds) - j, outstanding, active, peer, full)
-                return start, end, n, taken + more
+                # not what was predicted: the rest of the read is the framer's
+                end = _copy_rest(base, end, iov, k, niov, rem, free > planned)
+                return start, end, n, taken
             rem -= _PIECE_HDR
             if rem < blen[j]:
                 # a cut block: its header and bytes into the buffer, as a plain read
@@ -1348,7 +1316,9 @@ def recv_blocks(int fd, object buf, Py_ssize_t start, Py_ssize_t end, dict outst
             k += 2
             taken += 1
             if _take(outstanding, keys[j], pds[j], bbeg[j] // _BLOCK, peer):
-                full.append(pds[j])  # (no block of it was predicted after this one)
+                full.append(pds[j])
+                end = _copy_rest(base, end, iov, k, niov, rem, free > planned)
+                return start, end, n, taken
             j += 1
         # the rest came into the buffer's free space, in place
         return start, end + rem, n, taken
@@ -1356,91 +1326,6 @@ def recv_blocks(int fd, object buf, Py_ssize_t start, Py_ssize_t end, dict outst
         for k in range(nsb):
             PyBuffer_Release(&sbs[k])
         PyBuffer_Release(&rb)
-
-
-# A block parked while its place is the landing place of another (see _salvage).
-cdef unsigned char _park[_BLOCK]
-
-
-cdef tuple _salvage(unsigned char *base, Py_ssize_t end, iovec *iov, int k, int niov,
-                    Py_ssize_t rem, bint tail, Py_ssize_t *lens, Py_ssize_t nplan,
-                    dict outstanding, dict active, object peer, list full):
-    """The read from vector ``k`` on (a header, its landing place, ...) went unpredicted:
-    the frames there that are blocks of the length of their landing place go to their
-    own places; what follows them, into ``base[end:]``. Returns ``(end, taken)``."""
-    cdef Py_buffer sb[_MAX_SCATTER]
-    cdef int nsb = 0, a, c, ns = 0, kk = k
-    cdef unsigned char *src[_MAX_SCATTER]
-    cdef unsigned char *dst[_MAX_SCATTER]
-    cdef unsigned char *at = NULL
-    cdef Py_ssize_t ln[_MAX_SCATTER]
-    cdef char done[_MAX_SCATTER]
-    cdef const unsigned char *h
-    cdef Py_ssize_t index, begin, length, r = rem, moved = 0, taken = 0
-    cdef int64_t fl
-    cdef bint progress, clash
-    cdef object key, pd
-    cdef list keys = []
-    cdef list pds = []
-    try:
-        while ns < nplan and r >= _PIECE_HDR + lens[ns]:
-            h = <const unsigned char *>iov[kk].iov_base
-            length = lens[ns]
-            fl = _be32(h)
-            if h[4] != _PIECE_ID or fl != 9 + length:
-                break
-            index = _be32(h + 5)
-            begin = _be32(h + 9)
-            key = (index, begin)
-            if key in keys:
-                break
-            pd = _place(outstanding, active, peer, key, index, begin, length, sb, &nsb, &at)
-            if pd is None:
-                break
-            src[ns] = <unsigned char *>iov[kk + 1].iov_base
-            dst[ns] = at
-            ln[ns] = length
-            done[ns] = 0
-            keys.append(key)
-            pds.append(pd)
-            ns += 1
-            r -= _PIECE_HDR + length
-            kk += 2
-        # the rest first: it may sit where a block is to go
-        end = _copy_rest(base, end, iov, kk, niov, r, tail)
-        # then each block to its place, never over one still to move (a cycle of
-        # them: one waits in _park, and the others' moves free its place)
-        while moved < ns:
-            progress = False
-            for a in range(ns):
-                if done[a]:
-                    continue
-                clash = False
-                for c in range(ns):
-                    if c != a and not done[c] and src[c] == dst[a]:
-                        clash = True
-                        break
-                if clash:
-                    continue
-                if dst[a] != src[a]:
-                    memcpy(dst[a], src[a], <size_t>ln[a])
-                done[a] = 1
-                moved += 1
-                progress = True
-            if not progress:
-                for a in range(ns):
-                    if not done[a]:
-                        memcpy(_park, src[a], <size_t>ln[a])
-                        src[a] = _park
-                        break
-        for a in range(ns):
-            taken += 1
-            if _take(outstanding, keys[a], pds[a], (<tuple>keys[a])[1] // _BLOCK, peer):
-                full.append(pds[a])
-        return end, taken
-    finally:
-        for a in range(nsb):
-            PyBuffer_Release(&sb[a])
 
 
 cdef Py_ssize_t _copy_rest(unsigned char *base, Py_ssize_t end, iovec *iov, int k, int niov,

@@ -701,14 +701,9 @@ def recv_blocks(fd: int, buf: Any, start: int, end: int, outstanding: dict[Any, 
                     plan.append((key, pd, length))
                     cur = predict = True
     if predict:
-        order = list(outstanding.items())
-        if cur:
-            # from the request after the message under way (a peer answers in the
-            # order of the requests), then the late ones before it, oldest first
-            at = next((x for x, (k, _e) in enumerate(order) if k == plan[0][0]), -1)
-            order = order[at + 1 :] + order[: max(at, 0)] if at >= 0 else order
-        for key, entry in order:
-            if len(plan) >= MAX_SCATTER_BLOCKS + (1 if cur else 0):
+        last = cur and plan[0][1].slot.blocks.count + 1 == plan[0][1].slot.blocks.nblocks
+        for key, entry in outstanding.items():
+            if last or len(plan) >= MAX_SCATTER_BLOCKS + (1 if cur else 0):
                 break
             if cur and key == plan[0][0]:
                 continue
@@ -721,6 +716,8 @@ def recv_blocks(fd: int, buf: Any, start: int, end: int, outstanding: dict[Any, 
             sv = _bytes_view(pd.slot.view, writable=True)
             if key[1] + length > len(sv):
                 break
+            bm = pd.slot.blocks
+            last = bm.count + sum(1 for p in plan if p[1] is pd) + 1 == bm.nblocks
             vecs += [memoryview(bytearray(_PIECE_HDR)), sv[key[1] : key[1] + length]]
             planned += _PIECE_HDR + length
             plan.append((key, pd, length))
@@ -759,6 +756,7 @@ def recv_blocks(fd: int, buf: Any, start: int, end: int, outstanding: dict[Any, 
         k = j = taken = 1
         if _take_one(outstanding, key, pd, peer):
             full.append(pd)
+            return start, rest(k, end, rem), nread, taken
     while j < len(plan) and rem > 0:
         key, pd, length = plan[j]
         hdr = vecs[k]
@@ -768,32 +766,7 @@ def recv_blocks(fd: int, buf: Any, start: int, end: int, outstanding: dict[Any, 
         want = (9 + length).to_bytes(4, "big") + bytes([_PIECE_ID]) + \
             key[0].to_bytes(4, "big") + key[1].to_bytes(4, "big")
         if bytes(hdr) != want:
-            # answered out of order: the frames from here that are blocks of the
-            # length of their landing place go to their own places
-            moves: list[tuple[tuple[int, int], Any, bytes]] = []
-            q = j
-            while q < len(plan) and rem >= _PIECE_HDR + plan[q][2]:
-                h = bytes(vecs[k])
-                length = plan[q][2]
-                if h[4] != _PIECE_ID or int.from_bytes(h[:4], "big") != 9 + length:
-                    break
-                got = (int.from_bytes(h[5:9], "big"), int.from_bytes(h[9:13], "big"))
-                if any(m[0] == got for m in moves):
-                    break
-                gpd = _placeable(outstanding, active, peer, got, length)
-                if gpd is None or got[1] + length > len(_bytes_view(gpd.slot.view)):
-                    break
-                moves.append((got, gpd, bytes(vecs[k + 1])))
-                rem -= _PIECE_HDR + length
-                k += 2
-                q += 1
-            end = rest(k, end, rem)
-            for got, gpd, data in moves:
-                _bytes_view(gpd.slot.view, writable=True)[got[1] : got[1] + len(data)] = data
-                taken += 1
-                if _take_one(outstanding, got, gpd, peer):
-                    full.append(gpd)
-            return start, end, nread, taken
+            return start, rest(k, end, rem), nread, taken
         rem -= _PIECE_HDR
         if rem < length:
             mv[end : end + _PIECE_HDR] = hdr
@@ -804,5 +777,6 @@ def recv_blocks(fd: int, buf: Any, start: int, end: int, outstanding: dict[Any, 
         taken += 1
         if _take_one(outstanding, key, pd, peer):
             full.append(pd)
+            return start, rest(k, end, rem), nread, taken
         j += 1
     return start, end + rem, nread, taken

@@ -729,10 +729,6 @@ class Worker:
             self.half_open -= 1
         peer.active = True
         proto = peer.proto
-        if proto.rb.transform is None and proto.encrypt is None:
-            # from its next read on, its blocks go straight into their slots
-            # (PeerProtocol.read_from; an RC4 stream is decrypted in the buffer instead)
-            peer.conn.read_directly(proto.read_from)
         if peer.interested_elsewhere:
             proto.interested_sent_elsewhere()  # (nothing of ours went before it but the
             # handshakes and the fetch's extension handshake)

@@ -18,15 +18,12 @@ owner and the adapter never import each other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
-import os
 import struct
 import termios
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..errors import RemoteProtocolError
 from ..peeraddr import canonical_ip
 from ..wire.framing import ReceiveBuffer
 
@@ -80,12 +77,6 @@ class PeerConn(asyncio.BufferedProtocol):
         self.remote_closed = False  # the peer closed it (end of stream, reset), not we
         self._handler: ConnectionHandler | None = None
         self._rb: ReceiveBuffer | None = None
-        # reading the socket ourselves (read_directly): its duplicate descriptor, the
-        # read, and whether reading is paused (a download limit)
-        self._dfd = -1
-        self._read: Callable[[int], int] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._paused = False
 
     # -- asyncio callbacks --------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -128,7 +119,6 @@ class PeerConn(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_direct()
         if not self.closed:
             self.closed = True
             self.remote_closed = True
@@ -176,80 +166,13 @@ class PeerConn(asyncio.BufferedProtocol):
 
     def pause(self) -> None:
         """Stop reading (a download limit)."""
-        if self.transport is not None and not self.closed and not self._paused:
-            self._paused = True
-            if self._loop is not None and self._dfd >= 0:
-                self._loop.remove_reader(self._dfd)
-            else:
-                self.transport.pause_reading()
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     def resume(self) -> None:
         """Read again."""
-        if self.transport is not None and not self.closed and self._paused:
-            self._paused = False
-            if self._loop is not None and self._dfd >= 0:
-                self._loop.add_reader(self._dfd, self._readable)
-            else:
-                self.transport.resume_reading()
-
-    # -- reading the socket ourselves -----------------------------------------------
-    def read_directly(self, read: Callable[[int], int]) -> bool:
-        """From now on ``read(fd)`` reads the socket, not the transport (which still writes).
-
-        ``read`` returns the bytes read into the handler's buffer (or elsewhere:
-        :meth:`~torrent.wire.peer.PeerProtocol.read_from` puts predicted blocks
-        straight into their slots), 0 at the end of the stream, -1 when there was
-        nothing; the handler hears :meth:`ConnectionHandler.data_received` after
-        each read that brought bytes. The transport's reading is paused for good,
-        and the loop watches a duplicate of the socket's descriptor (it refuses
-        to watch one a transport owns), closed with the connection.
-
-        Returns:
-            False where the transport has no socket to read (nothing changed).
-        """
-        tr = self.transport
-        if tr is None or self.closed or self._dfd >= 0:
-            return False
-        sock = tr.get_extra_info("socket")
-        if sock is None:
-            return False
-        try:
-            fd = os.dup(sock.fileno())  # (not inheritable: os.dup sets close-on-exec)
-        except OSError:
-            return False
-        tr.pause_reading()
-        self._dfd = fd
-        self._read = read
-        self._loop = asyncio.get_running_loop()
-        if not self._paused:
-            self._loop.add_reader(fd, self._readable)
-        return True
-
-    def _readable(self) -> None:
-        if self.closed or self._read is None:
-            return
-        try:
-            n = self._read(self._dfd)
-        except RemoteProtocolError as e:
-            self.abort(f"protocol error: {e}")
-            return
-        except OSError as e:
-            self.remote_closed = True
-            self.abort(f"connection lost: {e.strerror or e}")
-            return
-        if n == 0:
-            self.remote_closed = True
-            self.abort("closed by peer")
-        elif n > 0 and not self.closed:
-            self._handler.data_received()  # type: ignore[union-attr]
-
-    def _stop_direct(self) -> None:
-        fd, self._dfd = self._dfd, -1
-        if fd >= 0:
-            if not self._paused and self._loop is not None:
-                with contextlib.suppress(RuntimeError, ValueError):  # (a loop closed)
-                    self._loop.remove_reader(fd)
-            os.close(fd)
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def abort(self, reason: str) -> None:
         """Drop the connection now; the handler hears :meth:`ConnectionHandler.lost` once."""
@@ -257,7 +180,6 @@ class PeerConn(asyncio.BufferedProtocol):
             return
         self.close_reason = reason
         self.closed = True
-        self._stop_direct()
         if self.transport is not None:
             self.transport.abort()
         if self._handler is not None:

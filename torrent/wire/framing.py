@@ -209,16 +209,6 @@ class ReceiveBuffer:
         if self.end == len(self.buf):
             self._grow = True
 
-    def read_done(self, start: int, end: int, nbytes: int, filled: bool) -> None:
-        """A read made outside :meth:`get_buffer` / :meth:`updated` (``recv_blocks``, which
-        puts the blocks it predicted straight into their slots): the unconsumed bytes
-        are now ``buf[start:end]``; ``nbytes`` came in all; ``filled``: the read took
-        all the room it was given (a fast peer: the buffer may grow before the next)."""
-        self.start, self.end = start, end
-        self.received += nbytes
-        if filled:
-            self._grow = True
-
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Copy received bytes in (for callers without a socket: tests, tools).
 

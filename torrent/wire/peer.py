@@ -526,8 +526,6 @@ class PeerProtocol:
         "_active",
         "_allowed_fast",
         "_cancelled",
-        "_direct_full",
-        "_direct_taken",
         "_events",
         "_fast_path",
         "_first_message",
@@ -654,8 +652,6 @@ class PeerProtocol:
         self._active: dict[int, Any] | None = None  # the owner's pieces in flight
         self._key: object = None  # how the owner's pieces name this peer
         self._full: list[Any] = []  # the fast path's completed piece (at most one)
-        self._direct_taken = 0  # blocks read_from put in their slots, not reported yet
-        self._direct_full = 0  # pieces read_from completed (in _full), not reported yet
         self._handshake_sent = False
         self._first_message = True  # no message received yet (bitfield allowed)
         self._we_sent_message = False  # any message sent after the handshake
@@ -767,42 +763,6 @@ class PeerProtocol:
         self._active = active
         self._key = key
 
-    def read_from(self, fd: int) -> int:
-        """Read from the socket ``fd`` (the caller's transport no longer reads it).
-
-        The blocks this connection's requests predict go straight into their
-        slots (``recv_blocks``); the rest goes into :attr:`rb` as a plain read
-        would put it. The blocks taken are the next :class:`BlocksTaken`.
-        Only for a connection without a transform (no RC4).
-
-        Returns:
-            The bytes read: 0 when the peer closed the connection, -1 when
-            nothing was there.
-
-        Raises:
-            OSError: the read failed.
-            RemoteProtocolError: a frame the framer admitted has no room (over
-                the receive budget).
-        """
-        rb = self.rb
-        room = len(rb.get_buffer())  # room first, as for any read: compacted, or grown
-        active = self._active
-        if active is not None and self._fast_path:
-            start, end, n, taken = _k.recv_blocks(fd, rb.buf, rb.start, rb.end,
-                                                  self._outstanding, active, self._key,
-                                                  self._full)
-        else:
-            start, end, n, taken = _k.recv_blocks(fd, rb.buf, rb.start, rb.end, {}, {},
-                                                  None, self._full)
-        if n > 0:
-            rb.read_done(start, end, n, n == room)
-            self._direct_full = len(self._full)  # (each earlier one was reported)
-            if taken:
-                self._direct_taken += taken
-                self._received_mark = True
-                self._first_message = False
-        return n
-
     def next_event(self) -> Event | None:
         """The next event from the bytes in :attr:`rb`, or None when it needs more.
 
@@ -854,15 +814,6 @@ class PeerProtocol:
         events = self._events
         while True:
             if active is not None and self._fast_path:
-                if self._direct_taken or self._direct_full:
-                    # read_from's blocks (they came before the bytes in the buffer), with
-                    # the first piece they completed; then an event for each other one
-                    taken, self._direct_taken = self._direct_taken, 0
-                    done = None
-                    if self._direct_full:
-                        self._direct_full -= 1
-                        done = self._full.pop(0)
-                    return BlocksTaken(taken, done)
                 pos, taken = _k.take_blocks(rb.buf, rb.start, rb.end, self._outstanding,
                                             active, self._key, self._full)
                 if taken:
