@@ -13,7 +13,6 @@ import socket
 import struct
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
 
 import pytest
 
@@ -69,7 +68,7 @@ class Setup:
         self.reqs = self.picker.pick(self.a, lambda i: True, 1000, alloc)
         self.table = {(i, b): (ln, 0.0) for i, b, ln in self.reqs}
         self.data = random.Random(seed).randbytes(total)
-        self.full: list[Any] = []
+        self.full: list = []
 
     def block(self, i: int, begin: int) -> bytes:
         start = i * PIECE + begin
@@ -133,7 +132,7 @@ class Reader:
                 s.full)
             self.reads += 1
             if n <= 0:
-                return int(n)
+                return n
             self.taken += t
             self.frame_all()
 

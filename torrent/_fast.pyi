@@ -35,7 +35,6 @@ __all__ = [
 
 DIGEST_SIZE: Final[int]
 MAX_BLOCKS: Final[int]
-MAX_SCATTER_BLOCKS: Final[int]
 MAX_MERKLE_DEPTH: Final[int]
 MERKLE_BLOCK: Final[int]
 
@@ -78,6 +77,3 @@ def read_u32(buf: Buffer, pos: int) -> int: ...
 def scan_frame(buf: Buffer, start: int, end: int, max_len: int) -> int: ...
 def take_blocks(buf: Buffer, pos: int, end: int, outstanding: dict[Any, Any],
                 active: dict[Any, Any], peer: object, full: list[Any]) -> tuple[int, int]: ...
-def recv_blocks(fd: int, buf: Buffer, start: int, end: int, outstanding: dict[Any, Any],
-                active: dict[Any, Any], peer: object,
-                full: list[Any]) -> tuple[int, int, int, int]: ...
