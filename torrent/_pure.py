@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import operator
-import os
 from typing import Any
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "merkle_root",
     "piece_layer",
     "read_u32",
-    "recv_blocks",
     "scan_frame",
     "sha1",
     "sha1_pieces",
@@ -621,162 +619,3 @@ def take_blocks(buf: Any, pos: int, end: int, outstanding: dict[Any, Any],
             full.append(pd)
             break
     return pos, taken
-
-
-#: Blocks predicted at most per read (the twin of ``_fast.MAX_SCATTER_BLOCKS``).
-MAX_SCATTER_BLOCKS = 64
-
-
-def _placeable(outstanding: dict[Any, Any], active: dict[int, Any], peer: Any,
-               key: tuple[int, int], length: int) -> Any:
-    """The piece whose block ``key`` ``take_blocks`` would take from ``peer``, or None."""
-    index, begin = key
-    if begin & (_BLOCK - 1) or length <= 0 or length > _BLOCK:
-        return None
-    entry = outstanding.get(key)
-    if entry is None or entry[0] != length:
-        return None
-    pd = active.get(index)
-    if pd is None or pd.dups:
-        return None
-    b = begin // _BLOCK
-    if pd.outstanding.get(b) is not peer:
-        return None
-    bm = pd.slot.blocks
-    if b >= bm.nblocks or bm.has(b) or length != min(_BLOCK, pd.size - begin):
-        return None
-    return pd
-
-
-def _take_one(outstanding: dict[Any, Any], key: tuple[int, int], pd: Any, peer: Any) -> bool:
-    b = key[1] // _BLOCK
-    del outstanding[key]
-    del pd.outstanding[b]
-    bm = pd.slot.blocks
-    bm.set(b)
-    pd.senders[b] = peer
-    pd.received += 1
-    return bool(bm.full)
-
-
-def recv_blocks(fd: int, buf: Any, start: int, end: int, outstanding: dict[Any, Any],
-                active: dict[int, Any], peer: Any, full: list[Any]) -> tuple[int, int, int, int]:
-    """Read from ``fd``, predicted blocks straight into their slots; the twin of
-    ``_fast.recv_blocks`` (see its theory of operation there).
-
-    Returns:
-        ``(start, end, nread, taken)`` (``nread``: 0 at end of stream, -1 when
-        nothing was there).
-
-    Raises:
-        OSError: the read failed.
-        ValueError: the span is outside ``buf``, or ``buf`` has no free space.
-    """
-    start, end = _ssize(start), _ssize(end)
-    mv = _bytes_view(buf, writable=True)
-    cap = len(mv)
-    if start < 0 or start > end or end > cap:
-        raise ValueError(f"need 0 <= start <= end <= {cap}, got start={start} end={end}")
-    free = cap - end
-    if free <= 0:
-        raise ValueError("the receive buffer has no free space")
-    plan: list[tuple[tuple[int, int], Any, int]] = []  # (key, piece, length)
-    vecs: list[memoryview] = []
-    planned = have_part = 0
-    cur = False
-    predict = end == start
-    if end - start >= _PIECE_HDR:
-        n = int.from_bytes(mv[start : start + 4], "big")
-        if mv[start + 4] == _PIECE_ID and 9 < n <= 9 + _BLOCK and end - start - _PREFIX < n:
-            key = (int.from_bytes(mv[start + 5 : start + 9], "big"),
-                   int.from_bytes(mv[start + 9 : start + 13], "big"))
-            length = n - 9
-            have_part = end - start - _PIECE_HDR
-            pd = _placeable(outstanding, active, peer, key, length)
-            if pd is not None and length - have_part <= free:
-                sv = _bytes_view(pd.slot.view, writable=True)
-                if key[1] + length <= len(sv):
-                    vecs.append(sv[key[1] + have_part : key[1] + length])
-                    planned = length - have_part
-                    plan.append((key, pd, length))
-                    cur = predict = True
-    if predict:
-        last = cur and plan[0][1].slot.blocks.count + 1 == plan[0][1].slot.blocks.nblocks
-        for key, entry in outstanding.items():
-            if last or len(plan) >= MAX_SCATTER_BLOCKS + (1 if cur else 0):
-                break
-            if cur and key == plan[0][0]:
-                continue
-            length = entry[0]
-            if planned + _PIECE_HDR + length > free:
-                break
-            pd = _placeable(outstanding, active, peer, key, length)
-            if pd is None:
-                break
-            sv = _bytes_view(pd.slot.view, writable=True)
-            if key[1] + length > len(sv):
-                break
-            bm = pd.slot.blocks
-            last = bm.count + sum(1 for p in plan if p[1] is pd) + 1 == bm.nblocks
-            vecs += [memoryview(bytearray(_PIECE_HDR)), sv[key[1] : key[1] + length]]
-            planned += _PIECE_HDR + length
-            plan.append((key, pd, length))
-    tail = free > planned
-    if tail:
-        vecs.append(mv[end : end + free - planned])
-    try:
-        n = os.readv(fd, vecs)
-    except (BlockingIOError, InterruptedError):
-        return start, end, -1, 0
-    if n == 0:
-        return start, end, 0, 0
-    nread, rem, k, j, taken = n, n, 0, 0, 0
-
-    def rest(k: int, end: int, rem: int) -> int:
-        # the last ``rem`` bytes, from vector k on, into the buffer in stream order
-        # (the part read into the buffer's own free space moves up first)
-        body = b"".join(bytes(v) for v in vecs[k : len(vecs) - 1 if tail else len(vecs)])
-        nt = min(rem, len(body))
-        if rem > nt:
-            mv[end + nt : end + rem] = bytes(mv[end : end + rem - nt])
-        mv[end : end + nt] = body[:nt]
-        return end + rem
-
-    if cur:
-        key, pd, length = plan[0]
-        part = len(vecs[0])
-        if rem < part:
-            mv[end : end + rem] = vecs[0][:rem]
-            return start, end + rem, nread, 0
-        if have_part:
-            sv = _bytes_view(pd.slot.view, writable=True)
-            sv[key[1] : key[1] + have_part] = mv[start + _PIECE_HDR : end]
-        start = end
-        rem -= part
-        k = j = taken = 1
-        if _take_one(outstanding, key, pd, peer):
-            full.append(pd)
-            return start, rest(k, end, rem), nread, taken
-    while j < len(plan) and rem > 0:
-        key, pd, length = plan[j]
-        hdr = vecs[k]
-        if rem < _PIECE_HDR:
-            mv[end : end + rem] = hdr[:rem]
-            return start, end + rem, nread, taken
-        want = (9 + length).to_bytes(4, "big") + bytes([_PIECE_ID]) + \
-            key[0].to_bytes(4, "big") + key[1].to_bytes(4, "big")
-        if bytes(hdr) != want:
-            return start, rest(k, end, rem), nread, taken
-        rem -= _PIECE_HDR
-        if rem < length:
-            mv[end : end + _PIECE_HDR] = hdr
-            mv[end + _PIECE_HDR : end + _PIECE_HDR + rem] = vecs[k + 1][:rem]
-            return start, end + _PIECE_HDR + rem, nread, taken
-        rem -= length
-        k += 2
-        taken += 1
-        if _take_one(outstanding, key, pd, peer):
-            full.append(pd)
-            return start, rest(k, end, rem), nread, taken
-        j += 1
-    return start, end + rem, nread, taken

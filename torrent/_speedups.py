@@ -31,7 +31,6 @@ __all__ = [
     "merkle_root",
     "piece_layer",
     "read_u32",
-    "recv_blocks",
     "scan_frame",
     "sha1",
     "sha1_pieces",
@@ -77,6 +76,5 @@ sha1 = _impl.sha1
 sha1_pieces = _impl.sha1_pieces
 sha256 = _impl.sha256
 take_blocks = _impl.take_blocks
-recv_blocks = _impl.recv_blocks
 verify_pieces = _impl.verify_pieces
 verify_pieces_v2 = _impl.verify_pieces_v2
