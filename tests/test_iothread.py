@@ -434,3 +434,92 @@ def test_close_ends_a_writer_that_passed_over_the_last_jobs(tmp_path: Path) -> N
             os.close(fd)
         if not closer.is_alive():
             os.close(efd)
+
+
+def _expected_writes(cases: list[tuple[int, int, int]], chained: list[list[int]],
+                     data: bytes, size: int) -> tuple[bytearray, bytearray]:
+    """What the plain and the direct file hold after ``cases`` (file offset, buffer
+    offset, length) are written, the runs of ``chained`` (indices into ``cases``) each
+    as one chain: its first and last partial pages plain, every page between direct."""
+    align = _io.DIRECT_ALIGN
+    plain, direct = bytearray(size), bytearray(size)
+    for run in chained:
+        fo = cases[run[0]][0]
+        end = cases[run[-1]][0] + cases[run[-1]][2]
+        a = fo + (-fo) % align
+        b = end - end % align
+        stream = b"".join(data[cases[i][1] : cases[i][1] + cases[i][2]] for i in run)
+        plain[fo:a] = stream[: a - fo]
+        direct[a:b] = stream[a - fo : b - fo]
+        plain[b:end] = stream[b - fo :]
+    return plain, direct
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_adjacent_pieces_of_a_file_queued_together_are_written_as_one(
+        tmp_path: Path, failing: bool) -> None:
+    """One writer, one writer per file. It is held up on another file (locked elsewhere)
+    while pieces 1, 2 and 3, which follow one another in file A, are hashed and
+    queue; a bad piece submitted after them comes back from the hash stage first,
+    which shows they are queued. Released, the writer writes 1, 2 and 3 as one chain:
+    the pages two of them share go through the O_DIRECT descriptor, assembled from
+    both, and only the chain's first and last partial pages through the page cache.
+    The two descriptors of file A are two files here, so each shows which bytes
+    went which way. ``failing``: the O_DIRECT descriptor cannot be written (EBADF),
+    and every piece of the chain gets that error."""
+    import fcntl
+    import mmap
+
+    align = _io.DIRECT_ALIGN
+    piece = 5 * align + 1000  # not a multiple of a page: every boundary is mid-page
+    start = 3 * align + 123  # the file offset of piece 1, mid-page
+    size = 16 * align + start + 3 * piece
+    mem = mmap.mmap(-1, 8 * piece)
+    data = os.urandom(8 * piece)
+    mem[:] = data
+    plain_path, direct_path = tmp_path / "plain", tmp_path / "direct"
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    t = _io.IOThread(efd, lock_writes=True, writers=1, file_writers=1)
+    fd = os.open(plain_path, os.O_RDWR | os.O_CREAT)
+    other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT)
+    holder = os.open(tmp_path / "other", os.O_RDWR)
+    os.ftruncate(fd, size)
+    try:
+        dfd = os.open(direct_path, os.O_RDWR | os.O_CREAT | os.O_DIRECT)
+    except OSError as e:  # pragma: no cover - a filesystem without O_DIRECT
+        pytest.skip(f"no O_DIRECT on {tmp_path}: {e}")
+    os.ftruncate(dfd, size)
+    if failing:
+        os.close(dfd)
+        dfd = os.open(direct_path, os.O_RDONLY | os.O_DIRECT)
+    # each piece in its own slot-like place, its memory aligned like its file offset
+    cases = [(start + k * piece, 8 * k * align + (start + k * piece) % align, piece)
+             for k in range(3)]
+    views = [memoryview(mem)[bo : bo + n] for _fo, bo, n in cases]
+    blocker = bytes(1000)
+    try:
+        _ofd_lock(holder, fcntl.F_WRLCK)
+        t.submit_piece(10, blocker, 1000, hashlib.sha1(blocker).digest(), [(other, 0, 0, 1000)])
+        for k, ((fo, _bo, n), view) in enumerate(zip(cases, views, strict=True)):
+            t.submit_piece(k + 1, view, n, hashlib.sha1(view).digest(), [(fd, fo, 0, n, dfd)])
+        t.submit_piece(99, blocker, 1000, b"\0" * 20, [(other, 0, 0, 1000)])  # the marker
+        assert wait_all(t, efd, 1) == [(99, _io.JOB_BAD, 0)]
+        _ofd_lock(holder, fcntl.F_UNLCK)
+        if failing:
+            assert sorted(wait_all(t, efd, 4)) == [
+                *[(k, _io.JOB_IO_ERROR, errno.EBADF) for k in (1, 2, 3)], (10, _io.JOB_OK, 0)]
+            return
+        assert sorted(wait_all(t, efd, 4)) == [(k, _io.JOB_OK, 0) for k in (1, 2, 3, 10)]
+        plain, direct = _expected_writes(cases, [[0, 1, 2]], data, size)
+        assert direct_path.read_bytes() == bytes(direct)
+        assert plain_path.read_bytes() == bytes(plain)
+        # (written one by one, the two pages the pieces share would be plain only)
+        assert any(direct[start + piece - 100 : start + piece + 100])
+    finally:
+        _ofd_lock(holder, fcntl.F_UNLCK)
+        t.close()
+        for x in (fd, dfd, other, holder, efd):
+            os.close(x)
+        for v in views:
+            v.release()
+        mem.close()
