@@ -886,6 +886,7 @@ cdef void _write_chain(ft_job **chain, int n, int lock_writes,
     O_DIRECT (EINVAL) gets each piece written on its own instead."""
     cdef iovec iov[2 * _CHAIN]
     cdef int niov = 0, i, k, e = 0
+    cdef bint head_ok
     cdef ft_seg *sg
     cdef ft_seg *first = &chain[0].segs[0]
     cdef ft_seg *last = &chain[n - 1].segs[0]
@@ -931,6 +932,7 @@ cdef void _write_chain(ft_job **chain, int n, int lock_writes,
         _file_lock(first.fd, F_WRLCK)
     if head:
         e = _write_all(first.fd, chain[0].buf + first.buf_off, head, start)
+    head_ok = e == 0
     k = 0
     off = a
     while not e and k < niov:
@@ -960,9 +962,18 @@ cdef void _write_chain(ft_job **chain, int n, int lock_writes,
         for i in range(n):
             _write_job(chain[i], lock_writes, bounce)
         return
+    # a failure midway (a full disk): the pieces written whole before it are written
+    # (each piece but the last is whole once the page it ends in is; the last once
+    # the chain's end is), so that what is on disk is reported and recorded
     for i in range(n):
-        chain[i].status = 2 if e else 1
-        chain[i].err = e
+        sg = &chain[i].segs[0]
+        if e == 0 or (head_ok and i < n - 1 and off >= (
+                (sg.file_off + sg.length + _DIRECT_ALIGN - 1) & ~(<long long>_DIRECT_ALIGN - 1))):
+            chain[i].status = 1
+            chain[i].err = 0
+        else:
+            chain[i].status = 2
+            chain[i].err = e
 
 
 cdef void *_write_main(void *arg) noexcept nogil:
