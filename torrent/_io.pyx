@@ -822,6 +822,12 @@ cdef ft_job *_take_write(ft_io *io, int me) noexcept nogil:
         seen += 1
     if j is NULL or seen >= _WRITE_SCAN:
         return NULL
+    return _unlink(io, prev, j)
+
+
+cdef inline ft_job *_unlink(ft_io *io, ft_job *prev, ft_job *j) noexcept nogil:
+    """Take ``j`` (after ``prev``, or at the head when NULL) out of the write queue
+    (``mu2`` held); returns it."""
     if prev is NULL:
         io.head2 = j.next
     else:
@@ -860,14 +866,7 @@ cdef ft_job *_take_adjacent(ft_io *io, ft_job *prev) noexcept nogil:
             return NULL
         if (_chainable(j) and j.segs[0].fd == a.fd and j.segs[0].dfd == a.dfd
                 and j.segs[0].file_off == a.file_off + a.length):
-            if before is NULL:
-                io.head2 = j.next
-            else:
-                before.next = j.next
-            if io.tail2 == j:
-                io.tail2 = before
-            j.next = NULL
-            return j
+            return _unlink(io, before, j)
         before = j
         j = j.next
         seen += 1
