@@ -873,6 +873,14 @@ cdef ft_job *_take_adjacent(ft_io *io, ft_job *prev) noexcept nogil:
     return NULL
 
 
+cdef void _write_each(ft_job **chain, int n, int lock_writes,
+                      unsigned char **bounce) noexcept nogil:
+    """A chain's pieces written one by one (where it cannot go out as one)."""
+    cdef int i
+    for i in range(n):
+        _write_job(chain[i], lock_writes, bounce)
+
+
 cdef void _write_chain(ft_job **chain, int n, int lock_writes,
                        unsigned char **bounce) noexcept nogil:
     """Write ``n`` verified pieces that follow one another in one file as one: the
@@ -882,10 +890,12 @@ cdef void _write_chain(ft_job **chain, int n, int lock_writes,
     writer's bounce buffer. A piece alone costs three writes (its two partial pages
     and its middle) and a device round trip; a chain of ``n``, three and one.
     Every piece of the chain gets the outcome; a descriptor that refuses
-    O_DIRECT (EINVAL) gets each piece written on its own instead."""
+    O_DIRECT (EINVAL) gets each piece written on its own instead. The shared pages
+    take at most ``_CHAIN - 1`` pages of the bounce buffer (``_BOUNCE``), and each
+    piece is at least two pages long (``_chainable``), so no page is shared by
+    three of them."""
     cdef iovec iov[2 * _CHAIN]
     cdef int niov = 0, i, k, e = 0
-    cdef bint head_ok
     cdef ft_seg *sg
     cdef ft_seg *first = &chain[0].segs[0]
     cdef ft_seg *last = &chain[n - 1].segs[0]
@@ -893,12 +903,9 @@ cdef void _write_chain(ft_job **chain, int n, int lock_writes,
     cdef long long o, ln, start, stop, fp, lp, bp, off, head, tail, a, b
     cdef ssize_t w
     cdef unsigned char *page
-    if bounce[0] is NULL:
-        if posix_memalign(<void **>bounce, _DIRECT_ALIGN, _BOUNCE) != 0:
-            bounce[0] = NULL
-    if bounce[0] is NULL:
-        for i in range(n):
-            _write_job(chain[i], lock_writes, bounce)
+    if bounce[0] is NULL and posix_memalign(<void **>bounce, _DIRECT_ALIGN, _BOUNCE) != 0:
+        bounce[0] = NULL
+        _write_each(chain, n, lock_writes, bounce)
         return
     start = first.file_off
     stop = last.file_off + last.length
@@ -931,7 +938,6 @@ cdef void _write_chain(ft_job **chain, int n, int lock_writes,
         _file_lock(first.fd, F_WRLCK)
     if head:
         e = _write_all(first.fd, chain[0].buf + first.buf_off, head, start)
-    head_ok = e == 0
     k = 0
     off = a
     while not e and k < niov:
@@ -958,15 +964,15 @@ cdef void _write_chain(ft_job **chain, int n, int lock_writes,
         _file_lock(first.fd, F_UNLCK)
     if e == EINVAL and off == a:
         # no O_DIRECT here after all (nothing went through it): each on its own
-        for i in range(n):
-            _write_job(chain[i], lock_writes, bounce)
+        _write_each(chain, n, lock_writes, bounce)
         return
     # a failure midway (a full disk): the pieces written whole before it are written
     # (each piece but the last is whole once the page it ends in is; the last once
-    # the chain's end is), so that what is on disk is reported and recorded
+    # the chain's end is), so that what is on disk is reported and recorded. A
+    # failed first write leaves ``off`` at ``a``, short of every piece's end.
     for i in range(n):
         sg = &chain[i].segs[0]
-        if e == 0 or (head_ok and i < n - 1 and off >= (
+        if e == 0 or (i < n - 1 and off >= (
                 (sg.file_off + sg.length + _DIRECT_ALIGN - 1) & ~(<long long>_DIRECT_ALIGN - 1))):
             chain[i].status = 1
             chain[i].err = 0
